@@ -1,0 +1,354 @@
+"""Datasets: paired (pix2pix AB), unpaired (trainA/trainB), folder (inputs only) and synthetic.
+
+Images are NCHW float32 in [-1, 1] at every boundary. Conversion rules for odd files: grayscale is repeated to
+three channels, RGBA is composited onto white, 16-bit images are scaled to 8 bits (value / 257), palette
+images are expanded. An unreadable image is skipped with a warning (``data.strict: true`` makes it fatal).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import random
+from pathlib import Path
+from typing import Iterator, Optional
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset, Sampler
+
+from .errors import DataError, RecipeError
+from .recipe import IMAGE_EXTS, DataSpec
+
+log = logging.getLogger(__name__)
+
+
+def list_images(folder: Path) -> list[Path]:
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTS and p.is_file())
+
+
+def _layout(spec: DataSpec, root: Path) -> dict[str, Path]:
+    """The folders a data kind reads, by role."""
+    if spec.kind == "paired":
+        return {"train": root / spec.train_split, "test": root / spec.test_split}
+    if spec.kind == "unpaired":
+        tr, te = spec.train_split, spec.test_split
+        return {"trainA": root / f"{tr}A", "trainB": root / f"{tr}B", "testA": root / f"{te}A",
+                "testB": root / f"{te}B"}
+    if spec.kind == "folder":
+        sub = root / spec.train_split
+        return {"train": sub if sub.is_dir() else root}
+    return {}
+
+
+def check_data_root(spec: DataSpec, root: Optional[Path]) -> None:
+    """Raise a one-line error when the data root is missing, empty or holds no images where expected."""
+    if spec.kind == "synthetic":
+        return
+    if root is None or not root.exists():
+        raise RecipeError(f"data.root: folder not found: {root}")
+    if not root.is_dir():
+        raise RecipeError(f"data.root: not a folder: {root}")
+    required = {"paired": ["train"], "unpaired": ["trainA", "trainB"], "folder": ["train"]}[spec.kind]
+    for role, folder in _layout(spec, root).items():
+        if role in required and not list_images(folder):
+            if not folder.exists():
+                raise RecipeError(f"data.root: {root} has no '{folder.name}' folder (expected for "
+                                  f"{spec.kind} data)")
+            raise RecipeError(f"data.root: no images ({', '.join(IMAGE_EXTS)}) in {folder}")
+
+
+def load_image(path: Path) -> Image.Image:
+    """Open any common image as 8-bit RGB (see the module docstring for the rules)."""
+    im = Image.open(path)
+    im.load()
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(im).astype(np.float64)
+        scale = 257.0 if arr.max() > 255 or im.mode.startswith("I;16") else 1.0
+        arr = np.clip(arr / scale, 0, 255).astype(np.uint8)
+        im = Image.fromarray(arr, "L")
+    elif im.mode == "F":
+        arr = np.asarray(im)
+        im = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1 else 1.0), 0, 255).astype(np.uint8), "L")
+    if im.mode == "P":
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA"):
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im.convert("RGBA"))
+    if im.mode == "RGB;16" or im.mode.startswith("RGB") and im.mode != "RGB":
+        im = im.convert("RGB")
+    return im.convert("RGB")
+
+
+def to_tensor(im: Image.Image) -> torch.Tensor:
+    arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+
+
+def to_image(t: torch.Tensor) -> Image.Image:
+    arr = ((t.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(arr)
+
+
+class _Augment:
+    """Resize (and random-crop/flip during training) a list of images identically."""
+
+    def __init__(self, size: int, load_size: Optional[int], flip: bool, train: bool):
+        self.size, self.load_size, self.flip, self.train = size, load_size or size, flip, train
+
+    def __call__(self, images: list[Image.Image], rng: random.Random) -> list[torch.Tensor]:
+        ls, s = self.load_size, self.size
+        images = [im.resize((ls, ls), Image.BICUBIC) if im.size != (ls, ls) else im for im in images]
+        if ls > s:
+            if self.train:
+                x, y = rng.randint(0, ls - s), rng.randint(0, ls - s)
+            else:
+                x = y = (ls - s) // 2
+            images = [im.crop((x, y, x + s, y + s)) for im in images]
+        flip = self.train and self.flip and rng.random() < 0.5
+        if flip:
+            images = [im.transpose(Image.FLIP_LEFT_RIGHT) for im in images]
+        return [to_tensor(im) for im in images]
+
+
+class _ImageFiles(Dataset):
+    """Base: a list of files, each checked once; unreadable ones are skipped (or fatal when strict)."""
+
+    def __init__(self, files: list[Path], strict: bool, what: str):
+        good, bad = [], []
+        for f in files:
+            try:
+                with Image.open(f) as im:
+                    im.load()
+                good.append(f)
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+                if strict:
+                    raise DataError(f"{f}: unreadable image ({exc}); data.strict is true") from None
+                bad.append(f)
+        if bad:
+            log.warning("skipped %d unreadable image(s) of %d in %s (first: %s); set data.strict: true to fail "
+                        "instead", len(bad), len(files), what, bad[0].name)
+        if not good:
+            raise DataError(f"{what}: no readable images")
+        self.files, self.skipped = good, bad
+
+
+class PairedDataset(_ImageFiles):
+    """pix2pix aligned images: the left half is A, the right half is B."""
+
+    def __init__(self, folder: Path, direction: str = "AtoB", size: int = 256, load_size=None, flip=False,
+                 train=True, strict=False, max_items: Optional[int] = None):
+        files = list_images(folder)[:max_items] if max_items else list_images(folder)
+        if not files:
+            raise DataError(f"data.root: no images in {folder}")
+        super().__init__(files, strict, str(folder))
+        self.direction = direction
+        self.aug = _Augment(size, load_size, flip, train)
+        self.seed = 0
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        rng = random.Random(hash((self.seed, i)))  # i may exceed len: the sampler encodes the epoch in it
+        i %= len(self.files)
+        ab = load_image(self.files[i])
+        w, h = ab.size
+        a, b = ab.crop((0, 0, w // 2, h)), ab.crop((w // 2, 0, w, h))
+        src, tgt = (a, b) if self.direction == "AtoB" else (b, a)
+        x, y = self.aug([src, tgt], rng)
+        return {"input": x, "target": y, "index": i}
+
+
+class FolderDataset(_ImageFiles):
+    """Input images only (no targets)."""
+
+    def __init__(self, folder: Path, size=256, load_size=None, flip=False, train=True, strict=False,
+                 max_items: Optional[int] = None):
+        files = list_images(folder)[:max_items] if max_items else list_images(folder)
+        if not files:
+            raise DataError(f"data.root: no images in {folder}")
+        super().__init__(files, strict, str(folder))
+        self.aug = _Augment(size, load_size, flip, train)
+        self.seed = 0
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        rng = random.Random(hash((self.seed, i)))
+        i %= len(self.files)
+        (x,) = self.aug([load_image(self.files[i])], rng)
+        return {"input": x, "index": i}
+
+
+class UnpairedDataset(Dataset):
+    """CycleGAN layout: A and B folders; B is drawn at random (from the item's own seed) for each A."""
+
+    def __init__(self, folder_a: Path, folder_b: Path, size=256, load_size=None, flip=False, train=True,
+                 strict=False, max_items: Optional[int] = None):
+        self.a = FolderDataset(folder_a, size, load_size, flip, train, strict, max_items)
+        self.b = FolderDataset(folder_b, size, load_size, flip, train, strict, max_items)
+        self.train = train
+        self.seed = 0
+
+    def __len__(self):
+        return max(len(self.a), len(self.b))
+
+    def __getitem__(self, i):
+        j = random.Random(hash((self.seed, i, 1))).randrange(len(self.b)) if self.train else i % len(self.b)
+        return {"A": self.a[i]["input"], "B": self.b[j]["input"], "index": i % len(self)}
+
+
+# ------------------------------------------------------------------------------------------------ synthetic
+
+# Façade label colours in the spirit of CMP facades: wall, window, door, balcony, cornice, sill.
+_LABELS = np.array([[13, 61, 251], [0, 117, 255], [170, 255, 85], [255, 85, 0], [255, 170, 0], [0, 255, 255]],
+                   dtype=np.float32)
+_BACKGROUND = np.array([0, 0, 170], dtype=np.float32)
+
+
+def synthetic_pair(index: int, size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic façade-like pair: (photo, label map), both HxWx3 uint8.
+
+    The label map holds rectangles (windows, doors, balconies, cornices) on a wall; the photo renders each
+    class with its own material colour, a texture, a vertical light gradient and shadows under ledges, so the
+    task (labels -> photo) is a genuine image-to-image mapping.
+    """
+    rng = np.random.default_rng([seed, index])
+    s = size
+    label = np.zeros((s, s), dtype=np.int64)  # 0 wall
+    label[: max(1, s // 16)] = -1  # sky
+    floors = int(rng.integers(3, 6))
+    cols = int(rng.integers(3, 6))
+    top = s // 16
+    fh = (s - top) / floors
+    cw = s / cols
+    for f in range(floors):
+        y0 = int(top + f * fh)
+        label[y0: y0 + max(1, s // 64)] = 4  # cornice
+        for c in range(cols):
+            x0 = int(c * cw)
+            if f == floors - 1 and c == cols // 2:
+                label[int(y0 + fh * 0.3): int(y0 + fh), int(x0 + cw * 0.25): int(x0 + cw * 0.75)] = 2  # door
+                continue
+            wy0, wy1 = int(y0 + fh * rng.uniform(0.2, 0.3)), int(y0 + fh * rng.uniform(0.7, 0.8))
+            wx0, wx1 = int(x0 + cw * rng.uniform(0.2, 0.3)), int(x0 + cw * rng.uniform(0.7, 0.8))
+            label[wy0:wy1, wx0:wx1] = 1  # window
+            label[wy1: wy1 + max(1, s // 96), wx0 - 1: wx1 + 1] = 5  # sill
+            if rng.random() < 0.3:
+                label[int(wy1 - fh * 0.15): wy1 + 2, max(0, wx0 - 3): wx1 + 3] = 3  # balcony
+    # label map
+    lab = np.empty((s, s, 3), dtype=np.float32)
+    lab[label == -1] = _BACKGROUND
+    for k in range(6):
+        lab[label == k] = _LABELS[k]
+    # photo
+    wall = rng.uniform(120, 220, 3)
+    materials = {0: wall, 1: rng.uniform(20, 70, 3), 2: rng.uniform(60, 110, 3) * [1.0, 0.7, 0.5],
+                 3: rng.uniform(40, 90, 3), 4: wall * 0.8, 5: wall * 1.1}
+    photo = np.empty((s, s, 3), dtype=np.float32)
+    photo[label == -1] = [150, 190, 235]
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
+    noise = rng.normal(0, 1, (s // 4 + 1, s // 4 + 1)).astype(np.float32)
+    noise = np.kron(noise, np.ones((4, 4), np.float32))[:s, :s]
+    for k, col in materials.items():
+        m = label == k
+        photo[m] = col
+    bricks = ((np.floor(yy * s / 4) % 2) * 0.5 + np.floor(xx * s / 8)) % 2
+    texture = np.where(label == 0, 8 * noise + 6 * bricks, np.where(label == 1, 25 * yy + 10 * xx, 4 * noise))
+    photo += texture[..., None]
+    # shadow below cornices and sills
+    ledge = (label == 4) | (label == 5)
+    shadow = np.zeros((s, s), np.float32)
+    for d in range(1, max(2, s // 48)):
+        shadow[d:] += ledge[:-d] * (1.0 - d / max(2, s // 48))
+    photo *= (1.0 - 0.35 * np.clip(shadow, 0, 1))[..., None]
+    photo *= (1.15 - 0.3 * yy)[..., None]  # light from above
+    photo = np.clip(photo, 0, 255).astype(np.uint8)
+    return photo, np.clip(lab, 0, 255).astype(np.uint8)
+
+
+class SyntheticPairedDataset(Dataset):
+    """Generated on the fly from (seed, index): no files, no network. A = photo, B = label map."""
+
+    def __init__(self, n: int, size: int, seed: int = 0, direction: str = "BtoA", offset: int = 0):
+        self.n, self.size, self.seed, self.direction, self.offset = n, size, seed, direction, offset
+        self.skipped: list = []
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        i %= self.n
+        photo, label = synthetic_pair(self.offset + i, self.size, self.seed)
+        a, b = to_tensor(Image.fromarray(photo)), to_tensor(Image.fromarray(label))
+        x, y = (a, b) if self.direction == "AtoB" else (b, a)
+        return {"input": x, "target": y, "index": i}
+
+
+# ------------------------------------------------------------------------------------------------ factories
+
+
+def make_dataset(spec: DataSpec, root: Optional[Path], split: str = "train", seed: int = 0,
+                 max_items: Optional[int] = None) -> Dataset:
+    """The dataset for a recipe's data section; ``split`` is 'train' or 'test'."""
+    train = split == "train"
+    if spec.kind == "synthetic":
+        n = spec.synthetic.train if train else spec.synthetic.test
+        if max_items:
+            n = min(n, max_items)
+        # test items come from a disjoint index range
+        return SyntheticPairedDataset(n, spec.size, seed, spec.direction, offset=0 if train else 1_000_000)
+    check_data_root(spec, root)
+    layout = _layout(spec, root)
+    kw = dict(size=spec.size, load_size=spec.load_size if train else None, flip=spec.flip and train, train=train,
+              strict=spec.strict, max_items=max_items)
+    if spec.kind == "paired":
+        folder = layout["train" if train else "test"]
+        if not train and not list_images(folder):
+            log.warning("no test images in %s; evaluating on the training split", folder)
+            folder = layout["train"]
+        return PairedDataset(folder, spec.direction, **kw)
+    if spec.kind == "unpaired":
+        a, b = (layout["trainA"], layout["trainB"]) if train else (layout["testA"], layout["testB"])
+        if not train and not (list_images(a) and list_images(b)):
+            a, b = layout["trainA"], layout["trainB"]
+        if spec.direction == "BtoA":
+            a, b = b, a
+        return UnpairedDataset(a, b, **kw)
+    folder = layout["train"]
+    if not train:
+        test = root / spec.test_split
+        if list_images(test):
+            folder = test
+    return FolderDataset(folder, **kw)
+
+
+class ResumableSampler(Sampler[int]):
+    """An endless, seeded shuffle that can start mid-stream and shards across processes.
+
+    Epoch ``e`` uses the permutation of ``seed + e``; sample ``k`` of the global stream is ``perm[k % n]``; rank
+    ``r`` of ``w`` takes every w-th global batch element. Resuming at global position ``start`` reproduces the
+    exact order an uninterrupted run would have seen.
+    """
+
+    def __init__(self, n: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.start, self.rank, self.world = n, seed, start, rank, world
+
+    def __iter__(self) -> Iterator[int]:
+        k = self.start * self.world + self.rank
+        cache_epoch, perm = -1, None
+        while True:
+            epoch, pos = divmod(k, self.n)
+            if epoch != cache_epoch:
+                g = torch.Generator().manual_seed(self.seed + epoch)
+                perm = torch.randperm(self.n, generator=g).tolist()
+                cache_epoch = epoch
+            yield epoch * self.n + perm[pos]  # datasets take the index modulo their length
+            k += self.world
+
+    def __len__(self):  # pragma: no cover - endless
+        return math.inf

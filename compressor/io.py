@@ -1,0 +1,50 @@
+"""Atomic file writes: a temporary file in the same folder, fsync, then rename. A crash or a full disk never
+leaves a half-written artifact in place of a good one."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .errors import UserError
+
+
+class DiskWriteError(UserError):
+    """Writing an artifact failed (disk full, permissions); earlier artifacts are intact."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise DiskWriteError(f"{path}: write failed ({exc.strerror or exc}); earlier artifacts are intact") from None
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=1, default=str) + "\n")
+
+
+def atomic_torch_save(obj, path: str | Path) -> Path:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return atomic_write_bytes(path, buf.getvalue())

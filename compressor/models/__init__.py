@@ -1,0 +1,211 @@
+"""The generator zoo and teacher loading.
+
+``build_generator(name, **kwargs)`` accepts pytorch-CycleGAN-and-pix2pix's names and arguments and builds
+modules with identical state_dict keys, so its ``latest_net_G.pth`` files load as they are.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import pickle
+import sys
+import zipfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+from ..errors import CheckpointError, RecipeError
+from .discriminator import NLayerDiscriminator
+from .norms import init_weights
+from .resnet import ResnetGenerator
+from .unet import UnetGenerator
+
+log = logging.getLogger(__name__)
+
+ZOO = {
+    "resnet_9blocks": (ResnetGenerator, {"n_blocks": 9}),
+    "resnet_6blocks": (ResnetGenerator, {"n_blocks": 6}),
+    "unet_128": (UnetGenerator, {"num_downs": 7}),
+    "unet_256": (UnetGenerator, {"num_downs": 8}),
+}
+GENERATOR_ARGS = ("input_nc", "output_nc", "ngf", "norm", "use_dropout")
+
+__all__ = ["ZOO", "build_generator", "build_discriminator", "load_teacher", "load_state_dict_file",
+           "apply_state_dict", "NLayerDiscriminator", "ResnetGenerator", "UnetGenerator", "init_weights",
+           "import_object", "size_multiple", "default_taps"]
+
+
+def build_generator(name: str, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, norm: str = "batch",
+                    use_dropout: bool = False, init: str | None = "normal") -> nn.Module:
+    """Build a zoo generator as pytorch-CycleGAN-and-pix2pix's ``define_G`` would (without moving it to a GPU)."""
+    if name not in ZOO:
+        raise RecipeError(f"teacher.arch: unknown generator {name!r}; choose one of {', '.join(ZOO)}")
+    cls, fixed = ZOO[name]
+    net = cls(input_nc=input_nc, output_nc=output_nc, ngf=ngf, norm=norm, use_dropout=use_dropout, **fixed)
+    net.arch = name
+    if init:
+        init_weights(net, init)
+    return net
+
+
+def build_discriminator(input_nc: int = 6, ndf: int = 64, n_layers: int = 3, norm: str = "batch",
+                        init: str | None = "normal") -> nn.Module:
+    net = NLayerDiscriminator(input_nc=input_nc, ndf=ndf, n_layers=n_layers, norm=norm)
+    if init:
+        init_weights(net, init)
+    return net
+
+
+def size_multiple(model: nn.Module) -> int:
+    """The multiple that input H and W must be for this model (1 when unknown)."""
+    return int(getattr(model, "size_multiple", 1) or 1)
+
+
+def default_taps(model: nn.Module) -> dict[str, str]:
+    return dict(getattr(model, "taps", {}) or {})
+
+
+def import_object(path: str, base_dir: Path | None = None, key: str = "teacher.import") -> Any:
+    """Resolve ``package.module:attr`` or ``path/to/file.py:attr`` (relative to ``base_dir``)."""
+    if ":" not in path:
+        raise RecipeError(f"{key}: expected 'module:attribute' or 'file.py:attribute', got {path!r}")
+    mod_name, _, attr = path.rpartition(":")
+    if mod_name.endswith(".py"):
+        file = Path(mod_name)
+        if not file.is_absolute() and base_dir is not None:
+            file = Path(base_dir) / file
+        if not file.is_file():
+            raise RecipeError(f"{key}: file not found: {file}")
+        unique = f"compressor_user_{abs(hash(str(file.resolve())))}"
+        if unique in sys.modules:
+            module = sys.modules[unique]
+        else:
+            spec = importlib.util.spec_from_file_location(unique, file)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[unique] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as exc:
+                del sys.modules[unique]
+                raise RecipeError(f"{key}: importing {file} failed: {type(exc).__name__}: {exc}") from None
+    else:
+        try:
+            module = importlib.import_module(mod_name)
+        except ModuleNotFoundError as exc:
+            raise RecipeError(f"{key}: no module named {exc.name!r} (from {path!r})") from None
+        except Exception as exc:
+            raise RecipeError(f"{key}: importing {mod_name} failed: {type(exc).__name__}: {exc}") from None
+    try:
+        obj = module
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except AttributeError:
+        raise RecipeError(f"{key}: module {mod_name!r} has no attribute {attr!r}") from None
+    return obj
+
+
+def load_state_dict_file(path: str | Path, trust: bool = False, key: str = "teacher.checkpoint") -> dict:
+    """Read a checkpoint into a flat state_dict without executing code (unless ``trust``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{key}: file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path)))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{key}: {path} is not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=not trust)
+    except pickle.UnpicklingError as exc:
+        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
+            raise CheckpointError(
+                f"{key}: {path} contains pickled Python objects, not just tensors; load it only if you trust "
+                f"its source, with --trust-checkpoint") from None
+        raise CheckpointError(f"{key}: {path} is corrupt or not a PyTorch checkpoint ({exc})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
+        raise CheckpointError(f"{key}: {path} is corrupt, truncated or not a PyTorch checkpoint "
+                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model", "generator", "netG", "G", "model_state"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, Mapping) and inner and all(torch.is_tensor(v) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{key}: {path} does not hold a state_dict (a mapping of names to tensors)")
+    return dict(obj)
+
+
+def _clean_state_dict(model: nn.Module, state: dict) -> dict:
+    """Strip DataParallel's ``module.`` prefix; drop legacy InstanceNorm running statistics."""
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    modules = dict(model.named_modules())
+    cleaned = {}
+    for k, v in state.items():
+        mod_name, _, leaf = k.rpartition(".")
+        mod = modules.get(mod_name)
+        if (isinstance(mod, nn.InstanceNorm2d) and leaf in ("running_mean", "running_var", "num_batches_tracked")
+                and getattr(mod, leaf, None) is None):
+            continue
+        cleaned[k] = v
+    return cleaned
+
+
+def apply_state_dict(model: nn.Module, state: dict, source: str = "checkpoint", key: str = "teacher.checkpoint"):
+    """Load strictly, with messages that name the first mismatching keys, counts and shapes."""
+    state = _clean_state_dict(model, state)
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
+        raise CheckpointError(f"{key}: {source} does not match the architecture: keys " + "; ".join(parts))
+    for k, v in own.items():
+        if tuple(state[k].shape) != tuple(v.shape):
+            raise CheckpointError(f"{key}: {source} does not match the architecture: {k} has shape "
+                                  f"{tuple(state[k].shape)} in the checkpoint but {tuple(v.shape)} in the model")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def load_teacher(spec, base_dir: str | Path | None = None, trust_checkpoint: bool = False) -> nn.Module:
+    """Build the teacher a spec describes (zoo ``arch`` or ``import``) and load its checkpoint, if any.
+
+    ``spec`` is a :class:`compressor.recipe.TeacherSpec` or a dict of its fields.
+    """
+    from ..recipe import TeacherSpec
+
+    if not isinstance(spec, TeacherSpec):
+        spec = TeacherSpec.model_validate(spec)
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    if spec.arch:
+        model = build_generator(spec.arch, **spec.kwargs)
+    else:
+        factory = import_object(spec.import_, base)
+        try:
+            model = factory(**spec.kwargs)
+        except TypeError as exc:
+            raise RecipeError(f"teacher.kwargs: calling {spec.import_} failed: {exc}") from None
+        if not isinstance(model, nn.Module):
+            raise RecipeError(f"teacher.import: {spec.import_} returned {type(model).__name__}, not an nn.Module")
+    if spec.checkpoint:
+        ckpt = Path(spec.checkpoint)
+        if not ckpt.is_absolute():
+            ckpt = base / ckpt
+        state = load_state_dict_file(ckpt, trust=trust_checkpoint)
+        apply_state_dict(model, state, source=str(ckpt))
+        log.info("loaded teacher weights from %s", ckpt)
+    return model.eval()

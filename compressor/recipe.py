@@ -1,0 +1,446 @@
+"""The recipe schema: the one home of defaults.
+
+A recipe is data. The only code it may name is ``teacher.import``. YAML is read with ``safe_load``; unknown keys
+are refused; every error names the key path and, where known, the YAML line.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import RecipeError
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
+class SyntheticSpec(Strict):
+    train: int = Field(64, ge=1, description="number of generated training pairs")
+    test: int = Field(16, ge=1, description="number of generated test pairs")
+
+
+class DataSpec(Strict):
+    kind: Literal["paired", "unpaired", "folder", "synthetic"] = Field(
+        "paired", description="paired: pix2pix AB images; unpaired: trainA/trainB; folder: inputs only; "
+                              "synthetic: generated façade-like pairs")
+    root: Optional[str] = Field(None, description="dataset folder (not needed for synthetic)")
+    direction: Literal["AtoB", "BtoA"] = Field("AtoB", description="which half is the input")
+    size: int = Field(256, ge=8, le=8192, description="training and test image size (square)")
+    load_size: Optional[int] = Field(None, ge=8, description="resize to this, then random-crop to size (training)")
+    flip: bool = Field(False, description="random horizontal flips during training")
+    batch_size: int = Field(1, ge=1, le=4096, description="images per step (per process)")
+    num_workers: int = Field(0, ge=0, le=64, description="DataLoader worker processes")
+    strict: bool = Field(False, description="fail on an unreadable image instead of skipping it")
+    train_split: str = Field("train", description="sub-folder with training images")
+    test_split: str = Field("test", description="sub-folder with test images")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="sizes of the synthetic set")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kind != "synthetic" and not self.root:
+            raise ValueError(f"data.root is required for kind {self.kind!r}")
+        if self.load_size is not None and self.load_size < self.size:
+            raise ValueError("data.load_size must be at least data.size")
+        return self
+
+
+class TeacherTrainSpec(Strict):
+    steps: int = Field(400, ge=1, description="pix2pix training steps for a teacher you do not have yet")
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate")
+    gan_mode: Literal["lsgan", "vanilla", "hinge"] = Field("lsgan", description="adversarial loss")
+    recon_weight: float = Field(100.0, ge=0, description="L1 weight (λ_L1)")
+    gan_weight: float = Field(1.0, ge=0, description="adversarial weight")
+
+
+class TeacherSpec(Strict):
+    arch: Optional[str] = Field(None, description="zoo name: resnet_9blocks, resnet_6blocks, unet_128, unet_256")
+    import_: Optional[str] = Field(None, alias="import", description="'pkg.module:factory' or 'file.py:factory'")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments for the zoo model or factory")
+    checkpoint: Optional[str] = Field(None, description="state_dict (.pth/.pt/.safetensors) of the teacher")
+    reverse_checkpoint: Optional[str] = Field(None, description="unpaired data: the B->A teacher's state_dict")
+    train: Optional[TeacherTrainSpec] = Field(None, description="train the teacher first (no checkpoint needed)")
+    taps: dict[str, str] = Field(default_factory=dict, description="extra feature-tap aliases: alias -> module")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if bool(self.arch) == bool(self.import_):
+            raise ValueError("teacher needs exactly one of 'arch' (a zoo name) or 'import' (module:factory)")
+        if self.arch:
+            from .models import GENERATOR_ARGS, ZOO
+
+            if self.arch not in ZOO:
+                raise ValueError(f"teacher.arch: unknown generator {self.arch!r}; choose one of {', '.join(ZOO)}")
+            bad = sorted(set(self.kwargs) - set(GENERATOR_ARGS))
+            if bad:
+                raise ValueError(f"teacher.kwargs: unknown argument {bad[0]!r} for {self.arch}; "
+                                 f"allowed: {', '.join(GENERATOR_ARGS)}")
+        if self.train is not None and self.import_:
+            raise ValueError("teacher.train works with zoo teachers only")
+        return self
+
+
+class StudentSpec(Strict):
+    width: float = Field(0.25, gt=0, le=1, description="fraction of every layer's channels to keep")
+    method: Literal["auto", "rebuild", "prune"] = Field("auto", description="rebuild (zoo) or prune (any model)")
+    init: Literal["inherit", "scratch"] = Field("inherit", description="inherit the teacher's strongest channels")
+
+
+class WeightSpec(Strict):
+    weight: float = Field(..., ge=0, description="loss weight (0 turns it off)")
+
+
+class GanLossSpec(WeightSpec):
+    weight: float = Field(1.0, ge=0)
+    mode: Literal["lsgan", "vanilla", "hinge"] = Field("lsgan", description="adversarial loss")
+
+
+class SrpLossSpec(WeightSpec):
+    weight: float = Field(10.0, ge=0)
+    layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
+    layer_weights: Optional[list[float]] = Field(None, description="one weight per layer (default: all 1)")
+    pool: Optional[int] = Field(None, ge=1, description="average-pool features to this size first")
+    variant: Literal["l2", "l1"] = Field("l2", description="l2: exact factorised form; l1: materialised")
+    float64: bool = Field(False, description="accumulate in float64 (teacher and student nearly equal)")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.layer_weights is not None and len(self.layer_weights) != len(self.layers):
+            raise ValueError("distill.losses.srp.layer_weights needs one weight per layer")
+        return self
+
+
+class FeatLossSpec(WeightSpec):
+    weight: float = Field(0.0, ge=0)
+    layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
+
+
+class LossesSpec(Strict):
+    gan: GanLossSpec = Field(default_factory=GanLossSpec, description="adversarial loss")
+    recon: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=100.0), description="L1 to ground truth")
+    kd: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=10.0), description="L1 to teacher output")
+    srp: SrpLossSpec = Field(default_factory=SrpLossSpec, description="semantic relation preserving loss")
+    feat: FeatLossSpec = Field(default_factory=FeatLossSpec, description="feature L2 through 1x1 adapters")
+    cycle: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=10.0), description="unpaired cycle loss")
+
+
+class DiscriminatorSpec(Strict):
+    ndf: int = Field(64, ge=1, description="discriminator base width")
+    n_layers: int = Field(3, ge=1, le=8, description="PatchGAN depth")
+    norm: Literal["batch", "instance", "none"] = Field("instance", description="discriminator normalisation")
+
+
+class DistillSpec(Strict):
+    steps: int = Field(1000, ge=1, description="optimisation steps")
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate (β1 0.5)")
+    decay_from: float = Field(0.5, ge=0, le=1, description="fraction of steps at constant lr before linear decay")
+    losses: LossesSpec = Field(default_factory=LossesSpec, description="loss terms and weights")
+    teacher_as_real: bool = Field(False, description="folder data: use teacher outputs as GAN real samples")
+    discriminator: DiscriminatorSpec = Field(default_factory=DiscriminatorSpec, description="PatchGAN settings")
+    checkpoint_every: int = Field(1000, ge=1, description="write a checkpoint every N steps")
+    keep_last: int = Field(3, ge=1, description="checkpoints to keep")
+    log_every: int = Field(50, ge=1, description="append to metrics.jsonl every N steps")
+    sample_every: int = Field(1000, ge=1, description="write a sample grid every N steps")
+    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA")
+    channels_last: bool = Field(False, description="channels_last memory format on CUDA")
+
+
+class EvaluateSpec(Strict):
+    metrics: list[Literal["fid", "kid", "psnr", "ssim", "l1"]] = Field(
+        default_factory=lambda: ["fid", "kid", "psnr", "ssim"], description="metrics to compute")
+    batch_size: int = Field(8, ge=1, description="evaluation batch size")
+    max_images: Optional[int] = Field(None, ge=1, description="evaluate at most this many test images")
+    inception_weights: Optional[str] = Field(None, description="FID Inception weights (TorchScript .pt)")
+    samples: int = Field(4, ge=0, le=64, description="test images in the sample grid")
+
+
+class OnnxSpec(Strict):
+    dynamic: list[Literal["batch", "hw"]] = Field(default_factory=lambda: ["batch"], description="dynamic axes")
+    opset: int = Field(18, ge=13, le=23, description="ONNX opset")
+    parity_tol: float = Field(1e-4, gt=0, description="max abs error against PyTorch (fp32)")
+    slim: bool = Field(False, description="simplify with onnxslim")
+
+
+class Int8Spec(Strict):
+    enabled: bool = Field(False, description="write student.int8.onnx (static QDQ)")
+    calib_images: int = Field(32, ge=1, description="calibration images from the training set")
+
+
+class TensorRTSpec(Strict):
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp16", description="engine precision")
+    workspace_mb: int = Field(1024, ge=16, description="builder workspace")
+
+
+class ExportSpec(Strict):
+    onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX export and parity")
+    int8: Int8Spec = Field(default_factory=Int8Spec, description="INT8 quantisation")
+    tensorrt: Optional[TensorRTSpec] = Field(None, description="TensorRT engine (skipped where absent)")
+
+
+class ProfileSpec(Strict):
+    backends: list[str] = Field(default_factory=lambda: ["torch", "ort-cpu"], description="backends to time")
+    batch: list[int] = Field(default_factory=lambda: [1], description="batch sizes")
+    size: list[int] = Field(default_factory=list, description="image sizes (default: data.size)")
+    warmup: int = Field(5, ge=0, description="untimed iterations")
+    iters: int = Field(20, ge=1, description="timed iterations")
+    threads: Optional[int] = Field(None, ge=1, description="intra-op threads (default: all cores)")
+
+    @field_validator("backends")
+    @classmethod
+    def _backends(cls, v):
+        from exporters.runtimes import BACKENDS
+
+        for b in v:
+            if b not in BACKENDS:
+                raise ValueError(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+        return v
+
+    @field_validator("batch", "size")
+    @classmethod
+    def _positive(cls, v):
+        if any(x < 1 for x in v):
+            raise ValueError("values must be positive")
+        return v
+
+
+class Recipe(Strict):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name: runs/<name>/")
+    seed: int = Field(0, description="random seed")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda when present, else cpu")
+    data: DataSpec = Field(..., description="dataset")
+    teacher: TeacherSpec = Field(..., description="the generator to compress")
+    student: StudentSpec = Field(default_factory=StudentSpec, description="the slimmed student")
+    distill: DistillSpec = Field(default_factory=DistillSpec, description="distillation training")
+    evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="teacher-vs-student evaluation")
+    export: ExportSpec = Field(default_factory=ExportSpec, description="deployment export")
+    profile: ProfileSpec = Field(default_factory=ProfileSpec, description="latency profiling")
+
+    # Where the recipe came from: relative paths resolve against it. Not part of the schema.
+    _base_dir: Path = Path(".")
+    _source: Optional[Path] = None
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def resolve_path(self, value: str | None) -> Optional[Path]:
+        """Resolve a recipe path: against the recipe's folder, else the current directory."""
+        if value is None:
+            return None
+        p = Path(value).expanduser()
+        if p.is_absolute():
+            return p
+        near = (self._base_dir / p)
+        if near.exists() or not p.exists():
+            return near.resolve() if near.exists() else near
+        return p.resolve()
+
+    def section_hash(self, *sections: str) -> str:
+        data = self.model_dump(mode="json", by_alias=True)
+        payload = {s: data[s] for s in sections}
+        payload["_seed"] = data["seed"]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+                              .encode()).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
+
+
+# ---------------------------------------------------------------------------------------------------- loading
+
+
+def _line_index(text: str) -> dict[tuple, int]:
+    """Map key paths to 1-based YAML line numbers."""
+    index: dict[tuple, int] = {}
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return index
+
+    def walk(node, path):
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                key = k.value
+                index[path + (key,)] = k.start_mark.line + 1
+                walk(v, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, v in enumerate(node.value):
+                index[path + (i,)] = v.start_mark.line + 1
+                walk(v, path + (i,))
+
+    if root is not None:
+        walk(root, ())
+    return index
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise RecipeError(f"--set {item!r}: expected dotted.key=value")
+    key, _, raw = item.partition("=")
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise RecipeError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(doc: dict, overrides: list[str]) -> dict:
+    for item in overrides or []:
+        path, value = parse_override(item)
+        node = doc
+        for part in path[:-1]:
+            nxt = node.get(part)
+            if nxt is None:
+                nxt = node[part] = {}
+            if not isinstance(nxt, dict):
+                raise RecipeError(f"--set {item!r}: {part} is not a section")
+            node = nxt
+        node[path[-1]] = value
+    return doc
+
+
+def _format_error(err: dict, lines: dict[tuple, int], source: str) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = ".".join(str(p) for p in loc) or "(recipe)"
+    msg = err["msg"]
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, "):]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key (misspelt?)"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    line = None
+    probe = loc
+    while probe and line is None:
+        line = lines.get(probe)
+        probe = probe[:-1]
+    where = f"{source}:{line}: " if line else f"{source}: "
+    if msg.startswith(key + ":") or msg.startswith(key.split(".")[0] + " "):
+        return where + msg
+    if "input" in err and err["type"] not in ("missing", "extra_forbidden") and not isinstance(err["input"], dict):
+        return f"{where}{key}: {msg} (got {err['input']!r})"
+    return f"{where}{key}: {msg}"
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:
+    """Read, override and validate a recipe; raise :class:`RecipeError` with one line on any problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"{path}: cannot read recipe ({exc})") from None
+    return parse_recipe(text, source=str(path), base_dir=path.resolve().parent, overrides=overrides,
+                        check_paths=check_paths)
+
+
+def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = None,
+                 overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{where}: YAML syntax error: {problem}") from None
+    if doc is None:
+        raise RecipeError(f"{source}: the recipe is empty")
+    if not isinstance(doc, dict):
+        raise RecipeError(f"{source}: a recipe must be a mapping of keys, not {type(doc).__name__}")
+    if any(not isinstance(k, str) for k in doc):
+        raise RecipeError(f"{source}: top-level keys must be strings")
+    doc = apply_overrides(doc, overrides or [])
+    try:
+        recipe = Recipe.model_validate(doc)
+    except ValidationError as exc:
+        raise RecipeError(_format_error(exc.errors()[0], _line_index(text), source)) from None
+    except (TypeError, RecursionError) as exc:
+        raise RecipeError(f"{source}: invalid recipe ({exc})") from None
+    recipe._base_dir = Path(base_dir) if base_dir else Path.cwd()
+    recipe._source = Path(source)
+    if check_paths:
+        check_recipe_paths(recipe, _line_index(text), source)
+    return recipe
+
+
+def check_recipe_paths(recipe: Recipe, lines: dict | None = None, source: str = "<recipe>") -> None:
+    """Fail early when data is missing: before any model is built."""
+    from .data import check_data_root
+
+    lines = lines or {}
+    if recipe.data.kind != "synthetic":
+        line = lines.get(("data", "root"))
+        where = f"{source}:{line}: " if line else f"{source}: "
+        try:
+            check_data_root(recipe.data, recipe.resolve_path(recipe.data.root))
+        except RecipeError as exc:
+            raise RecipeError(where + str(exc)) from None
+
+
+def missing_files(recipe: Recipe) -> list[str]:
+    """Files a later stage will need that do not exist yet (warnings for ``validate``)."""
+    out = []
+    t = recipe.teacher
+    if t.checkpoint and t.train is None:
+        p = recipe.resolve_path(t.checkpoint)
+        if not p.exists():
+            out.append(f"teacher.checkpoint: file not found: {p} (the teacher stage will fail)")
+    elif not t.checkpoint and t.train is None:
+        out.append("teacher: neither checkpoint nor train is set; the teacher keeps random weights")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ reference
+
+
+def schema_reference() -> list[tuple[str, str, str]]:
+    """(dotted key, default, description) for every key of the schema: the README's recipe reference."""
+    rows: list[tuple[str, str, str]] = []
+
+    def default_of(field):
+        if field.is_required():
+            return "required"
+        if field.default_factory is not None:
+            val = field.default_factory()
+        else:
+            val = field.default
+        if isinstance(val, BaseModel):
+            return "(section)"
+        return json.dumps(val) if not isinstance(val, str) else val
+
+    def walk(model: type[BaseModel], prefix: str):
+        for name, field in model.model_fields.items():
+            key = prefix + (field.alias or name)
+            ann = field.annotation
+            sub = _submodel(ann)
+            rows.append((key, "(section)" if sub is not None else default_of(field), field.description or ""))
+            if sub is not None:
+                walk(sub, key + ".")
+
+    walk(Recipe, "")
+    return rows
+
+
+def _submodel(ann):
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None

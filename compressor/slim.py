@@ -1,0 +1,255 @@
+"""Channel-width scaling: ``student, plan = make_student(teacher, width=0.25)``.
+
+* ``rebuild`` re-instantiates a zoo model at ``round(ngf * width)``.
+* ``prune`` uses Torch-Pruning's dependency graph to keep ``width`` of every prunable layer's channels, on any
+  model (residual adds, concatenations, grouped/depthwise convs, ConvTranspose, norms). The output layer is
+  never pruned.
+* ``inherit`` starts the student from the teacher's strongest channels (L2 magnitude); ``scratch``
+  re-initialises it.
+
+Students are saved without pickle: ``student.safetensors`` plus ``student.json`` (the teacher spec and the
+plan). ``load_student(dir)`` rebuilds the architecture exactly, without the teacher's weights.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError, RecipeError
+from .models import ZOO, build_generator, import_object, init_weights, size_multiple
+
+log = logging.getLogger(__name__)
+
+PLAN_VERSION = 1
+
+
+def teacher_spec_of(model: nn.Module) -> Optional[dict]:
+    """The spec that rebuilds this architecture (without weights), if known."""
+    spec = getattr(model, "compressor_spec", None)
+    if spec:
+        return dict(spec)
+    arch = getattr(model, "arch", None)
+    if arch in ZOO:
+        cfg = model.config
+        return {"arch": arch, "kwargs": {k: cfg[k] for k in ("input_nc", "output_nc", "ngf", "norm", "use_dropout")}}
+    return None
+
+
+def build_from_spec(spec: dict, init: Optional[str] = None) -> nn.Module:
+    if spec.get("arch"):
+        return build_generator(spec["arch"], init=init, **spec.get("kwargs", {}))
+    factory = import_object(spec["import"], key="student.json teacher.import")
+    model = factory(**spec.get("kwargs", {}))
+    model.compressor_spec = dict(spec)
+    return model
+
+
+def _example_for(model: nn.Module, example_input: Optional[torch.Tensor]) -> torch.Tensor:
+    if example_input is not None:
+        return example_input
+    m = size_multiple(model)
+    s = max(64, m)
+    in_ch = getattr(model, "config", {}).get("input_nc", 3)
+    return torch.randn(1, in_ch, s, s)
+
+
+def _output_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
+    """The last executed conv/linear layer: the output layer, never pruned."""
+    order: list[nn.Module] = []
+    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in model.modules()
+             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    if not order:
+        raise RecipeError("student: the teacher has no conv or linear layer to prune")
+    return [order[-1]]
+
+
+def fix_instance_norms(model: nn.Module, x: torch.Tensor) -> None:
+    """Set ``num_features`` of affine-free InstanceNorms from the channels they really see after pruning."""
+    hooks = []
+    for m in model.modules():
+        if isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)) and not m.affine:
+            def hook(mod, inputs):
+                mod.num_features = inputs[0].shape[1]
+            hooks.append(m.register_forward_pre_hook(hook))
+    if not hooks:
+        return
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+
+
+def _prune(model: nn.Module, width: float, x: torch.Tensor, record: bool = True) -> list[dict]:
+    """Prune ``model`` in place to ``width``; return the replayable list of pruning groups."""
+    import torch_pruning as tp
+
+    names = {m: n for n, m in model.named_modules()}
+    was = model.training
+    ignored = _output_layers(model, x)
+    imp = tp.importance.MagnitudeImportance(p=2)
+    with torch.enable_grad():
+        pruner = tp.pruner.BasePruner(model, x, importance=imp, pruning_ratio=1.0 - width, ignored_layers=ignored,
+                                      global_pruning=False)
+        groups = []
+        for group in pruner.step(interactive=True):
+            dep, idxs = group[0].dep, group[0].idxs
+            fn = getattr(dep.handler, "__name__", "")
+            groups.append({"module": names[dep.target.module], "fn": fn, "idxs": [int(i) for i in idxs]})
+            group.prune()
+    model.train(was)
+    fix_instance_norms(model, x)
+    return groups
+
+
+def _replay(model: nn.Module, groups: list[dict], x: torch.Tensor) -> None:
+    import torch_pruning as tp
+
+    modules = dict(model.named_modules())
+    was = model.training
+    with torch.enable_grad():
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+        for g in groups:
+            mod = modules.get(g["module"])
+            if mod is None:
+                raise CheckpointError(f"student.json: plan names module {g['module']!r}, which the architecture "
+                                      f"does not have")
+            fn = getattr(dg.get_pruner_of_module(mod), g["fn"])
+            dg.get_pruning_group(mod, fn, g["idxs"]).prune()
+    model.train(was)
+    fix_instance_norms(model, x)
+
+
+def _reinit(model: nn.Module) -> None:
+    if getattr(model, "arch", None) in ZOO:
+        init_weights(model)
+        return
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and m is not model:
+            m.reset_parameters()
+
+
+def make_student(teacher: nn.Module, width: float, method: str = "auto", init: str = "inherit",
+                 example_input: Optional[torch.Tensor] = None) -> tuple[nn.Module, dict]:
+    """Return ``(student, plan)`` for a teacher at a channel ``width`` in (0, 1]."""
+    if not 0 < width <= 1:
+        raise RecipeError(f"student.width: must be in (0, 1], got {width}")
+    if method not in ("auto", "rebuild", "prune"):
+        raise RecipeError(f"student.method: unknown method {method!r}")
+    if init not in ("inherit", "scratch"):
+        raise RecipeError(f"student.init: unknown init {init!r}")
+    zoo = getattr(teacher, "arch", None) in ZOO
+    if method == "auto":
+        method = "rebuild" if zoo else "prune"
+    if method == "rebuild" and not zoo:
+        raise RecipeError("student.method: rebuild works for zoo teachers only; use prune for imported models")
+    spec = teacher_spec_of(teacher)
+    x = _example_for(teacher, example_input)
+    plan: dict[str, Any] = {"version": PLAN_VERSION, "method": method, "width": width, "init": init,
+                            "teacher": spec}
+    if method == "rebuild":
+        kwargs = dict(spec["kwargs"])
+        kwargs["ngf"] = max(1, round(kwargs["ngf"] * width))
+        student = build_generator(spec["arch"], init="normal", **kwargs)
+        plan["ngf"] = kwargs["ngf"]
+        if init == "inherit":
+            pruned = copy.deepcopy(teacher)
+            _prune(pruned, width, x)
+            state = pruned.state_dict()
+            own = student.state_dict()
+            bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
+            if bad:
+                raise RecipeError(f"student.width: {width} does not split every layer evenly ({bad[0]}); "
+                                  f"use student.method: prune, or a width such as 0.25 or 0.5")
+            student.load_state_dict(state)
+    else:
+        student = copy.deepcopy(teacher)
+        plan["groups"] = _prune(student, width, x)
+        if init == "scratch":
+            _reinit(student)
+    student.train(teacher.training)
+    if spec:
+        student.compressor_spec = spec
+    plan["example_shape"] = list(x.shape)
+    return student, plan
+
+
+def student_from_plan(plan: dict) -> nn.Module:
+    """Rebuild the student's architecture (random weights) from a plan."""
+    spec = plan.get("teacher")
+    if not spec:
+        raise CheckpointError("student.json: the plan has no teacher spec to rebuild from")
+    if plan["method"] == "rebuild":
+        kwargs = dict(spec["kwargs"], ngf=plan["ngf"])
+        return build_generator(spec["arch"], init=None, **kwargs)
+    model = build_from_spec(spec, init=None)
+    _replay(model, plan["groups"], torch.randn(*plan["example_shape"]))
+    if spec:
+        model.compressor_spec = spec
+    return model
+
+
+def save_student(student: nn.Module, plan: dict, out_dir: str | Path, extra: Optional[dict] = None) -> Path:
+    """Write ``student.safetensors`` and ``student.json`` atomically into ``out_dir``."""
+    from safetensors.torch import save_file
+
+    from .io import atomic_write_bytes, atomic_write_text
+
+    if not plan.get("teacher"):
+        raise ValueError("save_student needs a plan with a teacher spec: set teacher.compressor_spec = "
+                         "{'import': 'module:factory', 'kwargs': {...}} before make_student")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()}
+    from safetensors.torch import save as st_save
+
+    atomic_write_bytes(out / "student.safetensors", st_save(state))
+    meta = dict(plan)
+    if extra:
+        meta.update(extra)
+    atomic_write_text(out / "student.json", json.dumps(meta, indent=1))
+    return out
+
+
+def load_student(path: str | Path) -> nn.Module:
+    """Load a student saved by :func:`save_student`: rebuild from the plan, then load the safetensors."""
+    from safetensors.torch import load_file
+
+    from .models import apply_state_dict
+
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    meta_file = folder / "student.json"
+    weights = folder / "student.safetensors"
+    for f in (meta_file, weights):
+        if not f.is_file():
+            raise CheckpointError(f"{f}: file not found (a student folder holds student.json and "
+                                  f"student.safetensors)")
+    try:
+        plan = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{meta_file}: not valid JSON ({exc})") from None
+    model = student_from_plan(plan)
+    try:
+        state = load_file(str(weights))
+    except Exception as exc:  # safetensors raises several types
+        raise CheckpointError(f"{weights}: unreadable ({exc})") from None
+    apply_state_dict(model, state, source=str(weights), key="student")
+    model.eval()
+    model.student_plan = plan
+    return model

@@ -1,0 +1,243 @@
+"""ONNX export, full checker, optional slimming, metadata, and parity against PyTorch in ONNX Runtime.
+
+torch's dynamo exporter writes one self-contained file (``external_data=False``; models under 2 GB). The batch
+axis is always dynamic; H/W are dynamic on request, and the size rule (a multiple of the model's
+``size_multiple``: 4 for ResNets, 2**num_downs for U-Nets) is recorded in the metadata, since the graph
+accepts any size but only those give the same-size output.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from compressor.errors import ExportError, UserError
+from compressor.io import atomic_write_json
+
+log = logging.getLogger(__name__)
+
+INPUT, OUTPUT = "input", "output"
+
+
+def _quiet_export():
+    import contextlib
+    import io
+    import logging as _logging
+
+    @contextlib.contextmanager
+    def cm():
+        prev = _logging.root.manager.disable
+        _logging.disable(_logging.WARNING)
+        buf = io.StringIO()
+        try:
+            with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
+                warnings.simplefilter("ignore")
+                yield
+        finally:
+            _logging.disable(prev)
+
+    return cm()
+
+
+def _rename_dims(model_proto, names: dict[int, str]) -> None:
+    """Give the symbolic input dims readable names, consistently across the graph."""
+    dims = model_proto.graph.input[0].type.tensor_type.shape.dim
+    mapping = {dims[i].dim_param: new for i, new in names.items() if i < len(dims) and dims[i].dim_param}
+    if not mapping:
+        return
+    for vi in list(model_proto.graph.input) + list(model_proto.graph.output) + list(model_proto.graph.value_info):
+        for d in vi.type.tensor_type.shape.dim:
+            if d.dim_param in mapping:
+                d.dim_param = mapping[d.dim_param]
+
+
+def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, dynamic=("batch",), opset: int = 18,
+                metadata: Optional[dict] = None, slim: bool = False) -> Path:
+    """Export ``model`` to a single ONNX file with the named dynamic axes and metadata."""
+    import onnx
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    from torch.export import Dim
+
+    axes = {0: Dim("batch", min=1, max=4096)} if "batch" in dynamic else {}
+    if "hw" in dynamic:
+        axes.update({2: Dim.DYNAMIC, 3: Dim.DYNAMIC})
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with _quiet_export():
+            torch.onnx.export(model, (example.cpu(),), str(tmp), dynamo=True, external_data=False,
+                              dynamic_shapes=(axes,) if axes else None,
+                              input_names=[INPUT], output_names=[OUTPUT], opset_version=opset)
+    except Exception as exc:  # noqa: BLE001 - the exporter raises many types
+        tmp.unlink(missing_ok=True)
+        raise ExportError(f"{path}: torch.onnx.export failed: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:300]}") from None
+    proto = onnx.load(str(tmp))
+    _rename_dims(proto, {0: "batch", 2: "height", 3: "width"})
+    meta = {"layout": "NCHW", "value_range": "[-1, 1]", "dtype": "float32", **(metadata or {})}
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = str(k), v if isinstance(v, str) else json.dumps(v)
+    if slim:
+        try:
+            import onnxslim
+
+            proto = onnxslim.slim(proto)
+        except ImportError:
+            raise UserError("export.onnx.slim needs onnxslim: pip install onnxslim") from None
+    onnx.save(proto, str(tmp))
+    tmp.replace(path)
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+def read_metadata(path: str | Path) -> dict:
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    out = {}
+    for p in proto.metadata_props:
+        try:
+            out[p.key] = json.loads(p.value)
+        except json.JSONDecodeError:
+            out[p.key] = p.value
+    return out
+
+
+def ort_session(path: str | Path, threads: Optional[int] = None, providers=None):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    if threads:
+        so.intra_op_num_threads = threads
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
+
+
+def parity(model: nn.Module, onnx_path: str | Path, inputs: list[torch.Tensor], tol: float = 1e-4) -> dict:
+    """Polygraphy-style comparison: the same inputs through PyTorch and ONNX Runtime, max abs error each."""
+    sess = ort_session(onnx_path)
+    model = model.eval().cpu()
+    cases = []
+    for x in inputs:
+        with torch.no_grad():
+            ref = model(x).numpy()
+        got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+        err = float(np.abs(ref - got).max()) if ref.shape == got.shape else float("inf")
+        cases.append({"shape": list(x.shape), "max_abs": err, "passed": err <= tol})
+    worst = max(c["max_abs"] for c in cases)
+    return {"tolerance": tol, "max_abs": worst, "passed": worst <= tol, "cases": cases}
+
+
+def failed_marker(path: Path) -> Path:
+    return path.with_name(path.name + ".failed")
+
+
+def check_not_failed(path: Path) -> None:
+    marker = failed_marker(Path(path))
+    if marker.exists():
+        reason = marker.read_text().strip().splitlines()[0] if marker.read_text().strip() else "unknown"
+        raise UserError(f"{path}: this export failed its checks ({reason}); re-export before using it")
+
+
+def export_checked(model: nn.Module, path: Path, inputs: list[torch.Tensor], dynamic, opset: int, tol: float,
+                   metadata: dict, slim: bool = False) -> dict:
+    """Export, check and compare; on a parity failure leave a ``.failed`` marker and raise ExportError."""
+    marker = failed_marker(path)
+    export_onnx(model, path, inputs[0], dynamic, opset, metadata, slim)
+    result = parity(model, path, inputs, tol)
+    if not result["passed"]:
+        bad = max(result["cases"], key=lambda c: c["max_abs"])
+        msg = (f"{path}: ONNX Runtime differs from PyTorch by {result['max_abs']:.3g} (tolerance {tol:g}) at input "
+               f"shape {bad['shape']}")
+        marker.write_text(msg + "\n")
+        raise ExportError(msg)
+    marker.unlink(missing_ok=True)
+    return result
+
+
+def parity_inputs(model: nn.Module, samples: torch.Tensor, size: int, dynamic) -> list[torch.Tensor]:
+    """Real samples, plus a second batch size (3) and, with dynamic H/W, a second valid size."""
+    from compressor.models import size_multiple
+
+    c = samples.shape[1]
+    g = torch.Generator().manual_seed(0)
+    inputs = [samples[:1]]
+    if "batch" in dynamic:
+        third = samples[:3] if len(samples) >= 3 else torch.rand(3, c, size, size, generator=g) * 2 - 1
+        inputs.append(third)
+    if "hw" in dynamic:
+        m = size_multiple(model)
+        other = size + m if size + m <= 2 * size else size * 2
+        other = max(m, (other // m) * m)
+        inputs.append(torch.rand(2, c, other, other, generator=g) * 2 - 1)
+    return inputs
+
+
+def export_run(run, recipe, notes: Optional[list] = None, precision: Optional[str] = None) -> dict:
+    """The export stage: student (and teacher, for profiling) ONNX with parity; INT8 and TensorRT on request."""
+    import compressor
+    from compressor.data import make_dataset
+    from compressor.models import size_multiple
+    from compressor.pipeline import load_run_teacher
+    from compressor.slim import load_student
+
+    spec = recipe.export
+    student = load_student(run.student_dir)
+    teacher = load_run_teacher(run)
+    ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, max_items=3)
+    key = "A" if recipe.data.kind == "unpaired" else "input"
+    samples = torch.stack([ds[i][key] for i in range(len(ds))])
+    size = recipe.data.size
+    dynamic = list(spec.onnx.dynamic)
+    mult = size_multiple(student)
+    meta = {"producer": "compressor", "toolkit_version": compressor.__version__, "recipe_hash": recipe.digest(),
+            "size_rule": f"H and W multiples of {mult}" if "hw" in dynamic else f"H = W = {size}",
+            "size_multiple": mult, "input_size": size}
+    out = {"onnx": {}, "notes": []}
+    plan = json.loads(run.student_json.read_text())
+    for name, model, path, extra in (("student", student, run.student_onnx, {"width": plan.get("width")}),
+                                     ("teacher", teacher, run.teacher_onnx, {"width": 1.0})):
+        res = export_checked(model, path, parity_inputs(model, samples, size, dynamic), dynamic, spec.onnx.opset,
+                             spec.onnx.parity_tol, {**meta, **extra}, spec.onnx.slim)
+        out["onnx"][name] = {"path": path.name, "bytes": path.stat().st_size, "parity": res}
+    if spec.int8.enabled:
+        from .quantize import quantize_run
+
+        out["int8"] = quantize_run(run, recipe, student, samples)
+    if spec.tensorrt is not None:
+        from .tensorrt import lint_onnx, tensorrt_available
+
+        lint = lint_onnx(run.student_onnx)
+        out["tensorrt_lint"] = lint.to_dict()
+        ok, why = tensorrt_available()
+        if ok:
+            from .tensorrt import build_engine
+
+            out["tensorrt"] = build_engine(run.student_onnx, run.student_plan, precision or spec.tensorrt.precision,
+                                           shapes=default_profile(size, "hw" in dynamic, mult),
+                                           int8_onnx=run.student_int8 if run.student_int8.exists() else None)
+        else:
+            note = f"TensorRT engine skipped: {why}"
+            out["notes"].append(note)
+            log.warning(note)
+    if notes is not None:
+        notes.extend(out["notes"])
+    atomic_write_json(run.export_json, out)
+    return out
+
+
+def default_profile(size: int, dynamic_hw: bool, mult: int, max_batch: int = 8) -> dict:
+    """Optimisation profile (min/opt/max) for the dynamic axes of an NCHW image input."""
+    lo = size if not dynamic_hw else max(mult, (size // 2) // mult * mult or mult)
+    hi = size if not dynamic_hw else size * 2
+    return {INPUT: {"min": [1, 3, lo, lo], "opt": [1, 3, size, size], "max": [max_batch, 3, hi, hi]}}

@@ -1,0 +1,451 @@
+"""Latency measurement: one subprocess per (model, backend, batch, size, precision).
+
+Each configuration runs warm-up iterations, then timed ones (``perf_counter_ns``; on CUDA also CUDA events,
+giving device time without host<->device copies). Results carry p50/p90/p99/mean/std/min latency, throughput,
+peak memory, an efficiency figure (achieved MAC rate over the machine's FP32 GEMM peak, from a short matmul
+probe), and the environment. Backends that are not available are listed with the reason.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+SCHEMA = "compressor.profile/1"
+log = logging.getLogger(__name__)
+
+
+# ------------------------------------------------------------------------------------------------ environment
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") or line.startswith("Model"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _run(cmd: list[str]) -> Optional[str]:
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() if out.returncode == 0 else None
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def environment(threads: Optional[int] = None, with_torch: bool = True) -> dict:
+    """Machine and library facts recorded with every result."""
+    import importlib.metadata as md
+
+    env = {"hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
+           "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads or os.cpu_count()}
+    for pkg in ("torch", "onnxruntime", "onnx", "tensorrt", "compressor"):
+        try:
+            env[f"{pkg}_version"] = md.version(pkg)
+        except md.PackageNotFoundError:
+            env[f"{pkg}_version"] = None
+    smi = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+    if smi:
+        name, _, driver = smi.splitlines()[0].partition(",")
+        env["gpu"], env["driver"] = name.strip(), driver.strip()
+    if with_torch:
+        try:
+            import torch
+
+            env["cuda"] = torch.version.cuda
+            if torch.cuda.is_available():
+                env["gpu"] = torch.cuda.get_device_name(0)
+                env["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability(0)))
+        except ImportError:
+            pass
+    if Path("/etc/nv_tegra_release").exists():  # Jetson
+        env["jetson_release"] = Path("/etc/nv_tegra_release").read_text().splitlines()[0]
+        env["nvpmodel"] = _run(["nvpmodel", "-q"])
+        clocks = _run(["jetson_clocks", "--show"])
+        env["jetson_clocks"] = clocks is not None and "MaxFreq" in clocks and "MinFreq" in clocks
+    label = env.get("gpu") or env["cpu"]
+    env["machine"] = f"{env['hostname']} · {label} · {env['threads']}t"
+    return env
+
+
+# ------------------------------------------------------------------------------------------------ statistics
+
+
+def latency_stats(ms: list[float], batch: int) -> dict:
+    a = np.asarray(ms, dtype=np.float64)
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "std": float(a.std()),
+            "min": float(a.min()), "n": int(a.size), "throughput_ips": float(batch * 1000.0 / a.mean())}
+
+
+def gemm_peak(threads: Optional[int] = None, device: str = "cpu", seconds: float = 0.5) -> float:
+    """Achieved FP32 GEMM rate in MAC/s, from a short matmul probe in a fresh process."""
+    code = f"""
+import time, torch, json
+if {threads!r}: torch.set_num_threads({threads!r})
+n = 1024 if {device!r} == 'cpu' else 8192
+a = torch.randn(n, n, device={device!r}); b = torch.randn(n, n, device={device!r})
+sync = (lambda: torch.cuda.synchronize()) if {device!r} != 'cpu' else (lambda: None)
+for _ in range(3): a @ b
+sync(); t0 = time.perf_counter(); k = 0
+while time.perf_counter() - t0 < {seconds}:
+    a @ b; k += 1
+sync(); dt = time.perf_counter() - t0
+print(json.dumps(k * n ** 3 / dt))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=_thread_env(threads))
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return float("nan")
+
+
+def _thread_env(threads: Optional[int]) -> dict:
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+        env["MKL_NUM_THREADS"] = str(threads)
+    return env
+
+
+# ------------------------------------------------------------------------------------------------ model refs
+
+
+def parse_zoo_spec(text: str) -> Optional[dict]:
+    """``resnet_9blocks`` or ``resnet_9blocks:ngf=64,norm=instance,width=0.25``; None if not a zoo spec."""
+    from compressor.models import ZOO
+
+    name, _, args = text.partition(":")
+    if name not in ZOO:
+        return None
+    kwargs, width = {}, 1.0
+    for part in filter(None, args.split(",")):
+        k, _, v = part.partition("=")
+        if k == "width":
+            width = float(v)
+        elif k in ("ngf", "input_nc", "output_nc"):
+            kwargs[k] = int(v)
+        elif k == "norm":
+            kwargs[k] = v
+        else:
+            from compressor.errors import UserError
+
+            raise UserError(f"{text}: unknown zoo option {k!r} (ngf, norm, input_nc, output_nc, width)")
+    return {"arch": name, "kwargs": kwargs, "width": width}
+
+
+def build_torch(ref: dict):
+    """Load the PyTorch model a ref describes (in the worker process)."""
+    kind = ref["type"]
+    if kind == "zoo":
+        from compressor.models import build_generator
+        from compressor.slim import make_student
+
+        model = build_generator(ref["arch"], **ref["kwargs"])
+        if ref["width"] < 1:
+            model, _ = make_student(model, ref["width"], "rebuild", "scratch")
+        return model.eval()
+    if kind == "student_dir":
+        from compressor.slim import load_student
+
+        return load_student(ref["path"])
+    if kind == "run_teacher":
+        from compressor.pipeline import RunDir, load_run_teacher
+
+        return load_run_teacher(RunDir(ref["path"]))
+    raise ValueError(kind)
+
+
+def resolve_models(specs: list[str]) -> list[dict]:
+    """Turn MODEL arguments into refs: run dir, student dir, ONNX file, TensorRT engine, trtexec JSON, zoo spec."""
+    from compressor.errors import UserError
+
+    refs = []
+    for spec in specs:
+        p = Path(spec)
+        if p.is_dir() and (p / "stages.json").exists() or (p / "teacher.json").exists() and p.is_dir():
+            teacher_onnx, student_onnx = p / "teacher.onnx", p / "student.onnx"
+            refs.append({"label": f"{p.name}/teacher", "role": "teacher", "torch": {"type": "run_teacher",
+                         "path": str(p)}, "onnx": str(teacher_onnx) if teacher_onnx.exists() else None})
+            refs.append({"label": f"{p.name}/student", "role": "student", "torch": {"type": "student_dir",
+                         "path": str(p)}, "onnx": str(student_onnx) if student_onnx.exists() else None,
+                         "int8": str(p / "student.int8.onnx") if (p / "student.int8.onnx").exists() else None,
+                         "engine": str(p / "student.plan") if (p / "student.plan").exists() else None})
+        elif p.is_dir() and (p / "student.json").exists():
+            onnx = p / "student.onnx"
+            refs.append({"label": p.name, "role": "student", "torch": {"type": "student_dir", "path": str(p)},
+                         "onnx": str(onnx) if onnx.exists() else None})
+        elif p.suffix == ".onnx":
+            if not p.is_file():
+                raise UserError(f"{p}: file not found")
+            refs.append({"label": p.stem, "role": "student" if "student" in p.stem else "model", "torch": None,
+                         "onnx": str(p)})
+        elif p.suffix in (".plan", ".engine"):
+            if not p.is_file():
+                raise UserError(f"{p}: file not found")
+            refs.append({"label": p.stem, "role": "model", "torch": None, "onnx": None, "engine": str(p)})
+        elif p.suffix == ".json":
+            if not p.is_file():
+                raise UserError(f"{p}: file not found")
+            refs.append({"label": p.stem, "role": "model", "torch": None, "onnx": None, "trtexec": str(p)})
+        else:
+            zoo = parse_zoo_spec(spec)
+            if zoo is None:
+                raise UserError(f"{spec}: not a run folder, student folder, .onnx, .plan/.engine, trtexec .json or "
+                                f"zoo name")
+            role = "student" if zoo["width"] < 1 else "teacher"
+            refs.append({"label": spec, "role": role, "torch": {"type": "zoo", **zoo}, "onnx": None})
+    return refs
+
+
+def _complexity(ref: dict, size: int) -> dict:
+    if not ref.get("torch"):
+        return {}
+    from compressor.complexity import profile_model
+    from compressor.models import size_multiple
+
+    model = build_torch(ref["torch"])
+    cfg = getattr(model, "config", {})
+    cx = profile_model(model, (1, cfg.get("input_nc", 3), size, size))
+    return {"params": cx["params"], "macs": cx["macs"], "macs_paper_convention": cx["macs_paper_convention"],
+            "size_multiple": size_multiple(model), "input_nc": cfg.get("input_nc", 3)}
+
+
+def _ensure_onnx(ref: dict, size: int, workdir: Path) -> Optional[str]:
+    """ONNX for a torch-only ref, exported once in this (parent) process: the timing worker never loads torch."""
+    if ref.get("onnx") or not ref.get("torch"):
+        return ref.get("onnx")
+    from exporters.onnx import export_onnx
+
+    import torch
+
+    model = build_torch(ref["torch"])
+    cfg = getattr(model, "config", {})
+    path = workdir / f"{abs(hash(json.dumps(ref['torch'], sort_keys=True)))}.onnx"
+    if not path.exists():
+        export_onnx(model, path, torch.zeros(1, cfg.get("input_nc", 3), size, size), dynamic=("batch", "hw"))
+    ref["onnx"] = str(path)
+    return ref["onnx"]
+
+
+# ------------------------------------------------------------------------------------------------ worker
+
+
+def worker(cfg: dict) -> dict:
+    """Time one configuration (runs in its own process)."""
+    backend, batch, size = cfg["backend"], cfg["batch"], cfg["size"]
+    device = "cuda" if backend in ("ort-cuda", "ort-trt", "tensorrt") or cfg.get("device") == "cuda" else "cpu"
+    from exporters.runtimes import make_runner
+
+    if backend in ("torch", "torch-compile"):
+        runner = make_runner(backend, torch_model_loader=lambda: build_torch(cfg["torch"]), device=device,
+                             precision=cfg["precision"], threads=cfg.get("threads"))
+    else:
+        runner = make_runner(backend, onnx_path=cfg.get("onnx"), engine_path=cfg.get("engine"),
+                             threads=cfg.get("threads"))
+    rng = np.random.default_rng(0)
+    x = rng.uniform(-1, 1, (batch, cfg.get("input_nc", 3), size, size)).astype(np.float32)
+    for _ in range(cfg["warmup"]):
+        runner(x)
+    runner.sync()
+    times, dev_times = [], []
+    deadline = time.perf_counter() + cfg["seconds"] if cfg.get("seconds") else None
+    i = 0
+    while (i < cfg["iters"]) if deadline is None else (time.perf_counter() < deadline or i < 3):
+        times.append(runner.time_once(x))
+        d = runner.time_device(x)
+        if d is not None:
+            dev_times.append(d)
+        i += 1
+    res = {"latency_ms": latency_stats(times, batch)}
+    if dev_times:
+        res["device_latency_ms"] = latency_stats(dev_times, batch)
+    mem = runner.peak_memory_mb()
+    if mem is None:
+        import resource
+
+        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+        res["peak_memory_kind"] = "rss"
+    else:
+        res["peak_memory_kind"] = "cuda_max_allocated"
+    res["peak_memory_mb"] = round(mem, 1)
+    res["device"] = device
+    return res
+
+
+def _run_worker(cfg: dict, timeout: float) -> dict:
+    env = _thread_env(cfg.get("threads"))
+    root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    try:
+        out = subprocess.run([sys.executable, "-m", "exporters.profile", "--worker", json.dumps(cfg)],
+                             capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "reason": f"timed out after {timeout:.0f} s"}
+    lines = [l for l in out.stdout.strip().splitlines() if l.startswith("{")]
+    if out.returncode != 0 or not lines:
+        err = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"status": "failed", "reason": err[:300]}
+    return {"status": "ok", **json.loads(lines[-1])}
+
+
+# ------------------------------------------------------------------------------------------------ trtexec import
+
+
+def import_trtexec_times(path: str | Path, batch: int = 1) -> dict:
+    """Read ``trtexec --exportTimes`` output (a list of per-inference records) into the result schema."""
+    from compressor.errors import UserError
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: not a trtexec --exportTimes JSON file ({exc})") from None
+    if not isinstance(data, list) or not data or not isinstance(data[0], dict) or "latencyMs" not in data[0]:
+        raise UserError(f"{path}: not a trtexec --exportTimes JSON file (expected a list of records with "
+                        f"latencyMs)")
+    lat = [float(r["latencyMs"]) for r in data]
+    compute = [float(r["computeMs"]) for r in data if "computeMs" in r]
+    res = {"status": "ok", "latency_ms": latency_stats(lat, batch), "device": "cuda", "source": "trtexec"}
+    if compute:
+        res["device_latency_ms"] = latency_stats(compute, batch)
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ driver
+
+
+def profile_models(models: list[str] | list[dict], backends: list[str], batches: list[int], sizes: list[int],
+                   precisions: list[str] = ("fp32",), warmup: int = 5, iters: int = 20,
+                   seconds: Optional[float] = None, threads: Optional[int] = None, device: str = "cpu",
+                   timeout: float = 600, progress=None) -> dict:
+    """Profile every configuration, each in its own process; return the versioned result document."""
+    from exporters.runtimes import BACKENDS, ONNX_BACKENDS, backend_available
+
+    refs = resolve_models(models) if models and isinstance(models[0], str) else list(models)
+    env = environment(threads)
+    peak_device = "cuda" if device == "cuda" else "cpu"
+    peak = gemm_peak(threads, peak_device)
+    env["gemm_peak_macs_per_s"] = peak
+    results = []
+    workdir = Path(tempfile.mkdtemp(prefix="compressor-profile-"))
+    configs = [(r, b, n, s, p) for r in refs for b in backends for n in batches for s in sizes for p in precisions]
+    for k, (ref, backend, batch, size, prec) in enumerate(configs):
+        row = {"model": ref["label"], "role": ref.get("role", "model"), "backend": backend, "batch": batch,
+               "size": size, "precision": prec}
+        ok, why = backend_available(backend) if backend in BACKENDS else (False, f"unknown backend {backend!r}")
+        cx = {}
+        if ok and ref.get("torch"):
+            cx = _complexity(ref, size)
+            row.update({k2: v for k2, v in cx.items() if k2 in ("params", "macs", "macs_paper_convention")})
+        if ok and backend == "trtexec-json":
+            if not ref.get("trtexec"):
+                ok, why = False, "trtexec-json reads a trtexec --exportTimes file"
+        elif ok and backend in ONNX_BACKENDS:
+            if prec == "int8":
+                if not ref.get("int8"):
+                    ok, why = False, "no INT8 ONNX (export with --precision int8)"
+            elif prec != "fp32":
+                ok, why = False, f"{backend} runs the fp32 ONNX; {prec} needs the tensorrt backend"
+            elif not ref.get("onnx") and not ref.get("torch"):
+                ok, why = False, "no ONNX file for this model"
+        elif ok and backend in ("torch", "torch-compile"):
+            if not ref.get("torch"):
+                ok, why = False, "torch backends need a PyTorch model (run or student folder, or zoo name)"
+            elif prec == "int8":
+                ok, why = False, "int8 runs in ort-cpu or tensorrt"
+            elif prec != "fp32" and device != "cuda":
+                ok, why = False, f"{prec} in torch needs CUDA"
+        elif ok and backend == "tensorrt" and not ref.get("engine"):
+            ok, why = False, "no TensorRT engine for this model (compress export --trt)"
+        if ok and cx.get("size_multiple") and size % cx["size_multiple"]:
+            ok, why = False, f"size {size} is not a multiple of {cx['size_multiple']}"
+        if not ok:
+            row.update(status="unavailable", reason=why)
+            results.append(row)
+            continue
+        if backend == "trtexec-json":
+            row.update(import_trtexec_times(ref["trtexec"], batch))
+        else:
+            onnx_path = None
+            if backend in ONNX_BACKENDS:
+                onnx_path = ref["int8"] if prec == "int8" else _ensure_onnx(ref, size, workdir)
+            cfg = {"backend": backend, "batch": batch, "size": size, "precision": prec, "warmup": warmup,
+                   "iters": iters, "seconds": seconds, "threads": threads, "device": device,
+                   "torch": ref.get("torch"), "onnx": onnx_path, "engine": ref.get("engine"),
+                   "input_nc": cx.get("input_nc", 3)}
+            row.update(_run_worker(cfg, timeout))
+        if row.get("status") == "ok" and row.get("macs") and peak == peak:
+            rate = row["macs"] * batch / (row["latency_ms"]["p50"] / 1000)
+            row["achieved_macs_per_s"] = rate
+            row["efficiency"] = rate / peak
+        results.append(row)
+        if progress:
+            progress("profile", k + 1, len(configs), {})
+    return {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "environment": env,
+            "results": results}
+
+
+def profile_run(run, recipe) -> dict:
+    """The pipeline's profile stage: teacher and student of a run."""
+    from compressor.io import atomic_write_json
+    from exporters.onnx import check_not_failed
+
+    spec = recipe.profile
+    for f in (run.student_onnx, run.teacher_onnx):
+        if f.exists():
+            check_not_failed(f)
+    doc = profile_models([str(run.root)], spec.backends, spec.batch, spec.size or [recipe.data.size],
+                         warmup=spec.warmup, iters=spec.iters, threads=spec.threads,
+                         device="cuda" if recipe.device == "cuda" else "cpu")
+    atomic_write_json(run.profile_json, doc)
+    return doc
+
+
+def remote_profile(host: str, onnx_files: list[str], args: list[str], out: Path, port: Optional[int] = None,
+                   ssh_options: Optional[list[str]] = None) -> dict:
+    """Copy ONNX files to ``host`` over SSH, run the installed toolkit's profiler there, bring the JSON back."""
+    from compressor.errors import UserError
+
+    opts = list(ssh_options or []) + ["-o", "BatchMode=yes"]
+    ssh = ["ssh"] + opts + (["-p", str(port)] if port else [])
+    scp = ["scp", "-q"] + opts + (["-P", str(port)] if port else [])
+    remote_dir = f"/tmp/compressor-profile-{os.getpid()}"
+    steps = [ssh + [host, f"mkdir -p {remote_dir}"],
+             scp + list(onnx_files) + [f"{host}:{remote_dir}/"]]
+    remote_models = " ".join(f"{remote_dir}/{Path(f).name}" for f in onnx_files)
+    steps.append(ssh + [host, f"compress profile {remote_models} {' '.join(args)} --out {remote_dir}/profile.json"])
+    steps.append(scp + [f"{host}:{remote_dir}/profile.json", str(out)])
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            msg = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            raise UserError(f"--host {host}: {' '.join(cmd[:1] + cmd[-1:])} failed: {msg}")
+    return json.loads(Path(out).read_text())
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--worker", required=True)
+    args = ap.parse_args(argv)
+    print(json.dumps(worker(json.loads(args.worker))), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
