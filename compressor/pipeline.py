@@ -464,7 +464,7 @@ def run_pipeline(recipe: Recipe, out_root: str | Path = "runs", *, force: bool =
         if bad:
             raise UserError(f"--only: unknown stage {bad[0]!r}; stages are {', '.join(STAGES)}")
     dev = resolve_device(device or recipe.device)
-    run = prepare_run_dir(recipe, Path(out_root), force and not only, recipe_path)
+    run = prepare_run_dir(recipe, Path(out_root), force, recipe_path)
     ctx = Context(recipe, run, dev, resume=resume, force=force, trust_checkpoint=trust_checkpoint, nproc=nproc,
                   progress=progress, recipe_path=recipe_path)
     results = []

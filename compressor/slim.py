@@ -95,10 +95,88 @@ def fix_instance_norms(model: nn.Module, x: torch.Tensor) -> None:
             h.remove()
 
 
+class _SubpixelConv(nn.Module):
+    """A conv feeding ``PixelShuffle(r)``, split into r² convs whose outputs are interleaved.
+
+    Torch-Pruning cannot follow PixelShuffle's channel-to-space mapping; in this form the r² convs share their
+    output channel index (through ``stack``), so pruning channel c removes the whole block c·r²…c·r²+r²−1.
+    """
+
+    def __init__(self, conv: nn.Conv2d, r: int):
+        super().__init__()
+        self.r = r
+        self.convs = nn.ModuleList()
+        for k in range(r * r):
+            c = nn.Conv2d(conv.in_channels, conv.out_channels // (r * r), conv.kernel_size, conv.stride,
+                          conv.padding, conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
+            c.weight.data = conv.weight.data[k::r * r].clone()
+            if conv.bias is not None:
+                c.bias.data = conv.bias.data[k::r * r].clone()
+            self.convs.append(c)
+
+    def forward(self, x):
+        y = torch.stack([c(x) for c in self.convs], 2)
+        b, ch, _, h, w = y.shape
+        return y.view(b, ch, self.r, self.r, h, w).permute(0, 1, 4, 2, 5, 3).reshape(b, ch, h * self.r, w * self.r)
+
+    def merged(self) -> nn.Conv2d:
+        c0, rr = self.convs[0], self.r * self.r
+        conv = nn.Conv2d(c0.in_channels, c0.out_channels * rr, c0.kernel_size, c0.stride, c0.padding, c0.dilation,
+                         c0.groups, c0.bias is not None, c0.padding_mode)
+        for k, c in enumerate(self.convs):
+            conv.weight.data[k::rr] = c.weight.data
+            if c.bias is not None:
+                conv.bias.data[k::rr] = c.bias.data
+        return conv
+
+
+def _set_module(model: nn.Module, name: str, new: nn.Module) -> None:
+    parent, _, leaf = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, leaf, new)
+
+
+def _split_pixel_shuffles(model: nn.Module, x: torch.Tensor) -> list[tuple[str, str, int]]:
+    """Replace each (Conv2d -> PixelShuffle) pair by a prunable :class:`_SubpixelConv`; return what to undo."""
+    shuffles = {n: m for n, m in model.named_modules() if isinstance(m, nn.PixelShuffle)}
+    if not shuffles:
+        return []
+    produced: dict[int, str] = {}
+    pairs = []
+    hooks = []
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            hooks.append(m.register_forward_hook(lambda mod, i, o, n=n: produced.__setitem__(id(o), n)))
+    for n, m in shuffles.items():
+        hooks.append(m.register_forward_pre_hook(
+            lambda mod, i, n=n: pairs.append((produced.get(id(i[0])), n, mod.upscale_factor))))
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    records = []
+    for conv_name, shuffle_name, r in pairs:
+        if conv_name is None:
+            raise RecipeError(f"student.method: prune supports PixelShuffle only right after a Conv2d "
+                              f"({shuffle_name} follows another operation)")
+        _set_module(model, conv_name, _SubpixelConv(model.get_submodule(conv_name), r))
+        _set_module(model, shuffle_name, nn.Identity())
+        records.append((conv_name, shuffle_name, r))
+    return records
+
+
+def _merge_pixel_shuffles(model: nn.Module, records) -> None:
+    for conv_name, shuffle_name, r in records:
+        _set_module(model, conv_name, model.get_submodule(conv_name).merged())
+        _set_module(model, shuffle_name, nn.PixelShuffle(r))
+
+
 def _prune(model: nn.Module, width: float, x: torch.Tensor, record: bool = True) -> list[dict]:
     """Prune ``model`` in place to ``width``; return the replayable list of pruning groups."""
     import torch_pruning as tp
 
+    shuffles = _split_pixel_shuffles(model, x)
     names = {m: n for n, m in model.named_modules()}
     was = model.training
     ignored = _output_layers(model, x)
@@ -112,6 +190,7 @@ def _prune(model: nn.Module, width: float, x: torch.Tensor, record: bool = True)
             fn = getattr(dep.handler, "__name__", "")
             groups.append({"module": names[dep.target.module], "fn": fn, "idxs": [int(i) for i in idxs]})
             group.prune()
+    _merge_pixel_shuffles(model, shuffles)
     model.train(was)
     fix_instance_norms(model, x)
     return groups
@@ -120,6 +199,7 @@ def _prune(model: nn.Module, width: float, x: torch.Tensor, record: bool = True)
 def _replay(model: nn.Module, groups: list[dict], x: torch.Tensor) -> None:
     import torch_pruning as tp
 
+    shuffles = _split_pixel_shuffles(model, x)
     modules = dict(model.named_modules())
     was = model.training
     with torch.enable_grad():
@@ -131,6 +211,7 @@ def _replay(model: nn.Module, groups: list[dict], x: torch.Tensor) -> None:
                                       f"does not have")
             fn = getattr(dg.get_pruner_of_module(mod), g["fn"])
             dg.get_pruning_group(mod, fn, g["idxs"]).prune()
+    _merge_pixel_shuffles(model, shuffles)
     model.train(was)
     fix_instance_norms(model, x)
 

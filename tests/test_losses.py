@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from compressor.losses import GANLoss, srp_loss, srp_loss_reference, srp_multi
+
+
+def _feats(b=2, ct=16, cs=8, h=8, w=6, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(b, ct, h, w, generator=g, dtype=dtype), torch.randn(b, cs, h, w, generator=g, dtype=dtype))
+
+
+def test_srp_matches_reference_random_fp32():
+    for seed in range(3):
+        ft, fs = _feats(seed=seed)
+        a, b = srp_loss(ft, fs), srp_loss_reference(ft, fs)
+        assert torch.allclose(a, b, rtol=1e-5, atol=0), (a, b)
+
+
+def test_srp_near_equal_features():
+    ft, _ = _feats(ct=16, cs=16)
+    fs = ft + 1e-3 * torch.randn_like(ft)
+    exact = srp_loss_reference(ft.double(), fs.double())
+    # fp32 inputs with float64 accumulation match the exact value to 1e-5 relative
+    got = srp_loss(ft, fs, float64=True)
+    assert torch.allclose(got.double(), exact, rtol=1e-5, atol=0), (got, exact)
+    # plain fp32 loses digits to cancellation here (measured ~3e-4); the float64 option is what fixes it
+    assert torch.allclose(srp_loss(ft.double(), fs.double()), exact, rtol=1e-7, atol=0)
+
+
+def test_srp_float64_random():
+    ft, fs = _feats(dtype=torch.float64)
+    assert torch.allclose(srp_loss(ft, fs), srp_loss_reference(ft, fs), rtol=1e-10, atol=0)
+
+
+def test_srp_gradcheck():
+    ft, fs = _feats(b=1, ct=5, cs=3, h=3, w=4, dtype=torch.float64)
+    ft.requires_grad_(True)
+    fs.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda a, b: srp_loss(a, b), (ft, fs))
+
+
+def test_srp_zero_for_same_relation_and_needs_same_hw():
+    ft, _ = _feats()
+    assert srp_loss(ft, ft.clone()).abs() < 1e-6
+    # a channel permutation keeps the relation matrix: loss 0 although C differs in order
+    assert srp_loss(ft, ft[:, torch.randperm(ft.shape[1])]).abs() < 1e-6
+    with pytest.raises(ValueError, match="equal batch and H,W"):
+        srp_loss(torch.randn(1, 4, 8, 8), torch.randn(1, 4, 4, 4))
+
+
+def test_srp_pool_and_l1_variant_and_multi():
+    ft, fs = _feats(h=8, w=8)
+    pooled = srp_loss(ft, fs, pool=4)
+    assert torch.allclose(pooled, srp_loss_reference(torch.nn.functional.adaptive_avg_pool2d(ft, 4),
+                                                     torch.nn.functional.adaptive_avg_pool2d(fs, 4)), rtol=1e-5)
+    l1 = srp_loss_reference(ft, fs, p=1)
+    assert l1 > 0 and not torch.allclose(l1, srp_loss_reference(ft, fs))
+    total = srp_multi({"a": ft, "b": ft}, {"a": fs, "b": fs}, ["a", "b"], [1.0, 2.0])
+    assert torch.allclose(total, 3 * srp_loss(ft, fs))
+
+
+def test_gan_losses():
+    pred = torch.randn(2, 1, 4, 4)
+    for mode in ("lsgan", "vanilla", "hinge"):
+        loss = GANLoss(mode)
+        assert loss(pred, True).ndim == 0 and loss(pred, False, for_discriminator=False).ndim == 0
+    assert GANLoss("hinge")(torch.full((1, 1, 2, 2), 2.0), True) == 0

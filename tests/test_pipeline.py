@@ -1,0 +1,61 @@
+import json
+import time
+
+import pytest
+
+from compressor.errors import UserError
+from compressor.pipeline import STAGES, run_pipeline
+from compressor.recipe import load_recipe
+from conftest import run_cli, tiny_recipe_text
+
+
+def test_tiny_end_to_end_then_everything_skipped(tmp_path, tiny_recipe):
+    res = run_cli([tiny_recipe, "--out", tmp_path / "runs"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "runs" / "tiny"
+    for f in ("report.md", "report.html", "student.onnx", "student.safetensors", "student.json", "eval.json",
+              "profile.json", "metrics.jsonl", "recipe.resolved.yaml"):
+        assert (run / f).exists(), f
+    md = (run / "report.md").read_text()
+    for needle in ("params", "MACs (ours", "PSNR", "SSIM", "latency p50, ort-cpu", "faster"):
+        assert needle in md, needle
+    t0 = time.perf_counter()
+    res2 = run_cli([tiny_recipe, "--out", tmp_path / "runs"], cwd=tmp_path)
+    assert res2.returncode == 0
+    assert res2.stderr.count("up to date, skipped") == len(STAGES)
+    assert time.perf_counter() - t0 < 20
+
+
+def test_changed_section_reruns_only_downstream(tmp_path, tiny_recipe):
+    out = tmp_path / "runs"
+    run_pipeline(load_recipe(tiny_recipe), out, recipe_path=tiny_recipe, only=None,
+                 device="cpu")
+    changed = load_recipe(tiny_recipe, ["evaluate.samples=1"])
+    res = {r.stage: r.status for r in run_pipeline(changed, out, recipe_path=tiny_recipe)}
+    assert res["teacher"] == res["student"] == res["distill"] == "skipped"
+    assert res["evaluate"] == "ran" and res["report"] == "ran"
+    assert res["export"] == "skipped" and res["profile"] == "skipped"
+    # --force redoes a stage; --only limits the stages
+    res = {r.stage: r.status for r in run_pipeline(changed, out, recipe_path=tiny_recipe, only=["export"],
+                                                   force=True)}
+    assert res == {"export": "ran"}
+
+
+def test_different_recipe_refused_unless_force(tmp_path, tiny_recipe):
+    out = tmp_path / "runs"
+    run_pipeline(load_recipe(tiny_recipe), out, recipe_path=tiny_recipe, only=["teacher"])
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_recipe_text())
+    with pytest.raises(UserError, match="different recipe"):
+        run_pipeline(load_recipe(other), out, recipe_path=other, only=["teacher"])
+    run_pipeline(load_recipe(other), out, recipe_path=other, only=["teacher"], force=True)
+    aside = [p for p in out.iterdir() if p.name.startswith("tiny.old-")]
+    assert len(aside) == 1 and (aside[0] / "teacher.safetensors").exists()  # nothing lost
+    assert json.loads((out / "tiny" / "run.json").read_text())["recipe_source"] == str(other.resolve())
+
+
+def test_only_needs_upstream(tmp_path, tiny_recipe):
+    with pytest.raises(UserError, match="has not produced its artifacts"):
+        run_pipeline(load_recipe(tiny_recipe), tmp_path / "runs", recipe_path=tiny_recipe, only=["distill"])
+    with pytest.raises(UserError, match="unknown stage"):
+        run_pipeline(load_recipe(tiny_recipe), tmp_path / "runs", recipe_path=tiny_recipe, only=["bogus"])

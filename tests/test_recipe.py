@@ -1,0 +1,135 @@
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from compressor.errors import RecipeError
+from compressor.recipe import Recipe, apply_overrides, load_recipe, parse_override, schema_reference
+from conftest import FACADES, ROOT, run_cli, tiny_recipe_text
+
+DESIGN_EXAMPLE = """
+name: facades-unet-w025
+seed: 0
+device: auto                  # cuda when present, else cpu
+data:
+  kind: paired                # paired | unpaired | folder | synthetic
+  root: ../shared/datasets/facades
+  direction: BtoA             # labels -> photo
+  size: 256
+  batch_size: 1
+teacher:
+  arch: unet_256              # a zoo name, or: import: mypkg.nets:MyGenerator, kwargs: {...}
+  checkpoint: teachers/facades_label2photo.pth
+  # train: {steps: 400}       # train a teacher first when you have none (the quickstart does this)
+student:
+  width: 0.25                 # keep a quarter of every layer's channels
+  method: auto                # rebuild (zoo) | prune (Torch-Pruning; any model)
+  init: inherit               # inherit the teacher's strongest channels | scratch
+distill:
+  steps: 20000
+  losses:
+    gan:   {weight: 1.0, mode: lsgan}
+    recon: {weight: 100.0}    # L1 to ground truth (paired data)
+    kd:    {weight: 10.0}     # L1 to the teacher's output
+    srp:   {weight: 10.0, layers: [encoder]}
+  checkpoint_every: 1000
+evaluate: {metrics: [fid, kid, psnr, ssim]}
+export:
+  onnx: {dynamic: [batch]}
+  tensorrt: {precision: fp16} # skipped, with a note in the report, where TensorRT is absent
+profile: {backends: [torch, ort-cpu], batch: [1, 4], size: [256]}
+"""
+
+
+@pytest.mark.skipif(not FACADES.exists(), reason="../shared/datasets/facades is absent")
+def test_design_example_validates_as_written(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)  # the example's data root is relative to the repository root
+    p = tmp_path / "example.yaml"
+    p.write_text(DESIGN_EXAMPLE)
+    r = load_recipe(p)
+    assert r.teacher.arch == "unet_256" and r.student.width == 0.25
+    assert r.export.tensorrt.precision == "fp16"
+    res = run_cli(["validate", p], cwd=ROOT)
+    assert res.returncode == 0, res.stderr
+    assert "teachers/facades_label2photo.pth" in res.stderr  # a warning, not an error
+
+
+def test_quickstart_recipe_validates():
+    r = load_recipe(ROOT / "recipes" / "quickstart.yaml")
+    assert r.data.kind == "synthetic" and r.teacher.train is not None
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda t: t.replace("student: {width: 0.5}", "studnet: {width: 0.5}"), "studnet"),
+    (lambda t: t.replace("student: {width: 0.5}", "student: {width: half}"), "student.width"),
+    (lambda t: t.replace("kind: synthetic,", "kind: paired, root: /nonexistent/data,"), "data.root"),
+])
+def test_validate_errors_are_one_line_exit_2(tmp_path, edit, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(edit(tiny_recipe_text()))
+    res = run_cli(["validate", p])
+    assert res.returncode == 2
+    lines = [l for l in res.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, res.stderr
+    assert needle in lines[0] and lines[0].startswith("error: ")
+    assert "Traceback" not in res.stderr
+
+
+def test_error_names_yaml_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text(tiny_recipe_text().replace("student: {width: 0.5}", "student: {width: 1.7}"))
+    with pytest.raises(RecipeError) as e:
+        load_recipe(p)
+    line = next(i for i, l in enumerate(p.read_text().splitlines(), 1) if l.startswith("student:"))
+    assert f"{p}:{line}:" in str(e.value) and "student.width" in str(e.value)
+
+
+def test_yaml_syntax_error_names_file_and_line(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("name: x\ndata: {kind: synthetic\nteacher: [\n")
+    with pytest.raises(RecipeError, match=re.escape(str(p)) + r":\d+: YAML syntax error"):
+        load_recipe(p)
+
+
+def test_overrides_parse_yaml_scalars(tiny_recipe):
+    r = load_recipe(tiny_recipe, ["student.width=0.25", "distill.steps=7", "data.flip=true",
+                                  "distill.losses.srp.layers=[encoder]", "teacher.checkpoint=null"])
+    assert r.student.width == 0.25 and r.distill.steps == 7 and r.data.flip is True
+    assert r.distill.losses.srp.layers == ["encoder"] and r.teacher.checkpoint is None
+    assert parse_override("a.b=hello") == (["a", "b"], "hello")
+    with pytest.raises(RecipeError):
+        parse_override("no-equals")
+    with pytest.raises(RecipeError):
+        load_recipe(tiny_recipe, ["student.width=abc"])
+    with pytest.raises(RecipeError, match="not a section"):
+        apply_overrides({"a": 1}, ["a.b=2"])
+
+
+def test_defaults_and_forbid_extra():
+    r = Recipe.model_validate({"name": "x", "data": {"kind": "synthetic"}, "teacher": {"arch": "unet_256"}})
+    assert r.distill.losses.recon.weight == 100.0 and r.distill.losses.gan.mode == "lsgan"
+    with pytest.raises(Exception):
+        Recipe.model_validate({"name": "x", "data": {"kind": "synthetic"}, "teacher": {"arch": "unet_256"},
+                               "bogus": 1})
+
+
+def test_teacher_needs_exactly_one_source(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(tiny_recipe_text().replace("arch: resnet_6blocks", "arch: resnet_6blocks\n  import: a.b:c"))
+    with pytest.raises(RecipeError, match="exactly one"):
+        load_recipe(p)
+
+
+def test_readme_recipe_reference_in_sync():
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Recipe reference", 1)[1].split("\n## ", 1)[0]
+    documented = {}
+    for line in section.splitlines():
+        m = re.match(r"\|\s*`([^`]+)`\s*\|\s*(.*?)\s*\|", line)
+        if m:
+            documented[m.group(1)] = m.group(2).strip("` ")
+    schema = {k: d for k, d, _ in schema_reference()}
+    assert set(documented) == set(schema), (set(schema) ^ set(documented))
+    for k, d in schema.items():
+        assert documented[k] == d, f"{k}: README says {documented[k]!r}, schema default is {d!r}"

@@ -1,0 +1,108 @@
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import custom_archs
+from compressor.complexity import profile_model
+from compressor.models import build_generator
+from compressor.slim import load_student, make_student, save_student
+from conftest import ROOT
+
+CUSTOM = [("custom_archs:make_depthwise", custom_archs.make_depthwise),
+          ("custom_archs:make_pixelshuffle", custom_archs.make_pixelshuffle),
+          ("custom_archs:make_attention_unet", custom_archs.make_attention_unet)]
+
+
+@pytest.mark.parametrize("import_path, factory", CUSTOM)
+def test_prune_custom_architectures(tmp_path, import_path, factory):
+    from exporters.onnx import export_checked
+
+    teacher = factory().eval()
+    teacher.compressor_spec = {"import": import_path, "kwargs": {}}
+    x = torch.randn(1, 3, 32, 32)
+    student, plan = make_student(teacher, 0.5, method="prune", example_input=x)
+    assert plan["method"] == "prune" and plan["groups"]
+    out = student(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 3, 32, 32)
+    # the output layer keeps its channels; MACs fall to about a quarter
+    ct, cs = profile_model(teacher, (1, 3, 32, 32))["macs"], profile_model(student, (1, 3, 32, 32))["macs"]
+    assert 0.25 * 0.85 <= cs / ct <= 0.25 * 1.15, cs / ct
+    # no stale InstanceNorm num_features
+    for m in student.modules():
+        if isinstance(m, torch.nn.InstanceNorm2d):
+            pass
+    with pytest.warns(None) if False else _no_warnings():
+        student(x)
+    save_student(student, plan, tmp_path / "s")
+    export_checked(student, tmp_path / "s" / "student.onnx", [x, torch.randn(3, 3, 32, 32)], ["batch"], 18, 1e-4,
+                   {})
+    # round trip in a fresh process, without the teacher's weights
+    code = (f"import sys, torch; sys.path.insert(0, {str(ROOT / 'tests')!r}); "
+            f"from compressor.slim import load_student; m = load_student({str(tmp_path / 's')!r}); "
+            f"torch.manual_seed(1); x = torch.randn(2, 3, 32, 32); torch.save(m(x).detach(), {str(tmp_path / 'o.pt')!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    torch.manual_seed(1)
+    x2 = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(torch.load(tmp_path / "o.pt"), student.eval()(x2), atol=1e-6)
+
+
+class _no_warnings:
+    def __enter__(self):
+        import warnings
+
+        self.cm = warnings.catch_warnings(record=True)
+        self.rec = self.cm.__enter__()
+        warnings.simplefilter("always")
+
+    def __exit__(self, *exc):
+        self.cm.__exit__(*exc)
+        msgs = [str(w.message) for w in self.rec if "num_features" in str(w.message)]
+        assert not msgs, msgs
+
+
+@pytest.mark.parametrize("arch, norm, size", [("resnet_9blocks", "instance", 64), ("unet_256", "batch", 256)])
+def test_prune_and_rebuild_give_identical_shapes(arch, norm, size):
+    teacher = build_generator(arch, ngf=32, norm=norm).eval()
+    x = torch.randn(1, 3, size, size)
+    pruned, _ = make_student(teacher, 0.25, method="prune", example_input=x)
+    rebuilt, plan = make_student(teacher, 0.25, method="rebuild", init="scratch", example_input=x)
+    assert plan["ngf"] == 8
+    assert {k: v.shape for k, v in pruned.state_dict().items()} == \
+        {k: v.shape for k, v in rebuilt.state_dict().items()}
+    # teacher and student share module names, so taps by name work on both
+    assert set(dict(teacher.named_modules())) == set(dict(rebuilt.named_modules()))
+
+
+def test_inherit_keeps_strongest_channels():
+    teacher = build_generator("resnet_6blocks", ngf=16, norm="instance").eval()
+    with torch.no_grad():
+        teacher.model[1].weight[:4] *= 100  # make four first-layer filters clearly the strongest
+    student, _ = make_student(teacher, 0.25, method="rebuild", init="inherit")
+    w_t, w_s = teacher.model[1].weight, student.model[1].weight
+    kept = {i for i in range(16) for j in range(4) if torch.equal(w_t[i], w_s[j])}
+    assert kept == {0, 1, 2, 3}
+    scratch, _ = make_student(teacher, 0.25, method="rebuild", init="scratch")
+    assert not any(torch.equal(w_t[i], scratch.model[1].weight[0]) for i in range(16))
+
+
+def test_rebuild_student_roundtrip(tmp_path):
+    teacher = build_generator("unet_128", ngf=16, norm="batch").eval()
+    student, plan = make_student(teacher, 0.5)
+    save_student(student, plan, tmp_path)
+    loaded = load_student(tmp_path)
+    x = torch.randn(2, 3, 128, 128)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), student.eval()(x))
+
+
+def test_bad_width_and_method():
+    from compressor.errors import RecipeError
+
+    teacher = build_generator("resnet_6blocks", ngf=8, norm="instance")
+    with pytest.raises(RecipeError, match="student.width"):
+        make_student(teacher, 0)
+    with pytest.raises(RecipeError, match="rebuild works for zoo teachers only"):
+        make_student(custom_archs.make_pixelshuffle(), 0.5, method="rebuild")
