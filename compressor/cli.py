@@ -29,12 +29,22 @@ def _setup_logging(quiet: bool) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False)
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    if sys.stderr.isatty():
+        handler = RichHandler(console=Console(stderr=True), show_time=False, show_path=False, markup=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:  # logs and pipes: one plain line per message
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_LowerLevelFormatter("%(levelname)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     for name in ("compressor", "exporters"):
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+class _LowerLevelFormatter(logging.Formatter):
+    def format(self, record):
+        record.levelname = record.levelname.lower()
+        return super().format(record)
 
 
 class _Progress:
@@ -139,6 +149,7 @@ def evaluate(
     data: Optional[Path] = typer.Option(None, "--data", help="dataset root (default: the recipe's)"),
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="FID Inception (.pt)"),
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="evaluate at most N test images"),
+    metrics: Optional[str] = typer.Option(None, "--metrics", help="e.g. fid,kid,psnr,ssim (default: the recipe's)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -154,6 +165,8 @@ def evaluate(
     overrides = [f"data.root={data.resolve()}"] if data else []
     if max_images:
         overrides.append(f"evaluate.max_images={max_images}")
+    if metrics:
+        overrides.append(f"evaluate.metrics=[{metrics}]")
     r = load_recipe(run.recipe, overrides)
     src = json.loads(run.run_json.read_text()).get("recipe_source") if run.run_json.exists() else None
     if src and not data:
@@ -161,8 +174,6 @@ def evaluate(
     with _Progress(quiet) as progress:
         res = evaluate_run(run, r, resolve_device(device), progress,
                            str(inception_weights) if inception_weights else None)
-    if res.get("fid_skipped"):
-        typer.echo(f"FID/KID skipped: {res['fid_skipped']}", err=True)
     keys = [k for k in ("params", "macs", "fid", "kid", "psnr", "ssim", "psnr_vs_teacher")
             if k in res["teacher"] or k in res["student"]]
     for k in keys:

@@ -134,17 +134,29 @@ def load_inception(explicit: Optional[str] = None, device="cpu") -> tuple[Option
 
 
 def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
-    """FID between two feature sets (N, D), in float64 with scipy's sqrtm."""
-    import scipy.linalg
+    """FID between two feature sets (N, D), in float64.
 
+    The trace term tr((S1 S2)^½) equals the nuclear norm of K = X1 X2ᵀ / √((n1−1)(n2−1)) for the centred
+    features X1, X2 (the non-zero eigenvalues of S1 S2 are those of K Kᵀ). Its singular values are computed
+    stably, so FID of a set against itself is 0 to ~1e-9 even when N < D, where ``scipy.linalg.sqrtm(S1 @ S2)``
+    errs by ~1e-4. For large sets the D x D form (S1^½ S2 S1^½, symmetric eigenvalues) is used instead.
+    """
+    f1, f2 = np.asarray(f1, np.float64), np.asarray(f2, np.float64)
     mu1, mu2 = f1.mean(0), f2.mean(0)
-    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
-    covmean, _ = scipy.linalg.sqrtm(s1 @ s2, disp=False)
-    if not np.isfinite(covmean).all():
-        off = np.eye(s1.shape[0]) * 1e-6
-        covmean = scipy.linalg.sqrtm((s1 + off) @ (s2 + off))
-    covmean = np.real(covmean)
-    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    x1, x2 = f1 - mu1, f2 - mu2
+    n1, n2, d = len(f1), len(f2), f1.shape[1]
+    tr1 = float((x1 * x1).sum() / (n1 - 1))
+    tr2 = float((x2 * x2).sum() / (n2 - 1))
+    if n1 * n2 <= 25_000_000 and min(n1, n2) <= d:
+        k = (x1 @ x2.T) / np.sqrt((n1 - 1) * (n2 - 1))
+        tr_covmean = float(np.linalg.svd(k, compute_uv=False).sum())
+    else:
+        s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+        w, v = np.linalg.eigh(s1)
+        a = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+        m = a @ s2 @ a
+        tr_covmean = float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
+    return float(((mu1 - mu2) ** 2).sum() + tr1 + tr2 - 2 * tr_covmean)
 
 
 def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000,
