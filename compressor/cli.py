@@ -56,19 +56,22 @@ class _Progress:
         self.tasks = {}
 
     def __enter__(self):
-        if not self.quiet:
-            from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-            self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                                console=Console(stderr=True), transient=False)
-            self.bar.__enter__()
         return self
 
+    def _start(self):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                            console=Console(stderr=True), transient=False)
+        self.bar.__enter__()
+
     def __call__(self, stage: str, step: int, total: int, losses: dict) -> None:
+        if self.quiet or not sys.stderr.isatty():
+            return  # no bars in logs and pipes
         if self.bar is None:
-            return
+            self._start()
         if stage not in self.tasks:
             self.tasks[stage] = self.bar.add_task(stage, total=total, info="")
         info = ""

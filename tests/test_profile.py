@@ -1,0 +1,109 @@
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from exporters.profile import SCHEMA, import_trtexec_times, profile_models
+from exporters.report import write_report
+from conftest import run_cli
+
+TEACHER = "resnet_6blocks:ngf=16,norm=instance"
+STUDENT = "resnet_6blocks:ngf=16,norm=instance,width=0.25"
+
+
+@pytest.fixture(scope="module")
+def two_machines(tmp_path_factory):
+    d = tmp_path_factory.mktemp("prof")
+    docs = []
+    for threads in (1, 2):
+        out = d / f"profile_t{threads}.json"
+        res = run_cli(["profile", TEACHER, STUDENT, "--backend", "torch,ort-cpu,ort-cuda,tensorrt", "--size", "64",
+                       "--batch", "1", "--warmup", "2", "--iters", "5", "--threads", threads, "--out", out,
+                       "--quiet"], cwd=d)
+        assert res.returncode == 0, res.stderr[-2000:]
+        docs.append(out)
+    return d, docs
+
+
+def test_profile_document(two_machines):
+    _, docs = two_machines
+    doc = json.loads(docs[0].read_text())
+    assert doc["schema"] == SCHEMA
+    env = doc["environment"]
+    for k in ("cpu", "cores", "threads", "torch_version", "onnxruntime_version", "gemm_peak_macs_per_s", "machine"):
+        assert k in env
+    assert env["threads"] == 1
+    ok = [r for r in doc["results"] if r["status"] == "ok"]
+    assert {(r["backend"], r["role"]) for r in ok} == {("torch", "teacher"), ("torch", "student"),
+                                                       ("ort-cpu", "teacher"), ("ort-cpu", "student")}
+    for r in ok:
+        lat = r["latency_ms"]
+        assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] and lat["n"] == 5
+        assert r["macs"] > 0 and 0 < r["efficiency"] < 5 and r["peak_memory_mb"] > 0
+    missing = [r for r in doc["results"] if r["status"] != "ok"]
+    assert {r["backend"] for r in missing} == {"ort-cuda", "tensorrt"}
+    assert all(r["reason"] for r in missing)
+
+
+def test_two_machines_merge_into_one_report(two_machines, tmp_path):
+    d, docs = two_machines
+    md, page = write_report(docs, [], tmp_path / "rep", "two machines")
+    text = md.read_text()
+    header = next(l for l in text.splitlines() if l.startswith("| model"))
+    assert "1t" in header and "2t" in header
+    assert "speed-up" in text.lower() or "Speed-up" in text
+    assert "ort-cuda" in text and "Not measured" in text
+    html = page.read_text()
+    assert html.count("data:image/png;base64,") >= 2
+
+
+def test_report_renders_in_headless_chromium(two_machines, tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not chromium:
+        pytest.skip("headless Chromium is not installed (apt-get install chromium)")
+    _, docs = two_machines
+    _, page = write_report(docs, [], tmp_path / "rep", "render")
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2400",
+                    f"file://{page}"], capture_output=True, timeout=120)
+    assert shot.exists()
+    from PIL import Image
+    import numpy as np
+
+    arr = np.asarray(Image.open(shot).convert("RGB")).astype(float)
+    assert arr.std() > 10  # not blank
+    colored = ((np.abs(arr[..., 0] - arr[..., 2]) > 60)).mean()
+    assert colored > 0.001  # the plots' red/blue bars rendered
+
+
+def test_trtexec_times_import(tmp_path):
+    times = [{"startHostMs": i, "endHostMs": i + 2, "latencyMs": 2.0 + 0.1 * (i % 3), "computeMs": 1.5,
+              "h2dMs": 0.2, "d2hMs": 0.3} for i in range(20)]
+    f = tmp_path / "trtexec_times.json"
+    f.write_text(json.dumps(times))
+    res = import_trtexec_times(f)
+    assert res["latency_ms"]["min"] == pytest.approx(2.0) and res["device_latency_ms"]["p50"] == pytest.approx(1.5)
+    doc = profile_models([str(f)], ["trtexec-json"], [1], [256])
+    assert doc["results"][0]["status"] == "ok"
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    from compressor.errors import UserError
+
+    with pytest.raises(UserError, match="trtexec --exportTimes"):
+        import_trtexec_times(bad)
+
+
+def test_profile_cli_errors(tmp_path):
+    res = run_cli(["profile", "no_such_model", "--out", tmp_path / "p.json"], cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "no_such_model" in res.stderr
+    res = run_cli(["profile", TEACHER, "--backend", "bogus"], cwd=tmp_path)
+    assert res.returncode == 2 and "bogus" in res.stderr
+    (tmp_path / "exists.json").write_text("{}")
+    res = run_cli(["profile", TEACHER, "--out", tmp_path / "exists.json"], cwd=tmp_path)
+    assert res.returncode == 2 and "--force" in res.stderr
+    res = run_cli(["profile", TEACHER, "--size", "30", "--backend", "torch", "--out", tmp_path / "p.json",
+                   "--quiet"], cwd=tmp_path)
+    assert res.returncode == 0 and "not a multiple of 4" in res.stdout
