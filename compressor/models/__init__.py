@@ -128,7 +128,10 @@ def load_state_dict_file(path: str | Path, trust: bool = False, key: str = "teac
                 f"{key}: {path} contains pickled Python objects, not just tensors; load it only if you trust "
                 f"its source, with --trust-checkpoint") from None
         raise CheckpointError(f"{key}: {path} is corrupt or not a PyTorch checkpoint ({exc})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError) as exc:
+    except (ImportError, AttributeError) as exc:
+        raise CheckpointError(f"{key}: {path} was pickled with Python classes that cannot be imported here ({exc}); "
+                              f"save a state_dict instead, or make that code importable") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f"{key}: {path} is corrupt, truncated or not a PyTorch checkpoint "
                               f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     if isinstance(obj, nn.Module):
