@@ -362,6 +362,8 @@ def distill_setup(ctx: Context):
 
     r, run = ctx.recipe, ctx.run
     L = r.distill.losses
+    needs_teacher = L.kd.weight > 0 or L.srp.weight > 0 or L.feat.weight > 0 or (
+        r.data.kind == "folder")
     teacher = load_run_teacher(run)
     student = load_student(run.student_init).train()
     layers = list(dict.fromkeys((L.srp.layers if L.srp.weight > 0 else []) +
@@ -374,6 +376,9 @@ def distill_setup(ctx: Context):
                           "B", "A")]
     else:
         dirs = [Direction("G", student, teacher, "input", "target")]
+    if not needs_teacher:  # no loss looks at the teacher: train without running it
+        for d in dirs:
+            d.teacher = None
     srp_layers = L.srp.layers if L.srp.weight > 0 else []
     feat = {k: channels[k] for k in L.feat.layers} if L.feat.weight > 0 else {}
     return dirs, taps, srp_layers, feat
