@@ -188,8 +188,8 @@ class ProfileSpec(Strict):
     backends: list[str] = Field(default_factory=lambda: ["torch", "ort-cpu"], description="backends to time")
     batch: list[int] = Field(default_factory=lambda: [1], description="batch sizes")
     size: list[int] = Field(default_factory=list, description="image sizes (default: data.size)")
-    warmup: int = Field(5, ge=0, description="untimed iterations")
-    iters: int = Field(20, ge=1, description="timed iterations")
+    warmup: int = Field(10, ge=0, description="untimed iterations")
+    iters: int = Field(50, ge=1, description="timed iterations")
     threads: Optional[int] = Field(None, ge=1, description="intra-op threads (default: all cores)")
 
     @field_validator("backends")

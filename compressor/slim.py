@@ -176,6 +176,7 @@ def _prune(model: nn.Module, width: float, x: torch.Tensor, record: bool = True)
     """Prune ``model`` in place to ``width``; return the replayable list of pruning groups."""
     import torch_pruning as tp
 
+    model.requires_grad_(True)  # tracing follows autograd; a frozen teacher copy would hide every layer
     shuffles = _split_pixel_shuffles(model, x)
     names = {m: n for n, m in model.named_modules()}
     was = model.training
@@ -199,6 +200,7 @@ def _prune(model: nn.Module, width: float, x: torch.Tensor, record: bool = True)
 def _replay(model: nn.Module, groups: list[dict], x: torch.Tensor) -> None:
     import torch_pruning as tp
 
+    model.requires_grad_(True)
     shuffles = _split_pixel_shuffles(model, x)
     modules = dict(model.named_modules())
     was = model.training

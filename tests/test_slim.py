@@ -88,6 +88,13 @@ def test_inherit_keeps_strongest_channels():
     assert not any(torch.equal(w_t[i], scratch.model[1].weight[0]) for i in range(16))
 
 
+def test_frozen_teacher_can_be_slimmed():
+    teacher = build_generator("resnet_6blocks", ngf=16, norm="instance").eval().requires_grad_(False)
+    for method in ("rebuild", "prune"):
+        student, _ = make_student(teacher, 0.25, method=method)
+        assert student.model[1].weight.shape[0] == 4 and student.model[1].weight.requires_grad
+
+
 def test_rebuild_student_roundtrip(tmp_path):
     teacher = build_generator("unet_128", ngf=16, norm="batch").eval()
     student, plan = make_student(teacher, 0.5)

@@ -23,10 +23,10 @@ def main() -> None:
     ap.add_argument("--width", type=float, default=0.25)
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("--backend", default="ort-cpu")
-    ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--iters", type=int, default=50)
     args = ap.parse_args()
     models = [f"{args.arch}:norm=instance", f"{args.arch}:norm=instance,width={args.width}"]
-    runs = [profile_models(models, args.backend.split(","), [1], [args.size], warmup=3, iters=args.iters)
+    runs = [profile_models(models, args.backend.split(","), [1], [args.size], warmup=10, iters=args.iters)
             for _ in range(2)]
     for i, doc in enumerate(runs, 1):
         for s in speedups([doc]):

@@ -25,11 +25,11 @@ fs = torch.randn(1, 64, size, size, device=device, requires_grad=True)
 fn = srp_loss if form == "factorised" else srp_loss_reference
 def sync():
     if device == "cuda": torch.cuda.synchronize()
-fn(ft, fs).backward(); sync()
 if device == "cuda":
     torch.cuda.reset_peak_memory_stats(); base = torch.cuda.memory_allocated()
 else:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+fn(ft, fs).backward(); sync()  # warm-up (counted in the peak)
 times = []
 for _ in range(reps):
     fs.grad = None
