@@ -238,6 +238,10 @@ def profile(
     out: Path = typer.Option(Path("profile.json"), "--out", help="result JSON"),
     host: Optional[str] = typer.Option(None, "--host", help="profile on user@board over SSH (ONNX models)"),
     port: Optional[int] = typer.Option(None, "--port", help="SSH port for --host"),
+    ssh_option: List[str] = typer.Option([], "--ssh-option", help="extra ssh -o option for --host, e.g. "
+                                                                  "StrictHostKeyChecking=accept-new"),
+    remote_compress: str = typer.Option("compress", "--remote-compress",
+                                        help="the compress command on the --host machine (e.g. ~/venv/bin/compress)"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
@@ -256,7 +260,8 @@ def profile(
     if host:
         args = [f"--backend {backend}", f"--batch {batch}", f"--size {size}", f"--precision {precision}",
                 f"--warmup {warmup}", f"--iters {iters}"] + ([f"--threads {threads}"] if threads else [])
-        doc = remote_profile(host, models, args, out, port)
+        opts = [x for o in ssh_option for x in ("-o", o)]
+        doc = remote_profile(host, models, args, out, port, opts, remote_compress)
     else:
         with _Progress(quiet) as progress:
             doc = profile_models(models, backends, _csv(batch, int), _csv(size, int), _csv(precision), warmup, iters,

@@ -416,18 +416,22 @@ def profile_run(run, recipe) -> dict:
 
 
 def remote_profile(host: str, onnx_files: list[str], args: list[str], out: Path, port: Optional[int] = None,
-                   ssh_options: Optional[list[str]] = None) -> dict:
+                   ssh_options: Optional[list[str]] = None, remote_compress: str = "compress") -> dict:
     """Copy ONNX files to ``host`` over SSH, run the installed toolkit's profiler there, bring the JSON back."""
     from compressor.errors import UserError
 
     opts = list(ssh_options or []) + ["-o", "BatchMode=yes"]
     ssh = ["ssh"] + opts + (["-p", str(port)] if port else [])
     scp = ["scp", "-q"] + opts + (["-P", str(port)] if port else [])
+    for f in onnx_files:
+        if not str(f).endswith(".onnx") or not Path(f).is_file():
+            raise UserError(f"--host: {f}: remote profiling takes .onnx files (export first)")
     remote_dir = f"/tmp/compressor-profile-{os.getpid()}"
     steps = [ssh + [host, f"mkdir -p {remote_dir}"],
              scp + list(onnx_files) + [f"{host}:{remote_dir}/"]]
     remote_models = " ".join(f"{remote_dir}/{Path(f).name}" for f in onnx_files)
-    steps.append(ssh + [host, f"compress profile {remote_models} {' '.join(args)} --out {remote_dir}/profile.json"])
+    steps.append(ssh + [host, f"{remote_compress} profile {remote_models} {' '.join(args)} --quiet --force "
+                              f"--out {remote_dir}/profile.json"])
     steps.append(scp + [f"{host}:{remote_dir}/profile.json", str(out)])
     for cmd in steps:
         proc = subprocess.run(cmd, capture_output=True, text=True)
