@@ -138,9 +138,10 @@ def validate(
     set_: List[str] = typer.Option([], "--set", help="override a key: dotted.key=value"),
 ):
     """Check a recipe without running anything."""
-    from .recipe import load_recipe, missing_files
+    from .recipe import check_taps, load_recipe, missing_files
 
     r = load_recipe(recipe, set_)
+    check_taps(r)
     for w in missing_files(r):
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"{recipe}: valid (run name {r.name!r})")

@@ -233,11 +233,11 @@ def _check_size(recipe: Recipe, model: torch.nn.Module) -> None:
 
 
 def stage_teacher(ctx: Context) -> None:
-    from safetensors.torch import save_file
-
-    from .models import build_generator, load_teacher
+    from .models import load_teacher
+    from .recipe import check_taps
 
     r, run = ctx.recipe, ctx.run
+    check_taps(r)  # a misspelt tap fails now, not after the teacher has trained
     spec = _teacher_spec_dict(r)
     t = r.teacher
     if t.train is not None:

@@ -391,6 +391,48 @@ def check_recipe_paths(recipe: Recipe, lines: dict | None = None, source: str = 
             raise RecipeError(where + str(exc)) from None
 
 
+def check_taps(recipe: Recipe) -> None:
+    """Build the teacher's architecture (no weights) and check that every tapped layer exists and yields a 4-D
+    feature map at ``data.size``. Users' own code runs here only through ``teacher.import``."""
+    import torch
+
+    from .features import probe_shapes, resolve_taps
+
+    L = recipe.distill.losses
+    layers = list(dict.fromkeys((L.srp.layers if L.srp.weight > 0 else []) +
+                                (L.feat.layers if L.feat.weight > 0 else [])))
+    if not layers:
+        return
+    t = recipe.teacher
+    if t.arch:
+        from .models import build_generator
+
+        model = build_generator(t.arch, init=None, **t.kwargs)
+    else:
+        from .models import import_object
+
+        factory = import_object(t.import_, recipe.base_dir)
+        try:
+            model = factory(**t.kwargs)
+        except Exception as exc:  # noqa: BLE001 - user code
+            raise RecipeError(f"teacher.kwargs: calling {t.import_} failed: {type(exc).__name__}: {exc}") from None
+    key = "distill.losses.srp.layers" if L.srp.weight > 0 else "distill.losses.feat.layers"
+    taps = resolve_taps(model, layers, t.taps, key=key)
+    in_nc = getattr(model, "config", {}).get("input_nc", 3)
+    try:
+        shapes = probe_shapes(model.eval(), taps, torch.zeros(1, in_nc, recipe.data.size, recipe.data.size))
+    except Exception as exc:  # noqa: BLE001 - a size the model cannot take
+        raise RecipeError(f"data.size: the teacher cannot run at {recipe.data.size}x{recipe.data.size} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    for alias, shape in shapes.items():
+        if len(shape) != 4:
+            raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) gives a {len(shape)}-D output {shape}; SRP "
+                              f"needs (B, C, H, W) feature maps")
+    for alias in taps:
+        if alias not in shapes:
+            raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) is not executed by the forward pass")
+
+
 def missing_files(recipe: Recipe) -> list[str]:
     """Files a later stage will need that do not exist yet (warnings for ``validate``)."""
     out = []

@@ -133,3 +133,17 @@ def test_fvcore_cross_check():
 
     m = build_generator("resnet_6blocks", ngf=8, norm="instance", init=None)
     assert fvcore_macs(m, (1, 3, 64, 64)) == profile_model(m, (1, 3, 64, 64))["macs"]
+
+
+@pytest.mark.parametrize("name, size", [("resnet_9blocks", 64), ("resnet_6blocks", 64), ("unet_128", 128),
+                                        ("unet_256", 256)])
+def test_default_taps_resolve_to_feature_maps(name, size):
+    from compressor.features import probe_shapes
+
+    model = build_generator(name, ngf=8, init=None).eval()
+    modules = dict(model.named_modules())
+    assert "encoder" in model.taps
+    assert all(t in modules for t in model.taps.values())
+    shapes = probe_shapes(model, model.taps, torch.zeros(1, 3, size, size))
+    enc = shapes["encoder"]
+    assert len(enc) == 4 and enc[2] == size // (4 if name.startswith("resnet") else 16)

@@ -133,3 +133,14 @@ def test_readme_recipe_reference_in_sync():
     assert set(documented) == set(schema), (set(schema) ^ set(documented))
     for k, d in schema.items():
         assert documented[k] == d, f"{k}: README says {documented[k]!r}, schema default is {d!r}"
+
+
+def test_validate_checks_feature_taps(tmp_path):
+    p = tmp_path / "taps.yaml"
+    p.write_text(tiny_recipe_text().replace("layers: [encoder, res_mid]", "layers: [encoder, model.99]"))
+    res = run_cli(["validate", p])
+    assert res.returncode == 2 and "distill.losses.srp.layers" in res.stderr and "model.99" in res.stderr
+    p.write_text(tiny_recipe_text().replace("layers: [encoder, res_mid]", "layers: [model.4]"))
+    assert run_cli(["validate", p]).returncode == 0  # module names work as well as aliases
+    p.write_text(tiny_recipe_text().replace("layers: [encoder, res_mid]", "layers: [model.24]"))  # Tanh: 4-D
+    assert run_cli(["validate", p]).returncode == 0

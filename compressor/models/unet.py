@@ -65,8 +65,11 @@ class UnetGenerator(nn.Module):
 
     @staticmethod
     def _level(k: int) -> str:
-        """Module name of the skip block at depth k (1 = outermost)."""
-        return "model" + ".model.1" * (k - 1) if k > 1 else "model"
+        """Module name of the skip block at depth k (1 = outermost): the outermost block holds its submodule at
+        index 1 of its Sequential, every other block at index 3."""
+        if k == 1:
+            return "model"
+        return "model.model.1" + ".model.3" * (k - 2)
 
     @property
     def taps(self) -> dict[str, str]:
