@@ -149,8 +149,11 @@ def validate(
 
 @app.command()
 def evaluate(
-    target: Path = typer.Argument(..., help="a run folder (runs/<name>)"),
+    target: Path = typer.Argument(..., help="a run folder (runs/<name>), or a student folder with --data"),
     data: Optional[Path] = typer.Option(None, "--data", help="dataset root (default: the recipe's)"),
+    kind: str = typer.Option("paired", "--kind", help="with a student folder: paired | folder"),
+    direction: str = typer.Option("AtoB", "--direction", help="with a student folder: AtoB | BtoA"),
+    size: int = typer.Option(256, "--size", help="with a student folder: image size"),
     inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="FID Inception (.pt)"),
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="evaluate at most N test images"),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="e.g. fid,kid,psnr,ssim (default: the recipe's)"),
@@ -165,7 +168,24 @@ def evaluate(
     _setup_logging(quiet)
     run = RunDir(target)
     if not run.recipe.exists():
-        raise UserError(f"{target}: not a run folder (no recipe.resolved.yaml)")
+        if not (target / "student.json").exists():
+            raise UserError(f"{target}: neither a run folder (recipe.resolved.yaml) nor a student folder "
+                            f"(student.json)")
+        if data is None:
+            raise UserError(f"{target}: a student folder needs --data (the dataset root with a test split)")
+        if kind not in ("paired", "folder") or direction not in ("AtoB", "BtoA"):
+            raise UserError("--kind must be paired or folder; --direction AtoB or BtoA")
+        from .metrics import evaluate_folder
+
+        with _Progress(quiet) as progress:
+            res = evaluate_folder(target, data, resolve_device(device), kind=kind, direction=direction, size=size,
+                                  metrics=_csv(metrics) or ["fid", "kid", "psnr", "ssim"], max_images=max_images,
+                                  inception_weights=str(inception_weights) if inception_weights else None,
+                                  progress=progress)
+        for k, v in res["student"].items():
+            typer.echo(f"{k:>16}  student {v}")
+        typer.echo(f"wrote {target / 'eval.json'}")
+        return
     overrides = [f"data.root={data.resolve()}"] if data else []
     if max_images:
         overrides.append(f"evaluate.max_images={max_images}")

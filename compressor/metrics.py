@@ -350,3 +350,42 @@ def evaluate_run(run, recipe, device: torch.device, progress=None, inception_wei
         run.eval_samples.parent.mkdir(parents=True, exist_ok=True)
         to_image(grid).save(run.eval_samples)
     return out
+
+
+def evaluate_folder(student_dir, data_root, device: torch.device, *, kind: str = "paired", direction: str = "AtoB",
+                    size: int = 256, metrics=("fid", "kid", "psnr", "ssim"), max_images: Optional[int] = None,
+                    batch_size: int = 8, inception_weights: Optional[str] = None, progress=None) -> dict:
+    """Evaluate a saved student alone against a dataset's test split (no teacher needed)."""
+    from pathlib import Path
+
+    from .complexity import profile_model
+    from .data import make_dataset
+    from .io import atomic_write_json
+    from .recipe import DataSpec
+    from .slim import load_student
+
+    student = load_student(student_dir)
+    spec = DataSpec(kind=kind, root=str(data_root), direction=direction, size=size)
+    ds = make_dataset(spec, Path(data_root), "test", 0, max_items=max_images)
+    tgt = None if kind == "folder" else "target"
+    inception, why = (None, "not requested")
+    if {"fid", "kid"} & set(metrics):
+        if tgt is None:
+            why = "folder data has no real images to compare with"
+        else:
+            inception, why = load_inception(inception_weights, device)
+        if inception is None:
+            log.warning("FID/KID skipped: %s", why)
+    real_key = ""
+    if inception is not None:
+        real_key = dataset_key(_dataset_files(ds), f"{inception.digest}|{spec.model_dump_json()}|{len(ds)}|{tgt}")
+    res = evaluate_models({"student": student}, ds, list(metrics), device, batch_size, inception, real_key,
+                          "input", tgt, None, progress)["student"]
+    cfg = getattr(student, "config", {})
+    cx = profile_model(student.cpu(), (1, cfg.get("input_nc", 3), size, size))
+    res.update(params=cx["params"], macs=cx["macs"], macs_paper_convention=cx["macs_paper_convention"])
+    out = {"student": res, "n_images": len(ds), "data": str(data_root), "size": size, "direction": direction,
+           "fid_weights": inception.source if inception else None,
+           "fid_skipped": None if inception is not None or not {"fid", "kid"} & set(metrics) else why}
+    atomic_write_json(Path(student_dir) / "eval.json", out)
+    return out

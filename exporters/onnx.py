@@ -223,9 +223,15 @@ def export_run(run, recipe, notes: Optional[list] = None, precision: Optional[st
         if ok:
             from .tensorrt import build_engine
 
-            out["tensorrt"] = build_engine(run.student_onnx, run.student_plan, precision or spec.tensorrt.precision,
+            prec = precision or spec.tensorrt.precision
+            out["tensorrt"] = build_engine(run.student_onnx, run.student_plan, prec,
                                            shapes=default_profile(size, "hw" in dynamic, mult),
-                                           int8_onnx=run.student_int8 if run.student_int8.exists() else None)
+                                           int8_onnx=run.student_int8 if run.student_int8.exists() else None,
+                                           workspace_mb=spec.tensorrt.workspace_mb)
+            from .tensorrt import engine_parity
+
+            out["tensorrt"]["parity"] = engine_parity(run.student_plan, run.student_onnx,
+                                                      [s[None].numpy() for s in samples], prec)
         else:
             note = f"TensorRT engine skipped: {why}"
             out["notes"].append(note)

@@ -276,6 +276,33 @@ class TensorRTRunner:
         return self.torch.cuda.max_memory_allocated() / 2**20
 
 
+PARITY = {"fp32": {"max_abs": 1e-3}, "fp16": {"psnr_min": 35.0}, "int8": {"psnr_min": 25.0}}
+
+
+def engine_parity(engine_path: Path, onnx_path: Path, inputs: list, precision: str) -> dict:
+    """Run the same inputs through the engine and ONNX Runtime (the fp32 ONNX); compare with stated limits."""
+    import numpy as np
+
+    from .onnx import ort_session
+    from .quantize import psnr
+
+    runner = TensorRTRunner(engine_path)
+    sess = ort_session(onnx_path)
+    name = sess.get_inputs()[0].name
+    cases = []
+    for x in inputs:
+        x = np.asarray(x, dtype=np.float32)
+        ref = sess.run(None, {name: x})[0]
+        got = runner(x)
+        cases.append({"shape": list(x.shape), "max_abs": float(np.abs(ref - got).max()), "psnr": psnr(got, ref)})
+    limit = PARITY[precision]
+    worst_abs = max(c["max_abs"] for c in cases)
+    worst_psnr = min(c["psnr"] for c in cases)
+    passed = worst_abs <= limit["max_abs"] if "max_abs" in limit else worst_psnr >= limit["psnr_min"]
+    return {"precision": precision, "limit": limit, "max_abs": worst_abs, "psnr_min": worst_psnr,
+            "passed": passed, "cases": cases}
+
+
 def _shape(s) -> str:
     return "x".join(str(int(v)) for v in s)
 

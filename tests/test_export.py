@@ -170,3 +170,11 @@ def test_tensorrt_engine_build(tmp_path):
     out = TensorRTRunner(tmp_path / "s.plan")(x)
     with torch.no_grad():
         assert np.abs(out - model(torch.from_numpy(x)).numpy()).max() < 1e-3
+
+
+def test_onnxslim_option_keeps_parity(tmp_path):
+    pytest.importorskip("onnxslim")
+    model = build_generator("unet_128", ngf=4, norm="batch").eval()
+    res = export_checked(model, tmp_path / "m.onnx", [torch.randn(1, 3, 128, 128), torch.randn(3, 3, 128, 128)],
+                         ["batch"], 18, 1e-4, {"k": "v"}, slim=True)
+    assert res["passed"] and read_metadata(tmp_path / "m.onnx")["k"] == "v"

@@ -110,3 +110,31 @@ def test_evaluate_with_weights_writes_fid(tmp_path, tiny_recipe):
     ev = json.loads((out / "tiny" / "eval.json").read_text())
     assert ev["student"]["fid"] > 0 and "kid" in ev["student"] and ev["fid_skipped"] is None
     assert (out / "tiny" / "samples" / "eval.png").exists()
+
+
+def test_evaluate_student_folder_against_data(tmp_path, tiny_recipe):
+    from PIL import Image
+
+    out = tmp_path / "runs"
+    res = run_cli([tiny_recipe, "--out", out, "--quiet", "--only", "teacher,student,distill"], cwd=tmp_path)
+    assert res.returncode == 0
+    data = tmp_path / "pairs"
+    (data / "test").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (32, 64, 3), dtype=np.uint8)).save(data / "test" / f"{i}.png")
+    (data / "train").mkdir()
+    Image.fromarray(rng.integers(0, 255, (32, 64, 3), dtype=np.uint8)).save(data / "train" / "0.png")
+    res = run_cli(["evaluate", out / "tiny", "--help"], cwd=tmp_path)
+    assert "student folder" in res.stdout
+    student_dir = out / "tiny"
+    (student_dir / "recipe.resolved.yaml").rename(tmp_path / "moved.yaml")  # make it a bare student folder
+    res = run_cli(["evaluate", student_dir, "--data", data, "--size", "32", "--metrics", "psnr,ssim", "--quiet"],
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    import json
+
+    ev = json.loads((student_dir / "eval.json").read_text())
+    assert ev["n_images"] == 3 and "psnr" in ev["student"] and ev["student"]["params"] > 0
+    res = run_cli(["evaluate", student_dir], cwd=tmp_path)
+    assert res.returncode == 2 and "--data" in res.stderr

@@ -157,3 +157,18 @@ def test_two_process_gloo_training(tmp_path):
     first = m[0]["G/recon"] + m[0]["G/kd"]
     last = m[-1]["G/recon"] + m[-1]["G/kd"]
     assert last < first, (first, last)
+
+
+def test_folder_data_distills_with_teacher_as_real(tmp_path):
+    _write_images(tmp_path / "inputs" / "train", 4, 40, 0)
+    text = tiny_recipe_text("fold").replace("kind: synthetic,", f"kind: folder, root: {tmp_path / 'inputs'},")
+    text = text.replace("distill:\n", "distill:\n  teacher_as_real: true\n").replace("train: {steps: 6}", "")
+    p = tmp_path / "fold.yaml"
+    p.write_text(text)
+    res = run_cli([p, "--out", tmp_path / "runs", "--quiet", "--only", "teacher,student,distill,evaluate"],
+                  cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    m = _metrics(tmp_path / "runs" / "fold")[-1]
+    assert {"G/kd", "G/srp", "G/gan", "G/disc"} <= set(m) and "G/recon" not in m
+    ev = json.loads((tmp_path / "runs" / "fold" / "eval.json").read_text())
+    assert "psnr_vs_teacher" in ev["student"]
