@@ -13,6 +13,15 @@ import torch
 from .errors import UserError
 
 
+def _default_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _default_mode()
+
+
 class DiskWriteError(UserError):
     """Writing an artifact failed (disk full, permissions); earlier artifacts are intact."""
 
@@ -22,6 +31,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, _MODE)  # mkstemp creates 0600; artifacts get the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
