@@ -59,17 +59,23 @@ def _example_for(model: nn.Module, example_input: Optional[torch.Tensor]) -> tor
     return torch.randn(1, in_ch, s, s)
 
 
+def _probe(model: nn.Module, x: torch.Tensor, handles: list) -> None:
+    """One no-grad forward in eval mode (no BatchNorm statistics change) with the given hooks, then remove them."""
+    was = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+
+
 def _output_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
     """The last executed conv/linear layer: the output layer, never pruned."""
     order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in model.modules()
-             if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear))]
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    _probe(model, x, [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in model.modules()
+                      if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear))])
     if not order:
         raise RecipeError("student: the teacher has no conv or linear layer to prune")
     return [order[-1]]
@@ -83,16 +89,8 @@ def fix_instance_norms(model: nn.Module, x: torch.Tensor) -> None:
             def hook(mod, inputs):
                 mod.num_features = inputs[0].shape[1]
             hooks.append(m.register_forward_pre_hook(hook))
-    if not hooks:
-        return
-    was = model.training
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
+    if hooks:
+        _probe(model, x, hooks)
 
 
 class _SubpixelConv(nn.Module):
@@ -149,12 +147,7 @@ def _split_pixel_shuffles(model: nn.Module, x: torch.Tensor) -> list[tuple[str, 
     for n, m in shuffles.items():
         hooks.append(m.register_forward_pre_hook(
             lambda mod, i, n=n: pairs.append((produced.get(id(i[0])), n, mod.upscale_factor))))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    _probe(model, x, hooks)
     records = []
     for conv_name, shuffle_name, r in pairs:
         if conv_name is None:
