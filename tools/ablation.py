@@ -9,6 +9,9 @@ Trains one pix2pix teacher, then, at the same width, steps and seeds, four stude
 3. kd_srp       + KD + SRP (semantic relation matrix)
 4. kd_feat      + KD + plain feature distillation through 1x1 adapters
 
+All four start from scratch (random init), so the losses are the only difference. ``--variants`` adds
+``kd_srp_inherit`` (KD + SRP starting from the teacher's strongest channels) to check the recipes' init default.
+
 and evaluates all of them on the 106 test pairs (FID, KID, PSNR/SSIM against ground truth, PSNR against the
 teacher). Every run is an ordinary compressor run folder, so an interrupted ablation resumes where it stopped.
 
@@ -45,7 +48,10 @@ VARIANTS = {
     "kd": {"kd": 10.0, "srp": 0.0, "feat": 0.0},
     "kd_srp": {"kd": 10.0, "srp": 10.0, "feat": 0.0},
     "kd_feat": {"kd": 10.0, "srp": 0.0, "feat": 10.0},
+    # not one of the four arms: the same as kd_srp, but starting from the teacher's strongest channels
+    "kd_srp_inherit": {"kd": 10.0, "srp": 10.0, "feat": 0.0, "init": "inherit"},
 }
+DEFAULT_VARIANTS = ["scratch", "kd", "kd_srp", "kd_feat"]
 LAYERS = ["encoder", "mid"]
 METRICS = [("fid", "FID ↓"), ("kid", "KID ↓"), ("psnr", "PSNR ↑"), ("ssim", "SSIM ↑"),
            ("psnr_vs_teacher", "PSNR vs teacher ↑")]
@@ -85,7 +91,7 @@ def main() -> None:
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--widths", default="0.25")
-    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"from {', '.join(VARIANTS)}")
     ap.add_argument("--data", default=str(FACADES))
     ap.add_argument("--out", default="runs/ablation")
     ap.add_argument("--write-docs", action="store_true", help="write docs/results.md and the sample grid")
@@ -117,6 +123,7 @@ def main() -> None:
                 doc = base_recipe(scale, name, seed, data)
                 doc["teacher"]["checkpoint"] = str(teacher_ckpt)
                 doc["student"]["width"] = width
+                doc["student"]["init"] = w.get("init", "scratch")
                 doc["distill"]["losses"] = {
                     "kd": {"weight": w["kd"]}, "srp": {"weight": w["srp"], "layers": LAYERS},
                     "feat": {"weight": w["feat"], "layers": LAYERS}}
