@@ -12,7 +12,6 @@ sampling (half-pixel centres, border clamp) and scaled to [-1, 0.9921875].
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 from pathlib import Path

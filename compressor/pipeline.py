@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .errors import CheckpointError, RecipeError, UserError
+from .errors import RecipeError, UserError
 from .io import atomic_write_json, atomic_write_text
 from .recipe import Recipe
 
@@ -385,7 +385,6 @@ def distill_setup(ctx: Context):
 
 
 def stage_distill(ctx: Context) -> None:
-    from .slim import save_student
     from .train import seed_everything
 
     r, run = ctx.recipe, ctx.run

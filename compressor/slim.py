@@ -282,7 +282,6 @@ def student_from_plan(plan: dict) -> nn.Module:
 
 def save_student(student: nn.Module, plan: dict, out_dir: str | Path, extra: Optional[dict] = None) -> Path:
     """Write ``student.safetensors`` and ``student.json`` atomically into ``out_dir``."""
-    from safetensors.torch import save_file
 
     from .io import atomic_write_bytes, atomic_write_text
 

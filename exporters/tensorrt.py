@@ -9,7 +9,6 @@ This path has not been run in this project's CI, which has no GPU; its tests ski
 """
 from __future__ import annotations
 
-import json
 import logging
 import shlex
 from dataclasses import dataclass, field

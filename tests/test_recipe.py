@@ -1,8 +1,6 @@
 import re
-from pathlib import Path
 
 import pytest
-import yaml
 
 from compressor.errors import RecipeError
 from compressor.recipe import Recipe, apply_overrides, load_recipe, parse_override, schema_reference

@@ -7,8 +7,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pytest
-import torch
 from PIL import Image
 
 from compressor.train import list_checkpoints, load_latest_checkpoint
