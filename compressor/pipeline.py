@@ -342,8 +342,10 @@ def train_teacher(ctx: Context, spec: dict) -> list:
 
 def stage_student(ctx: Context) -> None:
     from .slim import make_student, save_student
+    from .train import seed_everything
 
     r, run = ctx.recipe, ctx.run
+    seed_everything(r.seed)  # a scratch student's initial weights depend on the seed alone
     teacher = load_run_teacher(run)
     example = _example_input(r, teacher)
     student, plan = make_student(teacher, r.student.width, r.student.method, r.student.init, example)

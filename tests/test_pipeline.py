@@ -79,3 +79,17 @@ def test_pix2pix_facades_recipe_runs_as_written(tmp_path):
     assert export["int8"]["psnr_vs_fp32"] > 0 and "tensorrt_lint" in export
     md = (run / "report.md").read_text()
     assert "TensorRT engine skipped" in md or "student.plan" in md
+
+
+def test_student_init_depends_on_the_seed_alone(tmp_path, tiny_recipe):
+    """Two runs of the same recipe in one process give the same scratch student, whatever ran before."""
+    import torch
+    from safetensors.torch import load_file
+
+    r = load_recipe(tiny_recipe, ["student.init=scratch"])
+    run_pipeline(r, tmp_path / "a", recipe_path=tiny_recipe, only=["teacher", "student"])
+    torch.randn(1000)  # disturb the global RNG
+    run_pipeline(r, tmp_path / "b", recipe_path=tiny_recipe, only=["teacher", "student"])
+    a = load_file(str(tmp_path / "a" / "tiny" / "student_init" / "student.safetensors"))
+    b = load_file(str(tmp_path / "b" / "tiny" / "student_init" / "student.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
