@@ -193,9 +193,10 @@ def write_docs(table: str, scale: dict, args, wall: float, grid) -> None:
     import os
 
     dst = Path(__file__).resolve().parent.parent / "docs" / "results_table.md"
-    dst.write_text(f"<!-- written by tools/ablation.py --scale {args.scale} -->\n"
-                   f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; wall time "
-                   f"{wall / 60:.1f} min.\n\n{table}\n")
+    dst.write_text(f"<!-- written by tools/ablation.py --scale {args.scale} --widths {args.widths} "
+                   f"--variants {args.variants} -->\n"
+                   f"Machine: {platform.machine()}, {os.cpu_count()} cores; this invocation took {wall / 60:.1f} min "
+                   f"(runs already complete are skipped).\n\n{table}\n")
 
 
 if __name__ == "__main__":
