@@ -298,9 +298,34 @@ def _dataset_files(ds) -> list[Path]:
     return []
 
 
+def _inception_for(metrics, weights: Optional[str], device, no_reference: Optional[str] = None):
+    """(Inception or None, why FID/KID are skipped or None). Warns once when they are skipped."""
+    if not {"fid", "kid"} & set(metrics):
+        return None, None
+    inception, why = (None, no_reference) if no_reference else load_inception(weights, device)
+    if inception is None:
+        log.warning("FID/KID skipped: %s", why)
+    return inception, why
+
+
+def _real_key(inception: Optional[InceptionFeatures], ds, spec_json: str, tgt: Optional[str]) -> str:
+    """Cache key of the real images' features: file list, sizes, mtimes, weights and preprocessing."""
+    if inception is None or not tgt:
+        return ""
+    extra = f"{inception.digest}|{spec_json}|{len(ds)}|{tgt}"
+    files = _dataset_files(ds)
+    return dataset_key(files, extra) if files else hashlib.sha256(extra.encode()).hexdigest()[:24]
+
+
+def _add_complexity(res: dict, model: nn.Module, shape) -> None:
+    from .complexity import profile_model
+
+    cx = profile_model(model.cpu(), shape)
+    res.update(params=cx["params"], macs=cx["macs"], macs_paper_convention=cx["macs_paper_convention"])
+
+
 def evaluate_run(run, recipe, device: torch.device, progress=None, inception_weights: Optional[str] = None) -> dict:
     """The evaluate stage: teacher and student side by side, written to eval.json and samples/eval.png."""
-    from .complexity import profile_model
     from .data import make_dataset, to_image
     from .io import atomic_write_json
     from .pipeline import load_run_teacher
@@ -313,30 +338,21 @@ def evaluate_run(run, recipe, device: torch.device, progress=None, inception_wei
                       max_items=ev.max_images)
     unpaired = recipe.data.kind == "unpaired"
     src, tgt = ("A", "B") if unpaired else ("input", "target" if recipe.data.kind != "folder" else None)
-    inception, why = (None, "not requested")
-    if "fid" in ev.metrics or "kid" in ev.metrics:
-        inception, why = load_inception(inception_weights or ev.inception_weights, device)
-        if inception is None:
-            log.warning("FID/KID skipped: %s", why)
-    real_key = ""
-    if inception is not None and tgt:
-        files = _dataset_files(ds)
-        extra = f"{inception.digest}|{recipe.data.model_dump_json()}|{len(ds)}|{tgt}"
-        real_key = dataset_key(files, extra) if files else hashlib.sha256(extra.encode()).hexdigest()[:24]
+    # without targets, FID/KID compare the student's outputs with the teacher's
+    inception, why = _inception_for(ev.metrics, inception_weights or ev.inception_weights, device)
+    real_key = _real_key(inception, ds, recipe.data.model_dump_json(), tgt)
     res = evaluate_models({"teacher": teacher, "student": student}, ds, ev.metrics, device, ev.batch_size,
                           inception, real_key, src, tgt, "teacher", progress)
     shape = (1, next(iter(ds[0].values())).shape[0], recipe.data.size, recipe.data.size)
     for name, m in (("teacher", teacher), ("student", student)):
-        cx = profile_model(m.cpu(), shape)
-        res[name].update(params=cx["params"], macs=cx["macs"], macs_paper_convention=cx["macs_paper_convention"])
+        _add_complexity(res[name], m, shape)
     quality = {}
     for k in ("psnr", "ssim"):
         if k in res["teacher"] and k in res["student"] and res["teacher"][k]:
             quality[k] = round(100 * res["student"][k] / res["teacher"][k], 2)
     out = {"teacher": res["teacher"], "student": res["student"], "student_pct_of_teacher": quality,
            "n_images": len(ds), "fid_weights": inception.source if inception else None,
-           "fid_skipped": None if inception is not None or not {"fid", "kid"} & set(ev.metrics) else why,
-           "size": recipe.data.size, "direction": recipe.data.direction}
+           "fid_skipped": why if inception is None else None, "size": recipe.data.size, "direction": recipe.data.direction}
     atomic_write_json(run.eval_json, out)
     if ev.samples:
         n = min(ev.samples, len(ds))
@@ -357,7 +373,6 @@ def evaluate_folder(student_dir, data_root, device: torch.device, *, kind: str =
     """Evaluate a saved student alone against a dataset's test split (no teacher needed)."""
     from pathlib import Path
 
-    from .complexity import profile_model
     from .data import make_dataset
     from .io import atomic_write_json
     from .recipe import DataSpec
@@ -367,24 +382,13 @@ def evaluate_folder(student_dir, data_root, device: torch.device, *, kind: str =
     spec = DataSpec(kind=kind, root=str(data_root), direction=direction, size=size)
     ds = make_dataset(spec, Path(data_root), "test", 0, max_items=max_images)
     tgt = None if kind == "folder" else "target"
-    inception, why = (None, "not requested")
-    if {"fid", "kid"} & set(metrics):
-        if tgt is None:
-            why = "folder data has no real images to compare with"
-        else:
-            inception, why = load_inception(inception_weights, device)
-        if inception is None:
-            log.warning("FID/KID skipped: %s", why)
-    real_key = ""
-    if inception is not None:
-        real_key = dataset_key(_dataset_files(ds), f"{inception.digest}|{spec.model_dump_json()}|{len(ds)}|{tgt}")
+    inception, why = _inception_for(metrics, inception_weights, device,
+                                    "folder data has no real images to compare with" if tgt is None else None)
+    real_key = _real_key(inception, ds, spec.model_dump_json(), tgt)
     res = evaluate_models({"student": student}, ds, list(metrics), device, batch_size, inception, real_key,
                           "input", tgt, None, progress)["student"]
-    cfg = getattr(student, "config", {})
-    cx = profile_model(student.cpu(), (1, cfg.get("input_nc", 3), size, size))
-    res.update(params=cx["params"], macs=cx["macs"], macs_paper_convention=cx["macs_paper_convention"])
+    _add_complexity(res, student, (1, getattr(student, "config", {}).get("input_nc", 3), size, size))
     out = {"student": res, "n_images": len(ds), "data": str(data_root), "size": size, "direction": direction,
-           "fid_weights": inception.source if inception else None,
-           "fid_skipped": None if inception is not None or not {"fid", "kid"} & set(metrics) else why}
+           "fid_weights": inception.source if inception else None, "fid_skipped": why if inception is None else None}
     atomic_write_json(Path(student_dir) / "eval.json", out)
     return out

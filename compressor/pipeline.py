@@ -364,23 +364,19 @@ def distill_setup(ctx: Context):
 
     r, run = ctx.recipe, ctx.run
     L = r.distill.losses
-    needs_teacher = L.kd.weight > 0 or L.srp.weight > 0 or L.feat.weight > 0 or (
-        r.data.kind == "folder")
-    teacher = load_run_teacher(run)
+    # when no loss looks at the teacher, train without loading or running it
+    teacher_of = (lambda reverse=False: load_run_teacher(run, reverse)) if L.uses_teacher(r.data.kind) else \
+        (lambda reverse=False: None)
+    teacher = teacher_of()
     student = load_student(run.student_init).train()
-    layers = list(dict.fromkeys((L.srp.layers if L.srp.weight > 0 else []) +
-                                (L.feat.layers if L.feat.weight > 0 else [])))
+    layers = L.tapped_layers()  # non-empty only when the teacher is used
     taps = resolve_taps(teacher, layers, r.teacher.taps) if layers else {}
-    channels = check_tap_pair(teacher, student, taps, _example_input(r, teacher)) if taps else {}
+    channels = check_tap_pair(teacher, student, taps, _example_input(r, student)) if taps else {}
     if r.data.kind == "unpaired":
         dirs = [Direction("AB", student, teacher, "A", "B"),
-                Direction("BA", load_student(run.student_init / "reverse").train(), load_run_teacher(run, True),
-                          "B", "A")]
+                Direction("BA", load_student(run.student_init / "reverse").train(), teacher_of(True), "B", "A")]
     else:
         dirs = [Direction("G", student, teacher, "input", "target")]
-    if not needs_teacher:  # no loss looks at the teacher: train without running it
-        for d in dirs:
-            d.teacher = None
     srp_layers = L.srp.layers if L.srp.weight > 0 else []
     feat = {k: channels[k] for k in L.feat.layers} if L.feat.weight > 0 else {}
     return dirs, taps, srp_layers, feat

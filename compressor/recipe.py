@@ -130,6 +130,15 @@ class LossesSpec(Strict):
     feat: FeatLossSpec = Field(default_factory=FeatLossSpec, description="feature L2 through 1x1 adapters")
     cycle: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=10.0), description="unpaired cycle loss")
 
+    def tapped_layers(self) -> list[str]:
+        """The layers the active feature losses (SRP, feature distillation) tap, each once."""
+        return list(dict.fromkeys((self.srp.layers if self.srp.weight > 0 else []) +
+                                  (self.feat.layers if self.feat.weight > 0 else [])))
+
+    def uses_teacher(self, data_kind: str) -> bool:
+        """Whether any loss looks at the teacher (folder data has no targets, so it always does)."""
+        return self.kd.weight > 0 or self.srp.weight > 0 or self.feat.weight > 0 or data_kind == "folder"
+
 
 class DiscriminatorSpec(Strict):
     ndf: int = Field(64, ge=1, description="discriminator base width")
@@ -398,24 +407,14 @@ def check_taps(recipe: Recipe) -> None:
 
     from .features import probe_shapes, resolve_taps
 
+    from .models import build_teacher
+
     L = recipe.distill.losses
-    layers = list(dict.fromkeys((L.srp.layers if L.srp.weight > 0 else []) +
-                                (L.feat.layers if L.feat.weight > 0 else [])))
+    layers = L.tapped_layers()
     if not layers:
         return
     t = recipe.teacher
-    if t.arch:
-        from .models import build_generator
-
-        model = build_generator(t.arch, init=None, **t.kwargs)
-    else:
-        from .models import import_object
-
-        factory = import_object(t.import_, recipe.base_dir)
-        try:
-            model = factory(**t.kwargs)
-        except Exception as exc:  # noqa: BLE001 - user code
-            raise RecipeError(f"teacher.kwargs: calling {t.import_} failed: {type(exc).__name__}: {exc}") from None
+    model = build_teacher(t, recipe.base_dir, init=None)
     key = "distill.losses.srp.layers" if L.srp.weight > 0 else "distill.losses.feat.layers"
     taps = resolve_taps(model, layers, t.taps, key=key)
     in_nc = getattr(model, "config", {}).get("input_nc", 3)

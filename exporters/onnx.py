@@ -228,10 +228,10 @@ def export_run(run, recipe, notes: Optional[list] = None, precision: Optional[st
                                            shapes=default_profile(size, "hw" in dynamic, mult),
                                            int8_onnx=run.student_int8 if run.student_int8.exists() else None,
                                            workspace_mb=spec.tensorrt.workspace_mb)
-            from .tensorrt import engine_parity
+            from .tensorrt import check_engine
 
-            out["tensorrt"]["parity"] = engine_parity(run.student_plan, run.student_onnx,
-                                                      [s[None].numpy() for s in samples], prec)
+            out["tensorrt"]["parity"] = check_engine(run.student_plan, run.student_onnx,
+                                                     [s[None].numpy() for s in samples], prec)
         else:
             note = f"TensorRT engine skipped: {why}"
             out["notes"].append(note)

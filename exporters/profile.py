@@ -405,7 +405,7 @@ def profile_run(run, recipe) -> dict:
     from exporters.onnx import check_not_failed
 
     spec = recipe.profile
-    for f in (run.student_onnx, run.teacher_onnx):
+    for f in (run.student_onnx, run.teacher_onnx, run.student_plan):
         if f.exists():
             check_not_failed(f)
     doc = profile_models([str(run.root)], spec.backends, spec.batch, spec.size or [recipe.data.size],

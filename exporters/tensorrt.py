@@ -302,6 +302,23 @@ def engine_parity(engine_path: Path, onnx_path: Path, inputs: list, precision: s
             "passed": passed, "cases": cases}
 
 
+def check_engine(engine_path: Path, onnx_path: Path, inputs: list, precision: str) -> dict:
+    """:func:`engine_parity`, and on failure a ``.failed`` marker beside the engine and an ExportError."""
+    from compressor.errors import ExportError
+
+    from .onnx import failed_marker
+
+    par = engine_parity(engine_path, onnx_path, inputs, precision)
+    marker = failed_marker(Path(engine_path))
+    if not par["passed"]:
+        msg = (f"{engine_path}: TensorRT output differs from ONNX Runtime beyond {par['limit']} (max abs "
+               f"{par['max_abs']:.3g}, PSNR {par['psnr_min']:.1f} dB)")
+        marker.write_text(msg + "\n")
+        raise ExportError(msg)
+    marker.unlink(missing_ok=True)
+    return par
+
+
 def _shape(s) -> str:
     return "x".join(str(int(v)) for v in s)
 

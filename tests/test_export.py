@@ -176,3 +176,19 @@ def test_onnxslim_option_keeps_parity(tmp_path):
     res = export_checked(model, tmp_path / "m.onnx", [torch.randn(1, 3, 128, 128), torch.randn(3, 3, 128, 128)],
                          ["batch"], 18, 1e-4, {"k": "v"}, slim=True)
     assert res["passed"] and read_metadata(tmp_path / "m.onnx")["k"] == "v"
+
+
+def test_engine_parity_failure_marks_the_engine(tmp_path, monkeypatch):
+    import exporters.tensorrt as trt_mod
+
+    plan = tmp_path / "student.plan"
+    plan.write_bytes(b"engine")
+    verdict = {"passed": False}
+    monkeypatch.setattr(trt_mod, "engine_parity", lambda *a, **k: {
+        "passed": verdict["passed"], "limit": {"psnr_min": 35.0}, "max_abs": 0.5, "psnr_min": 20.0})
+    with pytest.raises(ExportError, match="differs from ONNX Runtime"):
+        trt_mod.check_engine(plan, tmp_path / "s.onnx", [], "fp16")
+    assert failed_marker(plan).exists()
+    verdict["passed"] = True
+    trt_mod.check_engine(plan, tmp_path / "s.onnx", [], "fp16")
+    assert not failed_marker(plan).exists()

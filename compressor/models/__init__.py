@@ -35,7 +35,7 @@ GENERATOR_ARGS = ("input_nc", "output_nc", "ngf", "norm", "use_dropout")
 
 __all__ = ["ZOO", "build_generator", "build_discriminator", "load_teacher", "load_state_dict_file",
            "apply_state_dict", "NLayerDiscriminator", "ResnetGenerator", "UnetGenerator", "init_weights",
-           "import_object", "size_multiple", "default_taps"]
+           "import_object", "size_multiple", "default_taps", "build_teacher"]
 
 
 def build_generator(name: str, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, norm: str = "batch",
@@ -184,26 +184,35 @@ def apply_state_dict(model: nn.Module, state: dict, source: str = "checkpoint", 
     return model
 
 
+def _teacher_spec(spec):
+    from ..recipe import TeacherSpec
+
+    return spec if isinstance(spec, TeacherSpec) else TeacherSpec.model_validate(spec)
+
+
+def build_teacher(spec, base_dir: str | Path | None = None, init: str | None = "normal") -> nn.Module:
+    """The teacher's architecture (zoo ``arch`` or ``import``) without loading any checkpoint."""
+    spec = _teacher_spec(spec)
+    if spec.arch:
+        return build_generator(spec.arch, init=init, **spec.kwargs)
+    factory = import_object(spec.import_, Path(base_dir) if base_dir is not None else Path.cwd())
+    try:
+        model = factory(**spec.kwargs)
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise RecipeError(f"teacher.kwargs: calling {spec.import_} failed: {type(exc).__name__}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise RecipeError(f"teacher.import: {spec.import_} returned {type(model).__name__}, not an nn.Module")
+    return model
+
+
 def load_teacher(spec, base_dir: str | Path | None = None, trust_checkpoint: bool = False) -> nn.Module:
     """Build the teacher a spec describes (zoo ``arch`` or ``import``) and load its checkpoint, if any.
 
     ``spec`` is a :class:`compressor.recipe.TeacherSpec` or a dict of its fields.
     """
-    from ..recipe import TeacherSpec
-
-    if not isinstance(spec, TeacherSpec):
-        spec = TeacherSpec.model_validate(spec)
+    spec = _teacher_spec(spec)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    if spec.arch:
-        model = build_generator(spec.arch, **spec.kwargs)
-    else:
-        factory = import_object(spec.import_, base)
-        try:
-            model = factory(**spec.kwargs)
-        except TypeError as exc:
-            raise RecipeError(f"teacher.kwargs: calling {spec.import_} failed: {exc}") from None
-        if not isinstance(model, nn.Module):
-            raise RecipeError(f"teacher.import: {spec.import_} returned {type(model).__name__}, not an nn.Module")
+    model = build_teacher(spec, base)
     if spec.checkpoint:
         ckpt = Path(spec.checkpoint)
         if not ckpt.is_absolute():
