@@ -18,6 +18,11 @@ import torch
 log = logging.getLogger(__name__)
 
 
+# TensorRT dequantizes only INT8/FP8/INT4 inputs: ONNX Runtime's default QuantizeBias=True turns each conv bias
+# into an INT32 initializer + DequantizeLinear, which TensorRT's parser rejects; the bias stays FP32 instead.
+TENSORRT_EXTRA_OPTIONS = {"tensorrt": {"QuantizeBias": False}}
+
+
 class _Reader:
     def __init__(self, name: str, batches: Iterable[np.ndarray]):
         self.name, self.it = name, iter(list(batches))
@@ -48,7 +53,8 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: list[np.ndarra
         quantize_static(str(pre), str(out), _Reader(INPUT, calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": target != "cpu", "WeightSymmetric": True})
+                        extra_options={"ActivationSymmetric": target != "cpu", "WeightSymmetric": True,
+                                       **TENSORRT_EXTRA_OPTIONS.get(target, {})})
     return out
 
 

@@ -3,9 +3,14 @@
 ``tensorrt`` is imported lazily (``pip install 'compressor[trt]'`` on a machine with an NVIDIA GPU). On TensorRT
 10, FP16/INT8 come from builder flags (INT8 from the QDQ ONNX, explicit quantisation). TensorRT 11 removed
 those flags and the calibrators: networks are strongly typed, so FP16 comes from an FP16-converted ONNX and
-INT8 from the QDQ ONNX. JetPack 6 (Jetson) ships TensorRT 10.
+INT8 from the QDQ ONNX. FP32 means FP32: TF32 (on by default in both majors) is cleared for FP32 builds.
 
-This path has not been run in this project's CI, which has no GPU; its tests skip there with the reason.
+Jetson: JetPack 6.1 and 6.2 ship TensorRT 10.3 (JetPack 6.0 ships TensorRT 8.6, which this module does not
+target); TensorRT 11.3 and newer do not support JetPack, so a Jetson uses the TensorRT 10 path.
+
+This path was written against the TensorRT 10 and 11 Python APIs and trtexec sources by reading them
+(``exporters/trt_rules.py`` cites each line); it has not been run on a GPU in this project's CI, where its tests
+use a fake ``tensorrt`` module that records calls.
 """
 from __future__ import annotations
 
@@ -13,26 +18,21 @@ import logging
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+
+from compressor.errors import ExportError, UserError
+
+from . import trt_rules
+from .trt_rules import parse_version, rule
 
 log = logging.getLogger(__name__)
 
-# ONNX ops TensorRT's parser supports (both majors), from its ONNX operator support matrix, restricted to the
-# ops image-to-image generators and their exports use, plus common helpers.
-SUPPORTED_OPS = set("""
-Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization Cast Ceil Celu Clip
-Concat Constant ConstantOfShape Conv ConvTranspose Cos Cosh CumSum DepthToSpace DequantizeLinear Div Dropout Einsum
-Elu Equal Erf Exp Expand EyeLike Flatten Floor Gather GatherElements GatherND Gelu Gemm GlobalAveragePool
-GlobalMaxPool Greater GreaterOrEqual GridSample GroupNormalization HardSigmoid HardSwish Identity If
-InstanceNormalization IsInf IsNaN LayerNormalization LeakyRelu Less LessOrEqual Log LogSoftmax Loop LRN MatMul Max
-MaxPool Mean Min Mod Mul Neg NonZero Not OneHot Or Pad Pow PRelu QuantizeLinear RandomUniform RandomUniformLike
-RandomNormal RandomNormalLike Range Reciprocal ReduceL1 ReduceL2 ReduceLogSum ReduceLogSumExp ReduceMax ReduceMean
-ReduceMin ReduceProd ReduceSum ReduceSumSquare Relu Reshape Resize ReverseSequence RoiAlign Round ScatterElements
-ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus Softsign SpaceToDepth Split Sqrt
-Squeeze Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose Trilu Unsqueeze Where Xor
-""".split())
-REMOVED_IN = {11: {"Upsample"}}  # deprecated ONNX ops rejected by the newer parser
-SUPPORTED_OPS_10 = SUPPORTED_OPS | {"Upsample"}
+# Kept for callers of the old names: the ops the parser imports in TensorRT 10.0 and 11.0.
+SUPPORTED_OPS = trt_rules.supported_ops(11)
+SUPPORTED_OPS_10 = trt_rules.supported_ops(10)
+
+_CTM_OK = {"half_pixel", "pytorch_half_pixel", "tf_half_pixel_for_nn", "asymmetric", "align_corners"}
+_RESIZE_MODES = {"nearest", "linear", "cubic"}
+_PAD_MODES = {"constant", "reflect", "edge", "wrap"}
 
 
 @dataclass
@@ -40,95 +40,166 @@ class LintResult:
     target: str
     problems: list[dict] = field(default_factory=list)
     nodes: int = 0
+    warnings: list[dict] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "nodes": self.nodes, "ok": self.ok, "problems": self.problems}
+        return {"target": self.target, "nodes": self.nodes, "ok": self.ok, "problems": self.problems,
+                "warnings": self.warnings}
 
     def lines(self) -> list[str]:
+        warn = [f"  warning: {p['node']} ({p['op']}): {p['problem']}" for p in self.warnings]
         if self.ok:
-            return [f"TensorRT {self.target} lint: {self.nodes} nodes, no problems"]
+            extra = f", {len(self.warnings)} warning(s)" if self.warnings else ""
+            return [f"TensorRT {self.target} lint: {self.nodes} nodes, no problems{extra}"] + warn
         return [f"TensorRT {self.target} lint: {len(self.problems)} problem(s) in {self.nodes} nodes"] + \
-            [f"  {p['node']} ({p['op']}): {p['problem']}" for p in self.problems]
+            [f"  {p['node']} ({p['op']}): {p['problem']}" for p in self.problems] + warn
 
 
 def _attrs(node) -> dict:
     import onnx
 
-    return {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+    out = {}
+    for a in node.attribute:
+        v = onnx.helper.get_attribute_value(a)
+        out[a.name] = v.decode() if isinstance(v, bytes) else v
+    return out
 
 
-def lint_onnx(path_or_model, version: int = 10) -> LintResult:
-    """Check every node against TensorRT's ONNX support for ``version`` (10 or 11), without TensorRT."""
+def _elem_types(model) -> dict:
+    """Element type of every tensor name we can tell without running the model (shape inference where it works)."""
     import onnx
 
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - inference is a help, not a requirement (models > 2 GiB, odd ops)
+        inferred = model
+    g = inferred.graph
+    types = {}
+    for vi in list(g.input) + list(g.output) + list(g.value_info):
+        if vi.type.tensor_type.elem_type:
+            types[vi.name] = vi.type.tensor_type.elem_type
+    for init in g.initializer:
+        types[init.name] = init.data_type
+    for n in g.node:
+        if n.op_type == "Constant":
+            for a in n.attribute:
+                if a.name == "value":
+                    types[n.output[0]] = a.t.data_type
+    return types
+
+
+def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
+    """Check every node against TensorRT's ONNX support for ``version`` without TensorRT.
+
+    ``version`` is a major (10, 11: that major's first release, the conservative choice) or ``"MAJOR.MINOR"``
+    (``"10.15"``). The rules are the data in :mod:`exporters.trt_rules`; each problem names its rule and source.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    v = parse_version(version)
     model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
     g = model.graph
+    res = LintResult(target=str(version) if not isinstance(version, tuple) else f"{v[0]}.{v[1]}", nodes=len(g.node))
+    supported = trt_rules.supported_ops(v)
     constants = {i.name for i in g.initializer}
     constants |= {o for n in g.node if n.op_type == "Constant" for o in n.output}
-    res = LintResult(target=str(version), nodes=len(g.node))
-    supported = SUPPORTED_OPS_10 if version == 10 else SUPPORTED_OPS
+    inits = {i.name: i for i in g.initializer}
+    types = _elem_types(model)
+    T = onnx.TensorProto
+    names = {t: T.DataType.Name(t) for t in T.DataType.values()}
+    quantized = {T.INT8, T.FLOAT8E4M3FN, T.INT4} | ({T.FLOAT4E2M1} if v >= (10, 15) else set())
 
-    def problem(node, text):
-        res.problems.append({"node": node.name or node.output[0], "op": node.op_type, "problem": text})
+    def add(where: list, node_name: str, op: str, rule_id: str, text: str):
+        r = rule(rule_id)
+        where.append({"node": node_name, "op": op, "problem": text, "rule": rule_id, "source": r.source})
 
-    double = onnx.TensorProto.DOUBLE
+    def problem(node, rule_id, text):
+        add(res.problems, node.name or node.output[0], node.op_type, rule_id, text)
+
+    # opset
+    rng = trt_rules.opset_range(v)
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and not rng.low <= imp.version <= rng.high:
+            res.problems.append({"node": "model", "op": "opset", "rule": "opset-range", "source": rng.source,
+                                 "problem": f"ONNX opset {imp.version} is outside {rng.low}-{rng.high}, the range "
+                                            f"TensorRT {res.target} supports; export with --opset {min(18, rng.high)}"})
+    # float64
     for t in list(g.input) + list(g.output):
-        if t.type.tensor_type.elem_type == double:
-            res.problems.append({"node": t.name, "op": "graph I/O", "problem": "float64 tensors are not supported"})
+        if t.type.tensor_type.elem_type == T.DOUBLE:
+            add(res.warnings, t.name, "graph I/O", "double", "float64 tensor: TensorRT casts DOUBLE down to FLOAT")
     for init in g.initializer:
-        if init.data_type == double:
-            res.problems.append({"node": init.name, "op": "initializer", "problem": "float64 tensors are not "
-                                                                                     "supported"})
+        if init.data_type == T.DOUBLE:
+            add(res.warnings, init.name, "initializer", "double",
+                "float64 initializer: TensorRT casts DOUBLE down to FLOAT, clamping to +-FLT_MAX")
     for node in g.node:
-        if node.domain not in ("", "ai.onnx"):
-            problem(node, f"custom domain {node.domain!r} needs a TensorRT plugin")
-            continue
         op = node.op_type
+        if node.domain not in ("", "ai.onnx"):
+            problem(node, "custom-domain", f"custom domain {node.domain!r}: needs a registered TensorRT plugin")
+            continue
         if op not in supported:
-            problem(node, f"op {op} is not supported by TensorRT {version}'s ONNX parser"
-                          + (" (removed; use Resize)" if op == "Upsample" else ""))
+            later = [r for r in trt_rules.OP_SUPPORT if r.op == op and r.since > v]
+            hint = f" (supported from TensorRT {later[0].since[0]}.{later[0].since[1]})" if later else ""
+            add(res.problems, node.name or node.output[0], op, "custom-domain",
+                f"op {op} has no importer in TensorRT {res.target}'s ONNX parser{hint}; it would need a plugin")
             continue
         a = _attrs(node)
         if op == "Pad":
-            mode = a.get("mode", b"constant")
-            mode = mode.decode() if isinstance(mode, bytes) else mode
-            if mode not in ("constant", "reflect", "edge", "wrap"):
-                problem(node, f"Pad mode {mode!r} is not supported")
-            if len(node.input) > 3 and node.input[3] and node.input[3] not in constants:
-                problem(node, "Pad's axes input must be an initializer (a build-time constant)")
+            mode = a.get("mode", "constant")
+            if mode not in _PAD_MODES:
+                problem(node, "pad-mode", f"Pad mode {mode!r} is not supported")
+            if (rule("pad-axes").applies(v) and len(node.input) > 3 and node.input[3]
+                    and node.input[3] not in constants):
+                problem(node, "pad-axes", "Pad's axes input must be an initializer (a build-time constant)")
         elif op == "Resize":
-            mode = a.get("mode", b"nearest")
-            mode = mode.decode() if isinstance(mode, bytes) else mode
-            ctm = a.get("coordinate_transformation_mode", b"half_pixel")
-            ctm = ctm.decode() if isinstance(ctm, bytes) else ctm
-            if mode not in ("nearest", "linear", "cubic"):
-                problem(node, f"Resize mode {mode!r} is not supported")
-            if ctm == "tf_crop_and_resize":
-                problem(node, "Resize coordinate_transformation_mode 'tf_crop_and_resize' is not supported")
+            mode = a.get("mode", "nearest")
+            ctm = a.get("coordinate_transformation_mode", "half_pixel")
+            if mode not in _RESIZE_MODES:
+                problem(node, "resize-mode", f"Resize mode {mode!r} is not supported")
+            if ctm not in _CTM_OK:
+                problem(node, "resize-ctm", f"Resize coordinate_transformation_mode {ctm!r} is not supported")
+            if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+                problem(node, "resize-aspect", f"Resize keep_aspect_ratio_policy "
+                                               f"{a['keep_aspect_ratio_policy']!r} is not supported (only 'stretch')")
             if a.get("antialias", 0):
-                problem(node, "Resize antialias=1 is not supported")
-            if mode == "cubic" and ctm not in ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric"):
-                problem(node, f"cubic Resize with coordinate_transformation_mode {ctm!r} is not supported")
+                problem(node, "resize-antialias", "Resize antialias=1 is not supported")
         elif op in ("QuantizeLinear", "DequantizeLinear"):
             zp = node.input[2] if len(node.input) > 2 else ""
-            init = next((i for i in g.initializer if i.name == zp), None) if zp else None
-            if init is not None:
-                from onnx import numpy_helper
-
-                arr = numpy_helper.to_array(init)
-                if arr.dtype.name == "uint8":
-                    problem(node, "uint8 Q/DQ is not supported: TensorRT needs symmetric int8 (quantise with "
-                                  "target 'tensorrt')")
-                elif arr.size and abs(arr.astype("int64")).max() != 0:
-                    problem(node, "Q/DQ zero points must be 0 (symmetric quantisation)")
-        elif op in ("Conv", "ConvTranspose") and node.input[1] not in constants and version == 10:
-            pass  # dynamic weights are supported by both
-        elif op == "Cast" and a.get("to") == double:
-            problem(node, "Cast to float64 is not supported")
+            if op == "DequantizeLinear":
+                t = types.get(node.input[0])
+                if t == T.UINT8:
+                    problem(node, "qdq-uint8", "UINT8 DequantizeLinear is not supported: TensorRT needs symmetric "
+                                               "signed INT8 (quantise with target 'tensorrt')")
+                elif t is not None and t not in quantized:
+                    problem(node, "dq-input-type", f"DequantizeLinear of {node.input[0]} "
+                                                   f"({names.get(t, t)}) is not supported: TensorRT dequantizes only "
+                                                   f"INT8/FP8/INT4" + ("/FP4" if v >= (10, 15) else "")
+                                                   + (" (a quantised bias: quantise with QuantizeBias off)"
+                                                      if t == T.INT32 else ""))
+            else:
+                if a.get("output_dtype"):
+                    out_t = a["output_dtype"]
+                elif zp:
+                    out_t = inits[zp].data_type if zp in inits else types.get(zp)
+                else:
+                    out_t = T.UINT8  # the ONNX default without a zero point or output_dtype
+                if out_t == T.UINT8:
+                    problem(node, "qdq-uint8", "UINT8 QuantizeLinear is not supported: TensorRT needs symmetric "
+                                               "signed INT8 (quantise with target 'tensorrt')")
+                elif out_t is not None and out_t not in quantized:
+                    problem(node, "qdq-quantized-type",
+                            f"QuantizeLinear to {names.get(out_t, out_t)} is not supported (INT8, FP8, INT4 only)")
+            if zp in inits:
+                arr = numpy_helper.to_array(inits[zp])
+                if arr.dtype.kind in "iu" and arr.size and abs(arr.astype("int64")).max() != 0:
+                    problem(node, "qdq-zero-point", "Q/DQ zero points must be 0 (symmetric quantisation)")
+        elif op == "Cast" and a.get("to") == T.DOUBLE:
+            add(res.warnings, node.name or node.output[0], op, "cast-double",
+                "Cast to float64 becomes a cast to FLOAT in TensorRT")
     return res
 
 
@@ -138,10 +209,16 @@ def tensorrt_available() -> tuple[bool, str]:
     return backend_available("tensorrt")
 
 
-def trt_major() -> int:
+def trt_version() -> tuple[int, int]:
+    """(major, minor) of the installed TensorRT."""
     import tensorrt as trt
 
-    return int(trt.__version__.split(".")[0])
+    parts = (trt.__version__.split(".") + ["0"])[:2]
+    return int(parts[0]), int(parts[1])
+
+
+def trt_major() -> int:
+    return trt_version()[0]
 
 
 def fp16_onnx(src: Path, dst: Path) -> Path:
@@ -154,25 +231,61 @@ def fp16_onnx(src: Path, dst: Path) -> Path:
     return dst
 
 
-def build_engine(onnx_path: Path, plan_path: Path, precision: str = "fp16", shapes: Optional[dict] = None,
-                 int8_onnx: Optional[Path] = None, timing_cache: Optional[Path] = None,
-                 workspace_mb: int = 1024) -> dict:
-    """Build a serialized engine with optimisation profiles and a reused timing cache; write a JSON sidecar."""
-    import tensorrt as trt
+PRECISIONS = ("fp32", "fp16", "int8")
 
-    from compressor.errors import ExportError
-    from compressor.io import atomic_write_bytes, atomic_write_json
 
-    major = trt_major()
-    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
-    timing_cache = Path(timing_cache or plan_path.with_name("timing.cache"))
-    src = onnx_path
+def _check_precision(precision: str) -> None:
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+
+
+def engine_source(onnx_path: Path, precision: str, major: int, int8_onnx: Path | None = None) -> Path:
+    """The ONNX file the engine builder (and trtexec) reads: the QDQ file for INT8, an FP16 copy for FP16 on
+    TensorRT 11 (written next to ``onnx_path``), else ``onnx_path``. Lint this file, not the FP32 one."""
+    _check_precision(precision)
+    onnx_path = Path(onnx_path)
     if precision == "int8":
         if int8_onnx is None or not Path(int8_onnx).exists():
             raise ExportError("TensorRT INT8 needs the QDQ ONNX: export with --precision int8 first")
-        src = Path(int8_onnx)
-    elif precision == "fp16" and major >= 11:
-        src = fp16_onnx(onnx_path, onnx_path.with_name(onnx_path.stem + ".fp16.onnx"))
+        return Path(int8_onnx)
+    if precision == "fp16" and major >= 11:
+        return fp16_onnx(onnx_path, onnx_path.with_name(onnx_path.stem + ".fp16.onnx"))
+    return onnx_path
+
+
+def _gpu_info() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return {"gpu": "unknown", "compute_capability": "unknown"}
+    return {"gpu": torch.cuda.get_device_name(0),
+            "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(0)))}
+
+
+def build_engine(onnx_path: Path, plan_path: Path, precision: str = "fp16", shapes: dict | None = None,
+                 int8_onnx: Path | None = None, timing_cache: Path | None = None,
+                 workspace_mb: int = 1024, *, lint: bool = True) -> dict:
+    """Build a serialized engine with optimisation profiles and a reused timing cache; write a JSON sidecar.
+
+    The file the builder reads is linted first for the installed TensorRT version (``lint=False`` skips it);
+    FP32 builds clear TF32; every status TensorRT returns is checked.
+    """
+    import tensorrt as trt
+
+    from compressor.io import atomic_write_bytes, atomic_write_json
+
+    major, minor = trt_version()
+    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    timing_cache = Path(timing_cache or plan_path.with_name("timing.cache"))
+    src = engine_source(onnx_path, precision, major, int8_onnx)
+    warnings = []
+    if lint:
+        res = lint_onnx(src, f"{major}.{minor}")
+        warnings = res.warnings
+        if not res.ok:
+            p = res.problems[0]
+            raise ExportError(f"{src}: TensorRT {major}.{minor} would reject this ONNX ({p['node']}, {p['op']}: "
+                              f"{p['problem']}; {len(res.problems)} problem(s) in all)")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -180,75 +293,150 @@ def build_engine(onnx_path: Path, plan_path: Path, precision: str = "fp16", shap
     if not parser.parse_from_file(str(src)):
         errs = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise ExportError(f"{src}: TensorRT could not parse the ONNX: {errs}")
+    inputs = [network.get_input(i).name for i in range(network.num_inputs)]
+    unknown = sorted(set(shapes or {}) - set(inputs))
+    if unknown:
+        raise ExportError(f"{src}: optimisation profile names {', '.join(unknown)}, but the network's inputs are "
+                          f"{', '.join(inputs)}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
-    if major < 11:
-        if precision in ("fp16", "int8"):
-            config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "fp32":
+        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 is on by default in 10 and 11: FP32 would not be FP32
+    elif major < 11:
+        config.set_flag(trt.BuilderFlag.FP16)
         if precision == "int8":
-            config.set_flag(trt.BuilderFlag.INT8)
+            config.set_flag(trt.BuilderFlag.INT8)  # explicit quantisation: the ONNX carries the Q/DQ nodes
     profile = builder.create_optimization_profile()
     for name, s in (shapes or {}).items():
         profile.set_shape(name, tuple(s["min"]), tuple(s["opt"]), tuple(s["max"]))
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:
+        raise ExportError(f"{src}: TensorRT rejected the optimisation profile {shapes}")
+    notes = []
     cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        notes.append(f"{timing_cache} was made by another device or TensorRT version; started a new timing cache")
+        log.warning(notes[-1])
+        if not config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False):
+            raise ExportError(f"{plan_path}: TensorRT refused a new, empty timing cache")
     engine = builder.build_serialized_network(network, config)
     if engine is None:
         raise ExportError(f"{src}: TensorRT failed to build an engine (see the messages above)")
     atomic_write_bytes(plan_path, bytes(engine))
     atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    import torch
-
     sidecar = {"tensorrt_version": trt.__version__, "precision": precision, "source_onnx": src.name,
-               "gpu": torch.cuda.get_device_name(0),
-               "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
-               "profiles": shapes, "timing_cache": timing_cache.name}
+               "tf32": precision != "fp32", **_gpu_info(), "profiles": shapes, "timing_cache": timing_cache.name,
+               "lint_warnings": warnings, "notes": notes}
     atomic_write_json(plan_path.with_suffix(plan_path.suffix + ".json"), sidecar)
     return {"path": plan_path.name, **sidecar}
 
 
+def _fmt(shape) -> str:
+    return "x".join(str(int(v)) for v in shape)
+
+
 class TensorRTRunner:
-    """Runs a serialized engine with named tensors and ``execute_async_v3`` (CUDA memory via torch)."""
+    """Runs a serialized engine with named tensors and ``execute_async_v3`` (CUDA memory via torch).
+
+    ``peak_memory_mb`` counts TensorRT's own device memory (engine, execution context, activations) and the I/O
+    buffers: the drop in free device memory (``cudaMemGetInfo`` through ``torch.cuda.mem_get_info``) from before
+    the engine is loaded to the lowest value seen after each run. It is device-wide, so run it alone on the GPU
+    (the profiler runs one configuration per process).
+    """
 
     backend = "tensorrt"
     device = "cuda"
+    peak_memory_kind = "cuda_mem_get_info_delta"
 
     def __init__(self, engine_path: str | Path):
         import tensorrt as trt
         import torch
 
         self.trt, self.torch = trt, torch
+        self.path = Path(engine_path)
+        self._free0 = self._free_bytes()
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        if self.engine is None:
+            raise ExportError(f"{self.path}: TensorRT could not load this engine (built by another TensorRT version "
+                              f"or for another GPU?); rebuild it on this machine")
         self.context = self.engine.create_execution_context()
+        if self.context is None:
+            raise ExportError(f"{self.path}: TensorRT could not create an execution context (out of device memory?)")
         self.names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.inputs = [n for n in self.names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.outputs = [n for n in self.names if n not in self.inputs]
-        self.stream = torch.cuda.Stream()
+        self._stream = None
+        self._min_free = self._free_bytes()
+
+    # -- device helpers (the only places that touch CUDA memory)
+    def _free_bytes(self) -> int | None:
+        torch = self.torch
+        return int(torch.cuda.mem_get_info()[0]) if torch.cuda.is_available() else None
+
+    @property
+    def stream(self):
+        if self._stream is None:
+            self._stream = self.torch.cuda.Stream()
+        return self._stream
+
+    def _to_device(self, x, dtype):
+        torch = self.torch
+        inp = x if torch.is_tensor(x) else torch.from_numpy(x)
+        return inp.to("cuda", dtype).contiguous()
+
+    def _empty(self, shape, dtype):
+        return self.torch.empty(shape, dtype=dtype, device="cuda")
 
     def _dtype(self, name):
         import numpy as np
 
         return self.torch.from_numpy(np.zeros(1, dtype=self.trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
 
+    def profile_range(self, name: str) -> tuple:
+        """(min, opt, max) shapes of optimisation profile 0 for input ``name``."""
+        mn, opt, mx = self.engine.get_tensor_profile_shape(name, 0)
+        return tuple(mn), tuple(opt), tuple(mx)
+
+    def _check_shape(self, name: str, shape: tuple) -> None:
+        mn, _, mx = self.profile_range(name)
+        if len(shape) != len(mn) or any(s < lo or s > hi for s, lo, hi in zip(shape, mn, mx)):
+            raise UserError(f"{self.path}: input shape {_fmt(shape)} is outside the engine's optimisation profile "
+                            f"for {name!r} ({_fmt(mn)} .. {_fmt(mx)}); rebuild the engine with a profile that "
+                            f"covers it")
+
     def run_device(self, x):
-        torch = self.torch
-        inp = x if torch.is_tensor(x) else torch.from_numpy(x)
-        inp = inp.to("cuda", self._dtype(self.inputs[0])).contiguous()
-        self.context.set_input_shape(self.inputs[0], tuple(inp.shape))
-        self.context.set_tensor_address(self.inputs[0], inp.data_ptr())
+        name = self.inputs[0]
+        shape = tuple(int(d) for d in x.shape)
+        self._check_shape(name, shape)
+        if not self.context.set_input_shape(name, shape):
+            mn, _, mx = self.profile_range(name)
+            raise UserError(f"{self.path}: TensorRT refused input shape {_fmt(shape)} for {name!r} (profile "
+                            f"{_fmt(mn)} .. {_fmt(mx)})")
+        inp = self._to_device(x, self._dtype(name))
+        if not self.context.set_tensor_address(name, inp.data_ptr()):
+            raise ExportError(f"{self.path}: TensorRT refused the address of input {name!r}")
         outs = {}
         for n in self.outputs:
             shape = tuple(self.context.get_tensor_shape(n))
-            outs[n] = torch.empty(shape, dtype=self._dtype(n), device="cuda")
-            self.context.set_tensor_address(n, outs[n].data_ptr())
-        self.context.execute_async_v3(self.stream.cuda_stream)
+            if any(d < 0 for d in shape):
+                raise ExportError(f"{self.path}: output {n!r} has an unresolved shape {shape}")
+            outs[n] = self._empty(shape, self._dtype(n))
+            if not self.context.set_tensor_address(n, outs[n].data_ptr()):
+                raise ExportError(f"{self.path}: TensorRT refused the address of output {n!r}")
+        if not self.context.execute_async_v3(self.stream.cuda_stream):
+            raise ExportError(f"{self.path}: TensorRT failed to enqueue the inference (execute_async_v3 returned "
+                              f"False; see TensorRT's messages above)")
         return outs[self.outputs[0]], inp
+
+    def _sample_memory(self) -> None:
+        free = self._free_bytes()
+        if free is not None and (self._min_free is None or free < self._min_free):
+            self._min_free = free
 
     def __call__(self, x):
         out, _ = self.run_device(x)
         self.stream.synchronize()
+        self._sample_memory()
         return out.float().cpu().numpy()
 
     def sync(self):
@@ -269,10 +457,14 @@ class TensorRTRunner:
         self.run_device(inp)
         end.record(self.stream)
         end.synchronize()
+        self._sample_memory()
         return start.elapsed_time(end)
 
-    def peak_memory_mb(self):
-        return self.torch.cuda.max_memory_allocated() / 2**20
+    def peak_memory_mb(self) -> float | None:
+        """Device memory this runner holds at its peak, TensorRT's allocations included (see the class note)."""
+        if self._free0 is None or self._min_free is None:
+            return None
+        return max(0, self._free0 - self._min_free) / 2**20
 
 
 PARITY = {"fp32": {"max_abs": 1e-3}, "fp16": {"psnr_min": 35.0}, "int8": {"psnr_min": 25.0}}
@@ -285,6 +477,7 @@ def engine_parity(engine_path: Path, onnx_path: Path, inputs: list, precision: s
     from .onnx import ort_session
     from .quantize import psnr
 
+    _check_precision(precision)
     runner = TensorRTRunner(engine_path)
     sess = ort_session(onnx_path)
     name = sess.get_inputs()[0].name
@@ -304,8 +497,6 @@ def engine_parity(engine_path: Path, onnx_path: Path, inputs: list, precision: s
 
 def check_engine(engine_path: Path, onnx_path: Path, inputs: list, precision: str) -> dict:
     """:func:`engine_parity`, and on failure a ``.failed`` marker beside the engine and an ExportError."""
-    from compressor.errors import ExportError
-
     from .onnx import failed_marker
 
     par = engine_parity(engine_path, onnx_path, inputs, precision)
@@ -319,50 +510,92 @@ def check_engine(engine_path: Path, onnx_path: Path, inputs: list, precision: st
     return par
 
 
-def _shape(s) -> str:
-    return "x".join(str(int(v)) for v in s)
+# ------------------------------------------------------------------------------------------------ trtexec
+def _major(version) -> int:
+    if version not in (10, 11):
+        raise ValueError("TensorRT version must be 10 or 11")
+    return int(version)
 
 
 def trtexec_command(onnx_name: str, version: int, precision: str, shapes: dict, engine_name: str = "student.plan",
-                    input_name: str = "input") -> list[str]:
-    """The trtexec argument list for TensorRT ``version`` (10: precision flags; 11: strongly typed ONNX)."""
-    if version not in (10, 11):
-        raise ValueError("TensorRT version must be 10 or 11")
+                    input_name: str = "input", *, data_transfers: bool = False) -> list[str]:
+    """The trtexec argument list for TensorRT ``version`` (10: precision flags; 11: strongly typed ONNX).
+
+    Timings exclude host<->device copies in both majors unless ``data_transfers`` (10 times them by default,
+    11 does not). FP32 passes ``--noTF32``. Every flag is checked against what that major's trtexec parses
+    (:data:`exporters.trt_rules.TRTEXEC_OPTIONS`).
+    """
+    major = _major(version)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}")
     s = shapes[input_name]
     cmd = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}",
-           f"--minShapes={input_name}:{_shape(s['min'])}", f"--optShapes={input_name}:{_shape(s['opt'])}",
-           f"--maxShapes={input_name}:{_shape(s['max'])}", f"--shapes={input_name}:{_shape(s['opt'])}",
-           "--useCudaGraph", "--separateProfileRun", "--timingCacheFile=timing.cache",
-           "--exportTimes=trtexec_times.json", "--exportProfile=trtexec_profile.json",
-           "--exportOutput=trtexec_output.json", "--warmUp=500", "--duration=10"]
-    if version == 10:
-        if precision == "fp16":
-            cmd.append("--fp16")
-        elif precision == "int8":
-            cmd += ["--fp16", "--int8"]  # the ONNX carries Q/DQ nodes: explicit quantisation
+           f"--minShapes={input_name}:{_fmt(s['min'])}", f"--optShapes={input_name}:{_fmt(s['opt'])}",
+           f"--maxShapes={input_name}:{_fmt(s['max'])}", f"--shapes={input_name}:{_fmt(s['opt'])}",
+           "--timingCacheFile=timing.cache", "--exportTimes=trtexec_times.json",
+           "--exportProfile=trtexec_profile.json", "--exportOutput=trtexec_output.json", "--warmUp=500",
+           "--duration=10"]
+    if major == 10:
+        cmd += ["--useCudaGraph", "--separateProfileRun"]  # 11: the default behaviour, and the flags are no-ops
+        if not data_transfers:
+            cmd.append("--noDataTransfers")
+    elif data_transfers:
+        cmd.append("--includeDataTransfers")
+    if precision == "fp32":
+        cmd.append("--noTF32")
+    elif major == 10:
+        cmd += ["--fp16"] if precision == "fp16" else ["--fp16", "--int8"]  # int8: explicit Q/DQ in the ONNX
+    bad = [c for c in cmd[1:] if trt_rules.trtexec_accepts(c, major) != "yes"]
+    if bad:
+        raise ValueError(f"trtexec {major} does not accept {bad}")
     return cmd
 
 
-def emit_trtexec_script(out_dir: Path, onnx_path: Path, version: int, precision: str, shapes: dict,
-                        int8_onnx: Optional[Path] = None) -> Path:
-    """Write ``trtexec_trt{version}_{precision}.sh`` to run on the device next to the ONNX file(s)."""
-    from compressor.errors import ExportError
+def _script_header(major: int, precision: str, data_transfers: bool) -> list[str]:
+    if major == 10:
+        lines = ["# TensorRT 10.x. On a Jetson: JetPack 6.1 and 6.2 ship TensorRT 10.3 (JetPack 6.0 ships TensorRT 8.6,",
+                 "# which this script does not target)."]
+        transfers = ("# Timings include host<->device copies (TensorRT 10's default)." if data_transfers else
+                     "# Timings exclude host<->device copies (--noDataTransfers; TensorRT 10 includes them by "
+                     "default).")
+    else:
+        lines = ["# TensorRT 11.x is strongly typed: the precision comes from the ONNX file, not from flags.",
+                 "# TensorRT 11.3 and newer do not support JetPack: on a Jetson, use the TensorRT 10 script."]
+        transfers = ("# Timings include host<->device copies (--includeDataTransfers)." if data_transfers else
+                     "# Timings exclude host<->device copies (TensorRT 11's default; --includeDataTransfers adds "
+                     "them).")
+    lines.append(transfers)
+    if precision == "fp32":
+        lines.append("# FP32 is FP32: --noTF32 (TF32 is on by default).")
+    return lines
 
-    src = Path(onnx_path).name
+
+def emit_trtexec_script(out_dir: Path, onnx_path: Path, version: int, precision: str, shapes: dict,
+                        int8_onnx: Path | None = None, *, data_transfers: bool = False) -> Path:
+    """Write ``trtexec_trt{version}_{precision}.sh`` to run on the device next to the ONNX file(s).
+
+    The ONNX the script builds from is linted for ``version`` first; a file TensorRT would reject (a CPU-flavour
+    uint8 INT8 model, say) raises ExportError instead of producing a script that fails on the device.
+    """
+    major = _major(version)
+    if precision == "int8" and int8_onnx is None:
+        raise ExportError("--emit-trtexec with int8 needs the QDQ ONNX (export with --precision int8)")
+    src = engine_source(Path(onnx_path), precision, major, int8_onnx)
+    lint = lint_onnx(src, major)
+    if not lint.ok:
+        p = lint.problems[0]
+        raise ExportError(f"{src}: TensorRT {major} would reject this ONNX ({p['node']}, {p['op']}: {p['problem']})"
+                          + ("; quantise for TensorRT (compress export --trt --precision int8)"
+                             if p["rule"].startswith(("qdq", "dq")) else ""))
     prep = []
-    if precision == "int8":
-        if int8_onnx is None:
-            raise ExportError("--emit-trtexec with int8 needs the QDQ ONNX (export with --precision int8)")
-        src = Path(int8_onnx).name
-    elif precision == "fp16" and version == 11:
-        fp16_onnx(Path(onnx_path), Path(onnx_path).with_name(Path(onnx_path).stem + ".fp16.onnx"))
-        src = Path(onnx_path).stem + ".fp16.onnx"
-        prep.append("# TensorRT 11 is strongly typed: the FP16 precision comes from this FP16 ONNX.")
-    engine = f"{Path(onnx_path).stem}.trt{version}.{precision}.plan"
-    cmd = trtexec_command(src, version, precision, shapes, engine)
-    script = Path(out_dir) / f"trtexec_trt{version}_{precision}.sh"
-    lines = ["#!/usr/bin/env bash", f"# Generated by compressor for TensorRT {version}.x, {precision}.",
-             "# Run on the target (e.g. a Jetson: JetPack 6 ships TensorRT 10) from the folder holding the ONNX.",
+    if precision == "fp16" and major == 11:
+        prep.append(f"# The FP16 precision comes from {src.name} (FP16 weights and compute, FP32 inputs/outputs).")
+    engine = f"{Path(onnx_path).stem}.trt{major}.{precision}.plan"
+    cmd = trtexec_command(src.name, major, precision, shapes, engine, data_transfers=data_transfers)
+    script = Path(out_dir) / f"trtexec_trt{major}_{precision}.sh"
+    lines = ["#!/usr/bin/env bash", f"# Generated by compressor for TensorRT {major}.x, {precision}.",
+             *_script_header(major, precision, data_transfers),
+             "# Run on the target from the folder holding the ONNX file.",
              "# Then: compress profile trtexec_times.json --backend trtexec-json  (imports the timings)",
              "set -euo pipefail", 'cd "$(dirname "$0")"', *prep,
              'if command -v nvpmodel >/dev/null; then nvpmodel -q || true; fi',
