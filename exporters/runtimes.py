@@ -11,6 +11,8 @@ from typing import Optional
 
 import numpy as np
 
+from .trt_rules import ort_tensorrt_problem
+
 BACKENDS = ["torch", "torch-compile", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "trtexec-json"]
 ONNX_BACKENDS = {"ort-cpu", "ort-cuda", "ort-trt"}
 TORCH_BACKENDS = {"torch", "torch-compile"}
@@ -45,6 +47,8 @@ def backend_available(backend: str) -> tuple[bool, str]:
                 "ort-trt": "TensorrtExecutionProvider"}[backend]
         if want not in ort.get_available_providers():
             return False, f"ONNX Runtime has no {want} here (install {EXTRA[backend]} on a GPU machine)"
+        if backend == "ort-trt" and (why := ort_tensorrt_problem(ort.__version__)):
+            return False, why
         return True, ""
     if backend == "tensorrt":
         if not _has("tensorrt"):

@@ -242,3 +242,40 @@ TRTEXEC_OPTIONS: dict[str, TrtexecOption] = {o.flag: o for o in [
 def trtexec_accepts(flag: str, major: int) -> str:
     """"yes", "no-op" or "no" for ``--flag[=value]`` in trtexec ``major``; unknown flags raise KeyError."""
     return TRTEXEC_OPTIONS[flag.split("=", 1)[0]].accepted[major]
+
+
+# ------------------------------------------------------------------------------------------------ ONNX Runtime
+_TRT_DISTS = ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-cu12-libs")
+
+
+def installed_tensorrt_version() -> Version | None:
+    """(major, minor) of the pip-installed TensorRT, read from package metadata (TensorRT is not imported);
+    None where TensorRT comes from the system (JetPack's apt packages) or is absent."""
+    from importlib import metadata
+
+    for dist in _TRT_DISTS:
+        try:
+            parts = metadata.version(dist).split(".")
+        except metadata.PackageNotFoundError:
+            continue
+        try:
+            return int(parts[0]), int(parts[1]) if len(parts) > 1 else 0
+        except ValueError:
+            continue
+    return None
+
+
+def ort_tensorrt_problem(ort_version: str, trt: Version | None = None) -> str:
+    """Why ONNX Runtime ``ort_version``'s TensorRT execution provider cannot use TensorRT ``trt`` ("" if it can)."""
+    trt = trt if trt is not None else installed_tensorrt_version()
+    if trt is None or trt[0] not in ORT_MIN_FOR_TRT:
+        return ""
+    need, source = ORT_MIN_FOR_TRT[trt[0]]
+    try:
+        have = tuple(int(p) for p in ort_version.split("+")[0].split(".")[:2])
+    except ValueError:
+        return ""
+    if have >= need:
+        return ""
+    return (f"ONNX Runtime {ort_version} cannot drive TensorRT {trt[0]}.{trt[1]}: its TensorRT execution provider "
+            f"needs ONNX Runtime >= {need[0]}.{need[1]} ({source}); pip install -U onnxruntime-gpu")

@@ -505,3 +505,21 @@ def test_trtexec_script_refuses_a_cpu_int8_model(tiny_onnx, tmp_path):
     with pytest.raises(ExportError, match="would reject.*compress export --trt --precision int8"):
         emit_trtexec_script(tmp_path, tiny_onnx, 10, "int8", SHAPES, cpu)
     assert not (tmp_path / "trtexec_trt10_int8.sh").exists()
+
+
+# ---------------------------------------------------------------------------------------------- ort-trt
+def test_ort_trt_needs_onnxruntime_1_27_for_tensorrt_11(monkeypatch):
+    import onnxruntime as ort
+
+    from exporters.runtimes import backend_available
+
+    assert "1.27" in trt_rules.ort_tensorrt_problem("1.26.1", (11, 1))
+    assert trt_rules.ort_tensorrt_problem("1.27.0", (11, 1)) == ""
+    assert trt_rules.ort_tensorrt_problem("1.20.0", (10, 3)) == ""
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(trt_rules, "installed_tensorrt_version", lambda: (11, 1))
+    monkeypatch.setattr(ort, "__version__", "1.26.0")
+    ok, why = backend_available("ort-trt")
+    assert not ok and "needs ONNX Runtime >= 1.27" in why and "TensorRT 11.1" in why
+    monkeypatch.setattr(ort, "__version__", "1.27.1")
+    assert backend_available("ort-trt") == (True, "")
