@@ -239,6 +239,74 @@ TRTEXEC_OPTIONS: dict[str, TrtexecOption] = {o.flag: o for o in [
 ]}
 
 
+# Every option name each trtexec parses: the string literals its sampleOptions.cpp hands to the option parsers, at
+# v10.0.0, v10.16 and v11.1 (11.1's "--int8" is left out: only the --safe builder options parse it, L2065).
+# Parsed is not the same as honoured: TRTEXEC_OPTIONS says which are no-ops.
+def _words(text: str) -> frozenset:
+    return frozenset(text.split())
+
+
+TRTEXEC_PARSED: dict[str, frozenset] = {
+    "10.0": _words("""
+    allocationStrategy allowGPUFallback allowWeightStreaming avgRuns avgTiming best bf16 buildDLAStandalone
+    builderOptimizationLevel calib calibProfile consistency device directIO dumpLayerInfo
+    dumpOptimizationProfile dumpOutput dumpProfile dumpRawBindingsToFile dumpRefit duration dynamicPlugins
+    errorOnTimingCacheMiss excludeLeanRuntime exportLayerInfo exportOutput exportProfile exportTimes
+    exposeDMA fp16 fp8 getPlanVersionOnly hardwareCompatibilityLevel help idleTime ignoreParsedPluginLibs
+    infStreams inputIOFormats int8 iterations layerDeviceTypes layerOutputTypes layerPrecisions leanDLLPath
+    loadEngine loadInputs markDebug maxAuxStreams maxShapes maxShapesCalib memPoolSize minShapes
+    minShapesCalib noBuilderCache noCompilationCache noDataTransfers noTF32 onnx optShapes optShapesCalib
+    outputIOFormats percentile persistentCacheRatio pi pluginInstanceNorm plugins precisionConstraints
+    preview profile profilingVerbosity refit restricted safe saveDebugTensors saveEngine separateProfileRun
+    serialized setPluginsToSerialize shapes skipInference sleepTime sparsity staticPlugins std streams
+    stripWeights stronglyTyped tacticSources tempdir tempfileControls threads timeDeserialize timeRefit
+    timingCacheFile useCudaGraph useDLACore useManagedMemory useProfile useRuntime useSpinWait vc verbose
+    versionCompatible warmUp weightStreamingBudget weightless
+"""),
+    "10.16": _words("""
+    adjustForDLA allocationStrategy allowGPUFallback allowWeightStreaming asyncFileReader avgRuns avgTiming
+    best bf16 buildDLAStandalone builderOptimizationLevel calib calibProfile consistency cpuOnly
+    decomposableAttentions device directIO distributiveIndependence dumpKernelText dumpLayerInfo
+    dumpOptimizationProfile dumpOutput dumpProfile dumpRawBindingsToFile dumpRefit duration dynamicPlugins
+    enablePluginOverride errorOnTimingCacheMiss excludeLeanRuntime exportLayerInfo exportOutput
+    exportProfile exportTimes exposeDMA fp16 fp8 getPlanVersionOnly hardwareCompatibilityLevel help idleTime
+    ignoreParsedPluginLibs infStreams inputIOFormats int4 int8 iterations l2LimitForTiling layerDeviceTypes
+    layerOutputTypes layerPrecisions leanDLLPath loadEngine loadInputs markDebug
+    markUnfusedTensorsAsDebugTensors maxAuxStreams maxShapes maxShapesCalib maxTactics memPoolSize minShapes
+    minShapesCalib monitorMemory noBuilderCache noCompilationCache noDataTransfers noTF32 onnx optShapes
+    optShapesCalib outputIOFormats percentile persistentCacheRatio pi pluginInstanceNorm plugins
+    precisionConstraints preview profile profilingVerbosity refit refitFromOnnx remoteAutoTuningConfig
+    reportCapabilityDLA restricted runtimePlatform safe safetyPlugins saveAllDebugTensors saveDebugTensors
+    saveEngine separateProfileRun serialized setPluginsToSerialize shapes skipInference sleepTime sparsity
+    staticPlugins std streams stripAllWeights stripWeights stronglyTyped tacticSources tempdir
+    tempfileControls threads tilingOptimizationLevel timeDeserialize timeRefit timingCacheFile
+    uint8AsymmetricQuantizationDLA useCudaGraph useDLACore useManagedMemory useProfile useRuntime
+    useSpinWait vc verbose versionCompatible warmUp weightStreamingBudget weightless
+"""),
+    "11.1": _words("""
+    accuracyAlgorithm accuracyThreshold adjustForDLA allocationStrategy allowGPUFallback
+    allowWeightStreaming asyncFileReader atol avgRuns avgTiming buildDLAStandalone builderOptimizationLevel
+    consistency continue cpuOnly decomposableAttentions device directIO distributiveIndependence dryRun
+    dumpKernelText dumpLayerInfo dumpOptimizationProfile dumpOutput dumpProfile dumpRawBindingsToFile
+    dumpRefit duration dynamicPlugins enablePluginOverride errorOnTimingCacheMiss excludeLeanRuntime
+    exportLayerInfo exportOutput exportProfile exportTimes exposeDMA getPlanVersionOnly
+    hardwareCompatibilityLevel help helpBuildRoute idleTime ignoreParsedPluginLibs includeDataTransfers
+    infStreams inputIOFormats iterations l2LimitForTiling layerDeviceTypes leanDLLPath loadEngine loadInputs
+    loadRefOutputs markDebug markUnfusedTensorsAsDebugTensors maxAuxStreams maxShapes maxTactics memPoolSize
+    minShapes monitorMemory noBuilderCache noCompilationCache noCudaGraph noDataTransfers noSpinWait noTF32
+    onnx optShapes outputIOFormats percentile persistentCacheRatio pi pluginInstanceNorm plugins preview
+    profile profilingVerbosity refPair refit refitFromOnnx remoteAutoTuningConfig reportCapabilityDLA rtol
+    runtimePlatform safe safetyPlugins saveAllDebugTensors saveAllEngines saveDebugTensors saveEngine
+    separateProfileRun serialized setBuildRoute setPluginsToSerialize shapes skipInference sleepTime
+    sparsity staticPlugins std streams stripAllWeights stripWeights stronglyTyped tacticSources tempdir
+    tempfileControls threads tilingOptimizationLevel timeDeserialize timeRefit timingCacheFile
+    tuneBuildRouteFile tuneBuildRoutes tuningCacheFile tuningResultFile tuningSearch tuningTimeOut
+    uint8AsymmetricQuantizationDLA useCudaGraph useDLACore useManagedMemory useProfile useRuntime
+    useSpinWait vc verbose versionCompatible warmUp weightStreamingBudget
+"""),
+}
+
+
 def trtexec_accepts(flag: str, major: int) -> str:
     """"yes", "no-op" or "no" for ``--flag[=value]`` in trtexec ``major``; unknown flags raise KeyError."""
     return TRTEXEC_OPTIONS[flag.split("=", 1)[0]].accepted[major]

@@ -12,8 +12,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compressor.errors import ExportError, UserError
 from exporters import trt_rules
-from exporters.tensorrt import (LintResult, TensorRTRunner, build_engine, emit_trtexec_script, lint_onnx,
-                                trtexec_command)
+from exporters.tensorrt import (
+    LintResult,
+    TensorRTRunner,
+    build_engine,
+    emit_trtexec_script,
+    lint_onnx,
+    trtexec_command,
+)
 
 SHAPES = {"input": {"min": [1, 3, 16, 16], "opt": [1, 3, 16, 16], "max": [8, 3, 16, 16]}}
 
@@ -83,7 +89,12 @@ def test_tensorrt_int8_has_no_int32_dequantize_and_no_uint8(tiny_onnx, int8_trt)
 
 
 def test_lint_fails_a_model_quantised_with_quantize_bias(tiny_onnx, tmp_path):
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     from exporters.quantize import _Reader
 
@@ -224,7 +235,6 @@ class FakeTRT:
             def __getattr__(self, name):
                 def f(*a, **k):
                     calls.append((self.kind, name, a))
-                    return None
                 return f
 
         class Cache:
@@ -476,6 +486,8 @@ def test_trtexec_scripts_snapshot(tiny_onnx, int8_trt, major, precision):
     assert cmd[0] == "trtexec" and cmd[1:] == SNAPSHOTS[(major, precision)]
     for flag in cmd[1:]:  # every flag is one this major's trtexec parses and acts on
         assert trt_rules.trtexec_accepts(flag, major) == "yes", flag
+        for release in (["10.0", "10.16"] if major == 10 else ["11.1"]):
+            assert flag.split("=")[0][2:] in trt_rules.TRTEXEC_PARSED[release], (flag, release)
     if major == 10:
         assert "JetPack 6.1 and 6.2 ship TensorRT 10.3" in text and "JetPack 6.0 ships TensorRT 8.6" in text
         assert "exclude host<->device copies (--noDataTransfers" in text
@@ -484,6 +496,14 @@ def test_trtexec_scripts_snapshot(tiny_onnx, int8_trt, major, precision):
         assert "exclude host<->device copies (TensorRT 11's default" in text
     assert ("--noTF32" in text) == (precision == "fp32")
     assert script.stat().st_mode & 0o111
+
+
+def test_trtexec_option_table_agrees_with_the_parsed_option_sets():
+    for flag, opt in trt_rules.TRTEXEC_OPTIONS.items():
+        for major, status in opt.accepted.items():
+            for release in (["10.0", "10.16"] if major == 10 else ["11.1"]):
+                assert (status != "no") == (flag[2:] in trt_rules.TRTEXEC_PARSED[release]), (flag, release)
+    assert {"fp16", "int8", "best", "calib"}.isdisjoint(trt_rules.TRTEXEC_PARSED["11.1"])
 
 
 def test_trtexec_11_drops_noop_and_removed_flags():
