@@ -121,3 +121,38 @@ def test_convergence_ignores_noise_but_needs_points():
     assert not st.convergence([100, 200], [1.0, 1.0]).converged  # too few points in the window
     with pytest.raises(ValueError):
         st.convergence([], [])
+
+
+def test_paired_discriminator_depends_on_the_seed_alone(tmp_path):
+    import ablation
+    import torch
+
+    import compressor.train as ctrain
+
+    original = ctrain.build_discriminator
+    recs = [{}, {}, {}]
+    nets = []
+    for rec, (seed, global_seed) in zip(recs, [(5, 1), (5, 2), (6, 2)]):
+        torch.manual_seed(global_seed)  # what the arm happened to draw before building its discriminator
+        with ablation.paired_discriminator(seed, rec):
+            nets.append(ctrain.build_discriminator(input_nc=6, ndf=4, n_layers=2))
+            after = torch.rand(3)
+        torch.manual_seed(global_seed)
+        assert torch.equal(after, torch.rand(3))  # the trainer's own stream is untouched
+    assert ctrain.build_discriminator is original
+    assert recs[0] == recs[1] != recs[2]
+    assert all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()))
+
+
+def test_docs_block_is_replaced_in_place(tmp_path):
+    import ablation
+
+    md = tmp_path / "results.md"
+    md.write_text("# Results\n\nintro\n\n<!-- ablation:cpu-long:begin -->\npending\n<!-- ablation:cpu-long:end -->\n\ntail\n")
+    ablation.write_docs_block("cpu-long", "| table |", md)
+    text = md.read_text()
+    assert "pending" not in text and "| table |" in text and text.endswith("tail\n") and text.startswith("# Results")
+    ablation.write_docs_block("smoke", "other", md)
+    assert md.read_text().rstrip().endswith("<!-- ablation:smoke:end -->")
+    ablation.write_docs_block("cpu-long", "| table 2 |", md)
+    assert md.read_text().count("ablation:cpu-long:begin") == 1 and "| table |" not in md.read_text()

@@ -317,11 +317,23 @@ def analyse(per: dict, teacher_eval: dict, arms: list[str], seeds: list[int], n_
     resamples = st.resample_indices(len(seeds), n, n_boot, rng_seed)
     metrics = [m for m in METRICS if has_feats or m[3] == "image"]
 
+    fid_cache: dict = {}
+
+    def fid_values(arm: str, s: int, idx: np.ndarray) -> np.ndarray:
+        """FID of one run on each row of draws; cached, as the arm table and the claims share the draws."""
+        key = (arm, s, hashlib.sha1(np.ascontiguousarray(idx).tobytes()).hexdigest())
+        if key not in fid_cache:
+            fid_cache[key] = st.fid_statistic(real, [per[(arm, seeds[s])]["feats"]])(0, idx)
+        return fid_cache[key]
+
     def stat(key: str, arm: str, base: str | None = None):
-        if key in ("kid", "fid"):
-            fn = st.kid_statistic if key == "kid" else st.fid_statistic
-            return fn(real, [per[(arm, s)]["feats"] for s in seeds],
-                      [per[(base, s)]["feats"] for s in seeds] if base else None)
+        if key == "kid":
+            return st.kid_statistic(real, [per[(arm, s)]["feats"] for s in seeds],
+                                    [per[(base, s)]["feats"] for s in seeds] if base else None)
+        if key == "fid":
+            if base:
+                return lambda s, idx: fid_values(arm, s, idx) - fid_values(base, s, idx)
+            return lambda s, idx: fid_values(arm, s, idx)
         a = np.stack([per[(arm, s)][key] for s in seeds])
         d = a - np.stack([per[(base, s)][key] for s in seeds]) if base else a
         return lambda s, idx: d[s][idx].mean(-1)
@@ -431,11 +443,13 @@ def plot_curves(curves: dict, teacher_curve, dst: Path, title: str) -> None:
     ax.set_xlabel("step")
     ax.set_ylabel("generator loss")
     for ax, arm in zip(axes[0][1:], arms):
+        last = 0.0
         for (a, seed), (s, y) in sorted(curves.items()):
             if a == arm and len(s):
                 ax.plot(s, y, lw=0.8, label=f"seed {seed}")
-        if len(s):
-            ax.axvspan(s[-1] * (1 - CONV_TAIL), s[-1], color="0.9", zorder=0)
+                last = max(last, float(s[-1]))
+        if last:
+            ax.axvspan(last * (1 - CONV_TAIL), last, color="0.9", zorder=0)
         ax.set_title(arm)
         ax.set_xlabel("step")
         ax.legend(fontsize=6)
