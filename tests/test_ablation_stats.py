@@ -119,6 +119,7 @@ def test_convergence_ignores_noise_but_needs_points():
     noisy_flat = 3.0 + rng.normal(0, 0.5, 200)
     assert st.convergence(steps, noisy_flat).converged
     assert not st.convergence([100, 200], [1.0, 1.0]).converged  # too few points in the window
+    assert "only 1 logged points" in st.convergence([100, 200], [1.0, 1.0]).describe()
     with pytest.raises(ValueError):
         st.convergence([], [])
 

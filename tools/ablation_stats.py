@@ -200,6 +200,8 @@ class Convergence:
     tol: float
 
     def describe(self) -> str:
+        if self.rel_change != self.rel_change:  # NaN: too few points in the window
+            return f"NOT converged: only {self.points} logged points in steps {self.window[0]}-{self.window[1]}"
         mark = "converged" if self.converged else "NOT converged"
         return (f"{mark}: loss changes {100 * self.rel_change:+.1f}% over steps {self.window[0]}-{self.window[1]} "
                 f"(limit ±{100 * self.tol:.0f}%, {self.points} points)")
