@@ -10,7 +10,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
 
 import ablation_stats as st
 
-from compressor.metrics import kernel_inception_distance
+from compressor.metrics import frechet_distance, kernel_inception_distance
 
 
 def test_paired_difference_hand_computed_with_fixed_resamples():
@@ -99,6 +99,15 @@ def test_kid_difference_interval_separates_a_shifted_arm():
     assert iv.hi < 0 and st.verdict(iv, "lower") == st.HOLDS
     fid = st.two_level_bootstrap(st.fid_statistic(real, good, bad), 4, 40, n_boot=30)
     assert fid.hi < 0
+
+
+def test_fid_from_grams_equals_fid_on_repeated_rows():
+    rng = np.random.default_rng(4)
+    real, fake = rng.normal(0, 1, (15, 40)), rng.normal(0.3, 1.2, (15, 40))
+    idx = np.stack([np.arange(15), rng.integers(0, 15, 15), rng.integers(0, 15, 15)])
+    got = st.fid_weighted(st.fid_grams(real, fake), st.counts_of(idx, 15), chunk=2)
+    want = [frechet_distance(real[row], fake[row]) for row in idx]
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
 @pytest.mark.parametrize("curve,expect", [

@@ -56,6 +56,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+# The bootstrap runs thousands of 106 x 106 SVDs; threaded OpenBLAS makes each of them up to 50x slower on a
+# busy 2-core machine (its threads spin-wait for each other). numpy reads this before it loads OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import ablation_stats as st
 import numpy as np
