@@ -188,10 +188,11 @@ def run(doc: dict, out: Path, only: list[str]) -> tuple[Path, dict]:
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
     record: dict = {}
     with paired_discriminator(doc["seed"], record):
-        results = run_pipeline(recipe, out, resume=True, only=only, recipe_path=src)
+        run_pipeline(recipe, out, resume=True, only=only, recipe_path=src)
     if record:  # the trainer built a discriminator: this invocation trained (or resumed) the run
         info["discriminator_init"] = record["discriminator_init"]
-    info["seconds"] = {**info.get("seconds", {}), **{r.stage: r.seconds for r in results if r.status == "ran"}}
+    # the pipeline's own record: the seconds of each stage's last completed run, kept across invocations
+    info["seconds"] = {k: v.get("seconds", 0.0) for k, v in RunDir(rd).records().items()}
     if (rd / "student_init" / "student.safetensors").exists():
         info["student_init"] = fingerprint(rd / "student_init" / "student.safetensors")
     info_file.parent.mkdir(parents=True, exist_ok=True)
@@ -384,10 +385,13 @@ def best_worst(res: dict, arm: str) -> tuple[int, int]:
 
 
 def fmt_iv(iv: st.Interval, key: str, diff: bool) -> str:
-    scale, digits = (1e3, 3) if key == "kid" else (1.0, 4 if key.startswith("ssim") else 3)
+    """Fixed-point, with two significant digits of the interval's width (KID in units of 10⁻³)."""
+    scale = 1e3 if key == "kid" else 1.0
     e, lo, hi = iv.estimate * scale, iv.lo * scale, iv.hi * scale
+    spread = hi - lo if hi > lo else abs(e)
+    decimals = min(6, max(0, 1 - int(np.floor(np.log10(spread))))) if spread > 0 else 2
     sign = "+" if diff else ""
-    return f"{e:{sign}.{digits}g} [{lo:{sign}.{digits}g}, {hi:{sign}.{digits}g}]"
+    return f"{e:{sign}.{decimals}f} [{lo:{sign}.{decimals}f}, {hi:{sign}.{decimals}f}]"
 
 
 def render(res: dict, scale_name: str, scale: dict, seeds: list[int], width: float, params: dict,
