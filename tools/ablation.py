@@ -38,7 +38,9 @@ and plots the curves.
 Every run is an ordinary compressor run folder; completed runs are skipped, so an interrupted ablation resumes
 where it stopped. Scales: ``smoke`` is a plumbing check (seconds of training; numbers mean nothing); ``cpu`` the
 first pass (128², 2k teacher / 800 student steps); ``cpu-long`` 128² with a teacher trained twice as long and
-students 2.5x as long, about two hours on a 2-core machine; ``gpu`` 256² with a tenth of the pix2pix schedule.
+students 2.5x as long, an estimated two hours on a 2-core machine (from the ``cpu`` timings; the command prints
+the time it took); ``gpu`` 256² with a tenth of the pix2pix schedule. On a machine shared with other jobs,
+``OMP_NUM_THREADS=1`` avoids the spin-waiting of oversubscribed threads (several times faster there).
 """
 from __future__ import annotations
 
