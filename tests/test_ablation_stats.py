@@ -166,3 +166,11 @@ def test_docs_block_is_replaced_in_place(tmp_path):
     assert md.read_text().rstrip().endswith("<!-- ablation:smoke:end -->")
     ablation.write_docs_block("cpu-long", "| table 2 |", md)
     assert md.read_text().count("ablation:cpu-long:begin") == 1 and "| table |" not in md.read_text()
+
+
+def test_interval_formatting_keeps_the_sign_of_an_excluded_zero():
+    import ablation
+
+    assert ablation.fmt_iv(st.Interval(0.0009, 0.00004, 0.0023, 10), "kid", True) == "+0.90 [+0.04, +2.30]"
+    assert ablation.fmt_iv(st.Interval(42.9, 42.3, 43.6, 10), "psnr", False) == "42.9 [42.3, 43.6]"
+    assert ablation.fmt_iv(st.Interval(-0.25, -0.25, -0.25, 10), "psnr_t", True) == "-0.25 [-0.25, -0.25]"

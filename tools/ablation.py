@@ -392,6 +392,8 @@ def fmt_iv(iv: st.Interval, key: str, diff: bool) -> str:
     e, lo, hi = iv.estimate * scale, iv.lo * scale, iv.hi * scale
     spread = hi - lo if hi > lo else abs(e)
     decimals = min(6, max(0, 1 - int(np.floor(np.log10(spread))))) if spread > 0 else 2
+    while decimals < 6 and (lo > 0 or hi < 0) and 0 in (round(lo, decimals), round(hi, decimals)):
+        decimals += 1  # an interval that excludes zero must not print an end point of 0
     sign = "+" if diff else ""
     return f"{e:{sign}.{decimals}f} [{lo:{sign}.{decimals}f}, {hi:{sign}.{decimals}f}]"
 
