@@ -174,3 +174,21 @@ def test_interval_formatting_keeps_the_sign_of_an_excluded_zero():
     assert ablation.fmt_iv(st.Interval(0.0009, 0.00004, 0.0023, 10), "kid", True) == "+0.90 [+0.04, +2.30]"
     assert ablation.fmt_iv(st.Interval(42.9, 42.3, 43.6, 10), "psnr", False) == "42.9 [42.3, 43.6]"
     assert ablation.fmt_iv(st.Interval(-0.25, -0.25, -0.25, 10), "psnr_t", True) == "-0.25 [-0.25, -0.25]"
+
+
+def test_pairing_check_flags_unpaired_runs():
+    import ablation
+
+    arms, seeds = ["scratch", "kd", "kd_srp_inherit"], [0, 1000]
+    infos = {(a, s): {"discriminator_init": f"d{s}", "student_init": f"s{s}"} for a in arms for s in seeds}
+    infos[("kd_srp_inherit", 0)]["student_init"] = "inherited"  # differs by design: not a problem
+    orders = {0: "o0", 1000: "o1000"}
+    assert ablation.check_pairing(infos, arms, seeds, orders) == []
+    infos[("kd", 1000)]["discriminator_init"] = "other"
+    infos[("scratch", 0)]["student_init"] = "other"
+    problems = ablation.check_pairing(infos, arms, seeds, {0: "o", 1000: "o"})
+    assert any("seed 1000: discriminator" in p for p in problems)
+    assert any("seed 0: scratch-initialised students differ" in p for p in problems)
+    assert any("share a data order" in p for p in problems)
+    del infos[("kd", 0)]["discriminator_init"]
+    assert any("not verified" in p for p in ablation.check_pairing(infos, arms, seeds, orders))
