@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, TextIO
 
-from exporters.report import METRICS, SMALL_FID_N, SMALL_N_NOTE, change_text, metric_text, speedups
+from exporters.report import METRICS, SMALL_FID_N, SMALL_N_NOTE, change_text, metric_text, sig, speedups
 
 log = logging.getLogger("compressor")
 
@@ -80,7 +80,7 @@ class Heartbeat:
         dt, done = now - self.t0, self.step - self.step0
         if dt > 0 and done > 0:
             rate = done / dt
-            parts.append(f"{rate:.3g} step/s" if rate >= 1 else f"{1 / rate:.3g} s/step")
+            parts.append(f"{sig(rate)} step/s" if rate >= 1 else f"{sig(1 / rate)} s/step")
             if self.total and self.step < self.total:
                 parts.append(f"ETA {duration((self.total - self.step) / rate)}")
         parts.append(f"elapsed {duration(dt)}")
@@ -94,7 +94,7 @@ class Heartbeat:
         with self.lock:
             now = self.clock()
             if stage != self.stage:
-                self.stage, self.t0, self.step0 = stage, now, max(0, step - 1)
+                self.stage, self.t0, self.step0 = stage, now, step
                 self.next_frac = self.every_frac
                 self.step, self.total, self.losses = step, total, dict(losses or {})
                 self._emit(now)
