@@ -66,18 +66,22 @@ class Heartbeat:
         self.t0 = now  # first report of the current stage
         self.step0 = 0
         self.next_frac = every_frac
+        self.last_step_at = now
 
     def _line(self, now: float) -> str:
         if self.stage is None:
             since = f"since {self.after} finished" if self.after else "since start"
             return f"[{duration(now - self.idle_since)} {since}] working…"
+        dt = now - self.t0
+        if self.total and self.step >= self.total and now > self.last_step_at:
+            return f"{self.stage}: all {self.total} steps done, finishing the stage, elapsed {duration(dt)}"
         parts = [f"{self.stage}: step {self.step}/{self.total}"]
         if self.total:
             parts[0] += f" ({100 * self.step / self.total:.0f}%)"
         loss = _loss(self.losses)
         if loss is not None:
             parts.append(f"loss {loss:.4g}")
-        dt, done = now - self.t0, self.step - self.step0
+        done = self.step - self.step0
         if dt > 0 and done > 0:
             rate = done / dt
             parts.append(f"{sig(rate)} step/s" if rate >= 1 else f"{sig(1 / rate)} s/step")
@@ -93,6 +97,7 @@ class Heartbeat:
     def update(self, stage: str, step: int, total: int, losses: Optional[dict] = None) -> None:
         with self.lock:
             now = self.clock()
+            self.last_step_at = now
             if stage != self.stage:
                 self.stage, self.t0, self.step0 = stage, now, step
                 self.next_frac = self.every_frac

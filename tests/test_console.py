@@ -151,3 +151,11 @@ def test_quantization_axis_warnings_are_counted_and_explained(caplog):
         assert "17 one-dimensional weights" in caplog.text and console.QUANT_FILTER.count == 0
     finally:
         root.removeHandler(handler)
+
+
+def test_heartbeat_after_the_last_step_says_the_stage_is_finishing():
+    hb, clock, lines = _beat()
+    hb.update("evaluate", 1, 1, {})
+    clock.t += 31
+    hb.tick()
+    assert lines[-1] == "evaluate: all 1 steps done, finishing the stage, elapsed 31s"
