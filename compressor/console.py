@@ -195,6 +195,10 @@ class Progress:
 
 # ------------------------------------------------------------------------------------------------ tables
 
+_UNITS = {"params": "params", "macs": "macs", "psnr": "psnr (dB, higher is better)",
+          "psnr_vs_teacher": "psnr_vs_teacher (dB, higher is better)"}
+
+
 def eval_table(res: dict, title: Optional[str] = None):
     """A rich Table of an eval.json document (teacher and/or student columns, change where both exist)."""
     from rich.table import Table
@@ -211,7 +215,7 @@ def eval_table(res: dict, title: Optional[str] = None):
         vals = [res[r].get(key) for r in roles]
         if all(v is None for v in vals):
             continue
-        row = [f"{label} ({better} is better)" if key not in ("params", "macs") else label]
+        row = [_UNITS.get(key, f"{key} ({better} is better)")]
         row += [metric_text(key, v) for v in vals]
         if both:
             row.append(change_text(key, *vals))

@@ -76,7 +76,7 @@ def metric_text(key: str, v) -> str:
     if key == "params":
         return f"{v:,}" if isinstance(v, int) else sig(v)
     if key == "macs":
-        return f"{v / 1e9:.3f} G"
+        return f"{sig(v / 1e9)} G"
     d = _DECIMALS.get(key)
     return f"{v:.{d}f}" if d is not None else sig(v)
 
@@ -109,7 +109,7 @@ def _fmt(v) -> str:
 
 
 def _g(n) -> str:
-    return "–" if n is None else f"{n / 1e9:.3f} G"
+    return "–" if n is None else f"{sig(n / 1e9)} G"
 
 
 def _table(header: list[str], rows: list[list]) -> str:
