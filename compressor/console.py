@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, TextIO
 
-from exporters.report import METRICS, SMALL_FID_N, SMALL_N_NOTE, change_text, metric_text, sig, speedups
+from exporters.report import METRICS, SMALL_FID_N, SMALL_N_NOTE, change_text, metric_text, sig
+from exporters.report import headline as report_headline
 
 log = logging.getLogger("compressor")
 
@@ -237,31 +238,14 @@ def print_table(table, file: Optional[TextIO] = None) -> None:
 
 
 def headline(run_root: Path) -> Optional[str]:
-    """One line: params ×, MACs ×, latency × per backend, quality kept; None when the run has no eval.json."""
+    """One line: params ×, MACs ×, latency × per backend, quality kept; None without eval.json or profile.json."""
     ev_path, prof_path = run_root / "eval.json", run_root / "profile.json"
-    parts = []
     try:
         ev = json.loads(ev_path.read_text()) if ev_path.exists() else None
         prof = json.loads(prof_path.read_text()) if prof_path.exists() else None
     except (OSError, ValueError):
         return None
-    if ev:
-        t, s = ev.get("teacher", {}), ev.get("student", {})
-        for k, name in (("params", "params"), ("macs", "MACs")):
-            if t.get(k) and s.get(k):
-                parts.append(f"{name} {t[k] / s[k]:.1f}× fewer")
-    if prof:
-        for x in speedups([prof]):
-            if x["batch"] == min(y["batch"] for y in speedups([prof])):
-                parts.append(f"{x['backend']} {x['speedup']:.1f}× faster")
-    if ev:
-        t, s = ev.get("teacher", {}), ev.get("student", {})
-        pct = ev.get("student_pct_of_teacher", {})
-        if "psnr" in pct:
-            parts.append(f"PSNR {s['psnr']:.1f} dB ({pct['psnr']:.0f}% of the teacher's {t['psnr']:.1f})")
-        if s.get("fid") is not None and t.get("fid") is not None:
-            parts.append(f"FID {t['fid']:.1f} → {s['fid']:.1f} (n = {ev.get('n_images')})")
-    return "; ".join(parts) if parts else None
+    return report_headline(ev, [prof] if prof else [])
 
 
 def closing_summary(run_root: Path) -> list[str]:

@@ -315,6 +315,28 @@ def make_plots(profiles: list[dict], evals: list[dict]) -> dict[str, str]:
 # ------------------------------------------------------------------------------------------------ documents
 
 
+def headline(ev: Optional[dict], profiles: list[dict]) -> Optional[str]:
+    """One line: params ×, MACs ×, latency × per backend (smallest batch; first machine), quality kept."""
+    parts = []
+    t, s = (ev or {}).get("teacher", {}), (ev or {}).get("student", {})
+    for k, name in (("params", "params"), ("macs", "MACs")):
+        if t.get(k) and s.get(k):
+            parts.append(f"{name} {t[k] / s[k]:.1f}× fewer")
+    sp = speedups(profiles)
+    if sp:
+        first, small = sp[0]["machine"], min(x["batch"] for x in sp)
+        for x in sp:
+            if x["machine"] == first and x["batch"] == small:
+                noisy = " (noisy)" if (x["noise_ratio"] or 0) > NOISY_RATIO else ""
+                parts.append(f"{x['backend']} {x['speedup']:.1f}× faster{noisy}")
+    pct = (ev or {}).get("student_pct_of_teacher", {})
+    if "psnr" in pct and "psnr" in s and "psnr" in t:
+        parts.append(f"PSNR {s['psnr']:.1f} dB ({pct['psnr']:.0f}% of the teacher's {t['psnr']:.1f})")
+    if s.get("fid") is not None and t.get("fid") is not None:
+        parts.append(f"FID {t['fid']:.1f} → {s['fid']:.1f} (n = {ev.get('n_images')})")
+    return "; ".join(parts) if parts else None
+
+
 def _fid_caveat(ev: dict) -> str:
     n = ev.get("n_images")
     return f"n = {n}: {SMALL_N_NOTE}" if isinstance(n, int) and n < SMALL_FID_N else ""
@@ -326,6 +348,9 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
     lines = [f"# {title}", ""]
     ev = evals[0] if evals else None
     sp = speedups(profiles)
+    head = headline(ev, profiles)
+    if head and ev:
+        lines += [f"**Student against teacher: {head}.**", ""]
     if ev:
         t, s = ev["teacher"], ev["student"]
         lines += ["## Teacher against student", ""]
@@ -506,6 +531,8 @@ def build_html(markdown_text: str, plots: dict[str, str], title: str, samples_pn
                             f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
         elif line.startswith("- "):
             body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
+        elif line.startswith("**") and line.endswith("**"):
+            body.append(f"<p class='headline'>{html.escape(line.strip('*'))}</p>")
         elif line.startswith("⚠"):
             body.append(f"<p class='flag'>{html.escape(line)}</p>")
         elif line.strip():
@@ -517,6 +544,7 @@ def build_html(markdown_text: str, plots: dict[str, str], title: str, samples_pn
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
              "th{background:#f3f3f3}td.noisy{background:#fff3e0}p.flag{background:#fff3e0;padding:6px 10px}"
+             "p.headline{font-size:17px;font-weight:600;background:#eef5fb;padding:8px 12px}"
              "figure{display:block;margin:1.5em 0}figcaption{font-size:13px;color:#555}img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
             f"<style>{style}</style></head><body>{''.join(body)}"
