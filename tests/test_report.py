@@ -65,7 +65,7 @@ def _texts(fig):
 
 @pytest.fixture
 def figs():
-    f = rp.figures([_profile()], [EVAL])
+    f = rp.figures([_profile(), _profile(env=dict(HOST, threads=1), noisy=False)], [EVAL])  # two machines
     yield f
     import matplotlib.pyplot as plt
 
@@ -79,6 +79,7 @@ def test_one_figure_per_question(figs):
 
 def test_latency_bars_and_whiskers_never_cross_zero_and_are_asymmetric(figs):
     fig = figs["latency"]
+    assert [a.get_title(loc="left") for a in fig.axes] == ["box · AMD EPYC · 2t", "box · AMD EPYC · 1t"]
     ax = fig.axes[0]
     from matplotlib.container import BarContainer
 
