@@ -14,6 +14,8 @@ from typing import List, Optional
 
 import typer
 
+from .console import QUANT_FILTER, closing_summary, eval_table, install_log_filters, print_table
+from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
 from .errors import Interrupted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -37,6 +39,7 @@ def _setup_logging(quiet: bool) -> None:
         handler.setFormatter(_LowerLevelFormatter("%(levelname)s: %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
+    install_log_filters()
     for name in ("compressor", "exporters"):
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
 
@@ -45,44 +48,6 @@ class _LowerLevelFormatter(logging.Formatter):
     def format(self, record):
         record.levelname = record.levelname.lower()
         return super().format(record)
-
-
-class _Progress:
-    """A rich progress bar per stage: step, loss and ETA."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.bar = None
-        self.tasks = {}
-
-    def __enter__(self):
-        return self
-
-    def _start(self):
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                            console=Console(stderr=True), transient=False)
-        self.bar.__enter__()
-
-    def __call__(self, stage: str, step: int, total: int, losses: dict) -> None:
-        if self.quiet or not sys.stderr.isatty():
-            return  # no bars in logs and pipes
-        if self.bar is None:
-            self._start()
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total, info="")
-        info = ""
-        if losses:
-            main = {k: v for k, v in losses.items() if not k.endswith("/disc")}
-            info = f"loss {sum(main.values()):.3f}"
-        self.bar.update(self.tasks[stage], completed=step, total=total, info=info)
-
-    def __exit__(self, *exc):
-        if self.bar is not None:
-            self.bar.__exit__(*exc)
 
 
 def _csv(value: Optional[str], cast=str) -> list:
@@ -118,18 +83,20 @@ def run_cmd(
     r = load_recipe(recipe, set_)
     stages = _csv(only)
 
-    def on_stage(res):
-        if not quiet:
-            verb = "up to date, skipped" if res.status == "skipped" else f"done in {res.seconds:.1f} s"
-            typer.echo(f"{res.stage:>9}: {verb}", err=True)
-
     with _Progress(quiet) as progress:
+        def on_stage(res):
+            progress.stage_done(res.stage)
+            if not quiet:
+                verb = "up to date, skipped" if res.status == "skipped" else f"done in {res.seconds:.1f} s"
+                typer.echo(f"{res.stage:>9}: {verb}", err=True)
+
         run_pipeline(r, out, force=force, resume=resume, only=stages or None, device=device,
                      trust_checkpoint=trust_checkpoint, nproc=nproc, progress=progress, recipe_path=recipe,
                      on_stage=on_stage)
-    report = out / r.name / "report.md"
     if not quiet:
-        typer.echo(f"run folder: {out / r.name}" + (f"\nreport: {report}" if report.exists() else ""), err=True)
+        QUANT_FILTER.explain()
+        for line in closing_summary(out / r.name):
+            typer.echo(line, err=True)
 
 
 @app.command()
@@ -182,8 +149,7 @@ def evaluate(
                                   metrics=_csv(metrics) or ["fid", "kid", "psnr", "ssim"], max_images=max_images,
                                   inception_weights=str(inception_weights) if inception_weights else None,
                                   progress=progress)
-        for k, v in res["student"].items():
-            typer.echo(f"{k:>16}  student {v}")
+        print_table(eval_table({"student": res["student"]}, f"student against {data}"))
         typer.echo(f"wrote {target / 'eval.json'}")
         return
     overrides = [f"data.root={data.resolve()}"] if data else []
@@ -198,10 +164,7 @@ def evaluate(
     with _Progress(quiet) as progress:
         res = evaluate_run(run, r, resolve_device(device), progress,
                            str(inception_weights) if inception_weights else None)
-    keys = [k for k in ("params", "macs", "fid", "kid", "psnr", "ssim", "psnr_vs_teacher")
-            if k in res["teacher"] or k in res["student"]]
-    for k in keys:
-        typer.echo(f"{k:>16}  teacher {res['teacher'].get(k, '–')!s:>14}  student {res['student'].get(k, '–')!s:>14}")
+    print_table(eval_table(res, f"teacher against student, {res.get('n_images')} test images"))
     typer.echo(f"wrote {run.eval_json}")
 
 
@@ -238,6 +201,7 @@ def export(
     res = export_command(target, onnx=onnx, trt=trt, precision=precision, dynamic=dyn, opset=opset, size=size,
                          out=out, emit_trtexec=emit_trtexec, trt_version=trt_version, data=data,
                          calib_images=calib_images, arch=arch, trust_checkpoint=trust_checkpoint)
+    QUANT_FILTER.explain()
     for line in res["lines"]:
         typer.echo(line)
 
@@ -301,7 +265,7 @@ def _print_profile(doc: dict) -> None:
         head = f"{r['model']:<32} {r['backend']:<12} b{r['batch']:<3} {r['size']:>4}² {r.get('precision', 'fp32'):<5}"
         if r.get("status") == "ok":
             lat = r["latency_ms"]
-            typer.echo(f"{head} p50 {lat['p50']:9.2f} ms  p90 {lat['p90']:9.2f} ms  {lat['throughput_ips']:8.1f} img/s")
+            typer.echo(f"{head} p50 {lat['p50']:9.2f} ms  p90 {lat['p90']:9.2f} ms  {lat['throughput_ips']:8.1f} img/s at p50")
         else:
             typer.echo(f"{head} {r.get('status')}: {r.get('reason', '')}")
     for s in speedups([doc]):

@@ -85,10 +85,14 @@ def environment(threads: Optional[int] = None, with_torch: bool = True) -> dict:
 
 
 def latency_stats(ms: list[float], batch: int) -> dict:
+    """Percentiles of per-call latency (ms). Throughput is taken at the median (``img/s at p50``), so it agrees
+    with the p50 printed beside it; a few slow outliers move the mean, not the typical rate."""
     a = np.asarray(ms, dtype=np.float64)
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+    p50 = float(np.percentile(a, 50))
+    return {"p10": float(np.percentile(a, 10)), "p50": p50, "p90": float(np.percentile(a, 90)),
             "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "std": float(a.std()),
-            "min": float(a.min()), "n": int(a.size), "throughput_ips": float(batch * 1000.0 / a.mean())}
+            "min": float(a.min()), "n": int(a.size), "throughput_ips": float(batch * 1000.0 / p50) if p50 > 0 else 0.0,
+            "throughput_basis": "p50"}
 
 
 def gemm_peak(threads: Optional[int] = None, device: str = "cpu", seconds: float = 0.5) -> float:
@@ -245,8 +249,58 @@ def _ensure_onnx(ref: dict, size: int, workdir: Path) -> Optional[str]:
 # ------------------------------------------------------------------------------------------------ worker
 
 
+def _status_kb(field: str) -> Optional[float]:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return float(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def reset_peak_rss() -> Optional[float]:
+    """Reset this process's resident-set high-water mark (Linux: ``/proc/self/clear_refs`` "5") and return the
+    resident set now (MB), or None where that is not possible.
+
+    ``getrusage(RUSAGE_SELF).ru_maxrss`` is no use in a child: Linux carries the parent's peak across fork and
+    exec, so every child would report the parent's memory.
+    """
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return None
+    rss = _status_kb("VmRSS")
+    return None if rss is None else rss / 1024.0
+
+
+def peak_rss_mb() -> Optional[float]:
+    """This process's resident-set high-water mark since the last :func:`reset_peak_rss` (MB)."""
+    hwm = _status_kb("VmHWM")
+    return None if hwm is None else hwm / 1024.0
+
+
+def onnx_precision(path: Optional[str]) -> Optional[str]:
+    """``int8`` for a QDQ/QOperator-quantised ONNX file, ``fp16`` for a half-precision one, else ``fp32``."""
+    if not path:
+        return None
+    try:
+        import onnx
+
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # noqa: BLE001 - an unreadable file is reported by the runner itself
+        return None
+    ops = {n.op_type for n in model.graph.node}
+    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}:
+        return "int8"
+    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
 def worker(cfg: dict) -> dict:
     """Time one configuration (runs in its own process)."""
+    start_rss = reset_peak_rss()  # this child's own high-water mark from here on
     backend, batch, size = cfg["backend"], cfg["batch"], cfg["size"]
     device = "cuda" if backend in ("ort-cuda", "ort-trt", "tensorrt") or cfg.get("device") == "cuda" else "cpu"
     from exporters.runtimes import make_runner
@@ -275,15 +329,24 @@ def worker(cfg: dict) -> dict:
     if dev_times:
         res["device_latency_ms"] = latency_stats(dev_times, batch)
     mem = runner.peak_memory_mb()
-    if mem is None:
-        import resource
-
-        mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-        res["peak_memory_kind"] = "rss"
-    else:
+    if mem is not None:
         res["peak_memory_kind"] = "cuda_max_allocated"
+    else:
+        mem = peak_rss_mb() if start_rss is not None else None
+        if mem is not None:
+            res["peak_memory_kind"] = "rss_hwm"  # the child's own peak resident set (runtime + model + tensors)
+            res["start_memory_mb"] = round(start_rss, 1)
+        else:  # no /proc: the best we have (may include the parent's peak)
+            import resource
+
+            mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+            res["peak_memory_kind"] = "ru_maxrss"
     res["peak_memory_mb"] = round(mem, 1)
     res["device"] = device
+    if backend not in ("torch", "torch-compile"):
+        prec = onnx_precision(cfg.get("onnx"))
+        if prec:
+            res["precision"] = prec  # what the file holds, whatever was asked for
     return res
 
 

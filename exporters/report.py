@@ -7,6 +7,8 @@ import html
 import io
 import json
 import logging
+import math
+import re
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
@@ -41,20 +43,73 @@ def classify(paths: list[str | Path]) -> tuple[list[dict], list[dict], list[dict
     return profiles, evals, exports
 
 
-def _fmt(v, digits=3) -> str:
+NOISY_RATIO = 1.5  # p90 / p50 above this: the measurement is marked noisy
+SMALL_FID_N = 1000  # FID/KID from fewer images carry a caveat
+SMALL_N_NOTE = "compare rows with each other, not with published FIDs"
+TEACHER_COLOR, STUDENT_COLOR, OTHER_COLOR = "#d62728", "#1f77b4", "#7f7f7f"
+
+METRICS = (  # key, label, decimals (None: a count), which way is better
+    ("params", "params", None, "lower"), ("macs", "MACs", None, "lower"),
+    ("fid", "FID", 1, "lower"), ("kid", "KID", 4, "lower"), ("psnr", "PSNR, dB", 1, "higher"),
+    ("ssim", "SSIM", 3, "higher"), ("l1", "L1", 3, "lower"), ("psnr_vs_teacher", "PSNR against the teacher, dB", 1, "higher"),
+)
+_DECIMALS = {k: d for k, _, d, _ in METRICS}
+_BETTER = {k: b for k, _, _, b in METRICS}
+
+
+def sig(v, n: int = 3) -> str:
+    """``v`` with ``n`` significant digits and its trailing zeros (18.0, 18.4, 202, 0.0123); "–" when absent."""
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        return "–"
+    if math.isinf(v):
+        return "∞" if v > 0 else "-∞"
+    if v == 0:
+        return "0"
+    decimals = max(0, n - 1 - int(math.floor(math.log10(abs(v)))))
+    return f"{v:,.{decimals}f}"
+
+
+def metric_text(key: str, v) -> str:
+    """A metric with the same number of decimals wherever it appears (PSNR 18.0 beside 18.4, never 18)."""
+    if v is None or isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
+        return "–"
+    if key == "params":
+        return f"{v:,}" if isinstance(v, int) else sig(v)
+    if key == "macs":
+        return f"{sig(v / 1e9)} G"
+    d = _DECIMALS.get(key)
+    return f"{v:.{d}f}" if d is not None else sig(v)
+
+
+def change_text(key: str, teacher, student) -> str:
+    """Student against teacher wherever both exist: ×-fold for size; difference, direction and % for quality."""
+    ok = [isinstance(v, (int, float)) and v == v for v in (teacher, student)]
+    if not all(ok):
+        return "–"
+    if key in ("params", "macs"):
+        return f"{teacher / student:.1f}× fewer" if student else "–"
+    diff = student - teacher
+    d = _DECIMALS.get(key) or 3
+    if round(diff, d) == 0:
+        word = "same"
+    else:
+        word = "better" if (diff > 0) == (_BETTER.get(key, "higher") == "higher") else "worse"
+    pct = f", {100 * student / teacher:.0f}% of teacher" if _BETTER.get(key) == "higher" and teacher else ""
+    return f"{diff:+.{d}f} ({word}{pct})"
+
+
+def _fmt(v) -> str:
     if v is None:
         return "–"
     if isinstance(v, float):
-        if v != v:
-            return "–"
-        return f"{v:.{digits}g}" if abs(v) < 1000 else f"{v:,.0f}"
+        return sig(v)
     if isinstance(v, int):
         return f"{v:,}"
     return str(v)
 
 
 def _g(n) -> str:
-    return "–" if n is None else f"{n / 1e9:.3g} G"
+    return "–" if n is None else f"{sig(n / 1e9)} G"
 
 
 def _table(header: list[str], rows: list[list]) -> str:
@@ -63,27 +118,51 @@ def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
+def machine_key(doc: dict) -> str:
+    """One column per machine: hostname + GPU (or CPU) + threads. The same machine in several files is one."""
+    e = doc.get("environment", {})
+    if e.get("hostname"):
+        return f"{e['hostname']} · {e.get('gpu') or e.get('cpu')} · {e.get('threads')}t"
+    return e.get("machine", "machine")
+
+
+def noise_ratio(r: dict) -> Optional[float]:
+    """p90 / p50 of an ok row, or None."""
+    lat = r.get("latency_ms") or {}
+    if r.get("status", "ok") != "ok" or not lat.get("p50"):
+        return None
+    return lat["p90"] / lat["p50"]
+
+
+def is_noisy(r: dict) -> bool:
+    q = noise_ratio(r)
+    return q is not None and q > NOISY_RATIO
+
+
+def noisy_mark(r: dict) -> str:
+    return f" ⚠ noisy (p90/p50 {noise_ratio(r):.1f})" if is_noisy(r) else ""
+
+
 def _rows_by_config(profiles: list[dict]):
-    """{(model, role, backend, batch, size, precision): {machine: row}} and the machine list."""
+    """{(model, role, backend, batch, size, precision): {machine: row}}, the machine list and their environments."""
     table = defaultdict(dict)
-    machines = []
+    machines, envs = [], {}
     for doc in profiles:
-        m = doc.get("environment", {}).get("machine", "machine")
-        if m in machines:
-            k = 2
-            while f"{m} ({k})" in machines:
-                k += 1
-            m = f"{m} ({k})"
-        machines.append(m)
+        m = machine_key(doc)
+        if m not in machines:
+            machines.append(m)
+            envs[m] = doc.get("environment", {})
         for r in doc.get("results", []):
             key = (r["model"], r.get("role", "model"), r["backend"], r["batch"], r["size"], r.get("precision", "fp32"))
-            table[key][m] = r
-    return table, machines
+            prev = table[key].get(m)
+            if prev is None or prev.get("status") != "ok" or r.get("status") == "ok":
+                table[key][m] = r  # a later measurement of the same configuration on the same machine wins
+    return table, machines, envs
 
 
 def speedups(profiles: list[dict]) -> list[dict]:
     """Student-over-teacher speed-up per (machine, backend, batch, size, precision), with the MAC ratio."""
-    table, machines = _rows_by_config(profiles)
+    table, _, _ = _rows_by_config(profiles)
     out = []
     by = defaultdict(dict)
     for (model, role, backend, batch, size, prec), per in table.items():
@@ -94,9 +173,11 @@ def speedups(profiles: list[dict]) -> list[dict]:
         t, s = roles.get("teacher"), roles.get("student")
         if t and s:
             mac_ratio = (t["macs"] / s["macs"]) if t.get("macs") and s.get("macs") else None
+            ratios = [q for q in (noise_ratio(t), noise_ratio(s)) if q is not None]
             out.append({"machine": m, "backend": backend, "batch": batch, "size": size, "precision": prec,
                         "teacher_ms": t["latency_ms"]["p50"], "student_ms": s["latency_ms"]["p50"],
-                        "speedup": t["latency_ms"]["p50"] / s["latency_ms"]["p50"], "mac_reduction": mac_ratio})
+                        "speedup": t["latency_ms"]["p50"] / s["latency_ms"]["p50"], "mac_reduction": mac_ratio,
+                        "noise_ratio": max(ratios) if ratios else None})
     return out
 
 
@@ -104,119 +185,222 @@ def speedups(profiles: list[dict]) -> list[dict]:
 
 
 def _png(fig) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def make_plots(profiles: list[dict], evals: list[dict]) -> dict[str, str]:
+def _color(role: str) -> str:
+    return {"teacher": TEACHER_COLOR, "student": STUDENT_COLOR}.get(role, OTHER_COLOR)
+
+
+def whisker(lat: dict) -> tuple[float, float, float]:
+    """(low, p50, high) of a latency record: p10 (or min) to p90, never below zero, always around p50."""
+    p50 = float(lat["p50"])
+    lo = lat.get("p10", lat.get("min", p50))
+    hi = lat.get("p90", p50)
+    return max(0.0, min(float(lo), p50)), p50, max(float(hi), p50)
+
+
+def _config_label(k: tuple) -> str:
+    return f"{k[0]} · {k[2]} b{k[3]} {k[4]}² {k[5]}"
+
+
+def figures(profiles: list[dict], evals: list[dict]) -> dict:
+    """One matplotlib figure per question: latency per backend and machine; speed-up against MAC reduction;
+    quality against latency. Keys: latency, speedup, pareto."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
-    plots = {}
-    table, machines = _rows_by_config(profiles)
-    ok = [(k, m, r) for k, per in table.items() for m, r in per.items() if r.get("status") == "ok"]
-    if ok:
-        fig, ax = plt.subplots(figsize=(8, 0.45 * len(ok) + 1.2))
-        labels = [f"{k[0]} · {k[2]} · b{k[3]} · {k[4]}² · {k[5]}\n{m}" for k, m, _ in ok]
-        vals = [r["latency_ms"]["p50"] for _, _, r in ok]
-        errs = [max(0.0, r["latency_ms"]["p90"] - r["latency_ms"]["p50"]) for _, _, r in ok]
-        colors = ["#d62728" if k[1] == "teacher" else "#1f77b4" for k, _, _ in ok]
-        ax.barh(range(len(ok)), vals, xerr=errs, color=colors)
-        ax.set_yticks(range(len(ok)), labels, fontsize=7)
-        ax.invert_yaxis()
-        ax.set_xlabel("latency p50 (ms), whisker to p90")
-        ax.set_title("Latency per model, backend and machine (red: teacher, blue: student)")
-        plots["latency"] = _png(fig)
-    sp = speedups(profiles)
-    if sp and any(s["mac_reduction"] for s in sp):
-        fig, ax = plt.subplots(figsize=(5.5, 4.5))
-        for s in sp:
-            if s["mac_reduction"]:
-                ax.scatter(s["mac_reduction"], s["speedup"], s=40)
-                ax.annotate(f"{s['backend']} b{s['batch']}", (s["mac_reduction"], s["speedup"]), fontsize=7)
-        hi = max(max(s["mac_reduction"] or 1 for s in sp), max(s["speedup"] for s in sp)) * 1.1
-        ax.plot([1, hi], [1, hi], "k--", lw=0.8, label="speed-up = MAC reduction")
-        ax.set_xlabel("MAC reduction (teacher / student)")
-        ax.set_ylabel("measured speed-up (p50)")
-        ax.legend(fontsize=8)
-        ax.set_title("Speed-up against MAC reduction")
-        plots["speedup"] = _png(fig)
-    if evals and ok:
-        ev = evals[0]
-        metric = "psnr" if "psnr" in ev["student"] else ("fid" if "fid" in ev["student"] else None)
-        points = []
-        for k, m, r in ok:
-            if metric and k[1] in ("teacher", "student") and metric in ev[k[1]]:
-                points.append((r["latency_ms"]["p50"], ev[k[1]][metric], f"{k[1]} {k[2]} b{k[3]}"))
+    figs = {}
+    table, machines, _ = _rows_by_config(profiles)
+    per_machine = {m: [(k, per[m]) for k in sorted(table, key=lambda k: (k[2], k[3], k[4], k[5], k[1], k[0]))
+                       if (per := table[k]).get(m, {}).get("status") == "ok"] for m in machines}
+    per_machine = {m: rows for m, rows in per_machine.items() if rows}
+    if per_machine:
+        n_rows = [len(rows) for rows in per_machine.values()]
+        fig, axes = plt.subplots(len(n_rows), 1, squeeze=False, sharex=True,
+                                 figsize=(9, sum(0.42 * n + 1.1 for n in n_rows) + 0.6),
+                                 gridspec_kw={"height_ratios": [n + 1.5 for n in n_rows]})
+        right = max(whisker(r["latency_ms"])[2] for rows in per_machine.values() for _, r in rows)
+        for ax, (m, rows) in zip(axes[:, 0], per_machine.items()):
+            lo, mid, hi = zip(*(whisker(r["latency_ms"]) for _, r in rows))
+            err = [[b - a for a, b in zip(lo, mid)], [c - b for b, c in zip(mid, hi)]]
+            y = list(range(len(rows)))
+            ax.barh(y, mid, xerr=err, color=[_color(k[1]) for k, _ in rows], height=0.6,
+                    error_kw={"ecolor": "#333", "capsize": 3, "lw": 1})
+            for yi, (k, r), h in zip(y, rows, hi):
+                ax.text(h + right * 0.015, yi, f"{sig(r['latency_ms']['p50'])} ms" + (" ⚠ noisy" if is_noisy(r) else ""),
+                        va="center", fontsize=8, color="#b35900" if is_noisy(r) else "#222")
+            ax.set_yticks(y, [_config_label(k) for k, _ in rows], fontsize=8)
+            ax.set_ylim(len(rows) - 0.4, -0.6)
+            ax.set_xlim(0, right * 1.3)
+            ax.set_title(m, fontsize=9, loc="left")
+            ax.grid(axis="x", alpha=0.3)
+        axes[-1, 0].set_xlabel("latency (ms, linear): bar = p50, whisker = p10 → p90")
+        axes[0, 0].legend(handles=[Patch(color=TEACHER_COLOR, label="teacher"),
+                                   Patch(color=STUDENT_COLOR, label="student")],
+                          loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8)
+        fig.suptitle("How long does one call take? Latency per backend and machine", fontsize=11)
+        fig.tight_layout()
+        figs["latency"] = fig
+    sp = [s for s in speedups(profiles) if s["mac_reduction"]]
+    if sp:
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        markers = "osD^vP*X"
+        backends = sorted({s["backend"] for s in sp})
+        colors = plt.get_cmap("tab10")
+        for i, s in enumerate(sp):
+            ax.scatter(s["mac_reduction"], s["speedup"], s=50, marker=markers[backends.index(s["backend"]) % 8],
+                       color=colors(machines.index(s["machine"]) % 10 if s["machine"] in machines else 0),
+                       label=f"{s['backend']} b{s['batch']} {s['size']}² · {s['machine']}"
+                             + (" ⚠ noisy" if (s["noise_ratio"] or 0) > NOISY_RATIO else ""))
+        hi = max(max(s["mac_reduction"] for s in sp), max(s["speedup"] for s in sp)) * 1.15
+        ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="speed-up = MAC reduction")
+        ax.axhline(1, color="#999", lw=0.6)
+        ax.set_xlim(0, hi)
+        ax.set_ylim(0, hi)
+        ax.set_xlabel("MAC reduction (teacher MACs / student MACs, linear)")
+        ax.set_ylabel("measured speed-up (teacher p50 / student p50)")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        ax.set_title("Does the student run as much faster as it has fewer MACs?", fontsize=10)
+        fig.tight_layout()
+        figs["speedup"] = fig
+    ev = evals[0] if evals else None
+    if ev and per_machine:
+        metric = next((k for k in ("psnr", "fid", "ssim") if k in ev.get("student", {})), None)
+        points = [(k, m, r) for m, rows in per_machine.items() for k, r in rows
+                  if metric and k[1] in ("teacher", "student") and metric in ev.get(k[1], {})]
         if points:
-            fig, ax = plt.subplots(figsize=(5.5, 4.5))
-            for x, y, lab in points:
-                ax.scatter(x, y, s=40, color="#d62728" if lab.startswith("teacher") else "#1f77b4")
-                ax.annotate(lab, (x, y), fontsize=7)
+            fig, ax = plt.subplots(figsize=(9, 4.5))
+            markers = "osD^vP*X"
+            backends = sorted({k[2] for k, _, _ in points})
+            for k, m, r in points:
+                lo, mid, hi = whisker(r["latency_ms"])
+                ax.errorbar([mid], [ev[k[1]][metric]], xerr=[[mid - lo], [hi - mid]], fmt=markers[
+                    backends.index(k[2]) % 8], color=_color(k[1]), ms=7, capsize=3, lw=1,
+                    label=f"{k[1]} · {k[2]} b{k[3]} {k[4]}² {k[5]}"
+                          + (f" · {m}" if len(per_machine) > 1 else "") + (" ⚠ noisy" if is_noisy(r) else ""))
             ax.set_xscale("log")
-            ax.set_xlabel("latency p50 (ms, log)")
-            ax.set_ylabel(metric.upper() + (" (higher is better)" if metric == "psnr" else " (lower is better)"))
-            ax.set_title("Quality against latency")
-            plots["pareto"] = _png(fig)
-    return plots
+            ax.set_xlabel("latency p50 (ms, log scale); whisker p10 → p90")
+            name = metric.upper()
+            ax.set_ylabel(f"{name} ({'higher' if _BETTER.get(metric) == 'higher' else 'lower'} is better)")
+            vals = [ev[k[1]][metric] for k, _, _ in points]
+            pad = (max(vals) - min(vals)) * 0.2 or abs(max(vals)) * 0.05 or 1.0
+            ax.set_ylim(min(vals) - pad, max(vals) + pad)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+            ax.set_title("What quality do you keep for the latency you gain?", fontsize=10)
+            ax.grid(alpha=0.3, which="both")
+            fig.tight_layout()
+            figs["pareto"] = fig
+    return figs
+
+
+PLOT_CAPTIONS = {"latency": "Latency per backend and machine (bar: p50; whisker: p10 to p90)",
+                 "speedup": "Speed-up against MAC reduction (dashed: the speed-up the MAC count promises)",
+                 "pareto": "Quality against latency (log scale)"}
+
+
+def make_plots(profiles: list[dict], evals: list[dict]) -> dict[str, str]:
+    """The :func:`figures` as base64 PNGs."""
+    return {k: _png(f) for k, f in figures(profiles, evals).items()}
 
 
 # ------------------------------------------------------------------------------------------------ documents
 
 
+def headline(ev: Optional[dict], profiles: list[dict]) -> Optional[str]:
+    """One line: params ×, MACs ×, latency × per backend (smallest batch; first machine), quality kept."""
+    parts = []
+    t, s = (ev or {}).get("teacher", {}), (ev or {}).get("student", {})
+    for k, name in (("params", "params"), ("macs", "MACs")):
+        if t.get(k) and s.get(k):
+            parts.append(f"{name} {t[k] / s[k]:.1f}× fewer")
+    sp = speedups(profiles)
+    if sp:
+        first, small = sp[0]["machine"], min(x["batch"] for x in sp)
+        for x in sp:
+            if x["machine"] == first and x["batch"] == small:
+                noisy = " (noisy)" if (x["noise_ratio"] or 0) > NOISY_RATIO else ""
+                parts.append(f"{x['backend']} {x['speedup']:.1f}× faster{noisy}")
+    pct = (ev or {}).get("student_pct_of_teacher", {})
+    if "psnr" in pct and "psnr" in s and "psnr" in t:
+        parts.append(f"PSNR {s['psnr']:.1f} dB ({pct['psnr']:.0f}% of the teacher's {t['psnr']:.1f})")
+    if s.get("fid") is not None and t.get("fid") is not None:
+        parts.append(f"FID {t['fid']:.1f} → {s['fid']:.1f} (n = {ev.get('n_images')})")
+    return "; ".join(parts) if parts else None
+
+
+def _fid_caveat(ev: dict) -> str:
+    n = ev.get("n_images")
+    return f"n = {n}: {SMALL_N_NOTE}" if isinstance(n, int) and n < SMALL_FID_N else ""
+
+
 def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict], title: str,
-                   samples: Optional[str] = None) -> str:
+                   samples=None) -> str:
+    """The report as Markdown. ``samples``: a relative image path, or a list of (caption, path) pairs."""
     lines = [f"# {title}", ""]
     ev = evals[0] if evals else None
     sp = speedups(profiles)
+    head = headline(ev, profiles)
+    if head and ev:
+        lines += [f"**Student against teacher: {head}.**", ""]
     if ev:
         t, s = ev["teacher"], ev["student"]
         lines += ["## Teacher against student", ""]
-        rows = [["params", _fmt(t.get("params")), _fmt(s.get("params")),
-                 f"{t['params'] / s['params']:.1f}× fewer" if t.get("params") and s.get("params") else "–"],
+        rows = [["params", metric_text("params", t.get("params")), metric_text("params", s.get("params")),
+                 change_text("params", t.get("params"), s.get("params"))],
                 ["MACs (ours: ConvTranspose by input size)", _g(t.get("macs")), _g(s.get("macs")),
-                 f"{t['macs'] / s['macs']:.1f}× fewer" if t.get("macs") and s.get("macs") else "–"],
+                 change_text("macs", t.get("macs"), s.get("macs"))],
                 ["MACs (paper convention: by output size)", _g(t.get("macs_paper_convention")),
-                 _g(s.get("macs_paper_convention")), "–"]]
+                 _g(s.get("macs_paper_convention")),
+                 change_text("macs", t.get("macs_paper_convention"), s.get("macs_paper_convention"))]]
         for x in sp:
-            rows.append([f"latency p50, {x['backend']} b{x['batch']} {x['size']}² ({x['machine']})",
-                         f"{x['teacher_ms']:.2f} ms", f"{x['student_ms']:.2f} ms",
-                         f"{x['speedup']:.1f}× faster (MACs {x['mac_reduction']:.1f}×)" if x["mac_reduction"]
-                         else f"{x['speedup']:.1f}× faster"])
-        for k, label, better in (("psnr", "PSNR vs ground truth (dB)", "higher"),
-                                 ("ssim", "SSIM vs ground truth", "higher"), ("l1", "L1 vs ground truth", "lower"),
-                                 ("fid", "FID", "lower"), ("kid", "KID", "lower")):
-            if k in t or k in s:
-                pct = ev.get("student_pct_of_teacher", {}).get(k)
-                rows.append([f"{label} ({better} is better)", _fmt(t.get(k)), _fmt(s.get(k)),
-                             f"student at {pct}% of teacher" if pct else "–"])
-        if "psnr_vs_teacher" in s:
-            rows.append(["student PSNR against the teacher's output (dB)", "–", _fmt(s["psnr_vs_teacher"]), "–"])
+            noisy = x["noise_ratio"] is not None and x["noise_ratio"] > NOISY_RATIO
+            rows.append([f"latency p50, {x['backend']} b{x['batch']} {x['size']}² {x['precision']} ({x['machine']})",
+                         f"{sig(x['teacher_ms'])} ms", f"{sig(x['student_ms'])} ms",
+                         f"{x['speedup']:.1f}× faster" + (f" (MACs {x['mac_reduction']:.1f}×)" if x["mac_reduction"]
+                                                          else "")
+                         + (f" ⚠ noisy (p90/p50 {x['noise_ratio']:.1f})" if noisy else "")])
+        caveat = _fid_caveat(ev)
+        for k, label, _, better in METRICS:
+            if k in ("params", "macs") or not (k in t or k in s):
+                continue
+            extra = f"; {caveat}" if caveat and k in ("fid", "kid") else ""
+            rows.append([f"{label} ({better} is better{extra})", metric_text(k, t.get(k)), metric_text(k, s.get(k)),
+                         change_text(k, t.get(k), s.get(k))])
         lines += [_table(["", "teacher", "student", "change"], rows), ""]
         lines.append(f"Evaluated on {ev.get('n_images')} test images at {ev.get('size')}². " +
                      (f"FID/KID skipped: {ev['fid_skipped']}" if ev.get("fid_skipped") else
                       (f"FID weights: {ev.get('fid_weights')}." if ev.get("fid_weights") else "")))
+        if caveat and ({"fid", "kid"} & (set(t) | set(s))):
+            lines += ["", f"⚠ FID and KID from {ev.get('n_images')} images are biased upwards and vary from sample to "
+                          f"sample; {SMALL_N_NOTE} (those use 10,000 or more)."]
         lines.append("")
     elif sp:
         lines += ["## Speed-up", "", _table(["machine", "backend", "batch", "size", "teacher ms", "student ms",
                                              "speed-up", "MAC reduction"],
-                                            [[x["machine"], x["backend"], x["batch"], x["size"], x["teacher_ms"],
-                                              x["student_ms"], f"{x['speedup']:.1f}×",
+                                            [[x["machine"], x["backend"], x["batch"], x["size"], sig(x["teacher_ms"]),
+                                              sig(x["student_ms"]), f"{x['speedup']:.1f}×"
+                                              + (f" ⚠ noisy (p90/p50 {x['noise_ratio']:.1f})"
+                                                 if (x["noise_ratio"] or 0) > NOISY_RATIO else ""),
                                               f"{x['mac_reduction']:.1f}×" if x["mac_reduction"] else "–"]
                                              for x in sp]), ""]
     if profiles:
-        table, machines = _rows_by_config(profiles)
-        lines += ["## Latency", "", "p50 (p90) in ms per machine; each configuration was timed in its own process.",
-                  ""]
+        table, machines, envs = _rows_by_config(profiles)
+        keys = sorted(table, key=lambda k: (k[2], k[3], k[4], k[5], k[1], k[0]))
+        lines += ["## Latency", "", "p50 (p90) in ms, one column per machine; each configuration was timed in its own "
+                  "process. ⚠ noisy: p90 more than 1.5× p50 (a busy machine or a cold cache); rerun before you "
+                  "quote it.", ""]
         header = ["model", "backend", "batch", "size", "precision"] + machines
-        rows, missing = [], []
-        for key in sorted(table, key=lambda k: (k[2], k[3], k[4], k[1], k[0])):
+        rows, missing, noisy = [], [], []
+        for key in keys:
             per = table[key]
             cells = []
             for m in machines:
@@ -225,12 +409,40 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
                     cells.append("–")
                 elif r.get("status") == "ok":
                     lat = r["latency_ms"]
-                    cells.append(f"{lat['p50']:.2f} ({lat['p90']:.2f})")
+                    cells.append(f"{sig(lat['p50'])} ({sig(lat['p90'])}){noisy_mark(r)}")
+                    if is_noisy(r):
+                        noisy.append((key, m, noise_ratio(r)))
                 else:
                     cells.append(r.get("status", "?"))
                     missing.append((key, m, r.get("reason", "")))
             rows.append([key[0], key[2], key[3], key[4], key[5]] + cells)
         lines += [_table(header, rows), ""]
+        if noisy:
+            lines.append(f"⚠ {len(noisy)} of {sum(1 for k in keys for m in machines if table[k].get(m, {}).get('status') == 'ok')}"
+                         " measurements are noisy (p90/p50 > 1.5): "
+                         + "; ".join(f"{k[0]} {k[2]} b{k[3]} on {m}: ×{q:.1f}" for k, m, q in noisy) + ".")
+            lines.append("")
+        mem_rows = []
+        for key in keys:
+            per = table[key]
+            cells, any_ok = [], False
+            for m in machines:
+                r = per.get(m)
+                if r and r.get("status") == "ok":
+                    any_ok = True
+                    lat = r["latency_ms"]
+                    ips = r["batch"] * 1000.0 / lat["p50"] if lat.get("p50") else None
+                    mem = r.get("peak_memory_mb")
+                    cells.append(f"{sig(ips)} img/s" + (f", {sig(mem)} MB" if mem else ""))
+                else:
+                    cells.append("–")
+            if any_ok:
+                mem_rows.append([key[0], key[2], key[3], key[4], key[5]] + cells)
+        if mem_rows:
+            lines += ["### Throughput and memory", "",
+                      "img/s at p50 (batch × 1000 / p50 ms); peak memory of the measuring process itself (resident "
+                      "set on the CPU: runtime, model and activations; CUDA memory allocated on a GPU).", "",
+                      _table(header, mem_rows), ""]
         if missing:
             lines += ["Not measured:", ""]
             seen = set()
@@ -241,8 +453,8 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
                 lines.append(f"- {key[2]} ({key[5]}): {reason}")
             lines.append("")
         lines += ["## Machines", ""]
-        for doc, m in zip(profiles, machines):
-            e = doc.get("environment", {})
+        for m in machines:
+            e = envs[m]
             peak = e.get("gemm_peak_macs_per_s")
             lines.append(f"- **{m}**: {e.get('cpu')}, {e.get('cores')} cores, {e.get('threads')} threads"
                          + (f", GPU {e['gpu']}" if e.get("gpu") else "")
@@ -260,7 +472,7 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
         if "int8" in ex:
             q = ex["int8"]
             lines.append(f"- {q['path']}: PSNR against FP32 {q['psnr_vs_fp32']:.1f} dB; ONNX Runtime CPU latency "
-                         f"{q['latency_ms_int8']:.2f} ms vs {q['latency_ms_fp32']:.2f} ms FP32 (ratio "
+                         f"{sig(q['latency_ms_int8'])} ms vs {sig(q['latency_ms_fp32'])} ms FP32 (ratio "
                          f"{q['latency_ratio_int8_over_fp32']:.2f})")
         if "tensorrt_lint" in ex:
             lint = ex["tensorrt_lint"]
@@ -269,15 +481,25 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
         for note in ex.get("notes", []):
             lines.append(f"- {note}")
         lines.append("")
+    if isinstance(samples, str):
+        samples = [("", samples)]
     if samples:
-        lines += ["## Samples", "", "input | teacher | student | target", "", f"![samples]({samples})", ""]
+        lines += ["## Samples", "", "input | teacher | student | target", ""]
+        for caption, path in samples:
+            if caption:
+                lines += [f"{caption}:", ""]
+            lines += [f"![samples]({path})", ""]
     lines += ["MACs are counted with torch's FlopCounterMode (MACs = FLOPs / 2), ConvTranspose by input size; the "
               "paper convention counts it by output size, as GAN-compression papers do.", ""]
     return "\n".join(lines)
 
 
-def build_html(markdown_text: str, plots: dict[str, str], title: str, samples_png: Optional[bytes] = None) -> str:
-    """A self-contained page: the markdown rendered to simple HTML, plus embedded plots."""
+_IMG = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
+
+
+def build_html(markdown_text: str, plots: dict[str, str], title: str, samples_png=None) -> str:
+    """A self-contained page: the markdown rendered to simple HTML, plus embedded plots. ``samples_png``: the
+    bytes of every sample image, or {path in the markdown: bytes}."""
     body = []
     in_table = False
     for line in markdown_text.splitlines():
@@ -290,52 +512,88 @@ def build_html(markdown_text: str, plots: dict[str, str], title: str, samples_pn
                 body.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
                 in_table = True
                 continue
-            body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            body.append("<tr>" + "".join(f"<td class='noisy'>{html.escape(c)}</td>" if "⚠" in c else
+                                         f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
             continue
         if in_table:
             body.append("</table>")
             in_table = False
         if line.startswith("# "):
             body.append(f"<h1>{html.escape(line[2:])}</h1>")
+        elif line.startswith("### "):
+            body.append(f"<h3>{html.escape(line[4:])}</h3>")
         elif line.startswith("## "):
             body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif line.startswith("!["):
-            if samples_png:
-                body.append(f'<img alt="samples" src="data:image/png;base64,{base64.b64encode(samples_png).decode()}">')
+        elif (m := _IMG.match(line)):
+            data = samples_png.get(m.group(2)) if isinstance(samples_png, dict) else samples_png
+            if data:
+                body.append(f'<img alt="{html.escape(m.group(1))}" '
+                            f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
         elif line.startswith("- "):
             body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
+        elif line.startswith("**") and line.endswith("**"):
+            body.append(f"<p class='headline'>{html.escape(line.strip('*'))}</p>")
+        elif line.startswith("⚠"):
+            body.append(f"<p class='flag'>{html.escape(line)}</p>")
         elif line.strip():
             body.append(f"<p>{html.escape(line)}</p>")
     if in_table:
         body.append("</table>")
-    figs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}"><figcaption>{k}</figcaption></figure>'
-                   for k, v in plots.items())
+    figs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}">'
+                   f'<figcaption>{html.escape(PLOT_CAPTIONS.get(k, k))}</figcaption></figure>' for k, v in plots.items())
     style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
              "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
-             "th{background:#f3f3f3}figure{display:inline-block;margin:1em}img{max-width:100%}")
+             "th{background:#f3f3f3}td.noisy{background:#fff3e0}p.flag{background:#fff3e0;padding:6px 10px}"
+             "p.headline{font-size:17px;font-weight:600;background:#eef5fb;padding:8px 12px}"
+             "figure{display:block;margin:1.5em 0}figcaption{font-size:13px;color:#555}img{max-width:100%}")
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}<h2>Plots</h2>{figs}</body></html>")
+            f"<style>{style}</style></head><body>{''.join(body)}"
+            + (f"<h2>Plots</h2>{figs}" if figs else "") + "</body></html>")
+
+
+def _samples_for(eval_path: Path) -> Optional[Path]:
+    """The sample grid a run's evaluate stage wrote next to its eval.json (samples/eval.png)."""
+    p = Path(eval_path).parent / "samples" / "eval.png"
+    return p if p.is_file() else None
 
 
 def write_report(profile_files: list, eval_files: list, out_dir: str | Path, title: str = "compressor report",
                  export_files: list = (), samples: Optional[Path] = None) -> tuple[Path, Path]:
+    """Merge JSON files (any order: they are told apart by content) into ``out_dir``/report.md and report.html.
+    The sample grid of every run whose eval.json is given comes along (copied next to report.md, embedded in
+    report.html), as does ``samples`` when given."""
+    from compressor.io import atomic_write_bytes, atomic_write_text
+
     paths = list(profile_files) + list(eval_files) + list(export_files)
     profiles, evals, exports = classify(paths)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    rel = None
-    if samples and Path(samples).exists():
+    grids: list[Path] = []
+    if samples and Path(samples).is_file():
+        grids.append(Path(samples))
+    for p in paths:
+        doc = _load(p)
+        if isinstance(doc, dict) and "teacher" in doc and "student" in doc:
+            g = _samples_for(Path(p))
+            if g and g.resolve() not in {x.resolve() for x in grids}:
+                grids.append(g)
+    refs, blobs = [], {}
+    for g in grids:
+        data = g.read_bytes()
         try:
-            rel = str(Path(samples).resolve().relative_to(out.resolve()))
-        except ValueError:
-            rel = str(Path(samples).resolve())
-    md = build_markdown(profiles, evals, exports, title, rel)
+            rel = str(g.resolve().relative_to(out.resolve()))
+        except ValueError:  # another run's grid: copy it next to the report so report.md shows it
+            rel = f"samples_{g.parent.parent.name or 'run'}.png"
+            if (out / rel).exists() and (out / rel).read_bytes() != data:
+                rel = f"samples_{g.parent.parent.name or 'run'}_{len(refs)}.png"
+            atomic_write_bytes(out / rel, data)
+        refs.append((g.parent.parent.name if len(grids) > 1 else "", rel))
+        blobs[rel] = data
+    md = build_markdown(profiles, evals, exports, title, refs or None)
     plots = make_plots(profiles, evals)
-    from compressor.io import atomic_write_text
-
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, md)
-    atomic_write_text(html_path, build_html(md, plots, title, Path(samples).read_bytes() if rel else None))
+    atomic_write_text(html_path, build_html(md, plots, title, blobs))
     return md_path, html_path
 
 

@@ -1,0 +1,302 @@
+"""What a person sees in the terminal: progress bars on a terminal, a plain heartbeat line in logs and pipes,
+aligned tables, and the closing summary of a run.
+
+On a terminal each stage gets a rich progress bar (step, loss, ETA). When stderr is not a terminal (CI, nohup, a
+notebook cell, ``| tee``) bars would be noise, and silence is worse: a :class:`Heartbeat` prints one plain line at
+least every 30 s and at every 10% of a stage, with the step, loss, rate and ETA.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Optional, TextIO
+
+from exporters.report import METRICS, SMALL_FID_N, SMALL_N_NOTE, change_text, metric_text, sig
+from exporters.report import headline as report_headline
+
+log = logging.getLogger("compressor")
+
+
+# ------------------------------------------------------------------------------------------------ formatting
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds}s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def _loss(losses: dict) -> Optional[float]:
+    main = {k: v for k, v in (losses or {}).items() if not k.endswith("/disc")}
+    return sum(main.values()) if main else None
+
+
+# ------------------------------------------------------------------------------------------------ heartbeat
+
+
+class Heartbeat:
+    """Plain progress lines for logs and pipes.
+
+    ``update(stage, step, total, losses)`` is fed by the pipeline's progress callback; ``tick()`` is called about
+    once a second (by a timer thread, or a test with a fake clock). A line is written when a stage starts, at
+    every ``every_frac`` of it, when it finishes, and whenever ``every_s`` seconds passed without a line, even
+    when no step has finished (a slow first step, a stage that reports no steps).
+    """
+
+    def __init__(self, write: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
+                 every_s: float = 30.0, every_frac: float = 0.1):
+        self.write, self.clock, self.every_s, self.every_frac = write, clock, every_s, every_frac
+        self.lock = threading.Lock()
+        now = clock()
+        self.last_line = now
+        self.idle_since = now  # start of the current stretch with no reported stage
+        self.after: Optional[str] = None  # the last stage that finished
+        self.stage: Optional[str] = None
+        self.step = self.total = 0
+        self.losses: dict = {}
+        self.t0 = now  # first report of the current stage
+        self.step0 = 0
+        self.next_frac = every_frac
+        self.last_step_at = now
+
+    def _line(self, now: float) -> str:
+        if self.stage is None:
+            since = f"since {self.after} finished" if self.after else "since start"
+            return f"[{duration(now - self.idle_since)} {since}] working…"
+        dt = now - self.t0
+        if self.total and self.step >= self.total and now > self.last_step_at:
+            return f"{self.stage}: all {self.total} steps done, finishing the stage, elapsed {duration(dt)}"
+        parts = [f"{self.stage}: step {self.step}/{self.total}"]
+        if self.total:
+            parts[0] += f" ({100 * self.step / self.total:.0f}%)"
+        loss = _loss(self.losses)
+        if loss is not None:
+            parts.append(f"loss {loss:.4g}")
+        done = self.step - self.step0
+        if dt > 0 and done > 0:
+            rate = done / dt
+            parts.append(f"{sig(rate)} step/s" if rate >= 1 else f"{sig(1 / rate)} s/step")
+            if self.total and self.step < self.total:
+                parts.append(f"ETA {duration((self.total - self.step) / rate)}")
+        parts.append(f"elapsed {duration(dt)}")
+        return ", ".join(parts)
+
+    def _emit(self, now: float) -> None:
+        self.last_line = now
+        self.write(self._line(now))
+
+    def update(self, stage: str, step: int, total: int, losses: Optional[dict] = None) -> None:
+        with self.lock:
+            now = self.clock()
+            self.last_step_at = now
+            if stage != self.stage:
+                self.stage, self.t0, self.step0 = stage, now, step
+                self.next_frac = self.every_frac
+                self.step, self.total, self.losses = step, total, dict(losses or {})
+                self._emit(now)
+                return
+            self.step, self.total, self.losses = step, total, dict(losses or {})
+            frac = step / total if total else 0.0
+            crossed = frac + 1e-9 >= self.next_frac
+            if crossed:
+                while self.next_frac <= frac + 1e-9:
+                    self.next_frac += self.every_frac
+            if crossed or (total and step >= total) or now - self.last_line >= self.every_s:
+                self._emit(now)
+
+    def tick(self) -> None:
+        with self.lock:
+            now = self.clock()
+            if now - self.last_line >= self.every_s:
+                self._emit(now)
+
+    def stage_done(self, stage: str) -> None:
+        """The pipeline finished ``stage``; until the next report the heartbeat says how long since."""
+        with self.lock:
+            now = self.clock()
+            self.stage, self.after = None, stage
+            self.idle_since = self.last_line = now
+
+
+class Progress:
+    """The progress callback ``progress(stage, step, total, losses)`` for the CLI: rich bars on a terminal, a
+    :class:`Heartbeat` (with a timer thread) when stderr is not one, nothing with ``quiet``."""
+
+    def __init__(self, quiet: bool, stream: Optional[TextIO] = None, every_s: float = 30.0,
+                 tty: Optional[bool] = None):
+        self.quiet = quiet
+        self.stream = stream or sys.stderr
+        self.tty = self.stream.isatty() if tty is None else tty
+        self.bar = None
+        self.tasks: dict = {}
+        self.heartbeat: Optional[Heartbeat] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        if not quiet and not self.tty:
+            self.heartbeat = Heartbeat(self._write, every_s=every_s)
+
+    def _write(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+    def __enter__(self):
+        if self.heartbeat is not None:
+            self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+            self._thread.start()
+        return self
+
+    def _beat(self) -> None:
+        while not self._stop.wait(1.0):
+            self.heartbeat.tick()
+
+    def _start_bar(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
+        from rich.progress import Progress as RichProgress
+
+        self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
+                                console=Console(file=self.stream), transient=False)
+        self.bar.__enter__()
+
+    def __call__(self, stage: str, step: int, total: int, losses: dict) -> None:
+        if self.quiet:
+            return
+        if self.heartbeat is not None:
+            self.heartbeat.update(stage, step, total, losses)
+            return
+        if self.bar is None:
+            self._start_bar()
+        if stage not in self.tasks:
+            self.tasks[stage] = self.bar.add_task(stage, total=total, info="")
+        loss = _loss(losses)
+        self.bar.update(self.tasks[stage], completed=step, total=total,
+                        info="" if loss is None else f"loss {loss:.3f}")
+
+    def stage_done(self, stage: str) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat.stage_done(stage)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+
+# ------------------------------------------------------------------------------------------------ tables
+
+_UNITS = {"params": "params", "macs": "macs", "psnr": "psnr (dB, higher is better)",
+          "psnr_vs_teacher": "psnr_vs_teacher (dB, higher is better)"}
+
+
+def eval_table(res: dict, title: Optional[str] = None):
+    """A rich Table of an eval.json document (teacher and/or student columns, change where both exist)."""
+    from rich.table import Table
+
+    roles = [r for r in ("teacher", "student") if isinstance(res.get(r), dict)]
+    table = Table(title=title, show_edge=False, header_style="bold")
+    table.add_column("metric")
+    for r in roles:
+        table.add_column(r, justify="right")
+    both = len(roles) == 2
+    if both:
+        table.add_column("change", justify="right")
+    for key, label, _, better in METRICS:
+        vals = [res[r].get(key) for r in roles]
+        if all(v is None for v in vals):
+            continue
+        row = [_UNITS.get(key, f"{key} ({better} is better)")]
+        row += [metric_text(key, v) for v in vals]
+        if both:
+            row.append(change_text(key, *vals))
+        table.add_row(*row)
+    n = res.get("n_images") or next((res[r].get("n_images") for r in roles if res[r].get("n_images")), None)
+    has_fid = any(k in res[r] for r in roles for k in ("fid", "kid"))
+    if has_fid and isinstance(n, int) and n < SMALL_FID_N:
+        table.caption = f"FID/KID: n = {n}: {SMALL_N_NOTE}"
+    return table
+
+
+def print_table(table, file: Optional[TextIO] = None) -> None:
+    from rich.console import Console
+
+    Console(file=file or sys.stdout, width=max(100, 80), soft_wrap=False).print(table)
+
+
+# ------------------------------------------------------------------------------------------------ closing summary
+
+
+def headline(run_root: Path) -> Optional[str]:
+    """One line: params ×, MACs ×, latency × per backend, quality kept; None without eval.json or profile.json."""
+    ev_path, prof_path = run_root / "eval.json", run_root / "profile.json"
+    try:
+        ev = json.loads(ev_path.read_text()) if ev_path.exists() else None
+        prof = json.loads(prof_path.read_text()) if prof_path.exists() else None
+    except (OSError, ValueError):
+        return None
+    return report_headline(ev, [prof] if prof else [])
+
+
+def closing_summary(run_root: Path) -> list[str]:
+    """The last lines of a run: the run folder, the headline, and both report paths."""
+    lines = [f"run folder: {run_root}"]
+    head = headline(run_root)
+    if head:
+        lines.append(f"student vs teacher: {head}")
+    md, page = run_root / "report.md", run_root / "report.html"
+    if md.exists() or page.exists():
+        lines.append(f"report: {md}" + (f" and {page}" if page.exists() else ""))
+    return lines
+
+
+# ------------------------------------------------------------------------------------------------ log filters
+
+_AXIS_WARNING = re.compile(r"Axis -?\d+ is out-of-range for weight '.*' with rank \d+")
+
+
+class QuantizationNoiseFilter(logging.Filter):
+    """onnxruntime's INT8 quantiser warns ``Axis 1 is out-of-range for weight 'val_20' with rank 1`` once per
+    one-dimensional weight (biases, norm scales) when per-channel quantisation is on: such a weight has no
+    channel axis, so it is quantised per tensor, which is the right thing. The filter drops these lines and
+    counts them; :meth:`explain` logs one explanatory line instead."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            msg = record.getMessage()
+        except Exception:  # noqa: BLE001 - a malformed record is not ours to judge
+            return True
+        if _AXIS_WARNING.search(msg):
+            self.count += 1
+            return False
+        return True
+
+    def explain(self) -> None:
+        if self.count:
+            log.info("INT8: %d one-dimensional weights (biases, norm scales) quantised per tensor, not per "
+                     "channel; onnxruntime's 'Axis 1 is out-of-range' warnings about them were hidden", self.count)
+            self.count = 0
+
+
+QUANT_FILTER = QuantizationNoiseFilter()
+
+
+def install_log_filters() -> None:
+    """Attach :data:`QUANT_FILTER` to the root logger (onnxruntime's quantiser logs with ``logging.warning``)."""
+    root = logging.getLogger()
+    if QUANT_FILTER not in root.filters:
+        root.addFilter(QUANT_FILTER)
