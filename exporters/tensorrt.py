@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import logging
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+import numpy as np
+
+from compressor.errors import ExportError
+
+from .backends import backend_available, ort_session
 
 log = logging.getLogger(__name__)
 
@@ -133,8 +140,6 @@ def lint_onnx(path_or_model, version: int = 10) -> LintResult:
 
 
 def tensorrt_available() -> tuple[bool, str]:
-    from .runtimes import backend_available
-
     return backend_available("tensorrt")
 
 
@@ -160,7 +165,6 @@ def build_engine(onnx_path: Path, plan_path: Path, precision: str = "fp16", shap
     """Build a serialized engine with optimisation profiles and a reused timing cache; write a JSON sidecar."""
     import tensorrt as trt
 
-    from compressor.errors import ExportError
     from compressor.io import atomic_write_bytes, atomic_write_json
 
     major = trt_major()
@@ -228,8 +232,6 @@ class TensorRTRunner:
         self.stream = torch.cuda.Stream()
 
     def _dtype(self, name):
-        import numpy as np
-
         return self.torch.from_numpy(np.zeros(1, dtype=self.trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
 
     def run_device(self, x):
@@ -255,8 +257,6 @@ class TensorRTRunner:
         self.stream.synchronize()
 
     def time_once(self, x) -> float:
-        import time
-
         t0 = time.perf_counter_ns()
         self(x)
         return (time.perf_counter_ns() - t0) / 1e6
@@ -280,9 +280,6 @@ PARITY = {"fp32": {"max_abs": 1e-3}, "fp16": {"psnr_min": 35.0}, "int8": {"psnr_
 
 def engine_parity(engine_path: Path, onnx_path: Path, inputs: list, precision: str) -> dict:
     """Run the same inputs through the engine and ONNX Runtime (the fp32 ONNX); compare with stated limits."""
-    import numpy as np
-
-    from .onnx import ort_session
     from .quantize import psnr
 
     runner = TensorRTRunner(engine_path)
@@ -304,8 +301,6 @@ def engine_parity(engine_path: Path, onnx_path: Path, inputs: list, precision: s
 
 def check_engine(engine_path: Path, onnx_path: Path, inputs: list, precision: str) -> dict:
     """:func:`engine_parity`, and on failure a ``.failed`` marker beside the engine and an ExportError."""
-    from compressor.errors import ExportError
-
     from .onnx import failed_marker
 
     par = engine_parity(engine_path, onnx_path, inputs, precision)
@@ -346,8 +341,6 @@ def trtexec_command(onnx_name: str, version: int, precision: str, shapes: dict, 
 def emit_trtexec_script(out_dir: Path, onnx_path: Path, version: int, precision: str, shapes: dict,
                         int8_onnx: Optional[Path] = None) -> Path:
     """Write ``trtexec_trt{version}_{precision}.sh`` to run on the device next to the ONNX file(s)."""
-    from compressor.errors import ExportError
-
     src = Path(onnx_path).name
     prep = []
     if precision == "int8":
