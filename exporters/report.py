@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from compressor.errors import UserError
+from compressor.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -331,8 +332,6 @@ def write_report(profile_files: list, eval_files: list, out_dir: str | Path, tit
             rel = str(Path(samples).resolve())
     md = build_markdown(profiles, evals, exports, title, rel)
     plots = make_plots(profiles, evals)
-    from compressor.io import atomic_write_text
-
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, md)
     atomic_write_text(html_path, build_html(md, plots, title, Path(samples).read_bytes() if rel else None))
