@@ -23,7 +23,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from .complexity import profile_model
 from .data import input_key, make_dataset, target_key, to_image
@@ -185,6 +184,9 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100
 
 def paired_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-image PSNR (dB), SSIM and L1 for images in [-1, 1]."""
+    # imported here: torchmetrics pulls in scipy.signal, seconds of start-up that every other command would pay
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
     p = ((pred.float().clamp(-1, 1) + 1) / 2)
     t = ((target.float().clamp(-1, 1) + 1) / 2)
     psnr = torch.stack([peak_signal_noise_ratio(p[i:i + 1], t[i:i + 1], data_range=1.0) for i in range(len(p))])
