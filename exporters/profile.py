@@ -7,6 +7,8 @@ probe), and the environment. Backends that are not available are listed with the
 """
 from __future__ import annotations
 
+import argparse
+import importlib.metadata as md
 import json
 import logging
 import os
@@ -20,6 +22,13 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+
+from compressor.errors import UserError
+
+from .backends import BACKENDS, ONNX_BACKENDS, backend_available
+
+# torch and everything that imports it (compressor.models, .slim, .complexity, exporters.onnx) is imported inside
+# the functions that need it: a timing worker for an ONNX Runtime backend must not load torch.
 
 SCHEMA = "compressor.profile/1"
 log = logging.getLogger(__name__)
@@ -48,8 +57,6 @@ def _run(cmd: list[str]) -> Optional[str]:
 
 def environment(threads: Optional[int] = None, with_torch: bool = True) -> dict:
     """Machine and library facts recorded with every result."""
-    import importlib.metadata as md
-
     env = {"hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
            "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads or os.cpu_count()}
     for pkg in ("torch", "onnxruntime", "onnx", "tensorrt", "compressor"):
@@ -146,50 +153,36 @@ def parse_zoo_spec(text: str) -> Optional[dict]:
         elif k == "norm":
             kwargs[k] = v
         else:
-            from compressor.errors import UserError
-
             raise UserError(f"{text}: unknown zoo option {k!r} (ngf, norm, input_nc, output_nc, width)")
     return {"arch": name, "kwargs": kwargs, "width": width}
 
 
 def build_torch(ref: dict):
     """Load the PyTorch model a ref describes (in the worker process)."""
+    from compressor.models import build_generator, load_saved_teacher
+    from compressor.slim import load_student, make_student
+
     kind = ref["type"]
     if kind == "zoo":
-        from compressor.models import build_generator
-        from compressor.slim import make_student
-
         model = build_generator(ref["arch"], **ref["kwargs"])
         if ref["width"] < 1:
             model, _ = make_student(model, ref["width"], "rebuild", "scratch")
         return model.eval()
     if kind == "student_dir":
-        from compressor.slim import load_student
-
         return load_student(ref["path"])
-    if kind == "run_teacher":
-        from compressor.pipeline import RunDir, load_run_teacher
-
-        return load_run_teacher(RunDir(ref["path"]))
+    if kind == "saved_teacher":  # a JSON spec plus safetensors weights, as a run folder holds them
+        return load_saved_teacher(ref["spec"], ref["weights"])
     raise ValueError(kind)
 
 
 def resolve_models(specs: list[str]) -> list[dict]:
-    """Turn MODEL arguments into refs: run dir, student dir, ONNX file, TensorRT engine, trtexec JSON, zoo spec."""
-    from compressor.errors import UserError
+    """Turn MODEL arguments into refs: student dir, ONNX file, TensorRT engine, trtexec JSON, zoo spec.
 
+    Run folders are opened by :func:`compressor.stages.profile_targets` (the run folder knows its teacher)."""
     refs = []
     for spec in specs:
         p = Path(spec)
-        if p.is_dir() and (p / "stages.json").exists() or (p / "teacher.json").exists() and p.is_dir():
-            teacher_onnx, student_onnx = p / "teacher.onnx", p / "student.onnx"
-            refs.append({"label": f"{p.name}/teacher", "role": "teacher", "torch": {"type": "run_teacher",
-                         "path": str(p)}, "onnx": str(teacher_onnx) if teacher_onnx.exists() else None})
-            refs.append({"label": f"{p.name}/student", "role": "student", "torch": {"type": "student_dir",
-                         "path": str(p)}, "onnx": str(student_onnx) if student_onnx.exists() else None,
-                         "int8": str(p / "student.int8.onnx") if (p / "student.int8.onnx").exists() else None,
-                         "engine": str(p / "student.plan") if (p / "student.plan").exists() else None})
-        elif p.is_dir() and (p / "student.json").exists():
+        if p.is_dir() and (p / "student.json").exists():
             onnx = p / "student.onnx"
             refs.append({"label": p.name, "role": "student", "torch": {"type": "student_dir", "path": str(p)},
                          "onnx": str(onnx) if onnx.exists() else None})
@@ -371,8 +364,6 @@ def _run_worker(cfg: dict, timeout: float) -> dict:
 
 def import_trtexec_times(path: str | Path, batch: int = 1) -> dict:
     """Read ``trtexec --exportTimes`` output (a list of per-inference records) into the result schema."""
-    from compressor.errors import UserError
-
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -396,8 +387,6 @@ def profile_models(models: list[str] | list[dict], backends: list[str], batches:
                    seconds: Optional[float] = None, threads: Optional[int] = None, device: str = "cpu",
                    timeout: float = 600, progress=None) -> dict:
     """Profile every configuration, each in its own process; return the versioned result document."""
-    from exporters.runtimes import BACKENDS, ONNX_BACKENDS, backend_available
-
     refs = resolve_models(models) if models and isinstance(models[0], str) else list(models)
     env = environment(threads)
     peak_device = "cuda" if device == "cuda" else "cpu"
@@ -462,27 +451,9 @@ def profile_models(models: list[str] | list[dict], backends: list[str], batches:
             "results": results}
 
 
-def profile_run(run, recipe) -> dict:
-    """The pipeline's profile stage: teacher and student of a run."""
-    from compressor.io import atomic_write_json
-    from exporters.onnx import check_not_failed
-
-    spec = recipe.profile
-    for f in (run.student_onnx, run.teacher_onnx, run.student_plan):
-        if f.exists():
-            check_not_failed(f)
-    doc = profile_models([str(run.root)], spec.backends, spec.batch, spec.size or [recipe.data.size],
-                         warmup=spec.warmup, iters=spec.iters, threads=spec.threads,
-                         device="cuda" if recipe.device == "cuda" else "cpu")
-    atomic_write_json(run.profile_json, doc)
-    return doc
-
-
 def remote_profile(host: str, onnx_files: list[str], args: list[str], out: Path, port: Optional[int] = None,
                    ssh_options: Optional[list[str]] = None, remote_compress: str = "compress") -> dict:
     """Copy ONNX files to ``host`` over SSH, run the installed toolkit's profiler there, bring the JSON back."""
-    from compressor.errors import UserError
-
     opts = list(ssh_options or []) + ["-o", "BatchMode=yes"]
     ssh = ["ssh"] + opts + (["-p", str(port)] if port else [])
     scp = ["scp", "-q"] + opts + (["-P", str(port)] if port else [])
@@ -505,8 +476,6 @@ def remote_profile(host: str, onnx_files: list[str], args: list[str], out: Path,
 
 
 def main(argv=None) -> int:
-    import argparse
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", required=True)
     args = ap.parse_args(argv)

@@ -15,6 +15,8 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from .backends import ort_session
+
 log = logging.getLogger(__name__)
 
 
@@ -77,8 +79,6 @@ def time_session(sess, x: np.ndarray, iters: int = 10) -> float:
 
 def compare_int8(fp32: Path, int8: Path, images: torch.Tensor, iters: int = 10) -> dict:
     """PSNR of INT8 against FP32 output, and the median latency of both (ms) in ONNX Runtime on the CPU."""
-    from .onnx import ort_session
-
     s32, s8 = ort_session(fp32), ort_session(int8)
     name = s32.get_inputs()[0].name
     vals = []
@@ -89,19 +89,3 @@ def compare_int8(fp32: Path, int8: Path, images: torch.Tensor, iters: int = 10) 
     lat32, lat8 = time_session(s32, x, iters), time_session(s8, x, iters)
     return {"psnr_vs_fp32": float(np.mean(vals)), "psnr_min": float(np.min(vals)), "latency_ms_fp32": lat32,
             "latency_ms_int8": lat8, "latency_ratio_int8_over_fp32": lat8 / lat32}
-
-
-def calibration_batches(recipe, n: int) -> list[np.ndarray]:
-    from compressor.data import make_dataset
-
-    ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "train", recipe.seed, max_items=n)
-    key = "A" if recipe.data.kind == "unpaired" else "input"
-    return [ds[i][key][None].numpy() for i in range(min(n, len(ds)))]
-
-
-def quantize_run(run, recipe, student, samples: torch.Tensor, target: str = "cpu") -> dict:
-    calib = calibration_batches(recipe, recipe.export.int8.calib_images)
-    quantize_onnx(run.student_onnx, run.student_int8, calib, target)
-    res = compare_int8(run.student_onnx, run.student_int8, samples)
-    res.update(path=run.student_int8.name, calibration_images=len(calib), target=target)
-    return res

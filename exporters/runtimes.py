@@ -5,58 +5,17 @@ ONNX Runtime process never loads torch (their thread pools interfere when they s
 """
 from __future__ import annotations
 
-import importlib.util
 import time
 from typing import Optional
 
 import numpy as np
 
-from .trt_rules import ort_tensorrt_problem
+from .backends import (BACKENDS, EXTRA, ONNX_BACKENDS, ORT_PROVIDERS, TORCH_BACKENDS, backend_available,  # noqa: F401
+                       ort_session)
+from .tensorrt import TensorRTRunner
 
-BACKENDS = ["torch", "torch-compile", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "trtexec-json"]
-ONNX_BACKENDS = {"ort-cpu", "ort-cuda", "ort-trt"}
-TORCH_BACKENDS = {"torch", "torch-compile"}
-EXTRA = {"ort-cpu": "onnxruntime", "ort-cuda": "onnxruntime-gpu", "ort-trt": "onnxruntime-gpu with TensorRT",
-         "tensorrt": "compressor[trt]", "torch": "torch", "torch-compile": "torch"}
-
-
-def _has(module: str) -> bool:
-    return importlib.util.find_spec(module) is not None
-
-
-def _cuda_available() -> bool:
-    if not _has("torch"):
-        return False
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def backend_available(backend: str) -> tuple[bool, str]:
-    """(available, reason if not) for this machine."""
-    if backend not in BACKENDS:
-        return False, f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}"
-    if backend in TORCH_BACKENDS:
-        return (True, "") if _has("torch") else (False, "torch is not installed")
-    if backend in ONNX_BACKENDS:
-        if not _has("onnxruntime"):
-            return False, "onnxruntime is not installed: pip install onnxruntime"
-        import onnxruntime as ort
-
-        want = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
-                "ort-trt": "TensorrtExecutionProvider"}[backend]
-        if want not in ort.get_available_providers():
-            return False, f"ONNX Runtime has no {want} here (install {EXTRA[backend]} on a GPU machine)"
-        if backend == "ort-trt" and (why := ort_tensorrt_problem(ort.__version__)):
-            return False, why
-        return True, ""
-    if backend == "tensorrt":
-        if not _has("tensorrt"):
-            return False, "TensorRT is not installed: pip install 'compressor[trt]' on a machine with an NVIDIA GPU"
-        if not _cuda_available():
-            return False, "TensorRT needs a CUDA GPU, and none is visible"
-        return True, ""
-    return True, ""  # trtexec-json imports files
+__all__ = ["BACKENDS", "ONNX_BACKENDS", "TORCH_BACKENDS", "EXTRA", "ORT_PROVIDERS", "backend_available",
+           "ort_session", "Runner", "TorchRunner", "OrtRunner", "make_runner"]
 
 
 class Runner:
@@ -133,16 +92,7 @@ class TorchRunner(Runner):
 
 class OrtRunner(Runner):
     def __init__(self, onnx_path: str, backend: str = "ort-cpu", threads: Optional[int] = None):
-        import onnxruntime as ort
-
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
-        providers = {"ort-cpu": ["CPUExecutionProvider"],
-                     "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-                     "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}[backend]
-        self.sess = ort.InferenceSession(str(onnx_path), so, providers=providers)
+        self.sess = ort_session(onnx_path, threads, backend=backend)
         self.name = self.sess.get_inputs()[0].name
         self.backend = backend
         self.device = "cpu" if backend == "ort-cpu" else "cuda"
@@ -159,7 +109,5 @@ def make_runner(backend: str, *, onnx_path=None, torch_model_loader=None, engine
     if backend in ONNX_BACKENDS:
         return OrtRunner(onnx_path, backend, threads)
     if backend == "tensorrt":
-        from .tensorrt import TensorRTRunner
-
         return TensorRTRunner(engine_path)
     raise ValueError(f"backend {backend!r} has no runner")

@@ -16,12 +16,17 @@ from __future__ import annotations
 
 import logging
 import shlex
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from compressor.errors import ExportError, UserError
+from compressor.io import atomic_write_bytes, atomic_write_json
 
 from . import trt_rules
+from .backends import backend_available, ort_session
 from .trt_rules import parse_version, rule
 
 log = logging.getLogger(__name__)
@@ -204,8 +209,6 @@ def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
 
 
 def tensorrt_available() -> tuple[bool, str]:
-    from .runtimes import backend_available
-
     return backend_available("tensorrt")
 
 
@@ -271,8 +274,6 @@ def build_engine(onnx_path: Path, plan_path: Path, precision: str = "fp16", shap
     FP32 builds clear TF32; every status TensorRT returns is checked.
     """
     import tensorrt as trt
-
-    from compressor.io import atomic_write_bytes, atomic_write_json
 
     major, minor = trt_version()
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
@@ -388,8 +389,6 @@ class TensorRTRunner:
         return self.torch.empty(shape, dtype=dtype, device="cuda")
 
     def _dtype(self, name):
-        import numpy as np
-
         return self.torch.from_numpy(np.zeros(1, dtype=self.trt.nptype(self.engine.get_tensor_dtype(name)))).dtype
 
     def profile_range(self, name: str) -> tuple:
@@ -443,8 +442,6 @@ class TensorRTRunner:
         self.stream.synchronize()
 
     def time_once(self, x) -> float:
-        import time
-
         t0 = time.perf_counter_ns()
         self(x)
         return (time.perf_counter_ns() - t0) / 1e6
@@ -472,9 +469,6 @@ PARITY = {"fp32": {"max_abs": 1e-3}, "fp16": {"psnr_min": 35.0}, "int8": {"psnr_
 
 def engine_parity(engine_path: Path, onnx_path: Path, inputs: list, precision: str) -> dict:
     """Run the same inputs through the engine and ONNX Runtime (the fp32 ONNX); compare with stated limits."""
-    import numpy as np
-
-    from .onnx import ort_session
     from .quantize import psnr
 
     _check_precision(precision)

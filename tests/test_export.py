@@ -1,16 +1,22 @@
 
+import json
+
 import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper
+from PIL import Image
 
 import custom_archs
+import exporters.export as export_mod
 from compressor.errors import ExportError
 from compressor.models import build_generator
+from compressor.slim import make_student, save_student
+from exporters.export import ExportSpec, export_model
 from exporters.onnx import export_checked, failed_marker, parity_inputs, read_metadata
-from exporters.tensorrt import emit_trtexec_script, lint_onnx, tensorrt_available, trtexec_command
-from conftest import run_cli
+from exporters.tensorrt import LintResult, emit_trtexec_script, lint_onnx, tensorrt_available, trt_major, trtexec_command
+from conftest import run_cli, tiny_recipe_text
 
 ZOO = [("resnet_9blocks", 64), ("resnet_6blocks", 64), ("unet_128", 128), ("unet_256", 256)]
 
@@ -137,19 +143,85 @@ def test_trtexec_command_lines_for_both_majors(tmp_path):
     assert "--fp16" in s10.read_text() and s10.stat().st_mode & 0o111
 
 
-def test_export_cli_on_a_run(tmp_path, tiny_recipe):
+TRT_INT8_EXPORT = "export: {onnx: {dynamic: [batch]}, int8: {enabled: true, calib_images: 4}, tensorrt: {precision: int8}}"
+
+
+def test_export_stage_and_cli_agree_and_lint_the_tensorrt_int8_file(tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(tiny_recipe_text().replace("export: {onnx: {dynamic: [batch]}}", TRT_INT8_EXPORT))
     out = tmp_path / "runs"
-    res = run_cli([tiny_recipe, "--out", out, "--quiet", "--only", "teacher,student,distill"], cwd=tmp_path)
+    res = run_cli([recipe, "--out", out, "--quiet", "--only", "teacher,student,distill,export"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    res = run_cli(["export", out / "tiny", "--precision", "int8", "--trt", "--emit-trtexec", "--trt-version", "11",
-                   "--dynamic", "batch,hw", "--out", tmp_path / "exp"], cwd=tmp_path)
+    run = out / "tiny"
+    rec = json.loads((run / "export.json").read_text())
+    # INT8 for each target: ONNX Runtime's CPU file (uint8 activations) and TensorRT's (symmetric int8)
+    assert rec["int8"]["path"] == "student.int8.onnx" and rec["int8"]["target"] == "cpu"
+    assert rec["int8_tensorrt"]["path"] == "student.trt-int8.onnx" and rec["int8_tensorrt"]["target"] == "tensorrt"
+    assert not lint_onnx(run / "student.int8.onnx", 10).ok  # the CPU file is not for TensorRT
+    # the lint ran on the file TensorRT reads, for both majors, and passed
+    assert {(x["file"], x["target"], x["ok"]) for x in rec["tensorrt_lints"]} == \
+        {("student.trt-int8.onnx", "10", True), ("student.trt-int8.onnx", "11", True)}
+    assert rec["tensorrt_lint"]["file"] == "student.trt-int8.onnx"
+    for v in (10, 11):
+        script = (run / f"trtexec_trt{v}_int8.sh").read_text()
+        assert "--onnx=student.trt-int8.onnx" in script and "student.int8.onnx" not in script
+    if not tensorrt_available()[0]:
+        assert any("TensorRT engine skipped" in n for n in rec["notes"])
+    # compress export on the same run: the same ONNX, byte for byte, and its own export.json
+    res = run_cli(["export", run, "--precision", "int8", "--trt", "--emit-trtexec", "--trt-version", "11",
+                   "--out", tmp_path / "exp"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "parity" in res.stdout and "PSNR vs FP32" in res.stdout and "lint" in res.stdout
-    ok, why = tensorrt_available()
-    if not ok:
-        assert "TensorRT engine skipped" in res.stdout
-    assert (tmp_path / "exp" / "student.int8.onnx").exists()
-    assert (tmp_path / "exp" / "trtexec_trt11_int8.sh").exists()
+    exp = tmp_path / "exp"
+    assert (exp / "student.onnx").read_bytes() == (run / "student.onnx").read_bytes()
+    assert "parity" in res.stdout and "PSNR vs FP32" in res.stdout and "lint of student.trt-int8.onnx" in res.stdout
+    assert "--onnx=student.trt-int8.onnx" in (exp / "trtexec_trt11_int8.sh").read_text()
+    assert json.loads((exp / "export.json").read_text())["tensorrt_lint"]["target"] == \
+        (str(trt_major()) if tensorrt_available()[0] else "11")
+
+
+def test_failing_lint_stops_the_export_and_channels_come_from_the_model(tmp_path, monkeypatch):
+    model = build_generator("resnet_6blocks", input_nc=1, output_nc=1, ngf=4, norm="instance", init=None)
+    samples = torch.rand(2, 1, 32, 32) * 2 - 1
+    spec = ExportSpec(size=32, emit_trtexec=True, trt_versions=(10,))
+    rec = export_model(model, tmp_path, spec, samples)
+    assert rec["tensorrt_lint"]["ok"] and rec["trtexec"] == ["trtexec_trt10_fp32.sh"]
+    assert "--optShapes=input:1x1x32x32" in (tmp_path / "trtexec_trt10_fp32.sh").read_text()  # one channel
+    bad = LintResult(target="10", nodes=1, problems=[{"node": "n0", "op": "Foo", "problem": "op Foo is not "
+                                                                                               "supported"}])
+    monkeypatch.setattr(export_mod, "lint_onnx", lambda path, version: bad)
+    (tmp_path / "trtexec_trt10_fp32.sh").unlink()
+    with pytest.raises(ExportError, match="student.onnx: TensorRT 10 would reject.*op Foo"):
+        export_model(model, tmp_path, spec, samples)
+    assert not (tmp_path / "trtexec_trt10_fp32.sh").exists()  # nothing is written for a file that fails
+
+
+def _paired_folder(root, n=3, size=32):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        (root / split).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 255, (size, 2 * size, 3), dtype=np.uint8)).save(root / split / f"{i}.png")
+
+
+def test_evaluate_export_profile_report_chain(tmp_path):
+    """compress evaluate STUDENT --data, export, profile and report *.json: one report holding them all."""
+    teacher = build_generator("resnet_6blocks", ngf=8, norm="instance")
+    student, plan = make_student(teacher, 0.5, "rebuild", "scratch")
+    save_student(student, plan, tmp_path / "student")
+    _paired_folder(tmp_path / "data")
+    s = tmp_path / "student"
+    for args in (["evaluate", s, "--data", tmp_path / "data", "--size", "32", "--metrics", "psnr,ssim",
+                  "--device", "cpu", "--quiet"],
+                 ["export", s, "--size", "32", "--data", tmp_path / "data" / "test", "--quiet"],
+                 ["profile", s, "--backend", "ort-cpu", "--size", "32", "--warmup", "1", "--iters", "3",
+                  "--out", s / "profile.json", "--quiet"],
+                 ["report", s / "eval.json", s / "export.json", s / "profile.json", "--out", tmp_path / "rep"]):
+        res = run_cli(args, cwd=tmp_path)
+        assert res.returncode == 0, (args[0], res.stderr[-2000:])
+    md = (tmp_path / "rep" / "report.md").read_text()
+    assert "## Teacher against student" in md and "PSNR vs ground truth" in md  # eval.json (student only)
+    assert "## Export" in md and "student.onnx" in md  # export.json
+    assert "## Latency" in md and "ort-cpu" in md  # profile.json
 
 
 def test_tensorrt_engine_build(tmp_path):

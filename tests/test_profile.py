@@ -4,6 +4,7 @@ import subprocess
 
 import pytest
 
+from exporters.backends import backend_available
 from exporters.profile import SCHEMA, import_trtexec_times, profile_models
 from exporters.report import write_report
 from conftest import run_cli
@@ -42,7 +43,9 @@ def test_profile_document(two_machines):
         assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] and lat["n"] == 5
         assert r["macs"] > 0 and 0 < r["efficiency"] < 5 and r["peak_memory_mb"] > 0
     missing = [r for r in doc["results"] if r["status"] != "ok"]
-    assert {r["backend"] for r in missing} == {"ort-cuda", "tensorrt"}
+    # zoo models have no TensorRT engine, so tensorrt is never timed here; ort-cuda only where a GPU provider is
+    expected = {"tensorrt"} | ({"ort-cuda"} if not backend_available("ort-cuda")[0] else set())
+    assert {r["backend"] for r in missing} == expected
     assert all(r["reason"] for r in missing)
 
 

@@ -29,10 +29,18 @@ def test_prune_custom_architectures(tmp_path, import_path, factory):
     # the output layer keeps its channels; MACs fall to about a quarter
     ct, cs = profile_model(teacher, (1, 3, 32, 32))["macs"], profile_model(student, (1, 3, 32, 32))["macs"]
     assert 0.25 * 0.85 <= cs / ct <= 0.25 * 1.15, cs / ct
-    # no stale InstanceNorm num_features
-    for m in student.modules():
+    # no stale InstanceNorm num_features: each one's num_features is the channel count it really receives
+    seen, hooks = {}, []
+    for name, m in student.named_modules():
         if isinstance(m, torch.nn.InstanceNorm2d):
-            pass
+            hooks.append(m.register_forward_pre_hook(
+                lambda mod, inp, name=name: seen.__setitem__(name, (mod.num_features, inp[0].shape[1]))))
+    with torch.no_grad():
+        student(x)
+    for h in hooks:
+        h.remove()
+    stale = {n: v for n, v in seen.items() if v[0] != v[1]}
+    assert not stale, stale
     with pytest.warns(None) if False else _no_warnings():
         student(x)
     save_student(student, plan, tmp_path / "s")

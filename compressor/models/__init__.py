@@ -17,7 +17,11 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+
 from ..errors import CheckpointError, RecipeError
+from ..recipe import TeacherSpec, resolve_path
 from .discriminator import NLayerDiscriminator
 from .norms import init_weights
 from .resnet import ResnetGenerator
@@ -35,7 +39,8 @@ GENERATOR_ARGS = ("input_nc", "output_nc", "ngf", "norm", "use_dropout")
 
 __all__ = ["ZOO", "build_generator", "build_discriminator", "load_teacher", "load_state_dict_file",
            "apply_state_dict", "NLayerDiscriminator", "ResnetGenerator", "UnetGenerator", "init_weights",
-           "import_object", "size_multiple", "default_taps", "build_teacher"]
+           "import_object", "size_multiple", "default_taps", "build_teacher", "build_from_spec", "teacher_spec",
+           "spec_of_model", "check_teacher_spec", "load_saved_teacher", "GENERATOR_ARGS"]
 
 
 def build_generator(name: str, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, norm: str = "batch",
@@ -69,14 +74,16 @@ def default_taps(model: nn.Module) -> dict[str, str]:
 
 
 def import_object(path: str, base_dir: Path | None = None, key: str = "teacher.import") -> Any:
-    """Resolve ``package.module:attr`` or ``path/to/file.py:attr`` (relative to ``base_dir``)."""
+    """Resolve ``package.module:attr`` or ``path/to/file.py:attr``.
+
+    A relative file path follows the recipe's rule (:func:`compressor.recipe.resolve_path`): the recipe's folder
+    (``base_dir``) first, then the current folder.
+    """
     if ":" not in path:
         raise RecipeError(f"{key}: expected 'module:attribute' or 'file.py:attribute', got {path!r}")
     mod_name, _, attr = path.rpartition(":")
     if mod_name.endswith(".py"):
-        file = Path(mod_name)
-        if not file.is_absolute() and base_dir is not None:
-            file = Path(base_dir) / file
+        file = resolve_path(base_dir if base_dir is not None else Path.cwd(), mod_name)
         if not file.is_file():
             raise RecipeError(f"{key}: file not found: {file}")
         unique = f"compressor_user_{abs(hash(str(file.resolve())))}"
@@ -113,9 +120,6 @@ def load_state_dict_file(path: str | Path, trust: bool = False, key: str = "teac
     if not path.is_file():
         raise CheckpointError(f"{key}: file not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
         try:
             return dict(load_file(str(path)))
         except (SafetensorError, OSError, ValueError) as exc:
@@ -184,15 +188,69 @@ def apply_state_dict(model: nn.Module, state: dict, source: str = "checkpoint", 
     return model
 
 
-def _teacher_spec(spec):
-    from ..recipe import TeacherSpec
+# ---------------------------------------------------------------------------------------------- teacher spec
+# One pair: ``teacher_spec`` turns a recipe's teacher section into the JSON spec saved with a run (teacher.json,
+# student.json); ``build_from_spec`` rebuilds the architecture from that spec. ``build_teacher``/``load_teacher``
+# work from the recipe section itself.
 
+
+def _as_teacher_spec(spec) -> TeacherSpec:
     return spec if isinstance(spec, TeacherSpec) else TeacherSpec.model_validate(spec)
+
+
+def check_teacher_spec(spec) -> None:
+    """Zoo name and arguments of a teacher section (the schema itself does not know the zoo)."""
+    spec = _as_teacher_spec(spec)
+    if not spec.arch:
+        return
+    if spec.arch not in ZOO:
+        raise RecipeError(f"teacher.arch: unknown generator {spec.arch!r}; choose one of {', '.join(ZOO)}")
+    bad = sorted(set(spec.kwargs) - set(GENERATOR_ARGS))
+    if bad:
+        raise RecipeError(f"teacher.kwargs: unknown argument {bad[0]!r} for {spec.arch}; "
+                          f"allowed: {', '.join(GENERATOR_ARGS)}")
+
+
+def spec_of_model(model: nn.Module) -> dict | None:
+    """The JSON spec that rebuilds this architecture (without weights), if known."""
+    spec = getattr(model, "compressor_spec", None)
+    if spec:
+        return dict(spec)
+    arch = getattr(model, "arch", None)
+    if arch in ZOO:
+        cfg = model.config
+        return {"arch": arch, "kwargs": {k: cfg[k] for k in GENERATOR_ARGS}}
+    return None
+
+
+def teacher_spec(spec, base_dir: str | Path | None = None) -> dict:
+    """The JSON spec of a recipe's teacher: every generator argument for a zoo model (defaults filled in), or the
+    import path with a ``file.py`` made absolute by the recipe's path rule."""
+    spec = _as_teacher_spec(spec)
+    if spec.arch:
+        check_teacher_spec(spec)
+        return spec_of_model(build_generator(spec.arch, init=None, **spec.kwargs))
+    path = spec.import_
+    mod, _, attr = path.rpartition(":")
+    if mod.endswith(".py"):
+        path = f"{resolve_path(base_dir if base_dir is not None else Path.cwd(), mod)}:{attr}"
+    return {"import": path, "kwargs": dict(spec.kwargs)}
+
+
+def build_from_spec(spec: dict, init: str | None = None) -> nn.Module:
+    """Rebuild an architecture from a saved JSON spec (``{"arch"|"import": ..., "kwargs": {...}}``)."""
+    if spec.get("arch"):
+        return build_generator(spec["arch"], init=init, **spec.get("kwargs", {}))
+    factory = import_object(spec["import"], key="student.json teacher.import")
+    model = factory(**spec.get("kwargs", {}))
+    model.compressor_spec = dict(spec)
+    return model
 
 
 def build_teacher(spec, base_dir: str | Path | None = None, init: str | None = "normal") -> nn.Module:
     """The teacher's architecture (zoo ``arch`` or ``import``) without loading any checkpoint."""
-    spec = _teacher_spec(spec)
+    spec = _as_teacher_spec(spec)
+    check_teacher_spec(spec)
     if spec.arch:
         return build_generator(spec.arch, init=init, **spec.kwargs)
     factory = import_object(spec.import_, Path(base_dir) if base_dir is not None else Path.cwd())
@@ -208,16 +266,26 @@ def build_teacher(spec, base_dir: str | Path | None = None, init: str | None = "
 def load_teacher(spec, base_dir: str | Path | None = None, trust_checkpoint: bool = False) -> nn.Module:
     """Build the teacher a spec describes (zoo ``arch`` or ``import``) and load its checkpoint, if any.
 
-    ``spec`` is a :class:`compressor.recipe.TeacherSpec` or a dict of its fields.
+    ``spec`` is a :class:`compressor.recipe.TeacherSpec` or a dict of its fields. Relative paths follow the
+    recipe's rule (:func:`compressor.recipe.resolve_path`): ``base_dir`` first, then the current folder.
     """
-    spec = _teacher_spec(spec)
+    spec = _as_teacher_spec(spec)
     base = Path(base_dir) if base_dir is not None else Path.cwd()
     model = build_teacher(spec, base)
     if spec.checkpoint:
-        ckpt = Path(spec.checkpoint)
-        if not ckpt.is_absolute():
-            ckpt = base / ckpt
+        ckpt = resolve_path(base, spec.checkpoint)
         state = load_state_dict_file(ckpt, trust=trust_checkpoint)
         apply_state_dict(model, state, source=str(ckpt))
         log.info("loaded teacher weights from %s", ckpt)
+    return model.eval()
+
+
+def load_saved_teacher(spec: dict, weights: str | Path) -> nn.Module:
+    """A teacher saved as a JSON spec plus safetensors weights (no pickle)."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: file not found; run the teacher stage first")
+    model = build_from_spec(spec)
+    apply_state_dict(model, load_file(str(weights)), source=str(weights), key="teacher")
+    model.compressor_spec = dict(spec)
     return model.eval()

@@ -1,0 +1,146 @@
+"""The run folder ``runs/<name>/``: every artifact path, "is this a run", its recipe and its models.
+
+This module is the one owner of the folder's layout. The stages read and write through it; the CLI commands that
+work on existing artifacts (``evaluate``, ``export``, ``profile``) find the run's recipe, teacher and student here.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch.nn as nn
+
+from .errors import UserError
+from .io import atomic_write_json
+from .models import load_saved_teacher
+from .recipe import Recipe, load_recipe
+from .slim import load_student
+
+
+class RunDir:
+    """Knows every artifact path of ``runs/<name>/``."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    def __getattr__(self, item):  # pragma: no cover - helpful error for typos
+        raise AttributeError(f"RunDir has no artifact {item!r}")
+
+    recipe = property(lambda s: s.root / "recipe.resolved.yaml")
+    run_json = property(lambda s: s.root / "run.json")
+    stages_json = property(lambda s: s.root / "stages.json")
+    teacher_json = property(lambda s: s.root / "teacher.json")
+    teacher_weights = property(lambda s: s.root / "teacher.safetensors")
+    teacher_reverse_weights = property(lambda s: s.root / "teacher_reverse.safetensors")
+    teacher_train = property(lambda s: s.root / "teacher_train")
+    student_init = property(lambda s: s.root / "student_init")
+    student_dir = property(lambda s: s.root)
+    student_weights = property(lambda s: s.root / "student.safetensors")
+    student_json = property(lambda s: s.root / "student.json")
+    student_reverse = property(lambda s: s.root / "student_reverse")
+    checkpoints = property(lambda s: s.root / "checkpoints")
+    metrics = property(lambda s: s.root / "metrics.jsonl")
+    samples = property(lambda s: s.root / "samples")
+    distill_json = property(lambda s: s.root / "distill.json")
+    eval_json = property(lambda s: s.root / "eval.json")
+    eval_samples = property(lambda s: s.root / "samples" / "eval.png")
+    student_onnx = property(lambda s: s.root / "student.onnx")
+    student_int8 = property(lambda s: s.root / "student.int8.onnx")
+    student_trt_int8 = property(lambda s: s.root / "student.trt-int8.onnx")
+    student_plan = property(lambda s: s.root / "student.plan")
+    teacher_onnx = property(lambda s: s.root / "teacher.onnx")
+    export_json = property(lambda s: s.root / "export.json")
+    profile_json = property(lambda s: s.root / "profile.json")
+    report_md = property(lambda s: s.root / "report.md")
+    report_html = property(lambda s: s.root / "report.html")
+
+    def outputs(self, stage: str) -> list[Path]:
+        return {
+            "teacher": [self.teacher_json, self.teacher_weights],
+            "student": [self.student_init / "student.json", self.student_init / "student.safetensors"],
+            "distill": [self.student_weights, self.student_json, self.distill_json],
+            "evaluate": [self.eval_json],
+            "export": [self.export_json, self.student_onnx],
+            "profile": [self.profile_json],
+            "report": [self.report_md, self.report_html],
+        }[stage]
+
+    # ---- stage records
+    def records(self) -> dict:
+        if not self.stages_json.exists():
+            return {}
+        try:
+            return json.loads(self.stages_json.read_text())
+        except json.JSONDecodeError:
+            return {}
+
+    def record(self, stage: str, digest: str, seconds: float) -> None:
+        recs = self.records()
+        recs[stage] = {"hash": digest, "seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_json(self.stages_json, recs)
+
+    def forget(self, stage: str) -> None:
+        recs = self.records()
+        if recs.pop(stage, None) is not None:
+            atomic_write_json(self.stages_json, recs)
+
+    def up_to_date(self, stage: str, digest: str) -> bool:
+        rec = self.records().get(stage)
+        return bool(rec and rec.get("hash") == digest and all(p.exists() for p in self.outputs(stage)))
+
+
+def is_run_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a run folder written by the pipeline (its resolved recipe and its run.json)."""
+    run = RunDir(path)
+    return run.root.is_dir() and run.recipe.is_file() and run.run_json.is_file()
+
+
+def recipe_source(run: RunDir) -> Optional[Path]:
+    """The recipe file the run was made from (relative paths in the recipe resolve against its folder)."""
+    try:
+        src = json.loads(run.run_json.read_text()).get("recipe_source")
+    except (OSError, json.JSONDecodeError):
+        return None
+    return Path(src) if src else None
+
+
+def load_run_recipe(run: RunDir, overrides: Optional[list[str]] = None) -> Recipe:
+    """The run's resolved recipe, with relative paths resolving against the original recipe's folder."""
+    if not run.recipe.is_file():
+        raise UserError(f"{run.root}: not a run folder (no {run.recipe.name})")
+    recipe = load_recipe(run.recipe, overrides, check_paths=False)
+    src = recipe_source(run)
+    if src is not None:
+        recipe._base_dir = src.parent
+    return recipe
+
+
+def load_run_teacher(run: RunDir, reverse: bool = False) -> nn.Module:
+    """The teacher as the teacher stage wrote it (no pickle)."""
+    if not run.teacher_json.exists():
+        raise UserError(f"{run.teacher_json}: not found; run the teacher stage first")
+    meta = json.loads(run.teacher_json.read_text())
+    return load_saved_teacher(meta["spec"], run.teacher_reverse_weights if reverse else run.teacher_weights)
+
+
+def load_run_student(run: RunDir, reverse: bool = False) -> nn.Module:
+    """The distilled student (``reverse``: the B->A student of unpaired data)."""
+    return load_student(run.student_reverse if reverse else run.student_dir)
+
+
+def profile_refs(run: RunDir) -> list[dict]:
+    """Model references (see :func:`exporters.profile.resolve_models`) for the teacher and student of a run."""
+    meta = json.loads(run.teacher_json.read_text())
+    name = run.root.name
+
+    def present(p: Path) -> Optional[str]:
+        return str(p) if p.exists() else None
+
+    return [{"label": f"{name}/teacher", "role": "teacher",
+             "torch": {"type": "saved_teacher", "spec": meta["spec"], "weights": str(run.teacher_weights)},
+             "onnx": present(run.teacher_onnx)},
+            {"label": f"{name}/student", "role": "student", "torch": {"type": "student_dir", "path": str(run.root)},
+             "onnx": present(run.student_onnx), "int8": present(run.student_int8),
+             "engine": present(run.student_plan)}]

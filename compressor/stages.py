@@ -1,0 +1,405 @@
+"""The stages: each reads the run folder, calls the library, writes the run folder.
+
+The pipeline (:mod:`compressor.pipeline`) decides which stages run; this module does them. The CLI commands that
+work on existing artifacts (``validate``, ``evaluate``, ``export``, ``profile``) call the same functions here.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from safetensors.torch import save as st_save
+
+from exporters.backends import BACKENDS
+from exporters.cli_export import ExportOptions, export_command, load_target
+from exporters.export import ExportSpec, export_model
+from exporters.onnx import check_not_failed
+from exporters.profile import profile_models, resolve_models
+from exporters.report import report_run
+
+from .complexity import profile_model
+from .data import batch_keys, check_data_root, input_images, make_dataset
+from .errors import RecipeError, UserError
+from .features import check_tap_pair, probe_shapes, resolve_taps
+from .io import atomic_write_bytes, atomic_write_json
+from .metrics import evaluate_pair
+from .models import build_generator, build_teacher, check_teacher_spec, load_teacher, size_multiple, teacher_spec
+from .recipe import LossesSpec, Recipe
+from .runfolder import (RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher,
+                        profile_refs)
+from .slim import load_student, make_student, save_student
+from .train import Direction, Trainer, TrainSetup, list_checkpoints, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    run: RunDir
+    device: torch.device
+    resume: bool = False
+    force: bool = False
+    trust_checkpoint: bool = False
+    nproc: int = 1
+    progress: Optional[Callable] = None  # progress(stage, step, total, losses)
+    recipe_path: Optional[Path] = None
+    hashes: dict = field(default_factory=dict)
+    notes: list = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("device: cuda was requested but no CUDA device is available (use --device cpu)")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------------------------- pre-flight
+
+
+def preflight(recipe: Recipe, build_model: bool = True) -> None:
+    """The checks the schema cannot make, because they need the zoo, the data folder or the model itself.
+
+    ``validate`` runs all of them; the pipeline runs the cheap ones before it creates the run folder and the
+    model checks (``check_taps``) when the teacher stage starts.
+    """
+    check_teacher_spec(recipe.teacher)
+    for b in recipe.profile.backends:
+        if b not in BACKENDS:
+            raise RecipeError(f"profile.backends: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    if recipe.data.kind != "synthetic":
+        check_data_root(recipe.data, recipe.resolve_path(recipe.data.root))
+    if build_model:
+        check_taps(recipe)
+
+
+def check_taps(recipe: Recipe) -> None:
+    """Build the teacher's architecture (no weights) and check that every tapped layer exists and yields a 4-D
+    feature map at ``data.size``. Users' own code runs here only through ``teacher.import``."""
+    L = recipe.distill.losses
+    layers = L.tapped_layers()
+    if not layers:
+        return
+    t = recipe.teacher
+    model = build_teacher(t, recipe.base_dir, init=None)
+    key = "distill.losses.srp.layers" if L.srp.weight > 0 else "distill.losses.feat.layers"
+    taps = resolve_taps(model, layers, t.taps, key=key)
+    in_nc = getattr(model, "config", {}).get("input_nc", 3)
+    try:
+        shapes = probe_shapes(model.eval(), taps, torch.zeros(1, in_nc, recipe.data.size, recipe.data.size))
+    except Exception as exc:  # noqa: BLE001 - a size the model cannot take
+        raise RecipeError(f"data.size: the teacher cannot run at {recipe.data.size}x{recipe.data.size} "
+                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+    for alias, shape in shapes.items():
+        if len(shape) != 4:
+            raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) gives a {len(shape)}-D output {shape}; SRP "
+                              f"needs (B, C, H, W) feature maps")
+    for alias in taps:
+        if alias not in shapes:
+            raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) is not executed by the forward pass")
+
+
+def check_size(recipe: Recipe, model: torch.nn.Module) -> None:
+    m = size_multiple(model)
+    if recipe.data.size % m:
+        raise RecipeError(f"data.size: {recipe.data.size} is not a multiple of {m}, which "
+                          f"{getattr(model, 'arch', type(model).__name__)} needs")
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def _example_input(recipe: Recipe, model: torch.nn.Module, batch: int = 1) -> torch.Tensor:
+    cfg = getattr(model, "config", {})
+    return torch.randn(batch, cfg.get("input_nc", 3), recipe.data.size, recipe.data.size)
+
+
+def _sample_batch(recipe: Recipe, n: int, keys: tuple[str, ...]) -> Optional[dict]:
+    if n <= 0:
+        return None
+    ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, max_items=n)
+    items = [ds[i] for i in range(min(n, len(ds)))]
+    return {k: torch.stack([it[k] for it in items]) for k in keys if k in items[0]}
+
+
+def resume_command(ctx: Context) -> str:
+    src = ctx.recipe_path or "RECIPE.yaml"
+    return f"compress {src} --out {ctx.run.root.parent} --resume"
+
+
+def run_training(ctx: Context, directions, losses, steps, lr, out_dir: Path, stage: str, *, taps=None,
+                 srp_layers=(), feat_channels=None, distill=None) -> dict:
+    r = ctx.recipe
+    d = distill or r.distill
+    ds = make_dataset(r.data, r.resolve_path(r.data.root), "train", r.seed)
+    setup = TrainSetup(
+        kind="paired" if r.data.kind == "synthetic" else r.data.kind, directions=directions, dataset=ds,
+        losses=losses, steps=steps, lr=lr, decay_from=d.decay_from, batch_size=r.data.batch_size,
+        num_workers=r.data.num_workers, seed=r.seed, taps=dict(taps or {}), srp_layers=list(srp_layers),
+        feat_channels=dict(feat_channels or {}), teacher_as_real=d.teacher_as_real,
+        disc_spec=d.discriminator.model_dump(), checkpoint_every=d.checkpoint_every, keep_last=d.keep_last,
+        log_every=d.log_every, sample_every=d.sample_every, amp=d.amp, channels_last=d.channels_last,
+        sample_batch=_sample_batch(r, min(4, r.evaluate.samples or 4), batch_keys(r.data.kind)),
+        resume_command=resume_command(ctx))
+    progress = None
+    if ctx.progress:
+        progress = lambda step, total, losses_: ctx.progress(stage, step, total, losses_)  # noqa: E731
+    trainer = Trainer(setup, out_dir, ctx.device, progress)
+    ckpts = out_dir / "checkpoints"
+    if list_checkpoints(ckpts) and not ctx.resume:
+        if ctx.force:
+            aside = ckpts.with_name(f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}")
+            shutil.move(str(ckpts), str(aside))
+            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
+            log.warning("moved earlier checkpoints to %s", aside)
+        else:
+            raise UserError(f"{ckpts} holds checkpoints of an unfinished run: add --resume to continue it, or "
+                            f"--force to start over (the old checkpoints are kept aside)")
+    return trainer.fit(resume=ctx.resume)
+
+
+# ----------------------------------------------------------------------------------------------- teacher, student
+
+
+def stage_teacher(ctx: Context) -> None:
+    r, run = ctx.recipe, ctx.run
+    check_taps(r)  # a misspelt tap fails now, not after the teacher has trained
+    spec = teacher_spec(r.teacher, r.base_dir)
+    t = r.teacher
+    if t.train is not None:
+        teachers = train_teacher(ctx, spec)
+    else:
+        teachers = [load_teacher(t, r.base_dir, ctx.trust_checkpoint)]
+        if r.data.kind == "unpaired":
+            if not t.reverse_checkpoint:
+                raise RecipeError("teacher.reverse_checkpoint: unpaired data needs the B->A teacher too")
+            rev = t.model_copy(update={"checkpoint": t.reverse_checkpoint})
+            teachers.append(load_teacher(rev, r.base_dir, ctx.trust_checkpoint))
+    check_size(r, teachers[0])
+    for model, path in zip(teachers, [run.teacher_weights, run.teacher_reverse_weights]):
+        atomic_write_bytes(path, st_save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}))
+    cx = profile_model(teachers[0], tuple(_example_input(r, teachers[0]).shape))
+    atomic_write_json(run.teacher_json, {"spec": spec, "source": t.checkpoint or "trained",
+                                         "params": cx["params"], "macs": cx["macs"],
+                                         "macs_paper_convention": cx["macs_paper_convention"]})
+
+
+def train_teacher(ctx: Context, spec: dict) -> list:
+    """pix2pix (or CycleGAN) training of a zoo teacher: GAN + L1 (+ cycle)."""
+    r = ctx.recipe
+    tt = r.teacher.train
+    seed_everything(r.seed)
+    losses = LossesSpec.model_validate({"gan": {"weight": tt.gan_weight, "mode": tt.gan_mode},
+                                        "recon": {"weight": tt.recon_weight}, "kd": {"weight": 0},
+                                        "srp": {"weight": 0}, "feat": {"weight": 0},
+                                        "cycle": {"weight": r.distill.losses.cycle.weight}})
+    nets = [build_generator(spec["arch"], **spec["kwargs"])]
+    if r.data.kind == "unpaired":
+        nets.append(build_generator(spec["arch"], **spec["kwargs"]))
+        dirs = [Direction("AB", nets[0], None, "A", "B"), Direction("BA", nets[1], None, "B", "A")]
+    else:
+        dirs = [Direction("G", nets[0], None, "input", "target")]
+    ctx.run.teacher_train.mkdir(parents=True, exist_ok=True)
+    summary = run_training(ctx, dirs, losses, tt.steps, tt.lr, ctx.run.teacher_train, "teacher")
+    atomic_write_json(ctx.run.teacher_train / "train.json", summary)
+    return [n.cpu().eval() for n in nets]
+
+
+def stage_student(ctx: Context) -> None:
+    r, run = ctx.recipe, ctx.run
+    seed_everything(r.seed)  # a scratch student's initial weights depend on the seed alone
+    teacher = load_run_teacher(run)
+    example = _example_input(r, teacher)
+    student, plan = make_student(teacher, r.student.width, r.student.method, r.student.init, example)
+    save_student(student, plan, run.student_init)
+    if r.data.kind == "unpaired":
+        rev = load_run_teacher(run, reverse=True)
+        s2, plan2 = make_student(rev, r.student.width, r.student.method, r.student.init, example)
+        save_student(s2, plan2, run.student_init / "reverse")
+
+
+# ----------------------------------------------------------------------------------------------- distill
+
+
+def distill_setup(ctx: Context):
+    """Teachers, students, taps and loss settings for the distill stage."""
+    r, run = ctx.recipe, ctx.run
+    L = r.distill.losses
+    # when no loss looks at the teacher, train without loading or running it
+    teacher_of = (lambda reverse=False: load_run_teacher(run, reverse)) if L.uses_teacher(r.data.kind) else \
+        (lambda reverse=False: None)
+    teacher = teacher_of()
+    student = load_student(run.student_init).train()
+    layers = L.tapped_layers()  # non-empty only when the teacher is used
+    taps = resolve_taps(teacher, layers, r.teacher.taps) if layers else {}
+    channels = check_tap_pair(teacher, student, taps, _example_input(r, student)) if taps else {}
+    if r.data.kind == "unpaired":
+        dirs = [Direction("AB", student, teacher, "A", "B"),
+                Direction("BA", load_student(run.student_init / "reverse").train(), teacher_of(True), "B", "A")]
+    else:
+        dirs = [Direction("G", student, teacher, "input", "target")]
+    srp_layers = L.srp.layers if L.srp.weight > 0 else []
+    feat = {k: channels[k] for k in L.feat.layers} if L.feat.weight > 0 else {}
+    return dirs, taps, srp_layers, feat
+
+
+def distill_in_process(ctx: Context) -> dict:
+    """One training process of the distill stage (the whole stage, or one rank under torchrun)."""
+    seed_everything(ctx.recipe.seed)
+    dirs, taps, srp_layers, feat = distill_setup(ctx)
+    r = ctx.recipe
+    summary = run_training(ctx, dirs, r.distill.losses, r.distill.steps, r.distill.lr, ctx.run.root, "distill",
+                           taps=taps, srp_layers=srp_layers, feat_channels=feat)
+    return {"dirs": dirs, "summary": summary}
+
+
+def stage_distill(ctx: Context) -> None:
+    if ctx.nproc > 1:
+        launch_distributed(ctx)
+    else:
+        out = distill_in_process(ctx)
+        finish_distill(ctx, out["dirs"], out["summary"])
+
+
+def finish_distill(ctx: Context, dirs, summary: dict) -> None:
+    run = ctx.run
+    plan = json.loads((run.student_init / "student.json").read_text())
+    save_student(dirs[0].student.cpu().eval(), plan, run.root)
+    if len(dirs) > 1:
+        plan2 = json.loads((run.student_init / "reverse" / "student.json").read_text())
+        save_student(dirs[1].student.cpu().eval(), plan2, run.student_reverse)
+    atomic_write_json(run.distill_json, summary)
+
+
+def launch_distributed(ctx: Context) -> dict:
+    """Run the distill stage in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ctx.nproc}",
+           "-m", "compressor.worker", str(ctx.run.root), "--device", ctx.device.type]
+    if ctx.resume:
+        cmd.append("--resume")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise UserError(f"distributed training failed (exit {proc.returncode}); see the messages above")
+    return json.loads(ctx.run.distill_json.read_text())
+
+
+# ----------------------------------------------------------------------------------------------- evaluate
+
+
+def evaluate_run(run: RunDir, recipe: Recipe, device: torch.device, progress=None,
+                 inception_weights: Optional[str] = None) -> dict:
+    """Teacher and student of a run side by side: eval.json and samples/eval.png."""
+    return evaluate_pair(load_run_teacher(run), load_run_student(run), recipe, device, run.eval_json,
+                         run.eval_samples, progress, inception_weights)
+
+
+def stage_evaluate(ctx: Context) -> None:
+    evaluate_run(ctx.run, ctx.recipe, ctx.device, progress=ctx.progress)
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def run_export_metadata(recipe: Recipe, model: torch.nn.Module) -> dict:
+    """ONNX metadata a run adds to every export (the same for the stage and ``compress export``)."""
+    plan = getattr(model, "student_plan", None) or {}
+    return {"recipe_hash": recipe.digest(), "width": plan.get("width", 1.0)}
+
+
+def recipe_samples(recipe: Recipe, n: int = 3) -> torch.Tensor:
+    return input_images(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, n)
+
+
+def recipe_calibration(recipe: Recipe, n: int) -> list:
+    imgs = input_images(recipe.data, recipe.resolve_path(recipe.data.root), "train", recipe.seed, n)
+    return [x[None].numpy() for x in imgs]
+
+
+def stage_export(ctx: Context) -> dict:
+    """Student ONNX (with INT8 and TensorRT as the recipe asks) and teacher ONNX (for profiling): export.json."""
+    r, run = ctx.recipe, ctx.run
+    ex = r.export
+    student, teacher = load_run_student(run), load_run_teacher(run)
+    samples = recipe_samples(r)
+    trt = ex.tensorrt
+    wants_int8 = ex.int8.enabled or (trt is not None and trt.precision == "int8")
+    calibration = recipe_calibration(r, ex.int8.calib_images) if wants_int8 else None
+    common = dict(size=r.data.size, dynamic=list(ex.onnx.dynamic), opset=ex.onnx.opset,
+                  parity_tol=ex.onnx.parity_tol, slim=ex.onnx.slim)
+    spec = ExportSpec(**common, name="student", int8=ex.int8.enabled, tensorrt=trt is not None,
+                      precision=trt.precision if trt else "fp32", trt_versions=(10, 11),
+                      emit_trtexec=trt is not None, workspace_mb=trt.workspace_mb if trt else 1024,
+                      metadata=run_export_metadata(r, student))
+    rec = export_model(student, run.root, spec, samples, calibration)
+    trec = export_model(teacher, run.root, ExportSpec(**common, name="teacher",
+                                                      metadata=run_export_metadata(r, teacher)), samples)
+    rec["onnx"]["teacher"] = trec["onnx"]["teacher"]
+    ctx.notes.extend(rec["notes"])
+    atomic_write_json(run.export_json, rec)
+    return rec
+
+
+def export_target(target: Path, options: ExportOptions, *, arch: Optional[str] = None,
+                  trust_checkpoint: bool = False) -> dict:
+    """``compress export``: a run folder (with its recipe's data and metadata, as the export stage uses them), a
+    student folder or a bare checkpoint. Writes export.json beside the exported files."""
+    target = Path(target)
+    if not is_run_folder(target):
+        model, out_dir = load_target(target, arch, trust_checkpoint)
+        return export_command(model, Path(options.out or out_dir), options)
+    run = RunDir(target)
+    recipe = load_run_recipe(run)
+    model = load_run_student(run)
+    options.size = options.size or recipe.data.size
+    samples = calibration = None
+    if options.data is None:  # the run's own data, at the export size
+        data = recipe if options.size == recipe.data.size else load_run_recipe(run, [f"data.size={options.size}"])
+        samples = recipe_samples(data)
+        if options.precision == "int8":
+            calibration = recipe_calibration(data, options.calib_images)
+    return export_command(model, Path(options.out or target), options, samples, calibration,
+                          run_export_metadata(recipe, model), recipe.export.onnx.parity_tol)
+
+
+# ----------------------------------------------------------------------------------------------- profile, report
+
+
+def profile_targets(targets: list[str]) -> list[dict]:
+    """Model references for ``compress profile``: run folders through the run folder, the rest as files/zoo names."""
+    refs = []
+    for t in targets:
+        refs.extend(profile_refs(RunDir(t)) if is_run_folder(t) else resolve_models([t]))
+    return refs
+
+
+def stage_profile(ctx: Context) -> dict:
+    """Teacher and student of the run, timed on the run's device for the torch backends."""
+    r, run = ctx.recipe, ctx.run
+    spec = r.profile
+    for f in (run.student_onnx, run.teacher_onnx, run.student_plan):
+        if f.exists():
+            check_not_failed(f)
+    doc = profile_models(profile_refs(run), spec.backends, spec.batch, spec.size or [r.data.size],
+                         warmup=spec.warmup, iters=spec.iters, threads=spec.threads, device=ctx.device.type)
+    atomic_write_json(run.profile_json, doc)
+    return doc
+
+
+def stage_report(ctx: Context) -> None:
+    report_run(ctx.run)
+
+
+STAGE_FUNCS = {"teacher": stage_teacher, "student": stage_student, "distill": stage_distill,
+               "evaluate": stage_evaluate, "export": stage_export, "profile": stage_profile, "report": stage_report}

@@ -1,0 +1,157 @@
+"""The layers point one way: an AST walk of the package's own imports (module level and inside functions)."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from conftest import ROOT
+
+PACKAGES = ("compressor", "exporters")
+# imports inside function bodies: about 170 before the layers were untangled; only optional heavy dependencies
+# (tensorrt, onnxruntime, onnx in the lint, matplotlib, FID weights) and torch in the ONNX Runtime worker stay lazy
+MAX_FUNCTION_LEVEL_IMPORTS = 85
+LIBRARY = ("compressor.models", "compressor.slim", "compressor.features", "compressor.losses", "compressor.train",
+           "compressor.data", "compressor.metrics", "compressor.complexity", "compressor.io", "compressor.errors")
+UPPER = ("compressor.cli", "compressor.pipeline", "compressor.stages", "compressor.runfolder", "compressor.worker")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, Path]:
+    return {_module_name(p): p for d in PACKAGES for p in sorted((ROOT / d).rglob("*.py"))}
+
+
+def _imports(path: Path, mod: str, known: set[str]) -> list[tuple[str, int, bool]]:
+    """(imported project module, line, inside a function) for every import statement of a file."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = mod.split(".") if path.name == "__init__.py" else mod.split(".")[:-1]
+    in_function: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            in_function.update(id(n) for n in ast.walk(node) if n is not node)
+
+    def own(name: str) -> str | None:
+        while name and name not in known:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    out = []
+    for node in ast.walk(tree):
+        targets: list[str] = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = package[: len(package) - node.level + 1]
+                base = ".".join(pkg + ([node.module] if node.module else []))
+            targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+        else:
+            continue
+        for t in targets:
+            out.append((own(t) or f"<external>{t}", node.lineno, id(node) in in_function))
+    return out
+
+
+def _graph() -> dict[str, set[str]]:
+    mods = _modules()
+    known = set(mods)
+    return {m: {t for t, _, _ in _imports(p, m, known) if t in known and t != m} for m, p in mods.items()}
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    groups: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                groups.append(sorted(group))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return groups
+
+
+def _reaches(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for w in graph[todo.pop()]:
+            if w not in seen:
+                seen.add(w)
+                todo.append(w)
+    return seen
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert _cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    assert len(graph) > 25 and "compressor.stages" in graph and "exporters.export" in graph
+    assert _cycles(graph) == []
+
+
+def test_exporters_are_a_leaf():
+    graph = _graph()
+    forbidden = {"compressor.pipeline", "compressor.stages", "compressor.runfolder", "compressor.recipe",
+                 "compressor.cli", "compressor.worker"}
+    for mod, deps in graph.items():
+        if mod.startswith("exporters"):
+            assert not deps & forbidden, (mod, deps & forbidden)
+
+
+def test_recipe_schema_is_data():
+    graph = _graph()
+    assert graph["compressor.recipe"] <= {"compressor.errors"}, graph["compressor.recipe"]
+    assert "compressor.recipe" not in _reaches(graph, "compressor.recipe")
+
+
+def test_library_never_imports_upward():
+    graph = _graph()
+    for mod in graph:
+        if mod.startswith(LIBRARY):
+            assert not _reaches(graph, mod) & set(UPPER), (mod, _reaches(graph, mod) & set(UPPER))
+    # the pipeline keeps to stage order: it reaches the library only through the stages and the run folder
+    assert graph["compressor.pipeline"] <= {"compressor.errors", "compressor.io", "compressor.recipe",
+                                            "compressor.runfolder", "compressor.stages"}
+
+
+def test_function_level_imports_are_few():
+    mods = _modules()
+    known = set(mods)
+    lazy = sorted({(str(p.relative_to(ROOT)), line, t) for m, p in mods.items()
+                   for t, line, inside in _imports(p, m, known) if inside})
+    statements = {(f, line) for f, line, _ in lazy}
+    assert len(statements) <= MAX_FUNCTION_LEVEL_IMPORTS, len(statements)
+    # none of them is a project module imported lazily to dodge a cycle, except torch-importing ones in the
+    # profiler, whose ONNX Runtime worker must not load torch
+    project = [x for x in lazy if not x[2].startswith("<external>")]
+    assert all(f.startswith(("exporters/profile.py", "exporters/tensorrt.py", "exporters/quantize.py"))
+               for f, _, _ in project), project
