@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional
 
 from compressor.errors import UserError
-from compressor.io import atomic_write_text
+from compressor.io import atomic_write_bytes, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -563,8 +563,6 @@ def write_report(profile_files: list, eval_files: list, out_dir: str | Path, tit
     """Merge JSON files (any order: they are told apart by content) into ``out_dir``/report.md and report.html.
     The sample grid of every run whose eval.json is given comes along (copied next to report.md, embedded in
     report.html), as does ``samples`` when given."""
-    from compressor.io import atomic_write_bytes
-
     paths = list(profile_files) + list(eval_files) + list(export_files)
     profiles, evals, exports = classify(paths)
     out = Path(out_dir)
