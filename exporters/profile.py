@@ -21,6 +21,8 @@ from typing import Optional
 
 import numpy as np
 
+from compressor.procs import die_with_parent, run_group
+
 SCHEMA = "compressor.profile/1"
 log = logging.getLogger(__name__)
 
@@ -132,19 +134,30 @@ def parse_zoo_spec(text: str) -> Optional[dict]:
     name, _, args = text.partition(":")
     if name not in ZOO:
         return None
+    from compressor.errors import UserError
+    from compressor.recipe import check_zoo_kwargs
+
     kwargs, width = {}, 1.0
     for part in filter(None, args.split(",")):
         k, _, v = part.partition("=")
-        if k == "width":
-            width = float(v)
-        elif k in ("ngf", "input_nc", "output_nc"):
-            kwargs[k] = int(v)
-        elif k == "norm":
-            kwargs[k] = v
-        else:
-            from compressor.errors import UserError
-
-            raise UserError(f"{text}: unknown zoo option {k!r} (ngf, norm, input_nc, output_nc, width)")
+        try:
+            if k == "width":
+                width = float(v)
+                if not 0 < width <= 1:
+                    raise ValueError
+            elif k in ("ngf", "input_nc", "output_nc"):
+                kwargs[k] = int(v)
+            elif k == "norm":
+                kwargs[k] = v
+            else:
+                raise UserError(f"{text}: unknown zoo option {k!r} (ngf, norm, input_nc, output_nc, width)")
+        except ValueError:
+            want = "a number in (0, 1]" if k == "width" else "an integer"
+            raise UserError(f"{text}: zoo option {k}={v!r} is not {want}") from None
+    try:
+        check_zoo_kwargs(name, kwargs)
+    except ValueError as exc:
+        raise UserError(f"{text}: {exc}") from None
     return {"arch": name, "kwargs": kwargs, "width": width}
 
 
@@ -292,8 +305,8 @@ def _run_worker(cfg: dict, timeout: float) -> dict:
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        out = subprocess.run([sys.executable, "-m", "exporters.profile", "--worker", json.dumps(cfg)],
-                             capture_output=True, text=True, timeout=timeout, env=env)
+        out = run_group([sys.executable, "-m", "exporters.profile", "--worker", json.dumps(cfg)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"status": "failed", "reason": f"timed out after {timeout:.0f} s"}
     lines = [l for l in out.stdout.strip().splitlines() if l.startswith("{")]
@@ -447,6 +460,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", required=True)
     args = ap.parse_args(argv)
+    die_with_parent()  # a killed profile run leaves no worker behind
     print(json.dumps(worker(json.loads(args.worker))), flush=True)
     return 0
 
