@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -15,6 +16,7 @@ from typing import List, Optional
 import typer
 
 from .errors import Interrupted, UserError
+from .resume import command_line_hint, set_command_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make image-to-image GAN generators small and fast: distill, evaluate, export, profile.")
@@ -85,6 +87,13 @@ class _Progress:
             self.bar.__exit__(*exc)
 
 
+def _trust(trust_code: bool) -> None:
+    if trust_code:
+        from .trust import trust_all_code
+
+        trust_all_code()
+
+
 def _csv(value: Optional[str], cast=str) -> list:
     if not value:
         return []
@@ -136,12 +145,24 @@ def run_cmd(
 def validate(
     recipe: Path = typer.Argument(..., help="recipe YAML file"),
     set_: List[str] = typer.Option([], "--set", help="override a key: dotted.key=value"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="also import an imported teacher to check its "
+                                                               "feature taps (runs its code)"),
 ):
-    """Check a recipe without running anything."""
+    """Check a recipe without running anything (an imported teacher's code is located, not executed)."""
     from .recipe import check_taps, load_recipe, missing_files
+    from .trust import check_import_target
 
     r = load_recipe(recipe, set_)
-    check_taps(r)
+    t = r.teacher
+    if t.import_:
+        check_import_target(t.import_, r.base_dir)
+    if t.arch or trust_code:
+        check_taps(r)
+    if t.train is None:
+        for key in ("checkpoint", "reverse_checkpoint"):
+            value = getattr(t, key)
+            if value and not r.resolve_path(value).is_file():
+                raise UserError(f"{recipe}: teacher.{key}: file not found: {r.resolve_path(value)}")
     for w in missing_files(r):
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"{recipe}: valid (run name {r.name!r})")
@@ -158,6 +179,8 @@ def evaluate(
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="evaluate at most N test images"),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="e.g. fid,kid,psnr,ssim (default: the recipe's)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow the folder's student.json/teacher.json "
+                                                               "to import code (an imported architecture)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Evaluate teacher and student of a run: FID, KID, PSNR, SSIM, params, MACs; writes eval.json."""
@@ -166,6 +189,7 @@ def evaluate(
     from .recipe import load_recipe
 
     _setup_logging(quiet)
+    _trust(trust_code)
     run = RunDir(target)
     if not run.recipe.exists():
         if not (target / "student.json").exists():
@@ -221,12 +245,15 @@ def export(
     calib_images: int = typer.Option(32, "--calib-images", min=1, help="INT8 calibration images"),
     arch: Optional[str] = typer.Option(None, "--arch", help="zoo name when TARGET is a bare checkpoint"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow the folder's student.json/teacher.json "
+                                                               "to import code (an imported architecture)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Export a student to ONNX (with parity), INT8 and TensorRT; emit trtexec scripts for edge devices."""
     from exporters.cli_export import export_command
 
     _setup_logging(quiet)
+    _trust(trust_code)
     if precision not in ("fp32", "fp16", "int8"):
         raise UserError(f"--precision: expected fp32, fp16 or int8, got {precision!r}")
     if trt_version not in (10, 11):
@@ -264,12 +291,18 @@ def profile(
     remote_compress: str = typer.Option("compress", "--remote-compress",
                                         help="the compress command on the --host machine (e.g. ~/venv/bin/compress)"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow the folder's student.json/teacher.json "
+                                                               "to import code (an imported architecture)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Measure latency per model, backend, batch, size and precision (each in its own process)."""
     from exporters.profile import profile_models, remote_profile
 
     _setup_logging(quiet)
+    _trust(trust_code)
+    for flag, values in (("--batch", _csv(batch, int)), ("--size", _csv(size, int))):
+        if not values or any(v < 1 for v in values):
+            raise UserError(f"{flag}: expected positive integers, got {batch if flag == '--batch' else size!r}")
     if out.exists() and not force:
         raise UserError(f"--out: {out} exists; pass --force to overwrite it or choose another file")
     backends = _csv(backend)
@@ -323,38 +356,82 @@ def report(
     typer.echo(f"wrote {md} and {page}")
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, other click errors) of every click the installed typer may raise: typer >= 0.20 bundles its
+    own copy as ``typer._click``; older typers use the ``click`` package."""
+    usage, other = [], []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(mod.UsageError)
+        other.append(mod.ClickException)
+    return tuple(usage), tuple(other)
+
+
+def _exit_like(exc: BaseException) -> Optional[int]:
+    """The exit code of typer's or click's Exit/Abort (whichever copy raised it), else None."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ == "Exit" and hasattr(exc, "exit_code"):
+            return int(exc.exit_code or 0)
+        if cls.__name__ == "Abort":
+            return 130
+    return None
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("compressor")
+    except Exception:  # noqa: BLE001 - not installed: the source tree's version
+        from . import __version__
+
+        return __version__
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--version", "-V"):
+        typer.echo(f"compress {_version()}")
+        return 0
+    if not argv:
+        typer.echo("error: missing command: compress RECIPE.yaml, or one of "
+                   f"{', '.join(sorted(COMMANDS))} (compress --help)", err=True)
+        return 2
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "run")
+    usage_errors, click_errors = _click_exceptions()
+    set_command_line(argv)
     try:
         app(args=argv, prog_name="compress", standalone_mode=False)
     except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
         return exc.exit_code
     except Interrupted as exc:
         typer.echo(f"{exc}", err=True)
         if exc.resume_hint:
-            typer.echo(f"resume with: {exc.resume_hint}", err=True)
+            typer.echo(f"resume with: {command_line_hint(argv) or exc.resume_hint}", err=True)
         return 130
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        return 130
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            typer.echo(f"error: {exc.format_message()}", err=True)
-            return 2
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except usage_errors as exc:
+        msg = " ".join(exc.format_message().split())  # one line
+        cmd = getattr(getattr(exc, "ctx", None), "command_path", "") or "compress"
+        typer.echo(f"error: {cmd}: {msg}", err=True)
+        return 2
+    except click_errors as exc:
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        return exc.exit_code if exc.exit_code not in (0, 1) else 2
+    except Exception as exc:
+        code = _exit_like(exc)
+        if code is None:
+            raise
+        if code == 130:
+            typer.echo("aborted", err=True)
+        return code
     return 0
 
 

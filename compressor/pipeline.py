@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,7 +22,10 @@ import torch
 
 from .errors import RecipeError, UserError
 from .io import atomic_write_json, atomic_write_text
+from .lock import run_lock
+from .procs import run_group
 from .recipe import Recipe
+from .trust import consent_to
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +176,7 @@ def prepare_run_dir(recipe: Recipe, out_root: Path, force: bool, recipe_path: Op
             aside = run.root.with_name(f"{run.root.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             shutil.move(str(run.root), str(aside))
             log.warning("moved the previous run of another recipe to %s", aside)
-    elif run.root.exists() and any(run.root.iterdir()) and not force:
+    elif run.root.exists() and any(p.name != ".lock" for p in run.root.iterdir()) and not force:
         raise UserError(f"{run.root} exists and was not written by compressor; choose another name or --out, or "
                         f"pass --force")
     run.root.mkdir(parents=True, exist_ok=True)
@@ -294,23 +296,25 @@ def _run_training(ctx: Context, directions, losses, steps, lr, out_dir: Path, st
     progress = None
     if ctx.progress:
         progress = lambda step, total, losses_: ctx.progress(stage, step, total, losses_)  # noqa: E731
+    # torchrun workers: the launching process already decided (launch_distributed)
+    resume = ctx.resume if torch.distributed.is_initialized() else _checkpoint_policy(ctx, out_dir, stage)
     trainer = Trainer(setup, out_dir, ctx.device, progress)
-    ckpts = out_dir / "checkpoints"
-    from .train import list_checkpoints
+    return trainer.fit(resume=resume)
 
-    if list_checkpoints(ckpts) and not ctx.resume:
-        if ctx.force:
-            aside = ckpts.with_name(f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.move(str(ckpts), str(aside))
-            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-            log.warning("moved earlier checkpoints to %s", aside)
-        else:
-            raise UserError(f"{ckpts} holds checkpoints of an unfinished run: add --resume to continue it, or "
-                            f"--force to start over (the old checkpoints are kept aside)")
-    return trainer.fit(resume=ctx.resume)
+
+def _checkpoint_policy(ctx: Context, out_dir: Path, stage: str) -> bool:
+    """Continue only checkpoints written for this configuration (see :mod:`compressor.resume`)."""
+    from .resume import prepare_checkpoints
+
+    return prepare_checkpoints(out_dir, ctx.hashes.get(stage) or stage_digest(ctx, stage), resume=ctx.resume,
+                               force=ctx.force, command=resume_command(ctx))
 
 
 def resume_command(ctx: Context) -> str:
+    from .resume import command_line_hint
+
+    if command_line_hint():
+        return command_line_hint()  # every flag as the user gave it
     src = ctx.recipe_path or "RECIPE.yaml"
     return f"compress {src} --out {ctx.run.root.parent} --resume"
 
@@ -412,10 +416,10 @@ def launch_distributed(ctx: Context) -> dict:
     """Run the distill stage in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ctx.nproc}",
            "-m", "compressor.worker", str(ctx.run.root), "--device", ctx.device.type]
-    if ctx.resume:
+    if _checkpoint_policy(ctx, ctx.run.root, "distill"):
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    proc = subprocess.run(cmd, env=env)
+    proc = run_group(cmd, env=env)  # torchrun and its workers die with this process
     if proc.returncode != 0:
         raise UserError(f"distributed training failed (exit {proc.returncode}); see the messages above")
     return json.loads(ctx.run.distill_json.read_text())
@@ -466,6 +470,15 @@ def run_pipeline(recipe: Recipe, out_root: str | Path = "runs", *, force: bool =
         if bad:
             raise UserError(f"--only: unknown stage {bad[0]!r}; stages are {', '.join(STAGES)}")
     dev = resolve_device(device or recipe.device)
+    if recipe.teacher.import_:  # the recipe being run consents to its own teacher.import
+        consent_to(_teacher_spec_dict(recipe)["import"])
+    with run_lock(Path(out_root) / recipe.name):
+        return _run_stages(recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress,
+                           recipe_path, on_stage)
+
+
+def _run_stages(recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress, recipe_path,
+                on_stage) -> list[StageResult]:
     run = prepare_run_dir(recipe, Path(out_root), force, recipe_path)
     ctx = Context(recipe, run, dev, resume=resume, force=force, trust_checkpoint=trust_checkpoint, nproc=nproc,
                   progress=progress, recipe_path=recipe_path)

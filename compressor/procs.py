@@ -161,6 +161,15 @@ def run_group(cmd: Sequence[str], env: Optional[dict] = None, timeout: Optional[
     proc = start_group(cmd, env=env, **kwargs)
     try:
         out, err = proc.communicate(timeout=timeout)
+    except KeyboardInterrupt:  # let the children checkpoint as they would on Ctrl-C, then make sure they stop
+        _signal_group(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(30)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            pass
+        terminate_group(proc)
+        release(proc)
+        raise
     except BaseException:
         terminate_group(proc)
         release(proc)

@@ -23,6 +23,8 @@ import torch.nn as nn
 
 from .errors import CheckpointError, RecipeError
 from .models import ZOO, build_generator, import_object, init_weights, size_multiple
+from .recipe import check_zoo_kwargs
+from .trust import require_consent
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +43,31 @@ def teacher_spec_of(model: nn.Module) -> Optional[dict]:
     return None
 
 
-def build_from_spec(spec: dict, init: Optional[str] = None) -> nn.Module:
+def build_from_spec(spec: dict, init: Optional[str] = None, allow_import: Optional[bool] = None,
+                    source: str = "student.json/teacher.json") -> nn.Module:
+    """Rebuild an architecture from its spec. A zoo ``arch`` is data; an ``import`` runs code and needs consent:
+    ``allow_import=True``, ``--trust-code``, or the recipe being run naming that import
+    (:mod:`compressor.trust`); otherwise :class:`~compressor.trust.UntrustedCode`, one line."""
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{source}: the architecture spec must be a mapping")
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{source}: the architecture's kwargs must be a mapping")
     if spec.get("arch"):
-        return build_generator(spec["arch"], init=init, **spec.get("kwargs", {}))
-    factory = import_object(spec["import"], key="student.json teacher.import")
-    model = factory(**spec.get("kwargs", {}))
+        try:
+            check_zoo_kwargs(str(spec["arch"]), kwargs, key=f"{source} kwargs")
+        except ValueError as exc:
+            raise CheckpointError(f"{source}: {exc}") from None
+        return build_generator(spec["arch"], init=init, **kwargs)
+    target = spec.get("import")
+    if not isinstance(target, str):
+        raise CheckpointError(f"{source}: the spec names neither a zoo 'arch' nor an 'import'")
+    require_consent(target, source, allow_import)
+    factory = import_object(target, key=f"{source} import")
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise CheckpointError(f"{source}: calling {target} failed: {type(exc).__name__}: {exc}") from None
     model.compressor_spec = dict(spec)
     return model
 
@@ -265,15 +287,16 @@ def make_student(teacher: nn.Module, width: float, method: str = "auto", init: s
     return student, plan
 
 
-def student_from_plan(plan: dict) -> nn.Module:
-    """Rebuild the student's architecture (random weights) from a plan."""
-    spec = plan.get("teacher")
-    if not spec:
+def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Module:
+    """Rebuild the student's architecture (random weights) from a plan (an imported architecture needs consent:
+    see :func:`build_from_spec`)."""
+    spec = plan.get("teacher") if isinstance(plan, dict) else None
+    if not spec or not isinstance(spec, dict):
         raise CheckpointError("student.json: the plan has no teacher spec to rebuild from")
-    if plan["method"] == "rebuild":
-        kwargs = dict(spec["kwargs"], ngf=plan["ngf"])
-        return build_generator(spec["arch"], init=None, **kwargs)
-    model = build_from_spec(spec, init=None)
+    if plan.get("method") == "rebuild":
+        kwargs = dict(spec.get("kwargs") or {}, ngf=plan.get("ngf"))
+        return build_from_spec({"arch": spec.get("arch"), "kwargs": kwargs}, init=None, source="student.json")
+    model = build_from_spec(spec, init=None, allow_import=allow_import, source="student.json")
     _replay(model, plan["groups"], torch.randn(*plan["example_shape"]))
     if spec:
         model.compressor_spec = spec
@@ -301,8 +324,9 @@ def save_student(student: nn.Module, plan: dict, out_dir: str | Path, extra: Opt
     return out
 
 
-def load_student(path: str | Path) -> nn.Module:
-    """Load a student saved by :func:`save_student`: rebuild from the plan, then load the safetensors."""
+def load_student(path: str | Path, allow_import: Optional[bool] = None) -> nn.Module:
+    """Load a student saved by :func:`save_student`: rebuild from the plan, then load the safetensors. A plan
+    naming an ``import`` runs code: it needs ``allow_import=True`` (or ``--trust-code``)."""
     from safetensors.torch import load_file
 
     from .models import apply_state_dict
@@ -319,7 +343,7 @@ def load_student(path: str | Path) -> nn.Module:
         plan = json.loads(meta_file.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{meta_file}: not valid JSON ({exc})") from None
-    model = student_from_plan(plan)
+    model = student_from_plan(plan, allow_import=allow_import)
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises several types

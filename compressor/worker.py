@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from .pipeline import Context, RunDir, _run_training, distill_setup, finish_distill, resolve_device
+from .procs import die_with_parent
 from .recipe import load_recipe
 from .train import init_distributed, seed_everything
 
@@ -16,6 +17,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
+    die_with_parent()  # compress killed (even by SIGKILL): this worker stops too
     logging.basicConfig(level=logging.WARNING)
     rank, world = init_distributed()
     run = RunDir(Path(args.run_dir))
