@@ -16,7 +16,7 @@ from typing import List, Optional
 import typer
 
 from .errors import Interrupted, UserError
-from .resume import command_line_hint, set_command_line
+from .cmdline import command_line_hint, set_command_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make image-to-image GAN generators small and fast: distill, evaluate, export, profile.")
@@ -92,6 +92,23 @@ def _trust(trust_code: bool) -> None:
         from .trust import trust_all_code
 
         trust_all_code()
+
+
+def _check_folder_imports(paths: List[Path]) -> None:
+    """One line, before anything runs, when a student or run folder names code to import without consent."""
+    from .trust import require_consent
+
+    for p in paths:
+        for name, get in (("student.json", lambda d: d.get("teacher")), ("teacher.json", lambda d: d.get("spec"))):
+            f = p / name if p.is_dir() else None
+            if f is None or not f.is_file():
+                continue
+            try:
+                spec = get(json.loads(f.read_text()))
+            except (OSError, ValueError, AttributeError):
+                continue  # unreadable: the loader reports it
+            if isinstance(spec, dict) and spec.get("import"):
+                require_consent(str(spec["import"]), str(f))
 
 
 def _csv(value: Optional[str], cast=str) -> list:
@@ -300,6 +317,7 @@ def profile(
 
     _setup_logging(quiet)
     _trust(trust_code)
+    _check_folder_imports([Path(m) for m in models])  # before any worker process imports them
     for flag, values in (("--batch", _csv(batch, int)), ("--size", _csv(size, int))):
         if not values or any(v < 1 for v in values):
             raise UserError(f"{flag}: expected positive integers, got {batch if flag == '--batch' else size!r}")

@@ -21,6 +21,7 @@ from typing import Callable, Optional
 import torch
 
 from .errors import RecipeError, UserError
+from .cmdline import command_line_hint
 from .io import atomic_write_json, atomic_write_text
 from .lock import run_lock
 from .procs import run_group
@@ -311,8 +312,6 @@ def _checkpoint_policy(ctx: Context, out_dir: Path, stage: str) -> bool:
 
 
 def resume_command(ctx: Context) -> str:
-    from .resume import command_line_hint
-
     if command_line_hint():
         return command_line_hint()  # every flag as the user gave it
     src = ctx.recipe_path or "RECIPE.yaml"
