@@ -476,8 +476,27 @@ def run_pipeline(recipe: Recipe, out_root: str | Path = "runs", *, force: bool =
                            recipe_path, on_stage)
 
 
+def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
+    """Refuse unusable checkpoints before the run folder is touched (nothing rewritten, nothing forgotten)."""
+    from .resume import check_checkpoints
+
+    try:
+        prev = json.loads(ctx.run.run_json.read_text()).get("recipe_source")
+    except (OSError, ValueError, AttributeError):
+        return  # a new or foreign folder: prepare_run_dir decides
+    if prev != (str(ctx.recipe_path.resolve()) if ctx.recipe_path else None):
+        return
+    for stage, folder in (("teacher", ctx.run.teacher_train), ("distill", ctx.run.root)):
+        digest = stage_digest(ctx, stage)
+        if (only and stage not in only) or (not ctx.force and ctx.run.up_to_date(stage, digest)):
+            continue
+        check_checkpoints(folder, digest, resume=ctx.resume, force=ctx.force, command=resume_command(ctx))
+
+
 def _run_stages(recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress, recipe_path,
                 on_stage) -> list[StageResult]:
+    _preflight_checkpoints(Context(recipe, RunDir(Path(out_root) / recipe.name), dev, resume=resume, force=force,
+                                   recipe_path=recipe_path), only)
     run = prepare_run_dir(recipe, Path(out_root), force, recipe_path)
     ctx = Context(recipe, run, dev, resume=resume, force=force, trust_checkpoint=trust_checkpoint, nproc=nproc,
                   progress=progress, recipe_path=recipe_path)

@@ -50,6 +50,23 @@ def move_aside(out_dir: Path) -> Path:
     return aside
 
 
+def check_checkpoints(out_dir: Path, digest: str, *, resume: bool, force: bool, command: str = "") -> None:
+    """Raise the one-line :class:`UserError` that :func:`prepare_checkpoints` would, without changing anything
+    (a pre-flight check before a run touches its folder)."""
+    ckpts = Path(out_dir) / "checkpoints"
+    if force or not _checkpoint_files(ckpts):
+        return
+    old = recorded_digest(ckpts)
+    if old != digest:
+        what = "another configuration" if old else "an unknown configuration (no checkpoints/config.json)"
+        raise UserError(f"{ckpts} holds checkpoints of {what}: the recipe's distill, student, teacher or data "
+                        f"settings changed since; pass --force to start over (the old checkpoints are kept aside)")
+    if not resume:
+        hint = f" ({command})" if command else ""
+        raise UserError(f"{ckpts} holds checkpoints of an unfinished run of this recipe: add --resume to "
+                        f"continue it{hint}, or --force to start over (the old checkpoints are kept aside)")
+
+
 def prepare_checkpoints(out_dir: Path, digest: str, *, resume: bool, force: bool, command: str = "") -> bool:
     """Decide what to do with ``out_dir/checkpoints`` before training; return whether to resume.
 
@@ -59,21 +76,11 @@ def prepare_checkpoints(out_dir: Path, digest: str, *, resume: bool, force: bool
     """
     out_dir = Path(out_dir)
     ckpts = out_dir / "checkpoints"
-    have = _checkpoint_files(ckpts)
-    if have:
-        old = recorded_digest(ckpts)
+    if _checkpoint_files(ckpts):
+        check_checkpoints(out_dir, digest, resume=resume, force=force, command=command)
         if force:
             move_aside(out_dir)
             resume = False
-        elif old != digest:
-            what = "another configuration" if old else "an unknown configuration (no checkpoints/config.json)"
-            raise UserError(f"{ckpts} holds checkpoints of {what}: the recipe's distill, student, teacher or data "
-                            f"settings changed since; pass --force to start over (the old checkpoints are kept "
-                            f"aside)")
-        elif not resume:
-            hint = f" ({command})" if command else ""
-            raise UserError(f"{ckpts} holds checkpoints of an unfinished run of this recipe: add --resume to "
-                            f"continue it{hint}, or --force to start over (the old checkpoints are kept aside)")
     else:
         resume = False
     ckpts.mkdir(parents=True, exist_ok=True)
