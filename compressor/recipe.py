@@ -269,7 +269,7 @@ class ProfileSpec(Strict):
 
 class Recipe(Strict):
     name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
-                      description="run name: runs/<name>/")
+                      description="run name: runs/<name>/ (at most 100 characters)")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (0 to 2**32-1)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda when present, else cpu")
     data: DataSpec = Field(..., description="dataset")
