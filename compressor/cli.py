@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -16,6 +17,7 @@ from typing import List, Optional
 import typer
 
 from .errors import Interrupted, UserError
+from .lock import run_lock
 from .cmdline import command_line_hint, set_command_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -236,7 +238,7 @@ def evaluate(
     src = json.loads(run.run_json.read_text()).get("recipe_source") if run.run_json.exists() else None
     if src and not data:
         r._base_dir = Path(src).parent
-    with _Progress(quiet) as progress:
+    with run_lock(run.root), _Progress(quiet) as progress:  # one writer per run folder
         res = evaluate_run(run, r, resolve_device(device), progress,
                            str(inception_weights) if inception_weights else None)
     keys = [k for k in ("params", "macs", "fid", "kid", "psnr", "ssim", "psnr_vs_teacher")
@@ -279,9 +281,11 @@ def export(
     bad = [d for d in dyn if d not in ("batch", "hw")]
     if bad:
         raise UserError(f"--dynamic: unknown axis {bad[0]!r} (batch, hw)")
-    res = export_command(target, onnx=onnx, trt=trt, precision=precision, dynamic=dyn, opset=opset, size=size,
-                         out=out, emit_trtexec=emit_trtexec, trt_version=trt_version, data=data,
-                         calib_images=calib_images, arch=arch, trust_checkpoint=trust_checkpoint)
+    writes_run = out is None and (target / "recipe.resolved.yaml").is_file()
+    with run_lock(target) if writes_run else contextlib.nullcontext():  # one writer per run folder
+        res = export_command(target, onnx=onnx, trt=trt, precision=precision, dynamic=dyn, opset=opset, size=size,
+                             out=out, emit_trtexec=emit_trtexec, trt_version=trt_version, data=data,
+                             calib_images=calib_images, arch=arch, trust_checkpoint=trust_checkpoint)
     for line in res["lines"]:
         typer.echo(line)
 
