@@ -40,9 +40,10 @@ def set_pdeathsig(sig: int = signal.SIGTERM) -> bool:
 
 
 def _poll_parent(parent: int, interval: float) -> None:
+    direct = os.getppid()  # torchrun, for its workers; ``parent`` may be further up (compress)
     while True:
         time.sleep(interval)
-        if os.getppid() != parent or not _alive(parent):
+        if os.getppid() != direct or not _alive(parent):  # reparented: the direct parent died
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(2 * interval)
             os._exit(143)
