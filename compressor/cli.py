@@ -6,6 +6,10 @@
 """
 from __future__ import annotations
 
+import contextlib
+import importlib
+import importlib.metadata
+import json
 import logging
 import sys
 from pathlib import Path
@@ -29,6 +33,10 @@ from .pipeline import run_pipeline
 from .recipe import load_recipe, missing_files
 from .runfolder import RunDir, is_run_folder, load_run_recipe
 from .stages import evaluate_run, export_target, preflight, profile_targets, resolve_device
+from . import __version__
+from .cmdline import command_line_hint, set_command_line
+from .lock import run_lock
+from .trust import check_import_target, require_consent, trust_all_code
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make image-to-image GAN generators small and fast: distill, evaluate, export, profile.")
@@ -57,6 +65,26 @@ class _LowerLevelFormatter(logging.Formatter):
     def format(self, record):
         record.levelname = record.levelname.lower()
         return super().format(record)
+
+
+def _trust(trust_code: bool) -> None:
+    if trust_code:
+        trust_all_code()
+
+
+def _check_folder_imports(paths: List[Path]) -> None:
+    """One line, before anything runs, when a student or run folder names code to import without consent."""
+    for p in paths:
+        for name, get in (("student.json", lambda d: d.get("teacher")), ("teacher.json", lambda d: d.get("spec"))):
+            f = p / name if p.is_dir() else None
+            if f is None or not f.is_file():
+                continue
+            try:
+                spec = get(json.loads(f.read_text()))
+            except (OSError, ValueError, AttributeError):
+                continue  # unreadable: the loader reports it
+            if isinstance(spec, dict) and spec.get("import"):
+                require_consent(str(spec["import"]), str(f))
 
 
 def _csv(value: Optional[str], cast=str) -> list:
@@ -109,10 +137,21 @@ def run_cmd(
 def validate(
     recipe: Path = typer.Argument(..., help="recipe YAML file"),
     set_: List[str] = typer.Option([], "--set", help="override a key: dotted.key=value"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="also import an imported teacher to check its "
+                                                               "feature taps (runs its code)"),
 ):
-    """Check a recipe without running anything."""
+    """Check a recipe without running anything (an imported teacher's code is located, not executed)."""
+    _trust(trust_code)
     r = load_recipe(recipe, set_)
-    preflight(r)
+    t = r.teacher
+    if t.import_:
+        check_import_target(t.import_, r.base_dir)
+    preflight(r, build_model=bool(t.arch or trust_code))
+    if t.train is None:
+        for key in ("checkpoint", "reverse_checkpoint"):
+            value = getattr(t, key)
+            if value and not r.resolve_path(value).is_file():
+                raise UserError(f"{recipe}: teacher.{key}: file not found: {r.resolve_path(value)}")
     for w in missing_files(r):
         typer.echo(f"warning: {w}", err=True)
     typer.echo(f"{recipe}: valid (run name {r.name!r})")
@@ -129,10 +168,13 @@ def evaluate(
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="evaluate at most N test images"),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="e.g. fid,kid,psnr,ssim (default: the recipe's)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow the folder's student.json/teacher.json "
+                                                               "to import code (an imported architecture)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Evaluate teacher and student of a run: FID, KID, PSNR, SSIM, params, MACs; writes eval.json."""
     _setup_logging(quiet)
+    _trust(trust_code)
     run = RunDir(target)
     if not is_run_folder(target):
         if not (target / "student.json").exists():
@@ -157,7 +199,7 @@ def evaluate(
     if metrics:
         overrides.append(f"evaluate.metrics=[{metrics}]")
     r = load_run_recipe(run, overrides)
-    with _Progress(quiet) as progress:
+    with run_lock(run.root), _Progress(quiet) as progress:  # one writer per run folder
         res = evaluate_run(run, r, resolve_device(device), progress,
                            str(inception_weights) if inception_weights else None)
     print_table(eval_table(res, f"teacher against student, {res.get('n_images')} test images"))
@@ -180,10 +222,13 @@ def export(
     calib_images: int = typer.Option(32, "--calib-images", min=1, help="INT8 calibration images"),
     arch: Optional[str] = typer.Option(None, "--arch", help="zoo name when TARGET is a bare checkpoint"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow the folder's student.json/teacher.json "
+                                                               "to import code (an imported architecture)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Export a student to ONNX (with parity), INT8 and TensorRT; emit trtexec scripts for edge devices."""
     _setup_logging(quiet)
+    _trust(trust_code)
     if precision not in ("fp32", "fp16", "int8"):
         raise UserError(f"--precision: expected fp32, fp16 or int8, got {precision!r}")
     if trt_version not in (10, 11):
@@ -195,7 +240,9 @@ def export(
     options = ExportOptions(onnx=onnx, trt=trt, precision=precision, dynamic=tuple(dyn), opset=opset, size=size,
                             out=out, emit_trtexec=emit_trtexec, trt_version=trt_version, data=data,
                             calib_images=calib_images)
-    res = export_target(target, options, arch=arch, trust_checkpoint=trust_checkpoint)
+    writes_run = out is None and is_run_folder(target)
+    with run_lock(target) if writes_run else contextlib.nullcontext():  # one writer per run folder
+        res = export_target(target, options, arch=arch, trust_checkpoint=trust_checkpoint)
     QUANT_FILTER.explain()
     for line in res["lines"]:
         typer.echo(line)
@@ -223,10 +270,17 @@ def profile(
     remote_compress: str = typer.Option("compress", "--remote-compress",
                                         help="the compress command on the --host machine (e.g. ~/venv/bin/compress)"),
     force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
+    trust_code: bool = typer.Option(False, "--trust-code", help="allow the folder's student.json/teacher.json "
+                                                               "to import code (an imported architecture)"),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Measure latency per model, backend, batch, size and precision (each in its own process)."""
     _setup_logging(quiet)
+    _trust(trust_code)
+    _check_folder_imports([Path(m) for m in models])  # before any worker process imports them
+    for flag, values in (("--batch", _csv(batch, int)), ("--size", _csv(size, int))):
+        if not values or any(v < 1 for v in values):
+            raise UserError(f"{flag}: expected positive integers, got {batch if flag == '--batch' else size!r}")
     if out.exists() and not force:
         raise UserError(f"--out: {out} exists; pass --force to overwrite it or choose another file")
     backends = _csv(backend)
@@ -272,38 +326,78 @@ def report(
     typer.echo(f"wrote {md} and {page}")
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, other click errors) of every click the installed typer may raise: typer >= 0.20 bundles its
+    own copy as ``typer._click``; older typers use the ``click`` package."""
+    usage, other = [], []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(name)
+        except ImportError:
+            continue
+        usage.append(mod.UsageError)
+        other.append(mod.ClickException)
+    return tuple(usage), tuple(other)
+
+
+def _exit_like(exc: BaseException) -> Optional[int]:
+    """The exit code of typer's or click's Exit/Abort (whichever copy raised it), else None."""
+    for cls in type(exc).__mro__:
+        if cls.__name__ == "Exit" and hasattr(exc, "exit_code"):
+            return int(exc.exit_code or 0)
+        if cls.__name__ == "Abort":
+            return 130
+    return None
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("compressor")
+    except importlib.metadata.PackageNotFoundError:  # not installed: the source tree's version
+        return __version__
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("--version", "-V"):
+        typer.echo(f"compress {_version()}")
+        return 0
+    if not argv:
+        typer.echo("error: missing command: compress RECIPE.yaml, or one of "
+                   f"{', '.join(sorted(COMMANDS))} (compress --help)", err=True)
+        return 2
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "run")
+    usage_errors, click_errors = _click_exceptions()
+    set_command_line(argv)
     try:
         app(args=argv, prog_name="compress", standalone_mode=False)
     except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        typer.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
         return exc.exit_code
     except Interrupted as exc:
         typer.echo(f"{exc}", err=True)
         if exc.resume_hint:
-            typer.echo(f"resume with: {exc.resume_hint}", err=True)
+            typer.echo(f"resume with: {command_line_hint(argv) or exc.resume_hint}", err=True)
         return 130
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         return 130
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        return 130
-    except Exception as exc:  # click's usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            typer.echo(f"error: {exc.format_message()}", err=True)
-            return 2
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except usage_errors as exc:
+        msg = " ".join(exc.format_message().split())  # one line
+        cmd = getattr(getattr(exc, "ctx", None), "command_path", "") or "compress"
+        typer.echo(f"error: {cmd}: {msg}", err=True)
+        return 2
+    except click_errors as exc:
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        return exc.exit_code if exc.exit_code not in (0, 1) else 2
+    except Exception as exc:
+        code = _exit_like(exc)
+        if code is None:
+            raise
+        if code == 130:
+            typer.echo("aborted", err=True)
+        return code
     return 0
 
 

@@ -62,8 +62,11 @@ def check_data_root(spec: DataSpec, root: Optional[Path]) -> None:
 
 def load_image(path: Path) -> Image.Image:
     """Open any common image as 8-bit RGB (see the module docstring for the rules)."""
-    im = Image.open(path)
-    im.load()
+    try:
+        im = Image.open(path)
+        im.load()
+    except Image.DecompressionBombError as exc:  # a hostile or absurdly large image: refuse, do not allocate
+        raise DataError(f"{path}: image too large to load ({exc})") from None
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(im).astype(np.float64)
         scale = 257.0 if arr.max() > 255 or im.mode.startswith("I;16") else 1.0
@@ -123,7 +126,7 @@ class _ImageFiles(Dataset):
                 with Image.open(f) as im:
                     im.load()
                 good.append(f)
-            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as exc:
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
                 if strict:
                     raise DataError(f"{f}: unreadable image ({exc}); data.strict is true") from None
                 bad.append(f)

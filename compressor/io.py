@@ -58,3 +58,33 @@ def atomic_torch_save(obj, path: str | Path) -> Path:
     buf = io.BytesIO()
     torch.save(obj, buf)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def append_line(path: str | Path, line: str) -> Path:
+    """Append one line to a log (``metrics.jsonl``) as a single ``write``: the line is there whole or not at all.
+    A short write (disk full) is cut back to the previous end; any failure is :class:`DiskWriteError`."""
+    path = Path(path)
+    data = (line.rstrip("\n") + "\n").encode()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _MODE)
+    except OSError as exc:
+        raise DiskWriteError(f"{path}: cannot append ({exc.strerror or exc}); earlier lines are intact") from None
+    try:
+        start = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+        except OSError as exc:
+            written, err = -1, exc
+        else:
+            err = None
+        if written != len(data):
+            try:
+                os.ftruncate(fd, start)  # no half line left behind
+            except OSError:
+                pass
+            reason = (err.strerror or str(err)) if err else "short write (disk full?)"
+            raise DiskWriteError(f"{path}: append failed ({reason}); earlier lines are intact")
+    finally:
+        os.close(fd)
+    return path

@@ -18,9 +18,11 @@ from typing import Callable, Optional
 
 from .errors import UserError
 from .io import atomic_write_json, atomic_write_text
+from .lock import run_lock
 from .recipe import Recipe
+from .resume import check_checkpoints
 from .runfolder import RunDir, load_run_teacher  # noqa: F401 - part of the pipeline's public face
-from .stages import STAGE_FUNCS, Context, preflight, resolve_device
+from .stages import STAGE_FUNCS, Context, consent_to_own_import, preflight, resolve_device, resume_command
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +79,7 @@ def prepare_run_dir(recipe: Recipe, out_root: Path, force: bool, recipe_path: Op
             aside = run.root.with_name(f"{run.root.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             shutil.move(str(run.root), str(aside))
             log.warning("moved the previous run of another recipe to %s", aside)
-    elif run.root.exists() and any(run.root.iterdir()) and not force:
+    elif run.root.exists() and any(p.name != ".lock" for p in run.root.iterdir()) and not force:
         raise UserError(f"{run.root} exists and was not written by compressor; choose another name or --out, or "
                         f"pass --force")
     run.root.mkdir(parents=True, exist_ok=True)
@@ -104,6 +106,31 @@ def run_pipeline(recipe: Recipe, out_root: str | Path = "runs", *, force: bool =
             raise UserError(f"--only: unknown stage {bad[0]!r}; stages are {', '.join(STAGES)}")
     dev = resolve_device(device or recipe.device)
     preflight(recipe, build_model=False)  # the zoo, backends and data folder: before the run folder is made
+    consent_to_own_import(recipe)  # the recipe being run consents to its own teacher.import
+    with run_lock(Path(out_root) / recipe.name):
+        return _run_stages(recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress,
+                           recipe_path, on_stage)
+
+
+def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
+    """Refuse unusable checkpoints before the run folder is touched (nothing rewritten, nothing forgotten)."""
+    try:
+        prev = json.loads(ctx.run.run_json.read_text()).get("recipe_source")
+    except (OSError, ValueError, AttributeError):
+        return  # a new or foreign folder: prepare_run_dir decides
+    if prev != (str(ctx.recipe_path.resolve()) if ctx.recipe_path else None):
+        return
+    for stage, folder in (("teacher", ctx.run.teacher_train), ("distill", ctx.run.root)):
+        digest = stage_digest(ctx, stage)
+        if (only and stage not in only) or (not ctx.force and ctx.run.up_to_date(stage, digest)):
+            continue
+        check_checkpoints(folder, digest, resume=ctx.resume, force=ctx.force, command=resume_command(ctx))
+
+
+def _run_stages(recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress, recipe_path,
+                on_stage) -> list[StageResult]:
+    _preflight_checkpoints(Context(recipe, RunDir(Path(out_root) / recipe.name), dev, resume=resume, force=force,
+                                   recipe_path=recipe_path), only)
     run = prepare_run_dir(recipe, Path(out_root), force, recipe_path)
     ctx = Context(recipe, run, dev, resume=resume, force=force, trust_checkpoint=trust_checkpoint, nproc=nproc,
                   progress=progress, recipe_path=recipe_path)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional
@@ -15,8 +16,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError
+from .zoo_args import ZOO_ARCHS, ZOO_KWARGS, check_zoo_kwargs  # noqa: F401 - part of the schema's face
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+MAX_RECIPE_BYTES = 1 << 20  # recipes are small; anything bigger is a mistake or an attack
+MAX_YAML_DEPTH = 64
+MAX_YAML_ALIASES = 256
+MAX_YAML_NODES = 100_000  # after expanding aliases
 
 
 def resolve_path(base_dir: str | Path, value: str | Path) -> Path:
@@ -91,6 +98,17 @@ class TeacherSpec(Strict):
             raise ValueError("teacher needs exactly one of 'arch' (a zoo name) or 'import' (module:factory)")
         if self.train is not None and self.import_:
             raise ValueError("teacher.train works with zoo teachers only")
+        return self
+
+    @model_validator(mode="after")
+    def _kwargs_are_data(self):
+        try:
+            json.dumps(self.kwargs, allow_nan=False)
+        except (TypeError, ValueError):
+            raise ValueError("teacher.kwargs: values must be plain data (numbers, strings, booleans, lists, "
+                             "mappings)") from None
+        if self.arch in ZOO_ARCHS:
+            check_zoo_kwargs(self.arch, self.kwargs, key="teacher.kwargs")
         return self
 
 
@@ -217,8 +235,9 @@ class ProfileSpec(Strict):
 
 
 class Recipe(Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", description="run name: runs/<name>/")
-    seed: int = Field(0, description="random seed")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
+                      description="run name: runs/<name>/ (at most 100 characters)")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (0 to 2**32-1)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda when present, else cpu")
     data: DataSpec = Field(..., description="dataset")
     teacher: TeacherSpec = Field(..., description="the generator to compress")
@@ -227,6 +246,18 @@ class Recipe(Strict):
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="teacher-vs-student evaluation")
     export: ExportSpec = Field(default_factory=ExportSpec, description="deployment export")
     profile: ProfileSpec = Field(default_factory=ProfileSpec, description="latency profiling")
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        t = self.teacher
+        if self.data.kind == "unpaired" and t.train is None and not t.reverse_checkpoint:
+            raise ValueError("teacher.reverse_checkpoint: unpaired data needs the B->A teacher's checkpoint too "
+                             "(or teacher.train to train both)")
+        mult = ZOO_ARCHS.get(t.arch or "", {}).get("size_multiple")
+        if mult and self.data.size % mult:
+            raise ValueError(f"data.size: {self.data.size} is not a multiple of {mult}, which {t.arch} needs "
+                             f"(e.g. {max(mult, self.data.size // mult * mult)})")
+        return self
 
     # Where the recipe came from: relative paths resolve against it. Not part of the schema.
     _base_dir: Path = Path(".")
@@ -259,27 +290,110 @@ class Recipe(Strict):
 # ---------------------------------------------------------------------------------------------------- loading
 
 
-def _line_index(text: str) -> dict[tuple, int]:
-    """Map key paths to 1-based YAML line numbers."""
-    index: dict[tuple, int] = {}
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-    except yaml.YAMLError:
-        return index
+class _BoundedLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses deep nesting, many aliases and documents that expand to huge trees (a
+    "billion laughs" recipe), before anything is expanded."""
 
-    def walk(node, path):
+
+def _compose_bounded(text: str, source: str) -> Optional[yaml.Node]:
+    """The YAML node graph of ``text``, bounded; raises :class:`RecipeError` (one line)."""
+    if len(text) > MAX_RECIPE_BYTES:
+        raise RecipeError(f"{source}: the recipe is larger than {MAX_RECIPE_BYTES // 1024} KiB")
+    depth = aliases = 0
+    try:
+        for ev in yaml.parse(text, Loader=_BoundedLoader):  # streaming: no recursion, nothing expanded
+            if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise RecipeError(f"{source}:{ev.start_mark.line + 1}: nesting deeper than {MAX_YAML_DEPTH} "
+                                      f"levels")
+            elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+            elif isinstance(ev, yaml.AliasEvent):
+                aliases += 1
+                if aliases > MAX_YAML_ALIASES:
+                    raise RecipeError(f"{source}:{ev.start_mark.line + 1}: more than {MAX_YAML_ALIASES} YAML "
+                                      f"aliases (*name)")
+        loader = _BoundedLoader(text)
+        try:
+            root = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{where}: YAML syntax error: {problem}") from None
+    except RecursionError:
+        raise RecipeError(f"{source}: nesting too deep") from None
+    if root is not None:
+        sizes: dict[int, int] = {}
+
+        def size(node) -> int:  # expanded node count, each distinct node computed once
+            key = id(node)
+            if key not in sizes:
+                sizes[key] = 0  # a cycle (recursive alias) counts as nothing more
+                if isinstance(node, yaml.MappingNode):
+                    n = 1 + sum(size(k) + size(v) for k, v in node.value)
+                elif isinstance(node, yaml.SequenceNode):
+                    n = 1 + sum(size(v) for v in node.value)
+                else:
+                    n = 1
+                sizes[key] = n
+            return sizes[key]
+
+        if size(root) > MAX_YAML_NODES:
+            raise RecipeError(f"{source}: the recipe expands to more than {MAX_YAML_NODES} values through YAML "
+                              f"aliases")
+    return root
+
+
+def _construct(root: Optional[yaml.Node], source: str) -> Any:
+    if root is None:
+        return None
+    loader = _BoundedLoader("")
+    try:
+        return loader.construct_document(root)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{source}:{mark.line + 1}" if mark else source
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise RecipeError(f"{where}: YAML error: {problem}") from None
+    except (ValueError, OverflowError, RecursionError, TypeError) as exc:  # e.g. an integer with 5000 digits
+        raise RecipeError(f"{source}: unreadable value ({str(exc).splitlines()[0][:120]})") from None
+    finally:
+        loader.dispose()
+
+
+def safe_load_bounded(text: str, source: str = "<yaml>") -> Any:
+    """``yaml.safe_load`` with bounded nesting, aliases and expansion; one-line :class:`RecipeError` otherwise."""
+    return _construct(_compose_bounded(text, source), source)
+
+
+def _line_index(text: str, root: Optional[yaml.Node] = None) -> dict[tuple, int]:
+    """Map key paths to 1-based YAML line numbers (an aliased node is walked once, where it is first met)."""
+    index: dict[tuple, int] = {}
+    if root is None:
+        try:
+            root = _compose_bounded(text, "<recipe>")
+        except RecipeError:
+            return index
+    seen: set[int] = set()
+    stack = [(root, ())] if root is not None else []
+    while stack:  # iterative: no recursion limit, each node once
+        node, path = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
         if isinstance(node, yaml.MappingNode):
             for k, v in node.value:
-                key = k.value
-                index[path + (key,)] = k.start_mark.line + 1
-                walk(v, path + (key,))
+                key = k.value if isinstance(k, yaml.ScalarNode) else None
+                index.setdefault(path + (key,), k.start_mark.line + 1)
+                stack.append((v, path + (key,)))
         elif isinstance(node, yaml.SequenceNode):
             for i, v in enumerate(node.value):
-                index[path + (i,)] = v.start_mark.line + 1
-                walk(v, path + (i,))
-
-    if root is not None:
-        walk(root, ())
+                index.setdefault(path + (i,), v.start_mark.line + 1)
+                stack.append((v, path + (i,)))
     return index
 
 
@@ -291,8 +405,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise RecipeError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
+        value = safe_load_bounded(raw, f"--set {key}") if raw.strip() else None
+    except RecipeError as exc:
+        if "YAML syntax error" not in str(exc):
+            raise
         value = raw
     return key.split("."), value
 
@@ -322,16 +438,23 @@ def _format_error(err: dict, lines: dict[tuple, int], source: str) -> str:
         msg = "unknown key (misspelt?)"
     elif err["type"] == "missing":
         msg = "required key is missing"
+    named = re.match(r"([A-Za-z_][\w.]*):", msg)  # a message that names its own key, e.g. 'data.size: …'
+    own = tuple(named.group(1).split(".")) if named and named.group(1).startswith(loc[:1] or ("",)) or \
+        (named and not loc) else None
     line = None
-    probe = loc
+    probe = own or loc
     while probe and line is None:
         line = lines.get(probe)
         probe = probe[:-1]
     where = f"{source}:{line}: " if line else f"{source}: "
-    if msg.startswith(key + ":") or msg.startswith(key.split(".")[0] + " "):
+    if own or msg.startswith(key + ":") or msg.startswith(key.split(".")[0] + " "):
         return where + msg
     if "input" in err and err["type"] not in ("missing", "extra_forbidden") and not isinstance(err["input"], dict):
-        return f"{where}{key}: {msg} (got {err['input']!r})"
+        try:
+            got = repr(err["input"])
+        except ValueError:  # an integer beyond Python's digit limit
+            got = "a huge number"
+        return f"{where}{key}: {msg} (got {got[:80]})"
     return f"{where}{key}: {msg}"
 
 
@@ -341,7 +464,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_path
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:
-        text = path.read_text()
+        if path.stat().st_size > MAX_RECIPE_BYTES:
+            raise RecipeError(f"{path}: the recipe is larger than {MAX_RECIPE_BYTES // 1024} KiB")
+        text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{path}: cannot read recipe ({exc})") from None
     return parse_recipe(text, source=str(path), base_dir=path.resolve().parent, overrides=overrides,
@@ -350,13 +475,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_path
 
 def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = None,
                  overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{source}:{mark.line + 1}" if mark else source
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise RecipeError(f"{where}: YAML syntax error: {problem}") from None
+    root = _compose_bounded(text, source)
+    doc = _construct(root, source)
     if doc is None:
         raise RecipeError(f"{source}: the recipe is empty")
     if not isinstance(doc, dict):
@@ -364,16 +484,17 @@ def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = No
     if any(not isinstance(k, str) for k in doc):
         raise RecipeError(f"{source}: top-level keys must be strings")
     doc = apply_overrides(doc, overrides or [])
+    lines = _line_index(text, root)
     try:
         recipe = Recipe.model_validate(doc)
     except ValidationError as exc:
-        raise RecipeError(_format_error(exc.errors()[0], _line_index(text), source)) from None
-    except (TypeError, RecursionError) as exc:
-        raise RecipeError(f"{source}: invalid recipe ({exc})") from None
+        raise RecipeError(_format_error(exc.errors()[0], lines, source)) from None
+    except (TypeError, ValueError, OverflowError, RecursionError) as exc:
+        raise RecipeError(f"{source}: invalid recipe ({str(exc).splitlines()[0][:200]})") from None
     recipe._base_dir = Path(base_dir) if base_dir else Path.cwd()
     recipe._source = Path(source)
     if check_paths:
-        check_recipe_paths(recipe, _line_index(text), source)
+        check_recipe_paths(recipe, lines, source)
     return recipe
 
 

@@ -245,15 +245,16 @@ def make_student(teacher: nn.Module, width: float, method: str = "auto", init: s
     return student, plan
 
 
-def student_from_plan(plan: dict) -> nn.Module:
-    """Rebuild the student's architecture (random weights) from a plan."""
-    spec = plan.get("teacher")
-    if not spec:
+def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Module:
+    """Rebuild the student's architecture (random weights) from a plan (an imported architecture needs consent:
+    see :func:`build_from_spec`)."""
+    spec = plan.get("teacher") if isinstance(plan, dict) else None
+    if not spec or not isinstance(spec, dict):
         raise CheckpointError("student.json: the plan has no teacher spec to rebuild from")
-    if plan["method"] == "rebuild":
-        kwargs = dict(spec["kwargs"], ngf=plan["ngf"])
-        return build_generator(spec["arch"], init=None, **kwargs)
-    model = build_from_spec(spec, init=None)
+    if plan.get("method") == "rebuild":
+        kwargs = dict(spec.get("kwargs") or {}, ngf=plan.get("ngf"))
+        return build_from_spec({"arch": spec.get("arch"), "kwargs": kwargs}, init=None, source="student.json")
+    model = build_from_spec(spec, init=None, allow_import=allow_import, source="student.json")
     _replay(model, plan["groups"], torch.randn(*plan["example_shape"]))
     if spec:
         model.compressor_spec = spec
@@ -277,8 +278,9 @@ def save_student(student: nn.Module, plan: dict, out_dir: str | Path, extra: Opt
     return out
 
 
-def load_student(path: str | Path) -> nn.Module:
-    """Load a student saved by :func:`save_student`: rebuild from the plan, then load the safetensors."""
+def load_student(path: str | Path, allow_import: Optional[bool] = None) -> nn.Module:
+    """Load a student saved by :func:`save_student`: rebuild from the plan, then load the safetensors. A plan
+    naming an ``import`` runs code: it needs ``allow_import=True`` (or ``--trust-code``)."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     meta_file = folder / "student.json"
@@ -291,7 +293,7 @@ def load_student(path: str | Path) -> nn.Module:
         plan = json.loads(meta_file.read_text())
     except json.JSONDecodeError as exc:
         raise CheckpointError(f"{meta_file}: not valid JSON ({exc})") from None
-    model = student_from_plan(plan)
+    model = student_from_plan(plan, allow_import=allow_import)
     try:
         state = load_file(str(weights))
     except Exception as exc:  # safetensors raises several types

@@ -8,10 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -26,6 +23,7 @@ from exporters.onnx import check_not_failed
 from exporters.profile import profile_models, resolve_models
 from exporters.report import report_run
 
+from .cmdline import command_line_hint
 from .complexity import profile_model
 from .data import batch_keys, check_data_root, input_images, make_dataset
 from .errors import RecipeError, UserError
@@ -33,11 +31,14 @@ from .features import check_tap_pair, probe_shapes, resolve_taps
 from .io import atomic_write_bytes, atomic_write_json
 from .metrics import evaluate_pair
 from .models import build_generator, build_teacher, check_teacher_spec, load_teacher, size_multiple, teacher_spec
+from .procs import run_group
 from .recipe import LossesSpec, Recipe
+from .resume import prepare_checkpoints
 from .runfolder import (RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher,
                         profile_refs)
 from .slim import load_student, make_student, save_student
-from .train import Direction, Trainer, TrainSetup, list_checkpoints, seed_everything
+from .train import Direction, Trainer, TrainSetup, seed_everything
+from .trust import consent_to
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +134,15 @@ def _sample_batch(recipe: Recipe, n: int, keys: tuple[str, ...]) -> Optional[dic
     return {k: torch.stack([it[k] for it in items]) for k in keys if k in items[0]}
 
 
+def consent_to_own_import(recipe: Recipe) -> None:
+    """A recipe's own ``teacher.import`` is consent to run that code for this run (see :mod:`compressor.trust`)."""
+    if recipe.teacher.import_:
+        consent_to(teacher_spec(recipe.teacher, recipe.base_dir)["import"])
+
+
 def resume_command(ctx: Context) -> str:
+    if command_line_hint():
+        return command_line_hint()  # every flag as the user gave it
     src = ctx.recipe_path or "RECIPE.yaml"
     return f"compress {src} --out {ctx.run.root.parent} --resume"
 
@@ -155,18 +164,17 @@ def run_training(ctx: Context, directions, losses, steps, lr, out_dir: Path, sta
     progress = None
     if ctx.progress:
         progress = lambda step, total, losses_: ctx.progress(stage, step, total, losses_)  # noqa: E731
+    # torchrun workers: the launching process already decided (launch_distributed)
+    resume = ctx.resume if torch.distributed.is_initialized() else _checkpoint_policy(ctx, out_dir, stage)
     trainer = Trainer(setup, out_dir, ctx.device, progress)
-    ckpts = out_dir / "checkpoints"
-    if list_checkpoints(ckpts) and not ctx.resume:
-        if ctx.force:
-            aside = ckpts.with_name(f"checkpoints.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.move(str(ckpts), str(aside))
-            (out_dir / "metrics.jsonl").unlink(missing_ok=True)
-            log.warning("moved earlier checkpoints to %s", aside)
-        else:
-            raise UserError(f"{ckpts} holds checkpoints of an unfinished run: add --resume to continue it, or "
-                            f"--force to start over (the old checkpoints are kept aside)")
-    return trainer.fit(resume=ctx.resume)
+    return trainer.fit(resume=resume)
+
+
+def _checkpoint_policy(ctx: Context, out_dir: Path, stage: str) -> bool:
+    """Continue only checkpoints written for this configuration (see :mod:`compressor.resume`); the pipeline
+    computed the stage's digest before calling it."""
+    return prepare_checkpoints(out_dir, ctx.hashes[stage], resume=ctx.resume, force=ctx.force,
+                               command=resume_command(ctx))
 
 
 # ----------------------------------------------------------------------------------------------- teacher, student
@@ -286,10 +294,10 @@ def launch_distributed(ctx: Context) -> dict:
     """Run the distill stage in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU)."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ctx.nproc}",
            "-m", "compressor.worker", str(ctx.run.root), "--device", ctx.device.type]
-    if ctx.resume:
+    if _checkpoint_policy(ctx, ctx.run.root, "distill"):
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    proc = subprocess.run(cmd, env=env)
+    proc = run_group(cmd, env=env)  # torchrun and its workers die with this process
     if proc.returncode != 0:
         raise UserError(f"distributed training failed (exit {proc.returncode}); see the messages above")
     return json.loads(ctx.run.distill_json.read_text())

@@ -16,6 +16,7 @@ all_reduce, the arithmetic of DistributedDataParallel; rank 0 alone writes.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from torch.utils.data import DataLoader
 from .data import ResumableSampler, to_image
 from .errors import CheckpointError, Interrupted, TrainingDiverged
 from .features import FeatureTaps
-from .io import atomic_torch_save, atomic_write_text
+from .io import append_line, atomic_torch_save, atomic_write_bytes, atomic_write_text
 from .losses import FeatureAdapters, GANLoss, kd_loss, srp_multi
 from .models import build_discriminator
 from .recipe import LossesSpec
@@ -387,7 +388,12 @@ class Trainer:
         if resume:
             state = load_latest_checkpoint(self.ckpt_dir)
             if state is not None:
-                self.load_state_dict(state)
+                try:
+                    self.load_state_dict(state)
+                except (RuntimeError, KeyError, ValueError) as exc:  # another architecture (student.width)
+                    raise CheckpointError(f"{self.ckpt_dir}: the checkpoint does not fit this model "
+                                          f"({str(exc).splitlines()[0][:160]}); pass --force to start over (the "
+                                          f"old checkpoints are kept aside)") from None
                 log.info("resumed from step %d", self.step)
             elif list_checkpoints(self.ckpt_dir):
                 raise CheckpointError(f"{self.ckpt_dir}: no readable checkpoint to resume from")
@@ -438,9 +444,7 @@ class Trainer:
     def _log_metrics(self, losses: dict, t0: float) -> None:
         rec = {"step": self.step, "lr": self.sched_g.get_last_lr()[0], "time_s": round(time.perf_counter() - t0, 3),
                **{k: round(v, 6) for k, v in losses.items()}}
-        self.metrics_file.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.metrics_file, "a") as f:
-            f.write(json.dumps(rec) + "\n")
+        append_line(self.metrics_file, json.dumps(rec))
         if self._tb() is not None:
             for k, v in losses.items():
                 self._tb().add_scalar(k, v, self.step)
@@ -483,8 +487,9 @@ class Trainer:
         rows = [nn.functional.pad(r, (0, width - r.shape[2]), value=-1) for r in rows]
         grid = torch.cat(rows, dim=1)
         path = self.samples_dir / f"step_{self.step:08d}.png"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        to_image(grid).save(path)
+        buf = io.BytesIO()
+        to_image(grid).save(buf, format="PNG")
+        atomic_write_bytes(path, buf.getvalue())  # a full disk: one line (DiskWriteError), no cut PNG
         return path
 
     def summary(self, last: dict, seconds: float = 0.0) -> dict:

@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 
 from .runfolder import RunDir, load_run_recipe
+from .procs import die_with_parent
 from .stages import Context, distill_in_process, finish_distill, resolve_device
 from .train import init_distributed
 
@@ -19,6 +20,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--resume", action="store_true")
     args = ap.parse_args(argv)
+    die_with_parent()  # compress killed (even by SIGKILL): this worker stops too
     logging.basicConfig(level=logging.WARNING)
     rank, world = init_distributed()
     run = RunDir(Path(args.run_dir))

@@ -24,6 +24,9 @@ from typing import Optional
 import numpy as np
 
 from compressor.errors import UserError
+from compressor.zoo_args import ZOO_ARCHS, check_zoo_kwargs
+
+from compressor.procs import die_with_parent, run_group
 
 from .backends import BACKENDS, ONNX_BACKENDS, backend_available
 
@@ -138,22 +141,31 @@ def _thread_env(threads: Optional[int]) -> dict:
 
 def parse_zoo_spec(text: str) -> Optional[dict]:
     """``resnet_9blocks`` or ``resnet_9blocks:ngf=64,norm=instance,width=0.25``; None if not a zoo spec."""
-    from compressor.models import ZOO
-
     name, _, args = text.partition(":")
-    if name not in ZOO:
+    if name not in ZOO_ARCHS:
         return None
+
     kwargs, width = {}, 1.0
     for part in filter(None, args.split(",")):
         k, _, v = part.partition("=")
-        if k == "width":
-            width = float(v)
-        elif k in ("ngf", "input_nc", "output_nc"):
-            kwargs[k] = int(v)
-        elif k == "norm":
-            kwargs[k] = v
-        else:
-            raise UserError(f"{text}: unknown zoo option {k!r} (ngf, norm, input_nc, output_nc, width)")
+        try:
+            if k == "width":
+                width = float(v)
+                if not 0 < width <= 1:
+                    raise ValueError
+            elif k in ("ngf", "input_nc", "output_nc"):
+                kwargs[k] = int(v)
+            elif k == "norm":
+                kwargs[k] = v
+            else:
+                raise UserError(f"{text}: unknown zoo option {k!r} (ngf, norm, input_nc, output_nc, width)")
+        except ValueError:
+            want = "a number in (0, 1]" if k == "width" else "an integer"
+            raise UserError(f"{text}: zoo option {k}={v!r} is not {want}") from None
+    try:
+        check_zoo_kwargs(name, kwargs)
+    except ValueError as exc:
+        raise UserError(f"{text}: {exc}") from None
     return {"arch": name, "kwargs": kwargs, "width": width}
 
 
@@ -348,8 +360,8 @@ def _run_worker(cfg: dict, timeout: float) -> dict:
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        out = subprocess.run([sys.executable, "-m", "exporters.profile", "--worker", json.dumps(cfg)],
-                             capture_output=True, text=True, timeout=timeout, env=env)
+        out = run_group([sys.executable, "-m", "exporters.profile", "--worker", json.dumps(cfg)],
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"status": "failed", "reason": f"timed out after {timeout:.0f} s"}
     lines = [l for l in out.stdout.strip().splitlines() if l.startswith("{")]
@@ -479,6 +491,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", required=True)
     args = ap.parse_args(argv)
+    die_with_parent()  # a killed profile run leaves no worker behind
     print(json.dumps(worker(json.loads(args.worker))), flush=True)
     return 0
 

@@ -19,13 +19,18 @@ from compressor.io import atomic_write_bytes, atomic_write_text
 log = logging.getLogger(__name__)
 
 
+PROFILE_ROW_KEYS = ("model", "backend", "batch", "size")
+
+
 def _load(path: str | Path) -> dict:
     try:
         return json.loads(Path(path).read_text())
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path}: not valid JSON ({exc})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise UserError(f"{path}: not valid JSON ({str(exc)[:160]})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
 
 
 def classify(paths: list[str | Path]) -> tuple[list[dict], list[dict], list[dict]]:
@@ -34,6 +39,12 @@ def classify(paths: list[str | Path]) -> tuple[list[dict], list[dict], list[dict
     for p in paths:
         doc = _load(p)
         if isinstance(doc, dict) and str(doc.get("schema", "")).startswith("compressor.profile"):
+            rows = doc.get("results", [])
+            for i, r in enumerate(rows if isinstance(rows, list) else [None]):
+                missing = [k for k in PROFILE_ROW_KEYS if not isinstance(r, dict) or k not in r]
+                if missing:
+                    raise UserError(f"{p}: results[{i}] lacks {', '.join(repr(k) for k in missing)}; not a profile "
+                                    f"row written by compress profile")
             profiles.append(doc)
         elif isinstance(doc, dict) and "teacher" in doc and "student" in doc:
             evals.append(doc)

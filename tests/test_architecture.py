@@ -129,7 +129,8 @@ def test_exporters_are_a_leaf():
 
 def test_recipe_schema_is_data():
     graph = _graph()
-    assert graph["compressor.recipe"] <= {"compressor.errors"}, graph["compressor.recipe"]
+    assert graph["compressor.recipe"] <= {"compressor.errors", "compressor.zoo_args"}, graph["compressor.recipe"]
+    assert graph["compressor.zoo_args"] == set()  # the zoo's arguments as data
     assert "compressor.recipe" not in _reaches(graph, "compressor.recipe")
 
 
@@ -139,7 +140,8 @@ def test_library_never_imports_upward():
         if mod.startswith(LIBRARY):
             assert not _reaches(graph, mod) & set(UPPER), (mod, _reaches(graph, mod) & set(UPPER))
     # the pipeline keeps to stage order: it reaches the library only through the stages and the run folder
-    assert graph["compressor.pipeline"] <= {"compressor.errors", "compressor.io", "compressor.recipe",
+    assert graph["compressor.pipeline"] <= {"compressor.errors", "compressor.io", "compressor.recipe", "compressor.lock",
+                                            "compressor.resume",
                                             "compressor.runfolder", "compressor.stages"}
 
 

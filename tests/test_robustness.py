@@ -265,3 +265,35 @@ def test_fuzz_validate_never_shows_a_traceback(tmp_path, doc, capsys):
     assert "Traceback" not in err
     if code == 2:
         assert err.startswith("error: ") and len([l for l in err.splitlines() if l.strip()]) == 1
+
+
+# Hostile recipes: aliases (incl. alias bombs), deep nesting, huge numbers, arbitrary unicode and raw bytes.
+_ALIAS_DOCS = st.builds(
+    lambda width, depth, key: "a0: &a0 [" + ", ".join(["x"] * width) + "]\n" + "".join(
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]\n" for i in range(1, depth))
+    + f"{key}: *a{depth - 1}\n",
+    st.integers(1, 12), st.integers(1, 12), st.sampled_from(["name", "teacher", "distill", "zzz"]))
+_DEEP_DOCS = st.builds(lambda n, o, c: o * n + c * min(n, 3), st.integers(1, 3000),
+                       st.sampled_from(["[", "{", "- ", "a: {"]), st.sampled_from(["]", "}", ""]))
+_NUMBER_DOCS = st.builds(lambda key, digits, kind: f"name: x\n{key}: " + {
+    "int": "9" * digits, "neg": "-" + "7" * digits, "float": "1." + "5" * digits + "e" + str(digits),
+    "hex": "0x" + "f" * digits}[kind] + "\n",
+                         st.sampled_from(["seed", "name", "distill", "zzz"]), st.integers(1, 6000),
+                         st.sampled_from(["int", "neg", "float", "hex"]))
+_SPLICE = st.builds(lambda head, junk: tiny_recipe_text()[:head] + junk,
+                    st.integers(0, len(tiny_recipe_text())), st.text(max_size=40))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                                                   HealthCheck.too_slow])
+@given(doc=st.one_of(_ALIAS_DOCS, _DEEP_DOCS, _NUMBER_DOCS, _SPLICE, st.text(max_size=200),
+                     st.binary(max_size=200)))
+def test_fuzz_validate_hostile_yaml_never_shows_a_traceback(tmp_path, doc, capsys):
+    p = tmp_path / "hostile.yaml"
+    p.write_bytes(doc if isinstance(doc, bytes) else doc.encode("utf-8", "surrogatepass"))
+    code = main(["validate", str(p)])  # raises if an exception escapes
+    assert code in (0, 2)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    if code == 2:
+        assert err.startswith("error: ") and len([l for l in err.splitlines() if l.strip()]) == 1, err

@@ -22,6 +22,8 @@ from safetensors.torch import load_file
 
 from ..errors import CheckpointError, RecipeError
 from ..recipe import TeacherSpec, resolve_path
+from ..trust import require_consent
+from ..zoo_args import check_zoo_kwargs
 from .discriminator import NLayerDiscriminator
 from .norms import init_weights
 from .resnet import ResnetGenerator
@@ -237,12 +239,31 @@ def teacher_spec(spec, base_dir: str | Path | None = None) -> dict:
     return {"import": path, "kwargs": dict(spec.kwargs)}
 
 
-def build_from_spec(spec: dict, init: str | None = None) -> nn.Module:
-    """Rebuild an architecture from a saved JSON spec (``{"arch"|"import": ..., "kwargs": {...}}``)."""
+def build_from_spec(spec: dict, init: str | None = None, allow_import: bool | None = None,
+                    source: str = "student.json/teacher.json") -> nn.Module:
+    """Rebuild an architecture from its saved spec (``{"arch"|"import": ..., "kwargs": {...}}``). A zoo ``arch``
+    is data; an ``import`` runs code and needs consent: ``allow_import=True``, ``--trust-code``, or the recipe being
+    run naming that import (:mod:`compressor.trust`); otherwise :class:`~compressor.trust.UntrustedCode`."""
+    if not isinstance(spec, dict):
+        raise CheckpointError(f"{source}: the architecture spec must be a mapping")
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{source}: the architecture's kwargs must be a mapping")
     if spec.get("arch"):
-        return build_generator(spec["arch"], init=init, **spec.get("kwargs", {}))
-    factory = import_object(spec["import"], key="student.json teacher.import")
-    model = factory(**spec.get("kwargs", {}))
+        try:
+            check_zoo_kwargs(str(spec["arch"]), kwargs, key=f"{source} kwargs")
+        except ValueError as exc:
+            raise CheckpointError(f"{source}: {exc}") from None
+        return build_generator(spec["arch"], init=init, **kwargs)
+    target = spec.get("import")
+    if not isinstance(target, str):
+        raise CheckpointError(f"{source}: the spec names neither a zoo 'arch' nor an 'import'")
+    require_consent(target, source, allow_import)
+    factory = import_object(target, key=f"{source} import")
+    try:
+        model = factory(**kwargs)
+    except Exception as exc:  # noqa: BLE001 - user code
+        raise CheckpointError(f"{source}: calling {target} failed: {type(exc).__name__}: {exc}") from None
     model.compressor_spec = dict(spec)
     return model
 
@@ -283,9 +304,9 @@ def load_teacher(spec, base_dir: str | Path | None = None, trust_checkpoint: boo
 def load_saved_teacher(spec: dict, weights: str | Path) -> nn.Module:
     """A teacher saved as a JSON spec plus safetensors weights (no pickle)."""
     weights = Path(weights)
+    model = build_from_spec(spec, source="teacher.json")  # an imported architecture needs consent first
     if not weights.is_file():
         raise CheckpointError(f"{weights}: file not found; run the teacher stage first")
-    model = build_from_spec(spec)
     apply_state_dict(model, load_file(str(weights)), source=str(weights), key="teacher")
     model.compressor_spec = dict(spec)
     return model.eval()
