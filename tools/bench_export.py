@@ -130,7 +130,7 @@ def images(data: Path, calib: int):
     if (data / "train").is_dir() and (data / "test").is_dir():
         train = PairedDataset(data / "train", "BtoA", 256, train=False, max_items=calib)
         test = PairedDataset(data / "test", "BtoA", 256, train=False, max_items=8)
-        source = f"facades ({data})"
+        source = f"facades ({len(train)} calibration, {len(test)} test images)"
     else:
         train, test = SyntheticPairedDataset(calib, 256, 0), SyntheticPairedDataset(8, 256, 0, offset=10_000)
         source = "synthetic (facades absent: PSNR not reported)"
