@@ -182,8 +182,10 @@ class DistillSpec(Strict):
     keep_last: int = Field(3, ge=1, description="checkpoints to keep")
     log_every: int = Field(50, ge=1, description="append to metrics.jsonl every N steps")
     sample_every: int = Field(1000, ge=1, description="write a sample grid every N steps")
-    amp: Literal["none", "bf16", "fp16"] = Field("none", description="mixed precision on CUDA")
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="mixed precision: CUDA; bf16 teacher forward on CPUs with AVX512-BF16 or AMX")
     channels_last: bool = Field(False, description="channels_last memory format on CUDA")
+    cache_teacher: bool = Field(False, description="keep teacher outputs per image (no flip, no crop; uses memory)")
 
 
 class EvaluateSpec(Strict):
@@ -257,6 +259,14 @@ class Recipe(Strict):
         if mult and self.data.size % mult:
             raise ValueError(f"data.size: {self.data.size} is not a multiple of {mult}, which {t.arch} needs "
                              f"(e.g. {max(mult, self.data.size // mult * mult)})")
+        return self
+
+    @model_validator(mode="after")
+    def _check_teacher_cache(self):
+        d = self.data
+        if self.distill.cache_teacher and (d.flip or (d.load_size not in (None, d.size)) or d.kind == "unpaired"):
+            raise ValueError("distill.cache_teacher needs inputs that are the same every epoch: data.flip false, "
+                             "no data.load_size crop, and not unpaired data")
         return self
 
     # Where the recipe came from: relative paths resolve against it. Not part of the schema.

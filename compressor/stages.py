@@ -159,6 +159,7 @@ def run_training(ctx: Context, directions, losses, steps, lr, out_dir: Path, sta
         feat_channels=dict(feat_channels or {}), teacher_as_real=d.teacher_as_real,
         disc_spec=d.discriminator.model_dump(), checkpoint_every=d.checkpoint_every, keep_last=d.keep_last,
         log_every=d.log_every, sample_every=d.sample_every, amp=d.amp, channels_last=d.channels_last,
+        cache_teacher=d.cache_teacher,
         sample_batch=_sample_batch(r, min(4, r.evaluate.samples or 4), batch_keys(r.data.kind)),
         resume_command=resume_command(ctx))
     progress = None

@@ -1,17 +1,27 @@
 """The distillation loop (and teacher training, which is the same loop without a teacher).
 
-One step function serves three data kinds:
+One step serves three data kinds, in named parts as gan-compression's distillers have them:
 
-* **paired** (pix2pix): conditional PatchGAN, L1 to ground truth, KD (L1 to the teacher's output), SRP, and
-  optionally plain feature distillation through 1x1 adapters;
-* **unpaired** (CycleGAN): two students A->B and B->A, two teachers, two discriminators, cycle loss, KD and SRP
-  in both directions;
-* **folder**: inputs only; KD + SRP, and GAN with the teacher's outputs as real samples when asked.
+* :meth:`Trainer.generator_terms`: one direction's student (and frozen teacher) forward and its loss terms:
+  L1 to ground truth, KD (L1 to the teacher's output), SRP, feature distillation through 1x1 adapters, and the
+  generator's adversarial term;
+* :meth:`Trainer.cycle_terms`: unpaired data (CycleGAN): the cycle loss across the two directions;
+* :meth:`Trainer.discriminator_step`: the PatchGAN update on real and (detached) fake samples.
+
+What differs between data kinds (is there a ground truth, what the discriminator sees as real, its input
+channels) lives in a :class:`DataKind` that each :class:`Direction` carries: **paired** (pix2pix, conditional
+PatchGAN on (input, output)), **unpaired** (two students and two teachers, unconditional PatchGAN) and **folder**
+(inputs only; the teacher's outputs are the GAN's real samples when asked).
 
 Checkpoints are written atomically every N steps (the last K kept); ``resume`` restores models, optimisers,
-schedulers, RNG state, data position and step. A NaN/Inf loss stops the run and names the term; SIGINT writes
-a checkpoint and raises :class:`Interrupted`. Several processes (``torchrun``) average gradients with
-all_reduce, the arithmetic of DistributedDataParallel; rank 0 alone writes.
+schedulers, the Python, numpy, torch and CUDA random states, data position and step, so an interrupted and resumed
+run equals an uninterrupted one. A NaN/Inf loss stops the run and names the term; SIGINT writes a checkpoint and
+raises :class:`Interrupted`. Several processes (``torchrun``) train under :class:`DistributedDataParallel`
+(bucketed all-reduce overlapped with the backward pass); rank 0 alone writes.
+
+``amp`` is mixed precision: on CUDA, bf16 or fp16 autocast for every forward; on a CPU, bf16 autocast for the frozen
+teacher's forward where the CPU computes bf16 natively (AVX512-BF16 or AMX), else FP32 with a one-time note.
+Loss terms (SRP included) are computed in FP32.
 """
 from __future__ import annotations
 
@@ -25,6 +35,7 @@ import re
 import signal
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -32,6 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .data import ResumableSampler, to_image
@@ -47,6 +59,109 @@ log = logging.getLogger(__name__)
 CKPT_RE = re.compile(r"step_(\d+)\.pt$")
 
 
+# ---------------------------------------------------------------------------------------------- hardware
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags from /proc/cpuinfo (empty where there is none, e.g. macOS)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def cpu_bf16_native(flags: Optional[frozenset[str]] = None) -> bool:
+    """True where the CPU computes bf16 matrix products natively (AVX512-BF16 or AMX-BF16).
+
+    Without them (AVX2, plain AVX-512), oneDNN emulates bf16 through FP32 conversions, which is slower than FP32.
+    """
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def cpu_amp_dtype(amp: str, flags: Optional[frozenset[str]] = None) -> tuple[Optional[torch.dtype], str]:
+    """The autocast dtype for ``distill.amp`` on this CPU, and a note when it falls back to FP32."""
+    if amp == "none":
+        return None, ""
+    if amp == "bf16" and cpu_bf16_native(flags):
+        return torch.bfloat16, ""
+    cap = torch.backends.cpu.get_cpu_capability()
+    if amp == "fp16":
+        return None, "distill.amp=fp16 needs CUDA; training in FP32 on the CPU"
+    return None, (f"distill.amp=bf16: this CPU ({cap}) has neither AVX512-BF16 nor AMX, where bf16 is emulated "
+                  f"and slower than FP32; training in FP32")
+
+
+# ---------------------------------------------------------------------------------------------- data kinds
+
+
+class DataKind:
+    """What one data kind means for the losses: ground truth, the discriminator's view, its input channels."""
+
+    name = ""
+    conditional = True  # the discriminator sees (input, output) pairs
+
+    def gan_enabled(self, teacher_as_real: bool) -> bool:
+        return True
+
+    def recon_target(self, d: "Direction", batch: dict) -> Optional[str]:
+        """The batch key of the ground truth for the L1 term, or None."""
+        return None
+
+    def real_sample(self, d: "Direction", batch: dict, x: torch.Tensor,
+                    t_out: Optional[torch.Tensor], to: Callable) -> torch.Tensor:
+        raise NotImplementedError
+
+    def disc_input_channels(self, in_nc: int, out_nc: int) -> int:
+        return in_nc + out_nc if self.conditional else out_nc
+
+    def gan_pair(self, d: "Direction", batch: dict, x: torch.Tensor, out_s: torch.Tensor,
+                 t_out: Optional[torch.Tensor], to: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """(real, fake) as the discriminator sees them."""
+        real = self.real_sample(d, batch, x, t_out, to)
+        if self.conditional:
+            return torch.cat([x, real], 1), torch.cat([x, out_s], 1)
+        return real, out_s
+
+
+class Paired(DataKind):
+    name = "paired"
+
+    def recon_target(self, d, batch):
+        return d.tgt if d.tgt and d.tgt in batch else None
+
+    def real_sample(self, d, batch, x, t_out, to):
+        return to(batch[d.tgt])
+
+
+class Unpaired(DataKind):
+    name = "unpaired"
+    conditional = False
+
+    def real_sample(self, d, batch, x, t_out, to):
+        return to(batch[d.tgt])
+
+
+class Folder(DataKind):
+    name = "folder"
+
+    def gan_enabled(self, teacher_as_real: bool) -> bool:
+        return teacher_as_real
+
+    def real_sample(self, d, batch, x, t_out, to):
+        if t_out is None:
+            raise ValueError("folder data: the GAN's real samples are the teacher's outputs, and there is no teacher")
+        return t_out
+
+
+DATA_KINDS: dict[str, DataKind] = {k.name: k for k in (Paired(), Unpaired(), Folder())}
+
+
 @dataclass
 class Direction:
     """One generator being trained: src -> tgt, with its optional teacher and its discriminator."""
@@ -57,6 +172,7 @@ class Direction:
     src: str
     tgt: Optional[str]
     disc: Optional[nn.Module] = None
+    kind: DataKind = field(default_factory=Paired)
 
 
 @dataclass
@@ -82,47 +198,34 @@ class TrainSetup:
     sample_every: int = 1000
     amp: str = "none"
     channels_last: bool = False
+    cache_teacher: bool = False  # keep the teacher's outputs per dataset index (data without random augmentation)
     sample_batch: Optional[dict] = None
     resume_command: str = ""
 
 
-class GradAverager:
-    """Average gradients and broadcast buffers across processes (no-op in one process)."""
+@dataclass
+class TeacherOut:
+    """The frozen teacher's output for one direction and the features it tapped (FP32)."""
 
-    def __init__(self, params: list[nn.Parameter], modules: list[nn.Module]):
-        self.params, self.modules = params, modules
-        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-    def broadcast_params(self):
-        if self.world == 1:
-            return
-        for m in self.modules:
-            for t in list(m.parameters()) + list(m.buffers()):
-                dist.broadcast(t.data, 0)
-
-    def average(self):
-        if self.world == 1:
-            return
-        grads = [p.grad for p in self.params if p.grad is not None]
-        if not grads:
-            return
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world
-        offset = 0
-        for g in grads:
-            g.copy_(flat[offset: offset + g.numel()].view_as(g))
-            offset += g.numel()
-
-    def sync_buffers(self):
-        if self.world == 1:
-            return
-        for m in self.modules:
-            for b in m.buffers():
-                if b.dtype.is_floating_point or b.dtype in (torch.int64, torch.long):
-                    dist.broadcast(b.data, 0)
+    image: torch.Tensor
+    features: dict[str, torch.Tensor]
 
 
+class _Objective(nn.Module):
+    """The trainable modules of one optimiser and the function that computes their loss in one forward.
+
+    DistributedDataParallel wraps this: one forward and one backward per step, however many times the loss calls
+    each network (cycle terms call both students twice; the discriminator sees real and fake). Frozen teachers
+    and the other side's networks are not submodules, so DDP neither syncs nor broadcasts them.
+    """
+
+    def __init__(self, modules: dict[str, nn.Module], fn: Callable):
+        super().__init__()
+        self.nets = nn.ModuleDict(modules)
+        self.fn = fn
+
+    def forward(self, *args):
+        return self.fn(*args)
 def lr_lambda(steps: int, decay_from: float) -> Callable[[int], float]:
     """Constant for ``decay_from`` of the steps, then linear decay to zero."""
     keep = int(steps * decay_from)
@@ -156,6 +259,20 @@ def load_latest_checkpoint(folder: Path) -> Optional[dict]:
     return None
 
 
+def restore_rng(state: dict) -> None:
+    """Restore the torch, CUDA, Python and numpy random states a checkpoint holds (older ones hold fewer)."""
+    torch.set_rng_state(state["rng_cpu"])
+    if "rng_cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng_cuda"])
+    py = state.get("rng_py")
+    if isinstance(py, dict):
+        random.setstate((py["version"], tuple(int(v) for v in py["state"]), py["gauss_next"]))
+    n = state.get("rng_np")
+    if isinstance(n, dict):
+        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                             n["cached_gaussian"]))
+
+
 class Trainer:
     def __init__(self, setup: TrainSetup, out_dir: Path, device: torch.device,
                  progress: Optional[Callable[[int, int, dict], None]] = None):
@@ -170,10 +287,12 @@ class Trainer:
         self.samples_dir = self.out / "samples"
         self.gan = GANLoss(setup.losses.gan.mode)
         L = setup.losses
-        self.use_gan = L.gan.weight > 0 and (setup.kind != "folder" or setup.teacher_as_real)
+        kind = DATA_KINDS[setup.kind]
+        self.use_gan = L.gan.weight > 0 and kind.gan_enabled(setup.teacher_as_real)
         mf = torch.channels_last if (setup.channels_last and device.type == "cuda") else torch.contiguous_format
         self.memory_format = mf
         for d in setup.directions:
+            d.kind = kind
             d.student.to(device, memory_format=mf).train()
             if d.teacher is not None:
                 d.teacher.to(device, memory_format=mf).eval().requires_grad_(False)
@@ -181,38 +300,58 @@ class Trainer:
                 probe = setup.dataset[0][d.src][None].to(device)
                 with torch.no_grad():
                     out_nc = d.student(probe).shape[1]
-                # conditional (input, output) pairs for paired/folder data, output images for unpaired
-                in_nc = out_nc if setup.kind == "unpaired" else probe.shape[1] + out_nc
-                d.disc = build_discriminator(input_nc=in_nc, **dict(setup.disc_spec or {}))
+                d.disc = build_discriminator(input_nc=kind.disc_input_channels(probe.shape[1], out_nc),
+                                             **dict(setup.disc_spec or {}))
             if d.disc is not None:
                 d.disc.to(device, memory_format=mf).train()
         self.adapters = None
         if L.feat.weight > 0 and setup.feat_channels:
             self.adapters = nn.ModuleDict({d.name: FeatureAdapters(setup.feat_channels) for d in setup.directions
                                            if d.teacher is not None}).to(device)
-        g_params = [p for d in setup.directions for p in d.student.parameters()]
+        g_modules = {f"student_{d.name}": d.student for d in setup.directions}
         if self.adapters is not None:
-            g_params += list(self.adapters.parameters())
-        d_params = [p for d in setup.directions if d.disc is not None for p in d.disc.parameters()]
+            g_modules["adapters"] = self.adapters
+        d_modules = {f"disc_{d.name}": d.disc for d in setup.directions if d.disc is not None}
+        self.g_objective: nn.Module = _Objective(g_modules, self._generator_loss)
+        self.d_objective: Optional[nn.Module] = _Objective(d_modules, self._discriminator_loss) if d_modules else None
+        g_params = list(self.g_objective.parameters())
         self.opt_g = torch.optim.Adam(g_params, lr=setup.lr, betas=(0.5, 0.999))
-        self.opt_d = torch.optim.Adam(d_params, lr=setup.lr, betas=(0.5, 0.999)) if d_params else None
+        self.opt_d = (torch.optim.Adam(self.d_objective.parameters(), lr=setup.lr, betas=(0.5, 0.999))
+                      if self.d_objective is not None else None)
         sched = lr_lambda(setup.steps, setup.decay_from)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched) if self.opt_d else None
-        amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.amp)
-        self.amp_dtype = amp_dtype if device.type == "cuda" else None
-        if setup.amp != "none" and device.type != "cuda":
-            log.warning("distill.amp=%s needs CUDA; training in fp32 on %s", setup.amp, device.type)
+        # mixed precision: everything on CUDA; the frozen teacher's forward on CPUs with native bf16
+        self.amp_dtype: Optional[torch.dtype] = None
+        self.teacher_amp_dtype: Optional[torch.dtype] = None
+        if device.type == "cuda":
+            self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.amp)
+            self.teacher_amp_dtype = self.amp_dtype
+        else:
+            self.teacher_amp_dtype, note = cpu_amp_dtype(setup.amp)
+            if note and self.rank == 0:
+                log.warning(note)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        g_modules = [d.student for d in setup.directions] + ([self.adapters] if self.adapters is not None else [])
-        self.sync_g = GradAverager(g_params, g_modules)
-        self.sync_d = GradAverager(d_params, [d.disc for d in setup.directions if d.disc is not None])
+        self._teacher_cache: dict[tuple[str, int], TeacherOut] = {}
         self.step = 0
         self._stop = False
+        self._ddp_ready = False
+
+    def _wrap_distributed(self) -> None:
+        """DistributedDataParallel around both objectives (after resume: DDP broadcasts rank 0's weights)."""
+        if self.world == 1 or self._ddp_ready:
+            return
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        self.g_objective = DistributedDataParallel(self.g_objective, device_ids=ids)
+        if self.d_objective is not None:
+            self.d_objective = DistributedDataParallel(self.d_objective, device_ids=ids)
+        self._ddp_ready = True
 
     # ------------------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
+        py = random.getstate()
+        np_state = np.random.get_state()
         state = {
             "step": self.step,
             "students": {d.name: d.student.state_dict() for d in self.s.directions},
@@ -223,10 +362,13 @@ class Trainer:
             "opt_d": self.opt_d.state_dict() if self.opt_d else {},
             "sched_d": self.sched_d.state_dict() if self.sched_d else {},
             "scaler": self.scaler.state_dict(),
+            # every random state, in types torch.load(weights_only=True) reads back
             "rng_cpu": torch.get_rng_state(),
-            "rng_py": list(random.getstate()[1]),
+            "rng_py": {"version": py[0], "state": list(py[1]), "gauss_next": py[2]},
+            "rng_np": {"kind": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
         }
-        if torch.cuda.is_available():
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
 
@@ -244,9 +386,7 @@ class Trainer:
             self.sched_d.load_state_dict(state["sched_d"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if "rng_cuda" in state and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        restore_rng(state)
         self.step = int(state["step"])
 
     def save_checkpoint(self) -> Optional[Path]:
@@ -260,90 +400,129 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ step
 
-    def _autocast(self):
-        if self.amp_dtype is None:
+    def _autocast(self, dtype: Optional[torch.dtype] = None):
+        dtype = dtype or self.amp_dtype
+        if dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=dtype)
 
     def _to(self, t: torch.Tensor) -> torch.Tensor:
         return t.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
-    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+    def teacher_forward(self, d: Direction, x: torch.Tensor, batch: dict) -> Optional[TeacherOut]:
+        """The frozen teacher's output and tapped features, in FP32 (bf16 autocast inside where enabled).
+
+        With ``cache_teacher`` the result is kept per dataset index: valid only for data without random
+        augmentation, which the recipe checks.
+        """
+        if d.teacher is None:
+            return None
+        keys = None
+        if self.s.cache_teacher and "index" in batch:
+            keys = [(d.name, int(i)) for i in batch["index"]]
+            if all(k in self._teacher_cache for k in keys):
+                outs = [self._teacher_cache[k] for k in keys]
+                return TeacherOut(self._to(torch.cat([o.image for o in outs])),
+                                  {a: self._to(torch.cat([o.features[a] for o in outs])) for a in outs[0].features})
+        with torch.no_grad(), FeatureTaps(d.teacher, self.s.taps) as tap_t, self._autocast(self.teacher_amp_dtype):
+            image = d.teacher(x)
+        out = TeacherOut(image.float(), {a: f.float() for a, f in tap_t.features.items()})
+        if keys is not None:
+            for j, k in enumerate(keys):
+                self._teacher_cache[k] = TeacherOut(out.image[j:j + 1].cpu(),
+                                                    {a: f[j:j + 1].cpu() for a, f in out.features.items()})
+        return out
+
+    def generator_terms(self, d: Direction, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor,
+                                                                   Optional[tuple]]:
+        """One direction's generator loss terms, its output, and the (real, fake) pair for the discriminator."""
         s, L = self.s, self.s.losses
         terms: dict[str, torch.Tensor] = {}
-        fakes = {}
-        d_inputs = {}
-        g_loss = 0.0
+        x = self._to(batch[d.src])
+        t = self.teacher_forward(d, x, batch)
+        with FeatureTaps(d.student, s.taps) as tap_s:
+            out_s = d.student(x)
+        tgt_key = d.kind.recon_target(d, batch)
+        if L.recon.weight > 0 and tgt_key is not None:
+            terms[f"{d.name}/recon"] = nn.functional.l1_loss(out_s.float(), self._to(batch[tgt_key])) * L.recon.weight
+        if t is not None:
+            if L.kd.weight > 0:
+                terms[f"{d.name}/kd"] = kd_loss(out_s.float(), t.image) * L.kd.weight
+            if L.srp.weight > 0 and s.srp_layers:
+                terms[f"{d.name}/srp"] = srp_multi(
+                    t.features, tap_s.features, s.srp_layers, L.srp.layer_weights, pool=L.srp.pool,
+                    variant=L.srp.variant, float64=L.srp.float64) * L.srp.weight
+            if self.adapters is not None:
+                terms[f"{d.name}/feat"] = self.adapters[d.name](t.features, tap_s.features) * L.feat.weight
+        pair = None
+        if self.use_gan and d.disc is not None:
+            pair = d.kind.gan_pair(d, batch, x, out_s, t.image if t is not None else None, self._to)
+            d.disc.requires_grad_(False)  # the generator's adversarial term trains the generator only
+            terms[f"{d.name}/gan"] = self.gan(d.disc(pair[1]), True, False) * L.gan.weight
+            d.disc.requires_grad_(True)
+        return terms, out_s, pair
+
+    def cycle_terms(self, fakes: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
+        """Unpaired data: A -> B -> A and B -> A -> B back to their inputs (L1)."""
+        w = self.s.losses.cycle.weight
+        if self.s.kind != "unpaired" or w <= 0 or len(self.s.directions) != 2:
+            return {}
+        ab, ba = self.s.directions
+        rec_a = ba.student(fakes[ab.name])
+        rec_b = ab.student(fakes[ba.name])
+        return {"cycle": (nn.functional.l1_loss(rec_a, self._to(batch[ab.src])) +
+                          nn.functional.l1_loss(rec_b, self._to(batch[ba.src]))) * w}
+
+    def _generator_loss(self, batch: dict):
+        terms: dict[str, torch.Tensor] = {}
+        fakes, pairs = {}, {}
         with self._autocast():
-            for d in s.directions:
-                x = self._to(batch[d.src])
-                taps_t = FeatureTaps(d.teacher, s.taps) if d.teacher is not None else None
-                with FeatureTaps(d.student, s.taps) as tap_s:
-                    out_s = d.student(x)
-                t_out = None
-                if d.teacher is not None:
-                    with torch.no_grad(), taps_t:
-                        t_out = d.teacher(x)
-                fakes[d.name] = out_s
-                tgt = self._to(batch[d.tgt]) if d.tgt and d.tgt in batch and s.kind == "paired" else None
-                if L.recon.weight > 0 and tgt is not None:
-                    terms[f"{d.name}/recon"] = nn.functional.l1_loss(out_s, tgt) * L.recon.weight
-                if d.teacher is not None:
-                    if L.kd.weight > 0:
-                        terms[f"{d.name}/kd"] = kd_loss(out_s, t_out) * L.kd.weight
-                    if L.srp.weight > 0 and s.srp_layers:
-                        terms[f"{d.name}/srp"] = srp_multi(
-                            taps_t.features, tap_s.features, s.srp_layers, L.srp.layer_weights, pool=L.srp.pool,
-                            variant=L.srp.variant, float64=L.srp.float64) * L.srp.weight
-                    if self.adapters is not None:
-                        terms[f"{d.name}/feat"] = self.adapters[d.name](taps_t.features, tap_s.features) * \
-                            L.feat.weight
-                if self.use_gan and d.disc is not None:
-                    if s.kind == "unpaired":
-                        real = self._to(batch[d.tgt])
-                        d_inputs[d.name] = (real, out_s)
-                    else:
-                        real_img = tgt if s.kind == "paired" else t_out
-                        d_inputs[d.name] = (torch.cat([x, real_img], 1), torch.cat([x, out_s], 1))
-                    for p in d.disc.parameters():
-                        p.requires_grad_(False)
-                    terms[f"{d.name}/gan"] = self.gan(d.disc(d_inputs[d.name][1]), True, False) * L.gan.weight
-            if s.kind == "unpaired" and L.cycle.weight > 0 and len(s.directions) == 2:
-                ab, ba = s.directions
-                rec_a = ba.student(fakes[ab.name])
-                rec_b = ab.student(fakes[ba.name])
-                terms["cycle"] = (nn.functional.l1_loss(rec_a, self._to(batch[ab.src])) +
-                                  nn.functional.l1_loss(rec_b, self._to(batch[ba.src]))) * L.cycle.weight
-            g_loss = sum(terms.values())
+            for d in self.s.directions:
+                t, fakes[d.name], pair = self.generator_terms(d, batch)
+                terms.update(t)
+                if pair is not None:
+                    pairs[d.name] = pair
+            terms.update(self.cycle_terms(fakes, batch))
+        return sum(terms.values()), terms, pairs
+
+    def _discriminator_loss(self, pairs: dict[str, tuple]) -> dict[str, torch.Tensor]:
+        terms = {}
+        with self._autocast():
+            for d in self.s.directions:
+                if d.name in pairs:
+                    real, fake = pairs[d.name]
+                    terms[f"{d.name}/disc"] = 0.5 * (self.gan(d.disc(real), True) +
+                                                     self.gan(d.disc(fake.detach()), False))
+        return terms
+
+    def generator_step(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, tuple]]:
+        """Every generator-side term (all directions, cycle) and one optimiser step; returns terms and GAN pairs."""
+        g_loss, terms, pairs = self.g_objective(batch)
         self._check_finite(terms)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(g_loss).backward()
         self.scaler.unscale_(self.opt_g)
-        self.sync_g.average()
         self.scaler.step(self.opt_g)
-        # discriminator
-        if self.opt_d is not None and d_inputs:
-            d_terms = {}
-            with self._autocast():
-                for d in s.directions:
-                    if d.name not in d_inputs:
-                        continue
-                    for p in d.disc.parameters():
-                        p.requires_grad_(True)
-                    real, fake = d_inputs[d.name]
-                    d_terms[f"{d.name}/disc"] = 0.5 * (self.gan(d.disc(real), True) +
-                                                       self.gan(d.disc(fake.detach()), False))
-            self._check_finite(d_terms)
-            self.opt_d.zero_grad(set_to_none=True)
-            self.scaler.scale(sum(d_terms.values())).backward()
-            self.scaler.unscale_(self.opt_d)
-            self.sync_d.average()
-            self.scaler.step(self.opt_d)
-            terms.update(d_terms)
-            self.sched_d.step()
+        return terms, pairs
+
+    def discriminator_step(self, pairs: dict[str, tuple]) -> dict[str, torch.Tensor]:
+        """One PatchGAN update on the pairs the generator step produced."""
+        if self.d_objective is None or not pairs:
+            return {}
+        terms = self.d_objective(pairs)
+        self._check_finite(terms)
+        self.opt_d.zero_grad(set_to_none=True)
+        self.scaler.scale(sum(terms.values())).backward()
+        self.scaler.unscale_(self.opt_d)
+        self.scaler.step(self.opt_d)
+        self.sched_d.step()
+        return terms
+
+    def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
+        terms, pairs = self.generator_step(batch)
+        terms.update(self.discriminator_step(pairs))
         self.scaler.update()
         self.sched_g.step()
-        self.sync_g.sync_buffers()
         return {k: v.detach() for k, v in terms.items()}
 
     def _check_finite(self, terms: dict[str, torch.Tensor]) -> None:
@@ -364,9 +543,12 @@ class Trainer:
         s = self.s
         sampler = ResumableSampler(len(s.dataset), s.seed, start=self.step * s.batch_size, rank=self.rank,
                                    world=self.world)
+        # the loader's own generator: starting an iterator must not draw from the global torch RNG, or a resumed
+        # run would differ from an uninterrupted one
+        gen = torch.Generator().manual_seed(s.seed + self.step)
         return DataLoader(s.dataset, batch_size=s.batch_size, sampler=sampler, num_workers=s.num_workers,
                           drop_last=True, pin_memory=self.device.type == "cuda",
-                          persistent_workers=s.num_workers > 0)
+                          persistent_workers=s.num_workers > 0, generator=gen)
 
     def _truncate_metrics(self) -> None:
         if self.rank != 0 or not self.metrics_file.exists():
@@ -397,8 +579,7 @@ class Trainer:
                 log.info("resumed from step %d", self.step)
             elif list_checkpoints(self.ckpt_dir):
                 raise CheckpointError(f"{self.ckpt_dir}: no readable checkpoint to resume from")
-        self.sync_g.broadcast_params()
-        self.sync_d.broadcast_params()
+        self._wrap_distributed()
         self._truncate_metrics()
         if self.step >= s.steps:
             return self.summary({})

@@ -1,16 +1,22 @@
-"""INT8 (static QDQ) quantisation with ONNX Runtime's tools and calibration images from the recipe's data.
+"""INT8 (static) quantisation with ONNX Runtime's tools and calibration images from the recipe's data.
 
-Weights are quantised per channel. ``target="cpu"`` uses unsigned activations (fastest in ONNX Runtime on
-x86); ``target="tensorrt"`` uses symmetric signed INT8 for activations and weights, which TensorRT's explicit
-quantisation expects.
+``target="cpu"`` quantises only the ops that have INT8 kernels in ONNX Runtime's CPU provider (Conv, MatMul,
+Gemm: :data:`CPU_OP_TYPES`), so no Q/DQ pair sits around an op that stays in float (ConvTranspose,
+InstanceNorm, Pad, Tanh, Resize...), with unsigned activations and signed weights (U8S8: the x86 kernels'
+native form, ``vpmaddubsw`` on AVX2, ``vpdpbusd`` on AVX512-VNNI / AVX-VNNI). :class:`CpuInt8` holds the choices
+(QDQ or QOperator, U8S8 or S8S8, per-channel, symmetric activations, calibration method, 7-bit weights where
+the CPU lacks VNNI: without it, per-channel 8-bit weights saturate the int16 sums and cost 10+ dB of PSNR);
+``tools/bench_export.py --variants`` measures them side by side. ``target="tensorrt"`` uses symmetric signed
+INT8 for activations and weights, which TensorRT's explicit quantisation expects.
 """
 from __future__ import annotations
 
 import logging
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import numpy as np
 import torch
@@ -37,7 +43,86 @@ class _Reader:
         pass
 
 
-def quantize_onnx(fp32: str | Path, out: str | Path, calibration: list[np.ndarray], target: str = "cpu") -> Path:
+# ConvTranspose is left out: ONNX Runtime's CPU provider has no INT8 ConvTranspose kernel, so quantising it only
+# wraps a float ConvTranspose in DequantizeLinear/QuantizeLinear (seen in the profiler: tools/bench_export.py)
+CPU_OP_TYPES = ("Conv", "MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class CpuInt8:
+    """How ``quantize_onnx(target="cpu")`` quantises; the defaults were picked by ``tools/bench_export.py``."""
+
+    format: str = "qdq"  # qdq | qoperator
+    activations: str = "u8"  # u8 (U8S8) | s8 (S8S8)
+    per_channel: bool = True
+    symmetric_activations: bool = False
+    calibration: str = "minmax"  # minmax | entropy | percentile
+    op_types: tuple[str, ...] = CPU_OP_TYPES
+    # 7-bit weights: x86 without VNNI multiplies u8 x s8 with vpmaddubsw, whose int16 pair sums saturate on
+    # full-range weights; None: on where the CPU lacks VNNI (see cpu_has_vnni)
+    reduce_range: Optional[bool] = None
+
+    def describe(self) -> str:
+        return (f"{self.format.upper()} {'U8S8' if self.activations == 'u8' else 'S8S8'} "
+                f"{'per-channel' if self.per_channel else 'per-tensor'}"
+                f"{' symmetric' if self.symmetric_activations else ''} {self.calibration}"
+                f"{' 7-bit-weights' if self.resolved_reduce_range() else ''} [{','.join(self.op_types) or 'all ops'}]")
+
+    def resolved_reduce_range(self) -> bool:
+        return (not cpu_has_vnni()) if self.reduce_range is None else self.reduce_range
+
+
+def cpu_has_vnni() -> bool:
+    """True where INT8 dot products need no int16 intermediate (AVX512-VNNI, AVX-VNNI, AMX) or on non-x86 CPUs."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return True  # not Linux: no saturation workaround
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    if "avx2" not in flags:
+        return True  # ARM and others: their INT8 kernels do not saturate this way
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags)
+
+
+# the variants tools/bench_export.py --variants measures
+CPU_VARIANTS: dict[str, CpuInt8] = {
+    "default": CpuInt8(),
+    "qdq-all-ops": CpuInt8(op_types=()),
+    "with-convtranspose": CpuInt8(op_types=CPU_OP_TYPES + ("ConvTranspose",)),
+    "per-tensor": CpuInt8(per_channel=False),
+    "8bit-weights": CpuInt8(reduce_range=False),
+    "per-tensor-8bit-weights": CpuInt8(per_channel=False, reduce_range=False),
+    "s8s8-symmetric": CpuInt8(activations="s8", symmetric_activations=True),
+    "qoperator": CpuInt8(format="qoperator"),
+    "qoperator-per-tensor": CpuInt8(format="qoperator", per_channel=False),
+    "percentile": CpuInt8(calibration="percentile"),
+    "entropy": CpuInt8(calibration="entropy"),
+}
+
+
+def _quantize_cpu(pre: Path, out: Path, calibration: list[np.ndarray], opt: CpuInt8) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from .onnx import INPUT
+
+    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+              "percentile": CalibrationMethod.Percentile}[opt.calibration]
+    quantize_static(str(pre), str(out), _Reader(INPUT, calibration),
+                    quant_format=QuantFormat.QDQ if opt.format == "qdq" else QuantFormat.QOperator,
+                    op_types_to_quantize=list(opt.op_types) or None, per_channel=opt.per_channel,
+                    activation_type=QuantType.QUInt8 if opt.activations == "u8" else QuantType.QInt8,
+                    weight_type=QuantType.QInt8, calibrate_method=method, reduce_range=opt.resolved_reduce_range(),
+                    extra_options={"ActivationSymmetric": opt.symmetric_activations, "WeightSymmetric": True,
+                                   "CalibPercentile": 99.999})
+
+
+def quantize_onnx(fp32: str | Path, out: str | Path, calibration: list[np.ndarray], target: str = "cpu",
+                  cpu: Optional[CpuInt8] = None) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -51,6 +136,9 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: list[np.ndarra
         except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation
             log.debug("quant_pre_process failed (%s); quantising the model as exported", exc)
             pre = fp32
+        if target == "cpu":
+            _quantize_cpu(pre, out, calibration, cpu or CpuInt8())
+            return out
         act = QuantType.QUInt8 if target == "cpu" else QuantType.QInt8
         quantize_static(str(pre), str(out), _Reader(INPUT, calibration), quant_format=QuantFormat.QDQ,
                         per_channel=True, activation_type=act, weight_type=QuantType.QInt8,

@@ -170,3 +170,156 @@ def test_folder_data_distills_with_teacher_as_real(tmp_path):
     assert {"G/kd", "G/srp", "G/gan", "G/disc"} <= set(m) and "G/recon" not in m
     ev = json.loads((tmp_path / "runs" / "fold" / "eval.json").read_text())
     assert "psnr_vs_teacher" in ev["student"]
+
+
+# ------------------------------------------------------------------------------------ in-process trainer tests
+
+import random  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+
+from compressor.errors import Interrupted, RecipeError  # noqa: E402
+from compressor.recipe import LossesSpec, parse_recipe  # noqa: E402
+from compressor.train import (DATA_KINDS, Direction, Trainer, TrainSetup, cpu_amp_dtype,  # noqa: E402
+                              cpu_bf16_native, seed_everything)
+
+
+class _NoisyPairs(torch.utils.data.Dataset):
+    """A user's dataset that draws from the global numpy and Python random generators, as many do."""
+
+    def __len__(self):
+        return 5
+
+    def __getitem__(self, i):
+        i %= 5
+        x = torch.from_numpy(np.random.rand(3, 16, 16).astype(np.float32)) * 2 - 1
+        y = torch.tanh(x.flip(2) + random.random())
+        return {"input": x, "target": y, "index": i}
+
+
+def _tiny_net(seed):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Dropout2d(0.3),  # dropout: torch RNG
+                         nn.Conv2d(8, 3, 3, padding=1), nn.Tanh())
+
+
+def _trainer(tmp_path, steps=6, cache=False, teacher=True, progress=None):
+    losses = LossesSpec.model_validate({"srp": {"weight": 1.0}, "recon": {"weight": 10}, "kd": {"weight": 1}})
+    t = _tiny_net(1).eval() if teacher else None
+    d = Direction("G", _tiny_net(2), t, "input", "target")
+    setup = TrainSetup(kind="paired", directions=[d], dataset=_NoisyPairs(), losses=losses, steps=steps,
+                       batch_size=2, seed=3, taps={"enc": "0"}, srp_layers=["enc"] if teacher else [],
+                       disc_spec={"ndf": 4, "n_layers": 1}, checkpoint_every=100, log_every=1, sample_every=1000,
+                       cache_teacher=cache)
+    return Trainer(setup, tmp_path, torch.device("cpu"), progress)
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted_bitwise(tmp_path):
+    seed_everything(0)
+    full = _trainer(tmp_path / "full")
+    full.fit()
+
+    seed_everything(0)
+    part = _trainer(tmp_path / "part", progress=lambda step, total, _: setattr(part, "_stop", step == 3))
+    with pytest.raises(Interrupted):
+        part.fit()
+    # a new process: every random generator somewhere else
+    seed_everything(12345)
+    random.random(), np.random.rand(7), torch.rand(3)
+    resumed = _trainer(tmp_path / "part")
+    resumed.fit(resume=True)
+    assert resumed.step == full.step == 6
+    for a, b in zip(full.s.directions[0].student.state_dict().values(),
+                    resumed.s.directions[0].student.state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(full.s.directions[0].disc.state_dict().values(), resumed.s.directions[0].disc.state_dict().values()):
+        assert torch.equal(a, b)
+    lines = lambda p: [{k: v for k, v in m.items() if k != "time_s"} for m in _metrics(p)]  # noqa: E731
+    assert lines(tmp_path / "full") == lines(tmp_path / "part")
+
+
+def test_resume_without_the_rng_restore_would_differ(tmp_path):
+    """The bitwise test above can fail: training here does depend on the global random states."""
+    seed_everything(0)
+    a = _trainer(tmp_path / "a", steps=2)
+    a.fit()
+    seed_everything(1)
+    b = _trainer(tmp_path / "b", steps=2)
+    b.fit()
+    wa, wb = (t.s.directions[0].student[0].weight for t in (a, b))
+    assert not torch.equal(wa, wb)
+
+
+def test_teacher_cache_gives_the_same_losses_with_one_teacher_call_per_image(tmp_path):
+    class _Fixed(_NoisyPairs):
+        def __getitem__(self, i):
+            g = torch.Generator().manual_seed(i % 5)
+            x = torch.rand(3, 16, 16, generator=g) * 2 - 1
+            return {"input": x, "target": torch.tanh(x.flip(2)), "index": i % 5}
+
+    runs = {}
+    for cache in (False, True):
+        seed_everything(0)
+        tr = _trainer(tmp_path / str(cache), steps=8, cache=cache)
+        tr.s.dataset = _Fixed()
+        calls = []
+        tr.s.directions[0].teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+        tr.fit()
+        runs[cache] = ([{k: v for k, v in m.items() if k != "time_s"} for m in _metrics(tmp_path / str(cache))],
+                       sum(calls))
+    for a, b in zip(*(runs[c][0] for c in (True, False)), strict=True):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in a)
+    assert runs[False][1] == 16 and runs[True][1] < 16  # 8 steps of 2 images, 5 distinct images
+
+
+def test_data_kinds_carry_the_differences():
+    paired, unpaired, folder = DATA_KINDS["paired"], DATA_KINDS["unpaired"], DATA_KINDS["folder"]
+    d = Direction("AB", nn.Identity(), None, "A", "B")
+    batch = {"A": torch.zeros(1, 3, 4, 4), "B": torch.ones(1, 3, 4, 4)}
+    assert paired.recon_target(d, batch) == "B" and unpaired.recon_target(d, batch) is None
+    assert paired.disc_input_channels(1, 3) == 4 and unpaired.disc_input_channels(1, 3) == 3
+    real, fake = unpaired.gan_pair(d, batch, batch["A"], batch["A"] * 2, None, lambda t: t)
+    assert real.shape[1] == 3 and torch.equal(real, batch["B"])
+    real, fake = paired.gan_pair(d, batch, batch["A"], batch["A"] * 2, None, lambda t: t)
+    assert real.shape[1] == 6
+    assert not folder.gan_enabled(False) and folder.gan_enabled(True)
+    with pytest.raises(ValueError, match="teacher"):
+        folder.gan_pair(d, batch, batch["A"], batch["A"], None, lambda t: t)
+
+
+def test_bf16_only_where_the_cpu_has_it():
+    assert cpu_bf16_native(frozenset({"avx2", "avx512f", "avx512_bf16"}))
+    assert cpu_bf16_native(frozenset({"avx2", "amx_bf16", "amx_tile"}))
+    assert not cpu_bf16_native(frozenset({"avx2", "fma", "avx512f", "avx512_vnni"}))
+    assert cpu_amp_dtype("bf16", frozenset({"avx512_bf16"})) == (torch.bfloat16, "")
+    dtype, note = cpu_amp_dtype("bf16", frozenset({"avx2"}))
+    assert dtype is None and "FP32" in note and "AVX512-BF16" in note
+    dtype, note = cpu_amp_dtype("fp16", frozenset({"avx512_bf16"}))
+    assert dtype is None and "CUDA" in note
+    assert cpu_amp_dtype("none") == (None, "")
+
+
+def test_bf16_teacher_forward_keeps_losses_fp32(tmp_path, monkeypatch):
+    monkeypatch.setattr("compressor.train.cpu_bf16_native", lambda flags=None: True)  # as on an AMX CPU
+    seed_everything(0)
+    tr = _trainer(tmp_path, steps=1)
+    tr.s.amp = "bf16"
+    tr.teacher_amp_dtype = torch.bfloat16
+    batch = {k: v[None] if isinstance(v, torch.Tensor) else torch.tensor([v]) for k, v in _NoisyPairs()[0].items()}
+    t = tr.teacher_forward(tr.s.directions[0], batch["input"], batch)
+    assert t.image.dtype == torch.float32 and all(f.dtype == torch.float32 for f in t.features.values())
+    terms = tr.train_step(batch)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
+
+
+@pytest.mark.parametrize("data", ["flip: true", "load_size: 40", "kind: unpaired"])
+def test_teacher_cache_refused_with_random_augmentation(data):
+    kind = "unpaired, root: /nowhere" if data == "kind: unpaired" else "synthetic"
+    extra = "" if data == "kind: unpaired" else ", " + data
+    text = (f"name: x\ndata: {{kind: {kind}, size: 32{extra}}}\nteacher: {{arch: resnet_6blocks}}\n"
+            "distill: {cache_teacher: true}\n")
+    with pytest.raises(RecipeError, match="distill.cache_teacher"):
+        parse_recipe(text, check_paths=False)
+    parse_recipe(text.replace("cache_teacher: true", "cache_teacher: false"), check_paths=False)
