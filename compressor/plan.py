@@ -23,12 +23,13 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Protocol, Union
+from typing import Protocol
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 from .errors import UserError
 from .models import ZOO, size_multiple
@@ -47,12 +48,12 @@ class Candidate:
     """One student width: its untrained model, size, and measured latency."""
 
     width: float
-    model: Optional[nn.Module] = None
-    plan: Optional[dict] = None
-    params: Optional[int] = None
-    macs: Optional[int] = None
-    p50: Optional[float] = None
-    p90: Optional[float] = None
+    model: nn.Module | None = None
+    plan: dict | None = None
+    params: int | None = None
+    macs: int | None = None
+    p50: float | None = None
+    p90: float | None = None
     confirmed: bool = False
     measurements: list = field(default_factory=list)
 
@@ -82,10 +83,10 @@ class ProfileMeasure:
     it with :func:`exporters.profile.profile_models`, or :func:`exporters.profile.remote_profile` on
     ``budget.host``."""
 
-    def __init__(self, budget: BudgetSpec, size: int, workdir: Optional[Path] = None):
+    def __init__(self, budget: BudgetSpec, size: int, workdir: Path | None = None):
         self.budget, self.size = budget, size
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="compressor-plan-"))
-        self.environment: Optional[dict] = None
+        self.environment: dict | None = None
         self._round = 0
         self.check()
 
@@ -166,8 +167,8 @@ class ProfileMeasure:
             try:
                 doc = remote_profile(b.host, [r["onnx"] for r in refs], args, out, b.port, opts, b.remote_compress)
             except UserError as exc:
-                hint = (f" (is the toolkit installed there? set student.budget.remote_compress to its compress "
-                        f"command)") if "not found" in str(exc) or "No such file" in str(exc) else ""
+                hint = (" (is the toolkit installed there? set student.budget.remote_compress to its compress "
+                        "command)") if "not found" in str(exc) or "No such file" in str(exc) else ""
                 raise UserError(f"student.budget.host: {exc}{hint}") from None
             by_label = {r["model"]: r for r in doc.get("results", [])}
             rows = [by_label.get(Path(r["onnx"]).stem, {"status": "failed", "reason": "no result"}) for r in refs]
@@ -215,7 +216,7 @@ def model_signature(model: nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
-def _budget_text(b: BudgetSpec, target: float, margin: float, teacher_ms: Optional[float]) -> str:
+def _budget_text(b: BudgetSpec, target: float, margin: float, teacher_ms: float | None) -> str:
     if b.speedup is not None:
         text = f"{target / (1 - margin):.3g} ms ({b.speedup:g}x faster than the teacher's {teacher_ms:.3g} ms)"
     else:
@@ -227,7 +228,8 @@ def _budget_text(b: BudgetSpec, target: float, margin: float, teacher_ms: Option
 
 class _Planner:
     def __init__(self, teacher: nn.Module, budget: BudgetSpec, method: str, size: int, widths: list[float],
-                 measure: Measure, warmup: int, iters: int, confirm_iters: int):
+                 measure: Measure, warmup: int, iters: int, confirm_iters: int, count_macs: bool = True):
+        self.count_macs = count_macs
         self.teacher, self.budget, self.method, self.size = teacher, budget, method, size
         self.cands = [Candidate(w) for w in widths]
         self.measure, self.warmup, self.iters, self.confirm_iters = measure, warmup, iters, confirm_iters
@@ -235,18 +237,19 @@ class _Planner:
         self.example = torch.zeros(1, cfg.get("input_nc", 3), size, size)
         self.stat = budget.stat
 
-    def build(self, i: int) -> Candidate:
-        from .complexity import profile_model
+    def build(self, i: int, macs: bool = False) -> Candidate:
+        from .complexity import count_params, profile_model
 
         c = self.cands[i]
         if c.model is None:
             c.model, c.plan = make_student(self.teacher, c.width, self.method, "scratch", self.example)
             c.model.eval()
-            cx = profile_model(c.model, tuple(self.example.shape))
-            c.params, c.macs = cx["params"], cx["macs"]
+            c.params = count_params(c.model)
+        if c.macs is None and (macs or self.count_macs):
+            c.macs = profile_model(c.model, tuple(self.example.shape))["macs"]
         return c
 
-    def lat(self, i: int) -> Optional[float]:
+    def lat(self, i: int) -> float | None:
         return getattr(self.cands[i], self.stat)
 
     def time(self, idx: list[int], confirm: bool = False) -> None:
@@ -263,7 +266,7 @@ class _Planner:
                      " (confirmed)" if confirm else "")
         log.debug("timed %d candidate(s) in %.1f s", len(cands), time.perf_counter() - t0)
 
-    def _bracket(self, target: float) -> tuple[Optional[int], Optional[int]]:
+    def _bracket(self, target: float) -> tuple[int | None, int | None]:
         measured = [i for i, c in enumerate(self.cands) if self.lat(i) is not None]
         over = [i for i in measured if self.lat(i) > target]
         hi = min(over) if over else None
@@ -316,16 +319,16 @@ class _Planner:
         lo, hi = -1, len(self.cands)
         while hi - lo > 1:
             mid = (lo + hi) // 2
-            if getattr(self.build(mid), key) <= limit:
+            if getattr(self.build(mid, macs=key == "macs"), key) <= limit:
                 lo = mid
             else:
                 hi = mid
         if lo < 0:
-            c = self.build(0)
+            c = self.build(0, macs=key == "macs")
             raise UserError(f"student.budget: even width {c.width:.4g} has {getattr(c, key):.4g} {key}; the "
                             f"budget is {limit:.4g}")
         if lo + 1 < len(self.cands):
-            self.build(lo + 1)
+            self.build(lo + 1, macs=key == "macs")
         return lo
 
 
@@ -339,10 +342,11 @@ def plan_key(teacher: nn.Module, budget: BudgetSpec, margin: float, method: str,
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def plan_width(teacher: nn.Module, budget: Union[BudgetSpec, dict], *, size: int, method: str = "auto",
-               margin: float = 0.05, run_dir: Optional[Union[str, Path]] = None, measure: Optional[Measure] = None,
-               fingerprint: Optional[dict] = None, widths: Optional[list[float]] = None, warmup: int = 3,
-               iters: int = 10, confirm_iters: int = 30, force: bool = False, plot: bool = True) -> dict:
+def plan_width(teacher: nn.Module, budget: BudgetSpec | dict, *, size: int, method: str = "auto",
+               margin: float = 0.05, run_dir: str | Path | None = None, measure: Measure | None = None,
+               fingerprint: dict | None = None, widths: list[float] | None = None, warmup: int = 3,
+               iters: int = 10, confirm_iters: int = 30, force: bool = False, plot: bool = True,
+               count_macs: bool = True) -> dict:
     """Choose the widest student width that meets ``budget``; return the plan document (``doc["width"]``).
 
     ``teacher`` is the teacher model (its weights do not matter), ``budget`` a :class:`BudgetSpec` (or its dict),
@@ -350,6 +354,7 @@ def plan_width(teacher: nn.Module, budget: Union[BudgetSpec, dict], *, size: int
     ``margin`` the fraction kept below a latency budget. With ``run_dir``, ``plan.json`` (and ``plan.png``) are
     written there, and a plan with the same teacher, budget and machine/backend fingerprint is reused.
     ``measure`` replaces the timing on the target (see :class:`Measure`); ``fingerprint`` then names it.
+    ``count_macs=False`` leaves the candidates' MACs out (they cost a counted forward pass each).
     """
     budget = budget if isinstance(budget, BudgetSpec) else BudgetSpec.model_validate(budget)
     if not 0 <= margin < 1:
@@ -385,7 +390,7 @@ def plan_width(teacher: nn.Module, budget: Union[BudgetSpec, dict], *, size: int
                 shutil.rmtree(workdir, ignore_errors=True)
             return {**prev, "cached": True}
     t0 = time.perf_counter()
-    p = _Planner(teacher, budget, method, size, grid, measure, warmup, iters, confirm_iters)
+    p = _Planner(teacher, budget, method, size, grid, measure, warmup, iters, confirm_iters, count_macs)
     teacher_ms = None
     try:
         if counts:
@@ -409,7 +414,7 @@ def plan_width(teacher: nn.Module, budget: Union[BudgetSpec, dict], *, size: int
             shutil.rmtree(workdir, ignore_errors=True)
     chosen = p.cands[best]
     nxt = p.cands[best + 1] if best + 1 < len(grid) else None
-    teacher_cx = _teacher_counts(teacher, p.example)
+    teacher_cx = _teacher_counts(teacher, p.example, count_macs)
     doc = {"schema": SCHEMA, "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "budget": budget.model_dump(mode="json", exclude_none=True), "margin": margin, "size": size,
            "method": method, "stat": budget.stat, "target": target,
@@ -434,14 +439,16 @@ def plan_width(teacher: nn.Module, budget: Union[BudgetSpec, dict], *, size: int
     return doc
 
 
-def _teacher_counts(teacher: nn.Module, example: torch.Tensor) -> dict:
-    from .complexity import profile_model
+def _teacher_counts(teacher: nn.Module, example: torch.Tensor, macs: bool) -> dict:
+    from .complexity import count_params, profile_model
 
+    if not macs:
+        return {"params": count_params(teacher), "macs": None}
     cx = profile_model(teacher, tuple(example.shape))
     return {"params": cx["params"], "macs": cx["macs"]}
 
 
-def plot_plan(doc: dict, path: Union[str, Path]) -> Path:
+def plot_plan(doc: dict, path: str | Path) -> Path:
     """Latency (or MACs/params) against width, with the budget line and the chosen width."""
     import matplotlib
 
