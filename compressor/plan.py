@@ -293,6 +293,7 @@ class _Planner:
     def search_latency(self, target: float, text_fn: Callable[[], str], max_rounds: int = 24) -> int:
         n = len(self.cands)
         self.time([i for i in (0, n - 1) if self.lat(i) is None])
+        span = 2 * n  # the bracket before the last round: a guess that did not halve it gives way to bisection
         for _ in range(max_rounds):
             if self.lat(0) > target:
                 if not self.cands[0].confirmed:
@@ -306,7 +307,8 @@ class _Planner:
                     return lo
                 self.time(need, confirm=True)
                 continue
-            i = self._guess(lo, hi, target)
+            i = self._guess(lo, hi, target) if 2 * (hi - lo) <= span else (lo + hi) // 2
+            span = hi - lo
             self.time([k for k in (i, i + 1) if k < hi and self.lat(k) is None] or [i])
         lo, _ = self._bracket(target)
         if lo is None:

@@ -179,6 +179,14 @@ def test_noisy_target_still_ends_in_an_adjacent_bracket(teacher):
     assert doc["width"] == expected(width_grid(teacher, "auto"), f, 30)
 
 
+def test_an_outlier_does_not_turn_the_search_into_a_sweep(teacher):
+    """A flat curve with one huge outlier at width 1 (seen on a loaded machine): bisection takes over."""
+    f = lambda w: 100.0 if w == 1.0 else 0.5 + 0.2 * w
+    fake = Fake(f)
+    doc = plan_width(teacher, {"latency_ms": 3}, size=SIZE, margin=0, measure=fake, count_macs=False)
+    assert doc["width"] == 23 / 24 and len(set(fake.timed)) <= 12
+
+
 def test_recipe_schema_for_auto_width(tmp_path):
     from compressor.recipe import RecipeError, parse_recipe
 
