@@ -405,7 +405,8 @@ def plan_width(teacher: nn.Module, budget: BudgetSpec | dict, *, size: int, meth
                     p.time([len(grid) - 1], confirm=True)
                     teacher_ms = p.lat(len(grid) - 1)
                 else:
-                    tc = Candidate(1.0, model=teacher)
+                    tc = Candidate(1.0)
+                    tc.model, tc.plan = make_student(teacher, 1.0, method, "scratch", p.example)
                     teacher_ms = measure([tc], warmup, confirm_iters)[0][budget.stat]
                 target = teacher_ms / budget.speedup * (1 - margin)
             else:
