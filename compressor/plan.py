@@ -129,7 +129,7 @@ class ProfileMeasure:
         from exporters.onnx import export_onnx
 
         b = self.budget
-        base = self.workdir / cand.label
+        base = self.workdir / cand.label.replace(".", "_")  # no suffix for with_suffix to eat
         ref: dict = {"label": cand.label, "role": "student", "torch": None, "onnx": None}
         if b.backend in ("torch", "torch-compile"):
             if not (base / "student.json").exists():

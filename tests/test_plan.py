@@ -187,6 +187,19 @@ def test_an_outlier_does_not_turn_the_search_into_a_sweep(teacher):
     assert doc["width"] == 23 / 24 and len(set(fake.timed)) <= 12
 
 
+def test_each_width_gets_its_own_onnx(teacher, tmp_path):
+    from compressor.plan import Candidate, ProfileMeasure
+    from compressor.slim import make_student
+
+    pm = ProfileMeasure(BudgetSpec(latency_ms=1), SIZE, tmp_path)
+    paths = []
+    for w in (0.25, 0.5):
+        c = Candidate(w)
+        c.model, c.plan = make_student(teacher, w, "rebuild", "scratch")
+        paths.append(pm._artifacts(c)["onnx"])
+    assert len(set(paths)) == 2 and all(Path(p).is_file() for p in paths)
+
+
 def test_recipe_schema_for_auto_width(tmp_path):
     from compressor.recipe import RecipeError, parse_recipe
 
