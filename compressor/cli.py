@@ -40,7 +40,7 @@ from .trust import check_import_target, require_consent, trust_all_code
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Make image-to-image GAN generators small and fast: distill, evaluate, export, profile.")
-COMMANDS = {"run", "validate", "evaluate", "export", "profile", "report"}
+COMMANDS = {"run", "validate", "evaluate", "export", "profile", "report", "plan"}
 log = logging.getLogger("compressor")
 
 
@@ -312,6 +312,48 @@ def _print_profile(doc: dict) -> None:
     for s in speedups([doc]):
         mac = f"  MAC reduction {s['mac_reduction']:.1f}×" if s["mac_reduction"] else ""
         typer.echo(f"speed-up {s['backend']} b{s['batch']} {s['size']}²: {s['speedup']:.1f}×{mac}")
+
+
+@app.command()
+def plan(
+    recipe: Path = typer.Argument(..., help="recipe YAML file with student.budget"),
+    out: Path = typer.Option(Path("runs"), "--out", help="parent folder of runs/<name>/"),
+    set_: List[str] = typer.Option([], "--set", help="override a key: dotted.key=value (YAML scalar)"),
+    force: bool = typer.Option(False, "--force", help="measure again even when plan.json is up to date"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no info messages"),
+):
+    """Choose student.width from student.budget by timing untrained students on the target; writes plan.json."""
+    from .models import build_teacher
+    from .pipeline import RunDir, _teacher_spec_dict, load_run_teacher, prepare_run_dir
+    from .plan import plan_width
+    from .recipe import load_recipe
+
+    _setup_logging(quiet)
+    r = load_recipe(recipe, set_, check_paths=False)
+    if r.student.budget is None:
+        raise UserError("student.budget: compress plan needs a budget (latency_ms, speedup, macs or params), "
+                        "e.g. --set student.budget.latency_ms=30")
+    run = RunDir(out / r.name)
+    if run.teacher_json.exists() and run.teacher_weights.exists():
+        teacher = load_run_teacher(run)
+    else:  # latency does not depend on the weights: the architecture is enough
+        teacher = build_teacher(r.teacher, r.base_dir, init=None)
+        teacher.compressor_spec = _teacher_spec_dict(r)
+        run = prepare_run_dir(r, out, False, recipe)
+    doc = plan_width(teacher, r.student.budget, size=r.data.size, method=r.student.method, margin=r.student.margin,
+                     run_dir=run.root, force=force)
+    _print_plan(doc)
+    typer.echo(f"wrote {run.root / 'plan.json'}" + (f" and {run.root / doc['plot']}" if doc.get("plot") else ""))
+
+
+def _print_plan(doc: dict) -> None:
+    stat = doc["stat"]
+    for c in doc["candidates"]:
+        lat = f"{stat} {c[stat]:9.2f} ms" if c.get(stat) is not None else ""
+        mark = "  <- chosen" if c["width"] == doc["width"] else ""
+        typer.echo(f"width {c['width']:<8.4g} params {c['params']:>12,}  MACs {c['macs']:>16,}  {lat}{mark}")
+    cached = " (cached: same teacher, budget and machine)" if doc.get("cached") else ""
+    typer.echo(f"chosen width {doc['width']:.6g}{cached}; set student.width: {doc['width']:.6g}")
 
 
 @app.command()

@@ -10,7 +10,7 @@ import json
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -112,10 +112,67 @@ class TeacherSpec(Strict):
         return self
 
 
+PLAN_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt", "torch", "torch-compile", "tensorrt")  # profile backends
+
+
+class BudgetSpec(Strict):
+    latency_ms: Optional[float] = Field(None, gt=0, description="the student's latency on the target (ms)")
+    speedup: Optional[float] = Field(None, gt=0, description="times faster than the teacher on the target")
+    macs: Optional[float] = Field(None, gt=0, description="MACs at size (no measurement)")
+    params: Optional[float] = Field(None, gt=0, description="parameters (no measurement)")
+    backend: Literal[PLAN_BACKENDS] = Field("ort-cpu", description="profile backend that runs the student")
+    batch: int = Field(1, ge=1, le=4096, description="batch size of the measurement")
+    size: Optional[int] = Field(None, ge=8, le=8192, description="image size (default: data.size)")
+    precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="precision of the measurement")
+    stat: Literal["p50", "p90"] = Field("p50", description="latency statistic held to the budget")
+    threads: Optional[int] = Field(None, ge=1, description="intra-op threads (default: all cores)")
+    host: Optional[str] = Field(None, description="user@board: time there over SSH (ONNX backends)")
+    port: Optional[int] = Field(None, ge=1, le=65535, description="SSH port for host")
+    ssh_options: list[str] = Field(default_factory=list, description="extra ssh -o options, e.g. K=V")
+    remote_compress: str = Field("compress", description="the compress command on host")
+
+    @model_validator(mode="after")
+    def _check(self):
+        given = [k for k in ("latency_ms", "speedup", "macs", "params") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("needs exactly one of latency_ms, speedup, macs or params"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        if self.host and self.backend not in ("ort-cpu", "ort-cuda", "ort-trt"):
+            raise ValueError(f"host: only ONNX files travel to a remote machine; use backend ort-cpu, "
+                             f"ort-cuda or ort-trt, not {self.backend}")
+        return self
+
+
 class StudentSpec(Strict):
-    width: float = Field(0.25, gt=0, le=1, description="fraction of every layer's channels to keep")
+    width: Union[float, Literal["auto"]] = Field(0.25, description="fraction of every layer's channels to keep, "
+                                                                   "or auto: the widest within student.budget")
     method: Literal["auto", "rebuild", "prune"] = Field("auto", description="rebuild (zoo) or prune (any model)")
     init: Literal["inherit", "scratch"] = Field("inherit", description="inherit the teacher's strongest channels")
+    budget: Optional[BudgetSpec] = Field(None, description="width auto: one of latency_ms, speedup, macs, params")
+    margin: float = Field(0.05, ge=0, lt=1, description="width auto: keep this fraction below a latency budget")
+
+    @field_validator("width", mode="before")
+    @classmethod
+    def _width(cls, v):
+        if v == "auto":
+            return v
+        try:
+            f = float(v) if not isinstance(v, bool) else None
+        except (TypeError, ValueError):
+            f = None
+        if f is None:
+            raise ValueError("Input should be a number in (0, 1] or auto")
+        if f <= 0:
+            raise ValueError("Input should be greater than 0")
+        if f > 1:
+            raise ValueError("Input should be less than or equal to 1")
+        return f
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.width == "auto" and self.budget is None:
+            raise ValueError("student.width auto needs student.budget (one of latency_ms, speedup, macs or params)")
+        return self
 
 
 class WeightSpec(Strict):

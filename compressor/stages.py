@@ -31,6 +31,7 @@ from .features import check_tap_pair, probe_shapes, resolve_taps
 from .io import atomic_write_bytes, atomic_write_json
 from .metrics import evaluate_pair
 from .models import build_generator, build_teacher, check_teacher_spec, load_teacher, size_multiple, teacher_spec
+from .plan import plan_width
 from .procs import run_group
 from .recipe import LossesSpec, Recipe
 from .resume import prepare_checkpoints
@@ -230,11 +231,16 @@ def stage_student(ctx: Context) -> None:
     seed_everything(r.seed)  # a scratch student's initial weights depend on the seed alone
     teacher = load_run_teacher(run)
     example = _example_input(r, teacher)
-    student, plan = make_student(teacher, r.student.width, r.student.method, r.student.init, example)
+    width = r.student.width
+    if width == "auto":  # measured on the target: the widest width within student.budget (plan.json)
+        width = plan_width(teacher, r.student.budget, size=r.data.size, method=r.student.method,
+                           margin=r.student.margin, run_dir=run.root)["width"]
+        seed_everything(r.seed)
+    student, plan = make_student(teacher, width, r.student.method, r.student.init, example)
     save_student(student, plan, run.student_init)
     if r.data.kind == "unpaired":
         rev = load_run_teacher(run, reverse=True)
-        s2, plan2 = make_student(rev, r.student.width, r.student.method, r.student.init, example)
+        s2, plan2 = make_student(rev, width, r.student.method, r.student.init, example)
         save_student(s2, plan2, run.student_init / "reverse")
 
 
