@@ -65,6 +65,10 @@ class TeacherSpec(Strict):
     import_: Optional[str] = Field(None, alias="import", description="'pkg.module:factory' or 'file.py:factory'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments for the zoo model or factory")
     checkpoint: Optional[str] = Field(None, description="state_dict (.pth/.pt/.safetensors) of the teacher")
+    checkpoint_key: Optional[str] = Field(None, description="the nested state_dict to use, e.g. params_ema")
+    input_range: tuple[float, float] = Field((-1.0, 1.0), description="value range the teacher takes: [-1, 1], "
+                                             "[0, 1] or [0, 255]")
+    output_range: tuple[float, float] = Field((-1.0, 1.0), description="value range the teacher returns")
     reverse_checkpoint: Optional[str] = Field(None, description="unpaired data: the B->A teacher's state_dict")
     train: Optional[TeacherTrainSpec] = Field(None, description="train the teacher first (no checkpoint needed)")
     taps: dict[str, str] = Field(default_factory=dict, description="extra feature-tap aliases: alias -> module")
@@ -84,6 +88,10 @@ class TeacherSpec(Strict):
                                  f"allowed: {', '.join(GENERATOR_ARGS)}")
         if self.train is not None and self.import_:
             raise ValueError("teacher.train works with zoo teachers only")
+        for name in ("input_range", "output_range"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ValueError(f"teacher.{name}: expected [low, high] with low < high, got [{lo}, {hi}]")
         return self
 
 
@@ -91,6 +99,7 @@ class StudentSpec(Strict):
     width: float = Field(0.25, gt=0, le=1, description="fraction of every layer's channels to keep")
     method: Literal["auto", "rebuild", "prune"] = Field("auto", description="rebuild (zoo) or prune (any model)")
     init: Literal["inherit", "scratch"] = Field("inherit", description="inherit the teacher's strongest channels")
+    keep: list[str] = Field(default_factory=list, description="module names left at full width (prune)")
 
 
 class WeightSpec(Strict):
