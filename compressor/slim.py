@@ -335,6 +335,7 @@ def _prune(model: nn.Module, width: float, x: torch.Tensor, keep: Optional[list[
     import torch_pruning as tp
 
     keep = list(keep or [])
+    _modules_named(model, keep, "student.keep")
     was = model.training
     unknown = [n for n in _unknown_layers(model) if not any(n == k or n.startswith(k + ".") for k in keep)]
     if unknown:  # Torch-Pruning would guess a pruning dimension for their bare parameters, or never finish
