@@ -1,11 +1,11 @@
 """Checkpoint layouts people publish load into a teacher; ambiguity and a wrong checkpoint_key are one-line errors."""
 import logging
 
+import published_nets as P
 import pytest
 import torch
 import torch.nn as nn
 
-import published_nets as P
 from compressor.errors import CheckpointError
 from compressor.models import apply_state_dict, load_state_dict_file
 from compressor.models.ranges import wrap_ranges

@@ -2,17 +2,17 @@
 import subprocess
 import sys
 
+import published_nets as P
 import pytest
 import torch
 import torch.nn as nn
+from conftest import ROOT
 
-import published_nets as P
 from compressor.errors import UserError
 from compressor.features import FeatureTaps
 from compressor.losses import kd_loss, srp_loss
 from compressor.models import apply_state_dict, build_generator, load_state_dict_file
 from compressor.slim import load_student, make_student, save_student
-from conftest import ROOT
 
 # name: (factory import path, kwargs, inner module for SRP, input size, upper bound of params ratio / width^2 at
 # width 0.25). The bound is 1.2 where the inner layers dominate; tiny test widths make the full-width layers

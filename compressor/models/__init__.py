@@ -8,13 +8,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import pickle
 import sys
-import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import torch
 import torch.nn as nn
 
 from ..errors import CheckpointError, RecipeError
