@@ -21,7 +21,7 @@ FAMILIES = {
     "pix2pix_resnet": ("compressor.models:build_generator", {"name": "resnet_6blocks", "ngf": 16, "norm": "instance"},
                        "model.12", 32, 1.2),
     "pix2pix_unet": ("compressor.models:build_generator", {"name": "unet_128", "ngf": 8, "norm": "batch"},
-                     "model.model.1", 128, 1.2),
+                     "model.model.0", 128, 1.2),
     "gan_compression_mobile": ("published_nets:make_mobile_resnet", {}, "model.11", 32, 1.4),  # 7x7 image convs
     "fast_neural_style": ("published_nets:make_transformer_net", {}, "res3", 32, 1.2),
     "inverted_residual": ("published_nets:InvertedResidualNet", {}, "blocks.1", 32, 1.5),  # 7x7 image convs
