@@ -27,7 +27,7 @@ FAMILIES = {
     "inverted_residual": ("published_nets:InvertedResidualNet", {}, "blocks.1", 32, 1.5),  # 7x7 image convs
     "real_esrgan_srvgg": ("published_nets:make_srvgg", {}, "body.4", 16, 2.0),  # 48-channel x4 output conv
     "esrgan_rrdb": ("published_nets:make_rrdbnet", {}, "body.0.rdb2", 16, 1.2),
-    "attention_unet": ("published_nets:make_attention_unet", {}, "Up_conv3", 32, 3.2),  # 1-channel gates, BN(1)
+    "attention_unet": ("published_nets:make_attention_unet", {}, "Up_conv3.conv.0", 32, 3.2),  # 1-channel gates, BN(1)
     "se_unet": ("published_nets:SEUNet", {}, "enc2", 32, 1.2),
     "grouped_conv": ("published_nets:GroupedConvNet", {}, "blocks.1", 32, 1.9),  # 27->GroupNorm stem, small net
     "spade": ("published_nets:SPADEGenerator", {}, "head_0", 32, 1.3),
