@@ -87,6 +87,10 @@ class TeacherSpec(Strict):
     import_: Optional[str] = Field(None, alias="import", description="'pkg.module:factory' or 'file.py:factory'")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments for the zoo model or factory")
     checkpoint: Optional[str] = Field(None, description="state_dict (.pth/.pt/.safetensors) of the teacher")
+    checkpoint_key: Optional[str] = Field(None, description="the nested state_dict to use, e.g. params_ema")
+    input_range: tuple[float, float] = Field((-1.0, 1.0), description="value range the teacher takes: [-1, 1], "
+                                             "[0, 1] or [0, 255]")
+    output_range: tuple[float, float] = Field((-1.0, 1.0), description="value range the teacher returns")
     reverse_checkpoint: Optional[str] = Field(None, description="unpaired data: the B->A teacher's state_dict")
     train: Optional[TeacherTrainSpec] = Field(None, description="train the teacher first (no checkpoint needed)")
     taps: dict[str, str] = Field(default_factory=dict, description="extra feature-tap aliases: alias -> module")
@@ -98,6 +102,10 @@ class TeacherSpec(Strict):
             raise ValueError("teacher needs exactly one of 'arch' (a zoo name) or 'import' (module:factory)")
         if self.train is not None and self.import_:
             raise ValueError("teacher.train works with zoo teachers only")
+        for name in ("input_range", "output_range"):
+            lo, hi = getattr(self, name)
+            if not lo < hi:
+                raise ValueError(f"teacher.{name}: expected [low, high] with low < high, got [{lo}, {hi}]")
         return self
 
     @model_validator(mode="after")
@@ -148,6 +156,7 @@ class StudentSpec(Strict):
                                                                    "or auto: the widest within student.budget")
     method: Literal["auto", "rebuild", "prune"] = Field("auto", description="rebuild (zoo) or prune (any model)")
     init: Literal["inherit", "scratch"] = Field("inherit", description="inherit the teacher's strongest channels")
+    keep: list[str] = Field(default_factory=list, description="module names left at full width (prune)")
     budget: Optional[BudgetSpec] = Field(None, description="width auto: one of latency_ms, speedup, macs, params")
     margin: float = Field(0.05, ge=0, lt=1, description="width auto: keep this fraction below a latency budget")
 

@@ -31,7 +31,7 @@ from .models import spec_of_model as teacher_spec_of
 
 log = logging.getLogger(__name__)
 
-PLAN_VERSION = 1
+PLAN_VERSION = 2
 
 
 def _example_for(model: nn.Module, example_input: Optional[torch.Tensor]) -> torch.Tensor:
@@ -55,26 +55,107 @@ def _probe(model: nn.Module, x: torch.Tensor, handles: list) -> None:
             h.remove()
 
 
-def _output_layers(model: nn.Module, x: torch.Tensor) -> list[nn.Module]:
-    """The last executed conv/linear layer: the output layer, never pruned."""
-    order: list[nn.Module] = []
-    _probe(model, x, [m.register_forward_hook(lambda mod, i, o: order.append(mod)) for m in model.modules()
+def _output_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """The names of the last executed conv/linear layer: the output layer, never pruned."""
+    order: list[str] = []
+    _probe(model, x, [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
+                      for n, m in model.named_modules()
                       if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear))])
     if not order:
         raise RecipeError("student: the teacher has no conv or linear layer to prune")
     return [order[-1]]
 
 
-def fix_instance_norms(model: nn.Module, x: torch.Tensor) -> None:
-    """Set ``num_features`` of affine-free InstanceNorms from the channels they really see after pruning."""
-    hooks = []
-    for m in model.modules():
-        if isinstance(m, (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)) and not m.affine:
-            def hook(mod, inputs):
-                mod.num_features = inputs[0].shape[1]
-            hooks.append(m.register_forward_pre_hook(hook))
+_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+          nn.GroupNorm)
+
+
+def _declared_channels(m: nn.Module) -> Optional[int]:
+    if isinstance(m, nn.GroupNorm):
+        return m.num_channels
+    if isinstance(m, _NORMS):
+        return m.num_features
+    if isinstance(m, nn.PReLU):
+        return m.num_parameters if m.num_parameters > 1 else None
+    return None
+
+
+def _has_state(m: nn.Module) -> bool:
+    """Whether a norm's declared size matters (per-channel parameters or running statistics)."""
+    if isinstance(m, nn.PReLU):
+        return True
+    return any(p is not None for p in (getattr(m, "weight", None), getattr(m, "running_mean", None)))
+
+
+def seen_channels(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
+    """The channels each norm layer and per-channel PReLU really receives in a forward pass."""
+    seen: dict[str, int] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, i, n=n: seen.__setitem__(n, int(i[0].shape[1])))
+             for n, m in model.named_modules() if _declared_channels(m) is not None]
     if hooks:
         _probe(model, x, hooks)
+    return seen
+
+
+def repair_norms(model: nn.Module, x: torch.Tensor) -> list[str]:
+    """Set the declared size of state-free norms (affine-free InstanceNorm, GroupNorm without affine) to the
+    channels they really receive; PyTorch tolerates the disagreement, Torch-Pruning does not. Returns the names
+    of the layers changed."""
+    modules = dict(model.named_modules())
+    fixed = []
+    for name, c in seen_channels(model, x).items():
+        m = modules[name]
+        if _declared_channels(m) != c and not _has_state(m):
+            if isinstance(m, nn.GroupNorm):
+                m.num_channels = c
+            else:
+                m.num_features = c
+            fixed.append(name)
+    return fixed
+
+
+fix_instance_norms = repair_norms  # the former name
+
+
+def check_channels(model: nn.Module, x: torch.Tensor) -> None:
+    """Raise a one-line error naming the first norm or PReLU whose parameters disagree with its input."""
+    modules = dict(model.named_modules())
+    for name, c in seen_channels(model, x).items():
+        m = modules[name]
+        if _declared_channels(m) != c and _has_state(m):
+            raise _cannot_prune(name, m, f"it holds {_declared_channels(m)} per-channel parameters but receives "
+                                         f"{c} channels after pruning")
+
+
+def _cannot_prune(name: str, module: nn.Module, reason: str) -> RecipeError:
+    return RecipeError(f"student.method: prune cannot handle module {name!r} ({type(module).__name__}): {reason}; "
+                       f"leave it at full width with student.keep: [{name}]")
+
+
+def _first_failing_module(model: nn.Module, x: torch.Tensor) -> Optional[tuple[str, BaseException]]:
+    """Run a forward pass; when it fails, the innermost module that was running, and the exception."""
+    stack: list[str] = []
+    hooks = []
+    for n, m in model.named_modules():
+        if n:
+            hooks.append(m.register_forward_pre_hook(lambda mod, i, n=n: stack.append(n)))
+            hooks.append(m.register_forward_hook(lambda mod, i, o: stack.pop() and None))
+    try:
+        _probe(model, x, hooks)
+    except Exception as exc:  # noqa: BLE001 - reported with the module's name
+        return (stack[-1] if stack else ""), exc
+    return None
+
+
+def _unknown_layers(model: nn.Module) -> list[str]:
+    """Modules that own parameters directly but have no Torch-Pruning pruner (e.g. modulated convolutions)."""
+    known = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.PReLU, nn.LayerNorm, nn.Embedding,
+             nn.MultiheadAttention, nn.LSTM) + _NORMS
+    out = []
+    for n, m in model.named_modules():
+        if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, known):
+            out.append(n)
+    return out
 
 
 class _SubpixelConv(nn.Module):
@@ -149,46 +230,138 @@ def _merge_pixel_shuffles(model: nn.Module, records) -> None:
         _set_module(model, shuffle_name, nn.PixelShuffle(r))
 
 
-def _prune(model: nn.Module, width: float, x: torch.Tensor, record: bool = True) -> list[dict]:
-    """Prune ``model`` in place to ``width``; return the replayable list of pruning groups."""
-    model.requires_grad_(True)  # tracing follows autograd; a frozen teacher copy would hide every layer
-    shuffles = _split_pixel_shuffles(model, x)
-    names = {m: n for n, m in model.named_modules()}
-    was = model.training
-    ignored = _output_layers(model, x)
-    imp = tp.importance.MagnitudeImportance(p=2)
-    with torch.enable_grad():
-        pruner = tp.pruner.BasePruner(model, x, importance=imp, pruning_ratio=1.0 - width, ignored_layers=ignored,
-                                      global_pruning=False)
-        groups = []
-        for group in pruner.step(interactive=True):
-            dep, idxs = group[0].dep, group[0].idxs
-            fn = getattr(dep.handler, "__name__", "")
-            groups.append({"module": names[dep.target.module], "fn": fn, "idxs": [int(i) for i in idxs]})
-            group.prune()
-    _merge_pixel_shuffles(model, shuffles)
-    model.train(was)
-    fix_instance_norms(model, x)
-    return groups
+class _NotInplace:
+    """Turn off modules' ``inplace`` flags while Torch-Pruning traces: an in-place activation after a norm
+    rewrites the norm's autograd node, so the norm drops out of the dependency graph and keeps its old size."""
+
+    def __init__(self, model: nn.Module):
+        self.flags = [(m, m.inplace) for m in model.modules() if isinstance(getattr(m, "inplace", None), bool)]
+
+    def __enter__(self):
+        for m, _ in self.flags:
+            m.inplace = False
+
+    def __exit__(self, *exc):
+        for m, flag in self.flags:
+            m.inplace = flag
 
 
-def _replay(model: nn.Module, groups: list[dict], x: torch.Tensor) -> None:
-    model.requires_grad_(True)
-    shuffles = _split_pixel_shuffles(model, x)
+def _modules_named(model: nn.Module, names: list[str], key: str) -> list[nn.Module]:
     modules = dict(model.named_modules())
+    out = []
+    for n in names:
+        if n not in modules or not n:
+            raise RecipeError(f"{key}: the model has no module named {n!r} (names as in model.named_modules())")
+        out.append(modules[n])
+    return out
+
+
+def _prepare(model: nn.Module, x: torch.Tensor, keep: list[str]):
+    """Make ``model`` traceable by Torch-Pruning: repair declared norm sizes, split PixelShuffle convs.
+
+    Returns ``(shuffles, ignored)``: what to merge back afterwards, and the layers to leave at full width (the
+    output layer and ``keep``)."""
+    model.requires_grad_(True)  # tracing follows autograd; a frozen teacher copy would hide every layer
+    repaired = repair_norms(model, x)
+    if repaired:
+        log.info("student: %d norm layers declared a size other than the channels they receive; set to the "
+                 "traced channels (%s)", len(repaired), ", ".join(repaired[:5]))
+    _modules_named(model, list(keep), "student.keep")  # names checked before the PixelShuffle split renames any
+    ignored_names = _output_layers(model, x) + list(keep)
+    shuffles = _split_pixel_shuffles(model, x)
+    ignored = _modules_named(model, ignored_names, "student.keep")
+    return shuffles, ignored
+
+
+def _opaque_pruners(model: nn.Module, x: torch.Tensor, keep: list[str]) -> dict:
+    """Torch-Pruning pruners that make kept layers it cannot follow opaque: their channels are never pruned, and
+    neither are the channels of the layers feeding them or fed by them."""
+
+    unknown = set(_unknown_layers(model))
+    kept = [n for n in keep if n in unknown or any(u.startswith(n + ".") for u in unknown)]
+    if not kept:
+        return {}
+    channels: dict[str, tuple[int, int]] = {}
+    _probe(model, x, [model.get_submodule(n).register_forward_hook(
+        lambda mod, i, o, n=n: channels.__setitem__(n, (int(i[0].shape[1]), int(o.shape[1])))) for n in kept])
+
+    class Opaque(tp.pruner.BasePruningFunc):
+        def prune_out_channels(self, layer, idxs):  # also the in-channel function: every group touching it
+            raise RuntimeError("a kept layer was pruned")  # counts as pruning an ignored layer's outputs
+
+        prune_in_channels = prune_out_channels
+
+        def get_out_channels(self, layer):
+            return channels[names[layer]][1]
+
+        def get_in_channels(self, layer):
+            return channels[names[layer]][0]
+
+    names = {model.get_submodule(n): n for n in kept}
+    pruner = Opaque()
+    return {type(m): pruner for m in names}  # Torch-Pruning 1.6 keys customized pruners by type
+
+
+def _check_forward(model: nn.Module, x: torch.Tensor) -> None:
+    failed = _first_failing_module(model, x)
+    if failed:
+        name, exc = failed
+        reason = f"the pruned model fails there ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        if name:
+            raise _cannot_prune(name, model.get_submodule(name), reason)
+        raise RecipeError(f"student.method: prune produced a model whose forward pass fails outside any module "
+                          f"({reason}); leave the layers involved at full width with student.keep: [names]")
+
+
+def _prune(model: nn.Module, width: float, x: torch.Tensor, keep: Optional[list[str]] = None) -> list:
+    """Prune ``model`` in place to ``width``; return Torch-Pruning's pruning history (JSON-serialisable)."""
+
+    keep = list(keep or [])
+    _modules_named(model, keep, "student.keep")
     was = model.training
-    with torch.enable_grad():
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
-        for g in groups:
-            mod = modules.get(g["module"])
-            if mod is None:
-                raise CheckpointError(f"student.json: plan names module {g['module']!r}, which the architecture "
-                                      f"does not have")
-            fn = getattr(dg.get_pruner_of_module(mod), g["fn"])
-            dg.get_pruning_group(mod, fn, g["idxs"]).prune()
+    unknown = [n for n in _unknown_layers(model) if not any(n == k or n.startswith(k + ".") for k in keep)]
+    if unknown:  # Torch-Pruning would guess a pruning dimension for their bare parameters, or never finish
+        raise _cannot_prune(unknown[0], model.get_submodule(unknown[0]),
+                            "it uses its own parameters outside the standard layers Torch-Pruning knows")
+    shuffles, ignored = _prepare(model, x, keep)
+    opaque = _opaque_pruners(model, x, keep)
+    imp = tp.importance.MagnitudeImportance(p=2)
+    try:
+        with torch.enable_grad(), _NotInplace(model):
+            pruner = tp.pruner.BasePruner(model, x, importance=imp, pruning_ratio=1.0 - width,
+                                          ignored_layers=ignored, global_pruning=False,
+                                          customized_pruners=opaque or None)
+            pruner.step()
+    except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many types; name the layer it cannot follow
+        reason = f"Torch-Pruning failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        raise RecipeError(f"student.method: prune: {reason}; leave the layers involved at full width with "
+                          f"student.keep: [names]") from None
+    history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()]
     _merge_pixel_shuffles(model, shuffles)
     model.train(was)
-    fix_instance_norms(model, x)
+    _check_forward(model, x)
+    repair_norms(model, x)
+    check_channels(model, x)
+    return history
+
+
+def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[list[str]] = None) -> None:
+    """Redo a pruning on a freshly built teacher architecture with Torch-Pruning's own history replay."""
+
+    was = model.training
+    shuffles, _ = _prepare(model, x, list(keep or []))
+    modules = dict(model.named_modules())
+    for entry in history:
+        if entry[0] not in modules:
+            raise CheckpointError(f"student.json: the pruning history names module {entry[0]!r}, which the "
+                                  f"architecture does not have")
+    with torch.enable_grad(), _NotInplace(model):
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=x,
+                                                   customized_pruners=_opaque_pruners(model, x, list(keep or [])) or None)
+        dg.load_pruning_history([list(e) for e in history])
+    _merge_pixel_shuffles(model, shuffles)
+    model.train(was)
+    repair_norms(model, x)
 
 
 def _reinit(model: nn.Module) -> None:
@@ -201,8 +374,13 @@ def _reinit(model: nn.Module) -> None:
 
 
 def make_student(teacher: nn.Module, width: float, method: str = "auto", init: str = "inherit",
-                 example_input: Optional[torch.Tensor] = None) -> tuple[nn.Module, dict]:
-    """Return ``(student, plan)`` for a teacher at a channel ``width`` in (0, 1]."""
+                 example_input: Optional[torch.Tensor] = None, keep: Optional[list[str]] = None,
+                 input_range: Optional[tuple[float, float]] = None,
+                 output_range: Optional[tuple[float, float]] = None) -> tuple[nn.Module, dict]:
+    """Return ``(student, plan)`` for a teacher at a channel ``width`` in (0, 1].
+
+    ``keep`` names modules left at full width (Torch-Pruning's ignored layers). ``input_range`` and
+    ``output_range`` (the teacher's native value ranges) are recorded in the plan; the student keeps them."""
     if not 0 < width <= 1:
         raise RecipeError(f"student.width: must be in (0, 1], got {width}")
     if method not in ("auto", "rebuild", "prune"):
@@ -218,6 +396,13 @@ def make_student(teacher: nn.Module, width: float, method: str = "auto", init: s
     x = _example_for(teacher, example_input)
     plan: dict[str, Any] = {"version": PLAN_VERSION, "method": method, "width": width, "init": init,
                             "teacher": spec}
+    if keep:
+        if method == "rebuild":
+            raise RecipeError("student.keep: works with student.method: prune only")
+        plan["keep"] = list(keep)
+    for name, rng in (("input_range", input_range), ("output_range", output_range)):
+        if rng is not None:
+            plan[name] = [float(v) for v in rng]
     if method == "rebuild":
         kwargs = dict(spec["kwargs"])
         kwargs["ngf"] = max(1, round(kwargs["ngf"] * width))
@@ -235,7 +420,7 @@ def make_student(teacher: nn.Module, width: float, method: str = "auto", init: s
             student.load_state_dict(state)
     else:
         student = copy.deepcopy(teacher)
-        plan["groups"] = _prune(student, width, x)
+        plan["history"] = _prune(student, width, x, keep)
         if init == "scratch":
             _reinit(student)
     student.train(teacher.training)
@@ -254,8 +439,17 @@ def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Mod
     if plan.get("method") == "rebuild":
         kwargs = dict(spec.get("kwargs") or {}, ngf=plan.get("ngf"))
         return build_from_spec({"arch": spec.get("arch"), "kwargs": kwargs}, init=None, source="student.json")
+    history = plan.get("history")
+    if history is None and "groups" in plan:  # version 1: one root group per entry, the same information
+        try:
+            history = [[g["module"], g["fn"] == "prune_out_channels", g["idxs"]] for g in plan["groups"]]
+        except (TypeError, KeyError):
+            history = None
+    if not isinstance(history, list) or "example_shape" not in plan:
+        raise CheckpointError("student.json: a pruned student's plan needs 'history' and 'example_shape'; "
+                              "this file has neither (save the student again)")
     model = build_from_spec(spec, init=None, allow_import=allow_import, source="student.json")
-    _replay(model, plan["groups"], torch.randn(*plan["example_shape"]))
+    _replay(model, history, torch.randn(*plan["example_shape"]), plan.get("keep"))
     if spec:
         model.compressor_spec = spec
     return model

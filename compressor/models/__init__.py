@@ -8,22 +8,20 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import pickle
 import sys
-import zipfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
-import torch
 import torch.nn as nn
 
-from safetensors import SafetensorError
+
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError, RecipeError
 from ..recipe import TeacherSpec, resolve_path
 from ..trust import require_consent
 from ..zoo_args import check_zoo_kwargs
+from .checkpoint import load_checkpoint, strip_prefix
 from .discriminator import NLayerDiscriminator
 from .norms import init_weights
 from .resnet import ResnetGenerator
@@ -116,47 +114,16 @@ def import_object(path: str, base_dir: Path | None = None, key: str = "teacher.i
     return obj
 
 
-def load_state_dict_file(path: str | Path, trust: bool = False, key: str = "teacher.checkpoint") -> dict:
-    """Read a checkpoint into a flat state_dict without executing code (unless ``trust``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{key}: file not found: {path}")
-    if path.suffix == ".safetensors":
-        try:
-            return dict(load_file(str(path)))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{key}: {path} is not a readable safetensors file ({exc})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=not trust)
-    except pickle.UnpicklingError as exc:
-        if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
-            raise CheckpointError(
-                f"{key}: {path} contains pickled Python objects, not just tensors; load it only if you trust "
-                f"its source, with --trust-checkpoint") from None
-        raise CheckpointError(f"{key}: {path} is corrupt or not a PyTorch checkpoint ({exc})") from None
-    except (ImportError, AttributeError) as exc:
-        raise CheckpointError(f"{key}: {path} was pickled with Python classes that cannot be imported here ({exc}); "
-                              f"save a state_dict instead, or make that code importable") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{key}: {path} is corrupt, truncated or not a PyTorch checkpoint "
-                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
-    if isinstance(obj, nn.Module):
-        obj = obj.state_dict()
-    if isinstance(obj, Mapping):
-        for wrapper in ("state_dict", "model", "generator", "netG", "G", "model_state"):
-            inner = obj.get(wrapper)
-            if isinstance(inner, Mapping) and inner and all(torch.is_tensor(v) for v in inner.values()):
-                obj = inner
-                break
-    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise CheckpointError(f"{key}: {path} does not hold a state_dict (a mapping of names to tensors)")
-    return dict(obj)
+def load_state_dict_file(path: str | Path, trust: bool = False, key: str = "teacher.checkpoint",
+                         checkpoint_key: str | None = None) -> dict:
+    """Read a checkpoint into a flat state_dict without executing code (unless ``trust``): the layouts and formats
+    :mod:`compressor.models.checkpoint` lists; ``checkpoint_key`` picks a nested state_dict explicitly."""
+    return load_checkpoint(path, trust=trust, key=key, checkpoint_key=checkpoint_key)
 
 
 def _clean_state_dict(model: nn.Module, state: dict) -> dict:
     """Strip DataParallel's ``module.`` prefix; drop legacy InstanceNorm running statistics."""
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    state = strip_prefix(state)
     modules = dict(model.named_modules())
     cleaned = {}
     for k, v in state.items():
@@ -295,7 +262,7 @@ def load_teacher(spec, base_dir: str | Path | None = None, trust_checkpoint: boo
     model = build_teacher(spec, base)
     if spec.checkpoint:
         ckpt = resolve_path(base, spec.checkpoint)
-        state = load_state_dict_file(ckpt, trust=trust_checkpoint)
+        state = load_state_dict_file(ckpt, trust=trust_checkpoint, checkpoint_key=spec.checkpoint_key)
         apply_state_dict(model, state, source=str(ckpt))
         log.info("loaded teacher weights from %s", ckpt)
     return model.eval()

@@ -1,0 +1,200 @@
+"""Published generator families (tests/published_nets.py) through prune -> distill -> ONNX -> save/load."""
+import subprocess
+import sys
+
+import published_nets as P
+import pytest
+import torch
+import torch.nn as nn
+from conftest import ROOT
+
+from compressor.errors import UserError
+from compressor.features import FeatureTaps
+from compressor.losses import kd_loss, srp_loss
+from compressor.models import apply_state_dict, build_generator, load_state_dict_file
+from compressor.slim import load_student, make_student, save_student
+
+# name: (factory import path, kwargs, inner module for SRP, input size, upper bound of params ratio / width^2 at
+# width 0.25). The bound is 1.2 where the inner layers dominate; tiny test widths make the full-width layers
+# (image input channels, the output layer, 1-channel attention maps, SR's 3*r^2 output conv) weigh more.
+FAMILIES = {
+    "pix2pix_resnet": ("compressor.models:build_generator", {"name": "resnet_6blocks", "ngf": 16, "norm": "instance"},
+                       "model.12", 32, 1.2),
+    "pix2pix_unet": ("compressor.models:build_generator", {"name": "unet_128", "ngf": 8, "norm": "batch"},
+                     "model.model.0", 128, 1.2),
+    "gan_compression_mobile": ("published_nets:make_mobile_resnet", {}, "model.11", 32, 1.4),  # 7x7 image convs
+    "fast_neural_style": ("published_nets:make_transformer_net", {}, "res3", 32, 1.2),
+    "inverted_residual": ("published_nets:InvertedResidualNet", {}, "blocks.1", 32, 1.5),  # 7x7 image convs
+    "real_esrgan_srvgg": ("published_nets:make_srvgg", {}, "body.4", 16, 2.0),  # 48-channel x4 output conv
+    "esrgan_rrdb": ("published_nets:make_rrdbnet", {}, "body.0.rdb2", 16, 1.2),
+    "attention_unet": ("published_nets:make_attention_unet", {}, "Up_conv3.conv.0", 32, 3.2),  # 1-channel gates, BN(1)
+    "se_unet": ("published_nets:SEUNet", {}, "enc2", 32, 1.2),
+    "grouped_conv": ("published_nets:GroupedConvNet", {}, "blocks.1", 32, 1.9),  # 27->GroupNorm stem, small net
+    "spade": ("published_nets:SPADEGenerator", {}, "head_0", 32, 1.3),
+}
+
+
+def _build(import_path, kwargs):
+    mod, _, attr = import_path.partition(":")
+    if mod == "compressor.models":
+        kw = dict(kwargs)
+        net = build_generator(kw.pop("name"), **kw)
+    else:
+        net = getattr(P, attr)(**kwargs)
+        net.compressor_spec = {"import": import_path, "kwargs": kwargs}
+    return net.eval()
+
+
+def _norms_agree(model, x):
+    """Every norm layer and PReLU agrees with the channels it receives (checked on the real forward pass)."""
+    bad = []
+
+    def hook(mod, inputs):
+        c = inputs[0].shape[1]
+        declared = mod.num_channels if isinstance(mod, nn.GroupNorm) else \
+            mod.num_parameters if isinstance(mod, nn.PReLU) else mod.num_features
+        n_w = mod.weight.shape[0] if getattr(mod, "weight", None) is not None else declared
+        if isinstance(mod, nn.PReLU) and mod.num_parameters == 1:
+            return
+        if declared != c or n_w != c:
+            bad.append((type(mod).__name__, declared, n_w, c))
+
+    kinds = (nn.BatchNorm2d, nn.InstanceNorm2d, nn.GroupNorm, nn.PReLU)
+    hs = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, kinds)]
+    with torch.no_grad():
+        model(x)
+    for h in hs:
+        h.remove()
+    assert not bad, bad
+
+
+def _params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+@pytest.mark.parametrize("width", [0.5, 0.25])
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_family(family, width, tmp_path):
+    from exporters.onnx import export_onnx, parity
+
+    import_path, kwargs, tap, size, upper = FAMILIES[family]
+    torch.manual_seed(0)
+    teacher = _build(import_path, kwargs)
+    x = torch.randn(1, 3, size, size)
+    student, plan = make_student(teacher, width, method="prune", example_input=x)
+    _norms_agree(student, x)
+    ratio = _params(student) / _params(teacher) / width**2
+    assert 0.8 <= ratio <= (upper if width == 0.25 else 1 + (upper - 1) / 2), ratio
+    out_t = teacher(x)
+    out_s = student(x)
+    assert out_s.shape == out_t.shape
+
+    # three distillation steps: KD on the output, SRP on a named inner module (teacher and student share names)
+    student.train()
+    opt = torch.optim.Adam(student.parameters(), 1e-3)
+    xb = torch.randn(2, 3, size, size)
+    with torch.no_grad(), FeatureTaps(teacher, {"f": tap}) as tt:
+        y_t = teacher(xb)
+        f_t = tt.features["f"]
+    with FeatureTaps(student, {"f": tap}) as ts:
+        for _ in range(3):
+            ts.clear()
+            y_s = student(xb)
+            loss = kd_loss(y_s, y_t) + srp_loss(f_t, ts.features["f"])
+            assert torch.isfinite(loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    student.eval()
+
+    # ONNX parity
+    onnx_path = export_onnx(student, tmp_path / "s.onnx", x, dynamic=("batch",))
+    assert parity(student, onnx_path, [x, torch.randn(2, 3, size, size)], tol=1e-4)["passed"]
+
+    # save -> load in a fresh process, without the teacher's weights
+    save_student(student, plan, tmp_path / "s")
+    code = (f"import sys, torch; sys.path.insert(0, {str(ROOT / 'tests')!r}); "
+            f"from compressor.slim import load_student; m = load_student({str(tmp_path / 's')!r}); "
+            f"torch.manual_seed(1); x = torch.randn(2, 3, {size}, {size}); "
+            f"torch.save(m(x).detach(), {str(tmp_path / 'o.pt')!r})")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        assert torch.allclose(torch.load(tmp_path / "o.pt"), student(torch.randn(2, 3, size, size)), atol=1e-5)
+
+
+def test_issue_mobile_resnet_mismatched_norms_prunes():
+    """GAN Compression's released layout: non-affine norms declare sizes other than their inputs; Torch-Pruning
+    used to fail with 'IndexError: index ... is out of bounds'."""
+    teacher = P.make_mobile_resnet().eval()
+    declared = teacher.model[5].num_features
+    x = torch.randn(1, 3, 32, 32)
+    assert teacher.model[:5](x).shape[1] != declared  # the mismatch is really there
+    student, _ = make_student(teacher, 0.5, method="prune", example_input=x)
+    _norms_agree(student, x)
+
+
+def test_issue_affine_instance_norm_distills():
+    """An encoder-decoder with affine InstanceNorm followed by in-place ReLU: the norms used to keep their size
+    and distillation died with 'expected input's size at dim=1 to match num_features'."""
+    teacher = P.AffineEncoderDecoder().eval()
+    x = torch.randn(2, 3, 32, 32)
+    student, _ = make_student(teacher, 0.5, method="prune", example_input=x[:1])
+    assert student.encoder[1].weight.shape[0] == 16
+    student.train()
+    loss = kd_loss(student(x), teacher(x).detach())
+    loss.backward()
+
+
+def test_issue_real_esrgan_params_checkpoint(tmp_path):
+    """A Real-ESRGAN checkpoint is {'params': state_dict} (or params_ema): it loads."""
+    net = P.make_srvgg(num_feat=8, num_conv=1)
+    torch.save({"params": net.state_dict()}, tmp_path / "realesr.pth")
+    apply_state_dict(P.make_srvgg(num_feat=8, num_conv=1), load_state_dict_file(tmp_path / "realesr.pth"))
+
+
+def test_modulated_conv_names_layer_and_keep_works():
+    teacher = P.StyledImageNet().eval()
+    x = torch.randn(1, 3, 16, 16)
+    with pytest.raises(UserError) as e:
+        make_student(teacher, 0.5, method="prune", example_input=x)
+    msg = str(e.value)
+    assert "'conv' (ModulatedConv2d)" in msg and "student.keep: [conv]" in msg and "\n" not in msg
+    student, plan = make_student(teacher, 0.5, method="prune", example_input=x, keep=["conv"])
+    assert student.conv.weight.shape == teacher.conv.weight.shape and plan["keep"] == ["conv"]
+    assert student.dec[3].weight.shape[1] == teacher.dec[3].weight.shape[1] // 2
+    assert student(x).shape == x.shape
+    with pytest.raises(UserError, match="student.keep: the model has no module named 'nope'"):
+        make_student(teacher, 0.5, method="prune", example_input=x, keep=["nope"])
+
+
+def test_sr_x2_output_size():
+    teacher = P.make_srvgg(num_feat=16, num_conv=2, upscale=2).eval()
+    teacher.compressor_spec = {"import": "published_nets:make_srvgg", "kwargs": {"num_feat": 16, "num_conv": 2,
+                                                                                 "upscale": 2}}
+    x = torch.randn(1, 3, 16, 16)
+    student, plan = make_student(teacher, 0.5, method="prune", example_input=x, input_range=(0, 1),
+                                 output_range=(0, 1))
+    assert student(x).shape == (1, 3, 32, 32) and plan["input_range"] == [0.0, 1.0]
+    prelus = [m for m in student.modules() if isinstance(m, nn.PReLU)]
+    assert all(p.weight.shape[0] == 8 for p in prelus)
+    # the kept PReLU slopes are the teacher's own for the kept channels
+    t_slopes = set(teacher.body[1].weight.tolist())
+    assert set(student.body[1].weight.tolist()) <= t_slopes
+
+
+def test_old_plan_format_still_loads(tmp_path):
+    """A student.json written before pruning histories ('groups' with module/fn/idxs) still loads."""
+    import json
+
+    teacher = _build("published_nets:SEUNet", {})
+    x = torch.randn(1, 3, 32, 32)
+    student, plan = make_student(teacher, 0.5, method="prune", example_input=x)
+    save_student(student, plan, tmp_path)
+    meta = json.loads((tmp_path / "student.json").read_text())
+    meta["version"] = 1
+    meta["groups"] = [{"module": n, "fn": "prune_out_channels" if out else "prune_in_channels", "idxs": i}
+                      for n, out, i in meta.pop("history")]
+    (tmp_path / "student.json").write_text(json.dumps(meta))
+    with torch.no_grad():
+        assert torch.allclose(load_student(tmp_path)(x), student.eval()(x), atol=1e-6)
