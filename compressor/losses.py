@@ -54,8 +54,8 @@ def srp_loss(f_teacher: torch.Tensor, f_student: torch.Tensor, *, pool: int | No
     gram_s = fs.transpose(1, 2) @ fs  # (B, Cs, Cs)
     r2 = ((ft @ gram_t) * ft).sum(-1).clamp_min(0)  # squared row norms of G_t, (B, N)
     s2 = ((fs @ gram_s) * fs).sum(-1).clamp_min(0)
-    r_hat = r2.sqrt().clamp_min(eps)
-    s_hat = s2.sqrt().clamp_min(eps)
+    r_hat = r2.clamp_min(eps * eps).sqrt()  # clamp before sqrt: a zero row gives a zero gradient, not NaN
+    s_hat = s2.clamp_min(eps * eps).sqrt()
     cross = ((ft @ (ft.transpose(1, 2) @ fs)) * fs).sum(-1)  # f_iᵀ M h_i, (B, N)
     total = (r2 / r_hat**2).sum(-1) + (s2 / s_hat**2).sum(-1) - 2 * (cross / (r_hat * s_hat)).sum(-1)
     return (total.clamp_min(0) / n**2).mean().to(dtype)

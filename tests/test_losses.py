@@ -65,3 +65,13 @@ def test_gan_losses():
         loss = GANLoss(mode)
         assert loss(pred, True).ndim == 0 and loss(pred, False, for_discriminator=False).ndim == 0
     assert GANLoss("hinge")(torch.full((1, 1, 2, 2), 2.0), True) == 0
+
+
+def test_srp_gradient_is_finite_on_all_zero_rows():
+    """A post-ReLU feature map with dead positions (all-zero rows of F) must not give NaN gradients."""
+    ft = torch.relu(torch.randn(2, 8, 6, 6))
+    fs = torch.randn(2, 4, 6, 6)
+    fs.data[:, :, :3] = 0  # dead rows in the student
+    fs.requires_grad_(True)
+    srp_loss(ft, fs).backward()
+    assert torch.isfinite(fs.grad).all()
