@@ -4,6 +4,7 @@
 ``export``, ``profile`` and ``report`` work on recipes and existing artifacts. User mistakes print one line,
 ``error: …``, and exit with code 2; an interrupted training exits with 130 and prints the resume command.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -24,22 +25,26 @@ from exporters.profile import profile_models, remote_profile
 from exporters.report import speedups, write_report
 from exporters.runtimes import BACKENDS
 
+from . import __version__
+from .cmdline import command_line_hint, set_command_line
 from .console import QUANT_FILTER, closing_summary, eval_table, install_log_filters, print_table
 from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
 from .errors import Interrupted, UserError
 from .io import atomic_write_json
+from .lock import run_lock
 from .metrics import evaluate_folder
 from .pipeline import run_pipeline
 from .recipe import load_recipe, missing_files
 from .runfolder import RunDir, is_run_folder, load_run_recipe
 from .stages import evaluate_run, export_target, preflight, profile_targets, resolve_device
-from . import __version__
-from .cmdline import command_line_hint, set_command_line
-from .lock import run_lock
 from .trust import check_import_target, require_consent, trust_all_code
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Make image-to-image GAN generators small and fast: distill, evaluate, export, profile.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Make image-to-image GAN generators small and fast: distill, evaluate, export, profile.",
+)
 COMMANDS = {"run", "validate", "evaluate", "export", "profile", "report", "plan"}
 log = logging.getLogger("compressor")
 
@@ -106,8 +111,9 @@ def run_cmd(
     only: Optional[str] = typer.Option(None, "--only", help="run only these stages, e.g. export,profile"),
     device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (overrides the recipe)"),
     nproc: int = typer.Option(1, "--nproc", min=1, help="training processes (torchrun; gloo on CPU, nccl on GPU)"),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint",
-                                          help="allow pickled teacher checkpoints (runs code from the file)"),
+    trust_checkpoint: bool = typer.Option(
+        False, "--trust-checkpoint", help="allow pickled teacher checkpoints (runs code from the file)"
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or info messages"),
 ):
     """Run the recipe's pipeline: teacher, student, distill, evaluate, export, profile, report."""
@@ -118,15 +124,26 @@ def run_cmd(
     stages = _csv(only)
 
     with _Progress(quiet) as progress:
+
         def on_stage(res):
             progress.stage_done(res.stage)
             if not quiet:
                 verb = "up to date, skipped" if res.status == "skipped" else f"done in {res.seconds:.1f} s"
                 typer.echo(f"{res.stage:>9}: {verb}", err=True)
 
-        run_pipeline(r, out, force=force, resume=resume, only=stages or None, device=device,
-                     trust_checkpoint=trust_checkpoint, nproc=nproc, progress=progress, recipe_path=recipe,
-                     on_stage=on_stage)
+        run_pipeline(
+            r,
+            out,
+            force=force,
+            resume=resume,
+            only=stages or None,
+            device=device,
+            trust_checkpoint=trust_checkpoint,
+            nproc=nproc,
+            progress=progress,
+            recipe_path=recipe,
+            on_stage=on_stage,
+        )
     if not quiet:
         QUANT_FILTER.explain()
         for line in closing_summary(out / r.name):
@@ -137,8 +154,9 @@ def run_cmd(
 def validate(
     recipe: Path = typer.Argument(..., help="recipe YAML file"),
     set_: List[str] = typer.Option([], "--set", help="override a key: dotted.key=value"),
-    trust_code: bool = typer.Option(False, "--trust-code", help="also import an imported teacher to check its "
-                                                               "feature taps (runs its code)"),
+    trust_code: bool = typer.Option(
+        False, "--trust-code", help="also import an imported teacher to check its feature taps (runs its code)"
+    ),
 ):
     """Check a recipe without running anything (an imported teacher's code is located, not executed)."""
     _trust(trust_code)
@@ -168,8 +186,11 @@ def evaluate(
     max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="evaluate at most N test images"),
     metrics: Optional[str] = typer.Option(None, "--metrics", help="e.g. fid,kid,psnr,ssim (default: the recipe's)"),
     device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    trust_code: bool = typer.Option(False, "--trust-code", help="allow the folder's student.json/teacher.json "
-                                                               "to import code (an imported architecture)"),
+    trust_code: bool = typer.Option(
+        False,
+        "--trust-code",
+        help="allow the folder's student.json/teacher.json to import code (an imported architecture)",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Evaluate teacher and student of a run: FID, KID, PSNR, SSIM, params, MACs; writes eval.json."""
@@ -178,18 +199,27 @@ def evaluate(
     run = RunDir(target)
     if not is_run_folder(target):
         if not (target / "student.json").exists():
-            raise UserError(f"{target}: neither a run folder (recipe.resolved.yaml) nor a student folder "
-                            f"(student.json)")
+            raise UserError(
+                f"{target}: neither a run folder (recipe.resolved.yaml) nor a student folder (student.json)"
+            )
         if data is None:
             raise UserError(f"{target}: a student folder needs --data (the dataset root with a test split)")
         if kind not in ("paired", "folder") or direction not in ("AtoB", "BtoA"):
             raise UserError("--kind must be paired or folder; --direction AtoB or BtoA")
 
         with _Progress(quiet) as progress:
-            res = evaluate_folder(target, data, resolve_device(device), kind=kind, direction=direction, size=size,
-                                  metrics=_csv(metrics) or ["fid", "kid", "psnr", "ssim"], max_images=max_images,
-                                  inception_weights=str(inception_weights) if inception_weights else None,
-                                  progress=progress)
+            res = evaluate_folder(
+                target,
+                data,
+                resolve_device(device),
+                kind=kind,
+                direction=direction,
+                size=size,
+                metrics=_csv(metrics) or ["fid", "kid", "psnr", "ssim"],
+                max_images=max_images,
+                inception_weights=str(inception_weights) if inception_weights else None,
+                progress=progress,
+            )
         print_table(eval_table({"student": res["student"]}, f"student against {data}"))
         typer.echo(f"wrote {target / 'eval.json'}")
         return
@@ -200,8 +230,9 @@ def evaluate(
         overrides.append(f"evaluate.metrics=[{metrics}]")
     r = load_run_recipe(run, overrides)
     with run_lock(run.root), _Progress(quiet) as progress:  # one writer per run folder
-        res = evaluate_run(run, r, resolve_device(device), progress,
-                           str(inception_weights) if inception_weights else None)
+        res = evaluate_run(
+            run, r, resolve_device(device), progress, str(inception_weights) if inception_weights else None
+        )
     print_table(eval_table(res, f"teacher against student, {res.get('n_images')} test images"))
     typer.echo(f"wrote {run.eval_json}")
 
@@ -222,8 +253,11 @@ def export(
     calib_images: int = typer.Option(32, "--calib-images", min=1, help="INT8 calibration images"),
     arch: Optional[str] = typer.Option(None, "--arch", help="zoo name when TARGET is a bare checkpoint"),
     trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
-    trust_code: bool = typer.Option(False, "--trust-code", help="allow the folder's student.json/teacher.json "
-                                                               "to import code (an imported architecture)"),
+    trust_code: bool = typer.Option(
+        False,
+        "--trust-code",
+        help="allow the folder's student.json/teacher.json to import code (an imported architecture)",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Export a student to ONNX (with parity), INT8 and TensorRT; emit trtexec scripts for edge devices."""
@@ -237,9 +271,19 @@ def export(
     bad = [d for d in dyn if d not in ("batch", "hw")]
     if bad:
         raise UserError(f"--dynamic: unknown axis {bad[0]!r} (batch, hw)")
-    options = ExportOptions(onnx=onnx, trt=trt, precision=precision, dynamic=tuple(dyn), opset=opset, size=size,
-                            out=out, emit_trtexec=emit_trtexec, trt_version=trt_version, data=data,
-                            calib_images=calib_images)
+    options = ExportOptions(
+        onnx=onnx,
+        trt=trt,
+        precision=precision,
+        dynamic=tuple(dyn),
+        opset=opset,
+        size=size,
+        out=out,
+        emit_trtexec=emit_trtexec,
+        trt_version=trt_version,
+        data=data,
+        calib_images=calib_images,
+    )
     writes_run = out is None and is_run_folder(target)
     with run_lock(target) if writes_run else contextlib.nullcontext():  # one writer per run folder
         res = export_target(target, options, arch=arch, trust_checkpoint=trust_checkpoint)
@@ -250,10 +294,12 @@ def export(
 
 @app.command()
 def profile(
-    models: List[str] = typer.Argument(..., help="run folder, student folder, .onnx, .plan, trtexec .json or zoo "
-                                                 "name (e.g. resnet_9blocks:width=0.25)"),
-    backend: str = typer.Option("torch,ort-cpu", "--backend", help="torch, torch-compile, ort-cpu, ort-cuda, "
-                                                                  "ort-trt, tensorrt, trtexec-json"),
+    models: List[str] = typer.Argument(
+        ..., help="run folder, student folder, .onnx, .plan, trtexec .json or zoo name (e.g. resnet_9blocks:width=0.25)"
+    ),
+    backend: str = typer.Option(
+        "torch,ort-cpu", "--backend", help="torch, torch-compile, ort-cpu, ort-cuda, ort-trt, tensorrt, trtexec-json"
+    ),
     batch: str = typer.Option("1", "--batch", help="batch sizes, e.g. 1,4"),
     size: str = typer.Option("256", "--size", help="image sizes, e.g. 256,512"),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, int8"),
@@ -265,13 +311,18 @@ def profile(
     out: Path = typer.Option(Path("profile.json"), "--out", help="result JSON"),
     host: Optional[str] = typer.Option(None, "--host", help="profile on user@board over SSH (ONNX models)"),
     port: Optional[int] = typer.Option(None, "--port", help="SSH port for --host"),
-    ssh_option: List[str] = typer.Option([], "--ssh-option", help="extra ssh -o option for --host, e.g. "
-                                                                  "StrictHostKeyChecking=accept-new"),
-    remote_compress: str = typer.Option("compress", "--remote-compress",
-                                        help="the compress command on the --host machine (e.g. ~/venv/bin/compress)"),
+    ssh_option: List[str] = typer.Option(
+        [], "--ssh-option", help="extra ssh -o option for --host, e.g. StrictHostKeyChecking=accept-new"
+    ),
+    remote_compress: str = typer.Option(
+        "compress", "--remote-compress", help="the compress command on the --host machine (e.g. ~/venv/bin/compress)"
+    ),
     force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
-    trust_code: bool = typer.Option(False, "--trust-code", help="allow the folder's student.json/teacher.json "
-                                                               "to import code (an imported architecture)"),
+    trust_code: bool = typer.Option(
+        False,
+        "--trust-code",
+        help="allow the folder's student.json/teacher.json to import code (an imported architecture)",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
     """Measure latency per model, backend, batch, size and precision (each in its own process)."""
@@ -288,14 +339,31 @@ def profile(
         if b not in BACKENDS:
             raise UserError(f"--backend: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
     if host:
-        args = [f"--backend {backend}", f"--batch {batch}", f"--size {size}", f"--precision {precision}",
-                f"--warmup {warmup}", f"--iters {iters}"] + ([f"--threads {threads}"] if threads else [])
+        args = [
+            f"--backend {backend}",
+            f"--batch {batch}",
+            f"--size {size}",
+            f"--precision {precision}",
+            f"--warmup {warmup}",
+            f"--iters {iters}",
+        ] + ([f"--threads {threads}"] if threads else [])
         opts = [x for o in ssh_option for x in ("-o", o)]
         doc = remote_profile(host, models, args, out, port, opts, remote_compress)
     else:
         with _Progress(quiet) as progress:
-            doc = profile_models(profile_targets(models), backends, _csv(batch, int), _csv(size, int), _csv(precision), warmup, iters,
-                                 seconds, threads, device, progress=progress)
+            doc = profile_models(
+                profile_targets(models),
+                backends,
+                _csv(batch, int),
+                _csv(size, int),
+                _csv(precision),
+                warmup,
+                iters,
+                seconds,
+                threads,
+                device,
+                progress=progress,
+            )
         atomic_write_json(out, doc)
     _print_profile(doc)
     typer.echo(f"wrote {out}")
@@ -306,7 +374,9 @@ def _print_profile(doc: dict) -> None:
         head = f"{r['model']:<32} {r['backend']:<12} b{r['batch']:<3} {r['size']:>4}² {r.get('precision', 'fp32'):<5}"
         if r.get("status") == "ok":
             lat = r["latency_ms"]
-            typer.echo(f"{head} p50 {lat['p50']:9.2f} ms  p90 {lat['p90']:9.2f} ms  {lat['throughput_ips']:8.1f} img/s at p50")
+            typer.echo(
+                f"{head} p50 {lat['p50']:9.2f} ms  p90 {lat['p90']:9.2f} ms  {lat['throughput_ips']:8.1f} img/s at p50"
+            )
         else:
             typer.echo(f"{head} {r.get('status')}: {r.get('reason', '')}")
     for s in speedups([doc]):
@@ -331,8 +401,10 @@ def plan(
     _setup_logging(quiet)
     r = load_recipe(recipe, set_, check_paths=False)
     if r.student.budget is None:
-        raise UserError("student.budget: compress plan needs a budget (latency_ms, speedup, macs or params), "
-                        "e.g. --set student.budget.latency_ms=30")
+        raise UserError(
+            "student.budget: compress plan needs a budget (latency_ms, speedup, macs or params), "
+            "e.g. --set student.budget.latency_ms=30"
+        )
     run = RunDir(out / r.name)
     if run.teacher_json.exists() and run.teacher_weights.exists():
         teacher = load_run_teacher(run)
@@ -340,8 +412,15 @@ def plan(
         teacher = build_teacher(r.teacher, r.base_dir, init=None)
         teacher.compressor_spec = _teacher_spec_dict(r)
         run = prepare_run_dir(r, out, False, recipe)
-    doc = plan_width(teacher, r.student.budget, size=r.data.size, method=r.student.method, margin=r.student.margin,
-                     run_dir=run.root, force=force)
+    doc = plan_width(
+        teacher,
+        r.student.budget,
+        size=r.data.size,
+        method=r.student.method,
+        margin=r.student.margin,
+        run_dir=run.root,
+        force=force,
+    )
     _print_plan(doc)
     typer.echo(f"wrote {run.root / 'plan.json'}" + (f" and {run.root / doc['plot']}" if doc.get("plot") else ""))
 
@@ -405,8 +484,10 @@ def main(argv: Optional[list[str]] = None) -> int:
         typer.echo(f"compress {_version()}")
         return 0
     if not argv:
-        typer.echo("error: missing command: compress RECIPE.yaml, or one of "
-                   f"{', '.join(sorted(COMMANDS))} (compress --help)", err=True)
+        typer.echo(
+            f"error: missing command: compress RECIPE.yaml, or one of {', '.join(sorted(COMMANDS))} (compress --help)",
+            err=True,
+        )
         return 2
     if argv and argv[0] not in COMMANDS and not argv[0].startswith("-"):
         argv.insert(0, "run")

@@ -1,4 +1,5 @@
 """The ``compress`` command line of this process, for hints that repeat it (``resume with: …``)."""
+
 from __future__ import annotations
 
 import shlex

@@ -5,6 +5,7 @@ fvcore, counts a ConvTranspose by its *input* size. GAN-compression papers count
 ``macs_paper_convention`` does that, so numbers compare with published tables. Elementwise operations
 (norms, activations, adds) are not counted in either convention.
 """
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -59,8 +60,9 @@ def profile_model(model: nn.Module, input_shape=(1, 3, 256, 256), device="cpu") 
     }
 
 
-def fvcore_macs(model: nn.Module, input_shape=(1, 3, 256, 256), operators=("conv", "linear", "matmul",
-                                                                             "addmm", "bmm", "einsum")) -> int:
+def fvcore_macs(
+    model: nn.Module, input_shape=(1, 3, 256, 256), operators=("conv", "linear", "matmul", "addmm", "bmm", "einsum")
+) -> int:
     """Cross-check with fvcore (optional dependency; it reports MACs as 'flops').
 
     Only the operators FlopCounterMode also counts are summed: fvcore additionally counts norms.

@@ -5,6 +5,7 @@ On a terminal each stage gets a rich progress bar (step, loss, ETA). When stderr
 notebook cell, ``| tee``) bars would be noise, and silence is worse: a :class:`Heartbeat` prints one plain line at
 least every 30 s and at every 10% of a stage, with the step, loss, rate and ETA.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,13 @@ class Heartbeat:
     when no step has finished (a slow first step, a stage that reports no steps).
     """
 
-    def __init__(self, write: Callable[[str], None], clock: Callable[[], float] = time.monotonic,
-                 every_s: float = 30.0, every_frac: float = 0.1):
+    def __init__(
+        self,
+        write: Callable[[str], None],
+        clock: Callable[[], float] = time.monotonic,
+        every_s: float = 30.0,
+        every_frac: float = 0.1,
+    ):
         self.write, self.clock, self.every_s, self.every_frac = write, clock, every_s, every_frac
         self.lock = threading.Lock()
         now = clock()
@@ -132,8 +138,7 @@ class Progress:
     """The progress callback ``progress(stage, step, total, losses)`` for the CLI: rich bars on a terminal, a
     :class:`Heartbeat` (with a timer thread) when stderr is not one, nothing with ``quiet``."""
 
-    def __init__(self, quiet: bool, stream: Optional[TextIO] = None, every_s: float = 30.0,
-                 tty: Optional[bool] = None):
+    def __init__(self, quiet: bool, stream: Optional[TextIO] = None, every_s: float = 30.0, tty: Optional[bool] = None):
         self.quiet = quiet
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
@@ -163,9 +168,15 @@ class Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
         from rich.progress import Progress as RichProgress
 
-        self.bar = RichProgress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[info]}"), TimeRemainingColumn(),
-                                console=Console(file=self.stream), transient=False)
+        self.bar = RichProgress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeRemainingColumn(),
+            console=Console(file=self.stream),
+            transient=False,
+        )
         self.bar.__enter__()
 
     def __call__(self, stage: str, step: int, total: int, losses: dict) -> None:
@@ -179,8 +190,7 @@ class Progress:
         if stage not in self.tasks:
             self.tasks[stage] = self.bar.add_task(stage, total=total, info="")
         loss = _loss(losses)
-        self.bar.update(self.tasks[stage], completed=step, total=total,
-                        info="" if loss is None else f"loss {loss:.3f}")
+        self.bar.update(self.tasks[stage], completed=step, total=total, info="" if loss is None else f"loss {loss:.3f}")
 
     def stage_done(self, stage: str) -> None:
         if self.heartbeat is not None:
@@ -196,8 +206,12 @@ class Progress:
 
 # ------------------------------------------------------------------------------------------------ tables
 
-_UNITS = {"params": "params", "macs": "macs", "psnr": "psnr (dB, higher is better)",
-          "psnr_vs_teacher": "psnr_vs_teacher (dB, higher is better)"}
+_UNITS = {
+    "params": "params",
+    "macs": "macs",
+    "psnr": "psnr (dB, higher is better)",
+    "psnr_vs_teacher": "psnr_vs_teacher (dB, higher is better)",
+}
 
 
 def eval_table(res: dict, title: Optional[str] = None):
@@ -212,7 +226,7 @@ def eval_table(res: dict, title: Optional[str] = None):
     both = len(roles) == 2
     if both:
         table.add_column("change", justify="right")
-    for key, label, _, better in METRICS:
+    for key, _label, _, better in METRICS:
         vals = [res[r].get(key) for r in roles]
         if all(v is None for v in vals):
             continue
@@ -287,8 +301,11 @@ class QuantizationNoiseFilter(logging.Filter):
 
     def explain(self) -> None:
         if self.count:
-            log.info("INT8: %d one-dimensional weights (biases, norm scales) quantised per tensor, not per "
-                     "channel; onnxruntime's 'Axis 1 is out-of-range' warnings about them were hidden", self.count)
+            log.info(
+                "INT8: %d one-dimensional weights (biases, norm scales) quantised per tensor, not per "
+                "channel; onnxruntime's 'Axis 1 is out-of-range' warnings about them were hidden",
+                self.count,
+            )
             self.count = 0
 
 

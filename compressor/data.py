@@ -4,6 +4,7 @@ Images are NCHW float32 in [-1, 1] at every boundary. Conversion rules for odd f
 three channels, RGBA is composited onto white, 16-bit images are scaled to 8 bits (value / 257), palette
 images are expanded. An unreadable image is skipped with a warning (``data.strict: true`` makes it fatal).
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,12 @@ def _layout(spec: DataSpec, root: Path) -> dict[str, Path]:
         return {"train": root / spec.train_split, "test": root / spec.test_split}
     if spec.kind == "unpaired":
         tr, te = spec.train_split, spec.test_split
-        return {"trainA": root / f"{tr}A", "trainB": root / f"{tr}B", "testA": root / f"{te}A",
-                "testB": root / f"{te}B"}
+        return {
+            "trainA": root / f"{tr}A",
+            "trainB": root / f"{tr}B",
+            "testA": root / f"{te}A",
+            "testB": root / f"{te}B",
+        }
     if spec.kind == "folder":
         sub = root / spec.train_split
         return {"train": sub if sub.is_dir() else root}
@@ -55,8 +60,7 @@ def check_data_root(spec: DataSpec, root: Optional[Path]) -> None:
     for role, folder in _layout(spec, root).items():
         if role in required and not list_images(folder):
             if not folder.exists():
-                raise RecipeError(f"data.root: {root} has no '{folder.name}' folder (expected for "
-                                  f"{spec.kind} data)")
+                raise RecipeError(f"data.root: {root} has no '{folder.name}' folder (expected for {spec.kind} data)")
             raise RecipeError(f"data.root: no images ({', '.join(IMAGE_EXTS)}) in {folder}")
 
 
@@ -131,8 +135,13 @@ class _ImageFiles(Dataset):
                     raise DataError(f"{f}: unreadable image ({exc}); data.strict is true") from None
                 bad.append(f)
         if bad:
-            log.warning("skipped %d unreadable image(s) of %d in %s (first: %s); set data.strict: true to fail "
-                        "instead", len(bad), len(files), what, bad[0].name)
+            log.warning(
+                "skipped %d unreadable image(s) of %d in %s (first: %s); set data.strict: true to fail instead",
+                len(bad),
+                len(files),
+                what,
+                bad[0].name,
+            )
         if not good:
             raise DataError(f"{what}: no readable images")
         self.files, self.skipped = good, bad
@@ -141,8 +150,17 @@ class _ImageFiles(Dataset):
 class PairedDataset(_ImageFiles):
     """pix2pix aligned images: the left half is A, the right half is B."""
 
-    def __init__(self, folder: Path, direction: str = "AtoB", size: int = 256, load_size=None, flip=False,
-                 train=True, strict=False, max_items: Optional[int] = None):
+    def __init__(
+        self,
+        folder: Path,
+        direction: str = "AtoB",
+        size: int = 256,
+        load_size=None,
+        flip=False,
+        train=True,
+        strict=False,
+        max_items: Optional[int] = None,
+    ):
         files = list_images(folder)[:max_items] if max_items else list_images(folder)
         if not files:
             raise DataError(f"data.root: no images in {folder}")
@@ -168,8 +186,16 @@ class PairedDataset(_ImageFiles):
 class FolderDataset(_ImageFiles):
     """Input images only (no targets)."""
 
-    def __init__(self, folder: Path, size=256, load_size=None, flip=False, train=True, strict=False,
-                 max_items: Optional[int] = None):
+    def __init__(
+        self,
+        folder: Path,
+        size=256,
+        load_size=None,
+        flip=False,
+        train=True,
+        strict=False,
+        max_items: Optional[int] = None,
+    ):
         files = list_images(folder)[:max_items] if max_items else list_images(folder)
         if not files:
             raise DataError(f"data.root: no images in {folder}")
@@ -190,8 +216,17 @@ class FolderDataset(_ImageFiles):
 class UnpairedDataset(Dataset):
     """CycleGAN layout: A and B folders; B is drawn at random (from the item's own seed) for each A."""
 
-    def __init__(self, folder_a: Path, folder_b: Path, size=256, load_size=None, flip=False, train=True,
-                 strict=False, max_items: Optional[int] = None):
+    def __init__(
+        self,
+        folder_a: Path,
+        folder_b: Path,
+        size=256,
+        load_size=None,
+        flip=False,
+        train=True,
+        strict=False,
+        max_items: Optional[int] = None,
+    ):
         self.a = FolderDataset(folder_a, size, load_size, flip, train, strict, max_items)
         self.b = FolderDataset(folder_b, size, load_size, flip, train, strict, max_items)
         self.train = train
@@ -208,8 +243,9 @@ class UnpairedDataset(Dataset):
 # ------------------------------------------------------------------------------------------------ synthetic
 
 # Façade label colours in the spirit of CMP facades: wall, window, door, balcony, cornice, sill.
-_LABELS = np.array([[13, 61, 251], [0, 117, 255], [170, 255, 85], [255, 85, 0], [255, 170, 0], [0, 255, 255]],
-                   dtype=np.float32)
+_LABELS = np.array(
+    [[13, 61, 251], [0, 117, 255], [170, 255, 85], [255, 85, 0], [255, 170, 0], [0, 255, 255]], dtype=np.float32
+)
 _BACKGROUND = np.array([0, 0, 170], dtype=np.float32)
 
 
@@ -231,18 +267,18 @@ def synthetic_pair(index: int, size: int, seed: int = 0) -> tuple[np.ndarray, np
     cw = s / cols
     for f in range(floors):
         y0 = int(top + f * fh)
-        label[y0: y0 + max(1, s // 64)] = 4  # cornice
+        label[y0 : y0 + max(1, s // 64)] = 4  # cornice
         for c in range(cols):
             x0 = int(c * cw)
             if f == floors - 1 and c == cols // 2:
-                label[int(y0 + fh * 0.3): int(y0 + fh), int(x0 + cw * 0.25): int(x0 + cw * 0.75)] = 2  # door
+                label[int(y0 + fh * 0.3) : int(y0 + fh), int(x0 + cw * 0.25) : int(x0 + cw * 0.75)] = 2  # door
                 continue
             wy0, wy1 = int(y0 + fh * rng.uniform(0.2, 0.3)), int(y0 + fh * rng.uniform(0.7, 0.8))
             wx0, wx1 = int(x0 + cw * rng.uniform(0.2, 0.3)), int(x0 + cw * rng.uniform(0.7, 0.8))
             label[wy0:wy1, wx0:wx1] = 1  # window
-            label[wy1: wy1 + max(1, s // 96), wx0 - 1: wx1 + 1] = 5  # sill
+            label[wy1 : wy1 + max(1, s // 96), wx0 - 1 : wx1 + 1] = 5  # sill
             if rng.random() < 0.3:
-                label[int(wy1 - fh * 0.15): wy1 + 2, max(0, wx0 - 3): wx1 + 3] = 3  # balcony
+                label[int(wy1 - fh * 0.15) : wy1 + 2, max(0, wx0 - 3) : wx1 + 3] = 3  # balcony
     # label map
     lab = np.empty((s, s, 3), dtype=np.float32)
     lab[label == -1] = _BACKGROUND
@@ -250,8 +286,14 @@ def synthetic_pair(index: int, size: int, seed: int = 0) -> tuple[np.ndarray, np
         lab[label == k] = _LABELS[k]
     # photo
     wall = rng.uniform(120, 220, 3)
-    materials = {0: wall, 1: rng.uniform(20, 70, 3), 2: rng.uniform(60, 110, 3) * [1.0, 0.7, 0.5],
-                 3: rng.uniform(40, 90, 3), 4: wall * 0.8, 5: wall * 1.1}
+    materials = {
+        0: wall,
+        1: rng.uniform(20, 70, 3),
+        2: rng.uniform(60, 110, 3) * [1.0, 0.7, 0.5],
+        3: rng.uniform(40, 90, 3),
+        4: wall * 0.8,
+        5: wall * 1.1,
+    }
     photo = np.empty((s, s, 3), dtype=np.float32)
     photo[label == -1] = [150, 190, 235]
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32) / s
@@ -320,8 +362,9 @@ def input_images(spec: DataSpec, root: Optional[Path], split: str, seed: int, n:
 # ------------------------------------------------------------------------------------------------ factories
 
 
-def make_dataset(spec: DataSpec, root: Optional[Path], split: str = "train", seed: int = 0,
-                 max_items: Optional[int] = None) -> Dataset:
+def make_dataset(
+    spec: DataSpec, root: Optional[Path], split: str = "train", seed: int = 0, max_items: Optional[int] = None
+) -> Dataset:
     """The dataset for a recipe's data section; ``split`` is 'train' or 'test'."""
     train = split == "train"
     if spec.kind == "synthetic":
@@ -332,8 +375,14 @@ def make_dataset(spec: DataSpec, root: Optional[Path], split: str = "train", see
         return SyntheticPairedDataset(n, spec.size, seed, spec.direction, offset=0 if train else 1_000_000)
     check_data_root(spec, root)
     layout = _layout(spec, root)
-    kw = dict(size=spec.size, load_size=spec.load_size if train else None, flip=spec.flip and train, train=train,
-              strict=spec.strict, max_items=max_items)
+    kw = dict(
+        size=spec.size,
+        load_size=spec.load_size if train else None,
+        flip=spec.flip and train,
+        train=train,
+        strict=spec.strict,
+        max_items=max_items,
+    )
     if spec.kind == "paired":
         folder = layout["train" if train else "test"]
         if not train and not list_images(folder):

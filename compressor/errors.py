@@ -2,6 +2,7 @@
 
 The CLI turns a :class:`UserError` into one line, ``error: …``, and exit code 2.
 """
+
 from __future__ import annotations
 
 

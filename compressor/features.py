@@ -1,5 +1,6 @@
 """Feature taps: forward hooks on named modules. Teacher and student share module names, so one list of names
 taps both."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -11,8 +12,12 @@ from .errors import RecipeError
 from .models import default_taps
 
 
-def resolve_taps(model: nn.Module, layers: list[str], extra_aliases: dict[str, str] | None = None,
-                 key: str = "distill.losses.srp.layers") -> dict[str, str]:
+def resolve_taps(
+    model: nn.Module,
+    layers: list[str],
+    extra_aliases: dict[str, str] | None = None,
+    key: str = "distill.losses.srp.layers",
+) -> dict[str, str]:
     """Map each requested layer (an alias such as ``encoder`` or a module name) to a module name."""
     aliases = {**default_taps(model), **(extra_aliases or {})}
     names = dict(model.named_modules())
@@ -21,8 +26,10 @@ def resolve_taps(model: nn.Module, layers: list[str], extra_aliases: dict[str, s
         target = aliases.get(layer, layer)
         if target not in names or target == "":
             known = ", ".join(sorted(aliases)) or "none"
-            raise RecipeError(f"{key}: no module or tap alias named {layer!r} (aliases: {known}; module names "
-                              f"as in model.named_modules())")
+            raise RecipeError(
+                f"{key}: no module or tap alias named {layer!r} (aliases: {known}; module names "
+                f"as in model.named_modules())"
+            )
         out[layer] = target
     return out
 
@@ -73,8 +80,13 @@ def probe_shapes(model: nn.Module, taps: dict[str, str], example: torch.Tensor) 
         return {k: tuple(v.shape) for k, v in t.features.items()}
 
 
-def check_tap_pair(teacher: nn.Module, student: nn.Module, taps: dict[str, str], example: torch.Tensor,
-                   key: str = "distill.losses.srp.layers") -> dict[str, tuple[int, int]]:
+def check_tap_pair(
+    teacher: nn.Module,
+    student: nn.Module,
+    taps: dict[str, str],
+    example: torch.Tensor,
+    key: str = "distill.losses.srp.layers",
+) -> dict[str, tuple[int, int]]:
     """Verify teacher and student taps share H,W; return (C_teacher, C_student) per alias."""
     st = probe_shapes(teacher, taps, example)
     ss = probe_shapes(student, taps, example)
@@ -84,7 +96,9 @@ def check_tap_pair(teacher: nn.Module, student: nn.Module, taps: dict[str, str],
             raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) was not executed by the forward pass")
         t, s = st[alias], ss[alias]
         if len(t) != 4 or len(s) != 4 or t[2:] != s[2:]:
-            raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) has teacher shape {t} and student shape "
-                              f"{s}; SRP needs 4-D features with equal H,W")
+            raise RecipeError(
+                f"{key}: layer {alias!r} ({taps[alias]}) has teacher shape {t} and student shape "
+                f"{s}; SRP needs 4-D features with equal H,W"
+            )
         out[alias] = (t[1], s[1])
     return out

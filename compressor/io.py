@@ -1,5 +1,6 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename. A crash or a full disk never
 leaves a half-written artifact in place of a good one."""
+
 from __future__ import annotations
 
 import io

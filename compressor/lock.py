@@ -4,6 +4,7 @@ The lock is ``fcntl.flock`` on an open file, so the kernel releases it when the 
 SIGKILL); a stale ``.lock`` file left behind never blocks anybody. The holder's PID is written into the file so a
 second writer can name it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,9 @@ def run_lock(root: str | Path) -> Iterator[Path]:
     it. Re-entrant within one process (a nested ``run_lock`` on the same folder is a no-op)."""
     root = Path(root)
     if root.exists() and not root.is_dir():
-        raise UserError(f"{root}: exists and is not a folder (the run folder goes there); move it or choose "
-                        f"another name or --out")
+        raise UserError(
+            f"{root}: exists and is not a folder (the run folder goes there); move it or choose another name or --out"
+        )
     path = root / LOCK_NAME
     key = str(path.resolve()) if root.exists() else str(path)
     if key in _HELD or fcntl is None:
@@ -55,8 +57,10 @@ def run_lock(root: str | Path) -> Iterator[Path]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunLocked(f"{root} is in use by {_holder(path)} (another compress writes this run folder); "
-                            f"wait for it to finish or stop it") from None
+            raise RunLocked(
+                f"{root} is in use by {_holder(path)} (another compress writes this run folder); "
+                f"wait for it to finish or stop it"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         key = str(path.resolve())

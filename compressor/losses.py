@@ -11,6 +11,7 @@ is f_iᵀ (FᵀF) f_i: the row norms come from the C x C Gram matrix. Then
 where r, s are the row norms and r̂ = max(r, eps) as in ``F.normalize``. Cost: O(HW·C_t·C_s) time and
 O((HW + C)·C) memory.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,12 +30,20 @@ def _check_pair(f_t: torch.Tensor, f_s: torch.Tensor) -> None:
     if f_t.dim() != 4 or f_s.dim() != 4:
         raise ValueError(f"SRP needs 4-D feature maps, got {tuple(f_t.shape)} and {tuple(f_s.shape)}")
     if f_t.shape[0] != f_s.shape[0] or f_t.shape[2:] != f_s.shape[2:]:
-        raise ValueError(f"SRP needs equal batch and H,W in teacher and student: teacher {tuple(f_t.shape)}, "
-                         f"student {tuple(f_s.shape)}")
+        raise ValueError(
+            f"SRP needs equal batch and H,W in teacher and student: teacher {tuple(f_t.shape)}, "
+            f"student {tuple(f_s.shape)}"
+        )
 
 
-def srp_loss(f_teacher: torch.Tensor, f_student: torch.Tensor, *, pool: int | None = None,
-             float64: bool = False, eps: float = EPS) -> torch.Tensor:
+def srp_loss(
+    f_teacher: torch.Tensor,
+    f_student: torch.Tensor,
+    *,
+    pool: int | None = None,
+    float64: bool = False,
+    eps: float = EPS,
+) -> torch.Tensor:
     """Exact SRP loss without materialising the HW x HW relation matrices.
 
     ``pool`` average-pools both maps to ``pool x pool`` first. ``float64`` accumulates in double precision: use
@@ -67,8 +76,9 @@ def relation_matrix(f: torch.Tensor, eps: float = EPS) -> torch.Tensor:
     return F.normalize(flat @ flat.transpose(1, 2), dim=-1, eps=eps)
 
 
-def srp_loss_reference(f_teacher: torch.Tensor, f_student: torch.Tensor, *, pool: int | None = None,
-                       p: int = 2, eps: float = EPS) -> torch.Tensor:
+def srp_loss_reference(
+    f_teacher: torch.Tensor, f_student: torch.Tensor, *, pool: int | None = None, p: int = 2, eps: float = EPS
+) -> torch.Tensor:
     """The materialised SRP loss. ``p=1`` is the L1 variant (mean absolute difference), which has no factorised
     form and needs O(B·(HW)²) memory: use it only on small or pooled maps."""
     _check_pair(f_teacher, f_student)
@@ -82,8 +92,16 @@ def srp_loss_reference(f_teacher: torch.Tensor, f_student: torch.Tensor, *, pool
     return diff.pow(2).mean()
 
 
-def srp_multi(feats_t: dict, feats_s: dict, layers: list[str], weights: list[float] | None = None, *,
-              pool: int | None = None, variant: str = "l2", float64: bool = False) -> torch.Tensor:
+def srp_multi(
+    feats_t: dict,
+    feats_s: dict,
+    layers: list[str],
+    weights: list[float] | None = None,
+    *,
+    pool: int | None = None,
+    variant: str = "l2",
+    float64: bool = False,
+) -> torch.Tensor:
     """Weighted sum of SRP over several tapped layers."""
     weights = weights or [1.0] * len(layers)
     total = 0.0

@@ -9,6 +9,7 @@ random weights: without weights, FID/KID are skipped with the reason.
 Preprocessing follows the TensorFlow original: images in [0, 1] are resized to 299x299 with TF-style bilinear
 sampling (half-pixel centres, border clamp) and scaled to [-1, 0.9921875].
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -161,9 +162,16 @@ def frechet_distance(f1: np.ndarray, f2: np.ndarray) -> float:
     return float(((mu1 - mu2) ** 2).sum() + tr1 + tr2 - 2 * tr_covmean)
 
 
-def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100, subset_size: int = 1000,
-                              degree: int = 3, gamma: Optional[float] = None, coef: float = 1.0,
-                              seed: int = 0) -> tuple[float, float]:
+def kernel_inception_distance(
+    f1: np.ndarray,
+    f2: np.ndarray,
+    subsets: int = 100,
+    subset_size: int = 1000,
+    degree: int = 3,
+    gamma: Optional[float] = None,
+    coef: float = 1.0,
+    seed: int = 0,
+) -> tuple[float, float]:
     """KID (mean, std over subsets): unbiased MMD² with the polynomial kernel, as torchmetrics computes it."""
     n = min(len(f1), len(f2), subset_size)
     rng = np.random.default_rng(seed)
@@ -176,8 +184,7 @@ def kernel_inception_distance(f1: np.ndarray, f2: np.ndarray, subsets: int = 100
         kyy = (y @ y.T * gamma + coef) ** degree
         kxy = (x @ y.T * gamma + coef) ** degree
         m = n
-        mmd = ((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
-               - 2 * kxy.mean())
+        mmd = (kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean()
         vals.append(mmd)
     return float(np.mean(vals)), float(np.std(vals))
 
@@ -187,9 +194,9 @@ def paired_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, torch.
     # imported here: torchmetrics pulls in scipy.signal, seconds of start-up that every other command would pay
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-    p = ((pred.float().clamp(-1, 1) + 1) / 2)
-    t = ((target.float().clamp(-1, 1) + 1) / 2)
-    psnr = torch.stack([peak_signal_noise_ratio(p[i:i + 1], t[i:i + 1], data_range=1.0) for i in range(len(p))])
+    p = (pred.float().clamp(-1, 1) + 1) / 2
+    t = (target.float().clamp(-1, 1) + 1) / 2
+    psnr = torch.stack([peak_signal_noise_ratio(p[i : i + 1], t[i : i + 1], data_range=1.0) for i in range(len(p))])
     ssim = structural_similarity_index_measure(p, t, data_range=1.0, reduction="none")
     l1 = (p - t).abs().flatten(1).mean(1) * 2  # in [-1, 1] units
     return {"psnr": psnr, "ssim": ssim, "l1": l1}
@@ -227,10 +234,19 @@ def cached_features(key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
-def evaluate_models(models: dict[str, nn.Module], dataset, metrics: list[str], device: torch.device,
-                    batch_size: int = 8, inception: Optional[InceptionFeatures] = None, real_key: str = "",
-                    src: str = "input", tgt: Optional[str] = "target", reference: Optional[str] = "teacher",
-                    progress: Optional[Callable] = None) -> dict:
+def evaluate_models(
+    models: dict[str, nn.Module],
+    dataset,
+    metrics: list[str],
+    device: torch.device,
+    batch_size: int = 8,
+    inception: Optional[InceptionFeatures] = None,
+    real_key: str = "",
+    src: str = "input",
+    tgt: Optional[str] = "target",
+    reference: Optional[str] = "teacher",
+    progress: Optional[Callable] = None,
+) -> dict:
     """Run each model over the dataset; return per-model metrics (means) and FID/KID where possible."""
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     want_fid = inception is not None and ("fid" in metrics or "kid" in metrics)
@@ -267,8 +283,10 @@ def evaluate_models(models: dict[str, nn.Module], dataset, metrics: list[str], d
                 real_feats.append(inception(target).cpu().numpy())
             if progress:
                 progress("evaluate", bi + 1, total, {})
-    result: dict = {name: {k: float(torch.cat(v).mean()) for k, v in d.items() if k in metrics or "_vs_" in k}
-                    for name, d in per.items()}
+    result: dict = {
+        name: {k: float(torch.cat(v).mean()) for k, v in d.items() if k in metrics or "_vs_" in k}
+        for name, d in per.items()
+    }
     for name in models:
         result[name]["n_images"] = len(dataset)
     if want_fid:
@@ -324,20 +342,38 @@ def _add_complexity(res: dict, model: nn.Module, shape) -> None:
     res.update(params=cx["params"], macs=cx["macs"], macs_paper_convention=cx["macs_paper_convention"])
 
 
-def evaluate_pair(teacher: nn.Module, student: nn.Module, recipe, device: torch.device, out_json: Path,
-                  samples_png: Optional[Path] = None, progress=None, inception_weights: Optional[str] = None) -> dict:
+def evaluate_pair(
+    teacher: nn.Module,
+    student: nn.Module,
+    recipe,
+    device: torch.device,
+    out_json: Path,
+    samples_png: Optional[Path] = None,
+    progress=None,
+    inception_weights: Optional[str] = None,
+) -> dict:
     """Teacher and student side by side on the recipe's test data: ``out_json`` (eval.json) and a sample grid.
 
     ``recipe`` is a :class:`compressor.recipe.Recipe` (its ``data``, ``evaluate`` and ``seed``)."""
     ev = recipe.evaluate
-    ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed,
-                      max_items=ev.max_images)
+    ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, max_items=ev.max_images)
     src, tgt = input_key(recipe.data.kind), target_key(recipe.data.kind)
     # without targets, FID/KID compare the student's outputs with the teacher's
     inception, why = _inception_for(ev.metrics, inception_weights or ev.inception_weights, device)
     real_key = _real_key(inception, ds, recipe.data.model_dump_json(), tgt)
-    res = evaluate_models({"teacher": teacher, "student": student}, ds, ev.metrics, device, ev.batch_size,
-                          inception, real_key, src, tgt, "teacher", progress)
+    res = evaluate_models(
+        {"teacher": teacher, "student": student},
+        ds,
+        ev.metrics,
+        device,
+        ev.batch_size,
+        inception,
+        real_key,
+        src,
+        tgt,
+        "teacher",
+        progress,
+    )
     shape = (1, next(iter(ds[0].values())).shape[0], recipe.data.size, recipe.data.size)
     for name, m in (("teacher", teacher), ("student", student)):
         _add_complexity(res[name], m, shape)
@@ -345,9 +381,16 @@ def evaluate_pair(teacher: nn.Module, student: nn.Module, recipe, device: torch.
     for k in ("psnr", "ssim"):
         if k in res["teacher"] and k in res["student"] and res["teacher"][k]:
             quality[k] = round(100 * res["student"][k] / res["teacher"][k], 2)
-    out = {"teacher": res["teacher"], "student": res["student"], "student_pct_of_teacher": quality,
-           "n_images": len(ds), "fid_weights": inception.source if inception else None,
-           "fid_skipped": why if inception is None else None, "size": recipe.data.size, "direction": recipe.data.direction}
+    out = {
+        "teacher": res["teacher"],
+        "student": res["student"],
+        "student_pct_of_teacher": quality,
+        "n_images": len(ds),
+        "fid_weights": inception.source if inception else None,
+        "fid_skipped": why if inception is None else None,
+        "size": recipe.data.size,
+        "direction": recipe.data.direction,
+    }
     atomic_write_json(out_json, out)
     if ev.samples and samples_png is not None:
         n = min(ev.samples, len(ds))
@@ -362,9 +405,20 @@ def evaluate_pair(teacher: nn.Module, student: nn.Module, recipe, device: torch.
     return out
 
 
-def evaluate_folder(student_dir, data_root, device: torch.device, *, kind: str = "paired", direction: str = "AtoB",
-                    size: int = 256, metrics=("fid", "kid", "psnr", "ssim"), max_images: Optional[int] = None,
-                    batch_size: int = 8, inception_weights: Optional[str] = None, progress=None) -> dict:
+def evaluate_folder(
+    student_dir,
+    data_root,
+    device: torch.device,
+    *,
+    kind: str = "paired",
+    direction: str = "AtoB",
+    size: int = 256,
+    metrics=("fid", "kid", "psnr", "ssim"),
+    max_images: Optional[int] = None,
+    batch_size: int = 8,
+    inception_weights: Optional[str] = None,
+    progress=None,
+) -> dict:
     """Evaluate a saved student alone against a dataset's test split (no teacher needed).
 
     The eval.json it writes has an empty ``teacher`` entry, so ``compress report`` merges it like a run's."""
@@ -372,13 +426,33 @@ def evaluate_folder(student_dir, data_root, device: torch.device, *, kind: str =
     spec = DataSpec(kind=kind, root=str(data_root), direction=direction, size=size)
     ds = make_dataset(spec, Path(data_root), "test", 0, max_items=max_images)
     tgt = target_key(kind)
-    inception, why = _inception_for(metrics, inception_weights, device,
-                                    "folder data has no real images to compare with" if tgt is None else None)
+    inception, why = _inception_for(
+        metrics, inception_weights, device, "folder data has no real images to compare with" if tgt is None else None
+    )
     real_key = _real_key(inception, ds, spec.model_dump_json(), tgt)
-    res = evaluate_models({"student": student}, ds, list(metrics), device, batch_size, inception, real_key,
-                          input_key(kind), tgt, None, progress)["student"]
+    res = evaluate_models(
+        {"student": student},
+        ds,
+        list(metrics),
+        device,
+        batch_size,
+        inception,
+        real_key,
+        input_key(kind),
+        tgt,
+        None,
+        progress,
+    )["student"]
     _add_complexity(res, student, (1, getattr(student, "config", {}).get("input_nc", 3), size, size))
-    out = {"teacher": {}, "student": res, "n_images": len(ds), "data": str(data_root), "size": size, "direction": direction,
-           "fid_weights": inception.source if inception else None, "fid_skipped": why if inception is None else None}
+    out = {
+        "teacher": {},
+        "student": res,
+        "n_images": len(ds),
+        "data": str(data_root),
+        "size": size,
+        "direction": direction,
+        "fid_weights": inception.source if inception else None,
+        "fid_skipped": why if inception is None else None,
+    }
     atomic_write_json(Path(student_dir) / "eval.json", out)
     return out

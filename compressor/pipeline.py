@@ -5,6 +5,7 @@ skipped; ``force`` redoes it; ``resume`` continues an interrupted training stage
 :mod:`compressor.stages`, the run folder's layout in :mod:`compressor.runfolder`. ``compress RECIPE`` is these
 stages in a row; ``compress export``, ``profile`` and ``report`` call the same stage code on existing artifacts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -27,11 +28,24 @@ from .stages import STAGE_FUNCS, Context, consent_to_own_import, preflight, reso
 log = logging.getLogger(__name__)
 
 STAGES = ["teacher", "student", "distill", "evaluate", "export", "profile", "report"]
-UPSTREAM = {"teacher": [], "student": ["teacher"], "distill": ["student"], "evaluate": ["distill"],
-            "export": ["distill"], "profile": ["export"], "report": ["evaluate", "profile"]}
-SECTIONS = {"teacher": ["teacher"], "student": ["student"], "distill": ["distill", "data"],
-            "evaluate": ["evaluate", "data"], "export": ["export", "data"], "profile": ["profile", "data"],
-            "report": []}
+UPSTREAM = {
+    "teacher": [],
+    "student": ["teacher"],
+    "distill": ["student"],
+    "evaluate": ["distill"],
+    "export": ["distill"],
+    "profile": ["export"],
+    "report": ["evaluate", "profile"],
+}
+SECTIONS = {
+    "teacher": ["teacher"],
+    "student": ["student"],
+    "distill": ["distill", "data"],
+    "evaluate": ["evaluate", "data"],
+    "export": ["export", "data"],
+    "profile": ["profile", "data"],
+    "report": [],
+}
 
 
 def _file_fingerprint(path: Optional[Path]) -> str:
@@ -74,14 +88,17 @@ def prepare_run_dir(recipe: Recipe, out_root: Path, force: bool, recipe_path: Op
             prev = {}
         if prev.get("recipe_source") != source:
             if not force:
-                raise UserError(f"{run.root} holds a run of a different recipe ({prev.get('recipe_source')}); "
-                                f"choose another name or --out, or pass --force to move it aside and start over")
+                raise UserError(
+                    f"{run.root} holds a run of a different recipe ({prev.get('recipe_source')}); "
+                    f"choose another name or --out, or pass --force to move it aside and start over"
+                )
             aside = run.root.with_name(f"{run.root.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
             shutil.move(str(run.root), str(aside))
             log.warning("moved the previous run of another recipe to %s", aside)
     elif run.root.exists() and any(p.name != ".lock" for p in run.root.iterdir()) and not force:
-        raise UserError(f"{run.root} exists and was not written by compressor; choose another name or --out, or "
-                        f"pass --force")
+        raise UserError(
+            f"{run.root} exists and was not written by compressor; choose another name or --out, or pass --force"
+        )
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.run_json, {"recipe_source": source, "name": recipe.name})
     atomic_write_text(run.recipe, recipe.to_yaml())
@@ -95,10 +112,20 @@ class StageResult:
     seconds: float
 
 
-def run_pipeline(recipe: Recipe, out_root: str | Path = "runs", *, force: bool = False, resume: bool = False,
-                 only: Optional[list[str]] = None, device: Optional[str] = None, trust_checkpoint: bool = False,
-                 nproc: int = 1, progress: Optional[Callable] = None, recipe_path: Optional[Path] = None,
-                 on_stage: Optional[Callable[[StageResult], None]] = None) -> list[StageResult]:
+def run_pipeline(
+    recipe: Recipe,
+    out_root: str | Path = "runs",
+    *,
+    force: bool = False,
+    resume: bool = False,
+    only: Optional[list[str]] = None,
+    device: Optional[str] = None,
+    trust_checkpoint: bool = False,
+    nproc: int = 1,
+    progress: Optional[Callable] = None,
+    recipe_path: Optional[Path] = None,
+    on_stage: Optional[Callable[[StageResult], None]] = None,
+) -> list[StageResult]:
     """Run the recipe's stages in order, skipping those that are up to date."""
     if only:
         bad = [s for s in only if s not in STAGES]
@@ -108,8 +135,9 @@ def run_pipeline(recipe: Recipe, out_root: str | Path = "runs", *, force: bool =
     preflight(recipe, build_model=False)  # the zoo, backends and data folder: before the run folder is made
     consent_to_own_import(recipe)  # the recipe being run consents to its own teacher.import
     with run_lock(Path(out_root) / recipe.name):
-        return _run_stages(recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress,
-                           recipe_path, on_stage)
+        return _run_stages(
+            recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress, recipe_path, on_stage
+        )
 
 
 def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
@@ -127,13 +155,25 @@ def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
         check_checkpoints(folder, digest, resume=ctx.resume, force=ctx.force, command=resume_command(ctx))
 
 
-def _run_stages(recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress, recipe_path,
-                on_stage) -> list[StageResult]:
-    _preflight_checkpoints(Context(recipe, RunDir(Path(out_root) / recipe.name), dev, resume=resume, force=force,
-                                   recipe_path=recipe_path), only)
+def _run_stages(
+    recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress, recipe_path, on_stage
+) -> list[StageResult]:
+    _preflight_checkpoints(
+        Context(recipe, RunDir(Path(out_root) / recipe.name), dev, resume=resume, force=force, recipe_path=recipe_path),
+        only,
+    )
     run = prepare_run_dir(recipe, Path(out_root), force, recipe_path)
-    ctx = Context(recipe, run, dev, resume=resume, force=force, trust_checkpoint=trust_checkpoint, nproc=nproc,
-                  progress=progress, recipe_path=recipe_path)
+    ctx = Context(
+        recipe,
+        run,
+        dev,
+        resume=resume,
+        force=force,
+        trust_checkpoint=trust_checkpoint,
+        nproc=nproc,
+        progress=progress,
+        recipe_path=recipe_path,
+    )
     results = []
     for stage in STAGES:
         digest = stage_digest(ctx, stage)
@@ -142,8 +182,9 @@ def _run_stages(recipe, out_root, force, resume, only, dev, trust_checkpoint, np
         if only:
             for up in UPSTREAM[stage]:
                 if not all(p.exists() for p in run.outputs(up)):
-                    raise UserError(f"--only {stage}: the {up} stage has not produced its artifacts yet; run "
-                                    f"without --only first")
+                    raise UserError(
+                        f"--only {stage}: the {up} stage has not produced its artifacts yet; run without --only first"
+                    )
         if not force and run.up_to_date(stage, digest):
             res = StageResult(stage, "skipped", 0.0)
         else:

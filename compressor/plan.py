@@ -14,6 +14,7 @@ Candidate widths are the ones a student can really have: ``k / ngf`` for a zoo t
 The timing function is injectable (``measure=``): it takes candidates (each with ``width`` and ``model``) and
 returns ``{"p50": ms, "p90": ms}`` per candidate, so a test can pass a fake backend.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -69,8 +70,14 @@ class Candidate:
         return f"w{self.width:.6f}".rstrip("0")
 
     def row(self) -> dict:
-        out = {"width": self.width, "params": self.params, "macs": self.macs, "p50": self.p50, "p90": self.p90,
-               "confirmed": self.confirmed}
+        out = {
+            "width": self.width,
+            "params": self.params,
+            "macs": self.macs,
+            "p50": self.p50,
+            "p90": self.p90,
+            "confirmed": self.confirmed,
+        }
         if self.plan and self.plan.get("ngf") is not None:
             out["ngf"] = self.plan["ngf"]
         return out
@@ -100,8 +107,10 @@ class ProfileMeasure:
     def check(self) -> None:
         b = self.budget
         if b.backend in ONNX_BACKENDS and b.precision != "fp32":
-            raise UserError(f"student.budget.precision: {b.backend} plans at fp32 (quantise the chosen student "
-                            f"afterwards, or plan with the tensorrt backend at fp16)")
+            raise UserError(
+                f"student.budget.precision: {b.backend} plans at fp32 (quantise the chosen student "
+                f"afterwards, or plan with the tensorrt backend at fp16)"
+            )
         if b.backend in ("torch", "torch-compile") and b.precision == "int8":
             raise UserError("student.budget.precision: int8 runs in ort-cpu or tensorrt, not torch")
         if b.backend in ("torch", "torch-compile") and b.precision == "fp16" and not torch.cuda.is_available():
@@ -109,22 +118,36 @@ class ProfileMeasure:
         if b.backend == "tensorrt" and b.precision == "int8":
             raise UserError("student.budget.precision: TensorRT INT8 needs calibration; plan at fp16")
         if not b.host:
-
             ok, why = backend_available(b.backend)
             if not ok:
                 raise UserError(f"student.budget.backend: {b.backend} is not available here: {why}")
 
     def fingerprint(self) -> dict:
         b = self.budget
-        fp = {"backend": b.backend, "precision": b.precision, "batch": b.batch, "size": self.size,
-              "threads": b.threads, "stat": b.stat}
+        fp = {
+            "backend": b.backend,
+            "precision": b.precision,
+            "batch": b.batch,
+            "size": self.size,
+            "threads": b.threads,
+            "stat": b.stat,
+        }
         if b.host:
             fp.update(host=b.host, port=b.port, remote_compress=b.remote_compress)
             return fp
 
         env = environment(b.threads)
-        for k in ("hostname", "cpu", "cores", "threads", "gpu", "driver", "torch_version", "onnxruntime_version",
-                  "tensorrt_version"):
+        for k in (
+            "hostname",
+            "cpu",
+            "cores",
+            "threads",
+            "gpu",
+            "driver",
+            "torch_version",
+            "onnxruntime_version",
+            "tensorrt_version",
+        ):
             if env.get(k) is not None:
                 fp[k] = env[k]
         return fp
@@ -143,11 +166,11 @@ class ProfileMeasure:
         onnx = base.with_suffix(".onnx")
         if not onnx.exists():
             cfg = getattr(cand.model, "config", {})
-            export_onnx(cand.model, onnx, torch.zeros(b.batch, cfg.get("input_nc", 3), self.size, self.size),
-                        dynamic=())
+            export_onnx(
+                cand.model, onnx, torch.zeros(b.batch, cfg.get("input_nc", 3), self.size, self.size), dynamic=()
+            )
         ref["onnx"] = str(onnx)
         if b.backend == "tensorrt":
-
             engine = base.with_suffix(".plan")
             if not engine.exists():
                 build_engine(onnx, engine, b.precision, timing_cache=self.workdir / "timing.cache")
@@ -161,30 +184,50 @@ class ProfileMeasure:
         if b.host:
             self._round += 1
             out = self.workdir / f"remote{self._round}.json"
-            args = [f"--backend {b.backend}", f"--batch {b.batch}", f"--size {self.size}",
-                    f"--precision {b.precision}", f"--warmup {warmup}", f"--iters {iters}"]
+            args = [
+                f"--backend {b.backend}",
+                f"--batch {b.batch}",
+                f"--size {self.size}",
+                f"--precision {b.precision}",
+                f"--warmup {warmup}",
+                f"--iters {iters}",
+            ]
             if b.threads:
                 args.append(f"--threads {b.threads}")
             opts = [x for o in b.ssh_options for x in ("-o", o)]
             try:
                 doc = remote_profile(b.host, [r["onnx"] for r in refs], args, out, b.port, opts, b.remote_compress)
             except UserError as exc:
-                hint = (" (is the toolkit installed there? set student.budget.remote_compress to its compress "
-                        "command)") if "not found" in str(exc) or "No such file" in str(exc) else ""
+                hint = (
+                    (" (is the toolkit installed there? set student.budget.remote_compress to its compress command)")
+                    if "not found" in str(exc) or "No such file" in str(exc)
+                    else ""
+                )
                 raise UserError(f"student.budget.host: {exc}{hint}") from None
             by_label = {r["model"]: r for r in doc.get("results", [])}
             rows = [by_label.get(Path(r["onnx"]).stem, {"status": "failed", "reason": "no result"}) for r in refs]
         else:
             device = "cuda" if b.backend != "ort-cpu" and torch.cuda.is_available() else "cpu"
-            doc = profile_models(refs, [b.backend], [b.batch], [self.size], [b.precision], warmup=warmup,
-                                 iters=iters, threads=b.threads, device=device)
+            doc = profile_models(
+                refs,
+                [b.backend],
+                [b.batch],
+                [self.size],
+                [b.precision],
+                warmup=warmup,
+                iters=iters,
+                threads=b.threads,
+                device=device,
+            )
             rows = doc["results"]
         self.environment = doc.get("environment")
         out = []
         for cand, row in zip(candidates, rows):
             if row.get("status") != "ok":
-                raise UserError(f"student.budget.backend: timing width {cand.width:g} on {b.backend} failed: "
-                                f"{row.get('reason', row.get('status'))}")
+                raise UserError(
+                    f"student.budget.backend: timing width {cand.width:g} on {b.backend} failed: "
+                    f"{row.get('reason', row.get('status'))}"
+                )
             lat = row["latency_ms"]
             out.append({"p50": lat["p50"], "p90": lat["p90"]})
         return out
@@ -229,8 +272,19 @@ def _budget_text(b: BudgetSpec, target: float, margin: float, teacher_ms: float 
 
 
 class _Planner:
-    def __init__(self, teacher: nn.Module, budget: BudgetSpec, method: str, size: int, widths: list[float],
-                 measure: Measure, warmup: int, iters: int, confirm_iters: int, count_macs: bool = True):
+    def __init__(
+        self,
+        teacher: nn.Module,
+        budget: BudgetSpec,
+        method: str,
+        size: int,
+        widths: list[float],
+        measure: Measure,
+        warmup: int,
+        iters: int,
+        confirm_iters: int,
+        count_macs: bool = True,
+    ):
         self.count_macs = count_macs
         self.teacher, self.budget, self.method, self.size = teacher, budget, method, size
         self.cands = [Candidate(w) for w in widths]
@@ -262,9 +316,14 @@ class _Planner:
             c.p50, c.p90 = float(r["p50"]), float(r["p90"])
             c.confirmed = c.confirmed or confirm
             c.measurements.append({"p50": c.p50, "p90": c.p90, "iters": iters})
-            log.info("plan: width %.4g%s: %s %.3g ms%s", c.width,
-                     f" (ngf {c.plan['ngf']})" if c.plan and "ngf" in c.plan else "", self.stat, getattr(c, self.stat),
-                     " (confirmed)" if confirm else "")
+            log.info(
+                "plan: width %.4g%s: %s %.3g ms%s",
+                c.width,
+                f" (ngf {c.plan['ngf']})" if c.plan and "ngf" in c.plan else "",
+                self.stat,
+                getattr(c, self.stat),
+                " (confirmed)" if confirm else "",
+            )
         log.debug("timed %d candidate(s) in %.1f s", len(cands), time.perf_counter() - t0)
 
     def _bracket(self, target: float) -> tuple[int | None, int | None]:
@@ -279,8 +338,10 @@ class _Planner:
         wl, wh = self.cands[lo].width, self.cands[hi].width
         ll, lh = self.lat(lo), self.lat(hi)
         if lh > ll > 0:
-            w = math.exp(math.log(wl) + (math.log(target) - math.log(ll)) * (math.log(wh) - math.log(wl))
-                         / (math.log(lh) - math.log(ll)))
+            w = math.exp(
+                math.log(wl)
+                + (math.log(target) - math.log(ll)) * (math.log(wh) - math.log(wl)) / (math.log(lh) - math.log(ll))
+            )
             i = max((k for k, c in enumerate(self.cands) if c.width <= w * (1 + 1e-9)), default=lo)
         else:
             i = (lo + hi) // 2
@@ -288,8 +349,7 @@ class _Planner:
 
     def unreachable(self, target: float, text: str) -> UserError:
         c = self.cands[0]
-        return UserError(f"student.budget: even width {c.width:.4g} runs in {self.lat(0):.3g} ms; the budget is "
-                         f"{text}")
+        return UserError(f"student.budget: even width {c.width:.4g} runs in {self.lat(0):.3g} ms; the budget is {text}")
 
     def search_latency(self, target: float, text_fn: Callable[[], str], max_rounds: int = 24) -> int:
         n = len(self.cands)
@@ -328,8 +388,9 @@ class _Planner:
                 hi = mid
         if lo < 0:
             c = self.build(0, macs=key == "macs")
-            raise UserError(f"student.budget: even width {c.width:.4g} has {getattr(c, key):.4g} {key}; the "
-                            f"budget is {limit:.4g}")
+            raise UserError(
+                f"student.budget: even width {c.width:.4g} has {getattr(c, key):.4g} {key}; the budget is {limit:.4g}"
+            )
         if lo + 1 < len(self.cands):
             self.build(lo + 1, macs=key == "macs")
         return lo
@@ -338,18 +399,46 @@ class _Planner:
 # ------------------------------------------------------------------------------------------------ entry point
 
 
-def plan_key(teacher: nn.Module, budget: BudgetSpec, margin: float, method: str, size: int, widths: list[float],
-             fingerprint: dict) -> str:
-    payload = {"schema": SCHEMA, "teacher": model_signature(teacher), "budget": budget.model_dump(mode="json"),
-               "margin": margin, "method": method, "size": size, "widths": widths, "fingerprint": fingerprint}
+def plan_key(
+    teacher: nn.Module,
+    budget: BudgetSpec,
+    margin: float,
+    method: str,
+    size: int,
+    widths: list[float],
+    fingerprint: dict,
+) -> str:
+    payload = {
+        "schema": SCHEMA,
+        "teacher": model_signature(teacher),
+        "budget": budget.model_dump(mode="json"),
+        "margin": margin,
+        "method": method,
+        "size": size,
+        "widths": widths,
+        "fingerprint": fingerprint,
+    }
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def plan_width(teacher: nn.Module, budget: BudgetSpec | dict, *, size: int, method: str = "auto",
-               margin: float = 0.05, run_dir: str | Path | None = None, measure: Measure | None = None,
-               fingerprint: dict | None = None, widths: list[float] | None = None, warmup: int = 3,
-               iters: int = 10, confirm_iters: int = 30, force: bool = False, plot: bool = True,
-               count_macs: bool = True) -> dict:
+def plan_width(
+    teacher: nn.Module,
+    budget: BudgetSpec | dict,
+    *,
+    size: int,
+    method: str = "auto",
+    margin: float = 0.05,
+    run_dir: str | Path | None = None,
+    measure: Measure | None = None,
+    fingerprint: dict | None = None,
+    widths: list[float] | None = None,
+    warmup: int = 3,
+    iters: int = 10,
+    confirm_iters: int = 30,
+    force: bool = False,
+    plot: bool = True,
+    count_macs: bool = True,
+) -> dict:
     """Choose the widest student width that meets ``budget``; return the plan document (``doc["width"]``).
 
     ``teacher`` is the teacher model (its weights do not matter), ``budget`` a :class:`BudgetSpec` (or its dict),
@@ -377,9 +466,13 @@ def plan_width(teacher: nn.Module, budget: BudgetSpec | dict, *, size: int, meth
         workdir = Path(tempfile.mkdtemp(prefix="compressor-plan-"))
         measure = ProfileMeasure(budget, size, workdir)
     if fingerprint is None:
-        fingerprint = ({"counts": "no measurement"} if counts else
-                       measure.fingerprint() if isinstance(measure, ProfileMeasure) else
-                       {"measure": getattr(measure, "__qualname__", type(measure).__name__)})
+        fingerprint = (
+            {"counts": "no measurement"}
+            if counts
+            else measure.fingerprint()
+            if isinstance(measure, ProfileMeasure)
+            else {"measure": getattr(measure, "__qualname__", type(measure).__name__)}
+        )
     key = plan_key(teacher, budget, margin, method, size, grid, fingerprint)
     out = run_dir / "plan.json" if run_dir else None
     if out and out.exists() and not force:
@@ -419,20 +512,33 @@ def plan_width(teacher: nn.Module, budget: BudgetSpec | dict, *, size: int, meth
     chosen = p.cands[best]
     nxt = p.cands[best + 1] if best + 1 < len(grid) else None
     teacher_cx = _teacher_counts(teacher, p.example, count_macs)
-    doc = {"schema": SCHEMA, "key": key, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "budget": budget.model_dump(mode="json", exclude_none=True), "margin": margin, "size": size,
-           "method": method, "stat": budget.stat, "target": target,
-           "teacher": {"signature": model_signature(teacher), **teacher_cx,
-                       **({"latency_ms": teacher_ms} if teacher_ms is not None else {})},
-           "fingerprint": fingerprint,
-           "environment": getattr(measure, "environment", None),
-           "candidates": [c.row() for c in p.cands if c.params is not None],
-           "choice": chosen.row(), "next_wider": nxt.row() if nxt is not None and nxt.params is not None else None,
-           "width": chosen.width, "seconds": round(time.perf_counter() - t0, 1), "cached": False}
+    doc = {
+        "schema": SCHEMA,
+        "key": key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "budget": budget.model_dump(mode="json", exclude_none=True),
+        "margin": margin,
+        "size": size,
+        "method": method,
+        "stat": budget.stat,
+        "target": target,
+        "teacher": {
+            "signature": model_signature(teacher),
+            **teacher_cx,
+            **({"latency_ms": teacher_ms} if teacher_ms is not None else {}),
+        },
+        "fingerprint": fingerprint,
+        "environment": getattr(measure, "environment", None),
+        "candidates": [c.row() for c in p.cands if c.params is not None],
+        "choice": chosen.row(),
+        "next_wider": nxt.row() if nxt is not None and nxt.params is not None else None,
+        "width": chosen.width,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "cached": False,
+    }
     if chosen.width == 1.0:
         log.warning("plan: the teacher itself meets the budget; width 1 keeps every channel")
     if out:
-
         if plot:
             try:
                 doc["plot"] = plot_plan(doc, run_dir / "plan.png").name
@@ -456,7 +562,6 @@ def plot_plan(doc: dict, path: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
 
     b, stat = doc["budget"], doc["stat"]
     counts = "macs" in b or "params" in b

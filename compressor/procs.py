@@ -9,6 +9,7 @@
   (``compressor.worker``, the profile worker) call it again at start-up, since torchrun's own children are not
   started by us.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -141,8 +142,13 @@ def start_group(cmd: Sequence[str], env: Optional[dict] = None, **kwargs) -> sub
     _install()
     env = dict(os.environ if env is None else env)
     env[ENV_PARENT] = str(os.getpid())
-    proc = subprocess.Popen(list(cmd), env=env, start_new_session=True,
-                            preexec_fn=_preexec if sys.platform.startswith("linux") else None, **kwargs)
+    proc = subprocess.Popen(
+        list(cmd),
+        env=env,
+        start_new_session=True,
+        preexec_fn=_preexec if sys.platform.startswith("linux") else None,
+        **kwargs,
+    )
     _children.append(proc)
     return proc
 
@@ -155,8 +161,9 @@ def release(proc: subprocess.Popen) -> None:
         _signal_group(proc.pid, signal.SIGKILL)
 
 
-def run_group(cmd: Sequence[str], env: Optional[dict] = None, timeout: Optional[float] = None,
-              **kwargs) -> subprocess.CompletedProcess:
+def run_group(
+    cmd: Sequence[str], env: Optional[dict] = None, timeout: Optional[float] = None, **kwargs
+) -> subprocess.CompletedProcess:
     """``subprocess.run`` in an own process group that dies with this process; on KeyboardInterrupt or a timeout
     the whole group is terminated before the exception propagates."""
     proc = start_group(cmd, env=env, **kwargs)

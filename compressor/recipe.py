@@ -3,6 +3,7 @@
 A recipe is data. The only code it may name is ``teacher.import``. YAML is read with ``safe_load``; unknown keys
 are refused; every error names the key path and, where known, the YAML line.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -51,8 +52,10 @@ class SyntheticSpec(Strict):
 
 class DataSpec(Strict):
     kind: Literal["paired", "unpaired", "folder", "synthetic"] = Field(
-        "paired", description="paired: pix2pix AB images; unpaired: trainA/trainB; folder: inputs only; "
-                              "synthetic: generated façade-like pairs")
+        "paired",
+        description="paired: pix2pix AB images; unpaired: trainA/trainB; folder: inputs only; "
+        "synthetic: generated façade-like pairs",
+    )
     root: Optional[str] = Field(None, description="dataset folder (not needed for synthetic)")
     direction: Literal["AtoB", "BtoA"] = Field("AtoB", description="which half is the input")
     size: int = Field(256, ge=8, le=8192, description="training and test image size (square)")
@@ -88,8 +91,9 @@ class TeacherSpec(Strict):
     kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments for the zoo model or factory")
     checkpoint: Optional[str] = Field(None, description="state_dict (.pth/.pt/.safetensors) of the teacher")
     checkpoint_key: Optional[str] = Field(None, description="the nested state_dict to use, e.g. params_ema")
-    input_range: tuple[float, float] = Field((-1.0, 1.0), description="value range the teacher takes: [-1, 1], "
-                                             "[0, 1] or [0, 255]")
+    input_range: tuple[float, float] = Field(
+        (-1.0, 1.0), description="value range the teacher takes: [-1, 1], [0, 1] or [0, 255]"
+    )
     output_range: tuple[float, float] = Field((-1.0, 1.0), description="value range the teacher returns")
     reverse_checkpoint: Optional[str] = Field(None, description="unpaired data: the B->A teacher's state_dict")
     train: Optional[TeacherTrainSpec] = Field(None, description="train the teacher first (no checkpoint needed)")
@@ -113,8 +117,9 @@ class TeacherSpec(Strict):
         try:
             json.dumps(self.kwargs, allow_nan=False)
         except (TypeError, ValueError):
-            raise ValueError("teacher.kwargs: values must be plain data (numbers, strings, booleans, lists, "
-                             "mappings)") from None
+            raise ValueError(
+                "teacher.kwargs: values must be plain data (numbers, strings, booleans, lists, mappings)"
+            ) from None
         if self.arch in ZOO_ARCHS:
             check_zoo_kwargs(self.arch, self.kwargs, key="teacher.kwargs")
         return self
@@ -143,17 +148,22 @@ class BudgetSpec(Strict):
     def _check(self):
         given = [k for k in ("latency_ms", "speedup", "macs", "params") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError("needs exactly one of latency_ms, speedup, macs or params"
-                             + (f" (got {', '.join(given)})" if given else ""))
+            raise ValueError(
+                "needs exactly one of latency_ms, speedup, macs or params"
+                + (f" (got {', '.join(given)})" if given else "")
+            )
         if self.host and self.backend not in ("ort-cpu", "ort-cuda", "ort-trt"):
-            raise ValueError(f"host: only ONNX files travel to a remote machine; use backend ort-cpu, "
-                             f"ort-cuda or ort-trt, not {self.backend}")
+            raise ValueError(
+                f"host: only ONNX files travel to a remote machine; use backend ort-cpu, "
+                f"ort-cuda or ort-trt, not {self.backend}"
+            )
         return self
 
 
 class StudentSpec(Strict):
-    width: Union[float, Literal["auto"]] = Field(0.25, description="fraction of every layer's channels to keep, "
-                                                                   "or auto: the widest within student.budget")
+    width: Union[float, Literal["auto"]] = Field(
+        0.25, description="fraction of every layer's channels to keep, or auto: the widest within student.budget"
+    )
     method: Literal["auto", "rebuild", "prune"] = Field("auto", description="rebuild (zoo) or prune (any model)")
     init: Literal["inherit", "scratch"] = Field("inherit", description="inherit the teacher's strongest channels")
     keep: list[str] = Field(default_factory=list, description="module names left at full width (prune)")
@@ -223,8 +233,11 @@ class LossesSpec(Strict):
 
     def tapped_layers(self) -> list[str]:
         """The layers the active feature losses (SRP, feature distillation) tap, each once."""
-        return list(dict.fromkeys((self.srp.layers if self.srp.weight > 0 else []) +
-                                  (self.feat.layers if self.feat.weight > 0 else [])))
+        return list(
+            dict.fromkeys(
+                (self.srp.layers if self.srp.weight > 0 else []) + (self.feat.layers if self.feat.weight > 0 else [])
+            )
+        )
 
     def uses_teacher(self, data_kind: str) -> bool:
         """Whether any loss looks at the teacher (folder data has no targets, so it always does)."""
@@ -249,14 +262,16 @@ class DistillSpec(Strict):
     log_every: int = Field(50, ge=1, description="append to metrics.jsonl every N steps")
     sample_every: int = Field(1000, ge=1, description="write a sample grid every N steps")
     amp: Literal["none", "bf16", "fp16"] = Field(
-        "none", description="mixed precision: CUDA; bf16 teacher forward on CPUs with AVX512-BF16 or AMX")
+        "none", description="mixed precision: CUDA; bf16 teacher forward on CPUs with AVX512-BF16 or AMX"
+    )
     channels_last: bool = Field(False, description="channels_last memory format on CUDA")
     cache_teacher: bool = Field(False, description="keep teacher outputs per image (no flip, no crop; uses memory)")
 
 
 class EvaluateSpec(Strict):
     metrics: list[Literal["fid", "kid", "psnr", "ssim", "l1"]] = Field(
-        default_factory=lambda: ["fid", "kid", "psnr", "ssim"], description="metrics to compute")
+        default_factory=lambda: ["fid", "kid", "psnr", "ssim"], description="metrics to compute"
+    )
     batch_size: int = Field(8, ge=1, description="evaluation batch size")
     max_images: Optional[int] = Field(None, ge=1, description="evaluate at most this many test images")
     inception_weights: Optional[str] = Field(None, description="FID Inception weights (TorchScript .pt)")
@@ -303,8 +318,12 @@ class ProfileSpec(Strict):
 
 
 class Recipe(Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", max_length=100,
-                      description="run name: runs/<name>/ (at most 100 characters)")
+    name: str = Field(
+        ...,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        max_length=100,
+        description="run name: runs/<name>/ (at most 100 characters)",
+    )
     seed: int = Field(0, ge=0, le=2**32 - 1, description="random seed (0 to 2**32-1)")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda when present, else cpu")
     data: DataSpec = Field(..., description="dataset")
@@ -319,20 +338,26 @@ class Recipe(Strict):
     def _consistent(self):
         t = self.teacher
         if self.data.kind == "unpaired" and t.train is None and not t.reverse_checkpoint:
-            raise ValueError("teacher.reverse_checkpoint: unpaired data needs the B->A teacher's checkpoint too "
-                             "(or teacher.train to train both)")
+            raise ValueError(
+                "teacher.reverse_checkpoint: unpaired data needs the B->A teacher's checkpoint too "
+                "(or teacher.train to train both)"
+            )
         mult = ZOO_ARCHS.get(t.arch or "", {}).get("size_multiple")
         if mult and self.data.size % mult:
-            raise ValueError(f"data.size: {self.data.size} is not a multiple of {mult}, which {t.arch} needs "
-                             f"(e.g. {max(mult, self.data.size // mult * mult)})")
+            raise ValueError(
+                f"data.size: {self.data.size} is not a multiple of {mult}, which {t.arch} needs "
+                f"(e.g. {max(mult, self.data.size // mult * mult)})"
+            )
         return self
 
     @model_validator(mode="after")
     def _check_teacher_cache(self):
         d = self.data
         if self.distill.cache_teacher and (d.flip or (d.load_size not in (None, d.size)) or d.kind == "unpaired"):
-            raise ValueError("distill.cache_teacher needs inputs that are the same every epoch: data.flip false, "
-                             "no data.load_size crop, and not unpaired data")
+            raise ValueError(
+                "distill.cache_teacher needs inputs that are the same every epoch: data.flip false, "
+                "no data.load_size crop, and not unpaired data"
+            )
         return self
 
     # Where the recipe came from: relative paths resolve against it. Not part of the schema.
@@ -356,8 +381,9 @@ class Recipe(Strict):
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
-                              .encode()).hexdigest()[:16]
+        return hashlib.sha256(
+            json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
+        ).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)
@@ -381,15 +407,15 @@ def _compose_bounded(text: str, source: str) -> Optional[yaml.Node]:
             if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 depth += 1
                 if depth > MAX_YAML_DEPTH:
-                    raise RecipeError(f"{source}:{ev.start_mark.line + 1}: nesting deeper than {MAX_YAML_DEPTH} "
-                                      f"levels")
+                    raise RecipeError(f"{source}:{ev.start_mark.line + 1}: nesting deeper than {MAX_YAML_DEPTH} levels")
             elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
                 depth -= 1
             elif isinstance(ev, yaml.AliasEvent):
                 aliases += 1
                 if aliases > MAX_YAML_ALIASES:
-                    raise RecipeError(f"{source}:{ev.start_mark.line + 1}: more than {MAX_YAML_ALIASES} YAML "
-                                      f"aliases (*name)")
+                    raise RecipeError(
+                        f"{source}:{ev.start_mark.line + 1}: more than {MAX_YAML_ALIASES} YAML aliases (*name)"
+                    )
         loader = _BoundedLoader(text)
         try:
             root = loader.get_single_node()
@@ -419,8 +445,7 @@ def _compose_bounded(text: str, source: str) -> Optional[yaml.Node]:
             return sizes[key]
 
         if size(root) > MAX_YAML_NODES:
-            raise RecipeError(f"{source}: the recipe expands to more than {MAX_YAML_NODES} values through YAML "
-                              f"aliases")
+            raise RecipeError(f"{source}: the recipe expands to more than {MAX_YAML_NODES} values through YAML aliases")
     return root
 
 
@@ -509,14 +534,17 @@ def _format_error(err: dict, lines: dict[tuple, int], source: str) -> str:
     key = ".".join(str(p) for p in loc) or "(recipe)"
     msg = err["msg"]
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if err["type"] == "extra_forbidden":
         msg = "unknown key (misspelt?)"
     elif err["type"] == "missing":
         msg = "required key is missing"
     named = re.match(r"([A-Za-z_][\w.]*):", msg)  # a message that names its own key, e.g. 'data.size: …'
-    own = tuple(named.group(1).split(".")) if named and named.group(1).startswith(loc[:1] or ("",)) or \
-        (named and not loc) else None
+    own = (
+        tuple(named.group(1).split("."))
+        if named and named.group(1).startswith(loc[:1] or ("",)) or (named and not loc)
+        else None
+    )
     line = None
     probe = own or loc
     while probe and line is None:
@@ -545,12 +573,18 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None, check_path
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise RecipeError(f"{path}: cannot read recipe ({exc})") from None
-    return parse_recipe(text, source=str(path), base_dir=path.resolve().parent, overrides=overrides,
-                        check_paths=check_paths)
+    return parse_recipe(
+        text, source=str(path), base_dir=path.resolve().parent, overrides=overrides, check_paths=check_paths
+    )
 
 
-def parse_recipe(text: str, source: str = "<recipe>", base_dir: Path | None = None,
-                 overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:
+def parse_recipe(
+    text: str,
+    source: str = "<recipe>",
+    base_dir: Path | None = None,
+    overrides: list[str] | None = None,
+    check_paths: bool = True,
+) -> Recipe:
     root = _compose_bounded(text, source)
     doc = _construct(root, source)
     if doc is None:

@@ -5,6 +5,7 @@ A training folder's ``checkpoints/`` carries ``config.json``: the digest of ever
 continues (``--resume``) only from checkpoints whose digest matches the recipe in hand; anything else is one line
 offering ``--force``, which moves the old checkpoints aside (never deletes them).
 """
+
 from __future__ import annotations
 
 import json
@@ -59,12 +60,16 @@ def check_checkpoints(out_dir: Path, digest: str, *, resume: bool, force: bool, 
     old = recorded_digest(ckpts)
     if old != digest:
         what = "another configuration" if old else "an unknown configuration (no checkpoints/config.json)"
-        raise UserError(f"{ckpts} holds checkpoints of {what}: the recipe's distill, student, teacher or data "
-                        f"settings changed since; pass --force to start over (the old checkpoints are kept aside)")
+        raise UserError(
+            f"{ckpts} holds checkpoints of {what}: the recipe's distill, student, teacher or data "
+            f"settings changed since; pass --force to start over (the old checkpoints are kept aside)"
+        )
     if not resume:
         hint = f" ({command})" if command else ""
-        raise UserError(f"{ckpts} holds checkpoints of an unfinished run of this recipe: add --resume to "
-                        f"continue it{hint}, or --force to start over (the old checkpoints are kept aside)")
+        raise UserError(
+            f"{ckpts} holds checkpoints of an unfinished run of this recipe: add --resume to "
+            f"continue it{hint}, or --force to start over (the old checkpoints are kept aside)"
+        )
 
 
 def prepare_checkpoints(out_dir: Path, digest: str, *, resume: bool, force: bool, command: str = "") -> bool:
@@ -87,4 +92,3 @@ def prepare_checkpoints(out_dir: Path, digest: str, *, resume: bool, force: bool
     if recorded_digest(ckpts) != digest:
         atomic_write_json(ckpts / CONFIG, {"digest": digest})
     return resume
-

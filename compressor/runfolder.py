@@ -3,6 +3,7 @@
 This module is the one owner of the folder's layout. The stages read and write through it; the CLI commands that
 work on existing artifacts (``evaluate``, ``export``, ``profile``) find the run's recipe, teacher and student here.
 """
+
 from __future__ import annotations
 
 import json
@@ -138,9 +139,19 @@ def profile_refs(run: RunDir) -> list[dict]:
     def present(p: Path) -> Optional[str]:
         return str(p) if p.exists() else None
 
-    return [{"label": f"{name}/teacher", "role": "teacher",
-             "torch": {"type": "saved_teacher", "spec": meta["spec"], "weights": str(run.teacher_weights)},
-             "onnx": present(run.teacher_onnx)},
-            {"label": f"{name}/student", "role": "student", "torch": {"type": "student_dir", "path": str(run.root)},
-             "onnx": present(run.student_onnx), "int8": present(run.student_int8),
-             "engine": present(run.student_plan)}]
+    return [
+        {
+            "label": f"{name}/teacher",
+            "role": "teacher",
+            "torch": {"type": "saved_teacher", "spec": meta["spec"], "weights": str(run.teacher_weights)},
+            "onnx": present(run.teacher_onnx),
+        },
+        {
+            "label": f"{name}/student",
+            "role": "student",
+            "torch": {"type": "student_dir", "path": str(run.root)},
+            "onnx": present(run.student_onnx),
+            "int8": present(run.student_int8),
+            "engine": present(run.student_plan),
+        },
+    ]

@@ -10,6 +10,7 @@
 Students are saved without pickle: ``student.safetensors`` plus ``student.json`` (the teacher spec and the
 plan). ``load_student(dir)`` rebuilds the architecture exactly, without the teacher's weights.
 """
+
 from __future__ import annotations
 
 import copy
@@ -58,16 +59,29 @@ def _probe(model: nn.Module, x: torch.Tensor, handles: list) -> None:
 def _output_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
     """The names of the last executed conv/linear layer: the output layer, never pruned."""
     order: list[str] = []
-    _probe(model, x, [m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
-                      for n, m in model.named_modules()
-                      if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear))])
+    _probe(
+        model,
+        x,
+        [
+            m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
+            for n, m in model.named_modules()
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear))
+        ],
+    )
     if not order:
         raise RecipeError("student: the teacher has no conv or linear layer to prune")
     return [order[-1]]
 
 
-_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-          nn.GroupNorm)
+_NORMS = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+)
 
 
 def _declared_channels(m: nn.Module) -> Optional[int]:
@@ -90,8 +104,11 @@ def _has_state(m: nn.Module) -> bool:
 def seen_channels(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
     """The channels each norm layer and per-channel PReLU really receives in a forward pass."""
     seen: dict[str, int] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, i, n=n: seen.__setitem__(n, int(i[0].shape[1])))
-             for n, m in model.named_modules() if _declared_channels(m) is not None]
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, i, n=n: seen.__setitem__(n, int(i[0].shape[1])))
+        for n, m in model.named_modules()
+        if _declared_channels(m) is not None
+    ]
     if hooks:
         _probe(model, x, hooks)
     return seen
@@ -123,13 +140,18 @@ def check_channels(model: nn.Module, x: torch.Tensor) -> None:
     for name, c in seen_channels(model, x).items():
         m = modules[name]
         if _declared_channels(m) != c and _has_state(m):
-            raise _cannot_prune(name, m, f"it holds {_declared_channels(m)} per-channel parameters but receives "
-                                         f"{c} channels after pruning")
+            raise _cannot_prune(
+                name,
+                m,
+                f"it holds {_declared_channels(m)} per-channel parameters but receives {c} channels after pruning",
+            )
 
 
 def _cannot_prune(name: str, module: nn.Module, reason: str) -> RecipeError:
-    return RecipeError(f"student.method: prune cannot handle module {name!r} ({type(module).__name__}): {reason}; "
-                       f"leave it at full width with student.keep: [{name}]")
+    return RecipeError(
+        f"student.method: prune cannot handle module {name!r} ({type(module).__name__}): {reason}; "
+        f"leave it at full width with student.keep: [{name}]"
+    )
 
 
 def _first_failing_module(model: nn.Module, x: torch.Tensor) -> Optional[tuple[str, BaseException]]:
@@ -149,8 +171,18 @@ def _first_failing_module(model: nn.Module, x: torch.Tensor) -> Optional[tuple[s
 
 def _unknown_layers(model: nn.Module) -> list[str]:
     """Modules that own parameters directly but have no Torch-Pruning pruner (e.g. modulated convolutions)."""
-    known = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear, nn.PReLU, nn.LayerNorm, nn.Embedding,
-             nn.MultiheadAttention, nn.LSTM) + _NORMS
+    known = (
+        nn.Conv1d,
+        nn.Conv2d,
+        nn.Conv3d,
+        nn.ConvTranspose2d,
+        nn.Linear,
+        nn.PReLU,
+        nn.LayerNorm,
+        nn.Embedding,
+        nn.MultiheadAttention,
+        nn.LSTM,
+    ) + _NORMS
     out = []
     for n, m in model.named_modules():
         if any(True for _ in m.parameters(recurse=False)) and not isinstance(m, known):
@@ -170,11 +202,20 @@ class _SubpixelConv(nn.Module):
         self.r = r
         self.convs = nn.ModuleList()
         for k in range(r * r):
-            c = nn.Conv2d(conv.in_channels, conv.out_channels // (r * r), conv.kernel_size, conv.stride,
-                          conv.padding, conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
-            c.weight.data = conv.weight.data[k::r * r].clone()
+            c = nn.Conv2d(
+                conv.in_channels,
+                conv.out_channels // (r * r),
+                conv.kernel_size,
+                conv.stride,
+                conv.padding,
+                conv.dilation,
+                conv.groups,
+                conv.bias is not None,
+                conv.padding_mode,
+            )
+            c.weight.data = conv.weight.data[k :: r * r].clone()
             if conv.bias is not None:
-                c.bias.data = conv.bias.data[k::r * r].clone()
+                c.bias.data = conv.bias.data[k :: r * r].clone()
             self.convs.append(c)
 
     def forward(self, x):
@@ -184,8 +225,17 @@ class _SubpixelConv(nn.Module):
 
     def merged(self) -> nn.Conv2d:
         c0, rr = self.convs[0], self.r * self.r
-        conv = nn.Conv2d(c0.in_channels, c0.out_channels * rr, c0.kernel_size, c0.stride, c0.padding, c0.dilation,
-                         c0.groups, c0.bias is not None, c0.padding_mode)
+        conv = nn.Conv2d(
+            c0.in_channels,
+            c0.out_channels * rr,
+            c0.kernel_size,
+            c0.stride,
+            c0.padding,
+            c0.dilation,
+            c0.groups,
+            c0.bias is not None,
+            c0.padding_mode,
+        )
         for k, c in enumerate(self.convs):
             conv.weight.data[k::rr] = c.weight.data
             if c.bias is not None:
@@ -210,14 +260,19 @@ def _split_pixel_shuffles(model: nn.Module, x: torch.Tensor) -> list[tuple[str, 
         if isinstance(m, nn.Conv2d):
             hooks.append(m.register_forward_hook(lambda mod, i, o, n=n: produced.__setitem__(id(o), n)))
     for n, m in shuffles.items():
-        hooks.append(m.register_forward_pre_hook(
-            lambda mod, i, n=n: pairs.append((produced.get(id(i[0])), n, mod.upscale_factor))))
+        hooks.append(
+            m.register_forward_pre_hook(
+                lambda mod, i, n=n: pairs.append((produced.get(id(i[0])), n, mod.upscale_factor))
+            )
+        )
     _probe(model, x, hooks)
     records = []
     for conv_name, shuffle_name, r in pairs:
         if conv_name is None:
-            raise RecipeError(f"student.method: prune supports PixelShuffle only right after a Conv2d "
-                              f"({shuffle_name} follows another operation)")
+            raise RecipeError(
+                f"student.method: prune supports PixelShuffle only right after a Conv2d "
+                f"({shuffle_name} follows another operation)"
+            )
         _set_module(model, conv_name, _SubpixelConv(model.get_submodule(conv_name), r))
         _set_module(model, shuffle_name, nn.Identity())
         records.append((conv_name, shuffle_name, r))
@@ -264,8 +319,12 @@ def _prepare(model: nn.Module, x: torch.Tensor, keep: list[str]):
     model.requires_grad_(True)  # tracing follows autograd; a frozen teacher copy would hide every layer
     repaired = repair_norms(model, x)
     if repaired:
-        log.info("student: %d norm layers declared a size other than the channels they receive; set to the "
-                 "traced channels (%s)", len(repaired), ", ".join(repaired[:5]))
+        log.info(
+            "student: %d norm layers declared a size other than the channels they receive; set to the "
+            "traced channels (%s)",
+            len(repaired),
+            ", ".join(repaired[:5]),
+        )
     _modules_named(model, list(keep), "student.keep")  # names checked before the PixelShuffle split renames any
     ignored_names = _output_layers(model, x) + list(keep)
     shuffles = _split_pixel_shuffles(model, x)
@@ -282,8 +341,16 @@ def _opaque_pruners(model: nn.Module, x: torch.Tensor, keep: list[str]) -> dict:
     if not kept:
         return {}
     channels: dict[str, tuple[int, int]] = {}
-    _probe(model, x, [model.get_submodule(n).register_forward_hook(
-        lambda mod, i, o, n=n: channels.__setitem__(n, (int(i[0].shape[1]), int(o.shape[1])))) for n in kept])
+    _probe(
+        model,
+        x,
+        [
+            model.get_submodule(n).register_forward_hook(
+                lambda mod, i, o, n=n: channels.__setitem__(n, (int(i[0].shape[1]), int(o.shape[1])))
+            )
+            for n in kept
+        ],
+    )
 
     class Opaque(tp.pruner.BasePruningFunc):
         def prune_out_channels(self, layer, idxs):  # also the in-channel function: every group touching it
@@ -309,8 +376,10 @@ def _check_forward(model: nn.Module, x: torch.Tensor) -> None:
         reason = f"the pruned model fails there ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
         if name:
             raise _cannot_prune(name, model.get_submodule(name), reason)
-        raise RecipeError(f"student.method: prune produced a model whose forward pass fails outside any module "
-                          f"({reason}); leave the layers involved at full width with student.keep: [names]")
+        raise RecipeError(
+            f"student.method: prune produced a model whose forward pass fails outside any module "
+            f"({reason}); leave the layers involved at full width with student.keep: [names]"
+        )
 
 
 def _prune(model: nn.Module, width: float, x: torch.Tensor, keep: Optional[list[str]] = None) -> list:
@@ -321,21 +390,31 @@ def _prune(model: nn.Module, width: float, x: torch.Tensor, keep: Optional[list[
     was = model.training
     unknown = [n for n in _unknown_layers(model) if not any(n == k or n.startswith(k + ".") for k in keep)]
     if unknown:  # Torch-Pruning would guess a pruning dimension for their bare parameters, or never finish
-        raise _cannot_prune(unknown[0], model.get_submodule(unknown[0]),
-                            "it uses its own parameters outside the standard layers Torch-Pruning knows")
+        raise _cannot_prune(
+            unknown[0],
+            model.get_submodule(unknown[0]),
+            "it uses its own parameters outside the standard layers Torch-Pruning knows",
+        )
     shuffles, ignored = _prepare(model, x, keep)
     opaque = _opaque_pruners(model, x, keep)
     imp = tp.importance.MagnitudeImportance(p=2)
     try:
         with torch.enable_grad(), _NotInplace(model):
-            pruner = tp.pruner.BasePruner(model, x, importance=imp, pruning_ratio=1.0 - width,
-                                          ignored_layers=ignored, global_pruning=False,
-                                          customized_pruners=opaque or None)
+            pruner = tp.pruner.BasePruner(
+                model,
+                x,
+                importance=imp,
+                pruning_ratio=1.0 - width,
+                ignored_layers=ignored,
+                global_pruning=False,
+                customized_pruners=opaque or None,
+            )
             pruner.step()
     except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many types; name the layer it cannot follow
         reason = f"Torch-Pruning failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-        raise RecipeError(f"student.method: prune: {reason}; leave the layers involved at full width with "
-                          f"student.keep: [names]") from None
+        raise RecipeError(
+            f"student.method: prune: {reason}; leave the layers involved at full width with student.keep: [names]"
+        ) from None
     history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()]
     _merge_pixel_shuffles(model, shuffles)
     model.train(was)
@@ -353,11 +432,13 @@ def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[lis
     modules = dict(model.named_modules())
     for entry in history:
         if entry[0] not in modules:
-            raise CheckpointError(f"student.json: the pruning history names module {entry[0]!r}, which the "
-                                  f"architecture does not have")
+            raise CheckpointError(
+                f"student.json: the pruning history names module {entry[0]!r}, which the architecture does not have"
+            )
     with torch.enable_grad(), _NotInplace(model):
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=x,
-                                                   customized_pruners=_opaque_pruners(model, x, list(keep or [])) or None)
+        dg = tp.DependencyGraph().build_dependency(
+            model, example_inputs=x, customized_pruners=_opaque_pruners(model, x, list(keep or [])) or None
+        )
         dg.load_pruning_history([list(e) for e in history])
     _merge_pixel_shuffles(model, shuffles)
     model.train(was)
@@ -373,10 +454,16 @@ def _reinit(model: nn.Module) -> None:
             m.reset_parameters()
 
 
-def make_student(teacher: nn.Module, width: float, method: str = "auto", init: str = "inherit",
-                 example_input: Optional[torch.Tensor] = None, keep: Optional[list[str]] = None,
-                 input_range: Optional[tuple[float, float]] = None,
-                 output_range: Optional[tuple[float, float]] = None) -> tuple[nn.Module, dict]:
+def make_student(
+    teacher: nn.Module,
+    width: float,
+    method: str = "auto",
+    init: str = "inherit",
+    example_input: Optional[torch.Tensor] = None,
+    keep: Optional[list[str]] = None,
+    input_range: Optional[tuple[float, float]] = None,
+    output_range: Optional[tuple[float, float]] = None,
+) -> tuple[nn.Module, dict]:
     """Return ``(student, plan)`` for a teacher at a channel ``width`` in (0, 1].
 
     ``keep`` names modules left at full width (Torch-Pruning's ignored layers). ``input_range`` and
@@ -394,8 +481,7 @@ def make_student(teacher: nn.Module, width: float, method: str = "auto", init: s
         raise RecipeError("student.method: rebuild works for zoo teachers only; use prune for imported models")
     spec = teacher_spec_of(teacher)
     x = _example_for(teacher, example_input)
-    plan: dict[str, Any] = {"version": PLAN_VERSION, "method": method, "width": width, "init": init,
-                            "teacher": spec}
+    plan: dict[str, Any] = {"version": PLAN_VERSION, "method": method, "width": width, "init": init, "teacher": spec}
     if keep:
         if method == "rebuild":
             raise RecipeError("student.keep: works with student.method: prune only")
@@ -415,8 +501,10 @@ def make_student(teacher: nn.Module, width: float, method: str = "auto", init: s
             own = student.state_dict()
             bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
             if bad:
-                raise RecipeError(f"student.width: {width} does not split every layer evenly ({bad[0]}); "
-                                  f"use student.method: prune, or a width such as 0.25 or 0.5")
+                raise RecipeError(
+                    f"student.width: {width} does not split every layer evenly ({bad[0]}); "
+                    f"use student.method: prune, or a width such as 0.25 or 0.5"
+                )
             student.load_state_dict(state)
     else:
         student = copy.deepcopy(teacher)
@@ -446,8 +534,10 @@ def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Mod
         except (TypeError, KeyError):
             history = None
     if not isinstance(history, list) or "example_shape" not in plan:
-        raise CheckpointError("student.json: a pruned student's plan needs 'history' and 'example_shape'; "
-                              "this file has neither (save the student again)")
+        raise CheckpointError(
+            "student.json: a pruned student's plan needs 'history' and 'example_shape'; "
+            "this file has neither (save the student again)"
+        )
     model = build_from_spec(spec, init=None, allow_import=allow_import, source="student.json")
     _replay(model, history, torch.randn(*plan["example_shape"]), plan.get("keep"))
     if spec:
@@ -459,8 +549,10 @@ def save_student(student: nn.Module, plan: dict, out_dir: str | Path, extra: Opt
     """Write ``student.safetensors`` and ``student.json`` atomically into ``out_dir``."""
 
     if not plan.get("teacher"):
-        raise ValueError("save_student needs a plan with a teacher spec: set teacher.compressor_spec = "
-                         "{'import': 'module:factory', 'kwargs': {...}} before make_student")
+        raise ValueError(
+            "save_student needs a plan with a teacher spec: set teacher.compressor_spec = "
+            "{'import': 'module:factory', 'kwargs': {...}} before make_student"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().cpu() for k, v in student.state_dict().items()}
@@ -481,8 +573,7 @@ def load_student(path: str | Path, allow_import: Optional[bool] = None) -> nn.Mo
     weights = folder / "student.safetensors"
     for f in (meta_file, weights):
         if not f.is_file():
-            raise CheckpointError(f"{f}: file not found (a student folder holds student.json and "
-                                  f"student.safetensors)")
+            raise CheckpointError(f"{f}: file not found (a student folder holds student.json and student.safetensors)")
     try:
         plan = json.loads(meta_file.read_text())
     except json.JSONDecodeError as exc:

@@ -3,6 +3,7 @@
 The pipeline (:mod:`compressor.pipeline`) decides which stages run; this module does them. The CLI commands that
 work on existing artifacts (``validate``, ``evaluate``, ``export``, ``profile``) call the same functions here.
 """
+
 from __future__ import annotations
 
 import json
@@ -35,8 +36,7 @@ from .plan import plan_width
 from .procs import run_group
 from .recipe import LossesSpec, Recipe
 from .resume import prepare_checkpoints
-from .runfolder import (RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher,
-                        profile_refs)
+from .runfolder import RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher, profile_refs
 from .slim import load_student, make_student, save_student
 from .train import Direction, Trainer, TrainSetup, seed_everything
 from .trust import consent_to
@@ -101,12 +101,16 @@ def check_taps(recipe: Recipe) -> None:
     try:
         shapes = probe_shapes(model.eval(), taps, torch.zeros(1, in_nc, recipe.data.size, recipe.data.size))
     except Exception as exc:  # noqa: BLE001 - a size the model cannot take
-        raise RecipeError(f"data.size: the teacher cannot run at {recipe.data.size}x{recipe.data.size} "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
+        raise RecipeError(
+            f"data.size: the teacher cannot run at {recipe.data.size}x{recipe.data.size} "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        ) from None
     for alias, shape in shapes.items():
         if len(shape) != 4:
-            raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) gives a {len(shape)}-D output {shape}; SRP "
-                              f"needs (B, C, H, W) feature maps")
+            raise RecipeError(
+                f"{key}: layer {alias!r} ({taps[alias]}) gives a {len(shape)}-D output {shape}; SRP "
+                f"needs (B, C, H, W) feature maps"
+            )
     for alias in taps:
         if alias not in shapes:
             raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) is not executed by the forward pass")
@@ -115,8 +119,10 @@ def check_taps(recipe: Recipe) -> None:
 def check_size(recipe: Recipe, model: torch.nn.Module) -> None:
     m = size_multiple(model)
     if recipe.data.size % m:
-        raise RecipeError(f"data.size: {recipe.data.size} is not a multiple of {m}, which "
-                          f"{getattr(model, 'arch', type(model).__name__)} needs")
+        raise RecipeError(
+            f"data.size: {recipe.data.size} is not a multiple of {m}, which "
+            f"{getattr(model, 'arch', type(model).__name__)} needs"
+        )
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -148,21 +154,49 @@ def resume_command(ctx: Context) -> str:
     return f"compress {src} --out {ctx.run.root.parent} --resume"
 
 
-def run_training(ctx: Context, directions, losses, steps, lr, out_dir: Path, stage: str, *, taps=None,
-                 srp_layers=(), feat_channels=None, distill=None) -> dict:
+def run_training(
+    ctx: Context,
+    directions,
+    losses,
+    steps,
+    lr,
+    out_dir: Path,
+    stage: str,
+    *,
+    taps=None,
+    srp_layers=(),
+    feat_channels=None,
+    distill=None,
+) -> dict:
     r = ctx.recipe
     d = distill or r.distill
     ds = make_dataset(r.data, r.resolve_path(r.data.root), "train", r.seed)
     setup = TrainSetup(
-        kind="paired" if r.data.kind == "synthetic" else r.data.kind, directions=directions, dataset=ds,
-        losses=losses, steps=steps, lr=lr, decay_from=d.decay_from, batch_size=r.data.batch_size,
-        num_workers=r.data.num_workers, seed=r.seed, taps=dict(taps or {}), srp_layers=list(srp_layers),
-        feat_channels=dict(feat_channels or {}), teacher_as_real=d.teacher_as_real,
-        disc_spec=d.discriminator.model_dump(), checkpoint_every=d.checkpoint_every, keep_last=d.keep_last,
-        log_every=d.log_every, sample_every=d.sample_every, amp=d.amp, channels_last=d.channels_last,
+        kind="paired" if r.data.kind == "synthetic" else r.data.kind,
+        directions=directions,
+        dataset=ds,
+        losses=losses,
+        steps=steps,
+        lr=lr,
+        decay_from=d.decay_from,
+        batch_size=r.data.batch_size,
+        num_workers=r.data.num_workers,
+        seed=r.seed,
+        taps=dict(taps or {}),
+        srp_layers=list(srp_layers),
+        feat_channels=dict(feat_channels or {}),
+        teacher_as_real=d.teacher_as_real,
+        disc_spec=d.discriminator.model_dump(),
+        checkpoint_every=d.checkpoint_every,
+        keep_last=d.keep_last,
+        log_every=d.log_every,
+        sample_every=d.sample_every,
+        amp=d.amp,
+        channels_last=d.channels_last,
         cache_teacher=d.cache_teacher,
         sample_batch=_sample_batch(r, min(4, r.evaluate.samples or 4), batch_keys(r.data.kind)),
-        resume_command=resume_command(ctx))
+        resume_command=resume_command(ctx),
+    )
     progress = None
     if ctx.progress:
         progress = lambda step, total, losses_: ctx.progress(stage, step, total, losses_)  # noqa: E731
@@ -175,8 +209,9 @@ def run_training(ctx: Context, directions, losses, steps, lr, out_dir: Path, sta
 def _checkpoint_policy(ctx: Context, out_dir: Path, stage: str) -> bool:
     """Continue only checkpoints written for this configuration (see :mod:`compressor.resume`); the pipeline
     computed the stage's digest before calling it."""
-    return prepare_checkpoints(out_dir, ctx.hashes[stage], resume=ctx.resume, force=ctx.force,
-                               command=resume_command(ctx))
+    return prepare_checkpoints(
+        out_dir, ctx.hashes[stage], resume=ctx.resume, force=ctx.force, command=resume_command(ctx)
+    )
 
 
 # ----------------------------------------------------------------------------------------------- teacher, student
@@ -200,9 +235,16 @@ def stage_teacher(ctx: Context) -> None:
     for model, path in zip(teachers, [run.teacher_weights, run.teacher_reverse_weights]):
         atomic_write_bytes(path, st_save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}))
     cx = profile_model(teachers[0], tuple(_example_input(r, teachers[0]).shape))
-    atomic_write_json(run.teacher_json, {"spec": spec, "source": t.checkpoint or "trained",
-                                         "params": cx["params"], "macs": cx["macs"],
-                                         "macs_paper_convention": cx["macs_paper_convention"]})
+    atomic_write_json(
+        run.teacher_json,
+        {
+            "spec": spec,
+            "source": t.checkpoint or "trained",
+            "params": cx["params"],
+            "macs": cx["macs"],
+            "macs_paper_convention": cx["macs_paper_convention"],
+        },
+    )
 
 
 def train_teacher(ctx: Context, spec: dict) -> list:
@@ -210,10 +252,16 @@ def train_teacher(ctx: Context, spec: dict) -> list:
     r = ctx.recipe
     tt = r.teacher.train
     seed_everything(r.seed)
-    losses = LossesSpec.model_validate({"gan": {"weight": tt.gan_weight, "mode": tt.gan_mode},
-                                        "recon": {"weight": tt.recon_weight}, "kd": {"weight": 0},
-                                        "srp": {"weight": 0}, "feat": {"weight": 0},
-                                        "cycle": {"weight": r.distill.losses.cycle.weight}})
+    losses = LossesSpec.model_validate(
+        {
+            "gan": {"weight": tt.gan_weight, "mode": tt.gan_mode},
+            "recon": {"weight": tt.recon_weight},
+            "kd": {"weight": 0},
+            "srp": {"weight": 0},
+            "feat": {"weight": 0},
+            "cycle": {"weight": r.distill.losses.cycle.weight},
+        }
+    )
     nets = [build_generator(spec["arch"], **spec["kwargs"])]
     if r.data.kind == "unpaired":
         nets.append(build_generator(spec["arch"], **spec["kwargs"]))
@@ -233,8 +281,14 @@ def stage_student(ctx: Context) -> None:
     example = _example_input(r, teacher)
     width = r.student.width
     if width == "auto":  # measured on the target: the widest width within student.budget (plan.json)
-        width = plan_width(teacher, r.student.budget, size=r.data.size, method=r.student.method,
-                           margin=r.student.margin, run_dir=run.root)["width"]
+        width = plan_width(
+            teacher,
+            r.student.budget,
+            size=r.data.size,
+            method=r.student.method,
+            margin=r.student.margin,
+            run_dir=run.root,
+        )["width"]
         seed_everything(r.seed)
     student, plan = make_student(teacher, width, r.student.method, r.student.init, example)
     save_student(student, plan, run.student_init)
@@ -252,16 +306,21 @@ def distill_setup(ctx: Context):
     r, run = ctx.recipe, ctx.run
     L = r.distill.losses
     # when no loss looks at the teacher, train without loading or running it
-    teacher_of = (lambda reverse=False: load_run_teacher(run, reverse)) if L.uses_teacher(r.data.kind) else \
-        (lambda reverse=False: None)
+    teacher_of = (
+        (lambda reverse=False: load_run_teacher(run, reverse))
+        if L.uses_teacher(r.data.kind)
+        else (lambda reverse=False: None)
+    )
     teacher = teacher_of()
     student = load_student(run.student_init).train()
     layers = L.tapped_layers()  # non-empty only when the teacher is used
     taps = resolve_taps(teacher, layers, r.teacher.taps) if layers else {}
     channels = check_tap_pair(teacher, student, taps, _example_input(r, student)) if taps else {}
     if r.data.kind == "unpaired":
-        dirs = [Direction("AB", student, teacher, "A", "B"),
-                Direction("BA", load_student(run.student_init / "reverse").train(), teacher_of(True), "B", "A")]
+        dirs = [
+            Direction("AB", student, teacher, "A", "B"),
+            Direction("BA", load_student(run.student_init / "reverse").train(), teacher_of(True), "B", "A"),
+        ]
     else:
         dirs = [Direction("G", student, teacher, "input", "target")]
     srp_layers = L.srp.layers if L.srp.weight > 0 else []
@@ -274,8 +333,18 @@ def distill_in_process(ctx: Context) -> dict:
     seed_everything(ctx.recipe.seed)
     dirs, taps, srp_layers, feat = distill_setup(ctx)
     r = ctx.recipe
-    summary = run_training(ctx, dirs, r.distill.losses, r.distill.steps, r.distill.lr, ctx.run.root, "distill",
-                           taps=taps, srp_layers=srp_layers, feat_channels=feat)
+    summary = run_training(
+        ctx,
+        dirs,
+        r.distill.losses,
+        r.distill.steps,
+        r.distill.lr,
+        ctx.run.root,
+        "distill",
+        taps=taps,
+        srp_layers=srp_layers,
+        feat_channels=feat,
+    )
     return {"dirs": dirs, "summary": summary}
 
 
@@ -299,8 +368,18 @@ def finish_distill(ctx: Context, dirs, summary: dict) -> None:
 
 def launch_distributed(ctx: Context) -> dict:
     """Run the distill stage in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ctx.nproc}",
-           "-m", "compressor.worker", str(ctx.run.root), "--device", ctx.device.type]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={ctx.nproc}",
+        "-m",
+        "compressor.worker",
+        str(ctx.run.root),
+        "--device",
+        ctx.device.type,
+    ]
     if _checkpoint_policy(ctx, ctx.run.root, "distill"):
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
@@ -313,11 +392,20 @@ def launch_distributed(ctx: Context) -> dict:
 # ----------------------------------------------------------------------------------------------- evaluate
 
 
-def evaluate_run(run: RunDir, recipe: Recipe, device: torch.device, progress=None,
-                 inception_weights: Optional[str] = None) -> dict:
+def evaluate_run(
+    run: RunDir, recipe: Recipe, device: torch.device, progress=None, inception_weights: Optional[str] = None
+) -> dict:
     """Teacher and student of a run side by side: eval.json and samples/eval.png."""
-    return evaluate_pair(load_run_teacher(run), load_run_student(run), recipe, device, run.eval_json,
-                         run.eval_samples, progress, inception_weights)
+    return evaluate_pair(
+        load_run_teacher(run),
+        load_run_student(run),
+        recipe,
+        device,
+        run.eval_json,
+        run.eval_samples,
+        progress,
+        inception_weights,
+    )
 
 
 def stage_evaluate(ctx: Context) -> None:
@@ -351,23 +439,37 @@ def stage_export(ctx: Context) -> dict:
     trt = ex.tensorrt
     wants_int8 = ex.int8.enabled or (trt is not None and trt.precision == "int8")
     calibration = recipe_calibration(r, ex.int8.calib_images) if wants_int8 else None
-    common = dict(size=r.data.size, dynamic=list(ex.onnx.dynamic), opset=ex.onnx.opset,
-                  parity_tol=ex.onnx.parity_tol, slim=ex.onnx.slim)
-    spec = ExportSpec(**common, name="student", int8=ex.int8.enabled, tensorrt=trt is not None,
-                      precision=trt.precision if trt else "fp32", trt_versions=(10, 11),
-                      emit_trtexec=trt is not None, workspace_mb=trt.workspace_mb if trt else 1024,
-                      metadata=run_export_metadata(r, student))
+    common = dict(
+        size=r.data.size,
+        dynamic=list(ex.onnx.dynamic),
+        opset=ex.onnx.opset,
+        parity_tol=ex.onnx.parity_tol,
+        slim=ex.onnx.slim,
+    )
+    spec = ExportSpec(
+        **common,
+        name="student",
+        int8=ex.int8.enabled,
+        tensorrt=trt is not None,
+        precision=trt.precision if trt else "fp32",
+        trt_versions=(10, 11),
+        emit_trtexec=trt is not None,
+        workspace_mb=trt.workspace_mb if trt else 1024,
+        metadata=run_export_metadata(r, student),
+    )
     rec = export_model(student, run.root, spec, samples, calibration)
-    trec = export_model(teacher, run.root, ExportSpec(**common, name="teacher",
-                                                      metadata=run_export_metadata(r, teacher)), samples)
+    trec = export_model(
+        teacher, run.root, ExportSpec(**common, name="teacher", metadata=run_export_metadata(r, teacher)), samples
+    )
     rec["onnx"]["teacher"] = trec["onnx"]["teacher"]
     ctx.notes.extend(rec["notes"])
     atomic_write_json(run.export_json, rec)
     return rec
 
 
-def export_target(target: Path, options: ExportOptions, *, arch: Optional[str] = None,
-                  trust_checkpoint: bool = False) -> dict:
+def export_target(
+    target: Path, options: ExportOptions, *, arch: Optional[str] = None, trust_checkpoint: bool = False
+) -> dict:
     """``compress export``: a run folder (with its recipe's data and metadata, as the export stage uses them), a
     student folder or a bare checkpoint. Writes export.json beside the exported files."""
     target = Path(target)
@@ -384,8 +486,15 @@ def export_target(target: Path, options: ExportOptions, *, arch: Optional[str] =
         samples = recipe_samples(data)
         if options.precision == "int8":
             calibration = recipe_calibration(data, options.calib_images)
-    return export_command(model, Path(options.out or target), options, samples, calibration,
-                          run_export_metadata(recipe, model), recipe.export.onnx.parity_tol)
+    return export_command(
+        model,
+        Path(options.out or target),
+        options,
+        samples,
+        calibration,
+        run_export_metadata(recipe, model),
+        recipe.export.onnx.parity_tol,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- profile, report
@@ -406,8 +515,16 @@ def stage_profile(ctx: Context) -> dict:
     for f in (run.student_onnx, run.teacher_onnx, run.student_plan):
         if f.exists():
             check_not_failed(f)
-    doc = profile_models(profile_refs(run), spec.backends, spec.batch, spec.size or [r.data.size],
-                         warmup=spec.warmup, iters=spec.iters, threads=spec.threads, device=ctx.device.type)
+    doc = profile_models(
+        profile_refs(run),
+        spec.backends,
+        spec.batch,
+        spec.size or [r.data.size],
+        warmup=spec.warmup,
+        iters=spec.iters,
+        threads=spec.threads,
+        device=ctx.device.type,
+    )
     atomic_write_json(run.profile_json, doc)
     return doc
 
@@ -416,5 +533,12 @@ def stage_report(ctx: Context) -> None:
     report_run(ctx.run)
 
 
-STAGE_FUNCS = {"teacher": stage_teacher, "student": stage_student, "distill": stage_distill,
-               "evaluate": stage_evaluate, "export": stage_export, "profile": stage_profile, "report": stage_report}
+STAGE_FUNCS = {
+    "teacher": stage_teacher,
+    "student": stage_student,
+    "distill": stage_distill,
+    "evaluate": stage_evaluate,
+    "export": stage_export,
+    "profile": stage_profile,
+    "report": stage_report,
+}

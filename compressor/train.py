@@ -23,6 +23,7 @@ raises :class:`Interrupted`. Several processes (``torchrun``) train under :class
 teacher's forward where the CPU computes bf16 natively (AVX512-BF16 or AMX), else FP32 with a one-time note.
 Loss terms (SRP included) are computed in FP32.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -93,8 +94,10 @@ def cpu_amp_dtype(amp: str, flags: Optional[frozenset[str]] = None) -> tuple[Opt
     cap = torch.backends.cpu.get_cpu_capability()
     if amp == "fp16":
         return None, "distill.amp=fp16 needs CUDA; training in FP32 on the CPU"
-    return None, (f"distill.amp=bf16: this CPU ({cap}) has neither AVX512-BF16 nor AMX, where bf16 is emulated "
-                  f"and slower than FP32; training in FP32")
+    return None, (
+        f"distill.amp=bf16: this CPU ({cap}) has neither AVX512-BF16 nor AMX, where bf16 is emulated "
+        f"and slower than FP32; training in FP32"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- data kinds
@@ -113,15 +116,23 @@ class DataKind:
         """The batch key of the ground truth for the L1 term, or None."""
         return None
 
-    def real_sample(self, d: "Direction", batch: dict, x: torch.Tensor,
-                    t_out: Optional[torch.Tensor], to: Callable) -> torch.Tensor:
+    def real_sample(
+        self, d: "Direction", batch: dict, x: torch.Tensor, t_out: Optional[torch.Tensor], to: Callable
+    ) -> torch.Tensor:
         raise NotImplementedError
 
     def disc_input_channels(self, in_nc: int, out_nc: int) -> int:
         return in_nc + out_nc if self.conditional else out_nc
 
-    def gan_pair(self, d: "Direction", batch: dict, x: torch.Tensor, out_s: torch.Tensor,
-                 t_out: Optional[torch.Tensor], to: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+    def gan_pair(
+        self,
+        d: "Direction",
+        batch: dict,
+        x: torch.Tensor,
+        out_s: torch.Tensor,
+        t_out: Optional[torch.Tensor],
+        to: Callable,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(real, fake) as the discriminator sees them."""
         real = self.real_sample(d, batch, x, t_out, to)
         if self.conditional:
@@ -226,6 +237,8 @@ class _Objective(nn.Module):
 
     def forward(self, *args):
         return self.fn(*args)
+
+
 def lr_lambda(steps: int, decay_from: float) -> Callable[[int], float]:
     """Constant for ``decay_from`` of the steps, then linear decay to zero."""
     keep = int(steps * decay_from)
@@ -254,8 +267,11 @@ def load_latest_checkpoint(folder: Path) -> Optional[dict]:
                 raise ValueError("unexpected content")
             return state
         except Exception as exc:  # noqa: BLE001 - any failure means this file is unusable
-            log.warning("checkpoint %s is truncated or corrupt (%s); using the previous one", path,
-                        str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
+            log.warning(
+                "checkpoint %s is truncated or corrupt (%s); using the previous one",
+                path,
+                str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__,
+            )
     return None
 
 
@@ -269,13 +285,19 @@ def restore_rng(state: dict) -> None:
         random.setstate((py["version"], tuple(int(v) for v in py["state"]), py["gauss_next"]))
     n = state.get("rng_np")
     if isinstance(n, dict):
-        np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                             n["cached_gaussian"]))
+        np.random.set_state(
+            (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+        )
 
 
 class Trainer:
-    def __init__(self, setup: TrainSetup, out_dir: Path, device: torch.device,
-                 progress: Optional[Callable[[int, int, dict], None]] = None):
+    def __init__(
+        self,
+        setup: TrainSetup,
+        out_dir: Path,
+        device: torch.device,
+        progress: Optional[Callable[[int, int, dict], None]] = None,
+    ):
         self.s = setup
         self.out = Path(out_dir)
         self.device = device
@@ -300,14 +322,16 @@ class Trainer:
                 probe = setup.dataset[0][d.src][None].to(device)
                 with torch.no_grad():
                     out_nc = d.student(probe).shape[1]
-                d.disc = build_discriminator(input_nc=kind.disc_input_channels(probe.shape[1], out_nc),
-                                             **dict(setup.disc_spec or {}))
+                d.disc = build_discriminator(
+                    input_nc=kind.disc_input_channels(probe.shape[1], out_nc), **dict(setup.disc_spec or {})
+                )
             if d.disc is not None:
                 d.disc.to(device, memory_format=mf).train()
         self.adapters = None
         if L.feat.weight > 0 and setup.feat_channels:
-            self.adapters = nn.ModuleDict({d.name: FeatureAdapters(setup.feat_channels) for d in setup.directions
-                                           if d.teacher is not None}).to(device)
+            self.adapters = nn.ModuleDict(
+                {d.name: FeatureAdapters(setup.feat_channels) for d in setup.directions if d.teacher is not None}
+            ).to(device)
         g_modules = {f"student_{d.name}": d.student for d in setup.directions}
         if self.adapters is not None:
             g_modules["adapters"] = self.adapters
@@ -316,8 +340,11 @@ class Trainer:
         self.d_objective: Optional[nn.Module] = _Objective(d_modules, self._discriminator_loss) if d_modules else None
         g_params = list(self.g_objective.parameters())
         self.opt_g = torch.optim.Adam(g_params, lr=setup.lr, betas=(0.5, 0.999))
-        self.opt_d = (torch.optim.Adam(self.d_objective.parameters(), lr=setup.lr, betas=(0.5, 0.999))
-                      if self.d_objective is not None else None)
+        self.opt_d = (
+            torch.optim.Adam(self.d_objective.parameters(), lr=setup.lr, betas=(0.5, 0.999))
+            if self.d_objective is not None
+            else None
+        )
         sched = lr_lambda(setup.steps, setup.decay_from)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched) if self.opt_d else None
@@ -365,8 +392,13 @@ class Trainer:
             # every random state, in types torch.load(weights_only=True) reads back
             "rng_cpu": torch.get_rng_state(),
             "rng_py": {"version": py[0], "state": list(py[1]), "gauss_next": py[2]},
-            "rng_np": {"kind": str(np_state[0]), "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                       "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+            "rng_np": {
+                "kind": str(np_state[0]),
+                "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                "pos": int(np_state[2]),
+                "has_gauss": int(np_state[3]),
+                "cached_gaussian": float(np_state[4]),
+            },
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -422,19 +454,23 @@ class Trainer:
             keys = [(d.name, int(i)) for i in batch["index"]]
             if all(k in self._teacher_cache for k in keys):
                 outs = [self._teacher_cache[k] for k in keys]
-                return TeacherOut(self._to(torch.cat([o.image for o in outs])),
-                                  {a: self._to(torch.cat([o.features[a] for o in outs])) for a in outs[0].features})
+                return TeacherOut(
+                    self._to(torch.cat([o.image for o in outs])),
+                    {a: self._to(torch.cat([o.features[a] for o in outs])) for a in outs[0].features},
+                )
         with torch.no_grad(), FeatureTaps(d.teacher, self.s.taps) as tap_t, self._autocast(self.teacher_amp_dtype):
             image = d.teacher(x)
         out = TeacherOut(image.float(), {a: f.float() for a, f in tap_t.features.items()})
         if keys is not None:
             for j, k in enumerate(keys):
-                self._teacher_cache[k] = TeacherOut(out.image[j:j + 1].cpu(),
-                                                    {a: f[j:j + 1].cpu() for a, f in out.features.items()})
+                self._teacher_cache[k] = TeacherOut(
+                    out.image[j : j + 1].cpu(), {a: f[j : j + 1].cpu() for a, f in out.features.items()}
+                )
         return out
 
-    def generator_terms(self, d: Direction, batch: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor,
-                                                                   Optional[tuple]]:
+    def generator_terms(
+        self, d: Direction, batch: dict
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor, Optional[tuple]]:
         """One direction's generator loss terms, its output, and the (real, fake) pair for the discriminator."""
         s, L = self.s, self.s.losses
         terms: dict[str, torch.Tensor] = {}
@@ -449,9 +485,18 @@ class Trainer:
             if L.kd.weight > 0:
                 terms[f"{d.name}/kd"] = kd_loss(out_s.float(), t.image) * L.kd.weight
             if L.srp.weight > 0 and s.srp_layers:
-                terms[f"{d.name}/srp"] = srp_multi(
-                    t.features, tap_s.features, s.srp_layers, L.srp.layer_weights, pool=L.srp.pool,
-                    variant=L.srp.variant, float64=L.srp.float64) * L.srp.weight
+                terms[f"{d.name}/srp"] = (
+                    srp_multi(
+                        t.features,
+                        tap_s.features,
+                        s.srp_layers,
+                        L.srp.layer_weights,
+                        pool=L.srp.pool,
+                        variant=L.srp.variant,
+                        float64=L.srp.float64,
+                    )
+                    * L.srp.weight
+                )
             if self.adapters is not None:
                 terms[f"{d.name}/feat"] = self.adapters[d.name](t.features, tap_s.features) * L.feat.weight
         pair = None
@@ -470,8 +515,13 @@ class Trainer:
         ab, ba = self.s.directions
         rec_a = ba.student(fakes[ab.name])
         rec_b = ab.student(fakes[ba.name])
-        return {"cycle": (nn.functional.l1_loss(rec_a, self._to(batch[ab.src])) +
-                          nn.functional.l1_loss(rec_b, self._to(batch[ba.src]))) * w}
+        return {
+            "cycle": (
+                nn.functional.l1_loss(rec_a, self._to(batch[ab.src]))
+                + nn.functional.l1_loss(rec_b, self._to(batch[ba.src]))
+            )
+            * w
+        }
 
     def _generator_loss(self, batch: dict):
         terms: dict[str, torch.Tensor] = {}
@@ -491,8 +541,9 @@ class Trainer:
             for d in self.s.directions:
                 if d.name in pairs:
                     real, fake = pairs[d.name]
-                    terms[f"{d.name}/disc"] = 0.5 * (self.gan(d.disc(real), True) +
-                                                     self.gan(d.disc(fake.detach()), False))
+                    terms[f"{d.name}/disc"] = 0.5 * (
+                        self.gan(d.disc(real), True) + self.gan(d.disc(fake.detach()), False)
+                    )
         return terms
 
     def generator_step(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, tuple]]:
@@ -534,21 +585,31 @@ class Trainer:
         bad = [k for k, v in terms.items() if not torch.isfinite(v.detach()).all()]
         last = list_checkpoints(self.ckpt_dir)
         kept = f"the last good checkpoint is {last[-1][1]}" if last else "no checkpoint was written yet"
-        raise TrainingDiverged(f"loss term {bad[0]} became {float(terms[bad[0]].detach())} at step {self.step + 1}; "
-                               f"{kept} (lower distill.lr or the loss weights)")
+        raise TrainingDiverged(
+            f"loss term {bad[0]} became {float(terms[bad[0]].detach())} at step {self.step + 1}; "
+            f"{kept} (lower distill.lr or the loss weights)"
+        )
 
     # ------------------------------------------------------------------------------------------ loop
 
     def _loader(self) -> DataLoader:
         s = self.s
-        sampler = ResumableSampler(len(s.dataset), s.seed, start=self.step * s.batch_size, rank=self.rank,
-                                   world=self.world)
+        sampler = ResumableSampler(
+            len(s.dataset), s.seed, start=self.step * s.batch_size, rank=self.rank, world=self.world
+        )
         # the loader's own generator: starting an iterator must not draw from the global torch RNG, or a resumed
         # run would differ from an uninterrupted one
         gen = torch.Generator().manual_seed(s.seed + self.step)
-        return DataLoader(s.dataset, batch_size=s.batch_size, sampler=sampler, num_workers=s.num_workers,
-                          drop_last=True, pin_memory=self.device.type == "cuda",
-                          persistent_workers=s.num_workers > 0, generator=gen)
+        return DataLoader(
+            s.dataset,
+            batch_size=s.batch_size,
+            sampler=sampler,
+            num_workers=s.num_workers,
+            drop_last=True,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=s.num_workers > 0,
+            generator=gen,
+        )
 
     def _truncate_metrics(self) -> None:
         if self.rank != 0 or not self.metrics_file.exists():
@@ -573,9 +634,11 @@ class Trainer:
                 try:
                     self.load_state_dict(state)
                 except (RuntimeError, KeyError, ValueError) as exc:  # another architecture (student.width)
-                    raise CheckpointError(f"{self.ckpt_dir}: the checkpoint does not fit this model "
-                                          f"({str(exc).splitlines()[0][:160]}); pass --force to start over (the "
-                                          f"old checkpoints are kept aside)") from None
+                    raise CheckpointError(
+                        f"{self.ckpt_dir}: the checkpoint does not fit this model "
+                        f"({str(exc).splitlines()[0][:160]}); pass --force to start over (the "
+                        f"old checkpoints are kept aside)"
+                    ) from None
                 log.info("resumed from step %d", self.step)
             elif list_checkpoints(self.ckpt_dir):
                 raise CheckpointError(f"{self.ckpt_dir}: no readable checkpoint to resume from")
@@ -613,8 +676,9 @@ class Trainer:
                     self.save_checkpoint()
                 if self._stop:
                     path = self.save_checkpoint()
-                    raise Interrupted(f"interrupted at step {self.step}; checkpoint written to {path}",
-                                      s.resume_command)
+                    raise Interrupted(
+                        f"interrupted at step {self.step}; checkpoint written to {path}", s.resume_command
+                    )
                 if self.step >= s.steps:
                     break
         finally:
@@ -623,8 +687,12 @@ class Trainer:
         return self.summary(last, time.perf_counter() - t0)
 
     def _log_metrics(self, losses: dict, t0: float) -> None:
-        rec = {"step": self.step, "lr": self.sched_g.get_last_lr()[0], "time_s": round(time.perf_counter() - t0, 3),
-               **{k: round(v, 6) for k, v in losses.items()}}
+        rec = {
+            "step": self.step,
+            "lr": self.sched_g.get_last_lr()[0],
+            "time_s": round(time.perf_counter() - t0, 3),
+            **{k: round(v, 6) for k, v in losses.items()},
+        }
         append_line(self.metrics_file, json.dumps(rec))
         if self._tb() is not None:
             for k, v in losses.items():
@@ -682,8 +750,14 @@ class Trainer:
             gathered = [None] * self.world
             dist.all_gather_object(gathered, checks)
             ranks = gathered
-        return {"step": self.step, "steps": self.s.steps, "world_size": self.world, "final_losses": last,
-                "train_seconds": round(seconds, 2), "weight_checksums_per_rank": ranks}
+        return {
+            "step": self.step,
+            "steps": self.s.steps,
+            "world_size": self.world,
+            "final_losses": last,
+            "train_seconds": round(seconds, 2),
+            "weight_checksums_per_rank": ranks,
+        }
 
 
 def init_distributed() -> tuple[int, int]:

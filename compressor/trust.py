@@ -12,6 +12,7 @@ import happens only with the caller's consent:
 Zoo architectures rebuild from data and never need consent. :func:`check_import_target` checks that an import
 target exists without executing it (``validate``).
 """
+
 from __future__ import annotations
 
 import ast
@@ -62,8 +63,10 @@ def import_allowed(target: str, allow_import: Optional[bool] = None) -> bool:
 def require_consent(target: str, source: str, allow_import: Optional[bool] = None) -> None:
     """Raise :class:`UntrustedCode` (one line naming the import and the flag) unless importing is allowed."""
     if not import_allowed(str(target), allow_import):
-        raise UntrustedCode(f"{source} names code to import ({str(target)[:200]!r}); loading it runs that code. "
-                            f"Pass --trust-code (allow_import=True in Python) if you trust its author")
+        raise UntrustedCode(
+            f"{source} names code to import ({str(target)[:200]!r}); loading it runs that code. "
+            f"Pass --trust-code (allow_import=True in Python) if you trust its author"
+        )
 
 
 def check_import_target(path: str, base_dir: Optional[Path] = None, key: str = "teacher.import") -> str:
@@ -113,8 +116,11 @@ def _find_spec_quietly(name: str):
             search = list(getattr(sys.modules[here], "__path__", []) or [])
             continue
         try:
-            spec = importlib.machinery.PathFinder.find_spec(here if search is None else parts[i], search) \
-                if search is not None else _top_level_spec(here)
+            spec = (
+                importlib.machinery.PathFinder.find_spec(here if search is None else parts[i], search)
+                if search is not None
+                else _top_level_spec(here)
+            )
         except (ImportError, ValueError, OSError):
             return None
         if spec is None:
@@ -128,8 +134,11 @@ def _find_spec_quietly(name: str):
 
 def _top_level_spec(name: str):
     for finder in sys.meta_path:  # the standard path finder and built-in/frozen importers only: they run nothing
-        if finder in (importlib.machinery.BuiltinImporter, importlib.machinery.FrozenImporter,
-                      importlib.machinery.PathFinder):
+        if finder in (
+            importlib.machinery.BuiltinImporter,
+            importlib.machinery.FrozenImporter,
+            importlib.machinery.PathFinder,
+        ):
             spec = finder.find_spec(name, None)
             if spec is not None:
                 return spec
@@ -151,8 +160,9 @@ def _defines(tree: ast.Module, name: str) -> bool:
                 if a.name == "*" or (a.asname or a.name.split(".")[0]) == name:
                     return True
         if isinstance(node, (ast.If, ast.Try)):  # conditional definitions count
-            inner = ast.Module(body=[n for n in ast.walk(node) if isinstance(n, ast.stmt) and n is not node],
-                               type_ignores=[])
+            inner = ast.Module(
+                body=[n for n in ast.walk(node) if isinstance(n, ast.stmt) and n is not node], type_ignores=[]
+            )
             if _defines(inner, name):
                 return True
     return False

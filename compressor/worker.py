@@ -1,4 +1,5 @@
 """Entry point of one training process under torchrun: ``python -m compressor.worker RUN_DIR``."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .runfolder import RunDir, load_run_recipe
 from .procs import die_with_parent
+from .runfolder import RunDir, load_run_recipe
 from .stages import Context, distill_in_process, finish_distill, resolve_device
 from .train import init_distributed
 

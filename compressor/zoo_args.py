@@ -1,5 +1,6 @@
 """The zoo generators' arguments as data: read by the recipe schema, the model builders and the profiler's
 zoo specs. Imports nothing, so any layer may use it."""
+
 from __future__ import annotations
 
 # The zoo generators' parameters as data (the schema imports no model; tests check this table against
@@ -7,11 +8,17 @@ from __future__ import annotations
 ZOO_ARCHS: dict[str, dict] = {
     "resnet_9blocks": {"size_multiple": 4},
     "resnet_6blocks": {"size_multiple": 4},
-    "unet_128": {"size_multiple": 2 ** 7},
-    "unet_256": {"size_multiple": 2 ** 8},
+    "unet_128": {"size_multiple": 2**7},
+    "unet_256": {"size_multiple": 2**8},
 }
-ZOO_KWARGS = {"input_nc": (1, 64), "output_nc": (1, 64), "ngf": (1, 1024), "norm": ("batch", "instance", "none"),
-              "use_dropout": (False, True)}
+ZOO_KWARGS = {
+    "input_nc": (1, 64),
+    "output_nc": (1, 64),
+    "ngf": (1, 1024),
+    "norm": ("batch", "instance", "none"),
+    "use_dropout": (False, True),
+}
+
 
 def check_zoo_kwargs(arch: str, kwargs: dict, key: str = "kwargs") -> None:
     """Raise ``ValueError`` (one line) when ``kwargs`` are not valid arguments of zoo generator ``arch``."""

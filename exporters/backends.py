@@ -3,6 +3,7 @@
 A leaf module: it imports nothing from the toolkit, so the runners (``runtimes``), the TensorRT code and the
 ONNX export can all read it. Heavy libraries are imported lazily, so an ONNX Runtime process never loads torch.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -14,11 +15,19 @@ from .trt_rules import ort_tensorrt_problem
 BACKENDS = ["torch", "torch-compile", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "trtexec-json"]
 ONNX_BACKENDS = {"ort-cpu", "ort-cuda", "ort-trt"}
 TORCH_BACKENDS = {"torch", "torch-compile"}
-EXTRA = {"ort-cpu": "onnxruntime", "ort-cuda": "onnxruntime-gpu", "ort-trt": "onnxruntime-gpu with TensorRT",
-         "tensorrt": "compressor[trt]", "torch": "torch", "torch-compile": "torch"}
-ORT_PROVIDERS = {"ort-cpu": ["CPUExecutionProvider"],
-                 "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
-                 "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
+EXTRA = {
+    "ort-cpu": "onnxruntime",
+    "ort-cuda": "onnxruntime-gpu",
+    "ort-trt": "onnxruntime-gpu with TensorRT",
+    "tensorrt": "compressor[trt]",
+    "torch": "torch",
+    "torch-compile": "torch",
+}
+ORT_PROVIDERS = {
+    "ort-cpu": ["CPUExecutionProvider"],
+    "ort-cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "ort-trt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
 
 
 def _has(module: str) -> bool:

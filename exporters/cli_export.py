@@ -3,6 +3,7 @@
 A run folder is opened by :func:`compressor.stages.export_target` (it knows the run's recipe and data); student
 folders and bare checkpoints are opened here.
 """
+
 from __future__ import annotations
 
 import logging
@@ -67,9 +68,15 @@ def folder_images(data: Path, size: int, n: int) -> torch.Tensor:
     return torch.stack([ds[i]["input"] for i in range(min(n, len(ds)))])
 
 
-def export_command(model: nn.Module, out_dir: Path, options: ExportOptions, samples: Optional[torch.Tensor] = None,
-                   calibration: Optional[list[np.ndarray]] = None, metadata: Optional[dict] = None,
-                   parity_tol: float = 1e-4) -> dict:
+def export_command(
+    model: nn.Module,
+    out_dir: Path,
+    options: ExportOptions,
+    samples: Optional[torch.Tensor] = None,
+    calibration: Optional[list[np.ndarray]] = None,
+    metadata: Optional[dict] = None,
+    parity_tol: float = 1e-4,
+) -> dict:
     """Export ``model`` as the options ask; write ``export.json``; return the record with printable ``lines``."""
     mult = size_multiple(model)
     size = options.size or max(256, mult)
@@ -88,30 +95,46 @@ def export_command(model: nn.Module, out_dir: Path, options: ExportOptions, samp
             raise UserError("--precision int8 needs calibration images: pass --data FOLDER (or export a run)")
         calibration = [x[None].numpy() for x in folder_images(options.data, size, options.calib_images)]
     width = (getattr(model, "student_plan", None) or {}).get("width", 1.0)
-    spec = ExportSpec(size=size, dynamic=list(options.dynamic), opset=options.opset, parity_tol=parity_tol,
-                      write_onnx=options.onnx, int8=int8, tensorrt=options.trt, precision=options.precision,
-                      trt_versions=(options.trt_version,), emit_trtexec=options.emit_trtexec,
-                      metadata=metadata if metadata is not None else {"recipe_hash": "", "width": width})
+    spec = ExportSpec(
+        size=size,
+        dynamic=list(options.dynamic),
+        opset=options.opset,
+        parity_tol=parity_tol,
+        write_onnx=options.onnx,
+        int8=int8,
+        tensorrt=options.trt,
+        precision=options.precision,
+        trt_versions=(options.trt_version,),
+        emit_trtexec=options.emit_trtexec,
+        metadata=metadata if metadata is not None else {"recipe_hash": "", "width": width},
+    )
     out_dir = Path(out_dir)
     rec = export_model(model, out_dir, spec, samples, calibration)
     for info in rec["onnx"].values():
         par = info["parity"]
-        lines.append(f"wrote {out_dir / info['path']} (parity: max abs error {par['max_abs']:.2e} over "
-                     f"{len(par['cases'])} input shapes)")
+        lines.append(
+            f"wrote {out_dir / info['path']} (parity: max abs error {par['max_abs']:.2e} over "
+            f"{len(par['cases'])} input shapes)"
+        )
     for key in ("int8", "int8_tensorrt"):
         if key in rec:
             q = rec[key]
-            lines.append(f"wrote {out_dir / q['path']} ({q['target']} INT8, {q['calibration_images']} calibration "
-                         f"images): PSNR vs FP32 {q['psnr_vs_fp32']:.1f} dB; latency {q['latency_ms_int8']:.2f} ms "
-                         f"vs {q['latency_ms_fp32']:.2f} ms FP32")
+            lines.append(
+                f"wrote {out_dir / q['path']} ({q['target']} INT8, {q['calibration_images']} calibration "
+                f"images): PSNR vs FP32 {q['psnr_vs_fp32']:.1f} dB; latency {q['latency_ms_int8']:.2f} ms "
+                f"vs {q['latency_ms_fp32']:.2f} ms FP32"
+            )
     for lint in rec.get("tensorrt_lints", []):
         lines.append(f"TensorRT {lint['target']} lint of {lint['file']}: {lint['nodes']} nodes, no problems")
     if "tensorrt" in rec:
         res, par = rec["tensorrt"], rec["tensorrt"]["parity"]
-        lines.append(f"wrote {out_dir / res['path']} (TensorRT {res['tensorrt_version']}, {options.precision}, "
-                     f"{res['gpu']})")
-        lines.append(f"TensorRT vs ONNX Runtime: max abs {par['max_abs']:.2e}, PSNR {par['psnr_min']:.1f} dB "
-                     f"(limit {par['limit']}) - passed")
+        lines.append(
+            f"wrote {out_dir / res['path']} (TensorRT {res['tensorrt_version']}, {options.precision}, {res['gpu']})"
+        )
+        lines.append(
+            f"TensorRT vs ONNX Runtime: max abs {par['max_abs']:.2e}, PSNR {par['psnr_min']:.1f} dB "
+            f"(limit {par['limit']}) - passed"
+        )
     lines.extend(rec["notes"])
     for script in rec.get("trtexec", []):
         lines.append(f"wrote {out_dir / script}")

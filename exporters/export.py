@@ -6,6 +6,7 @@ and one JSON-able record out. INT8 is produced for the target it will run on: ``
 activations, ONNX Runtime on the CPU) and ``<name>.trt-int8.onnx`` (symmetric signed INT8, TensorRT's explicit
 quantisation). The TensorRT lint runs on every file TensorRT will read, and a failing lint stops the export.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,17 +37,17 @@ class ExportSpec:
     """What to export. The pipeline fills it from the recipe's ``export`` section, ``compress export`` from its
     options."""
 
-    size: int                                   # the image size the model runs at (H = W)
-    name: str = "student"                       # file stem: <name>.onnx, <name>.int8.onnx, ...
+    size: int  # the image size the model runs at (H = W)
+    name: str = "student"  # file stem: <name>.onnx, <name>.int8.onnx, ...
     dynamic: list[str] = field(default_factory=lambda: ["batch"])
     opset: int = 18
     parity_tol: float = 1e-4
     slim: bool = False
-    write_onnx: bool = True                     # False: reuse an existing <name>.onnx
-    int8: bool = False                          # ONNX Runtime CPU INT8 (<name>.int8.onnx)
-    tensorrt: bool = False                      # lint for TensorRT; build an engine where TensorRT is installed
-    precision: str = "fp32"                     # TensorRT engine precision
-    trt_versions: tuple[int, ...] = (10,)       # majors to lint for (and write trtexec scripts for)
+    write_onnx: bool = True  # False: reuse an existing <name>.onnx
+    int8: bool = False  # ONNX Runtime CPU INT8 (<name>.int8.onnx)
+    tensorrt: bool = False  # lint for TensorRT; build an engine where TensorRT is installed
+    precision: str = "fp32"  # TensorRT engine precision
+    trt_versions: tuple[int, ...] = (10,)  # majors to lint for (and write trtexec scripts for)
     emit_trtexec: bool = False
     workspace_mb: int = 1024
     metadata: dict = field(default_factory=dict)
@@ -60,8 +61,9 @@ def default_profile(size: int, dynamic_hw: bool, mult: int, max_batch: int = 8, 
     """Optimisation profile (min/opt/max) for the dynamic axes of an NCHW image input."""
     lo = size if not dynamic_hw else max(mult, (size // 2) // mult * mult or mult)
     hi = size if not dynamic_hw else size * 2
-    return {INPUT: {"min": [1, channels, lo, lo], "opt": [1, channels, size, size],
-                    "max": [max_batch, channels, hi, hi]}}
+    return {
+        INPUT: {"min": [1, channels, lo, lo], "opt": [1, channels, size, size], "max": [max_batch, channels, hi, hi]}
+    }
 
 
 def input_channels(model: nn.Module, samples: Optional[torch.Tensor] = None) -> int:
@@ -80,9 +82,14 @@ def input_channels(model: nn.Module, samples: Optional[torch.Tensor] = None) -> 
 def export_metadata(model: nn.Module, spec: ExportSpec) -> dict:
     """The ONNX metadata: producer, size rule and the caller's extras (recipe hash, width)."""
     mult = size_multiple(model)
-    return {"producer": "compressor", "toolkit_version": compressor.__version__,
-            "size_rule": f"H and W multiples of {mult}" if "hw" in spec.dynamic else f"H = W = {spec.size}",
-            "size_multiple": mult, "input_size": spec.size, **spec.metadata}
+    return {
+        "producer": "compressor",
+        "toolkit_version": compressor.__version__,
+        "size_rule": f"H and W multiples of {mult}" if "hw" in spec.dynamic else f"H = W = {spec.size}",
+        "size_multiple": mult,
+        "input_size": spec.size,
+        **spec.metadata,
+    }
 
 
 def _lint_or_fail(path: Path, version: int) -> dict:
@@ -91,13 +98,19 @@ def _lint_or_fail(path: Path, version: int) -> dict:
     if not lint.ok:
         shown = "; ".join(f"{p['node']} ({p['op']}): {p['problem']}" for p in lint.problems[:3])
         more = f" and {len(lint.problems) - 3} more" if len(lint.problems) > 3 else ""
-        raise ExportError(f"{path}: TensorRT {version} would reject this ONNX: {len(lint.problems)} problem(s): "
-                          f"{shown}{more}")
+        raise ExportError(
+            f"{path}: TensorRT {version} would reject this ONNX: {len(lint.problems)} problem(s): {shown}{more}"
+        )
     return rec
 
 
-def export_model(model: nn.Module, out_dir: str | Path, spec: ExportSpec, samples: torch.Tensor,
-                 calibration: Optional[list[np.ndarray]] = None) -> dict:
+def export_model(
+    model: nn.Module,
+    out_dir: str | Path,
+    spec: ExportSpec,
+    samples: torch.Tensor,
+    calibration: Optional[list[np.ndarray]] = None,
+) -> dict:
     """Export ``model`` into ``out_dir`` as ``spec`` asks and return the export record.
 
     ``samples``: a few images (N, C, H, W) in [-1, 1] for parity checks; ``calibration``: (1, C, H, W) arrays for
@@ -118,8 +131,16 @@ def export_model(model: nn.Module, out_dir: str | Path, spec: ExportSpec, sample
     onnx_path = out / f"{spec.name}.onnx"
     rec: dict = {"onnx": {}, "notes": []}
     if spec.write_onnx or not onnx_path.exists():
-        par = export_checked(model, onnx_path, parity_inputs(model, samples, spec.size, dynamic), dynamic,
-                             spec.opset, spec.parity_tol, export_metadata(model, spec), spec.slim)
+        par = export_checked(
+            model,
+            onnx_path,
+            parity_inputs(model, samples, spec.size, dynamic),
+            dynamic,
+            spec.opset,
+            spec.parity_tol,
+            export_metadata(model, spec),
+            spec.slim,
+        )
         rec["onnx"][spec.name] = {"path": onnx_path.name, "bytes": onnx_path.stat().st_size, "parity": par}
 
     trt_int8 = spec.for_tensorrt and (spec.precision == "int8" or spec.int8)
@@ -128,13 +149,21 @@ def export_model(model: nn.Module, out_dir: str | Path, spec: ExportSpec, sample
     if spec.int8:
         path = out / f"{spec.name}.int8.onnx"
         quantize_onnx(onnx_path, path, calibration, "cpu")
-        rec["int8"] = {**compare_int8(onnx_path, path, samples), "path": path.name,
-                       "calibration_images": len(calibration), "target": "cpu"}
+        rec["int8"] = {
+            **compare_int8(onnx_path, path, samples),
+            "path": path.name,
+            "calibration_images": len(calibration),
+            "target": "cpu",
+        }
     trt_int8_path = out / f"{spec.name}.trt-int8.onnx"
     if trt_int8:
         quantize_onnx(onnx_path, trt_int8_path, calibration, "tensorrt")
-        rec["int8_tensorrt"] = {**compare_int8(onnx_path, trt_int8_path, samples), "path": trt_int8_path.name,
-                                "calibration_images": len(calibration), "target": "tensorrt"}
+        rec["int8_tensorrt"] = {
+            **compare_int8(onnx_path, trt_int8_path, samples),
+            "path": trt_int8_path.name,
+            "calibration_images": len(calibration),
+            "target": "tensorrt",
+        }
     if not spec.for_tensorrt:
         return rec
 
@@ -145,25 +174,35 @@ def export_model(model: nn.Module, out_dir: str | Path, spec: ExportSpec, sample
     sources = [engine_src] + ([trt_int8_path] if trt_int8 and engine_src != trt_int8_path else [])
     rec["tensorrt_lints"] = [_lint_or_fail(src, v) for src in sources for v in versions]
     main_version = trt_major() if available else versions[0]
-    rec["tensorrt_lint"] = next(x for x in rec["tensorrt_lints"]
-                                if x["file"] == engine_src.name and x["target"] == str(main_version))
+    rec["tensorrt_lint"] = next(
+        x for x in rec["tensorrt_lints"] if x["file"] == engine_src.name and x["target"] == str(main_version)
+    )
     shapes = default_profile(spec.size, "hw" in dynamic, mult, channels=input_channels(model, samples))
     if spec.tensorrt:
         if available:
             plan = out / f"{spec.name}.plan"
-            rec["tensorrt"] = build_engine(onnx_path, plan, spec.precision, shapes,
-                                           trt_int8_path if spec.precision == "int8" else None,
-                                           workspace_mb=spec.workspace_mb)
-            rec["tensorrt"]["parity"] = check_engine(plan, onnx_path, [s[None].numpy() for s in samples],
-                                                     spec.precision)
+            rec["tensorrt"] = build_engine(
+                onnx_path,
+                plan,
+                spec.precision,
+                shapes,
+                trt_int8_path if spec.precision == "int8" else None,
+                workspace_mb=spec.workspace_mb,
+            )
+            rec["tensorrt"]["parity"] = check_engine(
+                plan, onnx_path, [s[None].numpy() for s in samples], spec.precision
+            )
         else:
             note = f"TensorRT engine skipped: {why}"
             rec["notes"].append(note)
             log.warning(note)
     if spec.emit_trtexec:
-        rec["trtexec"] = [emit_trtexec_script(out, onnx_path, v, spec.precision, shapes,
-                                              trt_int8_path if spec.precision == "int8" else None).name
-                          for v in spec.trt_versions]
+        rec["trtexec"] = [
+            emit_trtexec_script(
+                out, onnx_path, v, spec.precision, shapes, trt_int8_path if spec.precision == "int8" else None
+            ).name
+            for v in spec.trt_versions
+        ]
     return rec
 
 

@@ -5,6 +5,7 @@ axis is always dynamic; H/W are dynamic on request, and the size rule (a multipl
 ``size_multiple``: 4 for ResNets, 2**num_downs for U-Nets) is recorded in the metadata, since the graph
 accepts any size but only those give the same-size output.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -59,8 +60,15 @@ def _rename_dims(model_proto, names: dict[int, str]) -> None:
                 d.dim_param = mapping[d.dim_param]
 
 
-def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, dynamic=("batch",), opset: int = 18,
-                metadata: Optional[dict] = None, slim: bool = False) -> Path:
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    example: torch.Tensor,
+    dynamic=("batch",),
+    opset: int = 18,
+    metadata: Optional[dict] = None,
+    slim: bool = False,
+) -> Path:
     """Export ``model`` to a single ONNX file with the named dynamic axes and metadata."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -72,13 +80,22 @@ def export_onnx(model: nn.Module, path: str | Path, example: torch.Tensor, dynam
     tmp = path.with_name(path.name + ".tmp")
     try:
         with _quiet_export():
-            torch.onnx.export(model, (example.cpu(),), str(tmp), dynamo=True, external_data=False,
-                              dynamic_shapes=(axes,) if axes else None,
-                              input_names=[INPUT], output_names=[OUTPUT], opset_version=opset)
+            torch.onnx.export(
+                model,
+                (example.cpu(),),
+                str(tmp),
+                dynamo=True,
+                external_data=False,
+                dynamic_shapes=(axes,) if axes else None,
+                input_names=[INPUT],
+                output_names=[OUTPUT],
+                opset_version=opset,
+            )
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
         tmp.unlink(missing_ok=True)
-        raise ExportError(f"{path}: torch.onnx.export failed: {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:300]}") from None
+        raise ExportError(
+            f"{path}: torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
+        ) from None
     proto = onnx.load(str(tmp))
     _rename_dims(proto, {0: "batch", 2: "height", 3: "width"})
     meta = {"layout": "NCHW", "value_range": "[-1, 1]", "dtype": "float32", **(metadata or {})}
@@ -136,16 +153,26 @@ def check_not_failed(path: Path) -> None:
         raise UserError(f"{path}: this export failed its checks ({reason}); re-export before using it")
 
 
-def export_checked(model: nn.Module, path: Path, inputs: list[torch.Tensor], dynamic, opset: int, tol: float,
-                   metadata: dict, slim: bool = False) -> dict:
+def export_checked(
+    model: nn.Module,
+    path: Path,
+    inputs: list[torch.Tensor],
+    dynamic,
+    opset: int,
+    tol: float,
+    metadata: dict,
+    slim: bool = False,
+) -> dict:
     """Export, check and compare; on a parity failure leave a ``.failed`` marker and raise ExportError."""
     marker = failed_marker(path)
     export_onnx(model, path, inputs[0], dynamic, opset, metadata, slim)
     result = parity(model, path, inputs, tol)
     if not result["passed"]:
         bad = max(result["cases"], key=lambda c: c["max_abs"])
-        msg = (f"{path}: ONNX Runtime differs from PyTorch by {result['max_abs']:.3g} (tolerance {tol:g}) at input "
-               f"shape {bad['shape']}")
+        msg = (
+            f"{path}: ONNX Runtime differs from PyTorch by {result['max_abs']:.3g} (tolerance {tol:g}) at input "
+            f"shape {bad['shape']}"
+        )
         marker.write_text(msg + "\n")
         raise ExportError(msg)
     marker.unlink(missing_ok=True)

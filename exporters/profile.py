@@ -5,6 +5,7 @@ giving device time without host<->device copies). Results carry p50/p90/p99/mean
 peak memory, an efficiency figure (achieved MAC rate over the machine's FP32 GEMM peak, from a short matmul
 probe), and the environment. Backends that are not available are listed with the reason.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,8 @@ from typing import Optional
 import numpy as np
 
 from compressor.errors import UserError
-from compressor.zoo_args import ZOO_ARCHS, check_zoo_kwargs
-
 from compressor.procs import die_with_parent, run_group
+from compressor.zoo_args import ZOO_ARCHS, check_zoo_kwargs
 
 from .backends import BACKENDS, ONNX_BACKENDS, backend_available
 
@@ -60,8 +60,14 @@ def _run(cmd: list[str]) -> Optional[str]:
 
 def environment(threads: Optional[int] = None, with_torch: bool = True) -> dict:
     """Machine and library facts recorded with every result."""
-    env = {"hostname": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
-           "cpu": _cpu_model(), "cores": os.cpu_count(), "threads": threads or os.cpu_count()}
+    env = {
+        "hostname": socket.gethostname(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "threads": threads or os.cpu_count(),
+    }
     for pkg in ("torch", "onnxruntime", "onnx", "tensorrt", "compressor"):
         try:
             env[f"{pkg}_version"] = md.version(pkg)
@@ -99,10 +105,18 @@ def latency_stats(ms: list[float], batch: int) -> dict:
     with the p50 printed beside it; a few slow outliers move the mean, not the typical rate."""
     a = np.asarray(ms, dtype=np.float64)
     p50 = float(np.percentile(a, 50))
-    return {"p10": float(np.percentile(a, 10)), "p50": p50, "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "std": float(a.std()),
-            "min": float(a.min()), "n": int(a.size), "throughput_ips": float(batch * 1000.0 / p50) if p50 > 0 else 0.0,
-            "throughput_basis": "p50"}
+    return {
+        "p10": float(np.percentile(a, 10)),
+        "p50": p50,
+        "p90": float(np.percentile(a, 90)),
+        "p99": float(np.percentile(a, 99)),
+        "mean": float(a.mean()),
+        "std": float(a.std()),
+        "min": float(a.min()),
+        "n": int(a.size),
+        "throughput_ips": float(batch * 1000.0 / p50) if p50 > 0 else 0.0,
+        "throughput_basis": "p50",
+    }
 
 
 def gemm_peak(threads: Optional[int] = None, device: str = "cpu", seconds: float = 0.5) -> float:
@@ -120,8 +134,9 @@ while time.perf_counter() - t0 < {seconds}:
 sync(); dt = time.perf_counter() - t0
 print(json.dumps(k * n ** 3 / dt))
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env=_thread_env(threads))
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=_thread_env(threads)
+    )
     try:
         return float(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
@@ -196,13 +211,20 @@ def resolve_models(specs: list[str]) -> list[dict]:
         p = Path(spec)
         if p.is_dir() and (p / "student.json").exists():
             onnx = p / "student.onnx"
-            refs.append({"label": p.name, "role": "student", "torch": {"type": "student_dir", "path": str(p)},
-                         "onnx": str(onnx) if onnx.exists() else None})
+            refs.append(
+                {
+                    "label": p.name,
+                    "role": "student",
+                    "torch": {"type": "student_dir", "path": str(p)},
+                    "onnx": str(onnx) if onnx.exists() else None,
+                }
+            )
         elif p.suffix == ".onnx":
             if not p.is_file():
                 raise UserError(f"{p}: file not found")
-            refs.append({"label": p.stem, "role": "student" if "student" in p.stem else "model", "torch": None,
-                         "onnx": str(p)})
+            refs.append(
+                {"label": p.stem, "role": "student" if "student" in p.stem else "model", "torch": None, "onnx": str(p)}
+            )
         elif p.suffix in (".plan", ".engine"):
             if not p.is_file():
                 raise UserError(f"{p}: file not found")
@@ -214,8 +236,9 @@ def resolve_models(specs: list[str]) -> list[dict]:
         else:
             zoo = parse_zoo_spec(spec)
             if zoo is None:
-                raise UserError(f"{spec}: not a run folder, student folder, .onnx, .plan/.engine, trtexec .json or "
-                                f"zoo name")
+                raise UserError(
+                    f"{spec}: not a run folder, student folder, .onnx, .plan/.engine, trtexec .json or zoo name"
+                )
             role = "student" if zoo["width"] < 1 else "teacher"
             refs.append({"label": spec, "role": role, "torch": {"type": "zoo", **zoo}, "onnx": None})
     return refs
@@ -230,17 +253,22 @@ def _complexity(ref: dict, size: int) -> dict:
     model = build_torch(ref["torch"])
     cfg = getattr(model, "config", {})
     cx = profile_model(model, (1, cfg.get("input_nc", 3), size, size))
-    return {"params": cx["params"], "macs": cx["macs"], "macs_paper_convention": cx["macs_paper_convention"],
-            "size_multiple": size_multiple(model), "input_nc": cfg.get("input_nc", 3)}
+    return {
+        "params": cx["params"],
+        "macs": cx["macs"],
+        "macs_paper_convention": cx["macs_paper_convention"],
+        "size_multiple": size_multiple(model),
+        "input_nc": cfg.get("input_nc", 3),
+    }
 
 
 def _ensure_onnx(ref: dict, size: int, workdir: Path) -> Optional[str]:
     """ONNX for a torch-only ref, exported once in this (parent) process: the timing worker never loads torch."""
     if ref.get("onnx") or not ref.get("torch"):
         return ref.get("onnx")
-    from exporters.onnx import export_onnx
-
     import torch
+
+    from exporters.onnx import export_onnx
 
     model = build_torch(ref["torch"])
     cfg = getattr(model, "config", {})
@@ -311,11 +339,17 @@ def worker(cfg: dict) -> dict:
     from exporters.runtimes import make_runner
 
     if backend in ("torch", "torch-compile"):
-        runner = make_runner(backend, torch_model_loader=lambda: build_torch(cfg["torch"]), device=device,
-                             precision=cfg["precision"], threads=cfg.get("threads"))
+        runner = make_runner(
+            backend,
+            torch_model_loader=lambda: build_torch(cfg["torch"]),
+            device=device,
+            precision=cfg["precision"],
+            threads=cfg.get("threads"),
+        )
     else:
-        runner = make_runner(backend, onnx_path=cfg.get("onnx"), engine_path=cfg.get("engine"),
-                             threads=cfg.get("threads"))
+        runner = make_runner(
+            backend, onnx_path=cfg.get("onnx"), engine_path=cfg.get("engine"), threads=cfg.get("threads")
+        )
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (batch, cfg.get("input_nc", 3), size, size)).astype(np.float32)
     for _ in range(cfg["warmup"]):
@@ -335,7 +369,7 @@ def worker(cfg: dict) -> dict:
         res["device_latency_ms"] = latency_stats(dev_times, batch)
     mem = runner.peak_memory_mb()
     if mem is not None:
-        res["peak_memory_kind"] = "cuda_max_allocated"
+        res["peak_memory_kind"] = getattr(runner, "peak_memory_kind", "cuda_max_allocated")
     else:
         mem = peak_rss_mb() if start_rss is not None else None
         if mem is not None:
@@ -360,8 +394,14 @@ def _run_worker(cfg: dict, timeout: float) -> dict:
     root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     try:
-        out = run_group([sys.executable, "-m", "exporters.profile", "--worker", json.dumps(cfg)],
-                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, timeout=timeout, env=env)
+        out = run_group(
+            [sys.executable, "-m", "exporters.profile", "--worker", json.dumps(cfg)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=timeout,
+            env=env,
+        )
     except subprocess.TimeoutExpired:
         return {"status": "failed", "reason": f"timed out after {timeout:.0f} s"}
     lines = [l for l in out.stdout.strip().splitlines() if l.startswith("{")]
@@ -381,8 +421,7 @@ def import_trtexec_times(path: str | Path, batch: int = 1) -> dict:
     except (OSError, json.JSONDecodeError) as exc:
         raise UserError(f"{path}: not a trtexec --exportTimes JSON file ({exc})") from None
     if not isinstance(data, list) or not data or not isinstance(data[0], dict) or "latencyMs" not in data[0]:
-        raise UserError(f"{path}: not a trtexec --exportTimes JSON file (expected a list of records with "
-                        f"latencyMs)")
+        raise UserError(f"{path}: not a trtexec --exportTimes JSON file (expected a list of records with latencyMs)")
     lat = [float(r["latencyMs"]) for r in data]
     compute = [float(r["computeMs"]) for r in data if "computeMs" in r]
     res = {"status": "ok", "latency_ms": latency_stats(lat, batch), "device": "cuda", "source": "trtexec"}
@@ -394,10 +433,20 @@ def import_trtexec_times(path: str | Path, batch: int = 1) -> dict:
 # ------------------------------------------------------------------------------------------------ driver
 
 
-def profile_models(models: list[str] | list[dict], backends: list[str], batches: list[int], sizes: list[int],
-                   precisions: list[str] = ("fp32",), warmup: int = 5, iters: int = 20,
-                   seconds: Optional[float] = None, threads: Optional[int] = None, device: str = "cpu",
-                   timeout: float = 600, progress=None) -> dict:
+def profile_models(
+    models: list[str] | list[dict],
+    backends: list[str],
+    batches: list[int],
+    sizes: list[int],
+    precisions: list[str] = ("fp32",),
+    warmup: int = 5,
+    iters: int = 20,
+    seconds: Optional[float] = None,
+    threads: Optional[int] = None,
+    device: str = "cpu",
+    timeout: float = 600,
+    progress=None,
+) -> dict:
     """Profile every configuration, each in its own process; return the versioned result document."""
     refs = resolve_models(models) if models and isinstance(models[0], str) else list(models)
     env = environment(threads)
@@ -408,8 +457,14 @@ def profile_models(models: list[str] | list[dict], backends: list[str], batches:
     workdir = Path(tempfile.mkdtemp(prefix="compressor-profile-"))
     configs = [(r, b, n, s, p) for r in refs for b in backends for n in batches for s in sizes for p in precisions]
     for k, (ref, backend, batch, size, prec) in enumerate(configs):
-        row = {"model": ref["label"], "role": ref.get("role", "model"), "backend": backend, "batch": batch,
-               "size": size, "precision": prec}
+        row = {
+            "model": ref["label"],
+            "role": ref.get("role", "model"),
+            "backend": backend,
+            "batch": batch,
+            "size": size,
+            "precision": prec,
+        }
         ok, why = backend_available(backend) if backend in BACKENDS else (False, f"unknown backend {backend!r}")
         cx = {}
         if ok and ref.get("torch"):
@@ -447,10 +502,21 @@ def profile_models(models: list[str] | list[dict], backends: list[str], batches:
             onnx_path = None
             if backend in ONNX_BACKENDS:
                 onnx_path = ref["int8"] if prec == "int8" else _ensure_onnx(ref, size, workdir)
-            cfg = {"backend": backend, "batch": batch, "size": size, "precision": prec, "warmup": warmup,
-                   "iters": iters, "seconds": seconds, "threads": threads, "device": device,
-                   "torch": ref.get("torch"), "onnx": onnx_path, "engine": ref.get("engine"),
-                   "input_nc": cx.get("input_nc", 3)}
+            cfg = {
+                "backend": backend,
+                "batch": batch,
+                "size": size,
+                "precision": prec,
+                "warmup": warmup,
+                "iters": iters,
+                "seconds": seconds,
+                "threads": threads,
+                "device": device,
+                "torch": ref.get("torch"),
+                "onnx": onnx_path,
+                "engine": ref.get("engine"),
+                "input_nc": cx.get("input_nc", 3),
+            }
             row.update(_run_worker(cfg, timeout))
         if row.get("status") == "ok" and row.get("macs") and peak == peak:
             rate = row["macs"] * batch / (row["latency_ms"]["p50"] / 1000)
@@ -459,12 +525,18 @@ def profile_models(models: list[str] | list[dict], backends: list[str], batches:
         results.append(row)
         if progress:
             progress("profile", k + 1, len(configs), {})
-    return {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "environment": env,
-            "results": results}
+    return {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "environment": env, "results": results}
 
 
-def remote_profile(host: str, onnx_files: list[str], args: list[str], out: Path, port: Optional[int] = None,
-                   ssh_options: Optional[list[str]] = None, remote_compress: str = "compress") -> dict:
+def remote_profile(
+    host: str,
+    onnx_files: list[str],
+    args: list[str],
+    out: Path,
+    port: Optional[int] = None,
+    ssh_options: Optional[list[str]] = None,
+    remote_compress: str = "compress",
+) -> dict:
     """Copy ONNX files to ``host`` over SSH, run the installed toolkit's profiler there, bring the JSON back."""
     opts = list(ssh_options or []) + ["-o", "BatchMode=yes"]
     ssh = ["ssh"] + opts + (["-p", str(port)] if port else [])
@@ -473,11 +545,16 @@ def remote_profile(host: str, onnx_files: list[str], args: list[str], out: Path,
         if not str(f).endswith(".onnx") or not Path(f).is_file():
             raise UserError(f"--host: {f}: remote profiling takes .onnx files (export first)")
     remote_dir = f"/tmp/compressor-profile-{os.getpid()}"
-    steps = [ssh + [host, f"mkdir -p {remote_dir}"],
-             scp + list(onnx_files) + [f"{host}:{remote_dir}/"]]
+    steps = [ssh + [host, f"mkdir -p {remote_dir}"], scp + list(onnx_files) + [f"{host}:{remote_dir}/"]]
     remote_models = " ".join(f"{remote_dir}/{Path(f).name}" for f in onnx_files)
-    steps.append(ssh + [host, f"{remote_compress} profile {remote_models} {' '.join(args)} --quiet --force "
-                              f"--out {remote_dir}/profile.json"])
+    steps.append(
+        ssh
+        + [
+            host,
+            f"{remote_compress} profile {remote_models} {' '.join(args)} --quiet --force "
+            f"--out {remote_dir}/profile.json",
+        ]
+    )
     steps.append(scp + [f"{host}:{remote_dir}/profile.json", str(out)])
     for cmd in steps:
         proc = subprocess.run(cmd, capture_output=True, text=True)

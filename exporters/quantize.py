@@ -9,6 +9,7 @@ the CPU lacks VNNI: without it, per-channel 8-bit weights saturate the int16 sum
 ``tools/bench_export.py --variants`` measures them side by side. ``target="tensorrt"`` uses symmetric signed
 INT8 for activations and weights, which TensorRT's explicit quantisation expects.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,10 +64,12 @@ class CpuInt8:
     reduce_range: Optional[bool] = None
 
     def describe(self) -> str:
-        return (f"{self.format.upper()} {'U8S8' if self.activations == 'u8' else 'S8S8'} "
-                f"{'per-channel' if self.per_channel else 'per-tensor'}"
-                f"{' symmetric' if self.symmetric_activations else ''} {self.calibration}"
-                f"{' 7-bit-weights' if self.resolved_reduce_range() else ''} [{','.join(self.op_types) or 'all ops'}]")
+        return (
+            f"{self.format.upper()} {'U8S8' if self.activations == 'u8' else 'S8S8'} "
+            f"{'per-channel' if self.per_channel else 'per-tensor'}"
+            f"{' symmetric' if self.symmetric_activations else ''} {self.calibration}"
+            f"{' 7-bit-weights' if self.resolved_reduce_range() else ''} [{','.join(self.op_types) or 'all ops'}]"
+        )
 
     def resolved_reduce_range(self) -> bool:
         return (not cpu_has_vnni()) if self.reduce_range is None else self.reduce_range
@@ -110,19 +113,33 @@ def _quantize_cpu(pre: Path, out: Path, calibration: list[np.ndarray], opt: CpuI
 
     from .onnx import INPUT
 
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[opt.calibration]
-    quantize_static(str(pre), str(out), _Reader(INPUT, calibration),
-                    quant_format=QuantFormat.QDQ if opt.format == "qdq" else QuantFormat.QOperator,
-                    op_types_to_quantize=list(opt.op_types) or None, per_channel=opt.per_channel,
-                    activation_type=QuantType.QUInt8 if opt.activations == "u8" else QuantType.QInt8,
-                    weight_type=QuantType.QInt8, calibrate_method=method, reduce_range=opt.resolved_reduce_range(),
-                    extra_options={"ActivationSymmetric": opt.symmetric_activations, "WeightSymmetric": True,
-                                   "CalibPercentile": 99.999})
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[opt.calibration]
+    quantize_static(
+        str(pre),
+        str(out),
+        _Reader(INPUT, calibration),
+        quant_format=QuantFormat.QDQ if opt.format == "qdq" else QuantFormat.QOperator,
+        op_types_to_quantize=list(opt.op_types) or None,
+        per_channel=opt.per_channel,
+        activation_type=QuantType.QUInt8 if opt.activations == "u8" else QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=method,
+        reduce_range=opt.resolved_reduce_range(),
+        extra_options={
+            "ActivationSymmetric": opt.symmetric_activations,
+            "WeightSymmetric": True,
+            "CalibPercentile": 99.999,
+        },
+    )
 
 
-def quantize_onnx(fp32: str | Path, out: str | Path, calibration: list[np.ndarray], target: str = "cpu",
-                  cpu: Optional[CpuInt8] = None) -> Path:
+def quantize_onnx(
+    fp32: str | Path, out: str | Path, calibration: list[np.ndarray], target: str = "cpu", cpu: Optional[CpuInt8] = None
+) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -140,11 +157,21 @@ def quantize_onnx(fp32: str | Path, out: str | Path, calibration: list[np.ndarra
             _quantize_cpu(pre, out, calibration, cpu or CpuInt8())
             return out
         act = QuantType.QUInt8 if target == "cpu" else QuantType.QInt8
-        quantize_static(str(pre), str(out), _Reader(INPUT, calibration), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=act, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": target != "cpu", "WeightSymmetric": True,
-                                       **TENSORRT_EXTRA_OPTIONS.get(target, {})})
+        quantize_static(
+            str(pre),
+            str(out),
+            _Reader(INPUT, calibration),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=act,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={
+                "ActivationSymmetric": target != "cpu",
+                "WeightSymmetric": True,
+                **TENSORRT_EXTRA_OPTIONS.get(target, {}),
+            },
+        )
     return out
 
 
@@ -171,9 +198,14 @@ def compare_int8(fp32: Path, int8: Path, images: torch.Tensor, iters: int = 10) 
     name = s32.get_inputs()[0].name
     vals = []
     for i in range(len(images)):
-        x = images[i:i + 1].numpy()
+        x = images[i : i + 1].numpy()
         vals.append(psnr(s32.run(None, {name: x})[0], s8.run(None, {name: x})[0]))
     x = images[:1].numpy()
     lat32, lat8 = time_session(s32, x, iters), time_session(s8, x, iters)
-    return {"psnr_vs_fp32": float(np.mean(vals)), "psnr_min": float(np.min(vals)), "latency_ms_fp32": lat32,
-            "latency_ms_int8": lat8, "latency_ratio_int8_over_fp32": lat8 / lat32}
+    return {
+        "psnr_vs_fp32": float(np.mean(vals)),
+        "psnr_min": float(np.min(vals)),
+        "latency_ms_fp32": lat32,
+        "latency_ms_int8": lat8,
+        "latency_ratio_int8_over_fp32": lat8 / lat32,
+    }

@@ -1,5 +1,6 @@
 """Reports: merge profile and evaluation JSONs from any number of machines into report.md and a self-contained
 report.html (plots embedded as PNG data URIs)."""
+
 from __future__ import annotations
 
 import base64
@@ -43,8 +44,10 @@ def classify(paths: list[str | Path]) -> tuple[list[dict], list[dict], list[dict
             for i, r in enumerate(rows if isinstance(rows, list) else [None]):
                 missing = [k for k in PROFILE_ROW_KEYS if not isinstance(r, dict) or k not in r]
                 if missing:
-                    raise UserError(f"{p}: results[{i}] lacks {', '.join(repr(k) for k in missing)}; not a profile "
-                                    f"row written by compress profile")
+                    raise UserError(
+                        f"{p}: results[{i}] lacks {', '.join(repr(k) for k in missing)}; not a profile "
+                        f"row written by compress profile"
+                    )
             profiles.append(doc)
         elif isinstance(doc, dict) and "teacher" in doc and "student" in doc:
             evals.append(doc)
@@ -61,9 +64,14 @@ SMALL_N_NOTE = "compare rows with each other, not with published FIDs"
 TEACHER_COLOR, STUDENT_COLOR, OTHER_COLOR = "#d62728", "#1f77b4", "#7f7f7f"
 
 METRICS = (  # key, label, decimals (None: a count), which way is better
-    ("params", "params", None, "lower"), ("macs", "MACs", None, "lower"),
-    ("fid", "FID", 1, "lower"), ("kid", "KID", 4, "lower"), ("psnr", "PSNR, dB", 1, "higher"),
-    ("ssim", "SSIM", 3, "higher"), ("l1", "L1", 3, "lower"), ("psnr_vs_teacher", "PSNR against the teacher, dB", 1, "higher"),
+    ("params", "params", None, "lower"),
+    ("macs", "MACs", None, "lower"),
+    ("fid", "FID", 1, "lower"),
+    ("kid", "KID", 4, "lower"),
+    ("psnr", "PSNR, dB", 1, "higher"),
+    ("ssim", "SSIM", 3, "higher"),
+    ("l1", "L1", 3, "lower"),
+    ("psnr_vs_teacher", "PSNR against the teacher, dB", 1, "higher"),
 )
 _DECIMALS = {k: d for k, _, d, _ in METRICS}
 _BETTER = {k: b for k, _, _, b in METRICS}
@@ -177,7 +185,7 @@ def speedups(profiles: list[dict]) -> list[dict]:
     table, _, _ = _rows_by_config(profiles)
     out = []
     by = defaultdict(dict)
-    for (model, role, backend, batch, size, prec), per in table.items():
+    for (_model, role, backend, batch, size, prec), per in table.items():
         for m, r in per.items():
             if r.get("status") == "ok":
                 by[(m, backend, batch, size, prec)][role] = r
@@ -186,10 +194,20 @@ def speedups(profiles: list[dict]) -> list[dict]:
         if t and s:
             mac_ratio = (t["macs"] / s["macs"]) if t.get("macs") and s.get("macs") else None
             ratios = [q for q in (noise_ratio(t), noise_ratio(s)) if q is not None]
-            out.append({"machine": m, "backend": backend, "batch": batch, "size": size, "precision": prec,
-                        "teacher_ms": t["latency_ms"]["p50"], "student_ms": s["latency_ms"]["p50"],
-                        "speedup": t["latency_ms"]["p50"] / s["latency_ms"]["p50"], "mac_reduction": mac_ratio,
-                        "noise_ratio": max(ratios) if ratios else None})
+            out.append(
+                {
+                    "machine": m,
+                    "backend": backend,
+                    "batch": batch,
+                    "size": size,
+                    "precision": prec,
+                    "teacher_ms": t["latency_ms"]["p50"],
+                    "student_ms": s["latency_ms"]["p50"],
+                    "speedup": t["latency_ms"]["p50"] / s["latency_ms"]["p50"],
+                    "mac_reduction": mac_ratio,
+                    "noise_ratio": max(ratios) if ratios else None,
+                }
+            )
     return out
 
 
@@ -232,33 +250,60 @@ def figures(profiles: list[dict], evals: list[dict]) -> dict:
 
     figs = {}
     table, machines, _ = _rows_by_config(profiles)
-    per_machine = {m: [(k, per[m]) for k in sorted(table, key=lambda k: (k[2], k[3], k[4], k[5], k[1], k[0]))
-                       if (per := table[k]).get(m, {}).get("status") == "ok"] for m in machines}
+    per_machine = {
+        m: [
+            (k, per[m])
+            for k in sorted(table, key=lambda k: (k[2], k[3], k[4], k[5], k[1], k[0]))
+            if (per := table[k]).get(m, {}).get("status") == "ok"
+        ]
+        for m in machines
+    }
     per_machine = {m: rows for m, rows in per_machine.items() if rows}
     if per_machine:
         n_rows = [len(rows) for rows in per_machine.values()]
-        fig, axes = plt.subplots(len(n_rows), 1, squeeze=False, sharex=True,
-                                 figsize=(9, sum(0.42 * n + 1.1 for n in n_rows) + 0.6),
-                                 gridspec_kw={"height_ratios": [n + 1.5 for n in n_rows]})
+        fig, axes = plt.subplots(
+            len(n_rows),
+            1,
+            squeeze=False,
+            sharex=True,
+            figsize=(9, sum(0.42 * n + 1.1 for n in n_rows) + 0.6),
+            gridspec_kw={"height_ratios": [n + 1.5 for n in n_rows]},
+        )
         right = max(whisker(r["latency_ms"])[2] for rows in per_machine.values() for _, r in rows)
         for ax, (m, rows) in zip(axes[:, 0], per_machine.items()):
             lo, mid, hi = zip(*(whisker(r["latency_ms"]) for _, r in rows))
             err = [[b - a for a, b in zip(lo, mid)], [c - b for b, c in zip(mid, hi)]]
             y = list(range(len(rows)))
-            ax.barh(y, mid, xerr=err, color=[_color(k[1]) for k, _ in rows], height=0.6,
-                    error_kw={"ecolor": "#333", "capsize": 3, "lw": 1})
-            for yi, (k, r), h in zip(y, rows, hi):
-                ax.text(h + right * 0.015, yi, f"{sig(r['latency_ms']['p50'])} ms" + (" ⚠ noisy" if is_noisy(r) else ""),
-                        va="center", fontsize=8, color="#b35900" if is_noisy(r) else "#222")
+            ax.barh(
+                y,
+                mid,
+                xerr=err,
+                color=[_color(k[1]) for k, _ in rows],
+                height=0.6,
+                error_kw={"ecolor": "#333", "capsize": 3, "lw": 1},
+            )
+            for yi, (_k, r), h in zip(y, rows, hi):
+                ax.text(
+                    h + right * 0.015,
+                    yi,
+                    f"{sig(r['latency_ms']['p50'])} ms" + (" ⚠ noisy" if is_noisy(r) else ""),
+                    va="center",
+                    fontsize=8,
+                    color="#b35900" if is_noisy(r) else "#222",
+                )
             ax.set_yticks(y, [_config_label(k) for k, _ in rows], fontsize=8)
             ax.set_ylim(len(rows) - 0.4, -0.6)
             ax.set_xlim(0, right * 1.3)
             ax.set_title(m, fontsize=9, loc="left")
             ax.grid(axis="x", alpha=0.3)
         axes[-1, 0].set_xlabel("latency (ms, linear): bar = p50, whisker = p10 → p90")
-        axes[0, 0].legend(handles=[Patch(color=TEACHER_COLOR, label="teacher"),
-                                   Patch(color=STUDENT_COLOR, label="student")],
-                          loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0, fontsize=8)
+        axes[0, 0].legend(
+            handles=[Patch(color=TEACHER_COLOR, label="teacher"), Patch(color=STUDENT_COLOR, label="student")],
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            borderaxespad=0,
+            fontsize=8,
+        )
         fig.suptitle("How long does one call take? Latency per backend and machine", fontsize=11)
         fig.tight_layout()
         figs["latency"] = fig
@@ -268,11 +313,16 @@ def figures(profiles: list[dict], evals: list[dict]) -> dict:
         markers = "osD^vP*X"
         backends = sorted({s["backend"] for s in sp})
         colors = plt.get_cmap("tab10")
-        for i, s in enumerate(sp):
-            ax.scatter(s["mac_reduction"], s["speedup"], s=50, marker=markers[backends.index(s["backend"]) % 8],
-                       color=colors(machines.index(s["machine"]) % 10 if s["machine"] in machines else 0),
-                       label=f"{s['backend']} b{s['batch']} {s['size']}² · {s['machine']}"
-                             + (" ⚠ noisy" if (s["noise_ratio"] or 0) > NOISY_RATIO else ""))
+        for _i, s in enumerate(sp):
+            ax.scatter(
+                s["mac_reduction"],
+                s["speedup"],
+                s=50,
+                marker=markers[backends.index(s["backend"]) % 8],
+                color=colors(machines.index(s["machine"]) % 10 if s["machine"] in machines else 0),
+                label=f"{s['backend']} b{s['batch']} {s['size']}² · {s['machine']}"
+                + (" ⚠ noisy" if (s["noise_ratio"] or 0) > NOISY_RATIO else ""),
+            )
         hi = max(max(s["mac_reduction"] for s in sp), max(s["speedup"] for s in sp)) * 1.15
         ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="speed-up = MAC reduction")
         ax.axhline(1, color="#999", lw=0.6)
@@ -287,18 +337,31 @@ def figures(profiles: list[dict], evals: list[dict]) -> dict:
     ev = evals[0] if evals else None
     if ev and per_machine:
         metric = next((k for k in ("psnr", "fid", "ssim") if k in ev.get("student", {})), None)
-        points = [(k, m, r) for m, rows in per_machine.items() for k, r in rows
-                  if metric and k[1] in ("teacher", "student") and metric in ev.get(k[1], {})]
+        points = [
+            (k, m, r)
+            for m, rows in per_machine.items()
+            for k, r in rows
+            if metric and k[1] in ("teacher", "student") and metric in ev.get(k[1], {})
+        ]
         if points:
             fig, ax = plt.subplots(figsize=(9, 4.5))
             markers = "osD^vP*X"
             backends = sorted({k[2] for k, _, _ in points})
             for k, m, r in points:
                 lo, mid, hi = whisker(r["latency_ms"])
-                ax.errorbar([mid], [ev[k[1]][metric]], xerr=[[mid - lo], [hi - mid]], fmt=markers[
-                    backends.index(k[2]) % 8], color=_color(k[1]), ms=7, capsize=3, lw=1,
+                ax.errorbar(
+                    [mid],
+                    [ev[k[1]][metric]],
+                    xerr=[[mid - lo], [hi - mid]],
+                    fmt=markers[backends.index(k[2]) % 8],
+                    color=_color(k[1]),
+                    ms=7,
+                    capsize=3,
+                    lw=1,
                     label=f"{k[1]} · {k[2]} b{k[3]} {k[4]}² {k[5]}"
-                          + (f" · {m}" if len(per_machine) > 1 else "") + (" ⚠ noisy" if is_noisy(r) else ""))
+                    + (f" · {m}" if len(per_machine) > 1 else "")
+                    + (" ⚠ noisy" if is_noisy(r) else ""),
+                )
             ax.set_xscale("log")
             ax.set_xlabel("latency p50 (ms, log scale); whisker p10 → p90")
             name = metric.upper()
@@ -314,9 +377,11 @@ def figures(profiles: list[dict], evals: list[dict]) -> dict:
     return figs
 
 
-PLOT_CAPTIONS = {"latency": "Latency per backend and machine (bar: p50; whisker: p10 to p90)",
-                 "speedup": "Speed-up against MAC reduction (dashed: the speed-up the MAC count promises)",
-                 "pareto": "Quality against latency (log scale)"}
+PLOT_CAPTIONS = {
+    "latency": "Latency per backend and machine (bar: p50; whisker: p10 to p90)",
+    "speedup": "Speed-up against MAC reduction (dashed: the speed-up the MAC count promises)",
+    "pareto": "Quality against latency (log scale)",
+}
 
 
 def make_plots(profiles: list[dict], evals: list[dict]) -> dict[str, str]:
@@ -354,8 +419,7 @@ def _fid_caveat(ev: dict) -> str:
     return f"n = {n}: {SMALL_N_NOTE}" if isinstance(n, int) and n < SMALL_FID_N else ""
 
 
-def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict], title: str,
-                   samples=None) -> str:
+def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict], title: str, samples=None) -> str:
     """The report as Markdown. ``samples``: a relative image path, or a list of (caption, path) pairs."""
     lines = [f"# {title}", ""]
     ev = evals[0] if evals else None
@@ -366,50 +430,105 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
     if ev:
         t, s = ev["teacher"], ev["student"]
         lines += ["## Teacher against student", ""]
-        rows = [["params", metric_text("params", t.get("params")), metric_text("params", s.get("params")),
-                 change_text("params", t.get("params"), s.get("params"))],
-                ["MACs (ours: ConvTranspose by input size)", _g(t.get("macs")), _g(s.get("macs")),
-                 change_text("macs", t.get("macs"), s.get("macs"))],
-                ["MACs (paper convention: by output size)", _g(t.get("macs_paper_convention")),
-                 _g(s.get("macs_paper_convention")),
-                 change_text("macs", t.get("macs_paper_convention"), s.get("macs_paper_convention"))]]
+        rows = [
+            [
+                "params",
+                metric_text("params", t.get("params")),
+                metric_text("params", s.get("params")),
+                change_text("params", t.get("params"), s.get("params")),
+            ],
+            [
+                "MACs (ours: ConvTranspose by input size)",
+                _g(t.get("macs")),
+                _g(s.get("macs")),
+                change_text("macs", t.get("macs"), s.get("macs")),
+            ],
+            [
+                "MACs (paper convention: by output size)",
+                _g(t.get("macs_paper_convention")),
+                _g(s.get("macs_paper_convention")),
+                change_text("macs", t.get("macs_paper_convention"), s.get("macs_paper_convention")),
+            ],
+        ]
         for x in sp:
             noisy = x["noise_ratio"] is not None and x["noise_ratio"] > NOISY_RATIO
-            rows.append([f"latency p50, {x['backend']} b{x['batch']} {x['size']}² {x['precision']} ({x['machine']})",
-                         f"{sig(x['teacher_ms'])} ms", f"{sig(x['student_ms'])} ms",
-                         f"{x['speedup']:.1f}× faster" + (f" (MACs {x['mac_reduction']:.1f}×)" if x["mac_reduction"]
-                                                          else "")
-                         + (f" ⚠ noisy (p90/p50 {x['noise_ratio']:.1f})" if noisy else "")])
+            rows.append(
+                [
+                    f"latency p50, {x['backend']} b{x['batch']} {x['size']}² {x['precision']} ({x['machine']})",
+                    f"{sig(x['teacher_ms'])} ms",
+                    f"{sig(x['student_ms'])} ms",
+                    f"{x['speedup']:.1f}× faster"
+                    + (f" (MACs {x['mac_reduction']:.1f}×)" if x["mac_reduction"] else "")
+                    + (f" ⚠ noisy (p90/p50 {x['noise_ratio']:.1f})" if noisy else ""),
+                ]
+            )
         caveat = _fid_caveat(ev)
         for k, label, _, better in METRICS:
             if k in ("params", "macs") or not (k in t or k in s):
                 continue
             extra = f"; {caveat}" if caveat and k in ("fid", "kid") else ""
-            rows.append([f"{label} ({better} is better{extra})", metric_text(k, t.get(k)), metric_text(k, s.get(k)),
-                         change_text(k, t.get(k), s.get(k))])
+            rows.append(
+                [
+                    f"{label} ({better} is better{extra})",
+                    metric_text(k, t.get(k)),
+                    metric_text(k, s.get(k)),
+                    change_text(k, t.get(k), s.get(k)),
+                ]
+            )
         lines += [_table(["", "teacher", "student", "change"], rows), ""]
-        lines.append(f"Evaluated on {ev.get('n_images')} test images at {ev.get('size')}². " +
-                     (f"FID/KID skipped: {ev['fid_skipped']}" if ev.get("fid_skipped") else
-                      (f"FID weights: {ev.get('fid_weights')}." if ev.get("fid_weights") else "")))
+        lines.append(
+            f"Evaluated on {ev.get('n_images')} test images at {ev.get('size')}². "
+            + (
+                f"FID/KID skipped: {ev['fid_skipped']}"
+                if ev.get("fid_skipped")
+                else (f"FID weights: {ev.get('fid_weights')}." if ev.get("fid_weights") else "")
+            )
+        )
         if caveat and ({"fid", "kid"} & (set(t) | set(s))):
-            lines += ["", f"⚠ FID and KID from {ev.get('n_images')} images are biased upwards and vary from sample to "
-                          f"sample; {SMALL_N_NOTE} (those use 10,000 or more)."]
+            lines += [
+                "",
+                f"⚠ FID and KID from {ev.get('n_images')} images are biased upwards and vary from sample to "
+                f"sample; {SMALL_N_NOTE} (those use 10,000 or more).",
+            ]
         lines.append("")
     elif sp:
-        lines += ["## Speed-up", "", _table(["machine", "backend", "batch", "size", "teacher ms", "student ms",
-                                             "speed-up", "MAC reduction"],
-                                            [[x["machine"], x["backend"], x["batch"], x["size"], sig(x["teacher_ms"]),
-                                              sig(x["student_ms"]), f"{x['speedup']:.1f}×"
-                                              + (f" ⚠ noisy (p90/p50 {x['noise_ratio']:.1f})"
-                                                 if (x["noise_ratio"] or 0) > NOISY_RATIO else ""),
-                                              f"{x['mac_reduction']:.1f}×" if x["mac_reduction"] else "–"]
-                                             for x in sp]), ""]
+        lines += [
+            "## Speed-up",
+            "",
+            _table(
+                ["machine", "backend", "batch", "size", "teacher ms", "student ms", "speed-up", "MAC reduction"],
+                [
+                    [
+                        x["machine"],
+                        x["backend"],
+                        x["batch"],
+                        x["size"],
+                        sig(x["teacher_ms"]),
+                        sig(x["student_ms"]),
+                        f"{x['speedup']:.1f}×"
+                        + (
+                            f" ⚠ noisy (p90/p50 {x['noise_ratio']:.1f})"
+                            if (x["noise_ratio"] or 0) > NOISY_RATIO
+                            else ""
+                        ),
+                        f"{x['mac_reduction']:.1f}×" if x["mac_reduction"] else "–",
+                    ]
+                    for x in sp
+                ],
+            ),
+            "",
+        ]
     if profiles:
         table, machines, envs = _rows_by_config(profiles)
         keys = sorted(table, key=lambda k: (k[2], k[3], k[4], k[5], k[1], k[0]))
-        lines += ["## Latency", "", "p50 (p90) in ms, one column per machine; each configuration was timed in its own "
-                  "process. ⚠ noisy: p90 more than 1.5× p50 (a busy machine or a cold cache); rerun before you "
-                  "quote it.", ""]
+        lines += [
+            "## Latency",
+            "",
+            "p50 (p90) in ms, one column per machine; each configuration was timed in its own "
+            "process. ⚠ noisy: p90 more than 1.5× p50 (a busy machine or a cold cache); rerun before you "
+            "quote it.",
+            "",
+        ]
         header = ["model", "backend", "batch", "size", "precision"] + machines
         rows, missing, noisy = [], [], []
         for key in keys:
@@ -430,9 +549,12 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
             rows.append([key[0], key[2], key[3], key[4], key[5]] + cells)
         lines += [_table(header, rows), ""]
         if noisy:
-            lines.append(f"⚠ {len(noisy)} of {sum(1 for k in keys for m in machines if table[k].get(m, {}).get('status') == 'ok')}"
-                         " measurements are noisy (p90/p50 > 1.5): "
-                         + "; ".join(f"{k[0]} {k[2]} b{k[3]} on {m}: ×{q:.1f}" for k, m, q in noisy) + ".")
+            lines.append(
+                f"⚠ {len(noisy)} of {sum(1 for k in keys for m in machines if table[k].get(m, {}).get('status') == 'ok')}"
+                " measurements are noisy (p90/p50 > 1.5): "
+                + "; ".join(f"{k[0]} {k[2]} b{k[3]} on {m}: ×{q:.1f}" for k, m, q in noisy)
+                + "."
+            )
             lines.append("")
         mem_rows = []
         for key in keys:
@@ -451,14 +573,19 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
             if any_ok:
                 mem_rows.append([key[0], key[2], key[3], key[4], key[5]] + cells)
         if mem_rows:
-            lines += ["### Throughput and memory", "",
-                      "img/s at p50 (batch × 1000 / p50 ms); peak memory of the measuring process itself (resident "
-                      "set on the CPU: runtime, model and activations; CUDA memory allocated on a GPU).", "",
-                      _table(header, mem_rows), ""]
+            lines += [
+                "### Throughput and memory",
+                "",
+                "img/s at p50 (batch × 1000 / p50 ms); peak memory of the measuring process itself (resident "
+                "set on the CPU: runtime, model and activations; CUDA memory allocated on a GPU).",
+                "",
+                _table(header, mem_rows),
+                "",
+            ]
         if missing:
             lines += ["Not measured:", ""]
             seen = set()
-            for key, m, reason in missing:
+            for key, _m, reason in missing:
                 if (key[2], reason) in seen:
                     continue
                 seen.add((key[2], reason))
@@ -468,28 +595,36 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
         for m in machines:
             e = envs[m]
             peak = e.get("gemm_peak_macs_per_s")
-            lines.append(f"- **{m}**: {e.get('cpu')}, {e.get('cores')} cores, {e.get('threads')} threads"
-                         + (f", GPU {e['gpu']}" if e.get("gpu") else "")
-                         + f"; torch {e.get('torch_version')}, onnxruntime {e.get('onnxruntime_version')}"
-                         + (f", TensorRT {e['tensorrt_version']}" if e.get("tensorrt_version") else "")
-                         + (f"; FP32 GEMM peak {peak / 1e9:.1f} GMAC/s" if peak and peak == peak else ""))
+            lines.append(
+                f"- **{m}**: {e.get('cpu')}, {e.get('cores')} cores, {e.get('threads')} threads"
+                + (f", GPU {e['gpu']}" if e.get("gpu") else "")
+                + f"; torch {e.get('torch_version')}, onnxruntime {e.get('onnxruntime_version')}"
+                + (f", TensorRT {e['tensorrt_version']}" if e.get("tensorrt_version") else "")
+                + (f"; FP32 GEMM peak {peak / 1e9:.1f} GMAC/s" if peak and peak == peak else "")
+            )
         lines.append("")
     for ex in exports:
         lines += ["## Export", ""]
-        for name, info in ex.get("onnx", {}).items():
+        for _name, info in ex.get("onnx", {}).items():
             par = info["parity"]
-            lines.append(f"- {info['path']}: {info['bytes'] / 2**20:.2f} MiB; parity against PyTorch: max abs error "
-                         f"{par['max_abs']:.2e} over {len(par['cases'])} input shapes (tolerance {par['tolerance']:g})"
-                         f" — {'passed' if par['passed'] else 'FAILED'}")
+            lines.append(
+                f"- {info['path']}: {info['bytes'] / 2**20:.2f} MiB; parity against PyTorch: max abs error "
+                f"{par['max_abs']:.2e} over {len(par['cases'])} input shapes (tolerance {par['tolerance']:g})"
+                f" — {'passed' if par['passed'] else 'FAILED'}"
+            )
         if "int8" in ex:
             q = ex["int8"]
-            lines.append(f"- {q['path']}: PSNR against FP32 {q['psnr_vs_fp32']:.1f} dB; ONNX Runtime CPU latency "
-                         f"{sig(q['latency_ms_int8'])} ms vs {sig(q['latency_ms_fp32'])} ms FP32 (ratio "
-                         f"{q['latency_ratio_int8_over_fp32']:.2f})")
+            lines.append(
+                f"- {q['path']}: PSNR against FP32 {q['psnr_vs_fp32']:.1f} dB; ONNX Runtime CPU latency "
+                f"{sig(q['latency_ms_int8'])} ms vs {sig(q['latency_ms_fp32'])} ms FP32 (ratio "
+                f"{q['latency_ratio_int8_over_fp32']:.2f})"
+            )
         if "tensorrt_lint" in ex:
             lint = ex["tensorrt_lint"]
-            lines.append(f"- TensorRT {lint['target']} compatibility lint: "
-                         + ("no problems" if not lint["problems"] else f"{len(lint['problems'])} problem(s)"))
+            lines.append(
+                f"- TensorRT {lint['target']} compatibility lint: "
+                + ("no problems" if not lint["problems"] else f"{len(lint['problems'])} problem(s)")
+            )
         for note in ex.get("notes", []):
             lines.append(f"- {note}")
         lines.append("")
@@ -501,8 +636,11 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
             if caption:
                 lines += [f"{caption}:", ""]
             lines += [f"![samples]({path})", ""]
-    lines += ["MACs are counted with torch's FlopCounterMode (MACs = FLOPs / 2), ConvTranspose by input size; the "
-              "paper convention counts it by output size, as GAN-compression papers do.", ""]
+    lines += [
+        "MACs are counted with torch's FlopCounterMode (MACs = FLOPs / 2), ConvTranspose by input size; the "
+        "paper convention counts it by output size, as GAN-compression papers do.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -524,8 +662,14 @@ def build_html(markdown_text: str, plots: dict[str, str], title: str, samples_pn
                 body.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
                 in_table = True
                 continue
-            body.append("<tr>" + "".join(f"<td class='noisy'>{html.escape(c)}</td>" if "⚠" in c else
-                                         f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+            body.append(
+                "<tr>"
+                + "".join(
+                    f"<td class='noisy'>{html.escape(c)}</td>" if "⚠" in c else f"<td>{html.escape(c)}</td>"
+                    for c in cells
+                )
+                + "</tr>"
+            )
             continue
         if in_table:
             body.append("</table>")
@@ -536,11 +680,13 @@ def build_html(markdown_text: str, plots: dict[str, str], title: str, samples_pn
             body.append(f"<h3>{html.escape(line[4:])}</h3>")
         elif line.startswith("## "):
             body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif (m := _IMG.match(line)):
+        elif m := _IMG.match(line):
             data = samples_png.get(m.group(2)) if isinstance(samples_png, dict) else samples_png
             if data:
-                body.append(f'<img alt="{html.escape(m.group(1))}" '
-                            f'src="data:image/png;base64,{base64.b64encode(data).decode()}">')
+                body.append(
+                    f'<img alt="{html.escape(m.group(1))}" '
+                    f'src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+                )
         elif line.startswith("- "):
             body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
         elif line.startswith("**") and line.endswith("**"):
@@ -551,16 +697,24 @@ def build_html(markdown_text: str, plots: dict[str, str], title: str, samples_pn
             body.append(f"<p>{html.escape(line)}</p>")
     if in_table:
         body.append("</table>")
-    figs = "".join(f'<figure><img alt="{k}" src="data:image/png;base64,{v}">'
-                   f'<figcaption>{html.escape(PLOT_CAPTIONS.get(k, k))}</figcaption></figure>' for k, v in plots.items())
-    style = ("body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-             "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
-             "th{background:#f3f3f3}td.noisy{background:#fff3e0}p.flag{background:#fff3e0;padding:6px 10px}"
-             "p.headline{font-size:17px;font-weight:600;background:#eef5fb;padding:8px 12px}"
-             "figure{display:block;margin:1.5em 0}figcaption{font-size:13px;color:#555}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-            f"<style>{style}</style></head><body>{''.join(body)}"
-            + (f"<h2>Plots</h2>{figs}" if figs else "") + "</body></html>")
+    figs = "".join(
+        f'<figure><img alt="{k}" src="data:image/png;base64,{v}">'
+        f"<figcaption>{html.escape(PLOT_CAPTIONS.get(k, k))}</figcaption></figure>"
+        for k, v in plots.items()
+    )
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
+        "th{background:#f3f3f3}td.noisy{background:#fff3e0}p.flag{background:#fff3e0;padding:6px 10px}"
+        "p.headline{font-size:17px;font-weight:600;background:#eef5fb;padding:8px 12px}"
+        "figure{display:block;margin:1.5em 0}figcaption{font-size:13px;color:#555}img{max-width:100%}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}"
+        + (f"<h2>Plots</h2>{figs}" if figs else "")
+        + "</body></html>"
+    )
 
 
 def _samples_for(eval_path: Path) -> Optional[Path]:
@@ -569,8 +723,14 @@ def _samples_for(eval_path: Path) -> Optional[Path]:
     return p if p.is_file() else None
 
 
-def write_report(profile_files: list, eval_files: list, out_dir: str | Path, title: str = "compressor report",
-                 export_files: list = (), samples: Optional[Path] = None) -> tuple[Path, Path]:
+def write_report(
+    profile_files: list,
+    eval_files: list,
+    out_dir: str | Path,
+    title: str = "compressor report",
+    export_files: list = (),
+    samples: Optional[Path] = None,
+) -> tuple[Path, Path]:
     """Merge JSON files (any order: they are told apart by content) into ``out_dir``/report.md and report.html.
     The sample grid of every run whose eval.json is given comes along (copied next to report.md, embedded in
     report.html), as does ``samples`` when given."""
@@ -609,6 +769,11 @@ def write_report(profile_files: list, eval_files: list, out_dir: str | Path, tit
 
 def report_run(run) -> tuple[Path, Path]:
     files = [f for f in (run.profile_json, run.eval_json, run.export_json) if f.exists()]
-    return write_report([f for f in files if f == run.profile_json], [f for f in files if f == run.eval_json],
-                        run.root, f"compressor report: {run.root.name}",
-                        [f for f in files if f == run.export_json], run.eval_samples)
+    return write_report(
+        [f for f in files if f == run.profile_json],
+        [f for f in files if f == run.eval_json],
+        run.root,
+        f"compressor report: {run.root.name}",
+        [f for f in files if f == run.export_json],
+        run.eval_samples,
+    )

@@ -3,6 +3,7 @@
 A runner takes NCHW float32 numpy arrays and returns numpy arrays. Heavy libraries are imported lazily, so an
 ONNX Runtime process never loads torch (their thread pools interfere when they share a process).
 """
+
 from __future__ import annotations
 
 import time
@@ -10,12 +11,22 @@ from typing import Optional
 
 import numpy as np
 
-from .backends import (BACKENDS, EXTRA, ONNX_BACKENDS, ORT_PROVIDERS, TORCH_BACKENDS, backend_available,  # noqa: F401
-                       ort_session)
+from .backends import BACKENDS, EXTRA, ONNX_BACKENDS, ORT_PROVIDERS, TORCH_BACKENDS, backend_available, ort_session  # noqa: F401
 from .tensorrt import TensorRTRunner
 
-__all__ = ["BACKENDS", "ONNX_BACKENDS", "TORCH_BACKENDS", "EXTRA", "ORT_PROVIDERS", "backend_available",
-           "ort_session", "Runner", "TorchRunner", "OrtRunner", "make_runner"]
+__all__ = [
+    "BACKENDS",
+    "ONNX_BACKENDS",
+    "TORCH_BACKENDS",
+    "EXTRA",
+    "ORT_PROVIDERS",
+    "backend_available",
+    "ort_session",
+    "Runner",
+    "TorchRunner",
+    "OrtRunner",
+    "make_runner",
+]
 
 
 class Runner:
@@ -44,8 +55,9 @@ class Runner:
 
 
 class TorchRunner(Runner):
-    def __init__(self, model, device: str = "cpu", precision: str = "fp32", compile: bool = False,
-                 threads: Optional[int] = None):
+    def __init__(
+        self, model, device: str = "cpu", precision: str = "fp32", compile: bool = False, threads: Optional[int] = None
+    ):
         import torch
 
         if threads:
@@ -101,11 +113,24 @@ class OrtRunner(Runner):
         return self.sess.run(None, {self.name: x})[0]
 
 
-def make_runner(backend: str, *, onnx_path=None, torch_model_loader=None, engine_path=None, device="cpu",
-                precision="fp32", threads=None) -> Runner:
+def make_runner(
+    backend: str,
+    *,
+    onnx_path=None,
+    torch_model_loader=None,
+    engine_path=None,
+    device="cpu",
+    precision="fp32",
+    threads=None,
+) -> Runner:
     if backend in TORCH_BACKENDS:
-        return TorchRunner(torch_model_loader(), device=device, precision=precision,
-                           compile=backend == "torch-compile", threads=threads)
+        return TorchRunner(
+            torch_model_loader(),
+            device=device,
+            precision=precision,
+            compile=backend == "torch-compile",
+            threads=threads,
+        )
     if backend in ONNX_BACKENDS:
         return OrtRunner(onnx_path, backend, threads)
     if backend == "tensorrt":

@@ -12,6 +12,7 @@ This path was written against the TensorRT 10 and 11 Python APIs and trtexec sou
 (``exporters/trt_rules.py`` cites each line); it has not been run on a GPU in this project's CI, where its tests
 use a fake ``tensorrt`` module that records calls.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,16 +53,24 @@ class LintResult:
         return not self.problems
 
     def to_dict(self) -> dict:
-        return {"target": self.target, "nodes": self.nodes, "ok": self.ok, "problems": self.problems,
-                "warnings": self.warnings}
+        return {
+            "target": self.target,
+            "nodes": self.nodes,
+            "ok": self.ok,
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
 
     def lines(self) -> list[str]:
         warn = [f"  warning: {p['node']} ({p['op']}): {p['problem']}" for p in self.warnings]
         if self.ok:
             extra = f", {len(self.warnings)} warning(s)" if self.warnings else ""
             return [f"TensorRT {self.target} lint: {self.nodes} nodes, no problems{extra}"] + warn
-        return [f"TensorRT {self.target} lint: {len(self.problems)} problem(s) in {self.nodes} nodes"] + \
-            [f"  {p['node']} ({p['op']}): {p['problem']}" for p in self.problems] + warn
+        return (
+            [f"TensorRT {self.target} lint: {len(self.problems)} problem(s) in {self.nodes} nodes"]
+            + [f"  {p['node']} ({p['op']}): {p['problem']}" for p in self.problems]
+            + warn
+        )
 
 
 def _attrs(node) -> dict:
@@ -130,17 +139,29 @@ def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
     rng = trt_rules.opset_range(v)
     for imp in model.opset_import:
         if imp.domain in ("", "ai.onnx") and not rng.low <= imp.version <= rng.high:
-            res.problems.append({"node": "model", "op": "opset", "rule": "opset-range", "source": rng.source,
-                                 "problem": f"ONNX opset {imp.version} is outside {rng.low}-{rng.high}, the range "
-                                            f"TensorRT {res.target} supports; export with --opset {min(18, rng.high)}"})
+            res.problems.append(
+                {
+                    "node": "model",
+                    "op": "opset",
+                    "rule": "opset-range",
+                    "source": rng.source,
+                    "problem": f"ONNX opset {imp.version} is outside {rng.low}-{rng.high}, the range "
+                    f"TensorRT {res.target} supports; export with --opset {min(18, rng.high)}",
+                }
+            )
     # float64
     for t in list(g.input) + list(g.output):
         if t.type.tensor_type.elem_type == T.DOUBLE:
             add(res.warnings, t.name, "graph I/O", "double", "float64 tensor: TensorRT casts DOUBLE down to FLOAT")
     for init in g.initializer:
         if init.data_type == T.DOUBLE:
-            add(res.warnings, init.name, "initializer", "double",
-                "float64 initializer: TensorRT casts DOUBLE down to FLOAT, clamping to +-FLT_MAX")
+            add(
+                res.warnings,
+                init.name,
+                "initializer",
+                "double",
+                "float64 initializer: TensorRT casts DOUBLE down to FLOAT, clamping to +-FLT_MAX",
+            )
     for node in g.node:
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
@@ -149,16 +170,20 @@ def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
         if op not in supported:
             later = [r for r in trt_rules.OP_SUPPORT if r.op == op and r.since > v]
             hint = f" (supported from TensorRT {later[0].since[0]}.{later[0].since[1]})" if later else ""
-            add(res.problems, node.name or node.output[0], op, "custom-domain",
-                f"op {op} has no importer in TensorRT {res.target}'s ONNX parser{hint}; it would need a plugin")
+            add(
+                res.problems,
+                node.name or node.output[0],
+                op,
+                "custom-domain",
+                f"op {op} has no importer in TensorRT {res.target}'s ONNX parser{hint}; it would need a plugin",
+            )
             continue
         a = _attrs(node)
         if op == "Pad":
             mode = a.get("mode", "constant")
             if mode not in _PAD_MODES:
                 problem(node, "pad-mode", f"Pad mode {mode!r} is not supported")
-            if (rule("pad-axes").applies(v) and len(node.input) > 3 and node.input[3]
-                    and node.input[3] not in constants):
+            if rule("pad-axes").applies(v) and len(node.input) > 3 and node.input[3] and node.input[3] not in constants:
                 problem(node, "pad-axes", "Pad's axes input must be an initializer (a build-time constant)")
         elif op == "Resize":
             mode = a.get("mode", "nearest")
@@ -168,8 +193,12 @@ def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
             if ctm not in _CTM_OK:
                 problem(node, "resize-ctm", f"Resize coordinate_transformation_mode {ctm!r} is not supported")
             if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-                problem(node, "resize-aspect", f"Resize keep_aspect_ratio_policy "
-                                               f"{a['keep_aspect_ratio_policy']!r} is not supported (only 'stretch')")
+                problem(
+                    node,
+                    "resize-aspect",
+                    f"Resize keep_aspect_ratio_policy "
+                    f"{a['keep_aspect_ratio_policy']!r} is not supported (only 'stretch')",
+                )
             if a.get("antialias", 0):
                 problem(node, "resize-antialias", "Resize antialias=1 is not supported")
         elif op in ("QuantizeLinear", "DequantizeLinear"):
@@ -177,14 +206,22 @@ def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
             if op == "DequantizeLinear":
                 t = types.get(node.input[0])
                 if t == T.UINT8:
-                    problem(node, "qdq-uint8", "UINT8 DequantizeLinear is not supported: TensorRT needs symmetric "
-                                               "signed INT8 (quantise with target 'tensorrt')")
+                    problem(
+                        node,
+                        "qdq-uint8",
+                        "UINT8 DequantizeLinear is not supported: TensorRT needs symmetric "
+                        "signed INT8 (quantise with target 'tensorrt')",
+                    )
                 elif t is not None and t not in quantized:
-                    problem(node, "dq-input-type", f"DequantizeLinear of {node.input[0]} "
-                                                   f"({names.get(t, t)}) is not supported: TensorRT dequantizes only "
-                                                   f"INT8/FP8/INT4" + ("/FP4" if v >= (10, 15) else "")
-                                                   + (" (a quantised bias: quantise with QuantizeBias off)"
-                                                      if t == T.INT32 else ""))
+                    problem(
+                        node,
+                        "dq-input-type",
+                        f"DequantizeLinear of {node.input[0]} "
+                        f"({names.get(t, t)}) is not supported: TensorRT dequantizes only "
+                        f"INT8/FP8/INT4"
+                        + ("/FP4" if v >= (10, 15) else "")
+                        + (" (a quantised bias: quantise with QuantizeBias off)" if t == T.INT32 else ""),
+                    )
             else:
                 if a.get("output_dtype"):
                     out_t = a["output_dtype"]
@@ -193,18 +230,30 @@ def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
                 else:
                     out_t = T.UINT8  # the ONNX default without a zero point or output_dtype
                 if out_t == T.UINT8:
-                    problem(node, "qdq-uint8", "UINT8 QuantizeLinear is not supported: TensorRT needs symmetric "
-                                               "signed INT8 (quantise with target 'tensorrt')")
+                    problem(
+                        node,
+                        "qdq-uint8",
+                        "UINT8 QuantizeLinear is not supported: TensorRT needs symmetric "
+                        "signed INT8 (quantise with target 'tensorrt')",
+                    )
                 elif out_t is not None and out_t not in quantized:
-                    problem(node, "qdq-quantized-type",
-                            f"QuantizeLinear to {names.get(out_t, out_t)} is not supported (INT8, FP8, INT4 only)")
+                    problem(
+                        node,
+                        "qdq-quantized-type",
+                        f"QuantizeLinear to {names.get(out_t, out_t)} is not supported (INT8, FP8, INT4 only)",
+                    )
             if zp in inits:
                 arr = numpy_helper.to_array(inits[zp])
                 if arr.dtype.kind in "iu" and arr.size and abs(arr.astype("int64")).max() != 0:
                     problem(node, "qdq-zero-point", "Q/DQ zero points must be 0 (symmetric quantisation)")
         elif op == "Cast" and a.get("to") == T.DOUBLE:
-            add(res.warnings, node.name or node.output[0], op, "cast-double",
-                "Cast to float64 becomes a cast to FLOAT in TensorRT")
+            add(
+                res.warnings,
+                node.name or node.output[0],
+                op,
+                "cast-double",
+                "Cast to float64 becomes a cast to FLOAT in TensorRT",
+            )
     return res
 
 
@@ -261,13 +310,23 @@ def _gpu_info() -> dict:
 
     if not torch.cuda.is_available():
         return {"gpu": "unknown", "compute_capability": "unknown"}
-    return {"gpu": torch.cuda.get_device_name(0),
-            "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(0)))}
+    return {
+        "gpu": torch.cuda.get_device_name(0),
+        "compute_capability": ".".join(map(str, torch.cuda.get_device_capability(0))),
+    }
 
 
-def build_engine(onnx_path: Path, plan_path: Path, precision: str = "fp16", shapes: dict | None = None,
-                 int8_onnx: Path | None = None, timing_cache: Path | None = None,
-                 workspace_mb: int = 1024, *, lint: bool = True) -> dict:
+def build_engine(
+    onnx_path: Path,
+    plan_path: Path,
+    precision: str = "fp16",
+    shapes: dict | None = None,
+    int8_onnx: Path | None = None,
+    timing_cache: Path | None = None,
+    workspace_mb: int = 1024,
+    *,
+    lint: bool = True,
+) -> dict:
     """Build a serialized engine with optimisation profiles and a reused timing cache; write a JSON sidecar.
 
     The file the builder reads is linted first for the installed TensorRT version (``lint=False`` skips it);
@@ -285,8 +344,10 @@ def build_engine(onnx_path: Path, plan_path: Path, precision: str = "fp16", shap
         warnings = res.warnings
         if not res.ok:
             p = res.problems[0]
-            raise ExportError(f"{src}: TensorRT {major}.{minor} would reject this ONNX ({p['node']}, {p['op']}: "
-                              f"{p['problem']}; {len(res.problems)} problem(s) in all)")
+            raise ExportError(
+                f"{src}: TensorRT {major}.{minor} would reject this ONNX ({p['node']}, {p['op']}: "
+                f"{p['problem']}; {len(res.problems)} problem(s) in all)"
+            )
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)
@@ -297,8 +358,9 @@ def build_engine(onnx_path: Path, plan_path: Path, precision: str = "fp16", shap
     inputs = [network.get_input(i).name for i in range(network.num_inputs)]
     unknown = sorted(set(shapes or {}) - set(inputs))
     if unknown:
-        raise ExportError(f"{src}: optimisation profile names {', '.join(unknown)}, but the network's inputs are "
-                          f"{', '.join(inputs)}")
+        raise ExportError(
+            f"{src}: optimisation profile names {', '.join(unknown)}, but the network's inputs are {', '.join(inputs)}"
+        )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mb << 20)
     if precision == "fp32":
@@ -324,9 +386,17 @@ def build_engine(onnx_path: Path, plan_path: Path, precision: str = "fp16", shap
         raise ExportError(f"{src}: TensorRT failed to build an engine (see the messages above)")
     atomic_write_bytes(plan_path, bytes(engine))
     atomic_write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
-    sidecar = {"tensorrt_version": trt.__version__, "precision": precision, "source_onnx": src.name,
-               "tf32": precision != "fp32", **_gpu_info(), "profiles": shapes, "timing_cache": timing_cache.name,
-               "lint_warnings": warnings, "notes": notes}
+    sidecar = {
+        "tensorrt_version": trt.__version__,
+        "precision": precision,
+        "source_onnx": src.name,
+        "tf32": precision != "fp32",
+        **_gpu_info(),
+        "profiles": shapes,
+        "timing_cache": timing_cache.name,
+        "lint_warnings": warnings,
+        "notes": notes,
+    }
     atomic_write_json(plan_path.with_suffix(plan_path.suffix + ".json"), sidecar)
     return {"path": plan_path.name, **sidecar}
 
@@ -358,8 +428,10 @@ class TensorRTRunner:
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
         self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
-            raise ExportError(f"{self.path}: TensorRT could not load this engine (built by another TensorRT version "
-                              f"or for another GPU?); rebuild it on this machine")
+            raise ExportError(
+                f"{self.path}: TensorRT could not load this engine (built by another TensorRT version "
+                f"or for another GPU?); rebuild it on this machine"
+            )
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise ExportError(f"{self.path}: TensorRT could not create an execution context (out of device memory?)")
@@ -399,9 +471,11 @@ class TensorRTRunner:
     def _check_shape(self, name: str, shape: tuple) -> None:
         mn, _, mx = self.profile_range(name)
         if len(shape) != len(mn) or any(s < lo or s > hi for s, lo, hi in zip(shape, mn, mx)):
-            raise UserError(f"{self.path}: input shape {_fmt(shape)} is outside the engine's optimisation profile "
-                            f"for {name!r} ({_fmt(mn)} .. {_fmt(mx)}); rebuild the engine with a profile that "
-                            f"covers it")
+            raise UserError(
+                f"{self.path}: input shape {_fmt(shape)} is outside the engine's optimisation profile "
+                f"for {name!r} ({_fmt(mn)} .. {_fmt(mx)}); rebuild the engine with a profile that "
+                f"covers it"
+            )
 
     def run_device(self, x):
         name = self.inputs[0]
@@ -409,8 +483,10 @@ class TensorRTRunner:
         self._check_shape(name, shape)
         if not self.context.set_input_shape(name, shape):
             mn, _, mx = self.profile_range(name)
-            raise UserError(f"{self.path}: TensorRT refused input shape {_fmt(shape)} for {name!r} (profile "
-                            f"{_fmt(mn)} .. {_fmt(mx)})")
+            raise UserError(
+                f"{self.path}: TensorRT refused input shape {_fmt(shape)} for {name!r} (profile "
+                f"{_fmt(mn)} .. {_fmt(mx)})"
+            )
         inp = self._to_device(x, self._dtype(name))
         if not self.context.set_tensor_address(name, inp.data_ptr()):
             raise ExportError(f"{self.path}: TensorRT refused the address of input {name!r}")
@@ -423,8 +499,10 @@ class TensorRTRunner:
             if not self.context.set_tensor_address(n, outs[n].data_ptr()):
                 raise ExportError(f"{self.path}: TensorRT refused the address of output {n!r}")
         if not self.context.execute_async_v3(self.stream.cuda_stream):
-            raise ExportError(f"{self.path}: TensorRT failed to enqueue the inference (execute_async_v3 returned "
-                              f"False; see TensorRT's messages above)")
+            raise ExportError(
+                f"{self.path}: TensorRT failed to enqueue the inference (execute_async_v3 returned "
+                f"False; see TensorRT's messages above)"
+            )
         return outs[self.outputs[0]], inp
 
     def _sample_memory(self) -> None:
@@ -485,8 +563,14 @@ def engine_parity(engine_path: Path, onnx_path: Path, inputs: list, precision: s
     worst_abs = max(c["max_abs"] for c in cases)
     worst_psnr = min(c["psnr"] for c in cases)
     passed = worst_abs <= limit["max_abs"] if "max_abs" in limit else worst_psnr >= limit["psnr_min"]
-    return {"precision": precision, "limit": limit, "max_abs": worst_abs, "psnr_min": worst_psnr,
-            "passed": passed, "cases": cases}
+    return {
+        "precision": precision,
+        "limit": limit,
+        "max_abs": worst_abs,
+        "psnr_min": worst_psnr,
+        "passed": passed,
+        "cases": cases,
+    }
 
 
 def check_engine(engine_path: Path, onnx_path: Path, inputs: list, precision: str) -> dict:
@@ -496,8 +580,10 @@ def check_engine(engine_path: Path, onnx_path: Path, inputs: list, precision: st
     par = engine_parity(engine_path, onnx_path, inputs, precision)
     marker = failed_marker(Path(engine_path))
     if not par["passed"]:
-        msg = (f"{engine_path}: TensorRT output differs from ONNX Runtime beyond {par['limit']} (max abs "
-               f"{par['max_abs']:.3g}, PSNR {par['psnr_min']:.1f} dB)")
+        msg = (
+            f"{engine_path}: TensorRT output differs from ONNX Runtime beyond {par['limit']} (max abs "
+            f"{par['max_abs']:.3g}, PSNR {par['psnr_min']:.1f} dB)"
+        )
         marker.write_text(msg + "\n")
         raise ExportError(msg)
     marker.unlink(missing_ok=True)
@@ -511,8 +597,16 @@ def _major(version) -> int:
     return int(version)
 
 
-def trtexec_command(onnx_name: str, version: int, precision: str, shapes: dict, engine_name: str = "student.plan",
-                    input_name: str = "input", *, data_transfers: bool = False) -> list[str]:
+def trtexec_command(
+    onnx_name: str,
+    version: int,
+    precision: str,
+    shapes: dict,
+    engine_name: str = "student.plan",
+    input_name: str = "input",
+    *,
+    data_transfers: bool = False,
+) -> list[str]:
     """The trtexec argument list for TensorRT ``version`` (10: precision flags; 11: strongly typed ONNX).
 
     Timings exclude host<->device copies in both majors unless ``data_transfers`` (10 times them by default,
@@ -523,12 +617,21 @@ def trtexec_command(onnx_name: str, version: int, precision: str, shapes: dict, 
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}")
     s = shapes[input_name]
-    cmd = ["trtexec", f"--onnx={onnx_name}", f"--saveEngine={engine_name}",
-           f"--minShapes={input_name}:{_fmt(s['min'])}", f"--optShapes={input_name}:{_fmt(s['opt'])}",
-           f"--maxShapes={input_name}:{_fmt(s['max'])}", f"--shapes={input_name}:{_fmt(s['opt'])}",
-           "--timingCacheFile=timing.cache", "--exportTimes=trtexec_times.json",
-           "--exportProfile=trtexec_profile.json", "--exportOutput=trtexec_output.json", "--warmUp=500",
-           "--duration=10"]
+    cmd = [
+        "trtexec",
+        f"--onnx={onnx_name}",
+        f"--saveEngine={engine_name}",
+        f"--minShapes={input_name}:{_fmt(s['min'])}",
+        f"--optShapes={input_name}:{_fmt(s['opt'])}",
+        f"--maxShapes={input_name}:{_fmt(s['max'])}",
+        f"--shapes={input_name}:{_fmt(s['opt'])}",
+        "--timingCacheFile=timing.cache",
+        "--exportTimes=trtexec_times.json",
+        "--exportProfile=trtexec_profile.json",
+        "--exportOutput=trtexec_output.json",
+        "--warmUp=500",
+        "--duration=10",
+    ]
     if major == 10:
         cmd += ["--useCudaGraph", "--separateProfileRun"]  # 11: the default behaviour, and the flags are no-ops
         if not data_transfers:
@@ -547,25 +650,41 @@ def trtexec_command(onnx_name: str, version: int, precision: str, shapes: dict, 
 
 def _script_header(major: int, precision: str, data_transfers: bool) -> list[str]:
     if major == 10:
-        lines = ["# TensorRT 10.x. On a Jetson: JetPack 6.1 and 6.2 ship TensorRT 10.3 (JetPack 6.0 ships TensorRT 8.6,",
-                 "# which this script does not target)."]
-        transfers = ("# Timings include host<->device copies (TensorRT 10's default)." if data_transfers else
-                     "# Timings exclude host<->device copies (--noDataTransfers; TensorRT 10 includes them by "
-                     "default).")
+        lines = [
+            "# TensorRT 10.x. On a Jetson: JetPack 6.1 and 6.2 ship TensorRT 10.3 (JetPack 6.0 ships TensorRT 8.6,",
+            "# which this script does not target).",
+        ]
+        transfers = (
+            "# Timings include host<->device copies (TensorRT 10's default)."
+            if data_transfers
+            else "# Timings exclude host<->device copies (--noDataTransfers; TensorRT 10 includes them by default)."
+        )
     else:
-        lines = ["# TensorRT 11.x is strongly typed: the precision comes from the ONNX file, not from flags.",
-                 "# TensorRT 11.3 and newer do not support JetPack: on a Jetson, use the TensorRT 10 script."]
-        transfers = ("# Timings include host<->device copies (--includeDataTransfers)." if data_transfers else
-                     "# Timings exclude host<->device copies (TensorRT 11's default; --includeDataTransfers adds "
-                     "them).")
+        lines = [
+            "# TensorRT 11.x is strongly typed: the precision comes from the ONNX file, not from flags.",
+            "# TensorRT 11.3 and newer do not support JetPack: on a Jetson, use the TensorRT 10 script.",
+        ]
+        transfers = (
+            "# Timings include host<->device copies (--includeDataTransfers)."
+            if data_transfers
+            else "# Timings exclude host<->device copies (TensorRT 11's default; --includeDataTransfers adds them)."
+        )
     lines.append(transfers)
     if precision == "fp32":
         lines.append("# FP32 is FP32: --noTF32 (TF32 is on by default).")
     return lines
 
 
-def emit_trtexec_script(out_dir: Path, onnx_path: Path, version: int, precision: str, shapes: dict,
-                        int8_onnx: Path | None = None, *, data_transfers: bool = False) -> Path:
+def emit_trtexec_script(
+    out_dir: Path,
+    onnx_path: Path,
+    version: int,
+    precision: str,
+    shapes: dict,
+    int8_onnx: Path | None = None,
+    *,
+    data_transfers: bool = False,
+) -> Path:
     """Write ``trtexec_trt{version}_{precision}.sh`` to run on the device next to the ONNX file(s).
 
     The ONNX the script builds from is linted for ``version`` first; a file TensorRT would reject (a CPU-flavour
@@ -578,22 +697,33 @@ def emit_trtexec_script(out_dir: Path, onnx_path: Path, version: int, precision:
     lint = lint_onnx(src, major)
     if not lint.ok:
         p = lint.problems[0]
-        raise ExportError(f"{src}: TensorRT {major} would reject this ONNX ({p['node']}, {p['op']}: {p['problem']})"
-                          + ("; quantise for TensorRT (compress export --trt --precision int8)"
-                             if p["rule"].startswith(("qdq", "dq")) else ""))
+        raise ExportError(
+            f"{src}: TensorRT {major} would reject this ONNX ({p['node']}, {p['op']}: {p['problem']})"
+            + (
+                "; quantise for TensorRT (compress export --trt --precision int8)"
+                if p["rule"].startswith(("qdq", "dq"))
+                else ""
+            )
+        )
     prep = []
     if precision == "fp16" and major == 11:
         prep.append(f"# The FP16 precision comes from {src.name} (FP16 weights and compute, FP32 inputs/outputs).")
     engine = f"{Path(onnx_path).stem}.trt{major}.{precision}.plan"
     cmd = trtexec_command(src.name, major, precision, shapes, engine, data_transfers=data_transfers)
     script = Path(out_dir) / f"trtexec_trt{major}_{precision}.sh"
-    lines = ["#!/usr/bin/env bash", f"# Generated by compressor for TensorRT {major}.x, {precision}.",
-             *_script_header(major, precision, data_transfers),
-             "# Run on the target from the folder holding the ONNX file.",
-             "# Then: compress profile trtexec_times.json --backend trtexec-json  (imports the timings)",
-             "set -euo pipefail", 'cd "$(dirname "$0")"', *prep,
-             'if command -v nvpmodel >/dev/null; then nvpmodel -q || true; fi',
-             " \\\n  ".join(shlex.quote(c) for c in cmd), ""]
+    lines = [
+        "#!/usr/bin/env bash",
+        f"# Generated by compressor for TensorRT {major}.x, {precision}.",
+        *_script_header(major, precision, data_transfers),
+        "# Run on the target from the folder holding the ONNX file.",
+        "# Then: compress profile trtexec_times.json --backend trtexec-json  (imports the timings)",
+        "set -euo pipefail",
+        'cd "$(dirname "$0")"',
+        *prep,
+        "if command -v nvpmodel >/dev/null; then nvpmodel -q || true; fi",
+        " \\\n  ".join(shlex.quote(c) for c in cmd),
+        "",
+    ]
     script.write_text("\n".join(lines))
     script.chmod(0o755)
     return script

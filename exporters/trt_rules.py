@@ -10,6 +10,7 @@ submodule commit of NVIDIA/TensorRT v10.15), onnx-tensorrt's ``onnxOpImporters.c
 10.1-GA, NVIDIA/TensorRT's CHANGELOG and release notes for 11.0 and 11.5, and trtexec's ``sampleOptions.cpp`` at
 v10.0.0, v10.16 and v11.1.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,12 +27,15 @@ IMPORTER_UTILS_10_1 = f"{_OTRT}/96e781103cfc4adf4a6bb557e94bac8e693f6f4c/importe
 MODEL_IMPORTER_10_1 = f"{_OTRT}/96e781103cfc4adf4a6bb557e94bac8e693f6f4c/ModelImporter.cpp"
 TRT_CHANGELOG_11_0 = "https://github.com/NVIDIA/TensorRT/blob/v11.0/CHANGELOG.md"
 TRT_RELEASE_11_5 = "https://github.com/NVIDIA/TensorRT/releases/tag/v11.5"
-SAMPLE_OPTIONS = {10: "https://github.com/NVIDIA/TensorRT/blob/v10.0.0/samples/common/sampleOptions.cpp",
-                  "10.16": "https://github.com/NVIDIA/TensorRT/blob/v10.16/samples/common/sampleOptions.cpp",
-                  11: "https://github.com/NVIDIA/TensorRT/blob/v11.1/samples/common/sampleOptions.cpp"}
+SAMPLE_OPTIONS = {
+    10: "https://github.com/NVIDIA/TensorRT/blob/v10.0.0/samples/common/sampleOptions.cpp",
+    "10.16": "https://github.com/NVIDIA/TensorRT/blob/v10.16/samples/common/sampleOptions.cpp",
+    11: "https://github.com/NVIDIA/TensorRT/blob/v11.1/samples/common/sampleOptions.cpp",
+}
 MIGRATION_TRTEXEC = "https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x.html"
-MIGRATION_ORT = ("https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/"
-                 "tensorrt-10x-to-11x-c-api-reference.html")
+MIGRATION_ORT = (
+    "https://docs.nvidia.com/deeplearning/tensorrt/latest/api/migration/tensorrt-10x-to-11x-c-api-reference.html"
+)
 JETSON_11_3 = "https://docs.nvidia.com/deeplearning/tensorrt/11.3.0/api/migration/tensorrt-10x-to-11x-jetson.html"
 
 # ONNX Runtime's TensorRT execution provider links against TensorRT; for TensorRT 11 it needs this release or newer
@@ -61,10 +65,10 @@ def parse_version(version: int | str | tuple | Version) -> Version:
 @dataclass(frozen=True)
 class Rule:
     id: str
-    op: str                       # ONNX op type, or "model" for graph-level rules
+    op: str  # ONNX op type, or "model" for graph-level rules
     since: Version
-    until: Version | None      # last release it holds for (inclusive); None: still holds in the newest we read
-    severity: str                 # "error": the parser or builder rejects it; "warning": accepted, but changed
+    until: Version | None  # last release it holds for (inclusive); None: still holds in the newest we read
+    severity: str  # "error": the parser or builder rejects it; "warning": accepted, but changed
     text: str
     source: str
 
@@ -119,12 +123,39 @@ def _op_rules() -> list[Rule]:
     rules = []
     for item in _OPS_10_0.split():
         op, line = item.split("=")
-        rules.append(Rule(f"op-{op}", op, (10, 0), None, "supported", f"{op} is imported by the ONNX parser",
-                          f"{OPS_MD_10_0}#L{line}"))
-    rules.append(Rule("op-DeformConv", "DeformConv", (10, 1), None, "supported",
-                      "DeformConv is imported (1D or 2D spatial input, symmetric pads)", f"{OPS_MD_10_1}#L59"))
-    rules.append(Rule("op-Swish", "Swish", (11, 0), None, "supported", "Swish is imported (added in 11.0)",
-                      f"{TRT_CHANGELOG_11_0}#L17"))
+        rules.append(
+            Rule(
+                f"op-{op}",
+                op,
+                (10, 0),
+                None,
+                "supported",
+                f"{op} is imported by the ONNX parser",
+                f"{OPS_MD_10_0}#L{line}",
+            )
+        )
+    rules.append(
+        Rule(
+            "op-DeformConv",
+            "DeformConv",
+            (10, 1),
+            None,
+            "supported",
+            "DeformConv is imported (1D or 2D spatial input, symmetric pads)",
+            f"{OPS_MD_10_1}#L59",
+        )
+    )
+    rules.append(
+        Rule(
+            "op-Swish",
+            "Swish",
+            (11, 0),
+            None,
+            "supported",
+            "Swish is imported (added in 11.0)",
+            f"{TRT_CHANGELOG_11_0}#L17",
+        )
+    )
     return rules
 
 
@@ -134,41 +165,135 @@ OP_SUPPORT: list[Rule] = _op_rules()
 QUANTIZED_TYPES = {"INT8": 3, "FLOAT8E4M3FN": 17, "INT4": 22, "FLOAT4E2M1": 23}
 
 RULES: list[Rule] = [
-    Rule("dq-input-type", "DequantizeLinear", (10, 0), None, "error",
-         "DequantizeLinear's input must be INT8, FP8 or INT4 (FP4 from 10.15); an INT32 input (a bias quantised by "
-         "ONNX Runtime's QuantizeBias) or UINT8 is rejected", f"{OPS_MD_10_0}#L58"),
-    Rule("qdq-quantized-type", "QuantizeLinear", (10, 0), None, "error",
-         "TensorRT only allows FP8, INT8 and INT4 quantization", f"{IMPORTERS_10_1}#L1593-L1596"),
-    Rule("qdq-uint8", "QuantizeLinear", (10, 0), None, "error",
-         "UINT8 Q/DQ is rejected (UINT8 is only a network input/output type); quantise with signed symmetric INT8",
-         f"{IMPORTERS_10_1}#L1349-L1355"),
-    Rule("qdq-zero-point", "QuantizeLinear", (10, 0), None, "error",
-         "Q/DQ zero points must be 0 (symmetric quantisation)", f"{OPS_MD_10_0}#L138"),
-    Rule("resize-ctm", "Resize", (10, 0), None, "error",
-         "Resize coordinate_transformation_mode must be half_pixel, pytorch_half_pixel, tf_half_pixel_for_nn, "
-         "asymmetric or align_corners (half_pixel_symmetric and tf_crop_and_resize are rejected)",
-         f"{IMPORTERS_10_1}#L4475-L4478"),
-    Rule("resize-mode", "Resize", (10, 0), None, "error",
-         "Resize mode must be nearest, linear or cubic (cubic on the outer 2 dims only)", f"{IMPORTERS_10_1}#L4404"),
-    Rule("resize-aspect", "Resize", (10, 0), None, "error",
-         "Resize keep_aspect_ratio_policy must be stretch", f"{OPS_MD_10_0}#L158"),
-    Rule("resize-antialias", "Resize", (10, 0), None, "error", "Resize antialiasing is not supported",
-         f"{OPS_MD_10_0}#L158"),
-    Rule("pad-axes", "Pad", (10, 0), (10, 14), "error",
-         "Pad's axes input must be an initializer (a build-time constant); the 10.15 table no longer says so",
-         f"{OPS_MD_10_0}#L132"),
-    Rule("pad-mode", "Pad", (10, 0), None, "error", "Pad mode must be constant, reflect, edge or wrap",
-         f"{IMPORTERS_10_1}#L4035-L4046"),
-    Rule("double", "model", (10, 0), None, "warning",
-         "DOUBLE has limited support: TensorRT casts it down to FLOAT, clamping to +-FLT_MAX", f"{OPS_MD_10_0}#L9"),
-    Rule("cast-double", "Cast", (10, 0), None, "warning",
-         "Cast to DOUBLE becomes a cast to FLOAT", f"{IMPORTER_UTILS_10_1}#L318"),
-    Rule("custom-domain", "model", (10, 0), None, "error",
-         "an op outside the ONNX domain (or unknown to the parser) is imported only as a plugin, which must be "
-         "registered", f"{MODEL_IMPORTER_10_1}#L166"),
-    Rule("opset-range", "model", (10, 0), None, "error",
-         "the model's ONNX opset must be inside the range this TensorRT release documents (see OPSET_RANGES)",
-         f"{OPS_MD_10_0}#L5"),
+    Rule(
+        "dq-input-type",
+        "DequantizeLinear",
+        (10, 0),
+        None,
+        "error",
+        "DequantizeLinear's input must be INT8, FP8 or INT4 (FP4 from 10.15); an INT32 input (a bias quantised by "
+        "ONNX Runtime's QuantizeBias) or UINT8 is rejected",
+        f"{OPS_MD_10_0}#L58",
+    ),
+    Rule(
+        "qdq-quantized-type",
+        "QuantizeLinear",
+        (10, 0),
+        None,
+        "error",
+        "TensorRT only allows FP8, INT8 and INT4 quantization",
+        f"{IMPORTERS_10_1}#L1593-L1596",
+    ),
+    Rule(
+        "qdq-uint8",
+        "QuantizeLinear",
+        (10, 0),
+        None,
+        "error",
+        "UINT8 Q/DQ is rejected (UINT8 is only a network input/output type); quantise with signed symmetric INT8",
+        f"{IMPORTERS_10_1}#L1349-L1355",
+    ),
+    Rule(
+        "qdq-zero-point",
+        "QuantizeLinear",
+        (10, 0),
+        None,
+        "error",
+        "Q/DQ zero points must be 0 (symmetric quantisation)",
+        f"{OPS_MD_10_0}#L138",
+    ),
+    Rule(
+        "resize-ctm",
+        "Resize",
+        (10, 0),
+        None,
+        "error",
+        "Resize coordinate_transformation_mode must be half_pixel, pytorch_half_pixel, tf_half_pixel_for_nn, "
+        "asymmetric or align_corners (half_pixel_symmetric and tf_crop_and_resize are rejected)",
+        f"{IMPORTERS_10_1}#L4475-L4478",
+    ),
+    Rule(
+        "resize-mode",
+        "Resize",
+        (10, 0),
+        None,
+        "error",
+        "Resize mode must be nearest, linear or cubic (cubic on the outer 2 dims only)",
+        f"{IMPORTERS_10_1}#L4404",
+    ),
+    Rule(
+        "resize-aspect",
+        "Resize",
+        (10, 0),
+        None,
+        "error",
+        "Resize keep_aspect_ratio_policy must be stretch",
+        f"{OPS_MD_10_0}#L158",
+    ),
+    Rule(
+        "resize-antialias",
+        "Resize",
+        (10, 0),
+        None,
+        "error",
+        "Resize antialiasing is not supported",
+        f"{OPS_MD_10_0}#L158",
+    ),
+    Rule(
+        "pad-axes",
+        "Pad",
+        (10, 0),
+        (10, 14),
+        "error",
+        "Pad's axes input must be an initializer (a build-time constant); the 10.15 table no longer says so",
+        f"{OPS_MD_10_0}#L132",
+    ),
+    Rule(
+        "pad-mode",
+        "Pad",
+        (10, 0),
+        None,
+        "error",
+        "Pad mode must be constant, reflect, edge or wrap",
+        f"{IMPORTERS_10_1}#L4035-L4046",
+    ),
+    Rule(
+        "double",
+        "model",
+        (10, 0),
+        None,
+        "warning",
+        "DOUBLE has limited support: TensorRT casts it down to FLOAT, clamping to +-FLT_MAX",
+        f"{OPS_MD_10_0}#L9",
+    ),
+    Rule(
+        "cast-double",
+        "Cast",
+        (10, 0),
+        None,
+        "warning",
+        "Cast to DOUBLE becomes a cast to FLOAT",
+        f"{IMPORTER_UTILS_10_1}#L318",
+    ),
+    Rule(
+        "custom-domain",
+        "model",
+        (10, 0),
+        None,
+        "error",
+        "an op outside the ONNX domain (or unknown to the parser) is imported only as a plugin, which must be "
+        "registered",
+        f"{MODEL_IMPORTER_10_1}#L166",
+    ),
+    Rule(
+        "opset-range",
+        "model",
+        (10, 0),
+        None,
+        "error",
+        "the model's ONNX opset must be inside the range this TensorRT release documents (see OPSET_RANGES)",
+        f"{OPS_MD_10_0}#L5",
+    ),
 ]
 
 
@@ -190,9 +315,9 @@ def opset_range(version: int | str | tuple) -> OpsetRange:
 @dataclass(frozen=True)
 class TrtexecOption:
     flag: str
-    accepted: dict          # major -> "yes" | "no-op" (parsed, warns, does nothing) | "no" (not an option)
+    accepted: dict  # major -> "yes" | "no-op" (parsed, warns, does nothing) | "no" (not an option)
     text: str
-    sources: dict           # major -> URL of the line that parses it
+    sources: dict  # major -> URL of the line that parses it
 
 
 def _src(major, line):
@@ -200,45 +325,112 @@ def _src(major, line):
 
 
 # Read in sampleOptions.cpp: v10.0.0 (and the same flags at v10.16) and v11.1. Line numbers are those files'.
-TRTEXEC_OPTIONS: dict[str, TrtexecOption] = {o.flag: o for o in [
-    TrtexecOption("--onnx", {10: "yes", 11: "yes"}, "ONNX model to build", {10: _src(10, 965), 11: _src(11, 1012)}),
-    TrtexecOption("--saveEngine", {10: "yes", 11: "yes"}, "write the serialized engine",
-                  {10: _src(10, 1322), 11: _src(11, 1279)}),
-    TrtexecOption("--minShapes", {10: "yes", 11: "yes"}, "optimisation profile minimum",
-                  {10: _src(10, 693), 11: _src(11, 669)}),
-    TrtexecOption("--optShapes", {10: "yes", 11: "yes"}, "optimisation profile optimum",
-                  {10: _src(10, 703), 11: _src(11, 679)}),
-    TrtexecOption("--maxShapes", {10: "yes", 11: "yes"}, "optimisation profile maximum",
-                  {10: _src(10, 698), 11: _src(11, 674)}),
-    TrtexecOption("--shapes", {10: "yes", 11: "yes"}, "inference shapes", {10: _src(10, 1576), 11: _src(11, 1810)}),
-    TrtexecOption("--timingCacheFile", {10: "yes", 11: "yes"}, "reuse the timing cache",
-                  {10: _src(10, 1403), 11: _src(11, 1353)}),
-    TrtexecOption("--exportTimes", {10: "yes", 11: "yes"}, "per-inference timings as JSON",
-                  {10: _src(10, 1629), 11: _src(11, 1867)}),
-    TrtexecOption("--exportOutput", {10: "yes", 11: "yes"}, "outputs as JSON", {10: _src(10, 1630), 11: _src(11, 1868)}),
-    TrtexecOption("--exportProfile", {10: "yes", 11: "yes"}, "per-layer profile as JSON",
-                  {10: _src(10, 1631), 11: _src(11, 1869)}),
-    TrtexecOption("--warmUp", {10: "yes", 11: "yes"}, "warm-up time in ms", {10: _src(10, 1553), 11: _src(11, 1676)}),
-    TrtexecOption("--duration", {10: "yes", 11: "yes"}, "timed run length in s",
-                  {10: _src(10, 1552), 11: _src(11, 1675)}),
-    TrtexecOption("--noTF32", {10: "yes", 11: "yes"}, "disable TF32 (on by default in both)",
-                  {10: _src(10, 1196), 11: _src(11, 1213)}),
-    TrtexecOption("--fp16", {10: "yes", 11: "no"}, "enable FP16 kernels (weak typing; removed in 11)",
-                  {10: _src(10, 1197), 11: MIGRATION_TRTEXEC}),
-    TrtexecOption("--int8", {10: "yes", 11: "no"}, "enable INT8 kernels (weak typing; in 11 only for --safe builds)",
-                  {10: _src(10, 1199), 11: MIGRATION_TRTEXEC}),
-    TrtexecOption("--stronglyTyped", {10: "yes", 11: "no-op"}, "strongly typed network (the only mode in 11)",
-                  {10: _src(10, 1201), 11: _src(11, 1214)}),
-    TrtexecOption("--noDataTransfers", {10: "yes", 11: "no-op"},
-                  "time without host<->device copies (10: copies are timed by default; 11: never timed by default)",
-                  {10: _src(10, 1561), 11: _src(11, 1690)}),
-    TrtexecOption("--includeDataTransfers", {10: "no", 11: "yes"}, "time host<->device copies (11 only)",
-                  {10: SAMPLE_OPTIONS[10], 11: _src(11, 1696)}),
-    TrtexecOption("--useCudaGraph", {10: "yes", 11: "no-op"}, "CUDA graph launch (the default in 11)",
-                  {10: _src(10, 1565), 11: _src(11, 1710)}),
-    TrtexecOption("--separateProfileRun", {10: "yes", 11: "no-op"}, "profile in a separate run (always in 11)",
-                  {10: _src(10, 1566), 11: _src(11, 1722)}),
-]}
+TRTEXEC_OPTIONS: dict[str, TrtexecOption] = {
+    o.flag: o
+    for o in [
+        TrtexecOption("--onnx", {10: "yes", 11: "yes"}, "ONNX model to build", {10: _src(10, 965), 11: _src(11, 1012)}),
+        TrtexecOption(
+            "--saveEngine",
+            {10: "yes", 11: "yes"},
+            "write the serialized engine",
+            {10: _src(10, 1322), 11: _src(11, 1279)},
+        ),
+        TrtexecOption(
+            "--minShapes",
+            {10: "yes", 11: "yes"},
+            "optimisation profile minimum",
+            {10: _src(10, 693), 11: _src(11, 669)},
+        ),
+        TrtexecOption(
+            "--optShapes",
+            {10: "yes", 11: "yes"},
+            "optimisation profile optimum",
+            {10: _src(10, 703), 11: _src(11, 679)},
+        ),
+        TrtexecOption(
+            "--maxShapes",
+            {10: "yes", 11: "yes"},
+            "optimisation profile maximum",
+            {10: _src(10, 698), 11: _src(11, 674)},
+        ),
+        TrtexecOption("--shapes", {10: "yes", 11: "yes"}, "inference shapes", {10: _src(10, 1576), 11: _src(11, 1810)}),
+        TrtexecOption(
+            "--timingCacheFile",
+            {10: "yes", 11: "yes"},
+            "reuse the timing cache",
+            {10: _src(10, 1403), 11: _src(11, 1353)},
+        ),
+        TrtexecOption(
+            "--exportTimes",
+            {10: "yes", 11: "yes"},
+            "per-inference timings as JSON",
+            {10: _src(10, 1629), 11: _src(11, 1867)},
+        ),
+        TrtexecOption(
+            "--exportOutput", {10: "yes", 11: "yes"}, "outputs as JSON", {10: _src(10, 1630), 11: _src(11, 1868)}
+        ),
+        TrtexecOption(
+            "--exportProfile",
+            {10: "yes", 11: "yes"},
+            "per-layer profile as JSON",
+            {10: _src(10, 1631), 11: _src(11, 1869)},
+        ),
+        TrtexecOption(
+            "--warmUp", {10: "yes", 11: "yes"}, "warm-up time in ms", {10: _src(10, 1553), 11: _src(11, 1676)}
+        ),
+        TrtexecOption(
+            "--duration", {10: "yes", 11: "yes"}, "timed run length in s", {10: _src(10, 1552), 11: _src(11, 1675)}
+        ),
+        TrtexecOption(
+            "--noTF32",
+            {10: "yes", 11: "yes"},
+            "disable TF32 (on by default in both)",
+            {10: _src(10, 1196), 11: _src(11, 1213)},
+        ),
+        TrtexecOption(
+            "--fp16",
+            {10: "yes", 11: "no"},
+            "enable FP16 kernels (weak typing; removed in 11)",
+            {10: _src(10, 1197), 11: MIGRATION_TRTEXEC},
+        ),
+        TrtexecOption(
+            "--int8",
+            {10: "yes", 11: "no"},
+            "enable INT8 kernels (weak typing; in 11 only for --safe builds)",
+            {10: _src(10, 1199), 11: MIGRATION_TRTEXEC},
+        ),
+        TrtexecOption(
+            "--stronglyTyped",
+            {10: "yes", 11: "no-op"},
+            "strongly typed network (the only mode in 11)",
+            {10: _src(10, 1201), 11: _src(11, 1214)},
+        ),
+        TrtexecOption(
+            "--noDataTransfers",
+            {10: "yes", 11: "no-op"},
+            "time without host<->device copies (10: copies are timed by default; 11: never timed by default)",
+            {10: _src(10, 1561), 11: _src(11, 1690)},
+        ),
+        TrtexecOption(
+            "--includeDataTransfers",
+            {10: "no", 11: "yes"},
+            "time host<->device copies (11 only)",
+            {10: SAMPLE_OPTIONS[10], 11: _src(11, 1696)},
+        ),
+        TrtexecOption(
+            "--useCudaGraph",
+            {10: "yes", 11: "no-op"},
+            "CUDA graph launch (the default in 11)",
+            {10: _src(10, 1565), 11: _src(11, 1710)},
+        ),
+        TrtexecOption(
+            "--separateProfileRun",
+            {10: "yes", 11: "no-op"},
+            "profile in a separate run (always in 11)",
+            {10: _src(10, 1566), 11: _src(11, 1722)},
+        ),
+    ]
+}
 
 
 # Every option name each trtexec parses: the string literals its sampleOptions.cpp hands to the option parsers, at
@@ -310,7 +502,7 @@ TRTEXEC_PARSED: dict[str, frozenset] = {
 
 
 def trtexec_accepts(flag: str, major: int) -> str:
-    """"yes", "no-op" or "no" for ``--flag[=value]`` in trtexec ``major``; unknown flags raise KeyError."""
+    """ "yes", "no-op" or "no" for ``--flag[=value]`` in trtexec ``major``; unknown flags raise KeyError."""
     return TRTEXEC_OPTIONS[flag.split("=", 1)[0]].accepted[major]
 
 
@@ -347,5 +539,7 @@ def ort_tensorrt_problem(ort_version: str, trt: Version | None = None) -> str:
         return ""
     if have >= need:
         return ""
-    return (f"ONNX Runtime {ort_version} cannot drive TensorRT {trt[0]}.{trt[1]}: its TensorRT execution provider "
-            f"needs ONNX Runtime >= {need[0]}.{need[1]} ({source}); pip install -U onnxruntime-gpu")
+    return (
+        f"ONNX Runtime {ort_version} cannot drive TensorRT {trt[0]}.{trt[1]}: its TensorRT execution provider "
+        f"needs ONNX Runtime >= {need[0]}.{need[1]} ({source}); pip install -U onnxruntime-gpu"
+    )

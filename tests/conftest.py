@@ -58,5 +58,11 @@ def run_cli(args, cwd=None, timeout=600, env=None):
     e.setdefault("OMP_NUM_THREADS", "2")
     if env:
         e.update(env)
-    return subprocess.run([sys.executable, "-m", "compressor"] + [str(a) for a in args], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout, env=e)
+    return subprocess.run(
+        [sys.executable, "-m", "compressor"] + [str(a) for a in args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=e,
+    )

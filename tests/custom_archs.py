@@ -1,5 +1,6 @@
 """Non-zoo generators for the prune tests: depthwise-separable + InstanceNorm, PixelShuffle upsampling, and a
 U-Net-style concatenation with an attention-like multiply."""
+
 import torch
 import torch.nn as nn
 
@@ -9,10 +10,15 @@ class DepthwiseSeparableNet(nn.Module):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, ch, 3, padding=1), nn.InstanceNorm2d(ch), nn.ReLU())
         self.down = nn.Sequential(nn.Conv2d(ch, ch * 2, 3, stride=2, padding=1), nn.InstanceNorm2d(ch * 2), nn.ReLU())
-        self.dw = nn.Sequential(nn.Conv2d(ch * 2, ch * 2, 3, padding=1, groups=ch * 2), nn.Conv2d(ch * 2, ch * 2, 1),
-                                nn.InstanceNorm2d(ch * 2), nn.ReLU())
-        self.up = nn.Sequential(nn.ConvTranspose2d(ch * 2, ch, 4, stride=2, padding=1), nn.InstanceNorm2d(ch),
-                                nn.ReLU())
+        self.dw = nn.Sequential(
+            nn.Conv2d(ch * 2, ch * 2, 3, padding=1, groups=ch * 2),
+            nn.Conv2d(ch * 2, ch * 2, 1),
+            nn.InstanceNorm2d(ch * 2),
+            nn.ReLU(),
+        )
+        self.up = nn.Sequential(
+            nn.ConvTranspose2d(ch * 2, ch, 4, stride=2, padding=1), nn.InstanceNorm2d(ch), nn.ReLU()
+        )
         self.head = nn.Conv2d(ch, 3, 3, padding=1)
 
     def forward(self, x):
@@ -24,8 +30,14 @@ class DepthwiseSeparableNet(nn.Module):
 class PixelShuffleNet(nn.Module):
     def __init__(self, ch=32):
         super().__init__()
-        self.enc = nn.Sequential(nn.Conv2d(3, ch, 3, stride=2, padding=1), nn.BatchNorm2d(ch), nn.ReLU(),
-                                 nn.Conv2d(ch, ch * 2, 3, padding=1), nn.BatchNorm2d(ch * 2), nn.ReLU())
+        self.enc = nn.Sequential(
+            nn.Conv2d(3, ch, 3, stride=2, padding=1),
+            nn.BatchNorm2d(ch),
+            nn.ReLU(),
+            nn.Conv2d(ch, ch * 2, 3, padding=1),
+            nn.BatchNorm2d(ch * 2),
+            nn.ReLU(),
+        )
         self.up = nn.Sequential(nn.Conv2d(ch * 2, ch * 4, 3, padding=1), nn.PixelShuffle(2), nn.ReLU())
         self.head = nn.Conv2d(ch, 3, 3, padding=1)
 

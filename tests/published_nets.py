@@ -17,6 +17,7 @@ state_dict keys match the released checkpoints), with random weights and small w
 * ``InvertedResidualNet``, ``GroupedConvNet``, ``SEUNet``: MobileNetV2 inverted residuals, grouped (not depthwise)
   convolutions and squeeze-excitation gating, each as such blocks are usually written.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,15 +31,36 @@ import torch.nn.functional as F
 
 
 class SeparableConv2d(nn.Module):
-    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, norm_layer=nn.InstanceNorm2d,
-                 use_bias=True, scale_factor=1):
+    def __init__(
+        self,
+        in_channels,
+        out_channels,
+        kernel_size,
+        stride=1,
+        padding=0,
+        norm_layer=nn.InstanceNorm2d,
+        use_bias=True,
+        scale_factor=1,
+    ):
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(in_channels=in_channels, out_channels=in_channels * scale_factor, kernel_size=kernel_size,
-                      stride=stride, padding=padding, groups=in_channels, bias=use_bias),
+            nn.Conv2d(
+                in_channels=in_channels,
+                out_channels=in_channels * scale_factor,
+                kernel_size=kernel_size,
+                stride=stride,
+                padding=padding,
+                groups=in_channels,
+                bias=use_bias,
+            ),
             norm_layer(in_channels),
-            nn.Conv2d(in_channels=in_channels * scale_factor, out_channels=out_channels, kernel_size=1, stride=1,
-                      bias=use_bias),
+            nn.Conv2d(
+                in_channels=in_channels * scale_factor,
+                out_channels=out_channels,
+                kernel_size=1,
+                stride=1,
+                bias=use_bias,
+            ),
         )
 
     def forward(self, x):
@@ -51,13 +73,18 @@ class MobileResnetBlock(nn.Module):
         self.conv_block = self.build_conv_block(ic, oc, padding_type, norm_layer, dropout_rate, use_bias)
 
     def build_conv_block(self, ic, oc, padding_type, norm_layer, dropout_rate, use_bias):
-        conv_block = [nn.ReflectionPad2d(1), SeparableConv2d(in_channels=ic, out_channels=oc, kernel_size=3,
-                                                             padding=0, stride=1),
-                      norm_layer(oc), nn.ReLU(True)]
+        conv_block = [
+            nn.ReflectionPad2d(1),
+            SeparableConv2d(in_channels=ic, out_channels=oc, kernel_size=3, padding=0, stride=1),
+            norm_layer(oc),
+            nn.ReLU(True),
+        ]
         conv_block += [nn.Dropout(dropout_rate)]
-        conv_block += [nn.ReflectionPad2d(1), SeparableConv2d(in_channels=oc, out_channels=ic, kernel_size=3,
-                                                              padding=0, stride=1),
-                       norm_layer(oc)]  # declares oc, receives ic: as published
+        conv_block += [
+            nn.ReflectionPad2d(1),
+            SeparableConv2d(in_channels=oc, out_channels=ic, kernel_size=3, padding=0, stride=1),
+            norm_layer(oc),
+        ]  # declares oc, receives ic: as published
         return nn.Sequential(*conv_block)
 
     def forward(self, x):
@@ -65,38 +92,64 @@ class MobileResnetBlock(nn.Module):
 
 
 class SubMobileResnetGenerator(nn.Module):
-    def __init__(self, input_nc=3, output_nc=3, config=None, norm_layer=nn.InstanceNorm2d, dropout_rate=0,
-                 n_blocks=9, padding_type="reflect"):
+    def __init__(
+        self,
+        input_nc=3,
+        output_nc=3,
+        config=None,
+        norm_layer=nn.InstanceNorm2d,
+        dropout_rate=0,
+        n_blocks=9,
+        padding_type="reflect",
+    ):
         super().__init__()
         config = config or {"channels": [16, 24, 16, 32, 16, 16]}
         if type(norm_layer) == functools.partial:  # noqa: E721 - as published
             use_bias = norm_layer.func == nn.InstanceNorm2d
         else:
             use_bias = norm_layer == nn.InstanceNorm2d
-        model = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, config["channels"][0], kernel_size=7, padding=0,
-                                                  bias=use_bias),
-                 norm_layer(config["channels"][0]), nn.ReLU(True)]
+        model = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, config["channels"][0], kernel_size=7, padding=0, bias=use_bias),
+            norm_layer(config["channels"][0]),
+            nn.ReLU(True),
+        ]
         n_downsampling = 2
         for i in range(n_downsampling):
-            mult = 2 ** i
+            mult = 2**i
             ic = config["channels"][i]
             oc = config["channels"][i + 1]
-            model += [nn.Conv2d(ic * mult, oc * mult * 2, kernel_size=3, stride=2, padding=1, bias=use_bias),
-                      norm_layer(ic * mult * 2), nn.ReLU(True)]
-        mult = 2 ** n_downsampling
+            model += [
+                nn.Conv2d(ic * mult, oc * mult * 2, kernel_size=3, stride=2, padding=1, bias=use_bias),
+                norm_layer(ic * mult * 2),
+                nn.ReLU(True),
+            ]
+        mult = 2**n_downsampling
         ic = config["channels"][2]
         for i in range(n_blocks):
             offset = 0 if len(config["channels"]) == 6 else i // 3
             oc = config["channels"][offset + 3]
-            model += [MobileResnetBlock(ic * mult, oc * mult, padding_type=padding_type, norm_layer=norm_layer,
-                                        dropout_rate=dropout_rate, use_bias=use_bias)]
+            model += [
+                MobileResnetBlock(
+                    ic * mult,
+                    oc * mult,
+                    padding_type=padding_type,
+                    norm_layer=norm_layer,
+                    dropout_rate=dropout_rate,
+                    use_bias=use_bias,
+                )
+            ]
         offset = 4 if len(config["channels"]) == 6 else 6
         for i in range(n_downsampling):
             oc = config["channels"][offset + i]
             mult = 2 ** (n_downsampling - i)
-            model += [nn.ConvTranspose2d(ic * mult, int(oc * mult / 2), kernel_size=3, stride=2, padding=1,
-                                         output_padding=1, bias=use_bias),
-                      norm_layer(int(oc * mult / 2)), nn.ReLU(True)]
+            model += [
+                nn.ConvTranspose2d(
+                    ic * mult, int(oc * mult / 2), kernel_size=3, stride=2, padding=1, output_padding=1, bias=use_bias
+                ),
+                norm_layer(int(oc * mult / 2)),
+                nn.ReLU(True),
+            ]
             ic = oc
         model += [nn.ReflectionPad2d(3), nn.Conv2d(ic, output_nc, kernel_size=7, padding=0), nn.Tanh()]
         self.model = nn.Sequential(*model)
@@ -330,9 +383,14 @@ def make_rrdbnet(num_feat=32, num_block=1, num_grow_ch=16, scale=4):
 class conv_block(nn.Module):  # noqa: N801 - published name
     def __init__(self, ch_in, ch_out):
         super().__init__()
-        self.conv = nn.Sequential(nn.Conv2d(ch_in, ch_out, 3, 1, 1, bias=True), nn.BatchNorm2d(ch_out),
-                                  nn.ReLU(inplace=True), nn.Conv2d(ch_out, ch_out, 3, 1, 1, bias=True),
-                                  nn.BatchNorm2d(ch_out), nn.ReLU(inplace=True))
+        self.conv = nn.Sequential(
+            nn.Conv2d(ch_in, ch_out, 3, 1, 1, bias=True),
+            nn.BatchNorm2d(ch_out),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(ch_out, ch_out, 3, 1, 1, bias=True),
+            nn.BatchNorm2d(ch_out),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x):
         return self.conv(x)
@@ -341,8 +399,12 @@ class conv_block(nn.Module):  # noqa: N801 - published name
 class up_conv(nn.Module):  # noqa: N801
     def __init__(self, ch_in, ch_out):
         super().__init__()
-        self.up = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(ch_in, ch_out, 3, 1, 1, bias=True),
-                                nn.BatchNorm2d(ch_out), nn.ReLU(inplace=True))
+        self.up = nn.Sequential(
+            nn.Upsample(scale_factor=2),
+            nn.Conv2d(ch_in, ch_out, 3, 1, 1, bias=True),
+            nn.BatchNorm2d(ch_out),
+            nn.ReLU(inplace=True),
+        )
 
     def forward(self, x):
         return self.up(x)
@@ -408,10 +470,15 @@ class InvertedResidual(nn.Module):
         hidden = inp * expand_ratio
         self.use_res_connect = inp == oup
         self.conv = nn.Sequential(
-            nn.Conv2d(inp, hidden, 1, 1, 0, bias=False), nn.InstanceNorm2d(hidden, affine=True), nn.ReLU6(True),
-            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False), nn.InstanceNorm2d(hidden, affine=True),
+            nn.Conv2d(inp, hidden, 1, 1, 0, bias=False),
+            nn.InstanceNorm2d(hidden, affine=True),
             nn.ReLU6(True),
-            nn.Conv2d(hidden, oup, 1, 1, 0, bias=False), nn.InstanceNorm2d(oup, affine=True))
+            nn.Conv2d(hidden, hidden, 3, 1, 1, groups=hidden, bias=False),
+            nn.InstanceNorm2d(hidden, affine=True),
+            nn.ReLU6(True),
+            nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
+            nn.InstanceNorm2d(oup, affine=True),
+        )
 
     def forward(self, x):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
@@ -420,13 +487,24 @@ class InvertedResidual(nn.Module):
 class InvertedResidualNet(nn.Module):
     def __init__(self, ch=32, n_blocks=3, expand=4):
         super().__init__()
-        self.stem = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(3, ch, 7), nn.InstanceNorm2d(ch, affine=True),
-                                  nn.ReLU(True), nn.Conv2d(ch, 2 * ch, 3, 2, 1),
-                                  nn.InstanceNorm2d(2 * ch, affine=True), nn.ReLU(True))
+        self.stem = nn.Sequential(
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(3, ch, 7),
+            nn.InstanceNorm2d(ch, affine=True),
+            nn.ReLU(True),
+            nn.Conv2d(ch, 2 * ch, 3, 2, 1),
+            nn.InstanceNorm2d(2 * ch, affine=True),
+            nn.ReLU(True),
+        )
         self.blocks = nn.Sequential(*[InvertedResidual(2 * ch, 2 * ch, expand) for _ in range(n_blocks)])
-        self.head = nn.Sequential(nn.ConvTranspose2d(2 * ch, ch, 3, 2, 1, output_padding=1),
-                                  nn.InstanceNorm2d(ch, affine=True), nn.ReLU(True), nn.ReflectionPad2d(3),
-                                  nn.Conv2d(ch, 3, 7), nn.Tanh())
+        self.head = nn.Sequential(
+            nn.ConvTranspose2d(2 * ch, ch, 3, 2, 1, output_padding=1),
+            nn.InstanceNorm2d(ch, affine=True),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(ch, 3, 7),
+            nn.Tanh(),
+        )
 
     def forward(self, x):
         return self.head(self.blocks(self.stem(x)))
@@ -441,10 +519,16 @@ class GroupedConvNet(nn.Module):
     def __init__(self, ch=32, groups=4, n_blocks=2):
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, ch, 3, 1, 1), nn.GroupNorm(groups, ch), nn.ReLU(True))
-        self.blocks = nn.ModuleList(nn.Sequential(nn.Conv2d(ch, ch, 3, 1, 1, groups=groups),
-                                                  nn.GroupNorm(groups, ch), nn.ReLU(True),
-                                                  nn.Conv2d(ch, ch, 1), nn.GroupNorm(groups, ch))
-                                    for _ in range(n_blocks))
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.Conv2d(ch, ch, 3, 1, 1, groups=groups),
+                nn.GroupNorm(groups, ch),
+                nn.ReLU(True),
+                nn.Conv2d(ch, ch, 1),
+                nn.GroupNorm(groups, ch),
+            )
+            for _ in range(n_blocks)
+        )
         self.out = nn.Conv2d(ch, 3, 3, 1, 1)
 
     def forward(self, x):
@@ -461,8 +545,12 @@ class SELayer(nn.Module):
     def __init__(self, channel, reduction=4):
         super().__init__()
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Sequential(nn.Conv2d(channel, channel // reduction, 1), nn.ReLU(inplace=True),
-                                nn.Conv2d(channel // reduction, channel, 1), nn.Sigmoid())
+        self.fc = nn.Sequential(
+            nn.Conv2d(channel, channel // reduction, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channel // reduction, channel, 1),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x):
         return x * self.fc(self.avg_pool(x))
@@ -472,12 +560,15 @@ class SEUNet(nn.Module):
     def __init__(self, ch=32):
         super().__init__()
         self.enc1 = nn.Sequential(nn.Conv2d(3, ch, 3, 1, 1), nn.BatchNorm2d(ch), nn.LeakyReLU(0.2))
-        self.enc2 = nn.Sequential(nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.BatchNorm2d(2 * ch), nn.LeakyReLU(0.2),
-                                  SELayer(2 * ch))
-        self.dec2 = nn.Sequential(nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1), nn.BatchNorm2d(ch), nn.ReLU(True),
-                                  SELayer(ch))
-        self.dec1 = nn.Sequential(nn.Conv2d(2 * ch, ch, 3, 1, 1), nn.BatchNorm2d(ch), nn.ReLU(True),
-                                  nn.Conv2d(ch, 3, 3, 1, 1), nn.Tanh())
+        self.enc2 = nn.Sequential(
+            nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.BatchNorm2d(2 * ch), nn.LeakyReLU(0.2), SELayer(2 * ch)
+        )
+        self.dec2 = nn.Sequential(
+            nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1), nn.BatchNorm2d(ch), nn.ReLU(True), SELayer(ch)
+        )
+        self.dec1 = nn.Sequential(
+            nn.Conv2d(2 * ch, ch, 3, 1, 1), nn.BatchNorm2d(ch), nn.ReLU(True), nn.Conv2d(ch, 3, 3, 1, 1), nn.Tanh()
+        )
 
     def forward(self, x):
         e1 = self.enc1(x)
@@ -571,7 +662,7 @@ class ModulatedConv2d(nn.Module):
         super().__init__()
         self.eps = 1e-8
         self.kernel_size, self.in_channel, self.out_channel = kernel_size, in_channel, out_channel
-        fan_in = in_channel * kernel_size ** 2
+        fan_in = in_channel * kernel_size**2
         self.scale = 1 / math.sqrt(fan_in)
         self.padding = kernel_size // 2
         self.weight = nn.Parameter(torch.randn(1, out_channel, in_channel, kernel_size, kernel_size))
@@ -596,12 +687,14 @@ class StyledImageNet(nn.Module):
 
     def __init__(self, ch=32, style_dim=16):
         super().__init__()
-        self.enc = nn.Sequential(nn.Conv2d(3, ch, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, 3, 1, 1),
-                                 nn.LeakyReLU(0.2))
+        self.enc = nn.Sequential(
+            nn.Conv2d(3, ch, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, 3, 1, 1), nn.LeakyReLU(0.2)
+        )
         self.to_style = nn.Linear(ch, style_dim)
         self.conv = ModulatedConv2d(ch, ch, 3, style_dim)
-        self.dec = nn.Sequential(nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, 3, 1, 1), nn.LeakyReLU(0.2),
-                                 nn.Conv2d(ch, 3, 3, 1, 1))
+        self.dec = nn.Sequential(
+            nn.LeakyReLU(0.2), nn.Conv2d(ch, ch, 3, 1, 1), nn.LeakyReLU(0.2), nn.Conv2d(ch, 3, 3, 1, 1)
+        )
 
     def forward(self, x):
         h = self.enc(x)
@@ -617,11 +710,21 @@ class AffineEncoderDecoder(nn.Module):
 
     def __init__(self, ch=32):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Conv2d(3, ch, 3, 1, 1), nn.InstanceNorm2d(ch, affine=True), nn.ReLU(True),
-                                     nn.Conv2d(ch, 2 * ch, 4, 2, 1), nn.InstanceNorm2d(2 * ch, affine=True),
-                                     nn.ReLU(True))
-        self.decoder = nn.Sequential(nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1), nn.InstanceNorm2d(ch, affine=True),
-                                     nn.ReLU(True), nn.Conv2d(ch, 3, 3, 1, 1), nn.Tanh())
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, ch, 3, 1, 1),
+            nn.InstanceNorm2d(ch, affine=True),
+            nn.ReLU(True),
+            nn.Conv2d(ch, 2 * ch, 4, 2, 1),
+            nn.InstanceNorm2d(2 * ch, affine=True),
+            nn.ReLU(True),
+        )
+        self.decoder = nn.Sequential(
+            nn.ConvTranspose2d(2 * ch, ch, 4, 2, 1),
+            nn.InstanceNorm2d(ch, affine=True),
+            nn.ReLU(True),
+            nn.Conv2d(ch, 3, 3, 1, 1),
+            nn.Tanh(),
+        )
 
     def forward(self, x):
         return self.decoder(self.encoder(x))

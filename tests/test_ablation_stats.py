@@ -1,5 +1,6 @@
 """The ablation's statistics against hand-computed cases: paired differences, two-level bootstrap, KID, verdicts,
 convergence."""
+
 import sys
 from pathlib import Path
 
@@ -110,10 +111,13 @@ def test_fid_from_grams_equals_fid_on_repeated_rows():
     assert got == pytest.approx(want, rel=1e-9, abs=1e-9)
 
 
-@pytest.mark.parametrize("curve,expect", [
-    (np.r_[np.linspace(10, 2, 80), np.full(20, 2.0)], True),       # decayed, then flat
-    (np.linspace(10, 2, 100), False),                                # still falling through the last 20%
-])
+@pytest.mark.parametrize(
+    "curve,expect",
+    [
+        (np.r_[np.linspace(10, 2, 80), np.full(20, 2.0)], True),  # decayed, then flat
+        (np.linspace(10, 2, 100), False),  # still falling through the last 20%
+    ],
+)
 def test_convergence(curve, expect):
     steps = np.arange(1, 101) * 50
     c = st.convergence(steps, curve, tail=0.2, tol=0.05)
@@ -158,7 +162,9 @@ def test_docs_block_is_replaced_in_place(tmp_path):
     import ablation
 
     md = tmp_path / "results.md"
-    md.write_text("# Results\n\nintro\n\n<!-- ablation:cpu-long:begin -->\npending\n<!-- ablation:cpu-long:end -->\n\ntail\n")
+    md.write_text(
+        "# Results\n\nintro\n\n<!-- ablation:cpu-long:begin -->\npending\n<!-- ablation:cpu-long:end -->\n\ntail\n"
+    )
     ablation.write_docs_block("cpu-long", "| table |", md)
     text = md.read_text()
     assert "pending" not in text and "| table |" in text and text.endswith("tail\n") and text.startswith("# Results")

@@ -1,4 +1,5 @@
 """The layers point one way: an AST walk of the package's own imports (module level and inside functions)."""
+
 from __future__ import annotations
 
 import ast
@@ -10,8 +11,18 @@ PACKAGES = ("compressor", "exporters")
 # imports inside function bodies: about 170 before the layers were untangled; only optional heavy dependencies
 # (tensorrt, onnxruntime, onnx in the lint, matplotlib, FID weights) and torch in the ONNX Runtime worker stay lazy
 MAX_FUNCTION_LEVEL_IMPORTS = 85
-LIBRARY = ("compressor.models", "compressor.slim", "compressor.features", "compressor.losses", "compressor.train",
-           "compressor.data", "compressor.metrics", "compressor.complexity", "compressor.io", "compressor.errors")
+LIBRARY = (
+    "compressor.models",
+    "compressor.slim",
+    "compressor.features",
+    "compressor.losses",
+    "compressor.train",
+    "compressor.data",
+    "compressor.metrics",
+    "compressor.complexity",
+    "compressor.io",
+    "compressor.errors",
+)
 UPPER = ("compressor.cli", "compressor.pipeline", "compressor.stages", "compressor.runfolder", "compressor.worker")
 
 
@@ -120,8 +131,14 @@ def test_no_import_cycles():
 
 def test_exporters_are_a_leaf():
     graph = _graph()
-    forbidden = {"compressor.pipeline", "compressor.stages", "compressor.runfolder", "compressor.recipe",
-                 "compressor.cli", "compressor.worker"}
+    forbidden = {
+        "compressor.pipeline",
+        "compressor.stages",
+        "compressor.runfolder",
+        "compressor.recipe",
+        "compressor.cli",
+        "compressor.worker",
+    }
     for mod, deps in graph.items():
         if mod.startswith("exporters"):
             assert not deps & forbidden, (mod, deps & forbidden)
@@ -140,20 +157,33 @@ def test_library_never_imports_upward():
         if mod.startswith(LIBRARY):
             assert not _reaches(graph, mod) & set(UPPER), (mod, _reaches(graph, mod) & set(UPPER))
     # the pipeline keeps to stage order: it reaches the library only through the stages and the run folder
-    assert graph["compressor.pipeline"] <= {"compressor.errors", "compressor.io", "compressor.recipe", "compressor.lock",
-                                            "compressor.resume",
-                                            "compressor.runfolder", "compressor.stages"}
+    assert graph["compressor.pipeline"] <= {
+        "compressor.errors",
+        "compressor.io",
+        "compressor.recipe",
+        "compressor.lock",
+        "compressor.resume",
+        "compressor.runfolder",
+        "compressor.stages",
+    }
 
 
 def test_function_level_imports_are_few():
     mods = _modules()
     known = set(mods)
-    lazy = sorted({(str(p.relative_to(ROOT)), line, t) for m, p in mods.items()
-                   for t, line, inside in _imports(p, m, known) if inside})
+    lazy = sorted(
+        {
+            (str(p.relative_to(ROOT)), line, t)
+            for m, p in mods.items()
+            for t, line, inside in _imports(p, m, known)
+            if inside
+        }
+    )
     statements = {(f, line) for f, line, _ in lazy}
     assert len(statements) <= MAX_FUNCTION_LEVEL_IMPORTS, len(statements)
     # none of them is a project module imported lazily to dodge a cycle, except torch-importing ones in the
     # profiler, whose ONNX Runtime worker must not load torch
     project = [x for x in lazy if not x[2].startswith("<external>")]
-    assert all(f.startswith(("exporters/profile.py", "exporters/tensorrt.py", "exporters/quantize.py"))
-               for f, _, _ in project), project
+    assert all(
+        f.startswith(("exporters/profile.py", "exporters/tensorrt.py", "exporters/quantize.py")) for f, _, _ in project
+    ), project

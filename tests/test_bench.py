@@ -1,8 +1,8 @@
 """tools/bench_all.py renders the README's benchmark block from the benchmark scripts' JSON."""
+
 import importlib.util
 
 import pytest
-
 from conftest import ROOT
 
 spec = importlib.util.spec_from_file_location("bench_all", ROOT / "tools" / "bench_all.py")
@@ -10,27 +10,73 @@ bench_all = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(bench_all)
 
 EXPORT = {
-    "date": "2026-11-23 01:00 UTC", "threads": 2, "source": "facades (16 calibration, 8 test images)",
-    "cpu": {"model": "AMD EPYC", "cores": 2, "isa": ["avx2", "fma"], "torch_cpu_capability": "AVX2",
-            "vnni": False, "load_avg_1min": 9.0},
-    "load_avg_end": 8.0, "loaded": True,
-    "families": [{"family": "unet", "arch": "unet_256", "norm": "batch", "student_gmacs": 1.2, "teacher_gmacs": 18.0,
-                  "fp32": {"median_ms": 40.0, "per_op_ms": {"Conv": 30.0, "ConvTranspose": 10.0}},
-                  "variants": {"default": {"config": "QDQ U8S8", "median_ms": 32.0, "speedup": 1.25, "psnr_db": 41.1,
-                                           "psnr_min_db": 40.0,
-                                           "per_op_ms": {"QLinearConv": 20.0, "ConvTranspose": 12.0}}}}],
+    "date": "2026-11-23 01:00 UTC",
+    "threads": 2,
+    "source": "facades (16 calibration, 8 test images)",
+    "cpu": {
+        "model": "AMD EPYC",
+        "cores": 2,
+        "isa": ["avx2", "fma"],
+        "torch_cpu_capability": "AVX2",
+        "vnni": False,
+        "load_avg_1min": 9.0,
+    },
+    "load_avg_end": 8.0,
+    "loaded": True,
+    "families": [
+        {
+            "family": "unet",
+            "arch": "unet_256",
+            "norm": "batch",
+            "student_gmacs": 1.2,
+            "teacher_gmacs": 18.0,
+            "fp32": {"median_ms": 40.0, "per_op_ms": {"Conv": 30.0, "ConvTranspose": 10.0}},
+            "variants": {
+                "default": {
+                    "config": "QDQ U8S8",
+                    "median_ms": 32.0,
+                    "speedup": 1.25,
+                    "psnr_db": 41.1,
+                    "psnr_min_db": 40.0,
+                    "per_op_ms": {"QLinearConv": 20.0, "ConvTranspose": 12.0},
+                }
+            },
+        }
+    ],
 }
-DISTILL = {"arch": "resnet_9blocks", "width": 0.25, "size": 256, "native_bf16": False, "loaded": True,
-           "runs": [{"amp": "none", "step_ms": 700.0, "parts_ms": {"teacher forward": 560.0}},
-                    {"amp": "bf16", "step_ms": 2800.0, "parts_ms": {"teacher forward": 2660.0}}],
-           "step_speedup_bf16": 0.25, "teacher_speedup_bf16": 0.21, "teacher_max_diff_bf16": 0.05}
+DISTILL = {
+    "arch": "resnet_9blocks",
+    "width": 0.25,
+    "size": 256,
+    "native_bf16": False,
+    "loaded": True,
+    "runs": [
+        {"amp": "none", "step_ms": 700.0, "parts_ms": {"teacher forward": 560.0}},
+        {"amp": "bf16", "step_ms": 2800.0, "parts_ms": {"teacher forward": 2660.0}},
+    ],
+    "step_speedup_bf16": 0.25,
+    "teacher_speedup_bf16": 0.21,
+    "teacher_max_diff_bf16": 0.05,
+}
 
 
 def test_render_names_cpu_flags_load_and_every_number():
     block = bench_all.render(EXPORT, DISTILL)
-    for text in ("2026-11-23 01:00 UTC", "AMD EPYC", "avx2 fma", "VNNI no", "loaded by other work", "1.25x (1.5x)",
-                 "41.1 dB", "Conv 75%", "QLinearConv 62%", "| teacher in FP32 | 700 | 560 | 80% |", "0.25x",
-                 "trains in FP32 here", "vpmaddubsw"):
+    for text in (
+        "2026-11-23 01:00 UTC",
+        "AMD EPYC",
+        "avx2 fma",
+        "VNNI no",
+        "loaded by other work",
+        "1.25x (1.5x)",
+        "41.1 dB",
+        "Conv 75%",
+        "QLinearConv 62%",
+        "| teacher in FP32 | 700 | 560 | 80% |",
+        "0.25x",
+        "trains in FP32 here",
+        "vpmaddubsw",
+    ):
         assert text in block, text
     doc = bench_all.render_doc(EXPORT, DISTILL)
     assert "| ConvTranspose | 10.00 | 12.00 |" in doc

@@ -1,4 +1,5 @@
 """Checkpoint layouts people publish load into a teacher; ambiguity and a wrong checkpoint_key are one-line errors."""
+
 import logging
 
 import published_nets as P
@@ -15,8 +16,24 @@ def _net():
     return P.make_srvgg(num_feat=8, num_conv=1)
 
 
-@pytest.mark.parametrize("layout", ["flat", "params", "params_ema", "state_dict", "model", "netG", "generator",
-                                    "g_ema", "G", "module_prefix", "legacy", "safetensors", "with_bookkeeping"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "flat",
+        "params",
+        "params_ema",
+        "state_dict",
+        "model",
+        "netG",
+        "generator",
+        "g_ema",
+        "G",
+        "module_prefix",
+        "legacy",
+        "safetensors",
+        "with_bookkeeping",
+    ],
+)
 def test_each_layout_loads(tmp_path, layout, caplog):
     net = _net()
     sd = net.state_dict()

@@ -1,4 +1,5 @@
 """Terminal output: a heartbeat in logs and pipes, aligned tables, the closing summary, quiet INT8 export."""
+
 import io
 import json
 import logging
@@ -85,13 +86,20 @@ def test_piped_stage_prints_a_heartbeat_within_30s(tmp_path):
     """A real process, piped: a stage whose first step takes longer than the heartbeat period still speaks."""
     import subprocess
 
-    code = ("import sys, time\nfrom compressor.console import Progress\n"
-            "with Progress(False, every_s=1.0) as p:\n"
-            "    p('teacher', 0, 100, {})\n    time.sleep(2.6)\n")
+    code = (
+        "import sys, time\nfrom compressor.console import Progress\n"
+        "with Progress(False, every_s=1.0) as p:\n"
+        "    p('teacher', 0, 100, {})\n    time.sleep(2.6)\n"
+    )
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         cwd=str(tmp_path), env={**__import__("os").environ,
-                                                 "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])})
+    res = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(tmp_path),
+        env={**__import__("os").environ, "PYTHONPATH": str(__import__("pathlib").Path(__file__).parents[1])},
+    )
     assert res.returncode == 0, res.stderr
     lines = [line for line in res.stderr.splitlines() if line.strip()]
     assert lines[0].startswith("teacher: step 0/100") and len(lines) >= 3, lines
@@ -99,8 +107,11 @@ def test_piped_stage_prints_a_heartbeat_within_30s(tmp_path):
 
 
 def test_eval_table_is_aligned_and_rounded():
-    res = {"teacher": {"params": 11_378_179, "psnr": 18.0, "fid": 180.25},
-           "student": {"params": 715_000, "psnr": 18.43, "fid": 306.9231725643348}, "n_images": 16}
+    res = {
+        "teacher": {"params": 11_378_179, "psnr": 18.0, "fid": 180.25},
+        "student": {"params": 715_000, "psnr": 18.43, "fid": 306.9231725643348},
+        "n_images": 16,
+    }
     buf = io.StringIO()
     console.print_table(console.eval_table(res, "t"), file=buf)
     out = buf.getvalue()
@@ -111,22 +122,54 @@ def test_eval_table_is_aligned_and_rounded():
     # aligned: the column rules sit at the same positions on every row, numbers right-aligned against them
     assert len({tuple(i for i, ch in enumerate(line) if ch == "│") for line in rows}) == 1
     teacher_end = [line.index("│", line.index("│") + 1) for line in rows]
-    assert rows[1][teacher_end[1] - 6:teacher_end[1] - 1] == "180.2" and rows[2][teacher_end[2] - 5:teacher_end[2] - 1] == "18.0"
+    assert (
+        rows[1][teacher_end[1] - 6 : teacher_end[1] - 1] == "180.2"
+        and rows[2][teacher_end[2] - 5 : teacher_end[2] - 1] == "18.0"
+    )
 
 
 def test_closing_summary_names_both_reports_and_a_headline(tmp_path):
     (tmp_path / "report.md").write_text("x")
     (tmp_path / "report.html").write_text("x")
-    (tmp_path / "eval.json").write_text(json.dumps({
-        "teacher": {"params": 1000, "macs": 16e9, "psnr": 20.0}, "student": {"params": 100, "macs": 1e9, "psnr": 19.0},
-        "student_pct_of_teacher": {"psnr": 95.0}, "n_images": 16}))
+    (tmp_path / "eval.json").write_text(
+        json.dumps(
+            {
+                "teacher": {"params": 1000, "macs": 16e9, "psnr": 20.0},
+                "student": {"params": 100, "macs": 1e9, "psnr": 19.0},
+                "student_pct_of_teacher": {"psnr": 95.0},
+                "n_images": 16,
+            }
+        )
+    )
     lat = {"p10": 1, "p50": 1.0, "p90": 1.1, "min": 1}
-    (tmp_path / "profile.json").write_text(json.dumps({"schema": "compressor.profile/1", "environment": {
-        "hostname": "h", "cpu": "c", "threads": 2}, "results": [
-        {"model": "t", "role": "teacher", "backend": "torch", "batch": 1, "size": 64, "status": "ok",
-         "latency_ms": dict(lat, p50=8.0, p90=8.5)},
-        {"model": "s", "role": "student", "backend": "torch", "batch": 1, "size": 64, "status": "ok",
-         "latency_ms": dict(lat, p50=2.0, p90=2.1)}]}))
+    (tmp_path / "profile.json").write_text(
+        json.dumps(
+            {
+                "schema": "compressor.profile/1",
+                "environment": {"hostname": "h", "cpu": "c", "threads": 2},
+                "results": [
+                    {
+                        "model": "t",
+                        "role": "teacher",
+                        "backend": "torch",
+                        "batch": 1,
+                        "size": 64,
+                        "status": "ok",
+                        "latency_ms": dict(lat, p50=8.0, p90=8.5),
+                    },
+                    {
+                        "model": "s",
+                        "role": "student",
+                        "backend": "torch",
+                        "batch": 1,
+                        "size": 64,
+                        "status": "ok",
+                        "latency_ms": dict(lat, p50=2.0, p90=2.1),
+                    },
+                ],
+            }
+        )
+    )
     lines = console.closing_summary(tmp_path)
     head = next(line for line in lines if line.startswith("student vs teacher"))
     assert "params 10.0× fewer" in head and "MACs 16.0× fewer" in head and "torch 4.0× faster" in head

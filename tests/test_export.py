@@ -1,22 +1,28 @@
-
 import json
 
+import custom_archs
 import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import run_cli, tiny_recipe_text
 from onnx import TensorProto, helper
 from PIL import Image
 
-import custom_archs
 import exporters.export as export_mod
 from compressor.errors import ExportError
 from compressor.models import build_generator
 from compressor.slim import make_student, save_student
 from exporters.export import ExportSpec, export_model
 from exporters.onnx import export_checked, failed_marker, parity_inputs, read_metadata
-from exporters.tensorrt import LintResult, emit_trtexec_script, lint_onnx, tensorrt_available, trt_major, trtexec_command
-from conftest import run_cli, tiny_recipe_text
+from exporters.tensorrt import (
+    LintResult,
+    emit_trtexec_script,
+    lint_onnx,
+    tensorrt_available,
+    trt_major,
+    trtexec_command,
+)
 
 ZOO = [("resnet_9blocks", 64), ("resnet_6blocks", 64), ("unet_128", 128), ("unet_256", 256)]
 
@@ -27,8 +33,9 @@ def test_zoo_exports_pass_parity_and_lint(tmp_path, arch, size):
     samples = torch.rand(3, 3, size, size) * 2 - 1
     inputs = parity_inputs(model, samples, size, ["batch", "hw"])
     assert [tuple(x.shape) for x in inputs][1][0] == 3 and inputs[2].shape[-1] != size
-    res = export_checked(model, tmp_path / "m.onnx", inputs, ["batch", "hw"], 18, 1e-4,
-                         {"size_multiple": model.size_multiple})
+    res = export_checked(
+        model, tmp_path / "m.onnx", inputs, ["batch", "hw"], 18, 1e-4, {"size_multiple": model.size_multiple}
+    )
     assert res["passed"] and len(res["cases"]) == 3
     meta = read_metadata(tmp_path / "m.onnx")
     assert meta["value_range"] == [-1, 1] and meta["layout"] == "NCHW" and meta["size_multiple"] == model.size_multiple
@@ -39,8 +46,9 @@ def test_zoo_exports_pass_parity_and_lint(tmp_path, arch, size):
         assert lint_onnx(tmp_path / "m.onnx", v).ok
 
 
-@pytest.mark.parametrize("factory", [custom_archs.make_depthwise, custom_archs.make_pixelshuffle,
-                                     custom_archs.make_attention_unet])
+@pytest.mark.parametrize(
+    "factory", [custom_archs.make_depthwise, custom_archs.make_pixelshuffle, custom_archs.make_attention_unet]
+)
 def test_custom_students_export_with_parity(tmp_path, factory):
     from compressor.slim import make_student
 
@@ -91,8 +99,12 @@ def test_int8_unet_student_psnr(tmp_path):
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     # the CPU flavour uses uint8 activations, which TensorRT rejects; the tensorrt flavour passes the lint
     assert not lint_onnx(tmp_path / "s8.onnx", 10).ok
-    quantize_onnx(tmp_path / "s.onnx", tmp_path / "s8t.onnx", [ds[i]["input"][None].numpy() for i in range(3, 6)],
-                  target="tensorrt")
+    quantize_onnx(
+        tmp_path / "s.onnx",
+        tmp_path / "s8t.onnx",
+        [ds[i]["input"][None].numpy() for i in range(3, 6)],
+        target="tensorrt",
+    )
     assert lint_onnx(tmp_path / "s8t.onnx", 10).ok
 
 
@@ -143,7 +155,9 @@ def test_trtexec_command_lines_for_both_majors(tmp_path):
     assert "--fp16" in s10.read_text() and s10.stat().st_mode & 0o111
 
 
-TRT_INT8_EXPORT = "export: {onnx: {dynamic: [batch]}, int8: {enabled: true, calib_images: 4}, tensorrt: {precision: int8}}"
+TRT_INT8_EXPORT = (
+    "export: {onnx: {dynamic: [batch]}, int8: {enabled: true, calib_images: 4}, tensorrt: {precision: int8}}"
+)
 
 
 def test_export_stage_and_cli_agree_and_lint_the_tensorrt_int8_file(tmp_path):
@@ -159,8 +173,10 @@ def test_export_stage_and_cli_agree_and_lint_the_tensorrt_int8_file(tmp_path):
     assert rec["int8_tensorrt"]["path"] == "student.trt-int8.onnx" and rec["int8_tensorrt"]["target"] == "tensorrt"
     assert not lint_onnx(run / "student.int8.onnx", 10).ok  # the CPU file is not for TensorRT
     # the lint ran on the file TensorRT reads, for both majors, and passed
-    assert {(x["file"], x["target"], x["ok"]) for x in rec["tensorrt_lints"]} == \
-        {("student.trt-int8.onnx", "10", True), ("student.trt-int8.onnx", "11", True)}
+    assert {(x["file"], x["target"], x["ok"]) for x in rec["tensorrt_lints"]} == {
+        ("student.trt-int8.onnx", "10", True),
+        ("student.trt-int8.onnx", "11", True),
+    }
     assert rec["tensorrt_lint"]["file"] == "student.trt-int8.onnx"
     for v in (10, 11):
         script = (run / f"trtexec_trt{v}_int8.sh").read_text()
@@ -168,15 +184,29 @@ def test_export_stage_and_cli_agree_and_lint_the_tensorrt_int8_file(tmp_path):
     if not tensorrt_available()[0]:
         assert any("TensorRT engine skipped" in n for n in rec["notes"])
     # compress export on the same run: the same ONNX, byte for byte, and its own export.json
-    res = run_cli(["export", run, "--precision", "int8", "--trt", "--emit-trtexec", "--trt-version", "11",
-                   "--out", tmp_path / "exp"], cwd=tmp_path)
+    res = run_cli(
+        [
+            "export",
+            run,
+            "--precision",
+            "int8",
+            "--trt",
+            "--emit-trtexec",
+            "--trt-version",
+            "11",
+            "--out",
+            tmp_path / "exp",
+        ],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     exp = tmp_path / "exp"
     assert (exp / "student.onnx").read_bytes() == (run / "student.onnx").read_bytes()
     assert "parity" in res.stdout and "PSNR vs FP32" in res.stdout and "lint of student.trt-int8.onnx" in res.stdout
     assert "--onnx=student.trt-int8.onnx" in (exp / "trtexec_trt11_int8.sh").read_text()
-    assert json.loads((exp / "export.json").read_text())["tensorrt_lint"]["target"] == \
-        (str(trt_major()) if tensorrt_available()[0] else "11")
+    assert json.loads((exp / "export.json").read_text())["tensorrt_lint"]["target"] == (
+        str(trt_major()) if tensorrt_available()[0] else "11"
+    )
 
 
 def test_failing_lint_stops_the_export_and_channels_come_from_the_model(tmp_path, monkeypatch):
@@ -186,8 +216,7 @@ def test_failing_lint_stops_the_export_and_channels_come_from_the_model(tmp_path
     rec = export_model(model, tmp_path, spec, samples)
     assert rec["tensorrt_lint"]["ok"] and rec["trtexec"] == ["trtexec_trt10_fp32.sh"]
     assert "--optShapes=input:1x1x32x32" in (tmp_path / "trtexec_trt10_fp32.sh").read_text()  # one channel
-    bad = LintResult(target="10", nodes=1, problems=[{"node": "n0", "op": "Foo", "problem": "op Foo is not "
-                                                                                               "supported"}])
+    bad = LintResult(target="10", nodes=1, problems=[{"node": "n0", "op": "Foo", "problem": "op Foo is not supported"}])
     monkeypatch.setattr(export_mod, "lint_onnx", lambda path, version: bad)
     (tmp_path / "trtexec_trt10_fp32.sh").unlink()
     with pytest.raises(ExportError, match="student.onnx: TensorRT 10 would reject.*op Foo"):
@@ -210,12 +239,38 @@ def test_evaluate_export_profile_report_chain(tmp_path):
     save_student(student, plan, tmp_path / "student")
     _paired_folder(tmp_path / "data")
     s = tmp_path / "student"
-    for args in (["evaluate", s, "--data", tmp_path / "data", "--size", "32", "--metrics", "psnr,ssim",
-                  "--device", "cpu", "--quiet"],
-                 ["export", s, "--size", "32", "--data", tmp_path / "data" / "test", "--quiet"],
-                 ["profile", s, "--backend", "ort-cpu", "--size", "32", "--warmup", "1", "--iters", "3",
-                  "--out", s / "profile.json", "--quiet"],
-                 ["report", s / "eval.json", s / "export.json", s / "profile.json", "--out", tmp_path / "rep"]):
+    for args in (
+        [
+            "evaluate",
+            s,
+            "--data",
+            tmp_path / "data",
+            "--size",
+            "32",
+            "--metrics",
+            "psnr,ssim",
+            "--device",
+            "cpu",
+            "--quiet",
+        ],
+        ["export", s, "--size", "32", "--data", tmp_path / "data" / "test", "--quiet"],
+        [
+            "profile",
+            s,
+            "--backend",
+            "ort-cpu",
+            "--size",
+            "32",
+            "--warmup",
+            "1",
+            "--iters",
+            "3",
+            "--out",
+            s / "profile.json",
+            "--quiet",
+        ],
+        ["report", s / "eval.json", s / "export.json", s / "profile.json", "--out", tmp_path / "rep"],
+    ):
         res = run_cli(args, cwd=tmp_path)
         assert res.returncode == 0, (args[0], res.stderr[-2000:])
     md = (tmp_path / "rep" / "report.md").read_text()
@@ -245,8 +300,16 @@ def test_tensorrt_engine_build(tmp_path):
 def test_onnxslim_option_keeps_parity(tmp_path):
     pytest.importorskip("onnxslim")
     model = build_generator("unet_128", ngf=4, norm="batch").eval()
-    res = export_checked(model, tmp_path / "m.onnx", [torch.randn(1, 3, 128, 128), torch.randn(3, 3, 128, 128)],
-                         ["batch"], 18, 1e-4, {"k": "v"}, slim=True)
+    res = export_checked(
+        model,
+        tmp_path / "m.onnx",
+        [torch.randn(1, 3, 128, 128), torch.randn(3, 3, 128, 128)],
+        ["batch"],
+        18,
+        1e-4,
+        {"k": "v"},
+        slim=True,
+    )
     assert res["passed"] and read_metadata(tmp_path / "m.onnx")["k"] == "v"
 
 
@@ -256,8 +319,11 @@ def test_engine_parity_failure_marks_the_engine(tmp_path, monkeypatch):
     plan = tmp_path / "student.plan"
     plan.write_bytes(b"engine")
     verdict = {"passed": False}
-    monkeypatch.setattr(trt_mod, "engine_parity", lambda *a, **k: {
-        "passed": verdict["passed"], "limit": {"psnr_min": 35.0}, "max_abs": 0.5, "psnr_min": 20.0})
+    monkeypatch.setattr(
+        trt_mod,
+        "engine_parity",
+        lambda *a, **k: {"passed": verdict["passed"], "limit": {"psnr_min": 35.0}, "max_abs": 0.5, "psnr_min": 20.0},
+    )
     with pytest.raises(ExportError, match="differs from ONNX Runtime"):
         trt_mod.check_engine(plan, tmp_path / "s.onnx", [], "fp16")
     assert failed_marker(plan).exists()

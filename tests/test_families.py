@@ -1,4 +1,5 @@
 """Published generator families (tests/published_nets.py) through prune -> distill -> ONNX -> save/load."""
+
 import subprocess
 import sys
 
@@ -18,10 +19,20 @@ from compressor.slim import load_student, make_student, save_student
 # width 0.25). The bound is 1.2 where the inner layers dominate; tiny test widths make the full-width layers
 # (image input channels, the output layer, 1-channel attention maps, SR's 3*r^2 output conv) weigh more.
 FAMILIES = {
-    "pix2pix_resnet": ("compressor.models:build_generator", {"name": "resnet_6blocks", "ngf": 16, "norm": "instance"},
-                       "model.12", 32, 1.2),
-    "pix2pix_unet": ("compressor.models:build_generator", {"name": "unet_128", "ngf": 8, "norm": "batch"},
-                     "model.model.0", 128, 1.2),
+    "pix2pix_resnet": (
+        "compressor.models:build_generator",
+        {"name": "resnet_6blocks", "ngf": 16, "norm": "instance"},
+        "model.12",
+        32,
+        1.2,
+    ),
+    "pix2pix_unet": (
+        "compressor.models:build_generator",
+        {"name": "unet_128", "ngf": 8, "norm": "batch"},
+        "model.model.0",
+        128,
+        1.2,
+    ),
     "gan_compression_mobile": ("published_nets:make_mobile_resnet", {}, "model.11", 32, 1.4),  # 7x7 image convs
     "fast_neural_style": ("published_nets:make_transformer_net", {}, "res3", 32, 1.2),
     "inverted_residual": ("published_nets:InvertedResidualNet", {}, "blocks.1", 32, 1.5),  # 7x7 image convs
@@ -51,8 +62,13 @@ def _norms_agree(model, x):
 
     def hook(mod, inputs):
         c = inputs[0].shape[1]
-        declared = mod.num_channels if isinstance(mod, nn.GroupNorm) else \
-            mod.num_parameters if isinstance(mod, nn.PReLU) else mod.num_features
+        declared = (
+            mod.num_channels
+            if isinstance(mod, nn.GroupNorm)
+            else mod.num_parameters
+            if isinstance(mod, nn.PReLU)
+            else mod.num_features
+        )
         n_w = mod.weight.shape[0] if getattr(mod, "weight", None) is not None else declared
         if isinstance(mod, nn.PReLU) and mod.num_parameters == 1:
             return
@@ -113,10 +129,12 @@ def test_family(family, width, tmp_path):
 
     # save -> load in a fresh process, without the teacher's weights
     save_student(student, plan, tmp_path / "s")
-    code = (f"import sys, torch; sys.path.insert(0, {str(ROOT / 'tests')!r}); "
-            f"from compressor.slim import load_student; m = load_student({str(tmp_path / 's')!r}); "
-            f"torch.manual_seed(1); x = torch.randn(2, 3, {size}, {size}); "
-            f"torch.save(m(x).detach(), {str(tmp_path / 'o.pt')!r})")
+    code = (
+        f"import sys, torch; sys.path.insert(0, {str(ROOT / 'tests')!r}); "
+        f"from compressor.slim import load_student; m = load_student({str(tmp_path / 's')!r}); "
+        f"torch.manual_seed(1); x = torch.randn(2, 3, {size}, {size}); "
+        f"torch.save(m(x).detach(), {str(tmp_path / 'o.pt')!r})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
     torch.manual_seed(1)
     with torch.no_grad():
@@ -170,11 +188,12 @@ def test_modulated_conv_names_layer_and_keep_works():
 
 def test_sr_x2_output_size():
     teacher = P.make_srvgg(num_feat=16, num_conv=2, upscale=2).eval()
-    teacher.compressor_spec = {"import": "published_nets:make_srvgg", "kwargs": {"num_feat": 16, "num_conv": 2,
-                                                                                 "upscale": 2}}
+    teacher.compressor_spec = {
+        "import": "published_nets:make_srvgg",
+        "kwargs": {"num_feat": 16, "num_conv": 2, "upscale": 2},
+    }
     x = torch.randn(1, 3, 16, 16)
-    student, plan = make_student(teacher, 0.5, method="prune", example_input=x, input_range=(0, 1),
-                                 output_range=(0, 1))
+    student, plan = make_student(teacher, 0.5, method="prune", example_input=x, input_range=(0, 1), output_range=(0, 1))
     assert student(x).shape == (1, 3, 32, 32) and plan["input_range"] == [0.0, 1.0]
     prelus = [m for m in student.modules() if isinstance(m, nn.PReLU)]
     assert all(p.weight.shape[0] == 8 for p in prelus)
@@ -193,8 +212,10 @@ def test_old_plan_format_still_loads(tmp_path):
     save_student(student, plan, tmp_path)
     meta = json.loads((tmp_path / "student.json").read_text())
     meta["version"] = 1
-    meta["groups"] = [{"module": n, "fn": "prune_out_channels" if out else "prune_in_channels", "idxs": i}
-                      for n, out, i in meta.pop("history")]
+    meta["groups"] = [
+        {"module": n, "fn": "prune_out_channels" if out else "prune_in_channels", "idxs": i}
+        for n, out, i in meta.pop("history")
+    ]
     (tmp_path / "student.json").write_text(json.dumps(meta))
     with torch.no_grad():
         assert torch.allclose(load_student(tmp_path)(x), student.eval()(x), atol=1e-6)

@@ -51,8 +51,13 @@ def test_srp_zero_for_same_relation_and_needs_same_hw():
 def test_srp_pool_and_l1_variant_and_multi():
     ft, fs = _feats(h=8, w=8)
     pooled = srp_loss(ft, fs, pool=4)
-    assert torch.allclose(pooled, srp_loss_reference(torch.nn.functional.adaptive_avg_pool2d(ft, 4),
-                                                     torch.nn.functional.adaptive_avg_pool2d(fs, 4)), rtol=1e-5)
+    assert torch.allclose(
+        pooled,
+        srp_loss_reference(
+            torch.nn.functional.adaptive_avg_pool2d(ft, 4), torch.nn.functional.adaptive_avg_pool2d(fs, 4)
+        ),
+        rtol=1e-5,
+    )
     l1 = srp_loss_reference(ft, fs, p=1)
     assert l1 > 0 and not torch.allclose(l1, srp_loss_reference(ft, fs))
     total = srp_multi({"a": ft, "b": ft}, {"a": fs, "b": fs}, ["a", "b"], [1.0, 2.0])

@@ -1,5 +1,6 @@
 """Figures measured where they belong: each profiling child's own peak memory, precision read from the model
 file, and the INT8 export's per-tensor fallback warnings counted instead of printed."""
+
 import logging
 import sys
 

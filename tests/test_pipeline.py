@@ -2,19 +2,28 @@ import json
 import time
 
 import pytest
+from conftest import FACADES, ROOT, run_cli, tiny_recipe_text
 
 from compressor.errors import UserError
 from compressor.pipeline import STAGES, run_pipeline
 from compressor.recipe import load_recipe
-from conftest import FACADES, ROOT, run_cli, tiny_recipe_text
 
 
 def test_tiny_end_to_end_then_everything_skipped(tmp_path, tiny_recipe):
     res = run_cli([tiny_recipe, "--out", tmp_path / "runs"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs" / "tiny"
-    for f in ("report.md", "report.html", "student.onnx", "student.safetensors", "student.json", "eval.json",
-              "profile.json", "metrics.jsonl", "recipe.resolved.yaml"):
+    for f in (
+        "report.md",
+        "report.html",
+        "student.onnx",
+        "student.safetensors",
+        "student.json",
+        "eval.json",
+        "profile.json",
+        "metrics.jsonl",
+        "recipe.resolved.yaml",
+    ):
         assert (run / f).exists(), f
     md = (run / "report.md").read_text()
     for needle in ("params", "MACs (ours", "PSNR", "SSIM", "latency p50, ort-cpu", "faster"):
@@ -28,16 +37,14 @@ def test_tiny_end_to_end_then_everything_skipped(tmp_path, tiny_recipe):
 
 def test_changed_section_reruns_only_downstream(tmp_path, tiny_recipe):
     out = tmp_path / "runs"
-    run_pipeline(load_recipe(tiny_recipe), out, recipe_path=tiny_recipe, only=None,
-                 device="cpu")
+    run_pipeline(load_recipe(tiny_recipe), out, recipe_path=tiny_recipe, only=None, device="cpu")
     changed = load_recipe(tiny_recipe, ["evaluate.samples=1"])
     res = {r.stage: r.status for r in run_pipeline(changed, out, recipe_path=tiny_recipe)}
     assert res["teacher"] == res["student"] == res["distill"] == "skipped"
     assert res["evaluate"] == "ran" and res["report"] == "ran"
     assert res["export"] == "skipped" and res["profile"] == "skipped"
     # --force redoes a stage; --only limits the stages
-    res = {r.stage: r.status for r in run_pipeline(changed, out, recipe_path=tiny_recipe, only=["export"],
-                                                   force=True)}
+    res = {r.stage: r.status for r in run_pipeline(changed, out, recipe_path=tiny_recipe, only=["export"], force=True)}
     assert res == {"export": "ran"}
 
 
@@ -67,10 +74,30 @@ def test_pix2pix_facades_recipe_runs_as_written(tmp_path):
     recipe = ROOT / "recipes" / "pix2pix_facades.yaml"
     res = run_cli(["validate", recipe], cwd=tmp_path)
     assert res.returncode == 0, res.stderr
-    res = run_cli([recipe, "--out", tmp_path / "runs", "--quiet", "--set", "teacher.train.steps=2",
-                   "--set", "distill.steps=2", "--set", "evaluate.max_images=4", "--set", "profile.iters=2",
-                   "--set", "profile.warmup=0", "--set", "profile.batch=[1]", "--set", "export.int8.calib_images=2"],
-                  cwd=tmp_path, timeout=900)
+    res = run_cli(
+        [
+            recipe,
+            "--out",
+            tmp_path / "runs",
+            "--quiet",
+            "--set",
+            "teacher.train.steps=2",
+            "--set",
+            "distill.steps=2",
+            "--set",
+            "evaluate.max_images=4",
+            "--set",
+            "profile.iters=2",
+            "--set",
+            "profile.warmup=0",
+            "--set",
+            "profile.batch=[1]",
+            "--set",
+            "export.int8.calib_images=2",
+        ],
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs" / "pix2pix-facades-w025"
     ev = json.loads((run / "eval.json").read_text())

@@ -1,5 +1,6 @@
 """The width planner: exact choice under a fake timing backend, the budget kinds, caching, the CLI on the real
 ort-cpu harness, and the remote path over a loopback sshd."""
+
 import contextlib
 import json
 import math
@@ -46,7 +47,7 @@ def expected(grid, f, limit):
 
 
 LATENCIES = {
-    "quadratic": lambda w: 0.4 + 90 * w ** 2,
+    "quadratic": lambda w: 0.4 + 90 * w**2,
     "linear": lambda w: 2 + 50 * w,
     "steps": lambda w: 3 + 40 * math.ceil(w * 6) / 6,  # plateaus: equal latencies at neighbouring widths
     "steep": lambda w: 0.1 * math.exp(8 * w),
@@ -78,7 +79,7 @@ def test_fake_backend_picks_the_exact_width(teacher, name, budget, margin):
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(a=st.floats(0.05, 5), b=st.floats(1, 400), p=st.floats(0.5, 3), budget=st.floats(0.1, 500))
 def test_fake_backend_exact_for_any_power_law(teacher, a, b, p, budget):
-    f = lambda w: a + b * w ** p
+    f = lambda w: a + b * w**p
     grid = width_grid(teacher, "auto")
     want = expected(grid, f, budget)
     if want is None:
@@ -120,8 +121,9 @@ def test_count_budgets_need_no_measurement(kind):
         s, _ = make_student(teacher, w, "rebuild", "scratch")
         counts[w] = profile_model(s, (1, 3, SIZE, SIZE))[kind]
     limit = (counts[grid[3]] + counts[grid[4]]) / 2
-    doc = plan_width(teacher, {kind: limit}, size=SIZE, measure=Fake(lambda w: pytest.fail("measured")),
-                     count_macs=False)
+    doc = plan_width(
+        teacher, {kind: limit}, size=SIZE, measure=Fake(lambda w: pytest.fail("measured")), count_macs=False
+    )
     assert doc["width"] == grid[3] and doc["choice"][kind] == counts[grid[3]]
     assert doc["next_wider"][kind] == counts[grid[4]] > limit
     with pytest.raises(UserError, match=f"even width .* has .* {kind}; the budget is"):
@@ -144,8 +146,15 @@ def test_pruned_imported_model_on_its_grid():
 def test_plan_is_cached_by_teacher_budget_and_fingerprint(teacher, tmp_path):
     f = LATENCIES["linear"]
     fake = Fake(f)
-    kw = {"size": SIZE, "margin": 0, "measure": fake, "run_dir": tmp_path, "fingerprint": {"machine": "a"},
-          "plot": False, "count_macs": False}
+    kw = {
+        "size": SIZE,
+        "margin": 0,
+        "measure": fake,
+        "run_dir": tmp_path,
+        "fingerprint": {"machine": "a"},
+        "plot": False,
+        "count_macs": False,
+    }
     first = plan_width(teacher, {"latency_ms": 30}, **kw)
     assert not first["cached"] and fake.timed
     doc = json.loads((tmp_path / "plan.json").read_text())
@@ -172,8 +181,7 @@ def test_noisy_target_still_ends_in_an_adjacent_bracket(teacher):
     f = LATENCIES["quadratic"]
 
     def noisy(cands, warmup, iters):
-        return [{"p50": f(c.width) * (1 + (0 if iters >= 30 else rng.uniform(-0.3, 0.3))), "p90": 0}
-                for c in cands]
+        return [{"p50": f(c.width) * (1 + (0 if iters >= 30 else rng.uniform(-0.3, 0.3))), "p90": 0} for c in cands]
 
     doc = plan_width(teacher, {"latency_ms": 30}, size=SIZE, margin=0, measure=noisy, count_macs=False)
     assert doc["width"] == expected(width_grid(teacher, "auto"), f, 30)
@@ -224,8 +232,11 @@ def test_recipe_schema_for_auto_width(tmp_path):
 
 def test_plan_cli_on_ort_cpu(tmp_path):
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(tiny_recipe_text("planrun").replace("student: {width: 0.5}",
-                                                          "student: {width: auto, budget: {latency_ms: 1000}}"))
+    recipe.write_text(
+        tiny_recipe_text("planrun").replace(
+            "student: {width: 0.5}", "student: {width: auto, budget: {latency_ms: 1000}}"
+        )
+    )
     args = ["plan", recipe, "--out", tmp_path / "runs", "--set", "teacher.kwargs.ngf=4"]
     res = run_cli(args, cwd=tmp_path, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -236,8 +247,10 @@ def test_plan_cli_on_ort_cpu(tmp_path):
     assert "chosen width 1" in res.stdout
     res = run_cli(args, cwd=tmp_path)
     assert res.returncode == 0 and "cached" in res.stdout
-    res = run_cli(["plan", recipe, "--out", tmp_path / "runs", "--set", "student.budget=null",
-                   "--set", "student.width=0.5"], cwd=tmp_path)
+    res = run_cli(
+        ["plan", recipe, "--out", tmp_path / "runs", "--set", "student.budget=null", "--set", "student.width=0.5"],
+        cwd=tmp_path,
+    )
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "student.budget" in res.stderr
     res = run_cli(args + ["--set", "student.budget={macs: 1}", "--quiet"], cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.startswith("error: student.budget: even width 0.25 has ")
@@ -270,10 +283,10 @@ def loopback_sshd(tmp_path):
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host'}\n"
         f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\nPidFile {tmp_path / 'sshd.pid'}\nStrictModes no\n"
         "PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "Subsystem sftp internal-sftp\n")
+        "Subsystem sftp internal-sftp\n"
+    )
     Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(tmp_path / "sshd_config")], stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(tmp_path / "sshd_config")], stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(100):
             try:
@@ -297,15 +310,29 @@ def test_remote_plan_over_loopback_ssh(tmp_path):
         pytest.skip("the compress console script is not installed (pip install -e .)")
     teacher = build_generator("resnet_6blocks", ngf=4, norm="instance", init=None)
     with loopback_sshd(tmp_path) as (port, opts):
-        budget = {"latency_ms": 1000, "backend": "ort-cpu", "host": f"{getpass.getuser()}@127.0.0.1", "port": port,
-                  "ssh_options": opts, "remote_compress": compress}
-        doc = plan_width(teacher, budget, size=32, margin=0, run_dir=tmp_path / "run", warmup=1, iters=2,
-                         confirm_iters=3, plot=False)
+        budget = {
+            "latency_ms": 1000,
+            "backend": "ort-cpu",
+            "host": f"{getpass.getuser()}@127.0.0.1",
+            "port": port,
+            "ssh_options": opts,
+            "remote_compress": compress,
+        }
+        doc = plan_width(
+            teacher, budget, size=32, margin=0, run_dir=tmp_path / "run", warmup=1, iters=2, confirm_iters=3, plot=False
+        )
         assert doc["width"] == 1.0 and doc["choice"]["confirmed"] and doc["choice"]["p50"] > 0
         assert doc["fingerprint"]["host"] == budget["host"] and doc["environment"]["onnxruntime_version"]
         assert {c["width"] for c in doc["candidates"]} == {0.25, 1.0}
         # a board without the toolkit: one clear line
         with pytest.raises(UserError) as e:
-            plan_width(teacher, {**budget, "remote_compress": "/nonexistent/compress"}, size=32, margin=0,
-                       warmup=1, iters=2, confirm_iters=3)
+            plan_width(
+                teacher,
+                {**budget, "remote_compress": "/nonexistent/compress"},
+                size=32,
+                margin=0,
+                warmup=1,
+                iters=2,
+                confirm_iters=3,
+            )
         assert "student.budget.host" in str(e.value) and "toolkit" in str(e.value) and "\n" not in str(e.value)

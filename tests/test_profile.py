@@ -3,11 +3,11 @@ import shutil
 import subprocess
 
 import pytest
+from conftest import run_cli
 
 from exporters.backends import backend_available
 from exporters.profile import SCHEMA, import_trtexec_times, profile_models
 from exporters.report import write_report
-from conftest import run_cli
 
 TEACHER = "resnet_6blocks:ngf=16,norm=instance"
 STUDENT = "resnet_6blocks:ngf=16,norm=instance,width=0.25"
@@ -19,9 +19,29 @@ def two_machines(tmp_path_factory):
     docs = []
     for threads in (1, 2):
         out = d / f"profile_t{threads}.json"
-        res = run_cli(["profile", TEACHER, STUDENT, "--backend", "torch,ort-cpu,ort-cuda,tensorrt", "--size", "64",
-                       "--batch", "1", "--warmup", "2", "--iters", "5", "--threads", threads, "--out", out,
-                       "--quiet"], cwd=d)
+        res = run_cli(
+            [
+                "profile",
+                TEACHER,
+                STUDENT,
+                "--backend",
+                "torch,ort-cpu,ort-cuda,tensorrt",
+                "--size",
+                "64",
+                "--batch",
+                "1",
+                "--warmup",
+                "2",
+                "--iters",
+                "5",
+                "--threads",
+                threads,
+                "--out",
+                out,
+                "--quiet",
+            ],
+            cwd=d,
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         docs.append(out)
     return d, docs
@@ -36,8 +56,12 @@ def test_profile_document(two_machines):
         assert k in env
     assert env["threads"] == 1
     ok = [r for r in doc["results"] if r["status"] == "ok"]
-    assert {(r["backend"], r["role"]) for r in ok} == {("torch", "teacher"), ("torch", "student"),
-                                                       ("ort-cpu", "teacher"), ("ort-cpu", "student")}
+    assert {(r["backend"], r["role"]) for r in ok} == {
+        ("torch", "teacher"),
+        ("torch", "student"),
+        ("ort-cpu", "teacher"),
+        ("ort-cpu", "student"),
+    }
     for r in ok:
         lat = r["latency_ms"]
         assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] and lat["n"] == 5
@@ -68,16 +92,32 @@ def test_report_renders_in_headless_chromium(two_machines, tmp_path):
     _, docs = two_machines
     _, page = write_report(docs, [], tmp_path / "rep", "render")
     shot = tmp_path / "shot.png"
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,4000",
-                    f"file://{page}"], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,4000",
+            f"file://{page}",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.exists()
-    from PIL import Image
     import numpy as np
+    from PIL import Image
 
     arr = np.asarray(Image.open(shot).convert("RGB")).astype(float)
     assert arr.std() > 10  # not blank
+
     def near(rgb):
         return int((np.abs(arr - np.array(rgb, dtype=float)).max(axis=-1) < 30).sum())
 
@@ -86,8 +126,17 @@ def test_report_renders_in_headless_chromium(two_machines, tmp_path):
 
 
 def test_trtexec_times_import(tmp_path):
-    times = [{"startHostMs": i, "endHostMs": i + 2, "latencyMs": 2.0 + 0.1 * (i % 3), "computeMs": 1.5,
-              "h2dMs": 0.2, "d2hMs": 0.3} for i in range(20)]
+    times = [
+        {
+            "startHostMs": i,
+            "endHostMs": i + 2,
+            "latencyMs": 2.0 + 0.1 * (i % 3),
+            "computeMs": 1.5,
+            "h2dMs": 0.2,
+            "d2hMs": 0.3,
+        }
+        for i in range(20)
+    ]
     f = tmp_path / "trtexec_times.json"
     f.write_text(json.dumps(times))
     res = import_trtexec_times(f)
@@ -110,8 +159,10 @@ def test_profile_cli_errors(tmp_path):
     (tmp_path / "exists.json").write_text("{}")
     res = run_cli(["profile", TEACHER, "--out", tmp_path / "exists.json"], cwd=tmp_path)
     assert res.returncode == 2 and "--force" in res.stderr
-    res = run_cli(["profile", TEACHER, "--size", "30", "--backend", "torch", "--out", tmp_path / "p.json",
-                   "--quiet"], cwd=tmp_path)
+    res = run_cli(
+        ["profile", TEACHER, "--size", "30", "--backend", "torch", "--out", tmp_path / "p.json", "--quiet"],
+        cwd=tmp_path,
+    )
     assert res.returncode == 0 and "not a multiple of 4" in res.stdout
 
 
@@ -147,10 +198,10 @@ def test_remote_profile_over_ssh(tmp_path):
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host'}\n"
         f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\nPidFile {tmp_path / 'sshd.pid'}\nStrictModes no\n"
         "PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "Subsystem sftp internal-sftp\n")
+        "Subsystem sftp internal-sftp\n"
+    )
     Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(tmp_path / "sshd_config")], stderr=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(tmp_path / "sshd_config")], stderr=subprocess.PIPE, text=True)
     try:
         for _ in range(100):
             try:
@@ -169,11 +220,36 @@ def test_remote_profile_over_ssh(tmp_path):
         if not Path(compress).exists():
             pytest.skip("the compress console script is not installed (pip install -e .)")
         out = tmp_path / "remote.json"
-        res = run_cli(["profile", onnx_path, "--host", f"{getpass.getuser()}@127.0.0.1", "--port", port,
-                       "--ssh-option", f"IdentityFile={tmp_path / 'id'}", "--ssh-option", "StrictHostKeyChecking=no",
-                       "--ssh-option", "UserKnownHostsFile=/dev/null", "--remote-compress", compress,
-                       "--backend", "ort-cpu", "--size", "32", "--iters", "3", "--warmup", "1", "--out", out],
-                      cwd=tmp_path, timeout=300)
+        res = run_cli(
+            [
+                "profile",
+                onnx_path,
+                "--host",
+                f"{getpass.getuser()}@127.0.0.1",
+                "--port",
+                port,
+                "--ssh-option",
+                f"IdentityFile={tmp_path / 'id'}",
+                "--ssh-option",
+                "StrictHostKeyChecking=no",
+                "--ssh-option",
+                "UserKnownHostsFile=/dev/null",
+                "--remote-compress",
+                compress,
+                "--backend",
+                "ort-cpu",
+                "--size",
+                "32",
+                "--iters",
+                "3",
+                "--warmup",
+                "1",
+                "--out",
+                out,
+            ],
+            cwd=tmp_path,
+            timeout=300,
+        )
         assert res.returncode == 0, res.stderr[-2000:]
         doc = json.loads(out.read_text())
         assert doc["schema"] == SCHEMA and doc["results"][0]["status"] == "ok"

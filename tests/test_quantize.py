@@ -1,4 +1,5 @@
 """INT8 for ONNX Runtime's CPU provider: what gets quantised, and what stays in float."""
+
 import numpy as np
 import onnx
 import pytest
@@ -16,10 +17,20 @@ class _Gen(nn.Module):
     def __init__(self):
         super().__init__()
         self.net = nn.Sequential(
-            nn.ReflectionPad2d(3), nn.Conv2d(3, 8, 7), nn.InstanceNorm2d(8, affine=True), nn.ReLU(True),
-            nn.Conv2d(8, 16, 3, stride=2, padding=1), nn.InstanceNorm2d(16, affine=True), nn.ReLU(True),
-            nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1), nn.InstanceNorm2d(8, affine=True),
-            nn.ReLU(True), nn.ReflectionPad2d(3), nn.Conv2d(8, 3, 7), nn.Tanh())
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(3, 8, 7),
+            nn.InstanceNorm2d(8, affine=True),
+            nn.ReLU(True),
+            nn.Conv2d(8, 16, 3, stride=2, padding=1),
+            nn.InstanceNorm2d(16, affine=True),
+            nn.ReLU(True),
+            nn.ConvTranspose2d(16, 8, 3, stride=2, padding=1, output_padding=1),
+            nn.InstanceNorm2d(8, affine=True),
+            nn.ReLU(True),
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(8, 3, 7),
+            nn.Tanh(),
+        )
 
     def forward(self, x):
         return self.net(x)
@@ -85,8 +96,10 @@ def test_cpu_int8_quantises_only_ops_with_int8_kernels(fp32, tmp_path):
 def test_cpu_int8_output_close_to_fp32(fp32, tmp_path):
     q = quantize_onnx(fp32, tmp_path / "g8.onnx", _calib(), "cpu")
     s32, s8 = ort_session(fp32), ort_session(q)
-    vals = [psnr(s32.run(None, {"input": x[None].numpy()})[0], s8.run(None, {"input": x[None].numpy()})[0])
-            for x in _smooth(4, 2)]
+    vals = [
+        psnr(s32.run(None, {"input": x[None].numpy()})[0], s8.run(None, {"input": x[None].numpy()})[0])
+        for x in _smooth(4, 2)
+    ]
     assert min(vals) >= 30, vals
 
 
@@ -108,7 +121,10 @@ def test_tensorrt_int8_stays_symmetric_signed(fp32, tmp_path):
     q = quantize_onnx(fp32, tmp_path / "t8.onnx", _calib()[:3], "tensorrt", cpu=CpuInt8(activations="u8"))
     g = onnx.load(q).graph
     inits = {i.name: i for i in g.initializer}
-    zps = [inits[n.input[2]] for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")
-           and len(n.input) > 2 and n.input[2] in inits]
+    zps = [
+        inits[n.input[2]]
+        for n in g.node
+        if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2 and n.input[2] in inits
+    ]
     zps = [z for z in zps if z.data_type != onnx.TensorProto.INT32]  # biases are int32 in both targets
     assert zps and all(z.data_type == onnx.TensorProto.INT8 and not numpy_helper.to_array(z).any() for z in zps)

@@ -2,10 +2,10 @@ import json
 import re
 
 import pytest
+from conftest import FACADES, ROOT, run_cli, tiny_recipe_text
 
 from compressor.errors import RecipeError
 from compressor.recipe import Recipe, apply_overrides, load_recipe, parse_override, schema_reference
-from conftest import FACADES, ROOT, run_cli, tiny_recipe_text
 
 DESIGN_EXAMPLE = """
 name: facades-unet-w025
@@ -60,11 +60,14 @@ def test_quickstart_recipe_validates():
     assert r.data.kind == "synthetic" and r.teacher.train is not None
 
 
-@pytest.mark.parametrize("edit, needle", [
-    (lambda t: t.replace("student: {width: 0.5}", "studnet: {width: 0.5}"), "studnet"),
-    (lambda t: t.replace("student: {width: 0.5}", "student: {width: half}"), "student.width"),
-    (lambda t: t.replace("kind: synthetic,", "kind: paired, root: /nonexistent/data,"), "data.root"),
-])
+@pytest.mark.parametrize(
+    "edit, needle",
+    [
+        (lambda t: t.replace("student: {width: 0.5}", "studnet: {width: 0.5}"), "studnet"),
+        (lambda t: t.replace("student: {width: 0.5}", "student: {width: half}"), "student.width"),
+        (lambda t: t.replace("kind: synthetic,", "kind: paired, root: /nonexistent/data,"), "data.root"),
+    ],
+)
 def test_validate_errors_are_one_line_exit_2(tmp_path, edit, needle):
     p = tmp_path / "bad.yaml"
     p.write_text(edit(tiny_recipe_text()))
@@ -93,8 +96,16 @@ def test_yaml_syntax_error_names_file_and_line(tmp_path):
 
 
 def test_overrides_parse_yaml_scalars(tiny_recipe):
-    r = load_recipe(tiny_recipe, ["student.width=0.25", "distill.steps=7", "data.flip=true",
-                                  "distill.losses.srp.layers=[encoder]", "teacher.checkpoint=null"])
+    r = load_recipe(
+        tiny_recipe,
+        [
+            "student.width=0.25",
+            "distill.steps=7",
+            "data.flip=true",
+            "distill.losses.srp.layers=[encoder]",
+            "teacher.checkpoint=null",
+        ],
+    )
     assert r.student.width == 0.25 and r.distill.steps == 7 and r.data.flip is True
     assert r.distill.losses.srp.layers == ["encoder"] and r.teacher.checkpoint is None
     assert parse_override("a.b=hello") == (["a", "b"], "hello")
@@ -110,8 +121,7 @@ def test_defaults_and_forbid_extra():
     r = Recipe.model_validate({"name": "x", "data": {"kind": "synthetic"}, "teacher": {"arch": "unet_256"}})
     assert r.distill.losses.recon.weight == 100.0 and r.distill.losses.gan.mode == "lsgan"
     with pytest.raises(Exception):
-        Recipe.model_validate({"name": "x", "data": {"kind": "synthetic"}, "teacher": {"arch": "unet_256"},
-                               "bogus": 1})
+        Recipe.model_validate({"name": "x", "data": {"kind": "synthetic"}, "teacher": {"arch": "unet_256"}, "bogus": 1})
 
 
 def test_teacher_needs_exactly_one_source(tmp_path):
@@ -130,7 +140,7 @@ def test_readme_recipe_reference_in_sync():
         if m:
             documented[m.group(1)] = m.group(2).strip("` ")
     schema = {k: d for k, d, _ in schema_reference()}
-    assert set(documented) == set(schema), (set(schema) ^ set(documented))
+    assert set(documented) == set(schema), set(schema) ^ set(documented)
     for k, d in schema.items():
         assert documented[k] == d, f"{k}: README says {documented[k]!r}, schema default is {d!r}"
 
@@ -155,8 +165,11 @@ def test_readme_defaults_are_what_a_recipe_gets():
         assert shown == default, f"{key}: README says {default!r}, a recipe gets {shown!r}"
         checked += 1
     assert checked > 50
-    for key, value in (("distill.losses.recon.weight", "100.0"), ("distill.losses.kd.weight", "10.0"),
-                       ("distill.losses.cycle.weight", "10.0")):
+    for key, value in (
+        ("distill.losses.recon.weight", "100.0"),
+        ("distill.losses.kd.weight", "10.0"),
+        ("distill.losses.cycle.weight", "10.0"),
+    ):
         assert documented[key] == value
 
 

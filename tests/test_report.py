@@ -1,5 +1,6 @@
 """The report tells the truth at a glance: plot geometry read back from matplotlib, honesty flags, one column per
 machine, sample grids carried into merged reports, consistent digits."""
+
 import itertools
 import json
 
@@ -9,38 +10,89 @@ from PIL import Image
 
 from exporters import report as rp
 
-HOST = {"hostname": "box", "cpu": "AMD EPYC", "cores": 2, "threads": 2, "torch_version": "2.13",
-        "onnxruntime_version": "1.32", "gemm_peak_macs_per_s": 5e10}
+HOST = {
+    "hostname": "box",
+    "cpu": "AMD EPYC",
+    "cores": 2,
+    "threads": 2,
+    "torch_version": "2.13",
+    "onnxruntime_version": "1.32",
+    "gemm_peak_macs_per_s": 5e10,
+}
 
 
 def _lat(p50, p90, p10=None, n=20):
     p10 = p50 * 0.9 if p10 is None else p10
-    return {"p10": p10, "p50": p50, "p90": p90, "p99": p90 * 1.1, "mean": (p50 + p90) / 2, "std": 1.0,
-            "min": p10 * 0.95, "n": n, "throughput_ips": 1000 / p50}
+    return {
+        "p10": p10,
+        "p50": p50,
+        "p90": p90,
+        "p99": p90 * 1.1,
+        "mean": (p50 + p90) / 2,
+        "std": 1.0,
+        "min": p10 * 0.95,
+        "n": n,
+        "throughput_ips": 1000 / p50,
+    }
 
 
 def _row(model, role, backend, lat, macs, batch=1, size=256, mem=300.0):
-    return {"model": model, "role": role, "backend": backend, "batch": batch, "size": size, "precision": "fp32",
-            "status": "ok", "latency_ms": lat, "macs": macs, "params": macs // 1000, "peak_memory_mb": mem}
+    return {
+        "model": model,
+        "role": role,
+        "backend": backend,
+        "batch": batch,
+        "size": size,
+        "precision": "fp32",
+        "status": "ok",
+        "latency_ms": lat,
+        "macs": macs,
+        "params": macs // 1000,
+        "peak_memory_mb": mem,
+    }
 
 
 def _profile(env=HOST, noisy=True):
     t90 = 202.41 if noisy else 26.0
-    return {"schema": "compressor.profile/1", "environment": dict(env), "results": [
-        _row("run/teacher", "teacher", "torch", _lat(23.79, t90, p10=22.0), 12_000_000_000),
-        _row("run/student", "student", "torch", _lat(5.2, 5.9), 800_000_000, mem=120.0),
-        _row("run/teacher", "teacher", "ort-cpu", _lat(19.0, 21.0), 12_000_000_000),
-        _row("run/student", "student", "ort-cpu", _lat(3.1, 3.4), 800_000_000),
-        {"model": "run/student", "role": "student", "backend": "tensorrt", "batch": 1, "size": 256,
-         "precision": "fp32", "status": "unavailable", "reason": "TensorRT is not installed"}]}
+    return {
+        "schema": "compressor.profile/1",
+        "environment": dict(env),
+        "results": [
+            _row("run/teacher", "teacher", "torch", _lat(23.79, t90, p10=22.0), 12_000_000_000),
+            _row("run/student", "student", "torch", _lat(5.2, 5.9), 800_000_000, mem=120.0),
+            _row("run/teacher", "teacher", "ort-cpu", _lat(19.0, 21.0), 12_000_000_000),
+            _row("run/student", "student", "ort-cpu", _lat(3.1, 3.4), 800_000_000),
+            {
+                "model": "run/student",
+                "role": "student",
+                "backend": "tensorrt",
+                "batch": 1,
+                "size": 256,
+                "precision": "fp32",
+                "status": "unavailable",
+                "reason": "TensorRT is not installed",
+            },
+        ],
+    }
 
 
-EVAL = {"teacher": {"params": 11_378_179, "macs": 12_000_000_000, "psnr": 18.0, "ssim": 0.52, "fid": 180.25,
-                    "kid": 0.1234},
-        "student": {"params": 715_000, "macs": 800_000_000, "psnr": 18.43, "ssim": 0.5, "fid": 306.9231725643348,
-                    "kid": 0.2345, "psnr_vs_teacher": 22.1},
-        "student_pct_of_teacher": {"psnr": 102.4, "ssim": 96.2}, "n_images": 16, "size": 256,
-        "fid_weights": "pt_inception-2015-12-05", "fid_skipped": None}
+EVAL = {
+    "teacher": {"params": 11_378_179, "macs": 12_000_000_000, "psnr": 18.0, "ssim": 0.52, "fid": 180.25, "kid": 0.1234},
+    "student": {
+        "params": 715_000,
+        "macs": 800_000_000,
+        "psnr": 18.43,
+        "ssim": 0.5,
+        "fid": 306.9231725643348,
+        "kid": 0.2345,
+        "psnr_vs_teacher": 22.1,
+    },
+    "student_pct_of_teacher": {"psnr": 102.4, "ssim": 96.2},
+    "n_images": 16,
+    "size": 256,
+    "fid_weights": "pt_inception-2015-12-05",
+    "fid_skipped": None,
+}
 
 
 def _draw(fig):

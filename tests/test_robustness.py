@@ -1,4 +1,5 @@
 """Drive the CLI as a user would, with bad input and interruptions: every case gets a clear answer."""
+
 import errno
 import os
 import re
@@ -7,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from conftest import ROOT, run_cli, tiny_recipe_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 from compressor.cli import main
 from compressor.errors import UserError
-from conftest import ROOT, run_cli, tiny_recipe_text
 
 
 def _one_line_error(res, *needles):
@@ -38,13 +39,16 @@ def test_yaml_syntax_error(tmp_path):
     assert re.search(re.escape(str(p)) + r":\d+:", line)
 
 
-@pytest.mark.parametrize("old, new, key", [
-    ("student: {width: 0.5}", "student: {width: 0.5, colour: red}", "student.colour"),
-    ("student: {width: 0.5}", "student: {width: [1]}", "student.width"),
-    ("student: {width: 0.5}", "student: {width: 1.7}", "student.width"),
-    ("student: {width: 0.5}", "student: {width: 0}", "student.width"),
-    ("steps: 6\n  checkpoint_every", "steps: -3\n  checkpoint_every", "distill.steps"),
-])
+@pytest.mark.parametrize(
+    "old, new, key",
+    [
+        ("student: {width: 0.5}", "student: {width: 0.5, colour: red}", "student.colour"),
+        ("student: {width: 0.5}", "student: {width: [1]}", "student.width"),
+        ("student: {width: 0.5}", "student: {width: 1.7}", "student.width"),
+        ("student: {width: 0.5}", "student: {width: 0}", "student.width"),
+        ("steps: 6\n  checkpoint_every", "steps: -3\n  checkpoint_every", "distill.steps"),
+    ],
+)
 def test_schema_errors_name_the_key(tmp_path, old, new, key):
     p = _write(tmp_path, tiny_recipe_text().replace(old, new, 1))
     _one_line_error(run_cli(["validate", p]), key)
@@ -83,8 +87,9 @@ def test_corrupt_image_skipped_or_fatal_when_strict(tmp_path, caplog):
     with pytest.raises(DataError, match="unreadable image"):
         PairedDataset(tmp_path / "train", size=32, strict=True)
     # the same through the CLI with data.strict: true
-    p = _write(tmp_path, tiny_recipe_text().replace("kind: synthetic,", f"kind: paired, root: {tmp_path}, "
-                                                                      f"strict: true,"))
+    p = _write(
+        tmp_path, tiny_recipe_text().replace("kind: synthetic,", f"kind: paired, root: {tmp_path}, strict: true,")
+    )
     _one_line_error(run_cli([p, "--out", tmp_path / "runs", "--only", "teacher"]), "unreadable image")
 
 
@@ -115,35 +120,46 @@ def _ckpt_recipe(tmp_path, ckpt, extra_teacher=""):
 
 
 def test_teacher_checkpoint_problems(tmp_path):
-    from compressor.models import build_generator
-
     import reference_networks as ref
+
+    from compressor.models import build_generator
 
     model = build_generator("resnet_6blocks", ngf=8, norm="instance")
     torch.save(ref.define_G(3, 3, 8, "resnet_6blocks", norm="instance"), tmp_path / "pickled.pth")
     torch.save(model.state_dict(), tmp_path / "good.pth")
     (tmp_path / "corrupt.pth").write_bytes((tmp_path / "good.pth").read_bytes()[:500])
     torch.save(build_generator("unet_128", ngf=8).state_dict(), tmp_path / "unet.pth")
-    cases = [("pickled.pth", "--trust-checkpoint"), ("corrupt.pth", "corrupt"), ("unet.pth", "does not match"),
-             ("missing.pth", "file not found")]
+    cases = [
+        ("pickled.pth", "--trust-checkpoint"),
+        ("corrupt.pth", "corrupt"),
+        ("unet.pth", "does not match"),
+        ("missing.pth", "file not found"),
+    ]
     for name, needle in cases:
         p = _ckpt_recipe(tmp_path, tmp_path / name)
-        _one_line_error(run_cli([p, "--out", tmp_path / f"runs_{name}", "--only", "teacher"]), "teacher.checkpoint",
-                        needle)
+        _one_line_error(
+            run_cli([p, "--out", tmp_path / f"runs_{name}", "--only", "teacher"]), "teacher.checkpoint", needle
+        )
     p = _ckpt_recipe(tmp_path, tmp_path / "pickled.pth")
     res = run_cli([p, "--out", tmp_path / "runs_untrusted_import", "--only", "teacher", "--trust-checkpoint"])
     _one_line_error(res, "cannot be imported here")
-    res = run_cli([p, "--out", tmp_path / "runs_trusted", "--only", "teacher", "--trust-checkpoint", "--quiet"],
-                  env={"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"})
+    res = run_cli(
+        [p, "--out", tmp_path / "runs_trusted", "--only", "teacher", "--trust-checkpoint", "--quiet"],
+        env={"PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'tests'}"},
+    )
     assert res.returncode == 0, res.stderr
 
 
 def test_teacher_import_problems(tmp_path):
     (tmp_path / "nets.py").write_text("import torch.nn as nn\ndef make():\n    return nn.Conv2d(3, 3, 1)\n")
-    for path, needle in (("no_such_pkg.nets:make", "no module named"), ("nets.py:missing", "no attribute"),
-                         ("gone.py:make", "file not found")):
-        text = tiny_recipe_text().replace("arch: resnet_6blocks\n  kwargs: {ngf: 8, norm: instance}\n  train: "
-                                          "{steps: 6}", f"import: {path}")
+    for path, needle in (
+        ("no_such_pkg.nets:make", "no module named"),
+        ("nets.py:missing", "no attribute"),
+        ("gone.py:make", "file not found"),
+    ):
+        text = tiny_recipe_text().replace(
+            "arch: resnet_6blocks\n  kwargs: {ngf: 8, norm: instance}\n  train: {steps: 6}", f"import: {path}"
+        )
         p = _write(tmp_path, text)
         _one_line_error(run_cli([p, "--out", tmp_path / "runs", "--only", "teacher"]), "teacher.import", needle)
 
@@ -206,10 +222,13 @@ def test_disk_full_during_a_stage_via_cli(tmp_path, tiny_recipe):
         "    if 'eval.json' in name:\n"
         "        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))\n"
         "    return _fsync(fd)\n"
-        "os.fsync = fsync\n")
+        "os.fsync = fsync\n"
+    )
     out = tmp_path / "runs"
-    res = run_cli([tiny_recipe, "--out", out, "--only", "teacher,student,distill,evaluate", "--quiet"],
-                  env={"PYTHONPATH": f"{site}{os.pathsep}{ROOT}"})
+    res = run_cli(
+        [tiny_recipe, "--out", out, "--only", "teacher,student,distill,evaluate", "--quiet"],
+        env={"PYTHONPATH": f"{site}{os.pathsep}{ROOT}"},
+    )
     _one_line_error(res, "eval.json", "No space left on device")
     assert (out / "tiny" / "student.safetensors").exists()  # earlier artifacts intact
     assert not (out / "tiny" / "eval.json").exists()
@@ -225,8 +244,19 @@ def test_parity_failure_marks_export_and_blocks_later_use(tmp_path, tiny_recipe)
 
 
 def test_missing_backend_names_the_extra(tmp_path):
-    res = run_cli(["profile", "resnet_6blocks:ngf=4,norm=instance", "--backend", "tensorrt", "--size", "32",
-                   "--out", tmp_path / "p.json", "--quiet"])
+    res = run_cli(
+        [
+            "profile",
+            "resnet_6blocks:ngf=4,norm=instance",
+            "--backend",
+            "tensorrt",
+            "--size",
+            "32",
+            "--out",
+            tmp_path / "p.json",
+            "--quiet",
+        ]
+    )
     assert res.returncode == 0
     assert "compressor[trt]" in res.stdout or "CUDA" in res.stdout
 
@@ -237,18 +267,53 @@ def test_weights_only_everywhere():
     files = [p for d in ("compressor", "exporters", "tools") for p in sorted((ROOT / d).rglob("*.py"))]
     assert len(files) > 20
     for pattern in (r"weights_only *= *False", r"yaml\.load\("):
-        hits = [f"{p}:{i}" for p in files for i, line in enumerate(p.read_text().splitlines(), 1)
-                if re.search(pattern, line)]
+        hits = [
+            f"{p}:{i}"
+            for p in files
+            for i, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(pattern, line)
+        ]
         assert hits == [], (pattern, hits)
 
 
-_keys = st.sampled_from(["name", "seed", "device", "data", "teacher", "student", "distill", "evaluate", "export",
-                         "profile", "width", "kind", "root", "arch", "steps", "losses", "srp", "layers", "import",
-                         "zzz", "size"])
-_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
-                     st.text(max_size=12), st.sampled_from(["synthetic", "unet_256", "auto", "paired", "0.5"]))
-_docs = st.recursive(_scalars, lambda children: st.one_of(st.lists(children, max_size=3),
-                                                          st.dictionaries(_keys, children, max_size=5)), max_leaves=25)
+_keys = st.sampled_from(
+    [
+        "name",
+        "seed",
+        "device",
+        "data",
+        "teacher",
+        "student",
+        "distill",
+        "evaluate",
+        "export",
+        "profile",
+        "width",
+        "kind",
+        "root",
+        "arch",
+        "steps",
+        "losses",
+        "srp",
+        "layers",
+        "import",
+        "zzz",
+        "size",
+    ]
+)
+_scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=True),
+    st.text(max_size=12),
+    st.sampled_from(["synthetic", "unet_256", "auto", "paired", "0.5"]),
+)
+_docs = st.recursive(
+    _scalars,
+    lambda children: st.one_of(st.lists(children, max_size=3), st.dictionaries(_keys, children, max_size=5)),
+    max_leaves=25,
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -269,25 +334,47 @@ def test_fuzz_validate_never_shows_a_traceback(tmp_path, doc, capsys):
 
 # Hostile recipes: aliases (incl. alias bombs), deep nesting, huge numbers, arbitrary unicode and raw bytes.
 _ALIAS_DOCS = st.builds(
-    lambda width, depth, key: "a0: &a0 [" + ", ".join(["x"] * width) + "]\n" + "".join(
-        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]\n" for i in range(1, depth))
-    + f"{key}: *a{depth - 1}\n",
-    st.integers(1, 12), st.integers(1, 12), st.sampled_from(["name", "teacher", "distill", "zzz"]))
-_DEEP_DOCS = st.builds(lambda n, o, c: o * n + c * min(n, 3), st.integers(1, 3000),
-                       st.sampled_from(["[", "{", "- ", "a: {"]), st.sampled_from(["]", "}", ""]))
-_NUMBER_DOCS = st.builds(lambda key, digits, kind: f"name: x\n{key}: " + {
-    "int": "9" * digits, "neg": "-" + "7" * digits, "float": "1." + "5" * digits + "e" + str(digits),
-    "hex": "0x" + "f" * digits}[kind] + "\n",
-                         st.sampled_from(["seed", "name", "distill", "zzz"]), st.integers(1, 6000),
-                         st.sampled_from(["int", "neg", "float", "hex"]))
-_SPLICE = st.builds(lambda head, junk: tiny_recipe_text()[:head] + junk,
-                    st.integers(0, len(tiny_recipe_text())), st.text(max_size=40))
+    lambda width, depth, key: (
+        "a0: &a0 ["
+        + ", ".join(["x"] * width)
+        + "]\n"
+        + "".join(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * width) + "]\n" for i in range(1, depth))
+        + f"{key}: *a{depth - 1}\n"
+    ),
+    st.integers(1, 12),
+    st.integers(1, 12),
+    st.sampled_from(["name", "teacher", "distill", "zzz"]),
+)
+_DEEP_DOCS = st.builds(
+    lambda n, o, c: o * n + c * min(n, 3),
+    st.integers(1, 3000),
+    st.sampled_from(["[", "{", "- ", "a: {"]),
+    st.sampled_from(["]", "}", ""]),
+)
+_NUMBER_DOCS = st.builds(
+    lambda key, digits, kind: (
+        f"name: x\n{key}: "
+        + {
+            "int": "9" * digits,
+            "neg": "-" + "7" * digits,
+            "float": "1." + "5" * digits + "e" + str(digits),
+            "hex": "0x" + "f" * digits,
+        }[kind]
+        + "\n"
+    ),
+    st.sampled_from(["seed", "name", "distill", "zzz"]),
+    st.integers(1, 6000),
+    st.sampled_from(["int", "neg", "float", "hex"]),
+)
+_SPLICE = st.builds(
+    lambda head, junk: tiny_recipe_text()[:head] + junk, st.integers(0, len(tiny_recipe_text())), st.text(max_size=40)
+)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                   HealthCheck.too_slow])
-@given(doc=st.one_of(_ALIAS_DOCS, _DEEP_DOCS, _NUMBER_DOCS, _SPLICE, st.text(max_size=200),
-                     st.binary(max_size=200)))
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
+)
+@given(doc=st.one_of(_ALIAS_DOCS, _DEEP_DOCS, _NUMBER_DOCS, _SPLICE, st.text(max_size=200), st.binary(max_size=200)))
 def test_fuzz_validate_hostile_yaml_never_shows_a_traceback(tmp_path, doc, capsys):
     p = tmp_path / "hostile.yaml"
     p.write_bytes(doc if isinstance(doc, bytes) else doc.encode("utf-8", "surrogatepass"))

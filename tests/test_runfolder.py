@@ -1,10 +1,12 @@
 """The run folder, the pre-flight checks, the one path rule and the stages' use of the run's device."""
+
 from __future__ import annotations
 
 import json
 
 import pytest
 import torch
+from conftest import tiny_recipe_text
 
 import compressor.stages as stages
 from compressor.data import batch_keys, input_key, target_key
@@ -12,7 +14,6 @@ from compressor.errors import RecipeError
 from compressor.models import build_generator, load_teacher, spec_of_model, teacher_spec
 from compressor.recipe import TeacherSpec, parse_recipe
 from compressor.runfolder import RunDir, is_run_folder, load_run_recipe, profile_refs
-from conftest import tiny_recipe_text
 
 NET = """
 import torch.nn as nn
@@ -47,26 +48,34 @@ def test_teacher_paths_follow_the_recipe_rule(tmp_path, monkeypatch):
     assert saved["import"] == f"{cwd / 'nets.py'}:make"
     # a file beside the recipe wins over one in the current folder
     (recipe_dir / "nets.py").write_text(NET.replace("nn.Tanh()", "nn.Sigmoid()"))
-    assert isinstance(load_teacher(TeacherSpec.model_validate({"import": "nets.py:make"}), recipe_dir)[-1],
-                      torch.nn.Sigmoid)
+    assert isinstance(
+        load_teacher(TeacherSpec.model_validate({"import": "nets.py:make"}), recipe_dir)[-1], torch.nn.Sigmoid
+    )
 
 
 def test_teacher_spec_keeps_every_generator_argument():
     spec = teacher_spec(TeacherSpec.model_validate({"arch": "resnet_6blocks", "kwargs": {"ngf": 8}}))
-    assert spec == {"arch": "resnet_6blocks", "kwargs": {"input_nc": 3, "output_nc": 3, "ngf": 8, "norm": "batch",
-                                                          "use_dropout": False}}
+    assert spec == {
+        "arch": "resnet_6blocks",
+        "kwargs": {"input_nc": 3, "output_nc": 3, "ngf": 8, "norm": "batch", "use_dropout": False},
+    }
     assert spec == spec_of_model(build_generator("resnet_6blocks", ngf=8, init=None))
 
 
-@pytest.mark.parametrize("change, key", [
-    ("arch: resnet_6blocks", "teacher.arch"),
-    ("kwargs: {ngf: 8, norm: instance}", "teacher.kwargs"),
-    ("backends: [ort-cpu]", "profile.backends"),
-])
+@pytest.mark.parametrize(
+    "change, key",
+    [
+        ("arch: resnet_6blocks", "teacher.arch"),
+        ("kwargs: {ngf: 8, norm: instance}", "teacher.kwargs"),
+        ("backends: [ort-cpu]", "profile.backends"),
+    ],
+)
 def test_preflight_checks_what_the_schema_cannot(change, key):
-    bad = {"arch: resnet_6blocks": "arch: resnet_7blocks",
-           "kwargs: {ngf: 8, norm: instance}": "kwargs: {ngf: 8, norm: instance, widht: 2}",
-           "backends: [ort-cpu]": "backends: [ort-gpu]"}[change]
+    bad = {
+        "arch: resnet_6blocks": "arch: resnet_7blocks",
+        "kwargs: {ngf: 8, norm: instance}": "kwargs: {ngf: 8, norm: instance, widht: 2}",
+        "backends: [ort-cpu]": "backends: [ort-gpu]",
+    }[change]
     with pytest.raises(RecipeError, match=key):  # the zoo's kwargs are data: the schema catches them already
         stages.preflight(parse_recipe(tiny_recipe_text().replace(change, bad)))
     stages.preflight(parse_recipe(tiny_recipe_text()))

@@ -4,6 +4,7 @@ mistake is one line with exit code 2, one writer per run folder, children die wi
 One test per finding; each asserts exit code 2 (or the documented one), a single ``error:`` line, no traceback,
 and that earlier artifacts are byte-identical afterwards.
 """
+
 import errno
 import hashlib
 import json
@@ -18,11 +19,11 @@ import zlib
 from pathlib import Path
 
 import pytest
+from conftest import ROOT, run_cli, tiny_recipe_text
 
 from compressor import trust
 from compressor.cli import main
 from compressor.errors import UserError
-from conftest import ROOT, run_cli, tiny_recipe_text
 
 PWN = "import pathlib; pathlib.Path({path!r}).write_text('pwned')\n"
 
@@ -54,8 +55,11 @@ def _one_line_proc(res, *needles):
 
 
 def _tree_digest(root: Path) -> dict:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def _recipe(tmp_path, text, name="r.yaml"):
@@ -75,11 +79,15 @@ def _hostile_student(folder: Path, marker: Path, via_file: bool) -> Path:
         target = f"{evil}:make"
     else:
         target = "os:system"
-    plan = {"teacher": {"import": target, "kwargs": {"command": f"touch {marker}"}}, "method": "prune",
-            "groups": [], "example_shape": [1, 3, 8, 8]}
+    plan = {
+        "teacher": {"import": target, "kwargs": {"command": f"touch {marker}"}},
+        "method": "prune",
+        "groups": [],
+        "example_shape": [1, 3, 8, 8],
+    }
     (folder / "student.json").write_text(json.dumps(plan))
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     save_file({"w": torch.zeros(1)}, str(folder / "student.safetensors"))
     (folder / "teacher.json").write_text(json.dumps({"spec": plan["teacher"]}))
@@ -91,8 +99,11 @@ def test_loading_a_folder_imports_no_code_without_consent(tmp_path, capsys, via_
     marker = tmp_path / "PWNED"
     folder = _hostile_student(tmp_path / "student", marker, via_file)
     before = _tree_digest(folder)
-    for args in (["export", folder], ["profile", folder, "--backend", "torch", "--out", tmp_path / "p.json"],
-                 ["evaluate", folder, "--data", tmp_path]):
+    for args in (
+        ["export", folder],
+        ["profile", folder, "--backend", "torch", "--out", tmp_path / "p.json"],
+        ["evaluate", folder, "--data", tmp_path],
+    ):
         line = _one_line(capsys, main([str(a) for a in args]), "--trust-code", "student.json")
         assert ("os:system" in line) != via_file
         assert not marker.exists()
@@ -113,10 +124,10 @@ def test_loading_a_folder_imports_no_code_without_consent(tmp_path, capsys, via_
 def test_consent_imports_an_architecture(tmp_path):
     """``allow_import=True`` (and --trust-code) loads an imported architecture; zoo students need no consent."""
     import torch
+    from custom_archs import make_depthwise
 
     from compressor.models import build_generator
     from compressor.slim import load_student, make_student, save_student
-    from custom_archs import make_depthwise
 
     teacher = make_depthwise(8).eval()
     teacher.compressor_spec = {"import": "custom_archs:make_depthwise", "kwargs": {"ch": 8}}
@@ -148,15 +159,20 @@ def test_student_json_with_absurd_zoo_kwargs_is_one_line(tmp_path):
 def test_validate_locates_teacher_import_without_running_it(tmp_path, capsys):
     marker = tmp_path / "PWNED"
     (tmp_path / "evil.py").write_text(PWN.format(path=str(marker)) + "def make(**kw):\n    pass\n")
-    base = tiny_recipe_text().replace("  arch: resnet_6blocks\n  kwargs: {ngf: 8, norm: instance}\n  train: {steps: 6}",
-                                      "  import: evil.py:make")
+    base = tiny_recipe_text().replace(
+        "  arch: resnet_6blocks\n  kwargs: {ngf: 8, norm: instance}\n  train: {steps: 6}", "  import: evil.py:make"
+    )
     base = base.replace("srp: {weight: 10.0, layers: [encoder, res_mid]}", "srp: {weight: 0}")
     p = _recipe(tmp_path, base)
     assert main(["validate", str(p)]) == 0
     assert "valid" in capsys.readouterr().out
     assert not marker.exists()
-    for target, needle in (("evil.py:nope", "does not define 'nope'"), ("missing.py:make", "file not found"),
-                           ("no_such_pkg_xyz.mod:f", "no module named"), ("os", "module:attribute")):
+    for target, needle in (
+        ("evil.py:nope", "does not define 'nope'"),
+        ("missing.py:make", "file not found"),
+        ("no_such_pkg_xyz.mod:f", "no module named"),
+        ("os", "module:attribute"),
+    ):
         p = _recipe(tmp_path, base.replace("import: evil.py:make", f"import: {target!r}"))
         _one_line(capsys, main(["validate", str(p)]), needle)
     assert not marker.exists()
@@ -177,23 +193,29 @@ def test_validate_locates_teacher_import_without_running_it(tmp_path, capsys):
 # ------------------------------------------------------------------------------ 2. bounded YAML
 
 _BOMB = "a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n" + "".join(
-    f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    f"{c}: &{c} [" + ", ".join([f"*{p}"] * 9) + "]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
 
 
-@pytest.mark.parametrize("text, needle", [
-    (_BOMB, "aliases"),
-    ("[" * 100_000, "nesting"),
-    ("name: x\nseed: " + "9" * 5000 + "\n", "digits"),
-    ("x: &a [*a, *a]\n", ""),  # a recursive alias: finite, then refused by the schema
-    ("name: x\n" + "k: *a\n" * 300, ""),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        (_BOMB, "aliases"),
+        ("[" * 100_000, "nesting"),
+        ("name: x\nseed: " + "9" * 5000 + "\n", "digits"),
+        ("x: &a [*a, *a]\n", ""),  # a recursive alias: finite, then refused by the schema
+        ("name: x\n" + "k: *a\n" * 300, ""),
+    ],
+)
 def test_hostile_yaml_is_bounded(tmp_path, text, needle):
     """Each runs under a 1 GiB address-space limit and finishes in under 10 s with one line."""
     p = _recipe(tmp_path, text)
-    code = ("import resource, sys\n"
-            "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-            "from compressor.cli import main\n"
-            f"sys.exit(main(['validate', {str(p)!r}]))\n")
+    code = (
+        "import resource, sys\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
+        "from compressor.cli import main\n"
+        f"sys.exit(main(['validate', {str(p)!r}]))\n"
+    )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t0 = time.monotonic()
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
@@ -204,21 +226,24 @@ def test_hostile_yaml_is_bounded(tmp_path, text, needle):
 # ------------------------------------------------------------------------------ 3. usage errors and bad values
 
 
-@pytest.mark.parametrize("args, needle", [
-    ([], "missing command"),
-    (["run"], "Missing argument"),
-    (["--bogus"], "--bogus"),
-    (["validate", "--bogus"], "--bogus"),
-    (["run", "x.yaml", "--nproc", "0"], "--nproc"),
-    (["profile", "m", "--iters", "abc"], "--iters"),
-    (["profile", "m", "--iters", "0"], "--iters"),
-    (["profile", "resnet_6blocks", "--batch", "0"], "--batch"),
-    (["profile", "resnet_6blocks", "--size", "0,256"], "--size"),
-    (["profile", "resnet_6blocks:width=abc"], "width"),
-    (["profile", "resnet_6blocks:ngf=0"], "ngf"),
-    (["profile", "resnet_6blocks:ngf=x"], "ngf"),
-    (["profile", "resnet_6blocks:width=7"], "width"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        ([], "missing command"),
+        (["run"], "Missing argument"),
+        (["--bogus"], "--bogus"),
+        (["validate", "--bogus"], "--bogus"),
+        (["run", "x.yaml", "--nproc", "0"], "--nproc"),
+        (["profile", "m", "--iters", "abc"], "--iters"),
+        (["profile", "m", "--iters", "0"], "--iters"),
+        (["profile", "resnet_6blocks", "--batch", "0"], "--batch"),
+        (["profile", "resnet_6blocks", "--size", "0,256"], "--size"),
+        (["profile", "resnet_6blocks:width=abc"], "width"),
+        (["profile", "resnet_6blocks:ngf=0"], "ngf"),
+        (["profile", "resnet_6blocks:ngf=x"], "ngf"),
+        (["profile", "resnet_6blocks:width=7"], "width"),
+    ],
+)
 def test_usage_errors_are_one_line(tmp_path, capsys, args, needle):
     if args[:1] == ["profile"]:
         args = args + ["--out", str(tmp_path / "p.json")]
@@ -256,31 +281,37 @@ def test_both_click_families_are_caught(monkeypatch, capsys):
     if int(typer.__version__.split(".")[1]) >= 20:
         assert any(f.__name__.startswith("typer.") for f in families)
     for fam in families:
+
         def boom(*a, _fam=fam, **k):
             raise _fam.UsageError("bad usage\nsecond line")
+
         monkeypatch.setattr(cli, "app", boom)
         _one_line(capsys, cli.main(["validate", "x"]), "bad usage second line")
 
         def other(*a, _fam=fam, **k):
             raise _fam.FileError("f.txt", "denied")
+
         monkeypatch.setattr(cli, "app", other)
         _one_line(capsys, cli.main(["validate", "x"]), "f.txt")
 
 
-@pytest.mark.parametrize("old, new, needle", [
-    ("kwargs: {ngf: 8, norm: instance}", "kwargs: {ngf: 8, norm: instanec}", "teacher.kwargs.norm"),
-    ("kwargs: {ngf: 8, norm: instance}", "kwargs: {ngf: thirtytwo}", "teacher.kwargs.ngf"),
-    ("kwargs: {ngf: 8, norm: instance}", "kwargs: {ngf: -4}", "teacher.kwargs.ngf"),
-    ("kwargs: {ngf: 8, norm: instance}", "kwargs: {ngf: 8, use_dropout: maybe}", "use_dropout"),
-    ("kwargs: {ngf: 8, norm: instance}", "kwargs: {ngf: 8, colour: red}", "colour"),
-    ("seed: 0", "seed: -1", "seed"),
-    ("seed: 0", "seed: 1.0e23", "seed"),
-    ("seed: 0", "seed: 4294967296", "seed"),
-    ("name: tiny", "name: " + "x" * 300, "name"),
-    ("name: tiny", "name: ../../etc", "name"),
-    ("size: 32", "size: 250", "data.size"),  # resnet with teacher.train: a multiple of 4
-    ("arch: resnet_6blocks", "arch: unet_256", "data.size"),  # unet_256 needs multiples of 256
-])
+@pytest.mark.parametrize(
+    "old, new, needle",
+    [
+        ("kwargs: {ngf: 8, norm: instance}", "kwargs: {ngf: 8, norm: instanec}", "teacher.kwargs.norm"),
+        ("kwargs: {ngf: 8, norm: instance}", "kwargs: {ngf: thirtytwo}", "teacher.kwargs.ngf"),
+        ("kwargs: {ngf: 8, norm: instance}", "kwargs: {ngf: -4}", "teacher.kwargs.ngf"),
+        ("kwargs: {ngf: 8, norm: instance}", "kwargs: {ngf: 8, use_dropout: maybe}", "use_dropout"),
+        ("kwargs: {ngf: 8, norm: instance}", "kwargs: {ngf: 8, colour: red}", "colour"),
+        ("seed: 0", "seed: -1", "seed"),
+        ("seed: 0", "seed: 1.0e23", "seed"),
+        ("seed: 0", "seed: 4294967296", "seed"),
+        ("name: tiny", "name: " + "x" * 300, "name"),
+        ("name: tiny", "name: ../../etc", "name"),
+        ("size: 32", "size: 250", "data.size"),  # resnet with teacher.train: a multiple of 4
+        ("arch: resnet_6blocks", "arch: unet_256", "data.size"),  # unet_256 needs multiples of 256
+    ],
+)
 def test_recipe_values_the_run_would_trip_on(tmp_path, capsys, old, new, needle):
     p = _recipe(tmp_path, tiny_recipe_text().replace(old, new, 1))
     _one_line(capsys, main(["validate", str(p)]), needle)
@@ -302,17 +333,22 @@ def test_validate_reports_missing_checkpoints_and_reverse_teacher(tmp_path, caps
     from compressor.models import build_generator
 
     torch.save(build_generator("resnet_6blocks", ngf=8, norm="instance").state_dict(), torch_ckpt)
-    text = tiny_recipe_text().replace("kind: synthetic", f"kind: unpaired, root: {unpaired}").replace(
-        "  train: {steps: 6}", f"  checkpoint: {torch_ckpt}")
+    text = (
+        tiny_recipe_text()
+        .replace("kind: synthetic", f"kind: unpaired, root: {unpaired}")
+        .replace("  train: {steps: 6}", f"  checkpoint: {torch_ckpt}")
+    )
     _one_line(capsys, main(["validate", str(_recipe(tmp_path, text))]), "teacher.reverse_checkpoint")
 
 
 def _png_header_only(path: Path, w: int, h: int) -> None:
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
     ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16))
-                     + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    )
 
 
 def test_decompression_bomb_image_is_one_line(tmp_path, caplog):
@@ -388,8 +424,12 @@ def test_resume_only_matching_checkpoints(trained, tmp_path):
     out = tmp_path / "runs"
     shutil.copytree(runs, out)
     before = _tree_digest(out)
-    for extra in (["--set", "distill.lr=0.001"], ["--set", "distill.lr=0.001", "--resume"],
-                  ["--set", "student.width=0.25", "--resume"], ["--set", "distill.steps=9", "--resume"]):
+    for extra in (
+        ["--set", "distill.lr=0.001"],
+        ["--set", "distill.lr=0.001", "--resume"],
+        ["--set", "student.width=0.25", "--resume"],
+        ["--set", "distill.steps=9", "--resume"],
+    ):
         res = run_cli([recipe, "--out", out, "--only", "distill", "-q"] + extra)
         _one_line_proc(res, "--force", "checkpoints")
         assert "--resume" not in res.stderr  # never the advice that trains 0 steps on old weights
@@ -434,14 +474,35 @@ def test_printed_resume_command_keeps_every_flag(monkeypatch, capsys, tmp_path):
 
     def interrupted(*a, **k):
         raise Interrupted("interrupted at step 3", pipeline.resume_command(None))
+
     monkeypatch.setattr(pipeline, "run_pipeline", interrupted)
-    args = ["run", str(p), "--out", str(tmp_path / "o u t"), "--set", "distill.lr=0.001", "--only",
-            "teacher,student,distill", "--device", "cpu", "--nproc", "1", "--force", "-q"]
+    args = [
+        "run",
+        str(p),
+        "--out",
+        str(tmp_path / "o u t"),
+        "--set",
+        "distill.lr=0.001",
+        "--only",
+        "teacher,student,distill",
+        "--device",
+        "cpu",
+        "--nproc",
+        "1",
+        "--force",
+        "-q",
+    ]
     assert main(args) == 130
     err = capsys.readouterr().err
     hint = [l for l in err.splitlines() if l.startswith("resume with: ")][0]
-    for piece in ("--set distill.lr=0.001", "--only teacher,student,distill", "--device cpu", "--nproc 1",
-                  "'" + str(tmp_path / "o u t") + "'", "--resume"):
+    for piece in (
+        "--set distill.lr=0.001",
+        "--only teacher,student,distill",
+        "--device cpu",
+        "--nproc 1",
+        "'" + str(tmp_path / "o u t") + "'",
+        "--resume",
+    ):
         assert piece in hint, (piece, hint)
     assert "--force" not in hint
 
@@ -468,9 +529,28 @@ def test_two_runs_on_one_folder(trained, tmp_path, capsys):
     out = tmp_path / "runs"
     shutil.copytree(runs, out)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    a = subprocess.Popen([sys.executable, "-m", "compressor", str(recipe), "--out", str(out), "--only", "distill",
-                          "--force", "-q", "--set", "distill.steps=30", "--set", "distill.log_every=1"],
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    a = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "compressor",
+            str(recipe),
+            "--out",
+            str(out),
+            "--only",
+            "distill",
+            "--force",
+            "-q",
+            "--set",
+            "distill.steps=30",
+            "--set",
+            "distill.log_every=1",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     lock = out / "tiny" / ".lock"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not (lock.exists() and lock.read_text().strip()):
@@ -491,9 +571,27 @@ def test_sigkill_of_distributed_run_leaves_no_worker(trained, tmp_path):
     out = tmp_path / "runs"
     shutil.copytree(runs, out)
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([sys.executable, "-m", "compressor", str(recipe), "--out", str(out), "--only",
-                             "distill", "--force", "--nproc", "2", "-q", "--set", "distill.steps=2000"],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "compressor",
+            str(recipe),
+            "--out",
+            str(out),
+            "--only",
+            "distill",
+            "--force",
+            "--nproc",
+            "2",
+            "-q",
+            "--set",
+            "distill.steps=2000",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     needle = f"compressor.worker {out / 'tiny'}"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(_pids_with(needle)) < 2:
@@ -503,8 +601,9 @@ def test_sigkill_of_distributed_run_leaves_no_worker(trained, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     time.sleep(5.0)
-    alive = _pids_with(needle) + _pids_with(f"torch.distributed.run --standalone --nproc_per_node=2 -m "
-                                            f"compressor.worker {out / 'tiny'}")
+    alive = _pids_with(needle) + _pids_with(
+        f"torch.distributed.run --standalone --nproc_per_node=2 -m compressor.worker {out / 'tiny'}"
+    )
     for pid in alive:  # clean up before failing
         os.kill(pid, signal.SIGKILL)
     assert alive == []
@@ -513,9 +612,11 @@ def test_sigkill_of_distributed_run_leaves_no_worker(trained, tmp_path):
 def test_lock_is_released_by_the_kernel(tmp_path):
     from compressor.lock import RunLocked, run_lock
 
-    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
-            "from compressor.lock import run_lock\n"
-            f"with run_lock({str(tmp_path / 'r')!r}):\n    print('held', flush=True); time.sleep(60)\n")
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from compressor.lock import run_lock\n"
+        f"with run_lock({str(tmp_path / 'r')!r}):\n    print('held', flush=True); time.sleep(60)\n"
+    )
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "held"
     with pytest.raises(RunLocked, match=str(child.pid)):
@@ -530,12 +631,16 @@ def test_lock_is_released_by_the_kernel(tmp_path):
 def test_profile_worker_dies_with_its_parent(tmp_path):
     """A worker started through procs.start_group dies when its parent is SIGKILLed."""
     worker = tmp_path / "worker.py"
-    worker.write_text(f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
-                      "from compressor.procs import die_with_parent\ndie_with_parent()\ntime.sleep(120)\n")
-    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
-            "from compressor.procs import start_group\n"
-            f"p = start_group([sys.executable, {str(worker)!r}])\n"
-            "print(p.pid, flush=True); time.sleep(120)\n")
+    worker.write_text(
+        f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from compressor.procs import die_with_parent\ndie_with_parent()\ntime.sleep(120)\n"
+    )
+    code = (
+        f"import sys, time; sys.path.insert(0, {str(ROOT)!r})\n"
+        "from compressor.procs import start_group\n"
+        f"p = start_group([sys.executable, {str(worker)!r}])\n"
+        "print(p.pid, flush=True); time.sleep(120)\n"
+    )
     parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     child = int(parent.stdout.readline())
     parent.kill()
@@ -544,8 +649,7 @@ def test_profile_worker_dies_with_its_parent(tmp_path):
     while time.monotonic() < deadline:
         try:
             os.kill(child, 0)
-            if "Z" in [l for l in Path(f"/proc/{child}/status").read_text().splitlines()
-                       if l.startswith("State:")][0]:
+            if "Z" in [l for l in Path(f"/proc/{child}/status").read_text().splitlines() if l.startswith("State:")][0]:
                 break
         except (ProcessLookupError, FileNotFoundError):
             break
@@ -568,6 +672,7 @@ def test_metrics_append_is_whole_lines_or_nothing(tmp_path, monkeypatch):
 
     def full(fd, data):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(cio.os, "write", full)
     with pytest.raises(cio.DiskWriteError, match="No space left"):
         cio.append_line(f, json.dumps({"step": 2}))
@@ -575,6 +680,7 @@ def test_metrics_append_is_whole_lines_or_nothing(tmp_path, monkeypatch):
 
     def short(fd, data):
         return real(fd, data[: len(data) // 2])
+
     monkeypatch.setattr(cio.os, "write", short)
     with pytest.raises(cio.DiskWriteError, match="short write"):
         cio.append_line(f, json.dumps({"step": 2, "loss": 0.5}))
@@ -594,13 +700,19 @@ def test_sample_png_on_a_full_disk_is_one_line(tmp_path, monkeypatch):
     t.memory_format = torch.contiguous_format
     t.amp_dtype = None
     net = torch.nn.Conv2d(3, 3, 1)
-    t.s = type("S", (), {"sample_batch": {"input": torch.zeros(1, 3, 8, 8)},
-                         "directions": [type("D", (), {"src": "input", "tgt": "target", "student": net,
-                                                       "teacher": None})()]})()
+    t.s = type(
+        "S",
+        (),
+        {
+            "sample_batch": {"input": torch.zeros(1, 3, 8, 8)},
+            "directions": [type("D", (), {"src": "input", "tgt": "target", "student": net, "teacher": None})()],
+        },
+    )()
     assert t.write_samples().is_file()
 
     def full(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
+
     monkeypatch.setattr(cio.os, "fsync", full)
     t.step = 6
     with pytest.raises(UserError, match="No space left"):

@@ -1,18 +1,20 @@
 import subprocess
 import sys
 
+import custom_archs
 import pytest
 import torch
+from conftest import ROOT
 
-import custom_archs
 from compressor.complexity import profile_model
 from compressor.models import build_generator
 from compressor.slim import load_student, make_student, save_student
-from conftest import ROOT
 
-CUSTOM = [("custom_archs:make_depthwise", custom_archs.make_depthwise),
-          ("custom_archs:make_pixelshuffle", custom_archs.make_pixelshuffle),
-          ("custom_archs:make_attention_unet", custom_archs.make_attention_unet)]
+CUSTOM = [
+    ("custom_archs:make_depthwise", custom_archs.make_depthwise),
+    ("custom_archs:make_pixelshuffle", custom_archs.make_pixelshuffle),
+    ("custom_archs:make_attention_unet", custom_archs.make_attention_unet),
+]
 
 
 @pytest.mark.parametrize("import_path, factory", CUSTOM)
@@ -33,8 +35,11 @@ def test_prune_custom_architectures(tmp_path, import_path, factory):
     seen, hooks = {}, []
     for name, m in student.named_modules():
         if isinstance(m, torch.nn.InstanceNorm2d):
-            hooks.append(m.register_forward_pre_hook(
-                lambda mod, inp, name=name: seen.__setitem__(name, (mod.num_features, inp[0].shape[1]))))
+            hooks.append(
+                m.register_forward_pre_hook(
+                    lambda mod, inp, name=name: seen.__setitem__(name, (mod.num_features, inp[0].shape[1]))
+                )
+            )
     with torch.no_grad():
         student(x)
     for h in hooks:
@@ -44,12 +49,13 @@ def test_prune_custom_architectures(tmp_path, import_path, factory):
     with pytest.warns(None) if False else _no_warnings():
         student(x)
     save_student(student, plan, tmp_path / "s")
-    export_checked(student, tmp_path / "s" / "student.onnx", [x, torch.randn(3, 3, 32, 32)], ["batch"], 18, 1e-4,
-                   {})
+    export_checked(student, tmp_path / "s" / "student.onnx", [x, torch.randn(3, 3, 32, 32)], ["batch"], 18, 1e-4, {})
     # round trip in a fresh process, without the teacher's weights
-    code = (f"import sys, torch; sys.path.insert(0, {str(ROOT / 'tests')!r}); "
-            f"from compressor.slim import load_student; m = load_student({str(tmp_path / 's')!r}, allow_import=True); "
-            f"torch.manual_seed(1); x = torch.randn(2, 3, 32, 32); torch.save(m(x).detach(), {str(tmp_path / 'o.pt')!r})")
+    code = (
+        f"import sys, torch; sys.path.insert(0, {str(ROOT / 'tests')!r}); "
+        f"from compressor.slim import load_student; m = load_student({str(tmp_path / 's')!r}, allow_import=True); "
+        f"torch.manual_seed(1); x = torch.randn(2, 3, 32, 32); torch.save(m(x).detach(), {str(tmp_path / 'o.pt')!r})"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     torch.manual_seed(1)
     x2 = torch.randn(2, 3, 32, 32)
@@ -78,8 +84,7 @@ def test_prune_and_rebuild_give_identical_shapes(arch, norm, size):
     pruned, _ = make_student(teacher, 0.25, method="prune", example_input=x)
     rebuilt, plan = make_student(teacher, 0.25, method="rebuild", init="scratch", example_input=x)
     assert plan["ngf"] == 8
-    assert {k: v.shape for k, v in pruned.state_dict().items()} == \
-        {k: v.shape for k, v in rebuilt.state_dict().items()}
+    assert {k: v.shape for k, v in pruned.state_dict().items()} == {k: v.shape for k, v in rebuilt.state_dict().items()}
     # teacher and student share module names, so taps by name work on both
     assert set(dict(teacher.named_modules())) == set(dict(rebuilt.named_modules()))
 

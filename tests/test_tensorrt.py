@@ -1,5 +1,6 @@
 """The TensorRT path without TensorRT: INT8 for TensorRT, the lint's rule table, the builder and runner against a
 fake ``tensorrt`` module that records calls, and the trtexec scripts flag by flag."""
+
 import re
 import sys
 import types
@@ -82,8 +83,9 @@ def test_tensorrt_int8_has_no_int32_dequantize_and_no_uint8(tiny_onnx, int8_trt)
     model = onnx.load(str(int8_trt))
     zps = [numpy_helper.to_array(i) for i in model.graph.initializer if i.name.endswith("zero_point")]
     assert zps and all(z.dtype == np.int8 and not z.any() for z in zps)  # signed, symmetric
-    per_channel = [n for n in model.graph.node if n.op_type == "DequantizeLinear"
-                   and any(a.name == "axis" for a in n.attribute)]
+    per_channel = [
+        n for n in model.graph.node if n.op_type == "DequantizeLinear" and any(a.name == "axis" for a in n.attribute)
+    ]
     assert per_channel  # per-channel weights
     assert lint_onnx(int8_trt, 10).ok and lint_onnx(int8_trt, 11).ok
 
@@ -99,10 +101,17 @@ def test_lint_fails_a_model_quantised_with_quantize_bias(tiny_onnx, tmp_path):
     from exporters.quantize import _Reader
 
     out = tmp_path / "bias.onnx"
-    quantize_static(str(tiny_onnx), str(out), _Reader("input", _calib()), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=CalibrationMethod.MinMax,
-                    extra_options={"ActivationSymmetric": True, "WeightSymmetric": True})  # QuantizeBias: default
+    quantize_static(
+        str(tiny_onnx),
+        str(out),
+        _Reader("input", _calib()),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+    )  # QuantizeBias: default
     assert TensorProto.INT32 in _dq_input_types(out)
     lint = lint_onnx(out, 10)
     assert not lint.ok and _rules(lint) == {"dq-input-type"}
@@ -135,8 +144,19 @@ def test_every_rule_cites_a_source():
 
 def test_op_table_fixes():
     ops10, ops11 = trt_rules.supported_ops(10), trt_rules.supported_ops(11)
-    for op in ("CastLike", "Mish", "LpNormalization", "MeanVarianceNormalization", "Hardmax", "Scatter", "LSTM",
-               "GRU", "RNN", "Scan", "Upsample"):
+    for op in (
+        "CastLike",
+        "Mish",
+        "LpNormalization",
+        "MeanVarianceNormalization",
+        "Hardmax",
+        "Scatter",
+        "LSTM",
+        "GRU",
+        "RNN",
+        "Scan",
+        "Upsample",
+    ):
         assert op in ops10 and op in ops11, op
     assert "DeformConv" not in ops10 and "DeformConv" in trt_rules.supported_ops("10.1")
     assert "Swish" not in trt_rules.supported_ops("10.16") and "Swish" in ops11
@@ -164,24 +184,39 @@ def test_opset_range_per_version():
 
 def test_resize_rules():
     scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, 2, 2])
-    sym = helper.make_node("Resize", ["input", "", "scales"], ["output"], mode="linear",
-                           coordinate_transformation_mode="half_pixel_symmetric", name="sym")
+    sym = helper.make_node(
+        "Resize",
+        ["input", "", "scales"],
+        ["output"],
+        mode="linear",
+        coordinate_transformation_mode="half_pixel_symmetric",
+        name="sym",
+    )
     lint = lint_onnx(_model([sym], [scales]), 10)
     assert _rules(lint) == {"resize-ctm"} and "half_pixel_symmetric" in lint.problems[0]["problem"]
     sizes = helper.make_tensor("sizes", TensorProto.INT64, [4], [1, 3, 16, 16])
-    keep = helper.make_node("Resize", ["input", "", "", "sizes"], ["output"], keep_aspect_ratio_policy="not_larger",
-                            name="keep")
+    keep = helper.make_node(
+        "Resize", ["input", "", "", "sizes"], ["output"], keep_aspect_ratio_policy="not_larger", name="keep"
+    )
     assert _rules(lint_onnx(_model([keep], [sizes]), 11)) == {"resize-aspect"}
-    ok = helper.make_node("Resize", ["input", "", "scales"], ["output"], mode="nearest",
-                          coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+    ok = helper.make_node(
+        "Resize",
+        ["input", "", "scales"],
+        ["output"],
+        mode="nearest",
+        coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor",
+    )
     assert lint_onnx(_model([ok], [scales]), 10).ok
 
 
 def test_float64_is_a_warning_not_an_error():
     w = helper.make_tensor("w", TensorProto.DOUBLE, [1], [2.0])
-    nodes = [helper.make_node("Cast", ["input"], ["x64"], to=TensorProto.DOUBLE, name="to64"),
-             helper.make_node("Mul", ["x64", "w"], ["m"]),
-             helper.make_node("Cast", ["m"], ["output"], to=TensorProto.FLOAT)]
+    nodes = [
+        helper.make_node("Cast", ["input"], ["x64"], to=TensorProto.DOUBLE, name="to64"),
+        helper.make_node("Mul", ["x64", "w"], ["m"]),
+        helper.make_node("Cast", ["m"], ["output"], to=TensorProto.FLOAT),
+    ]
     lint = lint_onnx(_model(nodes, [w]), 10)
     assert lint.ok and _rules(lint, "warnings") == {"double", "cast-double"}
     assert any("warning" in line for line in lint.lines()) and lint.to_dict()["warnings"]
@@ -189,8 +224,10 @@ def test_float64_is_a_warning_not_an_error():
 
 def test_pad_axes_rule_is_version_ranged_and_quantize_default_is_uint8():
     pads = helper.make_tensor("pads", TensorProto.INT64, [4], [0, 0, 1, 1])
-    nodes = [helper.make_node("Shape", ["input"], ["axes_dyn"], start=2, name="dyn_axes"),
-             helper.make_node("Pad", ["input", "pads", "", "axes_dyn"], ["output"], mode="reflect", name="pad")]
+    nodes = [
+        helper.make_node("Shape", ["input"], ["axes_dyn"], start=2, name="dyn_axes"),
+        helper.make_node("Pad", ["input", "pads", "", "axes_dyn"], ["output"], mode="reflect", name="pad"),
+    ]
     assert _rules(lint_onnx(_model(nodes, [pads]), 10)) == {"pad-axes"}
     assert lint_onnx(_model(nodes, [pads]), "10.15").ok
     scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
@@ -201,8 +238,10 @@ def test_pad_axes_rule_is_version_ranged_and_quantize_default_is_uint8():
 
 
 def test_unsupported_and_custom_ops_name_their_source():
-    nodes = [helper.make_node("Swish", ["input"], ["s"], name="swish"),
-             helper.make_node("MyOp", ["s"], ["output"], domain="com.example", name="custom")]
+    nodes = [
+        helper.make_node("Swish", ["input"], ["s"], name="swish"),
+        helper.make_node("MyOp", ["s"], ["output"], domain="com.example", name="custom"),
+    ]
     lint = lint_onnx(_model(nodes, opset=24, extra_opsets=[helper.make_opsetid("com.example", 1)]), "10.15")
     msgs = {p["node"]: p for p in lint.problems}
     assert "supported from TensorRT 11.0" in msgs["swish"]["problem"] and "plugin" in msgs["custom"]["problem"]
@@ -214,8 +253,9 @@ def test_unsupported_and_custom_ops_name_their_source():
 class FakeTRT:
     """Enough of ``tensorrt`` 10/11 to drive build_engine and TensorRTRunner; every call lands in ``calls``."""
 
-    def __init__(self, version="10.3.0", cache_ok=(True,), set_shape_ok=True, address_ok=True, execute_ok=True,
-                 max_batch=8):
+    def __init__(
+        self, version="10.3.0", cache_ok=(True,), set_shape_ok=True, address_ok=True, execute_ok=True, max_batch=8
+    ):
         self.calls = []
         self.cache_ok = list(cache_ok)
         calls, fake = self.calls, self
@@ -235,6 +275,7 @@ class FakeTRT:
             def __getattr__(self, name):
                 def f(*a, **k):
                     calls.append((self.kind, name, a))
+
                 return f
 
         class Cache:
@@ -352,6 +393,7 @@ def fake_trt(monkeypatch):
         fake = FakeTRT(**kw)
         monkeypatch.setitem(sys.modules, "tensorrt", fake.module)
         return fake
+
     return install
 
 
@@ -432,15 +474,19 @@ def test_runner_shape_outside_profile_names_the_range(fake_trt, tmp_path):
     with pytest.raises(UserError, match="outside"):
         runner(np.zeros((1, 3, 32, 32), np.float32))
     assert [c for c in fake.names("context") if c[0] == "set_input_shape"] == [
-        ("set_input_shape", ("input", (2, 3, 16, 16)))]  # the bad shapes never reached TensorRT
+        ("set_input_shape", ("input", (2, 3, 16, 16)))
+    ]  # the bad shapes never reached TensorRT
     assert runner.peak_memory_mb() is None  # no CUDA here: no figure rather than a torch-only one
 
 
-@pytest.mark.parametrize("which, err, match", [
-    ("set_shape_ok", UserError, "refused input shape 2x3x16x16 .* 1x3x16x16 .. 8x3x16x16"),
-    ("address_ok", ExportError, "refused the address of input"),
-    ("execute_ok", ExportError, "execute_async_v3 returned False"),
-])
+@pytest.mark.parametrize(
+    "which, err, match",
+    [
+        ("set_shape_ok", UserError, "refused input shape 2x3x16x16 .* 1x3x16x16 .. 8x3x16x16"),
+        ("address_ok", ExportError, "refused the address of input"),
+        ("execute_ok", ExportError, "execute_async_v3 returned False"),
+    ],
+)
 def test_runner_checks_every_status(fake_trt, tmp_path, which, err, match):
     plan = tmp_path / "s.plan"
     plan.write_bytes(b"plan")
@@ -461,16 +507,30 @@ def test_runner_peak_memory_counts_tensorrt_allocations(fake_trt, tmp_path, monk
 
 
 # ---------------------------------------------------------------------------------------------- trtexec
-_BASE = ["--minShapes=input:1x3x16x16", "--optShapes=input:1x3x16x16", "--maxShapes=input:8x3x16x16",
-         "--shapes=input:1x3x16x16", "--timingCacheFile=timing.cache", "--exportTimes=trtexec_times.json",
-         "--exportProfile=trtexec_profile.json", "--exportOutput=trtexec_output.json", "--warmUp=500",
-         "--duration=10"]
+_BASE = [
+    "--minShapes=input:1x3x16x16",
+    "--optShapes=input:1x3x16x16",
+    "--maxShapes=input:8x3x16x16",
+    "--shapes=input:1x3x16x16",
+    "--timingCacheFile=timing.cache",
+    "--exportTimes=trtexec_times.json",
+    "--exportProfile=trtexec_profile.json",
+    "--exportOutput=trtexec_output.json",
+    "--warmUp=500",
+    "--duration=10",
+]
 _T10 = ["--useCudaGraph", "--separateProfileRun", "--noDataTransfers"]
 SNAPSHOTS = {
     (10, "fp32"): ["--onnx=student.onnx", "--saveEngine=student.trt10.fp32.plan", *_BASE, *_T10, "--noTF32"],
     (10, "fp16"): ["--onnx=student.onnx", "--saveEngine=student.trt10.fp16.plan", *_BASE, *_T10, "--fp16"],
-    (10, "int8"): ["--onnx=student.int8.onnx", "--saveEngine=student.trt10.int8.plan", *_BASE, *_T10, "--fp16",
-                   "--int8"],
+    (10, "int8"): [
+        "--onnx=student.int8.onnx",
+        "--saveEngine=student.trt10.int8.plan",
+        *_BASE,
+        *_T10,
+        "--fp16",
+        "--int8",
+    ],
     (11, "fp32"): ["--onnx=student.onnx", "--saveEngine=student.trt11.fp32.plan", *_BASE, "--noTF32"],
     (11, "fp16"): ["--onnx=student.fp16.onnx", "--saveEngine=student.trt11.fp16.plan", *_BASE],
     (11, "int8"): ["--onnx=student.int8.onnx", "--saveEngine=student.trt11.int8.plan", *_BASE],
@@ -482,11 +542,11 @@ def test_trtexec_scripts_snapshot(tiny_onnx, int8_trt, major, precision):
     out = tiny_onnx.parent
     script = emit_trtexec_script(out, tiny_onnx, major, precision, SHAPES, int8_trt if precision == "int8" else None)
     text = script.read_text()
-    cmd = text[text.index("trtexec "):].replace("\\\n", " ").split()
+    cmd = text[text.index("trtexec ") :].replace("\\\n", " ").split()
     assert cmd[0] == "trtexec" and cmd[1:] == SNAPSHOTS[(major, precision)]
     for flag in cmd[1:]:  # every flag is one this major's trtexec parses and acts on
         assert trt_rules.trtexec_accepts(flag, major) == "yes", flag
-        for release in (["10.0", "10.16"] if major == 10 else ["11.1"]):
+        for release in ["10.0", "10.16"] if major == 10 else ["11.1"]:
             assert flag.split("=")[0][2:] in trt_rules.TRTEXEC_PARSED[release], (flag, release)
     if major == 10:
         assert "JetPack 6.1 and 6.2 ship TensorRT 10.3" in text and "JetPack 6.0 ships TensorRT 8.6" in text
@@ -501,7 +561,7 @@ def test_trtexec_scripts_snapshot(tiny_onnx, int8_trt, major, precision):
 def test_trtexec_option_table_agrees_with_the_parsed_option_sets():
     for flag, opt in trt_rules.TRTEXEC_OPTIONS.items():
         for major, status in opt.accepted.items():
-            for release in (["10.0", "10.16"] if major == 10 else ["11.1"]):
+            for release in ["10.0", "10.16"] if major == 10 else ["11.1"]:
                 assert (status != "no") == (flag[2:] in trt_rules.TRTEXEC_PARSED[release]), (flag, release)
     assert {"fp16", "int8", "best", "calib"}.isdisjoint(trt_rules.TRTEXEC_PARSED["11.1"])
 

@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from conftest import ROOT, run_cli, tiny_recipe_text
 from PIL import Image
 
 from compressor.train import list_checkpoints, load_latest_checkpoint
-from conftest import ROOT, run_cli, tiny_recipe_text
 
 SLOW_DISTILL = """
 distill:
@@ -44,8 +44,14 @@ def _metrics(run):
 
 
 def _start(args, cwd):
-    return subprocess.Popen([sys.executable, "-m", "compressor"] + [str(a) for a in args], cwd=cwd, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "compressor"] + [str(a) for a in args],
+        cwd=cwd,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for_checkpoint(run, step, proc, timeout=180):
@@ -131,8 +137,9 @@ def test_unpaired_run_on_tiny_tree(tmp_path):
     text = tiny_recipe_text("unp").replace("kind: synthetic,", f"kind: unpaired, root: {root},")
     p = tmp_path / "unp.yaml"
     p.write_text(text)
-    res = run_cli([p, "--out", tmp_path / "runs", "--quiet", "--only", "teacher,student,distill,evaluate"],
-                  cwd=tmp_path)
+    res = run_cli(
+        [p, "--out", tmp_path / "runs", "--quiet", "--only", "teacher,student,distill,evaluate"], cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     run = tmp_path / "runs" / "unp"
     assert (run / "student_reverse" / "student.safetensors").exists()
@@ -141,10 +148,16 @@ def test_unpaired_run_on_tiny_tree(tmp_path):
 
 
 def test_two_process_gloo_training(tmp_path):
-    recipe = _recipe(tmp_path, "ddp", distill=SLOW_DISTILL.replace("steps: 60", "steps: 30")
-                     .replace("checkpoint_every: 5", "checkpoint_every: 15"))
-    res = run_cli([recipe, "--out", tmp_path / "runs", "--quiet", "--nproc", "2", "--only",
-                   "teacher,student,distill"], cwd=tmp_path, timeout=900)
+    recipe = _recipe(
+        tmp_path,
+        "ddp",
+        distill=SLOW_DISTILL.replace("steps: 60", "steps: 30").replace("checkpoint_every: 5", "checkpoint_every: 15"),
+    )
+    res = run_cli(
+        [recipe, "--out", tmp_path / "runs", "--quiet", "--nproc", "2", "--only", "teacher,student,distill"],
+        cwd=tmp_path,
+        timeout=900,
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs" / "ddp"
     summary = json.loads((run / "distill.json").read_text())
@@ -163,8 +176,9 @@ def test_folder_data_distills_with_teacher_as_real(tmp_path):
     text = text.replace("distill:\n", "distill:\n  teacher_as_real: true\n").replace("train: {steps: 6}", "")
     p = tmp_path / "fold.yaml"
     p.write_text(text)
-    res = run_cli([p, "--out", tmp_path / "runs", "--quiet", "--only", "teacher,student,distill,evaluate"],
-                  cwd=tmp_path)
+    res = run_cli(
+        [p, "--out", tmp_path / "runs", "--quiet", "--only", "teacher,student,distill,evaluate"], cwd=tmp_path
+    )
     assert res.returncode == 0, res.stderr[-2000:]
     m = _metrics(tmp_path / "runs" / "fold")[-1]
     assert {"G/kd", "G/srp", "G/gan", "G/disc"} <= set(m) and "G/recon" not in m
@@ -182,8 +196,7 @@ import torch.nn as nn  # noqa: E402
 
 from compressor.errors import Interrupted, RecipeError  # noqa: E402
 from compressor.recipe import LossesSpec, parse_recipe  # noqa: E402
-from compressor.train import (DATA_KINDS, Direction, Trainer, TrainSetup, cpu_amp_dtype,  # noqa: E402
-                              cpu_bf16_native, seed_everything)
+from compressor.train import DATA_KINDS, Direction, Trainer, TrainSetup, cpu_amp_dtype, cpu_bf16_native, seed_everything  # noqa: E402
 
 
 class _NoisyPairs(torch.utils.data.Dataset):
@@ -201,18 +214,35 @@ class _NoisyPairs(torch.utils.data.Dataset):
 
 def _tiny_net(seed):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Dropout2d(0.3),  # dropout: torch RNG
-                         nn.Conv2d(8, 3, 3, padding=1), nn.Tanh())
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.Dropout2d(0.3),  # dropout: torch RNG
+        nn.Conv2d(8, 3, 3, padding=1),
+        nn.Tanh(),
+    )
 
 
 def _trainer(tmp_path, steps=6, cache=False, teacher=True, progress=None):
     losses = LossesSpec.model_validate({"srp": {"weight": 1.0}, "recon": {"weight": 10}, "kd": {"weight": 1}})
     t = _tiny_net(1).eval() if teacher else None
     d = Direction("G", _tiny_net(2), t, "input", "target")
-    setup = TrainSetup(kind="paired", directions=[d], dataset=_NoisyPairs(), losses=losses, steps=steps,
-                       batch_size=2, seed=3, taps={"enc": "0"}, srp_layers=["enc"] if teacher else [],
-                       disc_spec={"ndf": 4, "n_layers": 1}, checkpoint_every=100, log_every=1, sample_every=1000,
-                       cache_teacher=cache)
+    setup = TrainSetup(
+        kind="paired",
+        directions=[d],
+        dataset=_NoisyPairs(),
+        losses=losses,
+        steps=steps,
+        batch_size=2,
+        seed=3,
+        taps={"enc": "0"},
+        srp_layers=["enc"] if teacher else [],
+        disc_spec={"ndf": 4, "n_layers": 1},
+        checkpoint_every=100,
+        log_every=1,
+        sample_every=1000,
+        cache_teacher=cache,
+    )
     return Trainer(setup, tmp_path, torch.device("cpu"), progress)
 
 
@@ -231,10 +261,13 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_bitwise(tmp_path):
     resumed = _trainer(tmp_path / "part")
     resumed.fit(resume=True)
     assert resumed.step == full.step == 6
-    for a, b in zip(full.s.directions[0].student.state_dict().values(),
-                    resumed.s.directions[0].student.state_dict().values()):
+    for a, b in zip(
+        full.s.directions[0].student.state_dict().values(), resumed.s.directions[0].student.state_dict().values()
+    ):
         assert torch.equal(a, b)
-    for a, b in zip(full.s.directions[0].disc.state_dict().values(), resumed.s.directions[0].disc.state_dict().values()):
+    for a, b in zip(
+        full.s.directions[0].disc.state_dict().values(), resumed.s.directions[0].disc.state_dict().values()
+    ):
         assert torch.equal(a, b)
     lines = lambda p: [{k: v for k, v in m.items() if k != "time_s"} for m in _metrics(p)]  # noqa: E731
     assert lines(tmp_path / "full") == lines(tmp_path / "part")
@@ -267,8 +300,10 @@ def test_teacher_cache_gives_the_same_losses_with_one_teacher_call_per_image(tmp
         calls = []
         tr.s.directions[0].teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
         tr.fit()
-        runs[cache] = ([{k: v for k, v in m.items() if k != "time_s"} for m in _metrics(tmp_path / str(cache))],
-                       sum(calls))
+        runs[cache] = (
+            [{k: v for k, v in m.items() if k != "time_s"} for m in _metrics(tmp_path / str(cache))],
+            sum(calls),
+        )
     for a, b in zip(*(runs[c][0] for c in (True, False)), strict=True):
         assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in a)
     assert runs[False][1] == 16 and runs[True][1] < 16  # 8 steps of 2 images, 5 distinct images
@@ -318,8 +353,10 @@ def test_bf16_teacher_forward_keeps_losses_fp32(tmp_path, monkeypatch):
 def test_teacher_cache_refused_with_random_augmentation(data):
     kind = "unpaired, root: /nowhere" if data == "kind: unpaired" else "synthetic"
     extra = "" if data == "kind: unpaired" else ", " + data
-    text = (f"name: x\ndata: {{kind: {kind}, size: 32{extra}}}\nteacher: {{arch: resnet_6blocks}}\n"
-            "distill: {cache_teacher: true}\n")
+    text = (
+        f"name: x\ndata: {{kind: {kind}, size: 32{extra}}}\nteacher: {{arch: resnet_6blocks}}\n"
+        "distill: {cache_teacher: true}\n"
+    )
     with pytest.raises(RecipeError, match="distill.cache_teacher"):
         parse_recipe(text, check_paths=False)
     parse_recipe(text.replace("cache_teacher: true", "cache_teacher: false"), check_paths=False)

@@ -42,6 +42,7 @@ students 2.5x as long, an estimated two hours on a 2-core machine (from the ``cp
 the time it took); ``gpu`` 256² with a tenth of the pix2pix schedule. On a machine shared with other jobs,
 ``OMP_NUM_THREADS=1`` avoids the spin-waiting of oversubscribed threads (several times faster there).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,18 +80,59 @@ DOCS = ROOT / "docs"
 FACADES = ROOT.parent / "shared" / "datasets" / "facades"
 
 SCALES = {
-    "smoke": {"arch": "unet_128", "size": 128, "load_size": 136, "teacher_steps": 12, "student_steps": 10,
-              "ngf": 8, "batch": 1, "ndf": 8, "log_every": 1, "max_test": 12, "eval_metrics": ["psnr", "ssim"],
-              "seeds": "0,1000"},
-    "cpu": {"arch": "unet_128", "size": 128, "load_size": 143, "teacher_steps": 2000, "student_steps": 800,
-            "ngf": 64, "batch": 1, "ndf": 64, "log_every": 100, "seeds": "0,1"},
+    "smoke": {
+        "arch": "unet_128",
+        "size": 128,
+        "load_size": 136,
+        "teacher_steps": 12,
+        "student_steps": 10,
+        "ngf": 8,
+        "batch": 1,
+        "ndf": 8,
+        "log_every": 1,
+        "max_test": 12,
+        "eval_metrics": ["psnr", "ssim"],
+        "seeds": "0,1000",
+    },
+    "cpu": {
+        "arch": "unet_128",
+        "size": 128,
+        "load_size": 143,
+        "teacher_steps": 2000,
+        "student_steps": 800,
+        "ngf": 64,
+        "batch": 1,
+        "ndf": 64,
+        "log_every": 100,
+        "seeds": "0,1",
+    },
     # a teacher trained for 10 epochs (400 pairs) and students for 5: ~30 min + 20 runs x ~4 min on 2 cores
-    "cpu-long": {"arch": "unet_128", "size": 128, "load_size": 143, "teacher_steps": 4000, "student_steps": 2000,
-                 "ngf": 64, "batch": 1, "ndf": 64, "log_every": 50, "eval_metrics": ["psnr", "ssim"],
-                 "seeds": "0,1000,2000,3000"},
-    "gpu": {"arch": "unet_256", "size": 256, "load_size": 286, "teacher_steps": 8000, "student_steps": 4000,
-            "ngf": 64, "batch": 1, "ndf": 64, "log_every": 200, "eval_metrics": ["psnr", "ssim"],
-            "seeds": "0,1000,2000,3000"},
+    "cpu-long": {
+        "arch": "unet_128",
+        "size": 128,
+        "load_size": 143,
+        "teacher_steps": 4000,
+        "student_steps": 2000,
+        "ngf": 64,
+        "batch": 1,
+        "ndf": 64,
+        "log_every": 50,
+        "eval_metrics": ["psnr", "ssim"],
+        "seeds": "0,1000,2000,3000",
+    },
+    "gpu": {
+        "arch": "unet_256",
+        "size": 256,
+        "load_size": 286,
+        "teacher_steps": 8000,
+        "student_steps": 4000,
+        "ngf": 64,
+        "batch": 1,
+        "ndf": 64,
+        "log_every": 200,
+        "eval_metrics": ["psnr", "ssim"],
+        "seeds": "0,1000,2000,3000",
+    },
 }
 VARIANTS = {
     "scratch": {"kd": 0.0, "srp": 0.0, "feat": 0.0},
@@ -102,18 +144,28 @@ VARIANTS = {
 DEFAULT_VARIANTS = list(VARIANTS)
 LAYERS = ["encoder", "mid"]
 # (claim, arm, baseline): the difference is arm − baseline
-CLAIMS = [("KD helps", "kd", "scratch"), ("SRP helps over KD", "kd_srp", "kd"),
-          ("inheriting channels helps", "kd_srp_inherit", "kd_srp"),
-          ("feature distillation helps over KD", "kd_feat", "kd")]
+CLAIMS = [
+    ("KD helps", "kd", "scratch"),
+    ("SRP helps over KD", "kd_srp", "kd"),
+    ("inheriting channels helps", "kd_srp_inherit", "kd_srp"),
+    ("feature distillation helps over KD", "kd_feat", "kd"),
+]
 # (key, label, better, per-image or set-level)
-METRICS = [("kid", "KID", "lower", "set"), ("fid", "FID", "lower", "set"),
-           ("psnr_t", "PSNR vs teacher", "higher", "image"), ("ssim_t", "SSIM vs teacher", "higher", "image"),
-           ("psnr", "PSNR vs photo", "higher", "image"), ("ssim", "SSIM vs photo", "higher", "image")]
-LPIPS_ABSENT = ("LPIPS is not reported: both maintained packages (`lpips` 0.1.4 and torchmetrics' LPIPS) ship only "
-                "the small linear heads and build their AlexNet/VGG/SqueezeNet backbones through torchvision with "
-                "ImageNet weights fetched from download.pytorch.org at first use; torchvision is not a dependency "
-                "here and this toolkit downloads nothing at evaluation time. Teacher fidelity is PSNR and SSIM "
-                "against the teacher's output.")
+METRICS = [
+    ("kid", "KID", "lower", "set"),
+    ("fid", "FID", "lower", "set"),
+    ("psnr_t", "PSNR vs teacher", "higher", "image"),
+    ("ssim_t", "SSIM vs teacher", "higher", "image"),
+    ("psnr", "PSNR vs photo", "higher", "image"),
+    ("ssim", "SSIM vs photo", "higher", "image"),
+]
+LPIPS_ABSENT = (
+    "LPIPS is not reported: both maintained packages (`lpips` 0.1.4 and torchmetrics' LPIPS) ship only "
+    "the small linear heads and build their AlexNet/VGG/SqueezeNet backbones through torchvision with "
+    "ImageNet weights fetched from download.pytorch.org at first use; torchvision is not a dependency "
+    "here and this toolkit downloads nothing at evaluation time. Teacher fidelity is PSNR and SSIM "
+    "against the teacher's output."
+)
 DISC_SEED_OFFSET = 7919  # discriminator init of seed s draws from torch.manual_seed(s + this)
 N_SAMPLES = 4  # test images kept per run for the sample grids
 CONV_TAIL, CONV_TOL = 0.2, 0.05
@@ -125,15 +177,32 @@ log = logging.getLogger("ablation")
 
 def base_recipe(scale: dict, name: str, seed: int, data: Path) -> dict:
     return {
-        "name": name, "seed": seed, "device": "auto",
-        "data": {"kind": "paired", "root": str(data), "direction": "BtoA", "size": scale["size"],
-                 "load_size": scale["load_size"], "flip": True, "batch_size": scale["batch"]},
+        "name": name,
+        "seed": seed,
+        "device": "auto",
+        "data": {
+            "kind": "paired",
+            "root": str(data),
+            "direction": "BtoA",
+            "size": scale["size"],
+            "load_size": scale["load_size"],
+            "flip": True,
+            "batch_size": scale["batch"],
+        },
         "teacher": {"arch": scale["arch"], "kwargs": {"ngf": scale["ngf"], "norm": "batch"}},
         "student": {"width": 0.25, "method": "rebuild", "init": "scratch"},
-        "distill": {"steps": scale["student_steps"], "checkpoint_every": 200, "log_every": scale["log_every"],
-                    "sample_every": 10**9, "discriminator": {"ndf": scale["ndf"], "n_layers": 3, "norm": "batch"}},
-        "evaluate": {"metrics": scale.get("eval_metrics", ["fid", "kid", "psnr", "ssim"]), "samples": 4,
-                     "batch_size": 16},
+        "distill": {
+            "steps": scale["student_steps"],
+            "checkpoint_every": 200,
+            "log_every": scale["log_every"],
+            "sample_every": 10**9,
+            "discriminator": {"ndf": scale["ndf"], "n_layers": 3, "norm": "batch"},
+        },
+        "evaluate": {
+            "metrics": scale.get("eval_metrics", ["fid", "kid", "psnr", "ssim"]),
+            "samples": 4,
+            "batch_size": 16,
+        },
     }
 
 
@@ -237,9 +306,15 @@ def evaluate_teacher(teacher_run: Path, recipe, inception, max_images, device) -
                 teach_f.append(inception(o).cpu().numpy())
             if i == 0:
                 inputs, targets = to_uint8(x[:N_SAMPLES]), to_uint8(y[:N_SAMPLES])
-    z = {"key": np.array(key), "outputs": np.concatenate(outs).astype(np.float32),
-         "psnr": np.concatenate(psnr), "ssim": np.concatenate(ssim), "inputs": inputs, "targets": targets,
-         "samples": to_uint8(torch.from_numpy(np.concatenate(outs)[:N_SAMPLES]))}
+    z = {
+        "key": np.array(key),
+        "outputs": np.concatenate(outs).astype(np.float32),
+        "psnr": np.concatenate(psnr),
+        "ssim": np.concatenate(ssim),
+        "inputs": inputs,
+        "targets": targets,
+        "samples": to_uint8(torch.from_numpy(np.concatenate(outs)[:N_SAMPLES])),
+    }
     if inception is not None:
         z["real_feats"], z["feats"] = np.concatenate(real_f), np.concatenate(teach_f)
     np.savez(path, **z)
@@ -263,7 +338,7 @@ def evaluate_student(rd: Path, recipe, teacher_eval: dict, inception, max_images
             items = [ds[j] for j in range(i, min(i + 16, len(ds)))]
             x = torch.stack([it["input"] for it in items]).to(device)
             y = torch.stack([it["target"] for it in items]).to(device)
-            t = torch.from_numpy(teacher_eval["outputs"][i:i + len(items)]).to(device)
+            t = torch.from_numpy(teacher_eval["outputs"][i : i + len(items)]).to(device)
             o = student(x)
             pm, pt = paired_metrics(o, y), paired_metrics(o, t)
             for k in ("psnr", "ssim"):
@@ -305,8 +380,10 @@ def check_pairing(infos: dict, arms: list[str], seeds: list[int], data_orders: d
             problems.append(f"seed {seed}: discriminator initialisations differ across arms ({disc})")
         if any(v is None for v in disc.values()):
             missing = [a for a, v in disc.items() if v is None]
-            problems.append(f"seed {seed}: no discriminator fingerprint for {', '.join(missing)} (trained by an "
-                            f"older version of this tool; pairing of the discriminator not verified)")
+            problems.append(
+                f"seed {seed}: no discriminator fingerprint for {', '.join(missing)} (trained by an "
+                f"older version of this tool; pairing of the discriminator not verified)"
+            )
         scratch_init = {infos[(a, seed)].get("student_init") for a in arms if VARIANTS[a].get("init") != "inherit"}
         if len(scratch_init) > 1:
             problems.append(f"seed {seed}: scratch-initialised students differ across arms")
@@ -334,8 +411,11 @@ def analyse(per: dict, teacher_eval: dict, arms: list[str], seeds: list[int], n_
 
     def stat(key: str, arm: str, base: str | None = None):
         if key == "kid":
-            return st.kid_statistic(real, [per[(arm, s)]["feats"] for s in seeds],
-                                    [per[(base, s)]["feats"] for s in seeds] if base else None)
+            return st.kid_statistic(
+                real,
+                [per[(arm, s)]["feats"] for s in seeds],
+                [per[(base, s)]["feats"] for s in seeds] if base else None,
+            )
         if key == "fid":
             if base:
                 return lambda s, idx: fid_values(arm, s, idx) - fid_values(base, s, idx)
@@ -369,12 +449,27 @@ def analyse(per: dict, teacher_eval: dict, arms: list[str], seeds: list[int], n_
             continue
         diffs = {key: interval(key, arm, base) for key, *_ in metrics}
         better = {key: b for key, _, b, _ in metrics}
-        claims.append({"claim": claim, "arm": arm, "baseline": base, "diffs": diffs,
-                       "verdicts": {k: st.verdict(iv, better[k]) for k, iv in diffs.items()},
-                       "against": {k: st.against(iv, better[k]) for k, iv in diffs.items()},
-                       "verdict": st.verdict(diffs[primary], better[primary])})
-    return {"arms": arms_out, "teacher": teacher, "claims": claims, "primary": primary, "n_images": n,
-            "metrics": [m[0] for m in metrics], "n_boot": n_boot, "rng_seed": rng_seed}
+        claims.append(
+            {
+                "claim": claim,
+                "arm": arm,
+                "baseline": base,
+                "diffs": diffs,
+                "verdicts": {k: st.verdict(iv, better[k]) for k, iv in diffs.items()},
+                "against": {k: st.against(iv, better[k]) for k, iv in diffs.items()},
+                "verdict": st.verdict(diffs[primary], better[primary]),
+            }
+        )
+    return {
+        "arms": arms_out,
+        "teacher": teacher,
+        "claims": claims,
+        "primary": primary,
+        "n_images": n,
+        "metrics": [m[0] for m in metrics],
+        "n_boot": n_boot,
+        "rng_seed": rng_seed,
+    }
 
 
 def best_worst(res: dict, arm: str) -> tuple[int, int]:
@@ -398,42 +493,71 @@ def fmt_iv(iv: st.Interval, key: str, diff: bool) -> str:
     return f"{e:{sign}.{decimals}f} [{lo:{sign}.{decimals}f}, {hi:{sign}.{decimals}f}]"
 
 
-def render(res: dict, scale_name: str, scale: dict, seeds: list[int], width: float, params: dict,
-           convergence: dict) -> str:
+def render(
+    res: dict, scale_name: str, scale: dict, seeds: list[int], width: float, params: dict, convergence: dict
+) -> str:
     labels = {k: lab for k, lab, _, _ in METRICS}
     arrows = {k: "↓" if b == "lower" else "↑" for k, _, b, _ in METRICS}
     keys = res["metrics"]
-    head = ["arm", "params"] + [f"{labels[k]}{' ×10³' if k == 'kid' else ''} {arrows[k]}" for k in keys] + \
-        ["converged", "best / worst seed"]
-    lines = [f"### Arms (width {width:g}, {len(seeds)} seeds, {res['n_images']} test pairs)", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    head = (
+        ["arm", "params"]
+        + [f"{labels[k]}{' ×10³' if k == 'kid' else ''} {arrows[k]}" for k in keys]
+        + ["converged", "best / worst seed"]
+    )
+    lines = [
+        f"### Arms (width {width:g}, {len(seeds)} seeds, {res['n_images']} test pairs)",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
     t = res["teacher"]
     tcells = [f"{t[k] * (1e3 if k == 'kid' else 1):.4g}" if k in t else "–" for k in keys]
-    lines.append(f"| teacher ({scale['arch']}, ngf {scale['ngf']}) | {params.get('teacher', 0):,} | "
-                 + " | ".join(tcells) + f" | {convergence.get('teacher', '–')} | – |")
+    lines.append(
+        f"| teacher ({scale['arch']}, ngf {scale['ngf']}) | {params.get('teacher', 0):,} | "
+        + " | ".join(tcells)
+        + f" | {convergence.get('teacher', '–')} | – |"
+    )
     for arm, a in res["arms"].items():
         cells = [fmt_iv(a["intervals"][k], k, False) for k in keys]
         conv = convergence.get(arm, "–")
         b, w = best_worst(res, arm)
         lines.append(f"| {arm} | {params.get(arm, 0):,} | " + " | ".join(cells) + f" | {conv} | {b} / {w} |")
-    lines += ["", ("Each cell: mean over seeds [95% two-level bootstrap interval over seeds and test images]. "
-              f"KID ×10³. Converged: runs whose generator loss is flat within ±{100 * CONV_TOL:.0f}% over the "
-              f"last {100 * CONV_TAIL:.0f}% of steps."), ""]
-    lines += [f"### Claims (paired differences, arm − baseline; verdict on {labels[res['primary']]})", "",
-              "| claim | arm − baseline | verdict | " + " | ".join(f"Δ {labels[k]}{' ×10³' if k == 'kid' else ''}"
-                                                           for k in keys) + " |",
-              "|" + "---|" * (3 + len(keys))]
+    lines += [
+        "",
+        (
+            "Each cell: mean over seeds [95% two-level bootstrap interval over seeds and test images]. "
+            f"KID ×10³. Converged: runs whose generator loss is flat within ±{100 * CONV_TOL:.0f}% over the "
+            f"last {100 * CONV_TAIL:.0f}% of steps."
+        ),
+        "",
+    ]
+    lines += [
+        f"### Claims (paired differences, arm − baseline; verdict on {labels[res['primary']]})",
+        "",
+        "| claim | arm − baseline | verdict | "
+        + " | ".join(f"Δ {labels[k]}{' ×10³' if k == 'kid' else ''}" for k in keys)
+        + " |",
+        "|" + "---|" * (3 + len(keys)),
+    ]
     for c in res["claims"]:
         cells = []
         for k in keys:
             mark = " ✓" if c["verdicts"][k] == st.HOLDS else (" ✗" if c["against"][k] else "")
             cells.append(fmt_iv(c["diffs"][k], k, True) + mark)
-        lines.append(f"| {c['claim']} | {c['arm']} − {c['baseline']} | **{c['verdict']}** | " + " | ".join(cells)
-                     + " |")
-    lines += ["", ("✓: the interval excludes zero in the claimed direction; ✗: it excludes zero against the claim. "
-              f"Verdict: \"{st.HOLDS}\" when the {labels[res['primary']]} interval excludes zero in the favourable "
-              f"direction, else \"{st.NOT_SHOWN}\". {res['n_boot']} bootstrap replicates, RNG seed "
-              f"{res['rng_seed']}; seeds {', '.join(map(str, seeds))}."), "", LPIPS_ABSENT]
+        lines.append(
+            f"| {c['claim']} | {c['arm']} − {c['baseline']} | **{c['verdict']}** | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        (
+            "✓: the interval excludes zero in the claimed direction; ✗: it excludes zero against the claim. "
+            f'Verdict: "{st.HOLDS}" when the {labels[res["primary"]]} interval excludes zero in the favourable '
+            f'direction, else "{st.NOT_SHOWN}". {res["n_boot"]} bootstrap replicates, RNG seed '
+            f"{res['rng_seed']}; seeds {', '.join(map(str, seeds))}."
+        ),
+        "",
+        LPIPS_ABSENT,
+    ]
     return "\n".join(lines)
 
 
@@ -497,7 +621,7 @@ def write_docs_block(scale_name: str, text: str, results_md: Path) -> None:
     doc = results_md.read_text() if results_md.exists() else ""
     block = f"{begin}\n{text.rstrip()}\n{end}"
     if begin in doc and end in doc:
-        doc = doc[:doc.index(begin)] + block + doc[doc.index(end) + len(end):]
+        doc = doc[: doc.index(begin)] + block + doc[doc.index(end) + len(end) :]
     else:
         doc = doc.rstrip() + "\n\n" + block + "\n"
     results_md.write_text(doc)
@@ -518,8 +642,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bootstrap-seed", type=int, default=0)
     ap.add_argument("--max-images", type=int, default=None, help="test pairs to evaluate (default: all)")
     ap.add_argument("--docs", default=str(DOCS), help="where --write-docs writes (default: docs/)")
-    ap.add_argument("--write-docs", action="store_true",
-                    help="write this scale's tables into docs/results.md, its loss curves and sample grid")
+    ap.add_argument(
+        "--write-docs",
+        action="store_true",
+        help="write this scale's tables into docs/results.md, its loss curves and sample grid",
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     scale = SCALES[args.scale]
@@ -563,8 +690,11 @@ def main(argv: list[str] | None = None) -> int:
     epochs = -(-scale["student_steps"] * scale["batch"] // n_train)
     close = [(a, b) for a, b in itertools.combinations(sorted(seeds), 2) if b - a <= epochs]
     if close:
-        print(f"warning: seeds {close[0]} are within {epochs} epochs of each other and share epoch orders "
-              f"(the sampler draws epoch e of seed s from s + e); space them out", flush=True)
+        print(
+            f"warning: seeds {close[0]} are within {epochs} epochs of each other and share epoch orders "
+            f"(the sampler draws epoch e of seed s from s + e); space them out",
+            flush=True,
+        )
     print(f"teacher ready ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     tsteps, tloss = loss_curve(teacher_run / "teacher_train" / "metrics.jsonl")
@@ -573,9 +703,15 @@ def main(argv: list[str] | None = None) -> int:
         c = st.convergence(tsteps, tloss, CONV_TAIL, CONV_TOL)
         conv_lines["teacher"] = c
         print(f"teacher: {c.describe()}", flush=True)
-    summary: dict = {"scale": args.scale, "seeds": seeds, "widths": widths, "arms": arms, "lpips": LPIPS_ABSENT,
-                     "teacher_convergence": conv_lines["teacher"].__dict__ if "teacher" in conv_lines else None,
-                     "widths_results": {}}
+    summary: dict = {
+        "scale": args.scale,
+        "seeds": seeds,
+        "widths": widths,
+        "arms": arms,
+        "lpips": LPIPS_ABSENT,
+        "teacher_convergence": conv_lines["teacher"].__dict__ if "teacher" in conv_lines else None,
+        "widths_results": {},
+    }
     blocks = []
     for width in widths:
         per, infos, curves, convs, params = {}, {}, {}, {}, {"teacher": None}
@@ -588,8 +724,10 @@ def main(argv: list[str] | None = None) -> int:
                 doc["student"]["width"] = width
                 doc["student"]["init"] = w.get("init", "scratch")
                 doc["distill"]["losses"] = {
-                    "kd": {"weight": w["kd"]}, "srp": {"weight": w["srp"], "layers": LAYERS},
-                    "feat": {"weight": w["feat"], "layers": LAYERS}}
+                    "kd": {"weight": w["kd"]},
+                    "srp": {"weight": w["srp"], "layers": LAYERS},
+                    "feat": {"weight": w["feat"], "layers": LAYERS},
+                }
                 t1 = time.perf_counter()
                 rd, info = run(doc, out, ["teacher", "student", "distill", "evaluate"])
                 z = evaluate_student(rd, recipe_of(doc), teacher_eval, inception, max_images, device)
@@ -601,18 +739,25 @@ def main(argv: list[str] | None = None) -> int:
                 c = st.convergence(s, y, CONV_TAIL, CONV_TOL) if len(s) else None
                 convs[(arm, seed)] = c
                 kid_s = f" kid {st.kid(teacher_eval['real_feats'], z['feats']):.4f}" if "feats" in z else ""
-                print(f"{name}: ready ({time.perf_counter() - t1:.0f} s){kid_s} psnr_vs_teacher "
-                      f"{z['psnr_t'].mean():.2f}; {c.describe() if c else 'no loss log'}", flush=True)
+                print(
+                    f"{name}: ready ({time.perf_counter() - t1:.0f} s){kid_s} psnr_vs_teacher "
+                    f"{z['psnr_t'].mean():.2f}; {c.describe() if c else 'no loss log'}",
+                    flush=True,
+                )
         orders = {s: data_order_fingerprint(n_train, s, epochs) for s in seeds}
         problems = check_pairing(infos, arms, seeds, orders)
         for p in problems:
             print(f"pairing: {p}", flush=True)
         if not problems:
-            print(f"pairing: verified for seeds {', '.join(map(str, seeds))} (data order, discriminator init, "
-                  f"scratch student init)", flush=True)
+            print(
+                f"pairing: verified for seeds {', '.join(map(str, seeds))} (data order, discriminator init, "
+                f"scratch student init)",
+                flush=True,
+            )
         res = analyse(per, teacher_eval, arms, seeds, args.bootstrap, args.bootstrap_seed)
-        conv_cells = {"teacher": ("yes" if conv_lines["teacher"].converged else "no") if "teacher" in conv_lines
-                      else "–"}
+        conv_cells = {
+            "teacher": ("yes" if conv_lines["teacher"].converged else "no") if "teacher" in conv_lines else "–"
+        }
         for arm in arms:
             ok = sum(bool(convs[(arm, s)] and convs[(arm, s)].converged) for s in seeds)
             conv_cells[arm] = f"{ok}/{len(seeds)}"
@@ -620,36 +765,66 @@ def main(argv: list[str] | None = None) -> int:
         print(text, flush=True)
         blocks.append((width, text, per, res, curves, tsteps, tloss, problems))
         summary["widths_results"][f"{width:g}"] = {
-            "teacher": res["teacher"], "primary": res["primary"], "n_images": res["n_images"],
+            "teacher": res["teacher"],
+            "primary": res["primary"],
+            "n_images": res["n_images"],
             "pairing_problems": problems,
-            "arms": {a: {"intervals": {k: iv.__dict__ for k, iv in v["intervals"].items()},
-                         "per_seed": v["per_seed"]} for a, v in res["arms"].items()},
-            "claims": [{**{k: v for k, v in c.items() if k != "diffs"},
-                        "diffs": {k: iv.__dict__ for k, iv in c["diffs"].items()}} for c in res["claims"]],
+            "arms": {
+                a: {"intervals": {k: iv.__dict__ for k, iv in v["intervals"].items()}, "per_seed": v["per_seed"]}
+                for a, v in res["arms"].items()
+            },
+            "claims": [
+                {
+                    **{k: v for k, v in c.items() if k != "diffs"},
+                    "diffs": {k: iv.__dict__ for k, iv in c["diffs"].items()},
+                }
+                for c in res["claims"]
+            ],
             "convergence": {f"{a}-s{s}": c.__dict__ if c else None for (a, s), c in convs.items()},
-            "compute_seconds": sum(sum(i.get("seconds", {}).values()) for i in infos.values())}
+            "compute_seconds": sum(sum(i.get("seconds", {}).values()) for i in infos.values()),
+        }
     wall = time.perf_counter() - t0
-    compute = sum(sum(i.get("seconds", {}).values()) for i in [teacher_info]) + \
-        sum(v["compute_seconds"] for v in summary["widths_results"].values())
+    compute = sum(sum(i.get("seconds", {}).values()) for i in [teacher_info]) + sum(
+        v["compute_seconds"] for v in summary["widths_results"].values()
+    )
     summary["wall_seconds_this_invocation"], summary["compute_seconds"] = wall, compute
     (out / "ablation.json").write_text(json.dumps(summary, indent=1, default=str))
-    print(f"this invocation: {wall / 60:.1f} min; pipeline compute recorded in the run folders: "
-          f"{compute / 60:.1f} min", flush=True)
+    print(
+        f"this invocation: {wall / 60:.1f} min; pipeline compute recorded in the run folders: {compute / 60:.1f} min",
+        flush=True,
+    )
     if args.write_docs:
         docs = Path(args.docs)
-        parts = [f"## Paired ablation, scale `{args.scale}` (written by `tools/ablation.py`)", "",
-                 (f"`python tools/ablation.py --scale {args.scale} --widths {args.widths} --variants {args.variants}"
-                 f" --write-docs`; machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-                 f"pipeline compute recorded in the run folders: {compute / 60:.0f} min (teacher "
-                 f"{scale['teacher_steps']} steps, students {scale['student_steps']} steps at {scale['size']}²)."),
-                 ""]
+        parts = [
+            f"## Paired ablation, scale `{args.scale}` (written by `tools/ablation.py`)",
+            "",
+            (
+                f"`python tools/ablation.py --scale {args.scale} --widths {args.widths} --variants {args.variants}"
+                f" --write-docs`; machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+                f"pipeline compute recorded in the run folders: {compute / 60:.0f} min (teacher "
+                f"{scale['teacher_steps']} steps, students {scale['student_steps']} steps at {scale['size']}²)."
+            ),
+            "",
+        ]
         for width, text, per, res, curves, ts, tl, problems in blocks:
             tag = f"{args.scale}-w{width:g}"
-            plot_curves(curves, (ts, tl), docs / f"ablation_{tag}_curves.png",
-                        f"{args.scale}, width {width:g}: generator loss (shaded: the convergence window)")
+            plot_curves(
+                curves,
+                (ts, tl),
+                docs / f"ablation_{tag}_curves.png",
+                f"{args.scale}, width {width:g}: generator loss (shaded: the convergence window)",
+            )
             caption = sample_grid(teacher_eval, per, res, arms, docs / f"ablation_{tag}_samples.png")
-            parts += [text, "", f"![loss curves](ablation_{tag}_curves.png)", "",
-                      f"![best and worst seed of each arm](ablation_{tag}_samples.png)", "", caption, ""]
+            parts += [
+                text,
+                "",
+                f"![loss curves](ablation_{tag}_curves.png)",
+                "",
+                f"![best and worst seed of each arm](ablation_{tag}_samples.png)",
+                "",
+                caption,
+                "",
+            ]
             if problems:
                 parts += ["**Pairing problems:** " + "; ".join(problems), ""]
         write_docs_block(args.scale, "\n".join(parts), docs / "results.md")

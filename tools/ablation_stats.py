@@ -14,6 +14,7 @@ same inputs give the same interval to the last digit.
 
 Only numpy is used: this module knows nothing of runs, models or images.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -44,8 +45,9 @@ class Interval:
         return f"{e:+.{digits}g} [{lo:+.{digits}g}, {hi:+.{digits}g}]"
 
 
-def resample_indices(n_seeds: int, n_images: int, n_boot: int = 1000, rng_seed: int = 0
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def resample_indices(
+    n_seeds: int, n_images: int, n_boot: int = 1000, rng_seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Two-level resamples: (seed draws (B, S), image draws (B, N)), both with replacement, from a fixed RNG."""
     if n_seeds < 1 or n_images < 1 or n_boot < 1:
         raise ValueError("n_seeds, n_images and n_boot must be positive")
@@ -63,9 +65,15 @@ def percentile_interval(replicates: np.ndarray, estimate: float, level: float = 
     return Interval(float(estimate), float(lo), float(hi), len(reps), level)
 
 
-def two_level_bootstrap(per_seed: Callable[[int, np.ndarray], np.ndarray], n_seeds: int, n_images: int,
-                        n_boot: int = 1000, rng_seed: int = 0, level: float = 0.95,
-                        resamples: tuple[np.ndarray, np.ndarray] | None = None) -> Interval:
+def two_level_bootstrap(
+    per_seed: Callable[[int, np.ndarray], np.ndarray],
+    n_seeds: int,
+    n_images: int,
+    n_boot: int = 1000,
+    rng_seed: int = 0,
+    level: float = 0.95,
+    resamples: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Interval:
     """Mean over seeds of a per-seed statistic, with its two-level bootstrap interval.
 
     ``per_seed(s, img_idx)`` returns the statistic of seed ``s`` on each row of image indices ``img_idx``
@@ -73,8 +81,7 @@ def two_level_bootstrap(per_seed: Callable[[int, np.ndarray], np.ndarray], n_see
     seeds drawn in ``seed_idx[r]`` (with repeats) on the images ``img_idx[r]``. ``resamples`` replaces the
     random draws (for tests, or to share draws between statistics).
     """
-    seed_idx, img_idx = resamples if resamples is not None else resample_indices(n_seeds, n_images, n_boot,
-                                                                               rng_seed)
+    seed_idx, img_idx = resamples if resamples is not None else resample_indices(n_seeds, n_images, n_boot, rng_seed)
     seed_idx, img_idx = np.asarray(seed_idx), np.asarray(img_idx)
     full = np.arange(n_images)[None]
     estimate = float(np.mean([per_seed(s, full)[0] for s in range(n_seeds)]))
@@ -101,8 +108,9 @@ def mean_interval(a: np.ndarray, **kw) -> Interval:
 # ------------------------------------------------------------------------------------------------ KID and FID
 
 
-def polynomial_kernels(real: np.ndarray, fake: np.ndarray, degree: int = 3, gamma: float | None = None,
-                       coef: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def polynomial_kernels(
+    real: np.ndarray, fake: np.ndarray, degree: int = 3, gamma: float | None = None, coef: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(K_rr, K_ff, K_rf): the KID kernel k(x, y) = (γ x·y + c)^d between all image pairs, in float64."""
     r, f = np.asarray(real, np.float64), np.asarray(fake, np.float64)
     g = gamma if gamma is not None else 1.0 / r.shape[1]
@@ -139,8 +147,9 @@ def kid(real: np.ndarray, fake: np.ndarray) -> float:
     return float(kid_weighted(polynomial_kernels(real, fake), np.ones((1, len(real))))[0])
 
 
-def kid_statistic(real: np.ndarray, fakes: Sequence[np.ndarray], others: Sequence[np.ndarray] | None = None
-                  ) -> Callable[[int, np.ndarray], np.ndarray]:
+def kid_statistic(
+    real: np.ndarray, fakes: Sequence[np.ndarray], others: Sequence[np.ndarray] | None = None
+) -> Callable[[int, np.ndarray], np.ndarray]:
     """``per_seed`` for KID of ``fakes[s]`` (minus KID of ``others[s]`` when given) against ``real``."""
     ka = [polynomial_kernels(real, f) for f in fakes]
     kb = [polynomial_kernels(real, f) for f in others] if others is not None else None
@@ -160,8 +169,7 @@ def fid_grams(real: np.ndarray, fake: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return r @ r.T, f @ f.T, r @ f.T
 
 
-def fid_weighted(grams: tuple[np.ndarray, np.ndarray, np.ndarray], counts: np.ndarray, chunk: int = 200
-                 ) -> np.ndarray:
+def fid_weighted(grams: tuple[np.ndarray, np.ndarray, np.ndarray], counts: np.ndarray, chunk: int = 200) -> np.ndarray:
     """FID of image multisets given by ``counts`` ((B, N)), real image i paired with fake image i.
 
     Equal to :func:`compressor.metrics.frechet_distance` on the repeated rows (``real[idx]``, ``fake[idx]``),
@@ -173,7 +181,7 @@ def fid_weighted(grams: tuple[np.ndarray, np.ndarray, np.ndarray], counts: np.nd
     c = np.atleast_2d(np.asarray(counts, np.float64))
     out = np.empty(len(c))
     for start in range(0, len(c), chunk):
-        cc = c[start:start + chunk]
+        cc = c[start : start + chunk]
         m = cc.sum(1)
         grr_c, gff_c, grf_c = cc @ grr, cc @ gff, cc @ grf  # (b, N): Gᵀc rows
         qrr = np.einsum("bi,bi->b", grr_c, cc)  # cᵀ G c
@@ -184,17 +192,22 @@ def fid_weighted(grams: tuple[np.ndarray, np.ndarray, np.ndarray], counts: np.nd
         tr_f = (cc @ np.diag(gff) - qff / m) / (m - 1)
         # centred cross-product: G_rf - (G_rf c) 1ᵀ / m - 1 (cᵀ G_rf) / m + (cᵀ G_rf c) 11ᵀ / m²
         rf_c = cc @ grf.T  # rows: G_rf c
-        a = (grf[None] - rf_c[:, :, None] / m[:, None, None] - grf_c[:, None, :] / m[:, None, None]
-             + (qrf / m**2)[:, None, None])
+        a = (
+            grf[None]
+            - rf_c[:, :, None] / m[:, None, None]
+            - grf_c[:, None, :] / m[:, None, None]
+            + (qrf / m**2)[:, None, None]
+        )
         w = np.sqrt(cc)
         k = a * w[:, :, None] * w[:, None, :] / (m - 1)[:, None, None]
         tr_cov = np.linalg.svd(k, compute_uv=False).sum(1)
-        out[start:start + chunk] = mean_sq + tr_r + tr_f - 2 * tr_cov
+        out[start : start + chunk] = mean_sq + tr_r + tr_f - 2 * tr_cov
     return out
 
 
-def fid_statistic(real: np.ndarray, fakes: Sequence[np.ndarray], others: Sequence[np.ndarray] | None = None
-                  ) -> Callable[[int, np.ndarray], np.ndarray]:
+def fid_statistic(
+    real: np.ndarray, fakes: Sequence[np.ndarray], others: Sequence[np.ndarray] | None = None
+) -> Callable[[int, np.ndarray], np.ndarray]:
     """``per_seed`` for FID of ``fakes[s]`` (minus FID of ``others[s]``) against ``real``, on drawn images."""
     ga = [fid_grams(real, f) for f in fakes]
     gb = [fid_grams(real, f) for f in others] if others is not None else None
@@ -212,7 +225,7 @@ def fid_statistic(real: np.ndarray, fakes: Sequence[np.ndarray], others: Sequenc
 
 
 def verdict(diff: Interval, better: Literal["lower", "higher"]) -> str:
-    """"holds" when the interval of (claimed arm − baseline) excludes zero on the favourable side."""
+    """ "holds" when the interval of (claimed arm − baseline) excludes zero on the favourable side."""
     if better not in ("lower", "higher"):
         raise ValueError(f"better must be 'lower' or 'higher', not {better!r}")
     ok = diff.hi < 0 if better == "lower" else diff.lo > 0
@@ -239,12 +252,15 @@ class Convergence:
         if self.rel_change != self.rel_change:  # NaN: too few points in the window
             return f"NOT converged: only {self.points} logged points in steps {self.window[0]}-{self.window[1]}"
         mark = "converged" if self.converged else "NOT converged"
-        return (f"{mark}: loss changes {100 * self.rel_change:+.1f}% over steps {self.window[0]}-{self.window[1]} "
-                f"(limit ±{100 * self.tol:.0f}%, {self.points} points)")
+        return (
+            f"{mark}: loss changes {100 * self.rel_change:+.1f}% over steps {self.window[0]}-{self.window[1]} "
+            f"(limit ±{100 * self.tol:.0f}%, {self.points} points)"
+        )
 
 
-def convergence(steps: Sequence[float], losses: Sequence[float], tail: float = 0.2, tol: float = 0.05,
-                min_points: int = 4) -> Convergence:
+def convergence(
+    steps: Sequence[float], losses: Sequence[float], tail: float = 0.2, tol: float = 0.05, min_points: int = 4
+) -> Convergence:
     """A loss curve is converged when it is flat within ``tol`` over its last ``tail`` of steps.
 
     Flat: a least-squares line through the logged points of the window changes by at most ``tol`` of the

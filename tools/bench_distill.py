@@ -9,6 +9,7 @@ step with the frozen teacher's forward in FP32 and under ``torch.autocast(dtype=
 ratio and the teacher output's largest difference, and says whether this CPU computes bf16 natively (where it
 does not, the trainer stays in FP32). ``distill.cache_teacher`` removes the teacher's share altogether.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,24 +51,30 @@ def time_step(args, amp: str) -> dict:
     t_ref = None
     for rep in range(args.reps + 1):
         student.zero_grad(set_to_none=True)
-        sync(); t0 = time.perf_counter()
+        sync()
+        t0 = time.perf_counter()
         with torch.no_grad(), FeatureTaps(teacher, taps) as tt, cast():
             t_out = teacher(x)
         t_out = t_out.float()
         feats_t = {k: v.float() for k, v in tt.features.items()}
-        sync(); t1 = time.perf_counter()
+        sync()
+        t1 = time.perf_counter()
         with FeatureTaps(student, taps) as ts:
             s_out = student(x)
-        g_loss = F.l1_loss(s_out, y) * 100 + F.l1_loss(s_out, t_out) * 10 + \
-            gan(disc(torch.cat([x, s_out], 1)), True, False)
+        g_loss = (
+            F.l1_loss(s_out, y) * 100 + F.l1_loss(s_out, t_out) * 10 + gan(disc(torch.cat([x, s_out], 1)), True, False)
+        )
         g_loss.backward(retain_graph=True)
-        sync(); t2 = time.perf_counter()
+        sync()
+        t2 = time.perf_counter()
         d_loss = 0.5 * (gan(disc(torch.cat([x, y], 1)), True) + gan(disc(torch.cat([x, s_out.detach()], 1)), False))
         d_loss.backward()
-        sync(); t3 = time.perf_counter()
+        sync()
+        t3 = time.perf_counter()
         srp = srp_multi(feats_t, ts.features, layers) * 10  # FP32 whatever the teacher ran in
         srp.backward()
-        sync(); t4 = time.perf_counter()
+        sync()
+        t4 = time.perf_counter()
         t_ref = t_out
         if rep == 0:
             continue  # warm-up
@@ -96,8 +103,10 @@ def main() -> None:
     print(f"{args.arch} -> width {args.width} at {args.size}², SRP on {args.layers}, device {args.device}")
     if args.device == "cpu":
         isa = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags)
-        print(f"CPU ISA: {isa or 'unknown'} (torch: {torch.backends.cpu.get_cpu_capability()}); native bf16: "
-              f"{'yes' if native else 'no: bf16 is emulated here, distill.amp: bf16 trains in FP32'}")
+        print(
+            f"CPU ISA: {isa or 'unknown'} (torch: {torch.backends.cpu.get_cpu_capability()}); native bf16: "
+            f"{'yes' if native else 'no: bf16 is emulated here, distill.amp: bf16 trains in FP32'}"
+        )
     loaded = max(load0, load1) > (os.cpu_count() or 1) * 0.75
     if loaded:
         print(f"load average {load0:.1f} -> {load1:.1f}: the machine was loaded by other work; timings are noisy")
@@ -107,18 +116,29 @@ def main() -> None:
         for k, v in r["parts_ms"].items():
             print(f"  {k:<26} {v:9.1f} ms  {100 * v / total:5.1f}%")
         print(f"  {'step':<26} {total:9.1f} ms")
-        print(f"  SRP share of the step: {100 * r['parts_ms']['srp'] / total:.2f}% (target ≤ 5%); teacher share "
-              f"{100 * r['parts_ms']['teacher forward'] / total:.1f}%")
-    out = {"arch": args.arch, "size": args.size, "width": args.width, "device": args.device,
-           "native_bf16": native, "loaded": loaded, "load_avg": [load0, load1],
-           "runs": [{k: v for k, v in r.items() if k != "teacher_out"} for r in results]}
+        print(
+            f"  SRP share of the step: {100 * r['parts_ms']['srp'] / total:.2f}% (target ≤ 5%); teacher share "
+            f"{100 * r['parts_ms']['teacher forward'] / total:.1f}%"
+        )
+    out = {
+        "arch": args.arch,
+        "size": args.size,
+        "width": args.width,
+        "device": args.device,
+        "native_bf16": native,
+        "loaded": loaded,
+        "load_avg": [load0, load1],
+        "runs": [{k: v for k, v in r.items() if k != "teacher_out"} for r in results],
+    }
     by = {r["amp"]: r for r in results}
     if "none" in by and "bf16" in by:
         ratio = by["none"]["step_ms"] / by["bf16"]["step_ms"]
         tr = by["none"]["parts_ms"]["teacher forward"] / by["bf16"]["parts_ms"]["teacher forward"]
         diff = float((by["none"]["teacher_out"] - by["bf16"]["teacher_out"]).abs().max())
-        print(f"bf16 autocast: step {ratio:.2f}x, teacher forward {tr:.2f}x faster than FP32 (below 1: slower); "
-              f"max teacher output difference {diff:.3f} (target: step ≥ 1.5x)")
+        print(
+            f"bf16 autocast: step {ratio:.2f}x, teacher forward {tr:.2f}x faster than FP32 (below 1: slower); "
+            f"max teacher output difference {diff:.3f} (target: step ≥ 1.5x)"
+        )
         out.update(step_speedup_bf16=ratio, teacher_speedup_bf16=tr, teacher_max_diff_bf16=diff)
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=1))

@@ -3,6 +3,7 @@ on a 2-core CPU, feature extraction included).
 
     python tools/bench_eval.py [--data ../shared/datasets/facades] [--device cpu]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,13 +36,27 @@ def main() -> None:
     inception, how = load_inception(device=args.device)
     if inception is None:
         sys.exit(f"no Inception weights: {how}")
-    res = evaluate_models({"teacher": teacher, "student": student}, ds, ["fid", "kid", "psnr", "ssim"],
-                          torch.device(args.device), 16, inception, "", "input", "target", "teacher")
+    res = evaluate_models(
+        {"teacher": teacher, "student": student},
+        ds,
+        ["fid", "kid", "psnr", "ssim"],
+        torch.device(args.device),
+        16,
+        inception,
+        "",
+        "input",
+        "target",
+        "teacher",
+    )
     dt = time.perf_counter() - t0
-    print(f"evaluated {len(ds)} pairs at 256² (teacher + student, FID/KID/PSNR/SSIM) in {dt:.1f} s on "
-          f"{args.device} (target < 120 s)")
+    print(
+        f"evaluated {len(ds)} pairs at 256² (teacher + student, FID/KID/PSNR/SSIM) in {dt:.1f} s on "
+        f"{args.device} (target < 120 s)"
+    )
     for k in ("fid", "kid", "psnr", "ssim"):
-        print(f"  {k:>5}: teacher {res['teacher'].get(k, float('nan')):.4g}  student {res['student'].get(k, float('nan')):.4g}")
+        print(
+            f"  {k:>5}: teacher {res['teacher'].get(k, float('nan')):.4g}  student {res['student'].get(k, float('nan')):.4g}"
+        )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ The students are built at random (kaiming) from the zoo teachers, as latency doe
 BatchNorm statistics taken from the calibration images (a random network's PSNR is still a pessimistic proxy);
 ``--run RUN_DIR`` quantises a distilled student instead, whose PSNR is the one that matters.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,11 +33,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-FAMILIES = {"resnet_in": ("resnet_9blocks", "instance"), "resnet_bn": ("resnet_9blocks", "batch"),
-            "unet": ("unet_256", "batch")}
+FAMILIES = {
+    "resnet_in": ("resnet_9blocks", "instance"),
+    "resnet_bn": ("resnet_9blocks", "batch"),
+    "unet": ("unet_256", "batch"),
+}
 TARGETS = {"resnet_in": 1.8, "resnet_bn": 1.8, "unet": 1.5}  # issue 17: INT8/FP32 speed-up to reach
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile",
-             "amx_int8", "amx_bf16")
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
 
 
 # ------------------------------------------------------------------------------------------ one timing process
@@ -49,9 +63,11 @@ def time_onnx(path: str, iters: int, threads: int, opt_level: str = "all", profi
     so = ort.SessionOptions()
     so.log_severity_level = 3
     so.intra_op_num_threads = threads
-    so.graph_optimization_level = {"basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-                                   "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-                                   "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}[opt_level]
+    so.graph_optimization_level = {
+        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    }[opt_level]
     sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     x = np.random.default_rng(0).standard_normal((1, 3, 256, 256)).astype(np.float32)
@@ -81,8 +97,18 @@ def time_onnx(path: str, iters: int, threads: int, opt_level: str = "all", profi
 
 
 def time_in_subprocess(path: Path, iters: int, threads: int, opt_level: str = "all", profile: bool = False) -> dict:
-    cmd = [sys.executable, __file__, "--time-one", str(path), "--iters", str(iters), "--threads", str(threads),
-           "--opt-level", opt_level] + (["--profile"] if profile else [])
+    cmd = [
+        sys.executable,
+        __file__,
+        "--time-one",
+        str(path),
+        "--iters",
+        str(iters),
+        "--threads",
+        str(threads),
+        "--opt-level",
+        opt_level,
+    ] + (["--profile"] if profile else [])
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), PYTHONPATH=str(ROOT))
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     if out.returncode != 0:
@@ -106,10 +132,14 @@ def cpu_info() -> dict:
         pass
     import torch
 
-    return {"model": _cpu_model(), "cores": os.cpu_count(), "isa": [f for f in ISA_FLAGS if f in flags],
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "vnni": bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags),
-            "load_avg_1min": os.getloadavg()[0]}
+    return {
+        "model": _cpu_model(),
+        "cores": os.cpu_count(),
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "vnni": bool({"avx512_vnni", "avx_vnni", "amx_int8"} & flags),
+        "load_avg_1min": os.getloadavg()[0],
+    }
 
 
 def build_student(arch: str, norm: str):
@@ -153,8 +183,12 @@ def images(data: Path, calib: int):
     else:
         train, test = SyntheticPairedDataset(calib, 256, 0), SyntheticPairedDataset(8, 256, 0, offset=10_000)
         source = "synthetic (facades absent: PSNR not reported)"
-    return ([train[i]["input"][None].numpy() for i in range(len(train))],
-            [test[i]["input"][None].numpy() for i in range(len(test))], source, "facades" in source)
+    return (
+        [train[i]["input"][None].numpy() for i in range(len(train))],
+        [test[i]["input"][None].numpy() for i in range(len(test))],
+        source,
+        "facades" in source,
+    )
 
 
 def psnr_vs_fp32(fp32: Path, int8: Path, tests: list[np.ndarray]) -> tuple[float, float]:
@@ -186,8 +220,14 @@ def run_family(key: str, args, calib, tests, has_quality: bool, work: Path) -> d
     macs_t = profile_model(teacher, (1, 3, 256, 256))["macs"]
     fp32 = work / f"{key}.onnx"
     export_onnx(student, fp32, torch.zeros(1, 3, 256, 256))
-    rec: dict = {"family": key, "arch": arch, "norm": norm, "student_gmacs": macs_s / 1e9,
-                 "teacher_gmacs": macs_t / 1e9, "variants": {}}
+    rec: dict = {
+        "family": key,
+        "arch": arch,
+        "norm": norm,
+        "student_gmacs": macs_s / 1e9,
+        "teacher_gmacs": macs_t / 1e9,
+        "variants": {},
+    }
     variants = CPU_VARIANTS if args.variants else {"default": CpuInt8()}
     t32 = time_in_subprocess(fp32, args.iters, args.threads, profile=True)
     rec["fp32"] = t32
@@ -211,11 +251,15 @@ def run_family(key: str, args, calib, tests, has_quality: bool, work: Path) -> d
             for th in sorted({1, args.threads}):
                 s = time_in_subprocess(fp32, args.iters, th, opt_level=level)["median_ms"]
                 t = time_in_subprocess(t_onnx, max(5, args.iters // 3), th, opt_level=level)["median_ms"]
-                rec["session"][f"{level}/{th}t"] = {"student_ms": s, "teacher_ms": t, "speedup": t / s,
-                                                   "mac_ratio": macs_t / macs_s,
-                                                   "of_mac_ratio": (t / s) / (macs_t / macs_s),
-                                                   "student_gmac_s": macs_s / s / 1e6,
-                                                   "teacher_gmac_s": macs_t / t / 1e6}
+                rec["session"][f"{level}/{th}t"] = {
+                    "student_ms": s,
+                    "teacher_ms": t,
+                    "speedup": t / s,
+                    "mac_ratio": macs_t / macs_s,
+                    "of_mac_ratio": (t / s) / (macs_t / macs_s),
+                    "student_gmac_s": macs_s / s / 1e6,
+                    "teacher_gmac_s": macs_t / t / 1e6,
+                }
     return rec
 
 
@@ -226,10 +270,14 @@ def breakdown_lines(per_op: dict, total: float, top: int = 8) -> list[str]:
 
 def print_report(res: dict) -> None:
     cpu = res["cpu"]
-    print(f"CPU: {cpu['model']}, {cpu['cores']} cores, ISA {' '.join(cpu['isa'])} "
-          f"(torch: {cpu['torch_cpu_capability']}; VNNI {'yes' if cpu['vnni'] else 'no'})")
-    print(f"load average at start {cpu['load_avg_1min']:.1f}, at end {res['load_avg_end']:.1f}"
-          + ("  (the machine was loaded by other work: latencies are noisy)" if res["loaded"] else ""))
+    print(
+        f"CPU: {cpu['model']}, {cpu['cores']} cores, ISA {' '.join(cpu['isa'])} "
+        f"(torch: {cpu['torch_cpu_capability']}; VNNI {'yes' if cpu['vnni'] else 'no'})"
+    )
+    print(
+        f"load average at start {cpu['load_avg_1min']:.1f}, at end {res['load_avg_end']:.1f}"
+        + ("  (the machine was loaded by other work: latencies are noisy)" if res["loaded"] else "")
+    )
     print(f"images: {res['source']}; {res['threads']} intra-op threads; each file timed in its own process")
     for r in res["families"]:
         t32 = r["fp32"]
@@ -240,8 +288,10 @@ def print_report(res: dict) -> None:
                 print(f"  INT8 {name:<22} failed: {v['error']}")
                 continue
             q = f", PSNR vs FP32 {v['psnr_db']:.1f} dB (min {v['psnr_min_db']:.1f})" if "psnr_db" in v else ""
-            print(f"  INT8 {name:<22} {v['median_ms']:8.2f} ms  INT8/FP32 speed-up {v['speedup']:.2f}x "
-                  f"(target {TARGETS[r['family']]}x){q}   [{v['config']}]")
+            print(
+                f"  INT8 {name:<22} {v['median_ms']:8.2f} ms  INT8/FP32 speed-up {v['speedup']:.2f}x "
+                f"(target {TARGETS[r['family']]}x){q}   [{v['config']}]"
+            )
         print("    per-op time, FP32:")
         print("\n".join(breakdown_lines(t32.get("per_op_ms", {}), t32["median_ms"])))
         d = r["variants"].get("default", {})
@@ -249,15 +299,22 @@ def print_report(res: dict) -> None:
             print("    per-op time, INT8 (default):")
             print("\n".join(breakdown_lines(d["per_op_ms"], d["median_ms"])))
         for k, v in r.get("session", {}).items():
-            print(f"  session {k:<12} student {v['student_ms']:7.2f} ms ({v['student_gmac_s']:.1f} GMAC/s), teacher "
-                  f"{v['teacher_ms']:7.1f} ms ({v['teacher_gmac_s']:.1f} GMAC/s): {v['speedup']:.1f}x of "
-                  f"{v['mac_ratio']:.1f}x MACs = {v['of_mac_ratio']:.2f} of the MAC ratio")
+            print(
+                f"  session {k:<12} student {v['student_ms']:7.2f} ms ({v['student_gmac_s']:.1f} GMAC/s), teacher "
+                f"{v['teacher_ms']:7.1f} ms ({v['teacher_gmac_s']:.1f} GMAC/s): {v['speedup']:.1f}x of "
+                f"{v['mac_ratio']:.1f}x MACs = {v['of_mac_ratio']:.2f} of the MAC ratio"
+            )
 
 
 def run(args) -> dict:
     calib, tests, source, has_quality = images(Path(args.data), args.calib)
-    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_info(), "source": source,
-           "threads": args.threads, "families": []}
+    res = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": cpu_info(),
+        "source": source,
+        "threads": args.threads,
+        "families": [],
+    }
     with tempfile.TemporaryDirectory() as td:
         for key in args.families.split(","):
             res["families"].append(run_family(key, args, calib, tests, has_quality, Path(td)))

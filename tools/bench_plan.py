@@ -9,6 +9,7 @@ confirmed p50 (target: within the budget) and the next wider candidate's confirm
 The margin defaults to 0 here, so "within the budget" and "over it" refer to the same line. The machine's load
 average is printed before and after: timings on a busy machine are slower and noisier.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,8 +59,13 @@ student:
     print(f"before: {_load()}")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "compressor", "plan", str(recipe), "--out", str(out / "runs"),
-                           "--force", "--quiet"], env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-m", "compressor", "plan", str(recipe), "--out", str(out / "runs"), "--force", "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     wall = time.perf_counter() - t0
     print(proc.stdout, end="")
     if proc.returncode != 0:
@@ -69,18 +75,26 @@ student:
     run = out / "runs" / "bench-plan"
     doc = json.loads((run / "plan.json").read_text())
     ch, nxt = doc["choice"], doc["next_wider"]
-    print(f"{args.arch} {args.size}², budget {args.latency_ms:g} ms p50 on {args.backend}, margin {args.margin:g}: "
-          f"{len([c for c in doc['candidates'] if c.get('p50') is not None])} widths timed of "
-          f"{args.ngf} possible")
-    print(f"wall time of compress plan: {wall:.1f} s (target < {args.limit_s:g} s: "
-          f"{'yes' if wall < args.limit_s else 'NO'})")
+    print(
+        f"{args.arch} {args.size}², budget {args.latency_ms:g} ms p50 on {args.backend}, margin {args.margin:g}: "
+        f"{len([c for c in doc['candidates'] if c.get('p50') is not None])} widths timed of "
+        f"{args.ngf} possible"
+    )
+    print(
+        f"wall time of compress plan: {wall:.1f} s (target < {args.limit_s:g} s: "
+        f"{'yes' if wall < args.limit_s else 'NO'})"
+    )
     ok = ch["p50"] <= args.latency_ms
-    print(f"chosen width {ch['width']:.4g} (ngf {ch.get('ngf')}): confirmed p50 {ch['p50']:.2f} ms "
-          f"({'within' if ok else 'OVER'} the {args.latency_ms:g} ms budget)")
+    print(
+        f"chosen width {ch['width']:.4g} (ngf {ch.get('ngf')}): confirmed p50 {ch['p50']:.2f} ms "
+        f"({'within' if ok else 'OVER'} the {args.latency_ms:g} ms budget)"
+    )
     if nxt:
         over = nxt["p50"] > args.latency_ms
-        print(f"next wider width {nxt['width']:.4g} (ngf {nxt.get('ngf')}): confirmed p50 {nxt['p50']:.2f} ms "
-              f"({'over' if over else 'NOT over'} the budget)")
+        print(
+            f"next wider width {nxt['width']:.4g} (ngf {nxt.get('ngf')}): confirmed p50 {nxt['p50']:.2f} ms "
+            f"({'over' if over else 'NOT over'} the budget)"
+        )
     else:
         over = True
         print("next wider width: none (the teacher itself meets the budget)")

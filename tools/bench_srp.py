@@ -6,6 +6,7 @@ Each measurement runs in its own process (peak RSS on CPU, max allocated on CUDA
 this one run. Targets: ≥15x faster at 64², ≥50x at 128², and 256² within 1 GiB extra memory for the
 factorised form, where the reference cannot run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,11 @@ print(json.dumps({{"seconds": sorted(times)[len(times) // 2], "extra_bytes": max
 
 def measure(size: int, form: str, device: str, reps: int) -> dict:
     root = str(Path(__file__).resolve().parent.parent)
-    proc = subprocess.run([sys.executable, "-c", CODE.format(root=root, size=size, form=form, device=device,
-                                                             reps=reps)], capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-c", CODE.format(root=root, size=size, form=form, device=device, reps=reps)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1][:120]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -52,11 +56,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="64,128,256")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--reference-limit-gib", type=float, default=16.0,
-                    help="skip the reference where its HW x HW matrices alone would exceed this")
+    ap.add_argument(
+        "--reference-limit-gib",
+        type=float,
+        default=16.0,
+        help="skip the reference where its HW x HW matrices alone would exceed this",
+    )
     args = ap.parse_args()
     print(f"SRP forward+backward, B=1, C_t=256, C_s=64, device={args.device}")
-    print(f"{'size':>6} {'factorised':>12} {'reference':>12} {'speed-up':>9} {'fact. extra MiB':>16} {'ref. extra MiB':>15}")
+    print(
+        f"{'size':>6} {'factorised':>12} {'reference':>12} {'speed-up':>9} {'fact. extra MiB':>16} {'ref. extra MiB':>15}"
+    )
     for size in [int(s) for s in args.sizes.split(",")]:
         reps = 5 if size <= 64 else 3
         fact = measure(size, "factorised", args.device, reps)

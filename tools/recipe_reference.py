@@ -1,4 +1,5 @@
 """Print the README's recipe reference table from the schema: python tools/recipe_reference.py"""
+
 from compressor.recipe import schema_reference
 
 

@@ -4,6 +4,7 @@
 
 Chromium captures the window, so the window is made tall and the empty space below the page is cropped.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -22,11 +23,26 @@ def screenshot(page: Path, out: Path, width: int = 1200, height: int = 6000) -> 
         raise SystemExit("headless Chromium is not installed (apt-get install chromium)")
     with tempfile.TemporaryDirectory() as td:
         shot = Path(td) / "shot.png"
-        subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                        "--hide-scrollbars", f"--user-data-dir={td}/profile", f"--screenshot={shot}",
-                        f"--window-size={width},{height}", f"file://{Path(page).resolve()}"],
-                       capture_output=True, timeout=180, check=False)
+        subprocess.run(
+            [
+                chromium,
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--hide-scrollbars",
+                f"--user-data-dir={td}/profile",
+                f"--screenshot={shot}",
+                f"--window-size={width},{height}",
+                f"file://{Path(page).resolve()}",
+            ],
+            capture_output=True,
+            timeout=180,
+            check=False,
+        )
         if not shot.exists():
             raise SystemExit("Chromium wrote no screenshot")
         img = Image.open(shot).convert("RGB")

@@ -3,6 +3,7 @@
 ``build_generator(name, **kwargs)`` accepts pytorch-CycleGAN-and-pix2pix's names and arguments and builds
 modules with identical state_dict keys, so its ``latest_net_G.pth`` files load as they are.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -13,8 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch.nn as nn
-
-
 from safetensors.torch import load_file
 
 from ..errors import CheckpointError, RecipeError
@@ -37,14 +36,39 @@ ZOO = {
 }
 GENERATOR_ARGS = ("input_nc", "output_nc", "ngf", "norm", "use_dropout")
 
-__all__ = ["ZOO", "build_generator", "build_discriminator", "load_teacher", "load_state_dict_file",
-           "apply_state_dict", "NLayerDiscriminator", "ResnetGenerator", "UnetGenerator", "init_weights",
-           "import_object", "size_multiple", "default_taps", "build_teacher", "build_from_spec", "teacher_spec",
-           "spec_of_model", "check_teacher_spec", "load_saved_teacher", "GENERATOR_ARGS"]
+__all__ = [
+    "ZOO",
+    "build_generator",
+    "build_discriminator",
+    "load_teacher",
+    "load_state_dict_file",
+    "apply_state_dict",
+    "NLayerDiscriminator",
+    "ResnetGenerator",
+    "UnetGenerator",
+    "init_weights",
+    "import_object",
+    "size_multiple",
+    "default_taps",
+    "build_teacher",
+    "build_from_spec",
+    "teacher_spec",
+    "spec_of_model",
+    "check_teacher_spec",
+    "load_saved_teacher",
+    "GENERATOR_ARGS",
+]
 
 
-def build_generator(name: str, input_nc: int = 3, output_nc: int = 3, ngf: int = 64, norm: str = "batch",
-                    use_dropout: bool = False, init: str | None = "normal") -> nn.Module:
+def build_generator(
+    name: str,
+    input_nc: int = 3,
+    output_nc: int = 3,
+    ngf: int = 64,
+    norm: str = "batch",
+    use_dropout: bool = False,
+    init: str | None = "normal",
+) -> nn.Module:
     """Build a zoo generator as pytorch-CycleGAN-and-pix2pix's ``define_G`` would (without moving it to a GPU)."""
     if name not in ZOO:
         raise RecipeError(f"teacher.arch: unknown generator {name!r}; choose one of {', '.join(ZOO)}")
@@ -56,8 +80,9 @@ def build_generator(name: str, input_nc: int = 3, output_nc: int = 3, ngf: int =
     return net
 
 
-def build_discriminator(input_nc: int = 6, ndf: int = 64, n_layers: int = 3, norm: str = "batch",
-                        init: str | None = "normal") -> nn.Module:
+def build_discriminator(
+    input_nc: int = 6, ndf: int = 64, n_layers: int = 3, norm: str = "batch", init: str | None = "normal"
+) -> nn.Module:
     net = NLayerDiscriminator(input_nc=input_nc, ndf=ndf, n_layers=n_layers, norm=norm)
     if init:
         init_weights(net, init)
@@ -114,8 +139,9 @@ def import_object(path: str, base_dir: Path | None = None, key: str = "teacher.i
     return obj
 
 
-def load_state_dict_file(path: str | Path, trust: bool = False, key: str = "teacher.checkpoint",
-                         checkpoint_key: str | None = None) -> dict:
+def load_state_dict_file(
+    path: str | Path, trust: bool = False, key: str = "teacher.checkpoint", checkpoint_key: str | None = None
+) -> dict:
     """Read a checkpoint into a flat state_dict without executing code (unless ``trust``): the layouts and formats
     :mod:`compressor.models.checkpoint` lists; ``checkpoint_key`` picks a nested state_dict explicitly."""
     return load_checkpoint(path, trust=trust, key=key, checkpoint_key=checkpoint_key)
@@ -129,8 +155,11 @@ def _clean_state_dict(model: nn.Module, state: dict) -> dict:
     for k, v in state.items():
         mod_name, _, leaf = k.rpartition(".")
         mod = modules.get(mod_name)
-        if (isinstance(mod, nn.InstanceNorm2d) and leaf in ("running_mean", "running_var", "num_batches_tracked")
-                and getattr(mod, leaf, None) is None):
+        if (
+            isinstance(mod, nn.InstanceNorm2d)
+            and leaf in ("running_mean", "running_var", "num_batches_tracked")
+            and getattr(mod, leaf, None) is None
+        ):
             continue
         cleaned[k] = v
     return cleaned
@@ -151,8 +180,10 @@ def apply_state_dict(model: nn.Module, state: dict, source: str = "checkpoint", 
         raise CheckpointError(f"{key}: {source} does not match the architecture: keys " + "; ".join(parts))
     for k, v in own.items():
         if tuple(state[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{key}: {source} does not match the architecture: {k} has shape "
-                                  f"{tuple(state[k].shape)} in the checkpoint but {tuple(v.shape)} in the model")
+            raise CheckpointError(
+                f"{key}: {source} does not match the architecture: {k} has shape "
+                f"{tuple(state[k].shape)} in the checkpoint but {tuple(v.shape)} in the model"
+            )
     model.load_state_dict(state, strict=True)
     return model
 
@@ -176,8 +207,9 @@ def check_teacher_spec(spec) -> None:
         raise RecipeError(f"teacher.arch: unknown generator {spec.arch!r}; choose one of {', '.join(ZOO)}")
     bad = sorted(set(spec.kwargs) - set(GENERATOR_ARGS))
     if bad:
-        raise RecipeError(f"teacher.kwargs: unknown argument {bad[0]!r} for {spec.arch}; "
-                          f"allowed: {', '.join(GENERATOR_ARGS)}")
+        raise RecipeError(
+            f"teacher.kwargs: unknown argument {bad[0]!r} for {spec.arch}; allowed: {', '.join(GENERATOR_ARGS)}"
+        )
 
 
 def spec_of_model(model: nn.Module) -> dict | None:
@@ -206,8 +238,9 @@ def teacher_spec(spec, base_dir: str | Path | None = None) -> dict:
     return {"import": path, "kwargs": dict(spec.kwargs)}
 
 
-def build_from_spec(spec: dict, init: str | None = None, allow_import: bool | None = None,
-                    source: str = "student.json/teacher.json") -> nn.Module:
+def build_from_spec(
+    spec: dict, init: str | None = None, allow_import: bool | None = None, source: str = "student.json/teacher.json"
+) -> nn.Module:
     """Rebuild an architecture from its saved spec (``{"arch"|"import": ..., "kwargs": {...}}``). A zoo ``arch``
     is data; an ``import`` runs code and needs consent: ``allow_import=True``, ``--trust-code``, or the recipe being
     run naming that import (:mod:`compressor.trust`); otherwise :class:`~compressor.trust.UntrustedCode`."""

@@ -7,6 +7,7 @@
   ``g_ema`` (StyleGAN2), ``G`` or ``model_state``; ``module.`` prefixes (DataParallel/DDP) are stripped;
 * ``key`` (``teacher.checkpoint_key``) picks a nested dict explicitly, dotted for deeper levels (``ema.model``).
 """
+
 from __future__ import annotations
 
 import logging
@@ -23,15 +24,31 @@ from ..errors import CheckpointError
 log = logging.getLogger(__name__)
 
 # the wrapper keys looked for, in order of preference where several hold a state_dict
-WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "netG", "generator", "g_ema", "G", "model_state",
-                "model_state_dict", "net", "network")
+WRAPPER_KEYS = (
+    "params_ema",
+    "params",
+    "state_dict",
+    "model",
+    "netG",
+    "generator",
+    "g_ema",
+    "G",
+    "model_state",
+    "model_state_dict",
+    "net",
+    "network",
+)
 # pairs where the first wins without ambiguity (EMA weights are the ones to use)
 PREFERRED = {("params_ema", "params"), ("g_ema", "generator"), ("g_ema", "G")}
 
 
 def _is_state_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and all(isinstance(k, str) for k in obj) \
+    return (
+        isinstance(obj, Mapping)
+        and bool(obj)
+        and all(isinstance(k, str) for k in obj)
         and all(torch.is_tensor(v) for v in obj.values())
+    )
 
 
 def _tensor_part(obj: Mapping) -> dict:
@@ -55,18 +72,24 @@ def read_checkpoint(path: Path, trust: bool, key: str) -> Any:
         if "weights_only" in str(exc) or "Weights only load failed" in str(exc):
             raise CheckpointError(
                 f"{key}: {path} contains pickled Python objects, not just tensors; load it only if you trust "
-                f"its source, with --trust-checkpoint") from None
+                f"its source, with --trust-checkpoint"
+            ) from None
         raise CheckpointError(f"{key}: {path} is corrupt or not a PyTorch checkpoint ({exc})") from None
     except (ImportError, AttributeError) as exc:
-        raise CheckpointError(f"{key}: {path} was pickled with Python classes that cannot be imported here ({exc}); "
-                              f"save a state_dict instead, or make that code importable") from None
+        raise CheckpointError(
+            f"{key}: {path} was pickled with Python classes that cannot be imported here ({exc}); "
+            f"save a state_dict instead, or make that code importable"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise CheckpointError(f"{key}: {path} is corrupt, truncated or not a PyTorch checkpoint "
-                              f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+        raise CheckpointError(
+            f"{key}: {path} is corrupt, truncated or not a PyTorch checkpoint "
+            f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
 
 
-def find_state_dict(obj: Any, source: str, key: str = "teacher.checkpoint",
-                    checkpoint_key: Optional[str] = None) -> dict:
+def find_state_dict(
+    obj: Any, source: str, key: str = "teacher.checkpoint", checkpoint_key: Optional[str] = None
+) -> dict:
     """The flat state_dict inside a loaded checkpoint object; logs which wrapper key was used."""
     if isinstance(obj, nn.Module):
         obj = obj.state_dict()
@@ -74,10 +97,14 @@ def find_state_dict(obj: Any, source: str, key: str = "teacher.checkpoint",
         inner: Any = obj
         for part in checkpoint_key.split("."):
             if not isinstance(inner, Mapping) or part not in inner:
-                have = ", ".join(sorted(k for k in obj if isinstance(k, str))[:10]) if isinstance(obj, Mapping) \
+                have = (
+                    ", ".join(sorted(k for k in obj if isinstance(k, str))[:10])
+                    if isinstance(obj, Mapping)
                     else type(obj).__name__
-                raise CheckpointError(f"teacher.checkpoint_key: {source} has no entry {checkpoint_key!r} "
-                                      f"(top-level keys: {have})")
+                )
+                raise CheckpointError(
+                    f"teacher.checkpoint_key: {source} has no entry {checkpoint_key!r} (top-level keys: {have})"
+                )
             inner = inner[part]
         if isinstance(inner, nn.Module):
             inner = inner.state_dict()
@@ -88,8 +115,10 @@ def find_state_dict(obj: Any, source: str, key: str = "teacher.checkpoint",
     if _is_state_dict(obj):
         return strip_prefix(dict(obj))
     if not isinstance(obj, Mapping):
-        raise CheckpointError(f"{key}: {source} does not hold a state_dict (a mapping of names to tensors); "
-                              f"it holds a {type(obj).__name__}")
+        raise CheckpointError(
+            f"{key}: {source} does not hold a state_dict (a mapping of names to tensors); "
+            f"it holds a {type(obj).__name__}"
+        )
     found = []
     for k, v in obj.items():
         if isinstance(v, nn.Module):
@@ -103,17 +132,24 @@ def find_state_dict(obj: Any, source: str, key: str = "teacher.checkpoint",
         if tensors:  # a state_dict with a few bookkeeping entries (epoch, config) beside the tensors
             return strip_prefix(tensors)
         keys = ", ".join(str(k) for k in list(obj)[:10])
-        raise CheckpointError(f"{key}: {source} does not hold a state_dict (a mapping of names to tensors); "
-                              f"top-level keys: {keys}")
+        raise CheckpointError(
+            f"{key}: {source} does not hold a state_dict (a mapping of names to tensors); top-level keys: {keys}"
+        )
     if len(candidates) > 1:
-        raise CheckpointError(f"{key}: {source} holds several state_dicts ({', '.join(map(str, candidates))}); "
-                              f"pick one with teacher.checkpoint_key")
+        raise CheckpointError(
+            f"{key}: {source} holds several state_dicts ({', '.join(map(str, candidates))}); "
+            f"pick one with teacher.checkpoint_key"
+        )
     chosen = candidates[0]
     inner = obj[chosen]
     if isinstance(inner, nn.Module):
         inner = inner.state_dict()
-    log.info("%s: using the state_dict under %r%s", source, chosen,
-             f" (preferred over {', '.join(k for k in found if k != chosen)})" if len(found) > 1 else "")
+    log.info(
+        "%s: using the state_dict under %r%s",
+        source,
+        chosen,
+        f" (preferred over {', '.join(k for k in found if k != chosen)})" if len(found) > 1 else "",
+    )
     return strip_prefix(_tensor_part(inner))
 
 
@@ -121,12 +157,13 @@ def strip_prefix(state: dict) -> dict:
     """Remove DataParallel/DDP's ``module.`` (and torch.compile's ``_orig_mod.``) prefixes."""
     for prefix in ("module.", "_orig_mod."):
         if state and all(k.startswith(prefix) for k in state):
-            state = {k[len(prefix):]: v for k, v in state.items()}
+            state = {k[len(prefix) :]: v for k, v in state.items()}
     return state
 
 
-def load_checkpoint(path: str | Path, trust: bool = False, key: str = "teacher.checkpoint",
-                    checkpoint_key: Optional[str] = None) -> dict:
+def load_checkpoint(
+    path: str | Path, trust: bool = False, key: str = "teacher.checkpoint", checkpoint_key: Optional[str] = None
+) -> dict:
     """Read ``path`` into a flat state_dict: any layout above, never executing code unless ``trust``."""
     path = Path(path)
     if not path.is_file():

@@ -1,4 +1,5 @@
 """PatchGAN discriminator, key-compatible with pytorch-CycleGAN-and-pix2pix's ``NLayerDiscriminator``."""
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -17,11 +18,17 @@ class NLayerDiscriminator(nn.Module):
         nf_mult = 1
         for n in range(1, n_layers):
             nf_prev, nf_mult = nf_mult, min(2**n, 8)
-            seq += [nn.Conv2d(ndf * nf_prev, ndf * nf_mult, kernel_size=kw, stride=2, padding=padw, bias=use_bias),
-                    norm_layer(ndf * nf_mult), nn.LeakyReLU(0.2, True)]
+            seq += [
+                nn.Conv2d(ndf * nf_prev, ndf * nf_mult, kernel_size=kw, stride=2, padding=padw, bias=use_bias),
+                norm_layer(ndf * nf_mult),
+                nn.LeakyReLU(0.2, True),
+            ]
         nf_prev, nf_mult = nf_mult, min(2**n_layers, 8)
-        seq += [nn.Conv2d(ndf * nf_prev, ndf * nf_mult, kernel_size=kw, stride=1, padding=padw, bias=use_bias),
-                norm_layer(ndf * nf_mult), nn.LeakyReLU(0.2, True)]
+        seq += [
+            nn.Conv2d(ndf * nf_prev, ndf * nf_mult, kernel_size=kw, stride=1, padding=padw, bias=use_bias),
+            norm_layer(ndf * nf_mult),
+            nn.LeakyReLU(0.2, True),
+        ]
         seq += [nn.Conv2d(ndf * nf_mult, 1, kernel_size=kw, stride=1, padding=padw)]
         self.model = nn.Sequential(*seq)
 

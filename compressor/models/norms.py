@@ -1,4 +1,5 @@
 """Normalisation layers exactly as pytorch-CycleGAN-and-pix2pix builds them."""
+
 from __future__ import annotations
 
 import functools

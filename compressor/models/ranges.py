@@ -1,5 +1,6 @@
 """Value ranges: the toolkit works in [-1, 1]; a teacher that takes or returns [0, 1] or [0, 255] declares it
 (``teacher.input_range`` / ``teacher.output_range``) and :func:`wrap_ranges` converts at its edges."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -32,8 +33,9 @@ class RangeWrapper(nn.Module):
         return self.model(x * self.in_scale + self.in_shift) * self.out_scale + self.out_shift
 
 
-def wrap_ranges(model: nn.Module, input_range: Sequence[float] = TOOLKIT_RANGE,
-                output_range: Sequence[float] = TOOLKIT_RANGE) -> nn.Module:
+def wrap_ranges(
+    model: nn.Module, input_range: Sequence[float] = TOOLKIT_RANGE, output_range: Sequence[float] = TOOLKIT_RANGE
+) -> nn.Module:
     """``model`` itself when both ranges are [-1, 1]; otherwise a :class:`RangeWrapper` around it."""
     if tuple(map(float, input_range)) == TOOLKIT_RANGE and tuple(map(float, output_range)) == TOOLKIT_RANGE:
         return model

@@ -1,4 +1,5 @@
 """ResNet generator, key-compatible with pytorch-CycleGAN-and-pix2pix's ``ResnetGenerator``."""
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -43,30 +44,56 @@ class ResnetGenerator(nn.Module):
 
     size_multiple = 4
 
-    def __init__(self, input_nc=3, output_nc=3, ngf=64, norm="batch", use_dropout=False, n_blocks=6,
-                 padding_type="reflect"):
+    def __init__(
+        self, input_nc=3, output_nc=3, ngf=64, norm="batch", use_dropout=False, n_blocks=6, padding_type="reflect"
+    ):
         assert n_blocks >= 0
         super().__init__()
-        self.config = dict(input_nc=input_nc, output_nc=output_nc, ngf=ngf, norm=norm, use_dropout=use_dropout,
-                           n_blocks=n_blocks, padding_type=padding_type)
+        self.config = dict(
+            input_nc=input_nc,
+            output_nc=output_nc,
+            ngf=ngf,
+            norm=norm,
+            use_dropout=use_dropout,
+            n_blocks=n_blocks,
+            padding_type=padding_type,
+        )
         norm_layer = get_norm_layer(norm)
         use_bias = uses_bias(norm_layer)
-        model = [nn.ReflectionPad2d(3), nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=use_bias),
-                 norm_layer(ngf), nn.ReLU(True)]
+        model = [
+            nn.ReflectionPad2d(3),
+            nn.Conv2d(input_nc, ngf, kernel_size=7, padding=0, bias=use_bias),
+            norm_layer(ngf),
+            nn.ReLU(True),
+        ]
         n_down = 2
         for i in range(n_down):
             mult = 2**i
-            model += [nn.Conv2d(ngf * mult, ngf * mult * 2, kernel_size=3, stride=2, padding=1, bias=use_bias),
-                      norm_layer(ngf * mult * 2), nn.ReLU(True)]
+            model += [
+                nn.Conv2d(ngf * mult, ngf * mult * 2, kernel_size=3, stride=2, padding=1, bias=use_bias),
+                norm_layer(ngf * mult * 2),
+                nn.ReLU(True),
+            ]
         mult = 2**n_down
         for _ in range(n_blocks):
-            model += [ResnetBlock(ngf * mult, padding_type=padding_type, norm_layer=norm_layer,
-                                  use_dropout=use_dropout, use_bias=use_bias)]
+            model += [
+                ResnetBlock(
+                    ngf * mult,
+                    padding_type=padding_type,
+                    norm_layer=norm_layer,
+                    use_dropout=use_dropout,
+                    use_bias=use_bias,
+                )
+            ]
         for i in range(n_down):
             mult = 2 ** (n_down - i)
-            model += [nn.ConvTranspose2d(ngf * mult, int(ngf * mult / 2), kernel_size=3, stride=2, padding=1,
-                                         output_padding=1, bias=use_bias),
-                      norm_layer(int(ngf * mult / 2)), nn.ReLU(True)]
+            model += [
+                nn.ConvTranspose2d(
+                    ngf * mult, int(ngf * mult / 2), kernel_size=3, stride=2, padding=1, output_padding=1, bias=use_bias
+                ),
+                norm_layer(int(ngf * mult / 2)),
+                nn.ReLU(True),
+            ]
         model += [nn.ReflectionPad2d(3), nn.Conv2d(ngf, output_nc, kernel_size=7, padding=0), nn.Tanh()]
         self.model = nn.Sequential(*model)
 

@@ -1,4 +1,5 @@
 """U-Net generator, key-compatible with pytorch-CycleGAN-and-pix2pix's ``UnetGenerator``."""
+
 from __future__ import annotations
 
 import torch
@@ -8,8 +9,17 @@ from .norms import get_norm_layer, uses_bias
 
 
 class UnetSkipConnectionBlock(nn.Module):
-    def __init__(self, outer_nc, inner_nc, input_nc=None, submodule=None, outermost=False, innermost=False,
-                 norm_layer=nn.BatchNorm2d, use_dropout=False):
+    def __init__(
+        self,
+        outer_nc,
+        inner_nc,
+        input_nc=None,
+        submodule=None,
+        outermost=False,
+        innermost=False,
+        norm_layer=nn.BatchNorm2d,
+        use_dropout=False,
+    ):
         super().__init__()
         self.outermost = outermost
         use_bias = uses_bias(norm_layer)
@@ -46,18 +56,21 @@ class UnetGenerator(nn.Module):
         super().__init__()
         if num_downs < 5:
             raise ValueError("num_downs must be at least 5")
-        self.config = dict(input_nc=input_nc, output_nc=output_nc, num_downs=num_downs, ngf=ngf, norm=norm,
-                           use_dropout=use_dropout)
+        self.config = dict(
+            input_nc=input_nc, output_nc=output_nc, num_downs=num_downs, ngf=ngf, norm=norm, use_dropout=use_dropout
+        )
         norm_layer = get_norm_layer(norm)
         block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=None, norm_layer=norm_layer, innermost=True)
         for _ in range(num_downs - 5):
-            block = UnetSkipConnectionBlock(ngf * 8, ngf * 8, submodule=block, norm_layer=norm_layer,
-                                            use_dropout=use_dropout)
+            block = UnetSkipConnectionBlock(
+                ngf * 8, ngf * 8, submodule=block, norm_layer=norm_layer, use_dropout=use_dropout
+            )
         block = UnetSkipConnectionBlock(ngf * 4, ngf * 8, submodule=block, norm_layer=norm_layer)
         block = UnetSkipConnectionBlock(ngf * 2, ngf * 4, submodule=block, norm_layer=norm_layer)
         block = UnetSkipConnectionBlock(ngf, ngf * 2, submodule=block, norm_layer=norm_layer)
-        self.model = UnetSkipConnectionBlock(output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True,
-                                             norm_layer=norm_layer)
+        self.model = UnetSkipConnectionBlock(
+            output_nc, ngf, input_nc=input_nc, submodule=block, outermost=True, norm_layer=norm_layer
+        )
 
     @property
     def size_multiple(self) -> int:
