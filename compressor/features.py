@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .errors import RecipeError
-from .models import default_taps
+from .models import RangeWrapper, default_taps
 
 
 def resolve_taps(
@@ -24,6 +24,8 @@ def resolve_taps(
     out = {}
     for layer in layers:
         target = aliases.get(layer, layer)
+        if target not in names and f"model.{target}" in names and isinstance(model, RangeWrapper):
+            target = f"model.{target}"  # a teacher converted to [-1, 1]: its own module names still work
         if target not in names or target == "":
             known = ", ".join(sorted(aliases)) or "none"
             raise RecipeError(

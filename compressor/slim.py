@@ -526,7 +526,8 @@ def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Mod
         raise CheckpointError("student.json: the plan has no teacher spec to rebuild from")
     if plan.get("method") == "rebuild":
         kwargs = dict(spec.get("kwargs") or {}, ngf=plan.get("ngf"))
-        return build_from_spec({"arch": spec.get("arch"), "kwargs": kwargs}, init=None, source="student.json")
+        ranges = {k: spec[k] for k in ("input_range", "output_range") if k in spec}
+        return build_from_spec({"arch": spec.get("arch"), "kwargs": kwargs, **ranges}, init=None, source="student.json")
     history = plan.get("history")
     if history is None and "groups" in plan:  # version 1: one root group per entry, the same information
         try:

@@ -418,7 +418,15 @@ def stage_evaluate(ctx: Context) -> None:
 def run_export_metadata(recipe: Recipe, model: torch.nn.Module) -> dict:
     """ONNX metadata a run adds to every export (the same for the stage and ``compress export``)."""
     plan = getattr(model, "student_plan", None) or {}
-    return {"recipe_hash": recipe.digest(), "width": plan.get("width", 1.0)}
+    t = recipe.teacher
+    return {
+        "recipe_hash": recipe.digest(),
+        "width": plan.get("width", 1.0),
+        # the ONNX takes and returns [-1, 1]; a network with another native range converts inside
+        "value_range": "[-1, 1]",
+        "network_input_range": json.dumps(list(t.input_range)),
+        "network_output_range": json.dumps(list(t.output_range)),
+    }
 
 
 def recipe_samples(recipe: Recipe, n: int = 3) -> torch.Tensor:

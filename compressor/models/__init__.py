@@ -23,6 +23,7 @@ from ..zoo_args import check_zoo_kwargs
 from .checkpoint import load_checkpoint, strip_prefix
 from .discriminator import NLayerDiscriminator
 from .norms import init_weights
+from .ranges import TOOLKIT_RANGE, RangeWrapper, wrap_ranges
 from .resnet import ResnetGenerator
 from .unet import UnetGenerator
 
@@ -91,11 +92,35 @@ def build_discriminator(
 
 def size_multiple(model: nn.Module) -> int:
     """The multiple that input H and W must be for this model (1 when unknown)."""
+    if isinstance(model, RangeWrapper):
+        return size_multiple(model.model)
     return int(getattr(model, "size_multiple", 1) or 1)
 
 
 def default_taps(model: nn.Module) -> dict[str, str]:
+    if isinstance(model, RangeWrapper):  # the wrapped model's aliases, under its ``model.`` prefix
+        return {k: f"model.{v}" for k, v in default_taps(model.model).items()}
     return dict(getattr(model, "taps", {}) or {})
+
+
+def _ranges_of(spec) -> dict:
+    """``input_range``/``output_range`` of a teacher spec (recipe section or saved dict) when not [-1, 1]."""
+    get = spec.get if isinstance(spec, dict) else (lambda k, d=None: getattr(spec, k, d))
+    out = {}
+    for key in ("input_range", "output_range"):
+        value = get(key, None)
+        if value is not None and tuple(map(float, value)) != TOOLKIT_RANGE:
+            out[key] = [float(v) for v in value]
+    return out
+
+
+def with_ranges(model: nn.Module, spec) -> nn.Module:
+    """The model as the toolkit sees it: [-1, 1] in and out, converted at its edges when ``spec`` declares another
+    range (:mod:`compressor.models.ranges`)."""
+    r = _ranges_of(spec)
+    if not r:
+        return model
+    return wrap_ranges(model, r.get("input_range", TOOLKIT_RANGE), r.get("output_range", TOOLKIT_RANGE))
 
 
 def import_object(path: str, base_dir: Path | None = None, key: str = "teacher.import") -> Any:
@@ -230,12 +255,12 @@ def teacher_spec(spec, base_dir: str | Path | None = None) -> dict:
     spec = _as_teacher_spec(spec)
     if spec.arch:
         check_teacher_spec(spec)
-        return spec_of_model(build_generator(spec.arch, init=None, **spec.kwargs))
+        return {**spec_of_model(build_generator(spec.arch, init=None, **spec.kwargs)), **_ranges_of(spec)}
     path = spec.import_
     mod, _, attr = path.rpartition(":")
     if mod.endswith(".py"):
         path = f"{resolve_path(base_dir if base_dir is not None else Path.cwd(), mod)}:{attr}"
-    return {"import": path, "kwargs": dict(spec.kwargs)}
+    return {"import": path, "kwargs": dict(spec.kwargs), **_ranges_of(spec)}
 
 
 def build_from_spec(
@@ -254,7 +279,12 @@ def build_from_spec(
             check_zoo_kwargs(str(spec["arch"]), kwargs, key=f"{source} kwargs")
         except ValueError as exc:
             raise CheckpointError(f"{source}: {exc}") from None
-        return build_generator(spec["arch"], init=init, **kwargs)
+        model = build_generator(spec["arch"], init=init, **kwargs)
+        if not _ranges_of(spec):
+            return model
+        wrapped = with_ranges(model, spec)
+        wrapped.compressor_spec = dict(spec)
+        return wrapped
     target = spec.get("import")
     if not isinstance(target, str):
         raise CheckpointError(f"{source}: the spec names neither a zoo 'arch' nor an 'import'")
@@ -264,6 +294,7 @@ def build_from_spec(
         model = factory(**kwargs)
     except Exception as exc:  # noqa: BLE001 - user code
         raise CheckpointError(f"{source}: calling {target} failed: {type(exc).__name__}: {exc}") from None
+    model = with_ranges(model, spec)
     model.compressor_spec = dict(spec)
     return model
 
@@ -298,7 +329,7 @@ def load_teacher(spec, base_dir: str | Path | None = None, trust_checkpoint: boo
         state = load_state_dict_file(ckpt, trust=trust_checkpoint, checkpoint_key=spec.checkpoint_key)
         apply_state_dict(model, state, source=str(ckpt))
         log.info("loaded teacher weights from %s", ckpt)
-    return model.eval()
+    return with_ranges(model, spec).eval()
 
 
 def load_saved_teacher(spec: dict, weights: str | Path) -> nn.Module:
