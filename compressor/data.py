@@ -120,6 +120,9 @@ class _Augment:
         return [to_tensor(im) for im in images]
 
 
+MIN_SIDE = 8  # an image smaller than this on either side is a mistake, not data
+
+
 class _ImageFiles(Dataset):
     """Base: a list of files, each checked once; unreadable ones are skipped (or fatal when strict)."""
 
@@ -129,6 +132,8 @@ class _ImageFiles(Dataset):
             try:
                 with Image.open(f) as im:
                     im.load()
+                    if min(im.size) < MIN_SIDE:
+                        raise ValueError(f"{im.size[0]}x{im.size[1]} pixels is too small (at least {MIN_SIDE})")
                 good.append(f)
             except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
                 if strict:

@@ -25,6 +25,9 @@ from .export import ExportSpec, export_model, input_channels, write_record
 log = logging.getLogger(__name__)
 
 
+MAX_EXPORT_SIZE = 8192  # the largest side an export samples at (a 8192² float image is 800 MB)
+
+
 @dataclass
 class ExportOptions:
     """The options of ``compress export``."""
@@ -80,6 +83,8 @@ def export_command(
     """Export ``model`` as the options ask; write ``export.json``; return the record with printable ``lines``."""
     mult = size_multiple(model)
     size = options.size or max(256, mult)
+    if not 1 <= size <= MAX_EXPORT_SIZE:
+        raise UserError(f"--size: {size} is outside 1..{MAX_EXPORT_SIZE}")
     if size % mult:
         raise UserError(f"--size: {size} is not a multiple of {mult}, which this model needs")
     lines = []

@@ -23,6 +23,7 @@ import torch.nn as nn
 from torch.export import Dim
 
 from compressor.errors import ExportError, UserError
+from compressor.io import DiskWriteError
 from compressor.models import size_multiple
 
 from .backends import ort_session  # noqa: F401 - the one session set-up, re-exported for callers
@@ -60,6 +61,17 @@ def _rename_dims(model_proto, names: dict[int, str]) -> None:
                 d.dim_param = mapping[d.dim_param]
 
 
+def _os_error(exc: BaseException) -> Optional[OSError]:
+    """The OSError (disk full, permissions) behind an exporter's exception, if there is one."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def export_onnx(
     model: nn.Module,
     path: str | Path,
@@ -93,6 +105,11 @@ def export_onnx(
             )
     except Exception as exc:  # noqa: BLE001 - the exporter raises many types
         tmp.unlink(missing_ok=True)
+        disk = _os_error(exc)
+        if disk is not None:
+            raise DiskWriteError(
+                f"{path}: write failed ({disk.strerror or disk}); earlier artifacts are intact"
+            ) from None
         raise ExportError(
             f"{path}: torch.onnx.export failed: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}"
         ) from None
@@ -110,8 +127,12 @@ def export_onnx(
             proto = onnxslim.slim(proto)
         except ImportError:
             raise UserError("export.onnx.slim needs onnxslim: pip install onnxslim") from None
-    onnx.save(proto, str(tmp))
-    tmp.replace(path)
+    try:
+        onnx.save(proto, str(tmp))
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise DiskWriteError(f"{path}: write failed ({exc.strerror or exc}); earlier artifacts are intact") from None
     onnx.checker.check_model(str(path), full_check=True)
     return path
 

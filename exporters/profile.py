@@ -433,6 +433,28 @@ def import_trtexec_times(path: str | Path, batch: int = 1) -> dict:
 # ------------------------------------------------------------------------------------------------ driver
 
 
+def check_onnx_sizes(path: str | Path, sizes: list[int]) -> None:
+    """One line, before anything is timed, for an ONNX file that cannot be read or a size its H/W rule refuses
+    (a dynamic-size model records ``size_multiple`` in its metadata)."""
+    import onnx
+
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise several types
+        why = str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__
+        raise UserError(f"{path}: not a readable ONNX model ({why})") from None
+    meta = {p.key: p.value for p in proto.metadata_props}
+    try:
+        mult = int(json.loads(meta.get("size_multiple", "1")))
+    except (ValueError, TypeError):
+        mult = 1
+    dims = proto.graph.input[0].type.tensor_type.shape.dim if proto.graph.input else []
+    dynamic_hw = len(dims) == 4 and not (dims[2].HasField("dim_value") and dims[3].HasField("dim_value"))
+    bad = [s for s in sizes if dynamic_hw and mult > 1 and s % mult]
+    if bad:
+        raise UserError(f"{path}: --size {bad[0]} is not a multiple of {mult}, which this model needs")
+
+
 def profile_models(
     models: list[str] | list[dict],
     backends: list[str],
@@ -449,6 +471,9 @@ def profile_models(
 ) -> dict:
     """Profile every configuration, each in its own process; return the versioned result document."""
     refs = resolve_models(models) if models and isinstance(models[0], str) else list(models)
+    for ref in refs:
+        if ref.get("onnx"):
+            check_onnx_sizes(ref["onnx"], sizes)
     env = environment(threads)
     peak_device = "cuda" if device == "cuda" else "cpu"
     peak = gemm_peak(threads, peak_device)
