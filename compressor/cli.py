@@ -33,10 +33,10 @@ from .errors import Interrupted, UserError
 from .io import atomic_write_json
 from .lock import run_lock
 from .metrics import evaluate_folder
-from .pipeline import run_pipeline
+from .pipeline import prepare_run_dir, run_pipeline
 from .recipe import load_recipe, missing_files
 from .runfolder import RunDir, is_run_folder, load_run_recipe
-from .stages import evaluate_run, export_target, preflight, profile_targets, resolve_device
+from .stages import evaluate_run, export_target, plan_student, preflight, profile_targets, resolve_device
 from .trust import check_import_target, require_consent, trust_all_code
 
 app = typer.Typer(
@@ -393,11 +393,6 @@ def plan(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no info messages"),
 ):
     """Choose student.width from student.budget by timing untrained students on the target; writes plan.json."""
-    from .models import build_teacher
-    from .pipeline import RunDir, _teacher_spec_dict, load_run_teacher, prepare_run_dir
-    from .plan import plan_width
-    from .recipe import load_recipe
-
     _setup_logging(quiet)
     r = load_recipe(recipe, set_, check_paths=False)
     if r.student.budget is None:
@@ -405,22 +400,11 @@ def plan(
             "student.budget: compress plan needs a budget (latency_ms, speedup, macs or params), "
             "e.g. --set student.budget.latency_ms=30"
         )
-    run = RunDir(out / r.name)
-    if run.teacher_json.exists() and run.teacher_weights.exists():
-        teacher = load_run_teacher(run)
-    else:  # latency does not depend on the weights: the architecture is enough
-        teacher = build_teacher(r.teacher, r.base_dir, init=None)
-        teacher.compressor_spec = _teacher_spec_dict(r)
-        run = prepare_run_dir(r, out, False, recipe)
-    doc = plan_width(
-        teacher,
-        r.student.budget,
-        size=r.data.size,
-        method=r.student.method,
-        margin=r.student.margin,
-        run_dir=run.root,
-        force=force,
-    )
+    with run_lock(out / r.name):  # one writer per run folder
+        run = RunDir(out / r.name)
+        if not (run.teacher_json.exists() and run.teacher_weights.exists()):
+            run = prepare_run_dir(r, out, False, recipe)
+        doc = plan_student(r, run, force=force)
     _print_plan(doc)
     typer.echo(f"wrote {run.root / 'plan.json'}" + (f" and {run.root / doc['plot']}" if doc.get("plot") else ""))
 

@@ -31,7 +31,15 @@ from .errors import RecipeError, UserError
 from .features import check_tap_pair, probe_shapes, resolve_taps
 from .io import atomic_write_bytes, atomic_write_json
 from .metrics import evaluate_pair
-from .models import build_generator, build_teacher, check_teacher_spec, load_teacher, size_multiple, teacher_spec
+from .models import (
+    build_generator,
+    build_teacher,
+    check_teacher_spec,
+    load_teacher,
+    size_multiple,
+    teacher_spec,
+    with_ranges,
+)
 from .plan import plan_width
 from .procs import run_group
 from .recipe import LossesSpec, Recipe
@@ -272,6 +280,26 @@ def train_teacher(ctx: Context, spec: dict) -> list:
     summary = run_training(ctx, dirs, losses, tt.steps, tt.lr, ctx.run.teacher_train, "teacher")
     atomic_write_json(ctx.run.teacher_train / "train.json", summary)
     return [n.cpu().eval() for n in nets]
+
+
+def plan_student(recipe: Recipe, run: RunDir, force: bool = False) -> dict:
+    """``compress plan``: the widest width within ``student.budget``, timed on the target (plan.json in the run).
+    The run's teacher when the teacher stage has run; otherwise its architecture (latency does not depend on the
+    weights)."""
+    if run.teacher_json.exists() and run.teacher_weights.exists():
+        teacher = load_run_teacher(run)
+    else:
+        teacher = with_ranges(build_teacher(recipe.teacher, recipe.base_dir, init=None), recipe.teacher)
+        teacher.compressor_spec = teacher_spec(recipe.teacher, recipe.base_dir)
+    return plan_width(
+        teacher,
+        recipe.student.budget,
+        size=recipe.data.size,
+        method=recipe.student.method,
+        margin=recipe.student.margin,
+        run_dir=run.root,
+        force=force,
+    )
 
 
 def stage_student(ctx: Context) -> None:

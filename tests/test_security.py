@@ -467,7 +467,7 @@ def test_changed_width_in_checkpoint_is_one_line(trained, tmp_path):
 
 
 def test_printed_resume_command_keeps_every_flag(monkeypatch, capsys, tmp_path):
-    from compressor import pipeline
+    from compressor import cli, pipeline
     from compressor.errors import Interrupted
 
     p = _recipe(tmp_path, tiny_recipe_text())
@@ -475,7 +475,7 @@ def test_printed_resume_command_keeps_every_flag(monkeypatch, capsys, tmp_path):
     def interrupted(*a, **k):
         raise Interrupted("interrupted at step 3", pipeline.resume_command(None))
 
-    monkeypatch.setattr(pipeline, "run_pipeline", interrupted)
+    monkeypatch.setattr(cli, "run_pipeline", interrupted)  # the function the command calls
     args = [
         "run",
         str(p),

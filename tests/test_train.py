@@ -354,7 +354,7 @@ def test_teacher_cache_refused_with_random_augmentation(data):
     kind = "unpaired, root: /nowhere" if data == "kind: unpaired" else "synthetic"
     extra = "" if data == "kind: unpaired" else ", " + data
     text = (
-        f"name: x\ndata: {{kind: {kind}, size: 32{extra}}}\nteacher: {{arch: resnet_6blocks}}\n"
+        f"name: x\ndata: {{kind: {kind}, size: 32{extra}}}\nteacher: {{arch: resnet_6blocks, train: {{steps: 2}}}}\n"
         "distill: {cache_teacher: true}\n"
     )
     with pytest.raises(RecipeError, match="distill.cache_teacher"):
