@@ -274,7 +274,7 @@ def test_evaluate_export_profile_report_chain(tmp_path):
         res = run_cli(args, cwd=tmp_path)
         assert res.returncode == 0, (args[0], res.stderr[-2000:])
     md = (tmp_path / "rep" / "report.md").read_text()
-    assert "## Teacher against student" in md and "| PSNR, dB |" in md  # eval.json (student only)
+    assert "## Teacher against student" in md and "| PSNR, dB (higher is better) |" in md  # eval.json (student only)
     assert "## Export" in md and "student.onnx" in md  # export.json
     assert "## Latency" in md and "ort-cpu" in md  # profile.json
 
