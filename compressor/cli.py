@@ -301,7 +301,9 @@ def profile(
         "torch,ort-cpu", "--backend", help="torch, torch-compile, ort-cpu, ort-cuda, ort-trt, tensorrt, trtexec-json"
     ),
     batch: str = typer.Option("1", "--batch", help="batch sizes, e.g. 1,4"),
-    size: str = typer.Option("256", "--size", help="image sizes, e.g. 256,512"),
+    size: Optional[str] = typer.Option(
+        None, "--size", help="image sizes, e.g. 256,512 (default: a run folder's own data.size, else 256)"
+    ),
     precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, int8"),
     warmup: int = typer.Option(10, "--warmup", min=0),
     iters: int = typer.Option(50, "--iters", min=1),
@@ -329,6 +331,9 @@ def profile(
     _setup_logging(quiet)
     _trust(trust_code)
     _check_folder_imports([Path(m) for m in models])  # before any worker process imports them
+    if size is None:  # a run is profiled at the size it was trained at
+        runs = [Path(m) for m in models if is_run_folder(Path(m))]
+        size = str(load_run_recipe(RunDir(runs[0])).data.size) if runs else "256"
     for flag, values in (("--batch", _csv(batch, int)), ("--size", _csv(size, int))):
         if not values or any(v < 1 for v in values):
             raise UserError(f"{flag}: expected positive integers, got {batch if flag == '--batch' else size!r}")
