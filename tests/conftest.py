@@ -1,5 +1,10 @@
+import contextlib
 import os
+import shutil
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +71,45 @@ def run_cli(args, cwd=None, timeout=600, env=None):
         timeout=timeout,
         env=e,
     )
+
+
+def _free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@contextlib.contextmanager
+def loopback_sshd(tmp_path):
+    """A loopback sshd for the remote-profiling tests: a throw-away host key, one authorised key, 127.0.0.1."""
+    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
+    if not sshd or not shutil.which("ssh") or not shutil.which("ssh-keygen"):
+        pytest.skip("OpenSSH server/client is not installed (apt-get install openssh-server)")
+    for key in ("host", "id"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / key)], check=True)
+    (tmp_path / "authorized_keys").write_text((tmp_path / "id.pub").read_text())
+    os.chmod(tmp_path / "authorized_keys", 0o600)
+    port = _free_port()
+    (tmp_path / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host'}\n"
+        f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\nPidFile {tmp_path / 'sshd.pid'}\nStrictModes no\n"
+        "PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
+        "Subsystem sftp internal-sftp\n"
+    )
+    Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(tmp_path / "sshd_config")], stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if proc.poll() is not None:
+                    pytest.skip(f"sshd could not start here: {proc.stderr.read()[-300:]}")
+                time.sleep(0.1)
+        yield port, [f"IdentityFile={tmp_path / 'id'}", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,19 +1,13 @@
 """The width planner: exact choice under a fake timing backend, the budget kinds, caching, the CLI on the real
 ort-cpu harness, and the remote path over a loopback sshd."""
 
-import contextlib
 import json
 import math
-import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-from conftest import run_cli, tiny_recipe_text
+from conftest import loopback_sshd, run_cli, tiny_recipe_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -258,48 +252,6 @@ def test_plan_cli_on_ort_cpu(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- remote (--host)
-
-
-def _free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-@contextlib.contextmanager
-def loopback_sshd(tmp_path):
-    """The loopback sshd of tests/test_profile.py: a throw-away host key, one authorised key, 127.0.0.1."""
-    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
-    if not sshd or not shutil.which("ssh") or not shutil.which("ssh-keygen"):
-        pytest.skip("OpenSSH server/client is not installed (apt-get install openssh-server)")
-    for key in ("host", "id"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / key)], check=True)
-    (tmp_path / "authorized_keys").write_text((tmp_path / "id.pub").read_text())
-    os.chmod(tmp_path / "authorized_keys", 0o600)
-    port = _free_port()
-    (tmp_path / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host'}\n"
-        f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\nPidFile {tmp_path / 'sshd.pid'}\nStrictModes no\n"
-        "PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "Subsystem sftp internal-sftp\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(tmp_path / "sshd_config")], stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.skip(f"sshd could not start here: {proc.stderr.read()[-300:]}")
-                time.sleep(0.1)
-        yield port, [f"IdentityFile={tmp_path / 'id'}", "StrictHostKeyChecking=no", "UserKnownHostsFile=/dev/null"]
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_remote_plan_over_loopback_ssh(tmp_path):

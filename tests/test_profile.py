@@ -3,7 +3,7 @@ import shutil
 import subprocess
 
 import pytest
-from conftest import run_cli
+from conftest import loopback_sshd, run_cli
 
 from exporters.backends import backend_available
 from exporters.profile import SCHEMA, import_trtexec_times, profile_models
@@ -166,51 +166,14 @@ def test_profile_cli_errors(tmp_path):
     assert res.returncode == 0 and "not a multiple of 4" in res.stdout
 
 
-def _free_port():
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
 def test_remote_profile_over_ssh(tmp_path):
     import getpass
-    import os
-    import socket
     import sys
-    import time
     from pathlib import Path
 
     import torch
 
-    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if Path("/usr/sbin/sshd").exists() else None)
-    if not sshd or not shutil.which("ssh") or not shutil.which("ssh-keygen"):
-        pytest.skip("OpenSSH server/client is not installed (apt-get install openssh-server)")
-    for key in ("host", "id"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / key)], check=True)
-    (tmp_path / "authorized_keys").write_text((tmp_path / "id.pub").read_text())
-    os.chmod(tmp_path / "authorized_keys", 0o600)
-    port = _free_port()
-    (tmp_path / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp_path / 'host'}\n"
-        f"AuthorizedKeysFile {tmp_path / 'authorized_keys'}\nPidFile {tmp_path / 'sshd.pid'}\nStrictModes no\n"
-        "PermitRootLogin yes\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "Subsystem sftp internal-sftp\n"
-    )
-    Path("/run/sshd").mkdir(exist_ok=True) if os.geteuid() == 0 else None
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(tmp_path / "sshd_config")], stderr=subprocess.PIPE, text=True)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    pytest.skip(f"sshd could not start here: {proc.stderr.read()[-300:]}")
-                time.sleep(0.1)
+    with loopback_sshd(tmp_path) as (port, opts):
         from compressor.models import build_generator
         from exporters.onnx import export_onnx
 
@@ -228,12 +191,7 @@ def test_remote_profile_over_ssh(tmp_path):
                 f"{getpass.getuser()}@127.0.0.1",
                 "--port",
                 port,
-                "--ssh-option",
-                f"IdentityFile={tmp_path / 'id'}",
-                "--ssh-option",
-                "StrictHostKeyChecking=no",
-                "--ssh-option",
-                "UserKnownHostsFile=/dev/null",
+                *[x for o in opts for x in ("--ssh-option", o)],
                 "--remote-compress",
                 compress,
                 "--backend",
@@ -254,6 +212,3 @@ def test_remote_profile_over_ssh(tmp_path):
         doc = json.loads(out.read_text())
         assert doc["schema"] == SCHEMA and doc["results"][0]["status"] == "ok"
         assert doc["results"][0]["backend"] == "ort-cpu"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
