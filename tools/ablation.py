@@ -38,8 +38,8 @@ and plots the curves.
 Every run is an ordinary compressor run folder; completed runs are skipped, so an interrupted ablation resumes
 where it stopped. Scales: ``smoke`` is a plumbing check (seconds of training; numbers mean nothing); ``cpu`` the
 first pass (128², 2k teacher / 800 student steps); ``cpu-long`` 128² with a teacher trained twice as long and
-students 2.5x as long, an estimated two hours on a 2-core machine (from the ``cpu`` timings; the command prints
-the time it took); ``gpu`` 256² with a tenth of the pix2pix schedule. On a machine shared with other jobs,
+students 2.5x as long, at ngf/ndf 32 so that four seeds fit: about 1.5 hours on one core of this project's
+machine (the command prints the time it took); ``gpu`` 256² with a tenth of the pix2pix schedule. On a machine shared with other jobs,
 ``OMP_NUM_THREADS=1`` avoids the spin-waiting of oversubscribed threads (several times faster there).
 """
 
@@ -106,16 +106,18 @@ SCALES = {
         "log_every": 100,
         "seeds": "0,1",
     },
-    # a teacher trained for 10 epochs (400 pairs) and students for 5: ~30 min + 20 runs x ~4 min on 2 cores
+    # a teacher trained for 10 epochs (400 pairs) and students for 5, at half the cpu scale's channels so that four
+    # seeds x five arms fit in about 1.5 h on ONE core (measured steps: teacher 0.15 s, student 0.11 s at
+    # OMP_NUM_THREADS=1; ngf 64 would cost 0.52 s and 0.28 s, about 4 h)
     "cpu-long": {
         "arch": "unet_128",
         "size": 128,
         "load_size": 143,
         "teacher_steps": 4000,
         "student_steps": 2000,
-        "ngf": 64,
+        "ngf": 32,
         "batch": 1,
-        "ndf": 64,
+        "ndf": 32,
         "log_every": 50,
         "eval_metrics": ["psnr", "ssim"],
         "seeds": "0,1000,2000,3000",
