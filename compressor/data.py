@@ -99,6 +99,20 @@ def to_image(t: torch.Tensor) -> Image.Image:
     return Image.fromarray(arr)
 
 
+def image_row(images: list[torch.Tensor]) -> torch.Tensor:
+    """Place CHW images side by side for a sample grid. A smaller image (a super-resolution network's input next
+    to its x2/x4 output) is enlarged to the tallest one by nearest-neighbour so that pixels stay visible."""
+    h = max(int(t.shape[-2]) for t in images)
+    row = []
+    for t in images:
+        t = t.detach().float().cpu()
+        if t.shape[-2] != h:
+            w = max(1, round(t.shape[-1] * h / t.shape[-2]))
+            t = torch.nn.functional.interpolate(t[None], size=(h, w), mode="nearest")[0]
+        row.append(t)
+    return torch.cat(row, dim=2)
+
+
 class _Augment:
     """Resize (and random-crop/flip during training) a list of images identically."""
 

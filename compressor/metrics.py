@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .complexity import profile_model
-from .data import input_key, make_dataset, target_key, to_image
+from .data import image_row, input_key, make_dataset, target_key, to_image
 from .errors import UserError
 from .io import atomic_write_json
 from .recipe import DataSpec
@@ -275,8 +275,9 @@ def evaluate_models(
                     for k, v in paired_metrics(out, target).items():
                         per[name].setdefault(k, []).append(v.cpu())
                 if reference and reference in outs and name != reference:
-                    v = paired_metrics(out, outs[reference])["psnr"]
-                    per[name].setdefault(f"psnr_vs_{reference}", []).append(v.cpu())
+                    vs = paired_metrics(out, outs[reference])
+                    for k in ("psnr", "ssim") if "ssim" in metrics else ("psnr",):
+                        per[name].setdefault(f"{k}_vs_{reference}", []).append(vs[k].cpu())
                 if want_fid:
                     feats[name].append(inception(out).cpu().numpy())
             if need_real and cached_real is None and target is not None:
@@ -342,6 +343,12 @@ def _add_complexity(res: dict, model: nn.Module, shape) -> None:
     res.update(params=cx["params"], macs=cx["macs"], macs_paper_convention=cx["macs_paper_convention"])
 
 
+def _output_size(model: nn.Module, x: torch.Tensor, device: torch.device) -> list[int]:
+    """[H, W] of the model's output for one input: larger than the input for super-resolution networks."""
+    with torch.no_grad():
+        return [int(v) for v in model.to(device)(x[None].to(device)).shape[-2:]]
+
+
 def evaluate_pair(
     teacher: nn.Module,
     student: nn.Module,
@@ -389,6 +396,7 @@ def evaluate_pair(
         "fid_weights": inception.source if inception else None,
         "fid_skipped": why if inception is None else None,
         "size": recipe.data.size,
+        "output_size": _output_size(teacher, ds[0][src], device),
         "direction": recipe.data.direction,
     }
     atomic_write_json(out_json, out)
@@ -399,7 +407,7 @@ def evaluate_pair(
             cols = [x, teacher.cpu()(x), student.cpu()(x)]
         if tgt:
             cols.append(torch.stack([ds[i][tgt] for i in range(n)]))
-        grid = torch.cat([torch.cat([c[i] for c in cols], 2) for i in range(n)], 1)
+        grid = torch.cat([image_row([c[i] for c in cols]) for i in range(n)], 1)
         Path(samples_png).parent.mkdir(parents=True, exist_ok=True)
         to_image(grid).save(samples_png)
     return out

@@ -47,7 +47,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
-from .data import ResumableSampler, to_image
+from .data import ResumableSampler, image_row, to_image
 from .errors import CheckpointError, Interrupted, TrainingDiverged
 from .features import FeatureTaps
 from .io import append_line, atomic_torch_save, atomic_write_bytes, atomic_write_text
@@ -136,6 +136,8 @@ class DataKind:
         """(real, fake) as the discriminator sees them."""
         real = self.real_sample(d, batch, x, t_out, to)
         if self.conditional:
+            if x.shape[-2:] != out_s.shape[-2:]:  # super-resolution: condition on the input enlarged to the output
+                x = nn.functional.interpolate(x, size=out_s.shape[-2:], mode="bilinear", align_corners=False)
             return torch.cat([x, real], 1), torch.cat([x, out_s], 1)
         return real, out_s
 
@@ -731,7 +733,7 @@ class Trainer:
             if d.tgt in batch:
                 cols.append(self._to(batch[d.tgt]))
             for i in range(x.shape[0]):
-                rows.append(torch.cat([c[i].float() for c in cols], dim=2))
+                rows.append(image_row([c[i] for c in cols]))
         width = max(r.shape[2] for r in rows)
         rows = [nn.functional.pad(r, (0, width - r.shape[2]), value=-1) for r in rows]
         grid = torch.cat(rows, dim=1)

@@ -72,6 +72,7 @@ METRICS = (  # key, label, decimals (None: a count), which way is better
     ("ssim", "SSIM", 3, "higher"),
     ("l1", "L1", 3, "lower"),
     ("psnr_vs_teacher", "PSNR against the teacher, dB", 1, "higher"),
+    ("ssim_vs_teacher", "SSIM against the teacher", 3, "higher"),
 )
 _DECIMALS = {k: d for k, _, d, _ in METRICS}
 _BETTER = {k: b for k, _, _, b in METRICS}
@@ -87,6 +88,14 @@ def sig(v, n: int = 3) -> str:
         return "0"
     decimals = max(0, n - 1 - int(math.floor(math.log10(abs(v)))))
     return f"{v:,.{decimals}f}"
+
+
+def _output_note(ev: dict) -> str:
+    """ " (output 128²)" when the network's output is larger or smaller than its input (super-resolution)."""
+    out, size = ev.get("output_size"), ev.get("size")
+    if not isinstance(out, list) or len(out) != 2 or out == [size, size]:
+        return ""
+    return f" (output {out[0]}²)" if out[0] == out[1] else f" (output {out[0]}×{out[1]})"
 
 
 def metric_text(key: str, v) -> str:
@@ -477,7 +486,7 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
             )
         lines += [_table(["", "teacher", "student", "change"], rows), ""]
         lines.append(
-            f"Evaluated on {ev.get('n_images')} test images at {ev.get('size')}². "
+            f"Evaluated on {ev.get('n_images')} test images at {ev.get('size')}²{_output_note(ev)}. "
             + (
                 f"FID/KID skipped: {ev['fid_skipped']}"
                 if ev.get("fid_skipped")
