@@ -19,7 +19,7 @@ from typing import Callable, Optional
 
 from .errors import UserError
 from .io import atomic_write_json, atomic_write_text
-from .lock import run_lock
+from .lock import LOCK_NAME, run_lock
 from .recipe import Recipe
 from .resume import check_checkpoints
 from .runfolder import RunDir, load_run_teacher  # noqa: F401 - part of the pipeline's public face
@@ -77,6 +77,22 @@ def stage_digest(ctx: Context, stage: str) -> str:
 # ----------------------------------------------------------------------------------------------- run dir
 
 
+def move_aside(root: Path) -> Path:
+    """Move a run folder's contents to ``<root>.old-<time>`` and return it. The ``.lock`` stays: this process holds
+    it, and a second writer must keep finding it in the same place (moving it would let one start now)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    aside = root.with_name(f"{root.name}.old-{stamp}")
+    n = 1
+    while aside.exists():
+        n += 1
+        aside = root.with_name(f"{root.name}.old-{stamp}-{n}")
+    aside.mkdir(parents=True)
+    for entry in sorted(root.iterdir()):
+        if entry.name != LOCK_NAME:
+            shutil.move(str(entry), str(aside / entry.name))
+    return aside
+
+
 def prepare_run_dir(recipe: Recipe, out_root: Path, force: bool, recipe_path: Optional[Path]) -> RunDir:
     """Create runs/<name>/, refusing (unless ``force``) to mix artifacts of a different recipe."""
     run = RunDir(Path(out_root) / recipe.name)
@@ -92,8 +108,7 @@ def prepare_run_dir(recipe: Recipe, out_root: Path, force: bool, recipe_path: Op
                     f"{run.root} holds a run of a different recipe ({prev.get('recipe_source')}); "
                     f"choose another name or --out, or pass --force to move it aside and start over"
                 )
-            aside = run.root.with_name(f"{run.root.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-            shutil.move(str(run.root), str(aside))
+            aside = move_aside(run.root)
             log.warning("moved the previous run of another recipe to %s", aside)
     elif run.root.exists() and any(p.name != ".lock" for p in run.root.iterdir()) and not force:
         raise UserError(

