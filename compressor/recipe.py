@@ -167,6 +167,9 @@ class StudentSpec(Strict):
     method: Literal["auto", "rebuild", "prune"] = Field("auto", description="rebuild (zoo) or prune (any model)")
     init: Literal["inherit", "scratch"] = Field("inherit", description="inherit the teacher's strongest channels")
     keep: list[str] = Field(default_factory=list, description="module names left at full width (prune)")
+    round_channels: Optional[int] = Field(
+        None, ge=1, le=64, description="keep channel counts multiples of this (8 or 16: the CPU's SIMD width)"
+    )
     budget: Optional[BudgetSpec] = Field(None, description="width auto: one of latency_ms, speedup, macs, params")
     margin: float = Field(0.05, ge=0, lt=1, description="width auto: keep this fraction below a latency budget")
 

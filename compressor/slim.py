@@ -382,8 +382,11 @@ def _check_forward(model: nn.Module, x: torch.Tensor) -> None:
         )
 
 
-def _prune(model: nn.Module, width: float, x: torch.Tensor, keep: Optional[list[str]] = None) -> list:
-    """Prune ``model`` in place to ``width``; return Torch-Pruning's pruning history (JSON-serialisable)."""
+def _prune(
+    model: nn.Module, width: float, x: torch.Tensor, keep: Optional[list[str]] = None, round_to: Optional[int] = None
+) -> list:
+    """Prune ``model`` in place to ``width``; return Torch-Pruning's pruning history (JSON-serialisable).
+    ``round_to``: every pruned layer keeps a multiple of this many channels (Torch-Pruning rounds down)."""
 
     keep = list(keep or [])
     _modules_named(model, keep, "student.keep")
@@ -396,6 +399,8 @@ def _prune(model: nn.Module, width: float, x: torch.Tensor, keep: Optional[list[
             "it uses its own parameters outside the standard layers Torch-Pruning knows",
         )
     shuffles, ignored = _prepare(model, x, keep)
+    if round_to and round_to > 1:
+        _check_round_to(model, width, round_to, ignored)
     opaque = _opaque_pruners(model, x, keep)
     imp = tp.importance.MagnitudeImportance(p=2)
     try:
@@ -408,6 +413,7 @@ def _prune(model: nn.Module, width: float, x: torch.Tensor, keep: Optional[list[
                 ignored_layers=ignored,
                 global_pruning=False,
                 customized_pruners=opaque or None,
+                round_to=round_to if round_to and round_to > 1 else None,
             )
             pruner.step()
     except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many types; name the layer it cannot follow
@@ -422,6 +428,20 @@ def _prune(model: nn.Module, width: float, x: torch.Tensor, keep: Optional[list[
     repair_norms(model, x)
     check_channels(model, x)
     return history
+
+
+def _check_round_to(model: nn.Module, width: float, round_to: int, ignored: list) -> None:
+    """One line instead of an emptied layer: a pruned layer whose kept channels would round down to zero."""
+    skip = {id(sub) for m in ignored for sub in m.modules()}
+    for name, m in model.named_modules():
+        if id(m) in skip or not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+            continue
+        ch = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+        if ch - int(ch * (1.0 - width)) < round_to:
+            raise RecipeError(
+                f"student.round_channels: {round_to} would leave layer {name!r} ({ch} channels at width {width}) "
+                f"with none; use a smaller multiple, a larger width, or student.keep: [{name}]"
+            )
 
 
 def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[list[str]] = None) -> None:
@@ -463,11 +483,14 @@ def make_student(
     keep: Optional[list[str]] = None,
     input_range: Optional[tuple[float, float]] = None,
     output_range: Optional[tuple[float, float]] = None,
+    round_to: Optional[int] = None,
 ) -> tuple[nn.Module, dict]:
     """Return ``(student, plan)`` for a teacher at a channel ``width`` in (0, 1].
 
     ``keep`` names modules left at full width (Torch-Pruning's ignored layers). ``input_range`` and
-    ``output_range`` (the teacher's native value ranges) are recorded in the plan; the student keeps them."""
+    ``output_range`` (the teacher's native value ranges) are recorded in the plan; the student keeps them.
+    ``round_to`` (``student.round_channels``) makes every slimmed layer's channel count a multiple of it: the zoo's
+    ``ngf`` is rounded to the nearest multiple, pruned layers are rounded down (never below ``round_to``)."""
     if not 0 < width <= 1:
         raise RecipeError(f"student.width: must be in (0, 1], got {width}")
     if method not in ("auto", "rebuild", "prune"):
@@ -489,14 +512,19 @@ def make_student(
     for name, rng in (("input_range", input_range), ("output_range", output_range)):
         if rng is not None:
             plan[name] = [float(v) for v in rng]
+    if round_to is not None and round_to > 1:
+        plan["round_channels"] = int(round_to)
     if method == "rebuild":
         kwargs = dict(spec["kwargs"])
-        kwargs["ngf"] = max(1, round(kwargs["ngf"] * width))
+        full = kwargs["ngf"]
+        kwargs["ngf"] = max(1, round(full * width))
+        if round_to and round_to > 1:
+            kwargs["ngf"] = min(full, max(round_to, round_to * round(full * width / round_to)))
         student = build_generator(spec["arch"], init="normal", **kwargs)
         plan["ngf"] = kwargs["ngf"]
         if init == "inherit":
             pruned = copy.deepcopy(teacher)
-            _prune(pruned, width, x)
+            _prune(pruned, kwargs["ngf"] / full, x)
             state = pruned.state_dict()
             own = student.state_dict()
             bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
@@ -508,7 +536,7 @@ def make_student(
             student.load_state_dict(state)
     else:
         student = copy.deepcopy(teacher)
-        plan["history"] = _prune(student, width, x, keep)
+        plan["history"] = _prune(student, width, x, keep, round_to)
         if init == "scratch":
             _reinit(student)
     student.train(teacher.training)

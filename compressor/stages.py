@@ -318,11 +318,12 @@ def stage_student(ctx: Context) -> None:
             run_dir=run.root,
         )["width"]
         seed_everything(r.seed)
-    student, plan = make_student(teacher, width, r.student.method, r.student.init, example)
+    shape = {"keep": r.student.keep or None, "round_to": r.student.round_channels}
+    student, plan = make_student(teacher, width, r.student.method, r.student.init, example, **shape)
     save_student(student, plan, run.student_init)
     if r.data.kind == "unpaired":
         rev = load_run_teacher(run, reverse=True)
-        s2, plan2 = make_student(rev, width, r.student.method, r.student.init, example)
+        s2, plan2 = make_student(rev, width, r.student.method, r.student.init, example, **shape)
         save_student(s2, plan2, run.student_init / "reverse")
 
 

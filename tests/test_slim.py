@@ -126,3 +126,68 @@ def test_bad_width_and_method():
         make_student(teacher, 0)
     with pytest.raises(RecipeError, match="rebuild works for zoo teachers only"):
         make_student(custom_archs.make_pixelshuffle(), 0.5, method="rebuild")
+
+
+# ------------------------------------------------------------------------------------- student.round_channels
+
+
+def _slimmed_channels(model):
+    return [
+        (n, m.out_channels)
+        for n, m in model.named_modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)) and m.out_channels != 3
+    ]
+
+
+def test_round_channels_rebuild_rounds_ngf_and_still_inherits():
+    teacher = build_generator("resnet_6blocks", ngf=64, norm="instance")
+    student, plan = make_student(teacher, 0.3, method="rebuild", init="inherit", round_to=8)
+    assert plan["ngf"] == 16 and plan["round_channels"] == 8  # 64 x 0.3 = 19.2 -> 16
+    assert all(c % 8 == 0 for _, c in _slimmed_channels(student)), _slimmed_channels(student)
+    plain, _ = make_student(teacher, 0.3, method="rebuild", init="inherit")
+    assert plain.model[1].out_channels == 19  # without rounding: round(19.2)
+
+
+def test_round_channels_prune_keeps_multiples_on_a_published_net():
+    import published_nets as P
+
+    teacher = P.make_transformer_net(32).eval()
+    x = torch.randn(1, 3, 32, 32)
+    student, plan = make_student(teacher, 0.3, method="prune", example_input=x, round_to=8)
+    chans = _slimmed_channels(student)
+    assert chans and all(c % 8 == 0 and c > 0 for _, c in chans), chans
+    assert student(x).shape == teacher(x).shape
+    plain, _ = make_student(teacher, 0.3, method="prune", example_input=x)
+    assert any(c % 8 for _, c in _slimmed_channels(plain))  # the rounding did something
+
+
+def test_round_channels_that_would_empty_a_layer_is_one_line():
+    import published_nets as P
+
+    teacher = P.make_transformer_net(16).eval()
+    with pytest.raises(Exception, match=r"student.round_channels: 32 would leave layer '.*' \(16 channels") as e:
+        make_student(teacher, 0.25, method="prune", example_input=torch.randn(1, 3, 32, 32), round_to=32)
+    assert "\n" not in str(e.value)
+
+
+def test_recipe_keep_and_round_channels_reach_the_student_stage(tmp_path):
+    """The recipe's student.keep and student.round_channels are what the student stage builds with."""
+    import json
+
+    from conftest import tiny_recipe_text
+
+    from compressor.pipeline import run_pipeline
+    from compressor.recipe import load_recipe
+
+    text = tiny_recipe_text().replace(
+        "student: {width: 0.5}", "student: {width: 0.4, method: prune, keep: [model.1], round_channels: 4}"
+    )
+    (tmp_path / "r.yaml").write_text(text)
+    recipe = load_recipe(tmp_path / "r.yaml")
+    run_pipeline(recipe, tmp_path / "runs", recipe_path=tmp_path / "r.yaml", only=["teacher", "student"])
+    init = tmp_path / "runs" / "tiny" / "student_init"
+    plan = json.loads((init / "student.json").read_text())
+    assert plan["keep"] == ["model.1"] and plan["round_channels"] == 4
+    student = load_student(init)
+    assert student.model[1].out_channels == 8  # kept at the teacher's ngf
+    assert all(c % 4 == 0 for _, c in _slimmed_channels(student))
