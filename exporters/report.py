@@ -576,7 +576,12 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
                     lat = r["latency_ms"]
                     ips = r["batch"] * 1000.0 / lat["p50"] if lat.get("p50") else None
                     mem = r.get("peak_memory_mb")
-                    cells.append(f"{sig(ips)} img/s" + (f", {sig(mem)} MB" if mem else ""))
+                    rate = r.get("achieved_macs_per_s")
+                    cells.append(
+                        f"{sig(ips)} img/s"
+                        + (f", {sig(rate / 1e9)} GMAC/s" if isinstance(rate, (int, float)) and rate > 0 else "")
+                        + (f", {sig(mem)} MB" if mem else "")
+                    )
                 else:
                     cells.append("–")
             if any_ok:
@@ -585,7 +590,8 @@ def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict],
             lines += [
                 "### Throughput and memory",
                 "",
-                "img/s at p50 (batch × 1000 / p50 ms); peak memory of the measuring process itself (resident "
+                "img/s at p50 (batch × 1000 / p50 ms); achieved GMAC/s (MACs by input size × batch / p50: how "
+                "well the backend uses the machine); peak memory of the measuring process itself (resident "
                 "set on the CPU: runtime, model and activations; CUDA memory allocated on a GPU).",
                 "",
                 _table(header, mem_rows),

@@ -49,6 +49,7 @@ def _row(model, role, backend, lat, macs, batch=1, size=256, mem=300.0):
         "macs": macs,
         "params": macs // 1000,
         "peak_memory_mb": mem,
+        "achieved_macs_per_s": macs * batch * 1000.0 / lat["p50"] if lat and lat.get("p50") else None,
     }
 
 
@@ -225,6 +226,7 @@ def test_throughput_is_named_and_taken_at_p50():
     assert "img/s at p50" in md
     row = next(line for line in md.splitlines() if line.startswith("| run/teacher | torch") and "img/s" in line)
     assert "42.0 img/s" in row  # 1000 / 23.79, not 1000 / mean
+    assert "504 GMAC/s" in row and "achieved GMAC/s" in md  # 12 GMAC / 23.79 ms
 
 
 def test_merged_report_carries_the_runs_sample_grid(tmp_path):
