@@ -127,18 +127,37 @@ def test_family(family, width, tmp_path):
     onnx_path = export_onnx(student, tmp_path / "s.onnx", x, dynamic=("batch",))
     assert parity(student, onnx_path, [x, torch.randn(2, 3, size, size)], tol=1e-4)["passed"]
 
-    # save -> load in a fresh process, without the teacher's weights
-    save_student(student, plan, tmp_path / "s")
+
+def test_every_family_reloads_in_one_fresh_process(tmp_path):
+    """save -> load_student in a fresh process, without the teacher's weights, for every family at both widths
+    (one interpreter for all of them: a process per family cost the suite a minute)."""
+    cases = []
+    for family, (import_path, kwargs, _tap, size, _upper) in FAMILIES.items():
+        for width in (0.5, 0.25):
+            torch.manual_seed(0)
+            teacher = _build(import_path, kwargs)
+            student, plan = make_student(teacher, width, method="prune", example_input=torch.randn(1, 3, size, size))
+            with torch.no_grad():  # weights of its own, so a load that kept the rebuilt model's init would show
+                for p in student.parameters():
+                    p.add_(0.01 * torch.randn_like(p))
+            folder = tmp_path / f"{family}-{width}"
+            save_student(student.eval(), plan, folder)
+            torch.manual_seed(1)
+            with torch.no_grad():
+                torch.save(student(torch.randn(2, 3, size, size)), folder / "expected.pt")
+            cases.append((str(folder), size))
     code = (
         f"import sys, torch; sys.path.insert(0, {str(ROOT / 'tests')!r}); "
-        f"from compressor.slim import load_student; m = load_student({str(tmp_path / 's')!r}, allow_import=True); "
-        f"torch.manual_seed(1); x = torch.randn(2, 3, {size}, {size}); "
-        f"torch.save(m(x).detach(), {str(tmp_path / 'o.pt')!r})"
+        "from compressor.slim import load_student\n"
+        f"for folder, size in {cases!r}:\n"
+        "    m = load_student(folder, allow_import=True).eval(); torch.manual_seed(1)\n"
+        "    with torch.no_grad(): y = m(torch.randn(2, 3, size, size))\n"
+        "    assert torch.allclose(y, torch.load(folder + '/expected.pt'), atol=1e-5), folder\n"
+        f"print({len(cases)})\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        assert torch.allclose(torch.load(tmp_path / "o.pt"), student(torch.randn(2, 3, size, size)), atol=1e-5)
+    res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.strip() == str(2 * len(FAMILIES))
 
 
 def test_issue_mobile_resnet_mismatched_norms_prunes():
