@@ -561,6 +561,7 @@ def stage_profile(ctx: Context) -> dict:
         iters=spec.iters,
         threads=spec.threads,
         device=ctx.device.type,
+        progress=ctx.progress,
     )
     atomic_write_json(run.profile_json, doc)
     return doc
