@@ -179,6 +179,7 @@ def test_closing_summary_names_both_reports_and_a_headline(tmp_path):
 
 def test_quantization_axis_warnings_are_counted_and_explained(caplog):
     console.install_log_filters()
+    console.QUANT_FILTER.count = 0  # the counter is process-wide: earlier quantisations in this worker counted too
     root = logging.getLogger()
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

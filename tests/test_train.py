@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import ROOT, run_cli, tiny_recipe_text
+from conftest import ROOT, THREADS, run_cli, tiny_recipe_text
 from PIL import Image
 
 from compressor.train import list_checkpoints, load_latest_checkpoint
@@ -35,7 +35,7 @@ def _recipe(tmp_path, name="t", distill=SLOW_DISTILL, extra=""):
 
 
 def _env():
-    e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="2")
+    e = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(THREADS))
     return e
 
 
@@ -54,7 +54,7 @@ def _start(args, cwd):
     )
 
 
-def _wait_for_checkpoint(run, step, proc, timeout=180):
+def _wait_for_checkpoint(run, step, proc, timeout=300):
     t0 = time.time()
     while time.time() - t0 < timeout:
         if any(s >= step for s, _ in list_checkpoints(run / "checkpoints")):
@@ -62,6 +62,8 @@ def _wait_for_checkpoint(run, step, proc, timeout=180):
         if proc.poll() is not None:
             raise AssertionError("training ended early: " + proc.stderr.read()[-2000:])
         time.sleep(0.05)
+    proc.kill()  # a failed test leaves no training process behind
+    proc.wait()
     raise AssertionError("no checkpoint in time")
 
 
@@ -103,7 +105,11 @@ def test_sigint_writes_checkpoint_and_exits_130(tmp_path):
     proc = _start([recipe, "--out", out, "--quiet"], tmp_path)
     _wait_for_checkpoint(out / "t", 5, proc)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
     assert proc.returncode == 130, err[-2000:]
     assert "resume with: compress" in err and "--resume" in err
     import re
