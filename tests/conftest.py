@@ -14,7 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 FACADES = (ROOT.parent / "shared" / "datasets" / "facades").resolve()
 
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# Under pytest-xdist (the README's `-n 2`) each worker gets its share of the cores: that many torch threads here
+# and in every subprocess, so that two workers never spin-wait on each other's threads.
+# OMP_NUM_THREADS, when set, wins (a machine shared with other jobs).
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+THREADS = int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1) // WORKERS))
+torch.set_num_threads(THREADS)
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +65,7 @@ def run_cli(args, cwd=None, timeout=600, env=None):
 
     e = dict(os.environ)
     e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
-    e.setdefault("OMP_NUM_THREADS", "2")
+    e.setdefault("OMP_NUM_THREADS", str(THREADS))
     if env:
         e.update(env)
     return subprocess.run(
