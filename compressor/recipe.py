@@ -160,6 +160,11 @@ class BudgetSpec(Strict):
         return self
 
 
+# Options added after run folders existed, with the default that leaves them out of stage digests (a test checks
+# that each is the field's schema default).
+DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {"student.round_channels": None}
+
+
 class StudentSpec(Strict):
     width: Union[float, Literal["auto"]] = Field(
         0.25, description="fraction of every layer's channels to keep, or auto: the widest within student.budget"
@@ -377,16 +382,27 @@ class Recipe(Strict):
             return None
         return resolve_path(self._base_dir, value)
 
-    def section_hash(self, *sections: str) -> str:
+    def _hashed(self) -> dict:
+        """The recipe as digests see it: options added after run folders existed are left out while they hold
+        their default, so that a new option never makes an earlier run (or its checkpoints) look changed."""
         data = self.model_dump(mode="json", by_alias=True)
+        for path, default in DIGEST_NEUTRAL_DEFAULTS.items():
+            *parents, leaf = path.split(".")
+            node = data
+            for key in parents:
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict) and leaf in node and node[leaf] == default:
+                del node[leaf]
+        return data
+
+    def section_hash(self, *sections: str) -> str:
+        data = self._hashed()
         payload = {s: data[s] for s in sections}
         payload["_seed"] = data["seed"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
     def digest(self) -> str:
-        return hashlib.sha256(
-            json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True).encode()
-        ).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(self._hashed(), sort_keys=True).encode()).hexdigest()[:16]
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json", by_alias=True), sort_keys=False)

@@ -182,3 +182,18 @@ def test_validate_checks_feature_taps(tmp_path):
     assert run_cli(["validate", p]).returncode == 0  # module names work as well as aliases
     p.write_text(tiny_recipe_text().replace("layers: [encoder, res_mid]", "layers: [model.24]"))  # Tanh: 4-D
     assert run_cli(["validate", p]).returncode == 0
+
+
+def test_a_new_option_at_its_default_leaves_digests_unchanged():
+    """Adding student.round_channels must not make earlier runs and their checkpoints look changed."""
+    from compressor.recipe import DIGEST_NEUTRAL_DEFAULTS, parse_recipe
+
+    r = parse_recipe("name: x\ndata: {kind: synthetic}\nteacher: {arch: resnet_6blocks}\n")
+    for path, default in DIGEST_NEUTRAL_DEFAULTS.items():
+        section, field = path.split(".")
+        assert type(getattr(r, section)).model_fields[field].default == default
+    assert "round_channels" not in json.dumps(r._hashed())
+    r2 = parse_recipe(
+        "name: x\ndata: {kind: synthetic}\nteacher: {arch: resnet_6blocks}\nstudent: {round_channels: 8}\n"
+    )
+    assert r2.section_hash("student") != r.section_hash("student") and r2.digest() != r.digest()
