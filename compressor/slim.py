@@ -399,7 +399,7 @@ def _prune(
             "it uses its own parameters outside the standard layers Torch-Pruning knows",
         )
     shuffles, ignored = _prepare(model, x, keep)
-    if round_to and round_to > 1:
+    if round_to:
         _check_round_to(model, width, round_to, ignored)
     opaque = _opaque_pruners(model, x, keep)
     imp = tp.importance.MagnitudeImportance(p=2)
@@ -413,7 +413,7 @@ def _prune(
                 ignored_layers=ignored,
                 global_pruning=False,
                 customized_pruners=opaque or None,
-                round_to=round_to if round_to and round_to > 1 else None,
+                round_to=round_to,
             )
             pruner.step()
     except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many types; name the layer it cannot follow
@@ -512,13 +512,14 @@ def make_student(
     for name, rng in (("input_range", input_range), ("output_range", output_range)):
         if rng is not None:
             plan[name] = [float(v) for v in rng]
-    if round_to is not None and round_to > 1:
-        plan["round_channels"] = int(round_to)
+    round_to = int(round_to) if round_to and round_to > 1 else None  # 1: every count is a multiple already
+    if round_to:
+        plan["round_channels"] = round_to
     if method == "rebuild":
         kwargs = dict(spec["kwargs"])
         full = kwargs["ngf"]
         kwargs["ngf"] = max(1, round(full * width))
-        if round_to and round_to > 1:
+        if round_to:
             kwargs["ngf"] = min(full, max(round_to, round_to * round(full * width / round_to)))
         student = build_generator(spec["arch"], init="normal", **kwargs)
         plan["ngf"] = kwargs["ngf"]

@@ -282,13 +282,13 @@ def train_teacher(ctx: Context, spec: dict) -> list:
     return [n.cpu().eval() for n in nets]
 
 
-def plan_student(recipe: Recipe, run: RunDir, force: bool = False) -> dict:
-    """``compress plan``: the widest width within ``student.budget``, timed on the target (plan.json in the run).
-    The run's teacher when the teacher stage has run; otherwise its architecture (latency does not depend on the
-    weights)."""
-    if run.teacher_json.exists() and run.teacher_weights.exists():
+def plan_student(recipe: Recipe, run: RunDir, force: bool = False, teacher: Optional[torch.nn.Module] = None) -> dict:
+    """``compress plan`` and ``student.width: auto``: the widest width within ``student.budget``, timed on the
+    target (plan.json in the run). Times ``teacher`` when given, else the run's teacher when the teacher stage has
+    run, else the recipe's architecture (latency does not depend on the weights)."""
+    if teacher is None and run.teacher_json.exists() and run.teacher_weights.exists():
         teacher = load_run_teacher(run)
-    else:
+    elif teacher is None:
         teacher = with_ranges(build_teacher(recipe.teacher, recipe.base_dir, init=None), recipe.teacher)
         teacher.compressor_spec = teacher_spec(recipe.teacher, recipe.base_dir)
     return plan_width(
@@ -309,14 +309,7 @@ def stage_student(ctx: Context) -> None:
     example = _example_input(r, teacher)
     width = r.student.width
     if width == "auto":  # measured on the target: the widest width within student.budget (plan.json)
-        width = plan_width(
-            teacher,
-            r.student.budget,
-            size=r.data.size,
-            method=r.student.method,
-            margin=r.student.margin,
-            run_dir=run.root,
-        )["width"]
+        width = plan_student(r, run, teacher=teacher)["width"]
         seed_everything(r.seed)
     shape = {"keep": r.student.keep or None, "round_to": r.student.round_channels}
     student, plan = make_student(teacher, width, r.student.method, r.student.init, example, **shape)

@@ -50,14 +50,9 @@ def test_an_x2_super_resolution_teacher_runs_end_to_end(tmp_path):
         for i in range(n):
             arr = rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)
             Image.fromarray(arr).save(tmp_path / "images" / split / f"{i}.png")
-    shutil.copy(ROOT / "tests" / "published_nets.py", tmp_path / "nets.py")
-    import sys
+    shutil.copy(ROOT / "tests" / "published_nets.py", tmp_path / "nets.py")  # what the recipe imports
+    from published_nets import make_srvgg  # the same code, for the checkpoint
 
-    sys.path.insert(0, str(tmp_path))
-    try:
-        from nets import make_srvgg
-    finally:
-        sys.path.remove(str(tmp_path))
     torch.manual_seed(0)
     # the layout Real-ESRGAN publishes: weights under 'params_ema'
     torch.save({"params_ema": make_srvgg(num_feat=16, num_conv=2, upscale=2).state_dict()}, tmp_path / "realesr.pth")
