@@ -185,3 +185,17 @@ def test_teacher_digest_fingerprints_its_checkpoint(tmp_path, tiny_recipe):
     h.update(b"none")
     h.update(recipe.section_hash("teacher").encode())
     assert _digests(recipe)["teacher"] == h.hexdigest()[:16]
+
+
+def test_the_stage_table_is_consistent(tmp_path):
+    """Every upstream stage comes earlier; every output and checkpoint folder is a RunDir artifact."""
+    run = RunDir(tmp_path)
+    seen = set()
+    for st in STAGES:
+        assert set(st.upstream) <= seen, st.name
+        seen.add(st.name)
+        assert st.outputs and all(p.is_relative_to(tmp_path) for p in run.artifacts(st.outputs)), st.name
+        if st.checkpoints:
+            assert getattr(run, st.checkpoints).is_relative_to(tmp_path)
+    with pytest.raises(UserError, match="--only: unknown stage 'distil'; stages are teacher, student, distill"):
+        run_pipeline(load_recipe(ROOT / "recipes" / "quickstart.yaml"), tmp_path, only=["distil"])
