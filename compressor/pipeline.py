@@ -1,7 +1,8 @@
 """Stage order, digests, skip/resume: nothing else.
 
 A stage whose outputs exist and whose inputs (its recipe sections and the upstream stages) are unchanged is
-skipped; ``force`` redoes it; ``resume`` continues an interrupted training stage. The stages themselves live in
+skipped; ``force`` redoes it; ``resume`` continues an interrupted training stage. The stages themselves, and
+their table (:data:`compressor.stages.STAGES`: name, upstream, digest sections, function, outputs), live in
 :mod:`compressor.stages`, the run folder's layout in :mod:`compressor.runfolder`. ``compress RECIPE`` is these
 stages in a row; ``compress export``, ``profile`` and ``report`` call the same stage code on existing artifacts.
 """
@@ -23,29 +24,18 @@ from .lock import LOCK_NAME, run_lock
 from .recipe import Recipe
 from .resume import check_checkpoints
 from .runfolder import RunDir, load_run_teacher  # noqa: F401 - part of the pipeline's public face
-from .stages import STAGE_FUNCS, Context, consent_to_own_import, preflight, resolve_device, resume_command
+from .stages import (
+    STAGE_BY_NAME,
+    STAGES,
+    Context,
+    check_stage_names,
+    consent_to_own_import,
+    preflight,
+    resolve_device,
+    resume_command,
+)
 
 log = logging.getLogger(__name__)
-
-STAGES = ["teacher", "student", "distill", "evaluate", "export", "profile", "report"]
-UPSTREAM = {
-    "teacher": [],
-    "student": ["teacher"],
-    "distill": ["student"],
-    "evaluate": ["distill"],
-    "export": ["distill"],
-    "profile": ["export"],
-    "report": ["evaluate", "profile"],
-}
-SECTIONS = {
-    "teacher": ["teacher"],
-    "student": ["student"],
-    "distill": ["distill", "data"],
-    "evaluate": ["evaluate", "data"],
-    "export": ["export", "data"],
-    "profile": ["profile", "data"],
-    "report": [],
-}
 
 
 def _file_fingerprint(path: Optional[Path]) -> str:
@@ -55,22 +45,20 @@ def _file_fingerprint(path: Optional[Path]) -> str:
     return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
 
 
-def stage_digest(ctx: Context, stage: str) -> str:
-    r = ctx.recipe
+def stage_digest(ctx: Context, name: str) -> str:
+    """A stage's digest: its name, its input files, its recipe sections and its upstream stages' digests."""
+    r, st = ctx.recipe, STAGE_BY_NAME[name]
     h = hashlib.sha256()
-    h.update(stage.encode())
-    secs = list(SECTIONS[stage])
-    if stage == "teacher":
-        if r.teacher.train is not None:
-            secs.append("data")
-        h.update(_file_fingerprint(r.resolve_path(r.teacher.checkpoint)).encode())
-        h.update(_file_fingerprint(r.resolve_path(r.teacher.reverse_checkpoint)).encode())
+    h.update(name.encode())
+    for f in st.input_files(r) if st.input_files else ():
+        h.update(_file_fingerprint(f).encode())
+    secs = st.digest_sections(r)
     if secs:
         h.update(r.section_hash(*secs).encode())
-    for up in UPSTREAM[stage]:
+    for up in st.upstream:
         h.update((ctx.hashes.get(up) or stage_digest(ctx, up)).encode())
     digest = h.hexdigest()[:16]
-    ctx.hashes[stage] = digest
+    ctx.hashes[name] = digest
     return digest
 
 
@@ -142,10 +130,7 @@ def run_pipeline(
     on_stage: Optional[Callable[[StageResult], None]] = None,
 ) -> list[StageResult]:
     """Run the recipe's stages in order, skipping those that are up to date."""
-    if only:
-        bad = [s for s in only if s not in STAGES]
-        if bad:
-            raise UserError(f"--only: unknown stage {bad[0]!r}; stages are {', '.join(STAGES)}")
+    check_stage_names(only or ())
     dev = resolve_device(device or recipe.device)
     preflight(recipe, build_model=False)  # the zoo, backends and data folder: before the run folder is made
     consent_to_own_import(recipe)  # the recipe being run consents to its own teacher.import
@@ -163,10 +148,13 @@ def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
         return  # a new or foreign folder: prepare_run_dir decides
     if prev != (str(ctx.recipe_path.resolve()) if ctx.recipe_path else None):
         return
-    for stage, folder in (("teacher", ctx.run.teacher_train), ("distill", ctx.run.root)):
-        digest = stage_digest(ctx, stage)
-        if (only and stage not in only) or (not ctx.force and ctx.run.up_to_date(stage, digest)):
+    for st in STAGES:
+        if st.checkpoints is None:
             continue
+        digest = stage_digest(ctx, st.name)
+        if (only and st.name not in only) or (not ctx.force and ctx.run.up_to_date(st.name, digest, st.outputs)):
+            continue
+        folder = getattr(ctx.run, st.checkpoints)
         check_checkpoints(folder, digest, resume=ctx.resume, force=ctx.force, command=resume_command(ctx))
 
 
@@ -190,24 +178,24 @@ def _run_stages(
         recipe_path=recipe_path,
     )
     results = []
-    for stage in STAGES:
-        digest = stage_digest(ctx, stage)
-        if only and stage not in only:
+    for st in STAGES:
+        digest = stage_digest(ctx, st.name)
+        if only and st.name not in only:
             continue
         if only:
-            for up in UPSTREAM[stage]:
-                if not all(p.exists() for p in run.outputs(up)):
+            for up in st.upstream:
+                if not run.has(STAGE_BY_NAME[up].outputs):
                     raise UserError(
-                        f"--only {stage}: the {up} stage has not produced its artifacts yet; run without --only first"
+                        f"--only {st.name}: the {up} stage has not produced its artifacts yet; run without --only first"
                     )
-        if not force and run.up_to_date(stage, digest):
-            res = StageResult(stage, "skipped", 0.0)
+        if not force and run.up_to_date(st.name, digest, st.outputs):
+            res = StageResult(st.name, "skipped", 0.0)
         else:
-            run.forget(stage)
+            run.forget(st.name)
             t0 = time.perf_counter()
-            STAGE_FUNCS[stage](ctx)
-            res = StageResult(stage, "ran", time.perf_counter() - t0)
-            run.record(stage, digest, res.seconds)
+            st.func(ctx)
+            res = StageResult(st.name, "ran", time.perf_counter() - t0)
+            run.record(st.name, digest, res.seconds)
         results.append(res)
         if on_stage:
             on_stage(res)

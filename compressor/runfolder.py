@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch.nn as nn
 
@@ -37,6 +37,8 @@ class RunDir:
     teacher_reverse_weights = property(lambda s: s.root / "teacher_reverse.safetensors")
     teacher_train = property(lambda s: s.root / "teacher_train")
     student_init = property(lambda s: s.root / "student_init")
+    student_init_json = property(lambda s: s.root / "student_init" / "student.json")
+    student_init_weights = property(lambda s: s.root / "student_init" / "student.safetensors")
     student_dir = property(lambda s: s.root)
     student_weights = property(lambda s: s.root / "student.safetensors")
     student_json = property(lambda s: s.root / "student.json")
@@ -57,16 +59,9 @@ class RunDir:
     report_md = property(lambda s: s.root / "report.md")
     report_html = property(lambda s: s.root / "report.html")
 
-    def outputs(self, stage: str) -> list[Path]:
-        return {
-            "teacher": [self.teacher_json, self.teacher_weights],
-            "student": [self.student_init / "student.json", self.student_init / "student.safetensors"],
-            "distill": [self.student_weights, self.student_json, self.distill_json],
-            "evaluate": [self.eval_json],
-            "export": [self.export_json, self.student_onnx],
-            "profile": [self.profile_json],
-            "report": [self.report_md, self.report_html],
-        }[stage]
+    def artifacts(self, names: Iterable[str]) -> list[Path]:
+        """The paths of artifacts named as this class's attributes (a stage's ``outputs``)."""
+        return [getattr(self, n) for n in names]
 
     # ---- stage records
     def records(self) -> dict:
@@ -87,9 +82,14 @@ class RunDir:
         if recs.pop(stage, None) is not None:
             atomic_write_json(self.stages_json, recs)
 
-    def up_to_date(self, stage: str, digest: str) -> bool:
+    def has(self, names: Iterable[str]) -> bool:
+        """Whether every named artifact exists."""
+        return all(p.exists() for p in self.artifacts(names))
+
+    def up_to_date(self, stage: str, digest: str, outputs: Iterable[str]) -> bool:
+        """Whether ``stage`` was recorded with ``digest`` and its ``outputs`` (artifact names) all exist."""
         rec = self.records().get(stage)
-        return bool(rec and rec.get("hash") == digest and all(p.exists() for p in self.outputs(stage)))
+        return bool(rec and rec.get("hash") == digest and self.has(outputs))
 
 
 def is_run_folder(path: str | Path) -> bool:

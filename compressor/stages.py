@@ -12,7 +12,7 @@ import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterable, Optional
 
 import torch
 from safetensors.torch import save as st_save
@@ -380,7 +380,7 @@ def stage_distill(ctx: Context) -> None:
 
 def finish_distill(ctx: Context, dirs, summary: dict) -> None:
     run = ctx.run
-    plan = json.loads((run.student_init / "student.json").read_text())
+    plan = json.loads(run.student_init_json.read_text())
     save_student(dirs[0].student.cpu().eval(), plan, run.root)
     if len(dirs) > 1:
         plan2 = json.loads((run.student_init / "reverse" / "student.json").read_text())
@@ -564,12 +564,83 @@ def stage_report(ctx: Context) -> None:
     report_run(ctx.run)
 
 
-STAGE_FUNCS = {
-    "teacher": stage_teacher,
-    "student": stage_student,
-    "distill": stage_distill,
-    "evaluate": stage_evaluate,
-    "export": stage_export,
-    "profile": stage_profile,
-    "report": stage_report,
-}
+# ----------------------------------------------------------------------------------------------- the stage table
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: everything the pipeline, the run folder and ``--only`` know about it.
+
+    ``sections`` are the recipe sections hashed into its digest (``more_sections`` adds those that depend on the
+    recipe; ``input_files`` are files fingerprinted by path, size and mtime); the digests of ``upstream`` stages
+    are hashed in too. ``outputs`` name the :class:`~compressor.runfolder.RunDir` artifacts it writes: a stage
+    whose digest is recorded and whose outputs exist is up to date. ``checkpoints`` names the RunDir folder where
+    a training stage keeps its checkpoints (checked before the run folder is touched).
+    """
+
+    name: str
+    func: Callable[[Context], object]
+    upstream: tuple[str, ...] = ()
+    sections: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    more_sections: Optional[Callable[[Recipe], tuple[str, ...]]] = None
+    input_files: Optional[Callable[[Recipe], tuple[Optional[Path], ...]]] = None
+    checkpoints: Optional[str] = None
+
+    def digest_sections(self, recipe: Recipe) -> list[str]:
+        return list(self.sections) + list(self.more_sections(recipe) if self.more_sections else ())
+
+
+def _teacher_sections(r: Recipe) -> tuple[str, ...]:
+    return ("data",) if r.teacher.train is not None else ()
+
+
+def _teacher_files(r: Recipe) -> tuple[Optional[Path], ...]:
+    return (r.resolve_path(r.teacher.checkpoint), r.resolve_path(r.teacher.reverse_checkpoint))
+
+
+# In pipeline order. A new stage is its function above plus one row here (a new kind of artifact: one RunDir line).
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        "teacher",
+        stage_teacher,
+        sections=("teacher",),
+        more_sections=_teacher_sections,
+        input_files=_teacher_files,
+        outputs=("teacher_json", "teacher_weights"),
+        checkpoints="teacher_train",
+    ),
+    Stage(
+        "student",
+        stage_student,
+        upstream=("teacher",),
+        sections=("student",),
+        outputs=("student_init_json", "student_init_weights"),
+    ),
+    Stage(
+        "distill",
+        stage_distill,
+        upstream=("student",),
+        sections=("distill", "data"),
+        outputs=("student_weights", "student_json", "distill_json"),
+        checkpoints="root",
+    ),
+    Stage("evaluate", stage_evaluate, upstream=("distill",), sections=("evaluate", "data"), outputs=("eval_json",)),
+    Stage(
+        "export",
+        stage_export,
+        upstream=("distill",),
+        sections=("export", "data"),
+        outputs=("export_json", "student_onnx"),
+    ),
+    Stage("profile", stage_profile, upstream=("export",), sections=("profile", "data"), outputs=("profile_json",)),
+    Stage("report", stage_report, upstream=("evaluate", "profile"), outputs=("report_md", "report_html")),
+)
+STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
+
+
+def check_stage_names(names: Iterable[str], key: str = "--only") -> None:
+    """A ``UserError`` naming ``key`` for the first name that is not a stage."""
+    for name in names:
+        if name not in STAGE_BY_NAME:
+            raise UserError(f"{key}: unknown stage {name!r}; stages are {', '.join(STAGE_BY_NAME)}")

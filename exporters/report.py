@@ -1,5 +1,23 @@
-"""Reports: merge profile and evaluation JSONs from any number of machines into report.md and a self-contained
-report.html (plots embedded as PNG data URIs)."""
+"""Reports: merge profile, evaluation and export JSONs from any number of machines into report.md and a
+self-contained report.html (the Markdown rendered by markdown-it-py; plots and sample grids embedded as PNG data
+URIs).
+
+The Markdown is a list of sections, :data:`REPORT_SECTIONS`, read top to bottom. A section is a function that takes
+the :class:`ReportData` (the merged documents: ``profiles``, ``evals``, ``exports``, ``title``, ``samples``, plus
+shared views such as ``ev``, ``speedups``, ``by_config`` and ``config_keys``) and returns Markdown lines, or ``[]``
+when it has nothing to say. To add one, write the function and put it in the list where it belongs::
+
+    def section_benchmark(d: ReportData) -> list[str]:
+        rows = [[b["format"], sig(b["ms"])] for ex in d.exports for b in ex.get("benchmark", [])]
+        return ["## Benchmark", "", _table(["format", "p50 ms"], rows), ""] if rows else []
+
+    REPORT_SECTIONS = [..., section_export, section_benchmark, section_samples, section_notes]
+
+A section ends with an empty line. GitHub-flavoured tables (``_table``), ``- `` lists, ``**bold**`` and images work
+in both files; a table cell holding ⚠ is shaded in the HTML, as is a paragraph that starts with ⚠. Plots are one
+function per figure (:func:`latency_figure`, :func:`speedup_figure`, :func:`pareto_figure`), gathered by
+:func:`figures`, and appear in the HTML only.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +27,15 @@ import io
 import json
 import logging
 import math
-import re
 from collections import defaultdict
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
+from urllib.parse import unquote
+
+from markdown_it import MarkdownIt
+from markdown_it.common.utils import escapeHtml
 
 from compressor.errors import UserError
 from compressor.io import atomic_write_bytes, atomic_write_text
@@ -189,6 +212,12 @@ def _rows_by_config(profiles: list[dict]):
     return table, machines, envs
 
 
+def report_order(key: tuple) -> tuple:
+    """Sort key of a configuration (model, role, backend, batch, size, precision) in tables and plots: backend,
+    batch, size, precision, role, model."""
+    return (key[2], key[3], key[4], key[5], key[1], key[0])
+
+
 def speedups(profiles: list[dict]) -> list[dict]:
     """Student-over-teacher speed-up per (machine, backend, batch, size, precision), with the MAC ratio."""
     table, _, _ = _rows_by_config(profiles)
@@ -224,11 +253,9 @@ def speedups(profiles: list[dict]) -> list[dict]:
 
 
 def _png(fig) -> str:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return base64.b64encode(buf.getvalue()).decode()
 
 
@@ -244,146 +271,185 @@ def whisker(lat: dict) -> tuple[float, float, float]:
     return max(0.0, min(float(lo), p50)), p50, max(float(hi), p50)
 
 
+MARKERS = "osD^vP*X"  # one marker per backend
+
+
 def _config_label(k: tuple) -> str:
     return f"{k[0]} · {k[2]} b{k[3]} {k[4]}² {k[5]}"
 
 
-def figures(profiles: list[dict], evals: list[dict]) -> dict:
-    """One matplotlib figure per question: latency per backend and machine; speed-up against MAC reduction;
-    quality against latency. Keys: latency, speedup, pareto."""
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files, no window)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def ok_rows_per_machine(profiles: list[dict]) -> dict[str, list[tuple[tuple, dict]]]:
+    """{machine: [(config key, row)]} of the measured rows, in the report's order; machines without one left out."""
+    table, machines, _ = _rows_by_config(profiles)
+    keys = sorted(table, key=report_order)
+    per_machine = {m: [(k, table[k][m]) for k in keys if table[k].get(m, {}).get("status") == "ok"] for m in machines}
+    return {m: rows for m, rows in per_machine.items() if rows}
+
+
+def _latency_bars(ax, rows: list[tuple[tuple, dict]], right: float) -> None:
+    """One machine's horizontal bars (p50) with p10 → p90 whiskers and a label at each whisker's end."""
+    lo, mid, hi = zip(*(whisker(r["latency_ms"]) for _, r in rows))
+    err = [[b - a for a, b in zip(lo, mid)], [c - b for b, c in zip(mid, hi)]]
+    y = list(range(len(rows)))
+    ax.barh(
+        y,
+        mid,
+        xerr=err,
+        color=[_color(k[1]) for k, _ in rows],
+        height=0.6,
+        error_kw={"ecolor": "#333", "capsize": 3, "lw": 1},
+    )
+    for yi, (_k, r), h in zip(y, rows, hi):
+        ax.text(
+            h + right * 0.015,
+            yi,
+            f"{sig(r['latency_ms']['p50'])} ms" + (" ⚠ noisy" if is_noisy(r) else ""),
+            va="center",
+            fontsize=8,
+            color="#b35900" if is_noisy(r) else "#222",
+        )
+    ax.set_yticks(y, [_config_label(k) for k, _ in rows], fontsize=8)
+    ax.set_ylim(len(rows) - 0.4, -0.6)
+    ax.set_xlim(0, right * 1.3)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def latency_figure(per_machine: dict[str, list[tuple[tuple, dict]]]):
+    """How long does one call take? One panel per machine (see :func:`ok_rows_per_machine`); None without rows."""
+    if not per_machine:
+        return None
     from matplotlib.patches import Patch
 
-    figs = {}
-    table, machines, _ = _rows_by_config(profiles)
-    per_machine = {
-        m: [
-            (k, per[m])
-            for k in sorted(table, key=lambda k: (k[2], k[3], k[4], k[5], k[1], k[0]))
-            if (per := table[k]).get(m, {}).get("status") == "ok"
-        ]
-        for m in machines
-    }
-    per_machine = {m: rows for m, rows in per_machine.items() if rows}
-    if per_machine:
-        n_rows = [len(rows) for rows in per_machine.values()]
-        fig, axes = plt.subplots(
-            len(n_rows),
-            1,
-            squeeze=False,
-            sharex=True,
-            figsize=(9, sum(0.42 * n + 1.1 for n in n_rows) + 0.6),
-            gridspec_kw={"height_ratios": [n + 1.5 for n in n_rows]},
-        )
-        right = max(whisker(r["latency_ms"])[2] for rows in per_machine.values() for _, r in rows)
-        for ax, (m, rows) in zip(axes[:, 0], per_machine.items()):
-            lo, mid, hi = zip(*(whisker(r["latency_ms"]) for _, r in rows))
-            err = [[b - a for a, b in zip(lo, mid)], [c - b for b, c in zip(mid, hi)]]
-            y = list(range(len(rows)))
-            ax.barh(
-                y,
-                mid,
-                xerr=err,
-                color=[_color(k[1]) for k, _ in rows],
-                height=0.6,
-                error_kw={"ecolor": "#333", "capsize": 3, "lw": 1},
-            )
-            for yi, (_k, r), h in zip(y, rows, hi):
-                ax.text(
-                    h + right * 0.015,
-                    yi,
-                    f"{sig(r['latency_ms']['p50'])} ms" + (" ⚠ noisy" if is_noisy(r) else ""),
-                    va="center",
-                    fontsize=8,
-                    color="#b35900" if is_noisy(r) else "#222",
-                )
-            ax.set_yticks(y, [_config_label(k) for k, _ in rows], fontsize=8)
-            ax.set_ylim(len(rows) - 0.4, -0.6)
-            ax.set_xlim(0, right * 1.3)
-            ax.set_title(m, fontsize=9, loc="left")
-            ax.grid(axis="x", alpha=0.3)
-        axes[-1, 0].set_xlabel("latency (ms, linear): bar = p50, whisker = p10 → p90")
-        axes[0, 0].legend(
-            handles=[Patch(color=TEACHER_COLOR, label="teacher"), Patch(color=STUDENT_COLOR, label="student")],
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            borderaxespad=0,
-            fontsize=8,
-        )
-        fig.suptitle("How long does one call take? Latency per backend and machine", fontsize=11)
-        fig.tight_layout()
-        figs["latency"] = fig
+    plt = _pyplot()
+    n_rows = [len(rows) for rows in per_machine.values()]
+    fig, axes = plt.subplots(
+        len(n_rows),
+        1,
+        squeeze=False,
+        sharex=True,
+        figsize=(9, sum(0.42 * n + 1.1 for n in n_rows) + 0.6),
+        gridspec_kw={"height_ratios": [n + 1.5 for n in n_rows]},
+    )
+    right = max(whisker(r["latency_ms"])[2] for rows in per_machine.values() for _, r in rows)
+    for ax, (m, rows) in zip(axes[:, 0], per_machine.items()):
+        _latency_bars(ax, rows, right)
+        ax.set_title(m, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("latency (ms, linear): bar = p50, whisker = p10 → p90")
+    axes[0, 0].legend(
+        handles=[Patch(color=TEACHER_COLOR, label="teacher"), Patch(color=STUDENT_COLOR, label="student")],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        borderaxespad=0,
+        fontsize=8,
+    )
+    fig.suptitle("How long does one call take? Latency per backend and machine", fontsize=11)
+    fig.tight_layout()
+    return fig
+
+
+def speedup_figure(profiles: list[dict]):
+    """Does the student run as much faster as it has fewer MACs? None without a teacher/student pair with MACs."""
     sp = [s for s in speedups(profiles) if s["mac_reduction"]]
-    if sp:
-        fig, ax = plt.subplots(figsize=(9, 4.5))
-        markers = "osD^vP*X"
-        backends = sorted({s["backend"] for s in sp})
-        colors = plt.get_cmap("tab10")
-        for _i, s in enumerate(sp):
-            ax.scatter(
-                s["mac_reduction"],
-                s["speedup"],
-                s=50,
-                marker=markers[backends.index(s["backend"]) % 8],
-                color=colors(machines.index(s["machine"]) % 10 if s["machine"] in machines else 0),
-                label=f"{s['backend']} b{s['batch']} {s['size']}² · {s['machine']}"
-                + (" ⚠ noisy" if (s["noise_ratio"] or 0) > NOISY_RATIO else ""),
-            )
-        hi = max(max(s["mac_reduction"] for s in sp), max(s["speedup"] for s in sp)) * 1.15
-        ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="speed-up = MAC reduction")
-        ax.axhline(1, color="#999", lw=0.6)
-        ax.set_xlim(0, hi)
-        ax.set_ylim(0, hi)
-        ax.set_xlabel("MAC reduction (teacher MACs / student MACs, linear)")
-        ax.set_ylabel("measured speed-up (teacher p50 / student p50)")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-        ax.set_title("Does the student run as much faster as it has fewer MACs?", fontsize=10)
-        fig.tight_layout()
-        figs["speedup"] = fig
-    ev = evals[0] if evals else None
-    if ev and per_machine:
-        metric = next((k for k in ("psnr", "fid", "ssim") if k in ev.get("student", {})), None)
-        points = [
-            (k, m, r)
-            for m, rows in per_machine.items()
-            for k, r in rows
-            if metric and k[1] in ("teacher", "student") and metric in ev.get(k[1], {})
-        ]
-        if points:
-            fig, ax = plt.subplots(figsize=(9, 4.5))
-            markers = "osD^vP*X"
-            backends = sorted({k[2] for k, _, _ in points})
-            for k, m, r in points:
-                lo, mid, hi = whisker(r["latency_ms"])
-                ax.errorbar(
-                    [mid],
-                    [ev[k[1]][metric]],
-                    xerr=[[mid - lo], [hi - mid]],
-                    fmt=markers[backends.index(k[2]) % 8],
-                    color=_color(k[1]),
-                    ms=7,
-                    capsize=3,
-                    lw=1,
-                    label=f"{k[1]} · {k[2]} b{k[3]} {k[4]}² {k[5]}"
-                    + (f" · {m}" if len(per_machine) > 1 else "")
-                    + (" ⚠ noisy" if is_noisy(r) else ""),
-                )
-            ax.set_xscale("log")
-            ax.set_xlabel("latency p50 (ms, log scale); whisker p10 → p90")
-            name = metric.upper()
-            ax.set_ylabel(f"{name} ({'higher' if _BETTER.get(metric) == 'higher' else 'lower'} is better)")
-            vals = [ev[k[1]][metric] for k, _, _ in points]
-            pad = (max(vals) - min(vals)) * 0.2 or abs(max(vals)) * 0.05 or 1.0
-            ax.set_ylim(min(vals) - pad, max(vals) + pad)
-            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
-            ax.set_title("What quality do you keep for the latency you gain?", fontsize=10)
-            ax.grid(alpha=0.3, which="both")
-            fig.tight_layout()
-            figs["pareto"] = fig
-    return figs
+    if not sp:
+        return None
+    plt = _pyplot()
+    _, machines, _ = _rows_by_config(profiles)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    backends = sorted({s["backend"] for s in sp})
+    colors = plt.get_cmap("tab10")
+    for s in sp:
+        ax.scatter(
+            s["mac_reduction"],
+            s["speedup"],
+            s=50,
+            marker=MARKERS[backends.index(s["backend"]) % 8],
+            color=colors(machines.index(s["machine"]) % 10 if s["machine"] in machines else 0),
+            label=f"{s['backend']} b{s['batch']} {s['size']}² · {s['machine']}"
+            + (" ⚠ noisy" if (s["noise_ratio"] or 0) > NOISY_RATIO else ""),
+        )
+    hi = max(max(s["mac_reduction"] for s in sp), max(s["speedup"] for s in sp)) * 1.15
+    ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="speed-up = MAC reduction")
+    ax.axhline(1, color="#999", lw=0.6)
+    ax.set_xlim(0, hi)
+    ax.set_ylim(0, hi)
+    ax.set_xlabel("MAC reduction (teacher MACs / student MACs, linear)")
+    ax.set_ylabel("measured speed-up (teacher p50 / student p50)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    ax.set_title("Does the student run as much faster as it has fewer MACs?", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _pareto_points(ev: dict, per_machine: dict) -> tuple[Optional[str], list]:
+    """The quality metric to plot (PSNR, else FID, else SSIM) and the (key, machine, row) of teacher and student."""
+    metric = next((k for k in ("psnr", "fid", "ssim") if k in ev.get("student", {})), None)
+    points = [
+        (k, m, r)
+        for m, rows in per_machine.items()
+        for k, r in rows
+        if metric and k[1] in ("teacher", "student") and metric in ev.get(k[1], {})
+    ]
+    return metric, points
+
+
+def pareto_figure(ev: Optional[dict], per_machine: dict):
+    """What quality do you keep for the latency you gain? None without an evaluation and measured rows."""
+    if not ev or not per_machine:
+        return None
+    metric, points = _pareto_points(ev, per_machine)
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    backends = sorted({k[2] for k, _, _ in points})
+    for k, m, r in points:
+        lo, mid, hi = whisker(r["latency_ms"])
+        ax.errorbar(
+            [mid],
+            [ev[k[1]][metric]],
+            xerr=[[mid - lo], [hi - mid]],
+            fmt=MARKERS[backends.index(k[2]) % 8],
+            color=_color(k[1]),
+            ms=7,
+            capsize=3,
+            lw=1,
+            label=f"{k[1]} · {k[2]} b{k[3]} {k[4]}² {k[5]}"
+            + (f" · {m}" if len(per_machine) > 1 else "")
+            + (" ⚠ noisy" if is_noisy(r) else ""),
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("latency p50 (ms, log scale); whisker p10 → p90")
+    ax.set_ylabel(f"{metric.upper()} ({'higher' if _BETTER.get(metric) == 'higher' else 'lower'} is better)")
+    vals = [ev[k[1]][metric] for k, _, _ in points]
+    pad = (max(vals) - min(vals)) * 0.2 or abs(max(vals)) * 0.05 or 1.0
+    ax.set_ylim(min(vals) - pad, max(vals) + pad)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    ax.set_title("What quality do you keep for the latency you gain?", fontsize=10)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
+def figures(profiles: list[dict], evals: list[dict]) -> dict:
+    """One matplotlib figure per question: latency per backend and machine; speed-up against MAC reduction;
+    quality against latency. Keys: latency, speedup, pareto (a figure without data is left out)."""
+    per_machine = ok_rows_per_machine(profiles)
+    figs = {
+        "latency": latency_figure(per_machine),
+        "speedup": speedup_figure(profiles),
+        "pareto": pareto_figure(evals[0] if evals else None, per_machine),
+    }
+    return {k: f for k, f in figs.items() if f is not None}
 
 
 PLOT_CAPTIONS = {
@@ -428,307 +494,431 @@ def _fid_caveat(ev: dict) -> str:
     return f"n = {n}: {SMALL_N_NOTE}" if isinstance(n, int) and n < SMALL_FID_N else ""
 
 
-def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict], title: str, samples=None) -> str:
-    """The report as Markdown. ``samples``: a relative image path, or a list of (caption, path) pairs."""
-    lines = [f"# {title}", ""]
-    ev = evals[0] if evals else None
-    sp = speedups(profiles)
-    head = headline(ev, profiles)
-    if head and ev:
-        lines += [f"**Student against teacher: {head}.**", ""]
-    if ev:
-        t, s = ev["teacher"], ev["student"]
-        lines += ["## Teacher against student", ""]
-        rows = [
-            [
-                "params",
-                metric_text("params", t.get("params")),
-                metric_text("params", s.get("params")),
-                change_text("params", t.get("params"), s.get("params")),
-            ],
-            [
-                "MACs (ours: ConvTranspose by input size)",
-                _g(t.get("macs")),
-                _g(s.get("macs")),
-                change_text("macs", t.get("macs"), s.get("macs")),
-            ],
-            [
-                "MACs (paper convention: by output size)",
-                _g(t.get("macs_paper_convention")),
-                _g(s.get("macs_paper_convention")),
-                change_text("macs", t.get("macs_paper_convention"), s.get("macs_paper_convention")),
-            ],
+def _noisy_speedup(x: dict) -> bool:
+    return (x["noise_ratio"] or 0) > NOISY_RATIO
+
+
+@dataclass
+class ReportData:
+    """What a report section reads: the merged documents, plus views of them that several sections share."""
+
+    profiles: list[dict]
+    evals: list[dict]
+    exports: list[dict]
+    title: str
+    samples: list[tuple[str, str]]  # (caption, image path relative to report.md)
+
+    @property
+    def ev(self) -> Optional[dict]:
+        """The first evaluation (teacher against student), or None."""
+        return self.evals[0] if self.evals else None
+
+    @cached_property
+    def speedups(self) -> list[dict]:
+        return speedups(self.profiles)
+
+    @cached_property
+    def by_config(self) -> tuple[dict, list[str], dict]:
+        """:func:`_rows_by_config`: {config: {machine: row}}, the machines, their environments."""
+        return _rows_by_config(self.profiles)
+
+    @cached_property
+    def config_keys(self) -> list[tuple]:
+        """Configurations in the report's order: backend, batch, size, precision, role, model."""
+        return sorted(self.by_config[0], key=report_order)
+
+    @property
+    def machines(self) -> list[str]:
+        """One per profile column: see :func:`machine_key`."""
+        return self.by_config[1]
+
+    def row(self, key: tuple, machine: str) -> Optional[dict]:
+        """The measurement of configuration ``key`` on ``machine``, or None."""
+        return self.by_config[0][key].get(machine)
+
+
+# ---- report sections: each takes the ReportData and returns Markdown lines ([] when it has nothing to say)
+
+
+def section_title(d: ReportData) -> list[str]:
+    return [f"# {d.title}", ""]
+
+
+def section_headline(d: ReportData) -> list[str]:
+    head = headline(d.ev, d.profiles)
+    return [f"**Student against teacher: {head}.**", ""] if head and d.ev else []
+
+
+def _size_rows(t: dict, s: dict) -> list[list]:
+    """Params and MACs (both conventions), teacher against student."""
+    return [
+        [
+            "params",
+            metric_text("params", t.get("params")),
+            metric_text("params", s.get("params")),
+            change_text("params", t.get("params"), s.get("params")),
+        ],
+        [
+            "MACs (ours: ConvTranspose by input size)",
+            _g(t.get("macs")),
+            _g(s.get("macs")),
+            change_text("macs", t.get("macs"), s.get("macs")),
+        ],
+        [
+            "MACs (paper convention: by output size)",
+            _g(t.get("macs_paper_convention")),
+            _g(s.get("macs_paper_convention")),
+            change_text("macs", t.get("macs_paper_convention"), s.get("macs_paper_convention")),
+        ],
+    ]
+
+
+def _latency_rows(sp: list[dict]) -> list[list]:
+    """One p50 row per speed-up (machine, backend, batch, size, precision)."""
+    return [
+        [
+            f"latency p50, {x['backend']} b{x['batch']} {x['size']}² {x['precision']} ({x['machine']})",
+            f"{sig(x['teacher_ms'])} ms",
+            f"{sig(x['student_ms'])} ms",
+            f"{x['speedup']:.1f}× faster"
+            + (f" (MACs {x['mac_reduction']:.1f}×)" if x["mac_reduction"] else "")
+            + (f" ⚠ noisy (p90/p50 {x['noise_ratio']:.1f})" if _noisy_speedup(x) else ""),
         ]
-        for x in sp:
-            noisy = x["noise_ratio"] is not None and x["noise_ratio"] > NOISY_RATIO
-            rows.append(
-                [
-                    f"latency p50, {x['backend']} b{x['batch']} {x['size']}² {x['precision']} ({x['machine']})",
-                    f"{sig(x['teacher_ms'])} ms",
-                    f"{sig(x['student_ms'])} ms",
-                    f"{x['speedup']:.1f}× faster"
-                    + (f" (MACs {x['mac_reduction']:.1f}×)" if x["mac_reduction"] else "")
-                    + (f" ⚠ noisy (p90/p50 {x['noise_ratio']:.1f})" if noisy else ""),
-                ]
-            )
-        caveat = _fid_caveat(ev)
-        for k, label, _, better in METRICS:
-            if k in ("params", "macs") or not (k in t or k in s):
-                continue
-            extra = f"; {caveat}" if caveat and k in ("fid", "kid") else ""
-            rows.append(
-                [
-                    f"{label} ({better} is better{extra})",
-                    metric_text(k, t.get(k)),
-                    metric_text(k, s.get(k)),
-                    change_text(k, t.get(k), s.get(k)),
-                ]
-            )
-        lines += [_table(["", "teacher", "student", "change"], rows), ""]
-        lines.append(
-            f"Evaluated on {ev.get('n_images')} test images at {ev.get('size')}²{_output_note(ev)}. "
-            + (
-                f"FID/KID skipped: {ev['fid_skipped']}"
-                if ev.get("fid_skipped")
-                else (f"FID weights: {ev.get('fid_weights')}." if ev.get("fid_weights") else "")
-            )
+        for x in sp
+    ]
+
+
+def _quality_rows(ev: dict) -> list[list]:
+    """One row per quality metric either model has (FID and KID with the small-sample caveat)."""
+    t, s, caveat = ev["teacher"], ev["student"], _fid_caveat(ev)
+    rows = []
+    for k, label, _, better in METRICS:
+        if k in ("params", "macs") or not (k in t or k in s):
+            continue
+        extra = f"; {caveat}" if caveat and k in ("fid", "kid") else ""
+        rows.append(
+            [
+                f"{label} ({better} is better{extra})",
+                metric_text(k, t.get(k)),
+                metric_text(k, s.get(k)),
+                change_text(k, t.get(k), s.get(k)),
+            ]
         )
-        if caveat and ({"fid", "kid"} & (set(t) | set(s))):
-            lines += [
-                "",
-                f"⚠ FID and KID from {ev.get('n_images')} images are biased upwards and vary from sample to "
-                f"sample; {SMALL_N_NOTE} (those use 10,000 or more).",
-            ]
-        lines.append("")
-    elif sp:
+    return rows
+
+
+def _evaluation_notes(ev: dict) -> list[str]:
+    """How the quality was measured, and the caveat for FID/KID from few images."""
+    skipped, weights = ev.get("fid_skipped"), ev.get("fid_weights")
+    lines = [
+        f"Evaluated on {ev.get('n_images')} test images at {ev.get('size')}²{_output_note(ev)}. "
+        + (f"FID/KID skipped: {skipped}" if skipped else (f"FID weights: {weights}." if weights else ""))
+    ]
+    if _fid_caveat(ev) and ({"fid", "kid"} & (set(ev["teacher"]) | set(ev["student"]))):
         lines += [
-            "## Speed-up",
             "",
-            _table(
-                ["machine", "backend", "batch", "size", "teacher ms", "student ms", "speed-up", "MAC reduction"],
-                [
-                    [
-                        x["machine"],
-                        x["backend"],
-                        x["batch"],
-                        x["size"],
-                        sig(x["teacher_ms"]),
-                        sig(x["student_ms"]),
-                        f"{x['speedup']:.1f}×"
-                        + (
-                            f" ⚠ noisy (p90/p50 {x['noise_ratio']:.1f})"
-                            if (x["noise_ratio"] or 0) > NOISY_RATIO
-                            else ""
-                        ),
-                        f"{x['mac_reduction']:.1f}×" if x["mac_reduction"] else "–",
-                    ]
-                    for x in sp
-                ],
-            ),
-            "",
+            f"⚠ FID and KID from {ev.get('n_images')} images are biased upwards and vary from sample to "
+            f"sample; {SMALL_N_NOTE} (those use 10,000 or more).",
         ]
-    if profiles:
-        table, machines, envs = _rows_by_config(profiles)
-        keys = sorted(table, key=lambda k: (k[2], k[3], k[4], k[5], k[1], k[0]))
-        lines += [
-            "## Latency",
-            "",
-            "p50 (p90) in ms, one column per machine; each configuration was timed in its own "
-            "process. ⚠ noisy: p90 more than 1.5× p50 (a busy machine or a cold cache); rerun before you "
-            "quote it.",
-            "",
+    return lines
+
+
+def section_comparison(d: ReportData) -> list[str]:
+    """Teacher against student: size, latency per backend, quality (needs an eval.json)."""
+    ev = d.ev
+    if not ev:
+        return []
+    rows = _size_rows(ev["teacher"], ev["student"]) + _latency_rows(d.speedups) + _quality_rows(ev)
+    table = _table(["", "teacher", "student", "change"], rows)
+    return ["## Teacher against student", "", table, ""] + _evaluation_notes(ev) + [""]
+
+
+def section_speedup(d: ReportData) -> list[str]:
+    """Without an evaluation: the speed-ups alone."""
+    if d.ev or not d.speedups:
+        return []
+    header = ["machine", "backend", "batch", "size", "teacher ms", "student ms", "speed-up", "MAC reduction"]
+    rows = [
+        [
+            x["machine"],
+            x["backend"],
+            x["batch"],
+            x["size"],
+            sig(x["teacher_ms"]),
+            sig(x["student_ms"]),
+            f"{x['speedup']:.1f}×" + (f" ⚠ noisy (p90/p50 {x['noise_ratio']:.1f})" if _noisy_speedup(x) else ""),
+            f"{x['mac_reduction']:.1f}×" if x["mac_reduction"] else "–",
         ]
-        header = ["model", "backend", "batch", "size", "precision"] + machines
-        rows, missing, noisy = [], [], []
-        for key in keys:
-            per = table[key]
-            cells = []
-            for m in machines:
-                r = per.get(m)
-                if r is None:
-                    cells.append("–")
-                elif r.get("status") == "ok":
-                    lat = r["latency_ms"]
-                    cells.append(f"{sig(lat['p50'])} ({sig(lat['p90'])}){noisy_mark(r)}")
-                    if is_noisy(r):
-                        noisy.append((key, m, noise_ratio(r)))
-                else:
-                    cells.append(r.get("status", "?"))
-                    missing.append((key, m, r.get("reason", "")))
-            rows.append([key[0], key[2], key[3], key[4], key[5]] + cells)
-        lines += [_table(header, rows), ""]
-        if noisy:
-            lines.append(
-                f"⚠ {len(noisy)} of {sum(1 for k in keys for m in machines if table[k].get(m, {}).get('status') == 'ok')}"
-                " measurements are noisy (p90/p50 > 1.5): "
-                + "; ".join(f"{k[0]} {k[2]} b{k[3]} on {m}: ×{q:.1f}" for k, m, q in noisy)
-                + "."
-            )
-            lines.append("")
-        mem_rows = []
-        for key in keys:
-            per = table[key]
-            cells, any_ok = [], False
-            for m in machines:
-                r = per.get(m)
-                if r and r.get("status") == "ok":
-                    any_ok = True
-                    lat = r["latency_ms"]
-                    ips = r["batch"] * 1000.0 / lat["p50"] if lat.get("p50") else None
-                    mem = r.get("peak_memory_mb")
-                    rate = r.get("achieved_macs_per_s")
-                    cells.append(
-                        f"{sig(ips)} img/s"
-                        + (f", {sig(rate / 1e9)} GMAC/s" if isinstance(rate, (int, float)) and rate > 0 else "")
-                        + (f", {sig(mem)} MB" if mem else "")
-                    )
-                else:
-                    cells.append("–")
-            if any_ok:
-                mem_rows.append([key[0], key[2], key[3], key[4], key[5]] + cells)
-        if mem_rows:
-            lines += [
-                "### Throughput and memory",
-                "",
-                "img/s at p50 (batch × 1000 / p50 ms); achieved GMAC/s (MACs by input size × batch / p50: how "
-                "well the backend uses the machine); peak memory of the measuring process itself (resident "
-                "set on the CPU: runtime, model and activations; CUDA memory allocated on a GPU).",
-                "",
-                _table(header, mem_rows),
-                "",
-            ]
-        if missing:
-            lines += ["Not measured:", ""]
-            seen = set()
-            for key, _m, reason in missing:
-                if (key[2], reason) in seen:
-                    continue
-                seen.add((key[2], reason))
-                lines.append(f"- {key[2]} ({key[5]}): {reason}")
-            lines.append("")
-        lines += ["## Machines", ""]
-        for m in machines:
-            e = envs[m]
-            peak = e.get("gemm_peak_macs_per_s")
-            lines.append(
-                f"- **{m}**: {e.get('cpu')}, {e.get('cores')} cores, {e.get('threads')} threads"
-                + (f", GPU {e['gpu']}" if e.get("gpu") else "")
-                + f"; torch {e.get('torch_version')}, onnxruntime {e.get('onnxruntime_version')}"
-                + (f", TensorRT {e['tensorrt_version']}" if e.get("tensorrt_version") else "")
-                + (f"; FP32 GEMM peak {peak / 1e9:.1f} GMAC/s" if peak and peak == peak else "")
-            )
-        lines.append("")
-    for ex in exports:
-        lines += ["## Export", ""]
-        for _name, info in ex.get("onnx", {}).items():
-            par = info["parity"]
-            lines.append(
-                f"- {info['path']}: {info['bytes'] / 2**20:.2f} MiB; parity against PyTorch: max abs error "
-                f"{par['max_abs']:.2e} over {len(par['cases'])} input shapes (tolerance {par['tolerance']:g})"
-                f" — {'passed' if par['passed'] else 'FAILED'}"
-            )
-        if "int8" in ex:
-            q = ex["int8"]
-            lines.append(
-                f"- {q['path']}: PSNR against FP32 {q['psnr_vs_fp32']:.1f} dB; ONNX Runtime CPU latency "
-                f"{sig(q['latency_ms_int8'])} ms vs {sig(q['latency_ms_fp32'])} ms FP32 (ratio "
-                f"{q['latency_ratio_int8_over_fp32']:.2f})"
-            )
-        if "tensorrt_lint" in ex:
-            lint = ex["tensorrt_lint"]
-            lines.append(
-                f"- TensorRT {lint['target']} compatibility lint: "
-                + ("no problems" if not lint["problems"] else f"{len(lint['problems'])} problem(s)")
-            )
-        for note in ex.get("notes", []):
-            lines.append(f"- {note}")
-        lines.append("")
-    if isinstance(samples, str):
-        samples = [("", samples)]
-    if samples:
-        lines += ["## Samples", "", "input | teacher | student | target", ""]
-        for caption, path in samples:
-            if caption:
-                lines += [f"{caption}:", ""]
-            lines += [f"![samples]({path})", ""]
-    lines += [
+        for x in d.speedups
+    ]
+    return ["## Speed-up", "", _table(header, rows), ""]
+
+
+def _latency_cell(r: Optional[dict]) -> str:
+    if r is None:
+        return "–"
+    if r.get("status") == "ok":
+        lat = r["latency_ms"]
+        return f"{sig(lat['p50'])} ({sig(lat['p90'])}){noisy_mark(r)}"
+    return r.get("status", "?")
+
+
+def _config_header(d: ReportData) -> list[str]:
+    return ["model", "backend", "batch", "size", "precision"] + d.machines
+
+
+def _config_cells(key: tuple) -> list:
+    return [key[0], key[2], key[3], key[4], key[5]]
+
+
+def _noisy_note(d: ReportData) -> list[str]:
+    """⚠ how many measurements are noisy, and which."""
+    machines = d.machines
+    ok = [(k, m, d.row(k, m)) for k in d.config_keys for m in machines if (d.row(k, m) or {}).get("status") == "ok"]
+    noisy = [(k, m, noise_ratio(r)) for k, m, r in ok if is_noisy(r)]
+    if not noisy:
+        return []
+    return [
+        f"⚠ {len(noisy)} of {len(ok)} measurements are noisy (p90/p50 > 1.5): "
+        + "; ".join(f"{k[0]} {k[2]} b{k[3]} on {m}: ×{q:.1f}" for k, m, q in noisy)
+        + ".",
+        "",
+    ]
+
+
+def section_latency(d: ReportData) -> list[str]:
+    """p50 (p90) per configuration, one column per machine."""
+    if not d.profiles:
+        return []
+    machines = d.machines
+    rows = [_config_cells(k) + [_latency_cell(d.row(k, m)) for m in machines] for k in d.config_keys]
+    return [
+        "## Latency",
+        "",
+        "p50 (p90) in ms, one column per machine; each configuration was timed in its own "
+        "process. ⚠ noisy: p90 more than 1.5× p50 (a busy machine or a cold cache); rerun before you "
+        "quote it.",
+        "",
+        _table(_config_header(d), rows),
+        "",
+    ] + _noisy_note(d)
+
+
+def _throughput_cell(r: Optional[dict]) -> str:
+    if not (r and r.get("status") == "ok"):
+        return "–"
+    lat = r["latency_ms"]
+    ips = r["batch"] * 1000.0 / lat["p50"] if lat.get("p50") else None
+    mem = r.get("peak_memory_mb")
+    rate = r.get("achieved_macs_per_s")
+    return (
+        f"{sig(ips)} img/s"
+        + (f", {sig(rate / 1e9)} GMAC/s" if isinstance(rate, (int, float)) and rate > 0 else "")
+        + (f", {sig(mem)} MB" if mem else "")
+    )
+
+
+def section_throughput(d: ReportData) -> list[str]:
+    """img/s, achieved GMAC/s and peak memory of every configuration measured on some machine."""
+    machines = d.machines
+    rows = [
+        _config_cells(k) + [_throughput_cell(d.row(k, m)) for m in machines]
+        for k in d.config_keys
+        if any((d.row(k, m) or {}).get("status") == "ok" for m in machines)
+    ]
+    if not rows:
+        return []
+    return [
+        "### Throughput and memory",
+        "",
+        "img/s at p50 (batch × 1000 / p50 ms); achieved GMAC/s (MACs by input size × batch / p50: how "
+        "well the backend uses the machine); peak memory of the measuring process itself (resident "
+        "set on the CPU: runtime, model and activations; CUDA memory allocated on a GPU).",
+        "",
+        _table(_config_header(d), rows),
+        "",
+    ]
+
+
+def section_not_measured(d: ReportData) -> list[str]:
+    """Configurations a machine could not measure, with the reason (once per backend and reason)."""
+    seen: dict[tuple, str] = {}
+    for k in d.config_keys:
+        for m in d.machines:
+            r = d.row(k, m)
+            if r is not None and r.get("status") != "ok":
+                seen.setdefault((k[2], r.get("reason", "")), f"- {k[2]} ({k[5]}): {r.get('reason', '')}")
+    return ["Not measured:", ""] + list(seen.values()) + [""] if seen else []
+
+
+def _machine_line(m: str, e: dict) -> str:
+    peak = e.get("gemm_peak_macs_per_s")
+    return (
+        f"- **{m}**: {e.get('cpu')}, {e.get('cores')} cores, {e.get('threads')} threads"
+        + (f", GPU {e['gpu']}" if e.get("gpu") else "")
+        + f"; torch {e.get('torch_version')}, onnxruntime {e.get('onnxruntime_version')}"
+        + (f", TensorRT {e['tensorrt_version']}" if e.get("tensorrt_version") else "")
+        + (f"; FP32 GEMM peak {peak / 1e9:.1f} GMAC/s" if peak and peak == peak else "")
+    )
+
+
+def section_machines(d: ReportData) -> list[str]:
+    """Each machine's CPU, GPU, threads and library versions."""
+    if not d.profiles:
+        return []
+    _, machines, envs = d.by_config
+    return ["## Machines", ""] + [_machine_line(m, envs[m]) for m in machines] + [""]
+
+
+def _export_lines(ex: dict) -> list[str]:
+    """One export.json: every ONNX file with its parity, INT8, the TensorRT lint, the notes."""
+    lines = []
+    for info in ex.get("onnx", {}).values():
+        par = info["parity"]
+        lines.append(
+            f"- {info['path']}: {info['bytes'] / 2**20:.2f} MiB; parity against PyTorch: max abs error "
+            f"{par['max_abs']:.2e} over {len(par['cases'])} input shapes (tolerance {par['tolerance']:g})"
+            f" — {'passed' if par['passed'] else 'FAILED'}"
+        )
+    if "int8" in ex:
+        q = ex["int8"]
+        lines.append(
+            f"- {q['path']}: PSNR against FP32 {q['psnr_vs_fp32']:.1f} dB; ONNX Runtime CPU latency "
+            f"{sig(q['latency_ms_int8'])} ms vs {sig(q['latency_ms_fp32'])} ms FP32 (ratio "
+            f"{q['latency_ratio_int8_over_fp32']:.2f})"
+        )
+    if "tensorrt_lint" in ex:
+        lint = ex["tensorrt_lint"]
+        problems = lint["problems"]
+        lines.append(
+            f"- TensorRT {lint['target']} compatibility lint: "
+            + ("no problems" if not problems else f"{len(problems)} problem(s)")
+        )
+    return lines + [f"- {note}" for note in ex.get("notes", [])]
+
+
+def section_export(d: ReportData) -> list[str]:
+    """One "Export" section per export.json."""
+    return [line for ex in d.exports for line in ["## Export", ""] + _export_lines(ex) + [""]]
+
+
+def _image_link(path: str) -> str:
+    """A Markdown image destination: in angle brackets when the path holds a space or a parenthesis."""
+    return f"<{path}>" if any(c in path for c in " ()") else path
+
+
+def section_samples(d: ReportData) -> list[str]:
+    """The sample grids (input | teacher | student | target), captioned by run when there are several."""
+    if not d.samples:
+        return []
+    lines = ["## Samples", "", "input | teacher | student | target", ""]
+    for caption, path in d.samples:
+        if caption:
+            lines += [f"{caption}:", ""]
+        lines += [f"![samples]({_image_link(path)})", ""]
+    return lines
+
+
+def section_notes(d: ReportData) -> list[str]:
+    return [
         "MACs are counted with torch's FlopCounterMode (MACs = FLOPs / 2), ConvTranspose by input size; the "
         "paper convention counts it by output size, as GAN-compression papers do.",
         "",
     ]
-    return "\n".join(lines)
 
 
-_IMG = re.compile(r"!\[([^\]]*)\]\(([^)]+)\)")
+# The report, top to bottom. A new section is one function (ReportData -> Markdown lines) and one entry here.
+REPORT_SECTIONS: list[Callable[[ReportData], list[str]]] = [
+    section_title,
+    section_headline,
+    section_comparison,
+    section_speedup,
+    section_latency,
+    section_throughput,
+    section_not_measured,
+    section_machines,
+    section_export,
+    section_samples,
+    section_notes,
+]
+
+
+def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict], title: str, samples=None) -> str:
+    """The report as Markdown: the :data:`REPORT_SECTIONS` in order. ``samples``: a relative image path, or a list
+    of (caption, path) pairs."""
+    if isinstance(samples, str):
+        samples = [("", samples)]
+    d = ReportData(list(profiles), list(evals), list(exports), title, list(samples or []))
+    return "\n".join(line for section in REPORT_SECTIONS for line in section(d))
+
+
+# ------------------------------------------------------------------------------------------------ HTML
+
+
+def _cell_attrs(self, tokens, idx, options, env) -> str:
+    """<td>: flagged when the cell carries ⚠ (a noisy measurement)."""
+    if "⚠" in tokens[idx + 1].content:
+        tokens[idx].attrJoin("class", "noisy")
+    return self.renderToken(tokens, idx, options, env)
+
+
+def _all_bold(inline) -> bool:
+    """Whether an inline token is one ``**…**`` and nothing else."""
+    kinds = [k.type for k in inline.children or [] if k.type != "text" or k.content]
+    return kinds[:1] == ["strong_open"] and kinds[-1:] == ["strong_close"] and kinds.count("strong_open") == 1
+
+
+def _paragraph_attrs(self, tokens, idx, options, env) -> str:
+    """<p>: a ⚠ line is a flag; a paragraph that is all bold is the headline."""
+    inline = tokens[idx + 1]
+    if inline.content.startswith("⚠"):
+        tokens[idx].attrJoin("class", "flag")
+    elif _all_bold(inline):
+        tokens[idx].attrJoin("class", "headline")
+    return self.renderToken(tokens, idx, options, env)
+
+
+def _embedded_image(self, tokens, idx, options, env) -> str:
+    """An image of the Markdown, embedded as a data URI (dropped when its bytes are not at hand)."""
+    token = tokens[idx]
+    images = env.get("images")
+    data = images.get(unquote(token.attrGet("src") or "")) if isinstance(images, dict) else images
+    if not data:
+        return ""
+    alt = self.renderInlineAsText(token.children or [], options, env)
+    return f'<img alt="{escapeHtml(alt)}" src="data:image/png;base64,{base64.b64encode(data).decode()}">'
+
+
+def markdown_renderer() -> MarkdownIt:
+    """CommonMark with tables; raw HTML in the text is escaped; report classes on cells, flags and headline."""
+    md = MarkdownIt("commonmark", {"html": False}).enable("table")
+    md.add_render_rule("td_open", _cell_attrs)
+    md.add_render_rule("paragraph_open", _paragraph_attrs)
+    md.add_render_rule("image", _embedded_image)
+    return md
+
+
+REPORT_CSS = (
+    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
+    "th{background:#f3f3f3}td.noisy{background:#fff3e0}p.flag{background:#fff3e0;padding:6px 10px}"
+    "p.headline{font-size:17px;font-weight:600;background:#eef5fb;padding:8px 12px}"
+    "figure{display:block;margin:1.5em 0}figcaption{font-size:13px;color:#555}img{max-width:100%}"
+)
 
 
 def build_html(markdown_text: str, plots: dict[str, str], title: str, samples_png=None) -> str:
-    """A self-contained page: the markdown rendered to simple HTML, plus embedded plots. ``samples_png``: the
+    """A self-contained page: the Markdown rendered by markdown-it-py, plus embedded plots. ``samples_png``: the
     bytes of every sample image, or {path in the markdown: bytes}."""
-    body = []
-    in_table = False
-    for line in markdown_text.splitlines():
-        if line.startswith("|"):
-            cells = [c.strip() for c in line.strip("|").split("|")]
-            if all(set(c) <= {"-"} for c in cells):
-                continue
-            if not in_table:
-                body.append("<table>")
-                body.append("<tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cells) + "</tr>")
-                in_table = True
-                continue
-            body.append(
-                "<tr>"
-                + "".join(
-                    f"<td class='noisy'>{html.escape(c)}</td>" if "⚠" in c else f"<td>{html.escape(c)}</td>"
-                    for c in cells
-                )
-                + "</tr>"
-            )
-            continue
-        if in_table:
-            body.append("</table>")
-            in_table = False
-        if line.startswith("# "):
-            body.append(f"<h1>{html.escape(line[2:])}</h1>")
-        elif line.startswith("### "):
-            body.append(f"<h3>{html.escape(line[4:])}</h3>")
-        elif line.startswith("## "):
-            body.append(f"<h2>{html.escape(line[3:])}</h2>")
-        elif m := _IMG.match(line):
-            data = samples_png.get(m.group(2)) if isinstance(samples_png, dict) else samples_png
-            if data:
-                body.append(
-                    f'<img alt="{html.escape(m.group(1))}" '
-                    f'src="data:image/png;base64,{base64.b64encode(data).decode()}">'
-                )
-        elif line.startswith("- "):
-            body.append(f"<li>{html.escape(line[2:]).replace('**', '')}</li>")
-        elif line.startswith("**") and line.endswith("**"):
-            body.append(f"<p class='headline'>{html.escape(line.strip('*'))}</p>")
-        elif line.startswith("⚠"):
-            body.append(f"<p class='flag'>{html.escape(line)}</p>")
-        elif line.strip():
-            body.append(f"<p>{html.escape(line)}</p>")
-    if in_table:
-        body.append("</table>")
+    body = markdown_renderer().render(markdown_text, {"images": samples_png})
     figs = "".join(
         f'<figure><img alt="{k}" src="data:image/png;base64,{v}">'
         f"<figcaption>{html.escape(PLOT_CAPTIONS.get(k, k))}</figcaption></figure>"
         for k, v in plots.items()
     )
-    style = (
-        "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:4px 8px;font-size:13px}"
-        "th{background:#f3f3f3}td.noisy{background:#fff3e0}p.flag{background:#fff3e0;padding:6px 10px}"
-        "p.headline{font-size:17px;font-weight:600;background:#eef5fb;padding:8px 12px}"
-        "figure{display:block;margin:1.5em 0}figcaption{font-size:13px;color:#555}img{max-width:100%}"
-    )
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{style}</style></head><body>{''.join(body)}"
-        + (f"<h2>Plots</h2>{figs}" if figs else "")
-        + "</body></html>"
+        f"<style>{REPORT_CSS}</style></head><body>{body}" + (f"<h2>Plots</h2>{figs}" if figs else "") + "</body></html>"
     )
 
 
@@ -736,6 +926,11 @@ def _samples_for(eval_path: Path) -> Optional[Path]:
     """The sample grid a run's evaluate stage wrote next to its eval.json (samples/eval.png)."""
     p = Path(eval_path).parent / "samples" / "eval.png"
     return p if p.is_file() else None
+
+
+def _read_image(path: Path) -> bytes:
+    """The bytes of an image the report embeds (a sample grid)."""
+    return Path(path).read_bytes()
 
 
 def write_report(
@@ -764,7 +959,7 @@ def write_report(
                 grids.append(g)
     refs, blobs = [], {}
     for g in grids:
-        data = g.read_bytes()
+        data = _read_image(g)
         try:
             rel = str(g.resolve().relative_to(out.resolve()))
         except ValueError:  # another run's grid: copy it next to the report so report.md shows it

@@ -187,3 +187,36 @@ def test_function_level_imports_are_few():
     assert all(
         f.startswith(("exporters/profile.py", "exporters/tensorrt.py", "exporters/quantize.py")) for f, _, _ in project
     ), project
+
+
+MAX_FUNCTION_LINES = 80
+# Functions allowed to be longer, each with its reason. The list only shrinks: an entry that is no longer too long
+# fails the test below until it is removed.
+LONG_FUNCTIONS = {
+    "exporters/tensorrt.py:lint_onnx": "being restructured",
+    "exporters/tensorrt.py:build_engine": "being restructured",
+    "exporters/export.py:export_model": "being restructured",
+    "exporters/profile.py:profile_models": "being restructured",
+    "compressor/plan.py:plan_width": "being restructured",
+}
+
+
+def _function_lengths() -> dict[str, int]:
+    """{"file:function": lines from its def to its last line} for every function (nested ones too)."""
+    out = {}
+    for path in _modules().values():
+        rel = str(path.relative_to(ROOT))
+        for node in ast.walk(ast.parse(path.read_text(), rel)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                key = f"{rel}:{node.name}"
+                out[key] = max(out.get(key, 0), node.end_lineno - node.lineno + 1)
+    return out
+
+
+def test_functions_are_short():
+    lengths = _function_lengths()
+    assert len(lengths) > 300 and "compressor/pipeline.py:run_pipeline" in lengths
+    long = {f: n for f, n in lengths.items() if n > MAX_FUNCTION_LINES and f not in LONG_FUNCTIONS}
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them, or list them with a reason): {long}"
+    stale = [f for f in LONG_FUNCTIONS if lengths.get(f, 0) <= MAX_FUNCTION_LINES]
+    assert not stale, f"no longer over {MAX_FUNCTION_LINES} lines (or gone): remove from LONG_FUNCTIONS: {stale}"

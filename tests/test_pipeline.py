@@ -1,12 +1,17 @@
+import hashlib
 import json
+import os
 import time
 
 import pytest
+import torch
 from conftest import FACADES, ROOT, run_cli, tiny_recipe_text
 
 from compressor.errors import UserError
-from compressor.pipeline import STAGES, run_pipeline
+from compressor.pipeline import STAGES, run_pipeline, stage_digest
 from compressor.recipe import load_recipe
+from compressor.runfolder import RunDir
+from compressor.stages import Context
 
 
 def test_tiny_end_to_end_then_everything_skipped(tmp_path, tiny_recipe):
@@ -123,3 +128,74 @@ def test_student_init_depends_on_the_seed_alone(tmp_path, tiny_recipe):
     a = load_file(str(tmp_path / "a" / "tiny" / "student_init" / "student.safetensors"))
     b = load_file(str(tmp_path / "b" / "tiny" / "student_init" / "student.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+# Stage digests as the pipeline computed them before the stage table existed: a run folder made earlier must
+# not look changed. Recorded from the code at c16e694.
+GOLDEN_DIGESTS = {
+    "quickstart": {
+        "teacher": "bfc4da360ad572c2",
+        "student": "1b85baf911aaf603",
+        "distill": "cd5f6280c2464e19",
+        "evaluate": "1ab2b24b457bb951",
+        "export": "f5c30f4d176eea14",
+        "profile": "7a8a0289f56141c1",
+        "report": "d60fa7a1903192c7",
+    },
+    "tiny": {
+        "teacher": "f6ce343b08208b71",
+        "student": "587f4f4cd3c1fbf6",
+        "distill": "499350feb982f3db",
+        "evaluate": "27e7f870f0c2ea0b",
+        "export": "74f2e1d4aa34828b",
+        "profile": "9cccaf123e2bdc9d",
+        "report": "4e737a6800433af3",
+    },
+    "tiny, random teacher": {
+        "teacher": "c8548733f9bc70d4",
+        "student": "580c8fb21b81bf51",
+        "distill": "30c72964e93d79df",
+        "evaluate": "27f4fa169c309386",
+        "export": "f4713ac490c9a018",
+        "profile": "c43c4a031e3256f8",
+        "report": "d111628e3b8760c7",
+    },
+}
+
+
+def _digests(recipe) -> dict:
+    ctx = Context(recipe, RunDir("/nonexistent"), torch.device("cpu"))
+    return {s: stage_digest(ctx, s) for s in GOLDEN_DIGESTS["tiny"]}
+
+
+def test_stage_digests_are_unchanged(tiny_recipe):
+    assert _digests(load_recipe(ROOT / "recipes" / "quickstart.yaml")) == GOLDEN_DIGESTS["quickstart"]
+    assert _digests(load_recipe(tiny_recipe)) == GOLDEN_DIGESTS["tiny"]
+    assert _digests(load_recipe(tiny_recipe, ["teacher.train=null"])) == GOLDEN_DIGESTS["tiny, random teacher"]
+
+
+def test_teacher_digest_fingerprints_its_checkpoint(tmp_path, tiny_recipe):
+    """The teacher's digest: its name, its checkpoints (path, size, whole-second mtime), its recipe sections."""
+    ckpt = tmp_path / "t.pth"
+    ckpt.write_bytes(b"0123456789")
+    os.utime(ckpt, (1_700_000_000.7, 1_700_000_000.7))
+    recipe = load_recipe(tiny_recipe, ["teacher.train=null", f"teacher.checkpoint={ckpt}"])
+    h = hashlib.sha256(b"teacher")
+    h.update(f"{ckpt.resolve()}:10:1700000000".encode())
+    h.update(b"none")
+    h.update(recipe.section_hash("teacher").encode())
+    assert _digests(recipe)["teacher"] == h.hexdigest()[:16]
+
+
+def test_the_stage_table_is_consistent(tmp_path):
+    """Every upstream stage comes earlier; every output and checkpoint folder is a RunDir artifact."""
+    run = RunDir(tmp_path)
+    seen = set()
+    for st in STAGES:
+        assert set(st.upstream) <= seen, st.name
+        seen.add(st.name)
+        assert st.outputs and all(p.is_relative_to(tmp_path) for p in run.artifacts(st.outputs)), st.name
+        if st.checkpoints:
+            assert getattr(run, st.checkpoints).is_relative_to(tmp_path)
+    with pytest.raises(UserError, match="--only: unknown stage 'distil'; stages are teacher, student, distill"):
+        run_pipeline(load_recipe(ROOT / "recipes" / "quickstart.yaml"), tmp_path, only=["distil"])

@@ -200,7 +200,7 @@ def test_noisy_and_small_n_flags_in_markdown_and_html(tmp_path):
     assert "+0.1111 (worse)" in kid
     psnr = next(line for line in text.splitlines() if line.startswith("| PSNR, dB"))
     assert "| 18.0 | 18.4 |" in psnr and "+0.4 (better, 102% of teacher)" in psnr
-    assert "class='noisy'" in html
+    assert 'class="noisy"' in html
 
 
 def test_large_n_and_steady_runs_carry_no_flags(tmp_path):
@@ -247,3 +247,35 @@ def test_consistent_digits():
     assert rp.sig(0.012345) == "0.0123" and rp.sig(None) == "–" and rp.sig(float("nan")) == "–"
     assert rp.metric_text("psnr", 18) == "18.0" and rp.metric_text("ssim", 0.5) == "0.500"
     assert rp.change_text("fid", 180.0, None) == "–"
+
+
+def test_html_is_the_markdown_rendered_with_the_report_classes():
+    prof = _profile()
+    prof["results"][-1]["reason"] = "<script>alert(1)</script> not installed"
+    md = rp.build_markdown([prof], [EVAL], [], "page <1>", [("run a", "samples_run a.png")])
+    page = rp.build_html(md, {}, "page <1>", {"samples_run a.png": b"\x89PNG grid"})
+    assert "<title>page &lt;1&gt;</title>" in page and "<h1>page &lt;1&gt;</h1>" in page
+    assert '<p class="headline"><strong>Student against teacher: params 15.9× fewer' in page
+    assert '<p class="flag">⚠ FID and KID from 16 images' in page
+    assert "<th>teacher</th>" in page and page.count("<table>") == 3  # comparison, latency, throughput
+    assert '<td class="noisy">23.8 (202) ⚠ noisy (p90/p50 8.5)</td>' in page
+    assert "<li><strong>box · AMD EPYC · 2t</strong>: AMD EPYC" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page
+    assert page.count('<img alt="samples" src="data:image/png;base64,iVBORyBncmlk">') == 1
+    assert "<h2>Plots</h2>" not in page and "td.noisy{background:#fff3e0}" in page
+    assert "<img" not in rp.build_html(md, {}, "no image bytes")  # an image whose bytes are absent is left out
+
+
+def test_a_new_section_is_one_function_and_one_entry(monkeypatch):
+    def section_benchmark(d: rp.ReportData) -> list[str]:
+        rows = [[b["format"], rp.sig(b["ms"])] for ex in d.exports for b in ex.get("benchmark", [])]
+        return ["## Benchmark", "", rp._table(["format", "p50 ms"], rows), ""] if rows else []
+
+    sections = list(rp.REPORT_SECTIONS)
+    sections.insert(sections.index(rp.section_export) + 1, section_benchmark)
+    monkeypatch.setattr(rp, "REPORT_SECTIONS", sections)
+    export = {"onnx": {}, "benchmark": [{"format": "onnx", "ms": 3.14159}]}
+    md = rp.build_markdown([], [], [export], "bench")
+    assert "## Export\n\n\n## Benchmark\n\n| format | p50 ms |\n|---|---|\n| onnx | 3.14 |\n" in md
+    assert "<td>3.14</td>" in rp.build_html(md, {}, "bench")
+    assert "## Benchmark" not in rp.build_markdown([], [], [], "no exports")
