@@ -192,7 +192,7 @@ class StudentSpec(Strict):
         None, ge=1, le=64, description="keep channel counts multiples of this (8 or 16: the CPU's SIMD width)"
     )
     outputs: Literal["named", "all"] = Field(
-        "named", description="named: only teacher.output is kept; all: every output keeps the teacher's shape"
+        "named", description="named: the other outputs' layers may be slimmed; all: every output keeps its shape"
     )
     budget: Optional[BudgetSpec] = Field(None, description="width auto: one of latency_ms, speedup, macs, params")
     margin: float = Field(0.05, ge=0, lt=1, description="width auto: keep this fraction below a latency budget")

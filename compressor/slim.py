@@ -34,6 +34,7 @@ from .models.layers import (
     frozen_modules,
     frozen_params,
     refreeze,
+    remove_align_hooks,
     restore_reparam,
     strip_reparam,
     summarised_warnings,
@@ -623,9 +624,9 @@ def make_student(
     ``ngf`` is rounded to the nearest multiple, pruned layers are rounded down (never below ``round_to``).
     ``outputs`` (``student.outputs``), for a teacher that returns several tensors (``teacher.output``): ``named``
     leaves only the named output's layers at full width, ``all`` every output's, so the network inside the student
-    (``student.model``) returns the teacher's whole structure with the same shapes. Warnings the teacher's own code
-    raises meanwhile are logged once each, with their count."""
-    with summarised_warnings("the teacher's code"):
+    (``student.model``) returns the teacher's whole structure with the same shapes. Warnings raised meanwhile (by the
+    teacher's code, by Torch-Pruning) are logged once each, with their count."""
+    with summarised_warnings("student: slimming"):
         return _make_student(
             teacher, width, method, init, example_input, keep, input_range, output_range, round_to, outputs
         )
@@ -673,6 +674,7 @@ def _make_student(
         if init == "inherit":
             detach_hook_weights(teacher)
             pruned = copy.deepcopy(teacher)
+            remove_align_hooks(pruned)
             _prune(pruned, kwargs["ngf"] / full, x)
             state = pruned.state_dict()
             own = student.state_dict()
@@ -686,6 +688,7 @@ def _make_student(
     else:
         detach_hook_weights(teacher)
         student = copy.deepcopy(teacher)
+        remove_align_hooks(student)
         plan["history"] = _prune(student, width, x, keep, round_to, outputs)
         if init == "scratch":
             _reinit(student)
@@ -718,7 +721,7 @@ def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Mod
             "this file has neither (save the student again)"
         )
     model = build_from_spec(spec, init=None, allow_import=allow_import, source="student.json")
-    with summarised_warnings("the network's code"):
+    with summarised_warnings("student: rebuilding"):
         _replay(model, history, torch.randn(*plan["example_shape"]), plan.get("keep"))
     if spec:
         model.compressor_spec = spec

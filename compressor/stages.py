@@ -451,6 +451,7 @@ def run_export_metadata(recipe: Recipe, model: torch.nn.Module) -> dict:
         "value_range": "[-1, 1]",
         "network_input_range": json.dumps(list(t.input_range)),
         "network_output_range": json.dumps(list(t.output_range)),
+        **({"network_output": t.output} if t.output is not None else {}),  # a teacher returning several tensors
     }
 
 

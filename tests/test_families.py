@@ -289,3 +289,31 @@ def test_more_layer_classes_prune_and_reload(family, tmp_path):
     save_student(student.eval(), plan, tmp_path)
     with torch.no_grad():
         assert torch.allclose(load_student(tmp_path, allow_import=True)(x), student(x), atol=1e-5)
+
+
+def test_gan_compression_generator_warns_once_not_per_call(caplog):
+    """GAN Compression's released generators: their non-affine InstanceNorms declare other sizes than they receive,
+    and PyTorch warns on every call (hundreds of lines per run). The toolkit aligns them and says so in one line."""
+    import logging
+    import warnings
+
+    from compressor.models import load_teacher
+
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with warnings.catch_warnings(record=True) as raw:
+        warnings.simplefilter("always")
+        P.make_mobile_resnet()(x)
+    assert any("num_features" in str(w.message) for w in raw)  # the published net warns by itself
+
+    spec = {"import": "published_nets:make_mobile_resnet", "kwargs": {}}
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        teacher = load_teacher(spec)
+        teacher.compressor_spec = spec
+        for _ in range(3):
+            teacher(x)
+        student, _ = make_student(teacher, 0.5, method="prune", example_input=x[:1])
+        student(x)
+    assert not [w for w in caught if "num_features" in str(w.message)], [str(w.message) for w in caught]
+    lines = [r.getMessage() for r in caplog.records if "num_features" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("teacher: 5 norm layers without parameters"), lines

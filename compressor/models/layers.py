@@ -190,13 +190,14 @@ def align_free_norms(model: nn.Module, who: str = "teacher") -> int:
 
 @contextmanager
 def summarised_warnings(who: str) -> Iterator[None]:
-    """Record the warnings raised inside the block and log each distinct one once, with its count."""
+    """Record the warnings raised inside the block and log each distinct one once, with its count (``who``: what
+    was running, e.g. ``student: slimming``)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
     counts = Counter((w.category.__name__, str(w.message).strip().splitlines()[0][:300]) for w in caught if w.message)
     for (category, message), n in counts.items():
-        log.warning("%s raised %s%s: %s", who, category, f" {n} times" if n > 1 else "", message)
+        log.warning("%s: %s%s: %s", who, category, f" ({n} times)" if n > 1 else "", message)
 
 
 def detach_hook_weights(model: nn.Module) -> None:
@@ -212,3 +213,11 @@ def detach_hook_weights(model: nn.Module) -> None:
                 w = getattr(m, hook.name, None)
                 if torch.is_tensor(w) and not isinstance(w, nn.Parameter) and w.grad_fn is not None:
                     setattr(m, hook.name, w.detach())
+
+
+def remove_align_hooks(model: nn.Module) -> None:
+    """Take :func:`align_free_norms`'s hooks off a copy of the teacher (a student repairs its norms itself)."""
+    for m in model.modules():
+        for hooks in (m._forward_pre_hooks, m._forward_hooks):
+            for k in [k for k, h in hooks.items() if isinstance(h, (_AlignNorm, _AlignReport))]:
+                del hooks[k]
