@@ -30,6 +30,7 @@ from .io import atomic_write_bytes, atomic_write_text
 from .models import ZOO, apply_state_dict, build_from_spec, build_generator, init_weights, size_multiple
 from .models import spec_of_model as teacher_spec_of
 from .models.layers import (
+    NORM_SIZE_WARNING,
     detach_hook_weights,
     frozen_modules,
     frozen_params,
@@ -388,7 +389,9 @@ def _modules_named(model: nn.Module, names: list[str], key: str) -> list[nn.Modu
     return out
 
 
-def _prepare(model: nn.Module, x: torch.Tensor, keep: list[str], outputs: str = "named", frozen: tuple = ()):
+def _prepare(
+    model: nn.Module, x: torch.Tensor, keep: list[str], outputs: str = "named", frozen: tuple = (), quiet: bool = False
+):
     """Make ``model`` traceable by Torch-Pruning: repair declared norm sizes, split PixelShuffle convs.
 
     Returns ``(shuffles, ignored)``: what to merge back afterwards, and the layers to leave at full width (the
@@ -396,7 +399,7 @@ def _prepare(model: nn.Module, x: torch.Tensor, keep: list[str], outputs: str = 
     model.requires_grad_(True)  # tracing follows autograd; a frozen teacher copy would hide every layer
     repaired = repair_norms(model, x)
     if repaired:
-        log.info(
+        (log.debug if quiet else log.info)(
             "student: %d norm layers declared a size other than the channels they receive; set to the "
             "traced channels (%s)",
             len(repaired),
@@ -575,7 +578,7 @@ def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[lis
     frozen = frozen_params(model)
     reparam = strip_reparam(model)
     frozen_mods = frozen_modules_of(model, frozen)
-    shuffles, _ = _prepare(model, x, list(keep or []), "named", frozen_mods)
+    shuffles, _ = _prepare(model, x, list(keep or []), "named", frozen_mods, quiet=True)  # said when slimmed
     modules = dict(model.named_modules())
     for entry in history:
         if entry[0] not in modules:
@@ -626,7 +629,7 @@ def make_student(
     leaves only the named output's layers at full width, ``all`` every output's, so the network inside the student
     (``student.model``) returns the teacher's whole structure with the same shapes. Warnings raised meanwhile (by the
     teacher's code, by Torch-Pruning) are logged once each, with their count."""
-    with summarised_warnings("student: slimming"):
+    with summarised_warnings("student: slimming", handled=(NORM_SIZE_WARNING,)):
         return _make_student(
             teacher, width, method, init, example_input, keep, input_range, output_range, round_to, outputs
         )
@@ -663,6 +666,8 @@ def _make_student(
         plan["round_channels"] = round_to
     if outputs != "named":
         plan["outputs"] = outputs
+    if frozen_params(teacher):  # frozen layers (EDSR's MeanShift): frozen again in a rebuilt student
+        plan["frozen"] = frozen_params(teacher)
     if method == "rebuild":
         kwargs = dict(spec["kwargs"])
         full = kwargs["ngf"]
@@ -721,8 +726,10 @@ def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Mod
             "this file has neither (save the student again)"
         )
     model = build_from_spec(spec, init=None, allow_import=allow_import, source="student.json")
-    with summarised_warnings("student: rebuilding"):
+    with summarised_warnings("student: rebuilding", handled=(NORM_SIZE_WARNING,)):
         _replay(model, history, torch.randn(*plan["example_shape"]), plan.get("keep"))
+    if isinstance(plan.get("frozen"), list):
+        refreeze(model, [str(n) for n in plan["frozen"]])
     if spec:
         model.compressor_spec = spec
     return model

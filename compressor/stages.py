@@ -41,6 +41,7 @@ from .models import (
     teacher_spec,
     with_ranges,
 )
+from .models.layers import align_free_norms
 from .plan import plan_width
 from .procs import run_group
 from .recipe import LossesSpec, Recipe
@@ -104,6 +105,7 @@ def check_taps(recipe: Recipe) -> None:
         return
     t = recipe.teacher
     model = build_teacher(t, recipe.base_dir, init=None)
+    align_free_norms(model, "teacher")  # GAN Compression's mismatched norms: one log line, not a warning per call
     key = "distill.losses.srp.layers" if L.srp.weight > 0 else "distill.losses.feat.layers"
     taps = resolve_taps(model, layers, t.taps, key=key)
     in_nc = getattr(model, "config", {}).get("input_nc", 3)

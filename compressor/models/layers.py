@@ -135,6 +135,9 @@ def refreeze(model: nn.Module, names: list[str]) -> None:
 # ---------------------------------------------------------------------------------- norms without parameters
 
 _FREE_NORMS = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+_REPORTED: set[str] = set()
+# the warning PyTorch gives for such a norm; the toolkit repairs those norms and says so itself
+NORM_SIZE_WARNING = "does not match num_features"
 
 
 class _AlignReport:
@@ -146,14 +149,14 @@ class _AlignReport:
 
     def __call__(self, module, inputs, output):
         if self.pending:
-            log.info(
-                "%s: %d norm layers without parameters declared num_features other than the channels they "
-                "receive (%s%s); set to the channels received (PyTorch would warn on every call)",
-                self.who,
-                len(self.pending),
-                ", ".join(self.pending[:5]),
-                ", ..." if len(self.pending) > 5 else "",
+            message = (
+                f"{self.who}: {len(self.pending)} norm layers without parameters declared num_features other than "
+                f"the channels they receive ({', '.join(self.pending[:5])}{', ...' if len(self.pending) > 5 else ''});"
+                f" set to the channels received (PyTorch would warn on every call)"
             )
+            if message not in _REPORTED:  # the same teacher is loaded once per stage: say it once per process
+                _REPORTED.add(message)
+                log.info("%s", message)
             self.pending = []
 
 
@@ -189,13 +192,15 @@ def align_free_norms(model: nn.Module, who: str = "teacher") -> int:
 
 
 @contextmanager
-def summarised_warnings(who: str) -> Iterator[None]:
+def summarised_warnings(who: str, handled: tuple[str, ...] = ()) -> Iterator[None]:
     """Record the warnings raised inside the block and log each distinct one once, with its count (``who``: what
-    was running, e.g. ``student: slimming``)."""
+    was running, e.g. ``student: slimming``). Warnings containing one of ``handled`` are dropped: the toolkit
+    repairs their cause and logs that itself."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
-    counts = Counter((w.category.__name__, str(w.message).strip().splitlines()[0][:300]) for w in caught if w.message)
+    caught = [w for w in caught if str(w.message).strip() and not any(h in str(w.message) for h in handled)]
+    counts = Counter((w.category.__name__, str(w.message).strip().splitlines()[0][:300]) for w in caught)
     for (category, message), n in counts.items():
         log.warning("%s: %s%s: %s", who, category, f" ({n} times)" if n > 1 else "", message)
 
