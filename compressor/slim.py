@@ -493,13 +493,13 @@ def _prune(
     and at full width."""
     frozen = frozen_params(model)
     reparam = strip_reparam(model)
-    history = _prune_plain(model, width, x, keep, round_to, outputs, frozen_modules_of(model, frozen))
+    history = _prune_plain(model, width, x, keep, round_to, outputs, _frozen_modules_of(model, frozen))
     restore_reparam(model, reparam)
     refreeze(model, frozen)
     return history
 
 
-def frozen_modules_of(model: nn.Module, frozen: list[str]) -> tuple:
+def _frozen_modules_of(model: nn.Module, frozen: list[str]) -> tuple:
     """The modules whose own parameters are all in ``frozen`` (names recorded before tracing unfreezes them)."""
     if not frozen:
         return ()
@@ -577,7 +577,7 @@ def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[lis
     was = model.training
     frozen = frozen_params(model)
     reparam = strip_reparam(model)
-    frozen_mods = frozen_modules_of(model, frozen)
+    frozen_mods = _frozen_modules_of(model, frozen)
     shuffles, _ = _prepare(model, x, list(keep or []), "named", frozen_mods, quiet=True)  # said when slimmed
     modules = dict(model.named_modules())
     for entry in history:
@@ -599,12 +599,19 @@ def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[lis
 
 
 def _reinit(model: nn.Module) -> None:
+    """Fresh weights (``student.init: scratch``); frozen layers (constants such as EDSR's MeanShift) keep theirs,
+    spectral/weight-norm layers are re-initialised under their re-parametrization."""
     if getattr(model, "arch", None) in ZOO:
         init_weights(model)
         return
+    frozen = frozen_params(model)
+    keep = {id(model.get_submodule(n)) for n in _frozen_modules_of(model, frozen)}
+    reparam = strip_reparam(model)
     for m in model.modules():
-        if hasattr(m, "reset_parameters") and m is not model:
+        if hasattr(m, "reset_parameters") and m is not model and id(m) not in keep:
             m.reset_parameters()
+    restore_reparam(model, reparam)
+    refreeze(model, frozen)
 
 
 def make_student(

@@ -326,3 +326,22 @@ def test_gan_compression_generator_warns_once_not_per_call(caplog, monkeypatch, 
     assert said[0].startswith("teacher: 5 norm layers without parameters declared num_features"), said
     assert said[1].startswith("student: 5 norm layers declared a size other than"), said
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+
+
+def test_frozen_layers_keep_their_constants_in_a_scratch_student(tmp_path):
+    """RCAN's MeanShift convs (requires_grad=False): at full width, frozen, and not re-initialised by init: scratch;
+    frozen again after a rebuild from student.json."""
+    teacher = P.RCAN(n_resgroups=1, n_resblocks=1, n_feats=8, reduction=4).eval()
+    teacher.compressor_spec = {
+        "import": "published_nets:RCAN",
+        "kwargs": {"n_resgroups": 1, "n_resblocks": 1, "n_feats": 8, "reduction": 4},
+    }
+    student, plan = make_student(teacher, 0.5, "prune", "scratch", example_input=torch.rand(1, 3, 16, 16))
+    for name in ("sub_mean", "add_mean"):
+        s, t = getattr(student, name), getattr(teacher, name)
+        assert torch.equal(s.weight, t.weight) and torch.equal(s.bias, t.bias) and not s.weight.requires_grad
+    assert student.tail[1].out_channels == 3 and student.head[0].out_channels == 4  # the image channels stay whole
+    assert plan["frozen"] == ["sub_mean.weight", "sub_mean.bias", "add_mean.weight", "add_mean.bias"]
+    save_student(student, plan, tmp_path)
+    reloaded = load_student(tmp_path, allow_import=True)
+    assert [n for n, p in reloaded.named_parameters() if not p.requires_grad] == plan["frozen"]

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import onnx
+import published_nets as P
 import pytest
 import torch
 from conftest import ROOT, run_cli
@@ -45,8 +46,6 @@ def _setup(tmp_path, factory, declared, tap, student=""):
 
 
 def test_several_outputs_without_teacher_output_is_one_line():
-    import published_nets as P
-
     with pytest.raises(RecipeError) as e:
         check_output(P.make_zero_dce(), torch.rand(1, 3, 16, 16))
     msg = str(e.value)
@@ -63,6 +62,22 @@ def test_several_outputs_without_teacher_output_is_one_line():
     with torch.no_grad():
         assert torch.allclose(wrapped(x), net((x + 1) / 2)[1] * 2 - 1)
         assert with_ranges(P.DeepSupervisedUNet(), {"output": "aux.0"})(x).shape == (1, 3, 8, 8)
+
+
+def test_student_outputs_named_slims_the_other_heads_all_keeps_them():
+    from compressor.slim import make_student
+
+    x = torch.rand(1, 3, 32, 32) * 2 - 1
+    shapes = {}
+    for outputs in ("named", "all"):
+        torch.manual_seed(0)
+        teacher = with_ranges(P.DeepSupervisedUNet(), {"output": "out"}).eval()
+        student, _ = make_student(teacher, 0.5, "prune", example_input=x, outputs=outputs)
+        with torch.no_grad():
+            full = student.model(x)
+            assert torch.equal(student(x), full["out"]) and full["out"].shape == (1, 3, 32, 32)
+        shapes[outputs] = tuple(full["aux"][0].shape)
+    assert shapes == {"named": (1, 1, 16, 16), "all": (1, 3, 16, 16)}
 
 
 def _run_in_process(recipe_path, out):
