@@ -44,15 +44,13 @@ FAMILIES = {
     "spade": ("published_nets:SPADEGenerator", {}, "head_0", 32, 1.3),
     # several outputs, re-parametrized convs, frozen layers, channel attention, pixel_unshuffle, internal resampling
     "zero_dce_tuple": ("published_nets:make_zero_dce", {}, "model.e_conv4", 32, 2.2),  # 24 curve maps at full width
-    "rcan_meanshift": ("published_nets:RCAN", {}, "model.body.0", 16, 1.3),
+    "rcan_meanshift": ("published_nets:RCAN", {"n_resgroups": 1}, "model.body.0", 16, 1.3),
     "spade_spectral_norm": ("published_nets:SpectralSPADEGenerator", {}, "head_0", 32, 1.3),
-    "dict_deep_supervision": ("published_nets:DeepSupervisedUNet", {}, "model.enc2", 32, 1.3),
 }
 # what the recipe's teacher section would declare for these families (teacher.output, value ranges)
 DECLARED = {
     "zero_dce_tuple": {"output": "1", "input_range": [0.0, 1.0], "output_range": [0.0, 1.0]},
     "rcan_meanshift": {"input_range": [0.0, 255.0], "output_range": [0.0, 255.0]},
-    "dict_deep_supervision": {"output": "out"},
 }
 
 

@@ -7,7 +7,7 @@ import onnx
 import published_nets as P
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT
 
 from compressor.errors import RecipeError
 from compressor.models import check_output, with_ranges
@@ -80,18 +80,19 @@ def test_student_outputs_named_slims_the_other_heads_all_keeps_them():
     assert shapes == {"named": (1, 1, 16, 16), "all": (1, 3, 16, 16)}
 
 
-def _run_in_process(recipe_path, out):
+def _run_in_process(recipe_path, out, stages=STAGES):
+    """The pipeline `compress run` runs, in this process (a CLI process costs the suite its imports again)."""
     from compressor.pipeline import run_pipeline
     from compressor.recipe import load_recipe
 
     recipe = load_recipe(recipe_path)
-    return run_pipeline(recipe, out, recipe_path=recipe_path, only=STAGES.split(","), force=True)
+    return run_pipeline(recipe, out, recipe_path=recipe_path, only=stages.split(","), force=True)
 
 
 def test_tuple_teacher_runs_end_to_end_with_teacher_output(tmp_path):
     """A Zero-DCE curve-estimation net returning (image_1, image, curves) in [0, 1]: without teacher.output the run
-    stops at the teacher stage with one error line; with it, `compress run` trains, evaluates and exports a
-    student, and the ONNX file has the named output only."""
+    stops at the teacher stage with one error line; with it, the pipeline trains, evaluates and exports a student,
+    and the ONNX file has the named output only."""
     declared = {"input_range": "[0, 1]", "output_range": "[0, 1]"}
     recipe = _setup(tmp_path, "make_zero_dce", declared, "e_conv4")
     with pytest.raises(RecipeError) as e:
@@ -99,8 +100,7 @@ def test_tuple_teacher_runs_end_to_end_with_teacher_output(tmp_path):
     assert str(e.value).startswith("teacher.output: the teacher returns a tuple of 3 (0: Tensor[1, 3, 32, 32]")
 
     recipe = _setup(tmp_path, "make_zero_dce", {**declared, "output": 1}, "e_conv4")
-    res = run_cli(["run", recipe, "--out", tmp_path / "runs", "--force", "--only", STAGES], cwd=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
+    _run_in_process(recipe, tmp_path / "runs")
     run = tmp_path / "runs" / "multi"
     plan = json.loads((run / "student.json").read_text())
     assert plan["teacher"]["output"] == "1" and plan["teacher"]["input_range"] == [0.0, 1.0]
@@ -115,7 +115,7 @@ def test_dict_teacher_runs_end_to_end_and_keeps_every_output(tmp_path):
     """A deep-supervision net returning {"out": image, "aux": [coarse image]}, with student.outputs: all: the
     student learns "out", and the network inside it still returns the teacher's whole structure and shapes."""
     recipe = _setup(tmp_path, "DeepSupervisedUNet", {"output": "out"}, "enc2", ", outputs: all")
-    _run_in_process(recipe, tmp_path / "runs")
+    _run_in_process(recipe, tmp_path / "runs", "teacher,student,distill,export")  # evaluate: the tuple test
     from compressor.slim import load_student
 
     student = load_student(tmp_path / "runs" / "multi", allow_import=True)
