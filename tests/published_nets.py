@@ -16,6 +16,15 @@ state_dict keys match the released checkpoints), with random weights and small w
   whose weight is a bare Parameter used functionally and modulated per sample.
 * ``InvertedResidualNet``, ``GroupedConvNet``, ``SEUNet``: MobileNetV2 inverted residuals, grouped (not depthwise)
   convolutions and squeeze-excitation gating, each as such blocks are usually written.
+* ``enhance_net_nopool``: Li-Chongyi/Zero-DCE Zero-DCE_code/model.py, low-light curve estimation in [0, 1] that
+  returns a 3-tuple ``(enhance_image_1, enhance_image, r)``.
+* ``RCAN`` (``CALayer``, ``RCAB``, ``ResidualGroup``) with ``MeanShift``, ``Upsampler``, ``default_conv``:
+  sanghyun-son/EDSR-PyTorch src/model/rcan.py and common.py; MeanShift is a frozen constant 1x1 conv.
+* ``SpectralSPADEResnetBlock``: NVlabs/SPADE architecture.py with ``'spectral' in opt.norm_G`` (hook-based
+  ``torch.nn.utils.spectral_norm``, as released).
+* ``WDSR``: JiahuiYu/wdsr_ntire2018 wdsr_a.py, weight normalisation through ``parametrizations.weight_norm``.
+* ``DownUpSeparableNet``, ``DeepSupervisedUNet``, ``ReparamNet``: a depthwise-separable block resampling inside,
+  a deep-supervision net returning ``{"out": ..., "aux": [...]}``, and convs under each re-parametrization.
 """
 
 from __future__ import annotations
