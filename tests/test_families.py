@@ -291,7 +291,7 @@ def test_more_layer_classes_prune_and_reload(family, tmp_path):
 
 def test_gan_compression_generator_warns_once_not_per_call(caplog, monkeypatch, tmp_path):
     """GAN Compression's released generators: their non-affine InstanceNorms declare other sizes than they receive,
-    and PyTorch warns on every call (hundreds of lines per run). The toolkit aligns them in the teacher and repairs
+    and PyTorch warns about them in every stage and process. The toolkit aligns them in the teacher and repairs
     them in the student, one log line each, and no warning reaches the user (loading, slimming, rebuilding, running)."""
     import logging
     import warnings
