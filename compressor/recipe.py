@@ -95,6 +95,9 @@ class TeacherSpec(Strict):
         (-1.0, 1.0), description="value range the teacher takes: [-1, 1], [0, 1] or [0, 255]"
     )
     output_range: tuple[float, float] = Field((-1.0, 1.0), description="value range the teacher returns")
+    output: Optional[str] = Field(
+        None, description="the tensor to learn when the teacher returns several: index or key, dotted (1, out, aux.0)"
+    )
     reverse_checkpoint: Optional[str] = Field(None, description="unpaired data: the B->A teacher's state_dict")
     train: Optional[TeacherTrainSpec] = Field(None, description="train the teacher first (no checkpoint needed)")
     taps: dict[str, str] = Field(default_factory=dict, description="extra feature-tap aliases: alias -> module")
@@ -111,6 +114,15 @@ class TeacherSpec(Strict):
             if not lo < hi:
                 raise ValueError(f"teacher.{name}: expected [low, high] with low < high, got [{lo}, {hi}]")
         return self
+
+    @field_validator("output", mode="before")
+    @classmethod
+    def _output_key(cls, v):
+        if isinstance(v, int) and not isinstance(v, bool):
+            return str(v)  # an index written as a YAML number
+        if isinstance(v, str) and (not v.strip() or any(not p for p in v.split("."))):
+            raise ValueError("expected an index or key, dotted for nested results (1, out, aux.0)")
+        return v
 
     @model_validator(mode="after")
     def _kwargs_are_data(self):
@@ -162,7 +174,11 @@ class BudgetSpec(Strict):
 
 # Options added after run folders existed, with the default that leaves them out of stage digests (a test checks
 # that each is the field's schema default).
-DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {"student.round_channels": None}
+DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "student.round_channels": None,
+    "teacher.output": None,
+    "student.outputs": "named",
+}
 
 
 class StudentSpec(Strict):
@@ -174,6 +190,9 @@ class StudentSpec(Strict):
     keep: list[str] = Field(default_factory=list, description="module names left at full width (prune)")
     round_channels: Optional[int] = Field(
         None, ge=1, le=64, description="keep channel counts multiples of this (8 or 16: the CPU's SIMD width)"
+    )
+    outputs: Literal["named", "all"] = Field(
+        "named", description="named: the other outputs' layers may be slimmed; all: every output keeps its shape"
     )
     budget: Optional[BudgetSpec] = Field(None, description="width auto: one of latency_ms, speedup, macs, params")
     margin: float = Field(0.05, ge=0, lt=1, description="width auto: keep this fraction below a latency budget")

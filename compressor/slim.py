@@ -29,10 +29,23 @@ from .errors import CheckpointError, RecipeError
 from .io import atomic_write_bytes, atomic_write_text
 from .models import ZOO, apply_state_dict, build_from_spec, build_generator, init_weights, size_multiple
 from .models import spec_of_model as teacher_spec_of
+from .models.layers import (
+    NORM_SIZE_WARNING,
+    detach_hook_weights,
+    frozen_modules,
+    frozen_params,
+    refreeze,
+    remove_align_hooks,
+    restore_reparam,
+    strip_reparam,
+    summarised_warnings,
+)
+from .models.ranges import RangeWrapper, select_output
 
 log = logging.getLogger(__name__)
 
 PLAN_VERSION = 2
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 
 
 def _example_for(model: nn.Module, example_input: Optional[torch.Tensor]) -> torch.Tensor:
@@ -56,8 +69,73 @@ def _probe(model: nn.Module, x: torch.Tensor, handles: list) -> None:
             h.remove()
 
 
-def _output_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
-    """The names of the last executed conv/linear layer: the output layer, never pruned."""
+def _tensor_leaves(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a forward pass's result (tuples, lists and dicts, nested)."""
+    if torch.is_tensor(out):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensor_leaves(o)]
+    return []
+
+
+class _AllOutputs:
+    """While Torch-Pruning traces, a network that returns several tensors shows all of them (see
+    :class:`~compressor.models.ranges.RangeWrapper`), so that the layers feeding the other outputs are pruned
+    consistently with the ones they read from."""
+
+    def __init__(self, model: nn.Module):
+        self.wrappers = [m for m in model.modules() if isinstance(m, RangeWrapper) and m.output is not None]
+
+    def __enter__(self):
+        for m in self.wrappers:
+            m.all_outputs = True
+        return self
+
+    def __exit__(self, *exc):
+        for m in self.wrappers:
+            m.all_outputs = False
+
+
+def _producing_layers(model: nn.Module, tensors: list[torch.Tensor]) -> list[str]:
+    """The conv/linear layers whose outputs reach ``tensors`` without passing another conv/linear layer (walking
+    the autograd graph back from them)."""
+    owner = {id(p): n for n, m in model.named_modules() if isinstance(m, _LAYERS) for p in m.parameters(False)}
+    found: list[str] = []
+    seen = set()
+    stack = [t.grad_fn for t in tensors if t.grad_fn is not None]
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        seen.add(fn)
+        nxt = [f for f, _ in fn.next_functions if f is not None]
+        layers = [owner[id(f.variable)] for f in nxt if id(getattr(f, "variable", None)) in owner]
+        if layers:
+            found += [n for n in layers if n not in found]
+        else:
+            stack += nxt
+    return found
+
+
+def _output_layers(model: nn.Module, x: torch.Tensor, outputs: str = "named") -> list[str]:
+    """The layers producing the output, never pruned: the last executed conv/linear layer of a network that returns
+    one tensor; for one that returns several, the layers producing the named output (``outputs: named``) or every
+    output (``outputs: all``)."""
+    wrappers = _AllOutputs(model).wrappers
+    if wrappers:
+        was = model.training
+        try:
+            with torch.enable_grad(), _AllOutputs(model):
+                out = model.eval()(x)
+        finally:
+            model.train(was)
+        w = wrappers[0]
+        named = select_output(out, w.output)
+        found = _producing_layers(model, _tensor_leaves(out) if outputs == "all" else [named])
+        if found:
+            return found
     order: list[str] = []
     _probe(
         model,
@@ -65,7 +143,7 @@ def _output_layers(model: nn.Module, x: torch.Tensor) -> list[str]:
         [
             m.register_forward_hook(lambda mod, i, o, n=n: order.append(n))
             for n, m in model.named_modules()
-            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear))
+            if isinstance(m, _LAYERS)
         ],
     )
     if not order:
@@ -311,62 +389,81 @@ def _modules_named(model: nn.Module, names: list[str], key: str) -> list[nn.Modu
     return out
 
 
-def _prepare(model: nn.Module, x: torch.Tensor, keep: list[str]):
+def _prepare(
+    model: nn.Module, x: torch.Tensor, keep: list[str], outputs: str = "named", frozen: tuple = (), quiet: bool = False
+):
     """Make ``model`` traceable by Torch-Pruning: repair declared norm sizes, split PixelShuffle convs.
 
     Returns ``(shuffles, ignored)``: what to merge back afterwards, and the layers to leave at full width (the
-    output layer and ``keep``)."""
+    output layers, ``keep`` and the ``frozen`` modules)."""
     model.requires_grad_(True)  # tracing follows autograd; a frozen teacher copy would hide every layer
     repaired = repair_norms(model, x)
     if repaired:
-        log.info(
+        (log.debug if quiet else log.info)(
             "student: %d norm layers declared a size other than the channels they receive; set to the "
             "traced channels (%s)",
             len(repaired),
             ", ".join(repaired[:5]),
         )
     _modules_named(model, list(keep), "student.keep")  # names checked before the PixelShuffle split renames any
-    ignored_names = _output_layers(model, x) + list(keep)
+    ignored_names = _output_layers(model, x, outputs) + list(keep) + list(frozen)
     shuffles = _split_pixel_shuffles(model, x)
     ignored = _modules_named(model, ignored_names, "student.keep")
     return shuffles, ignored
 
 
-def _opaque_pruners(model: nn.Module, x: torch.Tensor, keep: list[str]) -> dict:
-    """Torch-Pruning pruners that make kept layers it cannot follow opaque: their channels are never pruned, and
-    neither are the channels of the layers feeding them or fed by them."""
+class _Opaque:
+    """Torch-Pruning pruners that make some layers opaque: their channels are never pruned, and neither are the
+    channels of the layers feeding them or fed by them. Used for kept layers Torch-Pruning cannot follow and for
+    frozen layers (a standard conv then gets a class of its own while tracing, as Torch-Pruning 1.6 keys
+    customized pruners by type)."""
 
-    unknown = set(_unknown_layers(model))
-    kept = [n for n in keep if n in unknown or any(u.startswith(n + ".") for u in unknown)]
-    if not kept:
-        return {}
-    channels: dict[str, tuple[int, int]] = {}
-    _probe(
-        model,
-        x,
-        [
-            model.get_submodule(n).register_forward_hook(
-                lambda mod, i, o, n=n: channels.__setitem__(n, (int(i[0].shape[1]), int(o.shape[1])))
-            )
-            for n in kept
-        ],
-    )
+    def __init__(self, model: nn.Module, x: torch.Tensor, keep: list[str], frozen: tuple = ()):
+        unknown = set(_unknown_layers(model))
+        kept = [n for n in keep if n in unknown or any(u.startswith(n + ".") for u in unknown)]
+        self.model, self.x = model, x
+        self.names = {model.get_submodule(n): n for n in kept}
+        self.swapped = {model.get_submodule(n): n for n in frozen if model.get_submodule(n) not in self.names}
+        self.classes: dict = {}
 
-    class Opaque(tp.pruner.BasePruningFunc):
-        def prune_out_channels(self, layer, idxs):  # also the in-channel function: every group touching it
-            raise RuntimeError("a kept layer was pruned")  # counts as pruning an ignored layer's outputs
+    def __enter__(self) -> dict:
+        if not self.names and not self.swapped:
+            return {}
+        channels: dict[str, tuple[int, int]] = {}
+        _probe(
+            self.model,
+            self.x,
+            [
+                m.register_forward_hook(
+                    lambda mod, i, o, n=n: channels.__setitem__(n, (int(i[0].shape[1]), int(o.shape[1])))
+                )
+                for m, n in {**self.names, **self.swapped}.items()
+            ],
+        )
+        names = {**self.names, **self.swapped}
 
-        prune_in_channels = prune_out_channels
+        class Opaque(tp.pruner.BasePruningFunc):
+            def prune_out_channels(self, layer, idxs):  # also the in-channel function: every group touching it
+                raise RuntimeError("a kept layer was pruned")  # counts as pruning an ignored layer's outputs
 
-        def get_out_channels(self, layer):
-            return channels[names[layer]][1]
+            prune_in_channels = prune_out_channels
 
-        def get_in_channels(self, layer):
-            return channels[names[layer]][0]
+            def get_out_channels(self, layer):
+                return channels[names[layer]][1]
 
-    names = {model.get_submodule(n): n for n in kept}
-    pruner = Opaque()
-    return {type(m): pruner for m in names}  # Torch-Pruning 1.6 keys customized pruners by type
+            def get_in_channels(self, layer):
+                return channels[names[layer]][0]
+
+        for m in self.swapped:
+            self.classes[m] = cls = type(m)
+            m.__class__ = type(f"Frozen{cls.__name__}", (cls,), {})
+        pruner = Opaque()
+        return {type(m): pruner for m in names}
+
+    def __exit__(self, *exc):
+        for m, cls in self.classes.items():
+            m.__class__ = cls
+        self.classes = {}
 
 
 def _check_forward(model: nn.Module, x: torch.Tensor) -> None:
@@ -383,11 +480,41 @@ def _check_forward(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def _prune(
-    model: nn.Module, width: float, x: torch.Tensor, keep: Optional[list[str]] = None, round_to: Optional[int] = None
+    model: nn.Module,
+    width: float,
+    x: torch.Tensor,
+    keep: Optional[list[str]] = None,
+    round_to: Optional[int] = None,
+    outputs: str = "named",
 ) -> list:
     """Prune ``model`` in place to ``width``; return Torch-Pruning's pruning history (JSON-serialisable).
-    ``round_to``: every pruned layer keeps a multiple of this many channels (Torch-Pruning rounds down)."""
+    ``round_to``: every pruned layer keeps a multiple of this many channels (Torch-Pruning rounds down).
+    Spectral/weight-norm layers are pruned as plain layers and re-parametrized again; frozen layers stay frozen
+    and at full width."""
+    frozen = frozen_params(model)
+    reparam = strip_reparam(model)
+    history = _prune_plain(model, width, x, keep, round_to, outputs, _frozen_modules_of(model, frozen))
+    restore_reparam(model, reparam)
+    refreeze(model, frozen)
+    return history
 
+
+def _frozen_modules_of(model: nn.Module, frozen: list[str]) -> tuple:
+    """The modules whose own parameters are all in ``frozen`` (names recorded before tracing unfreezes them)."""
+    if not frozen:
+        return ()
+    return tuple(frozen_modules(model))
+
+
+def _prune_plain(
+    model: nn.Module,
+    width: float,
+    x: torch.Tensor,
+    keep: Optional[list[str]],
+    round_to: Optional[int],
+    outputs: str,
+    frozen: tuple,
+) -> list:
     keep = list(keep or [])
     _modules_named(model, keep, "student.keep")
     was = model.training
@@ -398,13 +525,12 @@ def _prune(
             model.get_submodule(unknown[0]),
             "it uses its own parameters outside the standard layers Torch-Pruning knows",
         )
-    shuffles, ignored = _prepare(model, x, keep)
+    shuffles, ignored = _prepare(model, x, keep, outputs, frozen)
     if round_to:
         _check_round_to(model, width, round_to, ignored)
-    opaque = _opaque_pruners(model, x, keep)
     imp = tp.importance.MagnitudeImportance(p=2)
     try:
-        with torch.enable_grad(), _NotInplace(model):
+        with torch.enable_grad(), _NotInplace(model), _AllOutputs(model), _Opaque(model, x, keep, frozen) as opaque:
             pruner = tp.pruner.BasePruner(
                 model,
                 x,
@@ -414,6 +540,7 @@ def _prune(
                 global_pruning=False,
                 customized_pruners=opaque or None,
                 round_to=round_to,
+                output_transform=_tensor_leaves,
             )
             pruner.step()
     except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many types; name the layer it cannot follow
@@ -448,30 +575,43 @@ def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[lis
     """Redo a pruning on a freshly built teacher architecture with Torch-Pruning's own history replay."""
 
     was = model.training
-    shuffles, _ = _prepare(model, x, list(keep or []))
+    frozen = frozen_params(model)
+    reparam = strip_reparam(model)
+    frozen_mods = _frozen_modules_of(model, frozen)
+    shuffles, _ = _prepare(model, x, list(keep or []), "named", frozen_mods, quiet=True)  # said when slimmed
     modules = dict(model.named_modules())
     for entry in history:
         if entry[0] not in modules:
             raise CheckpointError(
                 f"student.json: the pruning history names module {entry[0]!r}, which the architecture does not have"
             )
-    with torch.enable_grad(), _NotInplace(model):
+    opaque = _Opaque(model, x, list(keep or []), frozen_mods)
+    with torch.enable_grad(), _NotInplace(model), _AllOutputs(model), opaque as pruners:
         dg = tp.DependencyGraph().build_dependency(
-            model, example_inputs=x, customized_pruners=_opaque_pruners(model, x, list(keep or [])) or None
+            model, example_inputs=x, customized_pruners=pruners or None, output_transform=_tensor_leaves
         )
         dg.load_pruning_history([list(e) for e in history])
     _merge_pixel_shuffles(model, shuffles)
     model.train(was)
     repair_norms(model, x)
+    restore_reparam(model, reparam)
+    refreeze(model, frozen)
 
 
 def _reinit(model: nn.Module) -> None:
+    """Fresh weights (``student.init: scratch``); frozen layers (constants such as EDSR's MeanShift) keep theirs,
+    spectral/weight-norm layers are re-initialised under their re-parametrization."""
     if getattr(model, "arch", None) in ZOO:
         init_weights(model)
         return
+    frozen = frozen_params(model)
+    keep = {id(model.get_submodule(n)) for n in _frozen_modules_of(model, frozen)}
+    reparam = strip_reparam(model)
     for m in model.modules():
-        if hasattr(m, "reset_parameters") and m is not model:
+        if hasattr(m, "reset_parameters") and m is not model and id(m) not in keep:
             m.reset_parameters()
+    restore_reparam(model, reparam)
+    refreeze(model, frozen)
 
 
 def make_student(
@@ -484,19 +624,35 @@ def make_student(
     input_range: Optional[tuple[float, float]] = None,
     output_range: Optional[tuple[float, float]] = None,
     round_to: Optional[int] = None,
+    outputs: str = "named",
 ) -> tuple[nn.Module, dict]:
     """Return ``(student, plan)`` for a teacher at a channel ``width`` in (0, 1].
 
     ``keep`` names modules left at full width (Torch-Pruning's ignored layers). ``input_range`` and
     ``output_range`` (the teacher's native value ranges) are recorded in the plan; the student keeps them.
     ``round_to`` (``student.round_channels``) makes every slimmed layer's channel count a multiple of it: the zoo's
-    ``ngf`` is rounded to the nearest multiple, pruned layers are rounded down (never below ``round_to``)."""
+    ``ngf`` is rounded to the nearest multiple, pruned layers are rounded down (never below ``round_to``).
+    ``outputs`` (``student.outputs``), for a teacher that returns several tensors (``teacher.output``): ``named``
+    leaves only the named output's layers at full width, ``all`` every output's, so the network inside the student
+    (``student.model``) returns the teacher's whole structure with the same shapes. Warnings raised meanwhile (by the
+    teacher's code, by Torch-Pruning) are logged once each, with their count."""
+    with summarised_warnings("student: slimming", handled=(NORM_SIZE_WARNING,)):
+        return _make_student(
+            teacher, width, method, init, example_input, keep, input_range, output_range, round_to, outputs
+        )
+
+
+def _make_student(
+    teacher, width, method, init, example_input, keep, input_range, output_range, round_to, outputs
+) -> tuple[nn.Module, dict]:
     if not 0 < width <= 1:
         raise RecipeError(f"student.width: must be in (0, 1], got {width}")
     if method not in ("auto", "rebuild", "prune"):
         raise RecipeError(f"student.method: unknown method {method!r}")
     if init not in ("inherit", "scratch"):
         raise RecipeError(f"student.init: unknown init {init!r}")
+    if outputs not in ("named", "all"):
+        raise RecipeError(f"student.outputs: expected named or all, got {outputs!r}")
     zoo = getattr(teacher, "arch", None) in ZOO
     if method == "auto":
         method = "rebuild" if zoo else "prune"
@@ -515,6 +671,10 @@ def make_student(
     round_to = int(round_to) if round_to and round_to > 1 else None  # 1: every count is a multiple already
     if round_to:
         plan["round_channels"] = round_to
+    if outputs != "named":
+        plan["outputs"] = outputs
+    if frozen_params(teacher):  # frozen layers (EDSR's MeanShift): frozen again in a rebuilt student
+        plan["frozen"] = frozen_params(teacher)
     if method == "rebuild":
         kwargs = dict(spec["kwargs"])
         full = kwargs["ngf"]
@@ -524,7 +684,9 @@ def make_student(
         student = build_generator(spec["arch"], init="normal", **kwargs)
         plan["ngf"] = kwargs["ngf"]
         if init == "inherit":
+            detach_hook_weights(teacher)
             pruned = copy.deepcopy(teacher)
+            remove_align_hooks(pruned)
             _prune(pruned, kwargs["ngf"] / full, x)
             state = pruned.state_dict()
             own = student.state_dict()
@@ -536,8 +698,10 @@ def make_student(
                 )
             student.load_state_dict(state)
     else:
+        detach_hook_weights(teacher)
         student = copy.deepcopy(teacher)
-        plan["history"] = _prune(student, width, x, keep, round_to)
+        remove_align_hooks(student)
+        plan["history"] = _prune(student, width, x, keep, round_to, outputs)
         if init == "scratch":
             _reinit(student)
     student.train(teacher.training)
@@ -569,7 +733,10 @@ def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Mod
             "this file has neither (save the student again)"
         )
     model = build_from_spec(spec, init=None, allow_import=allow_import, source="student.json")
-    _replay(model, history, torch.randn(*plan["example_shape"]), plan.get("keep"))
+    with summarised_warnings("student: rebuilding", handled=(NORM_SIZE_WARNING,)):
+        _replay(model, history, torch.randn(*plan["example_shape"]), plan.get("keep"))
+    if isinstance(plan.get("frozen"), list):
+        refreeze(model, [str(n) for n in plan["frozen"]])
     if spec:
         model.compressor_spec = spec
     return model

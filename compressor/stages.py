@@ -34,12 +34,14 @@ from .metrics import evaluate_pair
 from .models import (
     build_generator,
     build_teacher,
+    check_output,
     check_teacher_spec,
     load_teacher,
     size_multiple,
     teacher_spec,
     with_ranges,
 )
+from .models.layers import align_free_norms
 from .plan import plan_width
 from .procs import run_group
 from .recipe import LossesSpec, Recipe
@@ -103,6 +105,7 @@ def check_taps(recipe: Recipe) -> None:
         return
     t = recipe.teacher
     model = build_teacher(t, recipe.base_dir, init=None)
+    align_free_norms(model, "teacher")  # GAN Compression's mismatched norms: one log line, not a warning per call
     key = "distill.losses.srp.layers" if L.srp.weight > 0 else "distill.losses.feat.layers"
     taps = resolve_taps(model, layers, t.taps, key=key)
     in_nc = getattr(model, "config", {}).get("input_nc", 3)
@@ -240,6 +243,7 @@ def stage_teacher(ctx: Context) -> None:
             rev = t.model_copy(update={"checkpoint": t.reverse_checkpoint})
             teachers.append(load_teacher(rev, r.base_dir, ctx.trust_checkpoint))
     check_size(r, teachers[0])
+    check_output(teachers[0], _example_input(r, teachers[0]))  # several outputs need teacher.output
     for model, path in zip(teachers, [run.teacher_weights, run.teacher_reverse_weights]):
         atomic_write_bytes(path, st_save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}))
     cx = profile_model(teachers[0], tuple(_example_input(r, teachers[0]).shape))
@@ -291,6 +295,7 @@ def plan_student(recipe: Recipe, run: RunDir, force: bool = False, teacher: Opti
     elif teacher is None:
         teacher = with_ranges(build_teacher(recipe.teacher, recipe.base_dir, init=None), recipe.teacher)
         teacher.compressor_spec = teacher_spec(recipe.teacher, recipe.base_dir)
+        check_output(teacher, _example_input(recipe, teacher))
     return plan_width(
         teacher,
         recipe.student.budget,
@@ -311,7 +316,7 @@ def stage_student(ctx: Context) -> None:
     if width == "auto":  # measured on the target: the widest width within student.budget (plan.json)
         width = plan_student(r, run, teacher=teacher)["width"]
         seed_everything(r.seed)
-    shape = {"keep": r.student.keep or None, "round_to": r.student.round_channels}
+    shape = {"keep": r.student.keep or None, "round_to": r.student.round_channels, "outputs": r.student.outputs}
     student, plan = make_student(teacher, width, r.student.method, r.student.init, example, **shape)
     save_student(student, plan, run.student_init)
     if r.data.kind == "unpaired":
@@ -448,6 +453,7 @@ def run_export_metadata(recipe: Recipe, model: torch.nn.Module) -> dict:
         "value_range": "[-1, 1]",
         "network_input_range": json.dumps(list(t.input_range)),
         "network_output_range": json.dumps(list(t.output_range)),
+        **({"network_output": t.output} if t.output is not None else {}),  # a teacher returning several tensors
     }
 
 

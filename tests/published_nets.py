@@ -16,6 +16,15 @@ state_dict keys match the released checkpoints), with random weights and small w
   whose weight is a bare Parameter used functionally and modulated per sample.
 * ``InvertedResidualNet``, ``GroupedConvNet``, ``SEUNet``: MobileNetV2 inverted residuals, grouped (not depthwise)
   convolutions and squeeze-excitation gating, each as such blocks are usually written.
+* ``enhance_net_nopool``: Li-Chongyi/Zero-DCE Zero-DCE_code/model.py, low-light curve estimation in [0, 1] that
+  returns a 3-tuple ``(enhance_image_1, enhance_image, r)``.
+* ``RCAN`` (``CALayer``, ``RCAB``, ``ResidualGroup``) with ``MeanShift``, ``Upsampler``, ``default_conv``:
+  sanghyun-son/EDSR-PyTorch src/model/rcan.py and common.py; MeanShift is a frozen constant 1x1 conv.
+* ``SpectralSPADEResnetBlock``: NVlabs/SPADE architecture.py with ``'spectral' in opt.norm_G`` (hook-based
+  ``torch.nn.utils.spectral_norm``, as released).
+* ``WDSR``: JiahuiYu/wdsr_ntire2018 wdsr_a.py, weight normalisation through ``parametrizations.weight_norm``.
+* ``DownUpSeparableNet``, ``DeepSupervisedUNet``, ``ReparamNet``: a depthwise-separable block resampling inside,
+  a deep-supervision net returning ``{"out": ..., "aux": [...]}``, and convs under each re-parametrization.
 """
 
 from __future__ import annotations
@@ -728,3 +737,324 @@ class AffineEncoderDecoder(nn.Module):
 
     def forward(self, x):
         return self.decoder(self.encoder(x))
+
+
+# ---------------------------------------------------------------- Zero-DCE (Li-Chongyi/Zero-DCE, model.py)
+
+
+class enhance_net_nopool(nn.Module):  # noqa: N801 - published name
+    """Curve estimation for low-light enhancement; takes and returns [0, 1] and returns a 3-tuple:
+    ``(enhance_image_1, enhance_image, r)`` (the image after four curve steps, the final image, the 24 curve
+    maps)."""
+
+    def __init__(self, number_f=32):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=True)
+        self.e_conv1 = nn.Conv2d(3, number_f, 3, 1, 1, bias=True)
+        self.e_conv2 = nn.Conv2d(number_f, number_f, 3, 1, 1, bias=True)
+        self.e_conv3 = nn.Conv2d(number_f, number_f, 3, 1, 1, bias=True)
+        self.e_conv4 = nn.Conv2d(number_f, number_f, 3, 1, 1, bias=True)
+        self.e_conv5 = nn.Conv2d(number_f * 2, number_f, 3, 1, 1, bias=True)
+        self.e_conv6 = nn.Conv2d(number_f * 2, number_f, 3, 1, 1, bias=True)
+        self.e_conv7 = nn.Conv2d(number_f * 2, 24, 3, 1, 1, bias=True)
+
+    def forward(self, x):
+        x1 = self.relu(self.e_conv1(x))
+        x2 = self.relu(self.e_conv2(x1))
+        x3 = self.relu(self.e_conv3(x2))
+        x4 = self.relu(self.e_conv4(x3))
+        x5 = self.relu(self.e_conv5(torch.cat([x3, x4], 1)))
+        x6 = self.relu(self.e_conv6(torch.cat([x2, x5], 1)))
+        x_r = torch.tanh(self.e_conv7(torch.cat([x1, x6], 1)))
+        r1, r2, r3, r4, r5, r6, r7, r8 = torch.split(x_r, 3, dim=1)
+        x = x + r1 * (torch.pow(x, 2) - x)
+        x = x + r2 * (torch.pow(x, 2) - x)
+        x = x + r3 * (torch.pow(x, 2) - x)
+        enhance_image_1 = x + r4 * (torch.pow(x, 2) - x)
+        x = enhance_image_1 + r5 * (torch.pow(enhance_image_1, 2) - enhance_image_1)
+        x = x + r6 * (torch.pow(x, 2) - x)
+        x = x + r7 * (torch.pow(x, 2) - x)
+        enhance_image = x + r8 * (torch.pow(x, 2) - x)
+        r = torch.cat([r1, r2, r3, r4, r5, r6, r7, r8], 1)
+        return enhance_image_1, enhance_image, r
+
+
+def make_zero_dce(number_f=16):
+    return enhance_net_nopool(number_f)
+
+
+# ---------------------------------------------------------------- RCAN (sanghyun-son/EDSR-PyTorch src/model)
+
+
+def default_conv(in_channels, out_channels, kernel_size, bias=True):
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=(kernel_size // 2), bias=bias)
+
+
+class MeanShift(nn.Conv2d):
+    """common.py: a constant 1x1 conv that subtracts (sign -1) or adds back the dataset's mean colour; frozen."""
+
+    def __init__(self, rgb_range, rgb_mean=(0.4488, 0.4371, 0.4040), rgb_std=(1.0, 1.0, 1.0), sign=-1):
+        super().__init__(3, 3, kernel_size=1)
+        std = torch.Tensor(rgb_std)
+        self.weight.data = torch.eye(3).view(3, 3, 1, 1) / std.view(3, 1, 1, 1)
+        self.bias.data = sign * rgb_range * torch.Tensor(rgb_mean) / std
+        for p in self.parameters():
+            p.requires_grad = False
+
+
+class Upsampler(nn.Sequential):
+    def __init__(self, conv, scale, n_feats, bn=False, act=False, bias=True):
+        m = []
+        if (scale & (scale - 1)) == 0:
+            for _ in range(int(math.log(scale, 2))):
+                m.append(conv(n_feats, 4 * n_feats, 3, bias))
+                m.append(nn.PixelShuffle(2))
+        else:
+            raise NotImplementedError
+        super().__init__(*m)
+
+
+class CALayer(nn.Module):
+    def __init__(self, channel, reduction=16):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.conv_du = nn.Sequential(
+            nn.Conv2d(channel, channel // reduction, 1, padding=0, bias=True),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channel // reduction, channel, 1, padding=0, bias=True),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        y = self.avg_pool(x)
+        y = self.conv_du(y)
+        return x * y
+
+
+class RCAB(nn.Module):
+    def __init__(self, conv, n_feat, kernel_size, reduction, bias=True, bn=False, act=nn.ReLU(True), res_scale=1):
+        super().__init__()
+        modules_body = []
+        for i in range(2):
+            modules_body.append(conv(n_feat, n_feat, kernel_size, bias=bias))
+            if bn:
+                modules_body.append(nn.BatchNorm2d(n_feat))
+            if i == 0:
+                modules_body.append(act)
+        modules_body.append(CALayer(n_feat, reduction))
+        self.body = nn.Sequential(*modules_body)
+        self.res_scale = res_scale
+
+    def forward(self, x):
+        res = self.body(x)
+        res += x
+        return res
+
+
+class ResidualGroup(nn.Module):
+    def __init__(self, conv, n_feat, kernel_size, reduction, act, res_scale, n_resblocks):
+        super().__init__()
+        modules_body = [
+            RCAB(conv, n_feat, kernel_size, reduction, bias=True, bn=False, act=nn.ReLU(True), res_scale=1)
+            for _ in range(n_resblocks)
+        ]
+        modules_body.append(conv(n_feat, n_feat, kernel_size))
+        self.body = nn.Sequential(*modules_body)
+
+    def forward(self, x):
+        res = self.body(x)
+        res += x
+        return res
+
+
+class RCAN(nn.Module):
+    """rcan.py with its ``args`` spelled out; inputs and outputs in [0, rgb_range]."""
+
+    def __init__(self, n_resgroups=2, n_resblocks=2, n_feats=16, reduction=4, scale=2, rgb_range=255, n_colors=3):
+        super().__init__()
+        conv = default_conv
+        kernel_size = 3
+        act = nn.ReLU(True)
+        rgb_mean = (0.4488, 0.4371, 0.4040)
+        rgb_std = (1.0, 1.0, 1.0)
+        self.sub_mean = MeanShift(rgb_range, rgb_mean, rgb_std)
+        modules_head = [conv(n_colors, n_feats, kernel_size)]
+        modules_body = [
+            ResidualGroup(conv, n_feats, kernel_size, reduction, act=act, res_scale=1, n_resblocks=n_resblocks)
+            for _ in range(n_resgroups)
+        ]
+        modules_body.append(conv(n_feats, n_feats, kernel_size))
+        modules_tail = [Upsampler(conv, scale, n_feats, act=False), conv(n_feats, n_colors, kernel_size)]
+        self.add_mean = MeanShift(rgb_range, rgb_mean, rgb_std, 1)
+        self.head = nn.Sequential(*modules_head)
+        self.body = nn.Sequential(*modules_body)
+        self.tail = nn.Sequential(*modules_tail)
+
+    def forward(self, x):
+        x = self.sub_mean(x)
+        x = self.head(x)
+        res = self.body(x)
+        res += x
+        x = self.tail(res)
+        x = self.add_mean(x)
+        return x
+
+
+# ---------------------------------------------------------------- SPADE with spectral norm (NVlabs/SPADE)
+
+
+class SpectralSPADEResnetBlock(SPADEResnetBlock):
+    """architecture.py's SPADEResnetBlock with ``'spectral' in opt.norm_G`` (the released models' setting): its
+    convolutions wrapped by the hook-based ``torch.nn.utils.spectral_norm``."""
+
+    def __init__(self, fin, fout, label_nc=3, nhidden=32):
+        super().__init__(fin, fout, label_nc, nhidden)
+        sn = torch.nn.utils.spectral_norm
+        self.conv_0 = sn(self.conv_0)
+        self.conv_1 = sn(self.conv_1)
+        if self.learned_shortcut:
+            self.conv_s = sn(self.conv_s)
+
+
+class SpectralSPADEGenerator(SPADEGenerator):
+    def __init__(self, nf=16, label_nc=3, nhidden=16):
+        super().__init__(nf, label_nc, nhidden)
+        self.head_0 = SpectralSPADEResnetBlock(2 * nf, 2 * nf, label_nc, nhidden)
+        self.up_0 = SpectralSPADEResnetBlock(2 * nf, nf, label_nc, nhidden)
+
+
+# ---------------------------------------------------------------- WDSR-A (JiahuiYu/wdsr_ntire2018 wdsr_a.py)
+
+
+class WDSRBlock(nn.Module):
+    def __init__(self, n_feats, kernel_size, block_feats, wn, res_scale=1, act=nn.ReLU(True)):
+        super().__init__()
+        self.res_scale = res_scale
+        body = []
+        body.append(wn(nn.Conv2d(n_feats, block_feats, kernel_size, padding=kernel_size // 2)))
+        body.append(act)
+        body.append(wn(nn.Conv2d(block_feats, n_feats, kernel_size, padding=kernel_size // 2)))
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x):
+        res = self.body(x) * self.res_scale
+        res += x
+        return res
+
+
+class WDSR(nn.Module):
+    """wdsr_a.py's MODEL with its ``args`` spelled out, in [0, 255]; weight normalisation in its current form,
+    ``torch.nn.utils.parametrizations.weight_norm`` (the release uses the deprecated hook form)."""
+
+    def __init__(self, scale=2, n_resblocks=2, n_feats=16, block_feats=32, res_scale=1.0, n_colors=3):
+        super().__init__()
+        kernel_size = 3
+        act = nn.ReLU(True)
+
+        def wn(x):
+            return torch.nn.utils.parametrizations.weight_norm(x)
+
+        self.register_buffer("rgb_mean", torch.FloatTensor([0.4488, 0.4371, 0.4040]).view([1, 3, 1, 1]), False)
+        head = [wn(nn.Conv2d(n_colors, n_feats, 3, padding=3 // 2))]
+        body = [
+            WDSRBlock(n_feats, kernel_size, block_feats, wn=wn, res_scale=res_scale, act=act)
+            for _ in range(n_resblocks)
+        ]
+        out_feats = scale * scale * n_colors
+        tail = [wn(nn.Conv2d(n_feats, out_feats, 3, padding=3 // 2)), nn.PixelShuffle(scale)]
+        skip = [wn(nn.Conv2d(n_colors, out_feats, 5, padding=5 // 2)), nn.PixelShuffle(scale)]
+        self.head = nn.Sequential(*head)
+        self.body = nn.Sequential(*body)
+        self.tail = nn.Sequential(*tail)
+        self.skip = nn.Sequential(*skip)
+
+    def forward(self, x):
+        x = (x - self.rgb_mean * 255) / 127.5
+        s = self.skip(x)
+        x = self.head(x)
+        x = self.body(x)
+        x = self.tail(x)
+        x += s
+        x = x * 127.5 + self.rgb_mean * 255
+        return x
+
+
+# ---------------------------------------------------------------- depthwise-separable, internal down/up-sampling
+
+
+class DownUpSeparableBlock(nn.Module):
+    """A depthwise-separable block that works at half resolution inside (stride-2 depthwise conv, pointwise conv,
+    bilinear x2 back), with a residual add, as lightweight enhancement and matting networks write it."""
+
+    def __init__(self, channels, expand=2):
+        super().__init__()
+        self.dw = nn.Conv2d(channels, channels, 3, stride=2, padding=1, groups=channels, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.pw = nn.Conv2d(channels, channels * expand, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels * expand)
+        self.act = nn.ReLU6(inplace=True)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False)
+        self.project = nn.Conv2d(channels * expand, channels, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        y = self.act(self.bn2(self.pw(self.bn1(self.dw(x)))))
+        return x + self.bn3(self.project(self.up(y)))
+
+
+class DownUpSeparableNet(nn.Module):
+    def __init__(self, c=16, n_blocks=2):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(inplace=True))
+        self.blocks = nn.Sequential(*[DownUpSeparableBlock(c) for _ in range(n_blocks)])
+        self.head = nn.Conv2d(c, 3, 3, padding=1)
+
+    def forward(self, x):
+        return torch.tanh(self.head(self.blocks(self.stem(x))))
+
+
+# ---------------------------------------------------------------- a dict-returning network
+
+
+class DeepSupervisedUNet(nn.Module):
+    """A small U-Net with deep supervision that returns ``{"out": image, "aux": [coarse image]}`` (the
+    ``{"out": ...}`` convention of torchvision's segmentation models, with auxiliary heads in a list)."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.enc1 = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.ReLU(inplace=True))
+        self.enc2 = nn.Sequential(nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), nn.ReLU(inplace=True))
+        self.aux_head = nn.Conv2d(2 * c, 3, 1)
+        self.up = nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1)
+        self.dec = nn.Sequential(nn.Conv2d(2 * c, c, 3, padding=1), nn.ReLU(inplace=True))
+        self.out_conv = nn.Conv2d(c, 3, 1)
+
+    def forward(self, x):
+        e1 = self.enc1(x)
+        e2 = self.enc2(e1)
+        d = self.dec(torch.cat([self.up(e2), e1], 1))
+        return {"out": torch.tanh(self.out_conv(d)), "aux": [torch.tanh(self.aux_head(e2))]}
+
+
+class ReparamNet(nn.Module):
+    """Three convs wrapped by one re-parametrization ``kind``: ``spectral`` (torch.nn.utils.parametrizations
+    .spectral_norm), ``weight_norm`` (its weight_norm), ``spectral_hook`` / ``weight_norm_hook`` (the older
+    hook-based torch.nn.utils.spectral_norm / weight_norm)."""
+
+    def __init__(self, kind="spectral", c=16):
+        super().__init__()
+        wrap = {
+            "spectral": torch.nn.utils.parametrizations.spectral_norm,
+            "weight_norm": torch.nn.utils.parametrizations.weight_norm,
+            "spectral_hook": torch.nn.utils.spectral_norm,
+            "weight_norm_hook": torch.nn.utils.weight_norm,
+        }[kind]
+        self.conv1 = wrap(nn.Conv2d(3, c, 3, padding=1))
+        self.conv2 = wrap(nn.Conv2d(c, c, 3, padding=1))
+        self.up = wrap(nn.ConvTranspose2d(c, c, 4, stride=2, padding=1))
+        self.down = nn.Conv2d(c, c, 3, stride=2, padding=1)
+        self.out = nn.Conv2d(c, 3, 3, padding=1)
+
+    def forward(self, x):
+        y = F.relu(self.conv2(F.relu(self.conv1(x))))
+        return torch.tanh(self.out(self.down(F.relu(self.up(y)))))

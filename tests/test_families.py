@@ -12,7 +12,7 @@ from conftest import ROOT
 from compressor.errors import UserError
 from compressor.features import FeatureTaps
 from compressor.losses import kd_loss, srp_loss
-from compressor.models import apply_state_dict, build_generator, load_state_dict_file
+from compressor.models import apply_state_dict, build_generator, load_state_dict_file, with_ranges
 from compressor.slim import load_student, make_student, save_student
 
 # name: (factory import path, kwargs, inner module for SRP, input size, upper bound of params ratio / width^2 at
@@ -42,17 +42,27 @@ FAMILIES = {
     "se_unet": ("published_nets:SEUNet", {}, "enc2", 32, 1.2),
     "grouped_conv": ("published_nets:GroupedConvNet", {}, "blocks.1", 32, 1.9),  # 27->GroupNorm stem, small net
     "spade": ("published_nets:SPADEGenerator", {}, "head_0", 32, 1.3),
+    # several outputs, re-parametrized convs, frozen layers, channel attention, pixel_unshuffle, internal resampling
+    "zero_dce_tuple": ("published_nets:make_zero_dce", {}, "model.e_conv4", 32, 2.2),  # 24 curve maps at full width
+    "rcan_meanshift": ("published_nets:RCAN", {"n_resgroups": 1}, "model.body.0", 16, 1.3),
+    "spade_spectral_norm": ("published_nets:SpectralSPADEGenerator", {}, "head_0", 32, 1.3),
+}
+# what the recipe's teacher section would declare for these families (teacher.output, value ranges)
+DECLARED = {
+    "zero_dce_tuple": {"output": "1", "input_range": [0.0, 1.0], "output_range": [0.0, 1.0]},
+    "rcan_meanshift": {"input_range": [0.0, 255.0], "output_range": [0.0, 255.0]},
 }
 
 
-def _build(import_path, kwargs):
+def _build(import_path, kwargs, family=None):
     mod, _, attr = import_path.partition(":")
     if mod == "compressor.models":
         kw = dict(kwargs)
         net = build_generator(kw.pop("name"), **kw)
     else:
-        net = getattr(P, attr)(**kwargs)
-        net.compressor_spec = {"import": import_path, "kwargs": kwargs}
+        declared = DECLARED.get(family, {})
+        net = with_ranges(getattr(P, attr)(**kwargs), declared)
+        net.compressor_spec = {"import": import_path, "kwargs": kwargs, **declared}
     return net.eval()
 
 
@@ -95,10 +105,12 @@ def test_family(family, width, tmp_path):
 
     import_path, kwargs, tap, size, upper = FAMILIES[family]
     torch.manual_seed(0)
-    teacher = _build(import_path, kwargs)
+    teacher = _build(import_path, kwargs, family)
     x = torch.randn(1, 3, size, size)
     student, plan = make_student(teacher, width, method="prune", example_input=x)
     _norms_agree(student, x)
+    frozen = {n: p.detach().clone() for n, p in teacher.named_parameters() if not p.requires_grad}
+    assert {n for n, p in student.named_parameters() if not p.requires_grad} == set(frozen)  # still frozen
     ratio = _params(student) / _params(teacher) / width**2
     assert 0.8 <= ratio <= (upper if width == 0.25 else 1 + (upper - 1) / 2), ratio
     out_t = teacher(x)
@@ -122,10 +134,15 @@ def test_family(family, width, tmp_path):
             loss.backward()
             opt.step()
     student.eval()
+    params = dict(student.named_parameters())
+    for n, p in frozen.items():  # frozen layers: not pruned, not trained
+        assert torch.equal(params[n], p), n
 
     # ONNX parity
     onnx_path = export_onnx(student, tmp_path / "s.onnx", x, dynamic=("batch",))
-    assert parity(student, onnx_path, [x, torch.randn(2, 3, size, size)], tol=1e-4)["passed"]
+    # inputs in the toolkit's [-1, 1]: Zero-DCE's curve iterations square their input eight times over
+    inputs = [x.clamp(-1, 1), torch.rand(2, 3, size, size) * 2 - 1]
+    assert parity(student, onnx_path, inputs, tol=1e-4)["passed"]
 
 
 def test_every_family_reloads_in_one_fresh_process(tmp_path):
@@ -135,7 +152,7 @@ def test_every_family_reloads_in_one_fresh_process(tmp_path):
     for family, (import_path, kwargs, _tap, size, _upper) in FAMILIES.items():
         for width in (0.5, 0.25):
             torch.manual_seed(0)
-            teacher = _build(import_path, kwargs)
+            teacher = _build(import_path, kwargs, family)
             student, plan = make_student(teacher, width, method="prune", example_input=torch.randn(1, 3, size, size))
             with torch.no_grad():  # weights of its own, so a load that kept the rebuilt model's init would show
                 for p in student.parameters():
@@ -238,3 +255,91 @@ def test_old_plan_format_still_loads(tmp_path):
     (tmp_path / "student.json").write_text(json.dumps(meta))
     with torch.no_grad():
         assert torch.allclose(load_student(tmp_path, allow_import=True)(x), student.eval()(x), atol=1e-6)
+
+
+# lighter checks for more layer classes (the full per-family test above costs ~10 s a family): prune at 0.25,
+# frozen/re-parametrized layers as in the teacher, save -> load in this process, same outputs
+MORE_CLASSES = {
+    "wdsr_weight_norm": ("WDSR", {}, 16),  # torch.nn.utils.parametrizations.weight_norm, PixelShuffle
+    "rrdb_pixel_unshuffle": ("make_rrdbnet", {"scale": 2, "num_feat": 16, "num_grow_ch": 8}, 16),
+    "separable_down_up": ("DownUpSeparableNet", {}, 32),  # stride-2 depthwise conv, bilinear x2 back
+    "conv_param_spectral_norm": ("ReparamNet", {"kind": "spectral"}, 16),  # parametrizations.spectral_norm
+    "conv_hook_weight_norm": ("ReparamNet", {"kind": "weight_norm_hook"}, 16),  # torch.nn.utils.weight_norm
+}
+
+
+@pytest.mark.parametrize("family", list(MORE_CLASSES))
+def test_more_layer_classes_prune_and_reload(family, tmp_path):
+    from torch.nn.utils import parametrize
+
+    attr, kwargs, size = MORE_CLASSES[family]
+    torch.manual_seed(0)
+    teacher = _build(f"published_nets:{attr}", kwargs, family)
+    x = torch.rand(1, 3, size, size) * 2 - 1
+    student, plan = make_student(teacher, 0.25, method="prune", example_input=x)
+    assert student(x).shape == teacher(x).shape
+    assert _params(student) < 0.5 * _params(teacher)
+    reparam = sorted(n for n, m in teacher.named_modules() if parametrize.is_parametrized(m) or m._forward_pre_hooks)
+    assert reparam == sorted(
+        n for n, m in student.named_modules() if parametrize.is_parametrized(m) or m._forward_pre_hooks
+    )
+    assert set(student.state_dict()) == set(teacher.state_dict())  # the published layout, on slimmer layers
+    save_student(student.eval(), plan, tmp_path)
+    with torch.no_grad():
+        assert torch.allclose(load_student(tmp_path, allow_import=True)(x), student(x), atol=1e-5)
+
+
+def test_gan_compression_generator_warns_once_not_per_call(caplog, monkeypatch, tmp_path):
+    """GAN Compression's released generators: their non-affine InstanceNorms declare other sizes than they receive,
+    and PyTorch warns about them in every stage and process. The toolkit aligns them in the teacher and repairs
+    them in the student, one log line each, and no warning reaches the user (loading, slimming, rebuilding, running)."""
+    import logging
+    import warnings
+
+    from compressor.models import layers, load_teacher
+
+    monkeypatch.setattr(layers, "_REPORTED", set())  # said once per process: start this test from none said
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    with warnings.catch_warnings(record=True) as raw:
+        warnings.simplefilter("always")
+        P.make_mobile_resnet()(x)
+    assert any("num_features" in str(w.message) for w in raw)  # the published net warns by itself
+
+    spec = {"import": "published_nets:make_mobile_resnet", "kwargs": {}}
+    with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.INFO):
+        warnings.simplefilter("always")
+        for _ in range(2):  # each stage loads the teacher again
+            teacher = load_teacher(spec)
+            teacher.compressor_spec = spec
+            for _ in range(3):
+                teacher(x)
+        teacher = load_teacher(spec)
+        teacher.compressor_spec = spec
+        student, plan = make_student(teacher, 0.5, method="prune", example_input=x[:1])
+        save_student(student, plan, tmp_path)
+        load_student(tmp_path, allow_import=True)(x)
+    assert not [w for w in caught if "num_features" in str(w.message)], [str(w.message) for w in caught]
+    said = [r.getMessage() for r in caplog.records if "norm layers" in r.getMessage()]
+    assert len(said) == 2, said
+    assert said[0].startswith("teacher: 5 norm layers without parameters declared num_features"), said
+    assert said[1].startswith("student: 5 norm layers declared a size other than"), said
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.records
+
+
+def test_frozen_layers_keep_their_constants_in_a_scratch_student(tmp_path):
+    """RCAN's MeanShift convs (requires_grad=False): at full width, frozen, and not re-initialised by init: scratch;
+    frozen again after a rebuild from student.json."""
+    teacher = P.RCAN(n_resgroups=1, n_resblocks=1, n_feats=8, reduction=4).eval()
+    teacher.compressor_spec = {
+        "import": "published_nets:RCAN",
+        "kwargs": {"n_resgroups": 1, "n_resblocks": 1, "n_feats": 8, "reduction": 4},
+    }
+    student, plan = make_student(teacher, 0.5, "prune", "scratch", example_input=torch.rand(1, 3, 16, 16))
+    for name in ("sub_mean", "add_mean"):
+        s, t = getattr(student, name), getattr(teacher, name)
+        assert torch.equal(s.weight, t.weight) and torch.equal(s.bias, t.bias) and not s.weight.requires_grad
+    assert student.tail[1].out_channels == 3 and student.head[0].out_channels == 4  # the image channels stay whole
+    assert plan["frozen"] == ["sub_mean.weight", "sub_mean.bias", "add_mean.weight", "add_mean.bias"]
+    save_student(student, plan, tmp_path)
+    reloaded = load_student(tmp_path, allow_import=True)
+    assert [n for n, p in reloaded.named_parameters() if not p.requires_grad] == plan["frozen"]

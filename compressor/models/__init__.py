@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
@@ -22,8 +23,9 @@ from ..trust import require_consent
 from ..zoo_args import check_zoo_kwargs
 from .checkpoint import load_checkpoint, strip_prefix
 from .discriminator import NLayerDiscriminator
+from .layers import align_free_norms
 from .norms import init_weights
-from .ranges import TOOLKIT_RANGE, RangeWrapper, wrap_ranges
+from .ranges import TOOLKIT_RANGE, RangeWrapper, describe_output, select_output, wrap_ranges
 from .resnet import ResnetGenerator
 from .unet import UnetGenerator
 
@@ -58,6 +60,9 @@ __all__ = [
     "check_teacher_spec",
     "load_saved_teacher",
     "GENERATOR_ARGS",
+    "check_output",
+    "describe_output",
+    "select_output",
 ]
 
 
@@ -104,23 +109,40 @@ def default_taps(model: nn.Module) -> dict[str, str]:
 
 
 def _ranges_of(spec) -> dict:
-    """``input_range``/``output_range`` of a teacher spec (recipe section or saved dict) when not [-1, 1]."""
+    """``input_range``/``output_range`` of a teacher spec (recipe section or saved dict) when not [-1, 1], and the
+    named ``output`` when there is one."""
     get = spec.get if isinstance(spec, dict) else (lambda k, d=None: getattr(spec, k, d))
-    out = {}
+    out: dict[str, Any] = {}
     for key in ("input_range", "output_range"):
         value = get(key, None)
         if value is not None and tuple(map(float, value)) != TOOLKIT_RANGE:
             out[key] = [float(v) for v in value]
+    if get("output", None) is not None:
+        out["output"] = str(get("output", None))
     return out
 
 
 def with_ranges(model: nn.Module, spec) -> nn.Module:
-    """The model as the toolkit sees it: [-1, 1] in and out, converted at its edges when ``spec`` declares another
-    range (:mod:`compressor.models.ranges`)."""
+    """The model as the toolkit sees it: one tensor in [-1, 1] in and out, converted at its edges when ``spec``
+    declares another range, and selected when ``spec`` names an ``output`` (:mod:`compressor.models.ranges`)."""
     r = _ranges_of(spec)
     if not r:
         return model
-    return wrap_ranges(model, r.get("input_range", TOOLKIT_RANGE), r.get("output_range", TOOLKIT_RANGE))
+    return wrap_ranges(
+        model, r.get("input_range", TOOLKIT_RANGE), r.get("output_range", TOOLKIT_RANGE), r.get("output")
+    )
+
+
+def check_output(model: nn.Module, x: torch.Tensor) -> None:
+    """One forward pass (eval, no grad): the model as the toolkit sees it must return one tensor; otherwise one
+    ``teacher.output`` error line listing what it returned (types and shapes)."""
+    was = model.training
+    try:
+        with torch.no_grad():
+            out = model.eval()(x)
+    finally:
+        model.train(was)
+    select_output(out, None)
 
 
 def import_object(path: str, base_dir: Path | None = None, key: str = "teacher.import") -> Any:
@@ -329,7 +351,9 @@ def load_teacher(spec, base_dir: str | Path | None = None, trust_checkpoint: boo
         state = load_state_dict_file(ckpt, trust=trust_checkpoint, checkpoint_key=spec.checkpoint_key)
         apply_state_dict(model, state, source=str(ckpt))
         log.info("loaded teacher weights from %s", ckpt)
-    return with_ranges(model, spec).eval()
+    model = with_ranges(model, spec).eval()
+    align_free_norms(model, "teacher")
+    return model
 
 
 def load_saved_teacher(spec: dict, weights: str | Path) -> nn.Module:
@@ -340,4 +364,5 @@ def load_saved_teacher(spec: dict, weights: str | Path) -> nn.Module:
         raise CheckpointError(f"{weights}: file not found; run the teacher stage first")
     apply_state_dict(model, load_file(str(weights)), source=str(weights), key="teacher")
     model.compressor_spec = dict(spec)
+    align_free_norms(model, "teacher")
     return model.eval()
