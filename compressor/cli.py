@@ -20,10 +20,10 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from exporters.cli_export import ExportOptions
+from exporters.export import ExportSpec
 from exporters.profile import profile_models, remote_profile
 from exporters.report import speedups, write_report
-from exporters.runtimes import BACKENDS
+from exporters.runtimes import backend_help, get_backend
 
 from . import __version__
 from .cmdline import command_line_hint, set_command_line
@@ -271,16 +271,16 @@ def export(
     bad = [d for d in dyn if d not in ("batch", "hw")]
     if bad:
         raise UserError(f"--dynamic: unknown axis {bad[0]!r} (batch, hw)")
-    options = ExportOptions(
-        onnx=onnx,
-        trt=trt,
+    options = ExportSpec(
+        write_onnx=onnx,
+        tensorrt=trt,
         precision=precision,
-        dynamic=tuple(dyn),
+        dynamic=list(dyn),
         opset=opset,
         size=size,
         out=out,
         emit_trtexec=emit_trtexec,
-        trt_version=trt_version,
+        trt_versions=(trt_version,),
         data=data,
         calib_images=calib_images,
     )
@@ -297,9 +297,7 @@ def profile(
     models: List[str] = typer.Argument(
         ..., help="run folder, student folder, .onnx, .plan, trtexec .json or zoo name (e.g. resnet_9blocks:width=0.25)"
     ),
-    backend: str = typer.Option(
-        "torch,ort-cpu", "--backend", help="torch, torch-compile, ort-cpu, ort-cuda, ort-trt, tensorrt, trtexec-json"
-    ),
+    backend: str = typer.Option("torch,ort-cpu", "--backend", help=backend_help()),
     batch: str = typer.Option("1", "--batch", help="batch sizes, e.g. 1,4"),
     size: Optional[str] = typer.Option(
         None, "--size", help="image sizes, e.g. 256,512 (default: a run folder's own data.size, else 256)"
@@ -341,8 +339,10 @@ def profile(
         raise UserError(f"--out: {out} exists; pass --force to overwrite it or choose another file")
     backends = _csv(backend)
     for b in backends:
-        if b not in BACKENDS:
-            raise UserError(f"--backend: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+        try:
+            get_backend(b)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     if host:
         args = [
             f"--backend {backend}",

@@ -17,12 +17,11 @@ from typing import Callable, Optional
 import torch
 from safetensors.torch import save as st_save
 
-from exporters.backends import BACKENDS
-from exporters.cli_export import ExportOptions, export_command, load_target
-from exporters.export import ExportSpec, export_model
+from exporters.export import ExportSpec, export_command, export_model, load_target
 from exporters.onnx import check_not_failed
 from exporters.profile import profile_models, resolve_models
 from exporters.report import report_run
+from exporters.runtimes import BACKENDS, get_backend
 
 from .cmdline import command_line_hint
 from .complexity import profile_model
@@ -85,13 +84,30 @@ def preflight(recipe: Recipe, build_model: bool = True) -> None:
     model checks (``check_taps``) when the teacher stage starts.
     """
     check_teacher_spec(recipe.teacher)
-    for b in recipe.profile.backends:
-        if b not in BACKENDS:
-            raise RecipeError(f"profile.backends: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    check_backends(recipe)
     if recipe.data.kind != "synthetic":
         check_data_root(recipe.data, recipe.resolve_path(recipe.data.root))
     if build_model:
         check_taps(recipe)
+
+
+def check_backends(recipe: Recipe) -> None:
+    """``profile.backends`` and ``student.budget.backend`` against the backend table (the schema keeps plain
+    strings: it imports no exporter)."""
+    try:
+        for b in recipe.profile.backends:
+            get_backend(b, "profile.backends")
+        budget = recipe.student.budget
+        if budget is not None:
+            row = get_backend(budget.backend, "student.budget.backend", plan=True)
+            if budget.host and row.artifact != "onnx":
+                onnx = ", ".join(n for n, r in BACKENDS.items() if r.artifact == "onnx")
+                raise ValueError(
+                    f"student.budget.host: only ONNX files travel to a remote machine; use backend {onnx}, "
+                    f"not {budget.backend}"
+                )
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def check_taps(recipe: Recipe) -> None:
@@ -286,6 +302,7 @@ def plan_student(recipe: Recipe, run: RunDir, force: bool = False, teacher: Opti
     """``compress plan`` and ``student.width: auto``: the widest width within ``student.budget``, timed on the
     target (plan.json in the run). Times ``teacher`` when given, else the run's teacher when the teacher stage has
     run, else the recipe's architecture (latency does not depend on the weights)."""
+    check_backends(recipe)
     if teacher is None and run.teacher_json.exists() and run.teacher_weights.exists():
         teacher = load_run_teacher(run)
     elif teacher is None:
@@ -498,33 +515,27 @@ def stage_export(ctx: Context) -> dict:
 
 
 def export_target(
-    target: Path, options: ExportOptions, *, arch: Optional[str] = None, trust_checkpoint: bool = False
+    target: Path, spec: ExportSpec, *, arch: Optional[str] = None, trust_checkpoint: bool = False
 ) -> dict:
     """``compress export``: a run folder (with its recipe's data and metadata, as the export stage uses them), a
     student folder or a bare checkpoint. Writes export.json beside the exported files."""
     target = Path(target)
     if not is_run_folder(target):
         model, out_dir = load_target(target, arch, trust_checkpoint)
-        return export_command(model, Path(options.out or out_dir), options)
+        return export_command(model, Path(spec.out or out_dir), spec)
     run = RunDir(target)
     recipe = load_run_recipe(run)
     model = load_run_student(run)
-    options.size = options.size or recipe.data.size
+    spec.size = spec.size or recipe.data.size
     samples = calibration = None
-    if options.data is None:  # the run's own data, at the export size
-        data = recipe if options.size == recipe.data.size else load_run_recipe(run, [f"data.size={options.size}"])
+    if spec.data is None:  # the run's own data, at the export size
+        data = recipe if spec.size == recipe.data.size else load_run_recipe(run, [f"data.size={spec.size}"])
         samples = recipe_samples(data)
-        if options.precision == "int8":
-            calibration = recipe_calibration(data, options.calib_images)
-    return export_command(
-        model,
-        Path(options.out or target),
-        options,
-        samples,
-        calibration,
-        run_export_metadata(recipe, model),
-        recipe.export.onnx.parity_tol,
-    )
+        if spec.precision == "int8":
+            calibration = recipe_calibration(data, spec.calib_images)
+    spec.metadata = run_export_metadata(recipe, model)
+    spec.parity_tol = recipe.export.onnx.parity_tol
+    return export_command(model, Path(spec.out or target), spec, samples, calibration)
 
 
 # ----------------------------------------------------------------------------------------------- profile, report
