@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from exporters.export import ExportSpec
+from exporters.export import ExportSpec, format_help
 from exporters.profile import profile_models, remote_profile
 from exporters.report import speedups, write_report
 from exporters.runtimes import backend_help, get_backend
@@ -241,6 +241,11 @@ def evaluate(
 def export(
     target: Path = typer.Argument(..., help="a run folder, a student folder, or a .pth/.safetensors checkpoint"),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="write the ONNX file (needed for everything else)"),
+    format_: str = typer.Option("onnx", "--format", help=f"formats to write, e.g. onnx,openvino ({format_help()})"),
+    static: bool = typer.Option(False, "--static", help="fixed-shape files: batch 1 at --size (every format)"),
+    max_drop: Optional[float] = typer.Option(
+        None, "--max-drop", min=0, help="OpenVINO INT8: NNCF accuracy control, largest PSNR drop in dB"
+    ),
     trt: bool = typer.Option(False, "--trt", help="lint for TensorRT and build an engine where TensorRT exists"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8"),
     dynamic: str = typer.Option("batch", "--dynamic", help="dynamic axes: batch, or batch,hw"),
@@ -260,7 +265,7 @@ def export(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Export a student to ONNX (with parity), INT8 and TensorRT; emit trtexec scripts for edge devices."""
+    """Export a student to ONNX (with parity), OpenVINO, INT8 and TensorRT; emit trtexec scripts for edge devices."""
     _setup_logging(quiet)
     _trust(trust_code)
     if precision not in ("fp32", "fp16", "int8"):
@@ -272,6 +277,9 @@ def export(
     if bad:
         raise UserError(f"--dynamic: unknown axis {bad[0]!r} (batch, hw)")
     options = ExportSpec(
+        formats=tuple(_csv(format_)),
+        static=static,
+        max_drop=max_drop,
         write_onnx=onnx,
         tensorrt=trt,
         precision=precision,
@@ -307,7 +315,9 @@ def profile(
     iters: int = typer.Option(50, "--iters", min=1),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="time for S seconds instead of --iters"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="intra-op threads"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda (for torch backends)"),
+    device: str = typer.Option(
+        "cpu", "--device", help="cpu | cuda (torch backends) | gpu | npu (openvino); a backend runs where it can"
+    ),
     out: Path = typer.Option(Path("profile.json"), "--out", help="result JSON"),
     host: Optional[str] = typer.Option(None, "--host", help="profile on user@board over SSH (ONNX models)"),
     port: Optional[int] = typer.Option(None, "--port", help="SSH port for --host"),

@@ -156,7 +156,7 @@ class BudgetSpec(Strict):
 
 # Options added after run folders existed, with the default that leaves them out of stage digests (a test checks
 # that each is the field's schema default).
-DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {"student.round_channels": None}
+DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {"student.round_channels": None, "export.static": False}
 
 
 class StudentSpec(Strict):
@@ -298,6 +298,7 @@ class TensorRTSpec(Strict):
 
 
 class ExportSpec(Strict):
+    static: bool = Field(False, description="fixed-shape files (batch 1 at data.size) in every format")
     onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX export and parity")
     int8: Int8Spec = Field(default_factory=Int8Spec, description="INT8 quantisation")
     tensorrt: Optional[TensorRTSpec] = Field(None, description="TensorRT engine (skipped where absent)")

@@ -17,7 +17,7 @@ from typing import Callable, Optional
 import torch
 from safetensors.torch import save as st_save
 
-from exporters.export import ExportSpec, export_command, export_model, load_target
+from exporters.export import ExportSpec, export_command, export_model, find_artifacts, load_target
 from exporters.onnx import check_not_failed
 from exporters.profile import profile_models, resolve_models
 from exporters.report import report_run
@@ -488,6 +488,7 @@ def stage_export(ctx: Context) -> dict:
     calibration = recipe_calibration(r, ex.int8.calib_images) if wants_int8 else None
     common = dict(
         size=r.data.size,
+        static=ex.static,
         dynamic=list(ex.onnx.dynamic),
         opset=ex.onnx.opset,
         parity_tol=ex.onnx.parity_tol,
@@ -545,7 +546,13 @@ def profile_targets(targets: list[str]) -> list[dict]:
     """Model references for ``compress profile``: run folders through the run folder, the rest as files/zoo names."""
     refs = []
     for t in targets:
-        refs.extend(profile_refs(RunDir(t)) if is_run_folder(t) else resolve_models([t]))
+        if is_run_folder(t):
+            run_refs = profile_refs(RunDir(t))
+            for ref in run_refs:  # every exported file of the run (OpenVINO IR, ...), by the kind a backend runs
+                ref["artifacts"] = find_artifacts(t, ref["role"])
+            refs.extend(run_refs)
+        else:
+            refs.extend(resolve_models([t]))
     return refs
 
 

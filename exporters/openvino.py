@@ -127,7 +127,7 @@ class OpenVINORunner(Runner):
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 2.0) -> float:
     """PSNR (dB) of ``b`` against ``a`` for images in [-1, 1] (peak-to-peak 2)."""
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else 10 * np.log10(peak**2 / mse)
+    return float("inf") if mse == 0 else float(10 * np.log10(peak**2 / mse))
 
 
 def compare(reference: list[np.ndarray], outputs: list[np.ndarray]) -> dict:

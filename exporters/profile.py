@@ -203,6 +203,20 @@ def build_torch(ref: dict):
     raise ValueError(kind)
 
 
+def _file_kind(path: Path) -> Optional[str]:
+    """The kind of file (``openvino``, ``int8-openvino``, ...) of an exported file of another format, by the
+    export formats table's suffixes and the ``.<precision>`` tag before them."""
+    from .export import FORMATS  # imports torch: the parent process only
+
+    for fmt in FORMATS.values():
+        row = BACKENDS.get(fmt.backend)
+        if row is None or row.artifact in ("torch", "onnx", "engine") or not path.name.endswith(fmt.suffix):
+            continue
+        tag = path.name[: -len(fmt.suffix)].rpartition(".")[2]
+        return row.artifact_for(tag if tag in fmt.precisions else fmt.precisions[0])
+    return None
+
+
 def resolve_models(specs: list[str]) -> list[dict]:
     """Turn MODEL arguments into refs: student dir, ONNX file, TensorRT engine, trtexec JSON, zoo spec.
 
@@ -211,6 +225,8 @@ def resolve_models(specs: list[str]) -> list[dict]:
     for spec in specs:
         p = Path(spec)
         if p.is_dir() and (p / "student.json").exists():
+            from .export import find_artifacts  # imports torch: the parent process only
+
             onnx = p / "student.onnx"
             refs.append(
                 {
@@ -218,8 +234,11 @@ def resolve_models(specs: list[str]) -> list[dict]:
                     "role": "student",
                     "torch": {"type": "student_dir", "path": str(p)},
                     "onnx": str(onnx) if onnx.exists() else None,
+                    "artifacts": find_artifacts(p, "student"),
                 }
             )
+        elif p.is_file() and (kind := _file_kind(p)):
+            refs.append({"label": p.stem, "role": "model", "torch": None, "onnx": None, "artifacts": {kind: str(p)}})
         elif p.suffix == ".onnx":
             if not p.is_file():
                 raise UserError(f"{p}: file not found")
@@ -238,7 +257,8 @@ def resolve_models(specs: list[str]) -> list[dict]:
             zoo = parse_zoo_spec(spec)
             if zoo is None:
                 raise UserError(
-                    f"{spec}: not a run folder, student folder, .onnx, .plan/.engine, trtexec .json or zoo name"
+                    f"{spec}: not a run folder, student folder, .onnx, OpenVINO .xml, .plan/.engine, trtexec .json "
+                    f"or zoo name"
                 )
             role = "student" if zoo["width"] < 1 else "teacher"
             refs.append({"label": spec, "role": role, "torch": {"type": "zoo", **zoo}, "onnx": None})
