@@ -20,6 +20,8 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
+from exporters.benchmark import HEADER as BENCH_HEADER
+from exporters.benchmark import table_rows as bench_rows
 from exporters.export import ExportSpec, format_help
 from exporters.profile import profile_models, remote_profile
 from exporters.report import speedups, write_report
@@ -36,7 +38,15 @@ from .metrics import evaluate_folder
 from .pipeline import prepare_run_dir, run_pipeline
 from .recipe import load_recipe, missing_files
 from .runfolder import RunDir, is_run_folder, load_run_recipe
-from .stages import evaluate_run, export_target, plan_student, preflight, profile_targets, resolve_device
+from .stages import (
+    benchmark_target,
+    evaluate_run,
+    export_target,
+    plan_student,
+    preflight,
+    profile_targets,
+    resolve_device,
+)
 from .trust import check_import_target, require_consent, trust_all_code
 
 app = typer.Typer(
@@ -45,7 +55,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Make image-to-image GAN generators small and fast: distill, evaluate, export, profile.",
 )
-COMMANDS = {"run", "validate", "evaluate", "export", "profile", "report", "plan"}
+COMMANDS = {"run", "validate", "evaluate", "export", "profile", "report", "plan", "benchmark"}
 log = logging.getLogger("compressor")
 
 
@@ -397,6 +407,69 @@ def _print_profile(doc: dict) -> None:
     for s in speedups([doc]):
         mac = f"  MAC reduction {s['mac_reduction']:.1f}×" if s["mac_reduction"] else ""
         typer.echo(f"speed-up {s['backend']} b{s['batch']} {s['size']}²: {s['speedup']:.1f}×{mac}")
+
+
+@app.command()
+def benchmark(
+    target: Path = typer.Argument(..., help="a run folder, or a student folder"),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="student folder: images to compare on and calibrate INT8 with (a run uses its own)"
+    ),
+    size: Optional[int] = typer.Option(None, "--size", help="image size (default: the run's, or 256)"),
+    format_: Optional[str] = typer.Option(None, "--format", help=f"only these formats (default: all: {format_help()})"),
+    images: int = typer.Option(8, "--images", min=1, help="reference images for PSNR/SSIM"),
+    calib_images: int = typer.Option(32, "--calib-images", min=1, help="INT8 calibration images"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="intra-op threads (default: all cores)"),
+    warmup: int = typer.Option(5, "--warmup", min=0),
+    iters: int = typer.Option(20, "--iters", min=1),
+    trust_code: bool = typer.Option(
+        False,
+        "--trust-code",
+        help="allow the folder's student.json/teacher.json to import code (an imported architecture)",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Export to every format and precision, check each against the teacher and time each: one table, benchmark.json."""
+    _setup_logging(quiet)
+    _trust(trust_code)
+    _check_folder_imports([target])
+    if data is not None and not data.is_dir():
+        raise UserError(f"--data: {data} is not a folder")
+    writes_run = is_run_folder(target)
+    with run_lock(target) if writes_run else contextlib.nullcontext(), _Progress(quiet) as progress:
+        doc, path = benchmark_target(
+            target,
+            data=data,
+            size=size,
+            formats=_csv(format_) or None,
+            images=images,
+            calib_images=calib_images,
+            threads=threads,
+            warmup=warmup,
+            iters=iters,
+            progress=progress,
+        )
+    QUANT_FILTER.explain()
+    env = doc["environment"]
+    typer.echo(
+        f"{target}: {doc['size']}², batch 1, {env['threads']} thread(s) on {env['cpu']}; "
+        f"PSNR/SSIM against the {doc['reference']} over {doc['images']} images"
+    )
+    for line in _plain_table(BENCH_HEADER, bench_rows(doc)):
+        typer.echo(line)
+    typer.echo(f"wrote {path}")
+
+
+def _plain_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns padded to their widest cell; text left, numbers right; the last column (long reasons) unpadded."""
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    out = []
+    for r in [header] + rows:
+        cells = [
+            str(c).ljust(w) if i < 2 or i == len(r) - 1 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ]
+        out.append("  ".join(cells).rstrip())
+    return out
 
 
 @app.command()

@@ -17,7 +17,8 @@ from typing import Callable, Optional
 import torch
 from safetensors.torch import save as st_save
 
-from exporters.export import ExportSpec, export_command, export_model, find_artifacts, load_target
+from exporters.benchmark import benchmark
+from exporters.export import ExportSpec, export_command, export_model, find_artifacts, folder_images, load_target
 from exporters.onnx import check_not_failed
 from exporters.profile import profile_models, resolve_models
 from exporters.report import report_run
@@ -537,6 +538,77 @@ def export_target(
     spec.metadata = run_export_metadata(recipe, model)
     spec.parity_tol = recipe.export.onnx.parity_tol
     return export_command(model, Path(spec.out or target), spec, samples, calibration)
+
+
+def benchmark_target(
+    target: Path,
+    *,
+    data: Optional[Path] = None,
+    size: Optional[int] = None,
+    formats: Optional[list[str]] = None,
+    images: int = 8,
+    calib_images: int = 32,
+    threads: Optional[int] = None,
+    warmup: int = 5,
+    iters: int = 20,
+    progress: Optional[Callable] = None,
+) -> tuple[dict, Path]:
+    """``compress benchmark``: every format of a run's student (compared with the teacher's output on the run's
+    test images, calibrated on its train images) or of a student folder (compared with its own PyTorch output on
+    ``data``'s images, or random inputs). Files go to ``<target>/benchmark/``; returns (document, benchmark.json)."""
+    target = Path(target)
+    if is_run_folder(target):
+        run = RunDir(target)
+        recipe = load_run_recipe(run)
+        if size and size != recipe.data.size:
+            recipe = load_run_recipe(run, [f"data.size={size}"])
+        model, teacher = load_run_student(run), load_run_teacher(run)
+        x = recipe_samples(recipe, images)
+        with torch.inference_mode():
+            reference = torch.cat([teacher.eval()(x[i : i + 1]) for i in range(len(x))]).numpy()
+        kind, metadata = "teacher", run_export_metadata(recipe, model)
+        calibration = recipe_calibration(recipe, calib_images)
+        torch_ref = {"type": "student_dir", "path": str(run.root)}
+        size = recipe.data.size
+    elif target.is_dir() and (target / "student.json").exists():
+        model = load_student(target).eval()
+        size = size or max(256, size_multiple(model))
+        if size % size_multiple(model):
+            raise UserError(f"--size: {size} is not a multiple of {size_multiple(model)}, which this model needs")
+        if data is not None:
+            x = folder_images(data, size, images)
+            calibration = [c[None].numpy() for c in folder_images(data, size, calib_images)]
+            kind = "student (PyTorch), on --data images"
+        else:
+            in_nc = getattr(model, "config", {}).get("input_nc", 3)
+            x = torch.rand(images, in_nc, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            calibration = None
+            kind = "student (PyTorch), on random inputs (no --data: INT8 rows need calibration images)"
+        with torch.inference_mode():
+            reference = torch.cat([model(x[i : i + 1]) for i in range(len(x))]).numpy()
+        metadata = {"width": (getattr(model, "student_plan", None) or {}).get("width", 1.0)}
+        torch_ref = {"type": "student_dir", "path": str(target)}
+    else:
+        raise UserError(f"{target}: not a run folder (recipe.resolved.yaml) or a student folder (student.json)")
+    doc = benchmark(
+        model,
+        target / "benchmark",
+        x,
+        reference,
+        kind,
+        torch_ref=torch_ref,
+        calibration=calibration,
+        size=size,
+        metadata=metadata,
+        threads=threads,
+        warmup=warmup,
+        iters=iters,
+        formats=formats,
+        progress=progress,
+    )
+    path = target / "benchmark.json"
+    atomic_write_json(path, doc)
+    return doc, path
 
 
 # ----------------------------------------------------------------------------------------------- profile, report

@@ -422,6 +422,42 @@ def _run_worker(cfg: dict, timeout: float) -> dict:
     return {"status": "ok", **json.loads(lines[-1])}
 
 
+def time_artifact(
+    backend: str,
+    artifact: Optional[str],
+    *,
+    precision: str = "fp32",
+    batch: int = 1,
+    size: int = 256,
+    input_nc: int = 3,
+    torch_ref: Optional[dict] = None,
+    warmup: int = 5,
+    iters: int = 20,
+    seconds: Optional[float] = None,
+    threads: Optional[int] = None,
+    device: str = "cpu",
+    timeout: float = 600,
+) -> dict:
+    """Time one file (or, for a torch backend, the model ``torch_ref`` names) in its own process, as
+    :func:`profile_models` does for each configuration: ``{"status": "ok", "latency_ms": ..., ...}`` or
+    ``{"status": "failed", "reason": ...}``."""
+    cfg = {
+        "backend": backend,
+        "batch": batch,
+        "size": size,
+        "precision": precision,
+        "warmup": warmup,
+        "iters": iters,
+        "seconds": seconds,
+        "threads": threads,
+        "device": device,
+        "torch": torch_ref,
+        "artifact": None if artifact is None else str(artifact),
+        "input_nc": input_nc,
+    }
+    return _run_worker(cfg, timeout)
+
+
 # ------------------------------------------------------------------------------------------------ trtexec import
 
 
