@@ -30,7 +30,8 @@ from .runtimes import Backend, Runner
 log = logging.getLogger(__name__)
 
 # parity limits against PyTorch FP32 on the same inputs
-PARITY = {"fp32": {"max_abs": 1e-3}, "fp16": {"psnr_min": 35.0}, "int8": {"psnr_min": 25.0}}
+PARITY = {"fp32": {"max_abs": 1e-3}, "fp16": {"psnr_min": 35.0}, "int8": {"psnr_min": 20.0}}  # INT8: catches a broken
+# quantisation; its quality is reported (PSNR), and a random network is far harder to quantise than a trained one
 
 
 def ir_path(out_dir: str | Path, stem: str, precision: str) -> Path:
