@@ -220,11 +220,10 @@ def export_openvino(
     fp32_model = convert(source, samples[:1], shape)
     if static:
         fp32_model.reshape({fp32_model.inputs[0]: ov.PartialShape(list(shape))})
-    else:  # batch and H/W stay as the source has them; batch always dynamic
-        pass
     for k, v in (metadata or {}).items():
         fp32_model.set_rt_info(str(v), ["model_info", "compressor", str(k)])
     fp32_model.set_rt_info("[-1, 1]", ["model_info", "compressor", "value_range"])
+    fp32_model.set_rt_info(str(size or h), ["model_info", "compressor", "input_size"])
 
     record: dict = {"path": out_path.name, "precision": precision, "static": bool(static)}
     tmp_dir = Path(tempfile.mkdtemp(prefix=".ov-", dir=out_path.parent))
