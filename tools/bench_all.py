@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench_all:begin -->", "<!-- bench_all:end -->"
+KEEP = ("<!-- bench_backends:begin -->", "<!-- bench_backends:end -->")
 TARGETS = {"resnet_in": 1.8, "resnet_bn": 1.8, "unet": 1.5}
 
 
@@ -191,7 +192,12 @@ def main(argv=None) -> None:
                 distill = json.loads(dj.read_text())
             export = json.loads(ej.read_text())
     (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / "benchmarks.md").write_text(render_doc(export, distill))
+    doc_path = ROOT / "docs" / "benchmarks.md"
+    kept = ""  # the ONNX Runtime vs OpenVINO section (tools/bench_backends.py) survives a regeneration
+    if doc_path.exists() and KEEP[0] in doc_path.read_text():
+        old = doc_path.read_text()
+        kept = "\n" + old[old.index(KEEP[0]) : old.index(KEEP[1]) + len(KEEP[1])] + "\n"
+    doc_path.write_text(render_doc(export, distill) + kept)
     block = render(export, distill)
     if not args.no_readme:
         update_readme(ROOT / "README.md", block)
