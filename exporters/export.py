@@ -28,8 +28,10 @@ from compressor.io import atomic_write_json
 from compressor.models import apply_state_dict, build_generator, load_state_dict_file, size_multiple
 from compressor.slim import load_student
 
+from . import openvino as ov_export
 from .onnx import INPUT, export_checked, parity_inputs
 from .quantize import compare_int8, quantize_onnx
+from .runtimes import BACKENDS
 from .tensorrt import build_engine, check_engine, emit_trtexec_script, lint_onnx, tensorrt_available, trt_major
 
 log = logging.getLogger(__name__)
@@ -361,8 +363,6 @@ def export_openvino_ir(
 ) -> dict:
     """OpenVINO IR (see :func:`exporters.openvino.export_openvino`): from ``onnx_path`` where given, else from the
     PyTorch model."""
-    from . import openvino as ov_export
-
     return ov_export.export_openvino(
         model,
         out_path,
@@ -443,8 +443,6 @@ def format_help() -> str:
 def find_artifacts(folder: str | Path, stem: str) -> dict[str, str]:
     """The exported files of ``stem`` in ``folder``, by the kind of file a backend runs (``onnx``,
     ``int8-onnx``, ``openvino``, ``int8-openvino``, ...): what ``compress profile`` times."""
-    from .runtimes import BACKENDS
-
     found = {}
     for fmt in FORMATS.values():
         row = BACKENDS.get(fmt.backend)
