@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import typing
 from pathlib import Path
@@ -160,9 +161,19 @@ class BudgetSpec(Strict):
         return self
 
 
-# Options added after run folders existed, with the default that leaves them out of stage digests (a test checks
-# that each is the field's schema default).
-DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {"student.round_channels": None}
+log = logging.getLogger(__name__)
+
+# Options added after run folders existed, with the value that leaves them out of stage digests: the field's schema
+# default, or (distill.losses.srp.normalize) the value every recipe written before the option resolves to. A test
+# checks both.
+DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {"student.round_channels": None, "distill.losses.srp.normalize": "entries"}
+
+# SRP's default weight on the balanced scale (normalize: rows). Chosen so that SRP's share of the student's gradient
+# is within 10x of KD's for both zoo families at 256² with the default recipe: tools/bench_losses.py,
+# docs/benchmarks.md.
+SRP_DEFAULT_WEIGHT = 5.0
+SRP_OLD_DEFAULT_WEIGHT = 10.0  # the default before normalize existed (per-entry scale)
+_NOTED: set[str] = set()
 
 
 class StudentSpec(Strict):
@@ -212,17 +223,38 @@ class GanLossSpec(WeightSpec):
 
 
 class SrpLossSpec(WeightSpec):
-    weight: float = Field(10.0, ge=0)
+    weight: float = Field(SRP_DEFAULT_WEIGHT, ge=0)
     layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
     layer_weights: Optional[list[float]] = Field(None, description="one weight per layer (default: all 1)")
     pool: Optional[int] = Field(None, ge=1, description="average-pool features to this size first")
     variant: Literal["l2", "l1"] = Field("l2", description="l2: exact factorised form; l1: materialised")
     float64: bool = Field(False, description="accumulate in float64 (teacher and student nearly equal)")
+    normalize: Optional[Literal["rows", "entries"]] = Field(
+        None,
+        description=(
+            "rows: the mean over relation rows (bounded by 4 at any resolution; the default); entries: the mean over "
+            "(HW)² entries, the scale before this option (default when a recipe sets weight without normalize)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self):
         if self.layer_weights is not None and len(self.layer_weights) != len(self.layers):
             raise ValueError("distill.losses.srp.layer_weights needs one weight per layer")
+        if self.normalize is None:
+            # A recipe written before normalize existed and setting the weight meant the per-entry scale: keep it.
+            old = "weight" in self.model_fields_set
+            self.normalize = "entries" if old else "rows"
+            if old and self.weight > 0:
+                note = (
+                    f"distill.losses.srp.weight {self.weight:g} keeps its earlier meaning (normalize: entries, the "
+                    f"mean over the (HW)² relation entries); for the balanced scale write `normalize: rows` and a "
+                    f"weight about {SRP_DEFAULT_WEIGHT:g} (the default), or divide this one by each tap's H·W "
+                    f"(16² tap: /256) for the same effect"
+                )
+                if note not in _NOTED:
+                    _NOTED.add(note)
+                    log.warning(note)
         return self
 
 

@@ -58,6 +58,9 @@ from .recipe import LossesSpec
 log = logging.getLogger(__name__)
 
 CKPT_RE = re.compile(r"step_(\d+)\.pt$")
+DISTILL_TERMS = ("kd", "srp", "feat")  # the terms that carry the teacher to the student
+SHARE_FLOOR = 0.01  # a distillation term below this share of the gradient norm ...
+SHARE_PATIENCE = 3  # ... at this many consecutive logged steps gets one warning
 
 
 # ---------------------------------------------------------------------------------------------- hardware
@@ -362,6 +365,10 @@ class Trainer:
                 log.warning(note)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self._teacher_cache: dict[tuple[str, int], TeacherOut] = {}
+        self.shares: dict[str, float] = {}  # each generator term's share of the gradient norm, at the last log step
+        self.grad_norms: dict[str, float] = {}
+        self._low_share: dict[str, int] = {}
+        self._share_warned: set[str] = set()
         self.step = 0
         self._stop = False
         self._ddp_ready = False
@@ -496,6 +503,7 @@ class Trainer:
                         pool=L.srp.pool,
                         variant=L.srp.variant,
                         float64=L.srp.float64,
+                        normalize=L.srp.normalize,
                     )
                     * L.srp.weight
                 )
@@ -548,10 +556,60 @@ class Trainer:
                     )
         return terms
 
-    def generator_step(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, tuple]]:
-        """Every generator-side term (all directions, cycle) and one optimiser step; returns terms and GAN pairs."""
+    def term_weight(self, term: str) -> float:
+        """The recipe weight of a generator term (``G/srp`` -> ``distill.losses.srp.weight``)."""
+        spec = getattr(self.s.losses, term.rsplit("/", 1)[-1], None)
+        return float(spec.weight) if spec is not None else 1.0
+
+    def term_grad_norms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """L2 norm of each (weighted) term's gradient on the students' parameters, each term alone.
+
+        One extra backward pass per term through the retained graph: called at ``log_every`` steps only.
+        """
+        params = [p for d in self.s.directions for p in d.student.parameters() if p.requires_grad]
+        out = {}
+        for k, v in terms.items():
+            if not v.requires_grad:
+                out[k] = 0.0
+                continue
+            grads = torch.autograd.grad(v, params, retain_graph=True, allow_unused=True)
+            sq = sum(g.detach().float().pow(2).sum() for g in grads if g is not None)
+            out[k] = float(torch.as_tensor(sq).sqrt())
+        return out
+
+    def _measure_shares(self, terms: dict[str, torch.Tensor]) -> None:
+        norms = self.term_grad_norms(terms)
+        total = sum(norms.values())
+        self.shares = {k: (n / total if total > 0 else 0.0) for k, n in norms.items()}
+        self.grad_norms = norms
+        for k, share in self.shares.items():
+            name = k.rsplit("/", 1)[-1]
+            if name not in DISTILL_TERMS:
+                continue
+            self._low_share[k] = self._low_share.get(k, 0) + 1 if share < SHARE_FLOOR else 0
+            if self._low_share[k] >= SHARE_PATIENCE and k not in self._share_warned and self.rank == 0:
+                self._share_warned.add(k)
+                log.warning(
+                    "loss term %s: its share of the student's gradient norm stayed below %.0f%% (%.3g%% now) at %d "
+                    "logged steps in a row; at weight %g it barely reaches the student (raise "
+                    "distill.losses.%s.weight; shares per term are in metrics.jsonl)",
+                    k,
+                    100 * SHARE_FLOOR,
+                    100 * share,
+                    self._low_share[k],
+                    self.term_weight(k),
+                    name,
+                )
+
+    def generator_step(self, batch: dict, measure: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, tuple]]:
+        """Every generator-side term (all directions, cycle) and one optimiser step; returns terms and GAN pairs.
+
+        ``measure``: first record each term's gradient norm and share on the students (:meth:`term_grad_norms`).
+        """
         g_loss, terms, pairs = self.g_objective(batch)
         self._check_finite(terms)
+        if measure:
+            self._measure_shares(terms)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(g_loss).backward()
         self.scaler.unscale_(self.opt_g)
@@ -572,7 +630,10 @@ class Trainer:
         return terms
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        terms, pairs = self.generator_step(batch)
+        nxt = self.step + 1
+        # gradient shares at the logged steps, on one process (a separate backward under DDP would need its hooks)
+        measure = self.world == 1 and (nxt % self.s.log_every == 0 or nxt == self.s.steps)
+        terms, pairs = self.generator_step(batch, measure)
         terms.update(self.discriminator_step(pairs))
         self.scaler.update()
         self.sched_g.step()
@@ -671,7 +732,8 @@ class Trainer:
                         self._log_metrics(last, t0)
                     sums, count = {}, 0
                 if self.progress and self.rank == 0:
-                    self.progress(self.step, s.steps, {k: float(v) for k, v in terms.items()})
+                    shares = {f"share:{k}": v for k, v in self.shares.items()}
+                    self.progress(self.step, s.steps, {**{k: float(v) for k, v in terms.items()}, **shares})
                 if self.rank == 0 and (self.step % s.sample_every == 0 or self.step == s.steps):
                     self.write_samples()
                 if self.step % s.checkpoint_every == 0 or self.step == s.steps:
@@ -695,10 +757,17 @@ class Trainer:
             "time_s": round(time.perf_counter() - t0, 3),
             **{k: round(v, 6) for k, v in losses.items()},
         }
+        if self.shares:  # measured at this step: value above, weight, gradient norm and share of each term
+            for k in self.shares:
+                rec[f"weight:{k}"] = self.term_weight(k)
+                rec[f"gradnorm:{k}"] = round(self.grad_norms[k], 6)
+                rec[f"share:{k}"] = round(self.shares[k], 6)
         append_line(self.metrics_file, json.dumps(rec))
         if self._tb() is not None:
             for k, v in losses.items():
                 self._tb().add_scalar(k, v, self.step)
+            for k, v in self.shares.items():
+                self._tb().add_scalar(f"share/{k}", v, self.step)
 
     _tb_writer = None
 

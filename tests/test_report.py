@@ -247,3 +247,29 @@ def test_consistent_digits():
     assert rp.sig(0.012345) == "0.0123" and rp.sig(None) == "–" and rp.sig(float("nan")) == "–"
     assert rp.metric_text("psnr", 18) == "18.0" and rp.metric_text("ssim", 0.5) == "0.500"
     assert rp.change_text("fid", 180.0, None) == "–"
+
+
+def test_loss_terms_table_from_metrics_jsonl(tmp_path):
+    from exporters.report import loss_terms_table
+
+    f = tmp_path / "metrics.jsonl"
+    rows = [
+        {"step": 1, "lr": 1e-3, "time_s": 0.1, "G/kd": 2.0, "G/srp": 0.5, "G/disc": 0.3},
+        {
+            "step": 2,
+            "lr": 1e-3,
+            "time_s": 0.2,
+            "G/kd": 4.0,
+            "G/srp": 1.5,
+            "G/disc": 0.3,
+            **{"weight:G/kd": 10.0, "weight:G/srp": 5.0, "share:G/kd": 0.75, "share:G/srp": 0.25},
+            **{"gradnorm:G/kd": 3.0, "gradnorm:G/srp": 1.0},
+        },
+    ]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n{cut")
+    text = "\n".join(loss_terms_table(f))
+    assert "## Loss terms" in text and "| G/kd | 10 | 3.00 | 75% |" in text and "| G/srp | 5 | 1.00 | 25% |" in text
+    assert "disc" not in text.split("|---")[1]
+    assert loss_terms_table(tmp_path / "none.jsonl") == []  # no file, no section
+    f.write_text(json.dumps(rows[0]) + "\n")
+    assert loss_terms_table(f) == []  # nothing measured (older runs): no section
