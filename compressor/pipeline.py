@@ -140,8 +140,12 @@ def run_pipeline(
     progress: Optional[Callable] = None,
     recipe_path: Optional[Path] = None,
     on_stage: Optional[Callable[[StageResult], None]] = None,
+    build_discriminator: Optional[Callable] = None,
 ) -> list[StageResult]:
-    """Run the recipe's stages in order, skipping those that are up to date."""
+    """Run the recipe's stages in order, skipping those that are up to date.
+
+    ``build_discriminator``: builds the distill stage's discriminators instead of the zoo's PatchGAN (called as
+    ``build(input_nc=..., **distill.discriminator)``); one process only."""
     if only:
         bad = [s for s in only if s not in STAGES]
         if bad:
@@ -151,7 +155,18 @@ def run_pipeline(
     consent_to_own_import(recipe)  # the recipe being run consents to its own teacher.import
     with run_lock(Path(out_root) / recipe.name):
         return _run_stages(
-            recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress, recipe_path, on_stage
+            recipe,
+            out_root,
+            force,
+            resume,
+            only,
+            dev,
+            trust_checkpoint,
+            nproc,
+            progress,
+            recipe_path,
+            on_stage,
+            build_discriminator,
         )
 
 
@@ -171,7 +186,18 @@ def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
 
 
 def _run_stages(
-    recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress, recipe_path, on_stage
+    recipe,
+    out_root,
+    force,
+    resume,
+    only,
+    dev,
+    trust_checkpoint,
+    nproc,
+    progress,
+    recipe_path,
+    on_stage,
+    build_discriminator=None,
 ) -> list[StageResult]:
     _preflight_checkpoints(
         Context(recipe, RunDir(Path(out_root) / recipe.name), dev, resume=resume, force=force, recipe_path=recipe_path),
@@ -188,6 +214,7 @@ def _run_stages(
         nproc=nproc,
         progress=progress,
         recipe_path=recipe_path,
+        build_discriminator=build_discriminator,
     )
     results = []
     for stage in STAGES:

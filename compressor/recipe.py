@@ -12,7 +12,7 @@ import logging
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -214,7 +214,15 @@ class StudentSpec(Strict):
 
 
 class WeightSpec(Strict):
+    """A loss term's spec (:mod:`compressor.terms` holds its function): its weight, and, in subclasses, the taps it
+    reads (``layers``) and whether it needs the teacher."""
+
+    needs_teacher: ClassVar[bool] = False
     weight: float = Field(..., ge=0, description="loss weight (0 turns it off)")
+
+
+class TeacherWeightSpec(WeightSpec):
+    needs_teacher: ClassVar[bool] = True
 
 
 class GanLossSpec(WeightSpec):
@@ -222,7 +230,7 @@ class GanLossSpec(WeightSpec):
     mode: Literal["lsgan", "vanilla", "hinge"] = Field("lsgan", description="adversarial loss")
 
 
-class SrpLossSpec(WeightSpec):
+class SrpLossSpec(TeacherWeightSpec):
     weight: float = Field(SRP_DEFAULT_WEIGHT, ge=0)
     layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
     layer_weights: Optional[list[float]] = Field(None, description="one weight per layer (default: all 1)")
@@ -258,7 +266,7 @@ class SrpLossSpec(WeightSpec):
         return self
 
 
-class FeatLossSpec(WeightSpec):
+class FeatLossSpec(TeacherWeightSpec):
     weight: float = Field(0.0, ge=0)
     layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
 
@@ -266,22 +274,24 @@ class FeatLossSpec(WeightSpec):
 class LossesSpec(Strict):
     gan: GanLossSpec = Field(default_factory=GanLossSpec, description="adversarial loss")
     recon: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=100.0), description="L1 to ground truth")
-    kd: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=10.0), description="L1 to teacher output")
+    kd: TeacherWeightSpec = Field(
+        default_factory=lambda: TeacherWeightSpec(weight=10.0), description="L1 to teacher output"
+    )
     srp: SrpLossSpec = Field(default_factory=SrpLossSpec, description="semantic relation preserving loss")
     feat: FeatLossSpec = Field(default_factory=FeatLossSpec, description="feature L2 through 1x1 adapters")
     cycle: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=10.0), description="unpaired cycle loss")
 
+    def active(self) -> dict[str, WeightSpec]:
+        """The terms with a positive weight, by name, in field order."""
+        return {k: v for k, v in self if isinstance(v, WeightSpec) and v.weight > 0}
+
     def tapped_layers(self) -> list[str]:
         """The layers the active feature losses (SRP, feature distillation) tap, each once."""
-        return list(
-            dict.fromkeys(
-                (self.srp.layers if self.srp.weight > 0 else []) + (self.feat.layers if self.feat.weight > 0 else [])
-            )
-        )
+        return list(dict.fromkeys(layer for spec in self.active().values() for layer in getattr(spec, "layers", [])))
 
     def uses_teacher(self, data_kind: str) -> bool:
         """Whether any loss looks at the teacher (folder data has no targets, so it always does)."""
-        return self.kd.weight > 0 or self.srp.weight > 0 or self.feat.weight > 0 or data_kind == "folder"
+        return any(spec.needs_teacher for spec in self.active().values()) or data_kind == "folder"
 
 
 class DiscriminatorSpec(Strict):

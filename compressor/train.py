@@ -51,14 +51,14 @@ from .data import ResumableSampler, image_row, to_image
 from .errors import CheckpointError, Interrupted, TrainingDiverged
 from .features import FeatureTaps
 from .io import append_line, atomic_torch_save, atomic_write_bytes, atomic_write_text
-from .losses import FeatureAdapters, GANLoss, kd_loss, srp_multi
+from .losses import FeatureAdapters, GANLoss
 from .models import build_discriminator
 from .recipe import LossesSpec
+from .terms import GENERATOR_TERMS, TermInputs
 
 log = logging.getLogger(__name__)
 
 CKPT_RE = re.compile(r"step_(\d+)\.pt$")
-DISTILL_TERMS = ("kd", "srp", "feat")  # the terms that carry the teacher to the student
 SHARE_FLOOR = 0.01  # a distillation term below this share of the gradient norm ...
 SHARE_PATIENCE = 3  # ... at this many consecutive logged steps gets one warning
 
@@ -208,6 +208,9 @@ class TrainSetup:
     feat_channels: dict[str, tuple[int, int]] = field(default_factory=dict)
     teacher_as_real: bool = False
     disc_spec: Optional[dict] = None
+    # builds each direction's discriminator: build(input_nc=..., **disc_spec); a caller may pass its own (the
+    # ablation builds every arm's from the seed alone)
+    build_discriminator: Callable[..., nn.Module] = build_discriminator
     checkpoint_every: int = 1000
     keep_last: int = 3
     log_every: int = 50
@@ -327,7 +330,7 @@ class Trainer:
                 probe = setup.dataset[0][d.src][None].to(device)
                 with torch.no_grad():
                     out_nc = d.student(probe).shape[1]
-                d.disc = build_discriminator(
+                d.disc = setup.build_discriminator(
                     input_nc=kind.disc_input_channels(probe.shape[1], out_nc), **dict(setup.disc_spec or {})
                 )
             if d.disc is not None:
@@ -480,42 +483,24 @@ class Trainer:
     def generator_terms(
         self, d: Direction, batch: dict
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, Optional[tuple]]:
-        """One direction's generator loss terms, its output, and the (real, fake) pair for the discriminator."""
+        """One direction's generator loss terms (weighted), its output, and the (real, fake) pair for the
+        discriminator: every term of :data:`compressor.terms.GENERATOR_TERMS` with a positive weight, whose teacher
+        is there when it needs one."""
         s, L = self.s, self.s.losses
         terms: dict[str, torch.Tensor] = {}
         x = self._to(batch[d.src])
         t = self.teacher_forward(d, x, batch)
         with FeatureTaps(d.student, s.taps) as tap_s:
             out_s = d.student(x)
-        tgt_key = d.kind.recon_target(d, batch)
-        if L.recon.weight > 0 and tgt_key is not None:
-            terms[f"{d.name}/recon"] = nn.functional.l1_loss(out_s.float(), self._to(batch[tgt_key])) * L.recon.weight
-        if t is not None:
-            if L.kd.weight > 0:
-                terms[f"{d.name}/kd"] = kd_loss(out_s.float(), t.image) * L.kd.weight
-            if L.srp.weight > 0 and s.srp_layers:
-                terms[f"{d.name}/srp"] = (
-                    srp_multi(
-                        t.features,
-                        tap_s.features,
-                        s.srp_layers,
-                        L.srp.layer_weights,
-                        pool=L.srp.pool,
-                        variant=L.srp.variant,
-                        float64=L.srp.float64,
-                        normalize=L.srp.normalize,
-                    )
-                    * L.srp.weight
-                )
-            if self.adapters is not None:
-                terms[f"{d.name}/feat"] = self.adapters[d.name](t.features, tap_s.features) * L.feat.weight
-        pair = None
-        if self.use_gan and d.disc is not None:
-            pair = d.kind.gan_pair(d, batch, x, out_s, t.image if t is not None else None, self._to)
-            d.disc.requires_grad_(False)  # the generator's adversarial term trains the generator only
-            terms[f"{d.name}/gan"] = self.gan(d.disc(pair[1]), True, False) * L.gan.weight
-            d.disc.requires_grad_(True)
-        return terms, out_s, pair
+        inputs = TermInputs(self, d, batch, x, out_s, tap_s.features, t)
+        for name, fn in GENERATOR_TERMS.items():
+            spec = getattr(L, name)
+            if spec.weight <= 0 or (spec.needs_teacher and t is None):
+                continue
+            value = fn(inputs, spec)
+            if value is not None:
+                terms[f"{d.name}/{name}"] = value * spec.weight
+        return terms, out_s, inputs.extras.get("pair")
 
     def cycle_terms(self, fakes: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
         """Unpaired data: A -> B -> A and B -> A -> B back to their inputs (L1)."""
@@ -584,8 +569,8 @@ class Trainer:
         self.grad_norms = norms
         for k, share in self.shares.items():
             name = k.rsplit("/", 1)[-1]
-            if name not in DISTILL_TERMS:
-                continue
+            if not getattr(getattr(self.s.losses, name, None), "needs_teacher", False):
+                continue  # only the distillation terms (those that carry the teacher) are watched
             self._low_share[k] = self._low_share.get(k, 0) + 1 if share < SHARE_FLOOR else 0
             if self._low_share[k] >= SHARE_PATIENCE and k not in self._share_warned and self.rank == 0:
                 self._share_warned.add(k)

@@ -411,3 +411,26 @@ def test_gradient_shares_are_logged_and_a_swamped_distillation_term_is_warned_on
         tr.fit()
     assert not [r for r in caplog.records if "stayed below" in r.getMessage()]
     assert all(tr.shares[f"G/{t}"] > 0.01 for t in ("kd", "srp"))
+
+
+def test_the_trainer_builds_discriminators_with_the_builder_it_is_given(tmp_path):
+    calls = []
+
+    def build(**kwargs):
+        calls.append(kwargs)
+        return nn.Sequential(nn.Conv2d(kwargs["input_nc"], 1, 3, padding=1))
+
+    seed_everything(0)
+    losses = LossesSpec.model_validate({"srp": {"weight": 0}, "kd": {"weight": 1}})
+    d = Direction("G", _tiny_net(2), _tiny_net(1).eval(), "input", "target")
+    setup = TrainSetup(
+        kind="paired",
+        directions=[d],
+        dataset=_NoisyPairs(),
+        losses=losses,
+        steps=1,
+        disc_spec={"ndf": 4, "n_layers": 1},
+        build_discriminator=build,
+    )
+    Trainer(setup, tmp_path, torch.device("cpu"))
+    assert calls == [{"input_nc": 6, "ndf": 4, "n_layers": 1}] and isinstance(d.disc, nn.Sequential)

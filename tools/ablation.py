@@ -46,7 +46,6 @@ machine (the command prints the time it took); ``gpu`` 256² with a tenth of the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import itertools
 import json
@@ -56,6 +55,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,11 +68,11 @@ import numpy as np
 import torch
 import yaml
 
-import compressor.train as ctrain
 from compressor.data import ResumableSampler, make_dataset
 from compressor.features import FeatureTaps, resolve_taps
 from compressor.losses import srp_multi
 from compressor.metrics import frechet_distance, load_inception, paired_metrics
+from compressor.models import build_discriminator
 from compressor.pipeline import RunDir, load_run_teacher, run_pipeline
 from compressor.recipe import SRP_DEFAULT_WEIGHT, SRP_OLD_DEFAULT_WEIGHT, parse_recipe
 from compressor.slim import load_student
@@ -150,10 +150,11 @@ SCALES = {
         "seeds": "0,1000,2000,3000",
     },
     # SRP in the paper's regime as well as pix2pix's, both zoo families, three SRP weights (old default, balanced
-    # default, 10x); sized to about an hour of the share of one core this project's loaded 2-core machine gives one
-    # process (student steps measured there: unet 0.27 s, resnet 0.12 s): students of 200 steps from scratch, 3
-    # seeds, teacher fidelity (PSNR/SSIM against the teacher) and held-out relation distance; KID is not computed
-    # (Inception at 299² costs ~0.6 s per test image there, a minute per run)
+    # default, 10x). Sized to the share of one core this project's 2-core machine gives one process while six
+    # engineers work on it (15-30%; student steps measured there: unet 0.27 s to 1 s, resnet 0.12 s): about 10
+    # minutes of an idle core, 35-60 minutes of wall time. Teachers of 1-1.5 epochs, students of 150 steps from
+    # scratch, 2 seeds, 50 test pairs; teacher fidelity (PSNR/SSIM against the teacher) and held-out relation
+    # distance. KID is not computed (Inception at 299² costs ~0.6 s per test image there, a minute per run).
     "cpu-srp": {
         "families": {
             "unet": {"arch": "unet_128", "ngf": 32, "size": 128, "load_size": 143, "layers": ["encoder", "mid"]},
@@ -166,17 +167,18 @@ SCALES = {
             },
         },
         "regimes": {"pix2pix": {"recon": 100.0}, "distill": {"recon": 0.0}},
-        "teacher_steps": 800,
-        "student_steps": 200,
+        "teacher_steps": 500,
+        "student_steps": 150,
         "batch": 1,
         "ndf": 16,
         "log_every": 50,
         "eval_metrics": ["psnr", "ssim"],
-        "seeds": "0,1000,2000",
+        "seeds": "0,1000",
         "kid": False,
         "primary": "psnr_t",
         "variants": "kd,srp_old,srp_bal,srp_10x",
-        "stage_eval_images": 8,
+        "stage_eval_images": 4,
+        "max_test": 50,
     },
     "gpu": {
         "arch": "unet_256",
@@ -287,28 +289,23 @@ def fingerprint(obj) -> str:
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def paired_discriminator(seed: int, record: dict):
-    """Build every discriminator of this block from ``seed`` alone, and fingerprint its initial weights.
+def paired_discriminator(seed: int, record: dict) -> Callable[..., torch.nn.Module]:
+    """A discriminator builder for the trainer (``run_pipeline(build_discriminator=...)``) that builds every
+    discriminator of a run from ``seed`` alone and fingerprints its initial weights into ``record``.
 
-    The trainer builds its discriminator from the global torch RNG after loading the teacher, the student and
-    (for SRP/feature arms) probing the taps, so without this the arms of one seed would start from different
-    discriminators. The draw happens in a forked RNG, so nothing else in the run sees a different stream.
+    The trainer builds its discriminator after loading the teacher, the student and (for SRP/feature arms) probing
+    the taps, so from the global torch RNG the arms of one seed would start from different discriminators. The draw
+    happens in a forked RNG, so nothing else in the run sees a different stream.
     """
-    build = ctrain.build_discriminator
 
-    def seeded(*args, **kwargs):
+    def build(*args, **kwargs):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + DISC_SEED_OFFSET)
-            net = build(*args, **kwargs)
+            net = build_discriminator(*args, **kwargs)
         record["discriminator_init"] = fingerprint(net)
         return net
 
-    ctrain.build_discriminator = seeded
-    try:
-        yield
-    finally:
-        ctrain.build_discriminator = build
+    return build
 
 
 def data_order_fingerprint(n: int, seed: int, epochs: int) -> str:
@@ -326,8 +323,14 @@ def run(doc: dict, out: Path, only: list[str]) -> tuple[Path, dict]:
     info_file = rd / "ablation_run.json"
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
     record: dict = {}
-    with paired_discriminator(doc["seed"], record):
-        run_pipeline(recipe, out, resume=True, only=only, recipe_path=src)
+    run_pipeline(
+        recipe,
+        out,
+        resume=True,
+        only=only,
+        recipe_path=src,
+        build_discriminator=paired_discriminator(doc["seed"], record),
+    )
     if record:  # the trainer built a discriminator: this invocation trained (or resumed) the run
         info["discriminator_init"] = record["discriminator_init"]
     # the pipeline's own record: the seconds of each stage's last completed run, kept across invocations
