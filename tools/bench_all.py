@@ -191,7 +191,11 @@ def main(argv=None) -> None:
                 distill = json.loads(dj.read_text())
             export = json.loads(ej.read_text())
     (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / "benchmarks.md").write_text(render_doc(export, distill))
+    doc = ROOT / "docs" / "benchmarks.md"
+    old = doc.read_text() if doc.exists() else ""
+    lb, le = "<!-- bench_losses:begin -->", "<!-- bench_losses:end -->"
+    kept = old[old.index(lb) : old.index(le) + len(le)] if lb in old and le in old else ""  # tools/bench_losses.py's
+    doc.write_text(render_doc(export, distill) + ("\n" + kept + "\n" if kept else ""))
     block = render(export, distill)
     if not args.no_readme:
         update_readme(ROOT / "README.md", block)
