@@ -18,6 +18,14 @@ and answers four claims with paired differences over the same seeds and test ima
     inheriting helps      kd_srp_inherit − kd_srp
     feature distillation  kd_feat − kd
 
+**Scale ``cpu-srp``** asks whether SRP acts once it is weighted to reach the student: both zoo families (unet_128
+at 128², resnet_6blocks at 64²), the pix2pix regime (GAN + L1 to the photo + KD + SRP) and a pure-distillation
+regime (GAN + KD + SRP, no L1 to the photo, closer to the SRP paper's), and four arms per block: ``kd`` and SRP at
+three weights, ``srp_old`` (10 per (HW)² entry, the old default), ``srp_bal`` (the balanced default per relation
+row) and ``srp_10x``. Its primary metric is PSNR against the teacher; the held-out relation distance (the per-row
+SRP loss between student and teacher features on the test pairs) checks that SRP acted, and the arms table shows
+SRP's mean share of the student's gradient norm from metrics.jsonl.
+
 **Pairing.** Seed k of every arm sees the same data order and augmentation (the sampler and the jitter depend on
 the recipe seed alone), the same discriminator initialisation (built here from the seed alone; see
 ``paired_discriminator``), and, for the four scratch-initialised arms, the same student initialisation. Each run
