@@ -38,8 +38,16 @@ def duration(seconds: float) -> str:
 
 
 def _loss(losses: dict) -> Optional[float]:
-    main = {k: v for k, v in (losses or {}).items() if not k.endswith("/disc")}
+    main = {k: v for k, v in (losses or {}).items() if not k.endswith("/disc") and ":" not in k}
     return sum(main.values()) if main else None
+
+
+def _shares(losses: dict) -> str:
+    """``grad share G/recon 80%, G/kd 12%, …``: each generator term's share of the gradient norm (last log step)."""
+    shares = {k.split(":", 1)[1]: v for k, v in (losses or {}).items() if k.startswith("share:")}
+    if not shares:
+        return ""
+    return "grad share " + " ".join(f"{k.split('/')[-1]} {100 * v:.2g}%" for k, v in shares.items())
 
 
 # ------------------------------------------------------------------------------------------------ heartbeat
@@ -88,6 +96,8 @@ class Heartbeat:
         loss = _loss(self.losses)
         if loss is not None:
             parts.append(f"loss {loss:.4g}")
+        if _shares(self.losses):
+            parts.append(_shares(self.losses))
         done = self.step - self.step0
         if dt > 0 and done > 0:
             rate = done / dt
@@ -190,7 +200,10 @@ class Progress:
         if stage not in self.tasks:
             self.tasks[stage] = self.bar.add_task(stage, total=total, info="")
         loss = _loss(losses)
-        self.bar.update(self.tasks[stage], completed=step, total=total, info="" if loss is None else f"loss {loss:.3f}")
+        info = "" if loss is None else f"loss {loss:.3f}"
+        if _shares(losses):
+            info += f" ({_shares(losses)})"
+        self.bar.update(self.tasks[stage], completed=step, total=total, info=info)
 
     def stage_done(self, stage: str) -> None:
         if self.heartbeat is not None:

@@ -39,7 +39,12 @@ def resolve_taps(
 class FeatureTaps:
     """Record the outputs of named modules during forward passes.
 
-    >>> with FeatureTaps(model, {"encoder": "model.9"}) as taps:
+    The recorded tensor is a copy of the module's own output: an in-place activation after the tapped module
+    (``nn.ReLU(True)``, ``nn.LeakyReLU(0.2, True)``, as in the pix2pix zoo) would otherwise overwrite what was
+    recorded, and a tap documented as a norm's output would hold the activation's. The copy stays in the
+    autograd graph, so losses on it train the model.
+
+    >>> with FeatureTaps(model, {"encoder": "model.8"}) as taps:
     ...     model(x); taps.features["encoder"]
     """
 
@@ -56,7 +61,7 @@ class FeatureTaps:
 
     def _hook(self, alias):
         def hook(_module, _inputs, output):
-            self.features[alias] = output
+            self.features[alias] = output.clone() if isinstance(output, torch.Tensor) else output
 
         return hook
 

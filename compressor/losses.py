@@ -3,6 +3,10 @@
 SRP (Li, Jiang & Aarabi, ECCV 2020). For features of shape (B, C, H, W), each sample is reshaped to
 F (HW x C); its relation matrix Q = rownorm(F Fᵀ). The loss is mean_b ‖Q_t − Q_s‖²_F / (HW)².
 
+That mean over (HW)² entries is bounded by 4/HW (every row of Q has unit norm), so its scale, and the weight it
+needs, falls with the tapped resolution. :func:`srp_multi` with ``normalize="rows"`` (the toolkit's default)
+multiplies it by HW: the mean over rows of the squared row difference, bounded by 4 at any resolution.
+
 The factorised form never builds an HW x HW matrix. With G = F Fᵀ, row i of G is F f_i, so its squared norm
 is f_iᵀ (FᵀF) f_i: the row norms come from the C x C Gram matrix. Then
 
@@ -101,15 +105,27 @@ def srp_multi(
     pool: int | None = None,
     variant: str = "l2",
     float64: bool = False,
+    normalize: str = "entries",
 ) -> torch.Tensor:
-    """Weighted sum of SRP over several tapped layers."""
+    """Weighted sum of SRP over several tapped layers.
+
+    ``normalize="entries"``: each layer's loss is the mean over the (HW)² relation entries (the paper's form,
+    bounded by 4/HW); ``"rows"``: HW times that, the mean over the HW rows of the squared row difference (bounded
+    by 4, whatever the resolution), so that one weight means the same at every tap and image size.
+    """
+    if normalize not in ("entries", "rows"):
+        raise ValueError(f"normalize must be 'entries' or 'rows', not {normalize!r}")
     weights = weights or [1.0] * len(layers)
     total = 0.0
     for name, w in zip(layers, weights):
+        f_t, f_s = feats_t[name], feats_s[name]
         if variant == "l1":
-            total = total + w * srp_loss_reference(feats_t[name], feats_s[name], pool=pool, p=1)
+            loss = srp_loss_reference(f_t, f_s, pool=pool, p=1)
         else:
-            total = total + w * srp_loss(feats_t[name], feats_s[name], pool=pool, float64=float64)
+            loss = srp_loss(f_t, f_s, pool=pool, float64=float64)
+        if normalize == "rows":
+            loss = loss * (pool * pool if pool is not None else f_s.shape[-2] * f_s.shape[-1])
+        total = total + w * loss
     return total
 
 

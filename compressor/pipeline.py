@@ -128,15 +128,30 @@ def run_pipeline(
     progress: Optional[Callable] = None,
     recipe_path: Optional[Path] = None,
     on_stage: Optional[Callable[[StageResult], None]] = None,
+    build_discriminator: Optional[Callable] = None,
 ) -> list[StageResult]:
-    """Run the recipe's stages in order, skipping those that are up to date."""
+    """Run the recipe's stages in order, skipping those that are up to date.
+
+    ``build_discriminator``: builds the distill stage's discriminators instead of the zoo's PatchGAN (called as
+    ``build(input_nc=..., **distill.discriminator)``); one process only."""
     check_stage_names(only or ())
     dev = resolve_device(device or recipe.device)
     preflight(recipe, build_model=False)  # the zoo, backends and data folder: before the run folder is made
     consent_to_own_import(recipe)  # the recipe being run consents to its own teacher.import
     with run_lock(Path(out_root) / recipe.name):
         return _run_stages(
-            recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress, recipe_path, on_stage
+            recipe,
+            out_root,
+            force,
+            resume,
+            only,
+            dev,
+            trust_checkpoint,
+            nproc,
+            progress,
+            recipe_path,
+            on_stage,
+            build_discriminator,
         )
 
 
@@ -159,7 +174,18 @@ def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
 
 
 def _run_stages(
-    recipe, out_root, force, resume, only, dev, trust_checkpoint, nproc, progress, recipe_path, on_stage
+    recipe,
+    out_root,
+    force,
+    resume,
+    only,
+    dev,
+    trust_checkpoint,
+    nproc,
+    progress,
+    recipe_path,
+    on_stage,
+    build_discriminator=None,
 ) -> list[StageResult]:
     _preflight_checkpoints(
         Context(recipe, RunDir(Path(out_root) / recipe.name), dev, resume=resume, force=force, recipe_path=recipe_path),
@@ -176,6 +202,7 @@ def _run_stages(
         nproc=nproc,
         progress=progress,
         recipe_path=recipe_path,
+        build_discriminator=build_discriminator,
     )
     results = []
     for st in STAGES:

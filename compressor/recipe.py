@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import typing
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -166,14 +167,25 @@ class BudgetSpec(Strict):
         return self
 
 
-# Options added after run folders existed, with the default that leaves them out of stage digests (a test checks
-# that each is the field's schema default).
+log = logging.getLogger(__name__)
+
+# Options added after run folders existed, with the value that leaves them out of stage digests: the field's schema
+# default, or (distill.losses.srp.normalize) the value every recipe written before the option resolves to. A test
+# checks both.
 DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "student.round_channels": None,
     "teacher.output": None,
     "student.outputs": "named",
     "export.static": False,
+    "distill.losses.srp.normalize": "entries",
 }
+
+# SRP's default weight on the balanced scale (normalize: rows). Chosen so that SRP's share of the student's gradient
+# is within 10x of KD's for both zoo families at 256² with the default recipe: tools/bench_losses.py,
+# docs/benchmarks.md.
+SRP_DEFAULT_WEIGHT = 5.0
+SRP_OLD_DEFAULT_WEIGHT = 10.0  # the default before normalize existed (per-entry scale)
+_NOTED: set[str] = set()
 
 
 class StudentSpec(Strict):
@@ -217,7 +229,15 @@ class StudentSpec(Strict):
 
 
 class WeightSpec(Strict):
+    """A loss term's spec (:mod:`compressor.terms` holds its function): its weight, and, in subclasses, the taps it
+    reads (``layers``) and whether it needs the teacher."""
+
+    needs_teacher: ClassVar[bool] = False
     weight: float = Field(..., ge=0, description="loss weight (0 turns it off)")
+
+
+class TeacherWeightSpec(WeightSpec):
+    needs_teacher: ClassVar[bool] = True
 
 
 class GanLossSpec(WeightSpec):
@@ -225,22 +245,43 @@ class GanLossSpec(WeightSpec):
     mode: Literal["lsgan", "vanilla", "hinge"] = Field("lsgan", description="adversarial loss")
 
 
-class SrpLossSpec(WeightSpec):
-    weight: float = Field(10.0, ge=0)
+class SrpLossSpec(TeacherWeightSpec):
+    weight: float = Field(SRP_DEFAULT_WEIGHT, ge=0)
     layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
     layer_weights: Optional[list[float]] = Field(None, description="one weight per layer (default: all 1)")
     pool: Optional[int] = Field(None, ge=1, description="average-pool features to this size first")
     variant: Literal["l2", "l1"] = Field("l2", description="l2: exact factorised form; l1: materialised")
     float64: bool = Field(False, description="accumulate in float64 (teacher and student nearly equal)")
+    normalize: Optional[Literal["rows", "entries"]] = Field(
+        None,
+        description=(
+            "rows: the mean over relation rows (bounded by 4 at any resolution; the default); entries: the mean over "
+            "(HW)² entries, the scale before this option (default when a recipe sets weight without normalize)"
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self):
         if self.layer_weights is not None and len(self.layer_weights) != len(self.layers):
             raise ValueError("distill.losses.srp.layer_weights needs one weight per layer")
+        if self.normalize is None:
+            # A recipe written before normalize existed and setting the weight meant the per-entry scale: keep it.
+            old = "weight" in self.model_fields_set
+            self.normalize = "entries" if old else "rows"
+            if old and self.weight > 0:
+                note = (
+                    f"distill.losses.srp.weight {self.weight:g} keeps its earlier meaning (normalize: entries, the "
+                    f"mean over the (HW)² relation entries); for the balanced scale write `normalize: rows` and a "
+                    f"weight about {SRP_DEFAULT_WEIGHT:g} (the default), or divide this one by each tap's H·W "
+                    f"(16² tap: /256) for the same effect"
+                )
+                if note not in _NOTED:
+                    _NOTED.add(note)
+                    log.warning(note)
         return self
 
 
-class FeatLossSpec(WeightSpec):
+class FeatLossSpec(TeacherWeightSpec):
     weight: float = Field(0.0, ge=0)
     layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
 
@@ -248,22 +289,24 @@ class FeatLossSpec(WeightSpec):
 class LossesSpec(Strict):
     gan: GanLossSpec = Field(default_factory=GanLossSpec, description="adversarial loss")
     recon: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=100.0), description="L1 to ground truth")
-    kd: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=10.0), description="L1 to teacher output")
+    kd: TeacherWeightSpec = Field(
+        default_factory=lambda: TeacherWeightSpec(weight=10.0), description="L1 to teacher output"
+    )
     srp: SrpLossSpec = Field(default_factory=SrpLossSpec, description="semantic relation preserving loss")
     feat: FeatLossSpec = Field(default_factory=FeatLossSpec, description="feature L2 through 1x1 adapters")
     cycle: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=10.0), description="unpaired cycle loss")
 
+    def active(self) -> dict[str, WeightSpec]:
+        """The terms with a positive weight, by name, in field order."""
+        return {k: v for k, v in self if isinstance(v, WeightSpec) and v.weight > 0}
+
     def tapped_layers(self) -> list[str]:
         """The layers the active feature losses (SRP, feature distillation) tap, each once."""
-        return list(
-            dict.fromkeys(
-                (self.srp.layers if self.srp.weight > 0 else []) + (self.feat.layers if self.feat.weight > 0 else [])
-            )
-        )
+        return list(dict.fromkeys(layer for spec in self.active().values() for layer in getattr(spec, "layers", [])))
 
     def uses_teacher(self, data_kind: str) -> bool:
         """Whether any loss looks at the teacher (folder data has no targets, so it always does)."""
-        return self.kd.weight > 0 or self.srp.weight > 0 or self.feat.weight > 0 or data_kind == "folder"
+        return any(spec.needs_teacher for spec in self.active().values()) or data_kind == "folder"
 
 
 class DiscriminatorSpec(Strict):

@@ -67,6 +67,9 @@ class Context:
     recipe_path: Optional[Path] = None
     hashes: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    # builds the discriminators the distill stage trains (TrainSetup.build_discriminator); None: the zoo's PatchGAN.
+    # In-process only: a torchrun launch (nproc > 1) cannot carry it
+    build_discriminator: Optional[Callable] = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -225,6 +228,8 @@ def run_training(
         sample_batch=_sample_batch(r, min(4, r.evaluate.samples or 4), batch_keys(r.data.kind)),
         resume_command=resume_command(ctx),
     )
+    if ctx.build_discriminator is not None:
+        setup.build_discriminator = ctx.build_discriminator
     progress = None
     if ctx.progress:
         progress = lambda step, total, losses_: ctx.progress(stage, step, total, losses_)  # noqa: E731
@@ -413,6 +418,8 @@ def finish_distill(ctx: Context, dirs, summary: dict) -> None:
 
 def launch_distributed(ctx: Context) -> dict:
     """Run the distill stage in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU)."""
+    if ctx.build_discriminator is not None:
+        raise ValueError("a discriminator builder works in one process only (nproc 1), not under torchrun")
     cmd = [
         sys.executable,
         "-m",

@@ -51,13 +51,16 @@ from .data import ResumableSampler, image_row, to_image
 from .errors import CheckpointError, Interrupted, TrainingDiverged
 from .features import FeatureTaps
 from .io import append_line, atomic_torch_save, atomic_write_bytes, atomic_write_text
-from .losses import FeatureAdapters, GANLoss, kd_loss, srp_multi
+from .losses import FeatureAdapters, GANLoss
 from .models import build_discriminator
 from .recipe import LossesSpec
+from .terms import GENERATOR_TERMS, TermInputs
 
 log = logging.getLogger(__name__)
 
 CKPT_RE = re.compile(r"step_(\d+)\.pt$")
+SHARE_FLOOR = 0.01  # a distillation term below this share of the gradient norm ...
+SHARE_PATIENCE = 3  # ... at this many consecutive logged steps gets one warning
 
 
 # ---------------------------------------------------------------------------------------------- hardware
@@ -205,6 +208,9 @@ class TrainSetup:
     feat_channels: dict[str, tuple[int, int]] = field(default_factory=dict)
     teacher_as_real: bool = False
     disc_spec: Optional[dict] = None
+    # builds each direction's discriminator: build(input_nc=..., **disc_spec); a caller may pass its own (the
+    # ablation builds every arm's from the seed alone)
+    build_discriminator: Callable[..., nn.Module] = build_discriminator
     checkpoint_every: int = 1000
     keep_last: int = 3
     log_every: int = 50
@@ -324,7 +330,7 @@ class Trainer:
                 probe = setup.dataset[0][d.src][None].to(device)
                 with torch.no_grad():
                     out_nc = d.student(probe).shape[1]
-                d.disc = build_discriminator(
+                d.disc = setup.build_discriminator(
                     input_nc=kind.disc_input_channels(probe.shape[1], out_nc), **dict(setup.disc_spec or {})
                 )
             if d.disc is not None:
@@ -362,6 +368,10 @@ class Trainer:
                 log.warning(note)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self._teacher_cache: dict[tuple[str, int], TeacherOut] = {}
+        self.shares: dict[str, float] = {}  # each generator term's share of the gradient norm, at the last log step
+        self.grad_norms: dict[str, float] = {}
+        self._low_share: dict[str, int] = {}
+        self._share_warned: set[str] = set()
         self.step = 0
         self._stop = False
         self._ddp_ready = False
@@ -473,41 +483,24 @@ class Trainer:
     def generator_terms(
         self, d: Direction, batch: dict
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor, Optional[tuple]]:
-        """One direction's generator loss terms, its output, and the (real, fake) pair for the discriminator."""
+        """One direction's generator loss terms (weighted), its output, and the (real, fake) pair for the
+        discriminator: every term of :data:`compressor.terms.GENERATOR_TERMS` with a positive weight, whose teacher
+        is there when it needs one."""
         s, L = self.s, self.s.losses
         terms: dict[str, torch.Tensor] = {}
         x = self._to(batch[d.src])
         t = self.teacher_forward(d, x, batch)
         with FeatureTaps(d.student, s.taps) as tap_s:
             out_s = d.student(x)
-        tgt_key = d.kind.recon_target(d, batch)
-        if L.recon.weight > 0 and tgt_key is not None:
-            terms[f"{d.name}/recon"] = nn.functional.l1_loss(out_s.float(), self._to(batch[tgt_key])) * L.recon.weight
-        if t is not None:
-            if L.kd.weight > 0:
-                terms[f"{d.name}/kd"] = kd_loss(out_s.float(), t.image) * L.kd.weight
-            if L.srp.weight > 0 and s.srp_layers:
-                terms[f"{d.name}/srp"] = (
-                    srp_multi(
-                        t.features,
-                        tap_s.features,
-                        s.srp_layers,
-                        L.srp.layer_weights,
-                        pool=L.srp.pool,
-                        variant=L.srp.variant,
-                        float64=L.srp.float64,
-                    )
-                    * L.srp.weight
-                )
-            if self.adapters is not None:
-                terms[f"{d.name}/feat"] = self.adapters[d.name](t.features, tap_s.features) * L.feat.weight
-        pair = None
-        if self.use_gan and d.disc is not None:
-            pair = d.kind.gan_pair(d, batch, x, out_s, t.image if t is not None else None, self._to)
-            d.disc.requires_grad_(False)  # the generator's adversarial term trains the generator only
-            terms[f"{d.name}/gan"] = self.gan(d.disc(pair[1]), True, False) * L.gan.weight
-            d.disc.requires_grad_(True)
-        return terms, out_s, pair
+        inputs = TermInputs(self, d, batch, x, out_s, tap_s.features, t)
+        for name, fn in GENERATOR_TERMS.items():
+            spec = getattr(L, name)
+            if spec.weight <= 0 or (spec.needs_teacher and t is None):
+                continue
+            value = fn(inputs, spec)
+            if value is not None:
+                terms[f"{d.name}/{name}"] = value * spec.weight
+        return terms, out_s, inputs.extras.get("pair")
 
     def cycle_terms(self, fakes: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
         """Unpaired data: A -> B -> A and B -> A -> B back to their inputs (L1)."""
@@ -548,10 +541,60 @@ class Trainer:
                     )
         return terms
 
-    def generator_step(self, batch: dict) -> tuple[dict[str, torch.Tensor], dict[str, tuple]]:
-        """Every generator-side term (all directions, cycle) and one optimiser step; returns terms and GAN pairs."""
+    def term_weight(self, term: str) -> float:
+        """The recipe weight of a generator term (``G/srp`` -> ``distill.losses.srp.weight``)."""
+        spec = getattr(self.s.losses, term.rsplit("/", 1)[-1], None)
+        return float(spec.weight) if spec is not None else 1.0
+
+    def term_grad_norms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
+        """L2 norm of each (weighted) term's gradient on the students' parameters, each term alone.
+
+        One extra backward pass per term through the retained graph: called at ``log_every`` steps only.
+        """
+        params = [p for d in self.s.directions for p in d.student.parameters() if p.requires_grad]
+        out = {}
+        for k, v in terms.items():
+            if not v.requires_grad:
+                out[k] = 0.0
+                continue
+            grads = torch.autograd.grad(v, params, retain_graph=True, allow_unused=True)
+            sq = sum(g.detach().float().pow(2).sum() for g in grads if g is not None)
+            out[k] = float(torch.as_tensor(sq).sqrt())
+        return out
+
+    def _measure_shares(self, terms: dict[str, torch.Tensor]) -> None:
+        norms = self.term_grad_norms(terms)
+        total = sum(norms.values())
+        self.shares = {k: (n / total if total > 0 else 0.0) for k, n in norms.items()}
+        self.grad_norms = norms
+        for k, share in self.shares.items():
+            name = k.rsplit("/", 1)[-1]
+            if not getattr(getattr(self.s.losses, name, None), "needs_teacher", False):
+                continue  # only the distillation terms (those that carry the teacher) are watched
+            self._low_share[k] = self._low_share.get(k, 0) + 1 if share < SHARE_FLOOR else 0
+            if self._low_share[k] >= SHARE_PATIENCE and k not in self._share_warned and self.rank == 0:
+                self._share_warned.add(k)
+                log.warning(
+                    "loss term %s: its share of the student's gradient norm stayed below %.0f%% (%.3g%% now) at %d "
+                    "logged steps in a row; at weight %g it barely reaches the student (raise "
+                    "distill.losses.%s.weight; shares per term are in metrics.jsonl)",
+                    k,
+                    100 * SHARE_FLOOR,
+                    100 * share,
+                    self._low_share[k],
+                    self.term_weight(k),
+                    name,
+                )
+
+    def generator_step(self, batch: dict, measure: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, tuple]]:
+        """Every generator-side term (all directions, cycle) and one optimiser step; returns terms and GAN pairs.
+
+        ``measure``: first record each term's gradient norm and share on the students (:meth:`term_grad_norms`).
+        """
         g_loss, terms, pairs = self.g_objective(batch)
         self._check_finite(terms)
+        if measure:
+            self._measure_shares(terms)
         self.opt_g.zero_grad(set_to_none=True)
         self.scaler.scale(g_loss).backward()
         self.scaler.unscale_(self.opt_g)
@@ -572,7 +615,10 @@ class Trainer:
         return terms
 
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
-        terms, pairs = self.generator_step(batch)
+        nxt = self.step + 1
+        # gradient shares at the logged steps, on one process (a separate backward under DDP would need its hooks)
+        measure = self.world == 1 and (nxt % self.s.log_every == 0 or nxt == self.s.steps)
+        terms, pairs = self.generator_step(batch, measure)
         terms.update(self.discriminator_step(pairs))
         self.scaler.update()
         self.sched_g.step()
@@ -671,7 +717,8 @@ class Trainer:
                         self._log_metrics(last, t0)
                     sums, count = {}, 0
                 if self.progress and self.rank == 0:
-                    self.progress(self.step, s.steps, {k: float(v) for k, v in terms.items()})
+                    shares = {f"share:{k}": v for k, v in self.shares.items()}
+                    self.progress(self.step, s.steps, {**{k: float(v) for k, v in terms.items()}, **shares})
                 if self.rank == 0 and (self.step % s.sample_every == 0 or self.step == s.steps):
                     self.write_samples()
                 if self.step % s.checkpoint_every == 0 or self.step == s.steps:
@@ -695,10 +742,17 @@ class Trainer:
             "time_s": round(time.perf_counter() - t0, 3),
             **{k: round(v, 6) for k, v in losses.items()},
         }
+        if self.shares:  # measured at this step: value above, weight, gradient norm and share of each term
+            for k in self.shares:
+                rec[f"weight:{k}"] = self.term_weight(k)
+                rec[f"gradnorm:{k}"] = round(self.grad_norms[k], 6)
+                rec[f"share:{k}"] = round(self.shares[k], 6)
         append_line(self.metrics_file, json.dumps(rec))
         if self._tb() is not None:
             for k, v in losses.items():
                 self._tb().add_scalar(k, v, self.step)
+            for k, v in self.shares.items():
+                self._tb().add_scalar(f"share/{k}", v, self.step)
 
     _tb_writer = None
 

@@ -922,6 +922,55 @@ def build_html(markdown_text: str, plots: dict[str, str], title: str, samples_pn
     )
 
 
+def loss_terms_table(metrics_path: str | Path) -> list[str]:
+    """A "Loss terms" section from a training run's metrics.jsonl: each generator term's weight, mean logged value
+    and mean share of the student's gradient norm (logged at ``log_every`` steps). Empty when nothing was logged."""
+    values: dict[str, list[float]] = defaultdict(list)
+    shares: dict[str, list[float]] = defaultdict(list)
+    weights: dict[str, float] = {}
+    try:
+        lines = Path(metrics_path).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return []
+    for line in lines:
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if not isinstance(rec, dict):
+            continue
+        for k, v in rec.items():
+            if not isinstance(v, (int, float)) or isinstance(v, bool):
+                continue
+            if k.startswith("share:"):
+                shares[k[6:]].append(float(v))
+            elif k.startswith("weight:"):
+                weights[k[7:]] = float(v)
+            elif "/" in k and ":" not in k and not k.endswith("/disc"):
+                values[k].append(float(v))
+    if not shares:
+        return []
+    rows = [
+        [
+            term,
+            f"{weights[term]:g}" if term in weights else "–",
+            sig(sum(values[term]) / len(values[term])) if values.get(term) else "–",
+            f"{100 * sum(shares[term]) / len(shares[term]):.2g}%",
+        ]
+        for term in shares
+    ]
+    n = max(len(v) for v in shares.values())
+    return [
+        "## Loss terms",
+        "",
+        f"Distillation, from metrics.jsonl: each term's weight, its mean logged value (weighted) and its mean share of "
+        f"the student's gradient norm over {n} logged steps (each term's gradient alone; shares sum to 100%).",
+        "",
+        _table(["term", "weight", "mean value", "gradient share"], rows),
+        "",
+    ]
+
+
 def _samples_for(eval_path: Path) -> Optional[Path]:
     """The sample grid a run's evaluate stage wrote next to its eval.json (samples/eval.png)."""
     p = Path(eval_path).parent / "samples" / "eval.png"
@@ -973,6 +1022,8 @@ def write_report(
         blobs[rel] = data
     md = build_markdown(profiles, evals, exports, title, refs or None)
     md += "".join(benchmark_section(doc) for doc in benchmarks)
+    for p in eval_files:  # the loss-terms table of each run whose eval.json is given
+        md += "\n".join(loss_terms_table(Path(p).parent / "metrics.jsonl"))
     plots = make_plots(profiles, evals)
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, md)

@@ -138,23 +138,19 @@ def test_convergence_ignores_noise_but_needs_points():
 
 
 def test_paired_discriminator_depends_on_the_seed_alone(tmp_path):
+    """The builder the ablation hands the trainer (``run_pipeline(build_discriminator=...)``)."""
     import ablation
     import torch
 
-    import compressor.train as ctrain
-
-    original = ctrain.build_discriminator
     recs = [{}, {}, {}]
     nets = []
     for rec, (seed, global_seed) in zip(recs, [(5, 1), (5, 2), (6, 2)]):
         torch.manual_seed(global_seed)  # what the arm happened to draw before building its discriminator
-        with ablation.paired_discriminator(seed, rec):
-            nets.append(ctrain.build_discriminator(input_nc=6, ndf=4, n_layers=2))
-            after = torch.rand(3)
+        nets.append(ablation.paired_discriminator(seed, rec)(input_nc=6, ndf=4, n_layers=2))
+        after = torch.rand(3)
         torch.manual_seed(global_seed)
         assert torch.equal(after, torch.rand(3))  # the trainer's own stream is untouched
-    assert ctrain.build_discriminator is original
-    assert recs[0] == recs[1] != recs[2]
+    assert recs[0] == recs[1] != recs[2] and recs[0]["discriminator_init"] == ablation.fingerprint(nets[0])
     assert all(torch.equal(a, b) for a, b in zip(nets[0].state_dict().values(), nets[1].state_dict().values()))
 
 

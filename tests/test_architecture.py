@@ -16,6 +16,7 @@ LIBRARY = (
     "compressor.slim",
     "compressor.features",
     "compressor.losses",
+    "compressor.terms",
     "compressor.train",
     "compressor.data",
     "compressor.metrics",

@@ -80,3 +80,43 @@ def test_srp_gradient_is_finite_on_all_zero_rows():
     fs.requires_grad_(True)
     srp_loss(ft, fs).backward()
     assert torch.isfinite(fs.grad).all()
+
+
+def test_srp_per_row_scale_is_hw_times_the_per_entry_mean_and_bounded():
+    ft, fs = _feats(h=8, w=6)
+    entries = srp_multi({"a": ft}, {"a": fs}, ["a"])
+    rows = srp_multi({"a": ft}, {"a": fs}, ["a"], normalize="rows")
+    assert torch.allclose(rows, entries * 48, rtol=1e-5)
+    pooled = srp_multi({"a": ft}, {"a": fs}, ["a"], pool=4, normalize="rows")
+    assert torch.allclose(pooled, srp_loss(ft, fs, pool=4) * 16, rtol=1e-5)
+    flat = torch.ones(1, 2, 4, 4)
+    alt = torch.ones(1, 2, 4, 4)
+    alt[:, :, ::2] = -1  # rows of alternating sign: each row differs from the all-ones row by 2 in half its entries
+    assert 0 < float(srp_multi({"a": flat}, {"a": alt}, ["a"], normalize="rows")) <= 4
+    with pytest.raises(ValueError, match="normalize"):
+        srp_multi({"a": ft}, {"a": fs}, ["a"], normalize="pixels")
+
+
+def test_a_tap_before_an_in_place_activation_records_the_modules_own_output():
+    from compressor.features import FeatureTaps, resolve_taps
+    from compressor.models import build_generator
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(inplace=True))
+    with FeatureTaps(net, {"pre": "0"}) as t:
+        out = net(torch.randn(1, 3, 8, 8))
+    assert (t.features["pre"] < 0).any() and (out >= 0).all()
+    # the zoo's default taps are pre-activation: each records its norm's own output, negative values included,
+    # although an in-place ReLU (ResNet) or the next level's in-place LeakyReLU (U-Net) follows it
+    for arch in ("resnet_6blocks", "unet_128"):
+        g = build_generator(arch, ngf=8, norm="batch").eval()
+        name = resolve_taps(g, ["encoder"])["encoder"]
+        norm = dict(g.named_modules())[name]
+        assert isinstance(norm, torch.nn.BatchNorm2d), arch
+        seen = {}
+        norm.register_forward_pre_hook(lambda _m, inputs: seen.update(x=inputs[0].clone()))
+        with torch.no_grad(), FeatureTaps(g, {"encoder": name}) as t:
+            g(torch.randn(1, 3, 128, 128))
+            expected = norm(seen["x"])
+        f = t.features["encoder"]
+        assert torch.equal(f, expected) and (f < 0).any(), arch

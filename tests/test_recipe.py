@@ -190,10 +190,44 @@ def test_a_new_option_at_its_default_leaves_digests_unchanged():
 
     r = parse_recipe("name: x\ndata: {kind: synthetic}\nteacher: {arch: resnet_6blocks}\n")
     for path, default in DIGEST_NEUTRAL_DEFAULTS.items():
-        section, field = path.split(".")
-        assert type(getattr(r, section)).model_fields[field].default == default
+        *parents, field = path.split(".")
+        node = r
+        for key in parents:
+            node = getattr(node, key)
+        if path == "distill.losses.srp.normalize":  # what every recipe written before the option resolves to
+            assert (
+                parse_recipe(
+                    "name: x\ndata: {kind: synthetic}\nteacher: {arch: resnet_6blocks}\n"
+                    "distill: {losses: {srp: {weight: 10}}}\n"
+                ).distill.losses.srp.normalize
+                == default
+            )
+        else:
+            assert type(node).model_fields[field].default == default
     assert "round_channels" not in json.dumps(r._hashed())
     r2 = parse_recipe(
         "name: x\ndata: {kind: synthetic}\nteacher: {arch: resnet_6blocks}\nstudent: {round_channels: 8}\n"
     )
     assert r2.section_hash("student") != r.section_hash("student") and r2.digest() != r.digest()
+
+
+def test_srp_weight_set_before_normalize_existed_keeps_its_meaning_and_digest(caplog):
+    from compressor.recipe import SRP_DEFAULT_WEIGHT, parse_recipe
+
+    head = "name: x\ndata: {kind: synthetic}\nteacher: {arch: resnet_6blocks}\n"
+    new = parse_recipe(head)
+    assert new.distill.losses.srp.normalize == "rows" and new.distill.losses.srp.weight == SRP_DEFAULT_WEIGHT
+    with caplog.at_level("WARNING", logger="compressor.recipe"):
+        old = parse_recipe(head + "distill: {losses: {srp: {weight: 12.5}}}\n")
+        parse_recipe(head + "distill: {losses: {srp: {weight: 12.5}}}\n")
+    assert old.distill.losses.srp.normalize == "entries"  # the old per-entry scale: the run means what it meant
+    notes = [r.getMessage() for r in caplog.records if "srp.weight 12.5" in r.getMessage()]
+    assert len(notes) == 1 and "normalize: rows" in notes[0]  # one line saying how to convert
+    # the digest of an old recipe is what it was (normalize: entries stays out of it); the new scale changes it
+    explicit = parse_recipe(head + "distill: {losses: {srp: {weight: 12.5, normalize: entries}}}\n")
+    assert "normalize" not in json.dumps(old._hashed()) and explicit.digest() == old.digest()
+    rows = parse_recipe(head + "distill: {losses: {srp: {weight: 12.5, normalize: rows}}}\n")
+    assert rows.section_hash("distill") != old.section_hash("distill")
+    # a saved recipe reads back with the same meaning
+    assert parse_recipe(new.to_yaml()).distill.losses.srp.normalize == "rows"
+    assert parse_recipe(old.to_yaml()).distill.losses.srp.normalize == "entries"

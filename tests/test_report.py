@@ -279,3 +279,29 @@ def test_a_new_section_is_one_function_and_one_entry(monkeypatch):
     assert "## Export\n\n\n## Benchmark\n\n| format | p50 ms |\n|---|---|\n| onnx | 3.14 |\n" in md
     assert "<td>3.14</td>" in rp.build_html(md, {}, "bench")
     assert "## Benchmark" not in rp.build_markdown([], [], [], "no exports")
+
+
+def test_loss_terms_table_from_metrics_jsonl(tmp_path):
+    from exporters.report import loss_terms_table
+
+    f = tmp_path / "metrics.jsonl"
+    rows = [
+        {"step": 1, "lr": 1e-3, "time_s": 0.1, "G/kd": 2.0, "G/srp": 0.5, "G/disc": 0.3},
+        {
+            "step": 2,
+            "lr": 1e-3,
+            "time_s": 0.2,
+            "G/kd": 4.0,
+            "G/srp": 1.5,
+            "G/disc": 0.3,
+            **{"weight:G/kd": 10.0, "weight:G/srp": 5.0, "share:G/kd": 0.75, "share:G/srp": 0.25},
+            **{"gradnorm:G/kd": 3.0, "gradnorm:G/srp": 1.0},
+        },
+    ]
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n{cut")
+    text = "\n".join(loss_terms_table(f))
+    assert "## Loss terms" in text and "| G/kd | 10 | 3.00 | 75% |" in text and "| G/srp | 5 | 1.00 | 25% |" in text
+    assert "disc" not in text.split("|---")[1]
+    assert loss_terms_table(tmp_path / "none.jsonl") == []  # no file, no section
+    f.write_text(json.dumps(rows[0]) + "\n")
+    assert loss_terms_table(f) == []  # nothing measured (older runs): no section

@@ -366,3 +366,71 @@ def test_teacher_cache_refused_with_random_augmentation(data):
     with pytest.raises(RecipeError, match="distill.cache_teacher"):
         parse_recipe(text, check_paths=False)
     parse_recipe(text.replace("cache_teacher: true", "cache_teacher: false"), check_paths=False)
+
+
+def _share_trainer(tmp_path, srp_weight, steps=4):
+    losses = LossesSpec.model_validate(
+        {"srp": {"weight": srp_weight, "normalize": "rows"}, "recon": {"weight": 10}, "kd": {"weight": 1}}
+    )
+    d = Direction("G", _tiny_net(2), _tiny_net(1).eval(), "input", "target")
+    setup = TrainSetup(
+        kind="paired",
+        directions=[d],
+        dataset=_NoisyPairs(),
+        losses=losses,
+        steps=steps,
+        batch_size=2,
+        seed=3,
+        taps={"enc": "0"},
+        srp_layers=["enc"],
+        disc_spec={"ndf": 4, "n_layers": 1},
+        checkpoint_every=100,
+        log_every=1,
+        sample_every=1000,
+    )
+    return Trainer(setup, tmp_path, torch.device("cpu"))
+
+
+def test_gradient_shares_are_logged_and_a_swamped_distillation_term_is_warned_once(tmp_path, caplog):
+    seed_everything(0)
+    with caplog.at_level("WARNING", logger="compressor.train"):
+        _share_trainer(tmp_path / "swamped", 1e-6).fit()
+    warned = [r.getMessage() for r in caplog.records if "gradient norm stayed below 1%" in r.getMessage()]
+    assert len(warned) == 1 and "G/srp" in warned[0] and "distill.losses.srp.weight" in warned[0]
+    rows = [json.loads(l) for l in (tmp_path / "swamped" / "metrics.jsonl").read_text().splitlines()]
+    last = rows[-1]
+    terms = ("G/recon", "G/kd", "G/srp", "G/gan")
+    assert all(f"share:{t}" in last and f"gradnorm:{t}" in last for t in terms)
+    assert abs(sum(last[f"share:{t}"] for t in terms) - 1) < 1e-4 and last["weight:G/srp"] == 1e-6
+    assert last["share:G/srp"] < 0.01
+
+    caplog.clear()
+    seed_everything(0)
+    with caplog.at_level("WARNING", logger="compressor.train"):
+        tr = _share_trainer(tmp_path / "balanced", 5.0)
+        tr.fit()
+    assert not [r for r in caplog.records if "stayed below" in r.getMessage()]
+    assert all(tr.shares[f"G/{t}"] > 0.01 for t in ("kd", "srp"))
+
+
+def test_the_trainer_builds_discriminators_with_the_builder_it_is_given(tmp_path):
+    calls = []
+
+    def build(**kwargs):
+        calls.append(kwargs)
+        return nn.Sequential(nn.Conv2d(kwargs["input_nc"], 1, 3, padding=1))
+
+    seed_everything(0)
+    losses = LossesSpec.model_validate({"srp": {"weight": 0}, "kd": {"weight": 1}})
+    d = Direction("G", _tiny_net(2), _tiny_net(1).eval(), "input", "target")
+    setup = TrainSetup(
+        kind="paired",
+        directions=[d],
+        dataset=_NoisyPairs(),
+        losses=losses,
+        steps=1,
+        disc_spec={"ndf": 4, "n_layers": 1},
+        build_discriminator=build,
+    )
+    Trainer(setup, tmp_path, torch.device("cpu"))
+    assert calls == [{"input_nc": 6, "ndf": 4, "n_layers": 1}] and isinstance(d.disc, nn.Sequential)

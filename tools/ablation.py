@@ -18,6 +18,14 @@ and answers four claims with paired differences over the same seeds and test ima
     inheriting helps      kd_srp_inherit − kd_srp
     feature distillation  kd_feat − kd
 
+**Scale ``cpu-srp``** asks whether SRP acts once it is weighted to reach the student: both zoo families (unet_128
+at 128², resnet_6blocks at 64²), the pix2pix regime (GAN + L1 to the photo + KD + SRP) and a pure-distillation
+regime (GAN + KD + SRP, no L1 to the photo, closer to the SRP paper's), and four arms per block: ``kd`` and SRP at
+three weights, ``srp_old`` (10 per (HW)² entry, the old default), ``srp_bal`` (the balanced default per relation
+row) and ``srp_10x``. Its primary metric is PSNR against the teacher; the held-out relation distance (the per-row
+SRP loss between student and teacher features on the test pairs) checks that SRP acted, and the arms table shows
+SRP's mean share of the student's gradient norm from metrics.jsonl.
+
 **Pairing.** Seed k of every arm sees the same data order and augmentation (the sampler and the jitter depend on
 the recipe seed alone), the same discriminator initialisation (built here from the seed alone; see
 ``paired_discriminator``), and, for the four scratch-initialised arms, the same student initialisation. Each run
@@ -46,7 +54,6 @@ machine (the command prints the time it took); ``gpu`` 256² with a tenth of the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import itertools
 import json
@@ -56,6 +63,7 @@ import platform
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -68,11 +76,13 @@ import numpy as np
 import torch
 import yaml
 
-import compressor.train as ctrain
 from compressor.data import ResumableSampler, make_dataset
+from compressor.features import FeatureTaps, resolve_taps
+from compressor.losses import srp_multi
 from compressor.metrics import frechet_distance, load_inception, paired_metrics
+from compressor.models import build_discriminator
 from compressor.pipeline import RunDir, load_run_teacher, run_pipeline
-from compressor.recipe import parse_recipe
+from compressor.recipe import SRP_DEFAULT_WEIGHT, SRP_OLD_DEFAULT_WEIGHT, parse_recipe
 from compressor.slim import load_student
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -93,6 +103,31 @@ SCALES = {
         "max_test": 12,
         "eval_metrics": ["psnr", "ssim"],
         "seeds": "0,1000",
+    },
+    "smoke-srp": {  # the cpu-srp layout at plumbing scale (numbers mean nothing)
+        "families": {
+            "unet": {"arch": "unet_128", "ngf": 8, "size": 128, "load_size": 136, "layers": ["encoder", "mid"]},
+            "resnet": {
+                "arch": "resnet_6blocks",
+                "ngf": 8,
+                "size": 32,
+                "load_size": 36,
+                "layers": ["encoder", "res_mid"],
+            },
+        },
+        "regimes": {"pix2pix": {"recon": 100.0}, "distill": {"recon": 0.0}},
+        "teacher_steps": 8,
+        "student_steps": 6,
+        "batch": 1,
+        "ndf": 8,
+        "log_every": 2,
+        "max_test": 8,
+        "eval_metrics": ["psnr", "ssim"],
+        "seeds": "0,1000",
+        "kid": False,
+        "primary": "psnr_t",
+        "variants": "kd,srp_old,srp_bal,srp_10x",
+        "stage_eval_images": 8,
     },
     "cpu": {
         "arch": "unet_128",
@@ -122,6 +157,37 @@ SCALES = {
         "eval_metrics": ["psnr", "ssim"],
         "seeds": "0,1000,2000,3000",
     },
+    # SRP in the paper's regime as well as pix2pix's, both zoo families, three SRP weights (old default, balanced
+    # default, 10x). Sized to the share of one core this project's 2-core machine gives one process while six
+    # engineers work on it (15-30%; student steps measured there: unet 0.27 s to 1 s, resnet 0.12 s): about 10
+    # minutes of an idle core, 35-60 minutes of wall time. Teachers of 1-1.5 epochs, students of 150 steps from
+    # scratch, 2 seeds, 50 test pairs; teacher fidelity (PSNR/SSIM against the teacher) and held-out relation
+    # distance. KID is not computed (Inception at 299² costs ~0.6 s per test image there, a minute per run).
+    "cpu-srp": {
+        "families": {
+            "unet": {"arch": "unet_128", "ngf": 32, "size": 128, "load_size": 143, "layers": ["encoder", "mid"]},
+            "resnet": {
+                "arch": "resnet_6blocks",
+                "ngf": 32,
+                "size": 64,
+                "load_size": 72,
+                "layers": ["encoder", "res_mid"],
+            },
+        },
+        "regimes": {"pix2pix": {"recon": 100.0}, "distill": {"recon": 0.0}},
+        "teacher_steps": 500,
+        "student_steps": 150,
+        "batch": 1,
+        "ndf": 16,
+        "log_every": 50,
+        "eval_metrics": ["psnr", "ssim"],
+        "seeds": "0,1000",
+        "kid": False,
+        "primary": "psnr_t",
+        "variants": "kd,srp_old,srp_bal,srp_10x",
+        "stage_eval_images": 4,
+        "max_test": 50,
+    },
     "gpu": {
         "arch": "unet_256",
         "size": 256,
@@ -139,11 +205,15 @@ SCALES = {
 VARIANTS = {
     "scratch": {"kd": 0.0, "srp": 0.0, "feat": 0.0},
     "kd": {"kd": 10.0, "srp": 0.0, "feat": 0.0},
-    "kd_srp": {"kd": 10.0, "srp": 10.0, "feat": 0.0},
+    "kd_srp": {"kd": 10.0, "srp": 10.0, "normalize": "entries", "feat": 0.0},
     "kd_feat": {"kd": 10.0, "srp": 0.0, "feat": 10.0},
-    "kd_srp_inherit": {"kd": 10.0, "srp": 10.0, "feat": 0.0, "init": "inherit"},
+    "kd_srp_inherit": {"kd": 10.0, "srp": 10.0, "normalize": "entries", "feat": 0.0, "init": "inherit"},
+    # the SRP weight sweep: the old default (10, per (HW)² entry), the balanced default (per row), 10x that
+    "srp_old": {"kd": 10.0, "srp": SRP_OLD_DEFAULT_WEIGHT, "normalize": "entries", "feat": 0.0},
+    "srp_bal": {"kd": 10.0, "srp": SRP_DEFAULT_WEIGHT, "normalize": "rows", "feat": 0.0},
+    "srp_10x": {"kd": 10.0, "srp": 10 * SRP_DEFAULT_WEIGHT, "normalize": "rows", "feat": 0.0},
 }
-DEFAULT_VARIANTS = list(VARIANTS)
+DEFAULT_VARIANTS = ["scratch", "kd", "kd_srp", "kd_feat", "kd_srp_inherit"]
 LAYERS = ["encoder", "mid"]
 # (claim, arm, baseline): the difference is arm − baseline
 CLAIMS = [
@@ -151,6 +221,9 @@ CLAIMS = [
     ("SRP helps over KD", "kd_srp", "kd"),
     ("inheriting channels helps", "kd_srp_inherit", "kd_srp"),
     ("feature distillation helps over KD", "kd_feat", "kd"),
+    (f"SRP at the old default ({SRP_OLD_DEFAULT_WEIGHT:g} per entry) helps over KD", "srp_old", "kd"),
+    (f"SRP at the balanced default ({SRP_DEFAULT_WEIGHT:g} per row) helps over KD", "srp_bal", "kd"),
+    (f"SRP at 10x the balanced default ({10 * SRP_DEFAULT_WEIGHT:g} per row) helps over KD", "srp_10x", "kd"),
 ]
 # (key, label, better, per-image or set-level)
 METRICS = [
@@ -160,6 +233,7 @@ METRICS = [
     ("ssim_t", "SSIM vs teacher", "higher", "image"),
     ("psnr", "PSNR vs photo", "higher", "image"),
     ("ssim", "SSIM vs photo", "higher", "image"),
+    ("rel_t", "relation distance to teacher", "lower", "image"),
 ]
 LPIPS_ABSENT = (
     "LPIPS is not reported: both maintained packages (`lpips` 0.1.4 and torchmetrics' LPIPS) ship only "
@@ -204,6 +278,8 @@ def base_recipe(scale: dict, name: str, seed: int, data: Path) -> dict:
             "metrics": scale.get("eval_metrics", ["fid", "kid", "psnr", "ssim"]),
             "samples": 4,
             "batch_size": 16,
+            # the tool evaluates every test pair itself (evaluate_student); the stage's own pass can be short
+            **({"max_images": scale["stage_eval_images"]} if "stage_eval_images" in scale else {}),
         },
     }
 
@@ -221,28 +297,23 @@ def fingerprint(obj) -> str:
     return h.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def paired_discriminator(seed: int, record: dict):
-    """Build every discriminator of this block from ``seed`` alone, and fingerprint its initial weights.
+def paired_discriminator(seed: int, record: dict) -> Callable[..., torch.nn.Module]:
+    """A discriminator builder for the trainer (``run_pipeline(build_discriminator=...)``) that builds every
+    discriminator of a run from ``seed`` alone and fingerprints its initial weights into ``record``.
 
-    The trainer builds its discriminator from the global torch RNG after loading the teacher, the student and
-    (for SRP/feature arms) probing the taps, so without this the arms of one seed would start from different
-    discriminators. The draw happens in a forked RNG, so nothing else in the run sees a different stream.
+    The trainer builds its discriminator after loading the teacher, the student and (for SRP/feature arms) probing
+    the taps, so from the global torch RNG the arms of one seed would start from different discriminators. The draw
+    happens in a forked RNG, so nothing else in the run sees a different stream.
     """
-    build = ctrain.build_discriminator
 
-    def seeded(*args, **kwargs):
+    def build(*args, **kwargs):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed + DISC_SEED_OFFSET)
-            net = build(*args, **kwargs)
+            net = build_discriminator(*args, **kwargs)
         record["discriminator_init"] = fingerprint(net)
         return net
 
-    ctrain.build_discriminator = seeded
-    try:
-        yield
-    finally:
-        ctrain.build_discriminator = build
+    return build
 
 
 def data_order_fingerprint(n: int, seed: int, epochs: int) -> str:
@@ -260,8 +331,14 @@ def run(doc: dict, out: Path, only: list[str]) -> tuple[Path, dict]:
     info_file = rd / "ablation_run.json"
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
     record: dict = {}
-    with paired_discriminator(doc["seed"], record):
-        run_pipeline(recipe, out, resume=True, only=only, recipe_path=src)
+    run_pipeline(
+        recipe,
+        out,
+        resume=True,
+        only=only,
+        recipe_path=src,
+        build_discriminator=paired_discriminator(doc["seed"], record),
+    )
     if record:  # the trainer built a discriminator: this invocation trained (or resumed) the run
         info["discriminator_init"] = record["discriminator_init"]
     # the pipeline's own record: the seconds of each stage's last completed run, kept across invocations
@@ -281,24 +358,40 @@ def to_uint8(t: torch.Tensor) -> np.ndarray:
     return ((t.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().cpu().numpy()
 
 
-def evaluate_teacher(teacher_run: Path, recipe, inception, max_images, device) -> dict:
-    """Real and teacher features and the teacher's outputs on the test set, computed once."""
+def relation_distance(feats_t: dict, feats_s: dict, layers: list[str]) -> np.ndarray:
+    """Per image: the SRP loss between student and teacher features (per row, so in [0, 4]), mean over layers."""
+    n = next(iter(feats_s.values())).shape[0]
+    out = []
+    for j in range(n):
+        ft = {k: torch.as_tensor(feats_t[k][j : j + 1]).float() for k in layers}
+        fs = {k: feats_s[k][j : j + 1].float() for k in layers}
+        out.append(float(srp_multi(ft, fs, layers, normalize="rows", float64=True)) / len(layers))
+    return np.asarray(out)
+
+
+def evaluate_teacher(teacher_run: Path, recipe, inception, max_images, device, layers: list[str]) -> dict:
+    """Real and teacher features, the teacher's outputs and tapped features on the test set, computed once."""
     path = teacher_run / "ablation_teacher.npz"
     digest = fingerprint(teacher_run / "teacher.safetensors")
-    key = f"{digest}|{max_images}|{inception.digest if inception else None}"
+    key = f"{digest}|{max_images}|{inception.digest if inception else None}|{','.join(layers)}"
     if path.exists():
         z = dict(np.load(path))
         if str(z["key"]) == key:
             return z
     teacher = load_run_teacher(RunDir(teacher_run)).to(device).eval()
+    taps = resolve_taps(teacher, layers)
     ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, max_items=max_images)
     outs, real_f, teach_f, psnr, ssim, inputs, targets = [], [], [], [], [], [], []
+    tapped: dict[str, list] = {k: [] for k in layers}
     with torch.no_grad():
         for i in range(0, len(ds), 16):
             items = [ds[j] for j in range(i, min(i + 16, len(ds)))]
             x = torch.stack([it["input"] for it in items]).to(device)
             y = torch.stack([it["target"] for it in items]).to(device)
-            o = teacher(x)
+            with FeatureTaps(teacher, taps) as tt:
+                o = teacher(x)
+            for k in layers:
+                tapped[k].append(tt.features[k].float().cpu().numpy())
             outs.append(o.cpu().numpy())
             pm = paired_metrics(o, y)
             psnr.append(pm["psnr"].cpu().numpy())
@@ -316,6 +409,7 @@ def evaluate_teacher(teacher_run: Path, recipe, inception, max_images, device) -
         "inputs": inputs,
         "targets": targets,
         "samples": to_uint8(torch.from_numpy(np.concatenate(outs)[:N_SAMPLES])),
+        **{f"tap:{k}": np.concatenate(v) for k, v in tapped.items()},
     }
     if inception is not None:
         z["real_feats"], z["feats"] = np.concatenate(real_f), np.concatenate(teach_f)
@@ -323,17 +417,19 @@ def evaluate_teacher(teacher_run: Path, recipe, inception, max_images, device) -
     return z
 
 
-def evaluate_student(rd: Path, recipe, teacher_eval: dict, inception, max_images, device) -> dict:
-    """Per-image metrics of one student: features, PSNR/SSIM vs photo and vs teacher, a few outputs."""
+def evaluate_student(rd: Path, recipe, teacher_eval: dict, inception, max_images, device, layers: list[str]) -> dict:
+    """Per-image metrics of one student: features, PSNR/SSIM vs photo and vs teacher, the relation distance to the
+    teacher on the SRP taps (held-out: the test pairs), a few outputs."""
     path = rd / "per_image.npz"
     key = f"{fingerprint(rd / 'student.safetensors')}|{teacher_eval['key']}"
     if path.exists():
         z = dict(np.load(path))
-        if str(z["key"]) == key:
+        if str(z["key"]) == key and "rel_t" in z:
             return z
     student = load_student(rd).to(device).eval()
+    taps = resolve_taps(student, layers)
     ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, max_items=max_images)
-    cols: dict[str, list] = {k: [] for k in ("psnr", "ssim", "psnr_t", "ssim_t", "feats")}
+    cols: dict[str, list] = {k: [] for k in ("psnr", "ssim", "psnr_t", "ssim_t", "feats", "rel_t")}
     samples = None
     with torch.no_grad():
         for i in range(0, len(ds), 16):
@@ -341,7 +437,10 @@ def evaluate_student(rd: Path, recipe, teacher_eval: dict, inception, max_images
             x = torch.stack([it["input"] for it in items]).to(device)
             y = torch.stack([it["target"] for it in items]).to(device)
             t = torch.from_numpy(teacher_eval["outputs"][i : i + len(items)]).to(device)
-            o = student(x)
+            with FeatureTaps(student, taps) as ts:
+                o = student(x)
+            ft = {k: teacher_eval[f"tap:{k}"][i : i + len(items)] for k in layers}
+            cols["rel_t"].append(relation_distance(ft, ts.features, layers))
             pm, pt = paired_metrics(o, y), paired_metrics(o, t)
             for k in ("psnr", "ssim"):
                 cols[k].append(pm[k].cpu().numpy())
@@ -364,13 +463,31 @@ def loss_curve(metrics_file: Path) -> tuple[np.ndarray, np.ndarray]:
                 rec = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            terms = [v for k, v in rec.items() if k not in ("step", "lr", "time_s") and not k.endswith("/disc")]
+            terms = [
+                v
+                for k, v in rec.items()
+                if k not in ("step", "lr", "time_s") and not k.endswith("/disc") and ":" not in k  # not shares
+            ]
             steps.append(rec["step"])
             total.append(sum(terms))
     return np.asarray(steps, float), np.asarray(total, float)
 
 
 # ------------------------------------------------------------------------------------------------ analysis
+
+
+def mean_share(metrics_file: Path, term: str = "G/srp") -> float | None:
+    """The mean of a term's logged share of the student's gradient norm over a run (None: never logged)."""
+    vals = []
+    if metrics_file.exists():
+        for line in metrics_file.read_text().splitlines():
+            try:
+                v = json.loads(line).get(f"share:{term}")
+            except json.JSONDecodeError:
+                continue
+            if isinstance(v, (int, float)):
+                vals.append(float(v))
+    return float(np.mean(vals)) if vals else None
 
 
 def check_pairing(infos: dict, arms: list[str], seeds: list[int], data_orders: dict) -> list[str]:
@@ -394,7 +511,15 @@ def check_pairing(infos: dict, arms: list[str], seeds: list[int], data_orders: d
     return problems
 
 
-def analyse(per: dict, teacher_eval: dict, arms: list[str], seeds: list[int], n_boot: int, rng_seed: int) -> dict:
+def analyse(
+    per: dict,
+    teacher_eval: dict,
+    arms: list[str],
+    seeds: list[int],
+    n_boot: int,
+    rng_seed: int,
+    primary: str | None = None,
+) -> dict:
     """Per-arm estimates and per-claim paired differences, each with its two-level bootstrap interval."""
     has_feats = "real_feats" in teacher_eval
     real = teacher_eval.get("real_feats")
@@ -435,7 +560,7 @@ def analyse(per: dict, teacher_eval: dict, arms: list[str], seeds: list[int], n_
         per_seed = {}
         for s in seeds:
             z = per[(arm, s)]
-            per_seed[s] = {k: float(z[k].mean()) for k in ("psnr", "ssim", "psnr_t", "ssim_t")}
+            per_seed[s] = {k: float(z[k].mean()) for k in ("psnr", "ssim", "psnr_t", "ssim_t", "rel_t") if k in z}
             if has_feats:
                 per_seed[s]["kid"] = st.kid(real, z["feats"])
                 per_seed[s]["fid"] = frechet_distance(real, z["feats"])
@@ -444,7 +569,7 @@ def analyse(per: dict, teacher_eval: dict, arms: list[str], seeds: list[int], n_
     if has_feats:
         teacher["kid"] = st.kid(real, teacher_eval["feats"])
         teacher["fid"] = frechet_distance(real, teacher_eval["feats"])
-    primary = "kid" if has_feats and n < 1000 else ("fid" if has_feats else "psnr_t")
+    primary = primary or ("kid" if has_feats and n < 1000 else ("fid" if has_feats else "psnr_t"))
     claims = []
     for claim, arm, base in CLAIMS:
         if arm not in arms or base not in arms:
@@ -496,18 +621,30 @@ def fmt_iv(iv: st.Interval, key: str, diff: bool) -> str:
 
 
 def render(
-    res: dict, scale_name: str, scale: dict, seeds: list[int], width: float, params: dict, convergence: dict
+    res: dict,
+    scale_name: str,
+    scale: dict,
+    seeds: list[int],
+    width: float,
+    params: dict,
+    convergence: dict,
+    shares: dict | None = None,
+    title: str = "",
 ) -> str:
+    """``shares``: per arm, SRP's mean share of the student's gradient norm over training (from metrics.jsonl)."""
     labels = {k: lab for k, lab, _, _ in METRICS}
     arrows = {k: "↓" if b == "lower" else "↑" for k, _, b, _ in METRICS}
     keys = res["metrics"]
+    shares = shares or {}
+    share_col = ["SRP grad share"] if shares else []
     head = (
         ["arm", "params"]
+        + share_col
         + [f"{labels[k]}{' ×10³' if k == 'kid' else ''} {arrows[k]}" for k in keys]
         + ["converged", "best / worst seed"]
     )
     lines = [
-        f"### Arms (width {width:g}, {len(seeds)} seeds, {res['n_images']} test pairs)",
+        f"### {title}Arms (width {width:g}, {len(seeds)} seeds, {res['n_images']} test pairs)",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -516,6 +653,7 @@ def render(
     tcells = [f"{t[k] * (1e3 if k == 'kid' else 1):.4g}" if k in t else "–" for k in keys]
     lines.append(
         f"| teacher ({scale['arch']}, ngf {scale['ngf']}) | {params.get('teacher', 0):,} | "
+        + ("– | " if shares else "")
         + " | ".join(tcells)
         + f" | {convergence.get('teacher', '–')} | – |"
     )
@@ -523,18 +661,29 @@ def render(
         cells = [fmt_iv(a["intervals"][k], k, False) for k in keys]
         conv = convergence.get(arm, "–")
         b, w = best_worst(res, arm)
-        lines.append(f"| {arm} | {params.get(arm, 0):,} | " + " | ".join(cells) + f" | {conv} | {b} / {w} |")
+        share = ""
+        if shares:
+            v = shares.get(arm)
+            share = ("–" if v is None else f"{100 * v:.2g}%") + " | "
+        lines.append(f"| {arm} | {params.get(arm, 0):,} | {share}" + " | ".join(cells) + f" | {conv} | {b} / {w} |")
     lines += [
         "",
         (
             "Each cell: mean over seeds [95% two-level bootstrap interval over seeds and test images]. "
             f"KID ×10³. Converged: runs whose generator loss is flat within ±{100 * CONV_TOL:.0f}% over the "
             f"last {100 * CONV_TAIL:.0f}% of steps."
+            + (
+                " SRP grad share: SRP's share of the student's gradient norm (sum of the terms' norms), mean over "
+                "the logged steps and seeds. Relation distance: the SRP loss (per row, in [0, 4], mean over the "
+                "taps) between student and teacher features on the test pairs."
+                if shares
+                else ""
+            )
         ),
         "",
     ]
     lines += [
-        f"### Claims (paired differences, arm − baseline; verdict on {labels[res['primary']]})",
+        f"### {title}Claims (paired differences, arm − baseline; verdict on {labels[res['primary']]})",
         "",
         "| claim | arm − baseline | verdict | "
         + " | ".join(f"Δ {labels[k]}{' ×10³' if k == 'kid' else ''}" for k in keys)
@@ -637,7 +786,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", choices=sorted(SCALES), default="cpu-long")
     ap.add_argument("--seeds", default=None, help="recipe seeds, comma-separated (default: the scale's; ≥ 4)")
     ap.add_argument("--widths", default="0.25")
-    ap.add_argument("--variants", default=",".join(DEFAULT_VARIANTS), help=f"from {', '.join(VARIANTS)}")
+    ap.add_argument(
+        "--variants",
+        default=None,
+        help=f"from {', '.join(VARIANTS)} (default: the scale's, else {','.join(DEFAULT_VARIANTS)})",
+    )
     ap.add_argument("--data", default=str(FACADES))
     ap.add_argument("--out", default="runs/ablation")
     ap.add_argument("--bootstrap", type=int, default=1000, help="bootstrap replicates (default 1000)")
@@ -662,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: --seeds/--widths: {exc}", file=sys.stderr)
         return 2
-    arms = args.variants.split(",")
+    arms = (args.variants or scale.get("variants") or ",".join(DEFAULT_VARIANTS)).split(",")
     bad = [a for a in arms if a not in VARIANTS]
     if bad:
         print(f"error: --variants: unknown arm {bad[0]!r}; choose from {', '.join(VARIANTS)}", file=sys.stderr)
@@ -677,117 +830,198 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    # 1. the teacher, trained once
-    tdoc = base_recipe(scale, "teacher", 0, data)
-    tdoc["teacher"]["train"] = {"steps": scale["teacher_steps"]}
-    tdoc["distill"]["checkpoint_every"] = 400
-    teacher_run, teacher_info = run(tdoc, out, ["teacher"])
-    teacher_ckpt = (teacher_run / "teacher.safetensors").resolve()
-    trecipe = recipe_of(tdoc)
-    inception, why = load_inception(None, device)
-    if inception is None:
-        print(f"warning: KID/FID skipped: {why}", flush=True)
-    teacher_eval = evaluate_teacher(teacher_run, trecipe, inception, max_images, device)
-    n_train = len(make_dataset(trecipe.data, trecipe.resolve_path(trecipe.data.root), "train", 0))
-    epochs = -(-scale["student_steps"] * scale["batch"] // n_train)
-    close = [(a, b) for a, b in itertools.combinations(sorted(seeds), 2) if b - a <= epochs]
-    if close:
-        print(
-            f"warning: seeds {close[0]} are within {epochs} epochs of each other and share epoch orders "
-            f"(the sampler draws epoch e of seed s from s + e); space them out",
-            flush=True,
-        )
-    print(f"teacher ready ({time.perf_counter() - t0:.0f} s)", flush=True)
-
-    tsteps, tloss = loss_curve(teacher_run / "teacher_train" / "metrics.jsonl")
-    conv_lines = {}
-    if len(tsteps):
-        c = st.convergence(tsteps, tloss, CONV_TAIL, CONV_TOL)
-        conv_lines["teacher"] = c
-        print(f"teacher: {c.describe()}", flush=True)
+    families = scale.get("families") or {
+        "unet": {
+            "arch": scale["arch"],
+            "ngf": scale["ngf"],
+            "size": scale["size"],
+            "load_size": scale["load_size"],
+            "layers": LAYERS,
+        }
+    }
+    regimes = scale.get("regimes") or {"pix2pix": {}}
+    legacy = "families" not in scale  # the earlier scales keep their run names, so that they resume
+    inception = None
+    if scale.get("kid", True):
+        inception, why = load_inception(None, device)
+        if inception is None:
+            print(f"warning: KID/FID skipped: {why}", flush=True)
     summary: dict = {
         "scale": args.scale,
         "seeds": seeds,
         "widths": widths,
         "arms": arms,
         "lpips": LPIPS_ABSENT,
-        "teacher_convergence": conv_lines["teacher"].__dict__ if "teacher" in conv_lines else None,
-        "widths_results": {},
+        "blocks": {},
     }
     blocks = []
-    for width in widths:
-        per, infos, curves, convs, params = {}, {}, {}, {}, {"teacher": None}
-        for seed in seeds:  # seed-major: an interrupted ablation leaves whole seeds behind it
-            for arm in arms:
-                w = VARIANTS[arm]
-                name = f"w{width:g}-{arm}-s{seed}"
-                doc = base_recipe(scale, name, seed, data)
-                doc["teacher"]["checkpoint"] = str(teacher_ckpt)
-                doc["student"]["width"] = width
-                doc["student"]["init"] = w.get("init", "scratch")
-                doc["distill"]["losses"] = {
-                    "kd": {"weight": w["kd"]},
-                    "srp": {"weight": w["srp"], "layers": LAYERS},
-                    "feat": {"weight": w["feat"], "layers": LAYERS},
-                }
-                t1 = time.perf_counter()
-                rd, info = run(doc, out, ["teacher", "student", "distill", "evaluate"])
-                z = evaluate_student(rd, recipe_of(doc), teacher_eval, inception, max_images, device)
-                per[(arm, seed)], infos[(arm, seed)] = z, info
-                ev = json.loads((rd / "eval.json").read_text())
-                params[arm], params["teacher"] = ev["student"]["params"], ev["teacher"]["params"]
-                s, y = loss_curve(rd / "metrics.jsonl")
-                curves[(arm, seed)] = (s, y)
-                c = st.convergence(s, y, CONV_TAIL, CONV_TOL) if len(s) else None
-                convs[(arm, seed)] = c
-                kid_s = f" kid {st.kid(teacher_eval['real_feats'], z['feats']):.4f}" if "feats" in z else ""
-                print(
-                    f"{name}: ready ({time.perf_counter() - t1:.0f} s){kid_s} psnr_vs_teacher "
-                    f"{z['psnr_t'].mean():.2f}; {c.describe() if c else 'no loss log'}",
-                    flush=True,
-                )
-        orders = {s: data_order_fingerprint(n_train, s, epochs) for s in seeds}
-        problems = check_pairing(infos, arms, seeds, orders)
-        for p in problems:
-            print(f"pairing: {p}", flush=True)
-        if not problems:
+    teacher_infos = []
+    fams: dict = {}
+    for fam, fspec in families.items():  # 1. every family's teacher first
+        fscale = {**scale, **fspec}
+        layers = fspec["layers"]
+        tname = "teacher" if legacy else f"teacher-{fam}"
+        tdoc = base_recipe(fscale, tname, 0, data)
+        tdoc["teacher"]["train"] = {"steps": fscale["teacher_steps"]}
+        tdoc["distill"]["checkpoint_every"] = 400
+        teacher_run, teacher_info = run(tdoc, out, ["teacher"])
+        teacher_infos.append(teacher_info)
+        teacher_ckpt = (teacher_run / "teacher.safetensors").resolve()
+        trecipe = recipe_of(tdoc)
+        teacher_eval = evaluate_teacher(teacher_run, trecipe, inception, max_images, device, layers)
+        n_train = len(make_dataset(trecipe.data, trecipe.resolve_path(trecipe.data.root), "train", 0))
+        epochs = -(-fscale["student_steps"] * fscale["batch"] // n_train)
+        close = [(a, b) for a, b in itertools.combinations(sorted(seeds), 2) if b - a <= epochs]
+        if close:
             print(
-                f"pairing: verified for seeds {', '.join(map(str, seeds))} (data order, discriminator init, "
-                f"scratch student init)",
+                f"warning: seeds {close[0]} are within {epochs} epochs of each other and share epoch orders "
+                f"(the sampler draws epoch e of seed s from s + e); space them out",
                 flush=True,
             )
-        res = analyse(per, teacher_eval, arms, seeds, args.bootstrap, args.bootstrap_seed)
-        conv_cells = {
-            "teacher": ("yes" if conv_lines["teacher"].converged else "no") if "teacher" in conv_lines else "–"
-        }
-        for arm in arms:
-            ok = sum(bool(convs[(arm, s)] and convs[(arm, s)].converged) for s in seeds)
-            conv_cells[arm] = f"{ok}/{len(seeds)}"
-        text = render(res, args.scale, scale, seeds, width, params, conv_cells)
-        print(text, flush=True)
-        blocks.append((width, text, per, res, curves, tsteps, tloss, problems))
-        summary["widths_results"][f"{width:g}"] = {
-            "teacher": res["teacher"],
-            "primary": res["primary"],
-            "n_images": res["n_images"],
-            "pairing_problems": problems,
-            "arms": {
-                a: {"intervals": {k: iv.__dict__ for k, iv in v["intervals"].items()}, "per_seed": v["per_seed"]}
-                for a, v in res["arms"].items()
-            },
-            "claims": [
-                {
-                    **{k: v for k, v in c.items() if k != "diffs"},
-                    "diffs": {k: iv.__dict__ for k, iv in c["diffs"].items()},
+        print(f"teacher {fam} ready ({time.perf_counter() - t0:.0f} s)", flush=True)
+        tsteps, tloss = loss_curve(teacher_run / "teacher_train" / "metrics.jsonl")
+        tconv = st.convergence(tsteps, tloss, CONV_TAIL, CONV_TOL) if len(tsteps) else None
+        if tconv is not None:
+            print(f"teacher {fam}: {tconv.describe()}", flush=True)
+        fams[fam] = dict(
+            fscale=fscale,
+            layers=layers,
+            teacher_ckpt=teacher_ckpt,
+            teacher_eval=teacher_eval,
+            n_train=n_train,
+            epochs=epochs,
+            tconv=tconv,
+            tsteps=tsteps,
+            tloss=tloss,
+        )
+    # 2. the students, seed-major: an interrupted ablation leaves whole seeds behind it (pass the finished ones as
+    # --seeds to write their tables)
+    acc: dict = {}
+    for seed in seeds:
+        for fam, fx in fams.items():
+            fscale, layers, teacher_eval = fx["fscale"], fx["layers"], fx["teacher_eval"]
+            for regime, rspec in regimes.items():
+                for width in widths:
+                    per, infos, curves, convs, params, shares = acc.setdefault(
+                        (fam, regime, width), ({}, {}, {}, {}, {"teacher": None}, {})
+                    )
+                    for arm in arms:
+                        w = VARIANTS[arm]
+                        name = f"w{width:g}-{arm}-s{seed}" if legacy else f"{fam}-{regime}-w{width:g}-{arm}-s{seed}"
+                        doc = base_recipe(fscale, name, seed, data)
+                        doc["teacher"]["checkpoint"] = str(fx["teacher_ckpt"])
+                        doc["student"]["width"] = width
+                        doc["student"]["init"] = w.get("init", "scratch")
+                        srp = {"weight": w["srp"], "layers": layers}
+                        if "normalize" in w:
+                            srp["normalize"] = w["normalize"]
+                        doc["distill"]["losses"] = {
+                            "kd": {"weight": w["kd"]},
+                            "srp": srp,
+                            "feat": {"weight": w["feat"], "layers": layers},
+                        }
+                        if "recon" in rspec:
+                            doc["distill"]["losses"]["recon"] = {"weight": rspec["recon"]}
+                        t1 = time.perf_counter()
+                        rd, info = run(doc, out, ["teacher", "student", "distill", "evaluate"])
+                        z = evaluate_student(rd, recipe_of(doc), teacher_eval, inception, max_images, device, layers)
+                        per[(arm, seed)], infos[(arm, seed)] = z, info
+                        ev = json.loads((rd / "eval.json").read_text())
+                        params[arm], params["teacher"] = ev["student"]["params"], ev["teacher"]["params"]
+                        s, y = loss_curve(rd / "metrics.jsonl")
+                        curves[(arm, seed)] = (s, y)
+                        shares[(arm, seed)] = mean_share(rd / "metrics.jsonl")
+                        c = st.convergence(s, y, CONV_TAIL, CONV_TOL) if len(s) else None
+                        convs[(arm, seed)] = c
+                        kid_s = f" kid {st.kid(teacher_eval['real_feats'], z['feats']):.4f}" if "feats" in z else ""
+                        print(
+                            f"{name}: ready ({time.perf_counter() - t1:.0f} s){kid_s} psnr_vs_teacher "
+                            f"{z['psnr_t'].mean():.2f} relation_distance {z['rel_t'].mean():.4f}; "
+                            f"{c.describe() if c else 'no loss log'}",
+                            flush=True,
+                        )
+    # 3. the tables: one block per family, regime and width
+    for fam, fx in fams.items():
+        fscale, teacher_eval, tconv = fx["fscale"], fx["teacher_eval"], fx["tconv"]
+        n_train, epochs, fspec = fx["n_train"], fx["epochs"], families[fam]
+        tsteps, tloss = fx["tsteps"], fx["tloss"]
+        for regime, rspec in regimes.items():
+            for width in widths:
+                per, infos, curves, convs, params, shares = acc[(fam, regime, width)]
+                orders = {s: data_order_fingerprint(n_train, s, epochs) for s in seeds}
+                problems = check_pairing(infos, arms, seeds, orders)
+                for p in problems:
+                    print(f"pairing: {p}", flush=True)
+                if not problems:
+                    print(
+                        f"pairing: verified for seeds {', '.join(map(str, seeds))} (data order, discriminator init, "
+                        f"scratch student init)",
+                        flush=True,
+                    )
+                res = analyse(per, teacher_eval, arms, seeds, args.bootstrap, args.bootstrap_seed, scale.get("primary"))
+                conv_cells = {"teacher": ("yes" if tconv.converged else "no") if tconv is not None else "–"}
+                for arm in arms:
+                    ok = sum(bool(convs[(arm, s)] and convs[(arm, s)].converged) for s in seeds)
+                    conv_cells[arm] = f"{ok}/{len(seeds)}"
+                arm_shares = {}
+                for arm in arms:
+                    vals = [shares[(arm, s)] for s in seeds if shares[(arm, s)] is not None]
+                    arm_shares[arm] = float(np.mean(vals)) if vals else None
+                if not any(v for v in arm_shares.values()):
+                    arm_shares = {}
+                regime_text = {
+                    "pix2pix": f"pix2pix regime (GAN + {rspec.get('recon', 100):g}·L1 to the photo + KD + SRP)",
+                    "distill": "pure-distillation regime (GAN + KD + SRP, no L1 to the photo)",
+                }.get(regime, regime)
+                title = (
+                    "" if legacy else f"{fam} ({fspec['arch']}, ngf {fspec['ngf']}, {fspec['size']}²), {regime_text}: "
+                )
+                text = render(res, args.scale, fscale, seeds, width, params, conv_cells, arm_shares, title)
+                print(text, flush=True)
+                tag = f"{args.scale}-w{width:g}" if legacy else f"{args.scale}-{fam}-{regime}-w{width:g}"
+                blocks.append(
+                    {
+                        "tag": tag,
+                        "title": title,
+                        "text": text,
+                        "per": per,
+                        "res": res,
+                        "curves": curves,
+                        "teacher_curve": (tsteps, tloss),
+                        "problems": problems,
+                        "teacher_eval": teacher_eval,
+                    }
+                )
+                summary["blocks"][tag] = {
+                    "family": fam,
+                    "regime": regime,
+                    "width": width,
+                    "teacher": res["teacher"],
+                    "teacher_convergence": tconv.__dict__ if tconv is not None else None,
+                    "primary": res["primary"],
+                    "n_images": res["n_images"],
+                    "pairing_problems": problems,
+                    "srp_grad_share": arm_shares,
+                    "arms": {
+                        a: {
+                            "intervals": {k: iv.__dict__ for k, iv in v["intervals"].items()},
+                            "per_seed": v["per_seed"],
+                        }
+                        for a, v in res["arms"].items()
+                    },
+                    "claims": [
+                        {
+                            **{k: v for k, v in c.items() if k != "diffs"},
+                            "diffs": {k: iv.__dict__ for k, iv in c["diffs"].items()},
+                        }
+                        for c in res["claims"]
+                    ],
+                    "convergence": {f"{a}-s{s}": c.__dict__ if c else None for (a, s), c in convs.items()},
+                    "compute_seconds": sum(sum(i.get("seconds", {}).values()) for i in infos.values()),
                 }
-                for c in res["claims"]
-            ],
-            "convergence": {f"{a}-s{s}": c.__dict__ if c else None for (a, s), c in convs.items()},
-            "compute_seconds": sum(sum(i.get("seconds", {}).values()) for i in infos.values()),
-        }
     wall = time.perf_counter() - t0
-    compute = sum(sum(i.get("seconds", {}).values()) for i in [teacher_info]) + sum(
-        v["compute_seconds"] for v in summary["widths_results"].values()
+    compute = sum(sum(i.get("seconds", {}).values()) for i in teacher_infos) + sum(
+        v["compute_seconds"] for v in summary["blocks"].values()
     )
     summary["wall_seconds_this_invocation"], summary["compute_seconds"] = wall, compute
     (out / "ablation.json").write_text(json.dumps(summary, indent=1, default=str))
@@ -797,28 +1031,30 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.write_docs:
         docs = Path(args.docs)
+        sizes = ", ".join(f"{f} {v['arch']} ngf {v['ngf']} at {v['size']}²" for f, v in families.items())
+        seeds_arg = f" --seeds {args.seeds}" if args.seeds else ""
         parts = [
             f"## Paired ablation, scale `{args.scale}` (written by `tools/ablation.py`)",
             "",
             (
-                f"`python tools/ablation.py --scale {args.scale} --widths {args.widths} --variants {args.variants}"
-                f" --write-docs`; machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
-                f"pipeline compute recorded in the run folders: {compute / 60:.0f} min (teacher "
-                f"{scale['teacher_steps']} steps, students {scale['student_steps']} steps at {scale['size']}²)."
+                f"`python tools/ablation.py --scale {args.scale} --widths {args.widths} --variants {','.join(arms)}"
+                f"{seeds_arg} --write-docs`; machine: {platform.machine()}, {os.cpu_count()} cores, torch "
+                f"{torch.__version__}; pipeline compute recorded in the run folders: {compute / 60:.0f} min ("
+                f"{sizes}; teacher {scale['teacher_steps']} steps, students {scale['student_steps']} steps)."
             ),
             "",
         ]
-        for width, text, per, res, curves, ts, tl, problems in blocks:
-            tag = f"{args.scale}-w{width:g}"
+        for b in blocks:
+            tag = b["tag"]
             plot_curves(
-                curves,
-                (ts, tl),
+                b["curves"],
+                b["teacher_curve"],
                 docs / f"ablation_{tag}_curves.png",
-                f"{args.scale}, width {width:g}: generator loss (shaded: the convergence window)",
+                f"{tag}: generator loss (shaded: the convergence window)",
             )
-            caption = sample_grid(teacher_eval, per, res, arms, docs / f"ablation_{tag}_samples.png")
+            caption = sample_grid(b["teacher_eval"], b["per"], b["res"], arms, docs / f"ablation_{tag}_samples.png")
             parts += [
-                text,
+                b["text"],
                 "",
                 f"![loss curves](ablation_{tag}_curves.png)",
                 "",
@@ -827,8 +1063,8 @@ def main(argv: list[str] | None = None) -> int:
                 caption,
                 "",
             ]
-            if problems:
-                parts += ["**Pairing problems:** " + "; ".join(problems), ""]
+            if b["problems"]:
+                parts += ["**Pairing problems:** " + "; ".join(b["problems"]), ""]
         write_docs_block(args.scale, "\n".join(parts), docs / "results.md")
         print(f"wrote {docs / 'results.md'} (block {args.scale})", flush=True)
     return 0

@@ -21,7 +21,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench_all:begin -->", "<!-- bench_all:end -->"
-KEEP = ("<!-- bench_backends:begin -->", "<!-- bench_backends:end -->")
+KEEP = (
+    ("<!-- bench_backends:begin -->", "<!-- bench_backends:end -->"),
+    ("<!-- bench_losses:begin -->", "<!-- bench_losses:end -->"),
+)
 TARGETS = {"resnet_in": 1.8, "resnet_bn": 1.8, "unet": 1.5}
 
 
@@ -193,10 +196,11 @@ def main(argv=None) -> None:
             export = json.loads(ej.read_text())
     (ROOT / "docs").mkdir(exist_ok=True)
     doc_path = ROOT / "docs" / "benchmarks.md"
-    kept = ""  # the ONNX Runtime vs OpenVINO section (tools/bench_backends.py) survives a regeneration
-    if doc_path.exists() and KEEP[0] in doc_path.read_text():
-        old = doc_path.read_text()
-        kept = "\n" + old[old.index(KEEP[0]) : old.index(KEEP[1]) + len(KEEP[1])] + "\n"
+    old = doc_path.read_text() if doc_path.exists() else ""
+    kept = ""  # sections other tools write (bench_backends.py, bench_losses.py) survive a regeneration
+    for begin, end in KEEP:
+        if begin in old and end in old:
+            kept += "\n" + old[old.index(begin) : old.index(end) + len(end)] + "\n"
     doc_path.write_text(render_doc(export, distill) + kept)
     block = render(export, distill)
     if not args.no_readme:

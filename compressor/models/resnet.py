@@ -99,10 +99,13 @@ class ResnetGenerator(nn.Module):
 
     @property
     def taps(self) -> dict[str, str]:
-        """Feature taps by alias: the encoder output (as in the SRP paper) and deeper residual stages."""
+        """Feature taps by alias, all pre-activation (no ReLU has zeroed half the values): ``encoder`` is the
+        encoder's last norm output (``model.8``, 1/4 resolution, before its ReLU; as in the SRP paper, the end of
+        the encoder), ``res_mid`` and ``res_out`` the outputs of the middle and last residual blocks (a sum of the
+        skip and a norm's output, no activation after it)."""
         n = self.config["n_blocks"]
         first_block = 10
-        taps = {"encoder": "model.9"}
+        taps = {"encoder": "model.8"}
         if n:
             taps["res_mid"] = f"model.{first_block + (n - 1) // 2}"
             taps["res_out"] = f"model.{first_block + n - 1}"

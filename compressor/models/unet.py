@@ -86,7 +86,9 @@ class UnetGenerator(nn.Module):
 
     @property
     def taps(self) -> dict[str, str]:
-        """Feature taps: the down-path norm outputs at 1/16 (``encoder``) and 1/8 (``mid``) resolution."""
+        """Feature taps, pre-activation: the down-path norm outputs at 1/16 (``encoder``) and 1/8 (``mid``)
+        resolution. The next level's in-place LeakyReLU modifies these tensors after they are computed;
+        :class:`compressor.features.FeatureTaps` records a copy, so the taps hold the norm's output."""
         return {"encoder": self._level(4) + ".model.2", "mid": self._level(3) + ".model.2"}
 
     def forward(self, x):
