@@ -186,6 +186,7 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
 SRP_DEFAULT_WEIGHT = 5.0
 SRP_OLD_DEFAULT_WEIGHT = 10.0  # the default before normalize existed (per-entry scale)
 _NOTED: set[str] = set()
+_PENDING_NOTES: list[str] = []  # notes of the recipe being validated; an invalid recipe says only its error
 
 
 class StudentSpec(Strict):
@@ -275,9 +276,7 @@ class SrpLossSpec(TeacherWeightSpec):
                     f"weight about {SRP_DEFAULT_WEIGHT:g} (the default), or divide this one by each tap's H·W "
                     f"(16² tap: /256) for the same effect"
                 )
-                if note not in _NOTED:
-                    _NOTED.add(note)
-                    log.warning(note)
+                _PENDING_NOTES.append(note)  # said once the whole recipe is valid (parse_recipe)
         return self
 
 
@@ -672,6 +671,7 @@ def parse_recipe(
         raise RecipeError(f"{source}: top-level keys must be strings")
     doc = apply_overrides(doc, overrides or [])
     lines = _line_index(text, root)
+    _PENDING_NOTES.clear()
     try:
         recipe = Recipe.model_validate(doc)
     except ValidationError as exc:
@@ -682,6 +682,11 @@ def parse_recipe(
     recipe._source = Path(source)
     if check_paths:
         check_recipe_paths(recipe, lines, source)
+    for note in _PENDING_NOTES:
+        if note not in _NOTED:
+            _NOTED.add(note)
+            log.warning(note)
+    _PENDING_NOTES.clear()
     return recipe
 
 
