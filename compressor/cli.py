@@ -20,10 +20,12 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from exporters.cli_export import ExportOptions
+from exporters.benchmark import HEADER as BENCH_HEADER
+from exporters.benchmark import table_rows as bench_rows
+from exporters.export import ExportSpec, format_help
 from exporters.profile import profile_models, remote_profile
 from exporters.report import speedups, write_report
-from exporters.runtimes import BACKENDS
+from exporters.runtimes import backend_help, get_backend
 
 from . import __version__
 from .cmdline import command_line_hint, set_command_line
@@ -36,7 +38,15 @@ from .metrics import evaluate_folder
 from .pipeline import prepare_run_dir, run_pipeline
 from .recipe import load_recipe, missing_files
 from .runfolder import RunDir, is_run_folder, load_run_recipe
-from .stages import evaluate_run, export_target, plan_student, preflight, profile_targets, resolve_device
+from .stages import (
+    benchmark_target,
+    evaluate_run,
+    export_target,
+    plan_student,
+    preflight,
+    profile_targets,
+    resolve_device,
+)
 from .trust import check_import_target, require_consent, trust_all_code
 
 app = typer.Typer(
@@ -45,7 +55,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Make image-to-image GAN generators small and fast: distill, evaluate, export, profile.",
 )
-COMMANDS = {"run", "validate", "evaluate", "export", "profile", "report", "plan"}
+COMMANDS = {"run", "validate", "evaluate", "export", "profile", "report", "plan", "benchmark"}
 log = logging.getLogger("compressor")
 
 
@@ -241,6 +251,11 @@ def evaluate(
 def export(
     target: Path = typer.Argument(..., help="a run folder, a student folder, or a .pth/.safetensors checkpoint"),
     onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="write the ONNX file (needed for everything else)"),
+    format_: str = typer.Option("onnx", "--format", help=f"formats to write, e.g. onnx,openvino ({format_help()})"),
+    static: bool = typer.Option(False, "--static", help="fixed-shape files: batch 1 at --size (every format)"),
+    max_drop: Optional[float] = typer.Option(
+        None, "--max-drop", min=0, help="OpenVINO INT8: NNCF accuracy control, largest PSNR drop in dB"
+    ),
     trt: bool = typer.Option(False, "--trt", help="lint for TensorRT and build an engine where TensorRT exists"),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8"),
     dynamic: str = typer.Option("batch", "--dynamic", help="dynamic axes: batch, or batch,hw"),
@@ -260,7 +275,7 @@ def export(
     ),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ):
-    """Export a student to ONNX (with parity), INT8 and TensorRT; emit trtexec scripts for edge devices."""
+    """Export a student to ONNX (with parity), OpenVINO, INT8 and TensorRT; emit trtexec scripts for edge devices."""
     _setup_logging(quiet)
     _trust(trust_code)
     if precision not in ("fp32", "fp16", "int8"):
@@ -271,16 +286,19 @@ def export(
     bad = [d for d in dyn if d not in ("batch", "hw")]
     if bad:
         raise UserError(f"--dynamic: unknown axis {bad[0]!r} (batch, hw)")
-    options = ExportOptions(
-        onnx=onnx,
-        trt=trt,
+    options = ExportSpec(
+        formats=tuple(_csv(format_)),
+        static=static,
+        max_drop=max_drop,
+        write_onnx=onnx,
+        tensorrt=trt,
         precision=precision,
-        dynamic=tuple(dyn),
+        dynamic=list(dyn),
         opset=opset,
         size=size,
         out=out,
         emit_trtexec=emit_trtexec,
-        trt_version=trt_version,
+        trt_versions=(trt_version,),
         data=data,
         calib_images=calib_images,
     )
@@ -297,9 +315,7 @@ def profile(
     models: List[str] = typer.Argument(
         ..., help="run folder, student folder, .onnx, .plan, trtexec .json or zoo name (e.g. resnet_9blocks:width=0.25)"
     ),
-    backend: str = typer.Option(
-        "torch,ort-cpu", "--backend", help="torch, torch-compile, ort-cpu, ort-cuda, ort-trt, tensorrt, trtexec-json"
-    ),
+    backend: str = typer.Option("torch,ort-cpu", "--backend", help=backend_help()),
     batch: str = typer.Option("1", "--batch", help="batch sizes, e.g. 1,4"),
     size: Optional[str] = typer.Option(
         None, "--size", help="image sizes, e.g. 256,512 (default: a run folder's own data.size, else 256)"
@@ -309,7 +325,9 @@ def profile(
     iters: int = typer.Option(50, "--iters", min=1),
     seconds: Optional[float] = typer.Option(None, "--seconds", help="time for S seconds instead of --iters"),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="intra-op threads"),
-    device: str = typer.Option("cpu", "--device", help="cpu | cuda (for torch backends)"),
+    device: str = typer.Option(
+        "cpu", "--device", help="cpu | cuda (torch backends) | gpu | npu (openvino); a backend runs where it can"
+    ),
     out: Path = typer.Option(Path("profile.json"), "--out", help="result JSON"),
     host: Optional[str] = typer.Option(None, "--host", help="profile on user@board over SSH (ONNX models)"),
     port: Optional[int] = typer.Option(None, "--port", help="SSH port for --host"),
@@ -341,8 +359,10 @@ def profile(
         raise UserError(f"--out: {out} exists; pass --force to overwrite it or choose another file")
     backends = _csv(backend)
     for b in backends:
-        if b not in BACKENDS:
-            raise UserError(f"--backend: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+        try:
+            get_backend(b)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     if host:
         args = [
             f"--backend {backend}",
@@ -387,6 +407,69 @@ def _print_profile(doc: dict) -> None:
     for s in speedups([doc]):
         mac = f"  MAC reduction {s['mac_reduction']:.1f}×" if s["mac_reduction"] else ""
         typer.echo(f"speed-up {s['backend']} b{s['batch']} {s['size']}²: {s['speedup']:.1f}×{mac}")
+
+
+@app.command()
+def benchmark(
+    target: Path = typer.Argument(..., help="a run folder, or a student folder"),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="student folder: images to compare on and calibrate INT8 with (a run uses its own)"
+    ),
+    size: Optional[int] = typer.Option(None, "--size", help="image size (default: the run's, or 256)"),
+    format_: Optional[str] = typer.Option(None, "--format", help=f"only these formats (default: all: {format_help()})"),
+    images: int = typer.Option(8, "--images", min=1, help="reference images for PSNR/SSIM"),
+    calib_images: int = typer.Option(32, "--calib-images", min=1, help="INT8 calibration images"),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="intra-op threads (default: all cores)"),
+    warmup: int = typer.Option(5, "--warmup", min=0),
+    iters: int = typer.Option(20, "--iters", min=1),
+    trust_code: bool = typer.Option(
+        False,
+        "--trust-code",
+        help="allow the folder's student.json/teacher.json to import code (an imported architecture)",
+    ),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+):
+    """Export to every format and precision, check each against the teacher and time each: one table, benchmark.json."""
+    _setup_logging(quiet)
+    _trust(trust_code)
+    _check_folder_imports([target])
+    if data is not None and not data.is_dir():
+        raise UserError(f"--data: {data} is not a folder")
+    writes_run = is_run_folder(target)
+    with run_lock(target) if writes_run else contextlib.nullcontext(), _Progress(quiet) as progress:
+        doc, path = benchmark_target(
+            target,
+            data=data,
+            size=size,
+            formats=_csv(format_) or None,
+            images=images,
+            calib_images=calib_images,
+            threads=threads,
+            warmup=warmup,
+            iters=iters,
+            progress=progress,
+        )
+    QUANT_FILTER.explain()
+    env = doc["environment"]
+    typer.echo(
+        f"{target}: {doc['size']}², batch 1, {env['threads']} thread(s) on {env['cpu']}; "
+        f"PSNR/SSIM against the {doc['reference']} over {doc['images']} images"
+    )
+    for line in _plain_table(BENCH_HEADER, bench_rows(doc)):
+        typer.echo(line)
+    typer.echo(f"wrote {path}")
+
+
+def _plain_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Columns padded to their widest cell; text left, numbers right; the last column (long reasons) unpadded."""
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+    out = []
+    for r in [header] + rows:
+        cells = [
+            str(c).ljust(w) if i < 2 or i == len(r) - 1 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))
+        ]
+        out.append("  ".join(cells).rstrip())
+    return out
 
 
 @app.command()

@@ -32,9 +32,9 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from exporters.backends import backend_available
 from exporters.onnx import export_onnx
 from exporters.profile import environment, profile_models, remote_profile
+from exporters.runtimes import BACKENDS, backend_available, get_backend
 from exporters.tensorrt import build_engine
 
 from .complexity import count_params, profile_model
@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 SCHEMA = "compressor.plan/1"
 PRUNE_STEPS = 32  # grid of a pruned student: k / 32
-ONNX_BACKENDS = ("ort-cpu", "ort-cuda", "ort-trt")
 
 
 @dataclass
@@ -106,21 +105,34 @@ class ProfileMeasure:
 
     def check(self) -> None:
         b = self.budget
-        if b.backend in ONNX_BACKENDS and b.precision != "fp32":
+        try:
+            row = get_backend(b.backend, "student.budget.backend", plan=True)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if b.precision == "int8":
             raise UserError(
-                f"student.budget.precision: {b.backend} plans at fp32 (quantise the chosen student "
-                f"afterwards, or plan with the tensorrt backend at fp16)"
+                f"student.budget.precision: {b.backend} INT8 needs calibration; plan at fp32 (or fp16) and quantise "
+                f"the chosen student afterwards"
             )
-        if b.backend in ("torch", "torch-compile") and b.precision == "int8":
-            raise UserError("student.budget.precision: int8 runs in ort-cpu or tensorrt, not torch")
-        if b.backend in ("torch", "torch-compile") and b.precision == "fp16" and not torch.cuda.is_available():
-            raise UserError("student.budget.precision: fp16 in torch needs CUDA, and none is visible")
-        if b.backend == "tensorrt" and b.precision == "int8":
-            raise UserError("student.budget.precision: TensorRT INT8 needs calibration; plan at fp16")
+        if b.precision in row.variants:
+            raise UserError(
+                f"student.budget.precision: {b.backend} runs {b.precision} from its own file; plan at fp32 "
+                f"(quantise the chosen student afterwards)"
+            )
+        if b.host and row.artifact != "onnx":
+            raise UserError(f"student.budget.host: only ONNX files travel to a remote machine, not {b.backend}'s")
         if not b.host:
             ok, why = backend_available(b.backend)
             if not ok:
                 raise UserError(f"student.budget.backend: {b.backend} is not available here: {why}")
+            why = row.load().refuse(row, b.precision, self.device())
+            if why:
+                raise UserError(f"student.budget.precision: {why}")
+
+    def device(self) -> str:
+        """Where the budget's backend runs: CUDA when it can and a GPU is visible."""
+        row = BACKENDS[self.budget.backend]
+        return "cuda" if "cuda" in row.all_devices() and torch.cuda.is_available() else row.device
 
     def fingerprint(self) -> dict:
         b = self.budget
@@ -158,7 +170,8 @@ class ProfileMeasure:
         b = self.budget
         base = self.workdir / cand.label.replace(".", "_")  # no suffix for with_suffix to eat
         ref: dict = {"label": cand.label, "role": "student", "torch": None, "onnx": None}
-        if b.backend in ("torch", "torch-compile"):
+        kind = BACKENDS[b.backend].artifact
+        if kind == "torch":
             if not (base / "student.json").exists():
                 save_student(cand.model, cand.plan, base)
             ref["torch"] = {"type": "student_dir", "path": str(base)}
@@ -170,7 +183,7 @@ class ProfileMeasure:
                 cand.model, onnx, torch.zeros(b.batch, cfg.get("input_nc", 3), self.size, self.size), dynamic=()
             )
         ref["onnx"] = str(onnx)
-        if b.backend == "tensorrt":
+        if kind == "engine":
             engine = base.with_suffix(".plan")
             if not engine.exists():
                 build_engine(onnx, engine, b.precision, timing_cache=self.workdir / "timing.cache")
@@ -207,7 +220,7 @@ class ProfileMeasure:
             by_label = {r["model"]: r for r in doc.get("results", [])}
             rows = [by_label.get(Path(r["onnx"]).stem, {"status": "failed", "reason": "no result"}) for r in refs]
         else:
-            device = "cuda" if b.backend != "ort-cpu" and torch.cuda.is_available() else "cpu"
+            device = self.device()
             doc = profile_models(
                 refs,
                 [b.backend],

@@ -17,12 +17,12 @@ from typing import Callable, Optional
 import torch
 from safetensors.torch import save as st_save
 
-from exporters.backends import BACKENDS
-from exporters.cli_export import ExportOptions, export_command, load_target
-from exporters.export import ExportSpec, export_model
+from exporters.benchmark import benchmark
+from exporters.export import ExportSpec, export_command, export_model, find_artifacts, folder_images, load_target
 from exporters.onnx import check_not_failed
 from exporters.profile import profile_models, resolve_models
 from exporters.report import report_run
+from exporters.runtimes import BACKENDS, get_backend
 
 from .cmdline import command_line_hint
 from .complexity import profile_model
@@ -85,13 +85,30 @@ def preflight(recipe: Recipe, build_model: bool = True) -> None:
     model checks (``check_taps``) when the teacher stage starts.
     """
     check_teacher_spec(recipe.teacher)
-    for b in recipe.profile.backends:
-        if b not in BACKENDS:
-            raise RecipeError(f"profile.backends: unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    check_backends(recipe)
     if recipe.data.kind != "synthetic":
         check_data_root(recipe.data, recipe.resolve_path(recipe.data.root))
     if build_model:
         check_taps(recipe)
+
+
+def check_backends(recipe: Recipe) -> None:
+    """``profile.backends`` and ``student.budget.backend`` against the backend table (the schema keeps plain
+    strings: it imports no exporter)."""
+    try:
+        for b in recipe.profile.backends:
+            get_backend(b, "profile.backends")
+        budget = recipe.student.budget
+        if budget is not None:
+            row = get_backend(budget.backend, "student.budget.backend", plan=True)
+            if budget.host and row.artifact != "onnx":
+                onnx = ", ".join(n for n, r in BACKENDS.items() if r.artifact == "onnx")
+                raise ValueError(
+                    f"student.budget.host: only ONNX files travel to a remote machine; use backend {onnx}, "
+                    f"not {budget.backend}"
+                )
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def check_taps(recipe: Recipe) -> None:
@@ -286,6 +303,7 @@ def plan_student(recipe: Recipe, run: RunDir, force: bool = False, teacher: Opti
     """``compress plan`` and ``student.width: auto``: the widest width within ``student.budget``, timed on the
     target (plan.json in the run). Times ``teacher`` when given, else the run's teacher when the teacher stage has
     run, else the recipe's architecture (latency does not depend on the weights)."""
+    check_backends(recipe)
     if teacher is None and run.teacher_json.exists() and run.teacher_weights.exists():
         teacher = load_run_teacher(run)
     elif teacher is None:
@@ -471,6 +489,7 @@ def stage_export(ctx: Context) -> dict:
     calibration = recipe_calibration(r, ex.int8.calib_images) if wants_int8 else None
     common = dict(
         size=r.data.size,
+        static=ex.static,
         dynamic=list(ex.onnx.dynamic),
         opset=ex.onnx.opset,
         parity_tol=ex.onnx.parity_tol,
@@ -498,33 +517,98 @@ def stage_export(ctx: Context) -> dict:
 
 
 def export_target(
-    target: Path, options: ExportOptions, *, arch: Optional[str] = None, trust_checkpoint: bool = False
+    target: Path, spec: ExportSpec, *, arch: Optional[str] = None, trust_checkpoint: bool = False
 ) -> dict:
     """``compress export``: a run folder (with its recipe's data and metadata, as the export stage uses them), a
     student folder or a bare checkpoint. Writes export.json beside the exported files."""
     target = Path(target)
     if not is_run_folder(target):
         model, out_dir = load_target(target, arch, trust_checkpoint)
-        return export_command(model, Path(options.out or out_dir), options)
+        return export_command(model, Path(spec.out or out_dir), spec)
     run = RunDir(target)
     recipe = load_run_recipe(run)
     model = load_run_student(run)
-    options.size = options.size or recipe.data.size
+    spec.size = spec.size or recipe.data.size
     samples = calibration = None
-    if options.data is None:  # the run's own data, at the export size
-        data = recipe if options.size == recipe.data.size else load_run_recipe(run, [f"data.size={options.size}"])
+    if spec.data is None:  # the run's own data, at the export size
+        data = recipe if spec.size == recipe.data.size else load_run_recipe(run, [f"data.size={spec.size}"])
         samples = recipe_samples(data)
-        if options.precision == "int8":
-            calibration = recipe_calibration(data, options.calib_images)
-    return export_command(
+        if spec.precision == "int8":
+            calibration = recipe_calibration(data, spec.calib_images)
+    spec.metadata = run_export_metadata(recipe, model)
+    spec.parity_tol = recipe.export.onnx.parity_tol
+    return export_command(model, Path(spec.out or target), spec, samples, calibration)
+
+
+def benchmark_target(
+    target: Path,
+    *,
+    data: Optional[Path] = None,
+    size: Optional[int] = None,
+    formats: Optional[list[str]] = None,
+    images: int = 8,
+    calib_images: int = 32,
+    threads: Optional[int] = None,
+    warmup: int = 5,
+    iters: int = 20,
+    progress: Optional[Callable] = None,
+) -> tuple[dict, Path]:
+    """``compress benchmark``: every format of a run's student (compared with the teacher's output on the run's
+    test images, calibrated on its train images) or of a student folder (compared with its own PyTorch output on
+    ``data``'s images, or random inputs). Files go to ``<target>/benchmark/``; returns (document, benchmark.json)."""
+    target = Path(target)
+    if is_run_folder(target):
+        run = RunDir(target)
+        recipe = load_run_recipe(run)
+        if size and size != recipe.data.size:
+            recipe = load_run_recipe(run, [f"data.size={size}"])
+        model, teacher = load_run_student(run), load_run_teacher(run)
+        x = recipe_samples(recipe, images)
+        with torch.inference_mode():
+            reference = torch.cat([teacher.eval()(x[i : i + 1]) for i in range(len(x))]).numpy()
+        kind, metadata = "teacher", run_export_metadata(recipe, model)
+        calibration = recipe_calibration(recipe, calib_images)
+        torch_ref = {"type": "student_dir", "path": str(run.root)}
+        size = recipe.data.size
+    elif target.is_dir() and (target / "student.json").exists():
+        model = load_student(target).eval()
+        size = size or max(256, size_multiple(model))
+        if size % size_multiple(model):
+            raise UserError(f"--size: {size} is not a multiple of {size_multiple(model)}, which this model needs")
+        if data is not None:
+            x = folder_images(data, size, images)
+            calibration = [c[None].numpy() for c in folder_images(data, size, calib_images)]
+            kind = "student (PyTorch), on --data images"
+        else:
+            in_nc = getattr(model, "config", {}).get("input_nc", 3)
+            x = torch.rand(images, in_nc, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            calibration = None
+            kind = "student (PyTorch), on random inputs (no --data: INT8 rows need calibration images)"
+        with torch.inference_mode():
+            reference = torch.cat([model(x[i : i + 1]) for i in range(len(x))]).numpy()
+        metadata = {"width": (getattr(model, "student_plan", None) or {}).get("width", 1.0)}
+        torch_ref = {"type": "student_dir", "path": str(target)}
+    else:
+        raise UserError(f"{target}: not a run folder (recipe.resolved.yaml) or a student folder (student.json)")
+    doc = benchmark(
         model,
-        Path(options.out or target),
-        options,
-        samples,
-        calibration,
-        run_export_metadata(recipe, model),
-        recipe.export.onnx.parity_tol,
+        target / "benchmark",
+        x,
+        reference,
+        kind,
+        torch_ref=torch_ref,
+        calibration=calibration,
+        size=size,
+        metadata=metadata,
+        threads=threads,
+        warmup=warmup,
+        iters=iters,
+        formats=formats,
+        progress=progress,
     )
+    path = target / "benchmark.json"
+    atomic_write_json(path, doc)
+    return doc, path
 
 
 # ----------------------------------------------------------------------------------------------- profile, report
@@ -534,7 +618,13 @@ def profile_targets(targets: list[str]) -> list[dict]:
     """Model references for ``compress profile``: run folders through the run folder, the rest as files/zoo names."""
     refs = []
     for t in targets:
-        refs.extend(profile_refs(RunDir(t)) if is_run_folder(t) else resolve_models([t]))
+        if is_run_folder(t):
+            run_refs = profile_refs(RunDir(t))
+            for ref in run_refs:  # every exported file of the run (OpenVINO IR, ...), by the kind a backend runs
+                ref["artifacts"] = find_artifacts(t, ref["role"])
+            refs.extend(run_refs)
+        else:
+            refs.extend(resolve_models([t]))
     return refs
 
 

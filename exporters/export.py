@@ -9,19 +9,24 @@ quantisation). The TensorRT lint runs on every file TensorRT will read, and a fa
 
 from __future__ import annotations
 
+import importlib.util
 import logging
-from dataclasses import dataclass, field
+import os
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 
 import compressor
+from compressor.data import FolderDataset
 from compressor.errors import ExportError, UserError
 from compressor.io import atomic_write_json
-from compressor.models import size_multiple
+from compressor.models import apply_state_dict, build_generator, load_state_dict_file, size_multiple
+from compressor.slim import load_student
 
 from .onnx import INPUT, export_checked, parity_inputs
 from .quantize import compare_int8, quantize_onnx
@@ -32,12 +37,15 @@ log = logging.getLogger(__name__)
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
+MAX_EXPORT_SIZE = 8192  # the largest side an export samples at (a 8192² float image is 800 MB)
+
+
 @dataclass
 class ExportSpec:
-    """What to export. The pipeline fills it from the recipe's ``export`` section, ``compress export`` from its
-    options."""
+    """What to export: the one record behind the pipeline's export stage (filled from the recipe's ``export``
+    section) and ``compress export`` (filled from its options)."""
 
-    size: int  # the image size the model runs at (H = W)
+    size: Optional[int] = None  # the image size the model runs at (H = W); None: the run's, or 256
     name: str = "student"  # file stem: <name>.onnx, <name>.int8.onnx, ...
     dynamic: list[str] = field(default_factory=lambda: ["batch"])
     opset: int = 18
@@ -51,6 +59,12 @@ class ExportSpec:
     emit_trtexec: bool = False
     workspace_mb: int = 1024
     metadata: dict = field(default_factory=dict)
+    static: bool = False  # every file fixed-shape: batch 1 at size x size
+    formats: tuple[str, ...] = ("onnx",)  # rows of FORMATS to write (compress export --format)
+    max_drop: Optional[float] = None  # OpenVINO INT8: NNCF accuracy control, largest PSNR drop (dB)
+    out: Optional[Path] = None  # compress export --out (default: next to the input)
+    data: Optional[Path] = None  # images for parity and INT8 calibration (compress export --data)
+    calib_images: int = 32  # INT8 calibration images
 
     @property
     def for_tensorrt(self) -> bool:
@@ -85,7 +99,10 @@ def export_metadata(model: nn.Module, spec: ExportSpec) -> dict:
     return {
         "producer": "compressor",
         "toolkit_version": compressor.__version__,
-        "size_rule": f"H and W multiples of {mult}" if "hw" in spec.dynamic else f"H = W = {spec.size}",
+        "size_rule": f"H and W multiples of {mult}"
+        if "hw" in spec.dynamic and not spec.static
+        else f"H = W = {spec.size}" + (", batch 1" if spec.static else ""),
+        "value_range": "[-1, 1]",
         "size_multiple": mult,
         "input_size": spec.size,
         **spec.metadata,
@@ -122,8 +139,8 @@ def export_model(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.eval().cpu()
-    dynamic = list(spec.dynamic)
-    if "batch" not in dynamic:
+    dynamic = [] if spec.static else list(spec.dynamic)
+    if "batch" not in dynamic and not spec.static:
         dynamic = ["batch"] + dynamic
     mult = size_multiple(model)
     if spec.size % mult:
@@ -177,7 +194,9 @@ def export_model(
     rec["tensorrt_lint"] = next(
         x for x in rec["tensorrt_lints"] if x["file"] == engine_src.name and x["target"] == str(main_version)
     )
-    shapes = default_profile(spec.size, "hw" in dynamic, mult, channels=input_channels(model, samples))
+    shapes = default_profile(
+        spec.size, "hw" in dynamic, mult, max_batch=1 if spec.static else 8, channels=input_channels(model, samples)
+    )
     if spec.tensorrt:
         if available:
             plan = out / f"{spec.name}.plan"
@@ -210,3 +229,366 @@ def write_record(path: str | Path, record: dict) -> Path:
     """Write an export record as ``export.json`` (the file ``compress report`` merges)."""
     atomic_write_json(Path(path), record)
     return Path(path)
+
+
+# ------------------------------------------------------------------------------------------------ formats
+#
+# One row per file format (ultralytics' export_formats() shape): its name, file suffix, exporter, the backend
+# that runs it, its precisions, and whether it is fixed-shape only. Every exporter has the signature
+#   export_<fmt>(model, out_path, samples, *, precision, static, size, calibration, metadata, **options) -> record
+# and returns {path, bytes, precision, parity: {...}, seconds}; it raises ExportError (one line) when parity fails.
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str  # compress export --format NAME
+    suffix: str  # file suffix; other precisions add ".<precision>" before it
+    exporter: Callable[..., dict]
+    backend: str  # the row of exporters.runtimes.BACKENDS that runs the file
+    precisions: tuple[str, ...]
+    requires: tuple[str, ...] = ()  # modules the exporter needs
+    extra: str = ""  # what to pip install for it
+    static_only: bool = False
+    calibrated: tuple[str, ...] = ("int8",)  # precisions that need calibration images
+
+    def path(self, out_dir: str | Path, stem: str, precision: str) -> Path:
+        """``<stem><suffix>`` at fp32 (the torch row: its only precision), else ``<stem>.<precision><suffix>``."""
+        tag = "" if precision == self.precisions[0] else f".{precision}"
+        return Path(out_dir) / f"{stem}{tag}{self.suffix}"
+
+    def missing(self) -> list[str]:
+        return [m for m in self.requires if importlib.util.find_spec(m) is None]
+
+
+def _np(samples) -> np.ndarray:
+    return samples.numpy() if isinstance(samples, torch.Tensor) else np.asarray(samples, dtype=np.float32)
+
+
+def export_torch(
+    model, out_path, samples, *, precision="fp32", static=False, size=None, calibration=None, metadata=None, **_
+) -> dict:
+    """The PyTorch reference: the weights as safetensors (an existing file, e.g. a student folder's, is kept)."""
+    from safetensors.torch import save_file
+
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    if not out_path.exists():
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        tmp = out_path.with_name(f".{out_path.name}.tmp")
+        save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+        os.replace(tmp, out_path)
+    return {
+        "path": out_path.name,
+        "bytes": out_path.stat().st_size,
+        "precision": "fp32",
+        "parity": {"max_abs": 0.0, "against": "itself"},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+ONNX_INT8_PSNR_MIN = 20.0  # ONNX Runtime INT8 against FP32 (dB): below it the export fails
+
+
+def export_onnx_file(
+    model,
+    out_path,
+    samples,
+    *,
+    precision="fp32",
+    static=False,
+    size=None,
+    calibration=None,
+    metadata=None,
+    dynamic=("batch",),
+    opset=18,
+    parity_tol=1e-4,
+    slim=False,
+    **_,
+) -> dict:
+    """ONNX (fp32, parity against PyTorch) or ONNX Runtime CPU INT8 (QDQ from ``calibration``; the FP32 file
+    beside it is written first when absent)."""
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    samples_t = torch.from_numpy(_np(samples))
+    size = size or int(samples_t.shape[-1])
+    dyn = [] if static else (["batch"] + [d for d in dynamic if d != "batch"])
+    meta = {"producer": "compressor", "input_size": size, "value_range": "[-1, 1]", **(metadata or {})}
+    if precision == "fp32":
+        par = export_checked(
+            model, out_path, parity_inputs(model, samples_t, size, dyn), dyn, opset, parity_tol, meta, slim
+        )
+        return {
+            "path": out_path.name,
+            "bytes": out_path.stat().st_size,
+            "precision": "fp32",
+            "static": bool(static),
+            "parity": {"max_abs": par["max_abs"], "against": "pytorch"},
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
+    if precision != "int8":
+        raise UserError(f"precision: ONNX exports fp32 or int8 (fp16 is TensorRT's), not {precision!r}")
+    if not calibration:
+        raise UserError("INT8 needs calibration images (the recipe's data, or --data FOLDER)")
+    fp32 = out_path.with_name(out_path.name.replace(".int8.onnx", ".onnx"))
+    if not fp32.exists():
+        export_onnx_file(
+            model, fp32, samples, static=static, size=size, metadata=metadata, dynamic=dynamic, opset=opset
+        )
+    tmp = out_path.with_name(f".{out_path.name}.tmp.onnx")
+    try:
+        quantize_onnx(fp32, tmp, calibration, "cpu")
+        cmp = compare_int8(fp32, tmp, samples_t)
+        if cmp["psnr_min"] < ONNX_INT8_PSNR_MIN:
+            raise ExportError(
+                f"{out_path}: INT8 PSNR against FP32 is {cmp['psnr_min']:.1f} dB (limit {ONNX_INT8_PSNR_MIN})"
+            )
+        os.replace(tmp, out_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return {
+        "path": out_path.name,
+        "bytes": out_path.stat().st_size,
+        "precision": "int8",
+        "static": bool(static),
+        "calibration_images": len(calibration),
+        "parity": {"psnr_min": cmp["psnr_min"], "psnr_mean": cmp["psnr_vs_fp32"], "against": "onnx fp32"},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+def export_openvino_ir(
+    model, out_path, samples, *, precision="fp32", static=False, size=None, calibration=None, metadata=None, **options
+) -> dict:
+    """OpenVINO IR (see :func:`exporters.openvino.export_openvino`): from ``onnx_path`` where given, else from the
+    PyTorch model."""
+    from . import openvino as ov_export
+
+    return ov_export.export_openvino(
+        model,
+        out_path,
+        _np(samples),
+        precision=precision,
+        static=static,
+        size=size,
+        calibration=calibration,
+        metadata=metadata,
+        onnx_path=options.get("onnx_path"),
+        max_drop=options.get("max_drop"),
+        targets=options.get("targets"),
+    )
+
+
+def export_tensorrt_engine(
+    model, out_path, samples, *, precision="fp32", static=False, size=None, calibration=None, metadata=None, **_
+) -> dict:
+    """A TensorRT engine through :func:`export_model` (ONNX, lint, build, parity against ONNX Runtime)."""
+    t0 = time.perf_counter()
+    out_path = Path(out_path)
+    samples_t = torch.from_numpy(_np(samples))
+    spec = ExportSpec(
+        size=size or int(samples_t.shape[-1]),
+        name=out_path.name[: -len(".plan")],
+        static=static,
+        tensorrt=True,
+        precision=precision,
+        metadata=dict(metadata or {}),
+    )
+    rec = export_model(model, out_path.parent, spec, samples_t, calibration)
+    if "tensorrt" not in rec:
+        raise ExportError("; ".join(rec["notes"]) or "TensorRT engine not built")
+    built = out_path.parent / rec["tensorrt"]["path"]
+    if built != out_path:
+        os.replace(built, out_path)
+    return {
+        "path": out_path.name,
+        "bytes": out_path.stat().st_size,
+        "precision": precision,
+        "static": bool(static),
+        "parity": {**rec["tensorrt"]["parity"], "against": "onnx fp32"},
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f
+    for f in (
+        Format("torch", ".safetensors", export_torch, "torch", ("fp32",), ("torch",), "pip install torch"),
+        Format("onnx", ".onnx", export_onnx_file, "ort-cpu", ("fp32", "int8"), ("onnx",), "pip install onnx"),
+        Format(
+            "openvino",
+            ".xml",
+            export_openvino_ir,
+            "openvino",
+            ("fp32", "fp16", "int8"),
+            ("openvino", "nncf"),
+            "pip install 'compressor[openvino]'",
+        ),
+        Format(
+            "tensorrt",
+            ".plan",
+            export_tensorrt_engine,
+            "tensorrt",
+            ("fp32", "fp16", "int8"),
+            ("tensorrt",),
+            "pip install 'compressor[trt]' (on a machine with an NVIDIA GPU)",
+        ),
+    )
+}
+
+
+def format_help() -> str:
+    return ", ".join(FORMATS)
+
+
+def find_artifacts(folder: str | Path, stem: str) -> dict[str, str]:
+    """The exported files of ``stem`` in ``folder``, by the kind of file a backend runs (``onnx``,
+    ``int8-onnx``, ``openvino``, ``int8-openvino``, ...): what ``compress profile`` times."""
+    from .runtimes import BACKENDS
+
+    found = {}
+    for fmt in FORMATS.values():
+        row = BACKENDS.get(fmt.backend)
+        if row is None:
+            continue
+        for prec in fmt.precisions:
+            path = fmt.path(folder, stem, prec)
+            if path.is_file() and row.artifact != "torch":
+                found[row.artifact_for(prec)] = str(path)
+    return found
+
+
+def load_target(target: Path, arch: Optional[str], trust: bool) -> tuple[nn.Module, Path]:
+    """(model, default output folder) for a student folder or a bare checkpoint."""
+    target = Path(target)
+    if target.is_dir() and (target / "student.json").exists():
+        return load_student(target), target
+    if target.is_file() and target.suffix in (".pth", ".pt", ".safetensors"):
+        if not arch:
+            raise UserError(f"{target}: a bare checkpoint needs --arch (a zoo name) to rebuild its architecture")
+        build_generator(arch, init=None)  # an unknown zoo name fails here, before the file is read
+        state = load_state_dict_file(target, trust=trust, key="export")
+        norm_guess = "instance" if not any(k.endswith("running_mean") for k in state) else "batch"
+        model = build_generator(arch, init=None, norm=norm_guess)
+        apply_state_dict(model, state, source=str(target), key="export")
+        return model.eval(), target.parent
+    if not target.exists():
+        raise UserError(f"{target}: not found")
+    raise UserError(f"{target}: not a run folder, a student folder (student.json) or a .pth/.safetensors file")
+
+
+def folder_images(data: Path, size: int, n: int) -> torch.Tensor:
+    ds = FolderDataset(Path(data), size=size, train=False, max_items=n)
+    if len(ds) == 0:
+        raise UserError(f"--data: no images in {data}")
+    return torch.stack([ds[i]["input"] for i in range(min(n, len(ds)))])
+
+
+def export_command(
+    model: nn.Module,
+    out_dir: Path,
+    spec: ExportSpec,
+    samples: Optional[torch.Tensor] = None,
+    calibration: Optional[list[np.ndarray]] = None,
+) -> dict:
+    """``compress export``: export ``model`` as ``spec`` asks (images from ``spec.data`` where given, INT8 for
+    ``precision int8``); write ``export.json``; return the record with printable ``lines``."""
+    mult = size_multiple(model)
+    size = spec.size or max(256, mult)
+    if not 1 <= size <= MAX_EXPORT_SIZE:
+        raise UserError(f"--size: {size} is outside 1..{MAX_EXPORT_SIZE}")
+    if size % mult:
+        raise UserError(f"--size: {size} is not a multiple of {mult}, which this model needs")
+    lines = []
+    if samples is None and spec.data is not None:
+        samples = folder_images(spec.data, size, 3)
+    if samples is None:
+        in_nc = input_channels(model)
+        samples = torch.rand(3, in_nc, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+        lines.append("note: no images given (--data); parity uses random inputs")
+    int8 = spec.precision == "int8"
+    if int8 and not calibration:
+        if spec.data is None:
+            raise UserError("--precision int8 needs calibration images: pass --data FOLDER (or export a run)")
+        calibration = [x[None].numpy() for x in folder_images(spec.data, size, spec.calib_images)]
+    width = (getattr(model, "student_plan", None) or {}).get("width", 1.0)
+    spec = replace(
+        spec,
+        size=size,
+        int8=spec.int8 or int8,
+        metadata=spec.metadata or {"recipe_hash": "", "width": width},
+    )
+    out_dir = Path(out_dir)
+    formats = list(dict.fromkeys(spec.formats or ("onnx",)))
+    for f in formats:
+        if f not in FORMATS:
+            raise UserError(f"--format: unknown format {f!r}; choose from {format_help()}")
+        fmt = FORMATS[f]
+        if spec.precision not in fmt.precisions and f not in ("onnx", "tensorrt"):
+            raise UserError(f"--precision: {f} exports {', '.join(fmt.precisions)}, not {spec.precision}")
+        if fmt.missing():
+            raise UserError(f"--format {f}: {fmt.missing()[0]} is not installed: {fmt.extra}")
+    if "tensorrt" in formats:
+        spec = replace(spec, tensorrt=True)
+    onnx_flow = "onnx" in formats or spec.for_tensorrt
+    rec = export_model(model, out_dir, spec, samples, calibration) if onnx_flow else {"onnx": {}, "notes": []}
+    onnx_fp32 = out_dir / f"{spec.name}.onnx"
+    for f in formats:
+        if f in ("onnx", "tensorrt"):
+            continue  # written by export_model above
+        fmt = FORMATS[f]
+        path = fmt.path(out_dir, spec.name, spec.precision)
+        res = fmt.exporter(
+            model,
+            path,
+            samples,
+            precision=spec.precision,
+            static=spec.static,
+            size=size,
+            calibration=calibration if spec.precision in fmt.calibrated else None,
+            metadata=export_metadata(model, spec),
+            onnx_path=onnx_fp32 if onnx_flow and onnx_fp32.exists() and not spec.static else None,
+            max_drop=spec.max_drop,
+        )
+        rec.setdefault("formats", {})[f"{f}:{spec.precision}"] = res
+        par = res.get("parity", {})
+        what = ", ".join(
+            x
+            for x in (
+                f"max abs error {par['max_abs']:.2e}" if "max_abs" in par else "",
+                f"PSNR {par['psnr_min']:.1f} dB" if "psnr_min" in par else "",
+            )
+            if x
+        )
+        how = f", {res['method']}, {res['calibration_images']} calibration images" if "method" in res else ""
+        lines.append(f"wrote {path} ({f} {spec.precision}{how}; against {par.get('against', 'pytorch')}: {what})")
+    for info in rec["onnx"].values():
+        par = info["parity"]
+        lines.append(
+            f"wrote {out_dir / info['path']} (parity: max abs error {par['max_abs']:.2e} over "
+            f"{len(par['cases'])} input shapes)"
+        )
+    for key in ("int8", "int8_tensorrt"):
+        if key in rec:
+            q = rec[key]
+            lines.append(
+                f"wrote {out_dir / q['path']} ({q['target']} INT8, {q['calibration_images']} calibration "
+                f"images): PSNR vs FP32 {q['psnr_vs_fp32']:.1f} dB; latency {q['latency_ms_int8']:.2f} ms "
+                f"vs {q['latency_ms_fp32']:.2f} ms FP32"
+            )
+    for lint in rec.get("tensorrt_lints", []):
+        lines.append(f"TensorRT {lint['target']} lint of {lint['file']}: {lint['nodes']} nodes, no problems")
+    if "tensorrt" in rec:
+        res, par = rec["tensorrt"], rec["tensorrt"]["parity"]
+        lines.append(
+            f"wrote {out_dir / res['path']} (TensorRT {res['tensorrt_version']}, {spec.precision}, {res['gpu']})"
+        )
+        lines.append(
+            f"TensorRT vs ONNX Runtime: max abs {par['max_abs']:.2e}, PSNR {par['psnr_min']:.1f} dB "
+            f"(limit {par['limit']}) - passed"
+        )
+    lines.extend(rec["notes"])
+    for script in rec.get("trtexec", []):
+        lines.append(f"wrote {out_dir / script}")
+    path = write_record(out_dir / "export.json", rec)
+    lines.append(f"wrote {path}")
+    return {**rec, "lines": lines}

@@ -26,7 +26,7 @@ from compressor.errors import ExportError, UserError
 from compressor.io import DiskWriteError
 from compressor.models import size_multiple
 
-from .backends import ort_session  # noqa: F401 - the one session set-up, re-exported for callers
+from .runtimes import ort_session  # noqa: F401 - the one session set-up, re-exported for callers
 
 log = logging.getLogger(__name__)
 

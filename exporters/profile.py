@@ -28,7 +28,7 @@ from compressor.errors import UserError
 from compressor.procs import die_with_parent, run_group
 from compressor.zoo_args import ZOO_ARCHS, check_zoo_kwargs
 
-from .backends import BACKENDS, ONNX_BACKENDS, backend_available
+from .runtimes import BACKENDS, Backend, Runner, backend_available
 
 # torch and everything that imports it (compressor.models, .slim, .complexity, exporters.onnx) is imported inside
 # the functions that need it: a timing worker for an ONNX Runtime backend must not load torch.
@@ -68,7 +68,8 @@ def environment(threads: Optional[int] = None, with_torch: bool = True) -> dict:
         "cores": os.cpu_count(),
         "threads": threads or os.cpu_count(),
     }
-    for pkg in ("torch", "onnxruntime", "onnx", "tensorrt", "compressor"):
+    runtimes = dict.fromkeys(m for b in BACKENDS.values() for m in b.requires)  # each runtime's version, in order
+    for pkg in (*runtimes, "onnx", "compressor"):
         try:
             env[f"{pkg}_version"] = md.version(pkg)
         except md.PackageNotFoundError:
@@ -202,6 +203,20 @@ def build_torch(ref: dict):
     raise ValueError(kind)
 
 
+def _file_kind(path: Path) -> Optional[str]:
+    """The kind of file (``openvino``, ``int8-openvino``, ...) of an exported file of another format, by the
+    export formats table's suffixes and the ``.<precision>`` tag before them."""
+    from .export import FORMATS  # imports torch: the parent process only
+
+    for fmt in FORMATS.values():
+        row = BACKENDS.get(fmt.backend)
+        if row is None or row.artifact in ("torch", "onnx", "engine") or not path.name.endswith(fmt.suffix):
+            continue
+        tag = path.name[: -len(fmt.suffix)].rpartition(".")[2]
+        return row.artifact_for(tag if tag in fmt.precisions else fmt.precisions[0])
+    return None
+
+
 def resolve_models(specs: list[str]) -> list[dict]:
     """Turn MODEL arguments into refs: student dir, ONNX file, TensorRT engine, trtexec JSON, zoo spec.
 
@@ -210,6 +225,8 @@ def resolve_models(specs: list[str]) -> list[dict]:
     for spec in specs:
         p = Path(spec)
         if p.is_dir() and (p / "student.json").exists():
+            from .export import find_artifacts  # imports torch: the parent process only
+
             onnx = p / "student.onnx"
             refs.append(
                 {
@@ -217,8 +234,11 @@ def resolve_models(specs: list[str]) -> list[dict]:
                     "role": "student",
                     "torch": {"type": "student_dir", "path": str(p)},
                     "onnx": str(onnx) if onnx.exists() else None,
+                    "artifacts": find_artifacts(p, "student"),
                 }
             )
+        elif p.is_file() and (kind := _file_kind(p)):
+            refs.append({"label": p.stem, "role": "model", "torch": None, "onnx": None, "artifacts": {kind: str(p)}})
         elif p.suffix == ".onnx":
             if not p.is_file():
                 raise UserError(f"{p}: file not found")
@@ -237,7 +257,8 @@ def resolve_models(specs: list[str]) -> list[dict]:
             zoo = parse_zoo_spec(spec)
             if zoo is None:
                 raise UserError(
-                    f"{spec}: not a run folder, student folder, .onnx, .plan/.engine, trtexec .json or zoo name"
+                    f"{spec}: not a run folder, student folder, .onnx, OpenVINO .xml, .plan/.engine, trtexec .json "
+                    f"or zoo name"
                 )
             role = "student" if zoo["width"] < 1 else "teacher"
             refs.append({"label": spec, "role": role, "torch": {"type": "zoo", **zoo}, "onnx": None})
@@ -335,21 +356,12 @@ def worker(cfg: dict) -> dict:
     """Time one configuration (runs in its own process)."""
     start_rss = reset_peak_rss()  # this child's own high-water mark from here on
     backend, batch, size = cfg["backend"], cfg["batch"], cfg["size"]
-    device = "cuda" if backend in ("ort-cuda", "ort-trt", "tensorrt") or cfg.get("device") == "cuda" else "cpu"
     from exporters.runtimes import make_runner
 
-    if backend in ("torch", "torch-compile"):
-        runner = make_runner(
-            backend,
-            torch_model_loader=lambda: build_torch(cfg["torch"]),
-            device=device,
-            precision=cfg["precision"],
-            threads=cfg.get("threads"),
-        )
-    else:
-        runner = make_runner(
-            backend, onnx_path=cfg.get("onnx"), engine_path=cfg.get("engine"), threads=cfg.get("threads")
-        )
+    row = BACKENDS[backend]
+    device = row.pick_device(cfg.get("device"))
+    artifact = (lambda: build_torch(cfg["torch"])) if row.artifact == "torch" else cfg["artifact"]
+    runner = make_runner(backend, artifact, device=device, precision=cfg["precision"], threads=cfg.get("threads"))
     rng = np.random.default_rng(0)
     x = rng.uniform(-1, 1, (batch, cfg.get("input_nc", 3), size, size)).astype(np.float32)
     for _ in range(cfg["warmup"]):
@@ -382,10 +394,9 @@ def worker(cfg: dict) -> dict:
             res["peak_memory_kind"] = "ru_maxrss"
     res["peak_memory_mb"] = round(mem, 1)
     res["device"] = device
-    if backend not in ("torch", "torch-compile"):
-        prec = onnx_precision(cfg.get("onnx"))
-        if prec:
-            res["precision"] = prec  # what the file holds, whatever was asked for
+    prec = runner.file_precision or (onnx_precision(artifact) if str(artifact).endswith(".onnx") else None)
+    if prec:
+        res["precision"] = prec  # what the file holds, whatever was asked for
     return res
 
 
@@ -411,7 +422,55 @@ def _run_worker(cfg: dict, timeout: float) -> dict:
     return {"status": "ok", **json.loads(lines[-1])}
 
 
+def time_artifact(
+    backend: str,
+    artifact: Optional[str],
+    *,
+    precision: str = "fp32",
+    batch: int = 1,
+    size: int = 256,
+    input_nc: int = 3,
+    torch_ref: Optional[dict] = None,
+    warmup: int = 5,
+    iters: int = 20,
+    seconds: Optional[float] = None,
+    threads: Optional[int] = None,
+    device: str = "cpu",
+    timeout: float = 600,
+) -> dict:
+    """Time one file (or, for a torch backend, the model ``torch_ref`` names) in its own process, as
+    :func:`profile_models` does for each configuration: ``{"status": "ok", "latency_ms": ..., ...}`` or
+    ``{"status": "failed", "reason": ...}``."""
+    cfg = {
+        "backend": backend,
+        "batch": batch,
+        "size": size,
+        "precision": precision,
+        "warmup": warmup,
+        "iters": iters,
+        "seconds": seconds,
+        "threads": threads,
+        "device": device,
+        "torch": torch_ref,
+        "artifact": None if artifact is None else str(artifact),
+        "input_nc": input_nc,
+    }
+    return _run_worker(cfg, timeout)
+
+
 # ------------------------------------------------------------------------------------------------ trtexec import
+
+
+class TrtexecTimes(Runner):
+    """The ``trtexec-json`` backend: timings measured by ``trtexec --exportTimes`` elsewhere, imported."""
+
+    @classmethod
+    def unavailable(cls, row: Backend) -> str:
+        return ""
+
+    @staticmethod
+    def import_times(path: str | Path, batch: int = 1) -> dict:
+        return import_trtexec_times(path, batch)
 
 
 def import_trtexec_times(path: str | Path, batch: int = 1) -> dict:
@@ -455,6 +514,38 @@ def check_onnx_sizes(path: str | Path, sizes: list[int]) -> None:
         raise UserError(f"{path}: --size {bad[0]} is not a multiple of {mult}, which this model needs")
 
 
+# where a model reference keeps each kind of file (references from run folders and older callers)
+_REF_KEYS = {"onnx": "onnx", "int8-onnx": "int8", "engine": "engine", "trtexec-json": "trtexec"}
+# how to make a missing file
+_MAKE = {
+    "torch": "a run or student folder, or a zoo name",
+    "int8-onnx": "compress export --precision int8",
+    "engine": "compress export --trt",
+    "trtexec-json": "a trtexec --exportTimes file",
+}
+
+
+def ref_artifact(ref: dict, kind: str) -> Optional[str]:
+    """The file of ``kind`` a model reference holds, or None."""
+    found = (ref.get("artifacts") or {}).get(kind)
+    return found or (ref.get(_REF_KEYS[kind]) if kind in _REF_KEYS else None)
+
+
+def _artifact(ref: dict, row: Backend, prec: str, size: int, workdir: Path) -> tuple[Optional[str], str]:
+    """(the file backend ``row`` runs for ``ref`` at ``prec``, or None and why not). A PyTorch model is
+    exported to ONNX here, in the parent, for a backend that reads ONNX: the timing worker never loads torch."""
+    kind = row.artifact_for(prec)
+    if kind == "torch":
+        return ("torch", "") if ref.get("torch") else (None, f"{row.name} needs a PyTorch model ({_MAKE['torch']})")
+    path = ref_artifact(ref, kind)
+    if path is None and kind == row.artifact and ("onnx" in (row.artifact,) + row.reads):
+        path = ref_artifact(ref, "onnx") or (_ensure_onnx(ref, size, workdir) if ref.get("torch") else None)
+    if path is None:
+        make = _MAKE.get(kind, f"compress export --format {row.artifact} --precision {prec}")
+        return None, f"no {kind} file for this model ({make})"
+    return str(path), ""
+
+
 def profile_models(
     models: list[str] | list[dict],
     backends: list[str],
@@ -490,43 +581,28 @@ def profile_models(
             "size": size,
             "precision": prec,
         }
-        ok, why = backend_available(backend) if backend in BACKENDS else (False, f"unknown backend {backend!r}")
+        ok, why = backend_available(backend)
+        spec = BACKENDS.get(backend)
         cx = {}
         if ok and ref.get("torch"):
             cx = _complexity(ref, size)
             row.update({k2: v for k2, v in cx.items() if k2 in ("params", "macs", "macs_paper_convention")})
-        if ok and backend == "trtexec-json":
-            if not ref.get("trtexec"):
-                ok, why = False, "trtexec-json reads a trtexec --exportTimes file"
-        elif ok and backend in ONNX_BACKENDS:
-            if prec == "int8":
-                if not ref.get("int8"):
-                    ok, why = False, "no INT8 ONNX (export with --precision int8)"
-            elif prec != "fp32":
-                ok, why = False, f"{backend} runs the fp32 ONNX; {prec} needs the tensorrt backend"
-            elif not ref.get("onnx") and not ref.get("torch"):
-                ok, why = False, "no ONNX file for this model"
-        elif ok and backend in ("torch", "torch-compile"):
-            if not ref.get("torch"):
-                ok, why = False, "torch backends need a PyTorch model (run or student folder, or zoo name)"
-            elif prec == "int8":
-                ok, why = False, "int8 runs in ort-cpu or tensorrt"
-            elif prec != "fp32" and device != "cuda":
-                ok, why = False, f"{prec} in torch needs CUDA"
-        elif ok and backend == "tensorrt" and not ref.get("engine"):
-            ok, why = False, "no TensorRT engine for this model (compress export --trt)"
+        if ok:
+            why = spec.load().refuse(spec, prec, spec.pick_device(device))
+            ok = not why
+        artifact = None
+        if ok:
+            artifact, why = _artifact(ref, spec, prec, size, workdir)
+            ok = artifact is not None
         if ok and cx.get("size_multiple") and size % cx["size_multiple"]:
             ok, why = False, f"size {size} is not a multiple of {cx['size_multiple']}"
         if not ok:
             row.update(status="unavailable", reason=why)
             results.append(row)
             continue
-        if backend == "trtexec-json":
-            row.update(import_trtexec_times(ref["trtexec"], batch))
+        if not spec.measured:
+            row.update(spec.load().import_times(artifact, batch))
         else:
-            onnx_path = None
-            if backend in ONNX_BACKENDS:
-                onnx_path = ref["int8"] if prec == "int8" else _ensure_onnx(ref, size, workdir)
             cfg = {
                 "backend": backend,
                 "batch": batch,
@@ -538,8 +614,7 @@ def profile_models(
                 "threads": threads,
                 "device": device,
                 "torch": ref.get("torch"),
-                "onnx": onnx_path,
-                "engine": ref.get("engine"),
+                "artifact": artifact if spec.artifact != "torch" else None,
                 "input_nc": cx.get("input_nc", 3),
             }
             row.update(_run_worker(cfg, timeout))

@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
-from .backends import ort_session
+from .runtimes import ort_session
 
 log = logging.getLogger(__name__)
 

@@ -750,6 +750,8 @@ def write_report(
     The sample grid of every run whose eval.json is given comes along (copied next to report.md, embedded in
     report.html), as does ``samples`` when given."""
     paths = list(profile_files) + list(eval_files) + list(export_files)
+    benchmarks = [d for d in (_load(p) for p in paths) if is_benchmark(d)]
+    paths = [p for p in paths if not is_benchmark(_load(p))]
     profiles, evals, exports = classify(paths)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -775,6 +777,7 @@ def write_report(
         refs.append((g.parent.parent.name if len(grids) > 1 else "", rel))
         blobs[rel] = data
     md = build_markdown(profiles, evals, exports, title, refs or None)
+    md += "".join(benchmark_section(doc) for doc in benchmarks)
     plots = make_plots(profiles, evals)
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, md)
@@ -784,11 +787,57 @@ def write_report(
 
 def report_run(run) -> tuple[Path, Path]:
     files = [f for f in (run.profile_json, run.eval_json, run.export_json) if f.exists()]
+    bench = run.root / "benchmark.json"
     return write_report(
-        [f for f in files if f == run.profile_json],
+        [f for f in files if f == run.profile_json] + ([bench] if bench.exists() else []),
         [f for f in files if f == run.eval_json],
         run.root,
         f"compressor report: {run.root.name}",
         [f for f in files if f == run.export_json],
         run.eval_samples,
     )
+
+
+# ------------------------------------------------------------------------------------------------ benchmark
+
+
+def is_benchmark(doc) -> bool:
+    return isinstance(doc, dict) and str(doc.get("schema", "")).startswith("compressor.benchmark")
+
+
+def benchmark_section(doc: dict) -> str:
+    """``compress benchmark``'s table as a Markdown section (self-contained: the document in, text out)."""
+    env = doc.get("environment", {})
+    head = ["format", "precision", "size", "PSNR, dB", "SSIM", "p50, ms", "img/s", "status"]
+    rows = []
+    for r in doc.get("rows", []):
+        psnr = r.get("psnr")
+        status = r.get("status", "")
+        if status == "not installed" and r.get("install"):
+            status = f"not installed (`{r['install']}`)"
+        elif r.get("reason"):
+            status = f"{status}: {r['reason']}"
+        rows.append(
+            [
+                r.get("format", ""),
+                r.get("precision", ""),
+                f"{r['bytes'] / 2**20:.2f} MB" if r.get("bytes") else "",
+                "" if psnr is None else ("∞" if psnr == float("inf") else f"{psnr:.1f}"),
+                "" if r.get("ssim") is None else f"{r['ssim']:.4f}",
+                "" if r.get("p50_ms") is None else f"{r['p50_ms']:.2f}",
+                "" if r.get("ips") is None else f"{r['ips']:.1f}",
+                status.replace("|", "\\|"),
+            ]
+        )
+    lines = [
+        "## Every format: size, quality, speed",
+        "",
+        f"{doc.get('size')}², batch 1, {env.get('threads')} thread(s) on {env.get('cpu', '?')}; PSNR and SSIM "
+        f"against the {doc.get('reference')} over {doc.get('images')} images (`compress benchmark`, "
+        f"{doc.get('created', '')}).",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n\n"

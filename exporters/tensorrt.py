@@ -27,7 +27,7 @@ from compressor.errors import ExportError, UserError
 from compressor.io import atomic_write_bytes, atomic_write_json
 
 from . import trt_rules
-from .backends import backend_available, ort_session
+from .runtimes import Runner, backend_available, ort_session
 from .trt_rules import parse_version, rule
 
 log = logging.getLogger(__name__)
@@ -405,7 +405,7 @@ def _fmt(shape) -> str:
     return "x".join(str(int(v)) for v in shape)
 
 
-class TensorRTRunner:
+class TensorRTRunner(Runner):
     """Runs a serialized engine with named tensors and ``execute_async_v3`` (CUDA memory via torch).
 
     ``peak_memory_mb`` counts TensorRT's own device memory (engine, execution context, activations) and the I/O
@@ -418,7 +418,7 @@ class TensorRTRunner:
     device = "cuda"
     peak_memory_kind = "cuda_mem_get_info_delta"
 
-    def __init__(self, engine_path: str | Path):
+    def __init__(self, engine_path: str | Path, *, backend=None, threads=None, device="cuda", precision=None):
         import tensorrt as trt
         import torch
 

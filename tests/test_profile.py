@@ -5,9 +5,9 @@ import subprocess
 import pytest
 from conftest import loopback_sshd, run_cli
 
-from exporters.backends import backend_available
 from exporters.profile import SCHEMA, import_trtexec_times, profile_models
 from exporters.report import write_report
+from exporters.runtimes import backend_available
 
 TEACHER = "resnet_6blocks:ngf=16,norm=instance"
 STUDENT = "resnet_6blocks:ngf=16,norm=instance,width=0.25"

@@ -1,0 +1,206 @@
+"""``compress benchmark``: every format and precision of the export formats table, exported, checked and timed.
+
+For each row of :data:`exporters.export.FORMATS` and each of its precisions: export (the format's own parity check
+against PyTorch), run the file on the reference images through its backend's Runner and compare with the reference
+outputs (PSNR and SSIM; the teacher's output for a run, the student's PyTorch output otherwise), then time it in its
+own process with the profile harness (:func:`exporters.profile.time_artifact`). A format whose exporter or runtime
+is not installed is listed as such with its pip line; one that exports but cannot run here (a TensorRT engine on a
+machine without a GPU) is ``export-only``; a failure keeps its one-line reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from compressor.errors import ExportError, UserError
+from compressor.metrics import paired_metrics
+
+from .export import FORMATS
+from .profile import environment, time_artifact
+from .runtimes import BACKENDS, backend_available, make_runner
+
+log = logging.getLogger(__name__)
+
+SCHEMA = "compressor.benchmark/1"
+STATUSES = ("passed", "export-only", "failed", "not installed")
+
+
+def _missing(fmt) -> Optional[str]:
+    """The install line for a format whose exporter or runtime module is absent, else None."""
+    gone = fmt.missing()
+    row = BACKENDS.get(fmt.backend)
+    if not gone and row is not None:
+        gone = [m for m in row.requires if not _importable(m)]
+    return f"{gone[0]} is not installed: {fmt.extra or (row.extra if row else '')}" if gone else None
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def _outputs(backend: str, artifact, images: np.ndarray, threads: Optional[int]) -> np.ndarray:
+    runner = make_runner(backend, artifact, threads=threads)
+    return np.concatenate([runner(images[i : i + 1]) for i in range(len(images))])
+
+
+def benchmark(
+    model: nn.Module,
+    out_dir: str | Path,
+    images: torch.Tensor,
+    reference: np.ndarray,
+    reference_kind: str,
+    *,
+    torch_ref: dict,
+    calibration: Optional[list[np.ndarray]] = None,
+    size: Optional[int] = None,
+    metadata: Optional[dict] = None,
+    stem: str = "student",
+    threads: Optional[int] = None,
+    warmup: int = 5,
+    iters: int = 20,
+    formats: Optional[list[str]] = None,
+    progress: Optional[Callable] = None,
+) -> dict:
+    """Export ``model`` to every format and precision into ``out_dir``, check and time each; the result document.
+
+    ``images``: (N, C, H, W) in [-1, 1], the reference inputs; ``reference``: the outputs each format is compared
+    with (``reference_kind`` says whose: "teacher" or "student (PyTorch)"); ``torch_ref``: the profile harness's
+    reference to the PyTorch model (for the torch row's timing process); ``calibration``: INT8 calibration images
+    (INT8 rows fail with the reason when there are none)."""
+    unknown = [f for f in formats or () if f not in FORMATS]
+    if unknown:
+        raise UserError(f"--format: unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.eval().cpu()
+    size = size or int(images.shape[-1])
+    x = images.numpy().astype(np.float32)
+    ref_t = torch.from_numpy(np.asarray(reference, dtype=np.float32))
+    plan = [(f, p) for f in FORMATS.values() if not formats or f.name in formats for p in f.precisions]
+    rows = []
+    for k, (fmt, prec) in enumerate(plan):
+        row: dict = {"format": fmt.name, "precision": prec, "backend": fmt.backend}
+        rows.append(row)
+        if progress:
+            progress("benchmark", k, len(plan), {})
+        t0 = time.perf_counter()
+        why = _missing(fmt)
+        if why:
+            row.update(status="not installed", reason=why, install=fmt.extra)
+            continue
+        path = fmt.path(out, stem, prec)
+        try:
+            if prec in fmt.calibrated and not calibration:
+                raise UserError("INT8 needs calibration images (the run's train images, or --data FOLDER)")
+            onnx = FORMATS["onnx"].path(out, stem, "fp32")
+            rec = fmt.exporter(
+                model,
+                path,
+                x,
+                precision=prec,
+                size=size,
+                calibration=calibration if prec in fmt.calibrated else None,
+                metadata=metadata,
+                onnx_path=onnx if onnx.exists() else None,
+            )
+        except (ExportError, UserError) as exc:
+            row.update(status="failed", reason=f"export: {str(exc).splitlines()[0][:300]}")
+            continue
+        except Exception as exc:  # noqa: BLE001 - a converter's own error, reported as the row's reason
+            log.debug("export of %s %s failed", fmt.name, prec, exc_info=True)
+            row.update(status="failed", reason=f"export: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            continue
+        row.update(file=rec["path"], bytes=_size(path), export_seconds=rec.get("seconds"), parity=rec.get("parity"))
+        ok, why = backend_available(fmt.backend)
+        if ok:
+            why = BACKENDS[fmt.backend].load().refuse(BACKENDS[fmt.backend], prec, BACKENDS[fmt.backend].device)
+            ok = not why
+        if not ok:
+            row.update(status="export-only", reason=why)
+            continue
+        is_torch = BACKENDS[fmt.backend].artifact == "torch"
+        try:
+            y = _outputs(fmt.backend, (lambda: model) if is_torch else path, x, threads)
+        except Exception as exc:  # noqa: BLE001 - a runtime's own error, reported as the row's reason
+            row.update(status="failed", reason=f"run: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+            continue
+        q = paired_metrics(torch.from_numpy(y), ref_t)
+        row.update(psnr=float(q["psnr"].mean()), ssim=float(q["ssim"].mean()))
+        timing = time_artifact(
+            fmt.backend,
+            None if is_torch else path,
+            precision=prec,
+            size=size,
+            input_nc=x.shape[1],
+            torch_ref=torch_ref if is_torch else None,
+            warmup=warmup,
+            iters=iters,
+            threads=threads,
+        )
+        if timing.get("status") != "ok":
+            row.update(status="failed", reason=f"timing: {timing.get('reason', 'no result')}")
+            continue
+        lat = timing["latency_ms"]
+        row.update(status="passed", latency_ms=lat, p50_ms=lat["p50"], ips=lat["throughput_ips"])
+        for key in ("peak_memory_mb", "device"):
+            if key in timing:
+                row[key] = timing[key]
+        row["seconds"] = round(time.perf_counter() - t0, 2)
+    return {
+        "schema": SCHEMA,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "reference": reference_kind,
+        "images": int(len(x)),
+        "size": size,
+        "threads": threads,
+        "environment": environment(threads),
+        "rows": rows,
+    }
+
+
+def _size(path: Path) -> int:
+    """Bytes on disk of an exported file, with its companion files (an IR's .bin)."""
+    total = path.stat().st_size
+    if path.suffix == ".xml" and path.with_suffix(".bin").exists():
+        total += path.with_suffix(".bin").stat().st_size
+    return total
+
+
+def status_text(row: dict) -> str:
+    s = row["status"]
+    if s == "not installed" and row.get("install"):
+        return f"not installed ({row['install']})"
+    return f"{s}: {row['reason']}" if s in ("failed", "not installed", "export-only") and row.get("reason") else s
+
+
+def table_rows(doc: dict) -> list[list[str]]:
+    """format, precision, size, PSNR, SSIM, p50, img/s, status: as printed and as reported."""
+    out = []
+    for r in doc["rows"]:
+        size = f"{r['bytes'] / 2**20:.2f} MB" if r.get("bytes") else ""
+        psnr = "" if r.get("psnr") is None else ("inf" if not np.isfinite(r["psnr"]) else f"{r['psnr']:.1f}")
+        out.append(
+            [
+                r["format"],
+                r["precision"],
+                size,
+                psnr,
+                "" if r.get("ssim") is None else f"{r['ssim']:.4f}",
+                "" if r.get("p50_ms") is None else f"{r['p50_ms']:.2f}",
+                "" if r.get("ips") is None else f"{r['ips']:.1f}",
+                status_text(r),
+            ]
+        )
+    return out
+
+
+HEADER = ["format", "precision", "size", "PSNR dB", "SSIM", "p50 ms", "img/s", "status"]
