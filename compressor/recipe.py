@@ -156,7 +156,11 @@ class BudgetSpec(Strict):
 
 # Options added after run folders existed, with the default that leaves them out of stage digests (a test checks
 # that each is the field's schema default).
-DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {"student.round_channels": None, "export.static": False}
+DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
+    "student.round_channels": None,
+    "export.static": False,
+    "export.formats": ["onnx"],
+}
 
 
 class StudentSpec(Strict):
@@ -299,6 +303,11 @@ class TensorRTSpec(Strict):
 
 class ExportSpec(Strict):
     static: bool = Field(False, description="fixed-shape files (batch 1 at data.size) in every format")
+    formats: list[str] = Field(
+        default_factory=lambda: ["onnx"],
+        description="files to write: onnx (always, the profile's base) and any of openvino, executorch, litert, "
+        "ncnn, coreml (each at its default precision, and int8 too where int8.enabled); profile times each",
+    )
     onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX export and parity")
     int8: Int8Spec = Field(default_factory=Int8Spec, description="INT8 quantisation")
     tensorrt: Optional[TensorRTSpec] = Field(None, description="TensorRT engine (skipped where absent)")

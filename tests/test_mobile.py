@@ -13,7 +13,8 @@ import torch
 from compressor.errors import ExportError
 from compressor.models.resnet import ResnetGenerator
 from exporters import mobile
-from exporters.mobile import MOBILE_FORMATS, CroppedConvTranspose2d, export_mobile, without_output_padding
+from exporters.export import FORMATS, export_other_formats
+from exporters.mobile import CroppedConvTranspose2d, without_output_padding
 
 
 def needs(*modules):
@@ -50,10 +51,11 @@ def test_parity_check_names_the_limit():
 def test_missing_extra_is_one_line(monkeypatch, tmp_path, tiny):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "executorch" else real(m, *a))
-    rec = export_mobile(tiny[0], tmp_path, ["executorch"], tiny[1])
-    assert rec["mobile"] == [] and rec["notes"] == [
-        "executorch: executorch is not installed: pip install 'compressor[mobile]'"
-    ]
+    rec = export_other_formats(tiny[0], tmp_path, ["executorch"], tiny[1])
+    assert rec == {
+        "formats": {},
+        "notes": ["executorch skipped: executorch is not installed: pip install 'compressor[mobile]'"],
+    }
 
 
 @needs("executorch")
@@ -125,7 +127,32 @@ def test_coreml_predict(tmp_path, tiny):
     assert np.abs(out - model(samples[:1]).detach().numpy()).max() < 1e-3
 
 
-def test_format_table_names_its_exporters():
-    for row in MOBILE_FORMATS.values():
-        module, _, fn = row.exporter.partition(":")
-        assert fn == f"export_{row.name}" and module == f"exporters.{row.name}"
+def test_mobile_rows_in_both_tables():
+    from exporters.runtimes import BACKENDS
+
+    for name, artifact in (("executorch", "pte"), ("litert", "tflite"), ("ncnn", "ncnn"), ("coreml", "mlpackage")):
+        fmt = FORMATS[name]
+        assert fmt.static_only and fmt.backend == name and BACKENDS[name].artifact == artifact
+        assert fmt.exporter.__name__ == f"export_{name}" and BACKENDS[name].precisions == fmt.precisions
+    assert FORMATS["coreml"].path("d", "student", "fp16").name == "student.mlpackage"
+    assert FORMATS["ncnn"].path("d", "student", "fp16").name == "student.fp16.ncnn.param"
+
+
+def test_profile_host_takes_the_coreml_backend(tmp_path, monkeypatch):
+    """A Mac times Core ML: ``compress profile --host user@mac --backend coreml`` reaches the remote path."""
+    import compressor.cli as cli
+
+    seen = {}
+
+    def fake_remote(host, models, args, out, *rest):
+        seen.update(host=host, models=models, args=args)
+        doc = {"schema": "compressor.profile/1", "created": "", "environment": {}, "results": []}
+        out.write_text(json.dumps(doc))
+        return doc
+
+    monkeypatch.setattr(cli, "remote_profile", fake_remote)
+    model = tmp_path / "student.mlpackage"
+    model.mkdir()
+    out = tmp_path / "mac.json"
+    code = cli.main(["profile", str(model), "--host", "me@mac", "--backend", "coreml", "--out", str(out)])
+    assert code in (0, None) and seen["host"] == "me@mac" and "--backend coreml" in seen["args"]

@@ -191,7 +191,16 @@ def main(argv=None) -> None:
                 distill = json.loads(dj.read_text())
             export = json.loads(ej.read_text())
     (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs" / "benchmarks.md").write_text(render_doc(export, distill))
+    doc = ROOT / "docs" / "benchmarks.md"
+    old = doc.read_text() if doc.exists() else ""
+    keep = ""  # the phone/board section tools/bench_mobile.py writes
+    if "<!-- bench_mobile:begin -->" in old and "<!-- bench_mobile:end -->" in old:
+        start, end = old.find("## Phones and boards"), old.index("<!-- bench_mobile:end -->")
+        start = (
+            start if 0 <= start < old.index("<!-- bench_mobile:begin -->") else old.index("<!-- bench_mobile:begin -->")
+        )
+        keep = "\n" + old[start : end + len("<!-- bench_mobile:end -->")] + "\n"
+    doc.write_text(render_doc(export, distill) + keep)
     block = render(export, distill)
     if not args.no_readme:
         update_readme(ROOT / "README.md", block)
