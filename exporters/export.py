@@ -524,6 +524,9 @@ def export_other_formats(
         for prec in precisions:
             key = f"{name}:{prec}"
             path = fmt.path(out_dir, stem, prec)
+            if prec in fmt.calibrated and not calibration:
+                out["notes"].append(f"{name} {prec} skipped: no calibration images")
+                continue
             try:
                 out["formats"][key] = {
                     "status": "ok",

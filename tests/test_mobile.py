@@ -156,3 +156,20 @@ def test_profile_host_takes_the_coreml_backend(tmp_path, monkeypatch):
     out = tmp_path / "mac.json"
     code = cli.main(["profile", str(model), "--host", "me@mac", "--backend", "coreml", "--out", str(out)])
     assert code in (0, None) and seen["host"] == "me@mac" and "--backend coreml" in seen["args"]
+
+
+@needs("ncnn", "pnnx")
+def test_export_stage_formats_go_on_after_a_refusal(tmp_path, tiny, monkeypatch):
+    from dataclasses import replace
+
+    import exporters.export as ex
+
+    def refuse(*a, **k):
+        raise ExportError("litert fp32: error: failed to legalize operation 'mhlo.convolution'")
+
+    monkeypatch.setitem(ex.FORMATS, "litert", replace(ex.FORMATS["litert"], exporter=refuse, requires=()))
+    rec = export_other_formats(tiny[0], tmp_path, ["litert", "ncnn"], tiny[1], int8=True, metadata={"width": 0.5})
+    assert rec["formats"]["litert:fp32"]["status"] == "failed" and "mhlo.convolution" in rec["notes"][0]
+    assert rec["formats"]["ncnn:fp32"]["status"] == "ok" and set(rec["formats"]) == {"litert:fp32", "ncnn:fp32"}
+    assert rec["notes"][1] == "litert int8 skipped: no calibration images"  # ncnn has no int8
+    assert (tmp_path / "student.ncnn.param").is_file()
