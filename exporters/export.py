@@ -515,6 +515,7 @@ def export_other_formats(
     refuses (or whose file misses its parity limit) is a failed record with the one-line reason, so one refusal
     does not stop the others."""
     out: dict = {"formats": {}, "notes": []}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
     for name in dict.fromkeys(formats):
         fmt = FORMATS[name]
         if fmt.missing():

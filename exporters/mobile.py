@@ -41,6 +41,8 @@ def variant_path(out_path: Path, precision: str, suffix: str, default: str = "fp
     """``student.pte`` -> ``student.int8.pte`` (the format's ``default`` precision keeps the plain name)."""
     out_path = Path(out_path)
     name = out_path.name[: -len(suffix)] if out_path.name.endswith(suffix) else out_path.stem
+    if name.endswith(f".{precision}"):  # already tagged (the export formats table's file name)
+        name = name[: -len(precision) - 1]
     return out_path.with_name(f"{name}{'' if precision == default else '.' + precision}{suffix}")
 
 

@@ -53,6 +53,8 @@ def paths(out_path: str | Path, precision: str = "fp32") -> tuple[Path, Path]:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
+    if name.endswith(f".{precision}"):  # already tagged (the export formats table's file name)
+        name = name[: -len(precision) - 1]
     if precision != "fp32":
         name = f"{name}.{precision}"
     return out_path.with_name(f"{name}.ncnn.param"), out_path.with_name(f"{name}.ncnn.bin")
@@ -118,7 +120,7 @@ def export_ncnn(
     timer = Timer()
     model, batches, size = prepare(model, samples, size)
     refs = torch_outputs(model, batches)
-    param, binary = paths(out_path, precision)
+    param, binary = paths(Path(out_path).resolve(), precision)  # absolute: pnnx runs in its own folder
     tmp_param, tmp_bin = temp_path(param), temp_path(binary)
     try:
         with tempfile.TemporaryDirectory(prefix="compressor-pnnx-") as work:

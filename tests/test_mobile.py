@@ -5,6 +5,7 @@ with the ``pip install`` that adds it."""
 
 import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -136,6 +137,12 @@ def test_mobile_rows_in_both_tables():
         assert fmt.exporter.__name__ == f"export_{name}" and BACKENDS[name].precisions == fmt.precisions
     assert FORMATS["coreml"].path("d", "student", "fp16").name == "student.mlpackage"
     assert FORMATS["ncnn"].path("d", "student", "fp16").name == "student.fp16.ncnn.param"
+    from exporters.mobile import variant_path
+    from exporters.ncnn import paths
+
+    assert variant_path(FORMATS["executorch"].path("d", "s", "int8"), "int8", ".pte").name == "s.int8.pte"
+    assert variant_path(Path("d/s.pte"), "int8", ".pte").name == "s.int8.pte"
+    assert paths(FORMATS["ncnn"].path("d", "s", "fp16"), "fp16")[1].name == "s.fp16.ncnn.bin"
 
 
 def test_profile_host_takes_the_coreml_backend(tmp_path, monkeypatch):
@@ -168,8 +175,9 @@ def test_export_stage_formats_go_on_after_a_refusal(tmp_path, tiny, monkeypatch)
         raise ExportError("litert fp32: error: failed to legalize operation 'mhlo.convolution'")
 
     monkeypatch.setitem(ex.FORMATS, "litert", replace(ex.FORMATS["litert"], exporter=refuse, requires=()))
-    rec = export_other_formats(tiny[0], tmp_path, ["litert", "ncnn"], tiny[1], int8=True, metadata={"width": 0.5})
+    monkeypatch.chdir(tmp_path)  # a relative folder, as a run's is (pnnx works in a folder of its own)
+    rec = export_other_formats(tiny[0], Path("run"), ["litert", "ncnn"], tiny[1], int8=True, metadata={"width": 0.5})
     assert rec["formats"]["litert:fp32"]["status"] == "failed" and "mhlo.convolution" in rec["notes"][0]
     assert rec["formats"]["ncnn:fp32"]["status"] == "ok" and set(rec["formats"]) == {"litert:fp32", "ncnn:fp32"}
     assert rec["notes"][1] == "litert int8 skipped: no calibration images"  # ncnn has no int8
-    assert (tmp_path / "student.ncnn.param").is_file()
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["student.ncnn.bin", "student.ncnn.param"]
