@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+VERSIONS = ("torch", "executorch", "litert-torch", "ai-edge-litert", "ai-edge-quantizer", "ncnn", "pnnx", "coremltools")
 PLAN = {  # format -> precisions measured for the zoo students
     "executorch": ("fp32", "int8"),
     "litert": ("fp32", "fp16", "int8"),
@@ -91,10 +92,13 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated model label prefixes")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "bench_mobile.json")
     ap.add_argument("--write-docs", action="store_true", help="update README.md and docs/benchmarks.md")
-    ap.add_argument("--from-json", type=Path, help="render a saved result instead of measuring")
+    ap.add_argument("--from-json", type=Path, nargs="+", help="render saved results (rows joined) instead of measuring")
     args = ap.parse_args()
     if args.from_json:
-        doc = json.loads(args.from_json.read_text())
+        docs = [json.loads(p.read_text()) for p in args.from_json]
+        doc = {**docs[0], "rows": [r for d in docs for r in d["rows"]]}
+        doc["command"] = "; ".join(dict.fromkeys(d["command"] for d in docs))
+        doc["load_average_at_end"] = max((d["load_average_at_end"] for d in docs), key=lambda v: float(v[0]))
         print(markdown(doc))
         if args.write_docs:
             write_docs(markdown(doc))
@@ -109,6 +113,25 @@ def main() -> int:
     calib = [x[None].numpy() for x in photos(args.data, "train", args.size, args.calib)]
     rows = []
     work = Path(tempfile.mkdtemp(prefix="bench-mobile-"))
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    env = environment(args.threads)
+
+    def save() -> dict:  # after every row: a run cut short keeps what it measured
+        load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
+        doc = {
+            "date": started,
+            "cpu": cpu_flags(),
+            "threads": args.threads,
+            "load_average_at_end": load,
+            "size": args.size,
+            "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
+            "versions": {k: _version(k) for k in VERSIONS},
+            "environment": env,
+            "rows": rows,
+        }
+        args.json.write_text(json.dumps(doc, indent=1))
+        return doc
+
     for label, model, ref, full in models(args.size):
         if args.only and not any(label.startswith(p) for p in args.only.split(",")):
             continue
@@ -142,6 +165,7 @@ def main() -> int:
                     )
                 except ExportError as exc:
                     rows.append({**row, "status": "refused", "reason": str(exc)})
+                    save()
                     print(f"{label} {fmt_name} {prec}: refused: {exc}", flush=True)
                     continue
                 par = rec["parity"]
@@ -160,7 +184,7 @@ def main() -> int:
                 else:
                     t = time_artifact(
                         fmt.backend,
-                        str(path),
+                        str(path.parent / rec["path"]),
                         precision=prec,
                         size=args.size,
                         input_nc=x.shape[1],
@@ -171,33 +195,9 @@ def main() -> int:
                     if t.get("status") != "ok":
                         row["reason"] = t.get("reason", "")
                 rows.append(row)
+                save()
                 print(json.dumps(row), flush=True)
-    env = environment(args.threads)
-    load = Path("/proc/loadavg").read_text().split()[:3] if Path("/proc/loadavg").exists() else []
-    doc = {
-        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "cpu": cpu_flags(),
-        "threads": args.threads,
-        "load_average_at_end": load,
-        "size": args.size,
-        "command": "python " + " ".join([Path(sys.argv[0]).as_posix()] + sys.argv[1:]),
-        "versions": {
-            k: _version(k)
-            for k in (
-                "torch",
-                "executorch",
-                "litert-torch",
-                "ai-edge-litert",
-                "ai-edge-quantizer",
-                "ncnn",
-                "pnnx",
-                "coremltools",
-            )
-        },
-        "environment": env,
-        "rows": rows,
-    }
-    args.json.write_text(json.dumps(doc, indent=1))
+    doc = save()
     print(markdown(doc))
     if args.write_docs:
         write_docs(markdown(doc))
