@@ -72,6 +72,27 @@ def unknown_layers(param: Path) -> list[str]:
     return types
 
 
+def _norm_mismatches(model: nn.Module, x: np.ndarray) -> list[str]:
+    """InstanceNorm2d layers whose ``num_features`` differs from the channels they receive (PyTorch ignores it
+    when the norm has no affine weights; published GAN Compression generators have such layers)."""
+    found, hooks = [], []
+    for name, m in model.named_modules():
+        if isinstance(m, nn.InstanceNorm2d):
+
+            def hook(mod, inputs, output, name=name):
+                if inputs[0].shape[1] != mod.num_features:
+                    found.append(f"{name} declares {mod.num_features} channels and receives {inputs[0].shape[1]}")
+
+            hooks.append(m.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            model(torch.from_numpy(x))
+    finally:
+        for h in hooks:
+            h.remove()
+    return found
+
+
 def _pnnx(model: nn.Module, x: torch.Tensor, param: Path, binary: Path, fp16: bool, workdir: Path) -> None:
     import pnnx
 
@@ -119,6 +140,9 @@ def export_ncnn(
         raise ValueError(f"ncnn exports {', '.join(PRECISIONS)}, not {precision}")
     timer = Timer()
     model, batches, size = prepare(model, samples, size)
+    mismatched = _norm_mismatches(model, batches[0])
+    if mismatched:  # ncnn's InstanceNorm trusts the declared channel count: running such a file crashes the process
+        raise ExportError(f"ncnn {precision}: InstanceNorm2d {mismatched[0]}; ncnn's InstanceNorm needs the two equal")
     refs = torch_outputs(model, batches)
     param, binary = paths(Path(out_path).resolve(), precision)  # absolute: pnnx runs in its own folder
     tmp_param, tmp_bin = temp_path(param), temp_path(binary)

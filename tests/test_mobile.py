@@ -181,3 +181,15 @@ def test_export_stage_formats_go_on_after_a_refusal(tmp_path, tiny, monkeypatch)
     assert rec["formats"]["ncnn:fp32"]["status"] == "ok" and set(rec["formats"]) == {"litert:fp32", "ncnn:fp32"}
     assert rec["notes"][1] == "litert int8 skipped: no calibration images"  # ncnn has no int8
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["student.ncnn.bin", "student.ncnn.param"]
+
+
+@needs("ncnn", "pnnx")
+def test_ncnn_refuses_an_instance_norm_of_the_wrong_width(tmp_path):
+    """GAN Compression's released generators declare InstanceNorm widths that differ from their inputs; PyTorch
+    ignores that, ncnn's InstanceNorm does not (the process crashes), so the exporter refuses with one line."""
+    from exporters.ncnn import export_ncnn
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.InstanceNorm2d(4), torch.nn.Tanh())
+    with pytest.raises(ExportError, match="InstanceNorm2d 1 declares 4 channels and receives 8"):
+        export_ncnn(model, tmp_path / "m.ncnn.param", torch.zeros(1, 3, 8, 8))
+    assert not list(tmp_path.iterdir())

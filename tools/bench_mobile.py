@@ -90,6 +90,7 @@ def main() -> int:
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", default="", help="comma-separated model label prefixes")
+    ap.add_argument("--formats", default=",".join(PLAN), help="comma-separated formats")
     ap.add_argument("--json", type=Path, default=ROOT / "docs" / "bench_mobile.json")
     ap.add_argument("--write-docs", action="store_true", help="update README.md and docs/benchmarks.md")
     ap.add_argument("--from-json", type=Path, nargs="+", help="render saved results (rows joined) instead of measuring")
@@ -150,6 +151,8 @@ def main() -> int:
                 }
             )
         for fmt_name, precisions in PLAN.items():
+            if fmt_name not in args.formats.split(","):
+                continue
             fmt = FORMATS[fmt_name]
             for prec in precisions if full else precisions[:1]:
                 row = {"model": label, "format": fmt_name, "precision": prec}
