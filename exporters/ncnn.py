@@ -72,27 +72,6 @@ def unknown_layers(param: Path) -> list[str]:
     return types
 
 
-def _norm_mismatches(model: nn.Module, x: np.ndarray) -> list[str]:
-    """InstanceNorm2d layers whose ``num_features`` differs from the channels they receive (PyTorch ignores it
-    when the norm has no affine weights; published GAN Compression generators have such layers)."""
-    found, hooks = [], []
-    for name, m in model.named_modules():
-        if isinstance(m, nn.InstanceNorm2d):
-
-            def hook(mod, inputs, output, name=name):
-                if inputs[0].shape[1] != mod.num_features:
-                    found.append(f"{name} declares {mod.num_features} channels and receives {inputs[0].shape[1]}")
-
-            hooks.append(m.register_forward_hook(hook))
-    try:
-        with torch.inference_mode():
-            model(torch.from_numpy(x))
-    finally:
-        for h in hooks:
-            h.remove()
-    return found
-
-
 def _pnnx(model: nn.Module, x: torch.Tensor, param: Path, binary: Path, fp16: bool, workdir: Path) -> None:
     import pnnx
 
@@ -140,9 +119,6 @@ def export_ncnn(
         raise ValueError(f"ncnn exports {', '.join(PRECISIONS)}, not {precision}")
     timer = Timer()
     model, batches, size = prepare(model, samples, size)
-    mismatched = _norm_mismatches(model, batches[0])
-    if mismatched:  # ncnn's InstanceNorm trusts the declared channel count: running such a file crashes the process
-        raise ExportError(f"ncnn {precision}: InstanceNorm2d {mismatched[0]}; ncnn's InstanceNorm needs the two equal")
     refs = torch_outputs(model, batches)
     param, binary = paths(Path(out_path).resolve(), precision)  # absolute: pnnx runs in its own folder
     tmp_param, tmp_bin = temp_path(param), temp_path(binary)
@@ -203,9 +179,11 @@ class NcnnRunner(Runner):
         x = np.ascontiguousarray(x, dtype=np.float32)
         outs = []
         for img in x:  # ncnn runs one image (C, H, W) at a time
-            img = np.ascontiguousarray(img)  # ncnn.Mat wraps this buffer: keep it alive until extract returns
+            img = np.ascontiguousarray(img)
             ex = self.net.create_extractor()
-            ex.input(self.input_name, ncnn.Mat(img))
+            # a copy ncnn owns: ncnn.Mat(array) only wraps the buffer, and a first layer that works in place (the
+            # input clamp of GAN Compression's generators) crashes the process on a wrapped one
+            ex.input(self.input_name, ncnn.Mat(img).clone())
             ret, out = ex.extract(self.output_name)
             if ret != 0:
                 raise RuntimeError(f"{self.path.name}: ncnn extract failed ({ret})")
