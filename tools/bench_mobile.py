@@ -244,6 +244,13 @@ def markdown(doc: dict) -> str:
         + ", ".join(f"{k} {v}" for k, v in doc["versions"].items())
         + ".",
         "",
+        "Weights: pix2pix's initialisation (no trained generator ships with the repository; latency does not depend "
+        "on the weights, agreement does somewhat). Inputs: 4 facades test photos; INT8 calibration: 16 facades train "
+        "photos. FP32 rows must agree with PyTorch within 1e-3 max abs, FP16/INT8 rows within 30 dB PSNR of PyTorch "
+        "FP32 (the limits the exporters enforce). Published generators: FP32 only, to show whether each format takes "
+        "them; **refused** rows give the converter's or the exporter's reason.",
+        *(["", doc["remark"]] if doc.get("remark") else []),
+        "",
         "| model | format | precision | size | max abs vs PyTorch | PSNR vs PyTorch FP32 | p50 ms (own runtime) | note |",
         "|---|---|---|---:|---:|---:|---:|---|",
     ]
