@@ -304,7 +304,7 @@ class TensorRTSpec(Strict):
 class ExportSpec(Strict):
     static: bool = Field(False, description="fixed-shape files (batch 1 at data.size) in every format")
     formats: list[str] = Field(
-        default_factory=lambda: ["onnx"],
+        ["onnx"],  # pydantic copies a mutable default per instance
         description="files to write: onnx (always, the profile's base) and any of openvino, executorch, litert, "
         "ncnn, coreml (each at its default precision, and int8 too where int8.enabled); profile times each",
     )
