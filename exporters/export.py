@@ -645,6 +645,7 @@ def export_command(
     onnx_flow = "onnx" in formats or spec.for_tensorrt
     rec = export_model(model, out_dir, spec, samples, calibration) if onnx_flow else {"onnx": {}, "notes": []}
     onnx_fp32 = out_dir / f"{spec.name}.onnx"
+    fmt_lines = []
     for f in formats:
         if f in ("onnx", "tensorrt"):
             continue  # written by export_model above
@@ -673,7 +674,7 @@ def export_command(
             if x
         )
         how = f", {res['method']}, {res['calibration_images']} calibration images" if "method" in res else ""
-        lines.append(f"wrote {path} ({f} {spec.precision}{how}; against {par.get('against', 'pytorch')}: {what})")
+        fmt_lines.append(f"wrote {path} ({f} {spec.precision}{how}; against {par.get('against', 'pytorch')}: {what})")
     for info in rec["onnx"].values():
         par = info["parity"]
         lines.append(
@@ -699,6 +700,7 @@ def export_command(
             f"TensorRT vs ONNX Runtime: max abs {par['max_abs']:.2e}, PSNR {par['psnr_min']:.1f} dB "
             f"(limit {par['limit']}) - passed"
         )
+    lines.extend(fmt_lines)
     lines.extend(rec["notes"])
     for script in rec.get("trtexec", []):
         lines.append(f"wrote {out_dir / script}")

@@ -49,18 +49,47 @@ def test_missing_module_is_reported_with_the_pip_line(monkeypatch):
     assert backend_available("fake-rt") == (False, "no_such_mod_xyz is not installed: pip x")
 
 
-def test_ort_runner_from_the_table(tmp_path):
+def test_ort_and_torch_runners_from_the_table(tmp_path):
     import numpy as np
+    import onnx
+    import torch
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Tanh", ["input"], ["output"])],
+        "tanh",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 8, 8)).astype(np.float32)
+    ort = make_runner("ort-cpu", path, threads=1)
+    ref = make_runner("torch", lambda: torch.nn.Tanh(), threads=1)
+    assert ort.backend == "ort-cpu" and ref.backend == "torch" and ort.device == "cpu"
+    assert np.abs(ort(x) - np.tanh(x)).max() < 1e-6 and np.abs(ref(x) - np.tanh(x)).max() < 1e-6
+    assert ort.time_once(x) > 0
+
+
+def test_budget_backends_come_from_the_table():
+    from compressor.errors import UserError
+    from compressor.plan import ProfileMeasure
+    from compressor.recipe import BudgetSpec
+
+    ProfileMeasure(BudgetSpec(latency_ms=5, backend="ort-cpu"), 32)  # available everywhere
+    with pytest.raises(UserError, match="student.budget.backend: unknown backend 'nope'"):
+        ProfileMeasure(BudgetSpec(latency_ms=5, backend="nope"), 32)
+    with pytest.raises(UserError, match="student.budget.precision: ort-cpu INT8 needs calibration"):
+        ProfileMeasure(BudgetSpec(latency_ms=5, backend="ort-cpu", precision="int8"), 32)
+    with pytest.raises(UserError, match="fp16 in torch needs CUDA"):
+        if torch_cuda():
+            raise UserError("fp16 in torch needs CUDA (skipped: CUDA is present)")
+        ProfileMeasure(BudgetSpec(latency_ms=5, backend="torch", precision="fp16"), 32)
+    if backend_available("openvino")[0]:
+        ProfileMeasure(BudgetSpec(latency_ms=5, backend="openvino"), 32)
+
+
+def torch_cuda() -> bool:
     import torch
 
-    from exporters.onnx import export_onnx
-
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3, padding=1), torch.nn.Tanh()).eval()
-    path = tmp_path / "m.onnx"
-    export_onnx(net, path, torch.zeros(1, 3, 16, 16))
-    x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)
-    ort = make_runner("ort-cpu", path, threads=1)
-    ref = make_runner("torch", lambda: net, threads=1)
-    assert ort.backend == "ort-cpu" and ref.backend == "torch"
-    assert np.abs(ort(x) - ref(x)).max() < 1e-4
-    assert ort.time_once(x) > 0
+    return torch.cuda.is_available()

@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- bench_all:begin -->", "<!-- bench_all:end -->"
+KEEP = ("<!-- bench_backends:begin -->", "<!-- bench_backends:end -->")
 TARGETS = {"resnet_in": 1.8, "resnet_bn": 1.8, "unet": 1.5}
 
 
@@ -191,16 +192,19 @@ def main(argv=None) -> None:
                 distill = json.loads(dj.read_text())
             export = json.loads(ej.read_text())
     (ROOT / "docs").mkdir(exist_ok=True)
-    doc = ROOT / "docs" / "benchmarks.md"
-    old = doc.read_text() if doc.exists() else ""
-    keep = ""  # the phone/board section tools/bench_mobile.py writes
-    if "<!-- bench_mobile:begin -->" in old and "<!-- bench_mobile:end -->" in old:
+    doc_path = ROOT / "docs" / "benchmarks.md"
+    kept = ""  # the ONNX Runtime vs OpenVINO section (tools/bench_backends.py) survives a regeneration
+    if doc_path.exists() and KEEP[0] in doc_path.read_text():
+        old = doc_path.read_text()
+        kept = "\n" + old[old.index(KEEP[0]) : old.index(KEEP[1]) + len(KEEP[1])] + "\n"
+    old = doc_path.read_text() if doc_path.exists() else ""
+    if "<!-- bench_mobile:begin -->" in old and "<!-- bench_mobile:end -->" in old:  # tools/bench_mobile.py's section
         start, end = old.find("## Phones and boards"), old.index("<!-- bench_mobile:end -->")
         start = (
             start if 0 <= start < old.index("<!-- bench_mobile:begin -->") else old.index("<!-- bench_mobile:begin -->")
         )
-        keep = "\n" + old[start : end + len("<!-- bench_mobile:end -->")] + "\n"
-    doc.write_text(render_doc(export, distill) + keep)
+        kept += "\n" + old[start : end + len("<!-- bench_mobile:end -->")] + "\n"
+    doc_path.write_text(render_doc(export, distill) + kept)
     block = render(export, distill)
     if not args.no_readme:
         update_readme(ROOT / "README.md", block)
