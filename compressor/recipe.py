@@ -178,6 +178,7 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "student.outputs": "named",
     "export.static": False,
     "distill.losses.srp.normalize": "entries",
+    "export.formats": ["onnx"],
 }
 
 # SRP's default weight on the balanced scale (normalize: rows). Chosen so that SRP's share of the student's gradient
@@ -361,6 +362,11 @@ class TensorRTSpec(Strict):
 
 class ExportSpec(Strict):
     static: bool = Field(False, description="fixed-shape files (batch 1 at data.size) in every format")
+    formats: list[str] = Field(
+        ["onnx"],  # pydantic copies a mutable default per instance
+        description="files to write: onnx (always, the profile's base) and any of openvino, executorch, litert, "
+        "ncnn, coreml (each at its default precision, and int8 too where int8.enabled); profile times each",
+    )
     onnx: OnnxSpec = Field(default_factory=OnnxSpec, description="ONNX export and parity")
     int8: Int8Spec = Field(default_factory=Int8Spec, description="INT8 quantisation")
     tensorrt: Optional[TensorRTSpec] = Field(None, description="TensorRT engine (skipped where absent)")

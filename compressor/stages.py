@@ -18,7 +18,16 @@ import torch
 from safetensors.torch import save as st_save
 
 from exporters.benchmark import benchmark
-from exporters.export import ExportSpec, export_command, export_model, find_artifacts, folder_images, load_target
+from exporters.export import (
+    FORMATS,
+    ExportSpec,
+    export_command,
+    export_model,
+    export_other_formats,
+    find_artifacts,
+    folder_images,
+    load_target,
+)
 from exporters.onnx import check_not_failed
 from exporters.profile import profile_models, resolve_models
 from exporters.report import report_run
@@ -103,6 +112,12 @@ def check_backends(recipe: Recipe) -> None:
     try:
         for b in recipe.profile.backends:
             get_backend(b, "profile.backends")
+        for f in recipe.export.formats:
+            if f not in FORMATS or f in ("torch", "tensorrt"):
+                names = ", ".join(n for n in FORMATS if n not in ("torch", "tensorrt"))
+                raise ValueError(
+                    f"export.formats: unknown format {f!r}; choose from {names} (TensorRT: export.tensorrt)"
+                )
         budget = recipe.student.budget
         if budget is not None:
             row = get_backend(budget.backend, "student.budget.backend", plan=True)
@@ -500,6 +515,7 @@ def stage_export(ctx: Context) -> dict:
     trt = ex.tensorrt
     wants_int8 = ex.int8.enabled or (trt is not None and trt.precision == "int8")
     calibration = recipe_calibration(r, ex.int8.calib_images) if wants_int8 else None
+    others = [f for f in ex.formats if f != "onnx"]
     common = dict(
         size=r.data.size,
         static=ex.static,
@@ -524,6 +540,19 @@ def stage_export(ctx: Context) -> dict:
         teacher, run.root, ExportSpec(**common, name="teacher", metadata=run_export_metadata(r, teacher)), samples
     )
     rec["onnx"]["teacher"] = trec["onnx"]["teacher"]
+    if others:  # the recipe's other targets (OpenVINO, phone formats), each checked against PyTorch
+        more = export_other_formats(
+            student,
+            run.root,
+            others,
+            samples,
+            calibration,
+            int8=ex.int8.enabled,
+            static=ex.static,
+            size=r.data.size,
+            metadata=run_export_metadata(r, student),
+        )
+        rec["formats"], rec["notes"] = more["formats"], rec["notes"] + more["notes"]
     ctx.notes.extend(rec["notes"])
     atomic_write_json(run.export_json, rec)
     return rec
@@ -648,9 +677,14 @@ def stage_profile(ctx: Context) -> dict:
     for f in (run.student_onnx, run.teacher_onnx, run.student_plan):
         if f.exists():
             check_not_failed(f)
+    refs = profile_refs(run)
+    for ref in refs:  # the files the export stage wrote, by the kind of file a backend runs
+        ref["artifacts"] = find_artifacts(run.root, ref["role"])
+    backends = list(spec.backends)  # and each exported format, timed in its own runtime
+    backends += [FORMATS[f].backend for f in r.export.formats if FORMATS[f].backend not in backends]
     doc = profile_models(
-        profile_refs(run),
-        spec.backends,
+        refs,
+        backends,
         spec.batch,
         spec.size or [r.data.size],
         warmup=spec.warmup,

@@ -409,6 +409,24 @@ def export_tensorrt_engine(
     }
 
 
+def _mobile(name: str) -> Callable[..., dict]:
+    """The exporter of a phone/board format (``exporters/<name>.py``: ``export_<name>``), imported when called;
+    options meant for other formats (``onnx_path``, ``max_drop``) are dropped."""
+
+    def export(model, out_path, samples, *, precision, static=True, size=None, calibration=None, metadata=None, **_):
+        import importlib
+
+        fn = getattr(importlib.import_module(f"exporters.{name}"), f"export_{name}")
+        return fn(
+            model, out_path, _np(samples), precision=precision, size=size, calibration=calibration, metadata=metadata
+        )
+
+    export.__name__ = f"export_{name}"
+    return export
+
+
+_MOBILE = "pip install 'compressor[mobile]'"
+
 FORMATS: dict[str, Format] = {
     f.name: f
     for f in (
@@ -432,8 +450,103 @@ FORMATS: dict[str, Format] = {
             ("tensorrt",),
             "pip install 'compressor[trt]' (on a machine with an NVIDIA GPU)",
         ),
+        # phone and board formats: batch 1 at one size (exporters/mobile.py has what they share)
+        Format(
+            "executorch",
+            ".pte",
+            _mobile("executorch"),
+            "executorch",
+            ("fp32", "int8"),
+            ("executorch",),
+            _MOBILE,
+            static_only=True,
+        ),
+        Format(
+            "litert",
+            ".tflite",
+            _mobile("litert"),
+            "litert",
+            ("fp32", "fp16", "int8"),
+            ("litert_torch", "ai_edge_litert"),
+            _MOBILE,
+            static_only=True,
+        ),
+        Format(
+            "ncnn",
+            ".ncnn.param",
+            _mobile("ncnn"),
+            "ncnn",
+            ("fp32", "fp16"),
+            ("ncnn", "pnnx"),
+            _MOBILE,
+            static_only=True,
+        ),
+        Format(
+            "coreml",
+            ".mlpackage",
+            _mobile("coreml"),
+            "coreml",
+            ("fp16", "fp32", "int8"),
+            ("coremltools",),
+            _MOBILE,
+            static_only=True,
+            calibrated=(),  # 8-bit weights: no activations to calibrate
+        ),
     )
 }
+
+
+def export_other_formats(
+    model: nn.Module,
+    out_dir: str | Path,
+    formats: list[str],
+    samples,
+    calibration: Optional[list[np.ndarray]] = None,
+    *,
+    int8: bool = False,
+    static: bool = False,
+    size: Optional[int] = None,
+    metadata: Optional[dict] = None,
+    stem: str = "student",
+) -> dict:
+    """The export stage's formats beside ONNX (``export.formats``): each at its default precision, and INT8 too
+    where ``int8`` and the format has it. Returns ``{"formats": {"<fmt>:<precision>": record}, "notes": [...]}``;
+    a format whose extra is missing is one note naming the ``pip install`` that adds it, and one a converter
+    refuses (or whose file misses its parity limit) is a failed record with the one-line reason, so one refusal
+    does not stop the others."""
+    out: dict = {"formats": {}, "notes": []}
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    for name in dict.fromkeys(formats):
+        fmt = FORMATS[name]
+        if fmt.missing():
+            out["notes"].append(f"{name} skipped: {fmt.missing()[0]} is not installed: {fmt.extra}")
+            continue
+        precisions = [fmt.precisions[0]] + (["int8"] if int8 and "int8" in fmt.precisions[1:] else [])
+        for prec in precisions:
+            key = f"{name}:{prec}"
+            path = fmt.path(out_dir, stem, prec)
+            if prec in fmt.calibrated and not calibration:
+                out["notes"].append(f"{name} {prec} skipped: no calibration images")
+                continue
+            try:
+                out["formats"][key] = {
+                    "status": "ok",
+                    **fmt.exporter(
+                        model,
+                        path,
+                        samples,
+                        precision=prec,
+                        static=static or fmt.static_only,
+                        size=size,
+                        calibration=calibration if prec in fmt.calibrated else None,
+                        metadata=metadata,
+                    ),
+                }
+            except ExportError as exc:
+                out["formats"][key] = {"status": "failed", "path": path.name, "precision": prec, "reason": str(exc)}
+                out["notes"].append(f"{name} {prec} not written: {exc}")
+                log.warning("%s %s not written: %s", name, prec, exc)
+    return out
 
 
 def format_help() -> str:
@@ -450,7 +563,7 @@ def find_artifacts(folder: str | Path, stem: str) -> dict[str, str]:
             continue
         for prec in fmt.precisions:
             path = fmt.path(folder, stem, prec)
-            if path.is_file() and row.artifact != "torch":
+            if path.exists() and row.artifact != "torch":  # a file, or a package folder (.mlpackage)
                 found[row.artifact_for(prec)] = str(path)
     return found
 

@@ -541,7 +541,10 @@ def _artifact(ref: dict, row: Backend, prec: str, size: int, workdir: Path) -> t
     if path is None and kind == row.artifact and ("onnx" in (row.artifact,) + row.reads):
         path = ref_artifact(ref, "onnx") or (_ensure_onnx(ref, size, workdir) if ref.get("torch") else None)
     if path is None:
-        make = _MAKE.get(kind, f"compress export --format {row.artifact} --precision {prec}")
+        from .export import FORMATS  # imports torch: the parent process only
+
+        fmt = next((f.name for f in FORMATS.values() if f.backend == row.name), row.artifact)
+        make = _MAKE.get(kind, f"compress export --format {fmt} --precision {prec}")
         return None, f"no {kind} file for this model ({make})"
     return str(path), ""
 

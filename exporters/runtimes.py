@@ -69,6 +69,7 @@ _ORT_CPU = ("CPUExecutionProvider",)
 _ORT_CUDA = ("CUDAExecutionProvider", "CPUExecutionProvider")
 _ORT_TRT = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 _TORCH = "exporters.runtimes:TorchRunner"
+_MOBILE = "pip install 'compressor[mobile]'"
 _ORT = "exporters.runtimes:OrtRunner"
 
 BACKENDS: dict[str, Backend] = {
@@ -162,6 +163,51 @@ BACKENDS: dict[str, Backend] = {
             "pip install 'compressor[trt]' (on a machine with an NVIDIA GPU)",
             plan=True,
             help="a TensorRT engine (.plan)",
+        ),
+        Backend(
+            "executorch",
+            "exporters.executorch:ExecuTorchRunner",
+            "pte",
+            "cpu",
+            ("fp32", "int8"),
+            ("executorch",),
+            _MOBILE,
+            variants=("int8",),
+            help="ExecuTorch .pte, XNNPACK delegate (PyTorch's phone runtime)",
+        ),
+        Backend(
+            "litert",
+            "exporters.litert:LiteRTRunner",
+            "tflite",
+            "cpu",
+            ("fp32", "fp16", "int8"),
+            ("ai_edge_litert",),
+            _MOBILE,
+            variants=("fp16", "int8"),
+            help="LiteRT (TensorFlow Lite) interpreter, XNNPACK delegate",
+        ),
+        Backend(
+            "ncnn",
+            "exporters.ncnn:NcnnRunner",
+            "ncnn",
+            "cpu",
+            ("fp32", "fp16"),
+            ("ncnn",),
+            _MOBILE,
+            variants=("fp16",),
+            help="ncnn (.ncnn.param/.bin), its own CPU kernels",
+        ),
+        Backend(
+            "coreml",
+            "exporters.coreml:CoreMLRunner",
+            "mlpackage",
+            "cpu",
+            ("fp16", "fp32", "int8"),
+            ("coremltools",),
+            _MOBILE + " (runs on macOS)",
+            devices=("gpu", "ane"),
+            variants=("fp32", "int8"),
+            help="Core ML .mlpackage (macOS; --device gpu|ane)",
         ),
         Backend(
             "trtexec-json",

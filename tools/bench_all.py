@@ -24,6 +24,7 @@ BEGIN, END = "<!-- bench_all:begin -->", "<!-- bench_all:end -->"
 KEEP = (
     ("<!-- bench_backends:begin -->", "<!-- bench_backends:end -->"),
     ("<!-- bench_losses:begin -->", "<!-- bench_losses:end -->"),
+    ("## Phones and boards", "<!-- bench_mobile:end -->"),  # tools/bench_mobile.py's heading and block
 )
 TARGETS = {"resnet_in": 1.8, "resnet_bn": 1.8, "unet": 1.5}
 
@@ -197,7 +198,7 @@ def main(argv=None) -> None:
     (ROOT / "docs").mkdir(exist_ok=True)
     doc_path = ROOT / "docs" / "benchmarks.md"
     old = doc_path.read_text() if doc_path.exists() else ""
-    kept = ""  # sections other tools write (bench_backends.py, bench_losses.py) survive a regeneration
+    kept = ""  # sections other tools write (bench_backends.py, bench_losses.py, bench_mobile.py) survive a regeneration
     for begin, end in KEEP:
         if begin in old and end in old:
             kept += "\n" + old[old.index(begin) : old.index(end) + len(end)] + "\n"

@@ -1,0 +1,283 @@
+"""What the phone and board exports share: parity against PyTorch, file names, metadata, safe writes.
+
+Each format lives in its own module (``executorch``, ``litert``, ``ncnn``, ``coreml``) with one exporter,
+``export_<fmt>(model, out_path, samples, *, precision, static, size, calibration, metadata) -> record``, and one
+Runner. An exporter writes to a temporary name, runs the file in the format's own runtime on the sample images,
+compares with PyTorch and renames only after the check passes: a failed export never replaces a good file.
+
+Mobile formats are static: batch 1 and the export size (H = W), recorded in the artifact's metadata where the
+format has metadata, with the value range at the file's edges ([-1, 1]) and the teacher's native range.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import compressor
+from compressor.errors import ExportError, UserError, require
+
+FP32_MAX_ABS = 1e-3  # FP32 artifact vs PyTorch, max abs over [-1, 1] images
+MIN_PSNR = 30.0  # FP16 / INT8 artifact vs PyTorch FP32, dB (peak-to-peak 2)
+EXTRA = "pip install 'compressor[mobile]'"
+
+Images = Union[torch.Tensor, Sequence[np.ndarray], np.ndarray]
+
+
+def need(module: str, purpose: str):
+    """Import an optional runtime or converter, or raise one line naming the extra that adds it."""
+    return require(module, "mobile", purpose)
+
+
+def variant_path(out_path: Path, precision: str, suffix: str, default: str = "fp32") -> Path:
+    """``student.pte`` -> ``student.int8.pte`` (the format's ``default`` precision keeps the plain name)."""
+    out_path = Path(out_path)
+    name = out_path.name[: -len(suffix)] if out_path.name.endswith(suffix) else out_path.stem
+    if name.endswith(f".{precision}"):  # already tagged (the export formats table's file name)
+        name = name[: -len(precision) - 1]
+    return out_path.with_name(f"{name}{'' if precision == default else '.' + precision}{suffix}")
+
+
+def as_batches(images: Optional[Images]) -> list[np.ndarray]:
+    """(1, C, H, W) float32 arrays from a tensor (N, C, H, W), an array, or a list of arrays."""
+    if images is None:
+        return []
+    if isinstance(images, torch.Tensor):
+        images = images.detach().cpu().numpy()
+    if isinstance(images, np.ndarray):
+        images = [images[i : i + 1] for i in range(images.shape[0])] if images.ndim == 4 else [images[None]]
+    return [np.ascontiguousarray(np.asarray(x, dtype=np.float32).reshape((1,) + tuple(x.shape[-3:]))) for x in images]
+
+
+def prepare(model: nn.Module, samples: Images, size: Optional[int]) -> tuple[nn.Module, list[np.ndarray], int]:
+    """The model in eval mode on the CPU, the samples as batch-1 arrays, and the (static) size."""
+    batches = as_batches(samples)
+    if not batches:
+        raise UserError("export: sample images are needed for the parity check")
+    h, w = batches[0].shape[-2:]
+    if h != w:
+        raise UserError(f"export: mobile formats take square images (H = W); samples are {h}x{w}")
+    if size is not None and size != h:
+        raise UserError(f"--size: {size} differs from the sample images' size {h}")
+    return model.eval().cpu(), batches, int(h)
+
+
+def torch_outputs(model: nn.Module, batches: list[np.ndarray]) -> list[np.ndarray]:
+    with torch.inference_mode():
+        return [model(torch.from_numpy(x)).float().numpy() for x in batches]
+
+
+def psnr(ref: np.ndarray, out: np.ndarray) -> float:
+    """PSNR in dB of two images in [-1, 1] (peak-to-peak 2)."""
+    mse = float(np.mean((ref.astype(np.float64) - out.astype(np.float64)) ** 2))
+    return float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
+
+
+def parity(refs: list[np.ndarray], outs: list[np.ndarray]) -> dict:
+    """Max abs error and the worst image's PSNR of ``outs`` against ``refs``."""
+    for r, o in zip(refs, outs):
+        if r.shape != o.shape:
+            raise ExportError(f"the runtime returned shape {tuple(o.shape)}, PyTorch {tuple(r.shape)}")
+    psnrs = [psnr(r, o) for r, o in zip(refs, outs)]
+    return {
+        "max_abs": float(max(np.abs(r.astype(np.float64) - o).max() for r, o in zip(refs, outs))),
+        "mean_abs": float(np.mean([np.abs(r.astype(np.float64) - o).mean() for r, o in zip(refs, outs)])),
+        "psnr_min": min(psnrs),
+        "images": len(refs),
+    }
+
+
+def check(fmt: str, precision: str, par: dict, max_abs: float = FP32_MAX_ABS, min_psnr: float = MIN_PSNR) -> dict:
+    """Add the limit to ``par`` and raise :class:`ExportError` (one line) when the artifact misses it."""
+    if precision == "fp32":
+        par["limit"] = f"max abs <= {max_abs:g}"
+        ok = par["max_abs"] <= max_abs
+        got = f"max abs error {par['max_abs']:.2e}"
+    else:
+        par["limit"] = f"PSNR >= {min_psnr:g} dB"
+        ok = par["psnr_min"] >= min_psnr
+        got = f"PSNR {par['psnr_min']:.1f} dB"
+    if not ok or not np.isfinite(par["max_abs"]):
+        raise ExportError(
+            f"{fmt} {precision}: {got} against PyTorch misses the limit ({par['limit']}); file not written"
+        )
+    return par
+
+
+def artifact_metadata(model: nn.Module, size: int, precision: str, layout: str, extra: Optional[dict]) -> dict:
+    """String metadata every artifact carries where its format has metadata. ``extra``: the run's entries
+    (recipe hash, width, the network's native ``network_input_range`` / ``network_output_range``)."""
+    meta = {
+        "producer": "compressor",
+        "toolkit_version": compressor.__version__,
+        "input_size": str(size),
+        "input_shape": json.dumps(
+            [1, input_nc(model), size, size] if layout == "NCHW" else [1, size, size, input_nc(model)]
+        ),
+        "layout": layout,
+        "value_range": "[-1, 1]",
+        "precision": precision,
+        "static": "true",
+    }
+    for k, v in (extra or {}).items():
+        meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
+    return meta
+
+
+def input_nc(model: nn.Module) -> int:
+    cfg = getattr(model, "config", None) or {}
+    if "input_nc" in cfg:
+        return int(cfg["input_nc"])
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            return int(m.in_channels)
+    return 3
+
+
+def temp_path(path: Path) -> Path:
+    return Path(path).with_name(f".tmp.{Path(path).name}")  # keeps the suffix runtimes look at
+
+
+def remove(path: Path) -> None:
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def commit(tmp: Path, path: Path) -> None:
+    """Move a checked temporary artifact (file or folder) into place."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        old = path.with_name(f".{path.name}.old")
+        remove(old)
+        path.rename(old)
+        Path(tmp).rename(path)
+        remove(old)
+    else:
+        Path(tmp).replace(path)
+
+
+def record(
+    fmt: str,
+    path: Path,
+    precision: str,
+    par: dict,
+    seconds: float,
+    size: int,
+    layout: str,
+    channels: int = 3,
+    **extra,
+) -> dict:
+    files = [path] if not path.is_dir() else [p for p in path.rglob("*") if p.is_file()]
+    return {
+        "format": fmt,
+        "path": path.name,
+        "bytes": int(sum(p.stat().st_size for p in files)),
+        "precision": precision,
+        "input_shape": [1, channels, size, size] if layout == "NCHW" else [1, size, size, channels],
+        "layout": layout,
+        "parity": par,
+        "seconds": round(seconds, 2),
+        **extra,
+    }
+
+
+class Timer:
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    @property
+    def seconds(self) -> float:
+        return time.perf_counter() - self.t0
+
+
+def checked_write(
+    fmt: str,
+    path: Path,
+    precision: str,
+    write: Callable[[Path], None],
+    run: Callable[[Path], list[np.ndarray]],
+    refs: list[np.ndarray],
+    max_abs: float = FP32_MAX_ABS,
+    min_psnr: float = MIN_PSNR,
+    tmp: Optional[Path] = None,
+) -> dict:
+    """``write(tmp)``; ``run(tmp)`` -> outputs; check against ``refs``; move into place; return the parity."""
+    tmp = tmp or temp_path(path)
+    remove(tmp)
+    try:
+        write(tmp)
+        par = check(fmt, precision, parity(refs, run(tmp)), max_abs, min_psnr)
+    except BaseException:
+        remove(tmp)
+        raise
+    commit(tmp, path)
+    return par
+
+
+# ------------------------------------------------------------------------------------------------ rewrites
+
+
+class CroppedConvTranspose2d(nn.Module):
+    """``ConvTranspose2d(padding=p, output_padding=op)`` as ``ConvTranspose2d(padding=0)`` and a crop: the same
+    numbers, in a form converters that refuse ``output_padding`` (LiteRT's MLIR legalisation) accept."""
+
+    def __init__(self, ct: nn.ConvTranspose2d):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(
+            ct.in_channels,
+            ct.out_channels,
+            ct.kernel_size,
+            ct.stride,
+            padding=0,
+            output_padding=0,
+            groups=ct.groups,
+            bias=ct.bias is not None,
+            dilation=ct.dilation,
+        )
+        self.conv.load_state_dict(ct.state_dict())
+        self.pad = tuple(ct.padding)
+        self.out_pad = tuple(ct.output_padding)
+
+    def forward(self, x):
+        y = self.conv(x)
+        (ph, pw), (oh, ow) = self.pad, self.out_pad
+        return y[:, :, ph : y.shape[2] - ph + oh, pw : y.shape[3] - pw + ow]
+
+
+def without_output_padding(model: nn.Module) -> tuple[nn.Module, int]:
+    """A copy of ``model`` with every ``ConvTranspose2d`` that has ``output_padding`` replaced by
+    :class:`CroppedConvTranspose2d`; and how many were replaced (0: the model itself is returned)."""
+    names = [
+        n
+        for n, m in model.named_modules()
+        if type(m) is nn.ConvTranspose2d and any(m.output_padding) and m.padding_mode == "zeros"
+    ]
+    if not names:
+        return model, 0
+    model = copy.deepcopy(model)
+    for name in names:
+        parent_name, _, leaf = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, leaf, CroppedConvTranspose2d(getattr(parent, leaf)))
+    return model.eval(), len(names)
+
+
+def first_line(exc: BaseException, limit: int = 240) -> str:
+    """The informative line of a converter's exception (MLIR diagnostics put it after the location)."""
+    text = str(exc).strip() or type(exc).__name__
+    lines = [l.strip() for l in text.splitlines() if l.strip()]
+    for l in lines:
+        if "error:" in l:
+            return l[l.index("error:") :][:limit]
+    return lines[0][:limit] if lines else type(exc).__name__

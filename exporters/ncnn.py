@@ -1,0 +1,191 @@
+"""ncnn (``<stem>.ncnn.param`` + ``<stem>.ncnn.bin``): Tencent's phone runtime, with its own CPU kernels.
+
+The model is traced to TorchScript at batch 1 and the export size and converted by ``pnnx`` (run as its own
+process; its exit status and files are checked). ``fp32`` stores FP32 weights (pnnx's default is FP16) and the
+runner turns off ncnn's FP16 storage and arithmetic; ``fp16`` stores FP16 weights and lets ncnn use FP16 where the
+CPU has it. ncnn's ``.param`` has no metadata: the value range and input size are in the export record.
+A layer pnnx could not map to an ncnn layer is named in the error (ncnn has no layer of that type).
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from compressor.errors import ExportError
+
+from .mobile import (
+    FP32_MAX_ABS,
+    MIN_PSNR,
+    Images,
+    Timer,
+    artifact_metadata,
+    check,
+    commit,
+    need,
+    parity,
+    prepare,
+    record,
+    remove,
+    temp_path,
+    torch_outputs,
+)
+from .runtimes import Runner
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".ncnn.param"
+PRECISIONS = ("fp32", "fp16")
+
+
+def paths(out_path: str | Path, precision: str = "fp32") -> tuple[Path, Path]:
+    """(param, bin) for ``out_path`` (``<stem>.ncnn.param``, or the stem alone); FP16 adds ``.fp16``."""
+    out_path = Path(out_path)
+    name = out_path.name
+    for suffix in (".ncnn.param", ".ncnn.bin", ".param", ".bin"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    if name.endswith(f".{precision}"):  # already tagged (the export formats table's file name)
+        name = name[: -len(precision) - 1]
+    if precision != "fp32":
+        name = f"{name}.{precision}"
+    return out_path.with_name(f"{name}.ncnn.param"), out_path.with_name(f"{name}.ncnn.bin")
+
+
+def unknown_layers(param: Path) -> list[str]:
+    """Layer types in a ``.param`` that this ncnn build does not have (what pnnx left unconverted)."""
+    import ncnn
+
+    types = []
+    for line in param.read_text().splitlines()[2:]:
+        parts = line.split()
+        if parts and ncnn.layer_to_index(parts[0]) < 0 and parts[0] not in types:
+            types.append(parts[0])
+    return types
+
+
+def _pnnx(model: nn.Module, x: torch.Tensor, param: Path, binary: Path, fp16: bool, workdir: Path) -> None:
+    import pnnx
+
+    pt = workdir / "model.pt"
+    with torch.no_grad():
+        torch.jit.trace(model, (x,), check_trace=False).save(str(pt))
+    shape = ",".join(str(d) for d in x.shape)
+    cmd = [
+        pnnx.EXEC_PATH,
+        str(pt),
+        f"inputshape=[{shape}]f32",
+        "device=cpu",
+        f"ncnnparam={param}",
+        f"ncnnbin={binary}",
+        f"ncnnpy={workdir / 'model_ncnn.py'}",
+        f"pnnxparam={workdir / 'model.pnnx.param'}",
+        f"pnnxbin={workdir / 'model.pnnx.bin'}",
+        f"pnnxpy={workdir / 'model_pnnx.py'}",
+        f"pnnxonnx={workdir / 'model.pnnx.onnx'}",
+    ] + ([] if fp16 else ["fp16=0"])
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if proc.returncode != 0 or not param.is_file() or not binary.is_file():
+        lines = [l for l in (proc.stderr + proc.stdout).splitlines() if l.strip() and not l.startswith("####")]
+        raise ExportError(f"ncnn: pnnx failed (exit {proc.returncode}): {(lines or ['no output'])[-1][:200]}")
+
+
+def export_ncnn(
+    model: nn.Module,
+    out_path: str | Path,
+    samples: Images,
+    *,
+    precision: str = "fp32",
+    static: bool = True,
+    size: Optional[int] = None,
+    calibration: Optional[Images] = None,
+    metadata: Optional[dict] = None,
+    max_abs: float = FP32_MAX_ABS,
+    min_psnr: float = MIN_PSNR,
+) -> dict:
+    """Write ``<stem>.ncnn.param`` / ``.bin`` (FP16: ``<stem>.fp16.ncnn.*``), checked in ncnn against PyTorch on
+    ``samples``. Raises ExportError naming the layer ncnn lacks, or when the parity check fails."""
+    need("ncnn", "the ncnn export")
+    need("pnnx", "the ncnn export")
+    if precision not in PRECISIONS:
+        raise ValueError(f"ncnn exports {', '.join(PRECISIONS)}, not {precision}")
+    timer = Timer()
+    model, batches, size = prepare(model, samples, size)
+    refs = torch_outputs(model, batches)
+    param, binary = paths(Path(out_path).resolve(), precision)  # absolute: pnnx runs in its own folder
+    tmp_param, tmp_bin = temp_path(param), temp_path(binary)
+    try:
+        with tempfile.TemporaryDirectory(prefix="compressor-pnnx-") as work:
+            _pnnx(model, torch.from_numpy(batches[0]), tmp_param, tmp_bin, precision == "fp16", Path(work))
+        missing = unknown_layers(tmp_param)
+        if missing:
+            raise ExportError(f"ncnn {precision}: pnnx left operators ncnn has no layer for: {', '.join(missing)}")
+        runner = NcnnRunner(tmp_param, precision=precision)
+        par = check("ncnn", precision, parity(refs, [runner(b) for b in batches]), max_abs, min_psnr)
+    except BaseException:
+        remove(tmp_param)
+        remove(tmp_bin)
+        raise
+    commit(tmp_bin, binary)
+    commit(tmp_param, param)
+    meta = artifact_metadata(model, size, precision, "NCHW", metadata)
+    rec = record("ncnn", param, precision, par, timer.seconds, size, "NCHW", metadata=meta, weights=binary.name)
+    rec["bytes"] += binary.stat().st_size
+    return rec
+
+
+class NcnnRunner(Runner):
+    """A ``.ncnn.param`` (its ``.bin`` beside it) in ncnn's Python bindings. ``precision="fp32"`` turns off ncnn's
+    FP16 storage and arithmetic; ``fp16`` leaves them on (used where the CPU supports them)."""
+
+    @classmethod
+    def unavailable(cls, row=None) -> str:
+        return ""
+
+    def __init__(self, artifact, *, backend=None, threads: Optional[int] = None, device: str = "cpu", precision="fp32"):
+        ncnn = need("ncnn", "the ncnn backend")
+        self.backend = "ncnn"
+        self.device = "cpu"
+        param = Path(artifact)
+        if param.suffix == ".bin":
+            param = param.with_suffix(".param")
+        binary = param.with_suffix(".bin")
+        if precision == "fp32" and ".fp16." in param.name:
+            precision = "fp16"
+        self.net = ncnn.Net()
+        opt = self.net.opt
+        if threads:
+            opt.num_threads = int(threads)
+        if precision == "fp32":
+            opt.use_fp16_storage = opt.use_fp16_packed = opt.use_fp16_arithmetic = False
+            opt.use_bf16_storage = False
+        if self.net.load_param(str(param)) != 0 or self.net.load_model(str(binary)) != 0:
+            raise ValueError(f"{param}: ncnn could not load it (or its {binary.name})")
+        self.input_name = self.net.input_names()[0]
+        self.output_name = self.net.output_names()[0]
+        self.path = param
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import ncnn
+
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        outs = []
+        for img in x:  # ncnn runs one image (C, H, W) at a time
+            img = np.ascontiguousarray(img)
+            ex = self.net.create_extractor()
+            # a copy ncnn owns: ncnn.Mat(array) only wraps the buffer, and a first layer that works in place (the
+            # input clamp of GAN Compression's generators) crashes the process on a wrapped one
+            ex.input(self.input_name, ncnn.Mat(img).clone())
+            ret, out = ex.extract(self.output_name)
+            if ret != 0:
+                raise RuntimeError(f"{self.path.name}: ncnn extract failed ({ret})")
+            outs.append(np.array(out, copy=True))
+        return np.stack(outs)
