@@ -110,10 +110,14 @@ def prepare_run_dir(recipe: Recipe, out_root: Path, force: bool, recipe_path: Op
                 )
             aside = move_aside(run.root)
             log.warning("moved the previous run of another recipe to %s", aside)
-    elif run.root.exists() and any(p.name != ".lock" for p in run.root.iterdir()) and not force:
-        raise UserError(
-            f"{run.root} exists and was not written by compressor; choose another name or --out, or pass --force"
-        )
+    elif run.root.exists() and any(p.name != LOCK_NAME for p in run.root.iterdir()):
+        if not force:
+            raise UserError(
+                f"{run.root} exists and was not written by compressor; choose another name or --out, or pass --force "
+                f"to move its files aside"
+            )
+        aside = move_aside(run.root)  # the user's own files are kept, never overwritten
+        log.warning("moved the files of %s, which compressor did not write, to %s", run.root, aside)
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.run_json, {"recipe_source": source, "name": recipe.name})
     atomic_write_text(run.recipe, recipe.to_yaml())

@@ -184,19 +184,14 @@ class ProfileMeasure:
         if b.host:
             self._round += 1
             out = self.workdir / f"remote{self._round}.json"
-            args = [
-                f"--backend {b.backend}",
-                f"--batch {b.batch}",
-                f"--size {self.size}",
-                f"--precision {b.precision}",
-                f"--warmup {warmup}",
-                f"--iters {iters}",
-            ]
+            args = ["--backend", b.backend, "--batch", str(b.batch), "--size", str(self.size)]
+            args += ["--precision", b.precision, "--warmup", str(warmup), "--iters", str(iters)]
             if b.threads:
-                args.append(f"--threads {b.threads}")
-            opts = [x for o in b.ssh_options for x in ("-o", o)]
+                args += ["--threads", str(b.threads)]
             try:
-                doc = remote_profile(b.host, [r["onnx"] for r in refs], args, out, b.port, opts, b.remote_compress)
+                doc = remote_profile(
+                    b.host, [r["onnx"] for r in refs], args, out, b.port, list(b.ssh_options), b.remote_compress
+                )
             except UserError as exc:
                 hint = (
                     (" (is the toolkit installed there? set student.budget.remote_compress to its compress command)")

@@ -16,7 +16,8 @@ from typing import Any, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import RecipeError
+from .errors import RecipeError, UserError
+from .remote import check_host, check_program, check_ssh_option
 from .zoo_args import ZOO_ARCHS, ZOO_KWARGS, check_zoo_kwargs  # noqa: F401 - part of the schema's face
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -143,6 +144,35 @@ class BudgetSpec(Strict):
     port: Optional[int] = Field(None, ge=1, le=65535, description="SSH port for host")
     ssh_options: list[str] = Field(default_factory=list, description="extra ssh -o options, e.g. K=V")
     remote_compress: str = Field("compress", description="the compress command on host")
+
+    @field_validator("ssh_options")
+    @classmethod
+    def _ssh_options(cls, v: list[str]) -> list[str]:
+        for o in v:  # an option that runs a local command (ProxyCommand, LocalCommand, ...) is refused here
+            try:
+                check_ssh_option(o, "ssh_options")
+            except UserError as exc:
+                raise ValueError(str(exc).removeprefix("ssh_options: ")) from None
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            try:
+                check_host(v, "host")
+            except UserError as exc:
+                raise ValueError(str(exc).removeprefix("host: ")) from None
+        return v
+
+    @field_validator("remote_compress")
+    @classmethod
+    def _remote_compress(cls, v: str) -> str:
+        try:
+            check_program(v, "remote_compress")
+        except UserError as exc:
+            raise ValueError(str(exc).removeprefix("remote_compress: ")) from None
+        return v
 
     @model_validator(mode="after")
     def _check(self):

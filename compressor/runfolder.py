@@ -7,6 +7,7 @@ work on existing artifacts (``evaluate``, ``export``, ``profile``) find the run'
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Optional
@@ -18,6 +19,9 @@ from .io import atomic_write_json
 from .models import load_saved_teacher
 from .recipe import Recipe, load_recipe
 from .slim import load_student
+from .trust import all_trusted
+
+log = logging.getLogger(__name__)
 
 
 class RunDir:
@@ -115,6 +119,15 @@ def load_run_recipe(run: RunDir, overrides: Optional[list[str]] = None) -> Recip
     src = recipe_source(run)
     if src is not None:
         recipe._base_dir = src.parent
+    if recipe.evaluate.inception_weights and not all_trusted():
+        # a folder's recorded recipe names no file that runs (FID weights are TorchScript: loading runs code)
+        log.warning(
+            "%s: evaluate.inception_weights (%s) is TorchScript, which runs code; not loaded from a run folder's "
+            "recipe (pass --inception-weights, or --trust-code if you trust the folder)",
+            run.recipe,
+            str(recipe.evaluate.inception_weights)[:120],
+        )
+        recipe.evaluate.inception_weights = None
     return recipe
 
 

@@ -53,6 +53,7 @@ from .features import FeatureTaps
 from .io import append_line, atomic_torch_save, atomic_write_bytes, atomic_write_text
 from .losses import FeatureAdapters, GANLoss, kd_loss, srp_multi
 from .models import build_discriminator
+from .procs import STOP_ENV
 from .recipe import LossesSpec
 
 log = logging.getLogger(__name__)
@@ -628,6 +629,16 @@ class Trainer:
     def _on_sigint(self, *_):
         self._stop = True
 
+    def _stop_requested(self) -> bool:
+        """Ctrl-C here, or (several processes) the stop file the launching process writes on Ctrl-C
+        (``COMPRESSOR_STOP_FILE``); every rank agrees, so that all of them stop after the same step."""
+        stop = self._stop or bool(os.environ.get(STOP_ENV) and Path(os.environ[STOP_ENV]).exists())
+        if self.world > 1:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
     def fit(self, resume: bool = False) -> dict:
         s = self.s
         if resume:
@@ -676,7 +687,7 @@ class Trainer:
                     self.write_samples()
                 if self.step % s.checkpoint_every == 0 or self.step == s.steps:
                     self.save_checkpoint()
-                if self._stop:
+                if self._stop_requested():
                     path = self.save_checkpoint()
                     raise Interrupted(
                         f"interrupted at step {self.step}; checkpoint written to {path}", s.resume_command

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 from compressor.errors import UserError
-from compressor.io import atomic_write_bytes, atomic_write_text
+from compressor.io import atomic_write_bytes, atomic_write_text, confined
 
 log = logging.getLogger(__name__)
 
@@ -733,9 +733,30 @@ def build_html(markdown_text: str, plots: dict[str, str], title: str, samples_pn
 
 
 def _samples_for(eval_path: Path) -> Optional[Path]:
-    """The sample grid a run's evaluate stage wrote next to its eval.json (samples/eval.png)."""
-    p = Path(eval_path).parent / "samples" / "eval.png"
-    return p if p.is_file() else None
+    """The sample grid a run's evaluate stage wrote next to its eval.json (samples/eval.png), when it lies inside
+    that folder (a symlink out of it, say to ``~/.ssh/id_rsa``, is not read) and is a PNG of bounded size."""
+    folder = Path(eval_path).parent
+    p = folder / "samples" / "eval.png"
+    if not p.exists() and not p.is_symlink():
+        return None
+    real = confined(p, folder)
+    if real is None or not _is_png(real):
+        log.warning("%s: not a PNG file inside %s; the report leaves it out", p, folder)
+        return None
+    return p
+
+
+MAX_SAMPLE_BYTES = 64 << 20
+
+
+def _is_png(path: Path) -> bool:
+    try:
+        if path.stat().st_size > MAX_SAMPLE_BYTES:
+            return False
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False
 
 
 def write_report(
@@ -754,8 +775,11 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     grids: list[Path] = []
-    if samples and Path(samples).is_file():
-        grids.append(Path(samples))
+    if samples and (Path(samples).exists() or Path(samples).is_symlink()):
+        if _is_png(Path(samples)):  # named by the caller: read wherever it is, if it is a PNG
+            grids.append(Path(samples))
+        else:
+            log.warning("%s: not a PNG file; the report leaves it out", samples)
     for p in paths:
         doc = _load(p)
         if isinstance(doc, dict) and "teacher" in doc and "student" in doc:
@@ -784,11 +808,12 @@ def write_report(
 
 def report_run(run) -> tuple[Path, Path]:
     files = [f for f in (run.profile_json, run.eval_json, run.export_json) if f.exists()]
+    grid = _samples_for(run.eval_json)  # inside the run folder only
     return write_report(
         [f for f in files if f == run.profile_json],
         [f for f in files if f == run.eval_json],
         run.root,
         f"compressor report: {run.root.name}",
         [f for f in files if f == run.export_json],
-        run.eval_samples,
+        grid,
     )
