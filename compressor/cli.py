@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
-import json
 import logging
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from exporters.profile import profile_models, remote_profile
 from exporters.report import speedups, write_report
 from exporters.runtimes import BACKENDS
 
-from . import __version__
+from . import __version__, schemas
 from .cmdline import command_line_hint, set_command_line
 from .console import QUANT_FILTER, closing_summary, eval_table, install_log_filters, print_table
 from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
@@ -93,8 +92,8 @@ def _check_folder_imports(paths: List[Path]) -> None:
             if f is None or not f.is_file():
                 continue
             try:
-                spec = get(json.loads(f.read_text()))
-            except (OSError, ValueError, AttributeError):
+                spec = get(schemas.loads(schemas.read_text_bounded(f), str(f)))
+            except (UserError, AttributeError):
                 continue  # unreadable: the loader reports it
             if isinstance(spec, dict) and spec.get("import"):
                 require_consent(str(spec["import"]), str(f))

@@ -31,7 +31,7 @@ def check_precisions(values: Iterable[str], flag: str = "--precision") -> None:
 def check_sizes(values: Iterable[int], flag: str = "--size") -> None:
     for v in values:
         if isinstance(v, bool) or not isinstance(v, int) or not MIN_SIZE <= v <= MAX_SIZE:
-            raise UserError(f"{flag}: expected an image size from {MIN_SIZE} to {MAX_SIZE}, got {v!r}")
+            raise UserError(f"{flag}: {v!r} is outside {MIN_SIZE}..{MAX_SIZE} (the image size in pixels)")
 
 
 def check_seconds(seconds: Optional[float], flag: str = "--seconds") -> None:

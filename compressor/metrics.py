@@ -30,6 +30,7 @@ from .complexity import profile_model
 from .data import image_row, input_key, make_dataset, target_key, to_image
 from .errors import UserError
 from .io import atomic_write_bytes, atomic_write_json
+from .models import size_multiple
 from .recipe import DataSpec
 from .slim import load_student
 
@@ -433,6 +434,9 @@ def evaluate_folder(
 
     The eval.json it writes has an empty ``teacher`` entry, so ``compress report`` merges it like a run's."""
     student = load_student(student_dir)
+    mult = size_multiple(student)
+    if size % mult:
+        raise UserError(f"--size: {size} is not a multiple of {mult}, which this student needs")
     spec = DataSpec(kind=kind, root=str(data_root), direction=direction, size=size)
     ds = make_dataset(spec, Path(data_root), "test", 0, max_items=max_images)
     tgt = target_key(kind)

@@ -9,7 +9,6 @@ stages in a row; ``compress export``, ``profile`` and ``report`` call the same s
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import time
@@ -22,7 +21,7 @@ from .io import atomic_write_json, atomic_write_text
 from .lock import LOCK_NAME, run_lock
 from .recipe import Recipe
 from .resume import check_checkpoints
-from .runfolder import RunDir, load_run_teacher  # noqa: F401 - part of the pipeline's public face
+from .runfolder import RunDir, load_run_teacher, read_run_json  # noqa: F401 - part of the pipeline's public face
 from .stages import STAGE_FUNCS, Context, consent_to_own_import, preflight, resolve_device, resume_command
 
 log = logging.getLogger(__name__)
@@ -98,10 +97,7 @@ def prepare_run_dir(recipe: Recipe, out_root: Path, force: bool, recipe_path: Op
     run = RunDir(Path(out_root) / recipe.name)
     source = str(recipe_path.resolve()) if recipe_path else None
     if run.run_json.exists():
-        try:
-            prev = json.loads(run.run_json.read_text())
-        except json.JSONDecodeError:
-            prev = {}
+        prev = read_run_json(run) or {}
         if prev.get("recipe_source") != source:
             if not force:
                 raise UserError(
@@ -161,10 +157,10 @@ def run_pipeline(
 
 def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
     """Refuse unusable checkpoints before the run folder is touched (nothing rewritten, nothing forgotten)."""
-    try:
-        prev = json.loads(ctx.run.run_json.read_text()).get("recipe_source")
-    except (OSError, ValueError, AttributeError):
+    prev_doc = read_run_json(ctx.run)
+    if prev_doc is None:
         return  # a new or foreign folder: prepare_run_dir decides
+    prev = prev_doc.get("recipe_source")
     if prev != (str(ctx.recipe_path.resolve()) if ctx.recipe_path else None):
         return
     for stage, folder in (("teacher", ctx.run.teacher_train), ("distill", ctx.run.root)):

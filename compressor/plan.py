@@ -42,6 +42,7 @@ from .errors import UserError
 from .io import atomic_write_bytes, atomic_write_json
 from .models import ZOO, size_multiple
 from .recipe import BudgetSpec
+from .schemas import PlanJson, read_json
 from .slim import make_student, save_student
 
 log = logging.getLogger(__name__)
@@ -472,8 +473,9 @@ def plan_width(
     out = run_dir / "plan.json" if run_dir else None
     if out and out.exists() and not force:
         try:
-            prev = json.loads(out.read_text())
-        except (OSError, json.JSONDecodeError):
+            prev = read_json(out, PlanJson)
+        except UserError as exc:  # a cache: measured again, and rewritten
+            log.warning("%s; measuring again", exc)
             prev = {}
         if prev.get("key") == key:
             log.info("plan: up to date (same teacher, budget and machine), width %g", prev["width"])

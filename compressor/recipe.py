@@ -485,6 +485,7 @@ def _compose_bounded(text: str, source: str) -> Optional[yaml.Node]:
             if key not in sizes:
                 sizes[key] = 0  # a cycle (recursive alias) counts as nothing more
                 if isinstance(node, yaml.MappingNode):
+                    _no_duplicate_keys(node, source)
                     n = 1 + sum(size(k) + size(v) for k, v in node.value)
                 elif isinstance(node, yaml.SequenceNode):
                     n = 1 + sum(size(v) for v in node.value)
@@ -496,6 +497,19 @@ def _compose_bounded(text: str, source: str) -> Optional[yaml.Node]:
         if size(root) > MAX_YAML_NODES:
             raise RecipeError(f"{source}: the recipe expands to more than {MAX_YAML_NODES} values through YAML aliases")
     return root
+
+
+def _no_duplicate_keys(node: yaml.MappingNode, source: str) -> None:
+    """A key given twice in one mapping is a mistake (YAML loaders keep the last silently)."""
+    seen: dict[str, int] = {}
+    for k, _ in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+            if k.value in seen:
+                raise RecipeError(
+                    f"{source}:{k.start_mark.line + 1}: key {k.value[:60]!r} is given twice (also on line "
+                    f"{seen[k.value]}); keep one"
+                )
+            seen[k.value] = k.start_mark.line + 1
 
 
 def _construct(root: Optional[yaml.Node], source: str) -> Any:

@@ -29,6 +29,7 @@ from .errors import CheckpointError, RecipeError
 from .io import atomic_write_bytes, atomic_write_text
 from .models import ZOO, apply_state_dict, build_from_spec, build_generator, init_weights, size_multiple
 from .models import spec_of_model as teacher_spec_of
+from .schemas import StudentPlan, check, read_json
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +452,7 @@ def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[lis
     shuffles, _ = _prepare(model, x, list(keep or []))
     modules = dict(model.named_modules())
     for entry in history:
-        if entry[0] not in modules:
+        if not entry[0] or entry[0] not in modules:
             raise CheckpointError(
                 f"student.json: the pruning history names module {entry[0]!r}, which the architecture does not have"
             )
@@ -459,7 +460,13 @@ def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[lis
         dg = tp.DependencyGraph().build_dependency(
             model, example_inputs=x, customized_pruners=_opaque_pruners(model, x, list(keep or [])) or None
         )
-        dg.load_pruning_history([list(e) for e in history])
+        try:
+            dg.load_pruning_history([list(e) for e in history])
+        except (AttributeError, KeyError, IndexError, ValueError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"student.json: the pruning history does not replay on this architecture "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+            ) from None
     _merge_pixel_shuffles(model, shuffles)
     model.train(was)
     repair_norms(model, x)
@@ -553,6 +560,7 @@ def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Mod
     spec = plan.get("teacher") if isinstance(plan, dict) else None
     if not spec or not isinstance(spec, dict):
         raise CheckpointError("student.json: the plan has no teacher spec to rebuild from")
+    check(plan, StudentPlan, "student.json")  # a plan from elsewhere: bounded example_shape, typed history
     if plan.get("method") == "rebuild":
         kwargs = dict(spec.get("kwargs") or {}, ngf=plan.get("ngf"))
         ranges = {k: spec[k] for k in ("input_range", "output_range") if k in spec}
@@ -604,10 +612,7 @@ def load_student(path: str | Path, allow_import: Optional[bool] = None) -> nn.Mo
     for f in (meta_file, weights):
         if not f.is_file():
             raise CheckpointError(f"{f}: file not found (a student folder holds student.json and student.safetensors)")
-    try:
-        plan = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_file}: not valid JSON ({exc})") from None
+    plan = read_json(meta_file, StudentPlan)  # types and bounds (example_shape) before anything is built
     model = student_from_plan(plan, allow_import=allow_import)
     try:
         state = load_file(str(weights))

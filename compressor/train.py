@@ -53,8 +53,10 @@ from .features import FeatureTaps
 from .io import append_line, atomic_torch_save, atomic_write_bytes, atomic_write_text
 from .losses import FeatureAdapters, GANLoss, kd_loss, srp_multi
 from .models import build_discriminator
+from .models.checkpoint import check_checkpoint_size
 from .procs import STOP_ENV
 from .recipe import LossesSpec
+from .schemas import CheckpointState, MetricsLine, check, read_text_bounded
 
 log = logging.getLogger(__name__)
 
@@ -265,10 +267,11 @@ def load_latest_checkpoint(folder: Path) -> Optional[dict]:
     """The newest readable checkpoint; a truncated or corrupt one is reported and skipped."""
     for step, path in reversed(list_checkpoints(folder)):
         try:
+            check_checkpoint_size(path, "checkpoint")
             state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or state.get("step") != step:
                 raise ValueError("unexpected content")
-            return state
+            return check(state, CheckpointState, str(path))  # the structure load_state_dict expects
         except Exception as exc:  # noqa: BLE001 - any failure means this file is unusable
             log.warning(
                 "checkpoint %s is truncated or corrupt (%s); using the previous one",
@@ -618,12 +621,13 @@ class Trainer:
         if self.rank != 0 or not self.metrics_file.exists():
             return
         keep = []
-        for line in self.metrics_file.read_text().splitlines():
+        for i, line in enumerate(read_text_bounded(self.metrics_file, 1 << 30).splitlines()):
             try:
-                if json.loads(line).get("step", 0) <= self.step:
-                    keep.append(line)
-            except json.JSONDecodeError:
+                rec = json.loads(line)
+            except (ValueError, RecursionError):
                 continue  # a line cut by a crash
+            if check(rec, MetricsLine, f"{self.metrics_file}: line {i + 1}")["step"] <= self.step:
+                keep.append(line)
         atomic_write_text(self.metrics_file, "".join(l + "\n" for l in keep))
 
     def _on_sigint(self, *_):
@@ -646,7 +650,8 @@ class Trainer:
             if state is not None:
                 try:
                     self.load_state_dict(state)
-                except (RuntimeError, KeyError, ValueError) as exc:  # another architecture (student.width)
+                except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                    # another architecture (student.width), or pieces of the wrong structure
                     raise CheckpointError(
                         f"{self.ckpt_dir}: the checkpoint does not fit this model "
                         f"({str(exc).splitlines()[0][:160]}); pass --force to start over (the "

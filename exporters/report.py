@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import logging
 import math
 import re
@@ -14,6 +13,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
+from compressor import schemas
 from compressor.errors import UserError
 from compressor.io import atomic_write_bytes, atomic_write_text, confined
 
@@ -24,14 +24,7 @@ PROFILE_ROW_KEYS = ("model", "backend", "batch", "size")
 
 
 def _load(path: str | Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise UserError(f"{path}: not valid JSON ({str(exc)[:160]})") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return schemas.read_json(path)  # bounded size and depth; one line naming the file otherwise
 
 
 def classify(paths: list[str | Path]) -> tuple[list[dict], list[dict], list[dict]]:
@@ -48,11 +41,11 @@ def classify(paths: list[str | Path]) -> tuple[list[dict], list[dict], list[dict
                         f"{p}: results[{i}] lacks {', '.join(repr(k) for k in missing)}; not a profile "
                         f"row written by compress profile"
                     )
-            profiles.append(doc)
+            profiles.append(schemas.check(doc, schemas.ProfileDoc, str(p)))
         elif isinstance(doc, dict) and "teacher" in doc and "student" in doc:
-            evals.append(doc)
+            evals.append(schemas.check(doc, schemas.EvalDoc, str(p)))
         elif isinstance(doc, dict) and "onnx" in doc:
-            exports.append(doc)
+            exports.append(schemas.check(doc, schemas.ExportDoc, str(p)))
         else:
             raise UserError(f"{p}: neither a profile.json, an eval.json nor an export.json")
     return profiles, evals, exports

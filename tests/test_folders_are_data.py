@@ -305,3 +305,173 @@ def test_7_ctrl_c_of_a_distributed_run_exits_130_with_the_resume_line(evaluated,
     assert any(line.startswith("resume with: ") and "--resume" in line for line in err.splitlines()), err
     assert "interrupted at step" in err
     assert not (run / ".stop").exists()
+
+
+# ------------------------------------------------------------------------------ the traceback list: one line each
+
+
+def _fuzz():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compressor_fuzz", ROOT / "tools" / "fuzz.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return _fuzz().build_corpus(tmp_path_factory.mktemp("corpus") / "c")
+
+
+DEEP = "[" * 5000 + "]" * 5000
+FILE_CASES = [  # (file in the corpus, new content, needle in the error line)
+    ("pruned/student.json", lambda d: {**d, "ngf": 10**400 // 10**300}, "ngf"),
+    ("pruned/student.json", lambda d: DEEP, "nested"),
+    ("pruned/student.json", lambda d: {**d, "history": [5]}, "history"),
+    ("pruned/student.json", lambda d: {**d, "example_shape": "abc"}, "example_shape"),
+    ("pruned/student.json", lambda d: {**d, "example_shape": [1, 3, -32, 32]}, "example_shape"),
+    ("pruned/student.json", lambda d: {**d, "example_shape": [1, 3, 12000, 12000]}, "example_shape"),
+    ("pruned/student.json", lambda d: {**d, "teacher": {**d["teacher"], "input_range": "ab"}}, "input_range"),
+    ("runs/tiny/teacher.json", lambda d: {"source": "trained"}, "spec"),
+    ("runs/tiny/teacher.json", lambda d: "not json {", "JSON"),
+    ("runs/tiny/teacher.json", lambda d: DEEP, "nested"),
+    ("runs/tiny/stages.json", lambda d: [1], "stages.json"),
+    ("runs/tiny/run.json", lambda d: [1], "run.json"),
+    ("runs/tiny/plan.json", lambda d: [1], "plan.json"),
+    ("runs/tiny/plan.json", lambda d: {**d, "width": "abc"}, "width"),
+    ("runs/tiny/plan.json", lambda d: {**d, "width": 7.5}, "width"),
+    ("runs/tiny/metrics.jsonl", lambda d: "5\n", "line 1"),
+    ("runs/tiny/profile.json", lambda d: _row(d, latency_ms={"p50": float("nan")}), "p50"),
+    ("runs/tiny/profile.json", lambda d: _row(d, latency_ms={"p50": -1}), "p50"),
+    ("runs/tiny/profile.json", lambda d: _row(d, latency_ms=None), "latency_ms"),
+    ("runs/tiny/profile.json", lambda d: _row(d, batch="4"), "batch"),
+    ("runs/tiny/profile.json", lambda d: _row(d, macs="many"), "macs"),
+    ("runs/tiny/profile.json", lambda d: {**d, "environment": "box"}, "environment"),
+    ("runs/tiny/profile.json", lambda d: {**d, "results": {"a": 1}}, "results"),
+    ("runs/tiny/eval.json", lambda d: {**d, "student": [1]}, "student"),
+    ("runs/tiny/eval.json", lambda d: {**d, "teacher": {**d["teacher"], "fid": float("inf")}}, "fid"),
+    ("runs/tiny/export.json", lambda d: {**d, "onnx": {"student": {"path": "s.onnx"}}}, "onnx"),
+    ("runs/tiny/export.json", lambda d: {**d, "onnx": [1]}, "onnx"),
+]
+
+
+def _row(doc, **change):
+    doc["results"][0].update(change)
+    return doc
+
+
+def _read(corpus: Path, rel: str):
+    """The reader each file has in the toolkit, run as the commands run it."""
+    from compressor.runfolder import RunDir, load_run_recipe, load_run_teacher
+    from compressor.schemas import PlanJson, read_json
+    from compressor.slim import load_student
+    from compressor.train import Trainer
+
+    path = corpus / rel
+    run = RunDir(corpus / "runs" / "tiny")
+    if rel.endswith("student.json"):
+        return lambda: load_student(path.parent)
+    if rel.endswith("teacher.json"):
+        return lambda: load_run_teacher(run)
+    if rel.endswith(("stages.json", "run.json")):
+        return lambda: (run.records(), load_run_recipe(run))
+    if rel.endswith("plan.json"):
+        return lambda: read_json(path, PlanJson)
+    if rel.endswith("metrics.jsonl"):
+        from types import SimpleNamespace
+
+        return lambda: Trainer._truncate_metrics(SimpleNamespace(rank=0, metrics_file=path, step=2))
+    return lambda: main(["report", str(path), "--out", str(corpus / "report")])
+
+
+@pytest.mark.parametrize(
+    "rel,change,needle", FILE_CASES, ids=[f"{c[0].split('/')[-1]}-{i}" for i, c in enumerate(FILE_CASES)]
+)
+def test_every_json_read_is_checked_one_line(corpus, tmp_path, capsys, rel, change, needle):
+    from compressor.errors import UserError
+
+    work = tmp_path / "c"
+    shutil.copytree(corpus, work)
+    path = work / rel
+    doc = json.loads(path.read_text().splitlines()[0]) if rel.endswith(".jsonl") else json.loads(path.read_text())
+    new = change(doc)
+    path.write_text(new if isinstance(new, str) else json.dumps(new))
+    try:
+        code = _read(work, rel)()
+    except UserError as exc:
+        line = str(exc)
+    else:
+        assert code == 2, (rel, needle)
+        line = capsys.readouterr().err.strip()
+        assert line.startswith("error: ") and "\n" not in line, line
+    assert needle in line and (Path(rel).name in line or rel.endswith("student.json")), line
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["evaluate", "{run}", "--device", "tpu"], "--device"),
+        (["evaluate", "{run}", "--data", "/nonexistent"], "--data"),
+        (["evaluate", "{pruned}", "--data", "{c}", "--size", "33"], "multiple of"),
+        (["evaluate", "{pruned}", "--data", "{c}", "--size", "0"], "--size"),
+        (["evaluate", "{pruned}", "--data", "{c}", "--size", "-5"], "--size"),
+        (["export", "{run}", "--out", "/etc/passwd"], "--out"),
+        (["export", "{run}", "--size", "0"], "--size"),
+        (["export", "{run}", "--precision", "fp7"], "--precision"),
+        (["report", "{run}/eval.json", "--out", "/etc/passwd"], "--out"),
+        (["profile", "{run}", "--size", "3"], "--size"),
+        (["profile", "{run}", "--seconds", "-1"], "--seconds"),
+        (["profile", "{run}", "--precision", "fp7"], "--precision"),
+        (["profile", "{run}/student.json", "--host", ""], "--host"),
+        (["profile", "{run}/student.json", "--host", "-oProxyCommand=touch X"], "--host"),
+    ],
+)
+def test_listed_arguments_are_one_line(corpus, capsys, args, needle):
+    fill = {"run": corpus / "runs" / "tiny", "pruned": corpus / "pruned", "c": corpus}
+    _one_line(capsys, main([a.format(**fill) for a in args]), needle)
+
+
+def test_duplicate_yaml_keys_and_cast_weights_are_refused(tmp_path, corpus):
+    from safetensors.torch import load_file, save_file
+
+    from compressor.errors import UserError
+    from compressor.recipe import load_recipe
+    from compressor.runfolder import RunDir, load_run_teacher
+
+    p = tmp_path / "dup.yaml"
+    p.write_text(tiny_recipe_text() + "seed: 3\n")
+    with pytest.raises(UserError, match="given twice"):
+        load_recipe(p)
+    work = tmp_path / "c"
+    shutil.copytree(corpus, work)
+    weights = work / "runs" / "tiny" / "teacher.safetensors"
+    state = load_file(str(weights))
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    for bad in (state[first].to(torch.int64), state[first] > 0, state[first].to(torch.complex64)):
+        save_file({**state, first: bad}, str(weights))
+        with pytest.raises(UserError, match=str(bad.dtype)):
+            load_run_teacher(RunDir(work / "runs" / "tiny"))
+
+
+def test_bounds_before_allocation(tmp_path):
+    import struct
+    import zipfile
+    import zlib
+
+    from compressor.data import load_image
+    from compressor.errors import UserError
+    from compressor.models.checkpoint import read_checkpoint
+
+    png = tmp_path / "big.png"  # a header promising 13300x13300 16-bit pixels, and no data
+    ihdr = struct.pack(">IIBBBBB", 13300, 13300, 16, 2, 0, 0, 0)
+    chunk = lambda t, d: struct.pack(">I", len(d)) + t + d + struct.pack(">I", zlib.crc32(t + d))  # noqa: E731
+    png.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    with pytest.raises(UserError, match="too large"):
+        load_image(png)
+    bomb = tmp_path / "bomb.pth"  # deflated zeros: 32 KB on disk, 32 MB unpacked
+    torch.save({"w": torch.zeros(4)}, bomb)
+    with zipfile.ZipFile(bomb, "a", compression=zipfile.ZIP_DEFLATED) as z:
+        z.writestr("archive/data/99", b"\0" * (32 << 20))
+    with pytest.raises(UserError, match="unpacks to"):
+        read_checkpoint(bomb, False, "teacher.checkpoint")

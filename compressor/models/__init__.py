@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
@@ -190,6 +191,14 @@ def _clean_state_dict(model: nn.Module, state: dict) -> dict:
     return cleaned
 
 
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "int"
+
+
 def apply_state_dict(model: nn.Module, state: dict, source: str = "checkpoint", key: str = "teacher.checkpoint"):
     """Load strictly, with messages that name the first mismatching keys, counts and shapes."""
     state = _clean_state_dict(model, state)
@@ -204,6 +213,13 @@ def apply_state_dict(model: nn.Module, state: dict, source: str = "checkpoint", 
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise CheckpointError(f"{key}: {source} does not match the architecture: keys " + "; ".join(parts))
     for k, v in own.items():
+        if not torch.is_tensor(state[k]):
+            raise CheckpointError(f"{key}: {source}: {k} is a {type(state[k]).__name__}, not a tensor")
+        if _kind(state[k].dtype) != _kind(v.dtype):  # load_state_dict would cast int/bool/complex silently
+            raise CheckpointError(
+                f"{key}: {source}: {k} holds {state[k].dtype} values where the model has {v.dtype} "
+                f"(not weights of this model)"
+            )
         if tuple(state[k].shape) != tuple(v.shape):
             raise CheckpointError(
                 f"{key}: {source} does not match the architecture: {k} has shape "
