@@ -554,6 +554,18 @@ def make_student(
     return student, plan
 
 
+REPLAY_SIDE = 512  # a multiple of every zoo size multiple (4 to 256)
+
+
+def replay_shape(shape: list[int]) -> list[int]:
+    """The example input a pruning history is replayed with: channel pruning does not depend on the image
+    size, so a plan recorded at 2048² replays at :data:`REPLAY_SIDE`² and batch 1 (bounded memory)."""
+    n, c, h, w = shape
+    if h * w > REPLAY_SIDE * REPLAY_SIDE:
+        h = w = REPLAY_SIDE
+    return [1, c, h, w]
+
+
 def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Module:
     """Rebuild the student's architecture (random weights) from a plan (an imported architecture needs consent:
     see :func:`build_from_spec`)."""
@@ -577,7 +589,7 @@ def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Mod
             "this file has neither (save the student again)"
         )
     model = build_from_spec(spec, init=None, allow_import=allow_import, source="student.json")
-    _replay(model, history, torch.randn(*plan["example_shape"]), plan.get("keep"))
+    _replay(model, history, torch.randn(*replay_shape(plan["example_shape"])), plan.get("keep"))
     if spec:
         model.compressor_spec = spec
     return model
