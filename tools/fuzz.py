@@ -18,6 +18,7 @@ import contextlib
 import io
 import json
 import logging
+import os
 import random
 import resource
 import shutil
@@ -386,12 +387,15 @@ def run_case(corpus: Path, target: str, rng: random.Random) -> int:
 
     trust.revoke_all()
     work = Path(tempfile.mkdtemp(prefix="fuzz-"))
+    here = Path.cwd()
     try:
         shutil.copytree(corpus, work / "c", symlinks=True)
         sink = io.StringIO()
+        os.chdir(work)  # a relative --out ("", ".") writes here, not into the caller's folder
         with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
             return TARGETS[target](work / "c", rng)
     finally:
+        os.chdir(here)
         shutil.rmtree(work, ignore_errors=True)
 
 
