@@ -184,9 +184,9 @@ class CheckpointState(Open):
 
 
 class Latency(Open):
-    p50: NonNeg
+    p50: Annotated[float, Field(gt=0, allow_inf_nan=False)]
     p10: Optional[NonNeg] = None
-    p90: Optional[NonNeg] = None
+    p90: NonNeg
     p99: Optional[NonNeg] = None
     mean: Optional[NonNeg] = None
     std: Optional[NonNeg] = None
@@ -214,7 +214,7 @@ class ProfileRow(Open):
     role: Optional[StrictStr] = None
     reason: Optional[StrictStr] = None
     latency_ms: Optional[Latency] = None
-    macs: Optional[NonNeg] = None
+    macs: Optional[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = None
     macs_paper_convention: Optional[NonNeg] = None
     params: Optional[NonNeg] = None
     throughput: Optional[NonNeg] = None

@@ -229,6 +229,11 @@ def _color(role: str) -> str:
     return {"teacher": TEACHER_COLOR, "student": STUDENT_COLOR}.get(role, OTHER_COLOR)
 
 
+def _finite(v) -> bool:
+    """A number a plot can place (not None, NaN or infinite: PSNR of identical images is +inf)."""
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def whisker(lat: dict) -> tuple[float, float, float]:
     """(low, p50, high) of a latency record: p10 (or min) to p90, never below zero, always around p50."""
     p50 = float(lat["p50"])
@@ -343,7 +348,7 @@ def figures(profiles: list[dict], evals: list[dict]) -> dict:
             (k, m, r)
             for m, rows in per_machine.items()
             for k, r in rows
-            if metric and k[1] in ("teacher", "student") and metric in ev.get(k[1], {})
+            if metric and k[1] in ("teacher", "student") and _finite(ev.get(k[1], {}).get(metric))
         ]
         if points:
             fig, ax = plt.subplots(figsize=(9, 4.5))
@@ -409,7 +414,7 @@ def headline(ev: Optional[dict], profiles: list[dict]) -> Optional[str]:
                 noisy = " (noisy)" if (x["noise_ratio"] or 0) > NOISY_RATIO else ""
                 parts.append(f"{x['backend']} {x['speedup']:.1f}× faster{noisy}")
     pct = (ev or {}).get("student_pct_of_teacher", {})
-    if "psnr" in pct and "psnr" in s and "psnr" in t:
+    if all(_finite(x) for x in (pct.get("psnr"), s.get("psnr"), t.get("psnr"))):
         parts.append(f"PSNR {s['psnr']:.1f} dB ({pct['psnr']:.0f}% of the teacher's {t['psnr']:.1f})")
     if s.get("fid") is not None and t.get("fid") is not None:
         parts.append(f"FID {t['fid']:.1f} → {s['fid']:.1f} (n = {ev.get('n_images')})")

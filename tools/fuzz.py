@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -155,7 +156,7 @@ def weird_value(rng: random.Random):
         return _deep(rng.choice([70, 200, 800]))
     if r < 0.1:
         return {"spec": _deep(rng.choice([70, 300]))}
-    return rng.choice(WEIRD)
+    return copy.deepcopy(rng.choice(WEIRD))  # never one object in two places (a cycle once nested)
 
 
 def _paths(doc, prefix=()):
