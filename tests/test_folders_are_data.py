@@ -44,18 +44,12 @@ def _sha(p: Path) -> str:
     return hashlib.sha256(p.read_bytes()).hexdigest()
 
 
-FAST = "distill: {steps: 2, checkpoint_every: 2, log_every: 1, sample_every: 2}"
-
-
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    """One tiny run up to evaluate (in this process: no interpreter start-up), copied by each test."""
-    d = tmp_path_factory.mktemp("evaluated")
-    p = d / "tiny.yaml"
-    p.write_text(tiny_recipe_text().replace("train: {steps: 6}", "train: {steps: 2}"))
-    code = main([str(p), "--out", str(d / "runs"), "--only", "teacher,student,distill,evaluate", "-q"])
-    assert code == 0
-    return p, d / "runs" / "tiny"
+    """A run folder as the pipeline leaves it (recipe, teacher, student, eval.json, samples), built without
+    training by tools/fuzz.py's corpus builder; each test copies it."""
+    folder = _fuzz().build_corpus(tmp_path_factory.mktemp("evaluated") / "c")
+    return folder / "tiny.yaml", folder / "runs" / "tiny"
 
 
 def _copy(evaluated, tmp_path) -> Path:
@@ -214,7 +208,8 @@ def test_4_recorded_inception_weights_do_not_run(evaluated, tmp_path, capsys):
     text = (run / "recipe.resolved.yaml").read_text()
     assert "inception_weights: null" in text
     text = text.replace("inception_weights: null", f"inception_weights: {weights}")
-    text = text.replace("- psnr\n  - ssim", "- fid\n  - psnr")
+    assert "metrics:\n  - psnr\n" in text
+    text = text.replace("metrics:\n  - psnr\n", "metrics:\n  - fid\n  - psnr\n")
     (run / "recipe.resolved.yaml").write_text(text)
     assert main(["evaluate", str(run), "--device", "cpu", "-q"]) == 0
     doc = json.loads((run / "eval.json").read_text())
@@ -226,6 +221,7 @@ def test_4_recorded_inception_weights_do_not_run(evaluated, tmp_path, capsys):
 # ------------------------------------------------------------------------------ 5. replaced only when checked
 
 
+@pytest.mark.slow
 def test_5_failed_export_keeps_the_good_file_and_the_bookkeeping(evaluated, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
