@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from compressor import remote
+from compressor import remote, schemas
 from compressor.errors import UserError
 from compressor.procs import die_with_parent, run_group
 from compressor.remote import check_host, check_program
@@ -596,10 +596,7 @@ def remote_profile(
         if proc.returncode != 0:
             msg = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             raise UserError(f"--host {host}: {' '.join(cmd[:1] + cmd[-1:])} failed: {msg}")
-    try:
-        return json.loads(Path(out).read_text())
-    except (OSError, ValueError, RecursionError) as exc:
-        raise UserError(f"--host {host}: the profile brought back ({out}) is not readable JSON ({exc})") from None
+    return schemas.read_json(out, schemas.ProfileDoc)  # what another machine sent: checked like any input
 
 
 def main(argv=None) -> int:
