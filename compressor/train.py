@@ -48,7 +48,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .data import ResumableSampler, image_row, to_image
-from .errors import CheckpointError, Interrupted, TrainingDiverged
+from .errors import CheckpointError, Interrupted, TrainingDiverged, UserError
 from .features import FeatureTaps
 from .io import append_line, atomic_torch_save, atomic_write_bytes, atomic_write_text
 from .losses import FeatureAdapters, GANLoss, kd_loss, srp_multi
@@ -271,7 +271,7 @@ def load_latest_checkpoint(folder: Path) -> Optional[dict]:
             state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or state.get("step") != step:
                 raise ValueError("unexpected content")
-            return check(state, CheckpointState, str(path))  # the structure load_state_dict expects
+            return state
         except Exception as exc:  # noqa: BLE001 - any failure means this file is unusable
             log.warning(
                 "checkpoint %s is truncated or corrupt (%s); using the previous one",
@@ -279,6 +279,18 @@ def load_latest_checkpoint(folder: Path) -> Optional[dict]:
                 str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__,
             )
     return None
+
+
+def resumable_checkpoint(folder: Path) -> Optional[dict]:
+    """The newest readable checkpoint, checked against :class:`compressor.schemas.CheckpointState` (the
+    structure :meth:`Trainer.load_state_dict` expects); a wrong structure is one CheckpointError line."""
+    state = load_latest_checkpoint(folder)
+    if state is not None:
+        try:
+            check(state, CheckpointState, f"{folder}/step_{state['step']:08d}.pt")
+        except UserError as exc:
+            raise CheckpointError(f"{exc}; pass --force to start over (the old checkpoints are kept aside)") from None
+    return state
 
 
 def restore_rng(state: dict) -> None:
@@ -646,7 +658,7 @@ class Trainer:
     def fit(self, resume: bool = False) -> dict:
         s = self.s
         if resume:
-            state = load_latest_checkpoint(self.ckpt_dir)
+            state = resumable_checkpoint(self.ckpt_dir)
             if state is not None:
                 try:
                     self.load_state_dict(state)

@@ -299,7 +299,7 @@ def t_metrics(d: Path, rng: random.Random) -> int:
 def t_checkpoint(d: Path, rng: random.Random) -> int:
     import torch
 
-    from compressor.train import load_latest_checkpoint
+    from compressor.train import resumable_checkpoint
 
     folder = d / "runs" / "tiny" / "checkpoints"
     path = folder / "step_00000002.pt"
@@ -307,7 +307,7 @@ def t_checkpoint(d: Path, rng: random.Random) -> int:
     key = rng.choice(["students", "discriminators", "opt_g", "sched_g", "rng_cpu", "step", "adapters"])
     state[key] = rng.choice([torch.zeros(3), {"AtoB": torch.zeros(2)}, {"AtoB": {"w": 5}}, [1, 2], None, "x", 5])
     torch.save(state, path)
-    return _call(lambda: load_latest_checkpoint(folder))
+    return _call(lambda: resumable_checkpoint(folder))
 
 
 def t_recipe(d: Path, rng: random.Random) -> int:
