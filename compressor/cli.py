@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.metadata
-import json
 import logging
 import sys
 from pathlib import Path
@@ -27,11 +26,19 @@ from exporters.profile import profile_models, remote_profile
 from exporters.report import speedups, write_report
 from exporters.runtimes import backend_help, get_backend
 
-from . import __version__
+from . import __version__, schemas
 from .cmdline import command_line_hint, set_command_line
 from .console import QUANT_FILTER, closing_summary, eval_table, install_log_filters, print_table
 from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
 from .errors import Interrupted, UserError
+from .flags import (
+    check_device,
+    check_existing,
+    check_out_file,
+    check_out_folder,
+    check_profile_flags,
+    check_sizes,
+)
 from .io import atomic_write_json
 from .lock import run_lock
 from .metrics import evaluate_folder
@@ -95,8 +102,8 @@ def _check_folder_imports(paths: List[Path]) -> None:
             if f is None or not f.is_file():
                 continue
             try:
-                spec = get(json.loads(f.read_text()))
-            except (OSError, ValueError, AttributeError):
+                spec = get(schemas.loads(schemas.read_text_bounded(f), str(f)))
+            except (UserError, AttributeError):
                 continue  # unreadable: the loader reports it
             if isinstance(spec, dict) and spec.get("import"):
                 require_consent(str(spec["import"]), str(f))
@@ -206,6 +213,9 @@ def evaluate(
     """Evaluate teacher and student of a run: FID, KID, PSNR, SSIM, params, MACs; writes eval.json."""
     _setup_logging(quiet)
     _trust(trust_code)
+    check_device(device)
+    check_existing(data, "--data")
+    check_existing(inception_weights, "--inception-weights")
     run = RunDir(target)
     if not is_run_folder(target):
         if not (target / "student.json").exists():
@@ -216,6 +226,7 @@ def evaluate(
             raise UserError(f"{target}: a student folder needs --data (the dataset root with a test split)")
         if kind not in ("paired", "folder") or direction not in ("AtoB", "BtoA"):
             raise UserError("--kind must be paired or folder; --direction AtoB or BtoA")
+        check_sizes([size])
 
         with _Progress(quiet) as progress:
             res = evaluate_folder(
@@ -282,6 +293,10 @@ def export(
         raise UserError(f"--precision: expected fp32, fp16 or int8, got {precision!r}")
     if trt_version not in (10, 11):
         raise UserError(f"--trt-version: expected 10 or 11, got {trt_version}")
+    if size is not None:
+        check_sizes([size])
+    check_out_folder(out)
+    check_existing(data, "--data")
     dyn = _csv(dynamic)
     bad = [d for d in dyn if d not in ("batch", "hw")]
     if bad:
@@ -355,6 +370,10 @@ def profile(
     for flag, values in (("--batch", _csv(batch, int)), ("--size", _csv(size, int))):
         if not values or any(v < 1 for v in values):
             raise UserError(f"{flag}: expected positive integers, got {batch if flag == '--batch' else size!r}")
+    check_sizes(_csv(size, int))
+    if any(b > 4096 for b in _csv(batch, int)):
+        raise UserError(f"--batch: at most 4096, got {batch!r}")
+    check_out_file(out)
     if out.exists() and not force:
         raise UserError(f"--out: {out} exists; pass --force to overwrite it or choose another file")
     backends = _csv(backend)
@@ -363,17 +382,11 @@ def profile(
             get_backend(b)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    if host:
-        args = [
-            f"--backend {backend}",
-            f"--batch {batch}",
-            f"--size {size}",
-            f"--precision {precision}",
-            f"--warmup {warmup}",
-            f"--iters {iters}",
-        ] + ([f"--threads {threads}"] if threads else [])
-        opts = [x for o in ssh_option for x in ("-o", o)]
-        doc = remote_profile(host, models, args, out, port, opts, remote_compress)
+    check_profile_flags(precision, seconds, device, host)
+    if host is not None:
+        args = ["--backend", backend, "--batch", batch, "--size", size, "--precision", precision]
+        args += ["--warmup", str(warmup), "--iters", str(iters)] + (["--threads", str(threads)] if threads else [])
+        doc = remote_profile(host, models, args, out, port, list(ssh_option), remote_compress)
     else:
         with _Progress(quiet) as progress:
             doc = profile_models(
@@ -515,6 +528,7 @@ def report(
 ):
     """Merge profile and evaluation results into report.md and a self-contained report.html."""
     _setup_logging(True)
+    check_out_folder(out)
     md, page = write_report(files, [], out, title)
     typer.echo(f"wrote {md} and {page}")
 

@@ -64,10 +64,22 @@ def check_data_root(spec: DataSpec, root: Optional[Path]) -> None:
             raise RecipeError(f"data.root: no images ({', '.join(IMAGE_EXTS)}) in {folder}")
 
 
+MAX_PIXELS = 8192 * 8192  # the largest data.size squared; a 16-bit image of this size decodes to ~0.5 GB
+
+
+def check_pixels(im: Image.Image, path) -> None:
+    """Refuse an image whose header promises more than :data:`MAX_PIXELS` (PIL's own bomb check allows ~179 M
+    pixels; at 16 bits, converted, that is several GB)."""
+    w, h = im.size
+    if w * h > MAX_PIXELS:
+        raise Image.DecompressionBombError(f"{w}x{h} pixels is more than the {MAX_PIXELS:,} compressor decodes")
+
+
 def load_image(path: Path) -> Image.Image:
     """Open any common image as 8-bit RGB (see the module docstring for the rules)."""
     try:
         im = Image.open(path)
+        check_pixels(im, path)  # from the header, before a single pixel is decoded
         im.load()
     except Image.DecompressionBombError as exc:  # a hostile or absurdly large image: refuse, do not allocate
         raise DataError(f"{path}: image too large to load ({exc})") from None
@@ -145,6 +157,7 @@ class _ImageFiles(Dataset):
         for f in files:
             try:
                 with Image.open(f) as im:
+                    check_pixels(im, f)
                     im.load()
                     if min(im.size) < MIN_SIDE:
                         raise ValueError(f"{im.size[0]}x{im.size[1]} pixels is too small (at least {MIN_SIDE})")

@@ -1,13 +1,20 @@
 """Atomic file writes: a temporary file in the same folder, fsync, then rename. A crash or a full disk never
-leaves a half-written artifact in place of a good one."""
+leaves a half-written artifact in place of a good one.
+
+Folders may come from elsewhere, so nothing here follows a symlink: the temporary file is created with
+``O_EXCL`` (``mkstemp``) and renamed over the name (a symlink there is replaced, never written through), appends
+and locks open with ``O_NOFOLLOW``, and :func:`confined` tells whether a file found in a folder really lies in it.
+"""
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -21,6 +28,12 @@ def _default_mode() -> int:
 
 
 _MODE = _default_mode()
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def default_mode() -> int:
+    """The permissions a new artifact gets (0666 less the umask)."""
+    return _MODE
 
 
 class DiskWriteError(UserError):
@@ -68,8 +81,10 @@ def append_line(path: str | Path, line: str) -> Path:
     data = (line.rstrip("\n") + "\n").encode()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, _MODE)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | NOFOLLOW, _MODE)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"{path}: is a symlink; compressor does not write through links in a run folder") from None
         raise DiskWriteError(f"{path}: cannot append ({exc.strerror or exc}); earlier lines are intact") from None
     try:
         start = os.fstat(fd).st_size
@@ -89,3 +104,17 @@ def append_line(path: str | Path, line: str) -> Path:
     finally:
         os.close(fd)
     return path
+
+
+def confined(path: str | Path, root: str | Path) -> Optional[Path]:
+    """``path`` resolved, when it is a regular file that lies inside ``root`` after every symlink is followed;
+    else None. Files a folder from elsewhere points to (a symlink to ``~/.ssh/id_rsa``, ``../../secret``) are
+    not read."""
+    try:
+        real = Path(path).resolve(strict=True)
+        base = Path(root).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not real.is_file() or not real.is_relative_to(base):
+        return None
+    return real

@@ -8,7 +8,9 @@ second writer can name it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 from pathlib import Path
 from typing import Iterator
 
@@ -28,8 +30,10 @@ class RunLocked(UserError):
 
 def _holder(path: Path) -> str:
     try:
-        pid = path.read_text().strip()
-    except OSError:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        with os.fdopen(fd) as f:
+            pid = f.read(32).strip()
+    except (OSError, UnicodeDecodeError):
         return "another process"
     return f"process {pid}" if pid.isdigit() else "another process"
 
@@ -50,10 +54,20 @@ def run_lock(root: str | Path) -> Iterator[Path]:
         return
     try:
         root.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(
+                f"{path}: is a symlink; compressor does not write through links in a run folder (remove it)"
+            ) from None
         raise UserError(f"{root}: cannot create the run folder's lock ({exc.strerror or exc})") from None
     try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink > 1:
+            raise UserError(
+                f"{path}: not a plain file of this folder (a hard link or a device); compressor does not write "
+                f"through it (remove it)"
+            )
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -61,8 +75,11 @@ def run_lock(root: str | Path) -> Iterator[Path]:
                 f"{root} is in use by {_holder(path)} (another compress writes this run folder); "
                 f"wait for it to finish or stop it"
             ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
+        try:
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+        except OSError:  # a full disk: the lock holds all the same, only the holder's PID is not recorded
+            pass
         key = str(path.resolve())
         _HELD.add(key)
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import io
 import logging
 import os
 from pathlib import Path
@@ -28,7 +29,8 @@ from torch.utils.data import DataLoader
 from .complexity import profile_model
 from .data import image_row, input_key, make_dataset, target_key, to_image
 from .errors import UserError
-from .io import atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json
+from .models import size_multiple
 from .recipe import DataSpec
 from .slim import load_student
 
@@ -408,8 +410,9 @@ def evaluate_pair(
         if tgt:
             cols.append(torch.stack([ds[i][tgt] for i in range(n)]))
         grid = torch.cat([image_row([c[i] for c in cols]) for i in range(n)], 1)
-        Path(samples_png).parent.mkdir(parents=True, exist_ok=True)
-        to_image(grid).save(samples_png)
+        buf = io.BytesIO()
+        to_image(grid).save(buf, format="PNG")
+        atomic_write_bytes(samples_png, buf.getvalue())  # never written through a symlink left in the folder
     return out
 
 
@@ -431,6 +434,9 @@ def evaluate_folder(
 
     The eval.json it writes has an empty ``teacher`` entry, so ``compress report`` merges it like a run's."""
     student = load_student(student_dir)
+    mult = size_multiple(student)
+    if size % mult:
+        raise UserError(f"--size: {size} is not a multiple of {mult}, which this student needs")
     spec = DataSpec(kind=kind, root=str(data_root), direction=direction, size=size)
     ds = make_dataset(spec, Path(data_root), "test", 0, max_items=max_images)
     tgt = target_key(kind)

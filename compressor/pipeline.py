@@ -10,7 +10,6 @@ stages in a row; ``compress export``, ``profile`` and ``report`` call the same s
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import time
@@ -23,7 +22,7 @@ from .io import atomic_write_json, atomic_write_text
 from .lock import LOCK_NAME, run_lock
 from .recipe import Recipe
 from .resume import check_checkpoints
-from .runfolder import RunDir, load_run_teacher  # noqa: F401 - part of the pipeline's public face
+from .runfolder import RunDir, load_run_teacher, read_run_json  # noqa: F401 - part of the pipeline's public face
 from .stages import (
     STAGE_BY_NAME,
     STAGES,
@@ -86,10 +85,7 @@ def prepare_run_dir(recipe: Recipe, out_root: Path, force: bool, recipe_path: Op
     run = RunDir(Path(out_root) / recipe.name)
     source = str(recipe_path.resolve()) if recipe_path else None
     if run.run_json.exists():
-        try:
-            prev = json.loads(run.run_json.read_text())
-        except json.JSONDecodeError:
-            prev = {}
+        prev = read_run_json(run) or {}
         if prev.get("recipe_source") != source:
             if not force:
                 raise UserError(
@@ -98,10 +94,14 @@ def prepare_run_dir(recipe: Recipe, out_root: Path, force: bool, recipe_path: Op
                 )
             aside = move_aside(run.root)
             log.warning("moved the previous run of another recipe to %s", aside)
-    elif run.root.exists() and any(p.name != ".lock" for p in run.root.iterdir()) and not force:
-        raise UserError(
-            f"{run.root} exists and was not written by compressor; choose another name or --out, or pass --force"
-        )
+    elif run.root.exists() and any(p.name != LOCK_NAME for p in run.root.iterdir()):
+        if not force:
+            raise UserError(
+                f"{run.root} exists and was not written by compressor; choose another name or --out, or pass --force "
+                f"to move its files aside"
+            )
+        aside = move_aside(run.root)  # the user's own files are kept, never overwritten
+        log.warning("moved the files of %s, which compressor did not write, to %s", run.root, aside)
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run.run_json, {"recipe_source": source, "name": recipe.name})
     atomic_write_text(run.recipe, recipe.to_yaml())
@@ -157,10 +157,10 @@ def run_pipeline(
 
 def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
     """Refuse unusable checkpoints before the run folder is touched (nothing rewritten, nothing forgotten)."""
-    try:
-        prev = json.loads(ctx.run.run_json.read_text()).get("recipe_source")
-    except (OSError, ValueError, AttributeError):
+    prev_doc = read_run_json(ctx.run)
+    if prev_doc is None:
         return  # a new or foreign folder: prepare_run_dir decides
+    prev = prev_doc.get("recipe_source")
     if prev != (str(ctx.recipe_path.resolve()) if ctx.recipe_path else None):
         return
     for st in STAGES:

@@ -42,6 +42,7 @@ from .errors import UserError
 from .io import atomic_write_bytes, atomic_write_json
 from .models import ZOO, size_multiple
 from .recipe import BudgetSpec
+from .schemas import PlanJson, read_json
 from .slim import make_student, save_student
 
 log = logging.getLogger(__name__)
@@ -197,19 +198,14 @@ class ProfileMeasure:
         if b.host:
             self._round += 1
             out = self.workdir / f"remote{self._round}.json"
-            args = [
-                f"--backend {b.backend}",
-                f"--batch {b.batch}",
-                f"--size {self.size}",
-                f"--precision {b.precision}",
-                f"--warmup {warmup}",
-                f"--iters {iters}",
-            ]
+            args = ["--backend", b.backend, "--batch", str(b.batch), "--size", str(self.size)]
+            args += ["--precision", b.precision, "--warmup", str(warmup), "--iters", str(iters)]
             if b.threads:
-                args.append(f"--threads {b.threads}")
-            opts = [x for o in b.ssh_options for x in ("-o", o)]
+                args += ["--threads", str(b.threads)]
             try:
-                doc = remote_profile(b.host, [r["onnx"] for r in refs], args, out, b.port, opts, b.remote_compress)
+                doc = remote_profile(
+                    b.host, [r["onnx"] for r in refs], args, out, b.port, list(b.ssh_options), b.remote_compress
+                )
             except UserError as exc:
                 hint = (
                     (" (is the toolkit installed there? set student.budget.remote_compress to its compress command)")
@@ -490,8 +486,9 @@ def plan_width(
     out = run_dir / "plan.json" if run_dir else None
     if out and out.exists() and not force:
         try:
-            prev = json.loads(out.read_text())
-        except (OSError, json.JSONDecodeError):
+            prev = read_json(out, PlanJson)
+        except UserError as exc:  # a cache: measured again, and rewritten
+            log.warning("%s; measuring again", exc)
             prev = {}
         if prev.get("key") == key:
             log.info("plan: up to date (same teacher, budget and machine), width %g", prev["width"])

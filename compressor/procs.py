@@ -27,6 +27,7 @@ PR_SET_PDEATHSIG = 1
 _children: list[subprocess.Popen] = []
 _installed = False
 ENV_PARENT = "COMPRESSOR_PARENT_PID"
+STOP_ENV = "COMPRESSOR_STOP_FILE"  # workers stop (with a checkpoint) after the step in which this file appears
 
 
 def set_pdeathsig(sig: int = signal.SIGTERM) -> bool:
@@ -174,6 +175,36 @@ def run_group(
         try:
             proc.wait(30)
         except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            pass
+        terminate_group(proc)
+        release(proc)
+        raise
+    except BaseException:
+        terminate_group(proc)
+        release(proc)
+        raise
+    release(proc)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def run_group_stoppable(
+    cmd: Sequence[str], stop_file: str | os.PathLike, env: Optional[dict] = None, grace: float = 120.0, **kwargs
+) -> subprocess.CompletedProcess:
+    """:func:`run_group` for workers that stop cleanly on request: on Ctrl-C (KeyboardInterrupt) the file
+    ``stop_file`` (passed to the children as ``COMPRESSOR_STOP_FILE``) is created and the children get ``grace``
+    seconds to write their checkpoint and exit; a second Ctrl-C or the end of the grace period terminates the
+    group. The KeyboardInterrupt is raised again once the children are gone."""
+    env = dict(os.environ if env is None else env)
+    env[STOP_ENV] = str(stop_file)
+    proc = start_group(cmd, env=env, **kwargs)
+    try:
+        out, err = proc.communicate()
+    except KeyboardInterrupt:
+        try:
+            with open(stop_file, "w"):
+                pass
+            proc.wait(grace)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt, OSError):
             pass
         terminate_group(proc)
         release(proc)

@@ -17,7 +17,8 @@ from typing import Any, ClassVar, Literal, Optional, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import RecipeError
+from .errors import RecipeError, UserError
+from .remote import check_host, check_program, check_ssh_option
 from .zoo_args import ZOO_ARCHS, ZOO_KWARGS, check_zoo_kwargs  # noqa: F401 - part of the schema's face
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -155,6 +156,35 @@ class BudgetSpec(Strict):
     port: Optional[int] = Field(None, ge=1, le=65535, description="SSH port for host")
     ssh_options: list[str] = Field(default_factory=list, description="extra ssh -o options, e.g. K=V")
     remote_compress: str = Field("compress", description="the compress command on host")
+
+    @field_validator("ssh_options")
+    @classmethod
+    def _ssh_options(cls, v: list[str]) -> list[str]:
+        for o in v:  # an option that runs a local command (ProxyCommand, LocalCommand, ...) is refused here
+            try:
+                check_ssh_option(o, "ssh_options")
+            except UserError as exc:
+                raise ValueError(str(exc).removeprefix("ssh_options: ")) from None
+        return v
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None:
+            try:
+                check_host(v, "host")
+            except UserError as exc:
+                raise ValueError(str(exc).removeprefix("host: ")) from None
+        return v
+
+    @field_validator("remote_compress")
+    @classmethod
+    def _remote_compress(cls, v: str) -> str:
+        try:
+            check_program(v, "remote_compress")
+        except UserError as exc:
+            raise ValueError(str(exc).removeprefix("remote_compress: ")) from None
+        return v
 
     @model_validator(mode="after")
     def _check(self):
@@ -518,6 +548,7 @@ def _compose_bounded(text: str, source: str) -> Optional[yaml.Node]:
             if key not in sizes:
                 sizes[key] = 0  # a cycle (recursive alias) counts as nothing more
                 if isinstance(node, yaml.MappingNode):
+                    _no_duplicate_keys(node, source)
                     n = 1 + sum(size(k) + size(v) for k, v in node.value)
                 elif isinstance(node, yaml.SequenceNode):
                     n = 1 + sum(size(v) for v in node.value)
@@ -529,6 +560,19 @@ def _compose_bounded(text: str, source: str) -> Optional[yaml.Node]:
         if size(root) > MAX_YAML_NODES:
             raise RecipeError(f"{source}: the recipe expands to more than {MAX_YAML_NODES} values through YAML aliases")
     return root
+
+
+def _no_duplicate_keys(node: yaml.MappingNode, source: str) -> None:
+    """A key given twice in one mapping is a mistake (YAML loaders keep the last silently)."""
+    seen: dict[str, int] = {}
+    for k, _ in node.value:
+        if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+            if k.value in seen:
+                raise RecipeError(
+                    f"{source}:{k.start_mark.line + 1}: key {k.value[:60]!r} is given twice (also on line "
+                    f"{seen[k.value]}); keep one"
+                )
+            seen[k.value] = k.start_mark.line + 1
 
 
 def _construct(root: Optional[yaml.Node], source: str) -> Any:

@@ -6,7 +6,7 @@ work on existing artifacts (``evaluate``, ``export``, ``profile``) find the run'
 
 from __future__ import annotations
 
-import json
+import logging
 import time
 from pathlib import Path
 from typing import Iterable, Optional
@@ -17,7 +17,11 @@ from .errors import UserError
 from .io import atomic_write_json
 from .models import load_saved_teacher
 from .recipe import Recipe, load_recipe
+from .schemas import RunJson, StagesJson, TeacherMeta, check, loads, read_json, read_text_bounded
 from .slim import load_student
+from .trust import all_trusted
+
+log = logging.getLogger(__name__)
 
 
 class RunDir:
@@ -68,9 +72,13 @@ class RunDir:
         if not self.stages_json.exists():
             return {}
         try:
-            return json.loads(self.stages_json.read_text())
-        except json.JSONDecodeError:
-            return {}
+            doc = loads(read_text_bounded(self.stages_json), str(self.stages_json))
+        except UserError:
+            return {}  # cut by a crash: every stage runs again
+        try:
+            return check(doc, StagesJson, str(self.stages_json))
+        except UserError as exc:
+            raise UserError(f"{exc}; remove it to run every stage again") from None
 
     def record(self, stage: str, digest: str, seconds: float) -> None:
         recs = self.records()
@@ -98,13 +106,28 @@ def is_run_folder(path: str | Path) -> bool:
     return run.root.is_dir() and run.recipe.is_file() and run.run_json.is_file()
 
 
+def read_run_json(run: RunDir) -> Optional[dict]:
+    """``run.json`` checked (None when absent or cut by a crash); a wrong structure is one UserError line."""
+    if not run.run_json.is_file():
+        return None
+    try:
+        doc = loads(read_text_bounded(run.run_json), str(run.run_json))
+    except UserError:
+        return None
+    return check(doc, RunJson, str(run.run_json))
+
+
 def recipe_source(run: RunDir) -> Optional[Path]:
     """The recipe file the run was made from (relative paths in the recipe resolve against its folder)."""
-    try:
-        src = json.loads(run.run_json.read_text()).get("recipe_source")
-    except (OSError, json.JSONDecodeError):
-        return None
+    src = (read_run_json(run) or {}).get("recipe_source")
     return Path(src) if src else None
+
+
+def read_teacher_meta(run: RunDir) -> dict:
+    """``teacher.json``, checked against :class:`compressor.schemas.TeacherMeta`."""
+    if not run.teacher_json.exists():
+        raise UserError(f"{run.teacher_json}: not found; run the teacher stage first")
+    return read_json(run.teacher_json, TeacherMeta)
 
 
 def load_run_recipe(run: RunDir, overrides: Optional[list[str]] = None) -> Recipe:
@@ -115,14 +138,21 @@ def load_run_recipe(run: RunDir, overrides: Optional[list[str]] = None) -> Recip
     src = recipe_source(run)
     if src is not None:
         recipe._base_dir = src.parent
+    if recipe.evaluate.inception_weights and not all_trusted():
+        # a folder's recorded recipe names no file that runs (FID weights are TorchScript: loading runs code)
+        log.warning(
+            "%s: evaluate.inception_weights (%s) is TorchScript, which runs code; not loaded from a run folder's "
+            "recipe (pass --inception-weights, or --trust-code if you trust the folder)",
+            run.recipe,
+            str(recipe.evaluate.inception_weights)[:120],
+        )
+        recipe.evaluate.inception_weights = None
     return recipe
 
 
 def load_run_teacher(run: RunDir, reverse: bool = False) -> nn.Module:
     """The teacher as the teacher stage wrote it (no pickle)."""
-    if not run.teacher_json.exists():
-        raise UserError(f"{run.teacher_json}: not found; run the teacher stage first")
-    meta = json.loads(run.teacher_json.read_text())
+    meta = read_teacher_meta(run)
     return load_saved_teacher(meta["spec"], run.teacher_reverse_weights if reverse else run.teacher_weights)
 
 
@@ -133,7 +163,7 @@ def load_run_student(run: RunDir, reverse: bool = False) -> nn.Module:
 
 def profile_refs(run: RunDir) -> list[dict]:
     """Model references (see :func:`exporters.profile.resolve_models`) for the teacher and student of a run."""
-    meta = json.loads(run.teacher_json.read_text())
+    meta = read_teacher_meta(run)
     name = run.root.name
 
     def present(p: Path) -> Optional[str]:

@@ -41,6 +41,7 @@ from .models.layers import (
     summarised_warnings,
 )
 from .models.ranges import RangeWrapper, select_output
+from .schemas import StudentPlan, check, read_json
 
 log = logging.getLogger(__name__)
 
@@ -581,7 +582,7 @@ def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[lis
     shuffles, _ = _prepare(model, x, list(keep or []), "named", frozen_mods, quiet=True)  # said when slimmed
     modules = dict(model.named_modules())
     for entry in history:
-        if entry[0] not in modules:
+        if not entry[0] or entry[0] not in modules:
             raise CheckpointError(
                 f"student.json: the pruning history names module {entry[0]!r}, which the architecture does not have"
             )
@@ -590,7 +591,13 @@ def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[lis
         dg = tp.DependencyGraph().build_dependency(
             model, example_inputs=x, customized_pruners=pruners or None, output_transform=_tensor_leaves
         )
-        dg.load_pruning_history([list(e) for e in history])
+        try:
+            dg.load_pruning_history([list(e) for e in history])
+        except (AttributeError, KeyError, IndexError, ValueError, TypeError, RuntimeError) as exc:
+            raise CheckpointError(
+                f"student.json: the pruning history does not replay on this architecture "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})"
+            ) from None
     _merge_pixel_shuffles(model, shuffles)
     model.train(was)
     repair_norms(model, x)
@@ -711,12 +718,25 @@ def _make_student(
     return student, plan
 
 
+REPLAY_SIDE = 512  # a multiple of every zoo size multiple (4 to 256)
+
+
+def replay_shape(shape: list[int]) -> list[int]:
+    """The example input a pruning history is replayed with: channel pruning does not depend on the image
+    size, so a plan recorded at 2048² replays at :data:`REPLAY_SIDE`² and batch 1 (bounded memory)."""
+    n, c, h, w = shape
+    if h * w > REPLAY_SIDE * REPLAY_SIDE:
+        h = w = REPLAY_SIDE
+    return [1, c, h, w]
+
+
 def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Module:
     """Rebuild the student's architecture (random weights) from a plan (an imported architecture needs consent:
     see :func:`build_from_spec`)."""
     spec = plan.get("teacher") if isinstance(plan, dict) else None
     if not spec or not isinstance(spec, dict):
         raise CheckpointError("student.json: the plan has no teacher spec to rebuild from")
+    check(plan, StudentPlan, "student.json")  # a plan from elsewhere: bounded example_shape, typed history
     if plan.get("method") == "rebuild":
         kwargs = dict(spec.get("kwargs") or {}, ngf=plan.get("ngf"))
         ranges = {k: spec[k] for k in ("input_range", "output_range") if k in spec}
@@ -734,7 +754,7 @@ def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Mod
         )
     model = build_from_spec(spec, init=None, allow_import=allow_import, source="student.json")
     with summarised_warnings("student: rebuilding", handled=(NORM_SIZE_WARNING,)):
-        _replay(model, history, torch.randn(*plan["example_shape"]), plan.get("keep"))
+        _replay(model, history, torch.randn(*replay_shape(plan["example_shape"])), plan.get("keep"))
     if isinstance(plan.get("frozen"), list):
         refreeze(model, [str(n) for n in plan["frozen"]])
     if spec:
@@ -771,10 +791,7 @@ def load_student(path: str | Path, allow_import: Optional[bool] = None) -> nn.Mo
     for f in (meta_file, weights):
         if not f.is_file():
             raise CheckpointError(f"{f}: file not found (a student folder holds student.json and student.safetensors)")
-    try:
-        plan = json.loads(meta_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{meta_file}: not valid JSON ({exc})") from None
+    plan = read_json(meta_file, StudentPlan)  # types and bounds (example_shape) before anything is built
     model = student_from_plan(plan, allow_import=allow_import)
     try:
         state = load_file(str(weights))

@@ -36,7 +36,7 @@ from exporters.runtimes import BACKENDS, get_backend
 from .cmdline import command_line_hint
 from .complexity import profile_model
 from .data import batch_keys, check_data_root, input_images, make_dataset
-from .errors import RecipeError, UserError
+from .errors import Interrupted, RecipeError, UserError
 from .features import check_tap_pair, probe_shapes, resolve_taps
 from .io import atomic_write_bytes, atomic_write_json
 from .metrics import evaluate_pair
@@ -52,12 +52,12 @@ from .models import (
 )
 from .models.layers import align_free_norms
 from .plan import plan_width
-from .procs import run_group
+from .procs import run_group_stoppable
 from .recipe import LossesSpec, Recipe
 from .resume import prepare_checkpoints
 from .runfolder import RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher, profile_refs
 from .slim import load_student, make_student, save_student
-from .train import Direction, Trainer, TrainSetup, seed_everything
+from .train import Direction, Trainer, TrainSetup, list_checkpoints, seed_everything
 from .trust import consent_to
 
 log = logging.getLogger(__name__)
@@ -84,9 +84,12 @@ class Context:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+    if name.startswith("cuda") and not torch.cuda.is_available():
         raise UserError("device: cuda was requested but no CUDA device is available (use --device cpu)")
-    return torch.device(name)
+    try:
+        return torch.device(name)
+    except (RuntimeError, TypeError):
+        raise UserError(f"device: expected auto, cpu or cuda, got {str(name)[:40]!r}") from None
 
 
 # ----------------------------------------------------------------------------------------------- pre-flight
@@ -431,6 +434,14 @@ def finish_distill(ctx: Context, dirs, summary: dict) -> None:
     atomic_write_json(run.distill_json, summary)
 
 
+def distributed_interrupted(ctx: Context, stop: Path) -> Interrupted:
+    """The :class:`Interrupted` of a stopped ``--nproc`` run, naming its newest checkpoint."""
+    stop.unlink(missing_ok=True)
+    ckpts = list_checkpoints(ctx.run.checkpoints)
+    where = f"at step {ckpts[-1][0]}; checkpoint written to {ckpts[-1][1]}" if ckpts else "before the first checkpoint"
+    return Interrupted(f"interrupted {where}", resume_command(ctx))
+
+
 def launch_distributed(ctx: Context) -> dict:
     """Run the distill stage in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU)."""
     if ctx.build_discriminator is not None:
@@ -450,7 +461,14 @@ def launch_distributed(ctx: Context) -> dict:
     if _checkpoint_policy(ctx, ctx.run.root, "distill"):
         cmd.append("--resume")
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    proc = run_group(cmd, env=env)  # torchrun and its workers die with this process
+    stop = ctx.run.root / ".stop"
+    stop.unlink(missing_ok=True)
+    try:  # torchrun and its workers die with this process; on Ctrl-C they checkpoint and stop first
+        proc = run_group_stoppable(cmd, stop, env=env)
+    except KeyboardInterrupt:
+        raise distributed_interrupted(ctx, stop) from None
+    if stop.exists():  # asked to stop (SIGINT reached the workers' launcher another way)
+        raise distributed_interrupted(ctx, stop)
     if proc.returncode != 0:
         raise UserError(f"distributed training failed (exit {proc.returncode}); see the messages above")
     return json.loads(ctx.run.distill_json.read_text())

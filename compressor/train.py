@@ -48,12 +48,15 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from .data import ResumableSampler, image_row, to_image
-from .errors import CheckpointError, Interrupted, TrainingDiverged
+from .errors import CheckpointError, Interrupted, TrainingDiverged, UserError
 from .features import FeatureTaps
 from .io import append_line, atomic_torch_save, atomic_write_bytes, atomic_write_text
 from .losses import FeatureAdapters, GANLoss
 from .models import build_discriminator
+from .models.checkpoint import check_checkpoint_size
+from .procs import STOP_ENV
 from .recipe import LossesSpec
+from .schemas import CheckpointState, MetricsLine, check, read_text_bounded
 from .terms import GENERATOR_TERMS, TermInputs
 
 log = logging.getLogger(__name__)
@@ -270,6 +273,7 @@ def load_latest_checkpoint(folder: Path) -> Optional[dict]:
     """The newest readable checkpoint; a truncated or corrupt one is reported and skipped."""
     for step, path in reversed(list_checkpoints(folder)):
         try:
+            check_checkpoint_size(path, "checkpoint")
             state = torch.load(path, map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or state.get("step") != step:
                 raise ValueError("unexpected content")
@@ -281,6 +285,18 @@ def load_latest_checkpoint(folder: Path) -> Optional[dict]:
                 str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__,
             )
     return None
+
+
+def resumable_checkpoint(folder: Path) -> Optional[dict]:
+    """The newest readable checkpoint, checked against :class:`compressor.schemas.CheckpointState` (the
+    structure :meth:`Trainer.load_state_dict` expects); a wrong structure is one CheckpointError line."""
+    state = load_latest_checkpoint(folder)
+    if state is not None:
+        try:
+            check(state, CheckpointState, f"{folder}/step_{state['step']:08d}.pt")
+        except UserError as exc:
+            raise CheckpointError(f"{exc}; pass --force to start over (the old checkpoints are kept aside)") from None
+    return state
 
 
 def restore_rng(state: dict) -> None:
@@ -663,25 +679,37 @@ class Trainer:
         if self.rank != 0 or not self.metrics_file.exists():
             return
         keep = []
-        for line in self.metrics_file.read_text().splitlines():
+        for i, line in enumerate(read_text_bounded(self.metrics_file, 1 << 30).splitlines()):
             try:
-                if json.loads(line).get("step", 0) <= self.step:
-                    keep.append(line)
-            except json.JSONDecodeError:
+                rec = json.loads(line)
+            except (ValueError, RecursionError):
                 continue  # a line cut by a crash
+            if check(rec, MetricsLine, f"{self.metrics_file}: line {i + 1}")["step"] <= self.step:
+                keep.append(line)
         atomic_write_text(self.metrics_file, "".join(l + "\n" for l in keep))
 
     def _on_sigint(self, *_):
         self._stop = True
 
+    def _stop_requested(self) -> bool:
+        """Ctrl-C here, or (several processes) the stop file the launching process writes on Ctrl-C
+        (``COMPRESSOR_STOP_FILE``); every rank agrees, so that all of them stop after the same step."""
+        stop = self._stop or bool(os.environ.get(STOP_ENV) and Path(os.environ[STOP_ENV]).exists())
+        if self.world > 1:
+            flag = torch.tensor([1.0 if stop else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
     def fit(self, resume: bool = False) -> dict:
         s = self.s
         if resume:
-            state = load_latest_checkpoint(self.ckpt_dir)
+            state = resumable_checkpoint(self.ckpt_dir)
             if state is not None:
                 try:
                     self.load_state_dict(state)
-                except (RuntimeError, KeyError, ValueError) as exc:  # another architecture (student.width)
+                except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                    # another architecture (student.width), or pieces of the wrong structure
                     raise CheckpointError(
                         f"{self.ckpt_dir}: the checkpoint does not fit this model "
                         f"({str(exc).splitlines()[0][:160]}); pass --force to start over (the "
@@ -723,7 +751,7 @@ class Trainer:
                     self.write_samples()
                 if self.step % s.checkpoint_every == 0 or self.step == s.steps:
                     self.save_checkpoint()
-                if self._stop:
+                if self._stop_requested():
                     path = self.save_checkpoint()
                     raise Interrupted(
                         f"interrupted at step {self.step}; checkpoint written to {path}", s.resume_command

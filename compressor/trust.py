@@ -52,6 +52,11 @@ def revoke_all() -> None:
     os.environ.pop(ENV_TARGETS, None)
 
 
+def all_trusted() -> bool:
+    """Whether the caller passed ``--trust-code`` (or ``allow_import=True`` for everything)."""
+    return os.environ.get(ENV_ALL) == "1"
+
+
 def import_allowed(target: str, allow_import: Optional[bool] = None) -> bool:
     if allow_import is not None:
         return allow_import

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .errors import Interrupted
 from .procs import die_with_parent
 from .runfolder import RunDir, load_run_recipe
 from .stages import Context, distill_in_process, finish_distill, resolve_device
@@ -30,7 +31,12 @@ def main(argv=None) -> int:
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     ctx = Context(recipe, run, device, resume=args.resume, nproc=world)
-    out = distill_in_process(ctx)
+    try:
+        out = distill_in_process(ctx)
+    except Interrupted:  # stopped on request with a checkpoint; the launching compress says so and how to resume
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        return 0
     if rank == 0:
         finish_distill(ctx, out["dirs"], out["summary"])
     if dist.is_initialized():

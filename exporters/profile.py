@@ -24,8 +24,10 @@ from typing import Optional
 
 import numpy as np
 
+from compressor import remote, schemas
 from compressor.errors import UserError
 from compressor.procs import die_with_parent, run_group
+from compressor.remote import check_host, check_program
 from compressor.zoo_args import ZOO_ARCHS, check_zoo_kwargs
 
 from .runtimes import BACKENDS, Backend, Runner, backend_available
@@ -640,31 +642,39 @@ def remote_profile(
     ssh_options: Optional[list[str]] = None,
     remote_compress: str = "compress",
 ) -> dict:
-    """Copy ONNX files to ``host`` over SSH, run the installed toolkit's profiler there, bring the JSON back."""
-    opts = list(ssh_options or []) + ["-o", "BatchMode=yes"]
-    ssh = ["ssh"] + opts + (["-p", str(port)] if port else [])
-    scp = ["scp", "-q"] + opts + (["-P", str(port)] if port else [])
+    """Copy ONNX files to ``host`` over SSH, run the installed toolkit's profiler there, bring the JSON back.
+
+    ``args``: the profile flags as separate arguments (``["--batch", "1,4"]``); ``ssh_options``: ``Keyword=value``
+    strings, checked against :data:`compressor.remote.ALLOWED`. Every piece of the remote command is quoted
+    (:func:`compressor.remote.remote_argv`); nothing runs through a local shell."""
+    check_host(host)
+    check_program(remote_compress)
+    opts = list(ssh_options or [])
+    remote.ssh_options(opts)  # refused before anything runs
     for f in onnx_files:
         if not str(f).endswith(".onnx") or not Path(f).is_file():
             raise UserError(f"--host: {f}: remote profiling takes .onnx files (export first)")
     remote_dir = f"/tmp/compressor-profile-{os.getpid()}"
-    steps = [ssh + [host, f"mkdir -p {remote_dir}"], scp + list(onnx_files) + [f"{host}:{remote_dir}/"]]
-    remote_models = " ".join(f"{remote_dir}/{Path(f).name}" for f in onnx_files)
-    steps.append(
-        ssh
-        + [
-            host,
-            f"{remote_compress} profile {remote_models} {' '.join(args)} --quiet --force "
-            f"--out {remote_dir}/profile.json",
-        ]
-    )
-    steps.append(scp + [f"{host}:{remote_dir}/profile.json", str(out)])
-    for cmd in steps:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+    names = []
+    for f in onnx_files:  # names without shell or scp meaning, unique
+        name = remote.safe_name(Path(f).name)
+        while name in names:
+            name = "_" + name
+        names.append(name)
+    steps = [remote.ssh_command(host, ["mkdir", "-p", "--", remote_dir], port, opts)]
+    steps += [
+        remote.scp_command([str(f)], f"{host}:{remote_dir}/{name}", port, opts) for f, name in zip(onnx_files, names)
+    ]
+    profile_argv = [remote_compress, "profile", *(f"{remote_dir}/{n}" for n in names), *map(str, args)]
+    profile_argv += ["--quiet", "--force", "--out", f"{remote_dir}/profile.json"]
+    steps.append(remote.ssh_command(host, profile_argv, port, opts))
+    steps.append(remote.scp_command([f"{host}:{remote_dir}/profile.json"], str(out), port, opts))
+    for cmd in steps:  # argument lists in their own process group (killed with compress), never a local shell
+        proc = run_group(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             msg = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             raise UserError(f"--host {host}: {' '.join(cmd[:1] + cmd[-1:])} failed: {msg}")
-    return json.loads(Path(out).read_text())
+    return schemas.read_json(out, schemas.ProfileDoc)  # what another machine sent: checked like any input
 
 
 def main(argv=None) -> int:

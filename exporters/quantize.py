@@ -22,6 +22,8 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from compressor.io import atomic_write_bytes
+
 from .runtimes import ort_session
 
 log = logging.getLogger(__name__)
@@ -153,13 +155,14 @@ def quantize_onnx(
         except Exception as exc:  # noqa: BLE001 - pre-processing is an optimisation
             log.debug("quant_pre_process failed (%s); quantising the model as exported", exc)
             pre = fp32
+        staged = Path(td) / "quantized.onnx"  # renamed into place: never written through a symlink at ``out``
         if target == "cpu":
-            _quantize_cpu(pre, out, calibration, cpu or CpuInt8())
-            return out
+            _quantize_cpu(pre, staged, calibration, cpu or CpuInt8())
+            return _place(staged, out)
         act = QuantType.QUInt8 if target == "cpu" else QuantType.QInt8
         quantize_static(
             str(pre),
-            str(out),
+            str(staged),
             _Reader(INPUT, calibration),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
@@ -172,6 +175,11 @@ def quantize_onnx(
                 **TENSORRT_EXTRA_OPTIONS.get(target, {}),
             },
         )
+        return _place(staged, out)
+
+
+def _place(staged: Path, out: Path) -> Path:
+    atomic_write_bytes(out, staged.read_bytes())
     return out
 
 

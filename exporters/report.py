@@ -37,8 +37,9 @@ from urllib.parse import unquote
 from markdown_it import MarkdownIt
 from markdown_it.common.utils import escapeHtml
 
+from compressor import schemas
 from compressor.errors import UserError
-from compressor.io import atomic_write_bytes, atomic_write_text
+from compressor.io import atomic_write_bytes, atomic_write_text, confined
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +48,7 @@ PROFILE_ROW_KEYS = ("model", "backend", "batch", "size")
 
 
 def _load(path: str | Path) -> dict:
-    try:
-        return json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise UserError(f"{path}: not valid JSON ({str(exc)[:160]})") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    return schemas.read_json(path)  # bounded size and depth; one line naming the file otherwise
 
 
 def classify(paths: list[str | Path]) -> tuple[list[dict], list[dict], list[dict]]:
@@ -71,11 +65,11 @@ def classify(paths: list[str | Path]) -> tuple[list[dict], list[dict], list[dict
                         f"{p}: results[{i}] lacks {', '.join(repr(k) for k in missing)}; not a profile "
                         f"row written by compress profile"
                     )
-            profiles.append(doc)
+            profiles.append(schemas.check(doc, schemas.ProfileDoc, str(p)))
         elif isinstance(doc, dict) and "teacher" in doc and "student" in doc:
-            evals.append(doc)
+            evals.append(schemas.check(doc, schemas.EvalDoc, str(p)))
         elif isinstance(doc, dict) and "onnx" in doc:
-            exports.append(doc)
+            exports.append(schemas.check(doc, schemas.ExportDoc, str(p)))
         else:
             raise UserError(f"{p}: neither a profile.json, an eval.json nor an export.json")
     return profiles, evals, exports
@@ -263,6 +257,11 @@ def _color(role: str) -> str:
     return {"teacher": TEACHER_COLOR, "student": STUDENT_COLOR}.get(role, OTHER_COLOR)
 
 
+def _finite(v) -> bool:
+    """A number a plot can place (not None, NaN or infinite: PSNR of identical images is +inf)."""
+    return isinstance(v, (int, float)) and math.isfinite(v)
+
+
 def whisker(lat: dict) -> tuple[float, float, float]:
     """(low, p50, high) of a latency record: p10 (or min) to p90, never below zero, always around p50."""
     p50 = float(lat["p50"])
@@ -397,7 +396,7 @@ def _pareto_points(ev: dict, per_machine: dict) -> tuple[Optional[str], list]:
         (k, m, r)
         for m, rows in per_machine.items()
         for k, r in rows
-        if metric and k[1] in ("teacher", "student") and metric in ev.get(k[1], {})
+        if metric and k[1] in ("teacher", "student") and _finite(ev.get(k[1], {}).get(metric))
     ]
     return metric, points
 
@@ -482,7 +481,7 @@ def headline(ev: Optional[dict], profiles: list[dict]) -> Optional[str]:
                 noisy = " (noisy)" if (x["noise_ratio"] or 0) > NOISY_RATIO else ""
                 parts.append(f"{x['backend']} {x['speedup']:.1f}× faster{noisy}")
     pct = (ev or {}).get("student_pct_of_teacher", {})
-    if "psnr" in pct and "psnr" in s and "psnr" in t:
+    if all(_finite(x) for x in (pct.get("psnr"), s.get("psnr"), t.get("psnr"))):
         parts.append(f"PSNR {s['psnr']:.1f} dB ({pct['psnr']:.0f}% of the teacher's {t['psnr']:.1f})")
     if s.get("fid") is not None and t.get("fid") is not None:
         parts.append(f"FID {t['fid']:.1f} → {s['fid']:.1f} (n = {ev.get('n_images')})")
@@ -928,9 +927,12 @@ def loss_terms_table(metrics_path: str | Path) -> list[str]:
     values: dict[str, list[float]] = defaultdict(list)
     shares: dict[str, list[float]] = defaultdict(list)
     weights: dict[str, float] = {}
+    path = confined(metrics_path, Path(metrics_path).parent)  # a symlink out of the run folder is not read
+    if path is None:
+        return []
     try:
-        lines = Path(metrics_path).read_text().splitlines()
-    except (OSError, UnicodeDecodeError):
+        lines = schemas.read_text_bounded(path).splitlines()
+    except UserError:
         return []
     for line in lines:
         try:
@@ -972,9 +974,30 @@ def loss_terms_table(metrics_path: str | Path) -> list[str]:
 
 
 def _samples_for(eval_path: Path) -> Optional[Path]:
-    """The sample grid a run's evaluate stage wrote next to its eval.json (samples/eval.png)."""
-    p = Path(eval_path).parent / "samples" / "eval.png"
-    return p if p.is_file() else None
+    """The sample grid a run's evaluate stage wrote next to its eval.json (samples/eval.png), when it lies inside
+    that folder (a symlink out of it, say to ``~/.ssh/id_rsa``, is not read) and is a PNG of bounded size."""
+    folder = Path(eval_path).parent
+    p = folder / "samples" / "eval.png"
+    if not p.exists() and not p.is_symlink():
+        return None
+    real = confined(p, folder)
+    if real is None or not _is_png(real):
+        log.warning("%s: not a PNG file inside %s; the report leaves it out", p, folder)
+        return None
+    return p
+
+
+MAX_SAMPLE_BYTES = 64 << 20
+
+
+def _is_png(path: Path) -> bool:
+    try:
+        if path.stat().st_size > MAX_SAMPLE_BYTES:
+            return False
+        with open(path, "rb") as f:
+            return f.read(8) == b"\x89PNG\r\n\x1a\n"
+    except OSError:
+        return False
 
 
 def _read_image(path: Path) -> bytes:
@@ -1000,8 +1023,11 @@ def write_report(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     grids: list[Path] = []
-    if samples and Path(samples).is_file():
-        grids.append(Path(samples))
+    if samples and (Path(samples).exists() or Path(samples).is_symlink()):
+        if _is_png(Path(samples)):  # named by the caller: read wherever it is, if it is a PNG
+            grids.append(Path(samples))
+        else:
+            log.warning("%s: not a PNG file; the report leaves it out", samples)
     for p in paths:
         doc = _load(p)
         if isinstance(doc, dict) and "teacher" in doc and "student" in doc:
@@ -1034,13 +1060,14 @@ def write_report(
 def report_run(run) -> tuple[Path, Path]:
     files = [f for f in (run.profile_json, run.eval_json, run.export_json) if f.exists()]
     bench = run.root / "benchmark.json"
+    grid = _samples_for(run.eval_json)  # inside the run folder only
     return write_report(
         [f for f in files if f == run.profile_json] + ([bench] if bench.exists() else []),
         [f for f in files if f == run.eval_json],
         run.root,
         f"compressor report: {run.root.name}",
         [f for f in files if f == run.export_json],
-        run.eval_samples,
+        grid,
     )
 
 

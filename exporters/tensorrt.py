@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from compressor.errors import ExportError, UserError
-from compressor.io import atomic_write_bytes, atomic_write_json
+from compressor.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 from . import trt_rules
 from .runtimes import Runner, backend_available, ort_session
@@ -584,7 +584,7 @@ def check_engine(engine_path: Path, onnx_path: Path, inputs: list, precision: st
             f"{engine_path}: TensorRT output differs from ONNX Runtime beyond {par['limit']} (max abs "
             f"{par['max_abs']:.3g}, PSNR {par['psnr_min']:.1f} dB)"
         )
-        marker.write_text(msg + "\n")
+        atomic_write_text(marker, msg + "\n")
         raise ExportError(msg)
     marker.unlink(missing_ok=True)
     return par
@@ -724,6 +724,6 @@ def emit_trtexec_script(
         " \\\n  ".join(shlex.quote(c) for c in cmd),
         "",
     ]
-    script.write_text("\n".join(lines))
+    atomic_write_text(script, "\n".join(lines))  # replaces a symlink left at that name, never writes through it
     script.chmod(0o755)
     return script

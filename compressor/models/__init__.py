@@ -212,6 +212,14 @@ def _clean_state_dict(model: nn.Module, state: dict) -> dict:
     return cleaned
 
 
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    if dtype.is_complex:
+        return "complex"
+    return "float" if dtype.is_floating_point else "int"
+
+
 def apply_state_dict(model: nn.Module, state: dict, source: str = "checkpoint", key: str = "teacher.checkpoint"):
     """Load strictly, with messages that name the first mismatching keys, counts and shapes."""
     state = _clean_state_dict(model, state)
@@ -226,6 +234,13 @@ def apply_state_dict(model: nn.Module, state: dict, source: str = "checkpoint", 
             parts.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:3])})")
         raise CheckpointError(f"{key}: {source} does not match the architecture: keys " + "; ".join(parts))
     for k, v in own.items():
+        if not torch.is_tensor(state[k]):
+            raise CheckpointError(f"{key}: {source}: {k} is a {type(state[k]).__name__}, not a tensor")
+        if _kind(state[k].dtype) != _kind(v.dtype):  # load_state_dict would cast int/bool/complex silently
+            raise CheckpointError(
+                f"{key}: {source}: {k} holds {state[k].dtype} values where the model has {v.dtype} "
+                f"(not weights of this model)"
+            )
         if tuple(state[k].shape) != tuple(v.shape):
             raise CheckpointError(
                 f"{key}: {source} does not match the architecture: {k} has shape "

@@ -56,8 +56,38 @@ def _tensor_part(obj: Mapping) -> dict:
     return {k: v for k, v in obj.items() if torch.is_tensor(v)}
 
 
+MAX_CHECKPOINT_BYTES = 8 << 30  # unpacked; the largest GAN generators are a few hundred MB
+MAX_DEFLATE_RATIO = 20  # torch.save stores tensors uncompressed; a deflated entry this much smaller is a bomb
+
+
+def check_checkpoint_size(path: Path, key: str) -> None:
+    """Bounds before ``torch.load`` allocates: the file's size and, for a zip, what its entries unpack to."""
+    try:
+        size = Path(path).stat().st_size
+    except OSError as exc:
+        raise CheckpointError(f"{key}: {path}: cannot read ({exc.strerror or exc})") from None
+    if size > MAX_CHECKPOINT_BYTES:
+        raise CheckpointError(f"{key}: {path} is {size / 2**30:.1f} GiB; at most {MAX_CHECKPOINT_BYTES >> 30} GiB")
+    if not zipfile.is_zipfile(path):
+        return
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as exc:
+        raise CheckpointError(f"{key}: {path} is corrupt or not a PyTorch checkpoint ({exc})") from None
+    total = sum(i.file_size for i in infos)
+    packed = [i for i in infos if i.compress_type != zipfile.ZIP_STORED]
+    ratio = sum(i.file_size for i in packed) / max(1, sum(i.compress_size for i in packed)) if packed else 1
+    if total > MAX_CHECKPOINT_BYTES or ratio > MAX_DEFLATE_RATIO:
+        raise CheckpointError(
+            f"{key}: {path} unpacks to {total / 2**20:,.0f} MiB from {size / 2**20:,.1f} MiB (compressed "
+            f"{ratio:.0f}:1); not a checkpoint torch.save writes"
+        )
+
+
 def read_checkpoint(path: Path, trust: bool, key: str) -> Any:
     """The object stored in ``path`` (safetensors, zip or legacy torch.save), loaded without code execution."""
+    check_checkpoint_size(path, key)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
