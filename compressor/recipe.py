@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError, UserError
 from .remote import check_host, check_program, check_ssh_option
@@ -216,8 +216,7 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
 # docs/benchmarks.md.
 SRP_DEFAULT_WEIGHT = 5.0
 SRP_OLD_DEFAULT_WEIGHT = 10.0  # the default before normalize existed (per-entry scale)
-_NOTED: set[str] = set()
-_PENDING_NOTES: list[str] = []  # notes of the recipe being validated; an invalid recipe says only its error
+_NOTED: set[str] = set()  # notes already logged (once per process)
 
 
 class StudentSpec(Strict):
@@ -278,6 +277,7 @@ class GanLossSpec(WeightSpec):
 
 
 class SrpLossSpec(TeacherWeightSpec):
+    _note: str = PrivateAttr("")  # how to convert a weight written before normalize existed (log_old_weights)
     weight: float = Field(SRP_DEFAULT_WEIGHT, ge=0)
     layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
     layer_weights: Optional[list[float]] = Field(None, description="one weight per layer (default: all 1)")
@@ -307,7 +307,7 @@ class SrpLossSpec(TeacherWeightSpec):
                     f"weight about {SRP_DEFAULT_WEIGHT:g} (the default), or divide this one by each tap's H·W "
                     f"(16² tap: /256) for the same effect"
                 )
-                _PENDING_NOTES.append(note)  # said once the whole recipe is valid (parse_recipe)
+                self._note = note
         return self
 
 
@@ -325,6 +325,14 @@ class LossesSpec(Strict):
     srp: SrpLossSpec = Field(default_factory=SrpLossSpec, description="semantic relation preserving loss")
     feat: FeatLossSpec = Field(default_factory=FeatLossSpec, description="feature L2 through 1x1 adapters")
     cycle: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=10.0), description="unpaired cycle loss")
+
+    def log_old_weights(self) -> None:
+        """One log line per process for a weight that keeps its meaning from before the per-row scale (called when
+        distillation starts, so that a recipe with an error prints that error alone)."""
+        note = self.srp._note
+        if note and self.srp.weight > 0 and note not in _NOTED:
+            _NOTED.add(note)
+            log.warning(note)
 
     def active(self) -> dict[str, WeightSpec]:
         """The terms with a positive weight, by name, in field order."""
@@ -721,7 +729,6 @@ def parse_recipe(
         raise RecipeError(f"{source}: top-level keys must be strings")
     doc = apply_overrides(doc, overrides or [])
     lines = _line_index(text, root)
-    _PENDING_NOTES.clear()
     try:
         recipe = Recipe.model_validate(doc)
     except ValidationError as exc:
@@ -732,11 +739,6 @@ def parse_recipe(
     recipe._source = Path(source)
     if check_paths:
         check_recipe_paths(recipe, lines, source)
-    for note in _PENDING_NOTES:
-        if note not in _NOTED:
-            _NOTED.add(note)
-            log.warning(note)
-    _PENDING_NOTES.clear()
     return recipe
 
 

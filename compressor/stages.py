@@ -373,6 +373,7 @@ def distill_setup(ctx: Context):
     """Teachers, students, taps and loss settings for the distill stage."""
     r, run = ctx.recipe, ctx.run
     L = r.distill.losses
+    L.log_old_weights()
     # when no loss looks at the teacher, train without loading or running it
     teacher_of = (
         (lambda reverse=False: load_run_teacher(run, reverse))

@@ -219,7 +219,9 @@ def test_srp_weight_set_before_normalize_existed_keeps_its_meaning_and_digest(ca
     assert new.distill.losses.srp.normalize == "rows" and new.distill.losses.srp.weight == SRP_DEFAULT_WEIGHT
     with caplog.at_level("WARNING", logger="compressor.recipe"):
         old = parse_recipe(head + "distill: {losses: {srp: {weight: 12.5}}}\n")
-        parse_recipe(head + "distill: {losses: {srp: {weight: 12.5}}}\n")
+        assert not caplog.records  # parsing says nothing: a recipe with an error prints that error alone
+        old.distill.losses.log_old_weights()  # the distill stage's first step
+        parse_recipe(head + "distill: {losses: {srp: {weight: 12.5}}}\n").distill.losses.log_old_weights()
     assert old.distill.losses.srp.normalize == "entries"  # the old per-entry scale: the run means what it meant
     notes = [r.getMessage() for r in caplog.records if "srp.weight 12.5" in r.getMessage()]
     assert len(notes) == 1 and "normalize: rows" in notes[0]  # one line saying how to convert
