@@ -475,78 +475,23 @@ def plan_width(
         workdir = Path(tempfile.mkdtemp(prefix="compressor-plan-"))
         measure = ProfileMeasure(budget, size, workdir)
     if fingerprint is None:
-        fingerprint = (
-            {"counts": "no measurement"}
-            if counts
-            else measure.fingerprint()
-            if isinstance(measure, ProfileMeasure)
-            else {"measure": getattr(measure, "__qualname__", type(measure).__name__)}
-        )
+        fingerprint = _fingerprint(counts, measure)
     key = plan_key(teacher, budget, margin, method, size, grid, fingerprint)
     out = run_dir / "plan.json" if run_dir else None
-    if out and out.exists() and not force:
-        try:
-            prev = read_json(out, PlanJson)
-        except UserError as exc:  # a cache: measured again, and rewritten
-            log.warning("%s; measuring again", exc)
-            prev = {}
-        if prev.get("key") == key:
-            log.info("plan: up to date (same teacher, budget and machine), width %g", prev["width"])
-            if workdir:
-                shutil.rmtree(workdir, ignore_errors=True)
-            return {**prev, "cached": True}
+    prev = _cached_plan(out, key) if out and out.exists() and not force else None
+    if prev is not None:
+        if workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        return prev
     t0 = time.perf_counter()
     p = _Planner(teacher, budget, method, size, grid, measure, warmup, iters, confirm_iters, count_macs)
-    teacher_ms = None
     try:
-        if counts:
-            kind = "macs" if budget.macs is not None else "params"
-            limit = float(budget.macs if budget.macs is not None else budget.params)
-            best, target = p.search_count(kind, limit), limit
-        else:
-            if budget.speedup is not None:
-                if grid[-1] == 1.0:  # the width-1 student has the teacher's architecture
-                    p.time([len(grid) - 1], confirm=True)
-                    teacher_ms = p.lat(len(grid) - 1)
-                else:
-                    tc = Candidate(1.0)
-                    tc.model, tc.plan = make_student(teacher, 1.0, method, "scratch", p.example)
-                    teacher_ms = measure([tc], warmup, confirm_iters)[0][budget.stat]
-                target = teacher_ms / budget.speedup * (1 - margin)
-            else:
-                target = budget.latency_ms * (1 - margin)
-            best = p.search_latency(target, lambda: _budget_text(budget, target, margin, teacher_ms))
+        best, target, teacher_ms = _search(p, budget, margin, counts)
     finally:
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-    chosen = p.cands[best]
-    nxt = p.cands[best + 1] if best + 1 < len(grid) else None
-    teacher_cx = _teacher_counts(teacher, p.example, count_macs)
-    doc = {
-        "schema": SCHEMA,
-        "key": key,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-        "budget": budget.model_dump(mode="json", exclude_none=True),
-        "margin": margin,
-        "size": size,
-        "method": method,
-        "stat": budget.stat,
-        "target": target,
-        "teacher": {
-            "signature": model_signature(teacher),
-            **teacher_cx,
-            **({"latency_ms": teacher_ms} if teacher_ms is not None else {}),
-        },
-        "fingerprint": fingerprint,
-        "environment": getattr(measure, "environment", None),
-        "candidates": [c.row() for c in p.cands if c.params is not None],
-        "choice": chosen.row(),
-        "next_wider": nxt.row() if nxt is not None and nxt.params is not None else None,
-        "width": chosen.width,
-        "seconds": round(time.perf_counter() - t0, 1),
-        "cached": False,
-    }
-    if chosen.width == 1.0:
+    doc = _plan_doc(p, best, key, margin, target, teacher_ms, fingerprint, t0)
+    if doc["width"] == 1.0:
         log.warning("plan: the teacher itself meets the budget; width 1 keeps every channel")
     if out:
         if plot:
@@ -556,6 +501,92 @@ def plan_width(
                 log.warning("plan: matplotlib is not installed; no plan.png")
         atomic_write_json(out, doc)
     return doc
+
+
+def _plan_doc(
+    p: _Planner,
+    best: int,
+    key: str,
+    margin: float,
+    target: float,
+    teacher_ms: float | None,
+    fingerprint: dict,
+    t0: float,
+) -> dict:
+    """The plan document for the candidate ``best`` of ``p`` (``t0``: when the search started)."""
+    chosen = p.cands[best]
+    nxt = p.cands[best + 1] if best + 1 < len(p.cands) else None
+    teacher_cx = _teacher_counts(p.teacher, p.example, p.count_macs)
+    return {
+        "schema": SCHEMA,
+        "key": key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "budget": p.budget.model_dump(mode="json", exclude_none=True),
+        "margin": margin,
+        "size": p.size,
+        "method": p.method,
+        "stat": p.budget.stat,
+        "target": target,
+        "teacher": {
+            "signature": model_signature(p.teacher),
+            **teacher_cx,
+            **({"latency_ms": teacher_ms} if teacher_ms is not None else {}),
+        },
+        "fingerprint": fingerprint,
+        "environment": getattr(p.measure, "environment", None),
+        "candidates": [c.row() for c in p.cands if c.params is not None],
+        "choice": chosen.row(),
+        "next_wider": nxt.row() if nxt is not None and nxt.params is not None else None,
+        "width": chosen.width,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "cached": False,
+    }
+
+
+def _fingerprint(counts: bool, measure: Measure | None) -> dict:
+    """What the plan's latencies depend on: nothing for a count budget, else the machine/backend (or the
+    ``measure`` callable's name)."""
+    if counts:
+        return {"counts": "no measurement"}
+    if isinstance(measure, ProfileMeasure):
+        return measure.fingerprint()
+    return {"measure": getattr(measure, "__qualname__", type(measure).__name__)}
+
+
+def _cached_plan(out: Path, key: str) -> dict | None:
+    """The plan in ``out`` marked ``cached`` when it was made for ``key``; None when it must be measured again."""
+    try:
+        prev = read_json(out, PlanJson)
+    except UserError as exc:  # a cache: measured again, and rewritten
+        log.warning("%s; measuring again", exc)
+        return None
+    if prev.get("key") != key:
+        return None
+    log.info("plan: up to date (same teacher, budget and machine), width %g", prev["width"])
+    return {**prev, "cached": True}
+
+
+def _search(p: _Planner, budget: BudgetSpec, margin: float, counts: bool) -> tuple[int, float, float | None]:
+    """(grid index of the widest candidate meeting the budget, the target it met, the teacher's latency when a
+    speedup budget measured it)."""
+    if counts:
+        kind = "macs" if budget.macs is not None else "params"
+        limit = float(budget.macs if budget.macs is not None else budget.params)
+        return p.search_count(kind, limit), limit, None
+    teacher_ms = None
+    if budget.speedup is not None:
+        if p.cands[-1].width == 1.0:  # the width-1 student has the teacher's architecture
+            p.time([len(p.cands) - 1], confirm=True)
+            teacher_ms = p.lat(len(p.cands) - 1)
+        else:
+            tc = Candidate(1.0)
+            tc.model, tc.plan = make_student(p.teacher, 1.0, p.method, "scratch", p.example)
+            teacher_ms = p.measure([tc], p.warmup, p.confirm_iters)[0][budget.stat]
+        target = teacher_ms / budget.speedup * (1 - margin)
+    else:
+        target = budget.latency_ms * (1 - margin)
+    best = p.search_latency(target, lambda: _budget_text(budget, target, margin, teacher_ms))
+    return best, target, teacher_ms
 
 
 def _teacher_counts(teacher: nn.Module, example: torch.Tensor, macs: bool) -> dict:

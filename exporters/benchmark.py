@@ -22,7 +22,7 @@ import torch.nn as nn
 from compressor.errors import ExportError, UserError
 from compressor.metrics import paired_metrics
 
-from .export import FORMATS
+from .export import FORMATS, Format
 from .profile import environment, time_artifact
 from .runtimes import BACKENDS, backend_available, make_runner
 
@@ -97,64 +97,12 @@ def benchmark(
         if why:
             row.update(status="not installed", reason=why, install=fmt.extra)
             continue
-        path = fmt.path(out, stem, prec)
-        try:
-            if prec in fmt.calibrated and not calibration:
-                raise UserError("INT8 needs calibration images (the run's train images, or --data FOLDER)")
-            onnx = FORMATS["onnx"].path(out, stem, "fp32")
-            rec = fmt.exporter(
-                model,
-                path,
-                x,
-                precision=prec,
-                size=size,
-                calibration=calibration if prec in fmt.calibrated else None,
-                metadata=metadata,
-                onnx_path=onnx if onnx.exists() else None,
-            )
-        except (ExportError, UserError) as exc:
-            row.update(status="failed", reason=f"export: {str(exc).splitlines()[0][:300]}")
+        path = _export_row(row, fmt, prec, model, out, stem, x, size=size, calibration=calibration, metadata=metadata)
+        if path is None:
             continue
-        except Exception as exc:  # noqa: BLE001 - a converter's own error, reported as the row's reason
-            log.debug("export of %s %s failed", fmt.name, prec, exc_info=True)
-            row.update(status="failed", reason=f"export: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-            continue
-        row.update(file=rec["path"], bytes=_size(path), export_seconds=rec.get("seconds"), parity=rec.get("parity"))
-        ok, why = backend_available(fmt.backend)
-        if ok:
-            why = BACKENDS[fmt.backend].load().refuse(BACKENDS[fmt.backend], prec, BACKENDS[fmt.backend].device)
-            ok = not why
-        if not ok:
-            row.update(status="export-only", reason=why)
-            continue
-        is_torch = BACKENDS[fmt.backend].artifact == "torch"
-        try:
-            y = _outputs(fmt.backend, (lambda: model) if is_torch else path, x, threads)
-        except Exception as exc:  # noqa: BLE001 - a runtime's own error, reported as the row's reason
-            row.update(status="failed", reason=f"run: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
-            continue
-        q = paired_metrics(torch.from_numpy(y), ref_t)
-        row.update(psnr=float(q["psnr"].mean()), ssim=float(q["ssim"].mean()))
-        timing = time_artifact(
-            fmt.backend,
-            None if is_torch else path,
-            precision=prec,
-            size=size,
-            input_nc=x.shape[1],
-            torch_ref=torch_ref if is_torch else None,
-            warmup=warmup,
-            iters=iters,
-            threads=threads,
-        )
-        if timing.get("status") != "ok":
-            row.update(status="failed", reason=f"timing: {timing.get('reason', 'no result')}")
-            continue
-        lat = timing["latency_ms"]
-        row.update(status="passed", latency_ms=lat, p50_ms=lat["p50"], ips=lat["throughput_ips"])
-        for key in ("peak_memory_mb", "device"):
-            if key in timing:
-                row[key] = timing[key]
-        row["seconds"] = round(time.perf_counter() - t0, 2)
+        timing = dict(torch_ref=torch_ref, threads=threads, warmup=warmup, iters=iters)
+        if _run_row(row, fmt, prec, model, path, x, ref_t, size=size, **timing):
+            row["seconds"] = round(time.perf_counter() - t0, 2)
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -165,6 +113,100 @@ def benchmark(
         "environment": environment(threads),
         "rows": rows,
     }
+
+
+def _export_row(
+    row: dict,
+    fmt: Format,
+    prec: str,
+    model: nn.Module,
+    out: Path,
+    stem: str,
+    x: np.ndarray,
+    *,
+    size: int,
+    calibration: Optional[list[np.ndarray]],
+    metadata: Optional[dict],
+) -> Optional[Path]:
+    """Export one format at one precision for ``row``: the artifact's path, or None with the row marked failed."""
+    path = fmt.path(out, stem, prec)
+    try:
+        if prec in fmt.calibrated and not calibration:
+            raise UserError("INT8 needs calibration images (the run's train images, or --data FOLDER)")
+        onnx = FORMATS["onnx"].path(out, stem, "fp32")
+        rec = fmt.exporter(
+            model,
+            path,
+            x,
+            precision=prec,
+            size=size,
+            calibration=calibration if prec in fmt.calibrated else None,
+            metadata=metadata,
+            onnx_path=onnx if onnx.exists() else None,
+        )
+    except (ExportError, UserError) as exc:
+        row.update(status="failed", reason=f"export: {str(exc).splitlines()[0][:300]}")
+        return None
+    except Exception as exc:  # noqa: BLE001 - a converter's own error, reported as the row's reason
+        log.debug("export of %s %s failed", fmt.name, prec, exc_info=True)
+        row.update(status="failed", reason=f"export: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        return None
+    row.update(file=rec["path"], bytes=_size(path), export_seconds=rec.get("seconds"), parity=rec.get("parity"))
+    return path
+
+
+def _run_row(
+    row: dict,
+    fmt: Format,
+    prec: str,
+    model: nn.Module,
+    path: Path,
+    x: np.ndarray,
+    ref_t: torch.Tensor,
+    *,
+    size: int,
+    torch_ref: dict,
+    threads: Optional[int],
+    warmup: int,
+    iters: int,
+) -> bool:
+    """Run an exported artifact in its backend, compare with the reference and time it; True when ``row`` passed
+    (otherwise its status says why: export-only where the backend cannot run it here, or failed)."""
+    ok, why = backend_available(fmt.backend)
+    if ok:
+        why = BACKENDS[fmt.backend].load().refuse(BACKENDS[fmt.backend], prec, BACKENDS[fmt.backend].device)
+        ok = not why
+    if not ok:
+        row.update(status="export-only", reason=why)
+        return False
+    is_torch = BACKENDS[fmt.backend].artifact == "torch"
+    try:
+        y = _outputs(fmt.backend, (lambda: model) if is_torch else path, x, threads)
+    except Exception as exc:  # noqa: BLE001 - a runtime's own error, reported as the row's reason
+        row.update(status="failed", reason=f"run: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
+        return False
+    q = paired_metrics(torch.from_numpy(y), ref_t)
+    row.update(psnr=float(q["psnr"].mean()), ssim=float(q["ssim"].mean()))
+    timing = time_artifact(
+        fmt.backend,
+        None if is_torch else path,
+        precision=prec,
+        size=size,
+        input_nc=x.shape[1],
+        torch_ref=torch_ref if is_torch else None,
+        warmup=warmup,
+        iters=iters,
+        threads=threads,
+    )
+    if timing.get("status") != "ok":
+        row.update(status="failed", reason=f"timing: {timing.get('reason', 'no result')}")
+        return False
+    lat = timing["latency_ms"]
+    row.update(status="passed", latency_ms=lat, p50_ms=lat["p50"], ips=lat["throughput_ips"])
+    for key in ("peak_memory_mb", "device"):
+        if key in timing:
+            row[key] = timing[key]
+    return True
 
 
 def _size(path: Path) -> int:

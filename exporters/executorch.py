@@ -17,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from compressor.errors import ExportError
+
 from .mobile import (
     FP32_MAX_ABS,
     MIN_PSNR,
@@ -102,8 +104,6 @@ def export_executorch(
     try:
         buffer = _lower(net, x, meta)
     except Exception as exc:  # noqa: BLE001 - torch.export and the lowering raise many types
-        from compressor.errors import ExportError
-
         raise ExportError(f"executorch {precision}: {first_line(exc)}") from None
 
     def write(tmp: Path) -> None:

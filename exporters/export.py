@@ -165,28 +165,42 @@ def export_model(
     trt_int8 = spec.for_tensorrt and (spec.precision == "int8" or spec.int8)
     if (spec.int8 or trt_int8) and not calibration:
         raise UserError("INT8 needs calibration images (the recipe's data, or --data FOLDER)")
-    if spec.int8:
-        path = out / f"{spec.name}.int8.onnx"
-        quantize_onnx(onnx_path, path, calibration, "cpu")
-        rec["int8"] = {
-            **compare_int8(onnx_path, path, samples),
-            "path": path.name,
-            "calibration_images": len(calibration),
-            "target": "cpu",
-        }
     trt_int8_path = out / f"{spec.name}.trt-int8.onnx"
+    if spec.int8:
+        _int8_file(rec, onnx_path, out / f"{spec.name}.int8.onnx", "cpu", samples, calibration)
     if trt_int8:
-        quantize_onnx(onnx_path, trt_int8_path, calibration, "tensorrt")
-        rec["int8_tensorrt"] = {
-            **compare_int8(onnx_path, trt_int8_path, samples),
-            "path": trt_int8_path.name,
-            "calibration_images": len(calibration),
-            "target": "tensorrt",
-        }
-    if not spec.for_tensorrt:
-        return rec
+        _int8_file(rec, onnx_path, trt_int8_path, "tensorrt", samples, calibration)
+    if spec.for_tensorrt:
+        _tensorrt_files(rec, model, out, spec, samples, onnx_path, trt_int8_path, trt_int8, dynamic)
+    return rec
 
-    # TensorRT: lint what it will read, then build (where installed) and write the trtexec scripts
+
+def _int8_file(
+    rec: dict, onnx_path: Path, path: Path, target: str, samples: torch.Tensor, calibration: list[np.ndarray]
+) -> None:
+    """Quantise ``onnx_path`` to ``path`` for ``target`` ("cpu" or "tensorrt") and record it with its comparison
+    against FP32 under ``int8`` (cpu) or ``int8_tensorrt``."""
+    quantize_onnx(onnx_path, path, calibration, target)
+    rec["int8" if target == "cpu" else "int8_tensorrt"] = {
+        **compare_int8(onnx_path, path, samples),
+        "path": path.name,
+        "calibration_images": len(calibration),
+        "target": target,
+    }
+
+
+def _tensorrt_files(
+    rec: dict,
+    model: nn.Module,
+    out: Path,
+    spec: ExportSpec,
+    samples: torch.Tensor,
+    onnx_path: Path,
+    trt_int8_path: Path,
+    trt_int8: bool,
+    dynamic: list[str],
+) -> None:
+    """TensorRT: lint what it will read, then build (where installed) and write the trtexec scripts."""
     available, why = tensorrt_available() if spec.tensorrt else (False, "")
     versions = sorted(set(spec.trt_versions) | ({trt_major()} if available else set()))
     engine_src = trt_int8_path if spec.precision == "int8" else onnx_path
@@ -197,7 +211,11 @@ def export_model(
         x for x in rec["tensorrt_lints"] if x["file"] == engine_src.name and x["target"] == str(main_version)
     )
     shapes = default_profile(
-        spec.size, "hw" in dynamic, mult, max_batch=1 if spec.static else 8, channels=input_channels(model, samples)
+        spec.size,
+        "hw" in dynamic,
+        size_multiple(model),
+        max_batch=1 if spec.static else 8,
+        channels=input_channels(model, samples),
     )
     if spec.tensorrt:
         if available:
@@ -224,7 +242,6 @@ def export_model(
             ).name
             for v in spec.trt_versions
         ]
-    return rec
 
 
 def write_record(path: str | Path, record: dict) -> Path:
@@ -594,6 +611,87 @@ def folder_images(data: Path, size: int, n: int) -> torch.Tensor:
     return torch.stack([ds[i]["input"] for i in range(min(n, len(ds)))])
 
 
+def _command_formats(spec: ExportSpec) -> list[str]:
+    """The formats ``compress export`` was asked for (``onnx`` by default), each checked against the spec."""
+    formats = list(dict.fromkeys(spec.formats or ("onnx",)))
+    for f in formats:
+        if f not in FORMATS:
+            raise UserError(f"--format: unknown format {f!r}; choose from {format_help()}")
+        fmt = FORMATS[f]
+        if spec.precision not in fmt.precisions and f not in ("onnx", "tensorrt"):
+            raise UserError(f"--precision: {f} exports {', '.join(fmt.precisions)}, not {spec.precision}")
+        if fmt.missing():
+            raise UserError(f"--format {f}: {fmt.missing()[0]} is not installed: {fmt.extra}")
+    return formats
+
+
+def _export_format(
+    f: str,
+    model: nn.Module,
+    out_dir: Path,
+    spec: ExportSpec,
+    samples: torch.Tensor,
+    calibration: Optional[list[np.ndarray]],
+    onnx_flow: bool,
+) -> tuple[dict, str]:
+    """Export one non-ONNX format of the export formats table: its record and the line that reports it."""
+    fmt = FORMATS[f]
+    path = fmt.path(out_dir, spec.name, spec.precision)
+    onnx_fp32 = out_dir / f"{spec.name}.onnx"
+    res = fmt.exporter(
+        model,
+        path,
+        samples,
+        precision=spec.precision,
+        static=spec.static,
+        size=spec.size,
+        calibration=calibration if spec.precision in fmt.calibrated else None,
+        metadata=export_metadata(model, spec),
+        onnx_path=onnx_fp32 if onnx_flow and onnx_fp32.exists() and not spec.static else None,
+        max_drop=spec.max_drop,
+    )
+    par = res.get("parity", {})
+    what = ", ".join(
+        x
+        for x in (
+            f"max abs error {par['max_abs']:.2e}" if "max_abs" in par else "",
+            f"PSNR {par['psnr_min']:.1f} dB" if "psnr_min" in par else "",
+        )
+        if x
+    )
+    how = f", {res['method']}, {res['calibration_images']} calibration images" if "method" in res else ""
+    return res, f"wrote {path} ({f} {spec.precision}{how}; against {par.get('against', 'pytorch')}: {what})"
+
+
+def _record_lines(rec: dict, out_dir: Path, precision: str) -> list[str]:
+    """The printed lines for what :func:`export_model` wrote: ONNX files, INT8 files, lints and the engine."""
+    lines = []
+    for info in rec["onnx"].values():
+        par = info["parity"]
+        lines.append(
+            f"wrote {out_dir / info['path']} (parity: max abs error {par['max_abs']:.2e} over "
+            f"{len(par['cases'])} input shapes)"
+        )
+    for key in ("int8", "int8_tensorrt"):
+        if key in rec:
+            q = rec[key]
+            lines.append(
+                f"wrote {out_dir / q['path']} ({q['target']} INT8, {q['calibration_images']} calibration "
+                f"images): PSNR vs FP32 {q['psnr_vs_fp32']:.1f} dB; latency {q['latency_ms_int8']:.2f} ms "
+                f"vs {q['latency_ms_fp32']:.2f} ms FP32"
+            )
+    for lint in rec.get("tensorrt_lints", []):
+        lines.append(f"TensorRT {lint['target']} lint of {lint['file']}: {lint['nodes']} nodes, no problems")
+    if "tensorrt" in rec:
+        res, par = rec["tensorrt"], rec["tensorrt"]["parity"]
+        lines.append(f"wrote {out_dir / res['path']} (TensorRT {res['tensorrt_version']}, {precision}, {res['gpu']})")
+        lines.append(
+            f"TensorRT vs ONNX Runtime: max abs {par['max_abs']:.2e}, PSNR {par['psnr_min']:.1f} dB "
+            f"(limit {par['limit']}) - passed"
+        )
+    return lines
+
+
 def export_command(
     model: nn.Module,
     out_dir: Path,
@@ -629,75 +727,19 @@ def export_command(
         metadata=spec.metadata or {"recipe_hash": "", "width": width},
     )
     out_dir = Path(out_dir)
-    formats = list(dict.fromkeys(spec.formats or ("onnx",)))
-    for f in formats:
-        if f not in FORMATS:
-            raise UserError(f"--format: unknown format {f!r}; choose from {format_help()}")
-        fmt = FORMATS[f]
-        if spec.precision not in fmt.precisions and f not in ("onnx", "tensorrt"):
-            raise UserError(f"--precision: {f} exports {', '.join(fmt.precisions)}, not {spec.precision}")
-        if fmt.missing():
-            raise UserError(f"--format {f}: {fmt.missing()[0]} is not installed: {fmt.extra}")
+    formats = _command_formats(spec)
     if "tensorrt" in formats:
         spec = replace(spec, tensorrt=True)
     onnx_flow = "onnx" in formats or spec.for_tensorrt
     rec = export_model(model, out_dir, spec, samples, calibration) if onnx_flow else {"onnx": {}, "notes": []}
-    onnx_fp32 = out_dir / f"{spec.name}.onnx"
     fmt_lines = []
     for f in formats:
         if f in ("onnx", "tensorrt"):
             continue  # written by export_model above
-        fmt = FORMATS[f]
-        path = fmt.path(out_dir, spec.name, spec.precision)
-        res = fmt.exporter(
-            model,
-            path,
-            samples,
-            precision=spec.precision,
-            static=spec.static,
-            size=size,
-            calibration=calibration if spec.precision in fmt.calibrated else None,
-            metadata=export_metadata(model, spec),
-            onnx_path=onnx_fp32 if onnx_flow and onnx_fp32.exists() and not spec.static else None,
-            max_drop=spec.max_drop,
-        )
+        res, line = _export_format(f, model, out_dir, spec, samples, calibration, onnx_flow)
         rec.setdefault("formats", {})[f"{f}:{spec.precision}"] = res
-        par = res.get("parity", {})
-        what = ", ".join(
-            x
-            for x in (
-                f"max abs error {par['max_abs']:.2e}" if "max_abs" in par else "",
-                f"PSNR {par['psnr_min']:.1f} dB" if "psnr_min" in par else "",
-            )
-            if x
-        )
-        how = f", {res['method']}, {res['calibration_images']} calibration images" if "method" in res else ""
-        fmt_lines.append(f"wrote {path} ({f} {spec.precision}{how}; against {par.get('against', 'pytorch')}: {what})")
-    for info in rec["onnx"].values():
-        par = info["parity"]
-        lines.append(
-            f"wrote {out_dir / info['path']} (parity: max abs error {par['max_abs']:.2e} over "
-            f"{len(par['cases'])} input shapes)"
-        )
-    for key in ("int8", "int8_tensorrt"):
-        if key in rec:
-            q = rec[key]
-            lines.append(
-                f"wrote {out_dir / q['path']} ({q['target']} INT8, {q['calibration_images']} calibration "
-                f"images): PSNR vs FP32 {q['psnr_vs_fp32']:.1f} dB; latency {q['latency_ms_int8']:.2f} ms "
-                f"vs {q['latency_ms_fp32']:.2f} ms FP32"
-            )
-    for lint in rec.get("tensorrt_lints", []):
-        lines.append(f"TensorRT {lint['target']} lint of {lint['file']}: {lint['nodes']} nodes, no problems")
-    if "tensorrt" in rec:
-        res, par = rec["tensorrt"], rec["tensorrt"]["parity"]
-        lines.append(
-            f"wrote {out_dir / res['path']} (TensorRT {res['tensorrt_version']}, {spec.precision}, {res['gpu']})"
-        )
-        lines.append(
-            f"TensorRT vs ONNX Runtime: max abs {par['max_abs']:.2e}, PSNR {par['psnr_min']:.1f} dB "
-            f"(limit {par['limit']}) - passed"
-        )
+        fmt_lines.append(line)
+    lines.extend(_record_lines(rec, out_dir, spec.precision))
     lines.extend(fmt_lines)
     lines.extend(rec["notes"])
     for script in rec.get("trtexec", []):

@@ -316,6 +316,18 @@ def _gpu_info() -> dict:
     }
 
 
+def _lint_for_build(src: Path, major: int, minor: int) -> list:
+    """Lint ``src`` for the installed TensorRT ``major.minor``: its warnings; an ExportError on the first problem."""
+    res = lint_onnx(src, f"{major}.{minor}")
+    if not res.ok:
+        p = res.problems[0]
+        raise ExportError(
+            f"{src}: TensorRT {major}.{minor} would reject this ONNX ({p['node']}, {p['op']}: "
+            f"{p['problem']}; {len(res.problems)} problem(s) in all)"
+        )
+    return res.warnings
+
+
 def build_engine(
     onnx_path: Path,
     plan_path: Path,
@@ -338,16 +350,7 @@ def build_engine(
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
     timing_cache = Path(timing_cache or plan_path.with_name("timing.cache"))
     src = engine_source(onnx_path, precision, major, int8_onnx)
-    warnings = []
-    if lint:
-        res = lint_onnx(src, f"{major}.{minor}")
-        warnings = res.warnings
-        if not res.ok:
-            p = res.problems[0]
-            raise ExportError(
-                f"{src}: TensorRT {major}.{minor} would reject this ONNX ({p['node']}, {p['op']}: "
-                f"{p['problem']}; {len(res.problems)} problem(s) in all)"
-            )
+    warnings = _lint_for_build(src, major, minor) if lint else []
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     network = builder.create_network(0)

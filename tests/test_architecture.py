@@ -10,7 +10,7 @@ from conftest import ROOT
 PACKAGES = ("compressor", "exporters")
 # imports inside function bodies: about 170 before the layers were untangled; only optional heavy dependencies
 # (tensorrt, onnxruntime, onnx in the lint, matplotlib, FID weights) and torch in the ONNX Runtime worker stay lazy
-MAX_FUNCTION_LEVEL_IMPORTS = 85
+MAX_FUNCTION_LEVEL_IMPORTS = 100  # 85 before the optional OpenVINO and phone-format runtimes, imported where used
 LIBRARY = (
     "compressor.models",
     "compressor.slim",
@@ -147,8 +147,12 @@ def test_exporters_are_a_leaf():
 
 def test_recipe_schema_is_data():
     graph = _graph()
-    assert graph["compressor.recipe"] <= {"compressor.errors", "compressor.zoo_args"}, graph["compressor.recipe"]
-    assert graph["compressor.zoo_args"] == set()  # the zoo's arguments as data
+    # zoo_args: the zoo's arguments as data; remote: the ssh option allow-list and host/program checks, strings only
+    assert graph["compressor.recipe"] <= {"compressor.errors", "compressor.zoo_args", "compressor.remote"}, graph[
+        "compressor.recipe"
+    ]
+    assert graph["compressor.zoo_args"] == set()
+    assert graph["compressor.remote"] <= {"compressor.errors"}
     assert "compressor.recipe" not in _reaches(graph, "compressor.recipe")
 
 
@@ -194,11 +198,8 @@ MAX_FUNCTION_LINES = 80
 # Functions allowed to be longer, each with its reason. The list only shrinks: an entry that is no longer too long
 # fails the test below until it is removed.
 LONG_FUNCTIONS = {
-    "exporters/tensorrt.py:lint_onnx": "being restructured",
-    "exporters/tensorrt.py:build_engine": "being restructured",
-    "exporters/export.py:export_model": "being restructured",
-    "exporters/profile.py:profile_models": "being restructured",
-    "compressor/plan.py:plan_width": "being restructured",
+    "exporters/tensorrt.py:lint_onnx": "one pass over the graph with a branch per op family (Pad, Resize, Q/DQ, Cast) "
+    "sharing the graph's constants, element types and problem collectors; the rules are data in trt_rules",
 }
 
 
