@@ -43,7 +43,7 @@ distill:
   checkpoint_every: 2
   log_every: 2
   sample_every: 3
-  losses: {{srp: {{weight: 10.0, layers: [encoder, res_mid]}}}}
+  losses: {{srp: {{weight: 10.0, normalize: entries, layers: [encoder, res_mid]}}}}
   discriminator: {{ndf: 8, n_layers: 2}}
 evaluate: {{metrics: [psnr, ssim], samples: 2}}
 export: {{onnx: {{dynamic: [batch]}}}}

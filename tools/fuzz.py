@@ -274,10 +274,14 @@ def t_teacher(d: Path, rng: random.Random) -> int:
 
 def t_run_folder(d: Path, rng: random.Random) -> int:
     from compressor.runfolder import RunDir, load_run_recipe, read_run_json
+    from compressor.stages import STAGE_BY_NAME
 
     run = RunDir(d / "runs" / "tiny")
     mutate_file(rng.choice([run.stages_json, run.run_json]), rng)
-    return _call(lambda: (run.records(), run.up_to_date("teacher", "0"), read_run_json(run), load_run_recipe(run)))
+    teacher = STAGE_BY_NAME["teacher"].outputs
+    return _call(
+        lambda: (run.records(), run.up_to_date("teacher", "0", teacher), read_run_json(run), load_run_recipe(run))
+    )
 
 
 def t_plan(d: Path, rng: random.Random) -> int:
