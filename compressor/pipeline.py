@@ -138,21 +138,20 @@ def run_pipeline(
     dev = resolve_device(device or recipe.device)
     preflight(recipe, build_model=False)  # the zoo, backends and data folder: before the run folder is made
     consent_to_own_import(recipe)  # the recipe being run consents to its own teacher.import
-    with run_lock(Path(out_root) / recipe.name):
-        return _run_stages(
-            recipe,
-            out_root,
-            force,
-            resume,
-            only,
-            dev,
-            trust_checkpoint,
-            nproc,
-            progress,
-            recipe_path,
-            on_stage,
-            build_discriminator,
-        )
+    ctx = Context(
+        recipe,
+        RunDir(Path(out_root) / recipe.name),
+        dev,
+        resume=resume,
+        force=force,
+        trust_checkpoint=trust_checkpoint,
+        nproc=nproc,
+        progress=progress,
+        recipe_path=recipe_path,
+        build_discriminator=build_discriminator,
+    )
+    with run_lock(ctx.run.root):
+        return _run_stages(ctx, Path(out_root), only, on_stage)
 
 
 def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
@@ -174,36 +173,13 @@ def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
 
 
 def _run_stages(
-    recipe,
-    out_root,
-    force,
-    resume,
-    only,
-    dev,
-    trust_checkpoint,
-    nproc,
-    progress,
-    recipe_path,
-    on_stage,
-    build_discriminator=None,
+    ctx: Context, out_root: Path, only: Optional[list[str]], on_stage: Optional[Callable[[StageResult], None]]
 ) -> list[StageResult]:
-    _preflight_checkpoints(
-        Context(recipe, RunDir(Path(out_root) / recipe.name), dev, resume=resume, force=force, recipe_path=recipe_path),
-        only,
-    )
-    run = prepare_run_dir(recipe, Path(out_root), force, recipe_path)
-    ctx = Context(
-        recipe,
-        run,
-        dev,
-        resume=resume,
-        force=force,
-        trust_checkpoint=trust_checkpoint,
-        nproc=nproc,
-        progress=progress,
-        recipe_path=recipe_path,
-        build_discriminator=build_discriminator,
-    )
+    """The stages in order, with one :class:`Context` for the checkpoint pre-flight and every stage."""
+    _preflight_checkpoints(ctx, only)
+    ctx.hashes.clear()  # digested again below, after the run folder is prepared
+    run = ctx.run = prepare_run_dir(ctx.recipe, out_root, ctx.force, ctx.recipe_path)
+    force = ctx.force
     results = []
     for st in STAGES:
         digest = stage_digest(ctx, st.name)

@@ -3,15 +3,16 @@ self-contained report.html (the Markdown rendered by markdown-it-py; plots and s
 URIs).
 
 The Markdown is a list of sections, :data:`REPORT_SECTIONS`, read top to bottom. A section is a function that takes
-the :class:`ReportData` (the merged documents: ``profiles``, ``evals``, ``exports``, ``title``, ``samples``, plus
-shared views such as ``ev``, ``speedups``, ``by_config`` and ``config_keys``) and returns Markdown lines, or ``[]``
-when it has nothing to say. To add one, write the function and put it in the list where it belongs::
+the :class:`ReportData` (the merged documents: ``profiles``, ``evals``, ``exports``, ``title``, ``samples``,
+``benchmarks``, ``metrics``, plus shared views such as ``ev``, ``speedups``, ``by_config`` and ``config_keys``) and
+returns Markdown lines, or ``[]`` when it has nothing to say. To add one, write the function and put it in the list
+where it belongs::
 
-    def section_benchmark(d: ReportData) -> list[str]:
-        rows = [[b["format"], sig(b["ms"])] for ex in d.exports for b in ex.get("benchmark", [])]
-        return ["## Benchmark", "", _table(["format", "p50 ms"], rows), ""] if rows else []
+    def section_file_sizes(d: ReportData) -> list[str]:
+        rows = [[name, f"{info['bytes'] / 2**20:.2f} MB"] for ex in d.exports for name, info in ex["onnx"].items()]
+        return ["## File sizes", "", _table(["file", "size"], rows), ""] if rows else []
 
-    REPORT_SECTIONS = [..., section_export, section_benchmark, section_samples, section_notes]
+    REPORT_SECTIONS = [..., section_export, section_file_sizes, section_samples, section_notes]
 
 A section ends with an empty line. GitHub-flavoured tables (``_table``), ``- `` lists, ``**bold**`` and images work
 in both files; a table cell holding ⚠ is shaded in the HTML, as is a paragraph that starts with ⚠. Plots are one
@@ -28,7 +29,7 @@ import json
 import logging
 import math
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Callable, Optional
@@ -506,6 +507,8 @@ class ReportData:
     exports: list[dict]
     title: str
     samples: list[tuple[str, str]]  # (caption, image path relative to report.md)
+    benchmarks: list[dict] = field(default_factory=list)  # compress benchmark documents
+    metrics: list[Path] = field(default_factory=list)  # training runs' metrics.jsonl (the loss-terms table)
 
     @property
     def ev(self) -> Optional[dict]:
@@ -826,6 +829,16 @@ def section_notes(d: ReportData) -> list[str]:
     ]
 
 
+def section_benchmark(d: ReportData) -> list[str]:
+    """Every format of each ``compress benchmark`` document: size, quality, speed, status."""
+    return [benchmark_section(doc) for doc in d.benchmarks]
+
+
+def section_loss_terms(d: ReportData) -> list[str]:
+    """Each training run's loss terms: weight, mean value, share of the student's gradient."""
+    return [line for path in d.metrics for line in loss_terms_table(path)]
+
+
 # The report, top to bottom. A new section is one function (ReportData -> Markdown lines) and one entry here.
 REPORT_SECTIONS: list[Callable[[ReportData], list[str]]] = [
     section_title,
@@ -839,15 +852,27 @@ REPORT_SECTIONS: list[Callable[[ReportData], list[str]]] = [
     section_export,
     section_samples,
     section_notes,
+    section_benchmark,
+    section_loss_terms,
 ]
 
 
-def build_markdown(profiles: list[dict], evals: list[dict], exports: list[dict], title: str, samples=None) -> str:
+def build_markdown(
+    profiles: list[dict],
+    evals: list[dict],
+    exports: list[dict],
+    title: str,
+    samples=None,
+    benchmarks: list[dict] = (),
+    metrics: list[Path] = (),
+) -> str:
     """The report as Markdown: the :data:`REPORT_SECTIONS` in order. ``samples``: a relative image path, or a list
-    of (caption, path) pairs."""
+    of (caption, path) pairs; ``benchmarks``: compress benchmark documents; ``metrics``: metrics.jsonl files."""
     if isinstance(samples, str):
         samples = [("", samples)]
-    d = ReportData(list(profiles), list(evals), list(exports), title, list(samples or []))
+    d = ReportData(
+        list(profiles), list(evals), list(exports), title, list(samples or []), list(benchmarks), list(metrics)
+    )
     return "\n".join(line for section in REPORT_SECTIONS for line in section(d))
 
 
@@ -1046,10 +1071,8 @@ def write_report(
             atomic_write_bytes(out / rel, data)
         refs.append((g.parent.parent.name if len(grids) > 1 else "", rel))
         blobs[rel] = data
-    md = build_markdown(profiles, evals, exports, title, refs or None)
-    md += "".join(benchmark_section(doc) for doc in benchmarks)
-    for p in eval_files:  # the loss-terms table of each run whose eval.json is given
-        md += "\n".join(loss_terms_table(Path(p).parent / "metrics.jsonl"))
+    metrics = [Path(p).parent / "metrics.jsonl" for p in eval_files]  # the loss terms of each run evaluated
+    md = build_markdown(profiles, evals, exports, title, refs or None, benchmarks, metrics)
     plots = make_plots(profiles, evals)
     md_path, html_path = out / "report.md", out / "report.html"
     atomic_write_text(md_path, md)

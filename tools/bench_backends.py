@@ -1,7 +1,7 @@
 """ONNX Runtime against OpenVINO on this CPU, FP32 and INT8, for the width-0.25 students: latency and INT8 quality.
 
     python tools/bench_backends.py [--data ../shared/datasets/facades] [--calib 8] [--iters 30] [--threads 2]
-                                   [--families resnet_in,resnet_bn,unet] [--json out.json]
+                                   [--families resnet_in,resnet_bn,unet] [--train-steps N] [--json out.json]
 
 For each width-0.25 student (resnet_9blocks with InstanceNorm and with BatchNorm, unet_256; 256², batch 1) it
 exports one FP32 ONNX and derives from that same file: ONNX Runtime INT8 (``exporters.quantize.quantize_onnx``,
@@ -14,7 +14,9 @@ OpenVINO would otherwise run BF16): the FP16 IR, which runs at the device defaul
 Quality: PSNR of each INT8 file's output against the FP32 ONNX's on facades test photos (the A halves). The students
 are the students as built (random kaiming weights, BatchNorm statistics from the calibration images, as in
 ``tools/bench_export.py``): latency does not depend on the weights; an untrained network's INT8 PSNR is a
-pessimistic proxy for a distilled one's.
+pessimistic proxy for a distilled one's. With ``--train-steps N`` each student's architecture (the zoo network at
+ngf 16, which is what width 0.25 rebuilds) is first trained N pix2pix steps on the facades photos (photo -> labels,
+256², the toolkit's own teacher stage), so the quantisers see a trained network's activations.
 """
 
 from __future__ import annotations
@@ -65,6 +67,32 @@ def outputs(backend: str, path: Path, xs: list[np.ndarray]) -> list[np.ndarray]:
     return [runner(x) for x in xs]
 
 
+def trained_student(arch: str, norm: str, steps: int, data: Path, work: Path):
+    """The width-0.25 student's architecture (``arch`` at ngf 16) trained ``steps`` pix2pix steps on the facades
+    photos (AtoB: photo -> labels, 256², batch 1) by the toolkit's teacher stage; its parameters are checked
+    against the rebuilt width-0.25 student's."""
+    from bench_export import build_student
+
+    from compressor.pipeline import run_pipeline
+    from compressor.recipe import parse_recipe
+    from compressor.runfolder import RunDir, load_run_teacher
+
+    text = (
+        f"name: {arch}-{norm}-ngf16-{steps}\n"
+        f"data: {{kind: paired, root: {data}, direction: AtoB, size: 256}}\n"
+        f"teacher: {{arch: {arch}, kwargs: {{ngf: 16, norm: {norm}}}, train: {{steps: {steps}}}}}\n"
+        f"distill: {{log_every: 50, checkpoint_every: {steps}, sample_every: {steps}}}\n"
+    )
+    recipe = parse_recipe(text, source="bench_backends", base_dir=work)
+    run_pipeline(recipe, work / "runs", only=["teacher"])
+    net = load_run_teacher(RunDir(work / "runs" / recipe.name)).eval()
+    want = sum(p.numel() for p in build_student(arch, norm)[1].parameters())
+    got = sum(p.numel() for p in net.parameters())
+    if got != want:
+        raise SystemExit(f"{arch} ngf 16 has {got} parameters, the width-0.25 student {want}")
+    return net
+
+
 def run_family(key: str, args, calib, tests, work: Path) -> dict:
     from bench_export import build_student, set_batchnorm_statistics
 
@@ -73,8 +101,11 @@ def run_family(key: str, args, calib, tests, work: Path) -> dict:
     from exporters.profile import time_artifact
 
     arch, norm = FAMILIES[key]
-    _, student = build_student(arch, norm)
-    set_batchnorm_statistics(student, calib)
+    if args.train_steps:
+        student = trained_student(arch, norm, args.train_steps, Path(args.data), work)
+    else:
+        _, student = build_student(arch, norm)
+        set_batchnorm_statistics(student, calib)
     d = work / key
     d.mkdir(parents=True, exist_ok=True)
     samples = np.concatenate(tests[:3])
@@ -138,7 +169,7 @@ def markdown(doc: dict) -> str:
         cells = [f"{lat[c]['p50']:.1f} ms" + ("" if c == "ort_fp32" else f" ({sp[c]:.2f}×)") for c, *_ in COLUMNS]
         q = r["psnr_vs_fp32"]
         lines.append(
-            f"| {r['arch']} {r['norm']} w0.25 | "
+            f"| {r['arch']} {r['norm']} w0.25{' trained ' + str(doc['train_steps']) + ' steps' if doc.get('train_steps') else ''} | "
             + " | ".join(cells)
             + f" | {sp['ov_int8']:.2f}× | {q['ov_int8']['mean']:.1f} dB (min {q['ov_int8']['min']:.1f}) / "
             f"{q['ort_int8']['mean']:.1f} dB |"
@@ -154,6 +185,7 @@ def main(argv=None) -> None:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--train-steps", type=int, default=0, help="train each student N pix2pix steps first")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     from bench_export import cpu_info
@@ -166,6 +198,7 @@ def main(argv=None) -> None:
         "iters": args.iters,
         "calibration_images": len(calib),
         "test_images": len(tests),
+        "train_steps": args.train_steps,
         "load_avg_before": os.getloadavg()[0],
         "families": {},
     }
