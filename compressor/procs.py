@@ -163,18 +163,32 @@ def release(proc: subprocess.Popen) -> None:
 
 
 def run_group(
-    cmd: Sequence[str], env: Optional[dict] = None, timeout: Optional[float] = None, **kwargs
+    cmd: Sequence[str],
+    env: Optional[dict] = None,
+    timeout: Optional[float] = None,
+    *,
+    stop_file: Optional[str | os.PathLike] = None,
+    grace: float = 30.0,
+    **kwargs,
 ) -> subprocess.CompletedProcess:
     """``subprocess.run`` in an own process group that dies with this process; on KeyboardInterrupt or a timeout
-    the whole group is terminated before the exception propagates."""
+    the whole group is terminated before the exception propagates.
+
+    On Ctrl-C the children first get ``grace`` seconds to checkpoint: they are sent SIGINT, or, with ``stop_file``
+    (workers that stop cleanly on request, see :func:`run_group_stoppable`), the file is created. A second Ctrl-C or
+    the end of the grace period terminates the group."""
     proc = start_group(cmd, env=env, **kwargs)
     try:
         out, err = proc.communicate(timeout=timeout)
-    except KeyboardInterrupt:  # let the children checkpoint as they would on Ctrl-C, then make sure they stop
-        _signal_group(proc.pid, signal.SIGINT)
+    except KeyboardInterrupt:
         try:
-            proc.wait(30)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            if stop_file is None:
+                _signal_group(proc.pid, signal.SIGINT)
+            else:
+                with open(stop_file, "w"):
+                    pass
+            proc.wait(grace)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt, OSError):
             pass
         terminate_group(proc)
         release(proc)
@@ -196,22 +210,4 @@ def run_group_stoppable(
     group. The KeyboardInterrupt is raised again once the children are gone."""
     env = dict(os.environ if env is None else env)
     env[STOP_ENV] = str(stop_file)
-    proc = start_group(cmd, env=env, **kwargs)
-    try:
-        out, err = proc.communicate()
-    except KeyboardInterrupt:
-        try:
-            with open(stop_file, "w"):
-                pass
-            proc.wait(grace)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt, OSError):
-            pass
-        terminate_group(proc)
-        release(proc)
-        raise
-    except BaseException:
-        terminate_group(proc)
-        release(proc)
-        raise
-    release(proc)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    return run_group(cmd, env=env, stop_file=stop_file, grace=grace, **kwargs)
