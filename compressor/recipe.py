@@ -12,13 +12,15 @@ import logging
 import re
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError, UserError
 from .remote import check_host, check_program, check_ssh_option
+from .schemas import Strict
+from .terms import LossesSpec, digest_neutral_defaults
 from .zoo_args import ZOO_ARCHS, ZOO_KWARGS, check_zoo_kwargs  # noqa: F401 - part of the schema's face
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -41,10 +43,6 @@ def resolve_path(base_dir: str | Path, value: str | Path) -> Path:
     if p.exists():
         return p.resolve()
     return near
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
 
 
 class SyntheticSpec(Strict):
@@ -211,13 +209,6 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "export.formats": ["onnx"],
 }
 
-# SRP's default weight on the balanced scale (normalize: rows). Chosen so that SRP's share of the student's gradient
-# is within 10x of KD's for both zoo families at 256² with the default recipe: tools/bench_losses.py,
-# docs/benchmarks.md.
-SRP_DEFAULT_WEIGHT = 5.0
-SRP_OLD_DEFAULT_WEIGHT = 10.0  # the default before normalize existed (per-entry scale)
-_NOTED: set[str] = set()  # notes already logged (once per process)
-
 
 class StudentSpec(Strict):
     width: Union[float, Literal["auto"]] = Field(
@@ -257,94 +248,6 @@ class StudentSpec(Strict):
         if self.width == "auto" and self.budget is None:
             raise ValueError("student.width auto needs student.budget (one of latency_ms, speedup, macs or params)")
         return self
-
-
-class WeightSpec(Strict):
-    """A loss term's spec (:mod:`compressor.terms` holds its function): its weight, and, in subclasses, the taps it
-    reads (``layers``) and whether it needs the teacher."""
-
-    needs_teacher: ClassVar[bool] = False
-    weight: float = Field(..., ge=0, description="loss weight (0 turns it off)")
-
-
-class TeacherWeightSpec(WeightSpec):
-    needs_teacher: ClassVar[bool] = True
-
-
-class GanLossSpec(WeightSpec):
-    weight: float = Field(1.0, ge=0)
-    mode: Literal["lsgan", "vanilla", "hinge"] = Field("lsgan", description="adversarial loss")
-
-
-class SrpLossSpec(TeacherWeightSpec):
-    _note: str = PrivateAttr("")  # how to convert a weight written before normalize existed (log_old_weights)
-    weight: float = Field(SRP_DEFAULT_WEIGHT, ge=0)
-    layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
-    layer_weights: Optional[list[float]] = Field(None, description="one weight per layer (default: all 1)")
-    pool: Optional[int] = Field(None, ge=1, description="average-pool features to this size first")
-    variant: Literal["l2", "l1"] = Field("l2", description="l2: exact factorised form; l1: materialised")
-    float64: bool = Field(False, description="accumulate in float64 (teacher and student nearly equal)")
-    normalize: Optional[Literal["rows", "entries"]] = Field(
-        None,
-        description=(
-            "rows: the mean over relation rows (bounded by 4 at any resolution; the default); entries: the mean over "
-            "(HW)² entries, the scale before this option (default when a recipe sets weight without normalize)"
-        ),
-    )
-
-    @model_validator(mode="after")
-    def _check(self):
-        if self.layer_weights is not None and len(self.layer_weights) != len(self.layers):
-            raise ValueError("distill.losses.srp.layer_weights needs one weight per layer")
-        if self.normalize is None:
-            # A recipe written before normalize existed and setting the weight meant the per-entry scale: keep it.
-            old = "weight" in self.model_fields_set
-            self.normalize = "entries" if old else "rows"
-            if old and self.weight > 0:
-                note = (
-                    f"distill.losses.srp.weight {self.weight:g} keeps its earlier meaning (normalize: entries, the "
-                    f"mean over the (HW)² relation entries); for the balanced scale write `normalize: rows` and a "
-                    f"weight about {SRP_DEFAULT_WEIGHT:g} (the default), or divide this one by each tap's H·W "
-                    f"(16² tap: /256) for the same effect"
-                )
-                self._note = note
-        return self
-
-
-class FeatLossSpec(TeacherWeightSpec):
-    weight: float = Field(0.0, ge=0)
-    layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
-
-
-class LossesSpec(Strict):
-    gan: GanLossSpec = Field(default_factory=GanLossSpec, description="adversarial loss")
-    recon: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=100.0), description="L1 to ground truth")
-    kd: TeacherWeightSpec = Field(
-        default_factory=lambda: TeacherWeightSpec(weight=10.0), description="L1 to teacher output"
-    )
-    srp: SrpLossSpec = Field(default_factory=SrpLossSpec, description="semantic relation preserving loss")
-    feat: FeatLossSpec = Field(default_factory=FeatLossSpec, description="feature L2 through 1x1 adapters")
-    cycle: WeightSpec = Field(default_factory=lambda: WeightSpec(weight=10.0), description="unpaired cycle loss")
-
-    def log_old_weights(self) -> None:
-        """One log line per process for a weight that keeps its meaning from before the per-row scale (called when
-        distillation starts, so that a recipe with an error prints that error alone)."""
-        note = self.srp._note
-        if note and self.srp.weight > 0 and note not in _NOTED:
-            _NOTED.add(note)
-            log.warning(note)
-
-    def active(self) -> dict[str, WeightSpec]:
-        """The terms with a positive weight, by name, in field order."""
-        return {k: v for k, v in self if isinstance(v, WeightSpec) and v.weight > 0}
-
-    def tapped_layers(self) -> list[str]:
-        """The layers the active feature losses (SRP, feature distillation) tap, each once."""
-        return list(dict.fromkeys(layer for spec in self.active().values() for layer in getattr(spec, "layers", [])))
-
-    def uses_teacher(self, data_kind: str) -> bool:
-        """Whether any loss looks at the teacher (folder data has no targets, so it always does)."""
-        return any(spec.needs_teacher for spec in self.active().values()) or data_kind == "folder"
 
 
 class DiscriminatorSpec(Strict):
@@ -487,7 +390,7 @@ class Recipe(Strict):
         """The recipe as digests see it: options added after run folders existed are left out while they hold
         their default, so that a new option never makes an earlier run (or its checkpoints) look changed."""
         data = self.model_dump(mode="json", by_alias=True)
-        for path, default in DIGEST_NEUTRAL_DEFAULTS.items():
+        for path, default in {**DIGEST_NEUTRAL_DEFAULTS, **digest_neutral_defaults()}.items():
             *parents, leaf = path.split(".")
             node = data
             for key in parents:

@@ -55,6 +55,12 @@ class Open(BaseModel):
     model_config = ConfigDict(extra="allow")
 
 
+class Strict(BaseModel):
+    """What users write (recipes and their sections): unknown keys refused, assignments validated."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+
+
 # ------------------------------------------------------------------------------------------- models
 
 

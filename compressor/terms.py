@@ -1,32 +1,108 @@
-"""The registry of generator loss terms: one entry per term, the function that computes it (unweighted).
+"""The table of loss terms: each term's function, its recipe entry (spec class and default) and its description.
 
-A term is this function plus its entry in :class:`compressor.recipe.LossesSpec`, a field of the same name whose
-spec carries the weight (``weight``), the taps it reads (``layers``, when it has them) and whether it needs the
-teacher (the spec class's ``needs_teacher``). :meth:`compressor.train.Trainer.generator_terms` runs every term
-of :data:`GENERATOR_TERMS` whose weight is positive (and whose teacher is there when it needs one), in this order,
-and logs each one's value and gradient share under ``<direction>/<name>``.
+One row of :data:`TERMS` is everything about a term: the function that computes it (unweighted), the spec class
+of its ``distill.losses.<name>`` entry (the weight, the taps it reads in ``layers``, ``needs_teacher``), that
+entry's default, and the description the recipe reference prints. :class:`LossesSpec` (the recipe's
+``distill.losses`` section) is built from the table; :meth:`compressor.train.Trainer.generator_terms` runs every
+per-direction term whose weight is positive (and whose teacher is there when it needs one) in table order, the
+order of the sum; :meth:`~compressor.train.Trainer.cycle_terms` runs the terms that span both directions. Each
+term's value and gradient share are logged under ``<direction>/<name>`` (``<name>`` for terms across directions).
 
-Adding a term: a function here, one entry in :data:`GENERATOR_TERMS`, and its field in ``LossesSpec``
-(``WeightSpec`` or a subclass with ``needs_teacher = True`` and ``layers`` when it reads features). Terms that
-span directions (the unpaired cycle loss) stay in :meth:`compressor.train.Trainer.cycle_terms`.
+Adding a term is one function and one row here: a term that is off by default (weight 0) and marked
+``neutral=True`` leaves stage digests as they were while it is off, so existing runs stay up to date.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import torch
 import torch.nn as nn
+from pydantic import Field, PrivateAttr, create_model, model_validator
 
 from .losses import kd_loss, srp_multi
+from .schemas import Strict
+
+log = logging.getLogger(__name__)
+
+# SRP's default weight on the balanced scale (normalize: rows). Chosen so that SRP's share of the student's gradient
+# is within 10x of KD's for both zoo families at 256² with the default recipe: tools/bench_losses.py,
+# docs/benchmarks.md.
+SRP_DEFAULT_WEIGHT = 5.0
+SRP_OLD_DEFAULT_WEIGHT = 10.0  # the default before normalize existed (per-entry scale)
+_NOTED: set[str] = set()  # notes already logged (once per process)
+
+
+# ---------------------------------------------------------------------------------------------- recipe entries
+
+
+class WeightSpec(Strict):
+    """A loss term's recipe entry: its weight, and, in subclasses, the taps it reads (``layers``) and whether it
+    needs the teacher."""
+
+    needs_teacher: ClassVar[bool] = False
+    weight: float = Field(..., ge=0, description="loss weight (0 turns it off)")
+
+
+class TeacherWeightSpec(WeightSpec):
+    needs_teacher: ClassVar[bool] = True
+
+
+class GanLossSpec(WeightSpec):
+    weight: float = Field(1.0, ge=0)
+    mode: Literal["lsgan", "vanilla", "hinge"] = Field("lsgan", description="adversarial loss")
+
+
+class SrpLossSpec(TeacherWeightSpec):
+    _note: str = PrivateAttr("")  # how to convert a weight written before normalize existed (log_old_weights)
+    weight: float = Field(SRP_DEFAULT_WEIGHT, ge=0)
+    layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
+    layer_weights: Optional[list[float]] = Field(None, description="one weight per layer (default: all 1)")
+    pool: Optional[int] = Field(None, ge=1, description="average-pool features to this size first")
+    variant: Literal["l2", "l1"] = Field("l2", description="l2: exact factorised form; l1: materialised")
+    float64: bool = Field(False, description="accumulate in float64 (teacher and student nearly equal)")
+    normalize: Optional[Literal["rows", "entries"]] = Field(
+        None,
+        description=(
+            "rows: the mean over relation rows (bounded by 4 at any resolution; the default); entries: the mean over "
+            "(HW)² entries, the scale before this option (default when a recipe sets weight without normalize)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.layer_weights is not None and len(self.layer_weights) != len(self.layers):
+            raise ValueError("distill.losses.srp.layer_weights needs one weight per layer")
+        if self.normalize is None:
+            # A recipe written before normalize existed and setting the weight meant the per-entry scale: keep it.
+            old = "weight" in self.model_fields_set
+            self.normalize = "entries" if old else "rows"
+            if old and self.weight > 0:
+                note = (
+                    f"distill.losses.srp.weight {self.weight:g} keeps its earlier meaning (normalize: entries, the "
+                    f"mean over the (HW)² relation entries); for the balanced scale write `normalize: rows` and a "
+                    f"weight about {SRP_DEFAULT_WEIGHT:g} (the default), or divide this one by each tap's H·W "
+                    f"(16² tap: /256) for the same effect"
+                )
+                self._note = note
+        return self
+
+
+class FeatLossSpec(TeacherWeightSpec):
+    weight: float = Field(0.0, ge=0)
+    layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
+
+
+# ---------------------------------------------------------------------------------------------- what terms see
 
 
 @dataclass
 class TermInputs:
-    """What a term may look at: one direction's student output and taps, the teacher's, the batch. (The trainer,
-    direction and teacher output are :mod:`compressor.train`'s ``Trainer``, ``Direction`` and ``TeacherOut``; this
-    module does not import it, which imports this one.)"""
+    """What a per-direction term may look at: one direction's student output and taps, the teacher's, the batch.
+    (The trainer, direction and teacher output are :mod:`compressor.train`'s ``Trainer``, ``Direction`` and
+    ``TeacherOut``; this module does not import it, which imports this one.)"""
 
     trainer: Any
     direction: Any
@@ -38,7 +114,20 @@ class TermInputs:
     extras: dict[str, Any] = field(default_factory=dict)  # what a term hands back besides its value (GAN pair)
 
 
-def recon_term(t: TermInputs, spec) -> Optional[torch.Tensor]:
+@dataclass
+class CrossInputs:
+    """What a term across directions may look at: every direction's student output (``fakes``, by direction
+    name) and the batch."""
+
+    trainer: Any
+    fakes: dict[str, torch.Tensor]
+    batch: dict
+
+
+# ---------------------------------------------------------------------------------------------- the functions
+
+
+def recon_term(t: TermInputs, spec: WeightSpec) -> Optional[torch.Tensor]:
     """L1 to the ground truth, where the data kind has one."""
     key = t.direction.kind.recon_target(t.direction, t.batch)
     if key is None:
@@ -46,12 +135,12 @@ def recon_term(t: TermInputs, spec) -> Optional[torch.Tensor]:
     return nn.functional.l1_loss(t.out.float(), t.trainer._to(t.batch[key]))
 
 
-def kd_term(t: TermInputs, spec) -> Optional[torch.Tensor]:
+def kd_term(t: TermInputs, spec: WeightSpec) -> Optional[torch.Tensor]:
     """KD: L1 to the teacher's output."""
     return kd_loss(t.out.float(), t.teacher.image)
 
 
-def srp_term(t: TermInputs, spec) -> Optional[torch.Tensor]:
+def srp_term(t: TermInputs, spec: SrpLossSpec) -> Optional[torch.Tensor]:
     """SRP on the tapped layers (:func:`compressor.losses.srp_multi`)."""
     layers = t.trainer.s.srp_layers
     if not layers:
@@ -68,7 +157,7 @@ def srp_term(t: TermInputs, spec) -> Optional[torch.Tensor]:
     )
 
 
-def feat_term(t: TermInputs, spec) -> Optional[torch.Tensor]:
+def feat_term(t: TermInputs, spec: FeatLossSpec) -> Optional[torch.Tensor]:
     """Feature distillation through the trainer's 1x1 adapters (student to teacher widths)."""
     adapters = t.trainer.adapters
     if adapters is None:
@@ -76,7 +165,7 @@ def feat_term(t: TermInputs, spec) -> Optional[torch.Tensor]:
     return adapters[t.direction.name](t.teacher.features, t.features)
 
 
-def gan_term(t: TermInputs, spec) -> Optional[torch.Tensor]:
+def gan_term(t: TermInputs, spec: GanLossSpec) -> Optional[torch.Tensor]:
     """The generator's adversarial term; hands the (real, fake) pair on to the discriminator step."""
     d, tr = t.direction, t.trainer
     if not tr.use_gan or d.disc is None:
@@ -89,11 +178,91 @@ def gan_term(t: TermInputs, spec) -> Optional[torch.Tensor]:
     return value
 
 
-# name (the LossesSpec field and the logged key) -> function; the order is the order of the sum
-GENERATOR_TERMS: dict[str, Callable[[TermInputs, Any], Optional[torch.Tensor]]] = {
-    "recon": recon_term,
-    "kd": kd_term,
-    "srp": srp_term,
-    "feat": feat_term,
-    "gan": gan_term,
-}
+def cycle_term(t: CrossInputs, spec: WeightSpec) -> Optional[torch.Tensor]:
+    """Unpaired data: A -> B -> A and B -> A -> B back to their inputs (L1)."""
+    tr = t.trainer
+    if tr.s.kind != "unpaired" or len(tr.s.directions) != 2:
+        return None
+    ab, ba = tr.s.directions
+    rec_a = ba.student(t.fakes[ab.name])
+    rec_b = ab.student(t.fakes[ba.name])
+    return nn.functional.l1_loss(rec_a, tr._to(t.batch[ab.src])) + nn.functional.l1_loss(rec_b, tr._to(t.batch[ba.src]))
+
+
+# ---------------------------------------------------------------------------------------------- the table
+
+
+@dataclass(frozen=True)
+class Term:
+    """One loss term. ``compute(inputs, spec)`` returns its unweighted value, or None where it does not apply
+    (:class:`TermInputs` per direction; :class:`CrossInputs` when ``across`` directions). ``spec(**default)`` is
+    its recipe entry's default. ``neutral``: added after run folders existed; while its entry holds the default,
+    stage digests leave it out."""
+
+    name: str
+    compute: Callable[[Any, Any], Optional[torch.Tensor]]
+    spec: type[WeightSpec]
+    description: str
+    default: dict = field(default_factory=dict)
+    across: bool = False
+    neutral: bool = False
+
+    def default_entry(self) -> WeightSpec:
+        return self.spec(**self.default)
+
+
+# The order of the sum (per direction, then across directions).
+TERMS: tuple[Term, ...] = (
+    Term("recon", recon_term, WeightSpec, "L1 to ground truth", {"weight": 100.0}),
+    Term("kd", kd_term, TeacherWeightSpec, "L1 to teacher output", {"weight": 10.0}),
+    Term("srp", srp_term, SrpLossSpec, "semantic relation preserving loss"),
+    Term("feat", feat_term, FeatLossSpec, "feature L2 through 1x1 adapters"),
+    Term("gan", gan_term, GanLossSpec, "adversarial loss"),
+    Term("cycle", cycle_term, WeightSpec, "unpaired cycle loss", {"weight": 10.0}, across=True),
+)
+GENERATOR_TERMS: dict[str, Callable] = {t.name: t.compute for t in TERMS if not t.across}
+CROSS_TERMS: dict[str, Callable] = {t.name: t.compute for t in TERMS if t.across}
+
+
+def digest_neutral_defaults() -> dict[str, Any]:
+    """``distill.losses.<name>`` -> its default entry (as dumped) for the terms marked ``neutral``."""
+    return {f"distill.losses.{t.name}": t.default_entry().model_dump(mode="json") for t in TERMS if t.neutral}
+
+
+# ---------------------------------------------------------------------------------------------- distill.losses
+
+
+class _LossesBase(Strict):
+    def log_old_weights(self) -> None:
+        """One log line per process for a weight that keeps its meaning from before the per-row scale (called when
+        distillation starts, so that a recipe with an error prints that error alone)."""
+        note = self.srp._note
+        if note and self.srp.weight > 0 and note not in _NOTED:
+            _NOTED.add(note)
+            log.warning(note)
+
+    def active(self) -> dict[str, WeightSpec]:
+        """The terms with a positive weight, by name, in field order."""
+        return {k: v for k, v in self if isinstance(v, WeightSpec) and v.weight > 0}
+
+    def tapped_layers(self) -> list[str]:
+        """The layers the active feature losses (SRP, feature distillation) tap, each once."""
+        return list(dict.fromkeys(layer for spec in self.active().values() for layer in getattr(spec, "layers", [])))
+
+    def uses_teacher(self, data_kind: str) -> bool:
+        """Whether any loss looks at the teacher (folder data has no targets, so it always does)."""
+        return any(spec.needs_teacher for spec in self.active().values()) or data_kind == "folder"
+
+
+def _entry_field(t: Term) -> tuple[type, Any]:
+    return (t.spec, Field(default_factory=t.default_entry, description=t.description))
+
+
+# Recipes list the adversarial entry first (the layout of every recipe written so far), then the table's order.
+LossesSpec = create_model(
+    "LossesSpec",
+    __base__=_LossesBase,
+    __module__=__name__,
+    __doc__="The recipe's ``distill.losses``: one entry per row of :data:`TERMS`.",
+    **{t.name: _entry_field(t) for t in sorted(TERMS, key=lambda t: t.name != "gan")},
+)

@@ -57,7 +57,7 @@ from .models.checkpoint import check_checkpoint_size
 from .procs import STOP_ENV
 from .recipe import LossesSpec
 from .schemas import CheckpointState, MetricsLine, check, read_text_bounded
-from .terms import GENERATOR_TERMS, TermInputs
+from .terms import CROSS_TERMS, GENERATOR_TERMS, CrossInputs, TermInputs
 
 log = logging.getLogger(__name__)
 
@@ -519,20 +519,17 @@ class Trainer:
         return terms, out_s, inputs.extras.get("pair")
 
     def cycle_terms(self, fakes: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
-        """Unpaired data: A -> B -> A and B -> A -> B back to their inputs (L1)."""
-        w = self.s.losses.cycle.weight
-        if self.s.kind != "unpaired" or w <= 0 or len(self.s.directions) != 2:
-            return {}
-        ab, ba = self.s.directions
-        rec_a = ba.student(fakes[ab.name])
-        rec_b = ab.student(fakes[ba.name])
-        return {
-            "cycle": (
-                nn.functional.l1_loss(rec_a, self._to(batch[ab.src]))
-                + nn.functional.l1_loss(rec_b, self._to(batch[ba.src]))
-            )
-            * w
-        }
+        """The terms across directions (:data:`compressor.terms.CROSS_TERMS`: the unpaired cycle loss), weighted."""
+        terms: dict[str, torch.Tensor] = {}
+        inputs = CrossInputs(self, fakes, batch)
+        for name, fn in CROSS_TERMS.items():
+            spec = getattr(self.s.losses, name)
+            if spec.weight <= 0:
+                continue
+            value = fn(inputs, spec)
+            if value is not None:
+                terms[name] = value * spec.weight
+        return terms
 
     def _generator_loss(self, batch: dict):
         terms: dict[str, torch.Tensor] = {}

@@ -147,10 +147,18 @@ def test_exporters_are_a_leaf():
 
 def test_recipe_schema_is_data():
     graph = _graph()
-    # zoo_args: the zoo's arguments as data; remote: the ssh option allow-list and host/program checks, strings only
-    assert graph["compressor.recipe"] <= {"compressor.errors", "compressor.zoo_args", "compressor.remote"}, graph[
-        "compressor.recipe"
-    ]
+    # zoo_args: the zoo's arguments as data; remote: the ssh option allow-list and host/program checks, strings only;
+    # schemas: the pydantic bases; terms: the loss-term table (each term's recipe entry beside its function)
+    allowed = {
+        "compressor.errors",
+        "compressor.zoo_args",
+        "compressor.remote",
+        "compressor.schemas",
+        "compressor.terms",
+    }
+    assert graph["compressor.recipe"] <= allowed, graph["compressor.recipe"]
+    assert graph["compressor.terms"] <= {"compressor.schemas", "compressor.losses"}, graph["compressor.terms"]
+    assert graph["compressor.losses"] == set()
     assert graph["compressor.zoo_args"] == set()
     assert graph["compressor.remote"] <= {"compressor.errors"}
     assert "compressor.recipe" not in _reaches(graph, "compressor.recipe")

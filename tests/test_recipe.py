@@ -212,7 +212,8 @@ def test_a_new_option_at_its_default_leaves_digests_unchanged():
 
 
 def test_srp_weight_set_before_normalize_existed_keeps_its_meaning_and_digest(caplog):
-    from compressor.recipe import SRP_DEFAULT_WEIGHT, parse_recipe
+    from compressor.recipe import parse_recipe
+    from compressor.terms import SRP_DEFAULT_WEIGHT
 
     head = "name: x\ndata: {kind: synthetic}\nteacher: {arch: resnet_6blocks}\n"
     new = parse_recipe(head)

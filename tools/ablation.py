@@ -82,8 +82,9 @@ from compressor.losses import srp_multi
 from compressor.metrics import frechet_distance, load_inception, paired_metrics
 from compressor.models import build_discriminator
 from compressor.pipeline import RunDir, load_run_teacher, run_pipeline
-from compressor.recipe import SRP_DEFAULT_WEIGHT, SRP_OLD_DEFAULT_WEIGHT, parse_recipe
+from compressor.recipe import parse_recipe
 from compressor.slim import load_student
+from compressor.terms import SRP_DEFAULT_WEIGHT, SRP_OLD_DEFAULT_WEIGHT
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"

@@ -32,8 +32,9 @@ import torch  # noqa: E402
 from compressor.data import make_dataset  # noqa: E402
 from compressor.features import resolve_taps  # noqa: E402
 from compressor.models import build_generator  # noqa: E402
-from compressor.recipe import SRP_DEFAULT_WEIGHT, DataSpec, DiscriminatorSpec, LossesSpec  # noqa: E402
+from compressor.recipe import DataSpec, DiscriminatorSpec, LossesSpec  # noqa: E402
 from compressor.slim import make_student  # noqa: E402
+from compressor.terms import SRP_DEFAULT_WEIGHT  # noqa: E402
 from compressor.train import Direction, Trainer, TrainSetup  # noqa: E402
 
 FACADES = Path(__file__).resolve().parent.parent.parent / "shared" / "datasets" / "facades"
