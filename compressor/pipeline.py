@@ -168,7 +168,7 @@ def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
         digest = stage_digest(ctx, st.name)
         if (only and st.name not in only) or (not ctx.force and ctx.run.up_to_date(st.name, digest, st.outputs)):
             continue
-        folder = getattr(ctx.run, st.checkpoints)
+        folder = ctx.run.file(st.checkpoints)
         check_checkpoints(folder, digest, resume=ctx.resume, force=ctx.force, command=resume_command(ctx))
 
 

@@ -1,6 +1,8 @@
 """The run folder ``runs/<name>/``: every artifact path, "is this a run", its recipe and its models.
 
-This module is the one owner of the folder's layout. The stages read and write through it; the CLI commands that
+This module is the one owner of the folder's layout: the properties name the files the library and the commands
+read; a stage's own outputs are named by relative path in its row of :data:`compressor.stages.STAGES` and found
+with :meth:`RunDir.file`. The stages read and write through it; the CLI commands that
 work on existing artifacts (``evaluate``, ``export``, ``profile``) find the run's recipe, teacher and student here.
 """
 
@@ -63,9 +65,17 @@ class RunDir:
     report_md = property(lambda s: s.root / "report.md")
     report_html = property(lambda s: s.root / "report.html")
 
+    def file(self, name: str) -> Path:
+        """A path inside the run folder by its relative name (``"eval.json"``, ``"student_init/student.json"``,
+        ``"."``): how a stage names the files it writes (its ``outputs`` in :data:`compressor.stages.STAGES`)."""
+        rel = Path(name)
+        if rel.is_absolute() or ".." in rel.parts:
+            raise ValueError(f"run folder artifact {name!r}: expected a relative path inside the run folder")
+        return self.root / rel
+
     def artifacts(self, names: Iterable[str]) -> list[Path]:
-        """The paths of artifacts named as this class's attributes (a stage's ``outputs``)."""
-        return [getattr(self, n) for n in names]
+        """The paths of artifacts by relative name (a stage's ``outputs``)."""
+        return [self.file(n) for n in names]
 
     # ---- stage records
     def records(self) -> dict:

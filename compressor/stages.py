@@ -729,9 +729,10 @@ class Stage:
 
     ``sections`` are the recipe sections hashed into its digest (``more_sections`` adds those that depend on the
     recipe; ``input_files`` are files fingerprinted by path, size and mtime); the digests of ``upstream`` stages
-    are hashed in too. ``outputs`` name the :class:`~compressor.runfolder.RunDir` artifacts it writes: a stage
-    whose digest is recorded and whose outputs exist is up to date. ``checkpoints`` names the RunDir folder where
-    a training stage keeps its checkpoints (checked before the run folder is touched).
+    are hashed in too. ``outputs`` are the files it writes, by path relative to the run folder
+    (:meth:`~compressor.runfolder.RunDir.file`): a stage whose digest is recorded and whose outputs exist is up to
+    date. ``checkpoints`` is the folder (relative, ``"."`` for the run folder) where a training stage keeps its
+    checkpoints (checked before the run folder is touched).
     """
 
     name: str
@@ -755,7 +756,7 @@ def _teacher_files(r: Recipe) -> tuple[Optional[Path], ...]:
     return (r.resolve_path(r.teacher.checkpoint), r.resolve_path(r.teacher.reverse_checkpoint))
 
 
-# In pipeline order. A new stage is its function above plus one row here (a new kind of artifact: one RunDir line).
+# In pipeline order. A new stage is its function above plus one row here, naming the files it writes.
 STAGES: tuple[Stage, ...] = (
     Stage(
         "teacher",
@@ -763,7 +764,7 @@ STAGES: tuple[Stage, ...] = (
         sections=("teacher",),
         more_sections=_teacher_sections,
         input_files=_teacher_files,
-        outputs=("teacher_json", "teacher_weights"),
+        outputs=("teacher.json", "teacher.safetensors"),
         checkpoints="teacher_train",
     ),
     Stage(
@@ -771,26 +772,26 @@ STAGES: tuple[Stage, ...] = (
         stage_student,
         upstream=("teacher",),
         sections=("student",),
-        outputs=("student_init_json", "student_init_weights"),
+        outputs=("student_init/student.json", "student_init/student.safetensors"),
     ),
     Stage(
         "distill",
         stage_distill,
         upstream=("student",),
         sections=("distill", "data"),
-        outputs=("student_weights", "student_json", "distill_json"),
-        checkpoints="root",
+        outputs=("student.safetensors", "student.json", "distill.json"),
+        checkpoints=".",
     ),
-    Stage("evaluate", stage_evaluate, upstream=("distill",), sections=("evaluate", "data"), outputs=("eval_json",)),
+    Stage("evaluate", stage_evaluate, upstream=("distill",), sections=("evaluate", "data"), outputs=("eval.json",)),
     Stage(
         "export",
         stage_export,
         upstream=("distill",),
         sections=("export", "data"),
-        outputs=("export_json", "student_onnx"),
+        outputs=("export.json", "student.onnx"),
     ),
-    Stage("profile", stage_profile, upstream=("export",), sections=("profile", "data"), outputs=("profile_json",)),
-    Stage("report", stage_report, upstream=("evaluate", "profile"), outputs=("report_md", "report_html")),
+    Stage("profile", stage_profile, upstream=("export",), sections=("profile", "data"), outputs=("profile.json",)),
+    Stage("report", stage_report, upstream=("evaluate", "profile"), outputs=("report.md", "report.html")),
 )
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 

@@ -190,14 +190,20 @@ def test_teacher_digest_fingerprints_its_checkpoint(tmp_path, tiny_recipe):
 
 
 def test_the_stage_table_is_consistent(tmp_path):
-    """Every upstream stage comes earlier; every output and checkpoint folder is a RunDir artifact."""
+    """Every upstream stage comes earlier; every output and checkpoint folder lies inside the run folder, and the
+    outputs the library also reads are the files RunDir names."""
     run = RunDir(tmp_path)
+    named = {getattr(run, k) for k, v in vars(RunDir).items() if isinstance(v, property)}
     seen = set()
     for st in STAGES:
         assert set(st.upstream) <= seen, st.name
         seen.add(st.name)
         assert st.outputs and all(p.is_relative_to(tmp_path) for p in run.artifacts(st.outputs)), st.name
+        assert set(run.artifacts(st.outputs)) <= named, st.name
         if st.checkpoints:
-            assert getattr(run, st.checkpoints).is_relative_to(tmp_path)
+            assert run.file(st.checkpoints).is_relative_to(tmp_path)
+    for bad in ("/etc/passwd", "../x.json", "a/../../x"):
+        with pytest.raises(ValueError, match="relative path inside the run folder"):
+            run.file(bad)
     with pytest.raises(UserError, match="--only: unknown stage 'distil'; stages are teacher, student, distill"):
         run_pipeline(load_recipe(ROOT / "recipes" / "quickstart.yaml"), tmp_path, only=["distil"])
