@@ -13,11 +13,13 @@ channels) lives in a :class:`DataKind` that each :class:`Direction` carries: **p
 PatchGAN on (input, output)), **unpaired** (two students and two teachers, unconditional PatchGAN) and **folder**
 (inputs only; the teacher's outputs are the GAN's real samples when asked).
 
-Checkpoints are written atomically every N steps (the last K kept); ``resume`` restores models, optimisers,
-schedulers, the Python, numpy, torch and CUDA random states, data position and step, so an interrupted and resumed
-run equals an uninterrupted one. A NaN/Inf loss stops the run and names the term; SIGINT writes a checkpoint and
-raises :class:`Interrupted`. Several processes (``torchrun``) train under :class:`DistributedDataParallel`
-(bucketed all-reduce overlapped with the backward pass); rank 0 alone writes.
+Every N steps the loop writes a checkpoint (the last K kept); ``resume`` restores models, optimisers, schedulers,
+the Python, numpy, torch and CUDA random states, data position and step, so an interrupted and resumed run equals
+an uninterrupted one. What a checkpoint holds is :meth:`Trainer.state_dict`; the files themselves (atomic writes,
+rotation, a corrupt newest file skipped, the random states) are :mod:`compressor.checkpoints`, and whether a run
+may continue from them at all is :mod:`compressor.resume`. A NaN/Inf loss stops the run and names the term; SIGINT
+writes a checkpoint and raises :class:`Interrupted`. Several processes (``torchrun``) train under
+:class:`DistributedDataParallel` (bucketed all-reduce overlapped with the backward pass); rank 0 alone writes.
 
 ``amp`` is mixed precision: on CUDA, bf16 or fp16 autocast for every forward; on a CPU, bf16 autocast for the frozen
 teacher's forward where the CPU computes bf16 natively (AVX512-BF16 or AMX), else FP32 with a one-time note.
@@ -32,7 +34,6 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import time
 from dataclasses import dataclass, field
@@ -47,21 +48,21 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from .checkpoints import capture_rng, list_checkpoints, restore_rng, resumable_checkpoint
+from .checkpoints import save_checkpoint as write_checkpoint
 from .data import ResumableSampler, image_row, to_image
-from .errors import CheckpointError, Interrupted, TrainingDiverged, UserError
+from .errors import CheckpointError, Interrupted, TrainingDiverged
 from .features import FeatureTaps
-from .io import append_line, atomic_torch_save, atomic_write_bytes, atomic_write_text
+from .io import append_line, atomic_write_bytes, atomic_write_text
 from .losses import FeatureAdapters, GANLoss
 from .models import build_discriminator
-from .models.checkpoint import check_checkpoint_size
 from .procs import STOP_ENV
 from .recipe import LossesSpec
-from .schemas import CheckpointState, MetricsLine, check, read_text_bounded
+from .schemas import MetricsLine, check, read_text_bounded
 from .terms import GENERATOR_TERMS, TermInputs
 
 log = logging.getLogger(__name__)
 
-CKPT_RE = re.compile(r"step_(\d+)\.pt$")
 SHARE_FLOOR = 0.01  # a distillation term below this share of the gradient norm ...
 SHARE_PATIENCE = 3  # ... at this many consecutive logged steps gets one warning
 
@@ -262,58 +263,6 @@ def lr_lambda(steps: int, decay_from: float) -> Callable[[int], float]:
     return f
 
 
-def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    if not folder.is_dir():
-        return []
-    out = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_RE.search(p.name))]
-    return sorted(out)
-
-
-def load_latest_checkpoint(folder: Path) -> Optional[dict]:
-    """The newest readable checkpoint; a truncated or corrupt one is reported and skipped."""
-    for step, path in reversed(list_checkpoints(folder)):
-        try:
-            check_checkpoint_size(path, "checkpoint")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or state.get("step") != step:
-                raise ValueError("unexpected content")
-            return state
-        except Exception as exc:  # noqa: BLE001 - any failure means this file is unusable
-            log.warning(
-                "checkpoint %s is truncated or corrupt (%s); using the previous one",
-                path,
-                str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__,
-            )
-    return None
-
-
-def resumable_checkpoint(folder: Path) -> Optional[dict]:
-    """The newest readable checkpoint, checked against :class:`compressor.schemas.CheckpointState` (the
-    structure :meth:`Trainer.load_state_dict` expects); a wrong structure is one CheckpointError line."""
-    state = load_latest_checkpoint(folder)
-    if state is not None:
-        try:
-            check(state, CheckpointState, f"{folder}/step_{state['step']:08d}.pt")
-        except UserError as exc:
-            raise CheckpointError(f"{exc}; pass --force to start over (the old checkpoints are kept aside)") from None
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    """Restore the torch, CUDA, Python and numpy random states a checkpoint holds (older ones hold fewer)."""
-    torch.set_rng_state(state["rng_cpu"])
-    if "rng_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    py = state.get("rng_py")
-    if isinstance(py, dict):
-        random.setstate((py["version"], tuple(int(v) for v in py["state"]), py["gauss_next"]))
-    n = state.get("rng_np")
-    if isinstance(n, dict):
-        np.random.set_state(
-            (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-        )
-
-
 class Trainer:
     def __init__(
         self,
@@ -405,9 +354,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
-        py = random.getstate()
-        np_state = np.random.get_state()
-        state = {
+        """Everything a resumed run needs: models, optimisers, schedulers, scaler, step and the random states."""
+        return {
             "step": self.step,
             "students": {d.name: d.student.state_dict() for d in self.s.directions},
             "discriminators": {d.name: d.disc.state_dict() for d in self.s.directions if d.disc is not None},
@@ -417,20 +365,8 @@ class Trainer:
             "opt_d": self.opt_d.state_dict() if self.opt_d else {},
             "sched_d": self.sched_d.state_dict() if self.sched_d else {},
             "scaler": self.scaler.state_dict(),
-            # every random state, in types torch.load(weights_only=True) reads back
-            "rng_cpu": torch.get_rng_state(),
-            "rng_py": {"version": py[0], "state": list(py[1]), "gauss_next": py[2]},
-            "rng_np": {
-                "kind": str(np_state[0]),
-                "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                "pos": int(np_state[2]),
-                "has_gauss": int(np_state[3]),
-                "cached_gaussian": float(np_state[4]),
-            },
+            **capture_rng(),
         }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        return state
 
     def load_state_dict(self, state: dict) -> None:
         for d in self.s.directions:
@@ -450,13 +386,10 @@ class Trainer:
         self.step = int(state["step"])
 
     def save_checkpoint(self) -> Optional[Path]:
+        """Write :meth:`state_dict` as ``checkpoints/step_<step>.pt``, keeping the last ``keep_last`` (rank 0 only)."""
         if self.rank != 0:
             return None
-        path = self.ckpt_dir / f"step_{self.step:08d}.pt"
-        atomic_torch_save(self.state_dict(), path)
-        for _, old in list_checkpoints(self.ckpt_dir)[: -self.s.keep_last]:
-            old.unlink(missing_ok=True)
-        return path
+        return write_checkpoint(self.state_dict(), self.ckpt_dir, self.step, self.s.keep_last)
 
     # ------------------------------------------------------------------------------------------ step
 

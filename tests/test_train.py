@@ -10,7 +10,7 @@ import numpy as np
 from conftest import ROOT, THREADS, run_cli, tiny_recipe_text
 from PIL import Image
 
-from compressor.train import list_checkpoints, load_latest_checkpoint
+from compressor.checkpoints import list_checkpoints, load_latest_checkpoint
 
 SLOW_DISTILL = """
 distill:
