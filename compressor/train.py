@@ -39,7 +39,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -264,6 +264,14 @@ def lr_lambda(steps: int, decay_from: float) -> Callable[[int], float]:
 
 
 class Trainer:
+    """The training loop over a :class:`TrainSetup`: models placed on the device, discriminators built where the GAN
+    term needs them, one optimiser (and LR schedule) for the generator side and one for the discriminators.
+
+    Checkpoints (:meth:`state_dict`, :meth:`save_checkpoint`) are written and read through
+    :mod:`compressor.checkpoints`; metrics go to ``metrics.jsonl`` (and TensorBoard where installed), sample grids
+    to ``samples/``.
+    """
+
     def __init__(
         self,
         setup: TrainSetup,
@@ -281,57 +289,15 @@ class Trainer:
         self.metrics_file = self.out / "metrics.jsonl"
         self.samples_dir = self.out / "samples"
         self.gan = GANLoss(setup.losses.gan.mode)
-        L = setup.losses
         kind = DATA_KINDS[setup.kind]
-        self.use_gan = L.gan.weight > 0 and kind.gan_enabled(setup.teacher_as_real)
-        mf = torch.channels_last if (setup.channels_last and device.type == "cuda") else torch.contiguous_format
-        self.memory_format = mf
-        for d in setup.directions:
-            d.kind = kind
-            d.student.to(device, memory_format=mf).train()
-            if d.teacher is not None:
-                d.teacher.to(device, memory_format=mf).eval().requires_grad_(False)
-            if self.use_gan and d.disc is None:
-                probe = setup.dataset[0][d.src][None].to(device)
-                with torch.no_grad():
-                    out_nc = d.student(probe).shape[1]
-                d.disc = setup.build_discriminator(
-                    input_nc=kind.disc_input_channels(probe.shape[1], out_nc), **dict(setup.disc_spec or {})
-                )
-            if d.disc is not None:
-                d.disc.to(device, memory_format=mf).train()
-        self.adapters = None
-        if L.feat.weight > 0 and setup.feat_channels:
-            self.adapters = nn.ModuleDict(
-                {d.name: FeatureAdapters(setup.feat_channels) for d in setup.directions if d.teacher is not None}
-            ).to(device)
-        g_modules = {f"student_{d.name}": d.student for d in setup.directions}
-        if self.adapters is not None:
-            g_modules["adapters"] = self.adapters
-        d_modules = {f"disc_{d.name}": d.disc for d in setup.directions if d.disc is not None}
-        self.g_objective: nn.Module = _Objective(g_modules, self._generator_loss)
-        self.d_objective: Optional[nn.Module] = _Objective(d_modules, self._discriminator_loss) if d_modules else None
-        g_params = list(self.g_objective.parameters())
-        self.opt_g = torch.optim.Adam(g_params, lr=setup.lr, betas=(0.5, 0.999))
-        self.opt_d = (
-            torch.optim.Adam(self.d_objective.parameters(), lr=setup.lr, betas=(0.5, 0.999))
-            if self.d_objective is not None
-            else None
-        )
-        sched = lr_lambda(setup.steps, setup.decay_from)
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched) if self.opt_d else None
-        # mixed precision: everything on CUDA; the frozen teacher's forward on CPUs with native bf16
-        self.amp_dtype: Optional[torch.dtype] = None
-        self.teacher_amp_dtype: Optional[torch.dtype] = None
-        if device.type == "cuda":
-            self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.amp)
-            self.teacher_amp_dtype = self.amp_dtype
-        else:
-            self.teacher_amp_dtype, note = cpu_amp_dtype(setup.amp)
-            if note and self.rank == 0:
-                log.warning(note)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.use_gan = setup.losses.gan.weight > 0 and kind.gan_enabled(setup.teacher_as_real)
+        cl = setup.channels_last and device.type == "cuda"
+        self.memory_format = torch.channels_last if cl else torch.contiguous_format
+        self._place_models(kind)
+        self._build_discriminators()  # draws from the torch RNG: after the students, before the adapters
+        self._build_objectives()
+        self._build_optimisers()
+        self._setup_precision()
         self._teacher_cache: dict[tuple[str, int], TeacherOut] = {}
         self.shares: dict[str, float] = {}  # each generator term's share of the gradient norm, at the last log step
         self.grad_norms: dict[str, float] = {}
@@ -340,6 +306,70 @@ class Trainer:
         self.step = 0
         self._stop = False
         self._ddp_ready = False
+
+    def _place_models(self, kind: DataKind) -> None:
+        """Every direction's student (training) and frozen teacher on the device; each direction learns its kind."""
+        for d in self.s.directions:
+            d.kind = kind
+            d.student.to(self.device, memory_format=self.memory_format).train()
+            if d.teacher is not None:
+                d.teacher.to(self.device, memory_format=self.memory_format).eval().requires_grad_(False)
+
+    def _build_discriminators(self) -> None:
+        """A discriminator for each direction that has none while the GAN term is on; its input channels come
+        from one probe forward of the student on the first sample."""
+        s = self.s
+        for d in s.directions:
+            if self.use_gan and d.disc is None:
+                probe = s.dataset[0][d.src][None].to(self.device)
+                with torch.no_grad():
+                    out_nc = d.student(probe).shape[1]
+                d.disc = s.build_discriminator(
+                    input_nc=d.kind.disc_input_channels(probe.shape[1], out_nc), **dict(s.disc_spec or {})
+                )
+            if d.disc is not None:
+                d.disc.to(self.device, memory_format=self.memory_format).train()
+
+    def _build_objectives(self) -> None:
+        """The feature-distillation adapters, and the generator-side and discriminator-side objectives."""
+        s = self.s
+        self.adapters = None
+        if s.losses.feat.weight > 0 and s.feat_channels:
+            self.adapters = nn.ModuleDict(
+                {d.name: FeatureAdapters(s.feat_channels) for d in s.directions if d.teacher is not None}
+            ).to(self.device)
+        g_modules = {f"student_{d.name}": d.student for d in s.directions}
+        if self.adapters is not None:
+            g_modules["adapters"] = self.adapters
+        d_modules = {f"disc_{d.name}": d.disc for d in s.directions if d.disc is not None}
+        self.g_objective: nn.Module = _Objective(g_modules, self._generator_loss)
+        self.d_objective: Optional[nn.Module] = _Objective(d_modules, self._discriminator_loss) if d_modules else None
+
+    def _build_optimisers(self) -> None:
+        """Adam for each objective; constant learning rate, then linear decay (:func:`lr_lambda`)."""
+        s = self.s
+        self.opt_g = torch.optim.Adam(list(self.g_objective.parameters()), lr=s.lr, betas=(0.5, 0.999))
+        self.opt_d = (
+            torch.optim.Adam(self.d_objective.parameters(), lr=s.lr, betas=(0.5, 0.999))
+            if self.d_objective is not None
+            else None
+        )
+        sched = lr_lambda(s.steps, s.decay_from)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched) if self.opt_d else None
+
+    def _setup_precision(self) -> None:
+        """Mixed precision: everything on CUDA; the frozen teacher's forward on CPUs with native bf16."""
+        self.amp_dtype: Optional[torch.dtype] = None
+        self.teacher_amp_dtype: Optional[torch.dtype] = None
+        if self.device.type == "cuda":
+            self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.s.amp)
+            self.teacher_amp_dtype = self.amp_dtype
+        else:
+            self.teacher_amp_dtype, note = cpu_amp_dtype(self.s.amp)
+            if note and self.rank == 0:
+                log.warning(note)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
     def _wrap_distributed(self) -> None:
         """DistributedDataParallel around both objectives (after resume: DDP broadcasts rank 0's weights)."""
@@ -635,66 +665,87 @@ class Trainer:
         return stop
 
     def fit(self, resume: bool = False) -> dict:
-        s = self.s
+        """Train to ``steps`` (from the newest checkpoint with ``resume``); a summary of the run."""
         if resume:
-            state = resumable_checkpoint(self.ckpt_dir)
-            if state is not None:
-                try:
-                    self.load_state_dict(state)
-                except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
-                    # another architecture (student.width), or pieces of the wrong structure
-                    raise CheckpointError(
-                        f"{self.ckpt_dir}: the checkpoint does not fit this model "
-                        f"({str(exc).splitlines()[0][:160]}); pass --force to start over (the "
-                        f"old checkpoints are kept aside)"
-                    ) from None
-                log.info("resumed from step %d", self.step)
-            elif list_checkpoints(self.ckpt_dir):
-                raise CheckpointError(f"{self.ckpt_dir}: no readable checkpoint to resume from")
+            self._resume()
         self._wrap_distributed()
         self._truncate_metrics()
-        if self.step >= s.steps:
+        if self.step >= self.s.steps:
             return self.summary({})
+        t0 = time.perf_counter()
+        with self._sigint_stops():
+            last = self._loop(t0)
+        return self.summary(last, time.perf_counter() - t0)
+
+    def _resume(self) -> None:
+        """Load the newest readable checkpoint (none: start from step 0); one CheckpointError line when it does
+        not fit this model or none of several is readable."""
+        state = resumable_checkpoint(self.ckpt_dir)
+        if state is not None:
+            try:
+                self.load_state_dict(state)
+            except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                # another architecture (student.width), or pieces of the wrong structure
+                raise CheckpointError(
+                    f"{self.ckpt_dir}: the checkpoint does not fit this model "
+                    f"({str(exc).splitlines()[0][:160]}); pass --force to start over (the "
+                    f"old checkpoints are kept aside)"
+                ) from None
+            log.info("resumed from step %d", self.step)
+        elif list_checkpoints(self.ckpt_dir):
+            raise CheckpointError(f"{self.ckpt_dir}: no readable checkpoint to resume from")
+
+    @contextlib.contextmanager
+    def _sigint_stops(self) -> Iterator[None]:
+        """Ctrl-C (on rank 0, in the main thread) asks the loop to stop after the current step."""
         old_handler = None
         if self.rank == 0 and hasattr(signal, "SIGINT"):
             try:
                 old_handler = signal.signal(signal.SIGINT, self._on_sigint)
             except ValueError:  # not the main thread
                 old_handler = None
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        count = 0
-        last: dict[str, float] = {}
         try:
-            for batch in self._loader():
-                terms = self.train_step(batch)
-                self.step += 1
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                count += 1
-                if self.step % s.log_every == 0 or self.step == s.steps:
-                    last = {k: v / count for k, v in sums.items()}
-                    if self.rank == 0:
-                        self._log_metrics(last, t0)
-                    sums, count = {}, 0
-                if self.progress and self.rank == 0:
-                    shares = {f"share:{k}": v for k, v in self.shares.items()}
-                    self.progress(self.step, s.steps, {**{k: float(v) for k, v in terms.items()}, **shares})
-                if self.rank == 0 and (self.step % s.sample_every == 0 or self.step == s.steps):
-                    self.write_samples()
-                if self.step % s.checkpoint_every == 0 or self.step == s.steps:
-                    self.save_checkpoint()
-                if self._stop_requested():
-                    path = self.save_checkpoint()
-                    raise Interrupted(
-                        f"interrupted at step {self.step}; checkpoint written to {path}", s.resume_command
-                    )
-                if self.step >= s.steps:
-                    break
+            yield
         finally:
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
-        return self.summary(last, time.perf_counter() - t0)
+
+    def _loop(self, t0: float) -> dict[str, float]:
+        """Steps until ``steps``; the mean of each term over the last logged window."""
+        s = self.s
+        sums: dict[str, float] = {}
+        count = 0
+        last: dict[str, float] = {}
+        for batch in self._loader():
+            terms = self.train_step(batch)
+            self.step += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+            if self.step % s.log_every == 0 or self.step == s.steps:
+                last = {k: v / count for k, v in sums.items()}
+                if self.rank == 0:
+                    self._log_metrics(last, t0)
+                sums, count = {}, 0
+            self._after_step(terms)
+            if self.step >= s.steps:
+                break
+        return last
+
+    def _after_step(self, terms: dict[str, torch.Tensor]) -> None:
+        """Progress, samples and checkpoints as scheduled; a requested stop writes a checkpoint and raises
+        :class:`Interrupted`."""
+        s = self.s
+        if self.progress and self.rank == 0:
+            shares = {f"share:{k}": v for k, v in self.shares.items()}
+            self.progress(self.step, s.steps, {**{k: float(v) for k, v in terms.items()}, **shares})
+        if self.rank == 0 and (self.step % s.sample_every == 0 or self.step == s.steps):
+            self.write_samples()
+        if self.step % s.checkpoint_every == 0 or self.step == s.steps:
+            self.save_checkpoint()
+        if self._stop_requested():
+            path = self.save_checkpoint()
+            raise Interrupted(f"interrupted at step {self.step}; checkpoint written to {path}", s.resume_command)
 
     def _log_metrics(self, losses: dict, t0: float) -> None:
         rec = {
