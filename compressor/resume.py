@@ -4,6 +4,9 @@ A training folder's ``checkpoints/`` carries ``config.json``: the digest of ever
 (the stage's recipe sections and its upstream stages: teacher, student width, distill, data, seed). Training
 continues (``--resume``) only from checkpoints whose digest matches the recipe in hand; anything else is one line
 offering ``--force``, which moves the old checkpoints aside (never deletes them).
+
+This module decides only *whether* the files may be used; reading and writing them (``step_*.pt``, rotation, the
+random states) is :mod:`compressor.checkpoints`, beside it.
 """
 
 from __future__ import annotations

@@ -33,6 +33,7 @@ from exporters.profile import profile_models, resolve_models
 from exporters.report import report_run
 from exporters.runtimes import BACKENDS, get_backend
 
+from .checkpoints import list_checkpoints
 from .cmdline import command_line_hint
 from .complexity import profile_model
 from .data import batch_keys, check_data_root, input_images, make_dataset
@@ -57,7 +58,7 @@ from .recipe import LossesSpec, Recipe
 from .resume import prepare_checkpoints
 from .runfolder import RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher, profile_refs
 from .slim import load_student, make_student, save_student
-from .train import Direction, Trainer, TrainSetup, list_checkpoints, seed_everything
+from .train import Direction, Trainer, TrainSetup, seed_everything
 from .trust import consent_to
 
 log = logging.getLogger(__name__)

@@ -13,11 +13,13 @@ channels) lives in a :class:`DataKind` that each :class:`Direction` carries: **p
 PatchGAN on (input, output)), **unpaired** (two students and two teachers, unconditional PatchGAN) and **folder**
 (inputs only; the teacher's outputs are the GAN's real samples when asked).
 
-Checkpoints are written atomically every N steps (the last K kept); ``resume`` restores models, optimisers,
-schedulers, the Python, numpy, torch and CUDA random states, data position and step, so an interrupted and resumed
-run equals an uninterrupted one. A NaN/Inf loss stops the run and names the term; SIGINT writes a checkpoint and
-raises :class:`Interrupted`. Several processes (``torchrun``) train under :class:`DistributedDataParallel`
-(bucketed all-reduce overlapped with the backward pass); rank 0 alone writes.
+Every N steps the loop writes a checkpoint (the last K kept); ``resume`` restores models, optimisers, schedulers,
+the Python, numpy, torch and CUDA random states, data position and step, so an interrupted and resumed run equals
+an uninterrupted one. What a checkpoint holds is :meth:`Trainer.state_dict`; the files themselves (atomic writes,
+rotation, a corrupt newest file skipped, the random states) are :mod:`compressor.checkpoints`, and whether a run
+may continue from them at all is :mod:`compressor.resume`. A NaN/Inf loss stops the run and names the term; SIGINT
+writes a checkpoint and raises :class:`Interrupted`. Several processes (``torchrun``) train under
+:class:`DistributedDataParallel` (bucketed all-reduce overlapped with the backward pass); rank 0 alone writes.
 
 ``amp`` is mixed precision: on CUDA, bf16 or fp16 autocast for every forward; on a CPU, bf16 autocast for the frozen
 teacher's forward where the CPU computes bf16 natively (AVX512-BF16 or AMX), else FP32 with a one-time note.
@@ -32,13 +34,12 @@ import json
 import logging
 import os
 import random
-import re
 import signal
 import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -47,21 +48,21 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from .checkpoints import capture_rng, list_checkpoints, restore_rng, resumable_checkpoint
+from .checkpoints import save_checkpoint as write_checkpoint
 from .data import ResumableSampler, image_row, to_image
-from .errors import CheckpointError, Interrupted, TrainingDiverged, UserError
+from .errors import CheckpointError, Interrupted, TrainingDiverged
 from .features import FeatureTaps
-from .io import append_line, atomic_torch_save, atomic_write_bytes, atomic_write_text
+from .io import append_line, atomic_write_bytes, atomic_write_text
 from .losses import FeatureAdapters, GANLoss
 from .models import build_discriminator
-from .models.checkpoint import check_checkpoint_size
 from .procs import STOP_ENV
 from .recipe import LossesSpec
-from .schemas import CheckpointState, MetricsLine, check, read_text_bounded
+from .schemas import MetricsLine, check, read_text_bounded
 from .terms import CROSS_TERMS, GENERATOR_TERMS, CrossInputs, TermInputs
 
 log = logging.getLogger(__name__)
 
-CKPT_RE = re.compile(r"step_(\d+)\.pt$")
 SHARE_FLOOR = 0.01  # a distillation term below this share of the gradient norm ...
 SHARE_PATIENCE = 3  # ... at this many consecutive logged steps gets one warning
 
@@ -262,59 +263,15 @@ def lr_lambda(steps: int, decay_from: float) -> Callable[[int], float]:
     return f
 
 
-def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
-    if not folder.is_dir():
-        return []
-    out = [(int(m.group(1)), p) for p in folder.iterdir() if (m := CKPT_RE.search(p.name))]
-    return sorted(out)
-
-
-def load_latest_checkpoint(folder: Path) -> Optional[dict]:
-    """The newest readable checkpoint; a truncated or corrupt one is reported and skipped."""
-    for step, path in reversed(list_checkpoints(folder)):
-        try:
-            check_checkpoint_size(path, "checkpoint")
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or state.get("step") != step:
-                raise ValueError("unexpected content")
-            return state
-        except Exception as exc:  # noqa: BLE001 - any failure means this file is unusable
-            log.warning(
-                "checkpoint %s is truncated or corrupt (%s); using the previous one",
-                path,
-                str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__,
-            )
-    return None
-
-
-def resumable_checkpoint(folder: Path) -> Optional[dict]:
-    """The newest readable checkpoint, checked against :class:`compressor.schemas.CheckpointState` (the
-    structure :meth:`Trainer.load_state_dict` expects); a wrong structure is one CheckpointError line."""
-    state = load_latest_checkpoint(folder)
-    if state is not None:
-        try:
-            check(state, CheckpointState, f"{folder}/step_{state['step']:08d}.pt")
-        except UserError as exc:
-            raise CheckpointError(f"{exc}; pass --force to start over (the old checkpoints are kept aside)") from None
-    return state
-
-
-def restore_rng(state: dict) -> None:
-    """Restore the torch, CUDA, Python and numpy random states a checkpoint holds (older ones hold fewer)."""
-    torch.set_rng_state(state["rng_cpu"])
-    if "rng_cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["rng_cuda"])
-    py = state.get("rng_py")
-    if isinstance(py, dict):
-        random.setstate((py["version"], tuple(int(v) for v in py["state"]), py["gauss_next"]))
-    n = state.get("rng_np")
-    if isinstance(n, dict):
-        np.random.set_state(
-            (n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
-        )
-
-
 class Trainer:
+    """The training loop over a :class:`TrainSetup`: models placed on the device, discriminators built where the GAN
+    term needs them, one optimiser (and LR schedule) for the generator side and one for the discriminators.
+
+    Checkpoints (:meth:`state_dict`, :meth:`save_checkpoint`) are written and read through
+    :mod:`compressor.checkpoints`; metrics go to ``metrics.jsonl`` (and TensorBoard where installed), sample grids
+    to ``samples/``.
+    """
+
     def __init__(
         self,
         setup: TrainSetup,
@@ -332,57 +289,15 @@ class Trainer:
         self.metrics_file = self.out / "metrics.jsonl"
         self.samples_dir = self.out / "samples"
         self.gan = GANLoss(setup.losses.gan.mode)
-        L = setup.losses
         kind = DATA_KINDS[setup.kind]
-        self.use_gan = L.gan.weight > 0 and kind.gan_enabled(setup.teacher_as_real)
-        mf = torch.channels_last if (setup.channels_last and device.type == "cuda") else torch.contiguous_format
-        self.memory_format = mf
-        for d in setup.directions:
-            d.kind = kind
-            d.student.to(device, memory_format=mf).train()
-            if d.teacher is not None:
-                d.teacher.to(device, memory_format=mf).eval().requires_grad_(False)
-            if self.use_gan and d.disc is None:
-                probe = setup.dataset[0][d.src][None].to(device)
-                with torch.no_grad():
-                    out_nc = d.student(probe).shape[1]
-                d.disc = setup.build_discriminator(
-                    input_nc=kind.disc_input_channels(probe.shape[1], out_nc), **dict(setup.disc_spec or {})
-                )
-            if d.disc is not None:
-                d.disc.to(device, memory_format=mf).train()
-        self.adapters = None
-        if L.feat.weight > 0 and setup.feat_channels:
-            self.adapters = nn.ModuleDict(
-                {d.name: FeatureAdapters(setup.feat_channels) for d in setup.directions if d.teacher is not None}
-            ).to(device)
-        g_modules = {f"student_{d.name}": d.student for d in setup.directions}
-        if self.adapters is not None:
-            g_modules["adapters"] = self.adapters
-        d_modules = {f"disc_{d.name}": d.disc for d in setup.directions if d.disc is not None}
-        self.g_objective: nn.Module = _Objective(g_modules, self._generator_loss)
-        self.d_objective: Optional[nn.Module] = _Objective(d_modules, self._discriminator_loss) if d_modules else None
-        g_params = list(self.g_objective.parameters())
-        self.opt_g = torch.optim.Adam(g_params, lr=setup.lr, betas=(0.5, 0.999))
-        self.opt_d = (
-            torch.optim.Adam(self.d_objective.parameters(), lr=setup.lr, betas=(0.5, 0.999))
-            if self.d_objective is not None
-            else None
-        )
-        sched = lr_lambda(setup.steps, setup.decay_from)
-        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
-        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched) if self.opt_d else None
-        # mixed precision: everything on CUDA; the frozen teacher's forward on CPUs with native bf16
-        self.amp_dtype: Optional[torch.dtype] = None
-        self.teacher_amp_dtype: Optional[torch.dtype] = None
-        if device.type == "cuda":
-            self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(setup.amp)
-            self.teacher_amp_dtype = self.amp_dtype
-        else:
-            self.teacher_amp_dtype, note = cpu_amp_dtype(setup.amp)
-            if note and self.rank == 0:
-                log.warning(note)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.use_gan = setup.losses.gan.weight > 0 and kind.gan_enabled(setup.teacher_as_real)
+        cl = setup.channels_last and device.type == "cuda"
+        self.memory_format = torch.channels_last if cl else torch.contiguous_format
+        self._place_models(kind)
+        self._build_discriminators()  # draws from the torch RNG: after the students, before the adapters
+        self._build_objectives()
+        self._build_optimisers()
+        self._setup_precision()
         self._teacher_cache: dict[tuple[str, int], TeacherOut] = {}
         self.shares: dict[str, float] = {}  # each generator term's share of the gradient norm, at the last log step
         self.grad_norms: dict[str, float] = {}
@@ -391,6 +306,70 @@ class Trainer:
         self.step = 0
         self._stop = False
         self._ddp_ready = False
+
+    def _place_models(self, kind: DataKind) -> None:
+        """Every direction's student (training) and frozen teacher on the device; each direction learns its kind."""
+        for d in self.s.directions:
+            d.kind = kind
+            d.student.to(self.device, memory_format=self.memory_format).train()
+            if d.teacher is not None:
+                d.teacher.to(self.device, memory_format=self.memory_format).eval().requires_grad_(False)
+
+    def _build_discriminators(self) -> None:
+        """A discriminator for each direction that has none while the GAN term is on; its input channels come
+        from one probe forward of the student on the first sample."""
+        s = self.s
+        for d in s.directions:
+            if self.use_gan and d.disc is None:
+                probe = s.dataset[0][d.src][None].to(self.device)
+                with torch.no_grad():
+                    out_nc = d.student(probe).shape[1]
+                d.disc = s.build_discriminator(
+                    input_nc=d.kind.disc_input_channels(probe.shape[1], out_nc), **dict(s.disc_spec or {})
+                )
+            if d.disc is not None:
+                d.disc.to(self.device, memory_format=self.memory_format).train()
+
+    def _build_objectives(self) -> None:
+        """The feature-distillation adapters, and the generator-side and discriminator-side objectives."""
+        s = self.s
+        self.adapters = None
+        if s.losses.feat.weight > 0 and s.feat_channels:
+            self.adapters = nn.ModuleDict(
+                {d.name: FeatureAdapters(s.feat_channels) for d in s.directions if d.teacher is not None}
+            ).to(self.device)
+        g_modules = {f"student_{d.name}": d.student for d in s.directions}
+        if self.adapters is not None:
+            g_modules["adapters"] = self.adapters
+        d_modules = {f"disc_{d.name}": d.disc for d in s.directions if d.disc is not None}
+        self.g_objective: nn.Module = _Objective(g_modules, self._generator_loss)
+        self.d_objective: Optional[nn.Module] = _Objective(d_modules, self._discriminator_loss) if d_modules else None
+
+    def _build_optimisers(self) -> None:
+        """Adam for each objective; constant learning rate, then linear decay (:func:`lr_lambda`)."""
+        s = self.s
+        self.opt_g = torch.optim.Adam(list(self.g_objective.parameters()), lr=s.lr, betas=(0.5, 0.999))
+        self.opt_d = (
+            torch.optim.Adam(self.d_objective.parameters(), lr=s.lr, betas=(0.5, 0.999))
+            if self.d_objective is not None
+            else None
+        )
+        sched = lr_lambda(s.steps, s.decay_from)
+        self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
+        self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched) if self.opt_d else None
+
+    def _setup_precision(self) -> None:
+        """Mixed precision: everything on CUDA; the frozen teacher's forward on CPUs with native bf16."""
+        self.amp_dtype: Optional[torch.dtype] = None
+        self.teacher_amp_dtype: Optional[torch.dtype] = None
+        if self.device.type == "cuda":
+            self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.s.amp)
+            self.teacher_amp_dtype = self.amp_dtype
+        else:
+            self.teacher_amp_dtype, note = cpu_amp_dtype(self.s.amp)
+            if note and self.rank == 0:
+                log.warning(note)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
     def _wrap_distributed(self) -> None:
         """DistributedDataParallel around both objectives (after resume: DDP broadcasts rank 0's weights)."""
@@ -405,9 +384,8 @@ class Trainer:
     # ------------------------------------------------------------------------------------------ state
 
     def state_dict(self) -> dict:
-        py = random.getstate()
-        np_state = np.random.get_state()
-        state = {
+        """Everything a resumed run needs: models, optimisers, schedulers, scaler, step and the random states."""
+        return {
             "step": self.step,
             "students": {d.name: d.student.state_dict() for d in self.s.directions},
             "discriminators": {d.name: d.disc.state_dict() for d in self.s.directions if d.disc is not None},
@@ -417,20 +395,8 @@ class Trainer:
             "opt_d": self.opt_d.state_dict() if self.opt_d else {},
             "sched_d": self.sched_d.state_dict() if self.sched_d else {},
             "scaler": self.scaler.state_dict(),
-            # every random state, in types torch.load(weights_only=True) reads back
-            "rng_cpu": torch.get_rng_state(),
-            "rng_py": {"version": py[0], "state": list(py[1]), "gauss_next": py[2]},
-            "rng_np": {
-                "kind": str(np_state[0]),
-                "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                "pos": int(np_state[2]),
-                "has_gauss": int(np_state[3]),
-                "cached_gaussian": float(np_state[4]),
-            },
+            **capture_rng(),
         }
-        if torch.cuda.is_available() and torch.cuda.is_initialized():
-            state["rng_cuda"] = torch.cuda.get_rng_state_all()
-        return state
 
     def load_state_dict(self, state: dict) -> None:
         for d in self.s.directions:
@@ -450,13 +416,10 @@ class Trainer:
         self.step = int(state["step"])
 
     def save_checkpoint(self) -> Optional[Path]:
+        """Write :meth:`state_dict` as ``checkpoints/step_<step>.pt``, keeping the last ``keep_last`` (rank 0 only)."""
         if self.rank != 0:
             return None
-        path = self.ckpt_dir / f"step_{self.step:08d}.pt"
-        atomic_torch_save(self.state_dict(), path)
-        for _, old in list_checkpoints(self.ckpt_dir)[: -self.s.keep_last]:
-            old.unlink(missing_ok=True)
-        return path
+        return write_checkpoint(self.state_dict(), self.ckpt_dir, self.step, self.s.keep_last)
 
     # ------------------------------------------------------------------------------------------ step
 
@@ -699,66 +662,87 @@ class Trainer:
         return stop
 
     def fit(self, resume: bool = False) -> dict:
-        s = self.s
+        """Train to ``steps`` (from the newest checkpoint with ``resume``); a summary of the run."""
         if resume:
-            state = resumable_checkpoint(self.ckpt_dir)
-            if state is not None:
-                try:
-                    self.load_state_dict(state)
-                except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
-                    # another architecture (student.width), or pieces of the wrong structure
-                    raise CheckpointError(
-                        f"{self.ckpt_dir}: the checkpoint does not fit this model "
-                        f"({str(exc).splitlines()[0][:160]}); pass --force to start over (the "
-                        f"old checkpoints are kept aside)"
-                    ) from None
-                log.info("resumed from step %d", self.step)
-            elif list_checkpoints(self.ckpt_dir):
-                raise CheckpointError(f"{self.ckpt_dir}: no readable checkpoint to resume from")
+            self._resume()
         self._wrap_distributed()
         self._truncate_metrics()
-        if self.step >= s.steps:
+        if self.step >= self.s.steps:
             return self.summary({})
+        t0 = time.perf_counter()
+        with self._sigint_stops():
+            last = self._loop(t0)
+        return self.summary(last, time.perf_counter() - t0)
+
+    def _resume(self) -> None:
+        """Load the newest readable checkpoint (none: start from step 0); one CheckpointError line when it does
+        not fit this model or none of several is readable."""
+        state = resumable_checkpoint(self.ckpt_dir)
+        if state is not None:
+            try:
+                self.load_state_dict(state)
+            except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, IndexError) as exc:
+                # another architecture (student.width), or pieces of the wrong structure
+                raise CheckpointError(
+                    f"{self.ckpt_dir}: the checkpoint does not fit this model "
+                    f"({str(exc).splitlines()[0][:160]}); pass --force to start over (the "
+                    f"old checkpoints are kept aside)"
+                ) from None
+            log.info("resumed from step %d", self.step)
+        elif list_checkpoints(self.ckpt_dir):
+            raise CheckpointError(f"{self.ckpt_dir}: no readable checkpoint to resume from")
+
+    @contextlib.contextmanager
+    def _sigint_stops(self) -> Iterator[None]:
+        """Ctrl-C (on rank 0, in the main thread) asks the loop to stop after the current step."""
         old_handler = None
         if self.rank == 0 and hasattr(signal, "SIGINT"):
             try:
                 old_handler = signal.signal(signal.SIGINT, self._on_sigint)
             except ValueError:  # not the main thread
                 old_handler = None
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        count = 0
-        last: dict[str, float] = {}
         try:
-            for batch in self._loader():
-                terms = self.train_step(batch)
-                self.step += 1
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                count += 1
-                if self.step % s.log_every == 0 or self.step == s.steps:
-                    last = {k: v / count for k, v in sums.items()}
-                    if self.rank == 0:
-                        self._log_metrics(last, t0)
-                    sums, count = {}, 0
-                if self.progress and self.rank == 0:
-                    shares = {f"share:{k}": v for k, v in self.shares.items()}
-                    self.progress(self.step, s.steps, {**{k: float(v) for k, v in terms.items()}, **shares})
-                if self.rank == 0 and (self.step % s.sample_every == 0 or self.step == s.steps):
-                    self.write_samples()
-                if self.step % s.checkpoint_every == 0 or self.step == s.steps:
-                    self.save_checkpoint()
-                if self._stop_requested():
-                    path = self.save_checkpoint()
-                    raise Interrupted(
-                        f"interrupted at step {self.step}; checkpoint written to {path}", s.resume_command
-                    )
-                if self.step >= s.steps:
-                    break
+            yield
         finally:
             if old_handler is not None:
                 signal.signal(signal.SIGINT, old_handler)
-        return self.summary(last, time.perf_counter() - t0)
+
+    def _loop(self, t0: float) -> dict[str, float]:
+        """Steps until ``steps``; the mean of each term over the last logged window."""
+        s = self.s
+        sums: dict[str, float] = {}
+        count = 0
+        last: dict[str, float] = {}
+        for batch in self._loader():
+            terms = self.train_step(batch)
+            self.step += 1
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            count += 1
+            if self.step % s.log_every == 0 or self.step == s.steps:
+                last = {k: v / count for k, v in sums.items()}
+                if self.rank == 0:
+                    self._log_metrics(last, t0)
+                sums, count = {}, 0
+            self._after_step(terms)
+            if self.step >= s.steps:
+                break
+        return last
+
+    def _after_step(self, terms: dict[str, torch.Tensor]) -> None:
+        """Progress, samples and checkpoints as scheduled; a requested stop writes a checkpoint and raises
+        :class:`Interrupted`."""
+        s = self.s
+        if self.progress and self.rank == 0:
+            shares = {f"share:{k}": v for k, v in self.shares.items()}
+            self.progress(self.step, s.steps, {**{k: float(v) for k, v in terms.items()}, **shares})
+        if self.rank == 0 and (self.step % s.sample_every == 0 or self.step == s.steps):
+            self.write_samples()
+        if self.step % s.checkpoint_every == 0 or self.step == s.steps:
+            self.save_checkpoint()
+        if self._stop_requested():
+            path = self.save_checkpoint()
+            raise Interrupted(f"interrupted at step {self.step}; checkpoint written to {path}", s.resume_command)
 
     def _log_metrics(self, losses: dict, t0: float) -> None:
         rec = {

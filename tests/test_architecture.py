@@ -18,6 +18,7 @@ LIBRARY = (
     "compressor.losses",
     "compressor.terms",
     "compressor.train",
+    "compressor.checkpoints",
     "compressor.data",
     "compressor.metrics",
     "compressor.complexity",

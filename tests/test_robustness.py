@@ -175,7 +175,7 @@ def test_run_dir_of_another_recipe_refused(tmp_path, tiny_recipe):
 
 def test_kill_while_writing_checkpoint_keeps_previous(tmp_path, monkeypatch):
     from compressor import io as cio
-    from compressor.train import load_latest_checkpoint
+    from compressor.checkpoints import load_latest_checkpoint
 
     folder = tmp_path / "checkpoints"
     cio.atomic_torch_save({"step": 5, "w": torch.ones(3)}, folder / "step_00000005.pt")

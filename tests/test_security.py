@@ -445,8 +445,8 @@ def test_changed_width_in_checkpoint_is_one_line(trained, tmp_path):
     """Even with a matching digest, a checkpoint of another shape is one line, not a state_dict traceback."""
     import torch
 
+    from compressor.checkpoints import load_latest_checkpoint
     from compressor.errors import CheckpointError
-    from compressor.train import load_latest_checkpoint
 
     recipe, runs = trained
     state = load_latest_checkpoint(runs / "tiny" / "checkpoints")

@@ -10,7 +10,7 @@ import numpy as np
 from conftest import ROOT, THREADS, run_cli, tiny_recipe_text
 from PIL import Image
 
-from compressor.train import list_checkpoints, load_latest_checkpoint
+from compressor.checkpoints import capture_rng, list_checkpoints, load_latest_checkpoint, restore_rng, save_checkpoint
 
 SLOW_DISTILL = """
 distill:
@@ -277,6 +277,22 @@ def test_interrupted_and_resumed_run_equals_uninterrupted_bitwise(tmp_path):
         assert torch.equal(a, b)
     lines = lambda p: [{k: v for k, v in m.items() if k != "time_s"} for m in _metrics(p)]  # noqa: E731
     assert lines(tmp_path / "full") == lines(tmp_path / "part")
+
+
+def test_save_checkpoint_keeps_the_last_k_and_the_random_states_read_back(tmp_path):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    seed_everything(7)
+    for step in range(1, 6):
+        state = {"step": step, **capture_rng()}
+        drawn = (random.random(), float(np.random.rand()), float(torch.rand(1)))
+        path = save_checkpoint(state, folder, step, keep_last=2)
+    assert path == folder / "step_00000005.pt"
+    assert [s for s, _ in list_checkpoints(folder)] == [4, 5] and (folder / "config.json").exists()
+    seed_everything(99)
+    restore_rng(load_latest_checkpoint(folder))  # read back with weights_only=True
+    assert (random.random(), float(np.random.rand()), float(torch.rand(1))) == drawn
 
 
 def test_resume_without_the_rng_restore_would_differ(tmp_path):

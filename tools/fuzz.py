@@ -303,7 +303,7 @@ def t_metrics(d: Path, rng: random.Random) -> int:
 def t_checkpoint(d: Path, rng: random.Random) -> int:
     import torch
 
-    from compressor.train import resumable_checkpoint
+    from compressor.checkpoints import resumable_checkpoint
 
     folder = d / "runs" / "tiny" / "checkpoints"
     path = folder / "step_00000002.pt"
