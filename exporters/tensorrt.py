@@ -20,6 +20,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -106,6 +107,100 @@ def _elem_types(model) -> dict:
     return types
 
 
+@dataclass
+class _LintContext:
+    """What every check in one lint run shares: the target, the graph's facts and the result's lists."""
+
+    version: tuple[int, int]
+    target: str
+    T: Any  # onnx.TensorProto (onnx is imported lazily)
+    supported: set[str]  # the ops the target's parser imports
+    constants: set[str]  # initializers and Constant outputs: build-time constants
+    inits: dict  # name -> initializer
+    types: dict  # tensor name -> element type, where it can be told
+    quantized: set[int]  # the element types TensorRT quantizes to and dequantizes from
+    problems: list[dict]
+    warnings: list[dict]
+
+    def add(self, where: list, node_name: str, op: str, rule_id: str, text: str) -> None:
+        where.append({"node": node_name, "op": op, "problem": text, "rule": rule_id, "source": rule(rule_id).source})
+
+    def problem(self, node, rule_id: str, text: str) -> None:
+        self.add(self.problems, node.name or node.output[0], node.op_type, rule_id, text)
+
+    def warning(self, node, rule_id: str, text: str) -> None:
+        self.add(self.warnings, node.name or node.output[0], node.op_type, rule_id, text)
+
+    def type_name(self, t):
+        """The element type's ONNX name (the number where ONNX has none)."""
+        return self.T.DataType.Name(t) if t in self.T.DataType.values() else t
+
+
+def _lint_context(model, v: tuple[int, int], res: LintResult, T) -> _LintContext:
+    g = model.graph
+    return _LintContext(
+        version=v,
+        target=res.target,
+        T=T,
+        supported=trt_rules.supported_ops(v),
+        constants={i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output},
+        inits={i.name: i for i in g.initializer},
+        types=_elem_types(model),
+        quantized={T.INT8, T.FLOAT8E4M3FN, T.INT4} | ({T.FLOAT4E2M1} if v >= (10, 15) else set()),
+        problems=res.problems,
+        warnings=res.warnings,
+    )
+
+
+def _lint_opset(model, ctx: _LintContext) -> None:
+    rng = trt_rules.opset_range(ctx.version)
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and not rng.low <= imp.version <= rng.high:
+            ctx.problems.append(
+                {
+                    "node": "model",
+                    "op": "opset",
+                    "rule": "opset-range",
+                    "source": rng.source,
+                    "problem": f"ONNX opset {imp.version} is outside {rng.low}-{rng.high}, the range "
+                    f"TensorRT {ctx.target} supports; export with --opset {min(18, rng.high)}",
+                }
+            )
+
+
+def _lint_float64(graph, ctx: _LintContext) -> None:
+    for t in list(graph.input) + list(graph.output):
+        if t.type.tensor_type.elem_type == ctx.T.DOUBLE:
+            ctx.add(ctx.warnings, t.name, "graph I/O", "double", "float64 tensor: TensorRT casts DOUBLE down to FLOAT")
+    for init in graph.initializer:
+        if init.data_type == ctx.T.DOUBLE:
+            ctx.add(
+                ctx.warnings,
+                init.name,
+                "initializer",
+                "double",
+                "float64 initializer: TensorRT casts DOUBLE down to FLOAT, clamping to +-FLT_MAX",
+            )
+
+
+def _op_supported(node, ctx: _LintContext) -> bool:
+    """The op-support rules, for every node: False (and a problem) where the target's parser cannot import it."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        ctx.problem(node, "custom-domain", f"custom domain {node.domain!r}: needs a registered TensorRT plugin")
+        return False
+    if op not in ctx.supported:
+        later = [r for r in trt_rules.OP_SUPPORT if r.op == op and r.since > ctx.version]
+        hint = f" (supported from TensorRT {later[0].since[0]}.{later[0].since[1]})" if later else ""
+        ctx.problem(
+            node,
+            "custom-domain",
+            f"op {op} has no importer in TensorRT {ctx.target}'s ONNX parser{hint}; it would need a plugin",
+        )
+        return False
+    return True
+
+
 def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
     """Check every node against TensorRT's ONNX support for ``version`` without TensorRT.
 
@@ -119,64 +214,16 @@ def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
     model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
     g = model.graph
     res = LintResult(target=str(version) if not isinstance(version, tuple) else f"{v[0]}.{v[1]}", nodes=len(g.node))
-    supported = trt_rules.supported_ops(v)
-    constants = {i.name for i in g.initializer}
-    constants |= {o for n in g.node if n.op_type == "Constant" for o in n.output}
-    inits = {i.name: i for i in g.initializer}
-    types = _elem_types(model)
     T = onnx.TensorProto
+    ctx = _lint_context(model, v, res, T)
+    constants, inits, types, quantized = ctx.constants, ctx.inits, ctx.types, ctx.quantized
     names = {t: T.DataType.Name(t) for t in T.DataType.values()}
-    quantized = {T.INT8, T.FLOAT8E4M3FN, T.INT4} | ({T.FLOAT4E2M1} if v >= (10, 15) else set())
-
-    def add(where: list, node_name: str, op: str, rule_id: str, text: str):
-        r = rule(rule_id)
-        where.append({"node": node_name, "op": op, "problem": text, "rule": rule_id, "source": r.source})
-
-    def problem(node, rule_id, text):
-        add(res.problems, node.name or node.output[0], node.op_type, rule_id, text)
-
-    # opset
-    rng = trt_rules.opset_range(v)
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx") and not rng.low <= imp.version <= rng.high:
-            res.problems.append(
-                {
-                    "node": "model",
-                    "op": "opset",
-                    "rule": "opset-range",
-                    "source": rng.source,
-                    "problem": f"ONNX opset {imp.version} is outside {rng.low}-{rng.high}, the range "
-                    f"TensorRT {res.target} supports; export with --opset {min(18, rng.high)}",
-                }
-            )
-    # float64
-    for t in list(g.input) + list(g.output):
-        if t.type.tensor_type.elem_type == T.DOUBLE:
-            add(res.warnings, t.name, "graph I/O", "double", "float64 tensor: TensorRT casts DOUBLE down to FLOAT")
-    for init in g.initializer:
-        if init.data_type == T.DOUBLE:
-            add(
-                res.warnings,
-                init.name,
-                "initializer",
-                "double",
-                "float64 initializer: TensorRT casts DOUBLE down to FLOAT, clamping to +-FLT_MAX",
-            )
+    add, problem = ctx.add, ctx.problem
+    _lint_opset(model, ctx)
+    _lint_float64(g, ctx)
     for node in g.node:
         op = node.op_type
-        if node.domain not in ("", "ai.onnx"):
-            problem(node, "custom-domain", f"custom domain {node.domain!r}: needs a registered TensorRT plugin")
-            continue
-        if op not in supported:
-            later = [r for r in trt_rules.OP_SUPPORT if r.op == op and r.since > v]
-            hint = f" (supported from TensorRT {later[0].since[0]}.{later[0].since[1]})" if later else ""
-            add(
-                res.problems,
-                node.name or node.output[0],
-                op,
-                "custom-domain",
-                f"op {op} has no importer in TensorRT {res.target}'s ONNX parser{hint}; it would need a plugin",
-            )
+        if not _op_supported(node, ctx):
             continue
         a = _attrs(node)
         if op == "Pad":
