@@ -20,7 +20,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -201,6 +201,104 @@ def _op_supported(node, ctx: _LintContext) -> bool:
     return True
 
 
+def _check_pad(node, a: dict, ctx: _LintContext) -> None:
+    mode = a.get("mode", "constant")
+    if mode not in _PAD_MODES:
+        ctx.problem(node, "pad-mode", f"Pad mode {mode!r} is not supported")
+    axes = node.input[3] if len(node.input) > 3 else ""
+    if rule("pad-axes").applies(ctx.version) and axes and axes not in ctx.constants:
+        ctx.problem(node, "pad-axes", "Pad's axes input must be an initializer (a build-time constant)")
+
+
+def _check_resize(node, a: dict, ctx: _LintContext) -> None:
+    mode = a.get("mode", "nearest")
+    ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    if mode not in _RESIZE_MODES:
+        ctx.problem(node, "resize-mode", f"Resize mode {mode!r} is not supported")
+    if ctm not in _CTM_OK:
+        ctx.problem(node, "resize-ctm", f"Resize coordinate_transformation_mode {ctm!r} is not supported")
+    if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        ctx.problem(
+            node,
+            "resize-aspect",
+            f"Resize keep_aspect_ratio_policy {a['keep_aspect_ratio_policy']!r} is not supported (only 'stretch')",
+        )
+    if a.get("antialias", 0):
+        ctx.problem(node, "resize-antialias", "Resize antialias=1 is not supported")
+
+
+def _zero_point(node) -> str:
+    return node.input[2] if len(node.input) > 2 else ""
+
+
+def _uint8_problem(node, ctx: _LintContext) -> None:
+    ctx.problem(
+        node,
+        "qdq-uint8",
+        f"UINT8 {node.op_type} is not supported: TensorRT needs symmetric signed INT8 (quantise with target 'tensorrt')",
+    )
+
+
+def _check_zero_point(node, ctx: _LintContext) -> None:
+    from onnx import numpy_helper
+
+    zp = _zero_point(node)
+    if zp in ctx.inits:
+        arr = numpy_helper.to_array(ctx.inits[zp])
+        if arr.dtype.kind in "iu" and arr.size and abs(arr.astype("int64")).max() != 0:
+            ctx.problem(node, "qdq-zero-point", "Q/DQ zero points must be 0 (symmetric quantisation)")
+
+
+def _check_quantize(node, a: dict, ctx: _LintContext) -> None:
+    zp = _zero_point(node)
+    if a.get("output_dtype"):
+        out_t = a["output_dtype"]
+    elif zp:
+        out_t = ctx.inits[zp].data_type if zp in ctx.inits else ctx.types.get(zp)
+    else:
+        out_t = ctx.T.UINT8  # the ONNX default without a zero point or output_dtype
+    if out_t == ctx.T.UINT8:
+        _uint8_problem(node, ctx)
+    elif out_t is not None and out_t not in ctx.quantized:
+        ctx.problem(
+            node,
+            "qdq-quantized-type",
+            f"QuantizeLinear to {ctx.type_name(out_t)} is not supported (INT8, FP8, INT4 only)",
+        )
+    _check_zero_point(node, ctx)
+
+
+def _check_dequantize(node, a: dict, ctx: _LintContext) -> None:
+    t = ctx.types.get(node.input[0])
+    if t == ctx.T.UINT8:
+        _uint8_problem(node, ctx)
+    elif t is not None and t not in ctx.quantized:
+        fp4 = "/FP4" if ctx.version >= (10, 15) else ""
+        bias = " (a quantised bias: quantise with QuantizeBias off)" if t == ctx.T.INT32 else ""
+        ctx.problem(
+            node,
+            "dq-input-type",
+            f"DequantizeLinear of {node.input[0]} ({ctx.type_name(t)}) is not supported: TensorRT dequantizes only "
+            f"INT8/FP8/INT4{fp4}{bias}",
+        )
+    _check_zero_point(node, ctx)
+
+
+def _check_cast(node, a: dict, ctx: _LintContext) -> None:
+    if a.get("to") == ctx.T.DOUBLE:
+        ctx.warning(node, "cast-double", "Cast to float64 becomes a cast to FLOAT in TensorRT")
+
+
+# The checks per op family, run on every node the op-support pass lets through (with the node's attributes).
+_NODE_CHECKS: dict[str, Callable[[Any, dict, _LintContext], None]] = {
+    "Pad": _check_pad,
+    "Resize": _check_resize,
+    "QuantizeLinear": _check_quantize,
+    "DequantizeLinear": _check_dequantize,
+    "Cast": _check_cast,
+}
+
+
 def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
     """Check every node against TensorRT's ONNX support for ``version`` without TensorRT.
 
@@ -208,99 +306,21 @@ def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
     (``"10.15"``). The rules are the data in :mod:`exporters.trt_rules`; each problem names its rule and source.
     """
     import onnx
-    from onnx import numpy_helper
 
     v = parse_version(version)
     model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
     g = model.graph
     res = LintResult(target=str(version) if not isinstance(version, tuple) else f"{v[0]}.{v[1]}", nodes=len(g.node))
-    T = onnx.TensorProto
-    ctx = _lint_context(model, v, res, T)
-    constants, inits, types, quantized = ctx.constants, ctx.inits, ctx.types, ctx.quantized
-    names = {t: T.DataType.Name(t) for t in T.DataType.values()}
-    add, problem = ctx.add, ctx.problem
+    ctx = _lint_context(model, v, res, onnx.TensorProto)
     _lint_opset(model, ctx)
     _lint_float64(g, ctx)
     for node in g.node:
-        op = node.op_type
         if not _op_supported(node, ctx):
             continue
         a = _attrs(node)
-        if op == "Pad":
-            mode = a.get("mode", "constant")
-            if mode not in _PAD_MODES:
-                problem(node, "pad-mode", f"Pad mode {mode!r} is not supported")
-            if rule("pad-axes").applies(v) and len(node.input) > 3 and node.input[3] and node.input[3] not in constants:
-                problem(node, "pad-axes", "Pad's axes input must be an initializer (a build-time constant)")
-        elif op == "Resize":
-            mode = a.get("mode", "nearest")
-            ctm = a.get("coordinate_transformation_mode", "half_pixel")
-            if mode not in _RESIZE_MODES:
-                problem(node, "resize-mode", f"Resize mode {mode!r} is not supported")
-            if ctm not in _CTM_OK:
-                problem(node, "resize-ctm", f"Resize coordinate_transformation_mode {ctm!r} is not supported")
-            if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-                problem(
-                    node,
-                    "resize-aspect",
-                    f"Resize keep_aspect_ratio_policy "
-                    f"{a['keep_aspect_ratio_policy']!r} is not supported (only 'stretch')",
-                )
-            if a.get("antialias", 0):
-                problem(node, "resize-antialias", "Resize antialias=1 is not supported")
-        elif op in ("QuantizeLinear", "DequantizeLinear"):
-            zp = node.input[2] if len(node.input) > 2 else ""
-            if op == "DequantizeLinear":
-                t = types.get(node.input[0])
-                if t == T.UINT8:
-                    problem(
-                        node,
-                        "qdq-uint8",
-                        "UINT8 DequantizeLinear is not supported: TensorRT needs symmetric "
-                        "signed INT8 (quantise with target 'tensorrt')",
-                    )
-                elif t is not None and t not in quantized:
-                    problem(
-                        node,
-                        "dq-input-type",
-                        f"DequantizeLinear of {node.input[0]} "
-                        f"({names.get(t, t)}) is not supported: TensorRT dequantizes only "
-                        f"INT8/FP8/INT4"
-                        + ("/FP4" if v >= (10, 15) else "")
-                        + (" (a quantised bias: quantise with QuantizeBias off)" if t == T.INT32 else ""),
-                    )
-            else:
-                if a.get("output_dtype"):
-                    out_t = a["output_dtype"]
-                elif zp:
-                    out_t = inits[zp].data_type if zp in inits else types.get(zp)
-                else:
-                    out_t = T.UINT8  # the ONNX default without a zero point or output_dtype
-                if out_t == T.UINT8:
-                    problem(
-                        node,
-                        "qdq-uint8",
-                        "UINT8 QuantizeLinear is not supported: TensorRT needs symmetric "
-                        "signed INT8 (quantise with target 'tensorrt')",
-                    )
-                elif out_t is not None and out_t not in quantized:
-                    problem(
-                        node,
-                        "qdq-quantized-type",
-                        f"QuantizeLinear to {names.get(out_t, out_t)} is not supported (INT8, FP8, INT4 only)",
-                    )
-            if zp in inits:
-                arr = numpy_helper.to_array(inits[zp])
-                if arr.dtype.kind in "iu" and arr.size and abs(arr.astype("int64")).max() != 0:
-                    problem(node, "qdq-zero-point", "Q/DQ zero points must be 0 (symmetric quantisation)")
-        elif op == "Cast" and a.get("to") == T.DOUBLE:
-            add(
-                res.warnings,
-                node.name or node.output[0],
-                op,
-                "cast-double",
-                "Cast to float64 becomes a cast to FLOAT in TensorRT",
-            )
+        check = _NODE_CHECKS.get(node.op_type)
+        if check is not None:
+            check(node, a, ctx)
     return res
 
 
