@@ -20,6 +20,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
@@ -106,6 +107,198 @@ def _elem_types(model) -> dict:
     return types
 
 
+@dataclass
+class _LintContext:
+    """What every check in one lint run shares: the target, the graph's facts and the result's lists."""
+
+    version: tuple[int, int]
+    target: str
+    T: Any  # onnx.TensorProto (onnx is imported lazily)
+    supported: set[str]  # the ops the target's parser imports
+    constants: set[str]  # initializers and Constant outputs: build-time constants
+    inits: dict  # name -> initializer
+    types: dict  # tensor name -> element type, where it can be told
+    quantized: set[int]  # the element types TensorRT quantizes to and dequantizes from
+    problems: list[dict]
+    warnings: list[dict]
+
+    def add(self, where: list, node_name: str, op: str, rule_id: str, text: str) -> None:
+        where.append({"node": node_name, "op": op, "problem": text, "rule": rule_id, "source": rule(rule_id).source})
+
+    def problem(self, node, rule_id: str, text: str) -> None:
+        self.add(self.problems, node.name or node.output[0], node.op_type, rule_id, text)
+
+    def warning(self, node, rule_id: str, text: str) -> None:
+        self.add(self.warnings, node.name or node.output[0], node.op_type, rule_id, text)
+
+    def type_name(self, t):
+        """The element type's ONNX name (the number where ONNX has none)."""
+        return self.T.DataType.Name(t) if t in self.T.DataType.values() else t
+
+
+def _lint_context(model, v: tuple[int, int], res: LintResult, T) -> _LintContext:
+    g = model.graph
+    return _LintContext(
+        version=v,
+        target=res.target,
+        T=T,
+        supported=trt_rules.supported_ops(v),
+        constants={i.name for i in g.initializer} | {o for n in g.node if n.op_type == "Constant" for o in n.output},
+        inits={i.name: i for i in g.initializer},
+        types=_elem_types(model),
+        quantized={T.INT8, T.FLOAT8E4M3FN, T.INT4} | ({T.FLOAT4E2M1} if v >= (10, 15) else set()),
+        problems=res.problems,
+        warnings=res.warnings,
+    )
+
+
+def _lint_opset(model, ctx: _LintContext) -> None:
+    rng = trt_rules.opset_range(ctx.version)
+    for imp in model.opset_import:
+        if imp.domain in ("", "ai.onnx") and not rng.low <= imp.version <= rng.high:
+            ctx.problems.append(
+                {
+                    "node": "model",
+                    "op": "opset",
+                    "rule": "opset-range",
+                    "source": rng.source,
+                    "problem": f"ONNX opset {imp.version} is outside {rng.low}-{rng.high}, the range "
+                    f"TensorRT {ctx.target} supports; export with --opset {min(18, rng.high)}",
+                }
+            )
+
+
+def _lint_float64(graph, ctx: _LintContext) -> None:
+    for t in list(graph.input) + list(graph.output):
+        if t.type.tensor_type.elem_type == ctx.T.DOUBLE:
+            ctx.add(ctx.warnings, t.name, "graph I/O", "double", "float64 tensor: TensorRT casts DOUBLE down to FLOAT")
+    for init in graph.initializer:
+        if init.data_type == ctx.T.DOUBLE:
+            ctx.add(
+                ctx.warnings,
+                init.name,
+                "initializer",
+                "double",
+                "float64 initializer: TensorRT casts DOUBLE down to FLOAT, clamping to +-FLT_MAX",
+            )
+
+
+def _op_supported(node, ctx: _LintContext) -> bool:
+    """The op-support rules, for every node: False (and a problem) where the target's parser cannot import it."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx"):
+        ctx.problem(node, "custom-domain", f"custom domain {node.domain!r}: needs a registered TensorRT plugin")
+        return False
+    if op not in ctx.supported:
+        later = [r for r in trt_rules.OP_SUPPORT if r.op == op and r.since > ctx.version]
+        hint = f" (supported from TensorRT {later[0].since[0]}.{later[0].since[1]})" if later else ""
+        ctx.problem(
+            node,
+            "custom-domain",
+            f"op {op} has no importer in TensorRT {ctx.target}'s ONNX parser{hint}; it would need a plugin",
+        )
+        return False
+    return True
+
+
+def _check_pad(node, a: dict, ctx: _LintContext) -> None:
+    mode = a.get("mode", "constant")
+    if mode not in _PAD_MODES:
+        ctx.problem(node, "pad-mode", f"Pad mode {mode!r} is not supported")
+    axes = node.input[3] if len(node.input) > 3 else ""
+    if rule("pad-axes").applies(ctx.version) and axes and axes not in ctx.constants:
+        ctx.problem(node, "pad-axes", "Pad's axes input must be an initializer (a build-time constant)")
+
+
+def _check_resize(node, a: dict, ctx: _LintContext) -> None:
+    mode = a.get("mode", "nearest")
+    ctm = a.get("coordinate_transformation_mode", "half_pixel")
+    if mode not in _RESIZE_MODES:
+        ctx.problem(node, "resize-mode", f"Resize mode {mode!r} is not supported")
+    if ctm not in _CTM_OK:
+        ctx.problem(node, "resize-ctm", f"Resize coordinate_transformation_mode {ctm!r} is not supported")
+    if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+        ctx.problem(
+            node,
+            "resize-aspect",
+            f"Resize keep_aspect_ratio_policy {a['keep_aspect_ratio_policy']!r} is not supported (only 'stretch')",
+        )
+    if a.get("antialias", 0):
+        ctx.problem(node, "resize-antialias", "Resize antialias=1 is not supported")
+
+
+def _zero_point(node) -> str:
+    return node.input[2] if len(node.input) > 2 else ""
+
+
+def _uint8_problem(node, ctx: _LintContext) -> None:
+    ctx.problem(
+        node,
+        "qdq-uint8",
+        f"UINT8 {node.op_type} is not supported: TensorRT needs symmetric signed INT8 (quantise with target 'tensorrt')",
+    )
+
+
+def _check_zero_point(node, ctx: _LintContext) -> None:
+    from onnx import numpy_helper
+
+    zp = _zero_point(node)
+    if zp in ctx.inits:
+        arr = numpy_helper.to_array(ctx.inits[zp])
+        if arr.dtype.kind in "iu" and arr.size and abs(arr.astype("int64")).max() != 0:
+            ctx.problem(node, "qdq-zero-point", "Q/DQ zero points must be 0 (symmetric quantisation)")
+
+
+def _check_quantize(node, a: dict, ctx: _LintContext) -> None:
+    zp = _zero_point(node)
+    if a.get("output_dtype"):
+        out_t = a["output_dtype"]
+    elif zp:
+        out_t = ctx.inits[zp].data_type if zp in ctx.inits else ctx.types.get(zp)
+    else:
+        out_t = ctx.T.UINT8  # the ONNX default without a zero point or output_dtype
+    if out_t == ctx.T.UINT8:
+        _uint8_problem(node, ctx)
+    elif out_t is not None and out_t not in ctx.quantized:
+        ctx.problem(
+            node,
+            "qdq-quantized-type",
+            f"QuantizeLinear to {ctx.type_name(out_t)} is not supported (INT8, FP8, INT4 only)",
+        )
+    _check_zero_point(node, ctx)
+
+
+def _check_dequantize(node, a: dict, ctx: _LintContext) -> None:
+    t = ctx.types.get(node.input[0])
+    if t == ctx.T.UINT8:
+        _uint8_problem(node, ctx)
+    elif t is not None and t not in ctx.quantized:
+        fp4 = "/FP4" if ctx.version >= (10, 15) else ""
+        bias = " (a quantised bias: quantise with QuantizeBias off)" if t == ctx.T.INT32 else ""
+        ctx.problem(
+            node,
+            "dq-input-type",
+            f"DequantizeLinear of {node.input[0]} ({ctx.type_name(t)}) is not supported: TensorRT dequantizes only "
+            f"INT8/FP8/INT4{fp4}{bias}",
+        )
+    _check_zero_point(node, ctx)
+
+
+def _check_cast(node, a: dict, ctx: _LintContext) -> None:
+    if a.get("to") == ctx.T.DOUBLE:
+        ctx.warning(node, "cast-double", "Cast to float64 becomes a cast to FLOAT in TensorRT")
+
+
+# The checks per op family, run on every node the op-support pass lets through (with the node's attributes).
+_NODE_CHECKS: dict[str, Callable[[Any, dict, _LintContext], None]] = {
+    "Pad": _check_pad,
+    "Resize": _check_resize,
+    "QuantizeLinear": _check_quantize,
+    "DequantizeLinear": _check_dequantize,
+    "Cast": _check_cast,
+}
+
+
 def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
     """Check every node against TensorRT's ONNX support for ``version`` without TensorRT.
 
@@ -113,147 +306,21 @@ def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
     (``"10.15"``). The rules are the data in :mod:`exporters.trt_rules`; each problem names its rule and source.
     """
     import onnx
-    from onnx import numpy_helper
 
     v = parse_version(version)
     model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))
     g = model.graph
     res = LintResult(target=str(version) if not isinstance(version, tuple) else f"{v[0]}.{v[1]}", nodes=len(g.node))
-    supported = trt_rules.supported_ops(v)
-    constants = {i.name for i in g.initializer}
-    constants |= {o for n in g.node if n.op_type == "Constant" for o in n.output}
-    inits = {i.name: i for i in g.initializer}
-    types = _elem_types(model)
-    T = onnx.TensorProto
-    names = {t: T.DataType.Name(t) for t in T.DataType.values()}
-    quantized = {T.INT8, T.FLOAT8E4M3FN, T.INT4} | ({T.FLOAT4E2M1} if v >= (10, 15) else set())
-
-    def add(where: list, node_name: str, op: str, rule_id: str, text: str):
-        r = rule(rule_id)
-        where.append({"node": node_name, "op": op, "problem": text, "rule": rule_id, "source": r.source})
-
-    def problem(node, rule_id, text):
-        add(res.problems, node.name or node.output[0], node.op_type, rule_id, text)
-
-    # opset
-    rng = trt_rules.opset_range(v)
-    for imp in model.opset_import:
-        if imp.domain in ("", "ai.onnx") and not rng.low <= imp.version <= rng.high:
-            res.problems.append(
-                {
-                    "node": "model",
-                    "op": "opset",
-                    "rule": "opset-range",
-                    "source": rng.source,
-                    "problem": f"ONNX opset {imp.version} is outside {rng.low}-{rng.high}, the range "
-                    f"TensorRT {res.target} supports; export with --opset {min(18, rng.high)}",
-                }
-            )
-    # float64
-    for t in list(g.input) + list(g.output):
-        if t.type.tensor_type.elem_type == T.DOUBLE:
-            add(res.warnings, t.name, "graph I/O", "double", "float64 tensor: TensorRT casts DOUBLE down to FLOAT")
-    for init in g.initializer:
-        if init.data_type == T.DOUBLE:
-            add(
-                res.warnings,
-                init.name,
-                "initializer",
-                "double",
-                "float64 initializer: TensorRT casts DOUBLE down to FLOAT, clamping to +-FLT_MAX",
-            )
+    ctx = _lint_context(model, v, res, onnx.TensorProto)
+    _lint_opset(model, ctx)
+    _lint_float64(g, ctx)
     for node in g.node:
-        op = node.op_type
-        if node.domain not in ("", "ai.onnx"):
-            problem(node, "custom-domain", f"custom domain {node.domain!r}: needs a registered TensorRT plugin")
-            continue
-        if op not in supported:
-            later = [r for r in trt_rules.OP_SUPPORT if r.op == op and r.since > v]
-            hint = f" (supported from TensorRT {later[0].since[0]}.{later[0].since[1]})" if later else ""
-            add(
-                res.problems,
-                node.name or node.output[0],
-                op,
-                "custom-domain",
-                f"op {op} has no importer in TensorRT {res.target}'s ONNX parser{hint}; it would need a plugin",
-            )
+        if not _op_supported(node, ctx):
             continue
         a = _attrs(node)
-        if op == "Pad":
-            mode = a.get("mode", "constant")
-            if mode not in _PAD_MODES:
-                problem(node, "pad-mode", f"Pad mode {mode!r} is not supported")
-            if rule("pad-axes").applies(v) and len(node.input) > 3 and node.input[3] and node.input[3] not in constants:
-                problem(node, "pad-axes", "Pad's axes input must be an initializer (a build-time constant)")
-        elif op == "Resize":
-            mode = a.get("mode", "nearest")
-            ctm = a.get("coordinate_transformation_mode", "half_pixel")
-            if mode not in _RESIZE_MODES:
-                problem(node, "resize-mode", f"Resize mode {mode!r} is not supported")
-            if ctm not in _CTM_OK:
-                problem(node, "resize-ctm", f"Resize coordinate_transformation_mode {ctm!r} is not supported")
-            if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
-                problem(
-                    node,
-                    "resize-aspect",
-                    f"Resize keep_aspect_ratio_policy "
-                    f"{a['keep_aspect_ratio_policy']!r} is not supported (only 'stretch')",
-                )
-            if a.get("antialias", 0):
-                problem(node, "resize-antialias", "Resize antialias=1 is not supported")
-        elif op in ("QuantizeLinear", "DequantizeLinear"):
-            zp = node.input[2] if len(node.input) > 2 else ""
-            if op == "DequantizeLinear":
-                t = types.get(node.input[0])
-                if t == T.UINT8:
-                    problem(
-                        node,
-                        "qdq-uint8",
-                        "UINT8 DequantizeLinear is not supported: TensorRT needs symmetric "
-                        "signed INT8 (quantise with target 'tensorrt')",
-                    )
-                elif t is not None and t not in quantized:
-                    problem(
-                        node,
-                        "dq-input-type",
-                        f"DequantizeLinear of {node.input[0]} "
-                        f"({names.get(t, t)}) is not supported: TensorRT dequantizes only "
-                        f"INT8/FP8/INT4"
-                        + ("/FP4" if v >= (10, 15) else "")
-                        + (" (a quantised bias: quantise with QuantizeBias off)" if t == T.INT32 else ""),
-                    )
-            else:
-                if a.get("output_dtype"):
-                    out_t = a["output_dtype"]
-                elif zp:
-                    out_t = inits[zp].data_type if zp in inits else types.get(zp)
-                else:
-                    out_t = T.UINT8  # the ONNX default without a zero point or output_dtype
-                if out_t == T.UINT8:
-                    problem(
-                        node,
-                        "qdq-uint8",
-                        "UINT8 QuantizeLinear is not supported: TensorRT needs symmetric "
-                        "signed INT8 (quantise with target 'tensorrt')",
-                    )
-                elif out_t is not None and out_t not in quantized:
-                    problem(
-                        node,
-                        "qdq-quantized-type",
-                        f"QuantizeLinear to {names.get(out_t, out_t)} is not supported (INT8, FP8, INT4 only)",
-                    )
-            if zp in inits:
-                arr = numpy_helper.to_array(inits[zp])
-                if arr.dtype.kind in "iu" and arr.size and abs(arr.astype("int64")).max() != 0:
-                    problem(node, "qdq-zero-point", "Q/DQ zero points must be 0 (symmetric quantisation)")
-        elif op == "Cast" and a.get("to") == T.DOUBLE:
-            add(
-                res.warnings,
-                node.name or node.output[0],
-                op,
-                "cast-double",
-                "Cast to float64 becomes a cast to FLOAT in TensorRT",
-            )
+        check = _NODE_CHECKS.get(node.op_type)
+        if check is not None:
+            check(node, a, ctx)
     return res
 
 
