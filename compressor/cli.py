@@ -42,7 +42,7 @@ from .flags import (
 from .io import atomic_write_json
 from .lock import run_lock
 from .metrics import evaluate_folder
-from .pipeline import prepare_run_dir, run_pipeline
+from .pipeline import RunOptions, prepare_run_dir, run_pipeline
 from .recipe import load_recipe, missing_files
 from .runfolder import RunDir, is_run_folder, load_run_recipe
 from .stages import (
@@ -138,7 +138,8 @@ def run_cmd(
     if device not in (None, "auto", "cpu", "cuda"):
         raise UserError(f"--device: expected auto, cpu or cuda, got {device!r}")
     r = load_recipe(recipe, set_)
-    stages = _csv(only)
+    only_ = _csv(only) or None
+    options = RunOptions(force, resume, only_, device, trust_checkpoint, nproc, recipe)
 
     with _Progress(quiet) as progress:
 
@@ -148,19 +149,7 @@ def run_cmd(
                 verb = "up to date, skipped" if res.status == "skipped" else f"done in {res.seconds:.1f} s"
                 typer.echo(f"{res.stage:>9}: {verb}", err=True)
 
-        run_pipeline(
-            r,
-            out,
-            force=force,
-            resume=resume,
-            only=stages or None,
-            device=device,
-            trust_checkpoint=trust_checkpoint,
-            nproc=nproc,
-            progress=progress,
-            recipe_path=recipe,
-            on_stage=on_stage,
-        )
+        run_pipeline(r, out, options, progress=progress, on_stage=on_stage)
     if not quiet:
         QUANT_FILTER.explain()
         for line in closing_summary(out / r.name):
