@@ -13,7 +13,7 @@ import importlib.metadata
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Annotated, List, Optional
 
 import typer
 from rich.console import Console
@@ -24,7 +24,7 @@ from exporters.benchmark import table_rows as bench_rows
 from exporters.export import ExportSpec, format_help
 from exporters.profile import profile_models, remote_profile
 from exporters.report import speedups, write_report
-from exporters.runtimes import backend_help, get_backend
+from exporters.runtimes import backend_help
 
 from . import __version__, schemas
 from .cmdline import command_line_hint, set_command_line
@@ -32,17 +32,18 @@ from .console import QUANT_FILTER, closing_summary, eval_table, install_log_filt
 from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
 from .errors import Interrupted, UserError
 from .flags import (
-    check_device,
-    check_existing,
-    check_out_file,
+    ProfileRequest,
+    check_evaluate_flags,
+    check_folder,
     check_out_folder,
-    check_profile_flags,
-    check_sizes,
+    check_run_device,
+    check_student_evaluation,
+    csv_list,
 )
 from .io import atomic_write_json
 from .lock import run_lock
 from .metrics import evaluate_folder
-from .pipeline import prepare_run_dir, run_pipeline
+from .pipeline import RunOptions, StageResult, prepare_run_dir, run_pipeline
 from .recipe import load_recipe, missing_files
 from .runfolder import RunDir, is_run_folder, load_run_recipe
 from .stages import (
@@ -109,72 +110,159 @@ def _check_folder_imports(paths: List[Path]) -> None:
                 require_consent(str(spec["import"]), str(f))
 
 
-def _csv(value: Optional[str], cast=str) -> list:
-    if not value:
-        return []
-    try:
-        return [cast(v.strip()) for v in value.split(",") if v.strip()]
-    except ValueError:
-        raise UserError(f"cannot parse {value!r} as a comma-separated list of {cast.__name__}") from None
+# ------------------------------------------------------------------------------------------ options, declared once
+# Options that mean the same in several commands come first. An option whose meaning differs between commands
+# (--force, --device, --data, --precision, --out of a file or a folder) has one alias per meaning, named for it;
+# --trust-code has two: a folder's own code (TrustFolderCode), the recipe's imported teacher (TrustTeacherCode).
+RecipeFile = Annotated[Path, typer.Argument(help="recipe YAML file")]
+RunsOut = Annotated[Path, typer.Option("--out", help="parent folder of runs/<name>/")]
+SetOverrides = Annotated[
+    Optional[List[str]], typer.Option("--set", help="override a key: dotted.key=value (YAML scalar)")
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars or info messages")]
+TrustFolderCode = Annotated[
+    bool,
+    typer.Option(
+        "--trust-code", help="allow the folder's student.json/teacher.json to import code (an imported architecture)"
+    ),
+]
+TrustTeacherCode = Annotated[
+    bool, typer.Option("--trust-code", help="also import an imported teacher to check its feature taps (runs its code)")
+]
+TrustCheckpoint = Annotated[
+    bool, typer.Option("--trust-checkpoint", help="allow pickled teacher checkpoints (runs code from the file)")
+]
+ImageSize = Annotated[Optional[int], typer.Option("--size", help="image size (default: the run's, or 256)")]
+CalibImages = Annotated[int, typer.Option("--calib-images", min=1, help="INT8 calibration images")]
+Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="intra-op threads (default: all cores)")]
+Warmup = Annotated[int, typer.Option("--warmup", min=0)]
+Iters = Annotated[int, typer.Option("--iters", min=1)]
+
+# compress run
+RedoStages = Annotated[bool, typer.Option("--force", help="redo stages even when up to date")]
+Resume = Annotated[bool, typer.Option("--resume", help="continue an interrupted training from its checkpoint")]
+Only = Annotated[Optional[str], typer.Option("--only", help="run only these stages, e.g. export,profile")]
+RunDevice = Annotated[Optional[str], typer.Option("--device", help="auto | cpu | cuda (overrides the recipe)")]
+Nproc = Annotated[int, typer.Option("--nproc", min=1, help="training processes (torchrun; gloo on CPU, nccl on GPU)")]
+# compress evaluate
+EvalTarget = Annotated[Path, typer.Argument(help="a run folder (runs/<name>), or a student folder with --data")]
+EvalData = Annotated[Optional[Path], typer.Option("--data", help="dataset root (default: the recipe's)")]
+EvalKind = Annotated[str, typer.Option("--kind", help="with a student folder: paired | folder")]
+EvalDirection = Annotated[str, typer.Option("--direction", help="with a student folder: AtoB | BtoA")]
+EvalSize = Annotated[int, typer.Option("--size", help="with a student folder: image size")]
+InceptionWeights = Annotated[Optional[Path], typer.Option("--inception-weights", help="FID Inception (.pt)")]
+MaxImages = Annotated[Optional[int], typer.Option("--max-images", min=1, help="evaluate at most N test images")]
+Metrics = Annotated[Optional[str], typer.Option("--metrics", help="e.g. fid,kid,psnr,ssim (default: the recipe's)")]
+TorchDevice = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+# compress export
+ExportTarget = Annotated[Path, typer.Argument(help="a run folder, a student folder, or a .pth/.safetensors checkpoint")]
+WriteOnnx = Annotated[bool, typer.Option("--onnx/--no-onnx", help="write the ONNX file (needed for everything else)")]
+ExportFormats = Annotated[str, typer.Option("--format", help=f"formats to write, e.g. onnx,openvino ({format_help()})")]
+Static = Annotated[bool, typer.Option("--static", help="fixed-shape files: batch 1 at --size (every format)")]
+MaxDrop = Annotated[
+    Optional[float],
+    typer.Option("--max-drop", min=0, help="OpenVINO INT8: NNCF accuracy control, largest PSNR drop in dB"),
+]
+Trt = Annotated[bool, typer.Option("--trt", help="lint for TensorRT and build an engine where TensorRT exists")]
+EnginePrecision = Annotated[str, typer.Option("--precision", help="fp32 | fp16 | int8")]
+Dynamic = Annotated[str, typer.Option("--dynamic", help="dynamic axes: batch, or batch,hw")]
+Opset = Annotated[int, typer.Option("--opset", min=13, max=23)]
+ExportOut = Annotated[Optional[Path], typer.Option("--out", help="output folder (default: next to the input)")]
+EmitTrtexec = Annotated[bool, typer.Option("--emit-trtexec", help="write a trtexec script for the device")]
+TrtVersion = Annotated[int, typer.Option("--trt-version", help="TensorRT major version for lint and trtexec (10|11)")]
+CalibData = Annotated[Optional[Path], typer.Option("--data", help="images for INT8 calibration and parity")]
+Arch = Annotated[Optional[str], typer.Option("--arch", help="zoo name when TARGET is a bare checkpoint")]
+# compress profile
+ProfileModels = Annotated[
+    List[str],
+    typer.Argument(
+        help="run folder, student folder, .onnx, .plan, trtexec .json or zoo name (e.g. resnet_9blocks:width=0.25)"
+    ),
+]
+Backends = Annotated[str, typer.Option("--backend", help=backend_help())]
+Batches = Annotated[str, typer.Option("--batch", help="batch sizes, e.g. 1,4")]
+Sizes = Annotated[
+    Optional[str],
+    typer.Option("--size", help="image sizes, e.g. 256,512 (default: a run folder's own data.size, else 256)"),
+]
+Precisions = Annotated[str, typer.Option("--precision", help="fp32, fp16, int8")]
+Seconds = Annotated[Optional[float], typer.Option("--seconds", help="time for S seconds instead of --iters")]
+ProfileDevice = Annotated[
+    str,
+    typer.Option("--device", help="cpu | cuda (torch backends) | gpu | npu (openvino); a backend runs where it can"),
+]
+ResultFile = Annotated[Path, typer.Option("--out", help="result JSON")]
+Host = Annotated[Optional[str], typer.Option("--host", help="profile on user@board over SSH (ONNX models)")]
+Port = Annotated[Optional[int], typer.Option("--port", help="SSH port for --host")]
+SshOptions = Annotated[
+    Optional[List[str]],
+    typer.Option("--ssh-option", help="extra ssh -o option for --host, e.g. StrictHostKeyChecking=accept-new"),
+]
+RemoteCompress = Annotated[
+    str, typer.Option("--remote-compress", help="the compress command on the --host machine (e.g. ~/venv/bin/compress)")
+]
+OverwriteOut = Annotated[bool, typer.Option("--force", help="overwrite an existing --out file")]
+# compress benchmark
+BenchTarget = Annotated[Path, typer.Argument(help="a run folder, or a student folder")]
+BenchData = Annotated[
+    Optional[Path],
+    typer.Option("--data", help="student folder: images to compare on and calibrate INT8 with (a run uses its own)"),
+]
+BenchFormats = Annotated[
+    Optional[str], typer.Option("--format", help=f"only these formats (default: all: {format_help()})")
+]
+RefImages = Annotated[int, typer.Option("--images", min=1, help="reference images for PSNR/SSIM")]
+# compress plan, report
+BudgetRecipe = Annotated[Path, typer.Argument(help="recipe YAML file with student.budget")]
+Remeasure = Annotated[bool, typer.Option("--force", help="measure again even when plan.json is up to date")]
+ReportFiles = Annotated[List[Path], typer.Argument(help="profile.json, eval.json and export.json files, any machines")]
+ReportOut = Annotated[Path, typer.Option("--out", help="output folder for report.md and report.html")]
+Title = Annotated[str, typer.Option("--title")]
 
 
 @app.command("run")
 def run_cmd(
-    recipe: Path = typer.Argument(..., help="recipe YAML file"),
-    out: Path = typer.Option(Path("runs"), "--out", help="parent folder of runs/<name>/"),
-    set_: List[str] = typer.Option([], "--set", help="override a key: dotted.key=value (YAML scalar)"),
-    force: bool = typer.Option(False, "--force", help="redo stages even when up to date"),
-    resume: bool = typer.Option(False, "--resume", help="continue an interrupted training from its checkpoint"),
-    only: Optional[str] = typer.Option(None, "--only", help="run only these stages, e.g. export,profile"),
-    device: Optional[str] = typer.Option(None, "--device", help="auto | cpu | cuda (overrides the recipe)"),
-    nproc: int = typer.Option(1, "--nproc", min=1, help="training processes (torchrun; gloo on CPU, nccl on GPU)"),
-    trust_checkpoint: bool = typer.Option(
-        False, "--trust-checkpoint", help="allow pickled teacher checkpoints (runs code from the file)"
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars or info messages"),
+    recipe: RecipeFile,
+    out: RunsOut = Path("runs"),
+    set_: SetOverrides = None,
+    force: RedoStages = False,
+    resume: Resume = False,
+    only: Only = None,
+    device: RunDevice = None,
+    nproc: Nproc = 1,
+    trust_checkpoint: TrustCheckpoint = False,
+    quiet: Quiet = False,
 ):
     """Run the recipe's pipeline: teacher, student, distill, evaluate, export, profile, report."""
     _setup_logging(quiet)
-    if device not in (None, "auto", "cpu", "cuda"):
-        raise UserError(f"--device: expected auto, cpu or cuda, got {device!r}")
+    check_run_device(device)
     r = load_recipe(recipe, set_)
-    stages = _csv(only)
-
+    opts = RunOptions(
+        force=force,
+        resume=resume,
+        only=csv_list(only) or None,
+        device=device,
+        trust_checkpoint=trust_checkpoint,
+        nproc=nproc,
+        recipe_path=recipe,
+    )
     with _Progress(quiet) as progress:
-
-        def on_stage(res):
-            progress.stage_done(res.stage)
-            if not quiet:
-                verb = "up to date, skipped" if res.status == "skipped" else f"done in {res.seconds:.1f} s"
-                typer.echo(f"{res.stage:>9}: {verb}", err=True)
-
-        run_pipeline(
-            r,
-            out,
-            force=force,
-            resume=resume,
-            only=stages or None,
-            device=device,
-            trust_checkpoint=trust_checkpoint,
-            nproc=nproc,
-            progress=progress,
-            recipe_path=recipe,
-            on_stage=on_stage,
-        )
+        run_pipeline(r, out, opts, progress=progress, on_stage=lambda res: _stage_done(progress, res, quiet))
     if not quiet:
         QUANT_FILTER.explain()
         for line in closing_summary(out / r.name):
             typer.echo(line, err=True)
 
 
+def _stage_done(progress: _Progress, res: StageResult, quiet: bool) -> None:
+    progress.stage_done(res.stage)
+    if not quiet:
+        verb = "up to date, skipped" if res.status == "skipped" else f"done in {res.seconds:.1f} s"
+        typer.echo(f"{res.stage:>9}: {verb}", err=True)
+
+
 @app.command()
-def validate(
-    recipe: Path = typer.Argument(..., help="recipe YAML file"),
-    set_: List[str] = typer.Option([], "--set", help="override a key: dotted.key=value"),
-    trust_code: bool = typer.Option(
-        False, "--trust-code", help="also import an imported teacher to check its feature taps (runs its code)"
-    ),
-):
+def validate(recipe: RecipeFile, set_: SetOverrides = None, trust_code: TrustTeacherCode = False):
     """Check a recipe without running anything (an imported teacher's code is located, not executed)."""
     _trust(trust_code)
     r = load_recipe(recipe, set_)
@@ -194,121 +282,76 @@ def validate(
 
 @app.command()
 def evaluate(
-    target: Path = typer.Argument(..., help="a run folder (runs/<name>), or a student folder with --data"),
-    data: Optional[Path] = typer.Option(None, "--data", help="dataset root (default: the recipe's)"),
-    kind: str = typer.Option("paired", "--kind", help="with a student folder: paired | folder"),
-    direction: str = typer.Option("AtoB", "--direction", help="with a student folder: AtoB | BtoA"),
-    size: int = typer.Option(256, "--size", help="with a student folder: image size"),
-    inception_weights: Optional[Path] = typer.Option(None, "--inception-weights", help="FID Inception (.pt)"),
-    max_images: Optional[int] = typer.Option(None, "--max-images", min=1, help="evaluate at most N test images"),
-    metrics: Optional[str] = typer.Option(None, "--metrics", help="e.g. fid,kid,psnr,ssim (default: the recipe's)"),
-    device: str = typer.Option("auto", "--device", help="auto | cpu | cuda"),
-    trust_code: bool = typer.Option(
-        False,
-        "--trust-code",
-        help="allow the folder's student.json/teacher.json to import code (an imported architecture)",
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    target: EvalTarget,
+    data: EvalData = None,
+    kind: EvalKind = "paired",
+    direction: EvalDirection = "AtoB",
+    size: EvalSize = 256,
+    inception_weights: InceptionWeights = None,
+    max_images: MaxImages = None,
+    metrics: Metrics = None,
+    device: TorchDevice = "auto",
+    trust_code: TrustFolderCode = False,
+    quiet: Quiet = False,
 ):
     """Evaluate teacher and student of a run: FID, KID, PSNR, SSIM, params, MACs; writes eval.json."""
     _setup_logging(quiet)
     _trust(trust_code)
-    check_device(device)
-    check_existing(data, "--data")
-    check_existing(inception_weights, "--inception-weights")
-    run = RunDir(target)
+    check_evaluate_flags(device, data, inception_weights)
+    weights = str(inception_weights) if inception_weights else None
     if not is_run_folder(target):
-        if not (target / "student.json").exists():
-            raise UserError(
-                f"{target}: neither a run folder (recipe.resolved.yaml) nor a student folder (student.json)"
-            )
-        if data is None:
-            raise UserError(f"{target}: a student folder needs --data (the dataset root with a test split)")
-        if kind not in ("paired", "folder") or direction not in ("AtoB", "BtoA"):
-            raise UserError("--kind must be paired or folder; --direction AtoB or BtoA")
-        check_sizes([size])
-
+        check_student_evaluation(target, data, kind, direction, size)
         with _Progress(quiet) as progress:
-            res = evaluate_folder(
-                target,
-                data,
-                resolve_device(device),
-                kind=kind,
-                direction=direction,
-                size=size,
-                metrics=_csv(metrics) or ["fid", "kid", "psnr", "ssim"],
-                max_images=max_images,
-                inception_weights=str(inception_weights) if inception_weights else None,
-                progress=progress,
-            )
+            kw = dict(kind=kind, direction=direction, size=size, max_images=max_images, inception_weights=weights)
+            names = csv_list(metrics) or ["fid", "kid", "psnr", "ssim"]
+            res = evaluate_folder(target, data, resolve_device(device), metrics=names, progress=progress, **kw)
         print_table(eval_table({"student": res["student"]}, f"student against {data}"))
         typer.echo(f"wrote {target / 'eval.json'}")
         return
     overrides = [f"data.root={data.resolve()}"] if data else []
-    if max_images:
-        overrides.append(f"evaluate.max_images={max_images}")
-    if metrics:
-        overrides.append(f"evaluate.metrics=[{metrics}]")
+    overrides += [f"evaluate.max_images={max_images}"] if max_images else []
+    overrides += [f"evaluate.metrics=[{metrics}]"] if metrics else []
+    run = RunDir(target)
     r = load_run_recipe(run, overrides)
     with run_lock(run.root), _Progress(quiet) as progress:  # one writer per run folder
-        res = evaluate_run(
-            run, r, resolve_device(device), progress, str(inception_weights) if inception_weights else None
-        )
+        res = evaluate_run(run, r, resolve_device(device), progress, weights)
     print_table(eval_table(res, f"teacher against student, {res.get('n_images')} test images"))
     typer.echo(f"wrote {run.eval_json}")
 
 
 @app.command()
 def export(
-    target: Path = typer.Argument(..., help="a run folder, a student folder, or a .pth/.safetensors checkpoint"),
-    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="write the ONNX file (needed for everything else)"),
-    format_: str = typer.Option("onnx", "--format", help=f"formats to write, e.g. onnx,openvino ({format_help()})"),
-    static: bool = typer.Option(False, "--static", help="fixed-shape files: batch 1 at --size (every format)"),
-    max_drop: Optional[float] = typer.Option(
-        None, "--max-drop", min=0, help="OpenVINO INT8: NNCF accuracy control, largest PSNR drop in dB"
-    ),
-    trt: bool = typer.Option(False, "--trt", help="lint for TensorRT and build an engine where TensorRT exists"),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 | int8"),
-    dynamic: str = typer.Option("batch", "--dynamic", help="dynamic axes: batch, or batch,hw"),
-    opset: int = typer.Option(18, "--opset", min=13, max=23),
-    size: Optional[int] = typer.Option(None, "--size", help="image size (default: the run's, or 256)"),
-    out: Optional[Path] = typer.Option(None, "--out", help="output folder (default: next to the input)"),
-    emit_trtexec: bool = typer.Option(False, "--emit-trtexec", help="write a trtexec script for the device"),
-    trt_version: int = typer.Option(10, "--trt-version", help="TensorRT major version for lint and trtexec (10|11)"),
-    data: Optional[Path] = typer.Option(None, "--data", help="images for INT8 calibration and parity"),
-    calib_images: int = typer.Option(32, "--calib-images", min=1, help="INT8 calibration images"),
-    arch: Optional[str] = typer.Option(None, "--arch", help="zoo name when TARGET is a bare checkpoint"),
-    trust_checkpoint: bool = typer.Option(False, "--trust-checkpoint"),
-    trust_code: bool = typer.Option(
-        False,
-        "--trust-code",
-        help="allow the folder's student.json/teacher.json to import code (an imported architecture)",
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    target: ExportTarget,
+    onnx: WriteOnnx = True,
+    format_: ExportFormats = "onnx",
+    static: Static = False,
+    max_drop: MaxDrop = None,
+    trt: Trt = False,
+    precision: EnginePrecision = "fp32",
+    dynamic: Dynamic = "batch",
+    opset: Opset = 18,
+    size: ImageSize = None,
+    out: ExportOut = None,
+    emit_trtexec: EmitTrtexec = False,
+    trt_version: TrtVersion = 10,
+    data: CalibData = None,
+    calib_images: CalibImages = 32,
+    arch: Arch = None,
+    trust_checkpoint: TrustCheckpoint = False,
+    trust_code: TrustFolderCode = False,
+    quiet: Quiet = False,
 ):
     """Export a student to ONNX (with parity), OpenVINO, INT8 and TensorRT; emit trtexec scripts for edge devices."""
     _setup_logging(quiet)
     _trust(trust_code)
-    if precision not in ("fp32", "fp16", "int8"):
-        raise UserError(f"--precision: expected fp32, fp16 or int8, got {precision!r}")
-    if trt_version not in (10, 11):
-        raise UserError(f"--trt-version: expected 10 or 11, got {trt_version}")
-    if size is not None:
-        check_sizes([size])
-    check_out_folder(out)
-    check_existing(data, "--data")
-    dyn = _csv(dynamic)
-    bad = [d for d in dyn if d not in ("batch", "hw")]
-    if bad:
-        raise UserError(f"--dynamic: unknown axis {bad[0]!r} (batch, hw)")
-    options = ExportSpec(
-        formats=tuple(_csv(format_)),
+    spec = ExportSpec(
+        formats=tuple(csv_list(format_)),
         static=static,
         max_drop=max_drop,
         write_onnx=onnx,
         tensorrt=trt,
         precision=precision,
-        dynamic=list(dyn),
+        dynamic=csv_list(dynamic),
         opset=opset,
         size=size,
         out=out,
@@ -316,10 +359,10 @@ def export(
         trt_versions=(trt_version,),
         data=data,
         calib_images=calib_images,
-    )
+    ).check_flags()
     writes_run = out is None and is_run_folder(target)
     with run_lock(target) if writes_run else contextlib.nullcontext():  # one writer per run folder
-        res = export_target(target, options, arch=arch, trust_checkpoint=trust_checkpoint)
+        res = export_target(target, spec, arch=arch, trust_checkpoint=trust_checkpoint)
     QUANT_FILTER.explain()
     for line in res["lines"]:
         typer.echo(line)
@@ -327,84 +370,46 @@ def export(
 
 @app.command()
 def profile(
-    models: List[str] = typer.Argument(
-        ..., help="run folder, student folder, .onnx, .plan, trtexec .json or zoo name (e.g. resnet_9blocks:width=0.25)"
-    ),
-    backend: str = typer.Option("torch,ort-cpu", "--backend", help=backend_help()),
-    batch: str = typer.Option("1", "--batch", help="batch sizes, e.g. 1,4"),
-    size: Optional[str] = typer.Option(
-        None, "--size", help="image sizes, e.g. 256,512 (default: a run folder's own data.size, else 256)"
-    ),
-    precision: str = typer.Option("fp32", "--precision", help="fp32, fp16, int8"),
-    warmup: int = typer.Option(10, "--warmup", min=0),
-    iters: int = typer.Option(50, "--iters", min=1),
-    seconds: Optional[float] = typer.Option(None, "--seconds", help="time for S seconds instead of --iters"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="intra-op threads"),
-    device: str = typer.Option(
-        "cpu", "--device", help="cpu | cuda (torch backends) | gpu | npu (openvino); a backend runs where it can"
-    ),
-    out: Path = typer.Option(Path("profile.json"), "--out", help="result JSON"),
-    host: Optional[str] = typer.Option(None, "--host", help="profile on user@board over SSH (ONNX models)"),
-    port: Optional[int] = typer.Option(None, "--port", help="SSH port for --host"),
-    ssh_option: List[str] = typer.Option(
-        [], "--ssh-option", help="extra ssh -o option for --host, e.g. StrictHostKeyChecking=accept-new"
-    ),
-    remote_compress: str = typer.Option(
-        "compress", "--remote-compress", help="the compress command on the --host machine (e.g. ~/venv/bin/compress)"
-    ),
-    force: bool = typer.Option(False, "--force", help="overwrite an existing --out file"),
-    trust_code: bool = typer.Option(
-        False,
-        "--trust-code",
-        help="allow the folder's student.json/teacher.json to import code (an imported architecture)",
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    models: ProfileModels,
+    backend: Backends = "torch,ort-cpu",
+    batch: Batches = "1",
+    size: Sizes = None,
+    precision: Precisions = "fp32",
+    warmup: Warmup = 10,
+    iters: Iters = 50,
+    seconds: Seconds = None,
+    threads: Threads = None,
+    device: ProfileDevice = "cpu",
+    out: ResultFile = Path("profile.json"),
+    host: Host = None,
+    port: Port = None,
+    ssh_option: SshOptions = None,
+    remote_compress: RemoteCompress = "compress",
+    force: OverwriteOut = False,
+    trust_code: TrustFolderCode = False,
+    quiet: Quiet = False,
 ):
     """Measure latency per model, backend, batch, size and precision (each in its own process)."""
     _setup_logging(quiet)
     _trust(trust_code)
     _check_folder_imports([Path(m) for m in models])  # before any worker process imports them
-    if size is None:  # a run is profiled at the size it was trained at
-        runs = [Path(m) for m in models if is_run_folder(Path(m))]
-        size = str(load_run_recipe(RunDir(runs[0])).data.size) if runs else "256"
-    for flag, values in (("--batch", _csv(batch, int)), ("--size", _csv(size, int))):
-        if not values or any(v < 1 for v in values):
-            raise UserError(f"{flag}: expected positive integers, got {batch if flag == '--batch' else size!r}")
-    check_sizes(_csv(size, int))
-    if any(b > 4096 for b in _csv(batch, int)):
-        raise UserError(f"--batch: at most 4096, got {batch!r}")
-    check_out_file(out)
-    if out.exists() and not force:
-        raise UserError(f"--out: {out} exists; pass --force to overwrite it or choose another file")
-    backends = _csv(backend)
-    for b in backends:
-        try:
-            get_backend(b)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-    check_profile_flags(precision, seconds, device, host)
+    size = size if size is not None else _run_size(models)
+    req = ProfileRequest(backend, batch, size, precision, warmup, iters, seconds, threads, device, host, out, force)
+    req.check()
     if host is not None:
-        args = ["--backend", backend, "--batch", batch, "--size", size, "--precision", precision]
-        args += ["--warmup", str(warmup), "--iters", str(iters)] + (["--threads", str(threads)] if threads else [])
-        doc = remote_profile(host, models, args, out, port, list(ssh_option), remote_compress)
+        doc = remote_profile(host, models, req.remote_args(), out, port, list(ssh_option or []), remote_compress)
     else:
         with _Progress(quiet) as progress:
-            doc = profile_models(
-                profile_targets(models),
-                backends,
-                _csv(batch, int),
-                _csv(size, int),
-                _csv(precision),
-                warmup,
-                iters,
-                seconds,
-                threads,
-                device,
-                progress=progress,
-            )
+            doc = profile_models(profile_targets(models), progress=progress, **req.profile_kwargs())
         atomic_write_json(out, doc)
     _print_profile(doc)
     typer.echo(f"wrote {out}")
+
+
+def _run_size(models: List[str]) -> str:
+    """``--size`` by default: a run folder is profiled at the size it was trained at, anything else at 256."""
+    runs = [Path(m) for m in models if is_run_folder(Path(m))]
+    return str(load_run_recipe(RunDir(runs[0])).data.size) if runs else "256"
 
 
 def _print_profile(doc: dict) -> None:
@@ -424,37 +429,31 @@ def _print_profile(doc: dict) -> None:
 
 @app.command()
 def benchmark(
-    target: Path = typer.Argument(..., help="a run folder, or a student folder"),
-    data: Optional[Path] = typer.Option(
-        None, "--data", help="student folder: images to compare on and calibrate INT8 with (a run uses its own)"
-    ),
-    size: Optional[int] = typer.Option(None, "--size", help="image size (default: the run's, or 256)"),
-    format_: Optional[str] = typer.Option(None, "--format", help=f"only these formats (default: all: {format_help()})"),
-    images: int = typer.Option(8, "--images", min=1, help="reference images for PSNR/SSIM"),
-    calib_images: int = typer.Option(32, "--calib-images", min=1, help="INT8 calibration images"),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="intra-op threads (default: all cores)"),
-    warmup: int = typer.Option(5, "--warmup", min=0),
-    iters: int = typer.Option(20, "--iters", min=1),
-    trust_code: bool = typer.Option(
-        False,
-        "--trust-code",
-        help="allow the folder's student.json/teacher.json to import code (an imported architecture)",
-    ),
-    quiet: bool = typer.Option(False, "--quiet", "-q"),
+    target: BenchTarget,
+    data: BenchData = None,
+    size: ImageSize = None,
+    format_: BenchFormats = None,
+    images: RefImages = 8,
+    calib_images: CalibImages = 32,
+    threads: Threads = None,
+    warmup: Warmup = 5,
+    iters: Iters = 20,
+    trust_code: TrustFolderCode = False,
+    quiet: Quiet = False,
 ):
     """Export to every format and precision, check each against the teacher and time each: one table, benchmark.json."""
     _setup_logging(quiet)
     _trust(trust_code)
     _check_folder_imports([target])
-    if data is not None and not data.is_dir():
-        raise UserError(f"--data: {data} is not a folder")
+    check_folder(data, "--data")
     writes_run = is_run_folder(target)
+    formats = csv_list(format_) or None
     with run_lock(target) if writes_run else contextlib.nullcontext(), _Progress(quiet) as progress:
         doc, path = benchmark_target(
             target,
             data=data,
             size=size,
-            formats=_csv(format_) or None,
+            formats=formats,
             images=images,
             calib_images=calib_images,
             threads=threads,
@@ -463,6 +462,11 @@ def benchmark(
             progress=progress,
         )
     QUANT_FILTER.explain()
+    _print_benchmark(target, doc)
+    typer.echo(f"wrote {path}")
+
+
+def _print_benchmark(target: Path, doc: dict) -> None:
     env = doc["environment"]
     typer.echo(
         f"{target}: {doc['size']}², batch 1, {env['threads']} thread(s) on {env['cpu']}; "
@@ -470,7 +474,6 @@ def benchmark(
     )
     for line in _plain_table(BENCH_HEADER, bench_rows(doc)):
         typer.echo(line)
-    typer.echo(f"wrote {path}")
 
 
 def _plain_table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -487,11 +490,11 @@ def _plain_table(header: list[str], rows: list[list[str]]) -> list[str]:
 
 @app.command()
 def plan(
-    recipe: Path = typer.Argument(..., help="recipe YAML file with student.budget"),
-    out: Path = typer.Option(Path("runs"), "--out", help="parent folder of runs/<name>/"),
-    set_: List[str] = typer.Option([], "--set", help="override a key: dotted.key=value (YAML scalar)"),
-    force: bool = typer.Option(False, "--force", help="measure again even when plan.json is up to date"),
-    quiet: bool = typer.Option(False, "--quiet", "-q", help="no info messages"),
+    recipe: BudgetRecipe,
+    out: RunsOut = Path("runs"),
+    set_: SetOverrides = None,
+    force: Remeasure = False,
+    quiet: Quiet = False,
 ):
     """Choose student.width from student.budget by timing untrained students on the target; writes plan.json."""
     _setup_logging(quiet)
@@ -521,11 +524,7 @@ def _print_plan(doc: dict) -> None:
 
 
 @app.command()
-def report(
-    files: List[Path] = typer.Argument(..., help="profile.json, eval.json and export.json files, any machines"),
-    out: Path = typer.Option(Path("report"), "--out", help="output folder for report.md and report.html"),
-    title: str = typer.Option("compressor report", "--title"),
-):
+def report(files: ReportFiles, out: ReportOut = Path("report"), title: Title = "compressor report"):
     """Merge profile and evaluation results into report.md and a self-contained report.html."""
     _setup_logging(True)
     check_out_folder(out)

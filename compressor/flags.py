@@ -1,12 +1,16 @@
 """Checks of command-line values that typer's types do not cover: each raises one :class:`UserError` line naming
-the flag, before anything is loaded, allocated or started."""
+the flag, before anything is loaded, allocated or started. The ``compress`` commands only call them: ``profile``'s
+flags are one :class:`ProfileRequest`, ``export``'s one :class:`exporters.export.ExportSpec` (``check_flags``)."""
 
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
+
+from exporters.runtimes import get_backend
 
 from .errors import UserError
 from .remote import check_host
@@ -66,3 +70,118 @@ def check_out_file(out: Path, flag: str = "--out") -> None:
 def check_existing(path: Optional[Path], flag: str) -> None:
     if path is not None and not path.exists():
         raise UserError(f"{flag}: {path} does not exist")
+
+
+def check_folder(path: Optional[Path], flag: str) -> None:
+    """A folder the command reads: when given, it is one."""
+    if path is not None and not path.is_dir():
+        raise UserError(f"{flag}: {path} is not a folder")
+
+
+def csv_list(value: Optional[str], cast: Callable = str) -> list:
+    """``"a, b,,c"`` -> ``["a", "b", "c"]`` (each through ``cast``); empty or None: ``[]``."""
+    if not value:
+        return []
+    try:
+        return [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"cannot parse {value!r} as a comma-separated list of {cast.__name__}") from None
+
+
+def check_run_device(device: Optional[str]) -> None:
+    """``compress run --device``: auto, cpu or cuda; None keeps the recipe's."""
+    if device not in (None, "auto", "cpu", "cuda"):
+        raise UserError(f"--device: expected auto, cpu or cuda, got {device!r}")
+
+
+def check_evaluate_flags(device: str, data: Optional[Path], inception_weights: Optional[Path]) -> None:
+    """``compress evaluate``'s flags that every target takes."""
+    check_device(device)
+    check_existing(data, "--data")
+    check_existing(inception_weights, "--inception-weights")
+
+
+def check_student_evaluation(target: Path, data: Optional[Path], kind: str, direction: str, size: int) -> None:
+    """``compress evaluate`` of a folder that is not a run folder: a student folder, with the data to evaluate on."""
+    if not (target / "student.json").exists():
+        raise UserError(f"{target}: neither a run folder (recipe.resolved.yaml) nor a student folder (student.json)")
+    if data is None:
+        raise UserError(f"{target}: a student folder needs --data (the dataset root with a test split)")
+    if kind not in ("paired", "folder") or direction not in ("AtoB", "BtoA"):
+        raise UserError("--kind must be paired or folder; --direction AtoB or BtoA")
+    check_sizes([size])
+
+
+@dataclass(frozen=True)
+class ProfileRequest:
+    """``compress profile``'s measurement flags as given (comma-separated lists as text): :meth:`check` checks
+    them, the properties parse them, :meth:`remote_args` repeats them for ``compress profile`` on a ``--host``."""
+
+    backend: str = "torch,ort-cpu"
+    batch: str = "1"
+    size: str = "256"
+    precision: str = "fp32"
+    warmup: int = 10
+    iters: int = 50
+    seconds: Optional[float] = None
+    threads: Optional[int] = None
+    device: str = "cpu"
+    host: Optional[str] = None
+    out: Path = Path("profile.json")
+    force: bool = False  # overwrite an existing out file
+
+    @property
+    def backends(self) -> list[str]:
+        return csv_list(self.backend)
+
+    @property
+    def batches(self) -> list[int]:
+        return csv_list(self.batch, int)
+
+    @property
+    def sizes(self) -> list[int]:
+        return csv_list(self.size, int)
+
+    @property
+    def precisions(self) -> list[str]:
+        return csv_list(self.precision)
+
+    def check(self) -> ProfileRequest:
+        """One ``error: --flag: ...`` line for the first bad value, in the order of the command's options."""
+        parsed = (("--batch", self.batch, self.batches), ("--size", self.size, self.sizes))
+        for flag, text, values in parsed:
+            if not values or any(v < 1 for v in values):
+                raise UserError(f"{flag}: expected positive integers, got {text!r}")
+        check_sizes(self.sizes)
+        if any(b > 4096 for b in self.batches):
+            raise UserError(f"--batch: at most 4096, got {self.batch!r}")
+        check_out_file(self.out)
+        if self.out.exists() and not self.force:
+            raise UserError(f"--out: {self.out} exists; pass --force to overwrite it or choose another file")
+        for b in self.backends:
+            try:
+                get_backend(b)
+            except ValueError as exc:
+                raise UserError(str(exc)) from None
+        check_profile_flags(self.precision, self.seconds, self.device, self.host)
+        return self
+
+    def profile_kwargs(self) -> dict:
+        """The measurement flags as :func:`exporters.profile.profile_models` takes them."""
+        return dict(
+            backends=self.backends,
+            batches=self.batches,
+            sizes=self.sizes,
+            precisions=self.precisions,
+            warmup=self.warmup,
+            iters=self.iters,
+            seconds=self.seconds,
+            threads=self.threads,
+            device=self.device,
+        )
+
+    def remote_args(self) -> list[str]:
+        """The measurement flags for ``compress profile`` on the ``--host`` machine."""
+        args = ["--backend", self.backend, "--batch", self.batch, "--size", self.size, "--precision", self.precision]
+        args += ["--warmup", str(self.warmup), "--iters", str(self.iters)]
+        return args + (["--threads", str(self.threads)] if self.threads else [])

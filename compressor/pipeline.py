@@ -27,6 +27,7 @@ from .stages import (
     STAGE_BY_NAME,
     STAGES,
     Context,
+    RunOptions,
     check_stage_names,
     consent_to_own_import,
     preflight,
@@ -118,68 +119,53 @@ class StageResult:
 def run_pipeline(
     recipe: Recipe,
     out_root: str | Path = "runs",
+    options: Optional[RunOptions] = None,
     *,
-    force: bool = False,
-    resume: bool = False,
-    only: Optional[list[str]] = None,
-    device: Optional[str] = None,
-    trust_checkpoint: bool = False,
-    nproc: int = 1,
     progress: Optional[Callable] = None,
-    recipe_path: Optional[Path] = None,
     on_stage: Optional[Callable[[StageResult], None]] = None,
-    build_discriminator: Optional[Callable] = None,
 ) -> list[StageResult]:
-    """Run the recipe's stages in order, skipping those that are up to date.
+    """Run the recipe's stages in order into ``out_root/<name>/``, skipping those that are up to date.
 
-    ``build_discriminator``: builds the distill stage's discriminators instead of the zoo's PatchGAN (called as
-    ``build(input_nc=..., **distill.discriminator)``); one process only."""
-    check_stage_names(only or ())
-    dev = resolve_device(device or recipe.device)
+    ``options`` (:class:`RunOptions`; default ``RunOptions()``): force, resume, only, device, nproc, ... as
+    ``compress run``'s flags say; the stages read it as ``ctx.options``. ``progress(stage, step, total, losses)``
+    reports training steps, ``on_stage(result)`` each finished or skipped stage."""
+    opts = options or RunOptions()
+    check_stage_names(opts.only or ())
+    dev = resolve_device(opts.device or recipe.device)
     preflight(recipe, build_model=False)  # the zoo, backends and data folder: before the run folder is made
     consent_to_own_import(recipe)  # the recipe being run consents to its own teacher.import
-    ctx = Context(
-        recipe,
-        RunDir(Path(out_root) / recipe.name),
-        dev,
-        resume=resume,
-        force=force,
-        trust_checkpoint=trust_checkpoint,
-        nproc=nproc,
-        progress=progress,
-        recipe_path=recipe_path,
-        build_discriminator=build_discriminator,
-    )
+    ctx = Context(recipe, RunDir(Path(out_root) / recipe.name), dev, opts, progress)
     with run_lock(ctx.run.root):
-        return _run_stages(ctx, Path(out_root), only, on_stage)
+        return _run_stages(ctx, Path(out_root), on_stage)
 
 
-def _preflight_checkpoints(ctx: Context, only: Optional[list[str]]) -> None:
+def _preflight_checkpoints(ctx: Context) -> None:
     """Refuse unusable checkpoints before the run folder is touched (nothing rewritten, nothing forgotten)."""
     prev_doc = read_run_json(ctx.run)
     if prev_doc is None:
         return  # a new or foreign folder: prepare_run_dir decides
+    opts = ctx.options
     prev = prev_doc.get("recipe_source")
-    if prev != (str(ctx.recipe_path.resolve()) if ctx.recipe_path else None):
+    if prev != (str(opts.recipe_path.resolve()) if opts.recipe_path else None):
         return
     for st in STAGES:
         if st.checkpoints is None:
             continue
         digest = stage_digest(ctx, st.name)
-        if (only and st.name not in only) or (not ctx.force and ctx.run.up_to_date(st.name, digest, st.outputs)):
+        if (opts.only and st.name not in opts.only) or (
+            not opts.force and ctx.run.up_to_date(st.name, digest, st.outputs)
+        ):
             continue
         folder = ctx.run.file(st.checkpoints)
-        check_checkpoints(folder, digest, resume=ctx.resume, force=ctx.force, command=resume_command(ctx))
+        check_checkpoints(folder, digest, resume=opts.resume, force=opts.force, command=resume_command(ctx))
 
 
-def _run_stages(
-    ctx: Context, out_root: Path, only: Optional[list[str]], on_stage: Optional[Callable[[StageResult], None]]
-) -> list[StageResult]:
+def _run_stages(ctx: Context, out_root: Path, on_stage: Optional[Callable[[StageResult], None]]) -> list[StageResult]:
     """The stages in order, with one :class:`Context` for the checkpoint pre-flight and every stage."""
-    _preflight_checkpoints(ctx, only)
+    _preflight_checkpoints(ctx)
     ctx.hashes.clear()  # digested again below, after the run folder is prepared
-    run = ctx.run = prepare_run_dir(ctx.recipe, out_root, ctx.force, ctx.recipe_path)
-    force = ctx.force
+    force, only = ctx.options.force, ctx.options.only
+    run = ctx.run = prepare_run_dir(ctx.recipe, out_root, force, ctx.options.recipe_path)
     results = []
     for st in STAGES:
         digest = stage_digest(ctx, st.name)

@@ -65,21 +65,31 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class RunOptions:
+    """How to run a recipe (``compress run``'s flags): built once by the caller, read by the pipeline and the stages
+    as ``ctx.options``. ``RunOptions()`` is a plain run: stages that are up to date are skipped."""
+
+    force: bool = False  # redo stages even when up to date
+    resume: bool = False  # continue an interrupted training from its checkpoint
+    only: Optional[list[str]] = None  # run only these stages (upstream artifacts must exist)
+    device: Optional[str] = None  # auto | cpu | cuda; None: the recipe's
+    trust_checkpoint: bool = False  # allow pickled teacher checkpoints (runs code from the file)
+    nproc: int = 1  # training processes (torchrun; gloo on CPU, nccl on GPU)
+    recipe_path: Optional[Path] = None  # the recipe file: the run folder records it, the resume hint names it
+    # builds the distill stage's discriminators (TrainSetup.build_discriminator, called as
+    # build(input_nc=..., **distill.discriminator)); None: the zoo's PatchGAN. In-process only: a torchrun launch (nproc > 1) cannot carry it
+    build_discriminator: Optional[Callable] = None
+
+
+@dataclass
 class Context:
     recipe: Recipe
     run: RunDir
-    device: torch.device
-    resume: bool = False
-    force: bool = False
-    trust_checkpoint: bool = False
-    nproc: int = 1
+    device: torch.device  # options.device (or the recipe's) resolved
+    options: RunOptions = field(default_factory=RunOptions)
     progress: Optional[Callable] = None  # progress(stage, step, total, losses)
-    recipe_path: Optional[Path] = None
     hashes: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
-    # builds the discriminators the distill stage trains (TrainSetup.build_discriminator); None: the zoo's PatchGAN.
-    # In-process only: a torchrun launch (nproc > 1) cannot carry it
-    build_discriminator: Optional[Callable] = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -200,7 +210,7 @@ def consent_to_own_import(recipe: Recipe) -> None:
 def resume_command(ctx: Context) -> str:
     if command_line_hint():
         return command_line_hint()  # every flag as the user gave it
-    src = ctx.recipe_path or "RECIPE.yaml"
+    src = ctx.options.recipe_path or "RECIPE.yaml"
     return f"compress {src} --out {ctx.run.root.parent} --resume"
 
 
@@ -247,13 +257,13 @@ def run_training(
         sample_batch=_sample_batch(r, min(4, r.evaluate.samples or 4), batch_keys(r.data.kind)),
         resume_command=resume_command(ctx),
     )
-    if ctx.build_discriminator is not None:
-        setup.build_discriminator = ctx.build_discriminator
+    if ctx.options.build_discriminator is not None:
+        setup.build_discriminator = ctx.options.build_discriminator
     progress = None
     if ctx.progress:
         progress = lambda step, total, losses_: ctx.progress(stage, step, total, losses_)  # noqa: E731
     # torchrun workers: the launching process already decided (launch_distributed)
-    resume = ctx.resume if torch.distributed.is_initialized() else _checkpoint_policy(ctx, out_dir, stage)
+    resume = ctx.options.resume if torch.distributed.is_initialized() else _checkpoint_policy(ctx, out_dir, stage)
     trainer = Trainer(setup, out_dir, ctx.device, progress)
     return trainer.fit(resume=resume)
 
@@ -262,7 +272,7 @@ def _checkpoint_policy(ctx: Context, out_dir: Path, stage: str) -> bool:
     """Continue only checkpoints written for this configuration (see :mod:`compressor.resume`); the pipeline
     computed the stage's digest before calling it."""
     return prepare_checkpoints(
-        out_dir, ctx.hashes[stage], resume=ctx.resume, force=ctx.force, command=resume_command(ctx)
+        out_dir, ctx.hashes[stage], resume=ctx.options.resume, force=ctx.options.force, command=resume_command(ctx)
     )
 
 
@@ -277,12 +287,12 @@ def stage_teacher(ctx: Context) -> None:
     if t.train is not None:
         teachers = train_teacher(ctx, spec)
     else:
-        teachers = [load_teacher(t, r.base_dir, ctx.trust_checkpoint)]
+        teachers = [load_teacher(t, r.base_dir, ctx.options.trust_checkpoint)]
         if r.data.kind == "unpaired":
             if not t.reverse_checkpoint:
                 raise RecipeError("teacher.reverse_checkpoint: unpaired data needs the B->A teacher too")
             rev = t.model_copy(update={"checkpoint": t.reverse_checkpoint})
-            teachers.append(load_teacher(rev, r.base_dir, ctx.trust_checkpoint))
+            teachers.append(load_teacher(rev, r.base_dir, ctx.options.trust_checkpoint))
     check_size(r, teachers[0])
     check_output(teachers[0], _example_input(r, teachers[0]))  # several outputs need teacher.output
     for model, path in zip(teachers, [run.teacher_weights, run.teacher_reverse_weights]):
@@ -419,7 +429,7 @@ def distill_in_process(ctx: Context) -> dict:
 
 
 def stage_distill(ctx: Context) -> None:
-    if ctx.nproc > 1:
+    if ctx.options.nproc > 1:
         launch_distributed(ctx)
     else:
         out = distill_in_process(ctx)
@@ -446,14 +456,14 @@ def distributed_interrupted(ctx: Context, stop: Path) -> Interrupted:
 
 def launch_distributed(ctx: Context) -> dict:
     """Run the distill stage in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU)."""
-    if ctx.build_discriminator is not None:
+    if ctx.options.build_discriminator is not None:
         raise ValueError("a discriminator builder works in one process only (nproc 1), not under torchrun")
     cmd = [
         sys.executable,
         "-m",
         "torch.distributed.run",
         "--standalone",
-        f"--nproc_per_node={ctx.nproc}",
+        f"--nproc_per_node={ctx.options.nproc}",
         "-m",
         "compressor.worker",
         str(ctx.run.root),

@@ -12,7 +12,7 @@ import torch.distributed as dist
 from .errors import Interrupted
 from .procs import die_with_parent
 from .runfolder import RunDir, load_run_recipe
-from .stages import Context, distill_in_process, finish_distill, resolve_device
+from .stages import Context, RunOptions, distill_in_process, finish_distill, resolve_device
 from .train import init_distributed
 
 
@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     if device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
-    ctx = Context(recipe, run, device, resume=args.resume, nproc=world)
+    ctx = Context(recipe, run, device, RunOptions(resume=args.resume, nproc=world))
     try:
         out = distill_in_process(ctx)
     except Interrupted:  # stopped on request with a checkpoint; the launching compress says so and how to resume

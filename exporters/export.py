@@ -24,6 +24,7 @@ import torch.nn as nn
 import compressor
 from compressor.data import FolderDataset
 from compressor.errors import ExportError, UserError
+from compressor.flags import check_existing, check_out_folder, check_sizes
 from compressor.io import atomic_write_json
 from compressor.models import apply_state_dict, build_generator, load_state_dict_file, size_multiple
 from compressor.slim import load_student
@@ -71,6 +72,23 @@ class ExportSpec:
     @property
     def for_tensorrt(self) -> bool:
         return self.tensorrt or self.emit_trtexec
+
+    def check_flags(self) -> ExportSpec:
+        """``compress export``'s checks of the values its options filled in: one ``error: --flag: ...`` line for
+        the first bad one."""
+        if self.precision not in ("fp32", "fp16", "int8"):
+            raise UserError(f"--precision: expected fp32, fp16 or int8, got {self.precision!r}")
+        for v in self.trt_versions:
+            if v not in (10, 11):
+                raise UserError(f"--trt-version: expected 10 or 11, got {v}")
+        if self.size is not None:
+            check_sizes([self.size])
+        check_out_folder(self.out)
+        check_existing(self.data, "--data")
+        bad = [d for d in self.dynamic if d not in ("batch", "hw")]
+        if bad:
+            raise UserError(f"--dynamic: unknown axis {bad[0]!r} (batch, hw)")
+        return self
 
 
 def default_profile(size: int, dynamic_hw: bool, mult: int, max_batch: int = 8, channels: int = 3) -> dict:

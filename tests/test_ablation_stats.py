@@ -138,7 +138,7 @@ def test_convergence_ignores_noise_but_needs_points():
 
 
 def test_paired_discriminator_depends_on_the_seed_alone(tmp_path):
-    """The builder the ablation hands the trainer (``run_pipeline(build_discriminator=...)``)."""
+    """The builder the ablation hands the trainer (``RunOptions(build_discriminator=...)``)."""
     import ablation
     import torch
 

@@ -81,12 +81,12 @@ def test_a_new_stage_is_one_row(tmp_path):
         from compressor.recipe import load_recipe
         assert p.__file__.startswith({str(src)!r}), p.__file__
         r = load_recipe({str(ROOT / "recipes" / "quickstart.yaml")!r})
-        first = [s.status for s in p.run_pipeline(r, "runs", only=["inventory"])]
-        again = [s.status for s in p.run_pipeline(r, "runs", only=["inventory"])]
+        first = [s.status for s in p.run_pipeline(r, "runs", p.RunOptions(only=["inventory"]))]
+        again = [s.status for s in p.run_pipeline(r, "runs", p.RunOptions(only=["inventory"]))]
         r2 = load_recipe({str(ROOT / "recipes" / "quickstart.yaml")!r}, ["data.size=32"])
-        changed = [s.status for s in p.run_pipeline(r2, "runs", only=["inventory"])]
+        changed = [s.status for s in p.run_pipeline(r2, "runs", p.RunOptions(only=["inventory"]))]
         try:
-            p.run_pipeline(r, "runs", only=["inventori"])
+            p.run_pipeline(r, "runs", p.RunOptions(only=["inventori"]))
             unknown = ""
         except UserError as exc:
             unknown = str(exc)

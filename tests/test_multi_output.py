@@ -82,11 +82,11 @@ def test_student_outputs_named_slims_the_other_heads_all_keeps_them():
 
 def _run_in_process(recipe_path, out, stages=STAGES):
     """The pipeline `compress run` runs, in this process (a CLI process costs the suite its imports again)."""
-    from compressor.pipeline import run_pipeline
+    from compressor.pipeline import RunOptions, run_pipeline
     from compressor.recipe import load_recipe
 
     recipe = load_recipe(recipe_path)
-    return run_pipeline(recipe, out, recipe_path=recipe_path, only=stages.split(","), force=True)
+    return run_pipeline(recipe, out, RunOptions(recipe_path=recipe_path, only=stages.split(","), force=True))
 
 
 def test_tuple_teacher_runs_end_to_end_with_teacher_output(tmp_path):

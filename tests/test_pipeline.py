@@ -8,7 +8,7 @@ import torch
 from conftest import FACADES, ROOT, run_cli, tiny_recipe_text
 
 from compressor.errors import UserError
-from compressor.pipeline import STAGES, run_pipeline, stage_digest
+from compressor.pipeline import STAGES, RunOptions, run_pipeline, stage_digest
 from compressor.recipe import load_recipe
 from compressor.runfolder import RunDir
 from compressor.stages import Context
@@ -42,26 +42,29 @@ def test_tiny_end_to_end_then_everything_skipped(tmp_path, tiny_recipe):
 
 def test_changed_section_reruns_only_downstream(tmp_path, tiny_recipe):
     out = tmp_path / "runs"
-    run_pipeline(load_recipe(tiny_recipe), out, recipe_path=tiny_recipe, only=None, device="cpu")
+    run_pipeline(load_recipe(tiny_recipe), out, RunOptions(recipe_path=tiny_recipe, only=None, device="cpu"))
     changed = load_recipe(tiny_recipe, ["evaluate.samples=1"])
-    res = {r.stage: r.status for r in run_pipeline(changed, out, recipe_path=tiny_recipe)}
+    res = {r.stage: r.status for r in run_pipeline(changed, out, RunOptions(recipe_path=tiny_recipe))}
     assert res["teacher"] == res["student"] == res["distill"] == "skipped"
     assert res["evaluate"] == "ran" and res["report"] == "ran"
     assert res["export"] == "skipped" and res["profile"] == "skipped"
     # --force redoes a stage; --only limits the stages
-    res = {r.stage: r.status for r in run_pipeline(changed, out, recipe_path=tiny_recipe, only=["export"], force=True)}
+    res = {
+        r.stage: r.status
+        for r in run_pipeline(changed, out, RunOptions(recipe_path=tiny_recipe, only=["export"], force=True))
+    }
     assert res == {"export": "ran"}
 
 
 def test_different_recipe_refused_unless_force(tmp_path, tiny_recipe):
     out = tmp_path / "runs"
-    run_pipeline(load_recipe(tiny_recipe), out, recipe_path=tiny_recipe, only=["teacher"])
+    run_pipeline(load_recipe(tiny_recipe), out, RunOptions(recipe_path=tiny_recipe, only=["teacher"]))
     other = tmp_path / "other.yaml"
     other.write_text(tiny_recipe_text())
     with pytest.raises(UserError, match="different recipe"):
-        run_pipeline(load_recipe(other), out, recipe_path=other, only=["teacher"])
+        run_pipeline(load_recipe(other), out, RunOptions(recipe_path=other, only=["teacher"]))
     lock_inode = (out / "tiny" / ".lock").stat().st_ino
-    run_pipeline(load_recipe(other), out, recipe_path=other, only=["teacher"], force=True)
+    run_pipeline(load_recipe(other), out, RunOptions(recipe_path=other, only=["teacher"], force=True))
     aside = [p for p in out.iterdir() if p.name.startswith("tiny.old-")]
     assert len(aside) == 1 and (aside[0] / "teacher.safetensors").exists()  # nothing lost
     # the lock the run held stayed where a second writer looks for it: the same file, not moved aside
@@ -71,9 +74,9 @@ def test_different_recipe_refused_unless_force(tmp_path, tiny_recipe):
 
 def test_only_needs_upstream(tmp_path, tiny_recipe):
     with pytest.raises(UserError, match="has not produced its artifacts"):
-        run_pipeline(load_recipe(tiny_recipe), tmp_path / "runs", recipe_path=tiny_recipe, only=["distill"])
+        run_pipeline(load_recipe(tiny_recipe), tmp_path / "runs", RunOptions(recipe_path=tiny_recipe, only=["distill"]))
     with pytest.raises(UserError, match="unknown stage"):
-        run_pipeline(load_recipe(tiny_recipe), tmp_path / "runs", recipe_path=tiny_recipe, only=["bogus"])
+        run_pipeline(load_recipe(tiny_recipe), tmp_path / "runs", RunOptions(recipe_path=tiny_recipe, only=["bogus"]))
 
 
 @pytest.mark.skipif(not FACADES.exists(), reason="../shared/datasets/facades is absent")
@@ -122,9 +125,9 @@ def test_student_init_depends_on_the_seed_alone(tmp_path, tiny_recipe):
     from safetensors.torch import load_file
 
     r = load_recipe(tiny_recipe, ["student.init=scratch"])
-    run_pipeline(r, tmp_path / "a", recipe_path=tiny_recipe, only=["teacher", "student"])
+    run_pipeline(r, tmp_path / "a", RunOptions(recipe_path=tiny_recipe, only=["teacher", "student"]))
     torch.randn(1000)  # disturb the global RNG
-    run_pipeline(r, tmp_path / "b", recipe_path=tiny_recipe, only=["teacher", "student"])
+    run_pipeline(r, tmp_path / "b", RunOptions(recipe_path=tiny_recipe, only=["teacher", "student"]))
     a = load_file(str(tmp_path / "a" / "tiny" / "student_init" / "student.safetensors"))
     b = load_file(str(tmp_path / "b" / "tiny" / "student_init" / "student.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -206,4 +209,4 @@ def test_the_stage_table_is_consistent(tmp_path):
         with pytest.raises(ValueError, match="relative path inside the run folder"):
             run.file(bad)
     with pytest.raises(UserError, match="--only: unknown stage 'distil'; stages are teacher, student, distill"):
-        run_pipeline(load_recipe(ROOT / "recipes" / "quickstart.yaml"), tmp_path, only=["distil"])
+        run_pipeline(load_recipe(ROOT / "recipes" / "quickstart.yaml"), tmp_path, RunOptions(only=["distil"]))

@@ -176,7 +176,7 @@ def test_recipe_keep_and_round_channels_reach_the_student_stage(tmp_path):
 
     from conftest import tiny_recipe_text
 
-    from compressor.pipeline import run_pipeline
+    from compressor.pipeline import RunOptions, run_pipeline
     from compressor.recipe import load_recipe
 
     text = tiny_recipe_text().replace(
@@ -184,7 +184,7 @@ def test_recipe_keep_and_round_channels_reach_the_student_stage(tmp_path):
     )
     (tmp_path / "r.yaml").write_text(text)
     recipe = load_recipe(tmp_path / "r.yaml")
-    run_pipeline(recipe, tmp_path / "runs", recipe_path=tmp_path / "r.yaml", only=["teacher", "student"])
+    run_pipeline(recipe, tmp_path / "runs", RunOptions(recipe_path=tmp_path / "r.yaml", only=["teacher", "student"]))
     init = tmp_path / "runs" / "tiny" / "student_init"
     plan = json.loads((init / "student.json").read_text())
     assert plan["keep"] == ["model.1"] and plan["round_channels"] == 4

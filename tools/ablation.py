@@ -81,7 +81,7 @@ from compressor.features import FeatureTaps, resolve_taps
 from compressor.losses import srp_multi
 from compressor.metrics import frechet_distance, load_inception, paired_metrics
 from compressor.models import build_discriminator
-from compressor.pipeline import RunDir, load_run_teacher, run_pipeline
+from compressor.pipeline import RunDir, RunOptions, load_run_teacher, run_pipeline
 from compressor.recipe import parse_recipe
 from compressor.slim import load_student
 from compressor.terms import SRP_DEFAULT_WEIGHT, SRP_OLD_DEFAULT_WEIGHT
@@ -299,7 +299,7 @@ def fingerprint(obj) -> str:
 
 
 def paired_discriminator(seed: int, record: dict) -> Callable[..., torch.nn.Module]:
-    """A discriminator builder for the trainer (``run_pipeline(build_discriminator=...)``) that builds every
+    """A discriminator builder for the trainer (``RunOptions(build_discriminator=...)``) that builds every
     discriminator of a run from ``seed`` alone and fingerprints its initial weights into ``record``.
 
     The trainer builds its discriminator after loading the teacher, the student and (for SRP/feature arms) probing
@@ -332,14 +332,10 @@ def run(doc: dict, out: Path, only: list[str]) -> tuple[Path, dict]:
     info_file = rd / "ablation_run.json"
     info = json.loads(info_file.read_text()) if info_file.exists() else {}
     record: dict = {}
-    run_pipeline(
-        recipe,
-        out,
-        resume=True,
-        only=only,
-        recipe_path=src,
-        build_discriminator=paired_discriminator(doc["seed"], record),
+    options = RunOptions(
+        resume=True, only=only, recipe_path=src, build_discriminator=paired_discriminator(doc["seed"], record)
     )
+    run_pipeline(recipe, out, options)
     if record:  # the trainer built a discriminator: this invocation trained (or resumed) the run
         info["discriminator_init"] = record["discriminator_init"]
     # the pipeline's own record: the seconds of each stage's last completed run, kept across invocations

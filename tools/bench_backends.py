@@ -73,7 +73,7 @@ def trained_student(arch: str, norm: str, steps: int, data: Path, work: Path):
     against the rebuilt width-0.25 student's."""
     from bench_export import build_student
 
-    from compressor.pipeline import run_pipeline
+    from compressor.pipeline import RunOptions, run_pipeline
     from compressor.recipe import parse_recipe
     from compressor.runfolder import RunDir, load_run_teacher
 
@@ -84,7 +84,7 @@ def trained_student(arch: str, norm: str, steps: int, data: Path, work: Path):
         f"distill: {{log_every: 50, checkpoint_every: {steps}, sample_every: {steps}}}\n"
     )
     recipe = parse_recipe(text, source="bench_backends", base_dir=work)
-    run_pipeline(recipe, work / "runs", only=["teacher"])
+    run_pipeline(recipe, work / "runs", RunOptions(only=["teacher"]))
     net = load_run_teacher(RunDir(work / "runs" / recipe.name)).eval()
     want = sum(p.numel() for p in build_student(arch, norm)[1].parameters())
     got = sum(p.numel() for p in net.parameters())
