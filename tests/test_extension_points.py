@@ -30,7 +30,7 @@ def _patched_copy(tmp_path: Path, module: str, edits: list[tuple[str, str]]) -> 
     text = path.read_text()
     for anchor, before in edits:
         assert text.count(anchor) == 1, f"{module}: anchor not found once: {anchor!r}"
-        text = text.replace(anchor, textwrap.dedent(before) + anchor)
+        text = text.replace(anchor, (textwrap.dedent(before) if before.startswith("\n") else before) + anchor)
     path.write_text(text)
     changed = [
         str(p.relative_to(dst))
@@ -59,7 +59,7 @@ def test_a_new_stage_is_one_row(tmp_path):
                 "@dataclass(frozen=True)\nclass Stage:",
                 '''
                 def stage_inventory(ctx: Context) -> None:
-                    """A list of the data the run was made from."""
+                    """The image size the run was made at, in inventory.json."""
                     atomic_write_json(ctx.run.file("inventory.json"), {"size": ctx.recipe.data.size})
 
 
@@ -162,9 +162,10 @@ def test_a_new_report_section_is_one_function_and_one_entry(tmp_path):
         "exporters/report.py",
         [
             (
-                "REPORT_SECTIONS: list[Callable[[ReportData], list[str]]] = [",
+                "# The report, top to bottom.",
                 """
                 def section_inputs(d: ReportData) -> list[str]:
+                    '''How many profiles and evaluations the report merges.'''
                     rows = [[str(len(d.profiles)), str(len(d.evals))]]
                     return ["## Inputs", "", _table(["profiles", "evaluations"], rows), ""]
 
