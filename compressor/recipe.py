@@ -137,6 +137,15 @@ class TeacherSpec(Strict):
         return self
 
 
+def _as_value_error(check, value: str, key: str) -> None:
+    """Run one of :mod:`compressor.remote`'s checks inside a pydantic validator: its ``UserError`` becomes the
+    ValueError pydantic reports under the key's path (the key itself left out of the message)."""
+    try:
+        check(value, key)
+    except UserError as exc:
+        raise ValueError(str(exc).removeprefix(f"{key}: ")) from None
+
+
 class BudgetSpec(Strict):
     latency_ms: Optional[float] = Field(None, gt=0, description="the student's latency on the target (ms)")
     speedup: Optional[float] = Field(None, gt=0, description="times faster than the teacher on the target")
@@ -159,29 +168,20 @@ class BudgetSpec(Strict):
     @classmethod
     def _ssh_options(cls, v: list[str]) -> list[str]:
         for o in v:  # an option that runs a local command (ProxyCommand, LocalCommand, ...) is refused here
-            try:
-                check_ssh_option(o, "ssh_options")
-            except UserError as exc:
-                raise ValueError(str(exc).removeprefix("ssh_options: ")) from None
+            _as_value_error(check_ssh_option, o, "ssh_options")
         return v
 
     @field_validator("host")
     @classmethod
     def _host(cls, v: Optional[str]) -> Optional[str]:
         if v is not None:
-            try:
-                check_host(v, "host")
-            except UserError as exc:
-                raise ValueError(str(exc).removeprefix("host: ")) from None
+            _as_value_error(check_host, v, "host")
         return v
 
     @field_validator("remote_compress")
     @classmethod
     def _remote_compress(cls, v: str) -> str:
-        try:
-            check_program(v, "remote_compress")
-        except UserError as exc:
-            raise ValueError(str(exc).removeprefix("remote_compress: ")) from None
+        _as_value_error(check_program, v, "remote_compress")
         return v
 
     @model_validator(mode="after")
@@ -208,6 +208,8 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "distill.losses.srp.normalize": "entries",
     "export.formats": ["onnx"],
 }
+# ... and the loss terms added since, while off (the rows of compressor.terms.TERMS marked neutral)
+_DIGEST_NEUTRAL = {**DIGEST_NEUTRAL_DEFAULTS, **digest_neutral_defaults()}
 
 
 class StudentSpec(Strict):
@@ -390,7 +392,7 @@ class Recipe(Strict):
         """The recipe as digests see it: options added after run folders existed are left out while they hold
         their default, so that a new option never makes an earlier run (or its checkpoints) look changed."""
         data = self.model_dump(mode="json", by_alias=True)
-        for path, default in {**DIGEST_NEUTRAL_DEFAULTS, **digest_neutral_defaults()}.items():
+        for path, default in _DIGEST_NEUTRAL.items():
             *parents, leaf = path.split(".")
             node = data
             for key in parents:

@@ -77,7 +77,8 @@ class RunOptions:
     nproc: int = 1  # training processes (torchrun; gloo on CPU, nccl on GPU)
     recipe_path: Optional[Path] = None  # the recipe file: the run folder records it, the resume hint names it
     # builds the distill stage's discriminators (TrainSetup.build_discriminator, called as
-    # build(input_nc=..., **distill.discriminator)); None: the zoo's PatchGAN. In-process only: a torchrun launch (nproc > 1) cannot carry it
+    # build(input_nc=..., **distill.discriminator)); None: the zoo's PatchGAN. In-process only: a torchrun launch
+    # (nproc > 1) cannot carry it
     build_discriminator: Optional[Callable] = None
 
 

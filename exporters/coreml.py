@@ -24,7 +24,6 @@ from compressor.errors import ExportError
 from .mobile import (
     MIN_PSNR,
     Images,
-    Timer,
     artifact_metadata,
     check,
     commit,
@@ -34,6 +33,7 @@ from .mobile import (
     prepare,
     record,
     remove,
+    start,
     temp_path,
     torch_outputs,
     variant_path,
@@ -124,10 +124,7 @@ def export_coreml(
 ) -> dict:
     """Write ``<stem>.mlpackage`` (FP16; ``<stem>.fp32.mlpackage``, ``<stem>.int8.mlpackage`` for 8-bit weights),
     validated on any system and compared with PyTorch on macOS. Raises ExportError when a check fails."""
-    need("coremltools", "the Core ML export")
-    if precision not in PRECISIONS:
-        raise ValueError(f"coreml exports {', '.join(PRECISIONS)}, not {precision}")
-    timer = Timer()
+    timer = start("coreml", precision, PRECISIONS, ("coremltools",), "the Core ML export")
     model, batches, size = prepare(model, samples, size)
     path = variant_path(Path(out_path), precision, SUFFIX, default="fp16")
     x = torch.from_numpy(batches[0])

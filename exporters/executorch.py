@@ -23,7 +23,6 @@ from .mobile import (
     FP32_MAX_ABS,
     MIN_PSNR,
     Images,
-    Timer,
     artifact_metadata,
     as_batches,
     checked_write,
@@ -31,6 +30,7 @@ from .mobile import (
     need,
     prepare,
     record,
+    start,
     torch_outputs,
     variant_path,
 )
@@ -85,10 +85,7 @@ def export_executorch(
 ) -> dict:
     """Write ``out_path`` (``<stem>.pte``; INT8: ``<stem>.int8.pte``), checked in the ExecuTorch runtime against
     PyTorch on ``samples``. Returns the export record; raises ExportError when the check fails."""
-    need("executorch", "the ExecuTorch export")
-    if precision not in PRECISIONS:
-        raise ValueError(f"executorch exports {', '.join(PRECISIONS)}, not {precision}")
-    timer = Timer()
+    timer = start("executorch", precision, PRECISIONS, ("executorch",), "the ExecuTorch export")
     model, batches, size = prepare(model, samples, size)
     refs = torch_outputs(model, batches)
     path = variant_path(Path(out_path), precision, SUFFIX)

@@ -26,7 +26,7 @@ from compressor.data import FolderDataset
 from compressor.errors import ExportError, UserError
 from compressor.flags import check_existing, check_out_folder, check_sizes
 from compressor.io import atomic_write_json
-from compressor.models import apply_state_dict, build_generator, load_state_dict_file, size_multiple
+from compressor.models import apply_state_dict, build_generator, input_channels, load_state_dict_file, size_multiple
 from compressor.slim import load_student
 
 from . import openvino as ov_export
@@ -98,19 +98,6 @@ def default_profile(size: int, dynamic_hw: bool, mult: int, max_batch: int = 8, 
     return {
         INPUT: {"min": [1, channels, lo, lo], "opt": [1, channels, size, size], "max": [max_batch, channels, hi, hi]}
     }
-
-
-def input_channels(model: nn.Module, samples: Optional[torch.Tensor] = None) -> int:
-    """Input channels: the samples' when given, else the model's config, else its first convolution's."""
-    if samples is not None:
-        return int(samples.shape[1])
-    cfg = getattr(model, "config", None) or {}
-    if "input_nc" in cfg:
-        return int(cfg["input_nc"])
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            return int(m.in_channels)
-    return 3
 
 
 def export_metadata(model: nn.Module, spec: ExportSpec) -> dict:

@@ -34,7 +34,6 @@ from .mobile import (
     FP32_MAX_ABS,
     MIN_PSNR,
     Images,
-    Timer,
     artifact_metadata,
     as_batches,
     checked_write,
@@ -42,6 +41,7 @@ from .mobile import (
     need,
     prepare,
     record,
+    start,
     torch_outputs,
     variant_path,
     without_output_padding,
@@ -161,11 +161,7 @@ def export_litert(
 ) -> dict:
     """Write ``out_path`` (``<stem>.tflite``; ``<stem>.fp16.tflite``, ``<stem>.int8.tflite``), checked in the
     LiteRT interpreter (XNNPACK) against PyTorch on ``samples``. Raises ExportError when the check fails."""
-    need("litert_torch", "the LiteRT export")
-    need("ai_edge_litert", "the LiteRT export")
-    if precision not in PRECISIONS:
-        raise ValueError(f"litert exports {', '.join(PRECISIONS)}, not {precision}")
-    timer = Timer()
+    timer = start("litert", precision, PRECISIONS, ("litert_torch", "ai_edge_litert"), "the LiteRT export")
     model, batches, size = prepare(model, samples, size)
     refs = torch_outputs(model, batches)
     path = variant_path(Path(out_path), precision, SUFFIX)

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 import compressor
 from compressor.errors import ExportError, UserError, require
+from compressor.models import input_channels
 
 FP32_MAX_ABS = 1e-3  # FP32 artifact vs PyTorch, max abs over [-1, 1] images
 MIN_PSNR = 30.0  # FP16 / INT8 artifact vs PyTorch FP32, dB (peak-to-peak 2)
@@ -35,6 +36,16 @@ Images = Union[torch.Tensor, Sequence[np.ndarray], np.ndarray]
 def need(module: str, purpose: str):
     """Import an optional runtime or converter, or raise one line naming the extra that adds it."""
     return require(module, "mobile", purpose)
+
+
+def start(fmt: str, precision: str, precisions: Sequence[str], modules: Sequence[str], purpose: str) -> "Timer":
+    """The opening of every format's export: its runtime and converter importable (else one line naming the
+    extra), ``precision`` one it writes; returns the timer of the export record."""
+    for module in modules:
+        need(module, purpose)
+    if precision not in precisions:
+        raise ValueError(f"{fmt} exports {', '.join(precisions)}, not {precision}")
+    return Timer()
 
 
 def variant_path(out_path: Path, precision: str, suffix: str, default: str = "fp32") -> Path:
@@ -120,7 +131,7 @@ def artifact_metadata(model: nn.Module, size: int, precision: str, layout: str, 
         "toolkit_version": compressor.__version__,
         "input_size": str(size),
         "input_shape": json.dumps(
-            [1, input_nc(model), size, size] if layout == "NCHW" else [1, size, size, input_nc(model)]
+            [1, input_channels(model), size, size] if layout == "NCHW" else [1, size, size, input_channels(model)]
         ),
         "layout": layout,
         "value_range": "[-1, 1]",
@@ -130,16 +141,6 @@ def artifact_metadata(model: nn.Module, size: int, precision: str, layout: str, 
     for k, v in (extra or {}).items():
         meta[str(k)] = v if isinstance(v, str) else json.dumps(v)
     return meta
-
-
-def input_nc(model: nn.Module) -> int:
-    cfg = getattr(model, "config", None) or {}
-    if "input_nc" in cfg:
-        return int(cfg["input_nc"])
-    for m in model.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            return int(m.in_channels)
-    return 3
 
 
 def temp_path(path: Path) -> Path:

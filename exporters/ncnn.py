@@ -25,7 +25,6 @@ from .mobile import (
     FP32_MAX_ABS,
     MIN_PSNR,
     Images,
-    Timer,
     artifact_metadata,
     check,
     commit,
@@ -34,6 +33,7 @@ from .mobile import (
     prepare,
     record,
     remove,
+    start,
     temp_path,
     torch_outputs,
 )
@@ -113,11 +113,7 @@ def export_ncnn(
 ) -> dict:
     """Write ``<stem>.ncnn.param`` / ``.bin`` (FP16: ``<stem>.fp16.ncnn.*``), checked in ncnn against PyTorch on
     ``samples``. Raises ExportError naming the layer ncnn lacks, or when the parity check fails."""
-    need("ncnn", "the ncnn export")
-    need("pnnx", "the ncnn export")
-    if precision not in PRECISIONS:
-        raise ValueError(f"ncnn exports {', '.join(PRECISIONS)}, not {precision}")
-    timer = Timer()
+    timer = start("ncnn", precision, PRECISIONS, ("ncnn", "pnnx"), "the ncnn export")
     model, batches, size = prepare(model, samples, size)
     refs = torch_outputs(model, batches)
     param, binary = paths(Path(out_path).resolve(), precision)  # absolute: pnnx runs in its own folder

@@ -27,6 +27,27 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("COMPRESSOR_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+def one_error_line(err: str, code: int, *needles: str, expect: int = 2, skip_warnings: bool = False) -> str:
+    """The single ``error: …`` line a refused command printed on stderr ``err``: exit code ``expect``, no traceback,
+    every needle in it (``skip_warnings``: ``warning…`` lines beside it are allowed)."""
+    assert code == expect, err[-2000:]
+    lines = [line for line in err.splitlines() if line.strip() and not (skip_warnings and line.startswith("warning"))]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for n in needles:
+        assert n in lines[0], (n, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def no_consent():
+    """No code consent carried in from another test, none carried out."""
+    from compressor import trust
+
+    trust.revoke_all()
+    yield
+    trust.revoke_all()
+
+
 def tiny_recipe_text(name="tiny", extra="") -> str:
     return f"""
 name: {name}

@@ -17,27 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, tiny_recipe_text
+from conftest import ROOT, one_error_line, tiny_recipe_text
 
-from compressor import trust
 from compressor.cli import main
 
-
-@pytest.fixture(autouse=True)
-def _no_consent():
-    trust.revoke_all()
-    yield
-    trust.revoke_all()
+pytestmark = pytest.mark.usefixtures("no_consent")
 
 
 def _one_line(capsys, code, *needles, expect=2):
-    err = capsys.readouterr().err
-    assert code == expect, err
-    lines = [line for line in err.splitlines() if line.strip() and not line.startswith("warning")]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
+    return one_error_line(capsys.readouterr().err, code, *needles, expect=expect, skip_warnings=True)
 
 
 def _sha(p: Path) -> str:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import ROOT, run_cli, tiny_recipe_text
+from conftest import ROOT, one_error_line, run_cli, tiny_recipe_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -18,13 +18,7 @@ from compressor.errors import UserError
 
 
 def _one_line_error(res, *needles):
-    assert res.returncode == 2, (res.returncode, res.stderr[-2000:])
-    lines = [l for l in res.stderr.splitlines() if l.strip()]
-    assert len(lines) == 1, res.stderr
-    assert lines[0].startswith("error: ") and "Traceback" not in res.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
+    return one_error_line(res.stderr, res.returncode, *needles)
 
 
 def _write(tmp_path, text, name="r.yaml"):

@@ -19,7 +19,7 @@ import zlib
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli, tiny_recipe_text
+from conftest import ROOT, one_error_line, run_cli, tiny_recipe_text
 
 from compressor import trust
 from compressor.cli import main
@@ -28,21 +28,11 @@ from compressor.errors import UserError
 PWN = "import pathlib; pathlib.Path({path!r}).write_text('pwned')\n"
 
 
-@pytest.fixture(autouse=True)
-def _no_consent():
-    trust.revoke_all()
-    yield
-    trust.revoke_all()
+pytestmark = pytest.mark.usefixtures("no_consent")
 
 
 def _one_line(capsys, code, *needles, expect=2):
-    err = capsys.readouterr().err
-    assert code == expect, err
-    lines = [l for l in err.splitlines() if l.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
+    return one_error_line(capsys.readouterr().err, code, *needles, expect=expect)
 
 
 def _one_line_proc(res, *needles):

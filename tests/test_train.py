@@ -229,8 +229,9 @@ def _tiny_net(seed):
     )
 
 
-def _trainer(tmp_path, steps=6, cache=False, teacher=True, progress=None):
-    losses = LossesSpec.model_validate({"srp": {"weight": 1.0}, "recon": {"weight": 10}, "kd": {"weight": 1}})
+def _trainer(tmp_path, steps=6, cache=False, teacher=True, progress=None, srp=None):
+    srp = srp or {"weight": 1.0}
+    losses = LossesSpec.model_validate({"srp": srp, "recon": {"weight": 10}, "kd": {"weight": 1}})
     t = _tiny_net(1).eval() if teacher else None
     d = Direction("G", _tiny_net(2), t, "input", "target")
     setup = TrainSetup(
@@ -385,26 +386,7 @@ def test_teacher_cache_refused_with_random_augmentation(data):
 
 
 def _share_trainer(tmp_path, srp_weight, steps=4):
-    losses = LossesSpec.model_validate(
-        {"srp": {"weight": srp_weight, "normalize": "rows"}, "recon": {"weight": 10}, "kd": {"weight": 1}}
-    )
-    d = Direction("G", _tiny_net(2), _tiny_net(1).eval(), "input", "target")
-    setup = TrainSetup(
-        kind="paired",
-        directions=[d],
-        dataset=_NoisyPairs(),
-        losses=losses,
-        steps=steps,
-        batch_size=2,
-        seed=3,
-        taps={"enc": "0"},
-        srp_layers=["enc"],
-        disc_spec={"ndf": 4, "n_layers": 1},
-        checkpoint_every=100,
-        log_every=1,
-        sample_every=1000,
-    )
-    return Trainer(setup, tmp_path, torch.device("cpu"))
+    return _trainer(tmp_path, steps=steps, srp={"weight": srp_weight, "normalize": "rows"})
 
 
 def test_gradient_shares_are_logged_and_a_swamped_distillation_term_is_warned_once(tmp_path, caplog):

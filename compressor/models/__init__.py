@@ -95,6 +95,19 @@ def build_discriminator(
     return net
 
 
+def input_channels(model: nn.Module, samples: torch.Tensor | None = None) -> int:
+    """Input channels: the samples' when given, else the model's config, else its first convolution's."""
+    if samples is not None:
+        return int(samples.shape[1])
+    cfg = getattr(model, "config", None) or {}
+    if "input_nc" in cfg:
+        return int(cfg["input_nc"])
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            return int(m.in_channels)
+    return 3
+
+
 def size_multiple(model: nn.Module) -> int:
     """The multiple that input H and W must be for this model (1 when unknown)."""
     if isinstance(model, RangeWrapper):
