@@ -11,7 +11,6 @@ random states) is :mod:`compressor.checkpoints`, beside it.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -20,6 +19,7 @@ from typing import Optional
 
 from .errors import UserError
 from .io import atomic_write_json
+from .schemas import CheckpointConfig, read_json
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +31,10 @@ def _checkpoint_files(ckpts: Path) -> list[Path]:
 
 
 def recorded_digest(ckpts: Path) -> Optional[str]:
+    """The digest ``checkpoints/config.json`` records (read bounded, checked); None when absent or unreadable."""
     try:
-        return json.loads((ckpts / CONFIG).read_text()).get("digest")
-    except (OSError, ValueError, AttributeError):
+        return read_json(ckpts / CONFIG, CheckpointConfig).get("digest")
+    except (OSError, UserError):
         return None
 
 

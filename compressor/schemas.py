@@ -308,21 +308,6 @@ class ExportDoc(Open):
 # ------------------------------------------------------------------------------------------- reading
 
 
-def _depth(obj: Any, limit: int = MAX_DEPTH) -> int:
-    """Nesting depth, iteratively (a deep document cannot exhaust the stack here)."""
-    stack, deepest = [(obj, 1)], 0
-    while stack:
-        o, d = stack.pop()
-        deepest = max(deepest, d)
-        if deepest > limit:
-            return deepest
-        if isinstance(o, dict):
-            stack.extend((v, d + 1) for v in o.values())
-        elif isinstance(o, list):
-            stack.extend((v, d + 1) for v in o)
-    return deepest
-
-
 def loads(text: str | bytes, source: str) -> Any:
     """JSON with bounded nesting, or one UserError line naming ``source``. NaN and Infinity parse (Python writes
     them); the schemas say where they are allowed."""

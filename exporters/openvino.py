@@ -34,11 +34,6 @@ PARITY = {"fp32": {"max_abs": 1e-3}, "fp16": {"psnr_min": 35.0}, "int8": {"psnr_
 # quantisation; its quality is reported (PSNR), and a random network is far harder to quantise than a trained one
 
 
-def ir_path(out_dir: str | Path, stem: str, precision: str) -> Path:
-    """``<stem>.xml`` (fp32), ``<stem>.fp16.xml``, ``<stem>.int8.xml``; each with its ``.bin`` beside it."""
-    return Path(out_dir) / (f"{stem}.xml" if precision == "fp32" else f"{stem}.{precision}.xml")
-
-
 def _properties(precision: str, threads: Optional[int], device: str) -> dict:
     import openvino.properties as props
     import openvino.properties.hint as hints

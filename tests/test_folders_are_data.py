@@ -459,3 +459,21 @@ def test_bounds_before_allocation(tmp_path):
         z.writestr("archive/data/99", b"\0" * (32 << 20))
     with pytest.raises(UserError, match="unpacks to"):
         read_checkpoint(bomb, False, "teacher.checkpoint")
+
+
+@pytest.mark.parametrize("config", ["dev-zero", "list", "deep"])
+def test_a_hostile_checkpoint_config_is_read_bounded(tmp_path, config):
+    """checkpoints/config.json from elsewhere: a link to /dev/zero (an endless read before), a list, deep nesting.
+    Each is an unknown configuration: one line offering --force, nothing read past the bound."""
+    from compressor.errors import UserError
+    from compressor.resume import check_checkpoints
+
+    ckpts = tmp_path / "checkpoints"
+    ckpts.mkdir()
+    (ckpts / "step_00000001.pt").write_bytes(b"x")
+    if config == "dev-zero":
+        (ckpts / "config.json").symlink_to("/dev/zero")
+    else:
+        (ckpts / "config.json").write_text("[1, 2]" if config == "list" else "[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="an unknown configuration .* pass --force to start over"):
+        check_checkpoints(tmp_path, "abc", resume=True, force=False)
