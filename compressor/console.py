@@ -8,7 +8,6 @@ least every 30 s and at every 10% of a stage, with the step, loss, rate and ETA.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
@@ -19,6 +18,9 @@ from typing import Callable, Optional, TextIO
 
 from exporters.report import METRICS, SMALL_FID_N, SMALL_N_NOTE, change_text, metric_text, sig
 from exporters.report import headline as report_headline
+
+from . import schemas
+from .errors import UserError
 
 log = logging.getLogger("compressor")
 
@@ -268,9 +270,9 @@ def headline(run_root: Path) -> Optional[str]:
     """One line: params ×, MACs ×, latency × per backend, quality kept; None without eval.json or profile.json."""
     ev_path, prof_path = run_root / "eval.json", run_root / "profile.json"
     try:
-        ev = json.loads(ev_path.read_text()) if ev_path.exists() else None
-        prof = json.loads(prof_path.read_text()) if prof_path.exists() else None
-    except (OSError, ValueError):
+        ev = schemas.read_json(ev_path) if ev_path.exists() else None
+        prof = schemas.read_json(prof_path) if prof_path.exists() else None
+    except (OSError, UserError):
         return None
     return report_headline(ev, [prof] if prof else [])
 

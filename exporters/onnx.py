@@ -237,7 +237,13 @@ def failed_marker(path: Path) -> Path:
 def check_not_failed(path: Path) -> None:
     marker = failed_marker(Path(path))
     if marker.exists():
-        reason = marker.read_text().strip().splitlines()[0] if marker.read_text().strip() else "unknown"
+        try:
+            with open(marker, "rb") as f:  # a marker from elsewhere may be anything: its first KiB at most
+                text = f.read(1024).decode("utf-8", "replace").strip()
+        except OSError:
+            text = ""
+        first = "".join(c for c in (text.splitlines() or [""])[0] if c.isprintable()).strip()
+        reason = first[:200] or "unknown"
         raise UserError(f"{path}: this export failed its checks ({reason}); re-export before using it")
 
 

@@ -478,8 +478,8 @@ class TrtexecTimes(Runner):
 def import_trtexec_times(path: str | Path, batch: int = 1) -> dict:
     """Read ``trtexec --exportTimes`` output (a list of per-inference records) into the result schema."""
     try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+        data = schemas.loads(schemas.read_text_bounded(path), str(path))
+    except (OSError, UserError) as exc:
         raise UserError(f"{path}: not a trtexec --exportTimes JSON file ({exc})") from None
     if not isinstance(data, list) or not data or not isinstance(data[0], dict) or "latencyMs" not in data[0]:
         raise UserError(f"{path}: not a trtexec --exportTimes JSON file (expected a list of records with latencyMs)")

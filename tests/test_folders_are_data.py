@@ -477,3 +477,24 @@ def test_a_hostile_checkpoint_config_is_read_bounded(tmp_path, config):
         (ckpts / "config.json").write_text("[1, 2]" if config == "list" else "[" * 100_000 + "]" * 100_000)
     with pytest.raises(UserError, match="an unknown configuration .* pass --force to start over"):
         check_checkpoints(tmp_path, "abc", resume=True, force=False)
+
+
+def test_files_beside_artifacts_that_never_end_are_read_bounded(tmp_path):
+    """A failed-export marker, a trtexec times file and a run's eval.json that link to /dev/zero: each read stops at
+    its bound (one line, or no headline), never an endless read."""
+    from compressor.console import headline
+    from compressor.errors import UserError
+    from exporters.onnx import check_not_failed, failed_marker
+    from exporters.profile import import_trtexec_times
+
+    onnx_file = tmp_path / "student.onnx"
+    onnx_file.write_bytes(b"")
+    failed_marker(onnx_file).symlink_to("/dev/zero")
+    with pytest.raises(UserError, match=r"this export failed its checks \(unknown\)"):
+        check_not_failed(onnx_file)
+    (tmp_path / "times.json").symlink_to("/dev/zero")
+    with pytest.raises(UserError, match="not a trtexec --exportTimes JSON file"):
+        import_trtexec_times(tmp_path / "times.json")
+    (tmp_path / "eval.json").symlink_to("/dev/zero")
+    (tmp_path / "profile.json").write_text("{}")
+    assert headline(tmp_path) is None
