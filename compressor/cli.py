@@ -27,6 +27,7 @@ from exporters.report import speedups, write_report
 from exporters.runtimes import backend_help
 
 from . import __version__, schemas
+from .ablate import AblateSpec, recipe_document, render, run_ablation
 from .cmdline import command_line_hint, set_command_line
 from .console import QUANT_FILTER, closing_summary, eval_table, install_log_filters, print_table
 from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
@@ -39,6 +40,7 @@ from .flags import (
     check_run_device,
     check_student_evaluation,
     csv_list,
+    parse_numbers,
 )
 from .io import atomic_write_json
 from .lock import run_lock
@@ -63,7 +65,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     help="Make image-to-image GAN generators small and fast: distill, evaluate, export, profile.",
 )
-COMMANDS = {"run", "validate", "evaluate", "export", "profile", "report", "plan", "benchmark"}
+COMMANDS = {"run", "validate", "evaluate", "export", "profile", "report", "plan", "benchmark", "ablate"}
 log = logging.getLogger("compressor")
 
 
@@ -212,6 +214,23 @@ BenchFormats = Annotated[
     Optional[str], typer.Option("--format", help=f"only these formats (default: all: {format_help()})")
 ]
 RefImages = Annotated[int, typer.Option("--images", min=1, help="reference images for PSNR/SSIM")]
+# compress ablate
+AblateOut = Annotated[Path, typer.Option("--out", help="parent folder of the ablation's runs")]
+Arms = Annotated[str, typer.Option("--arms", help="scratch, kd, kd_srp, kd_matched")]
+Inits = Annotated[str, typer.Option("--inits", help="student inits: inherit, scratch")]
+Widths = Annotated[
+    Optional[str], typer.Option("--widths", help="student widths, e.g. 0.5,0.25 (default: the recipe's)")
+]
+Seeds = Annotated[
+    str, typer.Option("--seeds", help="seeds, spaced apart (the sampler draws epoch e of seed s from s + e)")
+]
+Ratio = Annotated[
+    float, typer.Option("--ratio", min=0.001, max=100, help="kd_srp: SRP's gradient as a multiple of KD's")
+]
+SrpLayers = Annotated[Optional[str], typer.Option("--layers", help="SRP taps (default: the recipe's srp.layers)")]
+Bootstrap = Annotated[int, typer.Option("--bootstrap", min=100, max=100000, help="bootstrap replicates")]
+TablesOnly = Annotated[bool, typer.Option("--tables-only", help="train nothing: tabulate the finished runs")]
+
 # compress plan, report
 BudgetRecipe = Annotated[Path, typer.Argument(help="recipe YAML file with student.budget")]
 Remeasure = Annotated[bool, typer.Option("--force", help="measure again even when plan.json is up to date")]
@@ -486,6 +505,43 @@ def _plain_table(header: list[str], rows: list[list[str]]) -> list[str]:
         ]
         out.append("  ".join(cells).rstrip())
     return out
+
+
+@app.command()
+def ablate(
+    recipe: RecipeFile,
+    out: AblateOut = Path("runs/ablate"),
+    set_: SetOverrides = None,
+    arms: Arms = "scratch,kd,kd_srp,kd_matched",
+    inits: Inits = "inherit",
+    widths: Widths = None,
+    seeds: Seeds = "0,1000,2000",
+    ratio: Ratio = 1.0,
+    layers: SrpLayers = None,
+    max_images: MaxImages = None,
+    bootstrap: Bootstrap = 1000,
+    tables_only: TablesOnly = False,
+    device: TorchDevice = "auto",
+    quiet: Quiet = False,
+):
+    """Does SRP help on this network? Arms x inits x widths x seeds of the recipe, paired; writes ablate.md."""
+    _setup_logging(quiet)
+    r = load_recipe(recipe, set_)
+    spec = AblateSpec(
+        arms=tuple(csv_list(arms)),
+        inits=tuple(csv_list(inits)),
+        widths=tuple(parse_numbers(widths, "--widths", float, 0.0, 1.0)) if widths else (),
+        seeds=tuple(parse_numbers(seeds, "--seeds", int, 0, 2**32 - 1)),
+        ratio=ratio,
+        layers=tuple(csv_list(layers)) if layers else (),
+        n_boot=bootstrap,
+        max_images=max_images,
+    )
+    doc = run_ablation(
+        recipe_document(r), spec, out / r.name, resolve_device(device), train=not tables_only, say=typer.echo
+    )
+    typer.echo(render(doc))
+    typer.echo(f"wrote {out / r.name / 'ablate.md'} and {out / r.name / 'ablate.json'}")
 
 
 @app.command()

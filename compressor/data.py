@@ -1,12 +1,15 @@
-"""Datasets: paired (pix2pix AB), unpaired (trainA/trainB), folder (inputs only) and synthetic.
+"""Datasets: paired (pix2pix AB), unpaired (trainA/trainB), folder (inputs only), synthetic, and degraded (clean
+images, the input made from each by a named degradation).
 
-Images are NCHW float32 in [-1, 1] at every boundary. Conversion rules for odd files: grayscale is repeated to
-three channels, RGBA is composited onto white, 16-bit images are scaled to 8 bits (value / 257), palette
-images are expanded. An unreadable image is skipped with a warning (``data.strict: true`` makes it fatal).
+Images are NCHW float32 in [-1, 1] at every boundary, with ``data.channels`` channels (3 by default). Conversion
+rules for odd files: grayscale is repeated to three channels (or an RGB image reduced to luminance, ITU-R 601, for
+``channels: 1``), RGBA is composited onto white, 16-bit images are scaled to 8 bits (value / 257), palette images
+are expanded. An unreadable image is skipped with a warning (``data.strict: true`` makes it fatal).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import random
@@ -19,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 
 from .errors import DataError, RecipeError
-from .recipe import IMAGE_EXTS, DataSpec
+from .recipe import IMAGE_EXTS, DataSpec, DegradeSpec
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,8 @@ def _layout(spec: DataSpec, root: Path) -> dict[str, Path]:
     if spec.kind == "folder":
         sub = root / spec.train_split
         return {"train": sub if sub.is_dir() else root}
+    if spec.kind == "degraded":
+        return {"train": root / spec.train_split, "test": root / spec.test_split}
     return {}
 
 
@@ -56,7 +61,12 @@ def check_data_root(spec: DataSpec, root: Optional[Path]) -> None:
         raise RecipeError(f"data.root: folder not found: {root}")
     if not root.is_dir():
         raise RecipeError(f"data.root: not a folder: {root}")
-    required = {"paired": ["train"], "unpaired": ["trainA", "trainB"], "folder": ["train"]}[spec.kind]
+    required = {
+        "paired": ["train"],
+        "unpaired": ["trainA", "trainB"],
+        "folder": ["train"],
+        "degraded": ["train", "test"],  # the test images are the ground truth every figure is measured against
+    }[spec.kind]
     for role, folder in _layout(spec, root).items():
         if role in required and not list_images(folder):
             if not folder.exists():
@@ -75,8 +85,8 @@ def check_pixels(im: Image.Image, path) -> None:
         raise Image.DecompressionBombError(f"{w}x{h} pixels is more than the {MAX_PIXELS:,} compressor decodes")
 
 
-def load_image(path: Path) -> Image.Image:
-    """Open any common image as 8-bit RGB (see the module docstring for the rules)."""
+def load_image(path: Path, channels: int = 3) -> Image.Image:
+    """Open any common image as 8-bit RGB, or 8-bit grayscale with ``channels=1`` (see the module docstring)."""
     try:
         im = Image.open(path)
         check_pixels(im, path)  # from the header, before a single pixel is decoded
@@ -98,17 +108,35 @@ def load_image(path: Path) -> Image.Image:
         im = Image.alpha_composite(bg, im.convert("RGBA"))
     if im.mode == "RGB;16" or im.mode.startswith("RGB") and im.mode != "RGB":
         im = im.convert("RGB")
-    return im.convert("RGB")
+    return im.convert("L" if channels == 1 else "RGB")
 
 
 def to_tensor(im: Image.Image) -> torch.Tensor:
+    """An 8-bit image (RGB or grayscale) as a CHW tensor in [-1, 1]."""
     arr = np.asarray(im, dtype=np.float32) / 127.5 - 1.0
+    if arr.ndim == 2:
+        arr = arr[..., None]
     return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
 
 def to_image(t: torch.Tensor) -> Image.Image:
+    """A CHW tensor in [-1, 1] (3 channels or 1) as an 8-bit image."""
     arr = ((t.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(arr)
+    return Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
+
+
+def center_crop(t: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The central ``h`` x ``w`` window of a CHW (or NCHW) tensor at least that large."""
+    top, left = (int(t.shape[-2]) - h) // 2, (int(t.shape[-1]) - w) // 2
+    return t[..., top : top + h, left : left + w]
+
+
+def stack_images(images: list[torch.Tensor]) -> torch.Tensor:
+    """Stack CHW images of possibly different sizes (whole test images) into one batch, each cropped to the
+    central window of the smallest height and width among them."""
+    h = min(int(t.shape[-2]) for t in images)
+    w = min(int(t.shape[-1]) for t in images)
+    return torch.stack([center_crop(t, h, w) for t in images])
 
 
 def image_row(images: list[torch.Tensor]) -> torch.Tensor:
@@ -192,6 +220,7 @@ class PairedDataset(_ImageFiles):
         train=True,
         strict=False,
         max_items: Optional[int] = None,
+        channels: int = 3,
     ):
         files = list_images(folder)[:max_items] if max_items else list_images(folder)
         if not files:
@@ -200,6 +229,7 @@ class PairedDataset(_ImageFiles):
         self.direction = direction
         self.aug = _Augment(size, load_size, flip, train)
         self.seed = 0
+        self.channels = channels
 
     def __len__(self):
         return len(self.files)
@@ -207,7 +237,7 @@ class PairedDataset(_ImageFiles):
     def __getitem__(self, i):
         rng = random.Random(hash((self.seed, i)))  # i may exceed len: the sampler encodes the epoch in it
         i %= len(self.files)
-        ab = load_image(self.files[i])
+        ab = load_image(self.files[i], self.channels)
         w, h = ab.size
         a, b = ab.crop((0, 0, w // 2, h)), ab.crop((w // 2, 0, w, h))
         src, tgt = (a, b) if self.direction == "AtoB" else (b, a)
@@ -227,6 +257,7 @@ class FolderDataset(_ImageFiles):
         train=True,
         strict=False,
         max_items: Optional[int] = None,
+        channels: int = 3,
     ):
         files = list_images(folder)[:max_items] if max_items else list_images(folder)
         if not files:
@@ -234,6 +265,7 @@ class FolderDataset(_ImageFiles):
         super().__init__(files, strict, str(folder))
         self.aug = _Augment(size, load_size, flip, train)
         self.seed = 0
+        self.channels = channels
 
     def __len__(self):
         return len(self.files)
@@ -241,7 +273,7 @@ class FolderDataset(_ImageFiles):
     def __getitem__(self, i):
         rng = random.Random(hash((self.seed, i)))
         i %= len(self.files)
-        (x,) = self.aug([load_image(self.files[i])], rng)
+        (x,) = self.aug([load_image(self.files[i], self.channels)], rng)
         return {"input": x, "index": i}
 
 
@@ -258,9 +290,10 @@ class UnpairedDataset(Dataset):
         train=True,
         strict=False,
         max_items: Optional[int] = None,
+        channels: int = 3,
     ):
-        self.a = FolderDataset(folder_a, size, load_size, flip, train, strict, max_items)
-        self.b = FolderDataset(folder_b, size, load_size, flip, train, strict, max_items)
+        self.a = FolderDataset(folder_a, size, load_size, flip, train, strict, max_items, channels)
+        self.b = FolderDataset(folder_b, size, load_size, flip, train, strict, max_items, channels)
         self.train = train
         self.seed = 0
 
@@ -270,6 +303,86 @@ class UnpairedDataset(Dataset):
     def __getitem__(self, i):
         j = random.Random(hash((self.seed, i, 1))).randrange(len(self.b)) if self.train else i % len(self.b)
         return {"A": self.a[i]["input"], "B": self.b[j]["input"], "index": i % len(self)}
+
+
+# ------------------------------------------------------------------------------------------------ degraded
+
+TEST_NOISE_SEED = 0  # the noise of test image i comes from (this, i): the same for every run and recipe seed
+
+
+def degrade(clean: Image.Image, spec: DegradeSpec, rng: np.random.Generator) -> torch.Tensor:
+    """The network's input made from a clean 8-bit image: bicubic down-scaling by ``downscale`` (the clean image's
+    size must be a multiple of it), then JPEG at ``jpeg_quality``, then Gaussian noise of σ ``noise_sigma`` on the
+    0-255 scale (``σ/255`` on [0, 1], as DnCNN is trained and tested; not clipped). Returns CHW in [-1, 1]."""
+    im = clean
+    if spec.downscale:
+        w, h = im.size
+        im = im.resize((w // spec.downscale, h // spec.downscale), Image.BICUBIC)
+    if spec.jpeg_quality:
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=int(spec.jpeg_quality))
+        im = Image.open(io.BytesIO(buf.getvalue()))
+        im.load()
+    x = to_tensor(im)
+    if spec.noise_sigma:
+        noise = rng.standard_normal(size=tuple(x.shape), dtype=np.float32)
+        x = x + torch.from_numpy(noise) * (2.0 * float(spec.noise_sigma) / 255.0)  # [-1, 1] is twice [0, 1]
+    return x
+
+
+class DegradedDataset(_ImageFiles):
+    """Clean images (the ground truth, ``target``) and the input each is degraded into (:func:`degrade`).
+
+    Training: a random ``size`` x ``size`` input patch (the clean patch is ``downscale`` times larger), optionally
+    flipped, and fresh noise at every visit (the sampler's index encodes the epoch). Testing: whole images, cropped
+    only to a multiple of ``downscale``, with noise from a fixed seed per image (:data:`TEST_NOISE_SEED`), so every
+    run sees the same noisy test inputs. ``variable_size``: test images may differ in size (evaluate them one by one).
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        spec: DegradeSpec,
+        size: int = 40,
+        flip: bool = False,
+        train: bool = True,
+        strict: bool = False,
+        max_items: Optional[int] = None,
+        channels: int = 3,
+    ):
+        files = list_images(folder)[:max_items] if max_items else list_images(folder)
+        if not files:
+            raise DataError(f"data.root: no images in {folder}")
+        super().__init__(files, strict, str(folder))
+        self.spec, self.size, self.flip, self.train, self.channels = spec, size, flip, train, channels
+        self.scale = spec.downscale or 1
+        self.seed = 0
+        self.variable_size = not train
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        k = int(i)
+        i = k % len(self.files)
+        clean = load_image(self.files[i], self.channels)
+        w, h = clean.size
+        s = self.scale
+        if self.train:
+            rng = np.random.default_rng([self.seed, k])
+            side = self.size * s
+            if w < side or h < side:
+                clean = clean.resize((max(w, side), max(h, side)), Image.BICUBIC)
+                w, h = clean.size
+            x0, y0 = int(rng.integers(0, w - side + 1)), int(rng.integers(0, h - side + 1))
+            clean = clean.crop((x0, y0, x0 + side, y0 + side))
+            if self.flip and rng.random() < 0.5:
+                clean = clean.transpose(Image.FLIP_LEFT_RIGHT)
+        else:
+            rng = np.random.default_rng([TEST_NOISE_SEED, i])
+            if w % s or h % s:
+                clean = clean.crop((0, 0, w - w % s, h - h % s))
+        return {"input": degrade(clean, self.spec, rng), "target": to_tensor(clean), "index": i}
 
 
 # ------------------------------------------------------------------------------------------------ synthetic
@@ -388,7 +501,11 @@ def input_images(spec: DataSpec, root: Optional[Path], split: str, seed: int, n:
     """Up to ``n`` model inputs (N, C, H, W) in [-1, 1] from a split of the data."""
     ds = make_dataset(spec, root, split, seed, max_items=n)
     key = input_key(spec.kind)
-    return torch.stack([ds[i][key] for i in range(min(n, len(ds)))])
+    images = [ds[i][key] for i in range(min(n, len(ds)))]
+    if getattr(ds, "variable_size", False):  # whole test images: their central data.size window
+        s = min(spec.size, *(min(int(t.shape[-2]), int(t.shape[-1])) for t in images))
+        return torch.stack([center_crop(t, s, s) for t in images])
+    return torch.stack(images)
 
 
 # ------------------------------------------------------------------------------------------------ factories
@@ -407,6 +524,13 @@ def make_dataset(
         return SyntheticPairedDataset(n, spec.size, seed, spec.direction, offset=0 if train else 1_000_000)
     check_data_root(spec, root)
     layout = _layout(spec, root)
+    if spec.kind == "degraded":
+        folder = _layout(spec, root)["train" if train else "test"]
+        ds = DegradedDataset(
+            folder, spec.degrade, spec.size, spec.flip and train, train, spec.strict, max_items, spec.channels
+        )
+        ds.seed = seed  # training crops and noise depend on the recipe seed (test noise never does)
+        return ds
     kw = dict(
         size=spec.size,
         load_size=spec.load_size if train else None,
@@ -414,6 +538,7 @@ def make_dataset(
         train=train,
         strict=spec.strict,
         max_items=max_items,
+        channels=spec.channels,
     )
     if spec.kind == "paired":
         folder = layout["train" if train else "test"]

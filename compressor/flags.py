@@ -88,6 +88,22 @@ def csv_list(value: Optional[str], cast: Callable = str) -> list:
         raise UserError(f"cannot parse {value!r} as a comma-separated list of {cast.__name__}") from None
 
 
+def parse_numbers(value: str, flag: str, cast: Callable, lo: float, hi: float) -> list:
+    """``"0.5,0.25"`` -> ``[0.5, 0.25]``: finite numbers in (``lo``, ``hi``] for floats, [``lo``, ``hi``] for ints,
+    anything else one line naming the flag."""
+    try:
+        vals = [cast(v.strip()) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise UserError(f"{flag}: cannot parse {value[:60]!r} as comma-separated {cast.__name__} values") from None
+    low_ok = (lambda v: v > lo) if cast is float else (lambda v: v >= lo)
+    bad = [v for v in vals if not (low_ok(v) and v <= hi)]
+    if bad or not vals:
+        raise UserError(
+            f"{flag}: expected values in {'(' if cast is float else '['}{lo:g}, {hi:g}], got {value[:60]!r}"
+        )
+    return vals
+
+
 def check_run_device(device: Optional[str]) -> None:
     """``compress run --device``: auto, cpu or cuda; None keeps the recipe's."""
     if device not in (None, "auto", "cpu", "cuda"):

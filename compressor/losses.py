@@ -129,8 +129,11 @@ def srp_multi(
     return total
 
 
-def kd_loss(out_student: torch.Tensor, out_teacher: torch.Tensor) -> torch.Tensor:
-    """Output distillation: L1 to the teacher's image."""
+def kd_loss(out_student: torch.Tensor, out_teacher: torch.Tensor, kind: str = "l1") -> torch.Tensor:
+    """L1 (``kind="l1"``) or mean squared error (``"mse"``: what PSNR measures) between two images: output
+    distillation (to the teacher's image) and reconstruction (to the ground truth)."""
+    if kind == "mse":
+        return F.mse_loss(out_student, out_teacher)
     return F.l1_loss(out_student, out_teacher)
 
 

@@ -27,10 +27,10 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .complexity import profile_model
-from .data import image_row, input_key, make_dataset, target_key, to_image
+from .data import image_row, input_key, make_dataset, stack_images, target_key, to_image
 from .errors import UserError
 from .io import atomic_write_bytes, atomic_write_json
-from .models import size_multiple
+from .models import input_channels, size_multiple
 from .recipe import DataSpec
 from .slim import load_student
 
@@ -57,7 +57,7 @@ def tf_bilinear(x: torch.Tensor, size: int = 299) -> torch.Tensor:
 
 
 class InceptionFeatures(nn.Module):
-    """Images in [-1, 1] (N, 3, H, W) -> pool3 features (N, 2048)."""
+    """Images in [-1, 1] (N, 3, H, W) -> pool3 features (N, 2048); grayscale (N, 1, H, W) is repeated to RGB."""
 
     def __init__(self, net: nn.Module, source: str, digest: str):
         super().__init__()
@@ -66,6 +66,8 @@ class InceptionFeatures(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = ((images.float() + 1) / 2).clamp(0, 1)
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
         x = tf_bilinear(x, 299)
         x = x * (INPUT_RANGE[1] - INPUT_RANGE[0]) + INPUT_RANGE[0]
         feats = self.net(x)
@@ -249,7 +251,10 @@ def evaluate_models(
     reference: Optional[str] = "teacher",
     progress: Optional[Callable] = None,
 ) -> dict:
-    """Run each model over the dataset; return per-model metrics (means) and FID/KID where possible."""
+    """Run each model over the dataset; return per-model metrics (means) and FID/KID where possible. Test images of
+    different sizes (``dataset.variable_size``: whole images) go through one at a time."""
+    if getattr(dataset, "variable_size", False):
+        batch_size = 1
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=0)
     want_fid = inception is not None and ("fid" in metrics or "kid" in metrics)
     per: dict[str, dict[str, list]] = {name: {} for name in models}
@@ -404,11 +409,11 @@ def evaluate_pair(
     atomic_write_json(out_json, out)
     if ev.samples and samples_png is not None:
         n = min(ev.samples, len(ds))
-        x = torch.stack([ds[i][src] for i in range(n)])
+        x = stack_images([ds[i][src] for i in range(n)])
         with torch.no_grad():
             cols = [x, teacher.cpu()(x), student.cpu()(x)]
         if tgt:
-            cols.append(torch.stack([ds[i][tgt] for i in range(n)]))
+            cols.append(stack_images([ds[i][tgt] for i in range(n)]))
         grid = torch.cat([image_row([c[i] for c in cols]) for i in range(n)], 1)
         buf = io.BytesIO()
         to_image(grid).save(buf, format="PNG")
@@ -457,7 +462,7 @@ def evaluate_folder(
         None,
         progress,
     )["student"]
-    _add_complexity(res, student, (1, getattr(student, "config", {}).get("input_nc", 3), size, size))
+    _add_complexity(res, student, (1, input_channels(student), size, size))
     out = {
         "teacher": {},
         "student": res,

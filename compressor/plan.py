@@ -40,7 +40,7 @@ from exporters.tensorrt import build_engine
 from .complexity import count_params, profile_model
 from .errors import UserError
 from .io import atomic_write_bytes, atomic_write_json
-from .models import ZOO, size_multiple
+from .models import ZOO, input_channels, size_multiple
 from .recipe import BudgetSpec
 from .schemas import PlanJson, read_json
 from .slim import make_student, save_student
@@ -179,9 +179,8 @@ class ProfileMeasure:
             return ref
         onnx = base.with_suffix(".onnx")
         if not onnx.exists():
-            cfg = getattr(cand.model, "config", {})
             export_onnx(
-                cand.model, onnx, torch.zeros(b.batch, cfg.get("input_nc", 3), self.size, self.size), dynamic=()
+                cand.model, onnx, torch.zeros(b.batch, input_channels(cand.model), self.size, self.size), dynamic=()
             )
         ref["onnx"] = str(onnx)
         if kind == "engine":
@@ -298,8 +297,7 @@ class _Planner:
         self.teacher, self.budget, self.method, self.size = teacher, budget, method, size
         self.cands = [Candidate(w) for w in widths]
         self.measure, self.warmup, self.iters, self.confirm_iters = measure, warmup, iters, confirm_iters
-        cfg = getattr(teacher, "config", {})
-        self.example = torch.zeros(1, cfg.get("input_nc", 3), size, size)
+        self.example = torch.zeros(1, input_channels(teacher), size, size)
         self.stat = budget.stat
 
     def build(self, i: int, macs: bool = False) -> Candidate:

@@ -50,15 +50,38 @@ class SyntheticSpec(Strict):
     test: int = Field(16, ge=1, description="number of generated test pairs")
 
 
+class DegradeSpec(Strict):
+    """How ``data.kind: degraded`` makes a network's input from a clean image (applied in this order)."""
+
+    downscale: Optional[int] = Field(
+        None, ge=2, le=8, description="bicubic down-scaling by this factor (the input of a super-resolution network)"
+    )
+    jpeg_quality: Optional[int] = Field(None, ge=1, le=100, description="JPEG compression at this quality")
+    noise_sigma: Optional[float] = Field(
+        None, gt=0, le=255, description="additive Gaussian noise of this σ on the 0-255 scale (not clipped)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.downscale is None and self.jpeg_quality is None and self.noise_sigma is None:
+            raise ValueError("data.degrade needs at least one of noise_sigma, downscale or jpeg_quality")
+        return self
+
+
 class DataSpec(Strict):
-    kind: Literal["paired", "unpaired", "folder", "synthetic"] = Field(
+    kind: Literal["paired", "unpaired", "folder", "synthetic", "degraded"] = Field(
         "paired",
         description="paired: pix2pix AB images; unpaired: trainA/trainB; folder: inputs only; "
-        "synthetic: generated façade-like pairs",
+        "synthetic: generated façade-like pairs; degraded: clean images, the input made by data.degrade",
     )
     root: Optional[str] = Field(None, description="dataset folder (not needed for synthetic)")
     direction: Literal["AtoB", "BtoA"] = Field("AtoB", description="which half is the input")
-    size: int = Field(256, ge=8, le=8192, description="training and test image size (square)")
+    size: int = Field(
+        256,
+        ge=8,
+        le=8192,
+        description="training and test image size (square); degraded data: the training patch, test images whole",
+    )
     load_size: Optional[int] = Field(None, ge=8, description="resize to this, then random-crop to size (training)")
     flip: bool = Field(False, description="random horizontal flips during training")
     batch_size: int = Field(1, ge=1, le=4096, description="images per step (per process)")
@@ -67,11 +90,21 @@ class DataSpec(Strict):
     train_split: str = Field("train", description="sub-folder with training images")
     test_split: str = Field("test", description="sub-folder with test images")
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="sizes of the synthetic set")
+    channels: Literal[1, 3] = Field(3, description="image channels the network takes: 3 (RGB) or 1 (grayscale)")
+    degrade: Optional[DegradeSpec] = Field(
+        None, description="degraded data: how the input is made from the clean image (the ground truth)"
+    )
 
     @model_validator(mode="after")
     def _check(self):
         if self.kind != "synthetic" and not self.root:
             raise ValueError(f"data.root is required for kind {self.kind!r}")
+        if self.kind == "degraded" and self.degrade is None:
+            raise ValueError("data.degrade is required for kind degraded, e.g. {noise_sigma: 25}")
+        if self.kind != "degraded" and self.degrade is not None:
+            raise ValueError(f"data.degrade applies to kind degraded only, not {self.kind!r}")
+        if self.channels == 1 and self.kind == "synthetic":
+            raise ValueError("data.channels: synthetic data is RGB (3)")
         if self.load_size is not None and self.load_size < self.size:
             raise ValueError("data.load_size must be at least data.size")
         return self
@@ -83,6 +116,13 @@ class TeacherTrainSpec(Strict):
     gan_mode: Literal["lsgan", "vanilla", "hinge"] = Field("lsgan", description="adversarial loss")
     recon_weight: float = Field(100.0, ge=0, description="L1 weight (λ_L1)")
     gan_weight: float = Field(1.0, ge=0, description="adversarial weight")
+
+
+class ExpectSpec(Strict):
+    """A published figure the teacher must reproduce on the test split before anything is distilled from it."""
+
+    psnr: float = Field(..., gt=0, le=200, description="the published PSNR (dB) against the ground truth")
+    tolerance: float = Field(0.05, gt=0, le=10, description="allowed difference (dB)")
 
 
 class TeacherSpec(Strict):
@@ -97,6 +137,14 @@ class TeacherSpec(Strict):
     output_range: tuple[float, float] = Field((-1.0, 1.0), description="value range the teacher returns")
     output: Optional[str] = Field(
         None, description="the tensor to learn when the teacher returns several: index or key, dotted (1, out, aux.0)"
+    )
+    residual: Literal["none", "subtract", "add", "upsample_add"] = Field(
+        "none",
+        description="what the (selected) output is: none: the image; subtract: the image is input - output (DnCNN "
+        "returns the noise); add: input + output; upsample_add: bicubic-upsampled input + output (SR networks)",
+    )
+    expect: Optional[ExpectSpec] = Field(
+        None, description="the published figure to reproduce on the test split before distilling (degraded/paired)"
     )
     reverse_checkpoint: Optional[str] = Field(None, description="unpaired data: the B->A teacher's state_dict")
     train: Optional[TeacherTrainSpec] = Field(None, description="train the teacher first (no checkpoint needed)")
@@ -197,6 +245,18 @@ class BudgetSpec(Strict):
 
 log = logging.getLogger(__name__)
 
+
+class PlateauSpec(Strict):
+    """``distill.schedule: plateau``: the convergence rule (:mod:`compressor.schedule`)."""
+
+    every: int = Field(200, ge=1, description="score the student on the held-out batch every N steps")
+    patience: int = Field(3, ge=1, le=100, description="checks without improvement that make the loss flat")
+    min_delta: float = Field(0.002, ge=0, lt=1, description="relative improvement that counts")
+    factor: float = Field(0.1, gt=0, lt=1, description="learning-rate factor at each flat point")
+    decays: int = Field(2, ge=0, le=10, description="reductions before a flat loss stops the run")
+    val_images: int = Field(64, ge=1, le=4096, description="held-out training crops (fixed) the score is taken on")
+
+
 # Options added after run folders existed, with the value that leaves them out of stage digests: the field's schema
 # default, or (distill.losses.srp.normalize) the value every recipe written before the option resolves to. A test
 # checks both.
@@ -207,6 +267,16 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "export.static": False,
     "distill.losses.srp.normalize": "entries",
     "export.formats": ["onnx"],
+    "data.channels": 3,
+    "data.degrade": None,
+    "teacher.residual": "none",
+    "teacher.expect": None,
+    "distill.beta1": 0.5,
+    "distill.schedule": "linear",
+    "distill.plateau": PlateauSpec().model_dump(mode="json"),
+    "distill.losses.kd.loss": "l1",
+    "distill.losses.recon.loss": "l1",
+    "distill.losses.srp.grad_ratio": None,
 }
 # ... and the loss terms added since, while off (the rows of compressor.terms.TERMS marked neutral)
 _DIGEST_NEUTRAL = {**DIGEST_NEUTRAL_DEFAULTS, **digest_neutral_defaults()}
@@ -259,9 +329,16 @@ class DiscriminatorSpec(Strict):
 
 
 class DistillSpec(Strict):
-    steps: int = Field(1000, ge=1, description="optimisation steps")
-    lr: float = Field(2e-4, gt=0, description="Adam learning rate (β1 0.5)")
+    steps: int = Field(1000, ge=1, description="optimisation steps (with schedule plateau: the most it may take)")
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate")
+    beta1: float = Field(0.5, ge=0, lt=1, description="Adam β1: 0.5 for adversarial training, 0.9 for regression")
+    schedule: Literal["linear", "cosine", "plateau"] = Field(
+        "linear",
+        description="linear: constant for decay_from, then linear to 0; cosine: cosine to 0; plateau: constant until "
+        "the held-out loss is flat, then lower, until flat again (distill.plateau)",
+    )
     decay_from: float = Field(0.5, ge=0, le=1, description="fraction of steps at constant lr before linear decay")
+    plateau: PlateauSpec = Field(default_factory=PlateauSpec, description="schedule plateau: the convergence rule")
     losses: LossesSpec = Field(default_factory=LossesSpec, description="loss terms and weights")
     teacher_as_real: bool = Field(False, description="folder data: use teacher outputs as GAN real samples")
     discriminator: DiscriminatorSpec = Field(default_factory=DiscriminatorSpec, description="PatchGAN settings")

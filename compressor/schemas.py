@@ -72,6 +72,7 @@ class ArchSpec(Open):
     kwargs: Optional[dict[str, Any]] = None
     input_range: Optional[tuple[Finite, Finite]] = None
     output_range: Optional[tuple[Finite, Finite]] = None
+    residual: Optional[Literal["none", "subtract", "add", "upsample_add"]] = None
 
     @field_validator("kwargs")
     @classmethod

@@ -27,7 +27,15 @@ from safetensors.torch import save as st_save
 
 from .errors import CheckpointError, RecipeError
 from .io import atomic_write_bytes, atomic_write_text
-from .models import ZOO, apply_state_dict, build_from_spec, build_generator, init_weights, size_multiple
+from .models import (
+    ZOO,
+    apply_state_dict,
+    build_from_spec,
+    build_generator,
+    init_weights,
+    input_channels,
+    size_multiple,
+)
 from .models import spec_of_model as teacher_spec_of
 from .models.layers import (
     NORM_SIZE_WARNING,
@@ -54,8 +62,7 @@ def _example_for(model: nn.Module, example_input: Optional[torch.Tensor]) -> tor
         return example_input
     m = size_multiple(model)
     s = max(64, m)
-    in_ch = getattr(model, "config", {}).get("input_nc", 3)
-    return torch.randn(1, in_ch, s, s)
+    return torch.randn(1, input_channels(model), s, s)
 
 
 def _probe(model: nn.Module, x: torch.Tensor, handles: list) -> None:
@@ -739,7 +746,7 @@ def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Mod
     check(plan, StudentPlan, "student.json")  # a plan from elsewhere: bounded example_shape, typed history
     if plan.get("method") == "rebuild":
         kwargs = dict(spec.get("kwargs") or {}, ngf=plan.get("ngf"))
-        ranges = {k: spec[k] for k in ("input_range", "output_range") if k in spec}
+        ranges = {k: spec[k] for k in ("input_range", "output_range", "residual") if k in spec}
         return build_from_spec({"arch": spec.get("arch"), "kwargs": kwargs, **ranges}, init=None, source="student.json")
     history = plan.get("history")
     if history is None and "groups" in plan:  # version 1: one root group per entry, the same information

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Optional
@@ -36,16 +37,17 @@ from exporters.runtimes import BACKENDS, get_backend
 from .checkpoints import list_checkpoints
 from .cmdline import command_line_hint
 from .complexity import profile_model
-from .data import batch_keys, check_data_root, input_images, make_dataset
+from .data import batch_keys, check_data_root, input_images, make_dataset, stack_images
 from .errors import Interrupted, RecipeError, UserError
 from .features import check_tap_pair, probe_shapes, resolve_taps
 from .io import atomic_write_bytes, atomic_write_json
-from .metrics import evaluate_pair
+from .metrics import evaluate_models, evaluate_pair
 from .models import (
     build_generator,
     build_teacher,
     check_output,
     check_teacher_spec,
+    input_channels,
     load_teacher,
     size_multiple,
     teacher_spec,
@@ -158,14 +160,10 @@ def check_taps(recipe: Recipe) -> None:
     align_free_norms(model, "teacher")  # GAN Compression's mismatched norms: one log line, not a warning per call
     key = "distill.losses.srp.layers" if L.srp.weight > 0 else "distill.losses.feat.layers"
     taps = resolve_taps(model, layers, t.taps, key=key)
-    in_nc = getattr(model, "config", {}).get("input_nc", 3)
     try:
-        shapes = probe_shapes(model.eval(), taps, torch.zeros(1, in_nc, recipe.data.size, recipe.data.size))
-    except Exception as exc:  # noqa: BLE001 - a size the model cannot take
-        raise RecipeError(
-            f"data.size: the teacher cannot run at {recipe.data.size}x{recipe.data.size} "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        ) from None
+        shapes = probe_shapes(model.eval(), taps, _example_input(recipe, model).zero_())
+    except Exception as exc:  # noqa: BLE001 - a size or a channel count the model cannot take
+        raise input_mismatch(recipe, model, exc) from None
     for alias, shape in shapes.items():
         if len(shape) != 4:
             raise RecipeError(
@@ -175,6 +173,41 @@ def check_taps(recipe: Recipe) -> None:
     for alias in taps:
         if alias not in shapes:
             raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) is not executed by the forward pass")
+
+
+def input_mismatch(recipe: Recipe, model: torch.nn.Module, exc: Exception) -> RecipeError:
+    """The one line for a teacher that failed on an input of the recipe's size and channels: ``data.channels`` when
+    it runs on the other channel count (an RGB network on grayscale data, or the reverse), else ``data.size``."""
+    d = recipe.data
+    other = 1 if d.channels == 3 else 3
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, other, d.size, d.size))
+    except Exception:  # noqa: BLE001 - not the channels either: the size (or something else) it cannot take
+        return RecipeError(
+            f"data.size: the teacher cannot run at {d.size}x{d.size} with {d.channels} channel(s) "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        )
+    kind = {1: "grayscale (1-channel)", 3: "RGB (3-channel)"}
+    return RecipeError(
+        f"data.channels: the teacher takes {kind[other]} images but the data gives {kind[d.channels]} ones "
+        f"(data.channels: {d.channels}); set data.channels: {other} or use a checkpoint made for {kind[d.channels]} "
+        f"images"
+    )
+
+
+def check_runs(recipe: Recipe, model: torch.nn.Module) -> None:
+    """One forward pass at the recipe's size and channels: a mismatch is one line (:func:`input_mismatch`); then
+    the output must be one tensor (``teacher.output`` otherwise)."""
+    x = _example_input(recipe, model)
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except RecipeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - users' networks raise anything
+        raise input_mismatch(recipe, model, exc) from None
+    check_output(model, x)  # several outputs need teacher.output
 
 
 def check_size(recipe: Recipe, model: torch.nn.Module) -> None:
@@ -190,8 +223,9 @@ def check_size(recipe: Recipe, model: torch.nn.Module) -> None:
 
 
 def _example_input(recipe: Recipe, model: torch.nn.Module, batch: int = 1) -> torch.Tensor:
+    """A random input at the recipe's size with the data's channels (the teacher's config where it has one)."""
     cfg = getattr(model, "config", {})
-    return torch.randn(batch, cfg.get("input_nc", 3), recipe.data.size, recipe.data.size)
+    return torch.randn(batch, cfg.get("input_nc", recipe.data.channels), recipe.data.size, recipe.data.size)
 
 
 def _sample_batch(recipe: Recipe, n: int, keys: tuple[str, ...]) -> Optional[dict]:
@@ -199,7 +233,17 @@ def _sample_batch(recipe: Recipe, n: int, keys: tuple[str, ...]) -> Optional[dic
         return None
     ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, max_items=n)
     items = [ds[i] for i in range(min(n, len(ds)))]
-    return {k: torch.stack([it[k] for it in items]) for k in keys if k in items[0]}
+    return {k: stack_images([it[k] for it in items]) for k in keys if k in items[0]}
+
+
+VAL_OFFSET = 10**9  # held-out crops: dataset indices no training epoch reaches (datasets take them modulo length)
+
+
+def held_out_batch(ds, n: int, keys: tuple[str, ...]) -> dict:
+    """A fixed batch for the plateau rule: ``n`` crops (and noise) of the training images that the training stream
+    never draws (indices past :data:`VAL_OFFSET`), the same in every run with this seed."""
+    items = [ds[VAL_OFFSET + j] for j in range(n)]
+    return {k: stack_images([it[k] for it in items]) for k in keys if k in items[0]}
 
 
 def consent_to_own_import(recipe: Recipe) -> None:
@@ -233,13 +277,19 @@ def run_training(
     d = distill or r.distill
     ds = make_dataset(r.data, r.resolve_path(r.data.root), "train", r.seed)
     setup = TrainSetup(
-        kind="paired" if r.data.kind == "synthetic" else r.data.kind,
+        kind="paired" if r.data.kind in ("synthetic", "degraded") else r.data.kind,
         directions=directions,
         dataset=ds,
         losses=losses,
         steps=steps,
         lr=lr,
         decay_from=d.decay_from,
+        schedule=d.schedule,
+        beta1=d.beta1,
+        plateau=d.plateau,
+        val_batch=held_out_batch(ds, d.plateau.val_images, batch_keys(r.data.kind))
+        if d.schedule == "plateau"
+        else None,
         batch_size=r.data.batch_size,
         num_workers=r.data.num_workers,
         seed=r.seed,
@@ -295,7 +345,8 @@ def stage_teacher(ctx: Context) -> None:
             rev = t.model_copy(update={"checkpoint": t.reverse_checkpoint})
             teachers.append(load_teacher(rev, r.base_dir, ctx.options.trust_checkpoint))
     check_size(r, teachers[0])
-    check_output(teachers[0], _example_input(r, teachers[0]))  # several outputs need teacher.output
+    check_runs(r, teachers[0])
+    reproduced = check_published_figure(ctx, teachers[0]) if t.expect is not None else None
     for model, path in zip(teachers, [run.teacher_weights, run.teacher_reverse_weights]):
         atomic_write_bytes(path, st_save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}))
     cx = profile_model(teachers[0], tuple(_example_input(r, teachers[0]).shape))
@@ -307,8 +358,51 @@ def stage_teacher(ctx: Context) -> None:
             "params": cx["params"],
             "macs": cx["macs"],
             "macs_paper_convention": cx["macs_paper_convention"],
+            **({"published_check": reproduced} if reproduced else {}),
         },
     )
+
+
+def check_published_figure(ctx: Context, teacher: torch.nn.Module) -> dict:
+    """``teacher.expect``: the teacher's PSNR against the ground truth on the test split must reproduce the
+    published figure within the tolerance, or the run stops with one line before anything is distilled from it
+    (a wrong range, residual sign, σ or checkpoint gives a figure far off)."""
+    r = ctx.recipe
+    exp = r.teacher.expect
+    if r.data.kind in ("folder", "unpaired"):
+        raise RecipeError(f"teacher.expect: {r.data.kind} data has no ground truth to measure the teacher against")
+    ds = make_dataset(r.data, r.resolve_path(r.data.root), "test", r.seed, max_items=r.evaluate.max_images)
+    t0 = time.time()
+    log.info("teacher: reproducing the published %.2f dB on %s (%d images)", exp.psnr, r.data.test_split, len(ds))
+    progress = (
+        (lambda _s, step, total, losses: ctx.progress("teacher check", step, total, losses)) if ctx.progress else None
+    )
+    res = evaluate_models({"teacher": teacher}, ds, ["psnr"], ctx.device, r.evaluate.batch_size, progress=progress)
+    psnr = res["teacher"]["psnr"]
+    doc = {
+        "psnr": round(psnr, 4),
+        "expected": exp.psnr,
+        "tolerance": exp.tolerance,
+        "split": r.data.test_split,
+        "n_images": len(ds),
+        "seconds": round(time.time() - t0, 1),
+    }
+    if abs(psnr - exp.psnr) > exp.tolerance:
+        raise RecipeError(
+            f"teacher.expect.psnr: the teacher scores {psnr:.2f} dB on {r.data.test_split} ({len(ds)} images), not "
+            f"the published {exp.psnr:g} ± {exp.tolerance:g} dB; a teacher that does not reproduce its figure is not "
+            f"distilled (check teacher.checkpoint, teacher.input_range/output_range, teacher.residual and "
+            f"data.degrade)"
+        )
+    log.info(
+        "teacher: %.2f dB on %s, the published %g ± %g dB (%.0f s)",
+        psnr,
+        doc["split"],
+        exp.psnr,
+        exp.tolerance,
+        doc["seconds"],
+    )
+    return doc
 
 
 def train_teacher(ctx: Context, spec: dict) -> list:
@@ -653,8 +747,10 @@ def benchmark_target(
             calibration = [c[None].numpy() for c in folder_images(data, size, calib_images)]
             kind = "student (PyTorch), on --data images"
         else:
-            in_nc = getattr(model, "config", {}).get("input_nc", 3)
-            x = torch.rand(images, in_nc, size, size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+            x = (
+                torch.rand(images, input_channels(model), size, size, generator=torch.Generator().manual_seed(0)) * 2
+                - 1
+            )
             calibration = None
             kind = "student (PyTorch), on random inputs (no --data: INT8 rows need calibration images)"
         with torch.inference_mode():

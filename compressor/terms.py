@@ -50,6 +50,14 @@ class TeacherWeightSpec(WeightSpec):
     needs_teacher: ClassVar[bool] = True
 
 
+class ReconLossSpec(WeightSpec):
+    loss: Literal["l1", "mse"] = Field("l1", description="l1, or mse (mean squared error: what PSNR measures)")
+
+
+class KdLossSpec(TeacherWeightSpec):
+    loss: Literal["l1", "mse"] = Field("l1", description="l1, or mse (mean squared error: what PSNR measures)")
+
+
 class GanLossSpec(WeightSpec):
     weight: float = Field(1.0, ge=0)
     mode: Literal["lsgan", "vanilla", "hinge"] = Field("lsgan", description="adversarial loss")
@@ -69,6 +77,13 @@ class SrpLossSpec(TeacherWeightSpec):
             "rows: the mean over relation rows (bounded by 4 at any resolution; the default); entries: the mean over "
             "(HW)² entries, the scale before this option (default when a recipe sets weight without normalize)"
         ),
+    )
+    grad_ratio: Optional[float] = Field(
+        None,
+        gt=0,
+        le=100,
+        description="SRP's gradient norm on the student as this multiple of KD's, kept during training (the weight "
+        "is then only the starting point; the same meaning on every network)",
     )
 
     @model_validator(mode="after")
@@ -127,17 +142,17 @@ class CrossInputs:
 # ---------------------------------------------------------------------------------------------- the functions
 
 
-def recon_term(t: TermInputs, spec: WeightSpec) -> Optional[torch.Tensor]:
-    """L1 to the ground truth, where the data kind has one."""
+def recon_term(t: TermInputs, spec: ReconLossSpec) -> Optional[torch.Tensor]:
+    """L1 (or MSE) to the ground truth, where the data kind has one."""
     key = t.direction.kind.recon_target(t.direction, t.batch)
     if key is None:
         return None
-    return nn.functional.l1_loss(t.out.float(), t.trainer._to(t.batch[key]))
+    return kd_loss(t.out.float(), t.trainer._to(t.batch[key]), spec.loss)
 
 
-def kd_term(t: TermInputs, spec: WeightSpec) -> Optional[torch.Tensor]:
-    """KD: L1 to the teacher's output."""
-    return kd_loss(t.out.float(), t.teacher.image)
+def kd_term(t: TermInputs, spec: KdLossSpec) -> Optional[torch.Tensor]:
+    """KD: L1 (or MSE) to the teacher's output."""
+    return kd_loss(t.out.float(), t.teacher.image, spec.loss)
 
 
 def srp_term(t: TermInputs, spec: SrpLossSpec) -> Optional[torch.Tensor]:
@@ -213,8 +228,8 @@ class Term:
 
 # The order of the sum (per direction, then across directions).
 TERMS: tuple[Term, ...] = (
-    Term("recon", recon_term, WeightSpec, "L1 to ground truth", {"weight": 100.0}),
-    Term("kd", kd_term, TeacherWeightSpec, "L1 to teacher output", {"weight": 10.0}),
+    Term("recon", recon_term, ReconLossSpec, "L1 (or MSE) to ground truth", {"weight": 100.0}),
+    Term("kd", kd_term, KdLossSpec, "L1 (or MSE) to teacher output", {"weight": 10.0}),
     Term("srp", srp_term, SrpLossSpec, "semantic relation preserving loss"),
     Term("feat", feat_term, FeatLossSpec, "feature L2 through 1x1 adapters"),
     Term("gan", gan_term, GanLossSpec, "adversarial loss"),

@@ -32,6 +32,7 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -39,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -58,6 +59,7 @@ from .losses import FeatureAdapters, GANLoss
 from .models import build_discriminator
 from .procs import STOP_ENV
 from .recipe import LossesSpec
+from .schedule import Plateau, cosine_lambda, linear_lambda
 from .schemas import MetricsLine, check, read_text_bounded
 from .terms import CROSS_TERMS, GENERATOR_TERMS, CrossInputs, TermInputs
 
@@ -204,6 +206,10 @@ class TrainSetup:
     steps: int
     lr: float = 2e-4
     decay_from: float = 0.5
+    schedule: str = "linear"  # linear | cosine | plateau (compressor.schedule)
+    beta1: float = 0.5
+    plateau: Optional[Any] = None  # the recipe's PlateauSpec, for schedule plateau
+    val_batch: Optional[dict] = None  # fixed held-out batch the plateau rule scores the student on
     batch_size: int = 1
     num_workers: int = 0
     seed: int = 0
@@ -251,18 +257,6 @@ class _Objective(nn.Module):
         return self.fn(*args)
 
 
-def lr_lambda(steps: int, decay_from: float) -> Callable[[int], float]:
-    """Constant for ``decay_from`` of the steps, then linear decay to zero."""
-    keep = int(steps * decay_from)
-
-    def f(step):
-        if step < keep:
-            return 1.0
-        return max(0.0, 1.0 - (step - keep) / max(1, steps - keep))
-
-    return f
-
-
 class Trainer:
     """The training loop over a :class:`TrainSetup`: models placed on the device, discriminators built where the GAN
     term needs them, one optimiser (and LR schedule) for the generator side and one for the discriminators.
@@ -301,6 +295,9 @@ class Trainer:
         self._teacher_cache: dict[tuple[str, int], TeacherOut] = {}
         self.shares: dict[str, float] = {}  # each generator term's share of the gradient norm, at the last log step
         self.grad_norms: dict[str, float] = {}
+        self.balance: dict[str, float] = {}  # term -> multiplier of its weight that keeps its gradient ratio
+        self.converged = False  # schedule plateau: stopped because the held-out loss was flat
+        self._val_refs: dict[str, torch.Tensor] = {}  # the teachers' outputs on the held-out batch
         self._low_share: dict[str, int] = {}
         self._share_warned: set[str] = set()
         self.step = 0
@@ -346,15 +343,24 @@ class Trainer:
         self.d_objective: Optional[nn.Module] = _Objective(d_modules, self._discriminator_loss) if d_modules else None
 
     def _build_optimisers(self) -> None:
-        """Adam for each objective; constant learning rate, then linear decay (:func:`lr_lambda`)."""
+        """Adam for each objective, and the learning-rate schedule (:mod:`compressor.schedule`)."""
         s = self.s
-        self.opt_g = torch.optim.Adam(list(self.g_objective.parameters()), lr=s.lr, betas=(0.5, 0.999))
+        betas = (s.beta1, 0.999)
+        self.opt_g = torch.optim.Adam(list(self.g_objective.parameters()), lr=s.lr, betas=betas)
         self.opt_d = (
-            torch.optim.Adam(self.d_objective.parameters(), lr=s.lr, betas=(0.5, 0.999))
+            torch.optim.Adam(self.d_objective.parameters(), lr=s.lr, betas=betas)
             if self.d_objective is not None
             else None
         )
-        sched = lr_lambda(s.steps, s.decay_from)
+        self.plateau: Optional[Plateau] = None
+        if s.schedule == "plateau":
+            p = s.plateau
+            self.plateau = Plateau(p.every, p.patience, p.min_delta, p.factor, p.decays)
+            sched = self.plateau.lr_lambda()
+        elif s.schedule == "cosine":
+            sched = cosine_lambda(s.steps)
+        else:
+            sched = linear_lambda(s.steps, s.decay_from)
         self.sched_g = torch.optim.lr_scheduler.LambdaLR(self.opt_g, sched)
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched) if self.opt_d else None
 
@@ -395,6 +401,9 @@ class Trainer:
             "opt_d": self.opt_d.state_dict() if self.opt_d else {},
             "sched_d": self.sched_d.state_dict() if self.sched_d else {},
             "scaler": self.scaler.state_dict(),
+            "balance": dict(self.balance),
+            "plateau": self.plateau.state_dict() if self.plateau is not None else {},
+            "converged": self.converged,
             **capture_rng(),
         }
 
@@ -412,6 +421,10 @@ class Trainer:
             self.sched_d.load_state_dict(state["sched_d"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
+        self.balance = {str(k): float(v) for k, v in (state.get("balance") or {}).items()}
+        if self.plateau is not None and state.get("plateau"):
+            self.plateau.load_state_dict(state["plateau"])
+        self.converged = bool(state.get("converged", False))
         restore_rng(state)
         self.step = int(state["step"])
 
@@ -478,7 +491,7 @@ class Trainer:
                 continue
             value = fn(inputs, spec)
             if value is not None:
-                terms[f"{d.name}/{name}"] = value * spec.weight
+                terms[f"{d.name}/{name}"] = value * (spec.weight * self.balance.get(name, 1.0))
         return terms, out_s, inputs.extras.get("pair")
 
     def cycle_terms(self, fakes: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
@@ -518,9 +531,31 @@ class Trainer:
         return terms
 
     def term_weight(self, term: str) -> float:
-        """The recipe weight of a generator term (``G/srp`` -> ``distill.losses.srp.weight``)."""
-        spec = getattr(self.s.losses, term.rsplit("/", 1)[-1], None)
-        return float(spec.weight) if spec is not None else 1.0
+        """The weight a generator term has now (``G/srp`` -> ``distill.losses.srp.weight``, times the multiplier
+        that keeps ``srp.grad_ratio`` where one is set)."""
+        name = term.rsplit("/", 1)[-1]
+        spec = getattr(self.s.losses, name, None)
+        return float(spec.weight) * self.balance.get(name, 1.0) if spec is not None else 1.0
+
+    @property
+    def balancing(self) -> bool:
+        """Whether SRP's weight follows ``srp.grad_ratio`` (its gradient as a multiple of KD's)."""
+        L = self.s.losses
+        return bool(getattr(L.srp, "grad_ratio", None)) and L.srp.weight > 0 and L.kd.weight > 0
+
+    def _rebalance(self, norms: dict[str, float]) -> None:
+        """``srp.grad_ratio``: move SRP's weight multiplier toward the value that makes its gradient norm on the
+        students ``grad_ratio`` times KD's (the first measurement sets it; later ones go half way, in log scale, so
+        one noisy batch does not swing it)."""
+        if not self.balancing:
+            return
+        n_srp = sum(v for k, v in norms.items() if k.rsplit("/", 1)[-1] == "srp")
+        n_kd = sum(v for k, v in norms.items() if k.rsplit("/", 1)[-1] == "kd")
+        if n_srp <= 0 or n_kd <= 0:
+            return
+        old = self.balance.get("srp")
+        target = (old or 1.0) * self.s.losses.srp.grad_ratio * n_kd / n_srp
+        self.balance["srp"] = target if old is None else math.sqrt(old * target)
 
     def term_grad_norms(self, terms: dict[str, torch.Tensor]) -> dict[str, float]:
         """L2 norm of each (weighted) term's gradient on the students' parameters, each term alone.
@@ -540,6 +575,7 @@ class Trainer:
 
     def _measure_shares(self, terms: dict[str, torch.Tensor]) -> None:
         norms = self.term_grad_norms(terms)
+        self._rebalance(norms)
         total = sum(norms.values())
         self.shares = {k: (n / total if total > 0 else 0.0) for k, n in norms.items()}
         self.grad_norms = norms
@@ -593,7 +629,9 @@ class Trainer:
     def train_step(self, batch: dict) -> dict[str, torch.Tensor]:
         nxt = self.step + 1
         # gradient shares at the logged steps, on one process (a separate backward under DDP would need its hooks)
-        measure = self.world == 1 and (nxt % self.s.log_every == 0 or nxt == self.s.steps)
+        measure = self.world == 1 and (
+            nxt % self.s.log_every == 0 or nxt == self.s.steps or (nxt == 1 and self.balancing)
+        )
         terms, pairs = self.generator_step(batch, measure)
         terms.update(self.discriminator_step(pairs))
         self.scaler.update()
@@ -667,7 +705,7 @@ class Trainer:
             self._resume()
         self._wrap_distributed()
         self._truncate_metrics()
-        if self.step >= self.s.steps:
+        if self.step >= self.s.steps or self.converged:
             return self.summary({})
         t0 = time.perf_counter()
         with self._sigint_stops():
@@ -725,7 +763,7 @@ class Trainer:
                     self._log_metrics(last, t0)
                 sums, count = {}, 0
             self._after_step(terms)
-            if self.step >= s.steps:
+            if self.step >= s.steps or self.converged:
                 break
         return last
 
@@ -736,13 +774,60 @@ class Trainer:
         if self.progress and self.rank == 0:
             shares = {f"share:{k}": v for k, v in self.shares.items()}
             self.progress(self.step, s.steps, {**{k: float(v) for k, v in terms.items()}, **shares})
-        if self.rank == 0 and (self.step % s.sample_every == 0 or self.step == s.steps):
+        self._check_plateau()
+        last = self.step == s.steps or self.converged
+        if self.rank == 0 and (self.step % s.sample_every == 0 or last):
             self.write_samples()
-        if self.step % s.checkpoint_every == 0 or self.step == s.steps:
+        if self.step % s.checkpoint_every == 0 or last:
             self.save_checkpoint()
         if self._stop_requested():
             path = self.save_checkpoint()
             raise Interrupted(f"interrupted at step {self.step}; checkpoint written to {path}", s.resume_command)
+
+    @torch.no_grad()
+    def validation_score(self) -> float:
+        """Mean L1 of the students' outputs (eval mode) on the fixed held-out batch, to the teacher's output where
+        a direction has a teacher, else to the ground truth (the plateau rule's score)."""
+        batch, total = self.s.val_batch, 0.0
+        for d in self.s.directions:
+            x = self._to(batch[d.src])
+            if d.teacher is not None:
+                ref = self._val_refs.get(d.name)
+                if ref is None:
+                    ref = self._val_refs[d.name] = d.teacher(x).float()
+            elif d.tgt and d.tgt in batch:
+                ref = self._to(batch[d.tgt])
+            else:
+                raise ValueError("distill.schedule plateau: a direction with neither a teacher nor a ground truth")
+            was = d.student.training
+            d.student.eval()
+            total += float(nn.functional.l1_loss(d.student(x).float(), ref))
+            d.student.train(was)
+        return total
+
+    def _check_plateau(self) -> None:
+        """Schedule plateau: at its checks, score the students; lower the rate or stop when the loss is flat."""
+        if self.plateau is None or not self.plateau.due(self.step) or self.s.val_batch is None:
+            return
+        score = self.validation_score()
+        if self.world > 1:  # every rank takes the same decision: rank 0's score
+            t = torch.tensor([score], dtype=torch.float64, device=self.device)
+            dist.broadcast(t, 0)
+            score = float(t.item())
+        action = self.plateau.update(self.step, score)
+        if action and self.rank == 0:
+            lr = self.sched_g.get_last_lr()[0]
+            log.info(
+                "step %d: held-out L1 %.5f flat for %d checks; %s",
+                self.step,
+                score,
+                self.plateau.patience,
+                "converged, stopping"
+                if action == "stop"
+                else f"learning rate {lr:.3g} -> {lr * self.plateau.factor:.3g}",
+            )
+        if action == "stop":
+            self.converged = True
 
     def _log_metrics(self, losses: dict, t0: float) -> None:
         rec = {
@@ -818,6 +903,7 @@ class Trainer:
         return {
             "step": self.step,
             "steps": self.s.steps,
+            **({"converged": self.converged, "plateau": self.plateau.state_dict()} if self.plateau else {}),
             "world_size": self.world,
             "final_losses": last,
             "train_seconds": round(seconds, 2),

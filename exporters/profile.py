@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import onnx
 
 from compressor import remote, schemas
 from compressor.errors import UserError
@@ -271,18 +272,29 @@ def _complexity(ref: dict, size: int) -> dict:
     if not ref.get("torch"):
         return {}
     from compressor.complexity import profile_model
-    from compressor.models import size_multiple
+    from compressor.models import input_channels, size_multiple
 
     model = build_torch(ref["torch"])
-    cfg = getattr(model, "config", {})
-    cx = profile_model(model, (1, cfg.get("input_nc", 3), size, size))
+    in_nc = input_channels(model)
+    cx = profile_model(model, (1, in_nc, size, size))
     return {
         "params": cx["params"],
         "macs": cx["macs"],
         "macs_paper_convention": cx["macs_paper_convention"],
         "size_multiple": size_multiple(model),
-        "input_nc": cfg.get("input_nc", 3),
+        "input_nc": in_nc,
     }
+
+
+def _onnx_channels(path: Optional[str]) -> Optional[int]:
+    """The channel count an ONNX file's first input declares (None where it is not a fixed number)."""
+    if not path or not str(path).endswith(".onnx"):
+        return None
+    try:
+        dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+        return int(dims[1].dim_value) if len(dims) == 4 and dims[1].dim_value > 0 else None
+    except Exception:  # noqa: BLE001 - unreadable here means the runtime will say so
+        return None
 
 
 def _ensure_onnx(ref: dict, size: int, workdir: Path) -> Optional[str]:
@@ -291,13 +303,13 @@ def _ensure_onnx(ref: dict, size: int, workdir: Path) -> Optional[str]:
         return ref.get("onnx")
     import torch
 
+    from compressor.models import input_channels
     from exporters.onnx import export_onnx
 
     model = build_torch(ref["torch"])
-    cfg = getattr(model, "config", {})
     path = workdir / f"{abs(hash(json.dumps(ref['torch'], sort_keys=True)))}.onnx"
     if not path.exists():
-        export_onnx(model, path, torch.zeros(1, cfg.get("input_nc", 3), size, size), dynamic=("batch", "hw"))
+        export_onnx(model, path, torch.zeros(1, input_channels(model), size, size), dynamic=("batch", "hw"))
     ref["onnx"] = str(path)
     return ref["onnx"]
 
@@ -620,7 +632,7 @@ def profile_models(
                 "device": device,
                 "torch": ref.get("torch"),
                 "artifact": artifact if spec.artifact != "torch" else None,
-                "input_nc": cx.get("input_nc", 3),
+                "input_nc": cx.get("input_nc") or _onnx_channels(ref.get("onnx")) or 3,
             }
             row.update(_run_worker(cfg, timeout))
         if row.get("status") == "ok" and row.get("macs") and peak == peak:

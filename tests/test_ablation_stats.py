@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+import compressor.stats as st
 
-import ablation_stats as st
-
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))  # tools/ablation.py
 from compressor.metrics import frechet_distance, kernel_inception_distance
 
 

@@ -202,8 +202,9 @@ def test_a_new_option_at_its_default_leaves_digests_unchanged():
                 ).distill.losses.srp.normalize
                 == default
             )
-        else:
-            assert type(node).model_fields[field].default == default
+        else:  # the value a recipe that never names the option gets, as digests see it
+            value = getattr(node, field)
+            assert (value.model_dump(mode="json") if hasattr(value, "model_dump") else value) == default, path
     assert "round_channels" not in json.dumps(r._hashed())
     r2 = parse_recipe(
         "name: x\ndata: {kind: synthetic}\nteacher: {arch: resnet_6blocks}\nstudent: {round_channels: 8}\n"

@@ -36,7 +36,7 @@ seeds 0 and 1 would share all but one epoch's order.
 **Metrics.** Every student is evaluated image by image on the test pairs (``per_image.npz`` in its run folder):
 Inception features (for KID and FID), PSNR/SSIM against the ground truth and against the teacher's output. KID
 (unbiased) is the primary metric below 1,000 test images, FID is reported with its interval but is biased at
-small n. Intervals are two-level percentile bootstraps over seeds and test images (``tools/ablation_stats.py``)
+small n. Intervals are two-level percentile bootstraps over seeds and test images (``compressor/stats.py``)
 with a fixed RNG, so a rerun prints the same digits. LPIPS is not reported: see ``LPIPS_ABSENT``.
 
 **Convergence.** A run is converged when its generator loss is flat within ±5% over the last 20% of its steps
@@ -71,11 +71,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # busy 2-core machine (its threads spin-wait for each other). numpy reads this before it loads OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import ablation_stats as st
 import numpy as np
 import torch
 import yaml
 
+import compressor.stats as st
 from compressor.data import ResumableSampler, make_dataset
 from compressor.features import FeatureTaps, resolve_taps
 from compressor.losses import srp_multi

@@ -132,6 +132,8 @@ def _ranges_of(spec) -> dict:
             out[key] = [float(v) for v in value]
     if get("output", None) is not None:
         out["output"] = str(get("output", None))
+    if get("residual", None) not in (None, "none"):
+        out["residual"] = str(get("residual", None))
     return out
 
 
@@ -142,7 +144,11 @@ def with_ranges(model: nn.Module, spec) -> nn.Module:
     if not r:
         return model
     return wrap_ranges(
-        model, r.get("input_range", TOOLKIT_RANGE), r.get("output_range", TOOLKIT_RANGE), r.get("output")
+        model,
+        r.get("input_range", TOOLKIT_RANGE),
+        r.get("output_range", TOOLKIT_RANGE),
+        r.get("output"),
+        r.get("residual", "none"),
     )
 
 
@@ -208,7 +214,8 @@ def load_state_dict_file(
 
 
 def _clean_state_dict(model: nn.Module, state: dict) -> dict:
-    """Strip DataParallel's ``module.`` prefix; drop legacy InstanceNorm running statistics."""
+    """Strip DataParallel's ``module.`` prefix; drop legacy InstanceNorm running statistics; fill BatchNorm's
+    ``num_batches_tracked`` where a checkpoint from before PyTorch 0.4.1 has none (it only counts batches)."""
     state = strip_prefix(state)
     modules = dict(model.named_modules())
     cleaned = {}
@@ -222,6 +229,15 @@ def _clean_state_dict(model: nn.Module, state: dict) -> dict:
         ):
             continue
         cleaned[k] = v
+    for name, mod in modules.items():
+        key = f"{name}.num_batches_tracked" if name else "num_batches_tracked"
+        if (
+            isinstance(mod, nn.modules.batchnorm._BatchNorm)
+            and getattr(mod, "num_batches_tracked", None) is not None
+            and key not in cleaned
+            and f"{name}.running_mean" in cleaned
+        ):
+            cleaned[key] = torch.zeros_like(mod.num_batches_tracked)
     return cleaned
 
 

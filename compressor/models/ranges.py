@@ -6,6 +6,10 @@
   image, deep-supervision outputs, ``{"out": ...}``) names the tensor to learn with ``teacher.output`` (an index
   or key, dotted for nested results: ``1``, ``out``, ``aux.0``); the wrapper returns that tensor, with the ranges
   applied to it alone. The network itself stays at ``.model`` and still returns everything.
+* Residual outputs: a network that returns a correction rather than the image declares it (``teacher.residual``):
+  ``subtract`` (the image is input − output: DnCNN returns the noise), ``add`` (input + output) or
+  ``upsample_add`` (the input enlarged bicubically to the output's size, plus the output: super-resolution
+  networks). The combination happens in the network's native range, before the output range is converted.
 """
 
 from __future__ import annotations
@@ -19,6 +23,24 @@ import torch.nn as nn
 from ..errors import RecipeError
 
 TOOLKIT_RANGE = (-1.0, 1.0)
+RESIDUALS = ("none", "subtract", "add", "upsample_add")
+
+
+def apply_residual(x: torch.Tensor, out: torch.Tensor, residual: str) -> torch.Tensor:
+    """The image a network means when it returns ``out`` for input ``x`` (both in its native range)."""
+    if residual == "none":
+        return out
+    if residual == "upsample_add":
+        if x.shape[-2:] != out.shape[-2:]:
+            x = nn.functional.interpolate(x, size=tuple(out.shape[-2:]), mode="bicubic", align_corners=False)
+        return x + out
+    if x.shape != out.shape:
+        raise RecipeError(
+            f"teacher.residual: {residual} needs the output to have the input's shape; the network takes "
+            f"{list(x.shape)} and returns {list(out.shape)}"
+            + (" (use upsample_add for a network that enlarges)" if x.shape[-1] < out.shape[-1] else "")
+        )
+    return x - out if residual == "subtract" else x + out
 
 
 def _affine(src: Sequence[float], dst: Sequence[float]) -> tuple[float, float]:
@@ -81,9 +103,13 @@ class RangeWrapper(nn.Module):
         input_range: Sequence[float] = TOOLKIT_RANGE,
         output_range: Sequence[float] = TOOLKIT_RANGE,
         output: Optional[str] = None,
+        residual: str = "none",
     ):
         super().__init__()
+        if residual not in RESIDUALS:
+            raise RecipeError(f"teacher.residual: expected one of {', '.join(RESIDUALS)}, got {residual!r}")
         self.model = model
+        self.residual = residual
         self.input_range = tuple(float(v) for v in input_range)
         self.output_range = tuple(float(v) for v in output_range)
         self.output = None if output is None else str(output)
@@ -92,10 +118,12 @@ class RangeWrapper(nn.Module):
         self.all_outputs = False
 
     def forward(self, x: torch.Tensor) -> Any:
-        out = self.model(x * self.in_scale + self.in_shift)
+        native = x * self.in_scale + self.in_shift
+        out = self.model(native)
         if self.all_outputs:
             return out
-        return select_output(out, self.output) * self.out_scale + self.out_shift
+        image = apply_residual(native, select_output(out, self.output), self.residual)
+        return image * self.out_scale + self.out_shift
 
 
 def wrap_ranges(
@@ -103,13 +131,15 @@ def wrap_ranges(
     input_range: Sequence[float] = TOOLKIT_RANGE,
     output_range: Sequence[float] = TOOLKIT_RANGE,
     output: Optional[str] = None,
+    residual: str = "none",
 ) -> nn.Module:
-    """``model`` itself when both ranges are [-1, 1] and no ``output`` is named; otherwise a :class:`RangeWrapper`
-    around it."""
+    """``model`` itself when both ranges are [-1, 1], no ``output`` is named and the output is the image itself;
+    otherwise a :class:`RangeWrapper` around it."""
     if (
         output is None
+        and residual == "none"
         and tuple(map(float, input_range)) == TOOLKIT_RANGE
         and tuple(map(float, output_range)) == TOOLKIT_RANGE
     ):
         return model
-    return RangeWrapper(model, input_range, output_range, output)
+    return RangeWrapper(model, input_range, output_range, output, residual)

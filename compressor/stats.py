@@ -1,5 +1,6 @@
-"""Statistics for the ablation: paired differences with two-level bootstrap intervals, KID from kernel
-matrices with per-image weights, verdicts, and the convergence test for loss curves.
+"""Statistics for ablations (``compress ablate``, ``tools/ablation.py``): paired differences with two-level
+bootstrap intervals, KID from kernel matrices with per-image weights, verdicts, and the convergence test for loss
+curves.
 
 The ablation's design is crossed: every arm is trained with the same seeds (seed k of arm A and seed k of arm B
 share data order, augmentation and discriminator initialisation) and evaluated on the same test images. A claim
