@@ -365,10 +365,12 @@ def evaluate_pair(
     samples_png: Optional[Path] = None,
     progress=None,
     inception_weights: Optional[str] = None,
+    extra: Optional[dict] = None,
 ) -> dict:
     """Teacher and student side by side on the recipe's test data: ``out_json`` (eval.json) and a sample grid.
 
-    ``recipe`` is a :class:`compressor.recipe.Recipe` (its ``data``, ``evaluate`` and ``seed``)."""
+    ``recipe`` is a :class:`compressor.recipe.Recipe` (its ``data``, ``evaluate`` and ``seed``); ``extra`` is added to
+    eval.json as it is (the teacher's published check)."""
     ev = recipe.evaluate
     ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, max_items=ev.max_images)
     src, tgt = input_key(recipe.data.kind), target_key(recipe.data.kind)
@@ -405,6 +407,7 @@ def evaluate_pair(
         "size": recipe.data.size,
         "output_size": _output_size(teacher, ds[0][src], device),
         "direction": recipe.data.direction,
+        **(extra or {}),
     }
     atomic_write_json(out_json, out)
     if ev.samples and samples_png is not None:

@@ -114,6 +114,16 @@ class StudentPlan(Open):
         return v if v is None else _example_shape(v)
 
 
+class PublishedCheck(Open):
+    """``teacher.expect`` measured: the teacher's PSNR on the test split against its published figure."""
+
+    psnr: Finite
+    expected: Finite
+    tolerance: NonNeg
+    split: Optional[StrictStr] = None
+    n_images: Optional[Count] = None
+
+
 class TeacherMeta(Open):
     """``teacher.json`` beside ``teacher.safetensors``."""
 
@@ -121,6 +131,7 @@ class TeacherMeta(Open):
     source: Optional[StrictStr] = None
     params: Optional[Count] = None
     macs: Optional[Count] = None
+    published_check: Optional[PublishedCheck] = None
 
 
 class RunJson(Open):
@@ -267,6 +278,7 @@ class EvalDoc(Open):
     fid_weights: Optional[StrictStr] = None
     fid_skipped: Optional[StrictStr] = None
     student_pct_of_teacher: Optional[dict[str, Optional[float]]] = None
+    published_check: Optional[PublishedCheck] = None
 
 
 class Parity(Open):

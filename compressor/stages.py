@@ -59,6 +59,7 @@ from .procs import run_group_stoppable
 from .recipe import LossesSpec, Recipe
 from .resume import prepare_checkpoints
 from .runfolder import RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher, profile_refs
+from .schemas import TeacherMeta, read_json
 from .slim import load_student, make_student, save_student
 from .train import Direction, Trainer, TrainSetup, seed_everything
 from .trust import consent_to
@@ -587,7 +588,9 @@ def launch_distributed(ctx: Context) -> dict:
 def evaluate_run(
     run: RunDir, recipe: Recipe, device: torch.device, progress=None, inception_weights: Optional[str] = None
 ) -> dict:
-    """Teacher and student of a run side by side: eval.json and samples/eval.png."""
+    """Teacher and student of a run side by side: eval.json (with the teacher's published check, where the recipe
+    asked for one) and samples/eval.png."""
+    check = read_json(run.teacher_json, TeacherMeta).get("published_check") if run.teacher_json.exists() else None
     return evaluate_pair(
         load_run_teacher(run),
         load_run_student(run),
@@ -597,6 +600,7 @@ def evaluate_run(
         run.eval_samples,
         progress,
         inception_weights,
+        extra={"published_check": check} if check else None,
     )
 
 

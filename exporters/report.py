@@ -481,9 +481,11 @@ def headline(ev: Optional[dict], profiles: list[dict]) -> Optional[str]:
             if x["machine"] == first and x["batch"] == small:
                 noisy = " (noisy)" if (x["noise_ratio"] or 0) > NOISY_RATIO else ""
                 parts.append(f"{x['backend']} {x['speedup']:.1f}× faster{noisy}")
-    pct = (ev or {}).get("student_pct_of_teacher", {})
-    if all(_finite(x) for x in (pct.get("psnr"), s.get("psnr"), t.get("psnr"))):
-        parts.append(f"PSNR {s['psnr']:.1f} dB ({pct['psnr']:.0f}% of the teacher's {t['psnr']:.1f})")
+    if all(_finite(x) for x in (s.get("psnr"), t.get("psnr"))):
+        vs_t = f"; {s['psnr_vs_teacher']:.1f} dB against the teacher" if _finite(s.get("psnr_vs_teacher")) else ""
+        parts.append(
+            f"PSNR {s['psnr']:.2f} dB ({s['psnr'] - t['psnr']:+.2f} dB from the teacher's {t['psnr']:.2f}{vs_t})"
+        )
     if s.get("fid") is not None and t.get("fid") is not None:
         parts.append(f"FID {t['fid']:.1f} → {s['fid']:.1f} (n = {ev.get('n_images')})")
     return "; ".join(parts) if parts else None
@@ -549,6 +551,34 @@ def section_title(d: ReportData) -> list[str]:
 def section_headline(d: ReportData) -> list[str]:
     head = headline(d.ev, d.profiles)
     return [f"**Student against teacher: {head}.**", ""] if head and d.ev else []
+
+
+def section_published(d: ReportData) -> list[str]:
+    """The teacher's published figure, reproduced before anything was distilled (``teacher.expect``)."""
+    check = (d.ev or {}).get("published_check")
+    if not isinstance(check, dict) or not _finite(check.get("psnr")):
+        return []
+    t, s = d.ev.get("teacher", {}), d.ev.get("student", {})
+    lines = [
+        "## The teacher's published figure",
+        "",
+        f"Reproduced before distilling: the teacher scores {check['psnr']:.2f} dB on {check.get('split', 'the test set')} "
+        f"({check.get('n_images', '?')} images) against the published {check.get('expected', float('nan')):g} ± "
+        f"{check.get('tolerance', float('nan')):g} dB.",
+        "",
+    ]
+    if _finite(s.get("psnr")) and _finite(t.get("psnr")):
+        lines += [
+            f"The student scores {s['psnr']:.2f} dB against the ground truth ({s['psnr'] - t['psnr']:+.2f} dB from the "
+            f"teacher's {t['psnr']:.2f} dB on the same {d.ev.get('n_images', '?')} images)"
+            + (
+                f" and {s['psnr_vs_teacher']:.2f} dB against the teacher's output."
+                if _finite(s.get("psnr_vs_teacher"))
+                else "."
+            ),
+            "",
+        ]
+    return lines
 
 
 def _size_rows(t: dict, s: dict) -> list[list]:
@@ -843,6 +873,7 @@ def section_loss_terms(d: ReportData) -> list[str]:
 REPORT_SECTIONS: list[Callable[[ReportData], list[str]]] = [
     section_title,
     section_headline,
+    section_published,
     section_comparison,
     section_speedup,
     section_latency,

@@ -226,8 +226,10 @@ def test_an_rgb_checkpoint_on_grayscale_data_is_one_line(tmp_path):
 @needs_dncnn
 def test_dncnn_student_goes_through_the_whole_pipeline(tmp_path):
     """Width 0.5 of the published teacher: distil (2 steps), evaluate against the clean images and the teacher on
-    whole Set12 images, export (parity) and profile; the student keeps the residual and the ranges."""
-    p = _dncnn_recipe(tmp_path, n=2)
+    whole Set12 images, export (parity) and profile; the student keeps the residual and the ranges; the report shows
+    the published-figure check and the student against the ground truth and the teacher."""
+    ref = _reference_psnr("Set12", 2)
+    p = _dncnn_recipe(tmp_path, n=2, extra_teacher=f", expect: {{psnr: {ref:.3f}, tolerance: 0.01}}")
     res = run_cli([p, "--out", tmp_path / "runs", "-q"])
     assert res.returncode == 0, res.stderr[-3000:]
     run = tmp_path / "runs" / "dn"
@@ -238,6 +240,9 @@ def test_dncnn_student_goes_through_the_whole_pipeline(tmp_path):
     assert plan["teacher"]["residual"] == "subtract" and plan["teacher"]["input_range"] == [0.0, 1.0]
     exp = json.loads((run / "export.json").read_text())
     assert exp["onnx"]["student"]["parity"]["passed"]
+    report = (run / "report.md").read_text()
+    assert "The teacher's published figure" in report and f"{ref:.2f} dB on Set12 (2 images)" in report
+    assert "dB from the teacher's" in report
 
 
 # ------------------------------------------------------------------------------------------------ schedules
