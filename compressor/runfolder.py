@@ -16,7 +16,7 @@ from typing import Iterable, Optional
 import torch.nn as nn
 
 from .errors import UserError
-from .io import atomic_write_json
+from .io import NotRegularFile, atomic_write_json, refuse_special
 from .models import load_saved_teacher
 from .recipe import Recipe, load_recipe
 from .schemas import RunJson, StagesJson, TeacherMeta, check, loads, read_json, read_text_bounded
@@ -83,6 +83,8 @@ class RunDir:
             return {}
         try:
             doc = loads(read_text_bounded(self.stages_json), str(self.stages_json))
+        except NotRegularFile:
+            raise  # a FIFO or device there: one line, not "every stage runs again"
         except UserError:
             return {}  # cut by a crash: every stage runs again
         try:
@@ -113,7 +115,11 @@ class RunDir:
 def is_run_folder(path: str | Path) -> bool:
     """Whether ``path`` is a run folder written by the pipeline (its resolved recipe and its run.json)."""
     run = RunDir(path)
-    return run.root.is_dir() and run.recipe.is_file() and run.run_json.is_file()
+    if not run.root.is_dir():
+        return False
+    for f in (run.recipe, run.run_json):
+        refuse_special(f)  # a FIFO or device there: one line, not "not a run folder"
+    return run.recipe.is_file() and run.run_json.is_file()
 
 
 def read_run_json(run: RunDir) -> Optional[dict]:

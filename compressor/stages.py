@@ -57,6 +57,7 @@ from .procs import run_group_stoppable
 from .recipe import LossesSpec, Recipe
 from .resume import prepare_checkpoints
 from .runfolder import RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher, profile_refs
+from .schemas import StudentPlan, read_json
 from .slim import load_student, make_student, save_student
 from .train import Direction, Trainer, TrainSetup, seed_everything
 from .trust import consent_to
@@ -439,10 +440,10 @@ def stage_distill(ctx: Context) -> None:
 
 def finish_distill(ctx: Context, dirs, summary: dict) -> None:
     run = ctx.run
-    plan = json.loads(run.student_init_json.read_text())
+    plan = read_json(run.student_init_json, StudentPlan)
     save_student(dirs[0].student.cpu().eval(), plan, run.root)
     if len(dirs) > 1:
-        plan2 = json.loads((run.student_init / "reverse" / "student.json").read_text())
+        plan2 = read_json(run.student_init / "reverse" / "student.json", StudentPlan)
         save_student(dirs[1].student.cpu().eval(), plan2, run.student_reverse)
     atomic_write_json(run.distill_json, summary)
 
@@ -484,7 +485,7 @@ def launch_distributed(ctx: Context) -> dict:
         raise distributed_interrupted(ctx, stop)
     if proc.returncode != 0:
         raise UserError(f"distributed training failed (exit {proc.returncode}); see the messages above")
-    return json.loads(ctx.run.distill_json.read_text())
+    return read_json(ctx.run.distill_json)
 
 
 # ----------------------------------------------------------------------------------------------- evaluate

@@ -25,7 +25,7 @@ import compressor
 from compressor.data import FolderDataset
 from compressor.errors import ExportError, UserError
 from compressor.flags import check_existing, check_out_folder, check_sizes
-from compressor.io import atomic_write_json
+from compressor.io import atomic_write_json, staged
 from compressor.models import apply_state_dict, build_generator, input_channels, load_state_dict_file, size_multiple
 from compressor.slim import load_student
 
@@ -185,9 +185,11 @@ def _int8_file(
 ) -> None:
     """Quantise ``onnx_path`` to ``path`` for ``target`` ("cpu" or "tensorrt") and record it with its comparison
     against FP32 under ``int8`` (cpu) or ``int8_tensorrt``."""
-    quantize_onnx(onnx_path, path, calibration, target)
+    with staged(path) as tmp:  # compared under a temporary name: the file and its record appear together
+        quantize_onnx(onnx_path, tmp, calibration, target)
+        cmp = compare_int8(onnx_path, tmp, samples)
     rec["int8" if target == "cpu" else "int8_tensorrt"] = {
-        **compare_int8(onnx_path, path, samples),
+        **cmp,
         "path": path.name,
         "calibration_images": len(calibration),
         "target": target,
@@ -298,9 +300,8 @@ def export_torch(
     out_path = Path(out_path)
     if not out_path.exists():
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        tmp = out_path.with_name(f".{out_path.name}.tmp")
-        save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, out_path)
+        with staged(out_path) as tmp:
+            save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
     return {
         "path": out_path.name,
         "bytes": out_path.stat().st_size,
@@ -358,17 +359,13 @@ def export_onnx_file(
         export_onnx_file(
             model, fp32, samples, static=static, size=size, metadata=metadata, dynamic=dynamic, opset=opset
         )
-    tmp = out_path.with_name(f".{out_path.name}.tmp.onnx")
-    try:
+    with staged(out_path) as tmp:
         quantize_onnx(fp32, tmp, calibration, "cpu")
         cmp = compare_int8(fp32, tmp, samples_t)
         if cmp["psnr_min"] < ONNX_INT8_PSNR_MIN:
             raise ExportError(
                 f"{out_path}: INT8 PSNR against FP32 is {cmp['psnr_min']:.1f} dB (limit {ONNX_INT8_PSNR_MIN})"
             )
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {
         "path": out_path.name,
         "bytes": out_path.stat().st_size,
