@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from .complexity import profile_model
 from .data import image_row, input_key, make_dataset, target_key, to_image
 from .errors import UserError
-from .io import atomic_write_bytes, atomic_write_json, read_bounded, staged
+from .io import atomic_write_bytes, atomic_write_json, own_folder, read_bounded, staged
 from .models import size_multiple
 from .recipe import DataSpec
 from .slim import load_student
@@ -402,6 +402,7 @@ def evaluate_pair(
     }
     atomic_write_json(out_json, out)
     if ev.samples and samples_png is not None:
+        own_folder(samples_png.parent)  # a link to a folder elsewhere is refused, never written through
         n = min(ev.samples, len(ds))
         x = torch.stack([ds[i][src] for i in range(n)])
         with torch.no_grad():

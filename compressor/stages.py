@@ -39,7 +39,7 @@ from .complexity import profile_model
 from .data import batch_keys, check_data_root, input_images, make_dataset
 from .errors import Interrupted, RecipeError, UserError
 from .features import check_tap_pair, probe_shapes, resolve_taps
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, own_folder
 from .metrics import evaluate_pair
 from .models import (
     build_generator,
@@ -333,7 +333,7 @@ def train_teacher(ctx: Context, spec: dict) -> list:
         dirs = [Direction("AB", nets[0], None, "A", "B"), Direction("BA", nets[1], None, "B", "A")]
     else:
         dirs = [Direction("G", nets[0], None, "input", "target")]
-    ctx.run.teacher_train.mkdir(parents=True, exist_ok=True)
+    own_folder(ctx.run.teacher_train)  # a link to a folder elsewhere is refused, never trained into
     summary = run_training(ctx, dirs, losses, tt.steps, tt.lr, ctx.run.teacher_train, "teacher")
     atomic_write_json(ctx.run.teacher_train / "train.json", summary)
     return [n.cpu().eval() for n in nets]
@@ -372,11 +372,11 @@ def stage_student(ctx: Context) -> None:
         seed_everything(r.seed)
     shape = {"keep": r.student.keep or None, "round_to": r.student.round_channels, "outputs": r.student.outputs}
     student, plan = make_student(teacher, width, r.student.method, r.student.init, example, **shape)
-    save_student(student, plan, run.student_init)
+    save_student(student, plan, own_folder(run.student_init))
     if r.data.kind == "unpaired":
         rev = load_run_teacher(run, reverse=True)
         s2, plan2 = make_student(rev, width, r.student.method, r.student.init, example, **shape)
-        save_student(s2, plan2, run.student_init / "reverse")
+        save_student(s2, plan2, own_folder(run.student_init / "reverse"))
 
 
 # ----------------------------------------------------------------------------------------------- distill
@@ -444,7 +444,7 @@ def finish_distill(ctx: Context, dirs, summary: dict) -> None:
     save_student(dirs[0].student.cpu().eval(), plan, run.root)
     if len(dirs) > 1:
         plan2 = read_json(run.student_init / "reverse" / "student.json", StudentPlan)
-        save_student(dirs[1].student.cpu().eval(), plan2, run.student_reverse)
+        save_student(dirs[1].student.cpu().eval(), plan2, own_folder(run.student_reverse))
     atomic_write_json(run.distill_json, summary)
 
 
@@ -666,7 +666,7 @@ def benchmark_target(
         raise UserError(f"{target}: not a run folder (recipe.resolved.yaml) or a student folder (student.json)")
     doc = benchmark(
         model,
-        target / "benchmark",
+        own_folder(target / "benchmark"),  # a link to a folder elsewhere is refused, never written through
         x,
         reference,
         kind,

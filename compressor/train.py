@@ -53,7 +53,7 @@ from .checkpoints import save_checkpoint as write_checkpoint
 from .data import ResumableSampler, image_row, to_image
 from .errors import CheckpointError, Interrupted, TrainingDiverged
 from .features import FeatureTaps
-from .io import append_line, atomic_write_bytes, atomic_write_text
+from .io import append_line, atomic_write_bytes, atomic_write_text, own_folder
 from .losses import FeatureAdapters, GANLoss
 from .models import build_discriminator
 from .procs import STOP_ENV
@@ -663,6 +663,8 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict:
         """Train to ``steps`` (from the newest checkpoint with ``resume``); a summary of the run."""
+        for folder in (self.ckpt_dir, self.samples_dir):
+            own_folder(folder, create=False)  # a link to a folder elsewhere: one line, nothing written through it
         if resume:
             self._resume()
         self._wrap_distributed()

@@ -153,6 +153,11 @@ def export_model(
     if spec.size % mult:
         raise UserError(f"size: {spec.size} is not a multiple of {mult}, which this model needs")
     onnx_path = out / f"{spec.name}.onnx"
+    if not spec.write_onnx and onnx_path.is_symlink():
+        raise UserError(
+            f"{onnx_path}: is a symlink; --no-onnx converts the folder's own {onnx_path.name}, never a link's "
+            f"target (remove the link, or export without --no-onnx)"
+        )
     rec: dict = {"onnx": {}, "notes": []}
     if spec.write_onnx or not onnx_path.exists():
         par = export_checked(
