@@ -8,15 +8,18 @@ work on existing artifacts (``evaluate``, ``export``, ``profile``) find the run'
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import ContextManager, Iterable, Optional
 
 import torch.nn as nn
 
 from .errors import UserError
 from .io import NotRegularFile, atomic_write_json, refuse_link, refuse_special
+from .lock import run_lock
 from .models import load_saved_teacher
 from .recipe import Recipe, load_recipe
 from .schemas import RunJson, StagesJson, TeacherMeta, check, loads, read_json, read_text_bounded
@@ -158,6 +161,23 @@ def is_run_folder(path: str | Path) -> bool:
     for f in (run.recipe, run.run_json):
         refuse_special(f)  # a FIFO or device there: one line, not "not a run folder"
     return run.recipe.is_file() and run.run_json.is_file()
+
+
+def enclosing_run(path: str | Path) -> Optional[Path]:
+    """The run folder ``path`` lies in (``path`` itself or the nearest parent that is a run folder, links
+    resolved), else None: where a command's output lands inside a run, that run's lock must be held."""
+    p = Path(os.path.realpath(path))
+    for folder in (p, *p.parents):
+        if is_run_folder(folder):
+            return folder
+    return None
+
+
+def lock_for(path: str | Path) -> ContextManager:
+    """The lock of the run folder that ``path`` (a file or folder a command writes) lies in; a no-op outside run
+    folders. Every command writing into a run folder holds it, so none writes while a pipeline does."""
+    run = enclosing_run(path)
+    return run_lock(run) if run is not None else contextlib.nullcontext()
 
 
 def read_run_json(run: RunDir) -> Optional[dict]:
