@@ -314,6 +314,8 @@ def evaluate(
     r = load_run_recipe(run, overrides)
     with run_lock(run.root), _Progress(quiet) as progress:  # one writer per run folder
         res = evaluate_run(run, r, resolve_device(device), progress, weights)
+        if data or max_images:  # other images than the recipe's: the pipeline's evaluate stage is not up to date
+            run.forget("evaluate")
     print_table(eval_table(res, f"teacher against student, {res.get('n_images')} test images"))
     typer.echo(f"wrote {run.eval_json}")
 

@@ -305,6 +305,7 @@ class ExportDoc(Open):
     tensorrt_lint: Optional[LintRecord] = None
     tensorrt_lints: Optional[list[dict[str, Any]]] = None
     trtexec: Optional[list[StrictStr]] = None
+    formats: Optional[dict[str, dict[str, Any]]] = None
 
 
 # ------------------------------------------------------------------------------------------- reading

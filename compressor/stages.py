@@ -30,6 +30,7 @@ from exporters.export import (
 )
 from exporters.onnx import check_not_failed
 from exporters.profile import profile_models, resolve_models
+from exporters.records import RecordFile
 from exporters.report import report_run
 from exporters.runtimes import BACKENDS, get_backend
 
@@ -567,11 +568,17 @@ def stage_export(ctx: Context) -> dict:
         workspace_mb=trt.workspace_mb if trt else 1024,
         metadata=run_export_metadata(r, student),
     )
-    rec = export_model(student, run.root, spec, samples, calibration)
+    records = RecordFile(run.root)  # earlier records kept; each new one written once its file is in place
+    rec = export_model(student, run.root, spec, samples, calibration, journal=records.write)
     trec = export_model(
-        teacher, run.root, ExportSpec(**common, name="teacher", metadata=run_export_metadata(r, teacher)), samples
+        teacher,
+        run.root,
+        ExportSpec(**common, name="teacher", metadata=run_export_metadata(r, teacher)),
+        samples,
+        journal=records.write,
     )
     rec["onnx"]["teacher"] = trec["onnx"]["teacher"]
+    records.write(rec)
     if others:  # the recipe's other targets (OpenVINO, phone formats), each checked against PyTorch
         more = export_other_formats(
             student,
@@ -583,10 +590,11 @@ def stage_export(ctx: Context) -> dict:
             static=ex.static,
             size=r.data.size,
             metadata=run_export_metadata(r, student),
+            journal=lambda m: records.write({**rec, "formats": m["formats"], "notes": rec["notes"] + m["notes"]}),
         )
         rec["formats"], rec["notes"] = more["formats"], rec["notes"] + more["notes"]
     ctx.notes.extend(rec["notes"])
-    atomic_write_json(run.export_json, rec)
+    records.write(rec)
     return rec
 
 
@@ -611,7 +619,12 @@ def export_target(
             calibration = recipe_calibration(data, spec.calib_images)
     spec.metadata = run_export_metadata(recipe, model)
     spec.parity_tol = recipe.export.onnx.parity_tol
-    return export_command(model, Path(spec.out or target), spec, samples, calibration)
+    res = export_command(model, Path(spec.out or target), spec, samples, calibration)
+    if spec.out is None and res["onnx"]:
+        # student.onnx was rewritten with this command's settings, which may not be the recipe's: the pipeline's
+        # export stage runs again rather than call it up to date (records of other formats are added, kept)
+        run.forget("export")
+    return res
 
 
 def benchmark_target(
