@@ -663,8 +663,6 @@ class Trainer:
 
     def fit(self, resume: bool = False) -> dict:
         """Train to ``steps`` (from the newest checkpoint with ``resume``); a summary of the run."""
-        for folder in (self.ckpt_dir, self.samples_dir):
-            own_folder(folder, create=False)  # a link to a folder elsewhere: one line, nothing written through it
         if resume:
             self._resume()
         self._wrap_distributed()
@@ -802,7 +800,7 @@ class Trainer:
         width = max(r.shape[2] for r in rows)
         rows = [nn.functional.pad(r, (0, width - r.shape[2]), value=-1) for r in rows]
         grid = torch.cat(rows, dim=1)
-        path = self.samples_dir / f"step_{self.step:08d}.png"
+        path = own_folder(self.samples_dir, create=False) / f"step_{self.step:08d}.png"  # never a link elsewhere
         buf = io.BytesIO()
         to_image(grid).save(buf, format="PNG")
         atomic_write_bytes(path, buf.getvalue())  # a full disk: one line (DiskWriteError), no cut PNG
