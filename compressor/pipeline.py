@@ -162,6 +162,7 @@ def _preflight_checkpoints(ctx: Context) -> None:
 
 def _run_stages(ctx: Context, out_root: Path, on_stage: Optional[Callable[[StageResult], None]]) -> list[StageResult]:
     """The stages in order, with one :class:`Context` for the checkpoint pre-flight and every stage."""
+    ctx.run.refuse_links()  # sub-folders and own artifacts that are links: one line, before anything is touched
     _preflight_checkpoints(ctx)
     ctx.hashes.clear()  # digested again below, after the run folder is prepared
     force, only = ctx.options.force, ctx.options.only

@@ -553,6 +553,9 @@ def _fingerprint(counts: bool, measure: Measure | None) -> dict:
 
 def _cached_plan(out: Path, key: str) -> dict | None:
     """The plan in ``out`` marked ``cached`` when it was made for ``key``; None when it must be measured again."""
+    if out.is_symlink():  # another place's plan is not this run's measurement; the write replaces the link
+        log.warning("%s: is a symlink; not trusted as this run's plan, measuring again", out)
+        return None
     try:
         prev = read_json(out, PlanJson)
     except UserError as exc:  # a cache: measured again, and rewritten

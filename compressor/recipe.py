@@ -18,6 +18,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from .errors import RecipeError, UserError
+from .io import read_bounded
 from .remote import check_host, check_program, check_ssh_option
 from .schemas import Strict
 from .terms import LossesSpec, digest_neutral_defaults
@@ -681,13 +682,15 @@ def _format_error(err: dict, lines: dict[tuple, int], source: str) -> str:
 def load_recipe(path: str | Path, overrides: list[str] | None = None, check_paths: bool = True) -> Recipe:
     """Read, override and validate a recipe; raise :class:`RecipeError` with one line on any problem."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise RecipeError(f"{path}: recipe file not found")
     try:
-        if path.stat().st_size > MAX_RECIPE_BYTES:
-            raise RecipeError(f"{path}: the recipe is larger than {MAX_RECIPE_BYTES // 1024} KiB")
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
+        text = read_bounded(path, MAX_RECIPE_BYTES).decode("utf-8")
+    except UserError as exc:
+        if "larger than" in str(exc):
+            raise RecipeError(f"{path}: the recipe is larger than {MAX_RECIPE_BYTES // 1024} KiB") from None
+        raise RecipeError(str(exc)) from None
+    except UnicodeDecodeError as exc:
         raise RecipeError(f"{path}: cannot read recipe ({exc})") from None
     return parse_recipe(
         text, source=str(path), base_dir=path.resolve().parent, overrides=overrides, check_paths=check_paths

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Optional
 
 from .errors import UserError
-from .io import atomic_write_json
+from .io import atomic_write_json, refuse_link
 from .schemas import CheckpointConfig, read_json
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ def check_checkpoints(out_dir: Path, digest: str, *, resume: bool, force: bool, 
     """Raise the one-line :class:`UserError` that :func:`prepare_checkpoints` would, without changing anything
     (a pre-flight check before a run touches its folder)."""
     ckpts = Path(out_dir) / "checkpoints"
+    refuse_link(ckpts)  # a link to a folder elsewhere: never read, written or pruned through
     if force or not _checkpoint_files(ckpts):
         return
     old = recorded_digest(ckpts)
@@ -85,6 +86,7 @@ def prepare_checkpoints(out_dir: Path, digest: str, *, resume: bool, force: bool
     """
     out_dir = Path(out_dir)
     ckpts = out_dir / "checkpoints"
+    refuse_link(ckpts)
     if _checkpoint_files(ckpts):
         check_checkpoints(out_dir, digest, resume=resume, force=force, command=command)
         if force:

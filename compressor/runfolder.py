@@ -8,15 +8,18 @@ work on existing artifacts (``evaluate``, ``export``, ``profile``) find the run'
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import ContextManager, Iterable, Optional
 
 import torch.nn as nn
 
 from .errors import UserError
-from .io import atomic_write_json
+from .io import NotRegularFile, atomic_write_json, refuse_link, refuse_special
+from .lock import run_lock
 from .models import load_saved_teacher
 from .recipe import Recipe, load_recipe
 from .schemas import RunJson, StagesJson, TeacherMeta, check, loads, read_json, read_text_bounded
@@ -65,6 +68,44 @@ class RunDir:
     report_md = property(lambda s: s.root / "report.md")
     report_html = property(lambda s: s.root / "report.html")
 
+    # the sub-folders a run writes into, and the files it reads back as its own: never links (see refuse_links)
+    SUBFOLDERS = (
+        "checkpoints",
+        "samples",
+        "benchmark",
+        "student_init",
+        "student_init/reverse",
+        "student_reverse",
+        "teacher_train",
+        "teacher_train/checkpoints",
+        "teacher_train/samples",
+    )
+    OWN_FILES = (
+        "recipe.resolved.yaml",
+        "run.json",
+        "stages.json",
+        "teacher.json",
+        "teacher.safetensors",
+        "teacher_reverse.safetensors",
+        "student.json",
+        "student.safetensors",
+        "student_init/student.json",
+        "student_init/student.safetensors",
+        "student_init/reverse/student.json",
+        "student_init/reverse/student.safetensors",
+        "student_reverse/student.json",
+        "student_reverse/student.safetensors",
+        "distill.json",
+    )
+
+    def refuse_links(self) -> None:
+        """One UserError line naming the first sub-folder or own artifact that is a symlink: a link to a folder
+        elsewhere would be written and pruned through (checkpoints, samples, benchmark files), a linked model
+        or record would be trusted as this run's. Outputs the run rewrites (eval.json, student.onnx, ...) are
+        replaced by the rename that writes them instead."""
+        for name in self.SUBFOLDERS + self.OWN_FILES:
+            refuse_link(self.root / name)
+
     def file(self, name: str) -> Path:
         """A path inside the run folder by its relative name (``"eval.json"``, ``"student_init/student.json"``,
         ``"."``): how a stage names the files it writes (its ``outputs`` in :data:`compressor.stages.STAGES`)."""
@@ -83,6 +124,8 @@ class RunDir:
             return {}
         try:
             doc = loads(read_text_bounded(self.stages_json), str(self.stages_json))
+        except NotRegularFile:
+            raise  # a FIFO or device there: one line, not "every stage runs again"
         except UserError:
             return {}  # cut by a crash: every stage runs again
         try:
@@ -113,7 +156,28 @@ class RunDir:
 def is_run_folder(path: str | Path) -> bool:
     """Whether ``path`` is a run folder written by the pipeline (its resolved recipe and its run.json)."""
     run = RunDir(path)
-    return run.root.is_dir() and run.recipe.is_file() and run.run_json.is_file()
+    if not run.root.is_dir():
+        return False
+    for f in (run.recipe, run.run_json):
+        refuse_special(f)  # a FIFO or device there: one line, not "not a run folder"
+    return run.recipe.is_file() and run.run_json.is_file()
+
+
+def enclosing_run(path: str | Path) -> Optional[Path]:
+    """The run folder ``path`` lies in (``path`` itself or the nearest parent that is a run folder, links
+    resolved), else None: where a command's output lands inside a run, that run's lock must be held."""
+    p = Path(os.path.realpath(path))
+    for folder in (p, *p.parents):
+        if is_run_folder(folder):
+            return folder
+    return None
+
+
+def lock_for(path: str | Path) -> ContextManager:
+    """The lock of the run folder that ``path`` (a file or folder a command writes) lies in; a no-op outside run
+    folders. Every command writing into a run folder holds it, so none writes while a pipeline does."""
+    run = enclosing_run(path)
+    return run_lock(run) if run is not None else contextlib.nullcontext()
 
 
 def read_run_json(run: RunDir) -> Optional[dict]:
@@ -142,6 +206,7 @@ def read_teacher_meta(run: RunDir) -> dict:
 
 def load_run_recipe(run: RunDir, overrides: Optional[list[str]] = None) -> Recipe:
     """The run's resolved recipe, with relative paths resolving against the original recipe's folder."""
+    run.refuse_links()
     if not run.recipe.is_file():
         raise UserError(f"{run.root}: not a run folder (no {run.recipe.name})")
     recipe = load_recipe(run.recipe, overrides, check_paths=False)
@@ -162,22 +227,25 @@ def load_run_recipe(run: RunDir, overrides: Optional[list[str]] = None) -> Recip
 
 def load_run_teacher(run: RunDir, reverse: bool = False) -> nn.Module:
     """The teacher as the teacher stage wrote it (no pickle)."""
+    run.refuse_links()
     meta = read_teacher_meta(run)
     return load_saved_teacher(meta["spec"], run.teacher_reverse_weights if reverse else run.teacher_weights)
 
 
 def load_run_student(run: RunDir, reverse: bool = False) -> nn.Module:
     """The distilled student (``reverse``: the B->A student of unpaired data)."""
+    run.refuse_links()
     return load_student(run.student_reverse if reverse else run.student_dir)
 
 
 def profile_refs(run: RunDir) -> list[dict]:
     """Model references (see :func:`exporters.profile.resolve_models`) for the teacher and student of a run."""
+    run.refuse_links()
     meta = read_teacher_meta(run)
     name = run.root.name
 
     def present(p: Path) -> Optional[str]:
-        return str(p) if p.exists() else None
+        return str(p) if p.is_file() else None  # a FIFO or device there is no model file
 
     return [
         {

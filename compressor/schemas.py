@@ -7,8 +7,9 @@ checked before use: :func:`read_json` reads at most :data:`MAX_JSON_BYTES`, pars
 and without NaN/Infinity, validates with pydantic and raises one :class:`~compressor.errors.UserError` line naming
 the file and the field. Models allow extra keys (newer files stay readable) but type every key they use.
 
-This module is library level: it imports pydantic and :mod:`compressor.errors` only, so readers anywhere
-(``exporters/`` included) can use it.
+This module is library level: it imports pydantic, :mod:`compressor.errors` and :mod:`compressor.io` (whose
+:func:`~compressor.io.read_bounded` reads every file) only, so readers anywhere (``exporters/`` included) can use
+it.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from pydantic import (
 from typing_extensions import Annotated
 
 from .errors import UserError
+from .io import read_bounded
 
 MAX_JSON_BYTES = 16 << 20  # no artifact JSON comes near this
 MAX_DEPTH = 64
@@ -316,6 +318,7 @@ class ExportDoc(Open):
     tensorrt_lint: Optional[LintRecord] = None
     tensorrt_lints: Optional[list[dict[str, Any]]] = None
     trtexec: Optional[list[StrictStr]] = None
+    formats: Optional[dict[str, dict[str, Any]]] = None
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -353,18 +356,9 @@ def _bracket_depth(text: str) -> int:
 
 
 def read_text_bounded(path: str | Path, limit: int = MAX_JSON_BYTES) -> str:
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            data = f.read(limit + 1)
-    except FileNotFoundError:
-        raise UserError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a folder, not a JSON file") from None
-    except OSError as exc:
-        raise UserError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if len(data) > limit:
-        raise UserError(f"{path}: larger than {limit >> 20} MiB (not a file compressor wrote)")
+    """The text of a file a folder holds, read by :func:`compressor.io.read_bounded` (regular files only, at most
+    ``limit`` bytes, never a blocking open); one UserError line naming the file otherwise."""
+    data = read_bounded(path, limit)
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:

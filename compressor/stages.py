@@ -31,6 +31,7 @@ from exporters.export import (
 )
 from exporters.onnx import check_not_failed
 from exporters.profile import profile_models, resolve_models
+from exporters.records import RecordFile
 from exporters.report import report_run
 from exporters.runtimes import BACKENDS, get_backend
 
@@ -40,7 +41,7 @@ from .complexity import profile_model
 from .data import batch_keys, check_data_root, input_images, make_dataset, stack_images
 from .errors import Interrupted, RecipeError, UserError
 from .features import check_tap_pair, probe_shapes, resolve_taps
-from .io import atomic_write_bytes, atomic_write_json
+from .io import atomic_write_bytes, atomic_write_json, own_folder
 from .metrics import evaluate_models, evaluate_pair
 from .models import (
     build_generator,
@@ -59,7 +60,7 @@ from .procs import run_group_stoppable
 from .recipe import LossesSpec, Recipe
 from .resume import prepare_checkpoints
 from .runfolder import RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher, profile_refs
-from .schemas import TeacherMeta, read_json
+from .schemas import StudentPlan, TeacherMeta, read_json
 from .slim import load_student, make_student, save_student
 from .train import Direction, Trainer, TrainSetup, seed_everything
 from .trust import consent_to
@@ -427,7 +428,7 @@ def train_teacher(ctx: Context, spec: dict) -> list:
         dirs = [Direction("AB", nets[0], None, "A", "B"), Direction("BA", nets[1], None, "B", "A")]
     else:
         dirs = [Direction("G", nets[0], None, "input", "target")]
-    ctx.run.teacher_train.mkdir(parents=True, exist_ok=True)
+    own_folder(ctx.run.teacher_train)  # a link to a folder elsewhere is refused, never trained into
     summary = run_training(ctx, dirs, losses, tt.steps, tt.lr, ctx.run.teacher_train, "teacher")
     atomic_write_json(ctx.run.teacher_train / "train.json", summary)
     return [n.cpu().eval() for n in nets]
@@ -466,11 +467,11 @@ def stage_student(ctx: Context) -> None:
         seed_everything(r.seed)
     shape = {"keep": r.student.keep or None, "round_to": r.student.round_channels, "outputs": r.student.outputs}
     student, plan = make_student(teacher, width, r.student.method, r.student.init, example, **shape)
-    save_student(student, plan, run.student_init)
+    save_student(student, plan, own_folder(run.student_init))
     if r.data.kind == "unpaired":
         rev = load_run_teacher(run, reverse=True)
         s2, plan2 = make_student(rev, width, r.student.method, r.student.init, example, **shape)
-        save_student(s2, plan2, run.student_init / "reverse")
+        save_student(s2, plan2, own_folder(run.student_init / "reverse"))
 
 
 # ----------------------------------------------------------------------------------------------- distill
@@ -534,11 +535,11 @@ def stage_distill(ctx: Context) -> None:
 
 def finish_distill(ctx: Context, dirs, summary: dict) -> None:
     run = ctx.run
-    plan = json.loads(run.student_init_json.read_text())
+    plan = read_json(run.student_init_json, StudentPlan)
     save_student(dirs[0].student.cpu().eval(), plan, run.root)
     if len(dirs) > 1:
-        plan2 = json.loads((run.student_init / "reverse" / "student.json").read_text())
-        save_student(dirs[1].student.cpu().eval(), plan2, run.student_reverse)
+        plan2 = read_json(run.student_init / "reverse" / "student.json", StudentPlan)
+        save_student(dirs[1].student.cpu().eval(), plan2, own_folder(run.student_reverse))
     atomic_write_json(run.distill_json, summary)
 
 
@@ -579,7 +580,7 @@ def launch_distributed(ctx: Context) -> dict:
         raise distributed_interrupted(ctx, stop)
     if proc.returncode != 0:
         raise UserError(f"distributed training failed (exit {proc.returncode}); see the messages above")
-    return json.loads(ctx.run.distill_json.read_text())
+    return read_json(ctx.run.distill_json)
 
 
 # ----------------------------------------------------------------------------------------------- evaluate
@@ -664,11 +665,17 @@ def stage_export(ctx: Context) -> dict:
         workspace_mb=trt.workspace_mb if trt else 1024,
         metadata=run_export_metadata(r, student),
     )
-    rec = export_model(student, run.root, spec, samples, calibration)
+    records = RecordFile(run.root)  # earlier records kept; each new one written once its file is in place
+    rec = export_model(student, run.root, spec, samples, calibration, journal=records.write)
     trec = export_model(
-        teacher, run.root, ExportSpec(**common, name="teacher", metadata=run_export_metadata(r, teacher)), samples
+        teacher,
+        run.root,
+        ExportSpec(**common, name="teacher", metadata=run_export_metadata(r, teacher)),
+        samples,
+        journal=records.write,
     )
     rec["onnx"]["teacher"] = trec["onnx"]["teacher"]
+    records.write(rec)
     if others:  # the recipe's other targets (OpenVINO, phone formats), each checked against PyTorch
         more = export_other_formats(
             student,
@@ -680,10 +687,11 @@ def stage_export(ctx: Context) -> dict:
             static=ex.static,
             size=r.data.size,
             metadata=run_export_metadata(r, student),
+            journal=lambda m: records.write({**rec, "formats": m["formats"], "notes": rec["notes"] + m["notes"]}),
         )
         rec["formats"], rec["notes"] = more["formats"], rec["notes"] + more["notes"]
     ctx.notes.extend(rec["notes"])
-    atomic_write_json(run.export_json, rec)
+    records.write(rec)
     return rec
 
 
@@ -708,7 +716,12 @@ def export_target(
             calibration = recipe_calibration(data, spec.calib_images)
     spec.metadata = run_export_metadata(recipe, model)
     spec.parity_tol = recipe.export.onnx.parity_tol
-    return export_command(model, Path(spec.out or target), spec, samples, calibration)
+    res = export_command(model, Path(spec.out or target), spec, samples, calibration)
+    if spec.out is None and res["onnx"]:
+        # student.onnx was rewritten with this command's settings, which may not be the recipe's: the pipeline's
+        # export stage runs again rather than call it up to date (records of other formats are added, kept)
+        run.forget("export")
+    return res
 
 
 def benchmark_target(
@@ -765,7 +778,7 @@ def benchmark_target(
         raise UserError(f"{target}: not a run folder (recipe.resolved.yaml) or a student folder (student.json)")
     doc = benchmark(
         model,
-        target / "benchmark",
+        own_folder(target / "benchmark"),  # a link to a folder elsewhere is refused, never written through
         x,
         reference,
         kind,

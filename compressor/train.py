@@ -54,7 +54,7 @@ from .checkpoints import save_checkpoint as write_checkpoint
 from .data import ResumableSampler, image_row, to_image
 from .errors import CheckpointError, Interrupted, TrainingDiverged
 from .features import FeatureTaps
-from .io import append_line, atomic_write_bytes, atomic_write_text
+from .io import append_line, atomic_write_bytes, atomic_write_text, own_folder
 from .losses import FeatureAdapters, GANLoss
 from .models import build_discriminator
 from .procs import STOP_ENV
@@ -885,7 +885,7 @@ class Trainer:
         width = max(r.shape[2] for r in rows)
         rows = [nn.functional.pad(r, (0, width - r.shape[2]), value=-1) for r in rows]
         grid = torch.cat(rows, dim=1)
-        path = self.samples_dir / f"step_{self.step:08d}.png"
+        path = own_folder(self.samples_dir, create=False) / f"step_{self.step:08d}.png"  # never a link elsewhere
         buf = io.BytesIO()
         to_image(grid).save(buf, format="PNG")
         atomic_write_bytes(path, buf.getvalue())  # a full disk: one line (DiskWriteError), no cut PNG

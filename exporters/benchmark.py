@@ -81,12 +81,15 @@ def benchmark(
         raise UserError(f"--format: unknown format {unknown[0]!r}; choose from {', '.join(FORMATS)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    for p in out.iterdir():  # a link among the files it writes is removed, never read or written through
+        if p.is_symlink():
+            p.unlink()
     model = model.eval().cpu()
     size = size or int(images.shape[-1])
     x = images.numpy().astype(np.float32)
     ref_t = torch.from_numpy(np.asarray(reference, dtype=np.float32))
     plan = [(f, p) for f in FORMATS.values() if not formats or f.name in formats for p in f.precisions]
-    rows = []
+    rows: list[dict] = []
     for k, (fmt, prec) in enumerate(plan):
         row: dict = {"format": fmt.name, "precision": prec, "backend": fmt.backend}
         rows.append(row)
@@ -97,7 +100,10 @@ def benchmark(
         if why:
             row.update(status="not installed", reason=why, install=fmt.extra)
             continue
-        path = _export_row(row, fmt, prec, model, out, stem, x, size=size, calibration=calibration, metadata=metadata)
+        onnx = _fresh_onnx(rows, out, stem)
+        path = _export_row(
+            row, fmt, prec, model, out, stem, x, onnx, size=size, calibration=calibration, metadata=metadata
+        )
         if path is None:
             continue
         timing = dict(torch_ref=torch_ref, threads=threads, warmup=warmup, iters=iters)
@@ -123,17 +129,18 @@ def _export_row(
     out: Path,
     stem: str,
     x: np.ndarray,
+    onnx: Optional[Path],
     *,
     size: int,
     calibration: Optional[list[np.ndarray]],
     metadata: Optional[dict],
 ) -> Optional[Path]:
-    """Export one format at one precision for ``row``: the artifact's path, or None with the row marked failed."""
+    """Export one format at one precision for ``row``: the artifact's path, or None with the row marked failed.
+    ``onnx``: the FP32 ONNX file this benchmark wrote, for converters that start from it."""
     path = fmt.path(out, stem, prec)
     try:
         if prec in fmt.calibrated and not calibration:
             raise UserError("INT8 needs calibration images (the run's train images, or --data FOLDER)")
-        onnx = FORMATS["onnx"].path(out, stem, "fp32")
         rec = fmt.exporter(
             model,
             path,
@@ -142,7 +149,7 @@ def _export_row(
             size=size,
             calibration=calibration if prec in fmt.calibrated else None,
             metadata=metadata,
-            onnx_path=onnx if onnx.exists() else None,
+            onnx_path=onnx,
         )
     except (ExportError, UserError) as exc:
         row.update(status="failed", reason=f"export: {str(exc).splitlines()[0][:300]}")
@@ -153,6 +160,13 @@ def _export_row(
         return None
     row.update(file=rec["path"], bytes=_size(path), export_seconds=rec.get("seconds"), parity=rec.get("parity"))
     return path
+
+
+def _fresh_onnx(rows: list[dict], out: Path, stem: str) -> Optional[Path]:
+    """The FP32 ONNX file when this benchmark exported it (its row has a file): a file found there from before,
+    or put there by someone else, is not converted as this model."""
+    done = any(r["format"] == "onnx" and r["precision"] == "fp32" and r.get("file") for r in rows)
+    return FORMATS["onnx"].path(out, stem, "fp32") if done else None
 
 
 def _run_row(

@@ -20,21 +20,19 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import ExportError
+from compressor.io import place, remove_tree, temp_dir
 
 from .mobile import (
     MIN_PSNR,
     Images,
     artifact_metadata,
     check,
-    commit,
     first_line,
     need,
     parity,
     prepare,
     record,
-    remove,
     start,
-    temp_path,
     torch_outputs,
     variant_path,
 )
@@ -137,8 +135,8 @@ def export_coreml(
     ml.input_description[INPUT] = f"image, 1x{x.shape[1]}x{size}x{size}, values in [-1, 1]"
     ml.output_description[OUTPUT] = "image, values in [-1, 1]"
     ml.user_defined_metadata.update(meta)
-    tmp = temp_path(path)
-    remove(tmp)
+    staging = temp_dir(path.parent)  # fresh and exclusive: the package folder is written inside it
+    tmp = staging / path.name
     try:
         ml.save(str(tmp))
         spec = validate(tmp, tuple(x.shape))
@@ -154,10 +152,9 @@ def export_coreml(
             )
         else:
             par = {"compared": False, "reason": NOT_MACOS}
-    except BaseException:
-        remove(tmp)
-        raise
-    commit(tmp, path)
+        place(tmp, path)
+    finally:
+        remove_tree(staging)
     return record(
         "coreml", path, precision, par, timer.seconds, size, "NCHW", metadata=meta, spec=spec, predicted=can_predict()
     )

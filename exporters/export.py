@@ -25,13 +25,14 @@ import compressor
 from compressor.data import FolderDataset
 from compressor.errors import ExportError, UserError
 from compressor.flags import check_existing, check_out_folder, check_sizes
-from compressor.io import atomic_write_json
+from compressor.io import staged
 from compressor.models import apply_state_dict, build_generator, input_channels, load_state_dict_file, size_multiple
 from compressor.slim import load_student
 
 from . import openvino as ov_export
 from .onnx import INPUT, export_checked, parity_inputs
 from .quantize import compare_int8, quantize_onnx
+from .records import RecordFile
 from .runtimes import BACKENDS
 from .tensorrt import build_engine, check_engine, emit_trtexec_script, lint_onnx, tensorrt_available, trt_major
 
@@ -134,11 +135,13 @@ def export_model(
     spec: ExportSpec,
     samples: torch.Tensor,
     calibration: Optional[list[np.ndarray]] = None,
+    journal: Optional[Callable[[dict], object]] = None,
 ) -> dict:
     """Export ``model`` into ``out_dir`` as ``spec`` asks and return the export record.
 
     ``samples``: a few images (N, C, H, W) in [-1, 1] for parity checks; ``calibration``: (1, C, H, W) arrays for
-    INT8. Raises :class:`ExportError` on a parity or lint failure, :class:`UserError` on a request that cannot be
+    INT8; ``journal(record)`` is called each time a file is in place (:meth:`exporters.records.RecordFile.write`
+    keeps export.json true that way). Raises :class:`ExportError` on a parity or lint failure, :class:`UserError` on a request that cannot be
     met (INT8 without calibration images, an unknown precision).
     """
     if spec.precision not in TRT_PRECISIONS:
@@ -153,6 +156,11 @@ def export_model(
     if spec.size % mult:
         raise UserError(f"size: {spec.size} is not a multiple of {mult}, which this model needs")
     onnx_path = out / f"{spec.name}.onnx"
+    if not spec.write_onnx and onnx_path.is_symlink():
+        raise UserError(
+            f"{onnx_path}: is a symlink; --no-onnx converts the folder's own {onnx_path.name}, never a link's "
+            f"target (remove the link, or export without --no-onnx)"
+        )
     rec: dict = {"onnx": {}, "notes": []}
     if spec.write_onnx or not onnx_path.exists():
         par = export_checked(
@@ -166,6 +174,8 @@ def export_model(
             spec.slim,
         )
         rec["onnx"][spec.name] = {"path": onnx_path.name, "bytes": onnx_path.stat().st_size, "parity": par}
+    journal = journal or (lambda _: None)
+    journal(rec)
 
     trt_int8 = spec.for_tensorrt and (spec.precision == "int8" or spec.int8)
     if (spec.int8 or trt_int8) and not calibration:
@@ -173,10 +183,13 @@ def export_model(
     trt_int8_path = out / f"{spec.name}.trt-int8.onnx"
     if spec.int8:
         _int8_file(rec, onnx_path, out / f"{spec.name}.int8.onnx", "cpu", samples, calibration)
+        journal(rec)
     if trt_int8:
         _int8_file(rec, onnx_path, trt_int8_path, "tensorrt", samples, calibration)
+        journal(rec)
     if spec.for_tensorrt:
         _tensorrt_files(rec, model, out, spec, samples, onnx_path, trt_int8_path, trt_int8, dynamic)
+        journal(rec)
     return rec
 
 
@@ -185,9 +198,11 @@ def _int8_file(
 ) -> None:
     """Quantise ``onnx_path`` to ``path`` for ``target`` ("cpu" or "tensorrt") and record it with its comparison
     against FP32 under ``int8`` (cpu) or ``int8_tensorrt``."""
-    quantize_onnx(onnx_path, path, calibration, target)
+    with staged(path) as tmp:  # compared under a temporary name: the file and its record appear together
+        quantize_onnx(onnx_path, tmp, calibration, target)
+        cmp = compare_int8(onnx_path, tmp, samples)
     rec["int8" if target == "cpu" else "int8_tensorrt"] = {
-        **compare_int8(onnx_path, path, samples),
+        **cmp,
         "path": path.name,
         "calibration_images": len(calibration),
         "target": target,
@@ -249,12 +264,6 @@ def _tensorrt_files(
         ]
 
 
-def write_record(path: str | Path, record: dict) -> Path:
-    """Write an export record as ``export.json`` (the file ``compress report`` merges)."""
-    atomic_write_json(Path(path), record)
-    return Path(path)
-
-
 # ------------------------------------------------------------------------------------------------ formats
 #
 # One row per file format (ultralytics' export_formats() shape): its name, file suffix, exporter, the backend
@@ -298,9 +307,8 @@ def export_torch(
     out_path = Path(out_path)
     if not out_path.exists():
         state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        tmp = out_path.with_name(f".{out_path.name}.tmp")
-        save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-        os.replace(tmp, out_path)
+        with staged(out_path) as tmp:
+            save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
     return {
         "path": out_path.name,
         "bytes": out_path.stat().st_size,
@@ -358,17 +366,13 @@ def export_onnx_file(
         export_onnx_file(
             model, fp32, samples, static=static, size=size, metadata=metadata, dynamic=dynamic, opset=opset
         )
-    tmp = out_path.with_name(f".{out_path.name}.tmp.onnx")
-    try:
+    with staged(out_path) as tmp:
         quantize_onnx(fp32, tmp, calibration, "cpu")
         cmp = compare_int8(fp32, tmp, samples_t)
         if cmp["psnr_min"] < ONNX_INT8_PSNR_MIN:
             raise ExportError(
                 f"{out_path}: INT8 PSNR against FP32 is {cmp['psnr_min']:.1f} dB (limit {ONNX_INT8_PSNR_MIN})"
             )
-        os.replace(tmp, out_path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return {
         "path": out_path.name,
         "bytes": out_path.stat().st_size,
@@ -530,6 +534,7 @@ def export_other_formats(
     size: Optional[int] = None,
     metadata: Optional[dict] = None,
     stem: str = "student",
+    journal: Optional[Callable[[dict], object]] = None,
 ) -> dict:
     """The export stage's formats beside ONNX (``export.formats``): each at its default precision, and INT8 too
     where ``int8`` and the format has it. Returns ``{"formats": {"<fmt>:<precision>": record}, "notes": [...]}``;
@@ -568,6 +573,8 @@ def export_other_formats(
                 out["formats"][key] = {"status": "failed", "path": path.name, "precision": prec, "reason": str(exc)}
                 out["notes"].append(f"{name} {prec} not written: {exc}")
                 log.warning("%s %s not written: %s", name, prec, exc)
+            if journal:
+                journal(out)
     return out
 
 
@@ -736,19 +743,23 @@ def export_command(
     if "tensorrt" in formats:
         spec = replace(spec, tensorrt=True)
     onnx_flow = "onnx" in formats or spec.for_tensorrt
-    rec = export_model(model, out_dir, spec, samples, calibration) if onnx_flow else {"onnx": {}, "notes": []}
+    records = RecordFile(out_dir)  # earlier records kept; each new one written once its file is in place
+    rec = {"onnx": {}, "notes": []}
+    if onnx_flow:
+        rec = export_model(model, out_dir, spec, samples, calibration, journal=records.write)
     fmt_lines = []
     for f in formats:
         if f in ("onnx", "tensorrt"):
             continue  # written by export_model above
         res, line = _export_format(f, model, out_dir, spec, samples, calibration, onnx_flow)
         rec.setdefault("formats", {})[f"{f}:{spec.precision}"] = res
+        records.write(rec)
         fmt_lines.append(line)
     lines.extend(_record_lines(rec, out_dir, spec.precision))
     lines.extend(fmt_lines)
     lines.extend(rec["notes"])
     for script in rec.get("trtexec", []):
         lines.append(f"wrote {out_dir / script}")
-    path = write_record(out_dir / "export.json", rec)
-    lines.append(f"wrote {path}")
+    records.write(rec)
+    lines.append(f"wrote {records.path}")
     return {**rec, "lines": lines}

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import ExportError
+from compressor.io import read_bounded
 
 from .mobile import (
     FP32_MAX_ABS,
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 SUFFIX = ".tflite"
 PRECISIONS = ("fp32", "fp16", "int8")
 META_PREFIX = "compressor."
+MAX_TFLITE_BYTES = 4 << 30  # a FlatBuffer is read whole; a FIFO or device at its name is one line
 
 
 def _nhwc(x: np.ndarray) -> torch.Tensor:
@@ -119,7 +121,7 @@ def read_metadata(path: str | Path) -> dict:
     """The ``compressor.*`` metadata of a ``.tflite`` file written by :func:`export_litert`."""
     from ai_edge_litert import schema_py_generated as schema
 
-    buf = Path(path).read_bytes()
+    buf = read_bounded(path, MAX_TFLITE_BYTES)
     model = schema.Model.GetRootAs(buf, 0)
     out = {}
     for i in range(model.MetadataLength()):
@@ -134,7 +136,7 @@ def int8_share(path: str | Path) -> float:
     """Share of the weight bytes a ``.tflite`` holds as INT8 (the rest stayed in float)."""
     from ai_edge_litert import schema_py_generated as schema
 
-    model = schema.Model.GetRootAs(Path(path).read_bytes(), 0)
+    model = schema.Model.GetRootAs(read_bounded(path, MAX_TFLITE_BYTES), 0)
     graph = model.Subgraphs(0)
     total = int8 = 0
     for i in range(graph.TensorsLength()):

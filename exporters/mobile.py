@@ -3,7 +3,8 @@
 Each format lives in its own module (``executorch``, ``litert``, ``ncnn``, ``coreml``) with one exporter,
 ``export_<fmt>(model, out_path, samples, *, precision, static, size, calibration, metadata) -> record``, and one
 Runner. An exporter writes to a temporary name, runs the file in the format's own runtime on the sample images,
-compares with PyTorch and renames only after the check passes: a failed export never replaces a good file.
+compares with PyTorch and renames only after the check passes: a failed export never replaces a good file. The
+temporary name is fresh and exclusive (:func:`compressor.io.temp_file`, :func:`compressor.io.temp_dir`).
 
 Mobile formats are static: batch 1 and the export size (H = W), recorded in the artifact's metadata where the
 format has metadata, with the value range at the file's edges ([-1, 1]) and the teacher's native range.
@@ -13,7 +14,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -24,6 +24,7 @@ import torch.nn as nn
 
 import compressor
 from compressor.errors import ExportError, UserError, require
+from compressor.io import staged
 from compressor.models import input_channels
 
 FP32_MAX_ABS = 1e-3  # FP32 artifact vs PyTorch, max abs over [-1, 1] images
@@ -143,31 +144,6 @@ def artifact_metadata(model: nn.Module, size: int, precision: str, layout: str, 
     return meta
 
 
-def temp_path(path: Path) -> Path:
-    return Path(path).with_name(f".tmp.{Path(path).name}")  # keeps the suffix runtimes look at
-
-
-def remove(path: Path) -> None:
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def commit(tmp: Path, path: Path) -> None:
-    """Move a checked temporary artifact (file or folder) into place."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        old = path.with_name(f".{path.name}.old")
-        remove(old)
-        path.rename(old)
-        Path(tmp).rename(path)
-        remove(old)
-    else:
-        Path(tmp).replace(path)
-
-
 def record(
     fmt: str,
     path: Path,
@@ -211,18 +187,12 @@ def checked_write(
     refs: list[np.ndarray],
     max_abs: float = FP32_MAX_ABS,
     min_psnr: float = MIN_PSNR,
-    tmp: Optional[Path] = None,
 ) -> dict:
-    """``write(tmp)``; ``run(tmp)`` -> outputs; check against ``refs``; move into place; return the parity."""
-    tmp = tmp or temp_path(path)
-    remove(tmp)
-    try:
+    """``write(tmp)``; ``run(tmp)`` -> outputs; check against ``refs``; move into place; return the parity.
+    ``tmp`` is a fresh file made for this export (:func:`compressor.io.staged`), never a name found there."""
+    with staged(path) as tmp:
         write(tmp)
         par = check(fmt, precision, parity(refs, run(tmp)), max_abs, min_psnr)
-    except BaseException:
-        remove(tmp)
-        raise
-    commit(tmp, path)
     return par
 
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from compressor.errors import ExportError
+from compressor.io import place, remove_tree, temp_dir
 
 from .mobile import (
     FP32_MAX_ABS,
@@ -27,14 +28,11 @@ from .mobile import (
     Images,
     artifact_metadata,
     check,
-    commit,
     need,
     parity,
     prepare,
     record,
-    remove,
     start,
-    temp_path,
     torch_outputs,
 )
 from .runtimes import Runner
@@ -117,8 +115,9 @@ def export_ncnn(
     model, batches, size = prepare(model, samples, size)
     refs = torch_outputs(model, batches)
     param, binary = paths(Path(out_path).resolve(), precision)  # absolute: pnnx runs in its own folder
-    tmp_param, tmp_bin = temp_path(param), temp_path(binary)
+    staging = temp_dir(param.parent)  # fresh and exclusive: pnnx writes the pair by name inside it
     try:
+        tmp_param, tmp_bin = staging / param.name, staging / binary.name
         with tempfile.TemporaryDirectory(prefix="compressor-pnnx-") as work:
             _pnnx(model, torch.from_numpy(batches[0]), tmp_param, tmp_bin, precision == "fp16", Path(work))
         missing = unknown_layers(tmp_param)
@@ -126,12 +125,10 @@ def export_ncnn(
             raise ExportError(f"ncnn {precision}: pnnx left operators ncnn has no layer for: {', '.join(missing)}")
         runner = NcnnRunner(tmp_param, precision=precision)
         par = check("ncnn", precision, parity(refs, [runner(b) for b in batches]), max_abs, min_psnr)
-    except BaseException:
-        remove(tmp_param)
-        remove(tmp_bin)
-        raise
-    commit(tmp_bin, binary)
-    commit(tmp_param, param)
+        place(tmp_bin, binary)
+        place(tmp_param, param)
+    finally:
+        remove_tree(staging)
     meta = artifact_metadata(model, size, precision, "NCHW", metadata)
     rec = record("ncnn", param, precision, par, timer.seconds, size, "NCHW", metadata=meta, weights=binary.name)
     rec["bytes"] += binary.stat().st_size

@@ -13,7 +13,6 @@ import io
 import json
 import logging
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Optional
@@ -25,7 +24,7 @@ import torch.nn as nn
 from torch.export import Dim
 
 from compressor.errors import ExportError, UserError
-from compressor.io import DiskWriteError, atomic_write_text, default_mode
+from compressor.io import DiskWriteError, atomic_write_text, read_bounded, temp_file
 from compressor.models import size_multiple
 
 from .runtimes import ort_session  # noqa: F401 - the one session set-up, re-exported for callers
@@ -76,11 +75,7 @@ def _os_error(exc: BaseException) -> Optional[OSError]:
 
 def _staging(path: Path) -> Path:
     """A fresh, exclusively created temporary name next to ``path`` (nothing there is followed or overwritten)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".onnx", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, default_mode())  # mkstemp creates 0600; artifacts get the usual permissions
-    return Path(tmp)
+    return temp_file(path)
 
 
 def export_onnx(
@@ -236,11 +231,10 @@ def failed_marker(path: Path) -> Path:
 
 def check_not_failed(path: Path) -> None:
     marker = failed_marker(Path(path))
-    if marker.exists():
-        try:
-            with open(marker, "rb") as f:  # a marker from elsewhere may be anything: its first KiB at most
-                text = f.read(1024).decode("utf-8", "replace").strip()
-        except OSError:
+    if marker.exists() or marker.is_symlink():
+        try:  # a marker from elsewhere may be anything: a plain file's first KiB at most
+            text = read_bounded(marker, 1024, head=True).decode("utf-8", "replace").strip()
+        except UserError:
             text = ""
         first = "".join(c for c in (text.splitlines() or [""])[0] if c.isprintable()).strip()
         reason = first[:200] or "unknown"

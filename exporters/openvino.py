@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -24,6 +22,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from compressor.errors import ExportError, UserError
+from compressor.io import remove_tree, temp_dir
 
 from .runtimes import Backend, Runner
 
@@ -221,7 +220,7 @@ def export_openvino(
     fp32_model.set_rt_info(str(size or h), ["model_info", "compressor", "input_size"])
 
     record: dict = {"path": out_path.name, "precision": precision, "static": bool(static)}
-    tmp_dir = Path(tempfile.mkdtemp(prefix=".ov-", dir=out_path.parent))
+    tmp_dir = temp_dir(out_path.parent)  # fresh and exclusive: the IR pair is written by name inside it
     try:
         tmp_xml = tmp_dir / out_path.name
         if precision == "int8":
@@ -243,7 +242,7 @@ def export_openvino(
         _check(par, precision, str(out_path))
         _rename_ir(tmp_xml, out_path)
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        remove_tree(tmp_dir)
     record["bytes"] = out_path.stat().st_size + out_path.with_suffix(".bin").stat().st_size
     record["seconds"] = round(time.perf_counter() - t0, 2)
     return record

@@ -1033,12 +1033,9 @@ def _samples_for(eval_path: Path) -> Optional[Path]:
     """The sample grid a run's evaluate stage wrote next to its eval.json (samples/eval.png), when it lies inside
     that folder (a symlink out of it, say to ``~/.ssh/id_rsa``, is not read) and is a PNG of bounded size."""
     folder = Path(eval_path).parent
-    p = folder / "samples" / "eval.png"
-    if not p.exists() and not p.is_symlink():
-        return None
-    real = confined(p, folder)
-    if real is None or not _is_png(real):
-        log.warning("%s: not a PNG file inside %s; the report leaves it out", p, folder)
+    p = _inside(folder / "samples" / "eval.png", folder)
+    if p is not None and not _is_png(p.resolve()):
+        log.warning("%s: not a PNG file; the report leaves it out", p)
         return None
     return p
 
@@ -1112,17 +1109,31 @@ def write_report(
 
 
 def report_run(run) -> tuple[Path, Path]:
-    files = [f for f in (run.profile_json, run.eval_json, run.export_json) if f.exists()]
-    bench = run.root / "benchmark.json"
+    """The pipeline's report stage: the run's own profile, benchmark, eval and export JSON and sample grid, each
+    read only when it is a plain file inside the run folder (a link out of it is left out with a warning)."""
+    profile, bench, ev, export = (
+        _inside(f, run.root) for f in (run.profile_json, run.root / "benchmark.json", run.eval_json, run.export_json)
+    )
     grid = _samples_for(run.eval_json)  # inside the run folder only
     return write_report(
-        [f for f in files if f == run.profile_json] + ([bench] if bench.exists() else []),
-        [f for f in files if f == run.eval_json],
+        [f for f in (profile, bench) if f],
+        [ev] if ev else [],
         run.root,
         f"compressor report: {run.root.name}",
-        [f for f in files if f == run.export_json],
+        [export] if export else [],
         grid,
     )
+
+
+def _inside(path: Path, folder: Path) -> Optional[Path]:
+    """``path`` when it is a plain file inside ``folder`` after every link is followed; None (with a warning
+    when something is there) otherwise: a link to ``~/.ssh/id_rsa`` or a FIFO is not read into the report."""
+    if not path.exists() and not path.is_symlink():
+        return None
+    if confined(path, folder) is None:
+        log.warning("%s: not a plain file inside %s; the report leaves it out", path, folder)
+        return None
+    return path
 
 
 # ------------------------------------------------------------------------------------------------ benchmark

@@ -25,13 +25,15 @@ from typing import Any, Callable
 import numpy as np
 
 from compressor.errors import ExportError, UserError
-from compressor.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+from compressor.io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_bounded, staged
 
 from . import trt_rules
 from .runtimes import Runner, backend_available, ort_session
 from .trt_rules import parse_version, rule
 
 log = logging.getLogger(__name__)
+
+MAX_ENGINE_BYTES = 16 << 30  # an engine or timing cache read back whole (a FIFO or device there is one line)
 
 # Kept for callers of the old names: the ops the parser imports in TensorRT 10.0 and 11.0.
 SUPPORTED_OPS = trt_rules.supported_ops(11)
@@ -346,7 +348,8 @@ def fp16_onnx(src: Path, dst: Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
-    onnx.save(model, str(dst))
+    with staged(dst) as tmp:  # fresh and exclusive; renamed over dst (a link there is replaced, never written through)
+        onnx.save(model, str(tmp))
     return dst
 
 
@@ -445,7 +448,7 @@ def build_engine(
     if config.add_optimization_profile(profile) < 0:
         raise ExportError(f"{src}: TensorRT rejected the optimisation profile {shapes}")
     notes = []
-    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+    cache = config.create_timing_cache(read_bounded(timing_cache, MAX_ENGINE_BYTES) if timing_cache.exists() else b"")
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         notes.append(f"{timing_cache} was made by another device or TensorRT version; started a new timing cache")
         log.warning(notes[-1])
@@ -496,7 +499,7 @@ class TensorRTRunner(Runner):
         self.path = Path(engine_path)
         self._free0 = self._free_bytes()
         runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        self.engine = runtime.deserialize_cuda_engine(read_bounded(self.path, MAX_ENGINE_BYTES))
         if self.engine is None:
             raise ExportError(
                 f"{self.path}: TensorRT could not load this engine (built by another TensorRT version "

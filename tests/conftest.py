@@ -48,6 +48,16 @@ def no_consent():
     trust.revoke_all()
 
 
+def load_fuzz():
+    """tools/fuzz.py as a module: its corpus builder, recipe and targets (tools/ is no package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("compressor_fuzz", ROOT / "tools" / "fuzz.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def tiny_recipe_text(name="tiny", extra="") -> str:
     return f"""
 name: {name}

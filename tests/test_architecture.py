@@ -149,9 +149,11 @@ def test_exporters_are_a_leaf():
 def test_recipe_schema_is_data():
     graph = _graph()
     # zoo_args: the zoo's arguments as data; remote: the ssh option allow-list and host/program checks, strings only;
-    # schemas: the pydantic bases; terms: the loss-term table (each term's recipe entry beside its function)
+    # schemas: the pydantic bases; terms: the loss-term table (each term's recipe entry beside its function);
+    # io: the one bounded reader of files from folders (regular files only, never a blocking open)
     allowed = {
         "compressor.errors",
+        "compressor.io",
         "compressor.zoo_args",
         "compressor.remote",
         "compressor.schemas",

@@ -3,22 +3,12 @@ exit 0 or 2 (``error: …``), never with a traceback, within bounded memory. The
 with ``tools/fuzz.py --minutes 10``; here hypothesis draws a bounded number of examples (a few seconds each
 target)."""
 
-import importlib.util
-
 import pytest
-from conftest import ROOT
+from conftest import load_fuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-
-def _load_fuzz():
-    spec = importlib.util.spec_from_file_location("compressor_fuzz", ROOT / "tools" / "fuzz.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-FUZZ = _load_fuzz()
+FUZZ = load_fuzz()
 MAX_RSS_MB = 3072
 
 

@@ -1,7 +1,9 @@
 """Feed every reader and the CLI commands mutated versions of real files and random arguments.
 
 A finding is a traceback (an exception other than ``UserError`` escaping), an exit code other than 0 or 2, or the
-process's peak memory passing ``--max-rss-mb``. The corpus is a small run folder built here in a second (zoo
+process's peak memory passing ``--max-rss-mb``; the ``links``, ``fifo`` and ``stale`` targets also count a write
+through a link out of the run, a FIFO that blocks its reader, and a temporary left behind (or a file removed that
+was not one). The corpus is a small run folder built here in a second (zoo
 teacher and student, no training) plus hand-written profile/eval/export documents shaped as compressor writes
 them; each case copies it, mutates one file (or draws the command-line arguments) and runs one target.
 
@@ -329,6 +331,180 @@ def t_recipe(d: Path, rng: random.Random) -> int:
     return _call(lambda: load_recipe(p, check_paths=False))
 
 
+# ------------------------------------------------------------------------------------------------ links, FIFOs, temps
+
+LINKED = {  # a run's sub-folders and own files, replaced by a link to a place outside the run
+    "checkpoints": "dir", "samples": "dir", "benchmark": "dir", "student_init": "dir", "teacher_train": "dir",
+    "student.safetensors": "file", "student.json": "file", "teacher.json": "file", "teacher.safetensors": "file",
+    "stages.json": "file", "plan.json": "file", "profile.json": "file", "eval.json": "file", "export.json": "file",
+    "benchmark.json": "file",
+}  # fmt: skip
+
+
+def _outside(d: Path) -> Path:
+    """A folder outside the run with files someone else owns (a checkpoint the pruning must not delete...)."""
+    out = d / "outside"
+    out.mkdir()
+    for name in ("step_00000001.pt", "eval.png", "student.onnx", "student.json", "plan.json", "x.json"):
+        (out / name).write_bytes(f"foreign {name}\n".encode())
+    return out
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def t_links(d: Path, rng: random.Random) -> int:
+    """Link a sub-folder or an own file of the run out of it, then read, write, prune and report the run: each
+    refuses (one line) or replaces the link; the place outside is byte for byte the same."""
+    from compressor.checkpoints import resumable_checkpoint, save_checkpoint
+    from compressor.resume import prepare_checkpoints
+    from compressor.runfolder import RunDir, load_run_student, load_run_teacher
+    from exporters.report import report_run
+
+    run = RunDir(d / "runs" / "tiny")
+    outside = _outside(d)
+    for name in rng.sample(sorted(LINKED), rng.randint(1, 3)):
+        p = run.root / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink(missing_ok=True)
+        p.symlink_to(outside if LINKED[name] == "dir" else outside / rng.choice(sorted(_snapshot(outside))))
+    before = _snapshot(outside)
+    action = rng.choice(
+        [
+            lambda: load_run_student(run),
+            lambda: load_run_teacher(run),
+            lambda: report_run(run),
+            lambda: save_checkpoint({"step": 3}, run.checkpoints, 3, keep_last=1),
+            lambda: resumable_checkpoint(run.checkpoints),
+            lambda: prepare_checkpoints(run.root, "abc", resume=rng.random() < 0.5, force=rng.random() < 0.5),
+            lambda: _cli(["report", run.eval_json, run.profile_json, "--out", run.root]),
+        ]
+    )
+    code = _call(action)
+    if _snapshot(outside) != before:
+        raise AssertionError(f"written or deleted through a link: {sorted(set(before) ^ set(_snapshot(outside)))}")
+    return code
+
+
+FIFO_FILES = (  # files of the run the toolkit reads, each replaced by a FIFO in turn
+    "eval.json", "profile.json", "export.json", "teacher.json", "stages.json", "run.json", "recipe.resolved.yaml",
+    "student.json", "plan.json", "metrics.jsonl", "checkpoints/config.json", "student.onnx.failed",
+)  # fmt: skip
+
+
+def _read_as_the_toolkit_does(run, name: str) -> int:
+    """Read ``name`` of the run with the reader the commands use."""
+    from compressor.resume import recorded_digest
+    from compressor.runfolder import load_run_teacher, read_run_json
+    from compressor.schemas import read_json
+    from compressor.train import Trainer
+    from exporters.onnx import check_not_failed
+
+    if name in ("eval.json", "profile.json", "export.json"):
+        return _cli(["report", run.root / name, "--out", run.root.parent / "r"])
+    if name in ("recipe.resolved.yaml", "student.json"):
+        return _cli(["evaluate", run.root, "--device", "cpu"] if name.endswith("yaml") else ["export", run.root])
+    readers = {
+        "teacher.json": lambda: load_run_teacher(run),
+        "stages.json": run.records,
+        "run.json": lambda: read_run_json(run),
+        "plan.json": lambda: read_json(run.root / name),
+        "metrics.jsonl": lambda: Trainer._truncate_metrics(SimpleNamespace(rank=0, metrics_file=run.metrics, step=2)),
+        "checkpoints/config.json": lambda: recorded_digest(run.checkpoints),
+        "student.onnx.failed": lambda: check_not_failed(run.student_onnx),
+    }
+    return _call(readers[name])
+
+
+def t_fifo(d: Path, rng: random.Random) -> int:
+    """A FIFO where the toolkit reads a file: one line (or the file treated as absent) within 2 s, never a
+    blocked open."""
+    import threading
+
+    from compressor.runfolder import RunDir
+
+    run = RunDir(d / "runs" / "tiny")
+    name = rng.choice(FIFO_FILES)
+    fifo = run.root / name
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    box: dict = {}
+
+    def read():
+        try:
+            box["code"] = _read_as_the_toolkit_does(run, name)
+        except BaseException as exc:  # noqa: BLE001 - handed back below
+            box["exc"] = exc
+
+    t = threading.Thread(target=read, daemon=True)
+    t.start()
+    t.join(2.0)
+    if t.is_alive():
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # set the blocked reader free
+        t.join(10)
+        raise AssertionError(f"{name}: a FIFO blocked its reader for more than 2 s")
+    if "exc" in box:
+        raise box["exc"]
+    return box["code"]
+
+
+_DEAD: list[int] = []
+
+
+def _dead_pid() -> int:
+    """The id of a process that has ended (a kill -9 leaves its temporaries named after it)."""
+    if not _DEAD:
+        import subprocess
+
+        p = subprocess.Popen(["true"])
+        p.wait()
+        _DEAD.append(p.pid)
+    return _DEAD[0]
+
+
+def t_stale(d: Path, rng: random.Random) -> int:
+    """Temporaries that dead processes left (files, folders, links), lookalikes and live ones; staging a write
+    removes exactly the dead processes' own, follows no link, and keeps everything else."""
+    from compressor.io import atomic_write_json, temp_file
+
+    folder = d / "runs" / "tiny" / rng.choice([".", "checkpoints", "samples"])
+    outside = _outside(d)
+    before = _snapshot(outside)
+    dead, alive = _dead_pid(), os.getppid()
+    stale, kept = [], []
+    for i in range(rng.randint(1, 6)):
+        kind = rng.choice(["dead", "dead", "alive", "zero", "huge", "lookalike", "legacy"])
+        name = {
+            "dead": f".~{dead}.abcdef{i:02d}.student.onnx",
+            "alive": f".~{alive}.abcdef{i:02d}.student.onnx",
+            "zero": f".~0.abcdef{i:02d}.x",
+            "huge": f".~{10**9 + i}9999999999.abcdef{i:02d}.x",
+            "lookalike": f".~{dead}.ab.student.onnx{i}",
+            "legacy": f".student.onnx.abcdef{i:02d}.onnx",
+        }[kind]
+        p = folder / name
+        shape = rng.choice(["file", "dir", "link"])
+        if shape == "file":
+            p.write_bytes(b"")
+        elif shape == "dir":
+            p.mkdir()
+            (p / "inner").write_bytes(b"x")
+        else:
+            p.symlink_to(outside if rng.random() < 0.5 else outside / "x.json")
+        (stale if kind == "dead" else kept).append(name)
+    if rng.random() < 0.5:
+        atomic_write_json(folder / "x.json", {"a": 1})
+    else:
+        temp_file(folder / "y.bin").unlink()
+    names = set(os.listdir(folder))
+    if names & set(stale) or set(kept) - names or _snapshot(outside) != before:
+        raise AssertionError(f"stale {sorted(names & set(stale))}, lost {sorted(set(kept) - names)}")
+    return 0
+
+
 POOL = [
     "0", "-5", "3", "33", "7.5", "12000", "abc", "", "fp7", "fp32;touch X", "tpu", "cuda:99", "/etc/passwd",
     "/nonexistent", "-oProxyCommand=touch X", "ProxyCommand=touch X", "a b", "1,0", "nan", "inf", "-1",
@@ -378,6 +554,9 @@ TARGETS: dict[str, Callable[[Path, random.Random], int]] = {
     "checkpoint": t_checkpoint,
     "recipe": t_recipe,
     "cli": t_cli,
+    "links": t_links,
+    "fifo": t_fifo,
+    "stale": t_stale,
 }
 
 
