@@ -1,0 +1,169 @@
+"""Trust, round 3 (issue #40): Ctrl-C exits 130 with good artifacts intact, nothing leaves the machine (OpenVINO's
+and NNCF's telemetry off), the last tracebacks are one ``error:`` line, and what a new user sees in the first hour
+(progress within 2 s, the FID weights named, no noisy ratio as the headline, sizes in MiB, a quiet benchmark)."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, THREADS, run_cli, tiny_recipe_text
+
+# ------------------------------------------------------------------------------------------------ helpers
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """One tiny run through every stage (32², resnet_6blocks ngf 8), shared; tests work on copies."""
+    d = tmp_path_factory.mktemp("trust3")
+    recipe = d / "tiny.yaml"
+    recipe.write_text(tiny_recipe_text())
+    res = run_cli([recipe, "--out", d / "runs", "-q"])
+    assert res.returncode == 0, res.stderr[-3000:]
+    return recipe, d / "runs"
+
+
+def _copy(tiny_run, tmp_path) -> tuple[Path, Path, Path]:
+    """(recipe, runs folder, run folder) of a fresh copy of the shared run."""
+    recipe, runs = tiny_run
+    out = tmp_path / "runs"
+    shutil.copytree(runs, out)
+    return recipe, out, out / "tiny"
+
+
+def _digests(folder: Path, names) -> dict:
+    return {n: hashlib.sha256((folder / n).read_bytes()).hexdigest() for n in names if (folder / n).is_file()}
+
+
+def _env(extra: dict | None = None) -> dict:
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(ROOT) + os.pathsep + e.get("PYTHONPATH", "")
+    e.setdefault("OMP_NUM_THREADS", str(THREADS))
+    e.update(extra or {})
+    return e
+
+
+def interrupt(args: list, needle: str, timeout: float = 90, env: dict | None = None) -> tuple[int, str, str]:
+    """Run ``compress ARGS``, send it SIGINT (what Ctrl-C does) once ``needle`` appears on its stderr (or after
+    ``timeout`` seconds), and return (exit code, stdout, stderr)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "compressor", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(env),
+    )
+    seen, err, out = threading.Event(), [], []
+
+    def read_err():
+        for line in proc.stderr:
+            err.append(line)
+            if needle in line:
+                seen.set()
+
+    readers = [threading.Thread(target=read_err), threading.Thread(target=lambda: out.extend(proc.stdout))]
+    for t in readers:
+        t.start()
+    seen.wait(timeout)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+    code = proc.wait(timeout=120)
+    for t in readers:
+        t.join(timeout=10)
+    return code, "".join(out), "".join(err)
+
+
+RUN_FILES = ("student.onnx", "teacher.onnx", "export.json", "eval.json", "profile.json", "report.md", "report.html")
+
+
+def _new_files(before: set, folder: Path) -> set:
+    return {p.name for p in folder.iterdir()} - before - {".lock"}
+
+
+# ------------------------------------------------------------------------------------------------ 3. Ctrl-C -> 130
+
+
+# ------------------------------------------------------------------------------------------------ 4. telemetry
+
+AUDIT_HOOK = """
+import os, sys
+_LOG = os.environ["NET_AUDIT_LOG"]
+_EVENTS = ("socket.connect", "socket.getaddrinfo", "socket.sendto", "socket.sendmsg", "urllib.Request")
+def _hook(event, args):
+    if event in _EVENTS or (event == "socket.__new__" and len(args) > 1 and args[1] not in (-1, 1)):
+        with open(_LOG, "a") as f:
+            f.write(f"{os.getpid()} {sys.argv[:3]} {event} {args!r:.300}\\n")
+sys.addaudithook(_hook)
+"""
+
+
+@pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="the [openvino] extra is not installed")
+def test_openvino_export_profile_and_benchmark_open_no_socket_and_write_nothing_home(tiny_run, tmp_path):
+    """Every Python process the commands start (profile workers, the telemetry's own forked sender) runs the
+    audit hook: any socket other than a local pipe, name lookup or URL request is logged. HOME is empty."""
+    _, _, run = _copy(tiny_run, tmp_path)
+    hook, home, log = tmp_path / "hook", tmp_path / "home", tmp_path / "net.log"
+    hook.mkdir()
+    home.mkdir()
+    (hook / "sitecustomize.py").write_text(AUDIT_HOOK)
+    env = {"HOME": str(home), "NET_AUDIT_LOG": str(log), "PYTHONPATH": f"{hook}{os.pathsep}{ROOT}"}
+    steps = [
+        ["export", run, "--format", "openvino"],  # OVC's convert_model
+        ["export", run, "--format", "openvino", "--precision", "int8", "--calib-images", "4"],  # and NNCF
+        ["profile", run / "student.xml", "--backend", "openvino", "--iters", "3", "--warmup", "1"],
+        ["benchmark", run, "--format", "openvino", "--images", "2", "--calib-images", "2", "--iters", "2", "-q"],
+    ]
+    for args in steps:
+        if args[0] == "profile":
+            args += ["--out", tmp_path / "p.json"]
+        res = run_cli(args, env=env)
+        assert res.returncode == 0, res.stderr[-3000:]
+    assert not log.exists(), log.read_text()[:3000]
+    assert not (home / "intel").exists()  # no ~/intel/stats, no client id (matplotlib's font cache may be there)
+
+
+def test_openvino_telemetry_already_imported_is_silenced(monkeypatch):
+    """In a process that imported openvino_telemetry first (a notebook), its senders become no-ops."""
+    import types
+
+    from exporters import offline
+
+    calls = []
+    fake = types.ModuleType("openvino_telemetry")
+
+    class Telemetry:
+        def send_event(self, *a, **k):
+            calls.append(a)
+
+    fake.Telemetry = Telemetry
+    monkeypatch.setitem(sys.modules, "openvino_telemetry", fake)
+    offline.no_telemetry()
+    Telemetry().send_event("ovc", "x", "y")
+    assert calls == []
+    monkeypatch.delitem(sys.modules, "openvino_telemetry")
+    offline.no_telemetry()
+    with pytest.raises(ImportError):
+        import openvino_telemetry  # noqa: F401
+
+
+# ------------------------------------------------------------------------------------------------ 7. tracebacks
+
+
+# ------------------------------------------------------------------------------------------------ the first hour
+
+
+def _speed(backend, batch, teacher_p90, student=10.0, teacher=40.0):
+    def row(role, p50, p90):
+        lat = {"p50": p50, "p90": p90, "p10": p50, "throughput_ips": 1000 / p50}
+        return {"model": role, "role": role, "backend": backend, "batch": batch, "size": 64, "precision": "fp32",
+                "status": "ok", "latency_ms": lat}  # fmt: skip
+
+    return [row("teacher", teacher, teacher_p90), row("student", student, student * 1.05)]
