@@ -39,17 +39,32 @@ def duration(seconds: float) -> str:
     return f"{h}h{m:02d}m"
 
 
+# A progress report may say what the stage does now: ``progress(stage, step, total, {"doing": "openvino int8"})``
+# (total 0: steps not known yet). The first report of a stage starts its clock: stages report step 0 as they begin.
+DOING = "doing"
+
+
+def _numbers(losses: Optional[dict]) -> dict:
+    """The numeric entries of a progress report (losses, gradient shares); ``doing`` is text."""
+    return {k: v for k, v in (losses or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
 def _loss(losses: dict) -> Optional[float]:
-    main = {k: v for k, v in (losses or {}).items() if not k.endswith("/disc") and ":" not in k}
+    main = {k: v for k, v in _numbers(losses).items() if not k.endswith("/disc") and ":" not in k}
     return sum(main.values()) if main else None
 
 
 def _shares(losses: dict) -> str:
     """``grad share G/recon 80%, G/kd 12%, …``: each generator term's share of the gradient norm (last log step)."""
-    shares = {k.split(":", 1)[1]: v for k, v in (losses or {}).items() if k.startswith("share:")}
+    shares = {k.split(":", 1)[1]: v for k, v in _numbers(losses).items() if k.startswith("share:")}
     if not shares:
         return ""
     return "grad share " + " ".join(f"{k.split('/')[-1]} {100 * v:.2g}%" for k, v in shares.items())
+
+
+def _doing(losses: Optional[dict]) -> Optional[str]:
+    value = (losses or {}).get(DOING)
+    return value if isinstance(value, str) and value else None
 
 
 # ------------------------------------------------------------------------------------------------ heartbeat
@@ -59,9 +74,10 @@ class Heartbeat:
     """Plain progress lines for logs and pipes.
 
     ``update(stage, step, total, losses)`` is fed by the pipeline's progress callback; ``tick()`` is called about
-    once a second (by a timer thread, or a test with a fake clock). A line is written when a stage starts, at
-    every ``every_frac`` of it, when it finishes, and whenever ``every_s`` seconds passed without a line, even
-    when no step has finished (a slow first step, a stage that reports no steps).
+    once a second (by a timer thread, or a test with a fake clock). A line is written when a stage starts, when
+    what it does changes (``losses["doing"]``), at every ``every_frac`` of it, when it finishes, and whenever
+    ``every_s`` seconds passed without a line, even when no step has finished (a slow first step, a stage that
+    reports no steps). Elapsed time counts from the stage's first report; the rate from its first finished step.
     """
 
     def __init__(
@@ -78,12 +94,21 @@ class Heartbeat:
         self.idle_since = now  # start of the current stretch with no reported stage
         self.after: Optional[str] = None  # the last stage that finished
         self.stage: Optional[str] = None
+        self.doing: Optional[str] = None
+        self.doing_at = 0  # the step at which the stage said what it does
         self.step = self.total = 0
         self.losses: dict = {}
         self.t0 = now  # first report of the current stage
-        self.step0 = 0
+        self.rate_from: Optional[tuple[float, int]] = None  # (time, step) of its first finished step
         self.next_frac = every_frac
         self.last_step_at = now
+
+    def _rate(self, now: float) -> Optional[float]:
+        if self.rate_from is None:
+            return None
+        t, step = self.rate_from
+        done = self.step - step
+        return done / (now - t) if now > t and done > 0 else None
 
     def _line(self, now: float) -> str:
         if self.stage is None:
@@ -91,20 +116,22 @@ class Heartbeat:
             return f"[{duration(now - self.idle_since)} {since}] working…"
         dt = now - self.t0
         if self.total and self.step >= self.total and now > self.last_step_at:
-            return f"{self.stage}: all {self.total} steps done, finishing the stage, elapsed {duration(dt)}"
-        parts = [f"{self.stage}: step {self.step}/{self.total}"]
-        if self.total:
-            parts[0] += f" ({100 * self.step / self.total:.0f}%)"
+            what = self.doing if self.doing and self.doing_at >= self.total else "finishing the stage"
+            return f"{self.stage}: all {self.total} steps done, {what}, elapsed {duration(dt)}"
+        if not self.total:
+            parts = [f"{self.stage}: {self.doing or 'working'}"]
+        else:
+            parts = [f"{self.stage}: step {self.step}/{self.total} ({100 * self.step / self.total:.0f}%)"]
+            parts += [self.doing] if self.doing else []
         loss = _loss(self.losses)
         if loss is not None:
             parts.append(f"loss {loss:.4g}")
         if _shares(self.losses):
             parts.append(_shares(self.losses))
-        done = self.step - self.step0
-        if dt > 0 and done > 0:
-            rate = done / dt
+        rate = self._rate(now)
+        if rate:
             parts.append(f"{sig(rate)} step/s" if rate >= 1 else f"{sig(1 / rate)} s/step")
-            if self.total and self.step < self.total:
+            if self.step < self.total:
                 parts.append(f"ETA {duration((self.total - self.step) / rate)}")
         parts.append(f"elapsed {duration(dt)}")
         return ", ".join(parts)
@@ -117,19 +144,26 @@ class Heartbeat:
         with self.lock:
             now = self.clock()
             self.last_step_at = now
+            doing = _doing(losses)
             if stage != self.stage:
-                self.stage, self.t0, self.step0 = stage, now, step
+                self.stage, self.t0, self.doing, self.doing_at = stage, now, doing, step
+                self.rate_from = (now, step) if step > 0 else None
                 self.next_frac = self.every_frac
-                self.step, self.total, self.losses = step, total, dict(losses or {})
+                self.step, self.total, self.losses = step, total, _numbers(losses)
                 self._emit(now)
                 return
-            self.step, self.total, self.losses = step, total, dict(losses or {})
+            if self.rate_from is None and step > 0:
+                self.rate_from = (now, step)
+            changed = doing is not None and doing != self.doing
+            if doing is not None:
+                self.doing, self.doing_at = doing, step
+            self.step, self.total, self.losses = step, total, _numbers(losses)
             frac = step / total if total else 0.0
-            crossed = frac + 1e-9 >= self.next_frac
+            crossed = bool(total) and frac + 1e-9 >= self.next_frac
             if crossed:
                 while self.next_frac <= frac + 1e-9:
                     self.next_frac += self.every_frac
-            if crossed or (total and step >= total) or now - self.last_line >= self.every_s:
+            if changed or crossed or (total and step >= total) or now - self.last_line >= self.every_s:
                 self._emit(now)
 
     def tick(self) -> None:
@@ -142,7 +176,7 @@ class Heartbeat:
         """The pipeline finished ``stage``; until the next report the heartbeat says how long since."""
         with self.lock:
             now = self.clock()
-            self.stage, self.after = None, stage
+            self.stage, self.after, self.doing = None, stage, None
             self.idle_since = self.last_line = now
 
 
@@ -200,16 +234,21 @@ class Progress:
         if self.bar is None:
             self._start_bar()
         if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total, info="")
+            self.tasks[stage] = self.bar.add_task(stage, total=total or None, info="")
         loss = _loss(losses)
         info = "" if loss is None else f"loss {loss:.3f}"
         if _shares(losses):
             info += f" ({_shares(losses)})"
-        self.bar.update(self.tasks[stage], completed=step, total=total, info=info)
+        what = {"description": f"{stage}: {_doing(losses)}"} if _doing(losses) else {}
+        self.bar.update(self.tasks[stage], completed=step, total=total or None, info=info, **what)
 
     def stage_done(self, stage: str) -> None:
         if self.heartbeat is not None:
             self.heartbeat.stage_done(stage)
+        elif self.bar is not None and stage in self.tasks:  # a bar without steps stops pulsing
+            task = next((t for t in self.bar.tasks if t.id == self.tasks[stage]), None)
+            total = task.total if task is not None and task.total else 1
+            self.bar.update(self.tasks[stage], total=total, completed=total)
 
     def __exit__(self, *exc):
         self._stop.set()

@@ -267,6 +267,9 @@ def evaluate_models(
     total = len(loader)
     for m in models.values():
         m.eval().to(device)
+    if progress:
+        feats_note = " and their Inception features" if want_fid else ""
+        progress("evaluate", 0, total, {"doing": f"{' and '.join(models)} on {len(dataset)} test images{feats_note}"})
     with torch.no_grad():
         for bi, batch in enumerate(loader):
             x = batch[src].to(device)
@@ -293,6 +296,8 @@ def evaluate_models(
     for name in models:
         result[name]["n_images"] = len(dataset)
     if want_fid:
+        if progress:
+            progress("evaluate", total, total, {"doing": "FID/KID from the Inception features"})
         if need_real:
             if cached_real is None:
                 cached_real = np.concatenate(real_feats)
@@ -368,6 +373,8 @@ def evaluate_pair(
     ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, max_items=ev.max_images)
     src, tgt = input_key(recipe.data.kind), target_key(recipe.data.kind)
     # without targets, FID/KID compare the student's outputs with the teacher's
+    if progress and {"fid", "kid"} & set(ev.metrics):
+        progress("evaluate", 0, 0, {"doing": "loading the FID Inception weights"})
     inception, why = _inception_for(ev.metrics, inception_weights or ev.inception_weights, device)
     real_key = _real_key(inception, ds, recipe.data.model_dump_json(), tgt)
     res = evaluate_models(
@@ -433,6 +440,8 @@ def evaluate_folder(
     """Evaluate a saved student alone against a dataset's test split (no teacher needed).
 
     The eval.json it writes has an empty ``teacher`` entry, so ``compress report`` merges it like a run's."""
+    if progress:
+        progress("evaluate", 0, 0, {"doing": "loading the student, the test images and the FID weights"})
     student = load_student(student_dir)
     mult = size_multiple(student)
     if size % mult:

@@ -182,6 +182,8 @@ def _run_stages(ctx: Context, out_root: Path, on_stage: Optional[Callable[[Stage
         else:
             run.forget(st.name)
             t0 = time.perf_counter()
+            if ctx.progress:  # the stage's first line, at once: what it does (its clock starts here)
+                ctx.progress(st.name, 0, 0, {"doing": st.doing})
             st.func(ctx)
             res = StageResult(st.name, "ran", time.perf_counter() - t0)
             run.record(st.name, digest, res.seconds)

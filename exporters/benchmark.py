@@ -91,7 +91,9 @@ def benchmark(
         row: dict = {"format": fmt.name, "precision": prec, "backend": fmt.backend}
         rows.append(row)
         if progress:
-            progress("benchmark", k, len(plan), {})
+            progress(
+                "benchmark", k, len(plan), {"doing": f"{fmt.name} {prec}: export, check against the reference, time"}
+            )
         t0 = time.perf_counter()
         why = _missing(fmt)
         if why:
@@ -103,6 +105,8 @@ def benchmark(
         timing = dict(torch_ref=torch_ref, threads=threads, warmup=warmup, iters=iters)
         if _run_row(row, fmt, prec, model, path, x, ref_t, size=size, **timing):
             row["seconds"] = round(time.perf_counter() - t0, 2)
+    if progress:
+        progress("benchmark", len(plan), len(plan), {"doing": "writing benchmark.json"})
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),

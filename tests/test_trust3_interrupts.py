@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -72,7 +74,9 @@ def interrupt(args: list, needle: str, timeout: float = 90, env: dict | None = N
     readers = [threading.Thread(target=read_err), threading.Thread(target=lambda: out.extend(proc.stdout))]
     for t in readers:
         t.start()
-    seen.wait(timeout)
+    deadline = time.monotonic() + timeout
+    while not seen.wait(0.2) and proc.poll() is None and time.monotonic() < deadline:
+        pass
     if proc.poll() is None:
         proc.send_signal(signal.SIGINT)
     code = proc.wait(timeout=120)
@@ -158,6 +162,61 @@ def test_openvino_telemetry_already_imported_is_silenced(monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------ the first hour
+
+
+def test_each_stage_says_what_it_does_as_it_starts(tiny_run, tmp_path):
+    """The first report of every stage that runs is step 0 with what it does, before its work (so its first
+    line comes at once and its elapsed time counts from its start)."""
+    from compressor.pipeline import RunOptions, run_pipeline
+    from compressor.recipe import load_recipe
+
+    recipe, runs, _ = _copy(tiny_run, tmp_path)
+    calls = []
+    opts = RunOptions(force=True, only=["evaluate", "export", "profile", "report"], recipe_path=recipe)
+    run_pipeline(load_recipe(recipe), runs, opts, progress=lambda *a: calls.append(a))
+    for stage in ("evaluate", "export", "profile", "report"):
+        first = next(c for c in calls if c[0] == stage)
+        assert first[1:3] == (0, 0) and first[3]["doing"], first
+    doing = [c[3]["doing"] for c in calls if c[0] == "export" and c[3].get("doing")]
+    assert any("teacher.onnx" in d for d in doing), doing
+    assert any("tiny/student ort-cpu b1 32² fp32" in c[3].get("doing", "") for c in calls if c[0] == "profile")
+
+
+def test_heartbeat_counts_from_the_stage_start_and_says_what_it_does():
+    from compressor import console
+
+    class Clock:
+        t = 0.0
+
+        def __call__(self):
+            return self.t
+
+    clock, lines = Clock(), []
+    hb = console.Heartbeat(lines.append, clock=clock)
+    hb.update("export", 0, 0, {"doing": "loading the student"})
+    assert lines == ["export: loading the student, elapsed 0s"]  # at once
+    clock.t = 12
+    hb.update("export", 1, 2, {"doing": "student.pte (executorch fp32)"})
+    assert lines[-1] == "export: step 1/2 (50%), student.pte (executorch fp32), elapsed 12s"
+
+
+def test_nproc_progress_is_relayed_from_metrics_jsonl(tmp_path):
+    from types import SimpleNamespace
+
+    from compressor.runfolder import RunDir
+    from compressor.stages import _relay_training_progress
+
+    calls = []
+    ctx = SimpleNamespace(run=RunDir(tmp_path), progress=lambda *a: calls.append(a), options=SimpleNamespace(nproc=2))
+    line = {"step": 25, "lr": 1e-4, "time_s": 3.0, "G/kd": 2.0, "share:G/kd": 0.5, "weight:G/kd": 10.0}
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 5}) + "\n" + json.dumps(line) + '\n{"step": 3')
+    with _relay_training_progress(ctx, "distill", 100, every=0.05):
+        deadline = time.monotonic() + 10
+        while not calls and time.monotonic() < deadline:
+            time.sleep(0.05)
+    stage, step, total, losses = calls[0]
+    assert (stage, step, total) == ("distill", 25, 100)
+    assert losses == {"G/kd": 2.0, "share:G/kd": 0.5, "doing": "distilling in 2 processes"}
 
 
 def _speed(backend, batch, teacher_p90, student=10.0, teacher=40.0):
