@@ -35,10 +35,11 @@ from .flags import (
     ProfileRequest,
     check_evaluate_flags,
     check_folder,
-    check_out_folder,
     check_run_device,
     check_student_evaluation,
+    check_threads,
     csv_list,
+    make_out_folder,
 )
 from .io import atomic_write_json
 from .lock import run_lock
@@ -135,8 +136,8 @@ TrustCheckpoint = Annotated[
 ImageSize = Annotated[Optional[int], typer.Option("--size", help="image size (default: the run's, or 256)")]
 CalibImages = Annotated[int, typer.Option("--calib-images", min=1, help="INT8 calibration images")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="intra-op threads (default: all cores)")]
-Warmup = Annotated[int, typer.Option("--warmup", min=0)]
-Iters = Annotated[int, typer.Option("--iters", min=1)]
+Warmup = Annotated[int, typer.Option("--warmup", min=0, max=1_000_000)]
+Iters = Annotated[int, typer.Option("--iters", min=1, max=1_000_000)]
 
 # compress run
 RedoStages = Annotated[bool, typer.Option("--force", help="redo stages even when up to date")]
@@ -236,6 +237,7 @@ def run_cmd(
     """Run the recipe's pipeline: teacher, student, distill, evaluate, export, profile, report."""
     _setup_logging(quiet)
     check_run_device(device)
+    check_threads(nproc, "--nproc", what="processes")
     r = load_recipe(recipe, set_)
     opts = RunOptions(
         force=force,
@@ -360,12 +362,23 @@ def export(
         data=data,
         calib_images=calib_images,
     ).check_flags()
-    writes_run = out is None and is_run_folder(target)
-    with run_lock(target) if writes_run else contextlib.nullcontext():  # one writer per run folder
-        res = export_target(target, spec, arch=arch, trust_checkpoint=trust_checkpoint)
+    folder = _written_folder(target, out)
+    # one writer per folder: a run folder, a student folder, an --out folder
+    with run_lock(folder) if folder else contextlib.nullcontext(), _Progress(quiet) as progress:
+        res = export_target(target, spec, arch=arch, trust_checkpoint=trust_checkpoint, progress=progress)
     QUANT_FILTER.explain()
     for line in res["lines"]:
         typer.echo(line)
+
+
+def _written_folder(target: Path, out: Optional[Path]) -> Optional[Path]:
+    """The folder ``compress export`` (or ``benchmark``) writes into and locks, one writer at a time as in a run
+    folder: ``--out``, or the run or student folder itself; None for a bare checkpoint written beside itself."""
+    if out is not None:
+        return make_out_folder(out)
+    if is_run_folder(target) or (target.is_dir() and (target / "student.json").is_file()):
+        return target
+    return None
 
 
 @app.command()
@@ -446,9 +459,10 @@ def benchmark(
     _trust(trust_code)
     _check_folder_imports([target])
     check_folder(data, "--data")
-    writes_run = is_run_folder(target)
+    check_threads(threads)
     formats = csv_list(format_) or None
-    with run_lock(target) if writes_run else contextlib.nullcontext(), _Progress(quiet) as progress:
+    folder = _written_folder(target, None)  # a run or student folder: one writer at a time
+    with run_lock(folder) if folder else contextlib.nullcontext(), _Progress(quiet) as progress:
         doc, path = benchmark_target(
             target,
             data=data,
@@ -527,7 +541,7 @@ def _print_plan(doc: dict) -> None:
 def report(files: ReportFiles, out: ReportOut = Path("report"), title: Title = "compressor report"):
     """Merge profile and evaluation results into report.md and a self-contained report.html."""
     _setup_logging(True)
-    check_out_folder(out)
+    make_out_folder(out)
     md, page = write_report(files, [], out, title)
     typer.echo(f"wrote {md} and {page}")
 
@@ -579,7 +593,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     usage_errors, click_errors = _click_exceptions()
     set_command_line(argv)
     try:
-        app(args=argv, prog_name="compress", standalone_mode=False)
+        # not standalone, typer turns Ctrl-C (KeyboardInterrupt) into its exit code 130 and returns it
+        code = app(args=argv, prog_name="compress", standalone_mode=False)
     except UserError as exc:
         typer.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
         return exc.exit_code
@@ -605,6 +620,10 @@ def main(argv: Optional[list[str]] = None) -> int:
             raise
         if code == 130:
             typer.echo("aborted", err=True)
+        return code
+    if isinstance(code, int) and not isinstance(code, bool) and code:
+        if code == 130:
+            typer.echo("interrupted", err=True)
         return code
     return 0
 

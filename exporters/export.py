@@ -24,7 +24,7 @@ import torch.nn as nn
 import compressor
 from compressor.data import FolderDataset
 from compressor.errors import ExportError, UserError
-from compressor.flags import check_existing, check_out_folder, check_sizes
+from compressor.flags import check_existing, check_finite, check_out_folder, check_sizes
 from compressor.io import atomic_write_json
 from compressor.models import apply_state_dict, build_generator, input_channels, load_state_dict_file, size_multiple
 from compressor.slim import load_student
@@ -83,6 +83,7 @@ class ExportSpec:
                 raise UserError(f"--trt-version: expected 10 or 11, got {v}")
         if self.size is not None:
             check_sizes([self.size])
+        check_finite(self.max_drop, "--max-drop")
         check_out_folder(self.out)
         check_existing(self.data, "--data")
         bad = [d for d in self.dynamic if d not in ("batch", "hw")]

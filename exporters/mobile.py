@@ -156,16 +156,26 @@ def remove(path: Path) -> None:
 
 
 def commit(tmp: Path, path: Path) -> None:
-    """Move a checked temporary artifact (file or folder) into place."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        old = path.with_name(f".{path.name}.old")
-        remove(old)
-        path.rename(old)
-        Path(tmp).rename(path)
-        remove(old)
-    else:
-        Path(tmp).replace(path)
+    """Move a checked temporary artifact (file or folder) into place. A file or link where a package folder goes
+    (``student.mlpackage`` written by hand) is replaced like any artifact; a move that fails all the same is an
+    :class:`ExportError` with the temporary artifact removed."""
+    path, tmp = Path(path), Path(tmp)
+    try:
+        if path.is_dir() and not path.is_symlink():
+            old = path.with_name(f".{path.name}.old")
+            remove(old)
+            path.rename(old)
+            tmp.rename(path)
+            remove(old)
+        else:
+            if tmp.is_dir() and (path.exists() or path.is_symlink()):
+                path.unlink()  # rename() cannot put a folder over a file (NotADirectoryError)
+            tmp.replace(path)
+    except OSError as exc:
+        remove(tmp)
+        raise ExportError(
+            f"{path}: cannot put the new {path.suffix or 'file'} in place ({exc.strerror or exc})"
+        ) from None
 
 
 def record(

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, THREADS, run_cli, tiny_recipe_text
+from conftest import ROOT, THREADS, one_error_line, run_cli, tiny_recipe_text
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -95,6 +95,46 @@ def _new_files(before: set, folder: Path) -> set:
 # ------------------------------------------------------------------------------------------------ 3. Ctrl-C -> 130
 
 
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="executorch not installed")
+def test_ctrl_c_during_an_executorch_export_exits_130_and_keeps_the_run(tiny_run, tmp_path):
+    _, _, run = _copy(tiny_run, tmp_path)
+    before, names = _digests(run, RUN_FILES), {p.name for p in run.iterdir()}
+    code, _, err = interrupt(["export", run, "--format", "executorch"], "student.pte")
+    assert code == 130, err[-2000:]
+    assert "interrupted" in err.splitlines()[-1] and "Traceback" not in err
+    assert _digests(run, RUN_FILES) == before and _new_files(names, run) == set()  # no .pte, no temp file
+
+
+def test_ctrl_c_during_a_benchmark_exits_130_and_writes_no_table(tiny_run, tmp_path):
+    _, _, run = _copy(tiny_run, tmp_path)
+    before = _digests(run, RUN_FILES)
+    args = ["benchmark", run, "--format", "onnx", "--iters", "1000000", "--warmup", "1", "--images", "2"]
+    code, _, err = interrupt(args, "onnx fp32: export")
+    assert code == 130, err[-2000:]
+    assert "Traceback" not in err and _digests(run, RUN_FILES) == before
+    assert not (run / "benchmark.json").exists()
+
+
+def test_ctrl_c_during_profile_exits_130_and_keeps_the_earlier_result(tiny_run, tmp_path):
+    _, _, run = _copy(tiny_run, tmp_path)
+    out = tmp_path / "p.json"
+    out.write_text('{"earlier": true}\n')
+    args = ["profile", run / "student.onnx", "--backend", "ort-cpu", "--iters", "1000000", "--out", out, "--force"]
+    code, _, err = interrupt(args, "profile: step 0/1 (0%), student ort-cpu")
+    assert code == 130, err[-2000:]
+    assert out.read_text() == '{"earlier": true}\n' and "Traceback" not in err
+
+
+def test_ctrl_c_during_the_pipelines_profile_stage_exits_130_and_keeps_the_run(tiny_run, tmp_path):
+    recipe, runs, run = _copy(tiny_run, tmp_path)
+    before = _digests(run, RUN_FILES)
+    args = [recipe, "--out", runs, "--only", "profile", "--set", "profile.iters=200000"]
+    code, _, err = interrupt(args, "profile: step 0/2 (0%), tiny/")  # timing the first model
+    assert code == 130, err[-2000:]
+    assert "Traceback" not in err and _digests(run, RUN_FILES) == before
+    assert "profile" not in json.loads((run / "stages.json").read_text())  # not recorded: it runs again next time
+
+
 # ------------------------------------------------------------------------------------------------ 4. telemetry
 
 AUDIT_HOOK = """
@@ -161,6 +201,64 @@ def test_openvino_telemetry_already_imported_is_silenced(monkeypatch):
 # ------------------------------------------------------------------------------------------------ 7. tracebacks
 
 
+def test_out_below_a_file_is_one_line(tiny_run, tmp_path):
+    _, _, run = _copy(tiny_run, tmp_path)
+    (tmp_path / "afile").write_text("x")
+    below = tmp_path / "afile" / "sub" / "x"
+    for args in (
+        ["export", run, "--out", below],
+        ["report", run / "eval.json", "--out", below],
+        ["profile", run / "student.onnx", "--out", below / "p.json"],
+    ):
+        res = run_cli(args)
+        one_error_line(res.stderr, res.returncode, "--out", "afile is not a folder")
+
+
+def test_a_file_where_a_package_folder_goes_is_replaced_and_no_temp_is_left(tmp_path):
+    from exporters.mobile import commit
+
+    tmp = tmp_path / ".tmp.student.mlpackage"
+    (tmp / "Data").mkdir(parents=True)
+    (tmp / "Data" / "model.mlmodel").write_bytes(b"m")
+    path = tmp_path / "student.mlpackage"
+    path.write_text("not a package")  # NotADirectoryError from rename(), and the temp folder left, before
+    commit(tmp, path)
+    assert (path / "Data" / "model.mlmodel").read_bytes() == b"m" and not tmp.exists()
+
+
+def test_two_exports_of_one_student_folder_the_second_is_refused(tmp_path):
+    import torch
+
+    from compressor.lock import run_lock
+    from compressor.models import build_generator
+    from compressor.slim import make_student, save_student
+
+    torch.manual_seed(0)
+    student, plan = make_student(build_generator("resnet_6blocks", ngf=4, norm="instance"), 0.5)
+    folder = tmp_path / "student"
+    save_student(student, plan, folder)
+    with run_lock(folder):  # another compress writing this folder (the lock is per process)
+        res = run_cli(["export", folder, "--size", "32"])
+    one_error_line(res.stderr, res.returncode, str(folder), "in use by process")
+    assert not (folder / "student.onnx").exists()
+
+
+def test_infinite_numbers_and_huge_thread_counts_are_one_line(tiny_run, tmp_path):
+    recipe, _, run = _copy(tiny_run, tmp_path)
+    cases = [
+        (["export", run, "--format", "openvino", "--precision", "int8", "--max-drop", "1e309"], "--max-drop"),
+        (["validate", recipe, "--set", "student.width=auto", "--set", "student.budget.macs=1e400"], "budget.macs"),
+        (["validate", recipe, "--set", "distill.lr=.inf"], "distill.lr"),
+        (["profile", run, "--threads", "99999", "--out", tmp_path / "p.json"], "--threads"),
+        (["benchmark", run, "--threads", "99999"], "--threads"),
+        (["profile", run, "--iters", "99999999999", "--out", tmp_path / "p.json"], "--iters"),
+        ([recipe, "--out", tmp_path / "r", "--nproc", "99999"], "--nproc"),
+    ]
+    for args, key in cases:
+        res = run_cli(args)
+        one_error_line(res.stderr, res.returncode, key)
+
+
 # ------------------------------------------------------------------------------------------------ the first hour
 
 
@@ -198,6 +296,13 @@ def test_heartbeat_counts_from_the_stage_start_and_says_what_it_does():
     clock.t = 12
     hb.update("export", 1, 2, {"doing": "student.pte (executorch fp32)"})
     assert lines[-1] == "export: step 1/2 (50%), student.pte (executorch fp32), elapsed 12s"
+
+
+def test_export_command_speaks_before_it_writes(tiny_run, tmp_path):
+    _, _, run = _copy(tiny_run, tmp_path)
+    res = run_cli(["export", run])
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "export: loading tiny, elapsed 0s" in res.stderr and "student.onnx (parity against PyTorch)" in res.stderr
 
 
 def test_nproc_progress_is_relayed_from_metrics_jsonl(tmp_path):
