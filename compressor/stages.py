@@ -753,6 +753,8 @@ def benchmark_target(
     )
     path = target / "benchmark.json"
     atomic_write_json(path, doc)
+    if is_run_folder(target) and RunDir(target).report_md.exists():
+        report_run(RunDir(target))  # the run's report shows the new table now (the report stage's digest too)
     return doc, path
 
 
@@ -825,7 +827,7 @@ class Stage:
     sections: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     more_sections: Optional[Callable[[Recipe], tuple[str, ...]]] = None
-    input_files: Optional[Callable[[Recipe], tuple[Optional[Path], ...]]] = None
+    input_files: Optional[Callable[[Recipe, RunDir], tuple[Optional[Path], ...]]] = None
     checkpoints: Optional[str] = None
     doing: str = "working"  # what the stage's first progress line says it does
 
@@ -837,8 +839,12 @@ def _teacher_sections(r: Recipe) -> tuple[str, ...]:
     return ("data",) if r.teacher.train is not None else ()
 
 
-def _teacher_files(r: Recipe) -> tuple[Optional[Path], ...]:
+def _teacher_files(r: Recipe, run: RunDir) -> tuple[Optional[Path], ...]:
     return (r.resolve_path(r.teacher.checkpoint), r.resolve_path(r.teacher.reverse_checkpoint))
+
+
+def _report_files(r: Recipe, run: RunDir) -> tuple[Optional[Path], ...]:
+    return (run.root / "benchmark.json",)  # written by compress benchmark: a new table re-renders the report
 
 
 # In pipeline order. A new stage is its function above plus one row here, naming the files it writes.
@@ -899,6 +905,7 @@ STAGES: tuple[Stage, ...] = (
         stage_report,
         upstream=("evaluate", "profile"),
         outputs=("report.md", "report.html"),
+        input_files=_report_files,
         doing="writing report.md and report.html",
     ),
 )

@@ -205,9 +205,9 @@ def build_torch(ref: dict):
     raise ValueError(kind)
 
 
-def _file_kind(path: Path) -> Optional[str]:
-    """The kind of file (``openvino``, ``int8-openvino``, ...) of an exported file of another format, by the
-    export formats table's suffixes and the ``.<precision>`` tag before them."""
+def _file_kind(path: Path) -> Optional[tuple[str, str]]:
+    """(kind of file, precision) of an exported file of another format (``("int8-openvino", "int8")`` for
+    ``student.int8.xml``), by the export formats table's suffixes and the ``.<precision>`` tag before them."""
     from .export import FORMATS  # imports torch: the parent process only
 
     for fmt in FORMATS.values():
@@ -215,7 +215,8 @@ def _file_kind(path: Path) -> Optional[str]:
         if row is None or row.artifact in ("torch", "onnx", "engine") or not path.name.endswith(fmt.suffix):
             continue
         tag = path.name[: -len(fmt.suffix)].rpartition(".")[2]
-        return row.artifact_for(tag if tag in fmt.precisions else fmt.precisions[0])
+        precision = tag if tag in fmt.precisions else fmt.precisions[0]
+        return row.artifact_for(precision), precision
     return None
 
 
@@ -239,8 +240,10 @@ def resolve_models(specs: list[str]) -> list[dict]:
                     "artifacts": find_artifacts(p, "student"),
                 }
             )
-        elif p.is_file() and (kind := _file_kind(p)):
-            refs.append({"label": p.stem, "role": "model", "torch": None, "onnx": None, "artifacts": {kind: str(p)}})
+        elif p.is_file() and (found := _file_kind(p)):
+            kind, precision = found  # a named file is timed at the precision it holds, whatever --precision says
+            ref = {"label": p.stem, "role": "model", "torch": None, "onnx": None, "artifacts": {kind: str(p)}}
+            refs.append({**ref, "precisions": [precision]})
         elif p.suffix == ".onnx":
             if not p.is_file():
                 raise UserError(f"{p}: file not found")

