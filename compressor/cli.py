@@ -36,7 +36,9 @@ from .console import (
     duration,
     eval_table,
     install_log_filters,
+    interrupted,
     print_table,
+    watch_interrupts,
 )
 from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
 from .errors import Interrupted, UserError
@@ -613,10 +615,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         argv.insert(0, "run")
     usage_errors, click_errors = _click_exceptions()
     set_command_line(argv)
+    watch_interrupts()
     try:
         # not standalone, typer turns Ctrl-C (KeyboardInterrupt) into its exit code 130 and returns it
         code = app(args=argv, prog_name="compress", standalone_mode=False)
     except UserError as exc:
+        if interrupted():  # a Ctrl-C that a library turned into an error
+            return _interrupted()
         typer.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
         return exc.exit_code
     except Interrupted as exc:
@@ -625,8 +630,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             typer.echo(f"resume with: {command_line_hint(argv) or exc.resume_hint}", err=True)
         return 130
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
+        return _interrupted()
     except usage_errors as exc:
         msg = " ".join(exc.format_message().split())  # one line
         cmd = getattr(getattr(exc, "ctx", None), "command_path", "") or "compress"
@@ -637,16 +641,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         return exc.exit_code if exc.exit_code not in (0, 1) else 2
     except Exception as exc:
         code = _exit_like(exc)
+        if code is None and interrupted():
+            return _interrupted()  # a Ctrl-C that a library turned into another exception
         if code is None:
             raise
         if code == 130:
             typer.echo("aborted", err=True)
         return code
-    if isinstance(code, int) and not isinstance(code, bool) and code:
-        if code == 130:
-            typer.echo("interrupted", err=True)
-        return code
-    return 0
+    if (isinstance(code, int) and not isinstance(code, bool) and code == 130) or interrupted():
+        return _interrupted()  # typer's code for Ctrl-C, or one a library swallowed while the command went on
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _interrupted() -> int:
+    typer.echo("interrupted", err=True)
+    return 130
 
 
 if __name__ == "__main__":

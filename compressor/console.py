@@ -12,6 +12,7 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -183,6 +184,32 @@ class Heartbeat:
             self.idle_since = self.last_line = now
 
 
+_SIGINT = threading.Event()
+
+
+def _on_sigint(signum, frame) -> None:
+    _SIGINT.set()
+    raise KeyboardInterrupt
+
+
+def watch_interrupts() -> None:
+    """Remember a Ctrl-C (SIGINT) as well as raising KeyboardInterrupt, as Python's own handler does: a library
+    that catches it and raises something else (a C extension's import turns it into "ImportError: initialization
+    failed") cannot make the command go on or end as if nothing happened. Main thread only, and only over
+    Python's default handler (a training run installs its own while it trains)."""
+    _SIGINT.clear()
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    ):
+        signal.signal(signal.SIGINT, _on_sigint)
+
+
+def interrupted() -> bool:
+    """Whether Ctrl-C was pressed since :func:`watch_interrupts`."""
+    return _SIGINT.is_set()
+
+
 class Progress:
     """The progress callback ``progress(stage, step, total, losses)`` for the CLI: rich bars on a terminal, a
     :class:`Heartbeat` (with a timer thread) when stderr is not one, nothing with ``quiet``."""
@@ -229,6 +256,8 @@ class Progress:
         self.bar.__enter__()
 
     def __call__(self, stage: str, step: int, total: int, losses: dict) -> None:
+        if interrupted() and threading.current_thread() is threading.main_thread():
+            raise KeyboardInterrupt  # a Ctrl-C that a library turned into something else stops the work here
         if self.quiet:
             return
         if self.heartbeat is not None:

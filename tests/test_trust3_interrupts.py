@@ -135,6 +135,22 @@ def test_ctrl_c_during_the_pipelines_profile_stage_exits_130_and_keeps_the_run(t
     assert "profile" not in json.loads((run / "stages.json").read_text())  # not recorded: it runs again next time
 
 
+def test_a_ctrl_c_that_a_library_turns_into_another_error_still_exits_130(monkeypatch, capsys, tmp_path):
+    """onnxruntime's import turns a KeyboardInterrupt into "ImportError: initialization failed": still 130."""
+    from compressor import cli, console
+
+    def import_interrupted(models):
+        try:
+            console._on_sigint(signal.SIGINT, None)  # what Ctrl-C does: remembered, then KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise ImportError("initialization failed") from None
+
+    monkeypatch.setattr(cli, "profile_targets", import_interrupted)
+    code = cli.main(["profile", "resnet_6blocks:width=0.5", "--backend", "torch", "--out", str(tmp_path / "p.json")])
+    assert code == 130 and capsys.readouterr().err.splitlines()[-1] == "interrupted"
+    assert cli.main(["validate", str(tmp_path / "missing.yaml")]) == 2  # the next command starts afresh
+
+
 # ------------------------------------------------------------------------------------------------ 4. telemetry
 
 AUDIT_HOOK = """
