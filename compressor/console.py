@@ -46,6 +46,10 @@ def duration(seconds: float) -> str:
 # A progress report may say what the stage does now: ``progress(stage, step, total, {"doing": "openvino int8"})``
 # (total 0: steps not known yet). The first report of a stage starts its clock: stages report step 0 as they begin.
 DOING = "doing"
+# Reports at step 0 are shown once their stage has run this long (a timer checks 4 times a second, so a stage says
+# what it does within 2 s); a mistake found at once is then one error line, not a progress line and an error.
+FIRST_AFTER = 1.75
+TICK = 0.25
 
 
 def _numbers(losses: Optional[dict]) -> dict:
@@ -90,8 +94,11 @@ class Heartbeat:
         clock: Callable[[], float] = time.monotonic,
         every_s: float = 30.0,
         every_frac: float = 0.1,
+        first_after: float = FIRST_AFTER,
     ):
         self.write, self.clock, self.every_s, self.every_frac = write, clock, every_s, every_frac
+        self.first_after = first_after
+        self.held = False  # the stage's first line waits: a step that fails at once shows only its error line
         self.lock = threading.Lock()
         now = clock()
         self.last_line = now
@@ -141,7 +148,7 @@ class Heartbeat:
         return ", ".join(parts)
 
     def _emit(self, now: float) -> None:
-        self.last_line = now
+        self.last_line, self.held = now, False
         self.write(self._line(now))
 
     def update(self, stage: str, step: int, total: int, losses: Optional[dict] = None) -> None:
@@ -154,7 +161,14 @@ class Heartbeat:
                 self.rate_from = (now, step) if step > 0 else None
                 self.next_frac = self.every_frac
                 self.step, self.total, self.losses = step, total, _numbers(losses)
-                self._emit(now)
+                if step > 0 or self.first_after <= 0:
+                    self._emit(now)
+                else:  # what it does is said by tick() once it has run first_after seconds
+                    self.held = True
+                return
+            if self.held and step == 0 and now - self.t0 < self.first_after:
+                self.doing = _doing(losses) or self.doing
+                self.total, self.losses = total, _numbers(losses)
                 return
             if self.rate_from is None and step > 0:
                 self.rate_from = (now, step)
@@ -167,20 +181,20 @@ class Heartbeat:
             if crossed:
                 while self.next_frac <= frac + 1e-9:
                     self.next_frac += self.every_frac
-            if changed or crossed or (total and step >= total) or now - self.last_line >= self.every_s:
+            if self.held or changed or crossed or (total and step >= total) or now - self.last_line >= self.every_s:
                 self._emit(now)
 
     def tick(self) -> None:
         with self.lock:
             now = self.clock()
-            if now - self.last_line >= self.every_s:
+            if (self.held and now - self.t0 >= self.first_after) or now - self.last_line >= self.every_s:
                 self._emit(now)
 
     def stage_done(self, stage: str) -> None:
         """The pipeline finished ``stage``; until the next report the heartbeat says how long since."""
         with self.lock:
             now = self.clock()
-            self.stage, self.after, self.doing = None, stage, None
+            self.stage, self.after, self.doing, self.held = None, stage, None, False
             self.idle_since = self.last_line = now
 
 
@@ -220,8 +234,10 @@ class Progress:
         self.tty = self.stream.isatty() if tty is None else tty
         self.bar = None
         self.tasks: dict = {}
+        self.pending: dict = {}  # terminal: stage -> (time, step-0 report) not shown yet
         self.heartbeat: Optional[Heartbeat] = None
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread: Optional[threading.Thread] = None
         if not quiet and not self.tty:
             self.heartbeat = Heartbeat(self._write, every_s=every_s)
@@ -230,14 +246,18 @@ class Progress:
         print(line, file=self.stream, flush=True)
 
     def __enter__(self):
-        if self.heartbeat is not None:
+        if not self.quiet:
             self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
             self._thread.start()
         return self
 
     def _beat(self) -> None:
-        while not self._stop.wait(1.0):
-            self.heartbeat.tick()
+        while not self._stop.wait(TICK):
+            if self.heartbeat is not None:
+                self.heartbeat.tick()
+            for stage, (t, report) in list(self.pending.items()):
+                if time.monotonic() - t >= FIRST_AFTER and self.pending.pop(stage, None):
+                    self._show(stage, *report)
 
     def _start_bar(self) -> None:
         from rich.console import Console
@@ -263,18 +283,28 @@ class Progress:
         if self.heartbeat is not None:
             self.heartbeat.update(stage, step, total, losses)
             return
-        if self.bar is None:
-            self._start_bar()
-        if stage not in self.tasks:
-            self.tasks[stage] = self.bar.add_task(stage, total=total or None, info="")
-        loss = _loss(losses)
-        info = "" if loss is None else f"loss {loss:.3f}"
-        if _shares(losses):
-            info += f" ({_shares(losses)})"
-        what = {"description": f"{stage}: {_doing(losses)}"} if _doing(losses) else {}
-        self.bar.update(self.tasks[stage], completed=step, total=total or None, info=info, **what)
+        if stage not in self.tasks and step == 0:
+            t = self.pending[stage][0] if stage in self.pending else time.monotonic()
+            self.pending[stage] = (t, (step, total, losses))
+            return
+        self.pending.pop(stage, None)
+        self._show(stage, step, total, losses)
+
+    def _show(self, stage: str, step: int, total: int, losses: dict) -> None:
+        with self._lock:  # the caller's thread, or the timer's for a report that waited
+            if self.bar is None:
+                self._start_bar()
+            if stage not in self.tasks:
+                self.tasks[stage] = self.bar.add_task(stage, total=total or None, info="")
+            loss = _loss(losses)
+            info = "" if loss is None else f"loss {loss:.3f}"
+            if _shares(losses):
+                info += f" ({_shares(losses)})"
+            what = {"description": f"{stage}: {_doing(losses)}"} if _doing(losses) else {}
+            self.bar.update(self.tasks[stage], completed=step, total=total or None, info=info, **what)
 
     def stage_done(self, stage: str) -> None:
+        self.pending.pop(stage, None)
         if self.heartbeat is not None:
             self.heartbeat.stage_done(stage)
         elif self.bar is not None and stage in self.tasks:  # a bar without steps stops pulsing

@@ -454,12 +454,12 @@ def evaluate_folder(
     """Evaluate a saved student alone against a dataset's test split (no teacher needed).
 
     The eval.json it writes has an empty ``teacher`` entry, so ``compress report`` merges it like a run's."""
-    if progress:
-        progress("evaluate", 0, 0, {"doing": "loading the student, the test images and the FID weights"})
     student = load_student(student_dir)
     mult = size_multiple(student)
     if size % mult:
         raise UserError(f"--size: {size} is not a multiple of {mult}, which this student needs")
+    if progress:
+        progress("evaluate", 0, 0, {"doing": "loading the test images and the FID weights"})
     spec = DataSpec(kind=kind, root=str(data_root), direction=direction, size=size)
     ds = make_dataset(spec, Path(data_root), "test", 0, max_items=max_images)
     tgt = target_key(kind)
