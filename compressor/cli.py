@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.metadata
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, List, Optional
 
@@ -28,25 +30,36 @@ from exporters.runtimes import backend_help
 from . import __version__, schemas
 from .ablate import AblateSpec, recipe_document, render, run_ablation
 from .cmdline import command_line_hint, set_command_line
-from .console import QUANT_FILTER, closing_summary, eval_table, install_log_filters, print_table
+from .console import (
+    QUANT_FILTER,
+    captured_output,
+    closing_summary,
+    duration,
+    eval_table,
+    install_log_filters,
+    interrupted,
+    print_table,
+    watch_interrupts,
+)
 from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
 from .errors import Interrupted, UserError
 from .flags import (
     ProfileRequest,
     check_evaluate_flags,
     check_folder,
-    check_out_folder,
     check_run_device,
     check_student_evaluation,
+    check_threads,
     csv_list,
+    make_out_folder,
     parse_numbers,
 )
-from .io import atomic_write_json
+from .io import atomic_write_json, atomic_write_text
 from .lock import run_lock
 from .metrics import evaluate_folder
 from .pipeline import RunOptions, StageResult, prepare_run_dir, run_pipeline
 from .recipe import load_recipe, missing_files
-from .runfolder import RunDir, is_run_folder, load_run_recipe, lock_for
+from .runfolder import RunDir, enclosing_run, is_run_folder, load_run_recipe, lock_for
 from .stages import (
     benchmark_target,
     evaluate_run,
@@ -136,8 +149,8 @@ TrustCheckpoint = Annotated[
 ImageSize = Annotated[Optional[int], typer.Option("--size", help="image size (default: the run's, or 256)")]
 CalibImages = Annotated[int, typer.Option("--calib-images", min=1, help="INT8 calibration images")]
 Threads = Annotated[Optional[int], typer.Option("--threads", min=1, help="intra-op threads (default: all cores)")]
-Warmup = Annotated[int, typer.Option("--warmup", min=0)]
-Iters = Annotated[int, typer.Option("--iters", min=1)]
+Warmup = Annotated[int, typer.Option("--warmup", min=0, max=1_000_000)]
+Iters = Annotated[int, typer.Option("--iters", min=1, max=1_000_000)]
 
 # compress run
 RedoStages = Annotated[bool, typer.Option("--force", help="redo stages even when up to date")]
@@ -254,6 +267,7 @@ def run_cmd(
     """Run the recipe's pipeline: teacher, student, distill, evaluate, export, profile, report."""
     _setup_logging(quiet)
     check_run_device(device)
+    check_threads(nproc, "--nproc", what="processes")
     r = load_recipe(recipe, set_)
     opts = RunOptions(
         force=force,
@@ -380,12 +394,31 @@ def export(
         data=data,
         calib_images=calib_images,
     ).check_flags()
-    dest = out if out is not None else target if target.is_dir() else target.parent
-    with lock_for(dest):  # one writer per run folder (also for --out inside a run)
-        res = export_target(target, spec, arch=arch, trust_checkpoint=trust_checkpoint)
+    folder = _written_folder(target, out)
+    # one writer per folder: a run folder (also an --out inside one), a student folder, an --out folder
+    with _writer_lock(folder), _Progress(quiet) as progress:
+        res = export_target(target, spec, arch=arch, trust_checkpoint=trust_checkpoint, progress=progress)
     QUANT_FILTER.explain()
     for line in res["lines"]:
         typer.echo(line)
+
+
+def _writer_lock(folder: Optional[Path]):
+    """The lock a command takes before writing into ``folder``: the run folder's that holds it, else the folder's
+    own (a student folder, an ``--out`` folder); nothing for None."""
+    if folder is None:
+        return contextlib.nullcontext()
+    return lock_for(folder) if enclosing_run(folder) is not None else run_lock(folder)
+
+
+def _written_folder(target: Path, out: Optional[Path]) -> Optional[Path]:
+    """The folder ``compress export`` (or ``benchmark``) writes into and locks, one writer at a time as in a run
+    folder: ``--out``, or the run or student folder itself; None for a bare checkpoint written beside itself."""
+    if out is not None:
+        return make_out_folder(out)
+    if is_run_folder(target) or (target.is_dir() and (target / "student.json").is_file()):
+        return target
+    return None
 
 
 @app.command()
@@ -428,9 +461,14 @@ def profile(
 
 
 def _run_size(models: List[str]) -> str:
-    """``--size`` by default: a run folder is profiled at the size it was trained at, anything else at 256."""
-    runs = [Path(m) for m in models if is_run_folder(Path(m))]
-    return str(load_run_recipe(RunDir(runs[0])).data.size) if runs else "256"
+    """``--size`` by default: a run folder, or a file inside one (``RUN/student.onnx``, ``RUN/benchmark/…``), is
+    profiled at the size it was trained at, anything else at 256."""
+    for m in models:
+        p = Path(m)
+        for folder in (p, p.parent, p.parent.parent) if p.exists() else ():
+            if is_run_folder(folder):
+                return str(load_run_recipe(RunDir(folder)).data.size)
+    return "256"
 
 
 def _print_profile(doc: dict) -> None:
@@ -467,23 +505,32 @@ def benchmark(
     _trust(trust_code)
     _check_folder_imports([target])
     check_folder(data, "--data")
+    check_threads(threads)
     formats = csv_list(format_) or None
-    with lock_for(target), _Progress(quiet) as progress:  # one writer per run folder
-        doc, path = benchmark_target(
-            target,
-            data=data,
-            size=size,
-            formats=formats,
-            images=images,
-            calib_images=calib_images,
-            threads=threads,
-            warmup=warmup,
-            iters=iters,
-            progress=progress,
-        )
+    folder = _written_folder(target, None)  # a run or student folder: one writer at a time
+    t0 = time.perf_counter()
+    with _writer_lock(folder), captured_output() as caught:
+        with _Progress(quiet, stream=caught.stderr) as progress:  # converters' noise caught, progress shown
+            doc, path = benchmark_target(
+                target,
+                data=data,
+                size=size,
+                formats=formats,
+                images=images,
+                calib_images=calib_images,
+                threads=threads,
+                warmup=warmup,
+                iters=iters,
+                progress=progress,
+            )
     QUANT_FILTER.explain()
     _print_benchmark(target, doc)
-    typer.echo(f"wrote {path}")
+    typer.echo(f"total {duration(time.perf_counter() - t0)} for {len(doc['rows'])} rows")
+    if not quiet:
+        typer.echo(f"wrote {path}")
+        if caught.lines:
+            log_file = atomic_write_text(target / "benchmark" / "converters.log", caught.text)
+            typer.echo(f"the converters' own messages ({caught.lines} lines) are in {log_file}")
 
 
 def _print_benchmark(target: Path, doc: dict) -> None:
@@ -584,7 +631,7 @@ def _print_plan(doc: dict) -> None:
 def report(files: ReportFiles, out: ReportOut = Path("report"), title: Title = "compressor report"):
     """Merge profile and evaluation results into report.md and a self-contained report.html."""
     _setup_logging(True)
-    check_out_folder(out)
+    make_out_folder(out)
     with lock_for(out):  # --out inside a run folder: not while a pipeline writes it
         md, page = write_report(files, [], out, title)
     typer.echo(f"wrote {md} and {page}")
@@ -636,9 +683,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         argv.insert(0, "run")
     usage_errors, click_errors = _click_exceptions()
     set_command_line(argv)
+    watch_interrupts()
     try:
-        app(args=argv, prog_name="compress", standalone_mode=False)
+        # not standalone, typer turns Ctrl-C (KeyboardInterrupt) into its exit code 130 and returns it
+        code = app(args=argv, prog_name="compress", standalone_mode=False)
     except UserError as exc:
+        if interrupted():  # a Ctrl-C that a library turned into an error
+            return _interrupted()
         typer.echo(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", err=True)
         return exc.exit_code
     except Interrupted as exc:
@@ -647,8 +698,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             typer.echo(f"resume with: {command_line_hint(argv) or exc.resume_hint}", err=True)
         return 130
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        return 130
+        return _interrupted()
     except usage_errors as exc:
         msg = " ".join(exc.format_message().split())  # one line
         cmd = getattr(getattr(exc, "ctx", None), "command_path", "") or "compress"
@@ -659,12 +709,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         return exc.exit_code if exc.exit_code not in (0, 1) else 2
     except Exception as exc:
         code = _exit_like(exc)
+        if code is None and interrupted():
+            return _interrupted()  # a Ctrl-C that a library turned into another exception
         if code is None:
             raise
         if code == 130:
             typer.echo("aborted", err=True)
         return code
-    return 0
+    if (isinstance(code, int) and not isinstance(code, bool) and code == 130) or interrupted():
+        return _interrupted()  # typer's code for Ctrl-C, or one a library swallowed while the command went on
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
+
+
+def _interrupted() -> int:
+    typer.echo("interrupted", err=True)
+    return 130
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ flags are one :class:`ProfileRequest`, ``export``'s one :class:`exporters.export
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,29 @@ def check_seconds(seconds: Optional[float], flag: str = "--seconds") -> None:
         raise UserError(f"{flag}: expected a positive number of seconds (at most a day), got {seconds!r}")
 
 
+MAX_REMOTE_THREADS = 1024  # another machine's cores are not known here
+
+
+def max_threads() -> int:
+    """The most intra-op threads a local measurement may ask for: 4× this machine's cores (at most 1024)."""
+    return min(MAX_REMOTE_THREADS, 4 * (os.cpu_count() or 1))
+
+
+def check_threads(threads: Optional[int], flag: str = "--threads", remote: bool = False, what: str = "threads") -> None:
+    """Threads for a measurement (or training ``what="processes"``): None (all cores) or 1 to :func:`max_threads`
+    (1024 on another machine)."""
+    limit = MAX_REMOTE_THREADS if remote else max_threads()
+    if threads is not None and not 1 <= threads <= limit:
+        where = "for another machine" if remote else f"4× this machine's {os.cpu_count() or 1} cores"
+        raise UserError(f"{flag}: expected 1 to {limit} {what} ({where}), got {threads}")
+
+
+def check_finite(value: Optional[float], flag: str) -> None:
+    """A number given on the command line is finite (``1e309`` parses as infinity)."""
+    if value is not None and not math.isfinite(value):
+        raise UserError(f"{flag}: expected a finite number, got {value!r}")
+
+
 def check_profile_flags(precision: str, seconds: Optional[float], device: str, host: Optional[str]) -> None:
     """``compress profile``'s free-text flags."""
     check_precisions([p.strip() for p in precision.split(",") if p.strip()] or [precision])
@@ -52,10 +76,38 @@ def check_profile_flags(precision: str, seconds: Optional[float], device: str, h
         check_host(host)
 
 
+def _check_creatable(folder: Path, flag: str) -> None:
+    """``folder`` exists as a folder, or can be made: its nearest existing ancestor is a folder this user may
+    write (a file on the way, ``a/file/sub``, is one line, not a traceback from ``mkdir``)."""
+    if folder.is_dir():
+        return
+    if folder.exists() or folder.is_symlink():
+        raise UserError(f"{flag}: {folder} exists and is not a folder")
+    base = folder.parent
+    while not (base.exists() or base.is_symlink()) and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(f"{flag}: {base} is not a folder, so {folder} cannot be created")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"{flag}: cannot create {folder}: {base} is not writable")
+
+
 def check_out_folder(out: Optional[Path], flag: str = "--out") -> None:
-    """An output folder: absent (it is created) or a folder, not a file."""
+    """An output folder: a folder, or absent and creatable (it is created), not a file."""
     if out is not None and out.exists() and not out.is_dir():
         raise UserError(f"{flag}: {out} exists and is not a folder; choose a folder to write into")
+    if out is not None:
+        _check_creatable(Path(out), flag)
+
+
+def make_out_folder(out: Path, flag: str = "--out") -> Path:
+    """:func:`check_out_folder`, then create it; a ``mkdir`` that fails all the same is one line."""
+    check_out_folder(out, flag)
+    try:
+        Path(out).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{flag}: cannot create {out} ({exc.strerror or exc})") from None
+    return Path(out)
 
 
 def check_out_file(out: Path, flag: str = "--out") -> None:
@@ -65,6 +117,7 @@ def check_out_file(out: Path, flag: str = "--out") -> None:
     parent = out.parent
     if parent.exists() and not parent.is_dir():
         raise UserError(f"{flag}: {parent} is not a folder")
+    _check_creatable(parent, flag)
 
 
 def check_existing(path: Optional[Path], flag: str) -> None:
@@ -180,6 +233,7 @@ class ProfileRequest:
             except ValueError as exc:
                 raise UserError(str(exc)) from None
         check_profile_flags(self.precision, self.seconds, self.device, self.host)
+        check_threads(self.threads, remote=self.host is not None)
         return self
 
     def profile_kwargs(self) -> dict:

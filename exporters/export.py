@@ -24,7 +24,7 @@ import torch.nn as nn
 import compressor
 from compressor.data import FolderDataset
 from compressor.errors import ExportError, UserError
-from compressor.flags import check_existing, check_out_folder, check_sizes
+from compressor.flags import check_existing, check_finite, check_out_folder, check_sizes
 from compressor.io import staged
 from compressor.models import apply_state_dict, build_generator, input_channels, load_state_dict_file, size_multiple
 from compressor.slim import load_student
@@ -84,6 +84,7 @@ class ExportSpec:
                 raise UserError(f"--trt-version: expected 10 or 11, got {v}")
         if self.size is not None:
             check_sizes([self.size])
+        check_finite(self.max_drop, "--max-drop")
         check_out_folder(self.out)
         check_existing(self.data, "--data")
         bad = [d for d in self.dynamic if d not in ("batch", "hw")]
@@ -535,46 +536,51 @@ def export_other_formats(
     metadata: Optional[dict] = None,
     stem: str = "student",
     journal: Optional[Callable[[dict], object]] = None,
+    progress: Optional[Callable] = None,
 ) -> dict:
     """The export stage's formats beside ONNX (``export.formats``): each at its default precision, and INT8 too
     where ``int8`` and the format has it. Returns ``{"formats": {"<fmt>:<precision>": record}, "notes": [...]}``;
     a format whose extra is missing is one note naming the ``pip install`` that adds it, and one a converter
     refuses (or whose file misses its parity limit) is a failed record with the one-line reason, so one refusal
-    does not stop the others."""
+    does not stop the others. ``progress("export", step, total, {"doing": ...})`` hears of each file begun."""
     out: dict = {"formats": {}, "notes": []}
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    jobs = []
     for name in dict.fromkeys(formats):
         fmt = FORMATS[name]
         if fmt.missing():
             out["notes"].append(f"{name} skipped: {fmt.missing()[0]} is not installed: {fmt.extra}")
             continue
-        precisions = [fmt.precisions[0]] + (["int8"] if int8 and "int8" in fmt.precisions[1:] else [])
-        for prec in precisions:
-            key = f"{name}:{prec}"
-            path = fmt.path(out_dir, stem, prec)
-            if prec in fmt.calibrated and not calibration:
-                out["notes"].append(f"{name} {prec} skipped: no calibration images")
-                continue
-            try:
-                out["formats"][key] = {
-                    "status": "ok",
-                    **fmt.exporter(
-                        model,
-                        path,
-                        samples,
-                        precision=prec,
-                        static=static or fmt.static_only,
-                        size=size,
-                        calibration=calibration if prec in fmt.calibrated else None,
-                        metadata=metadata,
-                    ),
-                }
-            except ExportError as exc:
-                out["formats"][key] = {"status": "failed", "path": path.name, "precision": prec, "reason": str(exc)}
-                out["notes"].append(f"{name} {prec} not written: {exc}")
-                log.warning("%s %s not written: %s", name, prec, exc)
-            if journal:
-                journal(out)
+        with_int8 = int8 and "int8" in fmt.precisions[1:]
+        jobs += [(name, fmt, prec) for prec in [fmt.precisions[0]] + (["int8"] if with_int8 else [])]
+    for k, (name, fmt, prec) in enumerate(jobs):
+        key = f"{name}:{prec}"
+        path = fmt.path(out_dir, stem, prec)
+        if prec in fmt.calibrated and not calibration:
+            out["notes"].append(f"{name} {prec} skipped: no calibration images")
+            continue
+        if progress:
+            progress("export", k, len(jobs), {"doing": f"{path.name} ({name} {prec}, checked in its runtime)"})
+        try:
+            out["formats"][key] = {
+                "status": "ok",
+                **fmt.exporter(
+                    model,
+                    path,
+                    samples,
+                    precision=prec,
+                    static=static or fmt.static_only,
+                    size=size,
+                    calibration=calibration if prec in fmt.calibrated else None,
+                    metadata=metadata,
+                ),
+            }
+        except ExportError as exc:
+            out["formats"][key] = {"status": "failed", "path": path.name, "precision": prec, "reason": str(exc)}
+            out["notes"].append(f"{name} {prec} not written: {exc}")
+            log.warning("%s %s not written: %s", name, prec, exc)
+        if journal:
+            journal(out)
     return out
 
 
@@ -675,6 +681,12 @@ def _export_format(
     return res, f"wrote {path} ({f} {spec.precision}{how}; against {par.get('against', 'pytorch')}: {what})"
 
 
+def _onnx_extras(spec: ExportSpec) -> str:
+    """What ``export_model`` writes beside the ONNX file, for the progress line."""
+    extras = (["INT8"] if spec.int8 else []) + (["TensorRT"] if spec.for_tensorrt else [])
+    return f" and {', '.join(extras)}" if extras else ""
+
+
 def _record_lines(rec: dict, out_dir: Path, precision: str) -> list[str]:
     """The printed lines for what :func:`export_model` wrote: ONNX files, INT8 files, lints and the engine."""
     lines = []
@@ -710,9 +722,11 @@ def export_command(
     spec: ExportSpec,
     samples: Optional[torch.Tensor] = None,
     calibration: Optional[list[np.ndarray]] = None,
+    progress: Optional[Callable] = None,
 ) -> dict:
     """``compress export``: export ``model`` as ``spec`` asks (images from ``spec.data`` where given, INT8 for
-    ``precision int8``); write ``export.json``; return the record with printable ``lines``."""
+    ``precision int8``); write ``export.json``; return the record with printable ``lines``. ``progress("export",
+    step, total, {"doing": ...})`` hears of each file begun."""
     mult = size_multiple(model)
     size = spec.size or max(256, mult)
     if not 1 <= size <= MAX_EXPORT_SIZE:
@@ -744,13 +758,18 @@ def export_command(
         spec = replace(spec, tensorrt=True)
     onnx_flow = "onnx" in formats or spec.for_tensorrt
     records = RecordFile(out_dir)  # earlier records kept; each new one written once its file is in place
+    others = [f for f in formats if f not in ("onnx", "tensorrt")]  # those export_model does not write
+    steps = int(onnx_flow) + len(others)
+    if onnx_flow and progress:
+        progress("export", 0, steps, {"doing": f"{spec.name}.onnx{_onnx_extras(spec)} (parity against PyTorch)"})
     rec = {"onnx": {}, "notes": []}
     if onnx_flow:
         rec = export_model(model, out_dir, spec, samples, calibration, journal=records.write)
     fmt_lines = []
-    for f in formats:
-        if f in ("onnx", "tensorrt"):
-            continue  # written by export_model above
+    for k, f in enumerate(others):
+        if progress:
+            where = FORMATS[f].path(out_dir, spec.name, spec.precision).name
+            progress("export", int(onnx_flow) + k, steps, {"doing": f"{where} ({f} {spec.precision})"})
         res, line = _export_format(f, model, out_dir, spec, samples, calibration, onnx_flow)
         rec.setdefault("formats", {})[f"{f}:{spec.precision}"] = res
         records.write(rec)

@@ -206,9 +206,9 @@ def build_torch(ref: dict):
     raise ValueError(kind)
 
 
-def _file_kind(path: Path) -> Optional[str]:
-    """The kind of file (``openvino``, ``int8-openvino``, ...) of an exported file of another format, by the
-    export formats table's suffixes and the ``.<precision>`` tag before them."""
+def _file_kind(path: Path) -> Optional[tuple[str, str]]:
+    """(kind of file, precision) of an exported file of another format (``("int8-openvino", "int8")`` for
+    ``student.int8.xml``), by the export formats table's suffixes and the ``.<precision>`` tag before them."""
     from .export import FORMATS  # imports torch: the parent process only
 
     for fmt in FORMATS.values():
@@ -216,7 +216,8 @@ def _file_kind(path: Path) -> Optional[str]:
         if row is None or row.artifact in ("torch", "onnx", "engine") or not path.name.endswith(fmt.suffix):
             continue
         tag = path.name[: -len(fmt.suffix)].rpartition(".")[2]
-        return row.artifact_for(tag if tag in fmt.precisions else fmt.precisions[0])
+        precision = tag if tag in fmt.precisions else fmt.precisions[0]
+        return row.artifact_for(precision), precision
     return None
 
 
@@ -240,8 +241,10 @@ def resolve_models(specs: list[str]) -> list[dict]:
                     "artifacts": find_artifacts(p, "student"),
                 }
             )
-        elif p.is_file() and (kind := _file_kind(p)):
-            refs.append({"label": p.stem, "role": "model", "torch": None, "onnx": None, "artifacts": {kind: str(p)}})
+        elif p.is_file() and (found := _file_kind(p)):
+            kind, precision = found  # a named file is timed at the precision it holds, whatever --precision says
+            ref = {"label": p.stem, "role": "model", "torch": None, "onnx": None, "artifacts": {kind: str(p)}}
+            refs.append({**ref, "precisions": [precision]})
         elif p.suffix == ".onnx":
             if not p.is_file():
                 raise UserError(f"{p}: file not found")
@@ -563,6 +566,26 @@ def _artifact(ref: dict, row: Backend, prec: str, size: int, workdir: Path) -> t
     return str(path), ""
 
 
+def _what_to_time(row: dict, ref: dict, spec: Optional[Backend], device: str, workdir: Path):
+    """(the file or "torch" to time for ``row``, or None; why not; the model's complexity), the complexity also
+    written into ``row``."""
+    backend, prec, size = row["backend"], row["precision"], row["size"]
+    ok, why = backend_available(backend)
+    cx = {}
+    if ok and ref.get("torch"):
+        cx = _complexity(ref, size)
+        row.update({k: v for k, v in cx.items() if k in ("params", "macs", "macs_paper_convention")})
+    if ok:
+        why = spec.load().refuse(spec, prec, spec.pick_device(device))
+        ok = not why
+    artifact = None
+    if ok:
+        artifact, why = _artifact(ref, spec, prec, size, workdir)
+    if artifact is not None and cx.get("size_multiple") and size % cx["size_multiple"]:
+        artifact, why = None, f"size {size} is not a multiple of {cx['size_multiple']}"
+    return artifact, why, cx
+
+
 def profile_models(
     models: list[str] | list[dict],
     backends: list[str],
@@ -577,19 +600,30 @@ def profile_models(
     timeout: float = 600,
     progress=None,
 ) -> dict:
-    """Profile every configuration, each in its own process; return the versioned result document."""
+    """Profile every configuration, each in its own process; return the versioned result document.
+    ``progress("profile", step, total, {"doing": ...})`` hears of each configuration begun."""
     refs = resolve_models(models) if models and isinstance(models[0], str) else list(models)
     for ref in refs:
         if ref.get("onnx"):
             check_onnx_sizes(ref["onnx"], sizes)
+    configs = [
+        (r, b, n, s, p)
+        for r in refs
+        for b in backends
+        for n in batches
+        for s in sizes
+        for p in r.get("precisions") or precisions
+    ]
+    say = progress or (lambda *a: None)
+    say("profile", 0, len(configs), {"doing": "probing the machine (versions, GEMM peak)"})
     env = environment(threads)
     peak_device = "cuda" if device == "cuda" else "cpu"
     peak = gemm_peak(threads, peak_device)
     env["gemm_peak_macs_per_s"] = peak
     results = []
     workdir = Path(tempfile.mkdtemp(prefix="compressor-profile-"))
-    configs = [(r, b, n, s, p) for r in refs for b in backends for n in batches for s in sizes for p in precisions]
     for k, (ref, backend, batch, size, prec) in enumerate(configs):
+        say("profile", k, len(configs), {"doing": f"{ref['label']} {backend} b{batch} {size}² {prec}"})
         row = {
             "model": ref["label"],
             "role": ref.get("role", "model"),
@@ -598,22 +632,9 @@ def profile_models(
             "size": size,
             "precision": prec,
         }
-        ok, why = backend_available(backend)
         spec = BACKENDS.get(backend)
-        cx = {}
-        if ok and ref.get("torch"):
-            cx = _complexity(ref, size)
-            row.update({k2: v for k2, v in cx.items() if k2 in ("params", "macs", "macs_paper_convention")})
-        if ok:
-            why = spec.load().refuse(spec, prec, spec.pick_device(device))
-            ok = not why
-        artifact = None
-        if ok:
-            artifact, why = _artifact(ref, spec, prec, size, workdir)
-            ok = artifact is not None
-        if ok and cx.get("size_multiple") and size % cx["size_multiple"]:
-            ok, why = False, f"size {size} is not a multiple of {cx['size_multiple']}"
-        if not ok:
+        artifact, why, cx = _what_to_time(row, ref, spec, device, workdir)
+        if artifact is None:
             row.update(status="unavailable", reason=why)
             results.append(row)
             continue
@@ -640,8 +661,7 @@ def profile_models(
             row["achieved_macs_per_s"] = rate
             row["efficiency"] = rate / peak
         results.append(row)
-        if progress:
-            progress("profile", k + 1, len(configs), {})
+    say("profile", len(configs), len(configs), {})
     return {"schema": SCHEMA, "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "environment": env, "results": results}
 
 

@@ -89,7 +89,7 @@ def test_piped_stage_prints_a_heartbeat_within_30s(tmp_path):
     code = (
         "import sys, time\nfrom compressor.console import Progress\n"
         "with Progress(False, every_s=1.0) as p:\n"
-        "    p('teacher', 0, 100, {})\n    time.sleep(2.6)\n"
+        "    p('teacher', 0, 100, {})\n    time.sleep(4.1)\n"
     )
     t0 = time.monotonic()
     res = subprocess.run(

@@ -508,11 +508,14 @@ def t_stale(d: Path, rng: random.Random) -> int:
 POOL = [
     "0", "-5", "3", "33", "7.5", "12000", "abc", "", "fp7", "fp32;touch X", "tpu", "cuda:99", "/etc/passwd",
     "/nonexistent", "-oProxyCommand=touch X", "ProxyCommand=touch X", "a b", "1,0", "nan", "inf", "-1",
+    "1e309", "-1e309", "1e400", "99999", "4294967297", "1e-320",
 ]  # fmt: skip
 FLAGS = {
     "evaluate": ["--size", "--device", "--data", "--max-images", "--metrics", "--kind", "--direction",
                  "--inception-weights"],
-    "export": ["--size", "--precision", "--dynamic", "--opset", "--out", "--data", "--trt-version", "--arch"],
+    "export": ["--size", "--precision", "--dynamic", "--opset", "--out", "--data", "--trt-version", "--arch",
+               "--max-drop", "--calib-images"],
+    "benchmark": ["--size", "--format", "--data", "--images", "--calib-images", "--threads", "--iters", "--warmup"],
     "profile": ["--size", "--batch", "--precision", "--seconds", "--host", "--port", "--ssh-option", "--device",
                 "--backend", "--out", "--threads", "--iters", "--warmup"],
     "report": ["--out", "--title"],
@@ -529,15 +532,20 @@ def t_cli(d: Path, rng: random.Random) -> int:
         "evaluate": [d / "pruned", run / "eval.json", "/nonexistent"],
         "export": ["/etc/passwd", d / "nonexistent", run / "student.json"],
         "profile": ["/nonexistent.onnx", "not_a_zoo:width=2"],
+        "benchmark": ["/nonexistent", run / "student.json", d / "afile/under"],
         "report": [run / "eval.json", run / "profile.json", "/etc/passwd", run / "student.json"],
         "validate": [d / "tiny.yaml", run / "recipe.resolved.yaml", "/etc/passwd"],
     }[cmd]
     args = [cmd, rng.choice(target)]
     for _ in range(rng.randint(1, 4)):
         flag = rng.choice(FLAGS[cmd])
-        value = rng.choice(POOL) if flag != "--out" else rng.choice(["/etc/passwd", "/etc", str(d / "o"), ""])
+        outs = ["/etc/passwd", "/etc", str(d / "o"), "", str(run / "eval.json" / "sub")]  # the last: below a file
+        value = rng.choice(POOL) if flag != "--out" else rng.choice(outs)
         if flag == "--set":
-            value = rng.choice(["data.size=abc", "student.width=7", "name=", "x.y=1", "distill.steps=-1"])
+            value = rng.choice(
+                ["data.size=abc", "student.width=7", "name=", "x.y=1", "distill.steps=-1", "distill.lr=1e400",
+                 "student.budget.macs=.inf", "profile.threads=99999", "export.onnx.parity_tol=.nan"]
+            )  # fmt: skip
         args += [flag, value]
     if cmd == "evaluate":
         args += ["--device", "tpu"] if rng.random() < 0.5 else ["--size", "0"]
