@@ -1,3 +1,5 @@
 """compressor: make image-to-image GAN generators small and fast enough to ship."""
 
-__version__ = "0.1.0"
+from .version import __version__
+
+__all__ = ["__version__"]

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from exporters.runtimes import BACKENDS, Backend, Runner, backend_available, get_backend, make_runner
+from compressor.exporters.runtimes import BACKENDS, Backend, Runner, backend_available, get_backend, make_runner
 
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))
@@ -25,7 +25,7 @@ def test_every_row_names_a_runner(name):
 
 def test_reading_the_table_imports_no_runtime():
     code = (
-        "import sys; import exporters.runtimes as r; r.backend_help(); "
+        "import sys; import compressor.exporters.runtimes as r; r.backend_help(); "
         "print(sorted(m for m in ('torch', 'onnxruntime', 'openvino', 'tensorrt') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -42,9 +42,11 @@ def test_unknown_and_plan_only_names():
 
 
 def test_missing_module_is_reported_with_the_pip_line(monkeypatch):
-    from exporters import runtimes
+    from compressor.exporters import runtimes
 
-    row = Backend("fake-rt", "exporters.runtimes:OrtRunner", "onnx", "cpu", ("fp32",), ("no_such_mod_xyz",), "pip x")
+    row = Backend(
+        "fake-rt", "compressor.exporters.runtimes:OrtRunner", "onnx", "cpu", ("fp32",), ("no_such_mod_xyz",), "pip x"
+    )
     monkeypatch.setitem(runtimes.BACKENDS, "fake-rt", row)
     assert backend_available("fake-rt") == (False, "no_such_mod_xyz is not installed: pip x")
 
@@ -72,8 +74,8 @@ def test_ort_and_torch_runners_from_the_table(tmp_path):
 
 
 def test_budget_backends_come_from_the_table():
+    from compressor.app.plan import ProfileMeasure
     from compressor.errors import UserError
-    from compressor.plan import ProfileMeasure
     from compressor.recipe import BudgetSpec
 
     ProfileMeasure(BudgetSpec(latency_ms=5, backend="ort-cpu"), 32)  # available everywhere

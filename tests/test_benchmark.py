@@ -5,11 +5,11 @@ import json
 import numpy as np
 from PIL import Image
 
-from compressor.cli import main
+from compressor.app.cli import main
+from compressor.exporters import export as export_mod
+from compressor.exporters.report import write_report
 from compressor.models import build_generator
 from compressor.slim import make_student, save_student
-from exporters import export as export_mod
-from exporters.report import write_report
 
 
 def test_benchmark_student_folder(tmp_path, monkeypatch, capsys):

@@ -6,7 +6,7 @@ import logging
 import sys
 import time
 
-from compressor import console
+from compressor.app import console
 
 
 class FakeClock:
@@ -87,7 +87,7 @@ def test_piped_stage_prints_a_heartbeat_within_30s(tmp_path):
     import subprocess
 
     code = (
-        "import sys, time\nfrom compressor.console import Progress\n"
+        "import sys, time\nfrom compressor.app.console import Progress\n"
         "with Progress(False, every_s=1.0) as p:\n"
         "    p('teacher', 0, 100, {})\n    time.sleep(4.1)\n"
     )

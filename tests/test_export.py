@@ -9,13 +9,11 @@ from conftest import run_cli, tiny_recipe_text
 from onnx import TensorProto, helper
 from PIL import Image
 
-import exporters.export as export_mod
+import compressor.exporters.export as export_mod
 from compressor.errors import ExportError
-from compressor.models import build_generator
-from compressor.slim import make_student, save_student
-from exporters.export import ExportSpec, export_model
-from exporters.onnx import export_checked, failed_marker, parity_inputs, read_metadata
-from exporters.tensorrt import (
+from compressor.exporters.export import ExportSpec, export_model
+from compressor.exporters.onnx import export_checked, failed_marker, parity_inputs, read_metadata
+from compressor.exporters.tensorrt import (
     LintResult,
     emit_trtexec_script,
     lint_onnx,
@@ -23,6 +21,8 @@ from exporters.tensorrt import (
     trt_major,
     trtexec_command,
 )
+from compressor.models import build_generator
+from compressor.slim import make_student, save_student
 
 ZOO = [("resnet_9blocks", 64), ("resnet_6blocks", 64), ("unet_128", 128), ("unet_256", 256)]
 
@@ -67,7 +67,7 @@ def test_parity_failure_leaves_failed_marker(tmp_path):
         export_checked(model, path, [torch.randn(1, 3, 32, 32)], ["batch"], 18, 1e-15, {})
     assert failed_marker(path).exists()
     from compressor.errors import UserError
-    from exporters.onnx import check_not_failed
+    from compressor.exporters.onnx import check_not_failed
 
     with pytest.raises(UserError, match="failed its checks"):
         check_not_failed(path)
@@ -77,9 +77,9 @@ def test_parity_failure_leaves_failed_marker(tmp_path):
 
 def test_int8_unet_student_psnr(tmp_path):
     from compressor.data import SyntheticPairedDataset
+    from compressor.exporters.onnx import export_onnx
+    from compressor.exporters.quantize import compare_int8, quantize_onnx
     from compressor.slim import make_student
-    from exporters.onnx import export_onnx
-    from exporters.quantize import compare_int8, quantize_onnx
 
     torch.manual_seed(0)
     teacher = build_generator("unet_256", ngf=64, norm="batch", init="kaiming").eval()
@@ -143,7 +143,7 @@ def test_trtexec_command_lines_for_both_majors(tmp_path):
     assert not any(f in t11 for f in ("--fp16", "--int8", "--best", "--stronglyTyped"))
     assert "--int8" in trtexec_command("student.int8.onnx", 10, "int8", shapes)
     model = build_generator("resnet_6blocks", ngf=4, norm="instance").eval()
-    from exporters.onnx import export_onnx
+    from compressor.exporters.onnx import export_onnx
 
     export_onnx(model, tmp_path / "student.onnx", torch.zeros(1, 3, 64, 64))
     s11 = emit_trtexec_script(tmp_path, tmp_path / "student.onnx", 11, "fp16", shapes)
@@ -283,8 +283,8 @@ def test_tensorrt_engine_build(tmp_path):
     ok, why = tensorrt_available()
     if not ok:
         pytest.skip(f"TensorRT engine build needs TensorRT and a CUDA GPU: {why}")
-    from exporters.onnx import export_onnx
-    from exporters.tensorrt import TensorRTRunner, build_engine
+    from compressor.exporters.onnx import export_onnx
+    from compressor.exporters.tensorrt import TensorRTRunner, build_engine
 
     model = build_generator("resnet_6blocks", ngf=8, norm="instance").eval()
     export_onnx(model, tmp_path / "s.onnx", torch.zeros(1, 3, 64, 64))
@@ -314,7 +314,7 @@ def test_onnxslim_option_keeps_parity(tmp_path):
 
 
 def test_engine_parity_failure_marks_the_engine(tmp_path, monkeypatch):
-    import exporters.tensorrt as trt_mod
+    import compressor.exporters.tensorrt as trt_mod
 
     plan = tmp_path / "student.plan"
     plan.write_bytes(b"engine")

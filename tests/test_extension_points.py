@@ -21,10 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _patched_copy(tmp_path: Path, module: str, edits: list[tuple[str, str]]) -> Path:
-    """A copy of ``compressor`` and ``exporters`` with ``edits`` (old text, text put before it) applied to one
+    """A copy of the ``compressor`` package with ``edits`` (old text, text put before it) applied to one
     file; returns the folder to put on PYTHONPATH."""
     dst = tmp_path / "src"
-    for pkg in ("compressor", "exporters"):
+    for pkg in ("compressor",):
         shutil.copytree(ROOT / pkg, dst / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     path = dst / module
     text = path.read_text()
@@ -53,7 +53,7 @@ def _run(src: Path, code: str, cwd: Path) -> dict:
 def test_a_new_stage_is_one_row(tmp_path):
     src = _patched_copy(
         tmp_path,
-        "compressor/stages.py",
+        "compressor/app/stages.py",
         [
             (
                 "@dataclass(frozen=True)\nclass Stage:",
@@ -76,7 +76,7 @@ def test_a_new_stage_is_one_row(tmp_path):
         f"""
         import json
         from pathlib import Path
-        import compressor.pipeline as p
+        import compressor.app.pipeline as p
         from compressor.errors import UserError
         from compressor.recipe import load_recipe
         assert p.__file__.startswith({str(src)!r}), p.__file__
@@ -159,7 +159,7 @@ def test_a_new_loss_term_is_one_row(tmp_path):
 def test_a_new_report_section_is_one_function_and_one_entry(tmp_path):
     src = _patched_copy(
         tmp_path,
-        "exporters/report.py",
+        "compressor/exporters/report.py",
         [
             (
                 "# The report, top to bottom.",
@@ -179,7 +179,7 @@ def test_a_new_report_section_is_one_function_and_one_entry(tmp_path):
         src,
         """
         import json
-        from exporters import report
+        from compressor.exporters import report
         md = report.build_markdown([{"environment": {}, "results": []}], [], [], "t")
         print(json.dumps({"md": md, "html": report.build_html(md, {}, "t")}))
         """,

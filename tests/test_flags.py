@@ -5,11 +5,17 @@ from pathlib import Path
 
 import pytest
 
+from compressor.app.flags import (
+    ProfileRequest,
+    check_export_flags,
+    check_run_device,
+    check_student_evaluation,
+    csv_list,
+)
+from compressor.app.pipeline import RunOptions
+from compressor.app.stages import Context
 from compressor.errors import UserError
-from compressor.flags import ProfileRequest, check_run_device, check_student_evaluation, csv_list
-from compressor.pipeline import RunOptions
-from compressor.stages import Context
-from exporters.export import ExportSpec
+from compressor.exporters.export import ExportSpec
 
 
 def test_profile_request_parses_and_checks_in_option_order(tmp_path):
@@ -39,7 +45,7 @@ def test_profile_request_parses_and_checks_in_option_order(tmp_path):
 
 
 def test_export_spec_checks_its_flags(tmp_path):
-    assert ExportSpec(dynamic=["batch", "hw"], size=64, out=tmp_path).check_flags().size == 64
+    assert check_export_flags(ExportSpec(dynamic=["batch", "hw"], size=64, out=tmp_path)).size == 64
     cases = [
         (dict(precision="fp7", size=1), "--precision: expected fp32, fp16 or int8, got 'fp7'"),
         (dict(trt_versions=(9,)), "--trt-version: expected 10 or 11, got 9"),
@@ -51,7 +57,7 @@ def test_export_spec_checks_its_flags(tmp_path):
     (tmp_path / "f").write_text("")
     for kw, msg in cases:
         with pytest.raises(UserError, match=msg):
-            ExportSpec(**kw).check_flags()
+            check_export_flags(ExportSpec(**kw))
 
 
 def test_evaluate_and_run_checks(tmp_path):

@@ -19,7 +19,7 @@ import pytest
 import torch
 from conftest import ROOT, one_error_line, tiny_recipe_text
 
-from compressor.cli import main
+from compressor.app.cli import main
 
 pytestmark = pytest.mark.usefixtures("no_consent")
 
@@ -213,7 +213,7 @@ def test_4_recorded_inception_weights_do_not_run(evaluated, tmp_path, capsys):
 def test_5_failed_export_keeps_the_good_file_and_the_bookkeeping(evaluated, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    import exporters.onnx as onnx_mod
+    import compressor.exporters.onnx as onnx_mod
 
     run = _copy(evaluated, tmp_path)
     (run / "student.onnx").write_bytes(b"the earlier, checked export")
@@ -245,7 +245,7 @@ def test_5_failed_export_keeps_the_good_file_and_the_bookkeeping(evaluated, tmp_
 
 
 def test_6_force_moves_files_compressor_did_not_write_aside(tmp_path):
-    from compressor.pipeline import prepare_run_dir
+    from compressor.app.pipeline import prepare_run_dir
     from compressor.recipe import load_recipe
 
     recipe_path = tmp_path / "tiny.yaml"
@@ -482,10 +482,10 @@ def test_a_hostile_checkpoint_config_is_read_bounded(tmp_path, config):
 def test_files_beside_artifacts_that_never_end_are_read_bounded(tmp_path):
     """A failed-export marker, a trtexec times file and a run's eval.json that link to /dev/zero: each read stops at
     its bound (one line, or no headline), never an endless read."""
-    from compressor.console import headline
+    from compressor.app.console import headline
     from compressor.errors import UserError
-    from exporters.onnx import check_not_failed, failed_marker
-    from exporters.profile import import_trtexec_times
+    from compressor.exporters.onnx import check_not_failed, failed_marker
+    from compressor.exporters.profile import import_trtexec_times
 
     onnx_file = tmp_path / "student.onnx"
     onnx_file.write_bytes(b"")

@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image
 
-from compressor.cli import main
+from compressor.app.cli import main
 from compressor.data import FolderDataset
 from compressor.errors import DataError
+from compressor.exporters.onnx import export_onnx
 from compressor.io import DiskWriteError
 from compressor.models import build_generator
-from exporters.onnx import export_onnx
 
 
 def _one_error(capsys, code: int) -> str:

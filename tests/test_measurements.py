@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from exporters.profile import onnx_precision, profile_models
+from compressor.exporters.profile import onnx_precision, profile_models
 
 TINY = "resnet_6blocks:ngf=4,norm=instance"
 LARGE = "resnet_9blocks:ngf=64,norm=instance"
@@ -29,10 +29,10 @@ def test_each_child_reports_its_own_peak_memory():
 
 
 def test_int8_onnx_is_labelled_int8_and_its_warnings_are_explained(tmp_path, caplog):
-    from compressor import console
+    from compressor.app import console
+    from compressor.exporters.onnx import export_onnx
+    from compressor.exporters.quantize import CpuInt8, quantize_onnx
     from compressor.models import build_generator
-    from exporters.onnx import export_onnx
-    from exporters.quantize import CpuInt8, quantize_onnx
 
     fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
     export_onnx(build_generator("resnet_6blocks", ngf=4, norm="instance"), fp32, torch.zeros(1, 3, 32, 32))

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from compressor.errors import ExportError
+from compressor.exporters import mobile
+from compressor.exporters.export import FORMATS, export_other_formats
+from compressor.exporters.mobile import CroppedConvTranspose2d, without_output_padding
 from compressor.models.resnet import ResnetGenerator
-from exporters import mobile
-from exporters.export import FORMATS, export_other_formats
-from exporters.mobile import CroppedConvTranspose2d, without_output_padding
 
 
 def needs(*modules):
@@ -61,7 +61,7 @@ def test_missing_extra_is_one_line(monkeypatch, tmp_path, tiny):
 
 @needs("executorch")
 def test_executorch_fp32_parity(tmp_path, tiny):
-    from exporters.executorch import ExecuTorchRunner, export_executorch, read_metadata
+    from compressor.exporters.executorch import ExecuTorchRunner, export_executorch, read_metadata
 
     model, samples = tiny
     rec = export_executorch(model, tmp_path / "s.pte", samples, metadata={"width": 0.5})
@@ -75,7 +75,7 @@ def test_executorch_fp32_parity(tmp_path, tiny):
 
 @needs("litert_torch", "ai_edge_litert")
 def test_litert_fp32_parity_nhwc(tmp_path, tiny):
-    from exporters.litert import LiteRTRunner, export_litert, read_metadata
+    from compressor.exporters.litert import LiteRTRunner, export_litert, read_metadata
 
     model, samples = tiny
     rec = export_litert(model, tmp_path / "s.tflite", samples)
@@ -89,7 +89,7 @@ def test_litert_fp32_parity_nhwc(tmp_path, tiny):
 
 @needs("ncnn", "pnnx")
 def test_ncnn_fp32_parity_and_failed_check_keeps_the_old_file(tmp_path, tiny):
-    from exporters.ncnn import export_ncnn
+    from compressor.exporters.ncnn import export_ncnn
 
     model, samples = tiny
     rec = export_ncnn(model, tmp_path / "s.ncnn.param", samples)
@@ -104,7 +104,7 @@ def test_ncnn_fp32_parity_and_failed_check_keeps_the_old_file(tmp_path, tiny):
 
 @needs("coremltools")
 def test_coreml_converts_and_its_spec_checks(tmp_path, tiny):
-    from exporters.coreml import can_predict, export_coreml, validate
+    from compressor.exporters.coreml import can_predict, export_coreml, validate
 
     model, samples = tiny
     rec = export_coreml(model, tmp_path / "s.mlpackage", samples, metadata={"width": 0.5})
@@ -118,7 +118,7 @@ def test_coreml_converts_and_its_spec_checks(tmp_path, tiny):
 
 @needs("coremltools")
 def test_coreml_predict(tmp_path, tiny):
-    from exporters.coreml import NOT_MACOS, CoreMLRunner, can_predict, export_coreml
+    from compressor.exporters.coreml import NOT_MACOS, CoreMLRunner, can_predict, export_coreml
 
     if not can_predict():
         pytest.skip(NOT_MACOS)
@@ -129,7 +129,7 @@ def test_coreml_predict(tmp_path, tiny):
 
 
 def test_mobile_rows_in_both_tables():
-    from exporters.runtimes import BACKENDS
+    from compressor.exporters.runtimes import BACKENDS
 
     for name, artifact in (("executorch", "pte"), ("litert", "tflite"), ("ncnn", "ncnn"), ("coreml", "mlpackage")):
         fmt = FORMATS[name]
@@ -137,8 +137,8 @@ def test_mobile_rows_in_both_tables():
         assert fmt.exporter.__name__ == f"export_{name}" and BACKENDS[name].precisions == fmt.precisions
     assert FORMATS["coreml"].path("d", "student", "fp16").name == "student.mlpackage"
     assert FORMATS["ncnn"].path("d", "student", "fp16").name == "student.fp16.ncnn.param"
-    from exporters.mobile import variant_path
-    from exporters.ncnn import paths
+    from compressor.exporters.mobile import variant_path
+    from compressor.exporters.ncnn import paths
 
     assert variant_path(FORMATS["executorch"].path("d", "s", "int8"), "int8", ".pte").name == "s.int8.pte"
     assert variant_path(Path("d/s.pte"), "int8", ".pte").name == "s.int8.pte"
@@ -147,7 +147,7 @@ def test_mobile_rows_in_both_tables():
 
 def test_profile_host_takes_the_coreml_backend(tmp_path, monkeypatch):
     """A Mac times Core ML: ``compress profile --host user@mac --backend coreml`` reaches the remote path."""
-    import compressor.cli as cli
+    import compressor.app.cli as cli
 
     seen = {}
 
@@ -171,7 +171,7 @@ def test_profile_host_takes_the_coreml_backend(tmp_path, monkeypatch):
 def test_export_stage_formats_go_on_after_a_refusal(tmp_path, tiny, monkeypatch):
     from dataclasses import replace
 
-    import exporters.export as ex
+    import compressor.exporters.export as ex
 
     def refuse(*a, **k):
         raise ExportError("litert fp32: error: failed to legalize operation 'mhlo.convolution'")
@@ -188,7 +188,7 @@ def test_export_stage_formats_go_on_after_a_refusal(tmp_path, tiny, monkeypatch)
 @needs("ncnn", "pnnx")
 def test_ncnn_runs_a_model_whose_first_layer_works_in_place(tmp_path):
     """GAN Compression's generators clamp their input first; ncnn runs that Clip in place on the input blob."""
-    from exporters.ncnn import export_ncnn
+    from compressor.exporters.ncnn import export_ncnn
 
     class Clamped(torch.nn.Module):
         def __init__(self):

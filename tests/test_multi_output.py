@@ -82,7 +82,7 @@ def test_student_outputs_named_slims_the_other_heads_all_keeps_them():
 
 def _run_in_process(recipe_path, out, stages=STAGES):
     """The pipeline `compress run` runs, in this process (a CLI process costs the suite its imports again)."""
-    from compressor.pipeline import RunOptions, run_pipeline
+    from compressor.app.pipeline import RunOptions, run_pipeline
     from compressor.recipe import load_recipe
 
     recipe = load_recipe(recipe_path)

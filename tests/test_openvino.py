@@ -10,11 +10,11 @@ pytest.importorskip("openvino", reason="the [openvino] extra (openvino, nncf) is
 pytest.importorskip("nncf", reason="the [openvino] extra (openvino, nncf) is not installed")
 
 from compressor.errors import ExportError  # noqa: E402
+from compressor.exporters import openvino as ov_export  # noqa: E402
+from compressor.exporters.export import FORMATS, find_artifacts  # noqa: E402
+from compressor.exporters.runtimes import make_runner  # noqa: E402
 from compressor.models import build_generator  # noqa: E402
 from compressor.slim import make_student  # noqa: E402
-from exporters import openvino as ov_export  # noqa: E402
-from exporters.export import FORMATS, find_artifacts  # noqa: E402
-from exporters.runtimes import make_runner  # noqa: E402
 
 SIZE = 32
 
@@ -76,8 +76,8 @@ def test_static_files_and_failed_parity_keeps_the_good_file(tiny, monkeypatch):
 
 
 def test_profile_openvino_row_merges_into_report(tiny, tmp_path):
-    from exporters.profile import profile_models
-    from exporters.report import write_report
+    from compressor.exporters.profile import profile_models
+    from compressor.exporters.report import write_report
 
     model, samples, d, onnx = tiny
     doc = profile_models([str(onnx)], ["openvino"], [1], [SIZE], warmup=1, iters=3, threads=1)
@@ -91,7 +91,7 @@ def test_profile_openvino_row_merges_into_report(tiny, tmp_path):
 
 
 def test_unknown_device_is_refused_with_the_devices_seen():
-    from exporters.runtimes import BACKENDS
+    from compressor.exporters.runtimes import BACKENDS
 
     row = BACKENDS["openvino"]
     why = row.load().refuse(row, "fp32", "npu")

@@ -7,11 +7,11 @@ import pytest
 import torch
 from conftest import FACADES, ROOT, run_cli, tiny_recipe_text
 
+from compressor.app.pipeline import STAGES, RunOptions, run_pipeline, stage_digest
+from compressor.app.stages import Context
 from compressor.errors import UserError
-from compressor.pipeline import STAGES, RunOptions, run_pipeline, stage_digest
 from compressor.recipe import load_recipe
 from compressor.runfolder import RunDir
-from compressor.stages import Context
 
 
 def test_tiny_end_to_end_then_everything_skipped(tmp_path, tiny_recipe):

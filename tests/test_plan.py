@@ -11,9 +11,9 @@ from conftest import loopback_sshd, run_cli, tiny_recipe_text
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from compressor.app.plan import plan_width, width_grid
 from compressor.errors import UserError
 from compressor.models import build_generator
-from compressor.plan import plan_width, width_grid
 from compressor.recipe import BudgetSpec, StudentSpec
 
 SIZE = 16
@@ -190,7 +190,7 @@ def test_an_outlier_does_not_turn_the_search_into_a_sweep(teacher):
 
 
 def test_each_width_gets_its_own_onnx(teacher, tmp_path):
-    from compressor.plan import Candidate, ProfileMeasure
+    from compressor.app.plan import Candidate, ProfileMeasure
     from compressor.slim import make_student
 
     pm = ProfileMeasure(BudgetSpec(latency_ms=1), SIZE, tmp_path)
@@ -214,7 +214,7 @@ def test_recipe_schema_for_auto_width(tmp_path):
     with pytest.raises(RecipeError, match="exactly one of latency_ms, speedup, macs or params"):
         parse_recipe(base, check_paths=False, overrides=["student.budget={latency_ms: 8, speedup: 3}"])
     # backend names are checked against the backend table in pre-flight (the schema imports no exporter)
-    from compressor.stages import check_backends
+    from compressor.app.stages import check_backends
 
     with pytest.raises(RecipeError, match="student.budget.backend: unknown backend 'ort-gpu'"):
         check_backends(

@@ -5,9 +5,9 @@ import subprocess
 import pytest
 from conftest import loopback_sshd, run_cli
 
-from exporters.profile import SCHEMA, import_trtexec_times, profile_models
-from exporters.report import write_report
-from exporters.runtimes import backend_available
+from compressor.exporters.profile import SCHEMA, import_trtexec_times, profile_models
+from compressor.exporters.report import write_report
+from compressor.exporters.runtimes import backend_available
 
 TEACHER = "resnet_6blocks:ngf=16,norm=instance"
 STUDENT = "resnet_6blocks:ngf=16,norm=instance,width=0.25"
@@ -181,8 +181,8 @@ def test_remote_profile_over_ssh(tmp_path):
     import torch
 
     with loopback_sshd(tmp_path) as (port, opts):
+        from compressor.exporters.onnx import export_onnx
         from compressor.models import build_generator
-        from exporters.onnx import export_onnx
 
         onnx_path = tmp_path / "student.onnx"
         export_onnx(build_generator("resnet_6blocks", ngf=4, norm="instance"), onnx_path, torch.zeros(1, 3, 32, 32))

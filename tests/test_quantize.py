@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from exporters.onnx import export_onnx, ort_session
-from exporters.quantize import CPU_OP_TYPES, CPU_VARIANTS, CpuInt8, psnr, quantize_onnx
+from compressor.exporters.onnx import export_onnx, ort_session
+from compressor.exporters.quantize import CPU_OP_TYPES, CPU_VARIANTS, CpuInt8, psnr, quantize_onnx
 
 
 class _Gen(nn.Module):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from exporters import report as rp
+from compressor.exporters import report as rp
 
 HOST = {
     "hostname": "box",
@@ -282,7 +282,7 @@ def test_a_new_section_is_one_function_and_one_entry(monkeypatch):
 
 
 def test_loss_terms_table_from_metrics_jsonl(tmp_path):
-    from exporters.report import loss_terms_table
+    from compressor.exporters.report import loss_terms_table
 
     f = tmp_path / "metrics.jsonl"
     rows = [

@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import tiny_recipe_text
 
-import compressor.stages as stages
+import compressor.app.stages as stages
 from compressor.data import batch_keys, input_key, target_key
 from compressor.errors import RecipeError
 from compressor.models import build_generator, load_teacher, spec_of_model, teacher_spec

@@ -22,7 +22,7 @@ import pytest
 from conftest import ROOT, one_error_line, run_cli, tiny_recipe_text
 
 from compressor import trust
-from compressor.cli import main
+from compressor.app.cli import main
 from compressor.errors import UserError
 
 PWN = "import pathlib; pathlib.Path({path!r}).write_text('pwned')\n"
@@ -104,7 +104,7 @@ def test_loading_a_folder_imports_no_code_without_consent(tmp_path, capsys, via_
     with pytest.raises(UntrustedCode, match="allow_import=True"):
         load_student(folder)
     # a run folder's teacher.json: refused the same way
-    from compressor.pipeline import RunDir, load_run_teacher
+    from compressor.app.pipeline import RunDir, load_run_teacher
 
     with pytest.raises(UntrustedCode, match="teacher"):
         load_run_teacher(RunDir(folder))
@@ -203,7 +203,7 @@ def test_hostile_yaml_is_bounded(tmp_path, text, needle):
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-        "from compressor.cli import main\n"
+        "from compressor.app.cli import main\n"
         f"sys.exit(main(['validate', {str(p)!r}]))\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -252,7 +252,7 @@ def test_usage_errors_through_the_installed_script():
 def test_both_click_families_are_caught(monkeypatch, capsys):
     import typer
 
-    from compressor import cli
+    from compressor.app import cli
 
     families = []
     try:
@@ -457,7 +457,7 @@ def test_changed_width_in_checkpoint_is_one_line(trained, tmp_path):
 
 
 def test_printed_resume_command_keeps_every_flag(monkeypatch, capsys, tmp_path):
-    from compressor import cli, pipeline
+    from compressor.app import cli, pipeline
     from compressor.errors import Interrupted
 
     p = _recipe(tmp_path, tiny_recipe_text())
@@ -582,7 +582,7 @@ def test_sigkill_of_distributed_run_leaves_no_worker(trained, tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    needle = f"compressor.worker {out / 'tiny'}"
+    needle = f"compressor.app.worker {out / 'tiny'}"
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and len(_pids_with(needle)) < 2:
         time.sleep(0.2)
@@ -592,7 +592,7 @@ def test_sigkill_of_distributed_run_leaves_no_worker(trained, tmp_path):
     proc.wait()
     time.sleep(5.0)
     alive = _pids_with(needle) + _pids_with(
-        f"torch.distributed.run --standalone --nproc_per_node=2 -m compressor.worker {out / 'tiny'}"
+        f"torch.distributed.run --standalone --nproc_per_node=2 -m compressor.app.worker {out / 'tiny'}"
     )
     for pid in alive:  # clean up before failing
         os.kill(pid, signal.SIGKILL)

@@ -19,7 +19,7 @@ CUSTOM = [
 
 @pytest.mark.parametrize("import_path, factory", CUSTOM)
 def test_prune_custom_architectures(tmp_path, import_path, factory):
-    from exporters.onnx import export_checked
+    from compressor.exporters.onnx import export_checked
 
     teacher = factory().eval()
     teacher.compressor_spec = {"import": import_path, "kwargs": {}}
@@ -176,7 +176,7 @@ def test_recipe_keep_and_round_channels_reach_the_student_stage(tmp_path):
 
     from conftest import tiny_recipe_text
 
-    from compressor.pipeline import RunOptions, run_pipeline
+    from compressor.app.pipeline import RunOptions, run_pipeline
     from compressor.recipe import load_recipe
 
     text = tiny_recipe_text().replace(

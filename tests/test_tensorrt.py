@@ -12,8 +12,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from compressor.errors import ExportError, UserError
-from exporters import trt_rules
-from exporters.tensorrt import (
+from compressor.exporters import trt_rules
+from compressor.exporters.tensorrt import (
     LintResult,
     TensorRTRunner,
     build_engine,
@@ -38,7 +38,7 @@ class TinyConvNet(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
-    from exporters.onnx import export_onnx
+    from compressor.exporters.onnx import export_onnx
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny") / "student.onnx"
@@ -53,7 +53,7 @@ def _calib(n=4):
 
 @pytest.fixture(scope="module")
 def int8_trt(tiny_onnx):
-    from exporters.quantize import quantize_onnx
+    from compressor.exporters.quantize import quantize_onnx
 
     return quantize_onnx(tiny_onnx, tiny_onnx.with_name("student.int8.onnx"), _calib(), target="tensorrt")
 
@@ -98,7 +98,7 @@ def test_lint_fails_a_model_quantised_with_quantize_bias(tiny_onnx, tmp_path):
         quantize_static,
     )
 
-    from exporters.quantize import _Reader
+    from compressor.exporters.quantize import _Reader
 
     out = tmp_path / "bias.onnx"
     quantize_static(
@@ -119,7 +119,7 @@ def test_lint_fails_a_model_quantised_with_quantize_bias(tiny_onnx, tmp_path):
 
 
 def test_lint_fails_the_cpu_flavour_uint8(tiny_onnx, tmp_path):
-    from exporters.quantize import quantize_onnx
+    from compressor.exporters.quantize import quantize_onnx
 
     cpu = quantize_onnx(tiny_onnx, tmp_path / "cpu.onnx", _calib(), target="cpu")
     lint = lint_onnx(cpu, 11)
@@ -422,7 +422,7 @@ def test_fp16_and_int8_flags_per_major(fake_trt, tiny_onnx, int8_trt, tmp_path):
 
 
 def test_build_lints_the_file_it_reads_for_the_installed_version(fake_trt, tiny_onnx, tmp_path):
-    from exporters.quantize import quantize_onnx
+    from compressor.exporters.quantize import quantize_onnx
 
     cpu = quantize_onnx(tiny_onnx, tmp_path / "cpu.int8.onnx", _calib(), target="cpu")
     fake = fake_trt(version="10.8.0")
@@ -579,7 +579,7 @@ def test_trtexec_11_drops_noop_and_removed_flags():
 
 
 def test_trtexec_script_refuses_a_cpu_int8_model(tiny_onnx, tmp_path):
-    from exporters.quantize import quantize_onnx
+    from compressor.exporters.quantize import quantize_onnx
 
     cpu = quantize_onnx(tiny_onnx, tmp_path / "student.int8.onnx", _calib(), target="cpu")
     with pytest.raises(ExportError, match="would reject.*compress export --trt --precision int8"):
@@ -591,7 +591,7 @@ def test_trtexec_script_refuses_a_cpu_int8_model(tiny_onnx, tmp_path):
 def test_ort_trt_needs_onnxruntime_1_27_for_tensorrt_11(monkeypatch):
     import onnxruntime as ort
 
-    from exporters.runtimes import backend_available
+    from compressor.exporters.runtimes import backend_available
 
     assert "1.27" in trt_rules.ort_tensorrt_problem("1.26.1", (11, 1))
     assert trt_rules.ort_tensorrt_problem("1.27.0", (11, 1)) == ""

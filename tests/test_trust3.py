@@ -19,7 +19,7 @@ import pytest
 import yaml
 from conftest import ROOT, load_fuzz, one_error_line
 
-from compressor.cli import main
+from compressor.app.cli import main
 
 pytestmark = pytest.mark.usefixtures("no_consent")
 
@@ -60,7 +60,7 @@ def _hidden(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A run the pipeline made (teacher, student, distill with checkpoints at steps 2 and 4, evaluate, export)."""
-    from compressor.pipeline import RunOptions, run_pipeline
+    from compressor.app.pipeline import RunOptions, run_pipeline
     from compressor.recipe import load_recipe
 
     base = tmp_path_factory.mktemp("trained")
@@ -107,9 +107,9 @@ OLD_FIXED_TEMPS = (  # the names exporters used before: links there pointed writ
 def test_0_temporary_names_are_fresh_and_links_there_survive(corpus, tmp_path, capsys):
     import numpy as np
 
+    from compressor.exporters.export import export_torch
+    from compressor.exporters.mobile import checked_write
     from compressor.slim import load_student
-    from exporters.export import export_torch
-    from exporters.mobile import checked_write
 
     folder = tmp_path / "student"
     shutil.copytree(corpus[1].parent.parent / "pruned", folder)
@@ -366,11 +366,11 @@ def test_6_report_and_profile_refuse_to_write_into_a_locked_run(corpus, tmp_path
 
 KILL_DURING = """
 import os, signal, sys
-import exporters.export as ex
+import compressor.exporters.export as ex
 def die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
 ex.compare_int8 = die  # the slow step after INT8 quantisation
-from compressor.cli import main
+from compressor.app.cli import main
 main(["export", sys.argv[1], "--precision", "int8", "-q"])
 """
 
@@ -417,7 +417,7 @@ def _dead_pid() -> int:
 
 
 def test_9_export_and_evaluate_on_a_run_keep_every_earlier_record(trained, tmp_path, capsys):
-    from compressor.pipeline import RunOptions, run_pipeline
+    from compressor.app.pipeline import RunOptions, run_pipeline
     from compressor.recipe import load_recipe
 
     recipe, src = trained

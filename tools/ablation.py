@@ -76,12 +76,12 @@ import torch
 import yaml
 
 import compressor.stats as st
+from compressor.app.pipeline import RunDir, RunOptions, load_run_teacher, run_pipeline
 from compressor.data import ResumableSampler, make_dataset
 from compressor.features import FeatureTaps, resolve_taps
 from compressor.losses import srp_multi
 from compressor.metrics import frechet_distance, load_inception, paired_metrics
 from compressor.models import build_discriminator
-from compressor.pipeline import RunDir, RunOptions, load_run_teacher, run_pipeline
 from compressor.recipe import parse_recipe
 from compressor.slim import load_student
 from compressor.terms import SRP_DEFAULT_WEIGHT, SRP_OLD_DEFAULT_WEIGHT

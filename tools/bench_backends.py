@@ -4,10 +4,10 @@
                                    [--families resnet_in,resnet_bn,unet] [--train-steps N] [--json out.json]
 
 For each width-0.25 student (resnet_9blocks with InstanceNorm and with BatchNorm, unet_256; 256², batch 1) it
-exports one FP32 ONNX and derives from that same file: ONNX Runtime INT8 (``exporters.quantize.quantize_onnx``,
+exports one FP32 ONNX and derives from that same file: ONNX Runtime INT8 (``compressor.exporters.quantize.quantize_onnx``,
 QDQ, per-channel weights), the OpenVINO FP32 IR, and the OpenVINO INT8 IR (NNCF post-training quantisation on
 ``--calib`` facades train images). Each file is timed in its own process with the profile harness
-(``exporters.profile.time_artifact``), one after another in one run, so the ratios compare like with like.
+(``compressor.exporters.profile.time_artifact``), one after another in one run, so the ratios compare like with like.
 OpenVINO FP32 is compiled with ``INFERENCE_PRECISION_HINT=f32`` (FP32 means FP32; on CPUs with AVX-512 BF16/AMX
 OpenVINO would otherwise run BF16): the FP16 IR, which runs at the device default (BF16 here), is timed as well.
 
@@ -61,7 +61,7 @@ def photos(data: Path, calib: int, tests: int):
 
 
 def outputs(backend: str, path: Path, xs: list[np.ndarray]) -> list[np.ndarray]:
-    from exporters.runtimes import make_runner
+    from compressor.exporters.runtimes import make_runner
 
     runner = make_runner(backend, path, threads=1)
     return [runner(x) for x in xs]
@@ -73,7 +73,7 @@ def trained_student(arch: str, norm: str, steps: int, data: Path, work: Path):
     against the rebuilt width-0.25 student's."""
     from bench_export import build_student
 
-    from compressor.pipeline import RunOptions, run_pipeline
+    from compressor.app.pipeline import RunOptions, run_pipeline
     from compressor.recipe import parse_recipe
     from compressor.runfolder import RunDir, load_run_teacher
 
@@ -96,9 +96,9 @@ def trained_student(arch: str, norm: str, steps: int, data: Path, work: Path):
 def run_family(key: str, args, calib, tests, work: Path) -> dict:
     from bench_export import build_student, set_batchnorm_statistics
 
-    from exporters.export import FORMATS
-    from exporters.openvino import psnr
-    from exporters.profile import time_artifact
+    from compressor.exporters.export import FORMATS
+    from compressor.exporters.openvino import psnr
+    from compressor.exporters.profile import time_artifact
 
     arch, norm = FAMILIES[key]
     if args.train_steps:

@@ -4,11 +4,11 @@
                                  [--families resnet_in,resnet_bn,unet] [--variants] [--json out.json]
 
 For each width-0.25 student (resnet_9blocks with InstanceNorm and with BatchNorm, unet_256 with BatchNorm; 256²,
-batch 1) it exports FP32 ONNX, quantises it with ``exporters.quantize.quantize_onnx(target="cpu")`` and times both
+batch 1) it exports FP32 ONNX, quantises it with ``compressor.exporters.quantize.quantize_onnx(target="cpu")`` and times both
 files, each in its own process (ONNX Runtime's and torch's thread pools would otherwise compete), then prints
 the INT8/FP32 latency ratio, achieved GMAC/s, a per-op-type time breakdown from ONNX Runtime's profiler
 (``SessionOptions.enable_profiling``) and the CPU's ISA flags. ``--variants`` also measures every entry of
-``exporters.quantize.CPU_VARIANTS`` (QDQ vs QOperator, U8S8 vs S8S8, per-channel, calibration methods) and
+``compressor.exporters.quantize.CPU_VARIANTS`` (QDQ vs QOperator, U8S8 vs S8S8, per-channel, calibration methods) and
 ``--session`` ONNX Runtime's graph optimisation levels and thread counts for the FP32 student and the teacher.
 Quality: PSNR of INT8 against FP32 outputs on facades test images (target ≥ 30 dB; skipped without facades).
 The students are built at random (kaiming) from the zoo teachers, as latency does not depend on the weights, with
@@ -120,7 +120,7 @@ def time_in_subprocess(path: Path, iters: int, threads: int, opt_level: str = "a
 
 
 def cpu_info() -> dict:
-    from exporters.profile import _cpu_model
+    from compressor.exporters.profile import _cpu_model
 
     flags = set()
     try:
@@ -192,8 +192,8 @@ def images(data: Path, calib: int):
 
 
 def psnr_vs_fp32(fp32: Path, int8: Path, tests: list[np.ndarray]) -> tuple[float, float]:
-    from exporters.onnx import ort_session
-    from exporters.quantize import psnr
+    from compressor.exporters.onnx import ort_session
+    from compressor.exporters.quantize import psnr
 
     s32, s8 = ort_session(fp32, threads=1), ort_session(int8, threads=1)
     name = s32.get_inputs()[0].name
@@ -205,8 +205,8 @@ def run_family(key: str, args, calib, tests, has_quality: bool, work: Path) -> d
     import torch
 
     from compressor.complexity import profile_model
-    from exporters.onnx import export_onnx
-    from exporters.quantize import CPU_VARIANTS, CpuInt8, quantize_onnx
+    from compressor.exporters.onnx import export_onnx
+    from compressor.exporters.quantize import CPU_VARIANTS, CpuInt8, quantize_onnx
 
     arch, norm = FAMILIES[key]
     teacher, student = build_student(arch, norm)

@@ -16,7 +16,7 @@ whether each format takes them. Inputs are facades photos (test split; calibrati
 For every format and precision of the export formats table's phone rows (ExecuTorch, LiteRT, ncnn, Core ML): the
 exporter's own check against PyTorch (max abs error for FP32, PSNR for FP16/INT8, on the test photos), the file
 size, and p50 latency of batch 1 in the format's runtime, timed in its own process by the profile harness
-(``exporters.profile.time_artifact``). Core ML is converted and validated only (it predicts on macOS). A format
+(``compressor.exporters.profile.time_artifact``). Core ML is converted and validated only (it predicts on macOS). A format
 that refuses a model keeps the converter's one-line reason.
 """
 
@@ -107,8 +107,8 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     from compressor.errors import ExportError
-    from exporters.export import FORMATS
-    from exporters.profile import environment, time_artifact
+    from compressor.exporters.export import FORMATS
+    from compressor.exporters.profile import environment, time_artifact
 
     samples = photos(args.data, "test", args.size, args.samples)
     calib = [x[None].numpy() for x in photos(args.data, "train", args.size, args.calib)]
@@ -162,7 +162,7 @@ def main() -> int:
                     # min_psnr 0: the number is recorded whatever it is; the table compares it with 30 dB
                     from importlib import import_module
 
-                    exporter = getattr(import_module(f"exporters.{fmt_name}"), f"export_{fmt_name}")
+                    exporter = getattr(import_module(f"compressor.exporters.{fmt_name}"), f"export_{fmt_name}")
                     rec = exporter(
                         model, path, x, precision=prec, calibration=calib, min_psnr=0.0, metadata={"benchmark": label}
                     )

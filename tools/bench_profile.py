@@ -14,8 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exporters.profile import profile_models  # noqa: E402
-from exporters.report import speedups  # noqa: E402
+from compressor.exporters.profile import profile_models  # noqa: E402
+from compressor.exporters.report import speedups  # noqa: E402
 
 
 def main() -> None:

@@ -234,7 +234,7 @@ def mutate_file(path: Path, rng: random.Random) -> None:
 
 
 def _cli(args: list) -> int:
-    from compressor.cli import main
+    from compressor.app.cli import main
 
     return main([str(a) for a in args])
 
@@ -275,8 +275,8 @@ def t_teacher(d: Path, rng: random.Random) -> int:
 
 
 def t_run_folder(d: Path, rng: random.Random) -> int:
+    from compressor.app.stages import STAGE_BY_NAME
     from compressor.runfolder import RunDir, load_run_recipe, read_run_json
-    from compressor.stages import STAGE_BY_NAME
 
     run = RunDir(d / "runs" / "tiny")
     mutate_file(rng.choice([run.stages_json, run.run_json]), rng)
@@ -358,9 +358,9 @@ def t_links(d: Path, rng: random.Random) -> int:
     """Link a sub-folder or an own file of the run out of it, then read, write, prune and report the run: each
     refuses (one line) or replaces the link; the place outside is byte for byte the same."""
     from compressor.checkpoints import resumable_checkpoint, save_checkpoint
+    from compressor.exporters.report import report_run
     from compressor.resume import prepare_checkpoints
     from compressor.runfolder import RunDir, load_run_student, load_run_teacher
-    from exporters.report import report_run
 
     run = RunDir(d / "runs" / "tiny")
     outside = _outside(d)
@@ -397,11 +397,11 @@ FIFO_FILES = (  # files of the run the toolkit reads, each replaced by a FIFO in
 
 def _read_as_the_toolkit_does(run, name: str) -> int:
     """Read ``name`` of the run with the reader the commands use."""
+    from compressor.exporters.onnx import check_not_failed
     from compressor.resume import recorded_digest
     from compressor.runfolder import load_run_teacher, read_run_json
     from compressor.schemas import read_json
     from compressor.train import Trainer
-    from exporters.onnx import check_not_failed
 
     if name in ("eval.json", "profile.json", "export.json"):
         return _cli(["report", run.root / name, "--out", run.root.parent / "r"])

@@ -17,12 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from .errors import UserError
-from .io import atomic_write_json, atomic_write_text
-from .lock import LOCK_NAME, run_lock
-from .recipe import Recipe
-from .resume import check_checkpoints
-from .runfolder import RunDir, load_run_teacher, read_run_json  # noqa: F401 - part of the pipeline's public face
+from ..errors import UserError
+from ..io import atomic_write_json, atomic_write_text
+from ..lock import LOCK_NAME, run_lock
+from ..recipe import Recipe
+from ..resume import check_checkpoints
+from ..runfolder import RunDir, load_run_teacher, read_run_json  # noqa: F401 - part of the pipeline's public face
 from .stages import (
     STAGE_BY_NAME,
     STAGES,

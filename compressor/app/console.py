@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator, Optional, TextIO
 
-from exporters.report import METRICS, SMALL_FID_N, SMALL_N_NOTE, change_text, metric_text, sig
-from exporters.report import headline as report_headline
-
-from . import schemas
-from .errors import UserError
+from .. import schemas
+from ..errors import UserError
+from ..exporters.report import METRICS, SMALL_FID_N, SMALL_N_NOTE, change_text, metric_text, sig
+from ..exporters.report import headline as report_headline
 
 log = logging.getLogger("compressor")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .errors import Interrupted
-from .procs import die_with_parent
-from .runfolder import RunDir, load_run_recipe
+from ..errors import Interrupted
+from ..procs import die_with_parent
+from ..runfolder import RunDir, load_run_recipe
+from ..train import init_distributed
 from .stages import Context, RunOptions, distill_in_process, finish_distill, resolve_device
-from .train import init_distributed
 
 
 def main(argv=None) -> int:

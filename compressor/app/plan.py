@@ -32,18 +32,17 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from exporters.onnx import export_onnx
-from exporters.profile import environment, profile_models, remote_profile
-from exporters.runtimes import BACKENDS, backend_available, get_backend
-from exporters.tensorrt import build_engine
-
-from .complexity import count_params, profile_model
-from .errors import UserError
-from .io import atomic_write_bytes, atomic_write_json
-from .models import ZOO, input_channels, size_multiple
-from .recipe import BudgetSpec
-from .schemas import PlanJson, read_json
-from .slim import make_student, save_student
+from ..complexity import count_params, profile_model
+from ..errors import UserError
+from ..exporters.onnx import export_onnx
+from ..exporters.profile import environment, profile_models, remote_profile
+from ..exporters.runtimes import BACKENDS, backend_available, get_backend
+from ..exporters.tensorrt import build_engine
+from ..io import atomic_write_bytes, atomic_write_json
+from ..models import ZOO, input_channels, size_multiple
+from ..recipe import BudgetSpec
+from ..schemas import PlanJson, read_json
+from ..slim import make_student, save_student
 
 log = logging.getLogger(__name__)
 

@@ -307,7 +307,8 @@ def _ensure_onnx(ref: dict, size: int, workdir: Path) -> Optional[str]:
     import torch
 
     from compressor.models import input_channels
-    from exporters.onnx import export_onnx
+
+    from .onnx import export_onnx
 
     model = build_torch(ref["torch"])
     path = workdir / f"{abs(hash(json.dumps(ref['torch'], sort_keys=True)))}.onnx"
@@ -373,7 +374,7 @@ def worker(cfg: dict) -> dict:
     """Time one configuration (runs in its own process)."""
     start_rss = reset_peak_rss()  # this child's own high-water mark from here on
     backend, batch, size = cfg["backend"], cfg["batch"], cfg["size"]
-    from exporters.runtimes import make_runner
+    from .runtimes import make_runner
 
     row = BACKENDS[backend]
     device = row.pick_device(cfg.get("device"))
@@ -419,11 +420,11 @@ def worker(cfg: dict) -> dict:
 
 def _run_worker(cfg: dict, timeout: float) -> dict:
     env = _thread_env(cfg.get("threads"))
-    root = str(Path(__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     try:
         out = run_group(
-            [sys.executable, "-m", "exporters.profile", "--worker", json.dumps(cfg)],
+            [sys.executable, "-m", "compressor.exporters.profile", "--worker", json.dumps(cfg)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -1,6 +1,6 @@
 """Checks of command-line values that typer's types do not cover: each raises one :class:`UserError` line naming
 the flag, before anything is loaded, allocated or started. The ``compress`` commands only call them: ``profile``'s
-flags are one :class:`ProfileRequest`, ``export``'s one :class:`exporters.export.ExportSpec` (``check_flags``)."""
+flags are one :class:`ProfileRequest`, ``export``'s one :class:`compressor.exporters.export.ExportSpec` (:func:`check_export_flags`)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from exporters.runtimes import get_backend
-
-from .errors import UserError
-from .remote import check_host
+from ..errors import UserError
+from ..exporters.export import ExportSpec
+from ..exporters.runtimes import get_backend
+from ..remote import check_host
 
 PRECISIONS = ("fp32", "fp16", "int8")
 MIN_SIZE, MAX_SIZE = 8, 8192  # the recipe's data.size bounds
@@ -255,3 +255,22 @@ class ProfileRequest:
         args = ["--backend", self.backend, "--batch", self.batch, "--size", self.size, "--precision", self.precision]
         args += ["--warmup", str(self.warmup), "--iters", str(self.iters)]
         return args + (["--threads", str(self.threads)] if self.threads else [])
+
+
+def check_export_flags(spec: ExportSpec) -> ExportSpec:
+    """``compress export``'s checks of the values its options filled in: one ``error: --flag: ...`` line for the
+    first bad one."""
+    if spec.precision not in PRECISIONS:
+        raise UserError(f"--precision: expected fp32, fp16 or int8, got {spec.precision!r}")
+    for v in spec.trt_versions:
+        if v not in (10, 11):
+            raise UserError(f"--trt-version: expected 10 or 11, got {v}")
+    if spec.size is not None:
+        check_sizes([spec.size])
+    check_finite(spec.max_drop, "--max-drop")
+    check_out_folder(spec.out)
+    check_existing(spec.data, "--data")
+    bad = [d for d in spec.dynamic if d not in ("batch", "hw")]
+    if bad:
+        raise UserError(f"--dynamic: unknown axis {bad[0]!r} (batch, hw)")
+    return spec

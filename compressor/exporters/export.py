@@ -21,13 +21,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import compressor
 from compressor.data import FolderDataset
 from compressor.errors import ExportError, UserError
-from compressor.flags import check_existing, check_finite, check_out_folder, check_sizes
 from compressor.io import staged
 from compressor.models import apply_state_dict, build_generator, input_channels, load_state_dict_file, size_multiple
 from compressor.slim import load_student
+from compressor.version import __version__
 
 from . import openvino as ov_export
 from .onnx import INPUT, export_checked, parity_inputs
@@ -74,24 +73,6 @@ class ExportSpec:
     def for_tensorrt(self) -> bool:
         return self.tensorrt or self.emit_trtexec
 
-    def check_flags(self) -> ExportSpec:
-        """``compress export``'s checks of the values its options filled in: one ``error: --flag: ...`` line for
-        the first bad one."""
-        if self.precision not in ("fp32", "fp16", "int8"):
-            raise UserError(f"--precision: expected fp32, fp16 or int8, got {self.precision!r}")
-        for v in self.trt_versions:
-            if v not in (10, 11):
-                raise UserError(f"--trt-version: expected 10 or 11, got {v}")
-        if self.size is not None:
-            check_sizes([self.size])
-        check_finite(self.max_drop, "--max-drop")
-        check_out_folder(self.out)
-        check_existing(self.data, "--data")
-        bad = [d for d in self.dynamic if d not in ("batch", "hw")]
-        if bad:
-            raise UserError(f"--dynamic: unknown axis {bad[0]!r} (batch, hw)")
-        return self
-
 
 def default_profile(size: int, dynamic_hw: bool, mult: int, max_batch: int = 8, channels: int = 3) -> dict:
     """Optimisation profile (min/opt/max) for the dynamic axes of an NCHW image input."""
@@ -107,7 +88,7 @@ def export_metadata(model: nn.Module, spec: ExportSpec) -> dict:
     mult = size_multiple(model)
     return {
         "producer": "compressor",
-        "toolkit_version": compressor.__version__,
+        "toolkit_version": __version__,
         "size_rule": f"H and W multiples of {mult}"
         if "hw" in spec.dynamic and not spec.static
         else f"H = W = {spec.size}" + (", batch 1" if spec.static else ""),
@@ -443,7 +424,7 @@ def _mobile(name: str) -> Callable[..., dict]:
     def export(model, out_path, samples, *, precision, static=True, size=None, calibration=None, metadata=None, **_):
         import importlib
 
-        fn = getattr(importlib.import_module(f"exporters.{name}"), f"export_{name}")
+        fn = getattr(importlib.import_module(f"compressor.exporters.{name}"), f"export_{name}")
         return fn(
             model, out_path, _np(samples), precision=precision, size=size, calibration=calibration, metadata=metadata
         )

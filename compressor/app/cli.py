@@ -20,14 +20,21 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from exporters.benchmark import HEADER as BENCH_HEADER
-from exporters.benchmark import table_rows as bench_rows
-from exporters.export import ExportSpec, format_help
-from exporters.profile import profile_models, remote_profile
-from exporters.report import speedups, write_report
-from exporters.runtimes import backend_help
-
-from . import __version__, schemas
+from .. import schemas
+from ..errors import Interrupted, UserError
+from ..exporters.benchmark import HEADER as BENCH_HEADER
+from ..exporters.benchmark import table_rows as bench_rows
+from ..exporters.export import ExportSpec, format_help
+from ..exporters.profile import profile_models, remote_profile
+from ..exporters.report import speedups, write_report
+from ..exporters.runtimes import backend_help
+from ..io import atomic_write_json, atomic_write_text
+from ..lock import run_lock
+from ..metrics import evaluate_folder
+from ..recipe import load_recipe, missing_files
+from ..runfolder import RunDir, enclosing_run, is_run_folder, load_run_recipe, lock_for
+from ..trust import check_import_target, require_consent, trust_all_code
+from ..version import __version__
 from .ablate import AblateSpec, recipe_document, render, run_ablation
 from .cmdline import command_line_hint, set_command_line
 from .console import (
@@ -42,10 +49,10 @@ from .console import (
     watch_interrupts,
 )
 from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
-from .errors import Interrupted, UserError
 from .flags import (
     ProfileRequest,
     check_evaluate_flags,
+    check_export_flags,
     check_folder,
     check_run_device,
     check_student_evaluation,
@@ -54,12 +61,7 @@ from .flags import (
     make_out_folder,
     parse_numbers,
 )
-from .io import atomic_write_json, atomic_write_text
-from .lock import run_lock
-from .metrics import evaluate_folder
 from .pipeline import RunOptions, StageResult, prepare_run_dir, run_pipeline
-from .recipe import load_recipe, missing_files
-from .runfolder import RunDir, enclosing_run, is_run_folder, load_run_recipe, lock_for
 from .stages import (
     benchmark_target,
     evaluate_run,
@@ -69,7 +71,6 @@ from .stages import (
     profile_targets,
     resolve_device,
 )
-from .trust import check_import_target, require_consent, trust_all_code
 
 app = typer.Typer(
     add_completion=False,
@@ -94,7 +95,7 @@ def _setup_logging(quiet: bool) -> None:
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     install_log_filters()
-    for name in ("compressor", "exporters"):
+    for name in ("compressor",):
         logging.getLogger(name).setLevel(logging.WARNING if quiet else logging.INFO)
 
 
@@ -378,22 +379,24 @@ def export(
     """Export a student to ONNX (with parity), OpenVINO, INT8 and TensorRT; emit trtexec scripts for edge devices."""
     _setup_logging(quiet)
     _trust(trust_code)
-    spec = ExportSpec(
-        formats=tuple(csv_list(format_)),
-        static=static,
-        max_drop=max_drop,
-        write_onnx=onnx,
-        tensorrt=trt,
-        precision=precision,
-        dynamic=csv_list(dynamic),
-        opset=opset,
-        size=size,
-        out=out,
-        emit_trtexec=emit_trtexec,
-        trt_versions=(trt_version,),
-        data=data,
-        calib_images=calib_images,
-    ).check_flags()
+    spec = check_export_flags(
+        ExportSpec(
+            formats=tuple(csv_list(format_)),
+            static=static,
+            max_drop=max_drop,
+            write_onnx=onnx,
+            tensorrt=trt,
+            precision=precision,
+            dynamic=csv_list(dynamic),
+            opset=opset,
+            size=size,
+            out=out,
+            emit_trtexec=emit_trtexec,
+            trt_versions=(trt_version,),
+            data=data,
+            calib_images=calib_images,
+        )
+    )
     folder = _written_folder(target, out)
     # one writer per folder: a run folder (also an --out inside one), a student folder, an --out folder
     with _writer_lock(folder), _Progress(quiet) as progress:

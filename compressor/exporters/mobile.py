@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-import compressor
 from compressor.errors import ExportError, UserError, require
 from compressor.io import staged
 from compressor.models import input_channels
+from compressor.version import __version__
 
 FP32_MAX_ABS = 1e-3  # FP32 artifact vs PyTorch, max abs over [-1, 1] images
 MIN_PSNR = 30.0  # FP16 / INT8 artifact vs PyTorch FP32, dB (peak-to-peak 2)
@@ -129,7 +129,7 @@ def artifact_metadata(model: nn.Module, size: int, precision: str, layout: str, 
     (recipe hash, width, the network's native ``network_input_range`` / ``network_output_range``)."""
     meta = {
         "producer": "compressor",
-        "toolkit_version": compressor.__version__,
+        "toolkit_version": __version__,
         "input_size": str(size),
         "input_shape": json.dumps(
             [1, input_channels(model), size, size] if layout == "NCHW" else [1, size, size, input_channels(model)]

@@ -37,15 +37,15 @@ import numpy as np
 import torch
 import yaml
 
-from . import stats as st
-from .data import make_dataset, target_key
-from .errors import RecipeError
-from .io import atomic_write_json, atomic_write_text
-from .metrics import paired_metrics
-from .models import build_discriminator, teacher_spec
+from .. import stats as st
+from ..data import make_dataset, target_key
+from ..errors import RecipeError
+from ..io import atomic_write_json, atomic_write_text
+from ..metrics import paired_metrics
+from ..models import build_discriminator, teacher_spec
+from ..recipe import Recipe, parse_recipe
+from ..runfolder import RunDir, load_run_student, load_run_teacher
 from .pipeline import run_pipeline
-from .recipe import Recipe, parse_recipe
-from .runfolder import RunDir, load_run_student, load_run_teacher
 from .stages import RunOptions
 
 log = logging.getLogger(__name__)

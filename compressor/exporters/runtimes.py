@@ -68,9 +68,9 @@ class Backend:
 _ORT_CPU = ("CPUExecutionProvider",)
 _ORT_CUDA = ("CUDAExecutionProvider", "CPUExecutionProvider")
 _ORT_TRT = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
-_TORCH = "exporters.runtimes:TorchRunner"
+_TORCH = "compressor.exporters.runtimes:TorchRunner"
 _MOBILE = "pip install 'compressor[mobile]'"
-_ORT = "exporters.runtimes:OrtRunner"
+_ORT = "compressor.exporters.runtimes:OrtRunner"
 
 BACKENDS: dict[str, Backend] = {
     b.name: b
@@ -141,7 +141,7 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend(
             "openvino",
-            "exporters.openvino:OpenVINORunner",
+            "compressor.exporters.openvino:OpenVINORunner",
             "openvino",
             "cpu",
             ("fp32", "fp16", "int8"),
@@ -155,7 +155,7 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend(
             "tensorrt",
-            "exporters.tensorrt:TensorRTRunner",
+            "compressor.exporters.tensorrt:TensorRTRunner",
             "engine",
             "cuda",
             ("fp32", "fp16", "int8"),
@@ -166,7 +166,7 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend(
             "executorch",
-            "exporters.executorch:ExecuTorchRunner",
+            "compressor.exporters.executorch:ExecuTorchRunner",
             "pte",
             "cpu",
             ("fp32", "int8"),
@@ -177,7 +177,7 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend(
             "litert",
-            "exporters.litert:LiteRTRunner",
+            "compressor.exporters.litert:LiteRTRunner",
             "tflite",
             "cpu",
             ("fp32", "fp16", "int8"),
@@ -188,7 +188,7 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend(
             "ncnn",
-            "exporters.ncnn:NcnnRunner",
+            "compressor.exporters.ncnn:NcnnRunner",
             "ncnn",
             "cpu",
             ("fp32", "fp16"),
@@ -199,7 +199,7 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend(
             "coreml",
-            "exporters.coreml:CoreMLRunner",
+            "compressor.exporters.coreml:CoreMLRunner",
             "mlpackage",
             "cpu",
             ("fp16", "fp32", "int8"),
@@ -211,7 +211,7 @@ BACKENDS: dict[str, Backend] = {
         ),
         Backend(
             "trtexec-json",
-            "exporters.profile:TrtexecTimes",
+            "compressor.exporters.profile:TrtexecTimes",
             "trtexec-json",
             "cuda",
             ("fp32", "fp16", "int8"),

@@ -21,8 +21,12 @@ from typing import Callable, Iterable, Optional
 import torch
 from safetensors.torch import save as st_save
 
-from exporters.benchmark import benchmark
-from exporters.export import (
+from ..checkpoints import list_checkpoints
+from ..complexity import profile_model
+from ..data import batch_keys, check_data_root, input_images, make_dataset, stack_images
+from ..errors import Interrupted, RecipeError, UserError
+from ..exporters.benchmark import benchmark
+from ..exporters.export import (
     FORMATS,
     ExportSpec,
     export_command,
@@ -32,21 +36,15 @@ from exporters.export import (
     folder_images,
     load_target,
 )
-from exporters.onnx import check_not_failed
-from exporters.profile import profile_models, resolve_models
-from exporters.records import RecordFile
-from exporters.report import report_run
-from exporters.runtimes import BACKENDS, get_backend
-
-from .checkpoints import list_checkpoints
-from .cmdline import command_line_hint
-from .complexity import profile_model
-from .data import batch_keys, check_data_root, input_images, make_dataset, stack_images
-from .errors import Interrupted, RecipeError, UserError
-from .features import check_tap_pair, probe_shapes, resolve_taps
-from .io import atomic_write_bytes, atomic_write_json, own_folder
-from .metrics import evaluate_models, evaluate_pair
-from .models import (
+from ..exporters.onnx import check_not_failed
+from ..exporters.profile import profile_models, resolve_models
+from ..exporters.records import RecordFile
+from ..exporters.report import report_run
+from ..exporters.runtimes import BACKENDS, get_backend
+from ..features import check_tap_pair, probe_shapes, resolve_taps
+from ..io import atomic_write_bytes, atomic_write_json, own_folder
+from ..metrics import evaluate_models, evaluate_pair
+from ..models import (
     build_generator,
     build_teacher,
     check_output,
@@ -57,16 +55,17 @@ from .models import (
     teacher_spec,
     with_ranges,
 )
-from .models.layers import align_free_norms
+from ..models.layers import align_free_norms
+from ..procs import run_group_stoppable
+from ..recipe import LossesSpec, Recipe
+from ..resume import prepare_checkpoints
+from ..runfolder import RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher, profile_refs
+from ..schemas import StudentPlan, TeacherMeta, read_json
+from ..slim import load_student, make_student, save_student
+from ..train import Direction, Trainer, TrainSetup, seed_everything
+from ..trust import consent_to
+from .cmdline import command_line_hint
 from .plan import plan_width
-from .procs import run_group_stoppable
-from .recipe import LossesSpec, Recipe
-from .resume import prepare_checkpoints
-from .runfolder import RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher, profile_refs
-from .schemas import StudentPlan, TeacherMeta, read_json
-from .slim import load_student, make_student, save_student
-from .train import Direction, Trainer, TrainSetup, seed_everything
-from .trust import consent_to
 
 log = logging.getLogger(__name__)
 
@@ -617,7 +616,7 @@ def launch_distributed(ctx: Context) -> dict:
         "--standalone",
         f"--nproc_per_node={ctx.options.nproc}",
         "-m",
-        "compressor.worker",
+        "compressor.app.worker",
         str(ctx.run.root),
         "--device",
         ctx.device.type,
