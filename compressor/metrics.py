@@ -275,14 +275,7 @@ def evaluate_models(
     feats: dict[str, list] = {name: [] for name in models}
     real_feats: list = []
     need_real = want_fid and tgt is not None
-    cached_real = None
-    if need_real and real_key:
-        path = cache_dir() / "inception" / f"{real_key}.npy"
-        if path.exists():
-            try:
-                cached_real = np.load(path)
-            except (OSError, ValueError):
-                cached_real = None
+    cached_real = _cached_real(real_key) if need_real and real_key else None
     total = len(loader)
     for m in models.values():
         m.eval().to(device)
@@ -325,16 +318,32 @@ def evaluate_models(
             real = cached_real
         else:
             real = np.concatenate(feats[reference]) if reference in feats else None
-        for name in models:
-            if real is None or (not need_real and name == reference):
-                continue
-            fake = np.concatenate(feats[name])
-            if "fid" in metrics:
-                result[name]["fid"] = frechet_distance(real, fake)
-            if "kid" in metrics:
-                mean, std = kernel_inception_distance(real, fake)
-                result[name]["kid"], result[name]["kid_std"] = mean, std
+        _fid_kid(result, feats, real, metrics, skip=None if need_real else reference)
     return result
+
+
+def _cached_real(real_key: str) -> Optional[np.ndarray]:
+    """The real images' Inception features cached under ``real_key``, or None."""
+    path = cache_dir() / "inception" / f"{real_key}.npy"
+    if not path.exists():
+        return None
+    try:
+        return np.load(path)
+    except (OSError, ValueError):
+        return None
+
+
+def _fid_kid(result: dict, feats: dict, real: Optional[np.ndarray], metrics: list[str], skip: Optional[str]) -> None:
+    """FID and KID of each model's features against ``real`` into ``result`` (``skip``: the reference itself)."""
+    for name, fake_parts in feats.items():
+        if real is None or name == skip:
+            continue
+        fake = np.concatenate(fake_parts)
+        if "fid" in metrics:
+            result[name]["fid"] = frechet_distance(real, fake)
+        if "kid" in metrics:
+            mean, std = kernel_inception_distance(real, fake)
+            result[name]["kid"], result[name]["kid_std"] = mean, std
 
 
 def _dataset_files(ds) -> list[Path]:

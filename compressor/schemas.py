@@ -284,42 +284,21 @@ class EvalDoc(Open):
     published_check: Optional[PublishedCheck] = None
 
 
-class Parity(Open):
-    tolerance: NonNeg
-    max_abs: float  # inf where the shapes differ
-    passed: StrictBool
-    cases: list[dict[str, Any]]
+class FileRecord(Open):
+    """One exported file's record (:func:`compressor.exporters.records.record`)."""
 
-
-class OnnxEntry(Open):
+    format: StrictStr
+    precision: StrictStr
     path: StrictStr
-    bytes: Count
-    parity: Parity
-
-
-class Int8Record(Open):
-    path: StrictStr
-    psnr_vs_fp32: float
-    latency_ms_int8: NonNeg
-    latency_ms_fp32: NonNeg
-    latency_ratio_int8_over_fp32: NonNeg
-
-
-class LintRecord(Open):
-    target: Union[StrictStr, StrictInt]
-    problems: list[Any]
+    status: Literal["passed", "failed", "skipped"]
+    bytes: Optional[Count] = None
+    parity: Optional[dict[str, Any]] = None
+    reason: Optional[StrictStr] = None
 
 
 class ExportDoc(Open):
-    onnx: dict[str, OnnxEntry]
+    files: dict[str, FileRecord]
     notes: Optional[list[StrictStr]] = None
-    int8: Optional[Int8Record] = None
-    int8_tensorrt: Optional[dict[str, Any]] = None
-    tensorrt: Optional[dict[str, Any]] = None
-    tensorrt_lint: Optional[LintRecord] = None
-    tensorrt_lints: Optional[list[dict[str, Any]]] = None
-    trtexec: Optional[list[StrictStr]] = None
-    formats: Optional[dict[str, dict[str, Any]]] = None
 
 
 # ------------------------------------------------------------------------------------------- reading

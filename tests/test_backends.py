@@ -1,11 +1,13 @@
 """The backend table: every row names a Runner that exists and answers the same interface."""
 
+import json
 import subprocess
 import sys
 
 import pytest
 
-from compressor.exporters.runtimes import BACKENDS, Backend, Runner, backend_available, get_backend, make_runner
+from compressor.exporters.rows import Backend, Runner
+from compressor.exporters.table import BACKENDS, backend_available, get_backend, make_runner
 
 
 @pytest.mark.parametrize("name", sorted(BACKENDS))
@@ -23,13 +25,18 @@ def test_every_row_names_a_runner(name):
         assert kind == row.artifact or kind.startswith(f"{prec}-")
 
 
-def test_reading_the_table_imports_no_runtime():
+def test_a_timing_worker_imports_no_runtime_but_its_own():
+    """The timing worker gets its backend's row as data and imports only that row's Runner module: an ONNX Runtime
+    measurement never loads torch (their thread pools interfere when they share a process)."""
+    row = BACKENDS["ort-cpu"].to_data()
     code = (
-        "import sys; import compressor.exporters.runtimes as r; r.backend_help(); "
-        "print(sorted(m for m in ('torch', 'onnxruntime', 'openvino', 'tensorrt') if m in sys.modules))"
+        "import sys, json; from compressor.exporters import timing; from compressor.exporters.rows import Backend; "
+        f"Backend.from_data(json.loads({json.dumps(json.dumps(row))})).load(); "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'openvino', 'tensorrt', 'onnx') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+    assert Backend.from_data(row) == BACKENDS["ort-cpu"]  # the row travels whole
 
 
 def test_unknown_and_plan_only_names():
@@ -42,12 +49,12 @@ def test_unknown_and_plan_only_names():
 
 
 def test_missing_module_is_reported_with_the_pip_line(monkeypatch):
-    from compressor.exporters import runtimes
+    from compressor.exporters import table
 
     row = Backend(
         "fake-rt", "compressor.exporters.runtimes:OrtRunner", "onnx", "cpu", ("fp32",), ("no_such_mod_xyz",), "pip x"
     )
-    monkeypatch.setitem(runtimes.BACKENDS, "fake-rt", row)
+    monkeypatch.setitem(table.BACKENDS, "fake-rt", row)
     assert backend_available("fake-rt") == (False, "no_such_mod_xyz is not installed: pip x")
 
 

@@ -6,8 +6,10 @@ import numpy as np
 from PIL import Image
 
 from compressor.app.cli import main
-from compressor.exporters import export as export_mod
+from compressor.exporters import table
+from compressor.exporters.formats.pytorch import export_torch
 from compressor.exporters.report import write_report
+from compressor.exporters.rows import Backend, Format
 from compressor.models import build_generator
 from compressor.slim import make_student, save_student
 
@@ -23,10 +25,9 @@ def test_benchmark_student_folder(tmp_path, monkeypatch, capsys):
     for i in range(2):
         Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / f"{i}.png")
     # a format whose runtime is absent is listed as not installed, with its pip line
-    ghost = export_mod.Format(
-        "ghost", ".ghost", export_mod.export_torch, "torch", ("fp32",), ("no_such_runtime_xyz",), "pip install ghost"
-    )
-    monkeypatch.setitem(export_mod.FORMATS, "ghost", ghost)
+    runtime = Backend("ghost", "x:Y", "ghost", "cpu", ("fp32",), ("no_such_runtime_xyz",), "pip install ghost")
+    ghost = Format("ghost", ".ghost", ("fp32",), export_torch, backends=(runtime,), extra="pip install ghost")
+    monkeypatch.setitem(table.FORMATS, "ghost", ghost)
     args = ["benchmark", s, "--size", "32", "--data", data, "--images", "2", "--calib-images", "2"]
     args += ["--iters", "2", "--warmup", "0", "--threads", "1", "--format", "torch,onnx,ghost", "--quiet"]
     assert main([str(a) for a in args]) == 0

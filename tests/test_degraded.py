@@ -239,7 +239,7 @@ def test_dncnn_student_goes_through_the_whole_pipeline(tmp_path):
     plan = json.loads((run / "student.json").read_text())
     assert plan["teacher"]["residual"] == "subtract" and plan["teacher"]["input_range"] == [0.0, 1.0]
     exp = json.loads((run / "export.json").read_text())
-    assert exp["onnx"]["student"]["parity"]["passed"]
+    assert exp["files"]["student.onnx"]["parity"]["passed"]
     report = (run / "report.md").read_text()
     assert "The teacher's published figure" in report and f"{ref:.2f} dB on Set12 (2 images)" in report
     assert "dB from the teacher's" in report

@@ -9,18 +9,17 @@ from conftest import run_cli, tiny_recipe_text
 from onnx import TensorProto, helper
 from PIL import Image
 
-import compressor.exporters.export as export_mod
+import compressor.exporters.formats.tensorrt as trt_format
 from compressor.errors import ExportError
-from compressor.exporters.export import ExportSpec, export_model
-from compressor.exporters.onnx import export_checked, failed_marker, parity_inputs, read_metadata
-from compressor.exporters.tensorrt import (
-    LintResult,
+from compressor.exporters.export import ExportSpec, export_files
+from compressor.exporters.formats.onnx import export_checked, failed_marker, parity_inputs, read_metadata
+from compressor.exporters.formats.tensorrt import (
     emit_trtexec_script,
-    lint_onnx,
     tensorrt_available,
     trt_major,
     trtexec_command,
 )
+from compressor.exporters.trt_lint import LintResult, lint_onnx
 from compressor.models import build_generator
 from compressor.slim import make_student, save_student
 
@@ -67,7 +66,7 @@ def test_parity_failure_leaves_failed_marker(tmp_path):
         export_checked(model, path, [torch.randn(1, 3, 32, 32)], ["batch"], 18, 1e-15, {})
     assert failed_marker(path).exists()
     from compressor.errors import UserError
-    from compressor.exporters.onnx import check_not_failed
+    from compressor.exporters.formats.onnx import check_not_failed
 
     with pytest.raises(UserError, match="failed its checks"):
         check_not_failed(path)
@@ -77,7 +76,7 @@ def test_parity_failure_leaves_failed_marker(tmp_path):
 
 def test_int8_unet_student_psnr(tmp_path):
     from compressor.data import SyntheticPairedDataset
-    from compressor.exporters.onnx import export_onnx
+    from compressor.exporters.formats.onnx import export_onnx
     from compressor.exporters.quantize import compare_int8, quantize_onnx
     from compressor.slim import make_student
 
@@ -143,7 +142,7 @@ def test_trtexec_command_lines_for_both_majors(tmp_path):
     assert not any(f in t11 for f in ("--fp16", "--int8", "--best", "--stronglyTyped"))
     assert "--int8" in trtexec_command("student.int8.onnx", 10, "int8", shapes)
     model = build_generator("resnet_6blocks", ngf=4, norm="instance").eval()
-    from compressor.exporters.onnx import export_onnx
+    from compressor.exporters.formats.onnx import export_onnx
 
     export_onnx(model, tmp_path / "student.onnx", torch.zeros(1, 3, 64, 64))
     s11 = emit_trtexec_script(tmp_path, tmp_path / "student.onnx", 11, "fp16", shapes)
@@ -167,22 +166,25 @@ def test_export_stage_and_cli_agree_and_lint_the_tensorrt_int8_file(tmp_path):
     res = run_cli([recipe, "--out", out, "--quiet", "--only", "teacher,student,distill,export"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     run = out / "tiny"
-    rec = json.loads((run / "export.json").read_text())
+    files = json.loads((run / "export.json").read_text())["files"]
     # INT8 for each target: ONNX Runtime's CPU file (uint8 activations) and TensorRT's (symmetric int8)
-    assert rec["int8"]["path"] == "student.int8.onnx" and rec["int8"]["target"] == "cpu"
-    assert rec["int8_tensorrt"]["path"] == "student.trt-int8.onnx" and rec["int8_tensorrt"]["target"] == "tensorrt"
+    assert files["student.int8.onnx"]["precision"] == "int8" and files["student.int8.onnx"]["target"] == "cpu"
+    assert (
+        files["student.trt-int8.onnx"]["target"] == "tensorrt" and files["student.trt-int8.onnx"]["status"] == "passed"
+    )
     assert not lint_onnx(run / "student.int8.onnx", 10).ok  # the CPU file is not for TensorRT
     # the lint ran on the file TensorRT reads, for both majors, and passed
-    assert {(x["file"], x["target"], x["ok"]) for x in rec["tensorrt_lints"]} == {
+    engine = files["student.int8.plan"]
+    assert {(x["file"], x["target"], x["ok"]) for x in engine["lints"]} == {
         ("student.trt-int8.onnx", "10", True),
         ("student.trt-int8.onnx", "11", True),
     }
-    assert rec["tensorrt_lint"]["file"] == "student.trt-int8.onnx"
+    assert engine["lint"]["file"] == "student.trt-int8.onnx"
     for v in (10, 11):
         script = (run / f"trtexec_trt{v}_int8.sh").read_text()
         assert "--onnx=student.trt-int8.onnx" in script and "student.int8.onnx" not in script
     if not tensorrt_available()[0]:
-        assert any("TensorRT engine skipped" in n for n in rec["notes"])
+        assert engine["status"] == "skipped" and "tensorrt is not installed" in engine["reason"]
     # compress export on the same run: the same ONNX, byte for byte, and its own export.json
     res = run_cli(
         [
@@ -202,9 +204,10 @@ def test_export_stage_and_cli_agree_and_lint_the_tensorrt_int8_file(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     exp = tmp_path / "exp"
     assert (exp / "student.onnx").read_bytes() == (run / "student.onnx").read_bytes()
-    assert "parity" in res.stdout and "PSNR vs FP32" in res.stdout and "lint of student.trt-int8.onnx" in res.stdout
+    assert "against PyTorch" in res.stdout and "against onnx fp32" in res.stdout
+    assert "lint of student.trt-int8.onnx" in res.stdout
     assert "--onnx=student.trt-int8.onnx" in (exp / "trtexec_trt11_int8.sh").read_text()
-    assert json.loads((exp / "export.json").read_text())["tensorrt_lint"]["target"] == (
+    assert json.loads((exp / "export.json").read_text())["files"]["student.int8.plan"]["lint"]["target"] == (
         str(trt_major()) if tensorrt_available()[0] else "11"
     )
 
@@ -212,15 +215,15 @@ def test_export_stage_and_cli_agree_and_lint_the_tensorrt_int8_file(tmp_path):
 def test_failing_lint_stops_the_export_and_channels_come_from_the_model(tmp_path, monkeypatch):
     model = build_generator("resnet_6blocks", input_nc=1, output_nc=1, ngf=4, norm="instance", init=None)
     samples = torch.rand(2, 1, 32, 32) * 2 - 1
-    spec = ExportSpec(size=32, emit_trtexec=True, trt_versions=(10,))
-    rec = export_model(model, tmp_path, spec, samples)
-    assert rec["tensorrt_lint"]["ok"] and rec["trtexec"] == ["trtexec_trt10_fp32.sh"]
+    spec = ExportSpec(formats=("tensorrt",), size=32, build_engine=False, emit_trtexec=True, trt_versions=(10,))
+    engine = export_files(model, tmp_path, spec, samples)["files"]["student.plan"]
+    assert engine["lint"]["ok"] and engine["scripts"] == ["trtexec_trt10_fp32.sh"]
     assert "--optShapes=input:1x1x32x32" in (tmp_path / "trtexec_trt10_fp32.sh").read_text()  # one channel
     bad = LintResult(target="10", nodes=1, problems=[{"node": "n0", "op": "Foo", "problem": "op Foo is not supported"}])
-    monkeypatch.setattr(export_mod, "lint_onnx", lambda path, version: bad)
+    monkeypatch.setattr(trt_format, "lint_onnx", lambda path, version: bad)
     (tmp_path / "trtexec_trt10_fp32.sh").unlink()
     with pytest.raises(ExportError, match="student.onnx: TensorRT 10 would reject.*op Foo"):
-        export_model(model, tmp_path, spec, samples)
+        export_files(model, tmp_path, spec, samples)
     assert not (tmp_path / "trtexec_trt10_fp32.sh").exists()  # nothing is written for a file that fails
 
 
@@ -283,8 +286,8 @@ def test_tensorrt_engine_build(tmp_path):
     ok, why = tensorrt_available()
     if not ok:
         pytest.skip(f"TensorRT engine build needs TensorRT and a CUDA GPU: {why}")
-    from compressor.exporters.onnx import export_onnx
-    from compressor.exporters.tensorrt import TensorRTRunner, build_engine
+    from compressor.exporters.formats.onnx import export_onnx
+    from compressor.exporters.formats.tensorrt import TensorRTRunner, build_engine
 
     model = build_generator("resnet_6blocks", ngf=8, norm="instance").eval()
     export_onnx(model, tmp_path / "s.onnx", torch.zeros(1, 3, 64, 64))
@@ -314,7 +317,7 @@ def test_onnxslim_option_keeps_parity(tmp_path):
 
 
 def test_engine_parity_failure_marks_the_engine(tmp_path, monkeypatch):
-    import compressor.exporters.tensorrt as trt_mod
+    import compressor.exporters.formats.tensorrt as trt_mod
 
     plan = tmp_path / "student.plan"
     plan.write_bytes(b"engine")

@@ -159,7 +159,7 @@ def test_a_new_loss_term_is_one_row(tmp_path):
 def test_a_new_report_section_is_one_function_and_one_entry(tmp_path):
     src = _patched_copy(
         tmp_path,
-        "compressor/exporters/report.py",
+        "compressor/exporters/report/sections.py",
         [
             (
                 "# The report, top to bottom.",
@@ -167,7 +167,7 @@ def test_a_new_report_section_is_one_function_and_one_entry(tmp_path):
                 def section_inputs(d: ReportData) -> list[str]:
                     '''How many profiles and evaluations the report merges.'''
                     rows = [[str(len(d.profiles)), str(len(d.evals))]]
-                    return ["## Inputs", "", _table(["profiles", "evaluations"], rows), ""]
+                    return ["## Inputs", "", md_table(["profiles", "evaluations"], rows), ""]
 
 
                 """,

@@ -101,7 +101,7 @@ def _params(m):
 @pytest.mark.parametrize("width", [0.5, 0.25])
 @pytest.mark.parametrize("family", list(FAMILIES))
 def test_family(family, width, tmp_path):
-    from compressor.exporters.onnx import export_onnx, parity
+    from compressor.exporters.formats.onnx import export_onnx, parity
 
     import_path, kwargs, tap, size, upper = FAMILIES[family]
     torch.manual_seed(0)

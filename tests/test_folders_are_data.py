@@ -213,7 +213,7 @@ def test_4_recorded_inception_weights_do_not_run(evaluated, tmp_path, capsys):
 def test_5_failed_export_keeps_the_good_file_and_the_bookkeeping(evaluated, tmp_path, monkeypatch, capsys):
     from PIL import Image
 
-    import compressor.exporters.onnx as onnx_mod
+    import compressor.exporters.formats.onnx as onnx_mod
 
     run = _copy(evaluated, tmp_path)
     (run / "student.onnx").write_bytes(b"the earlier, checked export")
@@ -335,8 +335,8 @@ FILE_CASES = [  # (file in the corpus, new content, needle in the error line)
     ("runs/tiny/profile.json", lambda d: {**d, "results": {"a": 1}}, "results"),
     ("runs/tiny/eval.json", lambda d: {**d, "student": [1]}, "student"),
     ("runs/tiny/eval.json", lambda d: {**d, "teacher": {**d["teacher"], "fid": float("inf")}}, "fid"),
-    ("runs/tiny/export.json", lambda d: {**d, "onnx": {"student": {"path": "s.onnx"}}}, "onnx"),
-    ("runs/tiny/export.json", lambda d: {**d, "onnx": [1]}, "onnx"),
+    ("runs/tiny/export.json", lambda d: {**d, "files": {"student.onnx": {"path": "s.onnx"}}}, "files"),
+    ("runs/tiny/export.json", lambda d: {**d, "files": [1]}, "files"),
 ]
 
 
@@ -484,7 +484,7 @@ def test_files_beside_artifacts_that_never_end_are_read_bounded(tmp_path):
     its bound (one line, or no headline), never an endless read."""
     from compressor.app.console import headline
     from compressor.errors import UserError
-    from compressor.exporters.onnx import check_not_failed, failed_marker
+    from compressor.exporters.formats.onnx import check_not_failed, failed_marker
     from compressor.exporters.profile import import_trtexec_times
 
     onnx_file = tmp_path / "student.onnx"

@@ -10,7 +10,7 @@ from PIL import Image
 from compressor.app.cli import main
 from compressor.data import FolderDataset
 from compressor.errors import DataError
-from compressor.exporters.onnx import export_onnx
+from compressor.exporters.formats.onnx import export_onnx
 from compressor.io import DiskWriteError
 from compressor.models import build_generator
 

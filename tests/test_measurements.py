@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from compressor.exporters.profile import onnx_precision, profile_models
+from compressor.exporters.profile import profile_models
+from compressor.exporters.timing import onnx_precision
 
 TINY = "resnet_6blocks:ngf=4,norm=instance"
 LARGE = "resnet_9blocks:ngf=64,norm=instance"
@@ -30,7 +31,7 @@ def test_each_child_reports_its_own_peak_memory():
 
 def test_int8_onnx_is_labelled_int8_and_its_warnings_are_explained(tmp_path, caplog):
     from compressor.app import console
-    from compressor.exporters.onnx import export_onnx
+    from compressor.exporters.formats.onnx import export_onnx
     from compressor.exporters.quantize import CpuInt8, quantize_onnx
     from compressor.models import build_generator
 

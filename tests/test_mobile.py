@@ -13,8 +13,9 @@ import torch
 
 from compressor.errors import ExportError
 from compressor.exporters import mobile
-from compressor.exporters.export import FORMATS, export_other_formats
+from compressor.exporters.export import ExportSpec, export_file, export_files
 from compressor.exporters.mobile import CroppedConvTranspose2d, without_output_padding
+from compressor.exporters.table import BACKENDS, FORMATS
 from compressor.models.resnet import ResnetGenerator
 
 
@@ -52,19 +53,17 @@ def test_parity_check_names_the_limit():
 def test_missing_extra_is_one_line(monkeypatch, tmp_path, tiny):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda m, *a: None if m == "executorch" else real(m, *a))
-    rec = export_other_formats(tiny[0], tmp_path, ["executorch"], tiny[1])
-    assert rec == {
-        "formats": {},
-        "notes": ["executorch skipped: executorch is not installed: pip install 'compressor[mobile]'"],
-    }
+    doc = export_files(tiny[0], tmp_path, ExportSpec(jobs=(("executorch", "fp32"),), keep_going=True), tiny[1])
+    assert doc["notes"] == ["executorch fp32 skipped: executorch is not installed: pip install 'compressor[mobile]'"]
+    assert doc["files"]["student.pte"]["status"] == "skipped" and not (tmp_path / "student.pte").exists()
 
 
 @needs("executorch")
 def test_executorch_fp32_parity(tmp_path, tiny):
-    from compressor.exporters.executorch import ExecuTorchRunner, export_executorch, read_metadata
+    from compressor.exporters.formats.executorch import ExecuTorchRunner, read_metadata
 
     model, samples = tiny
-    rec = export_executorch(model, tmp_path / "s.pte", samples, metadata={"width": 0.5})
+    rec = export_file("executorch", model, tmp_path / "s.pte", samples, metadata={"width": 0.5})
     assert rec["path"] == "s.pte" and rec["parity"]["max_abs"] < 1e-3
     meta = read_metadata(tmp_path / "s.pte")
     assert meta["value_range"] == "[-1, 1]" and meta["input_size"] == "32" and meta["width"] == "0.5"
@@ -75,10 +74,10 @@ def test_executorch_fp32_parity(tmp_path, tiny):
 
 @needs("litert_torch", "ai_edge_litert")
 def test_litert_fp32_parity_nhwc(tmp_path, tiny):
-    from compressor.exporters.litert import LiteRTRunner, export_litert, read_metadata
+    from compressor.exporters.formats.litert import LiteRTRunner, read_metadata
 
     model, samples = tiny
-    rec = export_litert(model, tmp_path / "s.tflite", samples)
+    rec = export_file("litert", model, tmp_path / "s.tflite", samples)
     assert rec["parity"]["max_abs"] < 1e-3 and rec["layout"] == "NHWC"
     assert "output_padding" in rec["notes"][0]  # the ResNet's upsampling layers were rewritten
     runner = LiteRTRunner(tmp_path / "s.tflite", threads=1)
@@ -89,25 +88,23 @@ def test_litert_fp32_parity_nhwc(tmp_path, tiny):
 
 @needs("ncnn", "pnnx")
 def test_ncnn_fp32_parity_and_failed_check_keeps_the_old_file(tmp_path, tiny):
-    from compressor.exporters.ncnn import export_ncnn
-
     model, samples = tiny
-    rec = export_ncnn(model, tmp_path / "s.ncnn.param", samples)
+    rec = export_file("ncnn", model, tmp_path / "s.ncnn.param", samples)
     assert rec["parity"]["max_abs"] < 1e-3 and (tmp_path / "s.ncnn.bin").is_file()
     before = (tmp_path / "s.ncnn.bin").read_bytes()
     other = ResnetGenerator(3, 3, ngf=8, norm="instance", n_blocks=1).eval()
     with pytest.raises(ExportError, match="max abs"):
-        export_ncnn(other, tmp_path / "s.ncnn.param", samples, max_abs=0.0)
+        export_file("ncnn", other, tmp_path / "s.ncnn.param", samples, limits={"max_abs": 0.0})
     assert (tmp_path / "s.ncnn.bin").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.ncnn.bin", "s.ncnn.param"]
 
 
 @needs("coremltools")
 def test_coreml_converts_and_its_spec_checks(tmp_path, tiny):
-    from compressor.exporters.coreml import can_predict, export_coreml, validate
+    from compressor.exporters.formats.coreml import can_predict, validate
 
     model, samples = tiny
-    rec = export_coreml(model, tmp_path / "s.mlpackage", samples, metadata={"width": 0.5})
+    rec = export_file("coreml", model, tmp_path / "s.mlpackage", samples, metadata={"width": 0.5})
     assert rec["path"] == "s.mlpackage" and rec["precision"] == "fp16"
     assert rec["spec"]["inputs"] == {"input": [1, 3, 32, 32]} and rec["spec"]["metadata"]["value_range"] == "[-1, 1]"
     with pytest.raises(ExportError, match="inputs"):
@@ -118,27 +115,25 @@ def test_coreml_converts_and_its_spec_checks(tmp_path, tiny):
 
 @needs("coremltools")
 def test_coreml_predict(tmp_path, tiny):
-    from compressor.exporters.coreml import NOT_MACOS, CoreMLRunner, can_predict, export_coreml
+    from compressor.exporters.formats.coreml import NOT_MACOS, CoreMLRunner, can_predict
 
     if not can_predict():
         pytest.skip(NOT_MACOS)
     model, samples = tiny
-    export_coreml(model, tmp_path / "s.mlpackage", samples, precision="fp32")
+    export_file("coreml", model, tmp_path / "s.mlpackage", samples, precision="fp32")
     out = CoreMLRunner(tmp_path / "s.fp32.mlpackage")(samples[:1].numpy())
     assert np.abs(out - model(samples[:1]).detach().numpy()).max() < 1e-3
 
 
-def test_mobile_rows_in_both_tables():
-    from compressor.exporters.runtimes import BACKENDS
-
+def test_mobile_rows_declare_their_backend():
     for name, artifact in (("executorch", "pte"), ("litert", "tflite"), ("ncnn", "ncnn"), ("coreml", "mlpackage")):
         fmt = FORMATS[name]
-        assert fmt.static_only and fmt.backend == name and BACKENDS[name].artifact == artifact
-        assert fmt.exporter.__name__ == f"export_{name}" and BACKENDS[name].precisions == fmt.precisions
+        assert fmt.static_only and fmt.backend is BACKENDS[name] and BACKENDS[name].artifact == artifact
+        assert fmt.export.__name__ == f"export_{name}" and BACKENDS[name].precisions == fmt.precisions
     assert FORMATS["coreml"].path("d", "student", "fp16").name == "student.mlpackage"
     assert FORMATS["ncnn"].path("d", "student", "fp16").name == "student.fp16.ncnn.param"
+    from compressor.exporters.formats.ncnn import paths
     from compressor.exporters.mobile import variant_path
-    from compressor.exporters.ncnn import paths
 
     assert variant_path(FORMATS["executorch"].path("d", "s", "int8"), "int8", ".pte").name == "s.int8.pte"
     assert variant_path(Path("d/s.pte"), "int8", ".pte").name == "s.int8.pte"
@@ -171,24 +166,26 @@ def test_profile_host_takes_the_coreml_backend(tmp_path, monkeypatch):
 def test_export_stage_formats_go_on_after_a_refusal(tmp_path, tiny, monkeypatch):
     from dataclasses import replace
 
-    import compressor.exporters.export as ex
+    from compressor.exporters import table
 
-    def refuse(*a, **k):
+    def refuse(req):
         raise ExportError("litert fp32: error: failed to legalize operation 'mhlo.convolution'")
 
-    monkeypatch.setitem(ex.FORMATS, "litert", replace(ex.FORMATS["litert"], exporter=refuse, requires=()))
+    monkeypatch.setitem(table.FORMATS, "litert", replace(table.FORMATS["litert"], export=refuse, requires=()))
     monkeypatch.chdir(tmp_path)  # a relative folder, as a run's is (pnnx works in a folder of its own)
-    rec = export_other_formats(tiny[0], Path("run"), ["litert", "ncnn"], tiny[1], int8=True, metadata={"width": 0.5})
-    assert rec["formats"]["litert:fp32"]["status"] == "failed" and "mhlo.convolution" in rec["notes"][0]
-    assert rec["formats"]["ncnn:fp32"]["status"] == "ok" and set(rec["formats"]) == {"litert:fp32", "ncnn:fp32"}
-    assert rec["notes"][1] == "litert int8 skipped: no calibration images"  # ncnn has no int8
+    jobs = (("litert", "fp32"), ("litert", "int8"), ("ncnn", "fp32"))  # the stage's: each, and INT8 where it has one
+    spec = ExportSpec(jobs=jobs, optional=("litert", "ncnn"), metadata={"width": 0.5})
+    files = export_files(tiny[0], Path("run"), spec, tiny[1])
+    assert files["files"]["student.tflite"]["status"] == "failed" and "mhlo.convolution" in files["notes"][0]
+    assert files["files"]["student.ncnn.param"]["status"] == "passed"
+    assert set(files["files"]) == {"student.tflite", "student.int8.tflite", "student.ncnn.param"}
+    assert files["notes"][1] == "litert int8 skipped: no calibration images"  # ncnn has no int8
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["student.ncnn.bin", "student.ncnn.param"]
 
 
 @needs("ncnn", "pnnx")
 def test_ncnn_runs_a_model_whose_first_layer_works_in_place(tmp_path):
     """GAN Compression's generators clamp their input first; ncnn runs that Clip in place on the input blob."""
-    from compressor.exporters.ncnn import export_ncnn
 
     class Clamped(torch.nn.Module):
         def __init__(self):
@@ -198,5 +195,5 @@ def test_ncnn_runs_a_model_whose_first_layer_works_in_place(tmp_path):
         def forward(self, x):
             return self.conv(x.clamp(-0.5, 0.5))
 
-    rec = export_ncnn(Clamped().eval(), tmp_path / "m.ncnn.param", torch.rand(2, 3, 8, 8) * 2 - 1)
+    rec = export_file("ncnn", Clamped().eval(), tmp_path / "m.ncnn.param", torch.rand(2, 3, 8, 8) * 2 - 1)
     assert rec["parity"]["max_abs"] < 1e-5

@@ -10,9 +10,9 @@ pytest.importorskip("openvino", reason="the [openvino] extra (openvino, nncf) is
 pytest.importorskip("nncf", reason="the [openvino] extra (openvino, nncf) is not installed")
 
 from compressor.errors import ExportError  # noqa: E402
-from compressor.exporters import openvino as ov_export  # noqa: E402
-from compressor.exporters.export import FORMATS, find_artifacts  # noqa: E402
-from compressor.exporters.runtimes import make_runner  # noqa: E402
+from compressor.exporters.export import export_file  # noqa: E402
+from compressor.exporters.formats import openvino as ov_export  # noqa: E402
+from compressor.exporters.table import BACKENDS, FORMATS, find_artifacts, make_runner  # noqa: E402
 from compressor.models import build_generator  # noqa: E402
 from compressor.slim import make_student  # noqa: E402
 
@@ -28,7 +28,7 @@ def tiny(tmp_path_factory):
     samples = (torch.rand(3, 3, SIZE, SIZE, generator=g) * 2 - 1).numpy()
     d = tmp_path_factory.mktemp("ov")
     onnx = d / "student.onnx"
-    FORMATS["onnx"].exporter(student.eval(), onnx, samples, size=SIZE)
+    export_file("onnx", student.eval(), onnx, samples, size=SIZE)
     return student.eval(), samples, d, onnx
 
 
@@ -37,7 +37,7 @@ def test_ir_parity_against_pytorch(tiny, precision):
     model, samples, d, onnx = tiny
     path = FORMATS["openvino"].path(d, "student", precision)
     cal = [samples[i : i + 1] for i in range(3)] if precision == "int8" else None
-    rec = FORMATS["openvino"].exporter(model, path, samples, precision=precision, calibration=cal, onnx_path=onnx)
+    rec = export_file("openvino", model, path, samples, precision=precision, calibration=cal, source=onnx)
     assert path.exists() and path.with_suffix(".bin").exists() and rec["bytes"] > 0
     par = rec["parity"]
     assert par["against"] == "pytorch" and par["cases"] == 3
@@ -60,7 +60,7 @@ def test_static_files_and_failed_parity_keeps_the_good_file(tiny, monkeypatch):
 
     model, samples, d, _ = tiny
     static_onnx = d / "static.onnx"
-    FORMATS["onnx"].exporter(model, static_onnx, samples, static=True, size=SIZE)
+    export_file("onnx", model, static_onnx, samples, static=True, size=SIZE)
     dims = onnx.load(str(static_onnx)).graph.input[0].type.tensor_type.shape.dim
     assert [x.dim_value for x in dims] == [1, 3, SIZE, SIZE]
     path = d / "static.xml"
@@ -91,8 +91,6 @@ def test_profile_openvino_row_merges_into_report(tiny, tmp_path):
 
 
 def test_unknown_device_is_refused_with_the_devices_seen():
-    from compressor.exporters.runtimes import BACKENDS
-
     row = BACKENDS["openvino"]
     why = row.load().refuse(row, "fp32", "npu")
     assert "OpenVINO has no NPU device here" in why or why == ""  # a machine with an NPU runs it

@@ -113,10 +113,12 @@ def test_pix2pix_facades_recipe_runs_as_written(tmp_path):
     run = tmp_path / "runs" / "pix2pix-facades-w025"
     ev = json.loads((run / "eval.json").read_text())
     assert ev["n_images"] == 4 and "fid" in ev["student"]
-    export = json.loads((run / "export.json").read_text())
-    assert export["int8"]["psnr_vs_fp32"] > 0 and "tensorrt_lint" in export
+    files = json.loads((run / "export.json").read_text())["files"]
+    assert files["student.int8.onnx"]["parity"]["psnr_mean"] > 0
+    engine = next(r for r in files.values() if r["format"] == "tensorrt")
+    assert engine["lint"]["ok"] and engine["status"] in ("passed", "skipped")
     md = (run / "report.md").read_text()
-    assert "TensorRT engine skipped" in md or "student.plan" in md
+    assert f"`{engine['path']}` | tensorrt |" in md  # the engine's row, built or skipped with the reason
 
 
 def test_student_init_depends_on_the_seed_alone(tmp_path, tiny_recipe):

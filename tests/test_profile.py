@@ -7,7 +7,7 @@ from conftest import loopback_sshd, run_cli
 
 from compressor.exporters.profile import SCHEMA, import_trtexec_times, profile_models
 from compressor.exporters.report import write_report
-from compressor.exporters.runtimes import backend_available
+from compressor.exporters.table import backend_available
 
 TEACHER = "resnet_6blocks:ngf=16,norm=instance"
 STUDENT = "resnet_6blocks:ngf=16,norm=instance,width=0.25"
@@ -181,7 +181,7 @@ def test_remote_profile_over_ssh(tmp_path):
     import torch
 
     with loopback_sshd(tmp_path) as (port, opts):
-        from compressor.exporters.onnx import export_onnx
+        from compressor.exporters.formats.onnx import export_onnx
         from compressor.models import build_generator
 
         onnx_path = tmp_path / "student.onnx"

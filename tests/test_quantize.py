@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from onnx import numpy_helper
 
-from compressor.exporters.onnx import export_onnx, ort_session
+from compressor.exporters.formats.onnx import export_onnx, ort_session
 from compressor.exporters.quantize import CPU_OP_TYPES, CPU_VARIANTS, CpuInt8, psnr, quantize_onnx
 
 

@@ -269,12 +269,12 @@ def test_html_is_the_markdown_rendered_with_the_report_classes():
 def test_a_new_section_is_one_function_and_one_entry(monkeypatch):
     def section_benchmark(d: rp.ReportData) -> list[str]:
         rows = [[b["format"], rp.sig(b["ms"])] for ex in d.exports for b in ex.get("benchmark", [])]
-        return ["## Benchmark", "", rp._table(["format", "p50 ms"], rows), ""] if rows else []
+        return ["## Benchmark", "", rp.md_table(["format", "p50 ms"], rows), ""] if rows else []
 
     sections = list(rp.REPORT_SECTIONS)
     sections.insert(sections.index(rp.section_export) + 1, section_benchmark)
-    monkeypatch.setattr(rp, "REPORT_SECTIONS", sections)
-    export = {"onnx": {}, "benchmark": [{"format": "onnx", "ms": 3.14159}]}
+    monkeypatch.setattr(rp.sections, "REPORT_SECTIONS", sections)  # the list lives in the sections module
+    export = {"files": {}, "benchmark": [{"format": "onnx", "ms": 3.14159}]}
     md = rp.build_markdown([], [], [export], "bench")
     assert "## Export\n\n\n## Benchmark\n\n| format | p50 ms |\n|---|---|\n| onnx | 3.14 |\n" in md
     assert "<td>3.14</td>" in rp.build_html(md, {}, "bench")

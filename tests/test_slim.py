@@ -19,7 +19,7 @@ CUSTOM = [
 
 @pytest.mark.parametrize("import_path, factory", CUSTOM)
 def test_prune_custom_architectures(tmp_path, import_path, factory):
-    from compressor.exporters.onnx import export_checked
+    from compressor.exporters.formats.onnx import export_checked
 
     teacher = factory().eval()
     teacher.compressor_spec = {"import": import_path, "kwargs": {}}

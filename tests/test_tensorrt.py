@@ -13,14 +13,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compressor.errors import ExportError, UserError
 from compressor.exporters import trt_rules
-from compressor.exporters.tensorrt import (
-    LintResult,
+from compressor.exporters.formats.tensorrt import (
     TensorRTRunner,
     build_engine,
     emit_trtexec_script,
-    lint_onnx,
     trtexec_command,
 )
+from compressor.exporters.trt_lint import LintResult, lint_onnx
 
 SHAPES = {"input": {"min": [1, 3, 16, 16], "opt": [1, 3, 16, 16], "max": [8, 3, 16, 16]}}
 
@@ -38,7 +37,7 @@ class TinyConvNet(torch.nn.Module):
 
 @pytest.fixture(scope="module")
 def tiny_onnx(tmp_path_factory):
-    from compressor.exporters.onnx import export_onnx
+    from compressor.exporters.formats.onnx import export_onnx
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("tiny") / "student.onnx"
@@ -591,7 +590,7 @@ def test_trtexec_script_refuses_a_cpu_int8_model(tiny_onnx, tmp_path):
 def test_ort_trt_needs_onnxruntime_1_27_for_tensorrt_11(monkeypatch):
     import onnxruntime as ort
 
-    from compressor.exporters.runtimes import backend_available
+    from compressor.exporters.table import backend_available
 
     assert "1.27" in trt_rules.ort_tensorrt_problem("1.26.1", (11, 1))
     assert trt_rules.ort_tensorrt_problem("1.27.0", (11, 1)) == ""

@@ -107,7 +107,7 @@ OLD_FIXED_TEMPS = (  # the names exporters used before: links there pointed writ
 def test_0_temporary_names_are_fresh_and_links_there_survive(corpus, tmp_path, capsys):
     import numpy as np
 
-    from compressor.exporters.export import export_torch
+    from compressor.exporters.export import export_file
     from compressor.exporters.mobile import checked_write
     from compressor.slim import load_student
 
@@ -123,7 +123,7 @@ def test_0_temporary_names_are_fresh_and_links_there_survive(corpus, tmp_path, c
     code = main(["export", str(folder), "--format", "ncnn", "--size", "32", "--out", str(out), "-q"])
     assert code == 0, capsys.readouterr().err[-2000:]
     assert (out / "student.ncnn.param").is_file() and (out / "student.ncnn.bin").is_file()
-    export_torch(load_student(folder), out / "student.safetensors", None)  # the weights are staged fresh too
+    export_file("torch", load_student(folder), out / "student.safetensors", None)  # the weights are staged fresh too
     ref = [np.zeros((1, 3, 4, 4), np.float32)]
     checked_write("executorch", out / "student.pte", "fp32", lambda t: t.write_bytes(b"pte"), lambda t: ref, ref)
     for name, victim in victims.items():
@@ -366,7 +366,7 @@ def test_6_report_and_profile_refuse_to_write_into_a_locked_run(corpus, tmp_path
 
 KILL_DURING = """
 import os, signal, sys
-import compressor.exporters.export as ex
+import compressor.exporters.formats.onnx as ex
 def die(*a, **k):
     os.kill(os.getpid(), signal.SIGKILL)
 ex.compare_int8 = die  # the slow step after INT8 quantisation
@@ -376,10 +376,7 @@ main(["export", sys.argv[1], "--precision", "int8", "-q"])
 
 
 def _claimed(doc: dict) -> set:
-    names = {e["path"] for e in doc.get("onnx", {}).values()}
-    names |= {doc[k]["path"] for k in ("int8", "int8_tensorrt", "tensorrt") if k in doc}
-    names |= {e["path"] for e in doc.get("formats", {}).values() if e.get("status") != "failed"}
-    return names
+    return {e["path"] for e in doc.get("files", {}).values() if e.get("status") == "passed"}
 
 
 def _exported(folder: Path) -> set:
@@ -423,12 +420,13 @@ def test_9_export_and_evaluate_on_a_run_keep_every_earlier_record(trained, tmp_p
     recipe, src = trained
     run = _copy(src, tmp_path)
     before = json.loads((run / "export.json").read_text())
-    assert set(before["onnx"]) == {"student", "teacher"}
+    assert {k for k, r in before["files"].items() if r["format"] == "onnx"} == {"student.onnx", "teacher.onnx"}
     code = main(["export", str(run), "--format", "openvino", "--precision", "int8", "--calib-images", "4", "-q"])
     assert code == 0, capsys.readouterr().err[-2000:]
     after = json.loads((run / "export.json").read_text())
-    assert after["onnx"] == before["onnx"]  # the pipeline's ONNX parity records are kept
-    assert after["formats"]["openvino:int8"]["path"] == "student.int8.xml"
+    for name in ("student.onnx", "teacher.onnx"):  # the pipeline's ONNX parity records are kept
+        assert after["files"][name] == before["files"][name]
+    assert after["files"]["student.int8.xml"]["format"] == "openvino"
 
     ev = json.loads((run / "eval.json").read_text())
     for side, fid in (("teacher", 80.5), ("student", 90.1)):  # as an evaluation with FID/KID left them

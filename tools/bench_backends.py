@@ -97,7 +97,7 @@ def run_family(key: str, args, calib, tests, work: Path) -> dict:
     from bench_export import build_student, set_batchnorm_statistics
 
     from compressor.exporters.export import FORMATS
-    from compressor.exporters.openvino import psnr
+    from compressor.exporters.formats.openvino import psnr
     from compressor.exporters.profile import time_artifact
 
     arch, norm = FAMILIES[key]

@@ -192,7 +192,7 @@ def images(data: Path, calib: int):
 
 
 def psnr_vs_fp32(fp32: Path, int8: Path, tests: list[np.ndarray]) -> tuple[float, float]:
-    from compressor.exporters.onnx import ort_session
+    from compressor.exporters.formats.onnx import ort_session
     from compressor.exporters.quantize import psnr
 
     s32, s8 = ort_session(fp32, threads=1), ort_session(int8, threads=1)
@@ -205,7 +205,7 @@ def run_family(key: str, args, calib, tests, has_quality: bool, work: Path) -> d
     import torch
 
     from compressor.complexity import profile_model
-    from compressor.exporters.onnx import export_onnx
+    from compressor.exporters.formats.onnx import export_onnx
     from compressor.exporters.quantize import CPU_VARIANTS, CpuInt8, quantize_onnx
 
     arch, norm = FAMILIES[key]

@@ -397,7 +397,7 @@ FIFO_FILES = (  # files of the run the toolkit reads, each replaced by a FIFO in
 
 def _read_as_the_toolkit_does(run, name: str) -> int:
     """Read ``name`` of the run with the reader the commands use."""
-    from compressor.exporters.onnx import check_not_failed
+    from compressor.exporters.formats.onnx import check_not_failed
     from compressor.resume import recorded_digest
     from compressor.runfolder import load_run_teacher, read_run_json
     from compressor.schemas import read_json

@@ -45,8 +45,8 @@ from ..metrics import paired_metrics
 from ..models import build_discriminator, teacher_spec
 from ..recipe import Recipe, parse_recipe
 from ..runfolder import RunDir, load_run_student, load_run_teacher
+from .context import RunOptions
 from .pipeline import run_pipeline
-from .stages import RunOptions
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,11 @@ from rich.logging import RichHandler
 
 from .. import schemas
 from ..errors import Interrupted, UserError
-from ..exporters.benchmark import HEADER as BENCH_HEADER
-from ..exporters.benchmark import table_rows as bench_rows
-from ..exporters.export import ExportSpec, format_help
+from ..exporters.export import ExportSpec
 from ..exporters.profile import profile_models, remote_profile
-from ..exporters.report import speedups, write_report
-from ..exporters.runtimes import backend_help
+from ..exporters.report import benchmark_table, speedups, write_report
+from ..exporters.report.tables import benchmark_caption
+from ..exporters.table import backend_help, format_help
 from ..io import atomic_write_json, atomic_write_text
 from ..lock import run_lock
 from ..metrics import evaluate_folder
@@ -37,6 +36,7 @@ from ..trust import check_import_target, require_consent, trust_all_code
 from ..version import __version__
 from .ablate import AblateSpec, recipe_document, render, run_ablation
 from .cmdline import command_line_hint, set_command_line
+from .commands import benchmark_target, evaluate_run, export_target, plan_student, profile_targets
 from .console import (
     QUANT_FILTER,
     captured_output,
@@ -49,6 +49,7 @@ from .console import (
     watch_interrupts,
 )
 from .console import Progress as _Progress  # bars on a terminal, a heartbeat in logs and pipes
+from .context import resolve_device
 from .flags import (
     ProfileRequest,
     check_evaluate_flags,
@@ -62,15 +63,7 @@ from .flags import (
     parse_numbers,
 )
 from .pipeline import RunOptions, StageResult, prepare_run_dir, run_pipeline
-from .stages import (
-    benchmark_target,
-    evaluate_run,
-    export_target,
-    plan_student,
-    preflight,
-    profile_targets,
-    resolve_device,
-)
+from .preflight import preflight
 
 app = typer.Typer(
     add_completion=False,
@@ -172,13 +165,18 @@ TorchDevice = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
 # compress export
 ExportTarget = Annotated[Path, typer.Argument(help="a run folder, a student folder, or a .pth/.safetensors checkpoint")]
 WriteOnnx = Annotated[bool, typer.Option("--onnx/--no-onnx", help="write the ONNX file (needed for everything else)")]
-ExportFormats = Annotated[str, typer.Option("--format", help=f"formats to write, e.g. onnx,openvino ({format_help()})")]
+ExportFormats = Annotated[
+    Optional[str],
+    typer.Option("--format", help=f"formats to write, e.g. onnx,openvino (default onnx; {format_help()})"),
+]
 Static = Annotated[bool, typer.Option("--static", help="fixed-shape files: batch 1 at --size (every format)")]
 MaxDrop = Annotated[
     Optional[float],
     typer.Option("--max-drop", min=0, help="OpenVINO INT8: NNCF accuracy control, largest PSNR drop in dB"),
 ]
-Trt = Annotated[bool, typer.Option("--trt", help="lint for TensorRT and build an engine where TensorRT exists")]
+Trt = Annotated[
+    bool, typer.Option("--trt", help="the tensorrt format: lint, and build an engine where TensorRT exists")
+]
 EnginePrecision = Annotated[str, typer.Option("--precision", help="fp32 | fp16 | int8")]
 Dynamic = Annotated[str, typer.Option("--dynamic", help="dynamic axes: batch, or batch,hw")]
 Opset = Annotated[int, typer.Option("--opset", min=13, max=23)]
@@ -358,7 +356,7 @@ def evaluate(
 def export(
     target: ExportTarget,
     onnx: WriteOnnx = True,
-    format_: ExportFormats = "onnx",
+    format_: ExportFormats = None,
     static: Static = False,
     max_drop: MaxDrop = None,
     trt: Trt = False,
@@ -379,13 +377,15 @@ def export(
     """Export a student to ONNX (with parity), OpenVINO, INT8 and TensorRT; emit trtexec scripts for edge devices."""
     _setup_logging(quiet)
     _trust(trust_code)
+    formats = csv_list(format_)
+    tensorrt = (["onnx"] if not formats else []) + ["tensorrt"] if (trt or emit_trtexec) else []
     spec = check_export_flags(
         ExportSpec(
-            formats=tuple(csv_list(format_)),
+            formats=tuple(dict.fromkeys(formats + tensorrt)),
             static=static,
             max_drop=max_drop,
-            write_onnx=onnx,
-            tensorrt=trt,
+            rewrite_sources=onnx,
+            build_engine=trt or "tensorrt" in formats,
             precision=precision,
             dynamic=csv_list(dynamic),
             opset=opset,
@@ -537,25 +537,9 @@ def benchmark(
 
 
 def _print_benchmark(target: Path, doc: dict) -> None:
-    env = doc["environment"]
-    typer.echo(
-        f"{target}: {doc['size']}², batch 1, {env['threads']} thread(s) on {env['cpu']}; "
-        f"PSNR/SSIM against the {doc['reference']} over {doc['images']} images"
-    )
-    for line in _plain_table(BENCH_HEADER, bench_rows(doc)):
+    typer.echo(f"{target}: {benchmark_caption(doc)}")
+    for line in benchmark_table(doc):
         typer.echo(line)
-
-
-def _plain_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """Columns padded to their widest cell; text left, numbers right; the last column (long reasons) unpadded."""
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-    out = []
-    for r in [header] + rows:
-        cells = [
-            str(c).ljust(w) if i < 2 or i == len(r) - 1 else str(c).rjust(w) for i, (c, w) in enumerate(zip(r, widths))
-        ]
-        out.append("  ".join(cells).rstrip())
-    return out
 
 
 @app.command()

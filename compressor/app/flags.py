@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 from ..errors import UserError
-from ..exporters.export import ExportSpec
-from ..exporters.runtimes import get_backend
+from ..exporters.export import ExportSpec, check_files
+from ..exporters.table import get_backend
 from ..remote import check_host
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -273,4 +273,5 @@ def check_export_flags(spec: ExportSpec) -> ExportSpec:
     bad = [d for d in spec.dynamic if d not in ("batch", "hw")]
     if bad:
         raise UserError(f"--dynamic: unknown axis {bad[0]!r} (batch, hw)")
+    check_files(spec)  # each format and its precision against the format table; a missing extra
     return spec

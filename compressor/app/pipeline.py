@@ -2,8 +2,8 @@
 
 A stage whose outputs exist and whose inputs (its recipe sections and the upstream stages) are unchanged is
 skipped; ``force`` redoes it; ``resume`` continues an interrupted training stage. The stages themselves, and
-their table (:data:`compressor.stages.STAGES`: name, upstream, digest sections, function, outputs), live in
-:mod:`compressor.stages`, the run folder's layout in :mod:`compressor.runfolder`. ``compress RECIPE`` is these
+their table (:data:`compressor.app.stages.STAGES`: name, upstream, digest sections, function, outputs), live in
+:mod:`compressor.app.stages`, the run folder's layout in :mod:`compressor.runfolder`. ``compress RECIPE`` is these
 stages in a row; ``compress export``, ``profile`` and ``report`` call the same stage code on existing artifacts.
 """
 
@@ -23,17 +23,9 @@ from ..lock import LOCK_NAME, run_lock
 from ..recipe import Recipe
 from ..resume import check_checkpoints
 from ..runfolder import RunDir, load_run_teacher, read_run_json  # noqa: F401 - part of the pipeline's public face
-from .stages import (
-    STAGE_BY_NAME,
-    STAGES,
-    Context,
-    RunOptions,
-    check_stage_names,
-    consent_to_own_import,
-    preflight,
-    resolve_device,
-    resume_command,
-)
+from .context import Context, RunOptions, consent_to_own_import, resolve_device, resume_command
+from .preflight import preflight
+from .stages import STAGE_BY_NAME, STAGES, check_stage_names
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ from torch import nn
 
 from ..complexity import count_params, profile_model
 from ..errors import UserError
-from ..exporters.onnx import export_onnx
+from ..exporters.formats.onnx import export_onnx
+from ..exporters.formats.tensorrt import build_engine
 from ..exporters.profile import environment, profile_models, remote_profile
-from ..exporters.runtimes import BACKENDS, backend_available, get_backend
-from ..exporters.tensorrt import build_engine
+from ..exporters.table import BACKENDS, backend_available, get_backend
 from ..io import atomic_write_bytes, atomic_write_json
 from ..models import ZOO, input_channels, size_multiple
 from ..recipe import BudgetSpec
@@ -93,7 +93,7 @@ class Measure(Protocol):
 
 class ProfileMeasure:
     """Export each candidate to ONNX (or a student folder for torch backends, an engine for TensorRT) and time
-    it with :func:`exporters.profile.profile_models`, or :func:`exporters.profile.remote_profile` on
+    it with :func:`compressor.exporters.profile.profile_models`, or :func:`compressor.exporters.profile.remote_profile` on
     ``budget.host``."""
 
     def __init__(self, budget: BudgetSpec, size: int, workdir: Path | None = None):
@@ -186,7 +186,7 @@ class ProfileMeasure:
             engine = base.with_suffix(".plan")
             if not engine.exists():
                 build_engine(onnx, engine, b.precision, timing_cache=self.workdir / "timing.cache")
-            ref["engine"] = str(engine)
+            ref["artifacts"] = {"engine": str(engine)}
         return ref
 
     def __call__(self, candidates: list[Candidate], warmup: int, iters: int) -> list[dict]:

@@ -1,235 +1,49 @@
-"""The stages: each reads the run folder, calls the library, writes the run folder.
-
-The pipeline (:mod:`compressor.pipeline`) decides which stages run; this module does them. The CLI commands that
-work on existing artifacts (``validate``, ``evaluate``, ``export``, ``profile``) call the same functions here.
+"""The stages and their table: each stage reads the run folder, calls the library and the exporters, and writes the
+run folder. :data:`STAGES` holds one :class:`Stage` row per stage (name, upstream stages, the recipe sections in its
+digest, its function, the files it writes); the pipeline (:mod:`compressor.app.pipeline`) decides which run. The
+pre-flight checks live in :mod:`~compressor.app.preflight`, the commands on existing artifacts (which the export,
+evaluate, profile and student stages call too) in :mod:`~compressor.app.commands`, the torchrun launch in
+:mod:`~compressor.app.distributed`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
-import os
-import stat
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import torch
 from safetensors.torch import save as st_save
 
-from ..checkpoints import list_checkpoints
 from ..complexity import profile_model
-from ..data import batch_keys, check_data_root, input_images, make_dataset, stack_images
-from ..errors import Interrupted, RecipeError, UserError
-from ..exporters.benchmark import benchmark
-from ..exporters.export import (
-    FORMATS,
-    ExportSpec,
-    export_command,
-    export_model,
-    export_other_formats,
-    find_artifacts,
-    folder_images,
-    load_target,
-)
-from ..exporters.onnx import check_not_failed
-from ..exporters.profile import profile_models, resolve_models
+from ..data import batch_keys, make_dataset, stack_images
+from ..errors import RecipeError, UserError
+from ..exporters.export import export_files, needs_calibration
+from ..exporters.formats.onnx import check_not_failed
+from ..exporters.profile import profile_models
 from ..exporters.records import RecordFile
 from ..exporters.report import report_run
-from ..exporters.runtimes import BACKENDS, get_backend
-from ..features import check_tap_pair, probe_shapes, resolve_taps
+from ..exporters.table import find_artifacts, get_format
+from ..features import check_tap_pair, resolve_taps
 from ..io import atomic_write_bytes, atomic_write_json, own_folder
-from ..metrics import evaluate_models, evaluate_pair
-from ..models import (
-    build_generator,
-    build_teacher,
-    check_output,
-    check_teacher_spec,
-    input_channels,
-    load_teacher,
-    size_multiple,
-    teacher_spec,
-    with_ranges,
-)
-from ..models.layers import align_free_norms
-from ..procs import run_group_stoppable
+from ..metrics import evaluate_models
+from ..models import build_generator, load_teacher, teacher_spec
 from ..recipe import LossesSpec, Recipe
-from ..resume import prepare_checkpoints
-from ..runfolder import RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher, profile_refs
-from ..schemas import StudentPlan, TeacherMeta, read_json
+from ..runfolder import RunDir, load_run_student, load_run_teacher, profile_refs
+from ..schemas import StudentPlan, read_json
 from ..slim import load_student, make_student, save_student
 from ..train import Direction, Trainer, TrainSetup, seed_everything
-from ..trust import consent_to
-from .cmdline import command_line_hint
-from .plan import plan_width
+from .commands import EVALUATE_DOING, evaluate_run, plan_student, recipe_calibration, recipe_samples, run_export_spec
+from .context import Context, checkpoint_policy, resume_command
+from .distributed import launch_distributed
+from .preflight import check_runs, check_size, check_taps, example_input
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RunOptions:
-    """How to run a recipe (``compress run``'s flags): built once by the caller, read by the pipeline and the stages
-    as ``ctx.options``. ``RunOptions()`` is a plain run: stages that are up to date are skipped."""
-
-    force: bool = False  # redo stages even when up to date
-    resume: bool = False  # continue an interrupted training from its checkpoint
-    only: Optional[list[str]] = None  # run only these stages (upstream artifacts must exist)
-    device: Optional[str] = None  # auto | cpu | cuda; None: the recipe's
-    trust_checkpoint: bool = False  # allow pickled teacher checkpoints (runs code from the file)
-    nproc: int = 1  # training processes (torchrun; gloo on CPU, nccl on GPU)
-    recipe_path: Optional[Path] = None  # the recipe file: the run folder records it, the resume hint names it
-    # builds the distill stage's discriminators (TrainSetup.build_discriminator, called as
-    # build(input_nc=..., **distill.discriminator)); None: the zoo's PatchGAN. In-process only: a torchrun launch
-    # (nproc > 1) cannot carry it
-    build_discriminator: Optional[Callable] = None
-
-
-@dataclass
-class Context:
-    recipe: Recipe
-    run: RunDir
-    device: torch.device  # options.device (or the recipe's) resolved
-    options: RunOptions = field(default_factory=RunOptions)
-    progress: Optional[Callable] = None  # progress(stage, step, total, losses)
-    hashes: dict = field(default_factory=dict)
-    notes: list = field(default_factory=list)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("device: cuda was requested but no CUDA device is available (use --device cpu)")
-    try:
-        return torch.device(name)
-    except (RuntimeError, TypeError):
-        raise UserError(f"device: expected auto, cpu or cuda, got {str(name)[:40]!r}") from None
-
-
-# ----------------------------------------------------------------------------------------------- pre-flight
-
-
-def preflight(recipe: Recipe, build_model: bool = True) -> None:
-    """The checks the schema cannot make, because they need the zoo, the data folder or the model itself.
-
-    ``validate`` runs all of them; the pipeline runs the cheap ones before it creates the run folder and the
-    model checks (``check_taps``) when the teacher stage starts.
-    """
-    check_teacher_spec(recipe.teacher)
-    check_backends(recipe)
-    if recipe.data.kind != "synthetic":
-        check_data_root(recipe.data, recipe.resolve_path(recipe.data.root))
-    if build_model:
-        check_taps(recipe)
-
-
-def check_backends(recipe: Recipe) -> None:
-    """``profile.backends`` and ``student.budget.backend`` against the backend table (the schema keeps plain
-    strings: it imports no exporter)."""
-    try:
-        for b in recipe.profile.backends:
-            get_backend(b, "profile.backends")
-        for f in recipe.export.formats:
-            if f not in FORMATS or f in ("torch", "tensorrt"):
-                names = ", ".join(n for n in FORMATS if n not in ("torch", "tensorrt"))
-                raise ValueError(
-                    f"export.formats: unknown format {f!r}; choose from {names} (TensorRT: export.tensorrt)"
-                )
-        budget = recipe.student.budget
-        if budget is not None:
-            row = get_backend(budget.backend, "student.budget.backend", plan=True)
-            if budget.host and row.artifact != "onnx":
-                onnx = ", ".join(n for n, r in BACKENDS.items() if r.artifact == "onnx")
-                raise ValueError(
-                    f"student.budget.host: only ONNX files travel to a remote machine; use backend {onnx}, "
-                    f"not {budget.backend}"
-                )
-    except ValueError as exc:
-        raise RecipeError(str(exc)) from None
-
-
-def check_taps(recipe: Recipe) -> None:
-    """Build the teacher's architecture (no weights) and check that every tapped layer exists and yields a 4-D
-    feature map at ``data.size``. Users' own code runs here only through ``teacher.import``."""
-    L = recipe.distill.losses
-    layers = L.tapped_layers()
-    if not layers:
-        return
-    t = recipe.teacher
-    model = build_teacher(t, recipe.base_dir, init=None)
-    align_free_norms(model, "teacher")  # GAN Compression's mismatched norms: one log line, not a warning per call
-    key = "distill.losses.srp.layers" if L.srp.weight > 0 else "distill.losses.feat.layers"
-    taps = resolve_taps(model, layers, t.taps, key=key)
-    try:
-        shapes = probe_shapes(model.eval(), taps, _example_input(recipe, model).zero_())
-    except Exception as exc:  # noqa: BLE001 - a size or a channel count the model cannot take
-        raise input_mismatch(recipe, model, exc) from None
-    for alias, shape in shapes.items():
-        if len(shape) != 4:
-            raise RecipeError(
-                f"{key}: layer {alias!r} ({taps[alias]}) gives a {len(shape)}-D output {shape}; SRP "
-                f"needs (B, C, H, W) feature maps"
-            )
-    for alias in taps:
-        if alias not in shapes:
-            raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) is not executed by the forward pass")
-
-
-def input_mismatch(recipe: Recipe, model: torch.nn.Module, exc: Exception) -> RecipeError:
-    """The one line for a teacher that failed on an input of the recipe's size and channels: ``data.channels`` when
-    it runs on the other channel count (an RGB network on grayscale data, or the reverse), else ``data.size``."""
-    d = recipe.data
-    other = 1 if d.channels == 3 else 3
-    try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, other, d.size, d.size))
-    except Exception:  # noqa: BLE001 - not the channels either: the size (or something else) it cannot take
-        return RecipeError(
-            f"data.size: the teacher cannot run at {d.size}x{d.size} with {d.channels} channel(s) "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
-        )
-    kind = {1: "grayscale (1-channel)", 3: "RGB (3-channel)"}
-    return RecipeError(
-        f"data.channels: the teacher takes {kind[other]} images but the data gives {kind[d.channels]} ones "
-        f"(data.channels: {d.channels}); set data.channels: {other} or use a checkpoint made for {kind[d.channels]} "
-        f"images"
-    )
-
-
-def check_runs(recipe: Recipe, model: torch.nn.Module) -> None:
-    """One forward pass at the recipe's size and channels: a mismatch is one line (:func:`input_mismatch`); then
-    the output must be one tensor (``teacher.output`` otherwise)."""
-    x = _example_input(recipe, model)
-    try:
-        with torch.no_grad():
-            model.eval()(x)
-    except RecipeError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - users' networks raise anything
-        raise input_mismatch(recipe, model, exc) from None
-    check_output(model, x)  # several outputs need teacher.output
-
-
-def check_size(recipe: Recipe, model: torch.nn.Module) -> None:
-    m = size_multiple(model)
-    if recipe.data.size % m:
-        raise RecipeError(
-            f"data.size: {recipe.data.size} is not a multiple of {m}, which "
-            f"{getattr(model, 'arch', type(model).__name__)} needs"
-        )
-
-
 # ----------------------------------------------------------------------------------------------- helpers
-
-
-def _example_input(recipe: Recipe, model: torch.nn.Module, batch: int = 1) -> torch.Tensor:
-    """A random input at the recipe's size with the data's channels (the teacher's config where it has one)."""
-    cfg = getattr(model, "config", {})
-    return torch.randn(batch, cfg.get("input_nc", recipe.data.channels), recipe.data.size, recipe.data.size)
 
 
 def _sample_batch(recipe: Recipe, n: int, keys: tuple[str, ...]) -> Optional[dict]:
@@ -248,19 +62,6 @@ def held_out_batch(ds, n: int, keys: tuple[str, ...]) -> dict:
     never draws (indices past :data:`VAL_OFFSET`), the same in every run with this seed."""
     items = [ds[VAL_OFFSET + j] for j in range(n)]
     return {k: stack_images([it[k] for it in items]) for k in keys if k in items[0]}
-
-
-def consent_to_own_import(recipe: Recipe) -> None:
-    """A recipe's own ``teacher.import`` is consent to run that code for this run (see :mod:`compressor.trust`)."""
-    if recipe.teacher.import_:
-        consent_to(teacher_spec(recipe.teacher, recipe.base_dir)["import"])
-
-
-def resume_command(ctx: Context) -> str:
-    if command_line_hint():
-        return command_line_hint()  # every flag as the user gave it
-    src = ctx.options.recipe_path or "RECIPE.yaml"
-    return f"compress {src} --out {ctx.run.root.parent} --resume"
 
 
 def run_training(
@@ -319,17 +120,9 @@ def run_training(
         doing = {"doing": "training the teacher" if stage == "teacher" else "distilling the student"}
         progress = lambda step, total, losses_: ctx.progress(stage, step, total, {**losses_, **doing})  # noqa: E731
     # torchrun workers: the launching process already decided (launch_distributed)
-    resume = ctx.options.resume if torch.distributed.is_initialized() else _checkpoint_policy(ctx, out_dir, stage)
+    resume = ctx.options.resume if torch.distributed.is_initialized() else checkpoint_policy(ctx, out_dir, stage)
     trainer = Trainer(setup, out_dir, ctx.device, progress)
     return trainer.fit(resume=resume)
-
-
-def _checkpoint_policy(ctx: Context, out_dir: Path, stage: str) -> bool:
-    """Continue only checkpoints written for this configuration (see :mod:`compressor.resume`); the pipeline
-    computed the stage's digest before calling it."""
-    return prepare_checkpoints(
-        out_dir, ctx.hashes[stage], resume=ctx.options.resume, force=ctx.options.force, command=resume_command(ctx)
-    )
 
 
 # ----------------------------------------------------------------------------------------------- teacher, student
@@ -354,7 +147,7 @@ def stage_teacher(ctx: Context) -> None:
     reproduced = check_published_figure(ctx, teachers[0]) if t.expect is not None else None
     for model, path in zip(teachers, [run.teacher_weights, run.teacher_reverse_weights]):
         atomic_write_bytes(path, st_save({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}))
-    cx = profile_model(teachers[0], tuple(_example_input(r, teachers[0]).shape))
+    cx = profile_model(teachers[0], tuple(example_input(r, teachers[0]).shape))
     atomic_write_json(
         run.teacher_json,
         {
@@ -437,33 +230,11 @@ def train_teacher(ctx: Context, spec: dict) -> list:
     return [n.cpu().eval() for n in nets]
 
 
-def plan_student(recipe: Recipe, run: RunDir, force: bool = False, teacher: Optional[torch.nn.Module] = None) -> dict:
-    """``compress plan`` and ``student.width: auto``: the widest width within ``student.budget``, timed on the
-    target (plan.json in the run). Times ``teacher`` when given, else the run's teacher when the teacher stage has
-    run, else the recipe's architecture (latency does not depend on the weights)."""
-    check_backends(recipe)
-    if teacher is None and run.teacher_json.exists() and run.teacher_weights.exists():
-        teacher = load_run_teacher(run)
-    elif teacher is None:
-        teacher = with_ranges(build_teacher(recipe.teacher, recipe.base_dir, init=None), recipe.teacher)
-        teacher.compressor_spec = teacher_spec(recipe.teacher, recipe.base_dir)
-        check_output(teacher, _example_input(recipe, teacher))
-    return plan_width(
-        teacher,
-        recipe.student.budget,
-        size=recipe.data.size,
-        method=recipe.student.method,
-        margin=recipe.student.margin,
-        run_dir=run.root,
-        force=force,
-    )
-
-
 def stage_student(ctx: Context) -> None:
     r, run = ctx.recipe, ctx.run
     seed_everything(r.seed)  # a scratch student's initial weights depend on the seed alone
     teacher = load_run_teacher(run)
-    example = _example_input(r, teacher)
+    example = example_input(r, teacher)
     width = r.student.width
     if width == "auto":  # measured on the target: the widest width within student.budget (plan.json)
         width = plan_student(r, run, teacher=teacher)["width"]
@@ -495,7 +266,7 @@ def distill_setup(ctx: Context):
     student = load_student(run.student_init).train()
     layers = L.tapped_layers()  # non-empty only when the teacher is used
     taps = resolve_taps(teacher, layers, r.teacher.taps) if layers else {}
-    channels = check_tap_pair(teacher, student, taps, _example_input(r, student)) if taps else {}
+    channels = check_tap_pair(teacher, student, taps, example_input(r, student)) if taps else {}
     if r.data.kind == "unpaired":
         dirs = [
             Direction("AB", student, teacher, "A", "B"),
@@ -546,123 +317,7 @@ def finish_distill(ctx: Context, dirs, summary: dict) -> None:
     atomic_write_json(run.distill_json, summary)
 
 
-def distributed_interrupted(ctx: Context, stop: Path) -> Interrupted:
-    """The :class:`Interrupted` of a stopped ``--nproc`` run, naming its newest checkpoint."""
-    stop.unlink(missing_ok=True)
-    ckpts = list_checkpoints(ctx.run.checkpoints)
-    where = f"at step {ckpts[-1][0]}; checkpoint written to {ckpts[-1][1]}" if ckpts else "before the first checkpoint"
-    return Interrupted(f"interrupted {where}", resume_command(ctx))
-
-
-def last_metrics_line(path: Path, tail: int = 1 << 16) -> Optional[dict]:
-    """The newest complete line of a ``metrics.jsonl`` (read from its last ``tail`` bytes, without following a
-    link or blocking on a FIFO); None when there is none yet."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0))
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        start = max(0, os.fstat(fd).st_size - tail)
-        f.seek(start)
-        lines = f.read(tail).decode("utf-8", "replace").splitlines()
-    for line in reversed(lines[1:] if start else lines):  # a tail's first line may be cut
-        try:
-            doc = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(doc, dict) and isinstance(doc.get("step"), int):
-            return doc
-    return None
-
-
-@contextlib.contextmanager
-def _relay_training_progress(ctx: Context, stage: str, steps: int, every: float = 1.0):
-    """``--nproc N``: the workers have no progress callback; their rank 0 appends to metrics.jsonl every
-    ``distill.log_every`` steps, and a thread passes the newest line on to ``ctx.progress`` (steps, losses,
-    gradient shares), so the heartbeat shows steps, not only "working…"."""
-    if ctx.progress is None:
-        yield
-        return
-    done = threading.Event()
-
-    def relay() -> None:
-        seen = None
-        while not done.wait(every):
-            line = last_metrics_line(ctx.run.metrics)
-            if line is not None and line["step"] != seen:
-                seen = line["step"]
-                keep = {k: v for k, v in line.items() if ("/" in k and ":" not in k) or k.startswith("share:")}
-                ctx.progress(stage, seen, steps, {**keep, "doing": f"distilling in {ctx.options.nproc} processes"})
-
-    thread = threading.Thread(target=relay, name="progress-relay", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join(timeout=5)
-
-
-def launch_distributed(ctx: Context) -> dict:
-    """Run the distill stage in ``nproc`` processes with torchrun (gloo on CPU, nccl on GPU)."""
-    if ctx.options.build_discriminator is not None:
-        raise ValueError("a discriminator builder works in one process only (nproc 1), not under torchrun")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={ctx.options.nproc}",
-        "-m",
-        "compressor.app.worker",
-        str(ctx.run.root),
-        "--device",
-        ctx.device.type,
-    ]
-    if _checkpoint_policy(ctx, ctx.run.root, "distill"):
-        cmd.append("--resume")
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    stop = ctx.run.root / ".stop"
-    stop.unlink(missing_ok=True)
-    try:  # torchrun and its workers die with this process; on Ctrl-C they checkpoint and stop first
-        with _relay_training_progress(ctx, "distill", ctx.recipe.distill.steps):
-            proc = run_group_stoppable(cmd, stop, env=env)
-    except KeyboardInterrupt:
-        raise distributed_interrupted(ctx, stop) from None
-    if stop.exists():  # asked to stop (SIGINT reached the workers' launcher another way)
-        raise distributed_interrupted(ctx, stop)
-    if proc.returncode != 0:
-        raise UserError(f"distributed training failed (exit {proc.returncode}); see the messages above")
-    return read_json(ctx.run.distill_json)
-
-
 # ----------------------------------------------------------------------------------------------- evaluate
-
-
-EVALUATE_DOING = "loading the teacher, the student and the test images"
-
-
-def evaluate_run(
-    run: RunDir, recipe: Recipe, device: torch.device, progress=None, inception_weights: Optional[str] = None
-) -> dict:
-    """Teacher and student of a run side by side: eval.json (with the teacher's published check, where the recipe
-    asked for one) and samples/eval.png."""
-    check = read_json(run.teacher_json, TeacherMeta).get("published_check") if run.teacher_json.exists() else None
-    if progress:
-        progress("evaluate", 0, 0, {"doing": EVALUATE_DOING})
-    return evaluate_pair(
-        load_run_teacher(run),
-        load_run_student(run),
-        recipe,
-        device,
-        run.eval_json,
-        run.eval_samples,
-        progress,
-        inception_weights,
-        extra={"published_check": check} if check else None,
-    )
 
 
 def stage_evaluate(ctx: Context) -> None:
@@ -672,219 +327,22 @@ def stage_evaluate(ctx: Context) -> None:
 # ----------------------------------------------------------------------------------------------- export
 
 
-def run_export_metadata(recipe: Recipe, model: torch.nn.Module) -> dict:
-    """ONNX metadata a run adds to every export (the same for the stage and ``compress export``)."""
-    plan = getattr(model, "student_plan", None) or {}
-    t = recipe.teacher
-    return {
-        "recipe_hash": recipe.digest(),
-        "width": plan.get("width", 1.0),
-        # the ONNX takes and returns [-1, 1]; a network with another native range converts inside
-        "value_range": "[-1, 1]",
-        "network_input_range": json.dumps(list(t.input_range)),
-        "network_output_range": json.dumps(list(t.output_range)),
-        **({"network_output": t.output} if t.output is not None else {}),  # a teacher returning several tensors
-    }
-
-
-def recipe_samples(recipe: Recipe, n: int = 3) -> torch.Tensor:
-    return input_images(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, n)
-
-
-def recipe_calibration(recipe: Recipe, n: int) -> list:
-    imgs = input_images(recipe.data, recipe.resolve_path(recipe.data.root), "train", recipe.seed, n)
-    return [x[None].numpy() for x in imgs]
-
-
 def stage_export(ctx: Context) -> dict:
-    """Student ONNX (with INT8 and TensorRT as the recipe asks) and teacher ONNX (for profiling): export.json."""
+    """The student's files as the recipe's ``export`` section asks (ONNX with parity, INT8, TensorRT, the other
+    formats) and the teacher's ONNX (for profiling), through the one export flow: export.json."""
     r, run = ctx.recipe, ctx.run
-    ex = r.export
     student, teacher = load_run_student(run), load_run_teacher(run)
     samples = recipe_samples(r)
-    trt = ex.tensorrt
-    wants_int8 = ex.int8.enabled or (trt is not None and trt.precision == "int8")
-    calibration = recipe_calibration(r, ex.int8.calib_images) if wants_int8 else None
-    others = [f for f in ex.formats if f != "onnx"]
-    common = dict(
-        size=r.data.size,
-        static=ex.static,
-        dynamic=list(ex.onnx.dynamic),
-        opset=ex.onnx.opset,
-        parity_tol=ex.onnx.parity_tol,
-        slim=ex.onnx.slim,
-    )
-    spec = ExportSpec(
-        **common,
-        name="student",
-        int8=ex.int8.enabled,
-        tensorrt=trt is not None,
-        precision=trt.precision if trt else "fp32",
-        trt_versions=(10, 11),
-        emit_trtexec=trt is not None,
-        workspace_mb=trt.workspace_mb if trt else 1024,
-        metadata=run_export_metadata(r, student),
-    )
+    spec = run_export_spec(r, student)
+    calibration = recipe_calibration(r, r.export.int8.calib_images) if needs_calibration(spec) else None
     records = RecordFile(run.root)  # earlier records kept; each new one written once its file is in place
-    say = ctx.progress or (lambda *a: None)
-    say("export", 0, 0, {"doing": f"student.onnx{' and INT8' if ex.int8.enabled else ''} (parity against PyTorch)"})
-    rec = export_model(student, run.root, spec, samples, calibration, journal=records.write)
-    say("export", 0, 0, {"doing": "teacher.onnx (for profiling)"})
-    trec = export_model(
-        teacher,
-        run.root,
-        ExportSpec(**common, name="teacher", metadata=run_export_metadata(r, teacher)),
-        samples,
-        journal=records.write,
-    )
-    rec["onnx"]["teacher"] = trec["onnx"]["teacher"]
-    records.write(rec)
-    if others:  # the recipe's other targets (OpenVINO, phone formats), each checked against PyTorch
-        more = export_other_formats(
-            student,
-            run.root,
-            others,
-            samples,
-            calibration,
-            int8=ex.int8.enabled,
-            static=ex.static,
-            size=r.data.size,
-            metadata=run_export_metadata(r, student),
-            journal=lambda m: records.write({**rec, "formats": m["formats"], "notes": rec["notes"] + m["notes"]}),
-            progress=ctx.progress,
-        )
-        rec["formats"], rec["notes"] = more["formats"], rec["notes"] + more["notes"]
-    ctx.notes.extend(rec["notes"])
-    records.write(rec)
-    return rec
-
-
-def export_target(
-    target: Path,
-    spec: ExportSpec,
-    *,
-    arch: Optional[str] = None,
-    trust_checkpoint: bool = False,
-    progress: Optional[Callable] = None,
-) -> dict:
-    """``compress export``: a run folder (with its recipe's data and metadata, as the export stage uses them), a
-    student folder or a bare checkpoint. Writes export.json beside the exported files."""
-    target = Path(target)
-    if progress:
-        progress("export", 0, 0, {"doing": f"loading {target.name or target}"})
-    if not is_run_folder(target):
-        model, out_dir = load_target(target, arch, trust_checkpoint)
-        return export_command(model, Path(spec.out or out_dir), spec, progress=progress)
-    run = RunDir(target)
-    recipe = load_run_recipe(run)
-    model = load_run_student(run)
-    spec.size = spec.size or recipe.data.size
-    samples = calibration = None
-    if spec.data is None:  # the run's own data, at the export size
-        data = recipe if spec.size == recipe.data.size else load_run_recipe(run, [f"data.size={spec.size}"])
-        samples = recipe_samples(data)
-        if spec.precision == "int8":
-            calibration = recipe_calibration(data, spec.calib_images)
-    spec.metadata = run_export_metadata(recipe, model)
-    spec.parity_tol = recipe.export.onnx.parity_tol
-    res = export_command(model, Path(spec.out or target), spec, samples, calibration, progress)
-    if spec.out is None and res["onnx"]:
-        # student.onnx was rewritten with this command's settings, which may not be the recipe's: the pipeline's
-        # export stage runs again rather than call it up to date (records of other formats are added, kept)
-        run.forget("export")
-    return res
-
-
-def benchmark_target(
-    target: Path,
-    *,
-    data: Optional[Path] = None,
-    size: Optional[int] = None,
-    formats: Optional[list[str]] = None,
-    images: int = 8,
-    calib_images: int = 32,
-    threads: Optional[int] = None,
-    warmup: int = 5,
-    iters: int = 20,
-    progress: Optional[Callable] = None,
-) -> tuple[dict, Path]:
-    """``compress benchmark``: every format of a run's student (compared with the teacher's output on the run's
-    test images, calibrated on its train images) or of a student folder (compared with its own PyTorch output on
-    ``data``'s images, or random inputs). Files go to ``<target>/benchmark/``; returns (document, benchmark.json)."""
-    target = Path(target)
-    if is_run_folder(target):
-        run = RunDir(target)
-        recipe = load_run_recipe(run)
-        if size and size != recipe.data.size:
-            recipe = load_run_recipe(run, [f"data.size={size}"])
-        model, teacher = load_run_student(run), load_run_teacher(run)
-        x = recipe_samples(recipe, images)
-        with torch.inference_mode():
-            reference = torch.cat([teacher.eval()(x[i : i + 1]) for i in range(len(x))]).numpy()
-        kind, metadata = "teacher", run_export_metadata(recipe, model)
-        calibration = recipe_calibration(recipe, calib_images)
-        torch_ref = {"type": "student_dir", "path": str(run.root)}
-        size = recipe.data.size
-    elif target.is_dir() and (target / "student.json").exists():
-        model = load_student(target).eval()
-        size = size or max(256, size_multiple(model))
-        if size % size_multiple(model):
-            raise UserError(f"--size: {size} is not a multiple of {size_multiple(model)}, which this model needs")
-        if data is not None:
-            x = folder_images(data, size, images)
-            calibration = [c[None].numpy() for c in folder_images(data, size, calib_images)]
-            kind = "student (PyTorch), on --data images"
-        else:
-            x = (
-                torch.rand(images, input_channels(model), size, size, generator=torch.Generator().manual_seed(0)) * 2
-                - 1
-            )
-            calibration = None
-            kind = "student (PyTorch), on random inputs (no --data: INT8 rows need calibration images)"
-        with torch.inference_mode():
-            reference = torch.cat([model(x[i : i + 1]) for i in range(len(x))]).numpy()
-        metadata = {"width": (getattr(model, "student_plan", None) or {}).get("width", 1.0)}
-        torch_ref = {"type": "student_dir", "path": str(target)}
-    else:
-        raise UserError(f"{target}: not a run folder (recipe.resolved.yaml) or a student folder (student.json)")
-    doc = benchmark(
-        model,
-        own_folder(target / "benchmark"),  # a link to a folder elsewhere is refused, never written through
-        x,
-        reference,
-        kind,
-        torch_ref=torch_ref,
-        calibration=calibration,
-        size=size,
-        metadata=metadata,
-        threads=threads,
-        warmup=warmup,
-        iters=iters,
-        formats=formats,
-        progress=progress,
-    )
-    path = target / "benchmark.json"
-    atomic_write_json(path, doc)
-    if is_run_folder(target) and RunDir(target).report_md.exists():
-        report_run(RunDir(target))  # the run's report shows the new table now (the report stage's digest too)
-    return doc, path
+    doc = export_files(student, run.root, spec, samples, calibration, journal=records.write, progress=ctx.progress)
+    tdoc = export_files(teacher, run.root, run_export_spec(r, teacher, "teacher"), samples, journal=records.write)
+    ctx.notes.extend(doc["notes"] + tdoc["notes"])
+    return records.doc
 
 
 # ----------------------------------------------------------------------------------------------- profile, report
-
-
-def profile_targets(targets: list[str]) -> list[dict]:
-    """Model references for ``compress profile``: run folders through the run folder, the rest as files/zoo names."""
-    refs = []
-    for t in targets:
-        if is_run_folder(t):
-            run_refs = profile_refs(RunDir(t))
-            for ref in run_refs:  # every exported file of the run (OpenVINO IR, ...), by the kind a backend runs
-                ref["artifacts"] = find_artifacts(t, ref["role"])
-            refs.extend(run_refs)
-        else:
-            refs.extend(resolve_models([t]))
-    return refs
 
 
 def stage_profile(ctx: Context) -> dict:
@@ -898,7 +356,7 @@ def stage_profile(ctx: Context) -> dict:
     for ref in refs:  # the files the export stage wrote, by the kind of file a backend runs
         ref["artifacts"] = find_artifacts(run.root, ref["role"])
     backends = list(spec.backends)  # and each exported format, timed in its own runtime
-    backends += [FORMATS[f].backend for f in r.export.formats if FORMATS[f].backend not in backends]
+    backends += [b for b in (get_format(f).backend.name for f in r.export.formats) if b not in backends]
     doc = profile_models(
         refs,
         backends,

@@ -1,4 +1,4 @@
-"""Entry point of one training process under torchrun: ``python -m compressor.worker RUN_DIR``."""
+"""Entry point of one training process under torchrun: ``python -m compressor.app.worker RUN_DIR``."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from ..errors import Interrupted
 from ..procs import die_with_parent
 from ..runfolder import RunDir, load_run_recipe
 from ..train import init_distributed
-from .stages import Context, RunOptions, distill_in_process, finish_distill, resolve_device
+from .context import Context, RunOptions, resolve_device
+from .stages import distill_in_process, finish_distill
 
 
 def main(argv=None) -> int:

@@ -1,10 +1,12 @@
-"""What the phone and board exports share: parity against PyTorch, file names, metadata, safe writes.
+"""What the phone and board formats share: the row shape (:func:`static_format`), the course of an export
+(:class:`StaticExport`: parity against PyTorch, file names, metadata, safe writes), and the ``ConvTranspose2d``
+rewrite LiteRT needs.
 
-Each format lives in its own module (``executorch``, ``litert``, ``ncnn``, ``coreml``) with one exporter,
-``export_<fmt>(model, out_path, samples, *, precision, static, size, calibration, metadata) -> record``, and one
-Runner. An exporter writes to a temporary name, runs the file in the format's own runtime on the sample images,
-compares with PyTorch and renames only after the check passes: a failed export never replaces a good file. The
-temporary name is fresh and exclusive (:func:`compressor.io.temp_file`, :func:`compressor.io.temp_dir`).
+Each format lives in its own module of ``formats/`` (``executorch``, ``litert``, ``ncnn``, ``coreml``) with one
+exporter, ``export_<fmt>(request) -> record``, one Runner and its row. An exporter writes to a temporary name, runs
+the file in the format's own runtime on the sample images, compares with PyTorch and renames only after the check
+passes: a failed export never replaces a good file. The temporary name is fresh and exclusive
+(:func:`compressor.io.temp_file`, :func:`compressor.io.temp_dir`).
 
 Mobile formats are static: batch 1 and the export size (H = W), recorded in the artifact's metadata where the
 format has metadata, with the value range at the file's edges ([-1, 1]) and the teacher's native range.
@@ -27,6 +29,9 @@ from compressor.io import staged
 from compressor.models import input_channels
 from compressor.version import __version__
 
+from .records import record as file_record
+from .rows import Backend, Format, Request
+
 FP32_MAX_ABS = 1e-3  # FP32 artifact vs PyTorch, max abs over [-1, 1] images
 MIN_PSNR = 30.0  # FP16 / INT8 artifact vs PyTorch FP32, dB (peak-to-peak 2)
 EXTRA = "pip install 'compressor[mobile]'"
@@ -37,16 +42,6 @@ Images = Union[torch.Tensor, Sequence[np.ndarray], np.ndarray]
 def need(module: str, purpose: str):
     """Import an optional runtime or converter, or raise one line naming the extra that adds it."""
     return require(module, "mobile", purpose)
-
-
-def start(fmt: str, precision: str, precisions: Sequence[str], modules: Sequence[str], purpose: str) -> "Timer":
-    """The opening of every format's export: its runtime and converter importable (else one line naming the
-    extra), ``precision`` one it writes; returns the timer of the export record."""
-    for module in modules:
-        need(module, purpose)
-    if precision not in precisions:
-        raise ValueError(f"{fmt} exports {', '.join(precisions)}, not {precision}")
-    return Timer()
 
 
 def variant_path(out_path: Path, precision: str, suffix: str, default: str = "fp32") -> Path:
@@ -144,38 +139,121 @@ def artifact_metadata(model: nn.Module, size: int, precision: str, layout: str, 
     return meta
 
 
-def record(
-    fmt: str,
-    path: Path,
-    precision: str,
-    par: dict,
-    seconds: float,
-    size: int,
-    layout: str,
-    channels: int = 3,
-    **extra,
-) -> dict:
-    files = [path] if not path.is_dir() else [p for p in path.rglob("*") if p.is_file()]
-    return {
-        "format": fmt,
-        "path": path.name,
-        "bytes": int(sum(p.stat().st_size for p in files)),
-        "precision": precision,
-        "input_shape": [1, channels, size, size] if layout == "NCHW" else [1, size, size, channels],
-        "layout": layout,
-        "parity": par,
-        "seconds": round(seconds, 2),
-        **extra,
-    }
+class StaticExport:
+    """One phone or board file being written, as every static format's exporter goes about it: its runtime and
+    converter importable (else one line naming the extra), ``precision`` one it writes, the model on the CPU, the
+    samples as batch-1 arrays at one size, the PyTorch outputs to compare with, the file's name and metadata; then
+    :meth:`write` (temporary name, check, rename) and :meth:`record`."""
 
-
-class Timer:
-    def __init__(self):
+    def __init__(self, req: Request, fmt: Format, modules: Sequence[str], layout: str = "NCHW"):
+        for module in modules:
+            need(module, f"the {fmt.name} export")
+        if req.precision not in fmt.precisions:
+            raise ValueError(f"{fmt.name} exports {', '.join(fmt.precisions)}, not {req.precision}")
         self.t0 = time.perf_counter()
+        self.fmt, self.precision, self.layout = fmt.name, req.precision, layout
+        self.model, self.batches, self.size = prepare(req.model, req.samples, req.size)
+        self.path = variant_path(req.path, req.precision, fmt.suffix, default=fmt.precisions[0])
+        self.meta = artifact_metadata(self.model, self.size, req.precision, layout, req.metadata)
+        self.calibration = as_batches(req.calibration)
+        self.limits = {"max_abs": FP32_MAX_ABS, "min_psnr": MIN_PSNR, **req.limits}
+        if req.precision in fmt.calibrated:
+            if not self.calibration:
+                raise ValueError(f"{fmt.name} {req.precision} needs calibration images")
+            self.meta["calibration_images"] = str(len(self.calibration))
+        self._refs: Optional[list[np.ndarray]] = None
 
     @property
-    def seconds(self) -> float:
-        return time.perf_counter() - self.t0
+    def refs(self) -> list[np.ndarray]:
+        """PyTorch's outputs on the samples (computed once)."""
+        if self._refs is None:
+            self._refs = torch_outputs(self.model, self.batches)
+        return self._refs
+
+    @property
+    def example(self) -> torch.Tensor:
+        return torch.from_numpy(self.batches[0])
+
+    def converted(self, convert: Callable[[], object]):
+        """``convert()``, a converter's own exception turned into one ExportError line."""
+        try:
+            return convert()
+        except Exception as exc:  # noqa: BLE001 - torch.export and the converters raise many types
+            raise ExportError(f"{self.fmt} {self.precision}: {first_line(exc)}") from None
+
+    def check(self, outputs: list[np.ndarray], precision: Optional[str] = None) -> dict:
+        """The parity of ``outputs`` against PyTorch, with its limit; ExportError when they miss it."""
+        return check(self.fmt, precision or self.precision, parity(self.refs, outputs), **self.limits)
+
+    def write(self, write: Callable[[Path], None], run: Callable[[Path], list[np.ndarray]]) -> dict:
+        """``write(tmp)``; ``run(tmp)`` -> outputs; check; move into place; the parity."""
+        return checked_write(self.fmt, self.path, self.precision, write, run, self.refs, **self.limits)
+
+    def run_batches(self, runner) -> list[np.ndarray]:
+        return [runner(b) for b in self.batches]
+
+    def record(self, par: dict, **extra) -> dict:
+        """The file's record: its parity against PyTorch, shape, layout and metadata."""
+        c = input_channels(self.model)
+        shape = [1, c, self.size, self.size] if self.layout == "NCHW" else [1, self.size, self.size, c]
+        return file_record(
+            self.path,
+            self.fmt,
+            self.precision,
+            parity=par if par.get("compared") is False else {**par, "against": par.get("against", "pytorch")},
+            seconds=time.perf_counter() - self.t0,
+            input_shape=shape,
+            layout=self.layout,
+            metadata=self.meta,
+            **extra,
+        )
+
+
+def static_format(
+    name: str,
+    suffix: str,
+    precisions: tuple[str, ...],
+    export: Callable[[Request], dict],
+    runner: str,
+    *,
+    artifact: str,
+    requires: tuple[str, ...],
+    runs_with: tuple[str, ...],
+    order: int,
+    help: str,
+    variants: Optional[tuple[str, ...]] = None,
+    devices: tuple[str, ...] = (),
+    runs_on: str = "",
+    calibrated: tuple[str, ...] = ("int8",),
+) -> Format:
+    """The row of a phone or board format: batch 1 at one size, ``pip install 'compressor[mobile]'``, and one
+    backend of the same name running its files (``artifact``: their kind) with ``runner`` (``"module:Class"``; it needs
+    ``runs_with``)."""
+    backend = Backend(
+        name,
+        runner,
+        artifact,
+        "cpu",
+        precisions,
+        runs_with,
+        EXTRA + runs_on,
+        devices=devices,
+        variants=precisions[1:] if variants is None else variants,
+        help=help,
+    )
+    return Format(
+        name,
+        suffix,
+        precisions,
+        export,
+        backends=(backend,),
+        requires=requires,
+        extra=EXTRA,
+        static_only=True,
+        calibrated=calibrated,
+        order=order,
+        help=help,
+    )
 
 
 def checked_write(

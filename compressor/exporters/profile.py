@@ -1,14 +1,15 @@
 """Latency measurement: one subprocess per (model, backend, batch, size, precision).
 
-Each configuration runs warm-up iterations, then timed ones (``perf_counter_ns``; on CUDA also CUDA events,
-giving device time without host<->device copies). Results carry p50/p90/p99/mean/std/min latency, throughput,
-peak memory, an efficiency figure (achieved MAC rate over the machine's FP32 GEMM peak, from a short matmul
-probe), and the environment. Backends that are not available are listed with the reason.
+The harness resolves the models (run and student folders, exported files by the format table's suffixes, zoo
+names), picks for each backend the file it runs (a PyTorch model is exported to ONNX here, in the parent, for a
+backend that reads ONNX), and times each configuration in its own process (:mod:`compressor.exporters.timing`).
+Results carry p50/p90/p99/mean/std/min latency, throughput, peak memory, an efficiency figure (achieved MAC rate
+over the machine's FP32 GEMM peak, from a short matmul probe), and the environment. Backends that are not available
+are listed with the reason; ``compress profile --host`` runs the installed toolkit's profiler on another machine.
 """
 
 from __future__ import annotations
 
-import argparse
 import importlib.metadata as md
 import json
 import logging
@@ -22,19 +23,21 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import onnx
+import torch
 
 from compressor import remote, schemas
+from compressor.complexity import profile_model
 from compressor.errors import UserError
-from compressor.procs import die_with_parent, run_group
+from compressor.models import input_channels, size_multiple
+from compressor.procs import run_group
 from compressor.remote import check_host, check_program
 from compressor.zoo_args import ZOO_ARCHS, check_zoo_kwargs
 
-from .runtimes import BACKENDS, Backend, Runner, backend_available
-
-# torch and everything that imports it (compressor.models, .slim, .complexity, exporters.onnx) is imported inside
-# the functions that need it: a timing worker for an ONNX Runtime backend must not load torch.
+from .formats.onnx import export_onnx
+from .rows import Backend, Runner
+from .table import BACKENDS, backend_available, file_kind, find_artifacts, format_of_backend
+from .timing import build_torch, latency_stats
 
 SCHEMA = "compressor.profile/1"
 log = logging.getLogger(__name__)
@@ -104,25 +107,6 @@ def environment(threads: Optional[int] = None, with_torch: bool = True) -> dict:
 # ------------------------------------------------------------------------------------------------ statistics
 
 
-def latency_stats(ms: list[float], batch: int) -> dict:
-    """Percentiles of per-call latency (ms). Throughput is taken at the median (``img/s at p50``), so it agrees
-    with the p50 printed beside it; a few slow outliers move the mean, not the typical rate."""
-    a = np.asarray(ms, dtype=np.float64)
-    p50 = float(np.percentile(a, 50))
-    return {
-        "p10": float(np.percentile(a, 10)),
-        "p50": p50,
-        "p90": float(np.percentile(a, 90)),
-        "p99": float(np.percentile(a, 99)),
-        "mean": float(a.mean()),
-        "std": float(a.std()),
-        "min": float(a.min()),
-        "n": int(a.size),
-        "throughput_ips": float(batch * 1000.0 / p50) if p50 > 0 else 0.0,
-        "throughput_basis": "p50",
-    }
-
-
 def gemm_peak(threads: Optional[int] = None, device: str = "cpu", seconds: float = 0.5) -> float:
     """Achieved FP32 GEMM rate in MAC/s, from a short matmul probe in a fresh process."""
     code = f"""
@@ -188,49 +172,14 @@ def parse_zoo_spec(text: str) -> Optional[dict]:
     return {"arch": name, "kwargs": kwargs, "width": width}
 
 
-def build_torch(ref: dict):
-    """Load the PyTorch model a ref describes (in the worker process)."""
-    from compressor.models import build_generator, load_saved_teacher
-    from compressor.slim import load_student, make_student
-
-    kind = ref["type"]
-    if kind == "zoo":
-        model = build_generator(ref["arch"], **ref["kwargs"])
-        if ref["width"] < 1:
-            model, _ = make_student(model, ref["width"], "rebuild", "scratch")
-        return model.eval()
-    if kind == "student_dir":
-        return load_student(ref["path"])
-    if kind == "saved_teacher":  # a JSON spec plus safetensors weights, as a run folder holds them
-        return load_saved_teacher(ref["spec"], ref["weights"])
-    raise ValueError(kind)
-
-
-def _file_kind(path: Path) -> Optional[tuple[str, str]]:
-    """(kind of file, precision) of an exported file of another format (``("int8-openvino", "int8")`` for
-    ``student.int8.xml``), by the export formats table's suffixes and the ``.<precision>`` tag before them."""
-    from .export import FORMATS  # imports torch: the parent process only
-
-    for fmt in FORMATS.values():
-        row = BACKENDS.get(fmt.backend)
-        if row is None or row.artifact in ("torch", "onnx", "engine") or not path.name.endswith(fmt.suffix):
-            continue
-        tag = path.name[: -len(fmt.suffix)].rpartition(".")[2]
-        precision = tag if tag in fmt.precisions else fmt.precisions[0]
-        return row.artifact_for(precision), precision
-    return None
-
-
 def resolve_models(specs: list[str]) -> list[dict]:
     """Turn MODEL arguments into refs: student dir, ONNX file, TensorRT engine, trtexec JSON, zoo spec.
 
-    Run folders are opened by :func:`compressor.stages.profile_targets` (the run folder knows its teacher)."""
+    Run folders are opened by :func:`compressor.app.commands.profile_targets` (the run folder knows its teacher)."""
     refs = []
     for spec in specs:
         p = Path(spec)
         if p.is_dir() and (p / "student.json").exists():
-            from .export import find_artifacts  # imports torch: the parent process only
-
             onnx = p / "student.onnx"
             refs.append(
                 {
@@ -241,7 +190,7 @@ def resolve_models(specs: list[str]) -> list[dict]:
                     "artifacts": find_artifacts(p, "student"),
                 }
             )
-        elif p.is_file() and (found := _file_kind(p)):
+        elif p.is_file() and (found := file_kind(p)):
             kind, precision = found  # a named file is timed at the precision it holds, whatever --precision says
             ref = {"label": p.stem, "role": "model", "torch": None, "onnx": None, "artifacts": {kind: str(p)}}
             refs.append({**ref, "precisions": [precision]})
@@ -254,11 +203,14 @@ def resolve_models(specs: list[str]) -> list[dict]:
         elif p.suffix in (".plan", ".engine"):
             if not p.is_file():
                 raise UserError(f"{p}: file not found")
-            refs.append({"label": p.stem, "role": "model", "torch": None, "onnx": None, "engine": str(p)})
+            refs.append(
+                {"label": p.stem, "role": "model", "torch": None, "onnx": None, "artifacts": {"engine": str(p)}}
+            )
         elif p.suffix == ".json":
             if not p.is_file():
                 raise UserError(f"{p}: file not found")
-            refs.append({"label": p.stem, "role": "model", "torch": None, "onnx": None, "trtexec": str(p)})
+            ref = {"label": p.stem, "role": "model", "torch": None, "onnx": None}
+            refs.append({**ref, "artifacts": {"trtexec-json": str(p)}})
         else:
             zoo = parse_zoo_spec(spec)
             if zoo is None:
@@ -274,9 +226,6 @@ def resolve_models(specs: list[str]) -> list[dict]:
 def _complexity(ref: dict, size: int) -> dict:
     if not ref.get("torch"):
         return {}
-    from compressor.complexity import profile_model
-    from compressor.models import input_channels, size_multiple
-
     model = build_torch(ref["torch"])
     in_nc = input_channels(model)
     cx = profile_model(model, (1, in_nc, size, size))
@@ -304,12 +253,6 @@ def _ensure_onnx(ref: dict, size: int, workdir: Path) -> Optional[str]:
     """ONNX for a torch-only ref, exported once in this (parent) process: the timing worker never loads torch."""
     if ref.get("onnx") or not ref.get("torch"):
         return ref.get("onnx")
-    import torch
-
-    from compressor.models import input_channels
-
-    from .onnx import export_onnx
-
     model = build_torch(ref["torch"])
     path = workdir / f"{abs(hash(json.dumps(ref['torch'], sort_keys=True)))}.onnx"
     if not path.exists():
@@ -321,110 +264,13 @@ def _ensure_onnx(ref: dict, size: int, workdir: Path) -> Optional[str]:
 # ------------------------------------------------------------------------------------------------ worker
 
 
-def _status_kb(field: str) -> Optional[float]:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return float(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
-
-
-def reset_peak_rss() -> Optional[float]:
-    """Reset this process's resident-set high-water mark (Linux: ``/proc/self/clear_refs`` "5") and return the
-    resident set now (MB), or None where that is not possible.
-
-    ``getrusage(RUSAGE_SELF).ru_maxrss`` is no use in a child: Linux carries the parent's peak across fork and
-    exec, so every child would report the parent's memory.
-    """
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return None
-    rss = _status_kb("VmRSS")
-    return None if rss is None else rss / 1024.0
-
-
-def peak_rss_mb() -> Optional[float]:
-    """This process's resident-set high-water mark since the last :func:`reset_peak_rss` (MB)."""
-    hwm = _status_kb("VmHWM")
-    return None if hwm is None else hwm / 1024.0
-
-
-def onnx_precision(path: Optional[str]) -> Optional[str]:
-    """``int8`` for a QDQ/QOperator-quantised ONNX file, ``fp16`` for a half-precision one, else ``fp32``."""
-    if not path:
-        return None
-    try:
-        import onnx
-
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - an unreadable file is reported by the runner itself
-        return None
-    ops = {n.op_type for n in model.graph.node}
-    if ops & {"QuantizeLinear", "DequantizeLinear", "QLinearConv", "ConvInteger", "MatMulInteger"}:
-        return "int8"
-    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
-def worker(cfg: dict) -> dict:
-    """Time one configuration (runs in its own process)."""
-    start_rss = reset_peak_rss()  # this child's own high-water mark from here on
-    backend, batch, size = cfg["backend"], cfg["batch"], cfg["size"]
-    from .runtimes import make_runner
-
-    row = BACKENDS[backend]
-    device = row.pick_device(cfg.get("device"))
-    artifact = (lambda: build_torch(cfg["torch"])) if row.artifact == "torch" else cfg["artifact"]
-    runner = make_runner(backend, artifact, device=device, precision=cfg["precision"], threads=cfg.get("threads"))
-    rng = np.random.default_rng(0)
-    x = rng.uniform(-1, 1, (batch, cfg.get("input_nc", 3), size, size)).astype(np.float32)
-    for _ in range(cfg["warmup"]):
-        runner(x)
-    runner.sync()
-    times, dev_times = [], []
-    deadline = time.perf_counter() + cfg["seconds"] if cfg.get("seconds") else None
-    i = 0
-    while (i < cfg["iters"]) if deadline is None else (time.perf_counter() < deadline or i < 3):
-        times.append(runner.time_once(x))
-        d = runner.time_device(x)
-        if d is not None:
-            dev_times.append(d)
-        i += 1
-    res = {"latency_ms": latency_stats(times, batch)}
-    if dev_times:
-        res["device_latency_ms"] = latency_stats(dev_times, batch)
-    mem = runner.peak_memory_mb()
-    if mem is not None:
-        res["peak_memory_kind"] = getattr(runner, "peak_memory_kind", "cuda_max_allocated")
-    else:
-        mem = peak_rss_mb() if start_rss is not None else None
-        if mem is not None:
-            res["peak_memory_kind"] = "rss_hwm"  # the child's own peak resident set (runtime + model + tensors)
-            res["start_memory_mb"] = round(start_rss, 1)
-        else:  # no /proc: the best we have (may include the parent's peak)
-            import resource
-
-            mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-            res["peak_memory_kind"] = "ru_maxrss"
-    res["peak_memory_mb"] = round(mem, 1)
-    res["device"] = device
-    prec = runner.file_precision or (onnx_precision(artifact) if str(artifact).endswith(".onnx") else None)
-    if prec:
-        res["precision"] = prec  # what the file holds, whatever was asked for
-    return res
-
-
 def _run_worker(cfg: dict, timeout: float) -> dict:
     env = _thread_env(cfg.get("threads"))
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     try:
         out = run_group(
-            [sys.executable, "-m", "compressor.exporters.profile", "--worker", json.dumps(cfg)],
+            [sys.executable, "-m", "compressor.exporters.timing", "--worker", json.dumps(cfg)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -461,6 +307,7 @@ def time_artifact(
     ``{"status": "failed", "reason": ...}``."""
     cfg = {
         "backend": backend,
+        "row": BACKENDS[backend].to_data(),
         "batch": batch,
         "size": size,
         "precision": precision,
@@ -513,8 +360,6 @@ def import_trtexec_times(path: str | Path, batch: int = 1) -> dict:
 def check_onnx_sizes(path: str | Path, sizes: list[int]) -> None:
     """One line, before anything is timed, for an ONNX file that cannot be read or a size its H/W rule refuses
     (a dynamic-size model records ``size_multiple`` in its metadata)."""
-    import onnx
-
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise several types
@@ -532,21 +377,10 @@ def check_onnx_sizes(path: str | Path, sizes: list[int]) -> None:
         raise UserError(f"{path}: --size {bad[0]} is not a multiple of {mult}, which this model needs")
 
 
-# where a model reference keeps each kind of file (references from run folders and older callers)
-_REF_KEYS = {"onnx": "onnx", "int8-onnx": "int8", "engine": "engine", "trtexec-json": "trtexec"}
-# how to make a missing file
-_MAKE = {
-    "torch": "a run or student folder, or a zoo name",
-    "int8-onnx": "compress export --precision int8",
-    "engine": "compress export --trt",
-    "trtexec-json": "a trtexec --exportTimes file",
-}
-
-
 def ref_artifact(ref: dict, kind: str) -> Optional[str]:
-    """The file of ``kind`` a model reference holds, or None."""
+    """The file of ``kind`` a model reference holds (``artifacts`` by kind; the ONNX file also as ``onnx``)."""
     found = (ref.get("artifacts") or {}).get(kind)
-    return found or (ref.get(_REF_KEYS[kind]) if kind in _REF_KEYS else None)
+    return found or (ref.get("onnx") if kind == "onnx" else None)
 
 
 def _artifact(ref: dict, row: Backend, prec: str, size: int, workdir: Path) -> tuple[Optional[str], str]:
@@ -554,15 +388,13 @@ def _artifact(ref: dict, row: Backend, prec: str, size: int, workdir: Path) -> t
     exported to ONNX here, in the parent, for a backend that reads ONNX: the timing worker never loads torch."""
     kind = row.artifact_for(prec)
     if kind == "torch":
-        return ("torch", "") if ref.get("torch") else (None, f"{row.name} needs a PyTorch model ({_MAKE['torch']})")
+        return ("torch", "") if ref.get("torch") else (None, f"{row.name} needs a PyTorch model ({row.make})")
     path = ref_artifact(ref, kind)
     if path is None and kind == row.artifact and ("onnx" in (row.artifact,) + row.reads):
         path = ref_artifact(ref, "onnx") or (_ensure_onnx(ref, size, workdir) if ref.get("torch") else None)
     if path is None:
-        from .export import FORMATS  # imports torch: the parent process only
-
-        fmt = next((f.name for f in FORMATS.values() if f.backend == row.name), row.artifact)
-        make = _MAKE.get(kind, f"compress export --format {fmt} --precision {prec}")
+        fmt = format_of_backend(row.name)
+        make = row.make or (fmt.make_hint(prec) if fmt else f"a {kind} file")
         return None, f"no {kind} file for this model ({make})"
     return str(path), ""
 
@@ -644,6 +476,7 @@ def profile_models(
         else:
             cfg = {
                 "backend": backend,
+                "row": spec.to_data(),
                 "batch": batch,
                 "size": size,
                 "precision": prec,
@@ -708,16 +541,3 @@ def remote_profile(
             msg = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
             raise UserError(f"--host {host}: {' '.join(cmd[:1] + cmd[-1:])} failed: {msg}")
     return schemas.read_json(out, schemas.ProfileDoc)  # what another machine sent: checked like any input
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--worker", required=True)
-    args = ap.parse_args(argv)
-    die_with_parent()  # a killed profile run leaves no worker behind
-    print(json.dumps(worker(json.loads(args.worker))), flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

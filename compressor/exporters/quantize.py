@@ -24,6 +24,7 @@ import torch
 
 from compressor.io import atomic_write_bytes
 
+from .rows import INPUT
 from .runtimes import ort_session
 
 log = logging.getLogger(__name__)
@@ -113,8 +114,6 @@ CPU_VARIANTS: dict[str, CpuInt8] = {
 def _quantize_cpu(pre: Path, out: Path, calibration: list[np.ndarray], opt: CpuInt8) -> None:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from .onnx import INPUT
-
     method = {
         "minmax": CalibrationMethod.MinMax,
         "entropy": CalibrationMethod.Entropy,
@@ -144,8 +143,6 @@ def quantize_onnx(
 ) -> Path:
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from .onnx import INPUT
 
     fp32, out = Path(fp32), Path(out)
     with tempfile.TemporaryDirectory() as td:

@@ -17,29 +17,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from compressor.errors import ExportError
-
-from .mobile import (
-    FP32_MAX_ABS,
-    MIN_PSNR,
-    Images,
-    artifact_metadata,
-    as_batches,
-    checked_write,
-    first_line,
-    need,
-    prepare,
-    record,
-    start,
-    torch_outputs,
-    variant_path,
-)
-from .runtimes import Runner
+from ..mobile import StaticExport, need, static_format
+from ..rows import Request, Runner
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".pte"
-PRECISIONS = ("fp32", "int8")
 META_PREFIX = "meta_"
 
 
@@ -70,48 +52,15 @@ def _lower(model: nn.Module, x: torch.Tensor, metadata: dict) -> bytes:
     return edge.to_executorch().buffer
 
 
-def export_executorch(
-    model: nn.Module,
-    out_path: str | Path,
-    samples: Images,
-    *,
-    precision: str = "fp32",
-    static: bool = True,
-    size: Optional[int] = None,
-    calibration: Optional[Images] = None,
-    metadata: Optional[dict] = None,
-    max_abs: float = FP32_MAX_ABS,
-    min_psnr: float = MIN_PSNR,
-) -> dict:
-    """Write ``out_path`` (``<stem>.pte``; INT8: ``<stem>.int8.pte``), checked in the ExecuTorch runtime against
-    PyTorch on ``samples``. Returns the export record; raises ExportError when the check fails."""
-    timer = start("executorch", precision, PRECISIONS, ("executorch",), "the ExecuTorch export")
-    model, batches, size = prepare(model, samples, size)
-    refs = torch_outputs(model, batches)
-    path = variant_path(Path(out_path), precision, SUFFIX)
-    x = torch.from_numpy(batches[0])
-    meta = artifact_metadata(model, size, precision, "NCHW", metadata)
-    net, notes = model, []
-    if precision == "int8":
-        calib = as_batches(calibration)
-        if not calib:
-            raise ValueError("executorch int8 needs calibration images")
-        net = _quantize(model, x, calib)
-        meta["calibration_images"] = str(len(calib))
-    try:
-        buffer = _lower(net, x, meta)
-    except Exception as exc:  # noqa: BLE001 - torch.export and the lowering raise many types
-        raise ExportError(f"executorch {precision}: {first_line(exc)}") from None
-
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(buffer)
-
-    def run(tmp: Path) -> list[np.ndarray]:
-        runner = ExecuTorchRunner(tmp)
-        return [runner(b) for b in batches]
-
-    par = checked_write("executorch", path, precision, write, run, refs, max_abs, min_psnr)
-    return record("executorch", path, precision, par, timer.seconds, size, "NCHW", notes=notes, metadata=meta)
+def export_executorch(req: Request) -> dict:
+    """Write ``<stem>.pte`` (INT8: ``<stem>.int8.pte``), checked in the ExecuTorch runtime against PyTorch on the
+    samples. Returns the record; raises ExportError when the check fails."""
+    job = StaticExport(req, FORMAT, ("executorch",))
+    x = job.example
+    net = _quantize(job.model, x, job.calibration) if req.precision == "int8" else job.model
+    buffer = job.converted(lambda: _lower(net, x, job.meta))
+    par = job.write(lambda tmp: tmp.write_bytes(buffer), lambda tmp: job.run_batches(ExecuTorchRunner(tmp)))
+    return job.record(par)
 
 
 def read_metadata(path: str | Path) -> dict:
@@ -155,3 +104,17 @@ class ExecuTorchRunner(Runner):
         if tuple(x.shape) != self.input_shape:
             raise ValueError(f"{self.path.name} takes {self.input_shape} (static), not {tuple(x.shape)}")
         return self.method.execute([torch.from_numpy(x)])[0].numpy()
+
+
+FORMAT = static_format(
+    "executorch",
+    ".pte",
+    ("fp32", "int8"),
+    export_executorch,
+    "compressor.exporters.formats.executorch:ExecuTorchRunner",
+    artifact="pte",
+    requires=("executorch",),
+    runs_with=("executorch",),
+    order=40,
+    help="ExecuTorch .pte, XNNPACK delegate (PyTorch's phone runtime)",
+)

@@ -28,31 +28,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from compressor.errors import ExportError
 from compressor.io import read_bounded
 
-from .mobile import (
-    FP32_MAX_ABS,
-    MIN_PSNR,
-    Images,
-    artifact_metadata,
-    as_batches,
-    checked_write,
-    first_line,
-    need,
-    prepare,
-    record,
-    start,
-    torch_outputs,
-    variant_path,
-    without_output_padding,
-)
-from .runtimes import Runner
+from ..mobile import StaticExport, need, static_format, without_output_padding
+from ..rows import Request, Runner
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".tflite"
-PRECISIONS = ("fp32", "fp16", "int8")
 META_PREFIX = "compressor."
 MAX_TFLITE_BYTES = 4 << 30  # a FlatBuffer is read whole; a FIFO or device at its name is one line
 
@@ -148,56 +130,26 @@ def int8_share(path: str | Path) -> float:
     return int8 / total if total else 0.0
 
 
-def export_litert(
-    model: nn.Module,
-    out_path: str | Path,
-    samples: Images,
-    *,
-    precision: str = "fp32",
-    static: bool = True,
-    size: Optional[int] = None,
-    calibration: Optional[Images] = None,
-    metadata: Optional[dict] = None,
-    max_abs: float = FP32_MAX_ABS,
-    min_psnr: float = MIN_PSNR,
-) -> dict:
-    """Write ``out_path`` (``<stem>.tflite``; ``<stem>.fp16.tflite``, ``<stem>.int8.tflite``), checked in the
-    LiteRT interpreter (XNNPACK) against PyTorch on ``samples``. Raises ExportError when the check fails."""
-    timer = start("litert", precision, PRECISIONS, ("litert_torch", "ai_edge_litert"), "the LiteRT export")
-    model, batches, size = prepare(model, samples, size)
-    refs = torch_outputs(model, batches)
-    path = variant_path(Path(out_path), precision, SUFFIX)
-    meta = artifact_metadata(model, size, precision, "NHWC", metadata)
-    net, rewritten = without_output_padding(model)
+def export_litert(req: Request) -> dict:
+    """Write ``<stem>.tflite`` (``<stem>.fp16.tflite``, ``<stem>.int8.tflite``), checked in the LiteRT interpreter
+    (XNNPACK) against PyTorch on the samples. Raises ExportError when the check fails."""
+    job = StaticExport(req, FORMAT, ("litert_torch", "ai_edge_litert"), layout="NHWC")
+    net, rewritten = without_output_padding(job.model)
     notes = []
     if rewritten:
         notes.append(
             f"{rewritten} ConvTranspose2d with output_padding converted as padding-0 ConvTranspose2d + crop "
             "(litert-torch refuses output_padding: litert-torch#316)"
         )
-    calib = as_batches(calibration)
-    if precision == "int8":
-        if not calib:
-            raise ValueError("litert int8 needs calibration images")
-        meta["calibration_images"] = str(len(calib))
-    try:
-        flat = _convert(net, torch.from_numpy(batches[0]), precision, calib)
-        if precision == "fp16":
-            flat = _fp16_weights(flat)
-    except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        raise ExportError(f"litert {precision}: {first_line(exc)}") from None
-    flat = _with_metadata(flat, meta)
 
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(flat)
+    def convert() -> bytes:
+        flat = _convert(net, job.example, req.precision, job.calibration)
+        return _fp16_weights(flat) if req.precision == "fp16" else flat
 
-    def run(tmp: Path) -> list[np.ndarray]:
-        runner = LiteRTRunner(tmp)
-        return [runner(b) for b in batches]
-
-    par = checked_write("litert", path, precision, write, run, refs, max_abs, min_psnr)
-    extra = {"int8_weight_share": round(int8_share(path), 3)} if precision == "int8" else {}
-    return record("litert", path, precision, par, timer.seconds, size, "NHWC", notes=notes, metadata=meta, **extra)
+    flat = _with_metadata(job.converted(convert), job.meta)
+    par = job.write(lambda tmp: tmp.write_bytes(flat), lambda tmp: job.run_batches(LiteRTRunner(tmp)))
+    extra = {"int8_weight_share": round(int8_share(job.path), 3)} if req.precision == "int8" else {}
+    return job.record(par, notes=notes, **extra)
 
 
 class LiteRTRunner(Runner):
@@ -247,3 +199,17 @@ class LiteRTRunner(Runner):
             scale, zero = self._quant(self.out)
             y = (y.astype(np.float32) - zero) * scale
         return np.ascontiguousarray(y.transpose(0, 3, 1, 2)) if nhwc else y
+
+
+FORMAT = static_format(
+    "litert",
+    ".tflite",
+    ("fp32", "fp16", "int8"),
+    export_litert,
+    "compressor.exporters.formats.litert:LiteRTRunner",
+    artifact="tflite",
+    requires=("litert_torch", "ai_edge_litert"),
+    runs_with=("ai_edge_litert",),
+    order=50,
+    help="LiteRT (TensorFlow Lite) interpreter, XNNPACK delegate",
+)

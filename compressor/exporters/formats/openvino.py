@@ -1,4 +1,4 @@
-"""OpenVINO: the IR exporter (FP32, FP16 weights, INT8 by NNCF post-training quantisation) and the Runner.
+"""OpenVINO: the IR exporter (FP32, FP16 weights, INT8 by NNCF post-training quantisation), the Runner and the row.
 
 ``openvino`` and ``nncf`` are imported lazily (``pip install 'compressor[openvino]'``). The IR is converted from
 the ONNX file (``openvino.convert_model`` reads ONNX) or from the PyTorch model, checked against PyTorch on the
@@ -24,7 +24,8 @@ import numpy as np
 from compressor.errors import ExportError, UserError
 from compressor.io import remove_tree, temp_dir
 
-from .runtimes import Backend, Runner
+from ..records import record
+from ..rows import Backend, Format, Request, Runner
 
 log = logging.getLogger(__name__)
 
@@ -307,3 +308,53 @@ def quantize(
         rec.update(method="nncf.quantize_with_accuracy_control", max_drop_db=float(max_drop))
     rec["quantize_seconds"] = round(time.perf_counter() - t0, 2)
     return {"model": q, "record": rec}
+
+
+def export_ir(req: Request) -> dict:
+    """The row's exporter: :func:`export_openvino` from the FP32 ONNX file this export wrote (``req.source``, unless
+    the files are static), else from the PyTorch model."""
+    rec = export_openvino(
+        req.model,
+        req.path,
+        req.samples_array(),
+        precision=req.precision,
+        static=req.static,
+        size=req.size,
+        calibration=req.calibration,
+        metadata=req.metadata,
+        onnx_path=None if req.static else req.source,
+        max_drop=req.option("max_drop"),
+    )
+    keep = {k: v for k, v in rec.items() if k not in ("path", "bytes", "precision", "parity", "seconds")}
+    return record(req.path, "openvino", req.precision, parity=rec["parity"], seconds=rec["seconds"], **keep)
+
+
+_EXTRA = "pip install 'compressor[openvino]'"
+
+FORMAT = Format(
+    "openvino",
+    ".xml",
+    ("fp32", "fp16", "int8"),
+    export_ir,
+    backends=(
+        Backend(
+            "openvino",
+            "compressor.exporters.formats.openvino:OpenVINORunner",
+            "openvino",
+            "cpu",
+            ("fp32", "fp16", "int8"),
+            ("openvino",),
+            _EXTRA,
+            plan=True,
+            devices=("gpu", "npu"),
+            variants=("fp16", "int8"),
+            reads=("onnx",),
+            help="OpenVINO (CPU; --device gpu|npu where present)",
+        ),
+    ),
+    requires=("openvino", "nncf"),
+    extra=_EXTRA,
+    source="onnx",
+    order=20,
+    help="OpenVINO IR (FP16 weights; INT8 by NNCF, --max-drop for its accuracy control)",
+)

@@ -1,4 +1,6 @@
-"""ONNX export, full checker, optional slimming, metadata, and parity against PyTorch in ONNX Runtime.
+"""ONNX: export, full checker, optional slimming, metadata, parity against PyTorch in ONNX Runtime, ONNX Runtime
+INT8 (QDQ, from the FP32 file), and the format's row with its three ONNX Runtime backends (CPU, CUDA and TensorRT
+execution providers; their Runner is :class:`compressor.exporters.runtimes.OrtRunner`).
 
 torch's dynamo exporter writes one self-contained file (``external_data=False``; models under 2 GB). The batch
 axis is always dynamic; H/W are dynamic on request, and the size rule (a multiple of the model's
@@ -24,14 +26,16 @@ import torch.nn as nn
 from torch.export import Dim
 
 from compressor.errors import ExportError, UserError
-from compressor.io import DiskWriteError, atomic_write_text, read_bounded, temp_file
+from compressor.io import DiskWriteError, atomic_write_text, read_bounded, staged, temp_file
 from compressor.models import size_multiple
+from compressor.version import __version__
 
-from .runtimes import ort_session  # noqa: F401 - the one session set-up, re-exported for callers
+from ..quantize import compare_int8, quantize_onnx
+from ..records import record
+from ..rows import INPUT, OUTPUT, Backend, Format, Request
+from ..runtimes import ORT_CPU, ORT_CUDA, ORT_TRT, ort_session
 
 log = logging.getLogger(__name__)
-
-INPUT, OUTPUT = "input", "output"
 
 
 def _quiet_export():
@@ -300,3 +304,125 @@ def parity_inputs(model: nn.Module, samples: torch.Tensor, size: int, dynamic) -
         other = max(m, (other // m) * m)
         inputs.append(torch.rand(2, c, other, other, generator=g) * 2 - 1)
     return inputs
+
+
+# ------------------------------------------------------------------------------------------------ the row
+
+
+def dynamic_axes(req: Request) -> list[str]:
+    """The dynamic axes of the file: none when static, else the batch and those asked for (``hw``)."""
+    if req.static:
+        return []
+    return ["batch"] + [d for d in req.option("dynamic", ("batch",)) if d != "batch"]
+
+
+def export_metadata(model: nn.Module, req: Request) -> dict:
+    """The ONNX metadata: producer, size rule and the caller's extras (recipe hash, width)."""
+    mult = size_multiple(model)
+    return {
+        "producer": "compressor",
+        "toolkit_version": __version__,
+        "size_rule": f"H and W multiples of {mult}"
+        if "hw" in dynamic_axes(req)
+        else f"H = W = {req.size}" + (", batch 1" if req.static else ""),
+        "value_range": "[-1, 1]",
+        "size_multiple": mult,
+        "input_size": req.size,
+        **req.metadata,
+    }
+
+
+ONNX_INT8_PSNR_MIN = 20.0  # ONNX Runtime INT8 against FP32 (dB): below it the export fails
+
+
+def export_fp32(req: Request) -> dict:
+    """The FP32 file, with parity against PyTorch over several batch sizes (and sizes, with dynamic H/W)."""
+    model = req.model.eval().cpu()
+    samples = torch.from_numpy(req.samples_array())
+    dyn = dynamic_axes(req)
+    par = export_checked(
+        model,
+        req.path,
+        parity_inputs(model, samples, req.size, dyn),
+        dyn,
+        req.option("opset", 18),
+        req.option("parity_tol", 1e-4),
+        export_metadata(model, req),
+        req.option("slim", False),
+    )
+    return record(req.path, "onnx", "fp32", parity={**par, "against": "pytorch"}, static=bool(req.static))
+
+
+def export_int8(req: Request, target: str = "cpu") -> dict:
+    """INT8 (QDQ) of the FP32 file ``req.source`` for ``target``: ONNX Runtime on the CPU (unsigned activations) or
+    TensorRT (symmetric signed INT8), compared with the FP32 file on the samples; ExportError below
+    :data:`ONNX_INT8_PSNR_MIN`."""
+    if not req.calibration:
+        raise UserError("INT8 needs calibration images (the recipe's data, or --data FOLDER)")
+    with staged(req.path) as tmp:  # compared under a temporary name: the file and its record appear together
+        quantize_onnx(req.source, tmp, req.calibration, target)
+        cmp = compare_int8(req.source, tmp, torch.from_numpy(req.samples_array()))
+        if cmp["psnr_min"] < ONNX_INT8_PSNR_MIN:
+            raise ExportError(
+                f"{req.path}: INT8 PSNR against FP32 is {cmp['psnr_min']:.1f} dB (limit {ONNX_INT8_PSNR_MIN})"
+            )
+    par = {
+        "psnr_min": cmp["psnr_min"],
+        "psnr_mean": cmp["psnr_vs_fp32"],
+        "limit": {"psnr_min": ONNX_INT8_PSNR_MIN},
+        "against": "onnx fp32",
+    }
+    latency = {k: cmp[k] for k in ("latency_ms_fp32", "latency_ms_int8", "latency_ratio_int8_over_fp32")}
+    return record(
+        req.path, "onnx", "int8", parity=par, calibration_images=len(req.calibration), target=target, **latency
+    )
+
+
+def export_file(req: Request) -> dict:
+    """The ONNX row's exporter: FP32 from the model, INT8 from the FP32 file."""
+    return export_fp32(req) if req.precision == "fp32" else export_int8(req)
+
+
+_ORT = "compressor.exporters.runtimes:OrtRunner"
+_GPU = "(on a machine with an NVIDIA GPU)"
+
+
+def _ort(name: str, device: str, providers: tuple, extra: str, help: str) -> Backend:
+    return Backend(
+        name,
+        _ORT,
+        "onnx",
+        device,
+        ("fp32", "int8"),
+        ("onnxruntime",),
+        extra,
+        plan=True,
+        variants=("int8",),
+        options=(("providers", providers),),
+        help=help,
+    )
+
+
+FORMAT = Format(
+    "onnx",
+    ".onnx",
+    ("fp32", "int8"),
+    export_file,
+    backends=(
+        _ort("ort-cpu", "cpu", ORT_CPU, "pip install onnxruntime", "ONNX Runtime on the CPU"),
+        _ort("ort-cuda", "cuda", ORT_CUDA, f"pip install onnxruntime-gpu {_GPU}", "ONNX Runtime, CUDA provider"),
+        _ort(
+            "ort-trt",
+            "cuda",
+            ORT_TRT,
+            f"pip install onnxruntime-gpu with TensorRT {_GPU}",
+            "ONNX Runtime, TensorRT provider",
+        ),
+    ),
+    requires=("onnx",),
+    extra="pip install onnx",
+    source="onnx",
+    source_required=True,
+    order=10,
+    help="ONNX (parity against PyTorch in ONNX Runtime); INT8: QDQ for ONNX Runtime on the CPU",
+)

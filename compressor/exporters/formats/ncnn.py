@@ -22,25 +22,10 @@ import torch.nn as nn
 from compressor.errors import ExportError
 from compressor.io import place, remove_tree, temp_dir
 
-from .mobile import (
-    FP32_MAX_ABS,
-    MIN_PSNR,
-    Images,
-    artifact_metadata,
-    check,
-    need,
-    parity,
-    prepare,
-    record,
-    start,
-    torch_outputs,
-)
-from .runtimes import Runner
+from ..mobile import StaticExport, need, static_format
+from ..rows import Request, Runner
 
 log = logging.getLogger(__name__)
-
-SUFFIX = ".ncnn.param"
-PRECISIONS = ("fp32", "fp16")
 
 
 def paths(out_path: str | Path, precision: str = "fp32") -> tuple[Path, Path]:
@@ -96,43 +81,25 @@ def _pnnx(model: nn.Module, x: torch.Tensor, param: Path, binary: Path, fp16: bo
         raise ExportError(f"ncnn: pnnx failed (exit {proc.returncode}): {(lines or ['no output'])[-1][:200]}")
 
 
-def export_ncnn(
-    model: nn.Module,
-    out_path: str | Path,
-    samples: Images,
-    *,
-    precision: str = "fp32",
-    static: bool = True,
-    size: Optional[int] = None,
-    calibration: Optional[Images] = None,
-    metadata: Optional[dict] = None,
-    max_abs: float = FP32_MAX_ABS,
-    min_psnr: float = MIN_PSNR,
-) -> dict:
-    """Write ``<stem>.ncnn.param`` / ``.bin`` (FP16: ``<stem>.fp16.ncnn.*``), checked in ncnn against PyTorch on
-    ``samples``. Raises ExportError naming the layer ncnn lacks, or when the parity check fails."""
-    timer = start("ncnn", precision, PRECISIONS, ("ncnn", "pnnx"), "the ncnn export")
-    model, batches, size = prepare(model, samples, size)
-    refs = torch_outputs(model, batches)
-    param, binary = paths(Path(out_path).resolve(), precision)  # absolute: pnnx runs in its own folder
+def export_ncnn(req: Request) -> dict:
+    """Write ``<stem>.ncnn.param`` / ``.bin`` (FP16: ``<stem>.fp16.ncnn.*``), checked in ncnn against PyTorch on the
+    samples. Raises ExportError naming the layer ncnn lacks, or when the parity check fails."""
+    job = StaticExport(req, FORMAT, ("ncnn", "pnnx"))
+    param, binary = paths(job.path.resolve(), req.precision)  # absolute: pnnx runs in its own folder
     staging = temp_dir(param.parent)  # fresh and exclusive: pnnx writes the pair by name inside it
     try:
         tmp_param, tmp_bin = staging / param.name, staging / binary.name
         with tempfile.TemporaryDirectory(prefix="compressor-pnnx-") as work:
-            _pnnx(model, torch.from_numpy(batches[0]), tmp_param, tmp_bin, precision == "fp16", Path(work))
+            _pnnx(job.model, job.example, tmp_param, tmp_bin, req.precision == "fp16", Path(work))
         missing = unknown_layers(tmp_param)
         if missing:
-            raise ExportError(f"ncnn {precision}: pnnx left operators ncnn has no layer for: {', '.join(missing)}")
-        runner = NcnnRunner(tmp_param, precision=precision)
-        par = check("ncnn", precision, parity(refs, [runner(b) for b in batches]), max_abs, min_psnr)
+            raise ExportError(f"ncnn {req.precision}: pnnx left operators ncnn has no layer for: {', '.join(missing)}")
+        par = job.check(job.run_batches(NcnnRunner(tmp_param, precision=req.precision)))
         place(tmp_bin, binary)
         place(tmp_param, param)
     finally:
         remove_tree(staging)
-    meta = artifact_metadata(model, size, precision, "NCHW", metadata)
-    rec = record("ncnn", param, precision, par, timer.seconds, size, "NCHW", metadata=meta, weights=binary.name)
-    rec["bytes"] += binary.stat().st_size
-    return rec
+    return job.record(par, weights=binary.name)
 
 
 class NcnnRunner(Runner):
@@ -182,3 +149,17 @@ class NcnnRunner(Runner):
                 raise RuntimeError(f"{self.path.name}: ncnn extract failed ({ret})")
             outs.append(np.array(out, copy=True))
         return np.stack(outs)
+
+
+FORMAT = static_format(
+    "ncnn",
+    ".ncnn.param",
+    ("fp32", "fp16"),
+    export_ncnn,
+    "compressor.exporters.formats.ncnn:NcnnRunner",
+    artifact="ncnn",
+    requires=("ncnn", "pnnx"),
+    runs_with=("ncnn",),
+    order=60,
+    help="ncnn (.ncnn.param/.bin), its own CPU kernels",
+)

@@ -22,27 +22,11 @@ import torch.nn as nn
 from compressor.errors import ExportError
 from compressor.io import place, remove_tree, temp_dir
 
-from .mobile import (
-    MIN_PSNR,
-    Images,
-    artifact_metadata,
-    check,
-    first_line,
-    need,
-    parity,
-    prepare,
-    record,
-    start,
-    torch_outputs,
-    variant_path,
-)
-from .runtimes import Runner
+from ..mobile import StaticExport, first_line, need, static_format
+from ..rows import INPUT, OUTPUT, Request, Runner
 
 log = logging.getLogger(__name__)
 
-SUFFIX = ".mlpackage"
-PRECISIONS = ("fp16", "fp32", "int8")
-INPUT, OUTPUT = "input", "output"
 NOT_MACOS = "Core ML runs models only on macOS (predictions need Apple's Core ML framework)"
 
 
@@ -107,57 +91,29 @@ def validate(path: str | Path, shape: tuple[int, ...]) -> dict:
     return found
 
 
-def export_coreml(
-    model: nn.Module,
-    out_path: str | Path,
-    samples: Images,
-    *,
-    precision: str = "fp16",
-    static: bool = True,
-    size: Optional[int] = None,
-    calibration: Optional[Images] = None,
-    metadata: Optional[dict] = None,
-    max_abs: float = 1e-3,
-    min_psnr: float = MIN_PSNR,
-) -> dict:
+def export_coreml(req: Request) -> dict:
     """Write ``<stem>.mlpackage`` (FP16; ``<stem>.fp32.mlpackage``, ``<stem>.int8.mlpackage`` for 8-bit weights),
     validated on any system and compared with PyTorch on macOS. Raises ExportError when a check fails."""
-    timer = start("coreml", precision, PRECISIONS, ("coremltools",), "the Core ML export")
-    model, batches, size = prepare(model, samples, size)
-    path = variant_path(Path(out_path), precision, SUFFIX, default="fp16")
-    x = torch.from_numpy(batches[0])
-    meta = artifact_metadata(model, size, precision, "NCHW", metadata)
-    try:
-        ml = _convert(model, x, precision)
-    except Exception as exc:  # noqa: BLE001 - the converter raises many types
-        raise ExportError(f"coreml {precision}: {first_line(exc)}") from None
+    job = StaticExport(req, FORMAT, ("coremltools",))
+    x, size = job.example, job.size
+    ml = job.converted(lambda: _convert(job.model, x, req.precision))
     ml.short_description = "compressor generator: NCHW float32 image in [-1, 1] -> image in [-1, 1]"
     ml.input_description[INPUT] = f"image, 1x{x.shape[1]}x{size}x{size}, values in [-1, 1]"
     ml.output_description[OUTPUT] = "image, values in [-1, 1]"
-    ml.user_defined_metadata.update(meta)
-    staging = temp_dir(path.parent)  # fresh and exclusive: the package folder is written inside it
-    tmp = staging / path.name
+    ml.user_defined_metadata.update(job.meta)
+    staging = temp_dir(job.path.parent)  # fresh and exclusive: the package folder is written inside it
+    tmp = staging / job.path.name
     try:
         ml.save(str(tmp))
         spec = validate(tmp, tuple(x.shape))
-        if can_predict():
-            runner = CoreMLRunner(tmp)
-            # FP16 compute: judged by PSNR like the other reduced precisions
-            par = check(
-                "coreml",
-                "fp32" if precision == "fp32" else precision,
-                parity(torch_outputs(model, batches), [runner(b) for b in batches]),
-                max_abs,
-                min_psnr,
-            )
+        if can_predict():  # FP16 compute: judged by PSNR like the other reduced precisions
+            par = job.check(job.run_batches(CoreMLRunner(tmp)))
         else:
             par = {"compared": False, "reason": NOT_MACOS}
-        place(tmp, path)
+        place(tmp, job.path)
     finally:
         remove_tree(staging)
-    return record(
-        "coreml", path, precision, par, timer.seconds, size, "NCHW", metadata=meta, spec=spec, predicted=can_predict()
-    )
+    return job.record(par, spec=spec, predicted=can_predict())
 
 
 class CoreMLRunner(Runner):
@@ -178,3 +134,20 @@ class CoreMLRunner(Runner):
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return np.asarray(self.model.predict({INPUT: np.ascontiguousarray(x, dtype=np.float32)})[OUTPUT], np.float32)
+
+
+FORMAT = static_format(
+    "coreml",
+    ".mlpackage",
+    ("fp16", "fp32", "int8"),
+    export_coreml,
+    "compressor.exporters.formats.coreml:CoreMLRunner",
+    artifact="mlpackage",
+    requires=("coremltools",),
+    runs_with=("coremltools",),
+    runs_on=" (runs on macOS)",
+    devices=("gpu", "ane"),
+    calibrated=(),  # 8-bit weights: no activations to calibrate
+    order=70,
+    help="Core ML .mlpackage (macOS; --device gpu|ane)",
+)

@@ -1,0 +1,131 @@
+"""The pre-flight checks: what the recipe's schema cannot check because it needs the zoo, the data folder, the format
+table or the model itself (tap names, sizes, channels, backend and format names). ``compress validate`` runs them
+all; the pipeline runs the cheap ones before it creates the run folder and the model checks when the teacher stage
+starts."""
+
+from __future__ import annotations
+
+import torch
+
+from ..data import check_data_root
+from ..errors import RecipeError, UserError
+from ..exporters.table import BACKENDS, get_backend, get_format
+from ..features import probe_shapes, resolve_taps
+from ..models import build_teacher, check_output, check_teacher_spec, size_multiple
+from ..models.layers import align_free_norms
+from ..recipe import Recipe
+
+
+def preflight(recipe: Recipe, build_model: bool = True) -> None:
+    """The checks the schema cannot make, because they need the zoo, the data folder or the model itself.
+
+    ``validate`` runs all of them; the pipeline runs the cheap ones before it creates the run folder and the
+    model checks (``check_taps``) when the teacher stage starts.
+    """
+    check_teacher_spec(recipe.teacher)
+    check_backends(recipe)
+    if recipe.data.kind != "synthetic":
+        check_data_root(recipe.data, recipe.resolve_path(recipe.data.root))
+    if build_model:
+        check_taps(recipe)
+
+
+def check_backends(recipe: Recipe) -> None:
+    """``profile.backends``, ``export.formats`` and ``student.budget.backend`` against the format table (the schema
+    keeps plain strings: it imports no exporter)."""
+    for f in recipe.export.formats:
+        try:
+            get_format(f, "export.formats", recipe=True)
+        except UserError as exc:
+            raise RecipeError(f"{exc} (TensorRT: export.tensorrt)") from None
+    try:
+        for b in recipe.profile.backends:
+            get_backend(b, "profile.backends")
+        budget = recipe.student.budget
+        if budget is not None:
+            row = get_backend(budget.backend, "student.budget.backend", plan=True)
+            if budget.host and row.artifact != "onnx":
+                onnx = ", ".join(n for n, r in BACKENDS.items() if r.artifact == "onnx")
+                raise ValueError(
+                    f"student.budget.host: only ONNX files travel to a remote machine; use backend {onnx}, "
+                    f"not {budget.backend}"
+                )
+    except ValueError as exc:
+        raise RecipeError(str(exc)) from None
+
+
+def check_taps(recipe: Recipe) -> None:
+    """Build the teacher's architecture (no weights) and check that every tapped layer exists and yields a 4-D
+    feature map at ``data.size``. Users' own code runs here only through ``teacher.import``."""
+    L = recipe.distill.losses
+    layers = L.tapped_layers()
+    if not layers:
+        return
+    t = recipe.teacher
+    model = build_teacher(t, recipe.base_dir, init=None)
+    align_free_norms(model, "teacher")  # GAN Compression's mismatched norms: one log line, not a warning per call
+    key = "distill.losses.srp.layers" if L.srp.weight > 0 else "distill.losses.feat.layers"
+    taps = resolve_taps(model, layers, t.taps, key=key)
+    try:
+        shapes = probe_shapes(model.eval(), taps, example_input(recipe, model).zero_())
+    except Exception as exc:  # noqa: BLE001 - a size or a channel count the model cannot take
+        raise input_mismatch(recipe, model, exc) from None
+    for alias, shape in shapes.items():
+        if len(shape) != 4:
+            raise RecipeError(
+                f"{key}: layer {alias!r} ({taps[alias]}) gives a {len(shape)}-D output {shape}; SRP "
+                f"needs (B, C, H, W) feature maps"
+            )
+    for alias in taps:
+        if alias not in shapes:
+            raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) is not executed by the forward pass")
+
+
+def input_mismatch(recipe: Recipe, model: torch.nn.Module, exc: Exception) -> RecipeError:
+    """The one line for a teacher that failed on an input of the recipe's size and channels: ``data.channels`` when
+    it runs on the other channel count (an RGB network on grayscale data, or the reverse), else ``data.size``."""
+    d = recipe.data
+    other = 1 if d.channels == 3 else 3
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, other, d.size, d.size))
+    except Exception:  # noqa: BLE001 - not the channels either: the size (or something else) it cannot take
+        return RecipeError(
+            f"data.size: the teacher cannot run at {d.size}x{d.size} with {d.channels} channel(s) "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})"
+        )
+    kind = {1: "grayscale (1-channel)", 3: "RGB (3-channel)"}
+    return RecipeError(
+        f"data.channels: the teacher takes {kind[other]} images but the data gives {kind[d.channels]} ones "
+        f"(data.channels: {d.channels}); set data.channels: {other} or use a checkpoint made for {kind[d.channels]} "
+        f"images"
+    )
+
+
+def check_runs(recipe: Recipe, model: torch.nn.Module) -> None:
+    """One forward pass at the recipe's size and channels: a mismatch is one line (:func:`input_mismatch`); then
+    the output must be one tensor (``teacher.output`` otherwise)."""
+    x = example_input(recipe, model)
+    try:
+        with torch.no_grad():
+            model.eval()(x)
+    except RecipeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - users' networks raise anything
+        raise input_mismatch(recipe, model, exc) from None
+    check_output(model, x)  # several outputs need teacher.output
+
+
+def check_size(recipe: Recipe, model: torch.nn.Module) -> None:
+    m = size_multiple(model)
+    if recipe.data.size % m:
+        raise RecipeError(
+            f"data.size: {recipe.data.size} is not a multiple of {m}, which "
+            f"{getattr(model, 'arch', type(model).__name__)} needs"
+        )
+
+
+def example_input(recipe: Recipe, model: torch.nn.Module, batch: int = 1) -> torch.Tensor:
+    """A random input at the recipe's size with the data's channels (the teacher's config where it has one)."""
+    cfg = getattr(model, "config", {})
+    return torch.randn(batch, cfg.get("input_nc", recipe.data.channels), recipe.data.size, recipe.data.size)
