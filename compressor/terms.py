@@ -9,7 +9,12 @@ order of the sum; :meth:`~compressor.train.Trainer.cycle_terms` runs the terms t
 term's value and gradient share are logged under ``<direction>/<name>`` (``<name>`` for terms across directions).
 
 Adding a term is one function and one row here: a term that is off by default (weight 0) and marked
-``neutral=True`` leaves stage digests as they were while it is off, so existing runs stay up to date.
+``neutral=True`` leaves stage digests as they were while it is off, so existing runs stay up to date. A row also
+owns what the term needs beyond its function: its taps (a ``layers`` field in its entry: the trainer records those
+layers of teacher and student), its trainable state (``state``: a function that builds an ``nn.Module`` from the
+entry and the tapped layers' channels, trained with the student, saved in checkpoints and handed to the function as
+``inputs.state``), and the training stages it joins (``stages``: the distill stage by default; the teacher's own
+training takes only the terms that list ``"teacher"``, each at its teacher-training setting).
 """
 
 from __future__ import annotations
@@ -127,6 +132,7 @@ class TermInputs:
     features: dict[str, torch.Tensor]  # the student's tapped features
     teacher: Any  # Optional[TeacherOut]
     extras: dict[str, Any] = field(default_factory=dict)  # what a term hands back besides its value (GAN pair)
+    state: Any = None  # the running term's own trainable state (its row's ``state``), for this direction
 
 
 @dataclass
@@ -221,22 +227,35 @@ class Term:
     default: dict = field(default_factory=dict)
     across: bool = False
     neutral: bool = False
+    # builds the term's trainable state for one direction: state(entry, channels) -> nn.Module, where channels maps
+    # each tapped layer to its (teacher, student) channel counts; trained with the student, kept in checkpoints
+    state: Optional[Callable[[Any, dict[str, tuple[int, int]]], nn.Module]] = None
+    stages: tuple[str, ...] = ("distill",)  # the training stages it joins: "distill", "teacher"
 
     def default_entry(self) -> WeightSpec:
         return self.spec(**self.default)
 
 
+BOTH = ("teacher", "distill")  # the terms of pix2pix / CycleGAN training, which the teacher's own training runs too
+
 # The order of the sum (per direction, then across directions).
 TERMS: tuple[Term, ...] = (
-    Term("recon", recon_term, ReconLossSpec, "L1 (or MSE) to ground truth", {"weight": 100.0}),
+    Term("recon", recon_term, ReconLossSpec, "L1 (or MSE) to ground truth", {"weight": 100.0}, stages=BOTH),
     Term("kd", kd_term, KdLossSpec, "L1 (or MSE) to teacher output", {"weight": 10.0}),
     Term("srp", srp_term, SrpLossSpec, "semantic relation preserving loss"),
     Term("feat", feat_term, FeatLossSpec, "feature L2 through 1x1 adapters"),
-    Term("gan", gan_term, GanLossSpec, "adversarial loss"),
-    Term("cycle", cycle_term, WeightSpec, "unpaired cycle loss", {"weight": 10.0}, across=True),
+    Term("gan", gan_term, GanLossSpec, "adversarial loss", stages=BOTH),
+    Term("cycle", cycle_term, WeightSpec, "unpaired cycle loss", {"weight": 10.0}, across=True, stages=BOTH),
 )
 GENERATOR_TERMS: dict[str, Callable] = {t.name: t.compute for t in TERMS if not t.across}
 CROSS_TERMS: dict[str, Callable] = {t.name: t.compute for t in TERMS if t.across}
+STATEFUL_TERMS: dict[str, Callable] = {t.name: t.state for t in TERMS if t.state is not None}
+
+
+def stage_losses(stage: str, entries: dict[str, dict]) -> dict[str, dict]:
+    """The ``distill.losses`` document of a training stage other than distill: ``entries`` (else the default entry)
+    for the terms that join ``stage``, every other term off (weight 0)."""
+    return {t.name: entries.get(t.name, dict(t.default)) if stage in t.stages else {"weight": 0} for t in TERMS}
 
 
 def digest_neutral_defaults() -> dict[str, Any]:

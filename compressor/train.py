@@ -61,7 +61,7 @@ from .procs import STOP_ENV
 from .recipe import LossesSpec
 from .schedule import Plateau, cosine_lambda, linear_lambda
 from .schemas import MetricsLine, check, read_text_bounded
-from .terms import CROSS_TERMS, GENERATOR_TERMS, CrossInputs, TermInputs
+from .terms import CROSS_TERMS, GENERATOR_TERMS, STATEFUL_TERMS, CrossInputs, TermInputs
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +216,7 @@ class TrainSetup:
     taps: dict[str, str] = field(default_factory=dict)  # srp/feat alias -> module name
     srp_layers: list[str] = field(default_factory=list)
     feat_channels: dict[str, tuple[int, int]] = field(default_factory=dict)
+    tap_channels: dict[str, tuple[int, int]] = field(default_factory=dict)  # every tap: (teacher, student) channels
     teacher_as_real: bool = False
     disc_spec: Optional[dict] = None
     # builds each direction's discriminator: build(input_nc=..., **disc_spec); a caller may pass its own (the
@@ -335,12 +336,25 @@ class Trainer:
             self.adapters = nn.ModuleDict(
                 {d.name: FeatureAdapters(s.feat_channels) for d in s.directions if d.teacher is not None}
             ).to(self.device)
+        self.term_states = self._build_term_states()
         g_modules = {f"student_{d.name}": d.student for d in s.directions}
         if self.adapters is not None:
             g_modules["adapters"] = self.adapters
+        g_modules.update({f"term_{name}": state for name, state in self.term_states.items()})
         d_modules = {f"disc_{d.name}": d.disc for d in s.directions if d.disc is not None}
         self.g_objective: nn.Module = _Objective(g_modules, self._generator_loss)
         self.d_objective: Optional[nn.Module] = _Objective(d_modules, self._discriminator_loss) if d_modules else None
+
+    def _build_term_states(self) -> dict[str, nn.ModuleDict]:
+        """The trainable state of each running term whose row builds one (:attr:`compressor.terms.Term.state`),
+        one per direction that has a teacher, by term name."""
+        s, out = self.s, {}
+        for name, build in STATEFUL_TERMS.items():
+            spec = getattr(s.losses, name)
+            if spec.weight > 0:
+                dirs = [d for d in s.directions if d.teacher is not None or not spec.needs_teacher]
+                out[name] = nn.ModuleDict({d.name: build(spec, dict(s.tap_channels)) for d in dirs}).to(self.device)
+        return out
 
     def _build_optimisers(self) -> None:
         """Adam for each objective, and the learning-rate schedule (:mod:`compressor.schedule`)."""
@@ -396,6 +410,7 @@ class Trainer:
             "students": {d.name: d.student.state_dict() for d in self.s.directions},
             "discriminators": {d.name: d.disc.state_dict() for d in self.s.directions if d.disc is not None},
             "adapters": self.adapters.state_dict() if self.adapters is not None else {},
+            **({"terms": {k: v.state_dict() for k, v in self.term_states.items()}} if self.term_states else {}),
             "opt_g": self.opt_g.state_dict(),
             "sched_g": self.sched_g.state_dict(),
             "opt_d": self.opt_d.state_dict() if self.opt_d else {},
@@ -414,6 +429,9 @@ class Trainer:
                 d.disc.load_state_dict(state["discriminators"][d.name])
         if self.adapters is not None and state.get("adapters"):
             self.adapters.load_state_dict(state["adapters"])
+        for name, module in self.term_states.items():
+            if name in state.get("terms", {}):
+                module.load_state_dict(state["terms"][name])
         self.opt_g.load_state_dict(state["opt_g"])
         self.sched_g.load_state_dict(state["sched_g"])
         if self.opt_d and state.get("opt_d"):
@@ -489,6 +507,8 @@ class Trainer:
             spec = getattr(L, name)
             if spec.weight <= 0 or (spec.needs_teacher and t is None):
                 continue
+            states = self.term_states.get(name)
+            inputs.state = states[d.name] if states is not None and d.name in states else None
             value = fn(inputs, spec)
             if value is not None:
                 terms[f"{d.name}/{name}"] = value * (spec.weight * self.balance.get(name, 1.0))

@@ -187,3 +187,192 @@ def test_a_new_report_section_is_one_function_and_one_entry(tmp_path):
     )
     assert "## Inputs\n\n| profiles | evaluations |\n|---|---|\n| 1 | 0 |" in out["md"]
     assert "Inputs</h2>" in out["html"] and "<td>1</td>" in out["html"]
+
+
+TOY_FORMAT = '''
+"""Toy: TorchScript (``<stem>.toy.pt``), traced, checked against PyTorch, run by torch.jit."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from ..records import record
+from ..rows import Backend, Format, Request, Runner
+
+
+def export_toy(req: Request) -> dict:
+    t0 = time.perf_counter()
+    x = torch.from_numpy(req.samples_array()[:1])
+    traced = torch.jit.trace(req.model.eval(), x)
+    traced.save(str(req.path))
+    with torch.no_grad():
+        diff = (torch.jit.load(str(req.path))(x) - req.model(x)).abs().max().item()
+    parity = {"max_abs": diff, "against": "pytorch", "limit": {"max_abs": 1e-4}}
+    return record(req.path, "toy", req.precision, parity=parity, seconds=time.perf_counter() - t0)
+
+
+class ToyRunner(Runner):
+    def __init__(self, artifact, *, backend, threads=None, device="cpu", precision="fp32"):
+        self.backend, self.device = backend.name, device
+        self.module = torch.jit.load(str(artifact))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return self.module(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+
+
+FORMAT = Format(
+    "toy",
+    ".toy.pt",
+    ("fp32",),
+    export_toy,
+    backends=(
+        Backend(
+            "toy",
+            "compressor.exporters.formats.toy:ToyRunner",
+            "toy",
+            "cpu",
+            precisions=("fp32",),
+            requires=("torch",),
+            extra="pip install torch",
+            help="TorchScript (a toy)",
+        ),
+    ),
+    requires=("torch",),
+    extra="pip install torch",
+    help="TorchScript (a toy format added by one module)",
+)
+'''
+
+
+def test_a_new_export_format_is_one_module(tmp_path):
+    """A format is one module in exporters/formats/: compress export, the recipe's export.formats, compress
+    benchmark and the report's export section pick it up, and nothing else names it."""
+    src = tmp_path / "src"
+    shutil.copytree(ROOT / "compressor", src / "compressor", ignore=shutil.ignore_patterns("__pycache__"))
+    (src / "compressor/exporters/formats/toy.py").write_text(TOY_FORMAT)
+    out = _run(
+        src,
+        f"""
+        import json, subprocess, sys
+        from pathlib import Path
+        import torch
+        import compressor
+        from compressor import benchmark, make_student, save_student
+        from compressor.app.preflight import check_backends
+        from compressor.errors import RecipeError
+        from compressor.exporters.report import write_report
+        from compressor.models import build_generator
+        from compressor.recipe import load_recipe
+        assert compressor.__file__.startswith({str(src)!r}), compressor.__file__
+        torch.manual_seed(0)
+        teacher = build_generator("resnet_6blocks", ngf=8, norm="instance").eval()
+        student, plan = make_student(teacher, width=0.5)
+        save_student(student, plan, "st")
+        cli = subprocess.run([sys.executable, "-m", "compressor", "export", "st", "--format", "onnx,toy",
+                              "--size", "32", "--quiet"], capture_output=True, text=True)
+        assert cli.returncode == 0, cli.stderr
+        records = json.loads(Path("st/export.json").read_text())["files"]
+        quickstart = {str(ROOT / "recipes" / "quickstart.yaml")!r}
+        check_backends(load_recipe(quickstart, ["export.formats=[onnx,toy]"]))
+        try:
+            check_backends(load_recipe(quickstart, ["export.formats=[onnx,tot]"]))
+            refused = ""
+        except RecipeError as exc:
+            refused = str(exc)
+        doc = benchmark("st", ["toy"], size=32, images=2, warmup=1, iters=2)
+        md, _ = write_report([], [], "rep", export_files=["st/export.json", "st/benchmark.json"])
+        print(json.dumps({{"cli": cli.stdout, "records": records, "refused": refused, "rows": doc["rows"],
+                           "md": Path(md).read_text()}}))
+        """,
+        tmp_path,
+    )
+    rec = out["records"]["student.toy.pt"]
+    assert rec["format"] == "toy" and rec["status"] == "passed" and rec["parity"]["max_abs"] < 1e-4, rec
+    assert "student.toy.pt" in out["cli"]
+    assert "toy" in out["refused"] and "unknown format 'tot'" in out["refused"]
+    assert [(r["format"], r["status"]) for r in out["rows"]] == [("toy", "passed")], out["rows"]
+    export_rows = [line for line in out["md"].splitlines() if "student.toy.pt" in line]
+    assert export_rows and "passed" in export_rows[0], out["md"]
+    assert any(line.startswith("| toy") or "| toy |" in line for line in out["md"].splitlines()), out["md"]
+
+
+def test_a_stateful_loss_term_is_one_entry(tmp_path):
+    """A term with its own taps and trainable state (a 1x1 projection of the student's features onto the
+    teacher's) is one function and one row in terms.py: the recipe's schema takes its entry, the distill stage taps
+    its layers, trains and checkpoints its state and logs it, the teacher's own training leaves it out, the report
+    shows it, and stage digests stay as they were while it is off."""
+    from compressor.recipe import load_recipe
+
+    quickstart = ROOT / "recipes" / "quickstart.yaml"
+    before = load_recipe(quickstart).section_hash("distill", "data")
+    src = _patched_copy(
+        tmp_path,
+        "compressor/terms.py",
+        [
+            (
+                "@dataclass(frozen=True)\nclass Term:",
+                '''
+                class ProjLossSpec(TeacherWeightSpec):
+                    weight: float = Field(0.0, ge=0)
+                    layers: list[str] = Field(default_factory=lambda: ["encoder"], description="taps")
+
+
+                def proj_state(spec: ProjLossSpec, channels: dict) -> nn.Module:
+                    """A 1x1 convolution per tap, student channels to the teacher's."""
+                    return nn.ModuleDict({k: nn.Conv2d(channels[k][1], channels[k][0], 1) for k in spec.layers})
+
+
+                def proj_term(t: TermInputs, spec: ProjLossSpec) -> Optional[torch.Tensor]:
+                    """The student's projected features against the teacher's (MSE)."""
+                    return sum(
+                        nn.functional.mse_loss(t.state[k](t.features[k]), t.teacher.features[k]) for k in spec.layers
+                    )
+
+
+                ''',
+            ),
+            (
+                '    Term("cycle", cycle_term',
+                '    Term("proj", proj_term, ProjLossSpec, "projected features", neutral=True, state=proj_state),\n',
+            ),
+        ],
+    )
+    out = _run(
+        src,
+        f"""
+        import glob, json
+        from pathlib import Path
+        import torch
+        import compressor.app.pipeline as p
+        from compressor.exporters.report import loss_terms_table
+        from compressor.recipe import load_recipe, schema_reference
+        small = ["teacher.train.steps=2", "distill.steps=3", "distill.log_every=1", "data.size=32",
+                 "data.synthetic.train=8", "data.synthetic.test=4"]
+        r = load_recipe({str(quickstart)!r})
+        on = load_recipe({str(quickstart)!r}, small + ["distill.losses.proj.weight=1.0"])
+        p.run_pipeline(on, "runs", p.RunOptions(only=["teacher", "student", "distill"]))
+        run = Path("runs/quickstart")
+        last = [json.loads(x) for x in open(run / "metrics.jsonl")][-1]
+        teacher_logs = [json.loads(x) for x in open(run / "teacher_train" / "metrics.jsonl")]
+        ckpt = torch.load(sorted(glob.glob(str(run / "checkpoints" / "step_*.pt")))[-1], weights_only=False)
+        print(json.dumps({{
+            "schema": [k for k, _, _ in schema_reference() if k.startswith("distill.losses.proj")],
+            "digest_off": r.section_hash("distill", "data"),
+            "keys": sorted(last),
+            "teacher_keys": sorted(set().union(*teacher_logs)),
+            "state": sorted(ckpt.get("terms", {{}}).get("proj", {{}})),
+            "report": loss_terms_table(run / "metrics.jsonl"),
+        }}))
+        """,
+        tmp_path,
+    )
+    assert "distill.losses.proj.weight" in out["schema"] and "distill.losses.proj.layers" in out["schema"]
+    assert out["digest_off"] == before  # off: existing runs stay up to date
+    assert {"G/proj", "share:G/proj", "weight:G/proj"} <= set(out["keys"]), out["keys"]
+    assert not [k for k in out["teacher_keys"] if "proj" in k], out["teacher_keys"]
+    assert out["state"] == ["G.encoder.bias", "G.encoder.weight"], out["state"]
+    assert any("proj" in line for line in out["report"]), out["report"]

@@ -34,6 +34,7 @@ from ..recipe import LossesSpec, Recipe
 from ..runfolder import RunDir, load_run_student, load_run_teacher, profile_refs
 from ..schemas import StudentPlan, read_json
 from ..slim import load_student, make_student, save_student
+from ..terms import stage_losses
 from ..train import Direction, Trainer, TrainSetup, seed_everything
 from .commands import EVALUATE_DOING, evaluate_run, plan_student, recipe_calibration, recipe_samples, run_export_spec
 from .context import Context, checkpoint_policy, resume_command
@@ -76,6 +77,7 @@ def run_training(
     taps=None,
     srp_layers=(),
     feat_channels=None,
+    tap_channels=None,
     distill=None,
 ) -> dict:
     r = ctx.recipe
@@ -101,6 +103,7 @@ def run_training(
         taps=dict(taps or {}),
         srp_layers=list(srp_layers),
         feat_channels=dict(feat_channels or {}),
+        tap_channels=dict(tap_channels or {}),
         teacher_as_real=d.teacher_as_real,
         disc_spec=d.discriminator.model_dump(),
         checkpoint_every=d.checkpoint_every,
@@ -209,14 +212,14 @@ def train_teacher(ctx: Context, spec: dict) -> list:
     tt = r.teacher.train
     seed_everything(r.seed)
     losses = LossesSpec.model_validate(
-        {
-            "gan": {"weight": tt.gan_weight, "mode": tt.gan_mode},
-            "recon": {"weight": tt.recon_weight},
-            "kd": {"weight": 0},
-            "srp": {"weight": 0},
-            "feat": {"weight": 0},
-            "cycle": {"weight": r.distill.losses.cycle.weight},
-        }
+        stage_losses(
+            "teacher",
+            {
+                "gan": {"weight": tt.gan_weight, "mode": tt.gan_mode},
+                "recon": {"weight": tt.recon_weight},
+                "cycle": {"weight": r.distill.losses.cycle.weight},
+            },
+        )
     )
     nets = [build_generator(spec["arch"], **spec["kwargs"])]
     if r.data.kind == "unpaired":
@@ -276,13 +279,13 @@ def distill_setup(ctx: Context):
         dirs = [Direction("G", student, teacher, "input", "target")]
     srp_layers = L.srp.layers if L.srp.weight > 0 else []
     feat = {k: channels[k] for k in L.feat.layers} if L.feat.weight > 0 else {}
-    return dirs, taps, srp_layers, feat
+    return dirs, taps, srp_layers, feat, channels
 
 
 def distill_in_process(ctx: Context) -> dict:
     """One training process of the distill stage (the whole stage, or one rank under torchrun)."""
     seed_everything(ctx.recipe.seed)
-    dirs, taps, srp_layers, feat = distill_setup(ctx)
+    dirs, taps, srp_layers, feat, channels = distill_setup(ctx)
     r = ctx.recipe
     summary = run_training(
         ctx,
@@ -295,6 +298,7 @@ def distill_in_process(ctx: Context) -> dict:
         taps=taps,
         srp_layers=srp_layers,
         feat_channels=feat,
+        tap_channels=channels,
     )
     return {"dirs": dirs, "summary": summary}
 
