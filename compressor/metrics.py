@@ -317,24 +317,29 @@ def evaluate_models(
     if want_fid:
         if progress:
             progress("evaluate", total, total, {"doing": "FID/KID from the Inception features"})
-        if need_real:
-            if cached_real is None:
-                cached_real = np.concatenate(real_feats)
-                if real_key:
-                    cached_features(real_key, lambda: cached_real)
-            real = cached_real
-        else:
-            real = np.concatenate(feats[reference]) if reference in feats else None
-        for name in models:
-            if real is None or (not need_real and name == reference):
-                continue
-            fake = np.concatenate(feats[name])
-            if "fid" in metrics:
-                result[name]["fid"] = frechet_distance(real, fake)
-            if "kid" in metrics:
-                mean, std = kernel_inception_distance(real, fake)
-                result[name]["kid"], result[name]["kid_std"] = mean, std
+        if need_real and cached_real is None:
+            cached_real = np.concatenate(real_feats)
+            if real_key:
+                cached_features(real_key, lambda: cached_real)
+        _add_fid_kid(result, feats, cached_real if need_real else None, metrics, reference)
     return result
+
+
+def _add_fid_kid(result: dict, feats: dict, real: Optional[np.ndarray], metrics, reference: Optional[str]) -> None:
+    """FID/KID of each model's features against the real images' (``real``), or, without real images, against the
+    ``reference`` model's outputs (which is then not scored itself)."""
+    need_real = real is not None
+    if not need_real:
+        real = np.concatenate(feats[reference]) if reference in feats else None
+    for name in result:
+        if real is None or (not need_real and name == reference):
+            continue
+        fake = np.concatenate(feats[name])
+        if "fid" in metrics:
+            result[name]["fid"] = frechet_distance(real, fake)
+        if "kid" in metrics:
+            mean, std = kernel_inception_distance(real, fake)
+            result[name]["kid"], result[name]["kid_std"] = mean, std
 
 
 def _dataset_files(ds) -> list[Path]:

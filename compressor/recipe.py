@@ -348,7 +348,8 @@ class DistillSpec(Strict):
     log_every: int = Field(50, ge=1, description="append to metrics.jsonl every N steps")
     sample_every: int = Field(1000, ge=1, description="write a sample grid every N steps")
     amp: Literal["none", "bf16", "fp16"] = Field(
-        "none", description="mixed precision: CUDA; bf16 teacher forward on CPUs with AVX512-BF16 or AMX"
+        "none",
+        description="mixed precision of the whole step: bf16/fp16 on CUDA, bf16 on CPUs with AVX512-BF16 or AMX",
     )
     channels_last: bool = Field(False, description="channels_last memory format on CUDA")
     cache_teacher: bool = Field(False, description="keep teacher outputs per image (no flip, no crop; uses memory)")

@@ -356,8 +356,6 @@ def onnx_precision(path: Optional[str]) -> Optional[str]:
     if not path:
         return None
     try:
-        import onnx
-
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # noqa: BLE001 - an unreadable file is reported by the runner itself
         return None
@@ -512,8 +510,6 @@ def import_trtexec_times(path: str | Path, batch: int = 1) -> dict:
 def check_onnx_sizes(path: str | Path, sizes: list[int]) -> None:
     """One line, before anything is timed, for an ONNX file that cannot be read or a size its H/W rule refuses
     (a dynamic-size model records ``size_multiple`` in its metadata)."""
-    import onnx
-
     try:
         proto = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf and onnx raise several types
