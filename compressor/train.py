@@ -525,9 +525,9 @@ class Trainer:
             for d in self.s.directions:
                 if d.name in pairs:
                     real, fake = pairs[d.name]
-                    terms[f"{d.name}/disc"] = 0.5 * (
-                        self.gan(d.disc(real), True) + self.gan(d.disc(fake.detach()), False)
-                    ).float()
+                    terms[f"{d.name}/disc"] = (
+                        0.5 * (self.gan(d.disc(real), True) + self.gan(d.disc(fake.detach()), False)).float()
+                    )
         return terms
 
     def term_weight(self, term: str) -> float:
