@@ -310,15 +310,11 @@ def evaluate_models(
     if want_fid:
         if progress:
             progress("evaluate", total, total, {"doing": "FID/KID from the Inception features"})
-        if need_real:
-            if cached_real is None:
-                cached_real = np.concatenate(real_feats)
-                if real_key:
-                    cached_features(real_key, lambda: cached_real)
-            real = cached_real
-        else:
-            real = np.concatenate(feats[reference]) if reference in feats else None
-        _fid_kid(result, feats, real, metrics, skip=None if need_real else reference)
+        if need_real and cached_real is None:
+            cached_real = np.concatenate(real_feats)
+            if real_key:
+                cached_features(real_key, lambda: cached_real)
+        _add_fid_kid(result, feats, cached_real if need_real else None, metrics, reference)
     return result
 
 
@@ -333,12 +329,16 @@ def _cached_real(real_key: str) -> Optional[np.ndarray]:
         return None
 
 
-def _fid_kid(result: dict, feats: dict, real: Optional[np.ndarray], metrics: list[str], skip: Optional[str]) -> None:
-    """FID and KID of each model's features against ``real`` into ``result`` (``skip``: the reference itself)."""
-    for name, fake_parts in feats.items():
-        if real is None or name == skip:
+def _add_fid_kid(result: dict, feats: dict, real: Optional[np.ndarray], metrics, reference: Optional[str]) -> None:
+    """FID/KID of each model's features against the real images' (``real``), or, without real images, against the
+    ``reference`` model's outputs (which is then not scored itself)."""
+    need_real = real is not None
+    if not need_real:
+        real = np.concatenate(feats[reference]) if reference in feats else None
+    for name in result:
+        if real is None or (not need_real and name == reference):
             continue
-        fake = np.concatenate(fake_parts)
+        fake = np.concatenate(feats[name])
         if "fid" in metrics:
             result[name]["fid"] = frechet_distance(real, fake)
         if "kid" in metrics:

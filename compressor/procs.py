@@ -6,7 +6,7 @@
 * A SIGKILLed parent runs no handler, so children also watch their parent: :func:`die_with_parent` asks Linux
   for ``PR_SET_PDEATHSIG`` (through ctypes) and, elsewhere or as a backstop, starts a daemon thread that polls
   ``os.getppid()``. :func:`start_group` installs it in the child before ``exec`` (``preexec_fn``); workers
-  (``compressor.worker``, the profile worker) call it again at start-up, since torchrun's own children are not
+  (``compressor.app.worker``, the timing worker) call it again at start-up, since torchrun's own children are not
   started by us.
 """
 

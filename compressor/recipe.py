@@ -153,7 +153,7 @@ class TeacherSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self):
-        # the zoo names and arguments are checked against the zoo itself in the pre-flight (compressor.stages)
+        # the zoo names and arguments are checked against the zoo itself in the pre-flight (compressor.app.preflight)
         if bool(self.arch) == bool(self.import_):
             raise ValueError("teacher needs exactly one of 'arch' (a zoo name) or 'import' (module:factory)")
         if self.train is not None and self.import_:
@@ -348,7 +348,8 @@ class DistillSpec(Strict):
     log_every: int = Field(50, ge=1, description="append to metrics.jsonl every N steps")
     sample_every: int = Field(1000, ge=1, description="write a sample grid every N steps")
     amp: Literal["none", "bf16", "fp16"] = Field(
-        "none", description="mixed precision: CUDA; bf16 teacher forward on CPUs with AVX512-BF16 or AMX"
+        "none",
+        description="mixed precision of the whole step: bf16/fp16 on CUDA, bf16 on CPUs with AVX512-BF16 or AMX",
     )
     channels_last: bool = Field(False, description="channels_last memory format on CUDA")
     cache_teacher: bool = Field(False, description="keep teacher outputs per image (no flip, no crop; uses memory)")
@@ -729,7 +730,7 @@ def parse_recipe(
 
 def check_recipe_paths(recipe: Recipe, lines: dict | None = None, source: str = "<recipe>") -> None:
     """Fail early, with the YAML line, when the data folder is missing. What it must hold (images, splits) is
-    checked by the pre-flight (:func:`compressor.stages.preflight`), which knows the datasets."""
+    checked by the pre-flight (:func:`compressor.app.preflight.preflight`), which knows the datasets."""
     lines = lines or {}
     if recipe.data.kind == "synthetic":
         return

@@ -1,7 +1,7 @@
 """The run folder ``runs/<name>/``: every artifact path, "is this a run", its recipe and its models.
 
 This module is the one owner of the folder's layout: the properties name the files the library and the commands
-read; a stage's own outputs are named by relative path in its row of :data:`compressor.stages.STAGES` and found
+read; a stage's own outputs are named by relative path in its row of :data:`compressor.app.stages.STAGES` and found
 with :meth:`RunDir.file`. The stages read and write through it; the CLI commands that
 work on existing artifacts (``evaluate``, ``export``, ``profile``) find the run's recipe, teacher and student here.
 """
@@ -108,7 +108,7 @@ class RunDir:
 
     def file(self, name: str) -> Path:
         """A path inside the run folder by its relative name (``"eval.json"``, ``"student_init/student.json"``,
-        ``"."``): how a stage names the files it writes (its ``outputs`` in :data:`compressor.stages.STAGES`)."""
+        ``"."``): how a stage names the files it writes (its ``outputs`` in :data:`compressor.app.stages.STAGES`)."""
         rel = Path(name)
         if rel.is_absolute() or ".." in rel.parts:
             raise ValueError(f"run folder artifact {name!r}: expected a relative path inside the run folder")

@@ -379,16 +379,16 @@ class Trainer:
         self.sched_d = torch.optim.lr_scheduler.LambdaLR(self.opt_d, sched) if self.opt_d else None
 
     def _setup_precision(self) -> None:
-        """Mixed precision: everything on CUDA; the frozen teacher's forward on CPUs with native bf16."""
+        """Mixed precision: the whole step (the frozen teacher's forward, the students' and discriminators' forward
+        and backward, FP32 master weights) under autocast, on CUDA (bf16, fp16) and on CPUs with native bf16."""
         self.amp_dtype: Optional[torch.dtype] = None
-        self.teacher_amp_dtype: Optional[torch.dtype] = None
         if self.device.type == "cuda":
             self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.s.amp)
-            self.teacher_amp_dtype = self.amp_dtype
         else:
-            self.teacher_amp_dtype, note = cpu_amp_dtype(self.s.amp)
+            self.amp_dtype, note = cpu_amp_dtype(self.s.amp)
             if note and self.rank == 0:
                 log.warning(note)
+        self.teacher_amp_dtype: Optional[torch.dtype] = self.amp_dtype
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
     def _wrap_distributed(self) -> None:
@@ -511,7 +511,7 @@ class Trainer:
             inputs.state = states[d.name] if states is not None and d.name in states else None
             value = fn(inputs, spec)
             if value is not None:
-                terms[f"{d.name}/{name}"] = value * (spec.weight * self.balance.get(name, 1.0))
+                terms[f"{d.name}/{name}"] = value.float() * (spec.weight * self.balance.get(name, 1.0))
         return terms, out_s, inputs.extras.get("pair")
 
     def cycle_terms(self, fakes: dict[str, torch.Tensor], batch: dict) -> dict[str, torch.Tensor]:
@@ -524,7 +524,7 @@ class Trainer:
                 continue
             value = fn(inputs, spec)
             if value is not None:
-                terms[name] = value * spec.weight
+                terms[name] = value.float() * spec.weight
         return terms
 
     def _generator_loss(self, batch: dict):
@@ -545,8 +545,8 @@ class Trainer:
             for d in self.s.directions:
                 if d.name in pairs:
                     real, fake = pairs[d.name]
-                    terms[f"{d.name}/disc"] = 0.5 * (
-                        self.gan(d.disc(real), True) + self.gan(d.disc(fake.detach()), False)
+                    terms[f"{d.name}/disc"] = (
+                        0.5 * (self.gan(d.disc(real), True) + self.gan(d.disc(fake.detach()), False)).float()
                     )
         return terms
 

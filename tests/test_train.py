@@ -359,17 +359,21 @@ def test_bf16_only_where_the_cpu_has_it():
     assert cpu_amp_dtype("none") == (None, "")
 
 
-def test_bf16_teacher_forward_keeps_losses_fp32(tmp_path, monkeypatch):
+def test_bf16_step_keeps_losses_and_weights_fp32(tmp_path, monkeypatch):
     monkeypatch.setattr("compressor.train.cpu_bf16_native", lambda flags=None: True)  # as on an AMX CPU
     seed_everything(0)
     tr = _trainer(tmp_path, steps=1)
     tr.s.amp = "bf16"
-    tr.teacher_amp_dtype = torch.bfloat16
+    tr._setup_precision()  # the whole step under bf16 autocast on such a CPU, as on CUDA
+    assert tr.amp_dtype == tr.teacher_amp_dtype == torch.bfloat16
     batch = {k: v[None] if isinstance(v, torch.Tensor) else torch.tensor([v]) for k, v in _NoisyPairs()[0].items()}
     t = tr.teacher_forward(tr.s.directions[0], batch["input"], batch)
     assert t.image.dtype == torch.float32 and all(f.dtype == torch.float32 for f in t.features.values())
+    with tr._autocast():
+        assert tr.s.directions[0].student(batch["input"]).dtype == torch.bfloat16
     terms = tr.train_step(batch)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in terms.values())
+    assert all(p.dtype == torch.float32 for p in tr.s.directions[0].student.parameters())
 
 
 @pytest.mark.parametrize("data", ["flip: true", "load_size: 40", "kind: unpaired"])

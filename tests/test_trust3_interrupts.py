@@ -231,14 +231,14 @@ def test_out_below_a_file_is_one_line(tiny_run, tmp_path):
 
 
 def test_a_file_where_a_package_folder_goes_is_replaced_and_no_temp_is_left(tmp_path):
-    from compressor.exporters.mobile import commit
+    from compressor.io import place, temp_dir
 
-    tmp = tmp_path / ".tmp.student.mlpackage"
+    path = tmp_path / "student.mlpackage"
+    tmp = temp_dir(tmp_path) / "student.mlpackage"  # how every exporter stages a package folder
     (tmp / "Data").mkdir(parents=True)
     (tmp / "Data" / "model.mlmodel").write_bytes(b"m")
-    path = tmp_path / "student.mlpackage"
     path.write_text("not a package")  # NotADirectoryError from rename(), and the temp folder left, before
-    commit(tmp, path)
+    place(tmp, path)
     assert (path / "Data" / "model.mlmodel").read_bytes() == b"m" and not tmp.exists()
 
 

@@ -50,7 +50,7 @@ from .pipeline import run_pipeline
 
 log = logging.getLogger(__name__)
 
-ARMS = ("scratch", "kd", "kd_srp", "kd_matched")
+ARMS = ("kd", "kd_srp", "kd_matched", "scratch")
 INITS = ("inherit", "scratch")
 DISC_SEED_OFFSET = 7919  # the discriminator of seed s draws from torch.manual_seed(s + this)
 # (claim, arm, baseline, init of both): the difference is arm − baseline, paired by seed and image
