@@ -341,6 +341,8 @@ def stage_export(ctx: Context) -> dict:
     calibration = recipe_calibration(r, r.export.int8.calib_images) if needs_calibration(spec) else None
     records = RecordFile(run.root)  # earlier records kept; each new one written once its file is in place
     doc = export_files(student, run.root, spec, samples, calibration, journal=records.write, progress=ctx.progress)
+    if ctx.progress:
+        ctx.progress("export", 0, 0, {"doing": "teacher.onnx (for profiling)"})
     tdoc = export_files(teacher, run.root, run_export_spec(r, teacher, "teacher"), samples, journal=records.write)
     ctx.notes.extend(doc["notes"] + tdoc["notes"])
     return records.doc
