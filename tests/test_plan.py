@@ -214,7 +214,7 @@ def test_recipe_schema_for_auto_width(tmp_path):
     with pytest.raises(RecipeError, match="exactly one of latency_ms, speedup, macs or params"):
         parse_recipe(base, check_paths=False, overrides=["student.budget={latency_ms: 8, speedup: 3}"])
     # backend names are checked against the backend table in pre-flight (the schema imports no exporter)
-    from compressor.app.stages import check_backends
+    from compressor.app.preflight import check_backends
 
     with pytest.raises(RecipeError, match="student.budget.backend: unknown backend 'ort-gpu'"):
         check_backends(

@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_recipe_text
 
 import compressor.app.stages as stages
+from compressor.app.preflight import preflight
 from compressor.data import batch_keys, input_key, target_key
 from compressor.errors import RecipeError
 from compressor.models import build_generator, load_teacher, spec_of_model, teacher_spec
@@ -77,8 +78,8 @@ def test_preflight_checks_what_the_schema_cannot(change, key):
         "backends: [ort-cpu]": "backends: [ort-gpu]",
     }[change]
     with pytest.raises(RecipeError, match=key):  # the zoo's kwargs are data: the schema catches them already
-        stages.preflight(parse_recipe(tiny_recipe_text().replace(change, bad)))
-    stages.preflight(parse_recipe(tiny_recipe_text()))
+        preflight(parse_recipe(tiny_recipe_text().replace(change, bad)))
+    preflight(parse_recipe(tiny_recipe_text()))
 
 
 def _fake_run(tmp_path, recipe_dir):

@@ -260,7 +260,7 @@ class ProfileRequest:
 def check_export_flags(spec: ExportSpec) -> ExportSpec:
     """``compress export``'s checks of the values its options filled in: one ``error: --flag: ...`` line for the
     first bad one."""
-    if spec.precision not in PRECISIONS:
+    if spec.precision is not None and spec.precision not in PRECISIONS:
         raise UserError(f"--precision: expected fp32, fp16 or int8, got {spec.precision!r}")
     for v in spec.trt_versions:
         if v not in (10, 11):
