@@ -234,10 +234,12 @@ def check_channels(model: nn.Module, x: torch.Tensor) -> None:
 
 
 def _cannot_prune(name: str, module: nn.Module, reason: str) -> RecipeError:
-    return RecipeError(
+    err = RecipeError(
         f"student.method: prune cannot handle module {name!r} ({type(module).__name__}): {reason}; "
         f"leave it at full width with student.keep: [{name}]"
     )
+    err.module = name  # type: ignore[attr-defined]  # read by _prune_keeping_grouped
+    return err
 
 
 def _first_failing_module(model: nn.Module, x: torch.Tensor) -> Optional[tuple[str, BaseException]]:
@@ -713,9 +715,9 @@ def _make_student(
             student.load_state_dict(state)
     else:
         detach_hook_weights(teacher)
-        student = copy.deepcopy(teacher)
-        remove_align_hooks(student)
-        plan["history"] = _prune(student, width, x, keep, round_to, outputs)
+        student, plan["history"], found = _prune_keeping_grouped(teacher, width, x, keep, round_to, outputs)
+        if found:
+            plan["keep"] = list(keep or []) + found
         if init == "scratch":
             _reinit(student)
     student.train(teacher.training)
@@ -723,6 +725,48 @@ def _make_student(
         student.compressor_spec = spec
     plan["example_shape"] = list(x.shape)
     return student, plan
+
+
+def _grouped_convs(model: nn.Module) -> set[str]:
+    return {n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.groups > 1}
+
+
+def _prune_keeping_grouped(
+    teacher: nn.Module,
+    width: float,
+    x: torch.Tensor,
+    keep: Optional[list[str]],
+    round_to: Optional[int],
+    outputs: str,
+) -> tuple[nn.Module, list, list[str]]:
+    """Prune a copy of ``teacher``; return ``(student, history, found)``.
+
+    A grouped or depthwise convolution whose groups are tied to channels nothing can shrink (the image's three, as
+    light-enhancement and mobile nets start with a depthwise-separable block on the input) makes the pruned model
+    fail at that layer. Such a layer is found here, left at full width (``found``, logged and recorded in the plan's
+    ``keep`` so the student replays), and the pruning redone from a fresh copy: at most once per grouped layer."""
+    grouped = _grouped_convs(teacher)
+    found: list[str] = []
+    while True:
+        student = copy.deepcopy(teacher)
+        remove_align_hooks(student)
+        try:
+            history = _prune(student, width, x, list(keep or []) + found, round_to, outputs)
+        except RecipeError as exc:
+            name = getattr(exc, "module", None)
+            if name not in grouped or name in found or name in (keep or []):
+                raise
+            found.append(name)
+            continue
+        if found:
+            log.info(
+                "student: %d grouped convolution%s tied to channels that cannot shrink (the image's) left at full "
+                "width: %s",
+                len(found),
+                "" if len(found) == 1 else "s",
+                ", ".join(found),
+            )
+        return student, history, found
 
 
 REPLAY_SIDE = 512  # a multiple of every zoo size multiple (4 to 256)

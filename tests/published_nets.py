@@ -783,6 +783,58 @@ def make_zero_dce(number_f=16):
     return enhance_net_nopool(number_f)
 
 
+# ---------------------------------------------------------------- Zero-DCE++ (Li-Chongyi/Zero-DCE_extension, model.py)
+
+
+class CSDN_Tem(nn.Module):  # noqa: N801 - published name
+    """A depthwise-separable convolution: depthwise 3x3 (groups = in_ch), then pointwise 1x1."""
+
+    def __init__(self, in_ch, out_ch):
+        super().__init__()
+        self.depth_conv = nn.Conv2d(in_ch, in_ch, kernel_size=3, stride=1, padding=1, groups=in_ch)
+        self.point_conv = nn.Conv2d(in_ch, out_ch, kernel_size=1, stride=1, padding=0, groups=1)
+
+    def forward(self, input):  # noqa: A002 - published name
+        return self.point_conv(self.depth_conv(input))
+
+
+class ZeroDCEpp(nn.Module):
+    """Zero-DCE++ (``enhance_net_nopool(scale_factor)`` upstream): depthwise-separable blocks from the RGB input on,
+    the curves estimated at 1/scale_factor of the resolution and upsampled back, one 3-channel curve map shared by
+    the eight steps; returns ``(enhance_image, x_r)``, [0, 1] in and out."""
+
+    def __init__(self, scale_factor=1, number_f=32):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=True)
+        self.scale_factor = scale_factor
+        self.upsample = nn.UpsamplingBilinear2d(scale_factor=scale_factor)
+        self.e_conv1 = CSDN_Tem(3, number_f)
+        self.e_conv2 = CSDN_Tem(number_f, number_f)
+        self.e_conv3 = CSDN_Tem(number_f, number_f)
+        self.e_conv4 = CSDN_Tem(number_f, number_f)
+        self.e_conv5 = CSDN_Tem(number_f * 2, number_f)
+        self.e_conv6 = CSDN_Tem(number_f * 2, number_f)
+        self.e_conv7 = CSDN_Tem(number_f * 2, 3)
+
+    def enhance(self, x, x_r):
+        for _ in range(8):
+            x = x + x_r * (torch.pow(x, 2) - x)
+        return x
+
+    def forward(self, x):
+        x_down = x if self.scale_factor == 1 else F.interpolate(x, scale_factor=1 / self.scale_factor, mode="bilinear")
+        x1 = self.relu(self.e_conv1(x_down))
+        x2 = self.relu(self.e_conv2(x1))
+        x3 = self.relu(self.e_conv3(x2))
+        x4 = self.relu(self.e_conv4(x3))
+        x5 = self.relu(self.e_conv5(torch.cat([x3, x4], 1)))
+        x6 = self.relu(self.e_conv6(torch.cat([x2, x5], 1)))
+        x_r = torch.tanh(self.e_conv7(torch.cat([x1, x6], 1)))
+        if self.scale_factor != 1:
+            x_r = self.upsample(x_r)
+        return self.enhance(x, x_r), x_r
+
+
 # ---------------------------------------------------------------- RCAN (sanghyun-son/EDSR-PyTorch src/model)
 
 

@@ -343,3 +343,32 @@ def test_frozen_layers_keep_their_constants_in_a_scratch_student(tmp_path):
     save_student(student, plan, tmp_path)
     reloaded = load_student(tmp_path, allow_import=True)
     assert [n for n, p in reloaded.named_parameters() if not p.requires_grad] == plan["frozen"]
+
+
+def test_depthwise_conv_on_the_image_stays_full_width_without_keep(caplog, tmp_path):
+    """Zero-DCE++ starts with a depthwise conv on the RGB input (groups tied to the image's 3 channels), works at
+    half resolution inside and returns a tuple. Torch-Pruning alone shrinks that conv's groups with its channels
+    and the student fails; the toolkit finds it, leaves it at full width, says so, and records it for the replay."""
+    import logging
+
+    declared = {"output": "0", "input_range": [0.0, 1.0], "output_range": [0.0, 1.0]}
+    torch.manual_seed(0)
+    teacher = with_ranges(P.ZeroDCEpp(scale_factor=2), declared).eval()
+    teacher.compressor_spec = {"import": "published_nets:ZeroDCEpp", "kwargs": {"scale_factor": 2}, **declared}
+    x = torch.rand(1, 3, 32, 32)
+    with caplog.at_level(logging.INFO, logger="compressor.slim"):
+        student, plan = make_student(teacher, 0.5, method="prune", example_input=x)
+    assert plan["keep"] == ["model.e_conv1.depth_conv"]
+    assert "left at full width: model.e_conv1.depth_conv" in caplog.text
+    convs = dict(student.named_modules())
+    assert convs["model.e_conv1.depth_conv"].weight.shape == (3, 1, 3, 3)
+    # Torch-Pruning 1.6 puts the branches concatenated into one depthwise conv in one group (its issue #481), so
+    # the widths inside are uneven; the student is still slimmer and runs
+    assert _params(student) < 0.9 * _params(teacher)
+    with torch.no_grad():
+        assert student(x).shape == teacher(x).shape
+        save_student(student.eval(), plan, tmp_path)
+        assert torch.allclose(load_student(tmp_path, allow_import=True)(x), student(x), atol=1e-6)
+    # a keep the user named is never dropped, and a layer that still fails names itself in one line
+    _, plan = make_student(teacher, 0.5, method="prune", example_input=x, keep=["model.e_conv7"])
+    assert plan["keep"] == ["model.e_conv7", "model.e_conv1.depth_conv"]
