@@ -26,6 +26,7 @@ import numpy as np
 
 HOLDS = "holds"
 NOT_SHOWN = "not shown at this scale"
+REVERSED = "the opposite holds"
 
 
 @dataclass(frozen=True)
@@ -236,6 +237,11 @@ def verdict(diff: Interval, better: Literal["lower", "higher"]) -> str:
 def against(diff: Interval, better: Literal["lower", "higher"]) -> bool:
     """Whether the interval excludes zero on the unfavourable side (the arm is worse, not just not better)."""
     return diff.lo > 0 if better == "lower" else diff.hi < 0
+
+
+def verdict3(diff: Interval, better: Literal["lower", "higher"]) -> str:
+    """:func:`verdict`, with :data:`REVERSED` where the interval excludes zero against the claim."""
+    return REVERSED if against(diff, better) else verdict(diff, better)
 
 
 # ------------------------------------------------------------------------------------------------ convergence

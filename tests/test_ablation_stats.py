@@ -34,6 +34,7 @@ def test_paired_difference_hand_computed_with_fixed_resamples():
     assert st.verdict(iv, "higher") == st.HOLDS
     assert st.verdict(iv, "lower") == st.NOT_SHOWN
     assert st.against(iv, "lower") and not st.against(iv, "higher")
+    assert st.verdict3(iv, "higher") == st.HOLDS and st.verdict3(iv, "lower") == st.REVERSED
 
 
 def test_zero_variance_gives_a_point_interval():
@@ -50,6 +51,7 @@ def test_interval_straddling_zero_is_not_shown_and_clear_difference_holds():
     same = st.paired_mean_difference(noise, noise[::-1].copy(), n_boot=500)
     assert same.lo < 0 < same.hi
     assert st.verdict(same, "lower") == st.NOT_SHOWN and st.verdict(same, "higher") == st.NOT_SHOWN
+    assert st.verdict3(same, "lower") == st.NOT_SHOWN  # an interval across zero is neither way
     shifted = st.paired_mean_difference(noise + 1.0, noise, n_boot=500)
     assert shifted.lo == pytest.approx(1.0) and shifted.hi == pytest.approx(1.0)  # pairing removes the noise
     clear = st.paired_mean_difference(noise + 2.0, noise[::-1].copy(), n_boot=500)

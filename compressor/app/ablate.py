@@ -371,7 +371,7 @@ def analyse_cell(cell: Cell, teacher_eval: dict, spec: AblateSpec) -> Optional[d
             for key, label, better in METRICS[:2]:
                 d = st.paired_mean_difference(col(a, key), col(b, key), **kw)
                 claims.append(
-                    {"claim": claim, "arm": a, "base": b, "metric": label, **_iv(d), "verdict": st.verdict(d, better)}
+                    {"claim": claim, "arm": a, "base": b, "metric": label, **_iv(d), "verdict": st.verdict3(d, better)}
                 )
     return {"width": cell.width, "init": cell.init, "seeds": seeds, "n_images": n, "arms": rows, "claims": claims}
 
