@@ -206,6 +206,13 @@ class _ImageFiles(Dataset):
             raise DataError(f"{what}: no readable images")
         self.files, self.skipped = good, bad
 
+    def _read_folder(self, folder: Path, strict: bool, max_items: Optional[int]) -> None:
+        """The folder's images (the first ``max_items``), each checked; one error line when it holds none."""
+        files = list_images(folder)
+        if not files:
+            raise DataError(f"data.root: no images in {folder}")
+        _ImageFiles.__init__(self, files[:max_items] if max_items else files, strict, str(folder))
+
 
 class PairedDataset(_ImageFiles):
     """pix2pix aligned images: the left half is A, the right half is B."""
@@ -222,10 +229,7 @@ class PairedDataset(_ImageFiles):
         max_items: Optional[int] = None,
         channels: int = 3,
     ):
-        files = list_images(folder)[:max_items] if max_items else list_images(folder)
-        if not files:
-            raise DataError(f"data.root: no images in {folder}")
-        super().__init__(files, strict, str(folder))
+        self._read_folder(folder, strict, max_items)
         self.direction = direction
         self.aug = _Augment(size, load_size, flip, train)
         self.seed = 0
@@ -259,10 +263,7 @@ class FolderDataset(_ImageFiles):
         max_items: Optional[int] = None,
         channels: int = 3,
     ):
-        files = list_images(folder)[:max_items] if max_items else list_images(folder)
-        if not files:
-            raise DataError(f"data.root: no images in {folder}")
-        super().__init__(files, strict, str(folder))
+        self._read_folder(folder, strict, max_items)
         self.aug = _Augment(size, load_size, flip, train)
         self.seed = 0
         self.channels = channels
@@ -350,10 +351,7 @@ class DegradedDataset(_ImageFiles):
         max_items: Optional[int] = None,
         channels: int = 3,
     ):
-        files = list_images(folder)[:max_items] if max_items else list_images(folder)
-        if not files:
-            raise DataError(f"data.root: no images in {folder}")
-        super().__init__(files, strict, str(folder))
+        self._read_folder(folder, strict, max_items)
         self.spec, self.size, self.flip, self.train, self.channels = spec, size, flip, train, channels
         self.scale = spec.downscale or 1
         self.seed = 0
