@@ -322,3 +322,28 @@ def test_compress_ablate_runs_the_paired_protocol(tmp_path):
     assert res.returncode == 0 and (out / "s" / "ablate.md").read_text() == md
     res = run_cli(["ablate", p, "--out", out, "--arms", "kd,bogus", "-q"])
     one_error_line(res.stderr, res.returncode, "--arms", "bogus")
+
+
+def test_ablation_caches_refuse_links_and_never_write_through_them(tmp_path):
+    """The ablation's per-image caches sit in run folders: a link there is one error line (never read), a stale or
+    broken file is computed again, and a write replaces the file instead of going through a link."""
+    import numpy as np
+
+    from compressor.app.ablate import _load_cached, _save_cached
+    from compressor.errors import UserError
+
+    path = tmp_path / "per_image.npz"
+    assert _load_cached(path, "k") is None
+    _save_cached(path, {"key": np.array("k"), "psnr": np.arange(3.0)})
+    assert _load_cached(path, "k")["psnr"].tolist() == [0.0, 1.0, 2.0]
+    assert _load_cached(path, "other") is None  # stale: computed again
+    path.write_bytes(b"not an npz")
+    assert _load_cached(path, "k") is None  # broken: computed again
+    foreign = tmp_path / "foreign.npz"
+    foreign.write_bytes(b"someone else's")
+    path.unlink()
+    path.symlink_to(foreign)
+    with pytest.raises(UserError, match="is a symlink"):
+        _load_cached(path, "k")
+    _save_cached(path, {"key": np.array("k")})
+    assert foreign.read_bytes() == b"someone else's" and not path.is_symlink()

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import io
 import json
 import logging
 import time
@@ -39,8 +40,8 @@ import yaml
 
 from .. import stats as st
 from ..data import make_dataset, target_key
-from ..errors import RecipeError
-from ..io import atomic_write_json, atomic_write_text
+from ..errors import RecipeError, UserError
+from ..io import atomic_write_bytes, atomic_write_json, atomic_write_text, read_bounded, refuse_link
 from ..metrics import paired_metrics
 from ..models import build_discriminator, teacher_spec
 from ..recipe import Recipe, parse_recipe
@@ -190,6 +191,29 @@ def gradient_mass(metrics_file: Path) -> Optional[float]:
 # ------------------------------------------------------------------------------------------------ evaluation
 
 
+MAX_CACHE_BYTES = 4 << 30  # a cached .npz of per-image outputs and metrics
+
+
+def _load_cached(path: Path, key: str) -> Optional[dict]:
+    """The arrays cached at ``path`` when they were computed for ``key``; None when absent, stale or unreadable.
+    A link there is refused (one line), never followed; the file is read bounded, without pickles."""
+    refuse_link(path)
+    if not path.exists():
+        return None
+    try:
+        z = dict(np.load(io.BytesIO(read_bounded(path, MAX_CACHE_BYTES)), allow_pickle=False))
+    except (OSError, ValueError, UserError):
+        log.warning("%s is unreadable; computing it again", path)
+        return None
+    return z if str(z.get("key")) == key else None
+
+
+def _save_cached(path: Path, arrays: dict) -> None:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())  # write-then-rename: a link at path is replaced, not written through
+
+
 def _test_set(recipe: Recipe, max_images: Optional[int]):
     return make_dataset(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, max_items=max_images)
 
@@ -201,10 +225,9 @@ def teacher_outputs(teacher_run: Path, recipe: Recipe, max_images: Optional[int]
     path = teacher_run / "ablate_teacher.npz"
     ds = _test_set(recipe, max_images)
     key = f"{_fingerprint(teacher_run / 'teacher.safetensors')}|{len(ds)}|{recipe.data.model_dump_json()}"
-    if path.is_file():
-        z = dict(np.load(path))
-        if str(z["key"]) == key:
-            return z
+    cached = _load_cached(path, key)
+    if cached is not None:
+        return cached
     teacher = load_run_teacher(RunDir(teacher_run)).to(device).eval()
     z: dict = {"key": np.array(key)}
     psnr, ssim = [], []
@@ -216,7 +239,7 @@ def teacher_outputs(teacher_run: Path, recipe: Recipe, max_images: Optional[int]
         ssim.append(float(m["ssim"][0]))
         z[f"out{i}"] = o[0].cpu().numpy()
     z["psnr"], z["ssim"] = np.asarray(psnr), np.asarray(ssim)
-    np.savez(path, **z)
+    _save_cached(path, z)
     return z
 
 
@@ -226,10 +249,9 @@ def student_metrics(rd: Path, recipe: Recipe, teacher_eval: dict, max_images: Op
     (``per_image.npz`` in its run, keyed by the student's weights and the teacher's outputs)."""
     path = rd / "per_image.npz"
     key = f"{_fingerprint(rd / 'student.safetensors')}|{teacher_eval['key']}"
-    if path.is_file():
-        z = dict(np.load(path))
-        if str(z["key"]) == key:
-            return z
+    cached = _load_cached(path, key)
+    if cached is not None:
+        return cached
     student = load_run_student(RunDir(rd)).to(device).eval()
     ds = _test_set(recipe, max_images)
     cols: dict[str, list] = {k: [] for k, *_ in METRICS}
@@ -242,7 +264,7 @@ def student_metrics(rd: Path, recipe: Recipe, teacher_eval: dict, max_images: Op
             cols[k].append(float(m[k][0]))
             cols[f"{k}_t"].append(float(mt[k][0]))
     z = {"key": np.array(key), **{k: np.asarray(v) for k, v in cols.items()}}
-    np.savez(path, **z)
+    _save_cached(path, z)
     return z
 
 
