@@ -234,12 +234,12 @@ def dataset_key(files: list[Path], extra: str) -> str:
 
 
 def cached_features(key: str, compute: Callable[[], np.ndarray]) -> np.ndarray:
-    path = cache_dir() / "inception" / f"{key}.npy"
+    path = _feature_path(key)
     if path.exists() or path.is_symlink():
-        try:
-            return np.load(io.BytesIO(read_bounded(path, MAX_FEATURE_BYTES)), allow_pickle=False)
-        except (OSError, ValueError, UserError):
-            log.warning("feature cache %s is unreadable; recomputing", path)
+        feats = _read_features(path)
+        if feats is not None:
+            return feats
+        log.warning("feature cache %s is unreadable; recomputing", path)
     feats = compute()
     try:
         with staged(path) as tmp:
@@ -320,12 +320,19 @@ def evaluate_models(
 
 def _cached_real(real_key: str) -> Optional[np.ndarray]:
     """The real images' Inception features cached under ``real_key``, or None."""
-    path = cache_dir() / "inception" / f"{real_key}.npy"
-    if not path.exists():
-        return None
+    path = _feature_path(real_key)
+    return _read_features(path) if path.exists() or path.is_symlink() else None
+
+
+def _feature_path(key: str) -> Path:
+    return cache_dir() / "inception" / f"{key}.npy"
+
+
+def _read_features(path: Path) -> Optional[np.ndarray]:
+    """A cached feature array, read bounded and without pickles; None when unreadable."""
     try:
-        return np.load(path)
-    except (OSError, ValueError):
+        return np.load(io.BytesIO(read_bounded(path, MAX_FEATURE_BYTES)), allow_pickle=False)
+    except (OSError, ValueError, UserError):
         return None
 
 
