@@ -36,6 +36,13 @@ def resolve_taps(
     return out
 
 
+def tap_modules(model: nn.Module) -> dict[str, nn.Module]:
+    """The modules a tap can name: ``model.named_modules()``, or those the model names itself where its layers are
+    not modules (a quantised student's graph hands its tapped outputs to ``tap_modules()``)."""
+    own = getattr(model, "tap_modules", None)
+    return own() if callable(own) else dict(model.named_modules())
+
+
 class FeatureTaps:
     """Record the outputs of named modules during forward passes.
 
@@ -54,7 +61,7 @@ class FeatureTaps:
         self._handles = []
 
     def __enter__(self):
-        modules = dict(self.model.named_modules())
+        modules = tap_modules(self.model)
         for alias, name in self.taps.items():
             self._handles.append(modules[name].register_forward_hook(self._hook(alias)))
         return self

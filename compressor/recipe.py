@@ -278,6 +278,7 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "distill.losses.kd.loss": "l1",
     "distill.losses.recon.loss": "l1",
     "distill.losses.srp.grad_ratio": None,
+    "distill.quantize": None,
 }
 # ... and the loss terms added since, while off (the rows of compressor.terms.TERMS marked neutral)
 _DIGEST_NEUTRAL = {**DIGEST_NEUTRAL_DEFAULTS, **digest_neutral_defaults()}
@@ -329,6 +330,25 @@ class DiscriminatorSpec(Strict):
     norm: Literal["batch", "instance", "none"] = Field("instance", description="discriminator normalisation")
 
 
+class QuantizeSpec(Strict):
+    precision: Literal["int8"] = Field(
+        "int8", description="the precision the student is trained for (int8: the scheme of the INT8 exports)"
+    )
+    steps: Optional[int] = Field(
+        None,
+        ge=1,
+        description="training steps with fake quantisation, after distillation (default: a fifth of distill.steps)",
+    )
+    lr: Optional[float] = Field(None, gt=0, description="learning rate (default: a tenth of distill.lr)")
+    calib_images: int = Field(32, ge=1, le=4096, description="training images that set the quantisers' first ranges")
+    freeze_at: float = Field(
+        0.5, ge=0, le=1, description="fraction of the steps after which the quantisers' ranges are held (frozen)"
+    )
+
+
+QUANTIZE_SHARE = 5  # distill.quantize.steps by default: distill.steps / this
+
+
 class DistillSpec(Strict):
     steps: int = Field(1000, ge=1, description="optimisation steps (with schedule plateau: the most it may take)")
     lr: float = Field(2e-4, gt=0, description="Adam learning rate")
@@ -353,6 +373,11 @@ class DistillSpec(Strict):
     )
     channels_last: bool = Field(False, description="channels_last memory format on CUDA")
     cache_teacher: bool = Field(False, description="keep teacher outputs per image (no flip, no crop; uses memory)")
+    quantize: Optional[QuantizeSpec] = Field(
+        None,
+        description="quantisation-aware distillation after distill: the student with fake INT8 quantisation, "
+        "trained on with the same teacher and losses; the INT8 exports take its trained scales",
+    )
 
 
 class EvaluateSpec(Strict):
@@ -408,6 +433,11 @@ class ProfileSpec(Strict):
         if any(x < 1 for x in v):
             raise ValueError("values must be positive")
         return v
+
+
+# Keys that a stage of their own digests: a change there re-runs that stage, not the one of the enclosing section
+# (``distill.quantize``: the quantize stage, after distill).
+OWN_STAGE_KEYS = ("distill.quantize",)
 
 
 class Recipe(Strict):
@@ -481,8 +511,19 @@ class Recipe(Strict):
         return data
 
     def section_hash(self, *sections: str) -> str:
+        """The digest of recipe sections: top-level names (``distill``) or dotted keys (``distill.quantize``). A key of
+        :data:`OWN_STAGE_KEYS` belongs to its own stage: it is left out of its parent section's hash."""
         data = self._hashed()
-        payload = {s: data[s] for s in sections}
+        payload = {}
+        for s in sections:
+            head, _, rest = s.partition(".")
+            node = data[head]
+            for key in rest.split(".") if rest else ():
+                node = node.get(key) if isinstance(node, dict) else None
+            if isinstance(node, dict):
+                own = {k.split(".", 1)[1] for k in OWN_STAGE_KEYS if k.startswith(s + ".")}
+                node = {k: v for k, v in node.items() if k not in own}
+            payload[s] = node
         payload["_seed"] = data["seed"]
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -15,14 +15,17 @@ import time
 from pathlib import Path
 from typing import ContextManager, Iterable, Optional
 
+import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
-from .errors import UserError
+from .errors import CheckpointError, UserError
 from .io import NotRegularFile, atomic_write_json, refuse_link, refuse_special
 from .lock import run_lock
 from .models import load_saved_teacher
+from .qat import rebuild
 from .recipe import Recipe, load_recipe
-from .schemas import RunJson, StagesJson, TeacherMeta, check, loads, read_json, read_text_bounded
+from .schemas import QuantizeJson, RunJson, StagesJson, TeacherMeta, check, loads, read_json, read_text_bounded
 from .slim import load_student
 from .trust import all_trusted
 
@@ -58,6 +61,9 @@ class RunDir:
     distill_json = property(lambda s: s.root / "distill.json")
     eval_json = property(lambda s: s.root / "eval.json")
     eval_samples = property(lambda s: s.root / "samples" / "eval.png")
+    quantize_dir = property(lambda s: s.root / "quantize")
+    quantize_json = property(lambda s: s.root / "quantize.json")
+    student_qad = property(lambda s: s.root / "student.qad.safetensors")
     student_onnx = property(lambda s: s.root / "student.onnx")
     student_int8 = property(lambda s: s.root / "student.int8.onnx")
     student_trt_int8 = property(lambda s: s.root / "student.trt-int8.onnx")
@@ -79,6 +85,9 @@ class RunDir:
         "teacher_train",
         "teacher_train/checkpoints",
         "teacher_train/samples",
+        "quantize",
+        "quantize/checkpoints",
+        "quantize/samples",
     )
     OWN_FILES = (
         "recipe.resolved.yaml",
@@ -96,6 +105,8 @@ class RunDir:
         "student_reverse/student.json",
         "student_reverse/student.safetensors",
         "distill.json",
+        "quantize.json",
+        "student.qad.safetensors",
     )
 
     def refuse_links(self) -> None:
@@ -236,6 +247,25 @@ def load_run_student(run: RunDir, reverse: bool = False) -> nn.Module:
     """The distilled student (``reverse``: the B->A student of unpaired data)."""
     run.refuse_links()
     return load_student(run.student_reverse if reverse else run.student_dir)
+
+
+def load_run_qad(run: RunDir) -> Optional[nn.Module]:
+    """The quantisation-aware student of a run (``distill.quantize``), or None where the run has none."""
+    run.refuse_links()
+    if not run.student_qad.is_file():
+        return None
+    meta = read_json(run.quantize_json, QuantizeJson)
+    try:
+        state = load_file(str(run.student_qad))
+    except Exception as exc:  # safetensors raises several types
+        raise CheckpointError(f"{run.student_qad}: unreadable ({exc})") from None
+    example = torch.zeros(tuple(meta["example_shape"]))
+    try:
+        return rebuild(load_run_student(run), example, state, meta["taps"])
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(
+            f"{run.student_qad}: does not fit the run's student ({str(exc).splitlines()[0][:160]})"
+        ) from None
 
 
 def profile_refs(run: RunDir) -> list[dict]:

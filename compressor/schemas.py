@@ -137,6 +137,19 @@ class TeacherMeta(Open):
     published_check: Optional[PublishedCheck] = None
 
 
+Side = Annotated[StrictInt, Field(ge=1, le=8192)]  # a tensor dimension a file may ask the toolkit to allocate
+
+
+class QuantizeJson(Open):
+    """``quantize.json`` beside ``student.qad.safetensors``: how to rebuild the quantisation-aware student (the FP32
+    student's graph exported again at this shape, with these taps as extra outputs) before its state loads."""
+
+    precision: Literal["int8"]
+    taps: list[StrictStr] = Field(default_factory=list, max_length=64)
+    example_shape: tuple[Side, Side, Side, Side]
+    scheme: Optional[StrictStr] = None
+
+
 class RunJson(Open):
     recipe_source: Optional[StrictStr] = None
     name: Optional[StrictStr] = None

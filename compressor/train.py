@@ -231,6 +231,9 @@ class TrainSetup:
     cache_teacher: bool = False  # keep the teacher's outputs per dataset index (data without random augmentation)
     sample_batch: Optional[dict] = None
     resume_command: str = ""
+    # called with the step about to run (1-based) before each step: what changes with the step alone and is saved in
+    # the models' state (a quantised student's observers held from a given step), so a resumed run does the same
+    before_step: Optional[Callable[[int], None]] = None
 
 
 @dataclass
@@ -772,6 +775,8 @@ class Trainer:
         count = 0
         last: dict[str, float] = {}
         for batch in self._loader():
+            if s.before_step is not None:
+                s.before_step(self.step + 1)
             terms = self.train_step(batch)
             self.step += 1
             for k, v in terms.items():

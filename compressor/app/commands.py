@@ -34,7 +34,15 @@ from ..models import (
     with_ranges,
 )
 from ..recipe import Recipe
-from ..runfolder import RunDir, is_run_folder, load_run_recipe, load_run_student, load_run_teacher, profile_refs
+from ..runfolder import (
+    RunDir,
+    is_run_folder,
+    load_run_qad,
+    load_run_recipe,
+    load_run_student,
+    load_run_teacher,
+    profile_refs,
+)
 from ..schemas import TeacherMeta, read_json
 from ..slim import load_student
 from .plan import plan_width
@@ -272,7 +280,9 @@ def benchmark_target(
         calibration = recipe_calibration(recipe, calib_images)
         torch_ref = {"type": "student_dir", "path": str(run.root)}
         size = recipe.data.size
+        trained = load_run_qad(run)
     elif target.is_dir() and (target / "student.json").exists():
+        trained = None
         model = load_student(target).eval()
         size = size or max(256, size_multiple(model))
         if size % size_multiple(model):
@@ -309,6 +319,7 @@ def benchmark_target(
         iters=iters,
         formats=formats,
         progress=progress,
+        trained=trained,
     )
     path = target / "benchmark.json"
     atomic_write_json(path, doc)

@@ -48,7 +48,8 @@ def stage_digest(ctx: Context, name: str) -> str:
     if secs:
         h.update(r.section_hash(*secs).encode())
     for up in st.upstream:
-        h.update((ctx.hashes.get(up) or stage_digest(ctx, up)).encode())
+        if STAGE_BY_NAME[up].applies_to(r):
+            h.update((ctx.hashes.get(up) or stage_digest(ctx, up)).encode())
     digest = h.hexdigest()[:16]
     ctx.hashes[name] = digest
     return digest
@@ -141,7 +142,7 @@ def _preflight_checkpoints(ctx: Context) -> None:
     if prev != (str(opts.recipe_path.resolve()) if opts.recipe_path else None):
         return
     for st in STAGES:
-        if st.checkpoints is None:
+        if st.checkpoints is None or not st.applies_to(ctx.recipe):
             continue
         digest = stage_digest(ctx, st.name)
         if (opts.only and st.name not in opts.only) or (
@@ -161,12 +162,16 @@ def _run_stages(ctx: Context, out_root: Path, on_stage: Optional[Callable[[Stage
     run = ctx.run = prepare_run_dir(ctx.recipe, out_root, force, ctx.options.recipe_path)
     results = []
     for st in STAGES:
+        if not st.applies_to(ctx.recipe):
+            if only and st.name in only:
+                raise UserError(f"--only {st.name}: the recipe does not ask for the {st.name} stage")
+            continue
         digest = stage_digest(ctx, st.name)
         if only and st.name not in only:
             continue
         if only:
             for up in st.upstream:
-                if not run.has(STAGE_BY_NAME[up].outputs):
+                if STAGE_BY_NAME[up].applies_to(ctx.recipe) and not run.has(STAGE_BY_NAME[up].outputs):
                     raise UserError(
                         f"--only {st.name}: the {up} stage has not produced its artifacts yet; run without --only first"
                     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import qat
 from ..data import check_data_root
 from ..errors import RecipeError, UserError
 from ..exporters.table import BACKENDS, get_backend, get_format
@@ -24,10 +25,22 @@ def preflight(recipe: Recipe, build_model: bool = True) -> None:
     """
     check_teacher_spec(recipe.teacher)
     check_backends(recipe)
+    check_quantize(recipe)
     if recipe.data.kind != "synthetic":
         check_data_root(recipe.data, recipe.resolve_path(recipe.data.root))
     if build_model:
         check_taps(recipe)
+
+
+def check_quantize(recipe: Recipe) -> None:
+    """``distill.quantize``: its quantizer installed, and data with one student (before anything is distilled)."""
+    if recipe.distill.quantize is None:
+        return
+    why = qat.missing()
+    if why:
+        raise RecipeError(f"distill.quantize: {why}")
+    if recipe.data.kind == "unpaired":
+        raise RecipeError("distill.quantize: unpaired data (two students) is not supported yet; remove it")
 
 
 def check_backends(recipe: Recipe) -> None:

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
 import torch
 from safetensors.torch import save as st_save
 
+from .. import qat
 from ..complexity import profile_model
 from ..data import batch_keys, make_dataset, stack_images
 from ..errors import RecipeError, UserError
-from ..exporters.export import export_files, needs_calibration
+from ..exporters.export import export_files, export_trained, needs_calibration
 from ..exporters.formats.onnx import check_not_failed
 from ..exporters.profile import profile_models
 from ..exporters.records import RecordFile
@@ -30,8 +31,8 @@ from ..features import check_tap_pair, resolve_taps
 from ..io import atomic_write_bytes, atomic_write_json, own_folder
 from ..metrics import evaluate_models
 from ..models import build_generator, load_teacher, teacher_spec
-from ..recipe import LossesSpec, Recipe
-from ..runfolder import RunDir, load_run_student, load_run_teacher, profile_refs
+from ..recipe import QUANTIZE_SHARE, LossesSpec, Recipe
+from ..runfolder import RunDir, load_run_qad, load_run_student, load_run_teacher, profile_refs
 from ..schemas import StudentPlan, read_json
 from ..slim import load_student, make_student, save_student
 from ..terms import stage_losses
@@ -39,7 +40,7 @@ from ..train import Direction, Trainer, TrainSetup, seed_everything
 from .commands import EVALUATE_DOING, evaluate_run, plan_student, recipe_calibration, recipe_samples, run_export_spec
 from .context import Context, checkpoint_policy, resume_command
 from .distributed import launch_distributed
-from .preflight import check_runs, check_size, check_taps, example_input
+from .preflight import check_quantize, check_runs, check_size, check_taps, example_input
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ def run_training(
     feat_channels=None,
     tap_channels=None,
     distill=None,
+    before_step=None,
 ) -> dict:
     r = ctx.recipe
     d = distill or r.distill
@@ -115,12 +117,17 @@ def run_training(
         cache_teacher=d.cache_teacher,
         sample_batch=_sample_batch(r, min(4, r.evaluate.samples or 4), batch_keys(r.data.kind)),
         resume_command=resume_command(ctx),
+        before_step=before_step,
     )
     if ctx.options.build_discriminator is not None:
         setup.build_discriminator = ctx.options.build_discriminator
     progress = None
     if ctx.progress:
-        doing = {"doing": "training the teacher" if stage == "teacher" else "distilling the student"}
+        doing = {
+            "doing": {"teacher": "training the teacher", "quantize": "training the student with fake INT8"}.get(
+                stage, "distilling the student"
+            )
+        }
         progress = lambda step, total, losses_: ctx.progress(stage, step, total, {**losses_, **doing})  # noqa: E731
     # torchrun workers: the launching process already decided (launch_distributed)
     resume = ctx.options.resume if torch.distributed.is_initialized() else checkpoint_policy(ctx, out_dir, stage)
@@ -254,8 +261,9 @@ def stage_student(ctx: Context) -> None:
 # ----------------------------------------------------------------------------------------------- distill
 
 
-def distill_setup(ctx: Context):
-    """Teachers, students, taps and loss settings for the distill stage."""
+def distill_setup(ctx: Context, student_dir: Optional[Path] = None):
+    """Teachers, students, taps and loss settings for the distill stage (``student_dir``: start from the student
+    saved there instead of the slimmed one: the quantize stage starts from the distilled student)."""
     r, run = ctx.recipe, ctx.run
     L = r.distill.losses
     L.log_old_weights()
@@ -266,7 +274,7 @@ def distill_setup(ctx: Context):
         else (lambda reverse=False: None)
     )
     teacher = teacher_of()
-    student = load_student(run.student_init).train()
+    student = load_student(student_dir or run.student_init).train()
     layers = L.tapped_layers()  # non-empty only when the teacher is used
     taps = resolve_taps(teacher, layers, r.teacher.taps) if layers else {}
     channels = check_tap_pair(teacher, student, taps, example_input(r, student)) if taps else {}
@@ -321,6 +329,62 @@ def finish_distill(ctx: Context, dirs, summary: dict) -> None:
     atomic_write_json(run.distill_json, summary)
 
 
+# ----------------------------------------------------------------------------------------------- quantize
+
+
+def stage_quantize(ctx: Context) -> None:
+    """``distill.quantize``: quantisation-aware distillation. The distilled student gets fake INT8 quantisation
+    (:mod:`compressor.qat`: the INT8 exports' scheme, ranges calibrated on training images), then trains on with the
+    same teacher and loss terms for ``steps``, its quantisers' ranges held from ``freeze_at``; checkpoints, metrics
+    and samples in ``quantize/`` (resumable as distill is), the result in ``student.qad.safetensors``."""
+    r, run = ctx.recipe, ctx.run
+    q = r.distill.quantize
+    steps = q.steps or max(1, r.distill.steps // QUANTIZE_SHARE)
+    check_quantize(r)
+    seed_everything(r.seed)
+    dirs, taps, srp_layers, feat, channels = distill_setup(ctx, run.student_dir)
+    d = dirs[0]
+    example = example_input(r, d.student, batch=2)  # batch 2: export keeps batch, height and width dynamic
+    modules = list(dict.fromkeys(taps.values()))
+    calibration = recipe_calibration(r, q.calib_images)
+    d.student = qat.quantize_student(d.student, example, calibration, modules).train()
+    freeze_from = max(1, int(round(q.freeze_at * steps)) + 1)
+
+    def hold_ranges(step: int) -> None:
+        if step >= freeze_from and d.student.observing():
+            d.student.observers(False)
+
+    own_folder(run.quantize_dir)
+    summary = run_training(
+        ctx,
+        dirs,
+        r.distill.losses,
+        steps,
+        q.lr or r.distill.lr / 10,
+        run.quantize_dir,
+        "quantize",
+        taps=taps,
+        srp_layers=srp_layers,
+        feat_channels=feat,
+        tap_channels=channels,
+        distill=r.distill.model_copy(update={"amp": "none"}),  # fake quantisation rounds in FP32, not under autocast
+        before_step=hold_ranges,
+    )
+    d.student.observers(False)  # held at the end, whatever freeze_at said
+    state = {k: v.detach().contiguous().cpu() for k, v in d.student.state_dict().items()}
+    atomic_write_bytes(run.student_qad, st_save(state))
+    meta = {
+        "precision": q.precision,
+        "taps": modules,
+        "example_shape": list(example.shape),
+        "scheme": qat.SCHEME,
+        "calibration_images": len(calibration),
+        "observers_held_from_step": freeze_from,
+        **summary,
+    }
+    atomic_write_json(run.quantize_json, meta)
+
+
 # ----------------------------------------------------------------------------------------------- evaluate
 
 
@@ -345,6 +409,13 @@ def stage_export(ctx: Context) -> dict:
         ctx.progress("export", 0, 0, {"doing": "teacher.onnx (for profiling)"})
     tdoc = export_files(teacher, run.root, run_export_spec(r, teacher, "teacher"), samples, journal=records.write)
     ctx.notes.extend(doc["notes"] + tdoc["notes"])
+    qad = load_run_qad(run) if r.distill.quantize is not None else None
+    if qad is not None:  # distill.quantize: the INT8 files from the trained scales, beside the calibrated ones
+        qspec = replace(spec, name="student.qad", jobs=(), formats=tuple(r.export.formats))
+        qdoc = export_trained(
+            qad, run.root, qspec, samples, fp32_onnx=run.student_onnx, journal=records.write, progress=ctx.progress
+        )
+        ctx.notes.extend(qdoc["notes"])
     return records.doc
 
 
@@ -406,9 +477,15 @@ class Stage:
     input_files: Optional[Callable[[Recipe, RunDir], tuple[Optional[Path], ...]]] = None
     checkpoints: Optional[str] = None
     doing: str = "working"  # what the stage's first progress line says it does
+    # whether the recipe asks for the stage (None: always); a stage that does not apply neither runs nor counts in
+    # its downstream stages' digests, so adding an optional stage leaves earlier runs up to date
+    applies: Optional[Callable[[Recipe], bool]] = None
 
     def digest_sections(self, recipe: Recipe) -> list[str]:
         return list(self.sections) + list(self.more_sections(recipe) if self.more_sections else ())
+
+    def applies_to(self, recipe: Recipe) -> bool:
+        return self.applies is None or bool(self.applies(recipe))
 
 
 def _teacher_sections(r: Recipe) -> tuple[str, ...]:
@@ -456,6 +533,16 @@ STAGES: tuple[Stage, ...] = (
         doing="loading the data, teacher and student for distillation",
     ),
     Stage(
+        "quantize",
+        stage_quantize,
+        upstream=("distill",),
+        sections=("distill", "distill.quantize", "data"),
+        outputs=("student.qad.safetensors", "quantize.json"),
+        checkpoints="quantize",
+        doing="inserting fake INT8 quantisation into the distilled student and calibrating it",
+        applies=lambda r: r.distill.quantize is not None,
+    ),
+    Stage(
         "evaluate",
         stage_evaluate,
         upstream=("distill",),
@@ -466,7 +553,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         "export",
         stage_export,
-        upstream=("distill",),
+        upstream=("distill", "quantize"),
         sections=("export", "data"),
         outputs=("export.json", "student.onnx"),
         doing="loading the student and the teacher to export",

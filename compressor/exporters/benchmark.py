@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -64,13 +65,16 @@ def benchmark(
     iters: int = 20,
     formats: Optional[list[str]] = None,
     progress: Optional[Callable] = None,
+    trained: Optional[nn.Module] = None,
 ) -> dict:
     """Export ``model`` to every format and precision into ``out_dir``, check and time each; the result document.
 
     ``images``: (N, C, H, W) in [-1, 1], the reference inputs; ``reference``: the outputs each format is compared
     with (``reference_kind`` says whose: "teacher" or "student (PyTorch)"); ``torch_ref``: the profile harness's
     reference to the PyTorch model (for the torch row's timing process); ``calibration``: INT8 calibration images
-    (INT8 rows fail with the reason when there are none)."""
+    (INT8 rows fail with the reason when there are none); ``trained``: the quantisation-aware student of the same
+    model (``distill.quantize``), whose INT8 rows (``quantization: qad``, from its trained scales) follow the
+    calibrated ones (``quantization: ptq``), each INT8 row with its PSNR against ``model`` too."""
     for name in formats or ():
         get_format(name)  # an unknown name is one line naming --format
     out = Path(out_dir)
@@ -86,8 +90,13 @@ def benchmark(
     spec = ExportSpec(name=stem, size=size, keep_going=True, metadata=dict(metadata or {}))
     run = ExportRun(model, out, spec, images, calibration, journal=RecordFile(out).write)
     rows: list[dict] = []
+    qad = _Trained(trained, model, plan, run) if trained is not None else None
+    plan = plan + [(f, "int8-qad") for f in (qad.formats if qad else [])]
     for k, (fmt, prec) in enumerate(plan):
+        trained_row, prec = prec == "int8-qad", "int8" if prec == "int8-qad" else prec
         row: dict = {"format": fmt.name, "precision": prec, "backend": fmt.backend.name if fmt.backend else None}
+        if qad is not None and prec == "int8":
+            row["quantization"] = "qad" if trained_row else "ptq"
         rows.append(row)
         if progress:
             doing = f"{fmt.name} {prec}: export, check against the reference, time"
@@ -97,11 +106,12 @@ def benchmark(
         if why:
             row.update(status="not installed", reason=why, install=fmt.extra)
             continue
-        path = _export_row(row, run, fmt, prec)
+        path = qad.export(row, fmt) if trained_row else _export_row(row, run, fmt, prec)
         if path is None:
             continue
         timing = dict(torch_ref=torch_ref, threads=threads, warmup=warmup, iters=iters)
-        if _run_row(row, fmt, prec, model, path, x, ref_t, size=size, **timing):
+        fp32_ref = qad.fp32_ref if qad is not None else None
+        if _run_row(row, fmt, prec, model, path, x, ref_t, size=size, fp32_ref=fp32_ref, **timing):
             row["seconds"] = round(time.perf_counter() - t0, 2)
     if progress:
         progress("benchmark", len(plan), len(plan), {"doing": "writing benchmark.json"})
@@ -115,6 +125,30 @@ def benchmark(
         "environment": environment(threads),
         "rows": rows,
     }
+
+
+class _Trained:
+    """The INT8 rows of a quantisation-aware student: its files (``<stem>.qad.int8.*``, from its trained scales) in
+    the same folder, the QDQ ONNX first (compared with the FP32 ONNX), the formats that convert from it after; and
+    the FP32 student's outputs, which every INT8 row is also compared with."""
+
+    def __init__(self, trained: nn.Module, model: nn.Module, plan: list, run: ExportRun):
+        self.formats = [f for f, p in plan if p == "int8" and f.trained_int8]
+        self.main, self.onnx = run, None
+        spec = replace(run.spec, name=f"{run.spec.name}.qad")
+        self.run = ExportRun(trained, run.out, spec, run.samples, None, journal=RecordFile(run.out).write)
+        with torch.inference_mode():
+            self.fp32_ref = torch.cat([model(s[None]) for s in run.samples]).float()
+
+    def export(self, row: dict, fmt: Format) -> Optional[Path]:
+        if fmt.name != "onnx" and self.onnx is None:
+            row.update(status="failed", reason="export: the trained INT8 ONNX file it converts from was not written")
+            return None
+        self.run.written["onnx"] = self.onnx if fmt.name != "onnx" else self.main.written.get("onnx")
+        path = _export_row(row, self.run, fmt, "int8")
+        if path is not None and fmt.name == "onnx":
+            self.onnx = path
+        return path
 
 
 def _export_row(row: dict, run: ExportRun, fmt: Format, prec: str) -> Optional[Path]:
@@ -143,6 +177,7 @@ def _run_row(
     threads: Optional[int],
     warmup: int,
     iters: int,
+    fp32_ref: Optional[torch.Tensor] = None,
 ) -> bool:
     """Run an exported artifact in its backend, compare with the reference and time it; True when ``row`` passed
     (otherwise its status says why: export-only where the backend cannot run it here, or failed)."""
@@ -162,6 +197,8 @@ def _run_row(
         return False
     q = paired_metrics(torch.from_numpy(y), ref_t)
     row.update(psnr=float(q["psnr"].mean()), ssim=float(q["ssim"].mean()))
+    if fp32_ref is not None and prec == "int8":
+        row["psnr_vs_fp32"] = float(paired_metrics(torch.from_numpy(y), fp32_ref)["psnr"].mean())
     timing = time_artifact(
         backend.name,
         None if is_torch else path,

@@ -122,10 +122,13 @@ def _lenient(spec: ExportSpec, fmt: Format) -> bool:
     return spec.keep_going or fmt.name in spec.optional
 
 
-def _cannot(fmt: Format, prec: str, calibration) -> Optional[str]:
-    """Why ``fmt`` cannot write ``prec`` here (its extra is missing, no calibration images), or None."""
+def _cannot(fmt: Format, prec: str, calibration, trained: bool = False) -> Optional[str]:
+    """Why ``fmt`` cannot write ``prec`` here (its extra is missing, no calibration images; ``trained``: a
+    quantisation-aware student, for a format that cannot take its trained scales), or None."""
     if fmt.missing():
         return f"{fmt.missing()[0]} is not installed: {fmt.extra}"
+    if trained:
+        return None if fmt.trained_int8 and prec == "int8" else f"{fmt.name} cannot take trained INT8 scales"
     if prec in fmt.calibrated and not calibration:
         return "no calibration images"
     return None
@@ -184,7 +187,8 @@ class ExportRun:
         if self._reused(fmt, prec, path):
             return []
         if self.progress:
-            self.progress("export", step[0], step[1], {"doing": _doing(fmt, prec, path)})
+            doing = _doing(fmt, prec, path, getattr(self.model, "quantized", False))
+            self.progress("export", step[0], step[1], {"doing": doing})
         recs = _write(self, fmt, prec, path)
         for rec in recs:
             self.doc["files"][rec["path"]] = rec
@@ -213,8 +217,9 @@ class ExportRun:
 
 def _write(run: ExportRun, fmt: Format, prec: str, path: Path) -> list[dict]:
     """One file through its row's exporter: its records (failed or skipped ones with ``keep_going``)."""
-    why = _cannot(fmt, prec, run.calibration)
-    if why is None and fmt.needs_source(prec) and fmt.source not in run.written:
+    trained = getattr(run.model, "quantized", False)  # its INT8 is written from the model's own scales
+    why = _cannot(fmt, prec, run.calibration, trained)
+    if why is None and fmt.needs_source(prec) and fmt.source not in run.written and not trained:
         why = f"the {fmt.source} file it converts from was not written"
     lenient = _lenient(run.spec, fmt)
     if why is not None:
@@ -235,8 +240,10 @@ def _write(run: ExportRun, fmt: Format, prec: str, path: Path) -> list[dict]:
     return out if isinstance(out, list) else [out]
 
 
-def _doing(fmt: Format, prec: str, path: Path) -> str:
+def _doing(fmt: Format, prec: str, path: Path, trained: bool = False) -> str:
     """What the progress line says while ``path`` is written."""
+    if trained:
+        return f"{path.name} (trained INT8 scales, checked against the fake-quantised student)"
     against = f"the {fmt.source} file" if fmt.needs_source(prec) else "PyTorch"
     if fmt.static_only:
         return f"{path.name} ({fmt.name} {prec}, checked in its runtime against {against})"
@@ -264,6 +271,44 @@ def export_files(
     run = ExportRun(model, out_dir, spec, samples, calibration, journal=journal, progress=progress)
     for k, (fmt, prec) in enumerate(files):
         run.write(fmt, prec, (k, len(files)))
+    return run.doc
+
+
+def trained_int8_formats(formats: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """Of ``formats`` (with INT8 among their precisions): those whose INT8 takes a quantisation-aware student's
+    trained scales, and those that calibrate their own (post-training quantisation) instead."""
+    rows = [FORMATS[f] for f in dict.fromkeys(formats) if "int8" in FORMATS[f].precisions]
+    return [f.name for f in rows if f.trained_int8], [f.name for f in rows if not f.trained_int8]
+
+
+def export_trained(
+    model: nn.Module,
+    out_dir: str | Path,
+    spec: ExportSpec,
+    samples: torch.Tensor,
+    *,
+    fp32_onnx: Optional[Path] = None,
+    journal: Optional[Callable[[dict], object]] = None,
+    progress: Optional[Callable] = None,
+) -> dict:
+    """The INT8 files of a quantisation-aware student (``model.quantized``) from its trained scales, for the formats
+    of ``spec.formats`` that take them: the QDQ ONNX first (checked against the fake-quantised model, and compared
+    with ``fp32_onnx``), then the formats that convert from it (OpenVINO). Files are named ``<spec.name>.int8.*``;
+    the other formats' INT8 stays post-training quantisation, said in a note."""
+    trained, others = trained_int8_formats(("onnx",) + tuple(spec.formats))
+    run = ExportRun(model, out_dir, spec, samples, None, journal=journal, progress=progress)
+    if fp32_onnx is not None:
+        run.written["onnx"] = Path(fp32_onnx)
+    for k, name in enumerate(trained):
+        recs = run.write(FORMATS[name], "int8", (k, len(trained)))
+        if name == "onnx" and recs and recs[-1]["status"] == "passed":
+            run.written["onnx"] = run.out / recs[-1]["path"]  # the file the others convert from
+        elif name == "onnx":
+            break
+    if others:
+        run.doc["notes"].append(
+            f"{', '.join(others)} INT8: post-training quantisation (these formats cannot take trained scales yet)"
+        )
     return run.doc
 
 

@@ -214,3 +214,49 @@ def compare_int8(fp32: Path, int8: Path, images: torch.Tensor, iters: int = 10) 
         "latency_ms_int8": lat8,
         "latency_ratio_int8_over_fp32": lat8 / lat32,
     }
+
+
+def unsigned_activations(proto) -> int:
+    """Rewrite a QDQ model's signed per-tensor activation quantisation (INT8, zero point z) as unsigned (UINT8,
+    zero point z + 128): the same values exactly, in the U8S8 form ONNX Runtime's x86 INT8 kernels take natively.
+    Weights stay signed. Returns the quantize/dequantize pairs rewritten (0: left as it was, e.g. zero points that
+    are not initializers)."""
+    import onnx
+    from onnx import numpy_helper
+
+    g = proto.graph
+    init = {i.name: i for i in g.initializer}
+    qdq = [n for n in g.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") and len(n.input) > 2]
+    weight_zps = {n.input[2] for n in qdq if n.op_type == "DequantizeLinear" and n.input[0] in init}
+    acts = [n for n in qdq if not (n.op_type == "DequantizeLinear" and n.input[0] in init)]
+    if any(n.input[2] not in init for n in acts):
+        return 0
+    done: dict[str, str] = {}
+    for n in acts:
+        zp = n.input[2]
+        arr = numpy_helper.to_array(init[zp])
+        if arr.dtype != np.int8 or arr.size != 1:
+            continue
+        if zp not in done:
+            new = numpy_helper.from_array((arr.astype(np.int16) + 128).astype(np.uint8), f"{zp}__u8")
+            g.initializer.append(new)
+            done[zp] = new.name
+        n.input[2] = done[zp]
+    for zp in set(done) - weight_zps:  # an unsigned copy replaced every use
+        if not any(zp in n.input for n in g.node):
+            g.initializer.remove(init[zp])
+    del g.value_info[:]  # the Q outputs' element types changed: let the runtime infer them again
+    onnx.checker.check_model(proto)
+    return len(done)
+
+
+def compare_outputs(model: torch.nn.Module, path: Path, images: torch.Tensor) -> dict:
+    """PSNR of ONNX Runtime running ``path`` against ``model`` (PyTorch) on each image: the mean and the least."""
+    sess = ort_session(path)
+    name = sess.get_inputs()[0].name
+    vals = []
+    for x in images:
+        with torch.no_grad():
+            ref = model(x[None].float()).numpy()
+        vals.append(psnr(ref, sess.run(None, {name: x[None].numpy().astype(np.float32)})[0]))
+    return {"psnr_mean": float(np.mean(vals)), "psnr_min": float(np.min(vals))}

@@ -159,6 +159,8 @@ class Format:
     extra: str = ""  # what to pip install for it
     static_only: bool = False  # batch 1 at one size
     calibrated: tuple[str, ...] = ("int8",)  # precisions that need calibration images
+    # INT8 that takes a quantisation-aware student's trained scales (Request.model.quantized) instead of calibrating
+    trained_int8: bool = False
     source: Optional[str] = None  # the format (at its default precision) this one converts from
     source_required: bool = False  # True: written first when the export did not ask for it
     in_recipe: bool = True  # listed in the recipe's export.formats

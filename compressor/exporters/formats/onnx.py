@@ -30,7 +30,7 @@ from compressor.io import DiskWriteError, atomic_write_text, read_bounded, stage
 from compressor.models import size_multiple
 from compressor.version import __version__
 
-from ..quantize import compare_int8, quantize_onnx
+from ..quantize import compare_int8, compare_outputs, quantize_onnx, unsigned_activations
 from ..records import record
 from ..rows import INPUT, OUTPUT, Backend, Format, Request
 from ..runtimes import ORT_CPU, ORT_CUDA, ORT_TRT, ort_session
@@ -378,9 +378,50 @@ def export_int8(req: Request, target: str = "cpu") -> dict:
     )
 
 
+# ONNX Runtime's INT8 kernels against the fake-quantised PyTorch model they were converted from (dB): the same
+# quantisation steps, so the two differ only by rounding inside the integer kernels
+QAD_PSNR_MIN = 30.0
+
+
+def export_trained_int8(req: Request) -> dict:
+    """INT8 (QDQ) of a quantisation-aware student (``req.model.quantized``): its trained scales and zero points as
+    they are, no calibration; activations written as UINT8 (the same values, ONNX Runtime's U8S8 kernels); checked
+    in ONNX Runtime against the fake-quantised model, and against the FP32 file ``req.source`` where there is
+    one."""
+    qmodel = req.model.eval()
+    samples = torch.from_numpy(req.samples_array())
+    dyn = dynamic_axes(req)
+    meta = {**export_metadata(qmodel, req), "quantization": "trained (quantisation-aware distillation)"}
+    tmp = _export_staged(qmodel.convert(), req.path, samples[:1], dyn, req.option("opset", 18), meta, False)
+    try:
+        proto = onnx.load(str(tmp))
+        rewritten = unsigned_activations(proto)
+        onnx.save(proto, str(tmp))
+        cmp = compare_outputs(qmodel, tmp, samples)
+        vs_fp32 = compare_int8(req.source, tmp, samples) if req.source is not None else {}
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if cmp["psnr_min"] < QAD_PSNR_MIN:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(
+            f"{req.path}: ONNX Runtime INT8 differs from the fake-quantised student: PSNR {cmp['psnr_min']:.1f} dB "
+            f"(limit {QAD_PSNR_MIN})"
+        )
+    _place(tmp, req.path)
+    par = {**cmp, "limit": {"psnr_min": QAD_PSNR_MIN}, "against": "pytorch fake-quantised"}
+    extra = {k: vs_fp32[k] for k in ("psnr_vs_fp32", "latency_ms_fp32", "latency_ms_int8") if k in vs_fp32}
+    return record(
+        req.path, "onnx", "int8", parity=par, quantization="qad", unsigned_activations=rewritten, target="cpu", **extra
+    )
+
+
 def export_file(req: Request) -> dict:
-    """The ONNX row's exporter: FP32 from the model, INT8 from the FP32 file."""
-    return export_fp32(req) if req.precision == "fp32" else export_int8(req)
+    """The ONNX row's exporter: FP32 from the model, INT8 from the FP32 file (or, for a quantisation-aware
+    student, from its trained scales)."""
+    if req.precision == "fp32":
+        return export_fp32(req)
+    return export_trained_int8(req) if getattr(req.model, "quantized", False) else export_int8(req)
 
 
 _ORT = "compressor.exporters.runtimes:OrtRunner"
@@ -408,6 +449,7 @@ FORMAT = Format(
     ".onnx",
     ("fp32", "int8"),
     export_file,
+    trained_int8=True,
     backends=(
         _ort("ort-cpu", "cpu", ORT_CPU, "pip install onnxruntime", "ONNX Runtime on the CPU"),
         _ort("ort-cuda", "cuda", ORT_CUDA, f"pip install onnxruntime-gpu {_GPU}", "ONNX Runtime, CUDA provider"),

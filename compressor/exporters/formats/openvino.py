@@ -185,6 +185,7 @@ def export_openvino(
     reference: Optional[Callable[[np.ndarray], np.ndarray]] = None,
     max_drop: Optional[float] = None,
     targets: Optional[list[np.ndarray]] = None,
+    trained: bool = False,
 ) -> dict:
     """Write the OpenVINO IR of ``model`` at ``out_path`` (``.xml``; ``.bin`` beside it) and return its record.
 
@@ -192,7 +193,8 @@ def export_openvino(
     ``onnx_path`` and ``reference``. ``samples``: (N, C, H, W) float32 in [-1, 1], the parity inputs.
     ``precision``: fp32, fp16 (compressed weights) or int8 (NNCF post-training quantisation of the FP32 IR on
     ``calibration``; with ``max_drop`` (dB of PSNR against FP32), NNCF's accuracy-controlled quantisation, which
-    keeps the layers that cost most in floating point). Raises :class:`ExportError` when parity fails; the file is
+    keeps the layers that cost most in floating point). ``trained``: a quantisation-aware student's INT8, read
+    from its QDQ file ``onnx_path`` as it is (Q/DQ pairs become FakeQuantize nodes). Raises :class:`ExportError` when parity fails; the file is
     renamed into place only after the checks pass.
     """
     import openvino as ov
@@ -224,7 +226,9 @@ def export_openvino(
     tmp_dir = temp_dir(out_path.parent)  # fresh and exclusive: the IR pair is written by name inside it
     try:
         tmp_xml = tmp_dir / out_path.name
-        if precision == "int8":
+        if precision == "int8" and trained:  # the QDQ file's FakeQuantize nodes as they are
+            _save_trained(fp32_model, tmp_xml, record)
+        elif precision == "int8":
             if not calibration:
                 raise UserError("OpenVINO INT8 needs calibration images (--data FOLDER, or export a run)")
             q = quantize(fp32_model, calibration, samples, ref_out, max_drop, targets)
@@ -247,6 +251,15 @@ def export_openvino(
     record["bytes"] = out_path.stat().st_size + out_path.with_suffix(".bin").stat().st_size
     record["seconds"] = round(time.perf_counter() - t0, 2)
     return record
+
+
+def _save_trained(model, xml: Path, record: dict) -> None:
+    """The IR of a quantisation-aware student's INT8 ONNX: its Q/DQ pairs read as FakeQuantize nodes, nothing
+    calibrated again."""
+    import openvino as ov
+
+    record.update(method="trained scales (quantisation-aware distillation)", quantization="qad")
+    ov.save_model(model, xml, compress_to_fp16=False)
 
 
 def _torch_reference(model) -> Callable[[np.ndarray], np.ndarray]:
@@ -312,7 +325,24 @@ def quantize(
 
 def export_ir(req: Request) -> dict:
     """The row's exporter: :func:`export_openvino` from the FP32 ONNX file this export wrote (``req.source``, unless
-    the files are static), else from the PyTorch model."""
+    the files are static), else from the PyTorch model. A quantisation-aware student's INT8 is read from its own
+    INT8 ONNX file (``req.source``: the QDQ file of its trained scales)."""
+    if getattr(req.model, "quantized", False):
+        if req.precision != "int8" or req.source is None:
+            raise UserError("a quantisation-aware student exports to OpenVINO as INT8, from its INT8 ONNX file")
+        rec = export_openvino(
+            req.model,
+            req.path,
+            req.samples_array(),
+            precision="int8",
+            static=req.static,
+            size=req.size,
+            metadata=req.metadata,
+            onnx_path=req.source,
+            trained=True,
+        )
+        keep = {k: v for k, v in rec.items() if k not in ("path", "bytes", "precision", "parity", "seconds")}
+        return record(req.path, "openvino", "int8", parity=rec["parity"], seconds=rec["seconds"], **keep)
     rec = export_openvino(
         req.model,
         req.path,
@@ -336,6 +366,7 @@ FORMAT = Format(
     ".xml",
     ("fp32", "fp16", "int8"),
     export_ir,
+    trained_int8=True,
     backends=(
         Backend(
             "openvino",

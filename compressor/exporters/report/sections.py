@@ -461,10 +461,12 @@ def loss_terms_table(metrics_path: str | Path) -> list[str]:
         for term in shares
     ]
     n = max(len(v) for v in shares.values())
+    quantised = Path(metrics_path).parent.name == "quantize"
+    phase = "Quantisation-aware distillation (distill.quantize), from quantize/" if quantised else "Distillation, from "
     return [
-        "## Loss terms",
+        "## Loss terms" + (": the quantised phase" if quantised else ""),
         "",
-        f"Distillation, from metrics.jsonl: each term's weight, its mean logged value (weighted) and its mean share of "
+        f"{phase}metrics.jsonl: each term's weight, its mean logged value (weighted) and its mean share of "
         f"the student's gradient norm over {n} logged steps (each term's gradient alone; shares sum to 100%).",
         "",
         md_table(["term", "weight", "mean value", "gradient share"], rows),

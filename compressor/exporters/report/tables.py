@@ -71,11 +71,19 @@ def benchmark_caption(doc: dict) -> str:
 
 def benchmark_table(doc: dict, markdown: bool = False) -> list[str]:
     """``compress benchmark``'s table, the one rendering of it: aligned text for the terminal, or a Markdown table
-    for the report."""
-    rows = [benchmark_cells(r, markdown) for r in doc.get("rows", [])]
+    for the report. A run with a quantisation-aware student (``distill.quantize``) shows its INT8 rows as ``int8
+    qad`` beside the calibrated ``int8 ptq`` ones, with their PSNR against the FP32 student in one more column."""
+    header, rows = list(BENCHMARK_HEADER), [benchmark_cells(r, markdown) for r in doc.get("rows", [])]
+    if any("quantization" in r for r in doc.get("rows", [])):
+        header.insert(4, "vs FP32 dB")
+        for cells, r in zip(rows, doc.get("rows", [])):
+            if r.get("quantization"):
+                cells[1] = f"{cells[1]} {r['quantization']}"
+            v = r.get("psnr_vs_fp32")
+            cells.insert(4, "" if v is None else ("inf" if not math.isfinite(v) else f"{v:.1f}"))
     if not markdown:
-        return plain_table(BENCHMARK_HEADER, rows)
-    return md_table(BENCHMARK_HEADER, rows).splitlines()
+        return plain_table(header, rows)
+    return md_table(header, rows).splitlines()
 
 
 def benchmark_section(doc: dict) -> str:

@@ -88,7 +88,9 @@ def write_report(
             atomic_write_bytes(out / rel, data)
         refs.append((g.parent.parent.name if len(grids) > 1 else "", rel))
         blobs[rel] = data
-    metrics = [Path(p).parent / "metrics.jsonl" for p in eval_files]  # the loss terms of each run evaluated
+    # the loss terms of each run evaluated: distillation, and its quantised phase where there is one
+    metrics = [Path(p).parent / sub / "metrics.jsonl" for p in eval_files for sub in (".", "quantize")]
+    metrics = [m for m in metrics if m.parent.name != "quantize" or m.is_file()]
     md = build_markdown(profiles, evals, exports, title, refs or None, benchmarks, metrics)
     plots = make_plots(profiles, evals)
     md_path, html_path = out / "report.md", out / "report.html"
