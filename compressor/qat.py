@@ -122,10 +122,14 @@ class QuantizedStudent(nn.Module):
         return dict(zip(self.tap_names, self.tap_points))
 
     def train(self, mode: bool = True) -> "QuantizedStudent":
+        """Training mode for the optimiser's sake; the graph itself stays in eval mode: its batch norms keep the
+        distilled student's statistics (folded into the convolutions as the INT8 file will have them) and no
+        dropout, so the quantised phase fine-tunes the network the export computes (batch statistics of small
+        training crops would move it away from that network)."""
         _import_quietly()
-        from torchao.quantization.pt2e import move_exported_model_to_eval, move_exported_model_to_train
+        from torchao.quantization.pt2e import move_exported_model_to_eval
 
-        (move_exported_model_to_train if mode else move_exported_model_to_eval)(self.graph)
+        move_exported_model_to_eval(self.graph)
         self.training = mode
         for m in self.tap_points:
             m.training = mode
@@ -186,16 +190,40 @@ def prepare(student: nn.Module, example: torch.Tensor, taps: Iterable[str] = ())
 
 @torch.no_grad()
 def calibrate(model: QuantizedStudent, images: Iterable[np.ndarray | torch.Tensor]) -> int:
-    """Set the observers' ranges from ``images`` (each (1, C, H, W) or (N, C, H, W), the model's input range), as
-    post-training quantisation calibrates: the model in eval mode, observers on. Returns the images seen."""
+    """Set every quantiser's range to the least and greatest value it sees over ``images`` (each (1, C, H, W) or
+    (N, C, H, W), the model's input range), as min-max post-training calibration does. (The QAT observers' own
+    moving average, left alone, would keep the first image's range: ranges too narrow for the rest, clipped.)
+    Returns the images seen."""
+    observers = [m for m in model.graph.modules() if hasattr(m, "averaging_constant") and hasattr(m, "min_val")]
+    constants = [o.averaging_constant for o in observers]
     was = model.training
     model.train(False)
     model.observers(True)
+    lo: list = [None] * len(observers)
+    hi: list = [None] * len(observers)
     n = 0
-    for x in images:
-        t = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
-        model(t.cpu())
-        n += int(t.shape[0])
+    try:
+        for o in observers:
+            o.averaging_constant = 1.0  # each forward: this image's range alone
+        for x in images:
+            t = torch.as_tensor(np.asarray(x, dtype=np.float32)) if not isinstance(x, torch.Tensor) else x.float()
+            model(t.cpu())
+            n += int(t.shape[0])
+            for i, o in enumerate(observers):
+                lo[i] = o.min_val.clone() if lo[i] is None else torch.minimum(lo[i], o.min_val)
+                hi[i] = o.max_val.clone() if hi[i] is None else torch.maximum(hi[i], o.max_val)
+    finally:
+        for o, c in zip(observers, constants):
+            o.averaging_constant = c
+    for i, o in enumerate(observers):
+        if lo[i] is not None:
+            o.min_val.resize_(lo[i].shape).copy_(lo[i])
+            o.max_val.resize_(hi[i].shape).copy_(hi[i])
+    for fq in model.graph.modules():  # the fake quantisers' scales from those ranges
+        if hasattr(fq, "calculate_qparams") and hasattr(fq, "scale") and hasattr(fq, "activation_post_process"):
+            scale, zero_point = fq.calculate_qparams()
+            fq.scale.resize_(scale.shape).copy_(scale)
+            fq.zero_point.resize_(zero_point.shape).copy_(zero_point)
     model.train(was)
     return n
 

@@ -111,6 +111,26 @@ def test_the_onnx_file_holds_the_trained_scales_not_a_fresh_calibration(tmp_path
     assert acts and all(init[n.input[2]].dtype == np.uint8 for n in acts)
 
 
+def test_calibration_takes_the_range_of_every_image_not_the_first():
+    """A narrow first image then a wide one: every quantiser's range is the union of the ranges each image gives
+    alone, as min-max PTQ sets it (the QAT observers' moving average would keep the first image's narrow range and
+    clip the rest)."""
+    net = _student(3)
+    narrow, wide = _images(1, seed=7) * 0.05, _images(1, seed=8)
+
+    def ranges(images):
+        q = qat.prepare(net, _images(2), [])
+        qat.calibrate(q, images)
+        return {k: v for k, v in q.state_dict().items() if k.endswith(("min_val", "max_val")) and v.numel() == 1}
+
+    both, a, b = ranges([narrow, wide]), ranges([narrow]), ranges([wide])
+    assert both
+    for k, v in both.items():
+        union = torch.minimum(a[k], b[k]) if k.endswith("min_val") else torch.maximum(a[k], b[k])
+        assert torch.equal(v, union), k
+    assert sum(not torch.equal(both[k], a[k]) for k in both) >= 10  # the wide image did widen them
+
+
 class _Pairs(torch.utils.data.Dataset):
     def __len__(self):
         return 6

@@ -1,6 +1,6 @@
 """INT8 after quantisation-aware distillation (QAD) against post-training quantisation (PTQ), on a run's test set.
 
-    python tools/bench_qad.py RUN_DIR [--size 256] [--iters 50] [--max-images N] [--json out.json]
+    python tools/bench_qad.py RUN_DIR [--size 256] [--iters 50] [--max-images N] [--json out.json] [--trust-code]
 
 RUN_DIR is a run made with ``distill.quantize`` (``student.qad.safetensors``) whose export stage wrote the INT8
 files: ``student.int8.onnx`` (PTQ, ONNX Runtime's calibration) and ``student.qad.int8.onnx`` (the trained scales),
@@ -34,6 +34,7 @@ from compressor.metrics import paired_metrics  # noqa: E402
 from compressor.runfolder import RunDir, load_run_recipe, load_run_student, load_run_teacher  # noqa: E402
 from compressor.stats import paired_mean_difference  # noqa: E402
 from compressor.train import cpu_flags  # noqa: E402
+from compressor.trust import trust_all_code  # noqa: E402
 
 FILES = {  # model name -> (file, backend)
     "ort-int8-ptq": ("student.int8.onnx", "ort-cpu"),
@@ -121,7 +122,10 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--max-images", type=int, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--trust-code", action="store_true", help="allow the run's teacher.json to import its code")
     a = ap.parse_args(argv)
+    if a.trust_code:
+        trust_all_code()
     run = RunDir(a.run)
     if not run.student_qad.exists():
         print(f"error: {run.root}: no student.qad.safetensors (run the recipe with distill.quantize)", file=sys.stderr)

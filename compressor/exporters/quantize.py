@@ -260,3 +260,41 @@ def compare_outputs(model: torch.nn.Module, path: Path, images: torch.Tensor) ->
             ref = model(x[None].float()).numpy()
         vals.append(psnr(ref, sess.run(None, {name: x[None].numpy().astype(np.float32)})[0]))
     return {"psnr_mean": float(np.mean(vals)), "psnr_min": float(np.min(vals))}
+
+
+def quantize_before_pad(proto) -> int:
+    """Where a ``Pad`` feeds a per-tensor ``QuantizeLinear`` (``Pad -> Q -> DQ -> Conv``, as PT2E writes a convolution's
+    input), quantise its input too (``Q -> DQ -> Pad -> Q -> DQ``): the same values exactly (reflect and edge padding
+    copy values already on the grid, constant padding adds zeros, which the zero point represents exactly), but the
+    padding runs on INT8 data in the runtimes that move dequantisation through data-movement ops (OpenVINO runs it in
+    u8, as it does for NNCF's files). Returns the pads rewritten."""
+    from onnx import helper
+
+    g = proto.graph
+    init = {i.name for i in g.initializer}
+    users: dict[str, list] = {}
+    for n in g.node:
+        for i in n.input:
+            users.setdefault(i, []).append(n)
+    done = 0
+    for pad in [n for n in g.node if n.op_type == "Pad"]:
+        after = users.get(pad.output[0], [])
+        if len(after) != 1 or after[0].op_type != "QuantizeLinear" or not set(after[0].input[1:]) <= init:
+            continue
+        mode = next((a.s.decode() for a in pad.attribute if a.name == "mode"), "constant")
+        if mode == "constant" and len(pad.input) > 2 and pad.input[2]:
+            continue  # a constant other than the default 0 may not be on the grid
+        q = after[0]
+        x = pad.input[0]
+        qn, dqn = f"{pad.name or pad.output[0]}__q", f"{pad.name or pad.output[0]}__dq"
+        g.node.insert(
+            list(g.node).index(pad),
+            helper.make_node("QuantizeLinear", [x, *q.input[1:]], [qn + "_out"], name=qn),
+        )
+        g.node.insert(
+            list(g.node).index(pad),
+            helper.make_node("DequantizeLinear", [qn + "_out", *q.input[1:]], [dqn + "_out"], name=dqn),
+        )
+        pad.input[0] = dqn + "_out"
+        done += 1
+    return done

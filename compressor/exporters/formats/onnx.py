@@ -412,7 +412,14 @@ def export_trained_int8(req: Request) -> dict:
     par = {**cmp, "limit": {"psnr_min": QAD_PSNR_MIN}, "against": "pytorch fake-quantised"}
     extra = {k: vs_fp32[k] for k in ("psnr_vs_fp32", "latency_ms_fp32", "latency_ms_int8") if k in vs_fp32}
     return record(
-        req.path, "onnx", "int8", parity=par, quantization="qad", unsigned_activations=rewritten, target="cpu", **extra
+        req.path,
+        "onnx",
+        "int8",
+        parity=par,
+        quantization="qad",
+        unsigned_activations=rewritten,
+        target="cpu",
+        **extra,
     )
 
 

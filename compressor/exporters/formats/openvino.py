@@ -24,6 +24,7 @@ import numpy as np
 from compressor.errors import ExportError, UserError
 from compressor.io import remove_tree, temp_dir
 
+from ..quantize import quantize_before_pad
 from ..records import record
 from ..rows import Backend, Format, Request, Runner
 
@@ -253,6 +254,19 @@ def export_openvino(
     return record
 
 
+def _pads_on_int8(qdq: Path, folder: Path) -> Path:
+    """A copy of a QDQ file with each convolution's input quantised before its padding too
+    (:func:`~compressor.exporters.quantize.quantize_before_pad`: the same values), so that OpenVINO pads INT8 data
+    as it does in NNCF's files; ONNX Runtime runs the file as it is written."""
+    import onnx
+
+    proto = onnx.load(str(qdq))
+    quantize_before_pad(proto)
+    out = folder / qdq.name
+    onnx.save(proto, str(out))
+    return out
+
+
 def _save_trained(model, xml: Path, record: dict) -> None:
     """The IR of a quantisation-aware student's INT8 ONNX: its Q/DQ pairs read as FakeQuantize nodes, nothing
     calibrated again."""
@@ -330,17 +344,21 @@ def export_ir(req: Request) -> dict:
     if getattr(req.model, "quantized", False):
         if req.precision != "int8" or req.source is None:
             raise UserError("a quantisation-aware student exports to OpenVINO as INT8, from its INT8 ONNX file")
-        rec = export_openvino(
-            req.model,
-            req.path,
-            req.samples_array(),
-            precision="int8",
-            static=req.static,
-            size=req.size,
-            metadata=req.metadata,
-            onnx_path=req.source,
-            trained=True,
-        )
+        folder = temp_dir(req.path.parent)
+        try:
+            rec = export_openvino(
+                req.model,
+                req.path,
+                req.samples_array(),
+                precision="int8",
+                static=req.static,
+                size=req.size,
+                metadata=req.metadata,
+                onnx_path=_pads_on_int8(req.source, folder),
+                trained=True,
+            )
+        finally:
+            remove_tree(folder)
         keep = {k: v for k, v in rec.items() if k not in ("path", "bytes", "precision", "parity", "seconds")}
         return record(req.path, "openvino", "int8", parity=rec["parity"], seconds=rec["seconds"], **keep)
     rec = export_openvino(
