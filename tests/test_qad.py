@@ -234,6 +234,28 @@ def test_the_pipeline_trains_exports_and_benchmarks_the_quantised_student(tmp_pa
     assert "int8 qad" in res.stdout and "int8 ptq" in res.stdout
 
 
+def test_the_benchmark_table_says_which_int8_rows_are_trained_and_why_others_are_not():
+    from compressor.exporters.report.tables import benchmark_table
+
+    rows = [
+        {"format": "onnx", "precision": "fp32", "status": "passed", "psnr": 30.0},
+        {"format": "onnx", "precision": "int8", "quantization": "ptq", "status": "passed", "psnr_vs_fp32": 45.5},
+        {
+            "format": "litert",
+            "precision": "int8",
+            "quantization": "ptq",
+            "status": "passed",
+            "psnr_vs_fp32": 33.0,
+            "note": "litert cannot take trained INT8 scales yet: post-training quantisation",
+        },
+        {"format": "onnx", "precision": "int8", "quantization": "qad", "status": "passed", "psnr_vs_fp32": 37.3},
+    ]
+    text = "\n".join(benchmark_table({"rows": rows}))
+    assert "vs FP32 dB" in text and "int8 qad" in text and "int8 ptq" in text
+    assert "passed (litert cannot take trained INT8 scales yet" in text
+    assert "45.5" in text and "37.3" in text
+
+
 @pytest.mark.parametrize(
     "quantize, needle",
     [

@@ -97,6 +97,8 @@ def benchmark(
         row: dict = {"format": fmt.name, "precision": prec, "backend": fmt.backend.name if fmt.backend else None}
         if qad is not None and prec == "int8":
             row["quantization"] = "qad" if trained_row else "ptq"
+            if not fmt.trained_int8:  # no QAD row follows: say why, beside its post-training one
+                row["note"] = f"{fmt.name} cannot take trained INT8 scales yet: post-training quantisation"
         rows.append(row)
         if progress:
             doing = f"{fmt.name} {prec}: export, check against the reference, time"

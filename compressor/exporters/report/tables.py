@@ -79,6 +79,8 @@ def benchmark_table(doc: dict, markdown: bool = False) -> list[str]:
         for cells, r in zip(rows, doc.get("rows", [])):
             if r.get("quantization"):
                 cells[1] = f"{cells[1]} {r['quantization']}"
+            if r.get("note"):
+                cells[-1] = f"{cells[-1]} ({r['note']})"
             v = r.get("psnr_vs_fp32")
             cells.insert(4, "" if v is None else ("inf" if not math.isfinite(v) else f"{v:.1f}"))
     if not markdown:
