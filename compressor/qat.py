@@ -89,9 +89,8 @@ class _Tapped(nn.Module):
         return (y,) + tuple(feats[n] for n in self.taps)
 
 
-def _dynamic(example: torch.Tensor) -> dict:
-    auto = torch.export.Dim.AUTO
-    return {"x": {0: auto, 2: auto, 3: auto}}
+# batch, height and width stay dynamic in the exported graph (Dim.AUTO: torch.export infers their constraints)
+_DYNAMIC = {"x": {0: torch.export.Dim.AUTO, 2: torch.export.Dim.AUTO, 3: torch.export.Dim.AUTO}}
 
 
 class QuantizedStudent(nn.Module):
@@ -183,7 +182,7 @@ def prepare(student: nn.Module, example: torch.Tensor, taps: Iterable[str] = ())
     taps = list(taps)
     net = copy.deepcopy(student).cpu().train()
     example = example.detach().cpu().float()
-    exported = torch.export.export(_Tapped(net, taps), (example,), dynamic_shapes=_dynamic(example))
+    exported = torch.export.export(_Tapped(net, taps), (example,), dynamic_shapes=_DYNAMIC)
     graph = prepare_qat_pt2e(exported.module(), make_quantizer(qat=True))
     return QuantizedStudent(graph, taps, size_multiple(student), input_channels(student))
 

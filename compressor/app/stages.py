@@ -40,7 +40,7 @@ from ..train import Direction, Trainer, TrainSetup, seed_everything
 from .commands import EVALUATE_DOING, evaluate_run, plan_student, recipe_calibration, recipe_samples, run_export_spec
 from .context import Context, checkpoint_policy, resume_command
 from .distributed import launch_distributed
-from .preflight import check_quantize, check_runs, check_size, check_taps, example_input
+from .preflight import check_runs, check_size, check_taps, example_input
 
 log = logging.getLogger(__name__)
 
@@ -340,8 +340,7 @@ def stage_quantize(ctx: Context) -> None:
     r, run = ctx.recipe, ctx.run
     q = r.distill.quantize
     steps = q.steps or max(1, r.distill.steps // QUANTIZE_SHARE)
-    check_quantize(r)
-    seed_everything(r.seed)
+    seed_everything(r.seed)  # (its quantizer and data kind were checked before the run began: preflight)
     dirs, taps, srp_layers, feat, channels = distill_setup(ctx, run.student_dir)
     d = dirs[0]
     example = example_input(r, d.student, batch=2)  # batch 2: export keeps batch, height and width dynamic
