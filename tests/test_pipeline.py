@@ -183,16 +183,21 @@ def test_stage_digests_are_unchanged(tiny_recipe):
 
 
 def test_teacher_digest_fingerprints_its_checkpoint(tmp_path, tiny_recipe):
-    """The teacher's digest: its name, its checkpoints (path, size, whole-second mtime), its recipe sections."""
+    """The teacher's digest: its name, its checkpoints (size and SHA-256 of the content), its recipe sections: the
+    same file provisioned again (another modification time) is the same teacher, changed bytes are another."""
     ckpt = tmp_path / "t.pth"
     ckpt.write_bytes(b"0123456789")
     os.utime(ckpt, (1_700_000_000.7, 1_700_000_000.7))
     recipe = load_recipe(tiny_recipe, ["teacher.train=null", f"teacher.checkpoint={ckpt}"])
     h = hashlib.sha256(b"teacher")
-    h.update(f"{ckpt.resolve()}:10:1700000000".encode())
+    h.update(f"10:{hashlib.sha256(b'0123456789').hexdigest()}".encode())
     h.update(b"none")
     h.update(recipe.section_hash("teacher").encode())
     assert _digests(recipe)["teacher"] == h.hexdigest()[:16]
+    os.utime(ckpt, (1_800_000_000.2, 1_800_000_000.2))
+    assert _digests(recipe)["teacher"] == h.hexdigest()[:16]
+    ckpt.write_bytes(b"0123456780")
+    assert _digests(recipe)["teacher"] != h.hexdigest()[:16]
 
 
 def test_the_stage_table_is_consistent(tmp_path):

@@ -30,11 +30,23 @@ from .stages import STAGE_BY_NAME, STAGES, check_stage_names
 log = logging.getLogger(__name__)
 
 
+_CONTENT: dict[tuple, str] = {}  # (path, size, mtime_ns) -> content digest, hashed once per process
+
+
 def _file_fingerprint(path: Optional[Path]) -> str:
+    """An input file by its content (size and SHA-256): a checkpoint provisioned again at its path (a new
+    modification time, the same bytes) is the same checkpoint, and its runs stay up to date and resumable."""
     if path is None or not path.exists():
         return "none"
     st = path.stat()
-    return f"{path.resolve()}:{st.st_size}:{int(st.st_mtime)}"
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _CONTENT:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _CONTENT[key] = f"{st.st_size}:{h.hexdigest()}"
+    return _CONTENT[key]
 
 
 def stage_digest(ctx: Context, name: str) -> str:
