@@ -1,5 +1,5 @@
-"""Feature taps: forward hooks on named modules. Teacher and student share module names, so one list of names
-taps both."""
+"""Feature taps: forward hooks on named modules. A slimmed student shares the teacher's module names, so one list
+of names taps both; a student of another architecture is tapped by its own names (tap pairs)."""
 
 from __future__ import annotations
 
@@ -34,6 +34,25 @@ def resolve_taps(
             )
         out[layer] = target
     return out
+
+
+def resolve_tap_pairs(
+    teacher: nn.Module,
+    student: nn.Module,
+    pairs: dict[str, tuple[str, str]],
+    teacher_aliases: dict[str, str] | None = None,
+    key: str = "distill.losses.srp.pairs",
+) -> tuple[dict[str, str], dict[str, str]]:
+    """``(teacher taps, student taps)``: alias -> module name in each network, for ``pairs`` (alias -> (teacher
+    tap, student tap)). The student's tap names are its module names and zoo aliases, then the teacher's aliases:
+    a slimmed student has the teacher's names, a student of another architecture its own."""
+    t_taps = resolve_taps(teacher, [t for t, _ in pairs.values()], teacher_aliases, key=key)
+    s_aliases = {**default_taps(teacher), **(teacher_aliases or {}), **default_taps(student)}
+    s_taps = resolve_taps(student, [s for _, s in pairs.values()], s_aliases, key=key)
+    return (
+        {alias: t_taps[t] for alias, (t, _) in pairs.items()},
+        {alias: s_taps[s] for alias, (_, s) in pairs.items()},
+    )
 
 
 def tap_modules(model: nn.Module) -> dict[str, nn.Module]:
@@ -100,19 +119,25 @@ def check_tap_pair(
     taps: dict[str, str],
     example: torch.Tensor,
     key: str = "distill.losses.srp.layers",
+    student_taps: dict[str, str] | None = None,
 ) -> dict[str, tuple[int, int]]:
-    """Verify teacher and student taps share H,W; return (C_teacher, C_student) per alias."""
+    """Verify that every tap gives a 4-D feature map in both networks; return (C_teacher, C_student) per alias.
+    Maps of different sizes are compared at the smaller one (:func:`compressor.losses.common_size`), so H and W may
+    differ; channel counts never need to match (SRP's relation matrix is HW x HW, feature adapters map them)."""
+    student_taps = student_taps or taps
     st = probe_shapes(teacher, taps, example)
-    ss = probe_shapes(student, taps, example)
+    ss = probe_shapes(student, student_taps, example)
     out = {}
     for alias in taps:
-        if alias not in st or alias not in ss:
-            raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) was not executed by the forward pass")
+        for side, shapes, names in (("teacher", st, taps), ("student", ss, student_taps)):
+            if alias not in shapes:
+                raise RecipeError(
+                    f"{key}: the {side}'s tap {alias!r} ({names[alias]}) was not executed by its forward pass"
+                )
         t, s = st[alias], ss[alias]
-        if len(t) != 4 or len(s) != 4 or t[2:] != s[2:]:
+        if len(t) != 4 or len(s) != 4:
             raise RecipeError(
-                f"{key}: layer {alias!r} ({taps[alias]}) has teacher shape {t} and student shape "
-                f"{s}; SRP needs 4-D features with equal H,W"
+                f"{key}: tap {alias!r} has teacher shape {t} and student shape {s}; SRP needs (B, C, H, W) feature maps"
             )
         out[alias] = (t[1], s[1])
     return out

@@ -96,6 +96,16 @@ def srp_loss_reference(
     return diff.pow(2).mean()
 
 
+def common_size(f_t: torch.Tensor, f_s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two feature maps at the smaller of their sizes: the larger is area-pooled (adaptive average pooling) to the
+    smaller H and W. Maps of the same size come back unchanged."""
+    if f_t.shape[-2:] == f_s.shape[-2:]:
+        return f_t, f_s
+    size = (min(f_t.shape[-2], f_s.shape[-2]), min(f_t.shape[-1], f_s.shape[-1]))
+    pool = lambda f: f if tuple(f.shape[-2:]) == size else F.adaptive_avg_pool2d(f, size)  # noqa: E731
+    return pool(f_t), pool(f_s)
+
+
 def srp_multi(
     feats_t: dict,
     feats_s: dict,
@@ -111,14 +121,15 @@ def srp_multi(
 
     ``normalize="entries"``: each layer's loss is the mean over the (HW)² relation entries (the paper's form,
     bounded by 4/HW); ``"rows"``: HW times that, the mean over the HW rows of the squared row difference (bounded
-    by 4, whatever the resolution), so that one weight means the same at every tap and image size.
+    by 4, whatever the resolution), so that one weight means the same at every tap and image size. A teacher's and
+    a student's maps of different sizes (a student of another architecture) meet at the smaller size.
     """
     if normalize not in ("entries", "rows"):
         raise ValueError(f"normalize must be 'entries' or 'rows', not {normalize!r}")
     weights = weights or [1.0] * len(layers)
     total = 0.0
     for name, w in zip(layers, weights):
-        f_t, f_s = feats_t[name], feats_s[name]
+        f_t, f_s = common_size(feats_t[name], feats_s[name])
         if variant == "l1":
             loss = srp_loss_reference(f_t, f_s, pool=pool, p=1)
         else:
@@ -148,7 +159,8 @@ class FeatureAdapters(nn.Module):
     def forward(self, feats_t: dict, feats_s: dict) -> torch.Tensor:
         total = 0.0
         for name, conv in zip(self.names, self.adapters):
-            total = total + F.mse_loss(conv(feats_s[name]), feats_t[name])
+            f_t, f_s = common_size(feats_t[name], feats_s[name])
+            total = total + F.mse_loss(conv(f_s), f_t)
         return total
 
 

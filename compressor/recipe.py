@@ -279,6 +279,11 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "distill.losses.recon.loss": "l1",
     "distill.losses.srp.grad_ratio": None,
     "distill.quantize": None,
+    "student.arch": None,
+    "student.import": None,
+    "student.kwargs": {},
+    "distill.losses.srp.pairs": None,
+    "distill.losses.feat.pairs": None,
 }
 # ... and the loss terms added since, while off (the rows of compressor.terms.TERMS marked neutral)
 _DIGEST_NEUTRAL = {**DIGEST_NEUTRAL_DEFAULTS, **digest_neutral_defaults()}
@@ -299,6 +304,18 @@ class StudentSpec(Strict):
     )
     budget: Optional[BudgetSpec] = Field(None, description="width auto: one of latency_ms, speedup, macs, params")
     margin: float = Field(0.05, ge=0, lt=1, description="width auto: keep this fraction below a latency budget")
+    arch: Optional[str] = Field(
+        None, description="a student of another architecture: a zoo name (instead of a width of the teacher)"
+    )
+    import_: Optional[str] = Field(
+        None, alias="import", description="a student of another architecture: 'pkg.module:factory' or 'file.py:factory'"
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="student.arch / student.import: its arguments")
+
+    @property
+    def other_arch(self) -> bool:
+        """Whether the student is a network of its own (``arch``/``import``), not a slimmed copy of the teacher."""
+        return bool(self.arch or self.import_)
 
     @field_validator("width", mode="before")
     @classmethod
@@ -319,6 +336,28 @@ class StudentSpec(Strict):
 
     @model_validator(mode="after")
     def _check(self):
+        if self.arch and self.import_:
+            raise ValueError("student: give one of 'arch' (a zoo name) or 'import' (module:factory), not both")
+        if self.other_arch:
+            which = "arch" if self.arch else "import"
+            slimming = [k for k in ("width", "method", "init", "keep", "round_channels", "budget", "outputs")]
+            given = [k for k in slimming if k in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"student.{given[0]} slims the teacher; student.{which} names a network of its own: give one"
+                )
+            try:
+                json.dumps(self.kwargs, allow_nan=False)
+            except (TypeError, ValueError):
+                raise ValueError(
+                    "student.kwargs: values must be plain data (numbers, strings, booleans, lists, mappings)"
+                ) from None
+            if self.arch is not None:
+                if self.arch not in ZOO_ARCHS:
+                    raise ValueError(f"student.arch: unknown zoo name {self.arch!r} (one of {', '.join(ZOO_ARCHS)})")
+                check_zoo_kwargs(self.arch, self.kwargs, key="student.kwargs")
+        elif self.kwargs:
+            raise ValueError("student.kwargs: only with student.arch or student.import")
         if self.width == "auto" and self.budget is None:
             raise ValueError("student.width auto needs student.budget (one of latency_ms, speedup, macs or params)")
         return self
@@ -451,7 +490,10 @@ class Recipe(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="cuda when present, else cpu")
     data: DataSpec = Field(..., description="dataset")
     teacher: TeacherSpec = Field(..., description="the generator to compress")
-    student: StudentSpec = Field(default_factory=StudentSpec, description="the slimmed student")
+    student: StudentSpec = Field(
+        default_factory=StudentSpec,
+        description="the student: the teacher slimmed to a width, or a network of its own (arch or import)",
+    )
     distill: DistillSpec = Field(default_factory=DistillSpec, description="distillation training")
     evaluate: EvaluateSpec = Field(default_factory=EvaluateSpec, description="teacher-vs-student evaluation")
     export: ExportSpec = Field(default_factory=ExportSpec, description="deployment export")
@@ -465,12 +507,13 @@ class Recipe(Strict):
                 "teacher.reverse_checkpoint: unpaired data needs the B->A teacher's checkpoint too "
                 "(or teacher.train to train both)"
             )
-        mult = ZOO_ARCHS.get(t.arch or "", {}).get("size_multiple")
-        if mult and self.data.size % mult:
-            raise ValueError(
-                f"data.size: {self.data.size} is not a multiple of {mult}, which {t.arch} needs "
-                f"(e.g. {max(mult, self.data.size // mult * mult)})"
-            )
+        for arch in (t.arch, self.student.arch):
+            mult = ZOO_ARCHS.get(arch or "", {}).get("size_multiple")
+            if mult and self.data.size % mult:
+                raise ValueError(
+                    f"data.size: {self.data.size} is not a multiple of {mult}, which {arch} needs "
+                    f"(e.g. {max(mult, self.data.size // mult * mult)})"
+                )
         return self
 
     @model_validator(mode="after")

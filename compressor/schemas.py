@@ -102,9 +102,10 @@ class StudentPlan(Open):
     """``student.json``: how to rebuild the student before its weights load."""
 
     version: Optional[StrictInt] = None
-    method: Optional[Literal["rebuild", "prune"]] = None
+    method: Optional[Literal["rebuild", "prune", "arch"]] = None
     width: Optional[Union[Finite, StrictStr]] = None
     teacher: ArchSpec
+    student: Optional[ArchSpec] = None  # method arch: a network of its own
     ngf: Optional[Annotated[StrictInt, Field(ge=1, le=4096)]] = None
     example_shape: Optional[list[Annotated[StrictInt, Field(ge=1, le=8192)]]] = None
     history: Optional[list[HistoryEntry]] = Field(None, max_length=100_000)
@@ -295,6 +296,7 @@ class EvalDoc(Open):
     fid_skipped: Optional[StrictStr] = None
     student_pct_of_teacher: Optional[dict[str, Optional[float]]] = None
     published_check: Optional[PublishedCheck] = None
+    student_built: Optional[Annotated[StrictStr, Field(max_length=2000)]] = None  # how the student was made
 
 
 class FileRecord(Open):

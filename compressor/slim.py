@@ -781,6 +781,54 @@ def replay_shape(shape: list[int]) -> list[int]:
     return [1, c, h, w]
 
 
+def _first_image(out: Any) -> Optional[torch.Tensor]:
+    leaves = _tensor_leaves(out)
+    return leaves[0] if leaves else None
+
+
+def other_student(
+    teacher: nn.Module, spec: dict, example_input: Optional[torch.Tensor] = None, allow_import: Optional[bool] = None
+) -> tuple[nn.Module, dict]:
+    """Return ``(student, plan)`` for a student of another architecture (``student.arch`` / ``student.import``):
+    ``spec`` is ``{"arch"|"import": ..., "kwargs": {...}}`` as :func:`build_from_spec` takes it. The student works
+    in the toolkit's [-1, 1] range (no wrapper), starts from its own initialisation, and must return an image of
+    the teacher's shape (one :class:`RecipeError` line if not)."""
+    x = _example_for(teacher, example_input)
+    student = build_from_spec(spec, init="normal", allow_import=allow_import, source="student")
+    if not isinstance(student, nn.Module):
+        raise RecipeError(f"student.import: {spec.get('import')} returned {type(student).__name__}, not an nn.Module")
+    training = teacher.training
+    with torch.no_grad():
+        want = teacher.eval()(x)
+        try:
+            got = student.eval()(x)
+        except Exception as exc:  # noqa: BLE001 - the user's network on the teacher's input
+            first = str(exc).splitlines()[0][:200] if str(exc) else ""
+            raise RecipeError(
+                f"student.{'arch' if spec.get('arch') else 'import'}: the student cannot run on the teacher's input "
+                f"{tuple(x.shape)} ({type(exc).__name__}: {first})"
+            ) from None
+    got = got if isinstance(got, torch.Tensor) else _first_image(got)
+    if got is None or tuple(got.shape) != tuple(want.shape):
+        shown = tuple(got.shape) if got is not None else "no tensor"
+        raise RecipeError(
+            f"student.{'arch' if spec.get('arch') else 'import'}: the student returns {shown} for an input of "
+            f"{tuple(x.shape)}, the teacher {tuple(want.shape)}; their outputs must have the same shape"
+        )
+    student.train(training)
+    teacher.train(training)
+    tspec = teacher_spec_of(teacher)
+    plan: dict[str, Any] = {
+        "version": PLAN_VERSION,
+        "method": "arch",
+        "student": dict(spec),
+        "teacher": tspec,
+        "example_shape": list(x.shape),
+    }
+    student.compressor_spec = dict(spec)
+    return student, plan
+
+
 def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Module:
     """Rebuild the student's architecture (random weights) from a plan (an imported architecture needs consent:
     see :func:`build_from_spec`)."""
@@ -788,6 +836,13 @@ def student_from_plan(plan: dict, allow_import: Optional[bool] = None) -> nn.Mod
     if not spec or not isinstance(spec, dict):
         raise CheckpointError("student.json: the plan has no teacher spec to rebuild from")
     check(plan, StudentPlan, "student.json")  # a plan from elsewhere: bounded example_shape, typed history
+    if plan.get("method") == "arch":
+        own = plan.get("student")
+        if not isinstance(own, dict):
+            raise CheckpointError("student.json: a student of another architecture needs its 'student' spec")
+        model = build_from_spec(own, init=None, allow_import=allow_import, source="student.json")
+        model.compressor_spec = dict(own)
+        return model
     if plan.get("method") == "rebuild":
         kwargs = dict(spec.get("kwargs") or {}, ngf=plan.get("ngf"))
         ranges = {k: spec[k] for k in ("input_range", "output_range", "residual") if k in spec}

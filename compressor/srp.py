@@ -15,20 +15,20 @@ features recorded by the same forward hooks (:class:`compressor.features.Feature
 from __future__ import annotations
 
 from itertools import cycle, islice
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .features import FeatureTaps, resolve_taps
+from .features import FeatureTaps, resolve_tap_pairs
 from .losses import srp_multi
-from .models import default_taps
 
 
 class SRPLoss(nn.Module):
-    """SRP between ``teacher`` and ``student`` at ``layers`` (tap aliases or module names; the student's are looked
-    up under the same names). Calling it returns the weighted SRP of the features the last forward pass of each
+    """SRP between ``teacher`` and ``student`` at ``layers``: tap aliases or module names, the student's looked up
+    under the same names (a slimmed student), or ``(teacher tap, student tap)`` pairs, each looked up in its own
+    network (a student of another architecture; maps of different sizes meet at the smaller). Calling it returns the weighted SRP of the features the last forward pass of each
     model recorded, and clears them; :meth:`remove` takes the hooks off. ``normalize="rows"`` is the pipeline's
     default scale (one weight means the same at every tap and image size); ``layer_weights``, ``pool``, ``variant``
     and ``float64`` are those of the recipe's ``distill.losses.srp``. Neither model becomes a submodule: the loss
@@ -38,7 +38,7 @@ class SRPLoss(nn.Module):
         self,
         teacher: nn.Module,
         student: nn.Module,
-        layers: Sequence[str] = ("encoder",),
+        layers: Sequence[Union[str, tuple[str, str]]] = ("encoder",),
         layer_weights: Optional[Sequence[float]] = None,
         *,
         pool: Optional[int] = None,
@@ -47,14 +47,15 @@ class SRPLoss(nn.Module):
         normalize: str = "rows",
     ):
         super().__init__()
-        self.layers = list(layers)
+        pairs = {}
+        for layer in layers:
+            t, s = (layer, layer) if isinstance(layer, str) else tuple(layer)
+            pairs[t if t == s else f"{t}->{s}"] = (t, s)
+        self.layers = list(pairs)
         self.layer_weights = list(layer_weights) if layer_weights is not None else None
         self.pool, self.variant, self.float64, self.normalize = pool, variant, float64, normalize
-        aliases = default_taps(teacher)
-        self._taps = (
-            FeatureTaps(teacher, resolve_taps(teacher, self.layers, key="layers")).__enter__(),
-            FeatureTaps(student, resolve_taps(student, self.layers, aliases, key="layers")).__enter__(),
-        )
+        t_taps, s_taps = resolve_tap_pairs(teacher, student, pairs, key="layers")
+        self._taps = (FeatureTaps(teacher, t_taps).__enter__(), FeatureTaps(student, s_taps).__enter__())
 
     def forward(self) -> torch.Tensor:
         teacher, student = self._taps
@@ -90,7 +91,7 @@ def distill(
     lr: float = 2e-4,
     kd_weight: float = 10.0,
     srp_weight: float = 5.0,
-    layers: Sequence[str] = ("encoder",),
+    layers: Sequence[Union[str, tuple[str, str]]] = ("encoder",),
     device: str = "cpu",
 ) -> list[dict]:
     """Train ``student`` to match ``teacher`` on ``images`` (batches (N, C, H, W) in [-1, 1], cycled for ``steps``

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Literal, Optional
+from typing import Annotated, Any, Callable, ClassVar, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -68,10 +68,45 @@ class GanLossSpec(WeightSpec):
     mode: Literal["lsgan", "vanilla", "hinge"] = Field("lsgan", description="adversarial loss")
 
 
-class SrpLossSpec(TeacherWeightSpec):
+TapPair = Annotated[list[str], Field(min_length=2, max_length=2)]
+PAIR_SEP = "->"  # a pair's tap alias: TEACHER_TAP->STUDENT_TAP
+
+
+class TappedSpec(TeacherWeightSpec):
+    """A term that reads tapped features: ``layers`` (the same tap names in teacher and student) or ``pairs``
+    (``[teacher tap, student tap]``, for a student of another architecture or other names)."""
+
+    layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
+    pairs: Optional[list[TapPair]] = Field(
+        None,
+        min_length=1,
+        description="[[TEACHER_TAP, STUDENT_TAP], ...]: taps named in each network (maps of different sizes are "
+        "compared at the smaller size)",
+    )
+
+    @model_validator(mode="after")
+    def _pairs_or_layers(self):
+        if self.pairs is not None and "layers" in self.model_fields_set:
+            raise ValueError(
+                "give layers (the same tap in both networks) or pairs ([teacher tap, student tap]), not both"
+            )
+        return self
+
+    def tap_pairs(self) -> dict[str, tuple[str, str]]:
+        """Each tap's alias -> (teacher tap, student tap): a layer is its own alias in both networks, a pair's
+        alias is ``TEACHER->STUDENT``."""
+        if self.pairs is None:
+            return {layer: (layer, layer) for layer in self.layers}
+        return {f"{t}{PAIR_SEP}{s}" if t != s else t: (t, s) for t, s in self.pairs}
+
+    @property
+    def aliases(self) -> list[str]:
+        return list(self.tap_pairs())
+
+
+class SrpLossSpec(TappedSpec):
     _note: str = PrivateAttr("")  # how to convert a weight written before normalize existed (log_old_weights)
     weight: float = Field(SRP_DEFAULT_WEIGHT, ge=0)
-    layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
     layer_weights: Optional[list[float]] = Field(None, description="one weight per layer (default: all 1)")
     pool: Optional[int] = Field(None, ge=1, description="average-pool features to this size first")
     variant: Literal["l2", "l1"] = Field("l2", description="l2: exact factorised form; l1: materialised")
@@ -93,8 +128,8 @@ class SrpLossSpec(TeacherWeightSpec):
 
     @model_validator(mode="after")
     def _check(self):
-        if self.layer_weights is not None and len(self.layer_weights) != len(self.layers):
-            raise ValueError("distill.losses.srp.layer_weights needs one weight per layer")
+        if self.layer_weights is not None and len(self.layer_weights) != len(self.aliases):
+            raise ValueError("distill.losses.srp.layer_weights needs one weight per layer (or pair)")
         if self.normalize is None:
             # A recipe written before normalize existed and setting the weight meant the per-entry scale: keep it.
             old = "weight" in self.model_fields_set
@@ -110,9 +145,8 @@ class SrpLossSpec(TeacherWeightSpec):
         return self
 
 
-class FeatLossSpec(TeacherWeightSpec):
+class FeatLossSpec(TappedSpec):
     weight: float = Field(0.0, ge=0)
-    layers: list[str] = Field(default_factory=lambda: ["encoder"], description="tap aliases or module names")
 
 
 # ---------------------------------------------------------------------------------------------- what terms see
@@ -280,8 +314,16 @@ class _LossesBase(Strict):
         return {k: v for k, v in self if isinstance(v, WeightSpec) and v.weight > 0}
 
     def tapped_layers(self) -> list[str]:
-        """The layers the active feature losses (SRP, feature distillation) tap, each once."""
-        return list(dict.fromkeys(layer for spec in self.active().values() for layer in getattr(spec, "layers", [])))
+        """The taps the active feature losses (SRP, feature distillation) read, each once, by alias."""
+        return list(self.tap_pairs())
+
+    def tap_pairs(self) -> dict[str, tuple[str, str]]:
+        """The active feature losses' taps: alias -> (teacher tap, student tap)."""
+        out: dict[str, tuple[str, str]] = {}
+        for spec in self.active().values():
+            if isinstance(spec, TappedSpec):
+                out.update(spec.tap_pairs())
+        return out
 
     def uses_teacher(self, data_kind: str) -> bool:
         """Whether any loss looks at the teacher (folder data has no targets, so it always does)."""

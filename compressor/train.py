@@ -213,7 +213,8 @@ class TrainSetup:
     batch_size: int = 1
     num_workers: int = 0
     seed: int = 0
-    taps: dict[str, str] = field(default_factory=dict)  # srp/feat alias -> module name
+    taps: dict[str, str] = field(default_factory=dict)  # srp/feat alias -> the teacher's module name
+    student_taps: dict[str, str] = field(default_factory=dict)  # alias -> the student's (empty: the same names)
     srp_layers: list[str] = field(default_factory=list)
     feat_channels: dict[str, tuple[int, int]] = field(default_factory=dict)
     tap_channels: dict[str, tuple[int, int]] = field(default_factory=dict)  # every tap: (teacher, student) channels
@@ -503,7 +504,7 @@ class Trainer:
         terms: dict[str, torch.Tensor] = {}
         x = self._to(batch[d.src])
         t = self.teacher_forward(d, x, batch)
-        with FeatureTaps(d.student, s.taps) as tap_s:
+        with FeatureTaps(d.student, s.student_taps or s.taps) as tap_s:
             out_s = d.student(x)
         inputs = TermInputs(self, d, batch, x, out_s, tap_s.features, t)
         for name, fn in GENERATOR_TERMS.items():

@@ -203,7 +203,7 @@ def test_a_new_option_at_its_default_leaves_digests_unchanged():
                 == default
             )
         else:  # the value a recipe that never names the option gets, as digests see it
-            value = getattr(node, field)
+            value = getattr(node, "import_" if field == "import" else field)  # the key as written, the field's name
             assert (value.model_dump(mode="json") if hasattr(value, "model_dump") else value) == default, path
     assert "round_channels" not in json.dumps(r._hashed())
     r2 = parse_recipe(

@@ -82,17 +82,39 @@ def evaluate_run(
     check = read_json(run.teacher_json, TeacherMeta).get("published_check") if run.teacher_json.exists() else None
     if progress:
         progress("evaluate", 0, 0, {"doing": EVALUATE_DOING})
+    student = load_run_student(run)
+    extra = {"published_check": check} if check else {}
+    built = student_built(getattr(student, "student_plan", None))
+    if built:
+        extra["student_built"] = built
     return evaluate_pair(
         load_run_teacher(run),
-        load_run_student(run),
+        student,
         recipe,
         device,
         run.eval_json,
         run.eval_samples,
         progress,
         inception_weights,
-        extra={"published_check": check} if check else None,
+        extra=extra or None,
     )
+
+
+def student_built(plan: Optional[dict]) -> Optional[str]:
+    """How the student was made, in words, from its plan: a width of the teacher, or a network of its own."""
+    if not isinstance(plan, dict):
+        return None
+    if plan.get("method") == "arch":
+        own = plan.get("student") or {}
+        kwargs = ", ".join(f"{k} {v}" for k, v in (own.get("kwargs") or {}).items())
+        name = own.get("arch") or own.get("import")
+        return f"a network of its own: {name}" + (f" ({kwargs})" if kwargs else "")
+    width = plan.get("width")
+    if plan.get("method") not in ("rebuild", "prune") or not isinstance(width, (int, float)):
+        return None
+    keep = plan.get("keep") or []
+    kept = f"; at full width: {', '.join(keep)}" if keep else ""
+    return f"the teacher at width {width:g} ({plan['method']}, init {plan.get('init', 'inherit')}{kept})"
 
 
 def run_export_metadata(recipe: Recipe, model: torch.nn.Module) -> dict:

@@ -60,9 +60,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def consent_to_own_import(recipe: Recipe) -> None:
-    """A recipe's own ``teacher.import`` is consent to run that code for this run (see :mod:`compressor.trust`)."""
+    """A recipe's own ``teacher.import`` and ``student.import`` are consent to run that code for this run (see
+    :mod:`compressor.trust`)."""
     if recipe.teacher.import_:
         consent_to(teacher_spec(recipe.teacher, recipe.base_dir)["import"])
+    if recipe.student.import_:
+        consent_to(teacher_spec({"import": recipe.student.import_}, recipe.base_dir)["import"])
 
 
 def resume_command(ctx: Context) -> str:

@@ -12,7 +12,16 @@ from ..data import check_data_root
 from ..errors import RecipeError, UserError
 from ..exporters.table import BACKENDS, get_backend, get_format
 from ..features import probe_shapes, resolve_taps
-from ..models import build_teacher, check_output, check_teacher_spec, size_multiple
+from ..models import (
+    build_from_spec,
+    build_generator,
+    build_teacher,
+    check_output,
+    check_teacher_spec,
+    size_multiple,
+    spec_of_model,
+    teacher_spec,
+)
 from ..models.layers import align_free_norms
 from ..recipe import Recipe
 
@@ -67,31 +76,81 @@ def check_backends(recipe: Recipe) -> None:
         raise RecipeError(str(exc)) from None
 
 
+def student_arch_spec(r: Recipe, example: torch.Tensor, out_channels: int) -> dict:
+    """The saved spec of ``student.arch`` / ``student.import``: a zoo student's every argument (its image channels
+    those of the data and the teacher's output unless given), an import's file made absolute as the teacher's."""
+    s = r.student
+    if s.arch:
+        kwargs = {"input_nc": int(example.shape[1]), "output_nc": int(out_channels), **s.kwargs}
+        return {"arch": s.arch, "kwargs": spec_of_model(build_generator(s.arch, init=None, **kwargs))["kwargs"]}
+    return {"import": teacher_spec({"import": s.import_, "kwargs": s.kwargs}, r.base_dir)["import"], "kwargs": s.kwargs}
+
+
 def check_taps(recipe: Recipe) -> None:
     """Build the teacher's architecture (no weights) and check that every tapped layer exists and yields a 4-D
-    feature map at ``data.size``. Users' own code runs here only through ``teacher.import``."""
+    feature map at ``data.size``; the same for a student of another architecture (``student.arch``/``import``),
+    which must also run on the teacher's input. Users' own code runs here only through the recipe's imports."""
     L = recipe.distill.losses
-    layers = L.tapped_layers()
-    if not layers:
+    pairs = L.tap_pairs()
+    if not pairs and not recipe.student.other_arch:
         return
     t = recipe.teacher
     model = build_teacher(t, recipe.base_dir, init=None)
     align_free_norms(model, "teacher")  # GAN Compression's mismatched norms: one log line, not a warning per call
-    key = "distill.losses.srp.layers" if L.srp.weight > 0 else "distill.losses.feat.layers"
-    taps = resolve_taps(model, layers, t.taps, key=key)
-    try:
-        shapes = probe_shapes(model.eval(), taps, example_input(recipe, model).zero_())
-    except Exception as exc:  # noqa: BLE001 - a size or a channel count the model cannot take
-        raise input_mismatch(recipe, model, exc) from None
-    for alias, shape in shapes.items():
-        if len(shape) != 4:
+    key = "distill.losses.srp" if L.srp.weight > 0 else "distill.losses.feat"
+    key += ".pairs" if any(a != b for a, b in pairs.values()) else ".layers"
+    x = example_input(recipe, model).zero_()
+    sides = [("teacher", model, {a: tp for a, (tp, _) in pairs.items()}, t.taps)]
+    if recipe.student.other_arch:
+        which = "student.arch" if recipe.student.arch else "student.import"
+        with torch.no_grad():
+            try:
+                out = model.eval()(x)
+            except Exception as exc:  # noqa: BLE001 - a size or a channel count the model cannot take
+                raise input_mismatch(recipe, model, exc) from None
+        leaves = [out] if isinstance(out, torch.Tensor) else [v for v in _leaves(out)]
+        channels = int(leaves[0].shape[1]) if leaves and leaves[0].dim() == 4 else recipe.data.channels
+        student = build_from_spec(student_arch_spec(recipe, x, channels), init=None, source=which)
+        try:
+            with torch.no_grad():
+                student.eval()(x)
+        except Exception as exc:  # noqa: BLE001 - the user's network
             raise RecipeError(
-                f"{key}: layer {alias!r} ({taps[alias]}) gives a {len(shape)}-D output {shape}; SRP "
-                f"needs (B, C, H, W) feature maps"
-            )
-    for alias in taps:
-        if alias not in shapes:
-            raise RecipeError(f"{key}: layer {alias!r} ({taps[alias]}) is not executed by the forward pass")
+                f"{which}: the student cannot run on the data's input {tuple(x.shape)} "
+                f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+            ) from None
+        sides.append(("student", student, {a: sp for a, (_, sp) in pairs.items()}, None))
+    elif any(a != b for a, b in pairs.values()):
+        sides.append(("student", model, {a: sp for a, (_, sp) in pairs.items()}, t.taps))  # a slimmed teacher's names
+    for side, net, names, extra in sides:
+        if not names:
+            continue
+        taps = resolve_taps(net, list(dict.fromkeys(names.values())), extra, key=key)
+        try:
+            shapes = probe_shapes(net.eval(), taps, x)
+        except Exception as exc:  # noqa: BLE001 - a size or a channel count the model cannot take
+            raise input_mismatch(recipe, net, exc) from None
+        for alias, shape in shapes.items():
+            if len(shape) != 4:
+                raise RecipeError(
+                    f"{key}: the {side}'s tap {alias!r} ({taps[alias]}) gives a {len(shape)}-D output {shape}; "
+                    f"SRP needs (B, C, H, W) feature maps"
+                )
+        for alias in taps:
+            if alias not in shapes:
+                raise RecipeError(
+                    f"{key}: the {side}'s tap {alias!r} ({taps[alias]}) is not executed by the forward pass"
+                )
+
+
+def _leaves(out) -> list:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [leaf for v in out for leaf in _leaves(v)]
+    return []
 
 
 def input_mismatch(recipe: Recipe, model: torch.nn.Module, exc: Exception) -> RecipeError:

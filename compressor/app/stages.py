@@ -27,20 +27,20 @@ from ..exporters.profile import profile_models
 from ..exporters.records import RecordFile
 from ..exporters.report import report_run
 from ..exporters.table import find_artifacts, get_format
-from ..features import check_tap_pair, resolve_taps
+from ..features import check_tap_pair, resolve_tap_pairs
 from ..io import atomic_write_bytes, atomic_write_json, own_folder
 from ..metrics import evaluate_models
 from ..models import build_generator, load_teacher, teacher_spec
 from ..recipe import QUANTIZE_SHARE, LossesSpec, Recipe
 from ..runfolder import RunDir, load_run_qad, load_run_student, load_run_teacher, profile_refs
 from ..schemas import StudentPlan, read_json
-from ..slim import load_student, make_student, save_student
+from ..slim import load_student, make_student, other_student, save_student
 from ..terms import stage_losses
 from ..train import Direction, Trainer, TrainSetup, seed_everything
 from .commands import EVALUATE_DOING, evaluate_run, plan_student, recipe_calibration, recipe_samples, run_export_spec
 from .context import Context, checkpoint_policy, resume_command
 from .distributed import launch_distributed
-from .preflight import check_runs, check_size, check_taps, example_input
+from .preflight import check_runs, check_size, check_taps, example_input, student_arch_spec
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ def run_training(
     stage: str,
     *,
     taps=None,
+    student_taps=None,
     srp_layers=(),
     feat_channels=None,
     tap_channels=None,
@@ -103,6 +104,7 @@ def run_training(
         num_workers=r.data.num_workers,
         seed=r.seed,
         taps=dict(taps or {}),
+        student_taps=dict(student_taps or {}),
         srp_layers=list(srp_layers),
         feat_channels=dict(feat_channels or {}),
         tap_channels=dict(tap_channels or {}),
@@ -245,6 +247,17 @@ def stage_student(ctx: Context) -> None:
     seed_everything(r.seed)  # a scratch student's initial weights depend on the seed alone
     teacher = load_run_teacher(run)
     example = example_input(r, teacher)
+    if r.student.other_arch:  # a network of its own: built, checked against the teacher's output shape
+        with torch.no_grad():
+            out_channels = teacher.eval()(example[:1]).shape[1]
+        spec = student_arch_spec(r, example, out_channels)
+        student, plan = other_student(teacher, spec, example)
+        save_student(student, plan, own_folder(run.student_init))
+        if r.data.kind == "unpaired":
+            seed_everything(r.seed + 1)
+            s2, plan2 = other_student(load_run_teacher(run, reverse=True), spec, example)
+            save_student(s2, plan2, own_folder(run.student_init / "reverse"))
+        return
     width = r.student.width
     if width == "auto":  # measured on the target: the widest width within student.budget (plan.json)
         width = plan_student(r, run, teacher=teacher)["width"]
@@ -258,10 +271,28 @@ def stage_student(ctx: Context) -> None:
         save_student(s2, plan2, own_folder(run.student_init / "reverse"))
 
 
-# ----------------------------------------------------------------------------------------------- distill
+@dataclass
+class DistillTaps:
+    """What the feature terms tap: alias -> module name in the teacher and in the student, the SRP aliases, the
+    feature-distillation aliases with their (teacher, student) channels, and every alias's channels."""
+
+    teacher: dict[str, str]
+    student: dict[str, str]
+    srp_layers: list[str]
+    feat: dict[str, tuple[int, int]]
+    channels: dict[str, tuple[int, int]]
+
+    def training_kwargs(self) -> dict:
+        return {
+            "taps": self.teacher,
+            "student_taps": self.student,
+            "srp_layers": self.srp_layers,
+            "feat_channels": self.feat,
+            "tap_channels": self.channels,
+        }
 
 
-def distill_setup(ctx: Context, student_dir: Optional[Path] = None):
+def distill_setup(ctx: Context, student_dir: Optional[Path] = None) -> tuple[list, DistillTaps]:
     """Teachers, students, taps and loss settings for the distill stage (``student_dir``: start from the student
     saved there instead of the slimmed one: the quantize stage starts from the distilled student)."""
     r, run = ctx.recipe, ctx.run
@@ -275,9 +306,15 @@ def distill_setup(ctx: Context, student_dir: Optional[Path] = None):
     )
     teacher = teacher_of()
     student = load_student(student_dir or run.student_init).train()
-    layers = L.tapped_layers()  # non-empty only when the teacher is used
-    taps = resolve_taps(teacher, layers, r.teacher.taps) if layers else {}
-    channels = check_tap_pair(teacher, student, taps, example_input(r, student)) if taps else {}
+    pairs = L.tap_pairs()  # non-empty only when the teacher is used
+    key = "distill.losses.srp" if L.srp.weight > 0 else "distill.losses.feat"
+    key += ".pairs" if any(t != s for t, s in pairs.values()) else ".layers"
+    t_taps, s_taps = resolve_tap_pairs(teacher, student, pairs, r.teacher.taps, key=key) if pairs else ({}, {})
+    channels = (
+        check_tap_pair(teacher, student, t_taps, example_input(r, student), key=key, student_taps=s_taps)
+        if t_taps
+        else {}
+    )
     if r.data.kind == "unpaired":
         dirs = [
             Direction("AB", student, teacher, "A", "B"),
@@ -285,28 +322,18 @@ def distill_setup(ctx: Context, student_dir: Optional[Path] = None):
         ]
     else:
         dirs = [Direction("G", student, teacher, "input", "target")]
-    srp_layers = L.srp.layers if L.srp.weight > 0 else []
-    feat = {k: channels[k] for k in L.feat.layers} if L.feat.weight > 0 else {}
-    return dirs, taps, srp_layers, feat, channels
+    srp_layers = L.srp.aliases if L.srp.weight > 0 else []
+    feat = {k: channels[k] for k in L.feat.aliases} if L.feat.weight > 0 else {}
+    return dirs, DistillTaps(t_taps, s_taps, srp_layers, feat, channels)
 
 
 def distill_in_process(ctx: Context) -> dict:
     """One training process of the distill stage (the whole stage, or one rank under torchrun)."""
     seed_everything(ctx.recipe.seed)
-    dirs, taps, srp_layers, feat, channels = distill_setup(ctx)
+    dirs, taps = distill_setup(ctx)
     r = ctx.recipe
     summary = run_training(
-        ctx,
-        dirs,
-        r.distill.losses,
-        r.distill.steps,
-        r.distill.lr,
-        ctx.run.root,
-        "distill",
-        taps=taps,
-        srp_layers=srp_layers,
-        feat_channels=feat,
-        tap_channels=channels,
+        ctx, dirs, r.distill.losses, r.distill.steps, r.distill.lr, ctx.run.root, "distill", **taps.training_kwargs()
     )
     return {"dirs": dirs, "summary": summary}
 
@@ -341,10 +368,10 @@ def stage_quantize(ctx: Context) -> None:
     q = r.distill.quantize
     steps = q.steps or max(1, r.distill.steps // QUANTIZE_SHARE)
     seed_everything(r.seed)  # (its quantizer and data kind were checked before the run began: preflight)
-    dirs, taps, srp_layers, feat, channels = distill_setup(ctx, run.student_dir)
+    dirs, taps = distill_setup(ctx, run.student_dir)
     d = dirs[0]
     example = example_input(r, d.student, batch=2)  # batch 2: export keeps batch, height and width dynamic
-    modules = list(dict.fromkeys(taps.values()))
+    modules = list(dict.fromkeys((taps.student or taps.teacher).values()))
     calibration = recipe_calibration(r, q.calib_images)
     d.student = qat.quantize_student(d.student, example, calibration, modules).train()
     freeze_from = max(1, int(round(q.freeze_at * steps)) + 1)
@@ -362,10 +389,7 @@ def stage_quantize(ctx: Context) -> None:
         q.lr or r.distill.lr / 10,
         run.quantize_dir,
         "quantize",
-        taps=taps,
-        srp_layers=srp_layers,
-        feat_channels=feat,
-        tap_channels=channels,
+        **taps.training_kwargs(),
         distill=r.distill.model_copy(update={"amp": "none"}),  # fake quantisation rounds in FP32, not under autocast
         before_step=hold_ranges,
     )
@@ -460,7 +484,7 @@ class Stage:
     """One stage: everything the pipeline, the run folder and ``--only`` know about it.
 
     ``sections`` are the recipe sections hashed into its digest (``more_sections`` adds those that depend on the
-    recipe; ``input_files`` are files fingerprinted by path, size and mtime); the digests of ``upstream`` stages
+    recipe; ``input_files`` are files fingerprinted by their content: size and SHA-256); the digests of ``upstream`` stages
     are hashed in too. ``outputs`` are the files it writes, by path relative to the run folder
     (:meth:`~compressor.runfolder.RunDir.file`): a stage whose digest is recorded and whose outputs exist is up to
     date. ``checkpoints`` is the folder (relative, ``"."`` for the run folder) where a training stage keeps its

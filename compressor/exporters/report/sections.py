@@ -203,7 +203,9 @@ def _weights_text(weights: Optional[str]) -> Optional[str]:
 def _evaluation_notes(ev: dict) -> list[str]:
     """How the quality was measured, and the caveat for FID/KID from few images."""
     skipped, weights = ev.get("fid_skipped"), _weights_text(ev.get("fid_weights"))
-    lines = [
+    built = ev.get("student_built")
+    lines = [f"Student: {built}.", ""] if isinstance(built, str) else []
+    lines += [
         f"Evaluated on {ev.get('n_images')} test images at {ev.get('size')}²{output_note(ev)}. "
         + (f"FID/KID skipped: {skipped}" if skipped else (f"FID weights: {weights}." if weights else ""))
     ]
