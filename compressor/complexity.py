@@ -20,7 +20,12 @@ def count_params(model: nn.Module) -> int:
 
 
 def profile_model(model: nn.Module, input_shape=(1, 3, 256, 256), device="cpu") -> dict:
-    """Return params, MACs (ours), MACs (paper convention) and a per-module breakdown (ours)."""
+    """Return params, MACs (ours), MACs (paper convention) and a per-module breakdown (ours). A network that counts
+    itself (an ONNX teacher: :meth:`compressor.models.onnx_teacher.OnnxTeacher.complexity`, from its graph) is
+    asked instead."""
+    own = next((m for m in model.modules() if callable(getattr(m, "complexity", None))), None)
+    if own is not None:
+        return {**own.complexity(tuple(input_shape)), "per_module": {}}
     x = torch.zeros(*input_shape, device=device)
     was_training = model.training
     model.eval()

@@ -20,13 +20,19 @@ def resolve_taps(
 ) -> dict[str, str]:
     """Map each requested layer (an alias such as ``encoder`` or a module name) to a module name."""
     aliases = {**default_taps(model), **(extra_aliases or {})}
-    names = dict(model.named_modules())
+    names = tap_modules(model)
     out = {}
     for layer in layers:
         target = aliases.get(layer, layer)
         if target not in names and f"model.{target}" in names and isinstance(model, RangeWrapper):
             target = f"model.{target}"  # a teacher converted to [-1, 1]: its own module names still work
         if target not in names or target == "":
+            tensors = getattr(_inner(model), "tensors", None)
+            if tensors is not None:  # an ONNX teacher: its taps are the graph's tensor names
+                close = [t for t in tensors if str(layer).lower() in t.lower()] or tensors
+                raise RecipeError(
+                    f"{key}: the ONNX teacher has no tensor named {layer!r} (e.g. {', '.join(close[:5])})"
+                )
             known = ", ".join(sorted(aliases)) or "none"
             raise RecipeError(
                 f"{key}: no module or tap alias named {layer!r} (aliases: {known}; module names "
@@ -58,8 +64,15 @@ def resolve_tap_pairs(
 def tap_modules(model: nn.Module) -> dict[str, nn.Module]:
     """The modules a tap can name: ``model.named_modules()``, or those the model names itself where its layers are
     not modules (a quantised student's graph hands its tapped outputs to ``tap_modules()``)."""
-    own = getattr(model, "tap_modules", None)
+    own = getattr(_inner(model), "tap_modules", None)
     return own() if callable(own) else dict(model.named_modules())
+
+
+def _inner(model: nn.Module) -> nn.Module:
+    """The network inside a range wrapper where it names its own taps (an ONNX teacher), else the model."""
+    if isinstance(model, RangeWrapper) and callable(getattr(model.model, "tap_modules", None)):
+        return model.model
+    return model
 
 
 class FeatureTaps:

@@ -129,6 +129,9 @@ class ExpectSpec(Strict):
 class TeacherSpec(Strict):
     arch: Optional[str] = Field(None, description="zoo name: resnet_9blocks, resnet_6blocks, unet_128, unet_256")
     import_: Optional[str] = Field(None, alias="import", description="'pkg.module:factory' or 'file.py:factory'")
+    onnx: Optional[str] = Field(
+        None, description="an ONNX file run in ONNX Runtime (no PyTorch code; its tensors are taps by name)"
+    )
     kwargs: dict[str, Any] = Field(default_factory=dict, description="arguments for the zoo model or factory")
     checkpoint: Optional[str] = Field(None, description="state_dict (.pth/.pt/.safetensors) of the teacher")
     checkpoint_key: Optional[str] = Field(None, description="the nested state_dict to use, e.g. params_ema")
@@ -154,10 +157,14 @@ class TeacherSpec(Strict):
     @model_validator(mode="after")
     def _check(self):
         # the zoo names and arguments are checked against the zoo itself in the pre-flight (compressor.app.preflight)
-        if bool(self.arch) == bool(self.import_):
-            raise ValueError("teacher needs exactly one of 'arch' (a zoo name) or 'import' (module:factory)")
-        if self.train is not None and self.import_:
+        if sum(map(bool, (self.arch, self.import_, self.onnx))) != 1:
+            raise ValueError(
+                "teacher needs exactly one of 'arch' (a zoo name), 'import' (module:factory) or 'onnx' (a file)"
+            )
+        if self.train is not None and (self.import_ or self.onnx):
             raise ValueError("teacher.train works with zoo teachers only")
+        if self.onnx and (self.checkpoint or self.reverse_checkpoint or self.kwargs):
+            raise ValueError("teacher.onnx: the file holds the weights; remove teacher.checkpoint and teacher.kwargs")
         for name in ("input_range", "output_range"):
             lo, hi = getattr(self, name)
             if not lo < hi:
@@ -279,6 +286,7 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "distill.losses.recon.loss": "l1",
     "distill.losses.srp.grad_ratio": None,
     "distill.quantize": None,
+    "teacher.onnx": None,
     "student.arch": None,
     "student.import": None,
     "student.kwargs": {},
@@ -507,6 +515,12 @@ class Recipe(Strict):
                 "teacher.reverse_checkpoint: unpaired data needs the B->A teacher's checkpoint too "
                 "(or teacher.train to train both)"
             )
+        if t.onnx and not self.student.other_arch:
+            raise ValueError(
+                "teacher.onnx: an ONNX teacher cannot be slimmed; name the student with student.arch or student.import"
+            )
+        if t.onnx and self.data.kind == "unpaired":
+            raise ValueError("teacher.onnx: unpaired data (two teachers) is not supported with an ONNX teacher")
         for arch in (t.arch, self.student.arch):
             mult = ZOO_ARCHS.get(arch or "", {}).get("size_multiple")
             if mult and self.data.size % mult:

@@ -281,7 +281,10 @@ def profile_refs(run: RunDir) -> list[dict]:
         {
             "label": f"{name}/teacher",
             "role": "teacher",
-            "torch": {"type": "saved_teacher", "spec": meta["spec"], "weights": str(run.teacher_weights)},
+            # an ONNX teacher has no PyTorch model to time: its own file is teacher.onnx
+            "torch": None
+            if "onnx" in meta["spec"]
+            else {"type": "saved_teacher", "spec": meta["spec"], "weights": str(run.teacher_weights)},
             "onnx": present(run.teacher_onnx),
         },
         {

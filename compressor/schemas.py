@@ -72,6 +72,7 @@ class ArchSpec(Open):
 
     arch: Optional[StrictStr] = Field(None, max_length=200)
     import_: Optional[StrictStr] = Field(None, alias="import", max_length=1000)
+    onnx: Optional[StrictStr] = Field(None, max_length=4096)
     kwargs: Optional[dict[str, Any]] = None
     input_range: Optional[tuple[Finite, Finite]] = None
     output_range: Optional[tuple[Finite, Finite]] = None

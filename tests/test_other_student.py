@@ -182,3 +182,104 @@ def test_old_recipes_keep_their_digests():
     dumped = recipe._hashed()
     assert "arch" not in dumped["student"] and "kwargs" not in dumped["student"]
     assert "pairs" not in dumped["distill"]["losses"]["srp"]
+
+
+# ----------------------------------------------------------------------------------------- a teacher given as ONNX
+
+ONNX_RECIPE = """
+name: {name}
+seed: 0
+device: cpu
+data: {{kind: synthetic, direction: BtoA, size: 128, batch_size: 2, synthetic: {{train: 6, test: 3}}}}
+teacher: {teacher}
+student: {{arch: resnet_6blocks, kwargs: {{ngf: 8}}}}
+distill:
+  steps: 2
+  checkpoint_every: 2
+  log_every: 1
+  sample_every: 2
+  losses: {{srp: {{weight: 5.0, pairs: [[{tap}, encoder]]}}}}
+  discriminator: {{ndf: 8, n_layers: 2}}
+evaluate: {{metrics: [psnr], samples: 2}}
+export: {{onnx: {{dynamic: [batch]}}}}
+profile: {{backends: [ort-cpu], batch: [1], warmup: 1, iters: 2}}
+"""
+# unet_128's 'encoder' alias (model.model.1.model.3.model.3.model.2, an InstanceNorm at 1/16) in the ONNX graph
+ENCODER_TENSOR = "/model/model/model.1/model/model.3/model/model.3/model/model.2/InstanceNormalization_output_0"
+
+
+def _unet_teacher_files(tmp_path):
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    t = build_generator("unet_128", ngf=8, norm="instance").eval()
+    save_file({k: v.contiguous() for k, v in t.state_dict().items()}, str(tmp_path / "t.safetensors"))
+    torch.onnx.export(
+        t,
+        torch.randn(1, 3, 128, 128),
+        str(tmp_path / "t.onnx"),
+        input_names=["image"],
+        output_names=["out"],
+        dynamic_axes={"image": {0: "n", 2: "h", 3: "w"}, "out": {0: "n", 2: "h", 3: "w"}},
+        dynamo=False,
+    )
+    import onnx
+
+    names = {o for n in onnx.load(str(tmp_path / "t.onnx")).graph.node for o in n.output}
+    assert ENCODER_TENSOR in names  # the exporter's scope names: module path, op type
+    return ENCODER_TENSOR
+
+
+def test_an_onnx_teacher_gives_the_losses_of_its_pytorch_original(tmp_path):
+    """The same run with the teacher as its ONNX export: the step-0 losses within 1e-4 (KD, SRP through a tensor
+    of the graph made an extra output, GAN, reconstruction), and the ONNX run goes through export, profile and the
+    report."""
+    tap = _unet_teacher_files(tmp_path)
+    torch_teacher = "{arch: unet_128, kwargs: {ngf: 8, norm: instance}, checkpoint: t.safetensors}"
+    (tmp_path / "a.yaml").write_text(ONNX_RECIPE.format(name="a", teacher=torch_teacher, tap="encoder"))
+    (tmp_path / "b.yaml").write_text(ONNX_RECIPE.format(name="b", teacher="{onnx: t.onnx}", tap=f"'{tap}'"))
+    ra = run_cli(
+        [tmp_path / "a.yaml", "--out", tmp_path / "runs", "-q", "--only", "teacher,student,distill"], cwd=tmp_path
+    )
+    assert ra.returncode == 0, ra.stderr[-3000:]
+    rb = run_cli([tmp_path / "b.yaml", "--out", tmp_path / "runs", "-q"], cwd=tmp_path)
+    assert rb.returncode == 0, rb.stderr[-3000:]
+    first = [json.loads((tmp_path / "runs" / n / "metrics.jsonl").read_text().splitlines()[0]) for n in "ab"]
+    terms = [k for k in first[0] if k.startswith("G/")]
+    assert {"G/kd", "G/srp", "G/recon", "G/gan"} <= set(terms)
+    for k in terms:
+        assert abs(first[0][k] - first[1][k]) <= 1e-4, (k, first[0][k], first[1][k])
+    run = tmp_path / "runs" / "b"
+    teacher_meta = json.loads((run / "teacher.json").read_text())
+    a_meta = json.loads((tmp_path / "runs" / "a" / "teacher.json").read_text())
+    assert abs(teacher_meta["params"] - a_meta["params"]) / a_meta["params"] < 0.01  # from the graph's initializers
+    assert abs(teacher_meta["macs"] - a_meta["macs"]) / a_meta["macs"] < 0.02
+    assert (run / "teacher.onnx").read_bytes() == (tmp_path / "t.onnx").read_bytes()
+    assert "b/teacher" in (run / "report.md").read_text()
+
+
+def test_an_onnx_teacher_that_does_not_take_an_image_gives_one_line(tmp_path):
+    class Flat(nn.Module):
+        def forward(self, x):
+            return x * 2
+
+    torch.onnx.export(Flat(), torch.randn(4, 10), str(tmp_path / "flat.onnx"), dynamo=False)
+    (tmp_path / "r.yaml").write_text(ONNX_RECIPE.format(name="r", teacher="{onnx: flat.onnx}", tap="x"))
+    res = run_cli([tmp_path / "r.yaml", "--out", tmp_path / "runs", "-q"], cwd=tmp_path)
+    one_error_line(res.stderr, res.returncode, "teacher", "flat.onnx", "one float image")
+
+
+def test_an_onnx_teacher_tap_that_is_no_tensor_gives_one_line(tmp_path):
+    _unet_teacher_files(tmp_path)
+    (tmp_path / "r.yaml").write_text(ONNX_RECIPE.format(name="r", teacher="{onnx: t.onnx}", tap="encoderr"))
+    res = run_cli([tmp_path / "r.yaml", "--out", tmp_path / "runs", "-q"], cwd=tmp_path)
+    one_error_line(res.stderr, res.returncode, "distill.losses.srp.pairs", "no tensor named 'encoderr'")
+
+
+def test_an_onnx_teacher_cannot_be_slimmed(tmp_path):
+    text = ONNX_RECIPE.format(name="r", teacher="{onnx: t.onnx}", tap="x").replace(
+        "student: {arch: resnet_6blocks, kwargs: {ngf: 8}}", "student: {width: 0.5}"
+    )
+    (tmp_path / "r.yaml").write_text(text)
+    res = run_cli(["validate", tmp_path / "r.yaml"], cwd=tmp_path)
+    one_error_line(res.stderr, res.returncode, "teacher.onnx", "student.arch")

@@ -164,7 +164,7 @@ def stage_teacher(ctx: Context) -> None:
         run.teacher_json,
         {
             "spec": spec,
-            "source": t.checkpoint or "trained",
+            "source": t.checkpoint or t.onnx or "trained",
             "params": cx["params"],
             "macs": cx["macs"],
             "macs_paper_convention": cx["macs_paper_convention"],
@@ -251,6 +251,7 @@ def stage_student(ctx: Context) -> None:
         with torch.no_grad():
             out_channels = teacher.eval()(example[:1]).shape[1]
         spec = student_arch_spec(r, example, out_channels)
+        seed_everything(r.seed)  # its initial weights depend on the seed alone, not on how the teacher was built
         student, plan = other_student(teacher, spec, example)
         save_student(student, plan, own_folder(run.student_init))
         if r.data.kind == "unpaired":
@@ -331,6 +332,9 @@ def distill_in_process(ctx: Context) -> dict:
     """One training process of the distill stage (the whole stage, or one rank under torchrun)."""
     seed_everything(ctx.recipe.seed)
     dirs, taps = distill_setup(ctx)
+    # the discriminators and the rest depend on the seed alone, not on what building the teacher drew (a zoo
+    # teacher's layers draw their initial weights before its checkpoint loads; an ONNX teacher draws nothing)
+    seed_everything(ctx.recipe.seed)
     r = ctx.recipe
     summary = run_training(
         ctx, dirs, r.distill.losses, r.distill.steps, r.distill.lr, ctx.run.root, "distill", **taps.training_kwargs()
@@ -430,7 +434,11 @@ def stage_export(ctx: Context) -> dict:
     doc = export_files(student, run.root, spec, samples, calibration, journal=records.write, progress=ctx.progress)
     if ctx.progress:
         ctx.progress("export", 0, 0, {"doing": "teacher.onnx (for profiling)"})
-    tdoc = export_files(teacher, run.root, run_export_spec(r, teacher, "teacher"), samples, journal=records.write)
+    if r.teacher.onnx:  # the teacher's own file, as given, is what profile times
+        atomic_write_bytes(run.teacher_onnx, r.resolve_path(r.teacher.onnx).read_bytes())
+        tdoc = {"notes": []}
+    else:
+        tdoc = export_files(teacher, run.root, run_export_spec(r, teacher, "teacher"), samples, journal=records.write)
     ctx.notes.extend(doc["notes"] + tdoc["notes"])
     qad = load_run_qad(run) if r.distill.quantize is not None else None
     if qad is not None:  # distill.quantize: the INT8 files from the trained scales, beside the calibrated ones
@@ -516,7 +524,8 @@ def _teacher_sections(r: Recipe) -> tuple[str, ...]:
 
 
 def _teacher_files(r: Recipe, run: RunDir) -> tuple[Optional[Path], ...]:
-    return (r.resolve_path(r.teacher.checkpoint), r.resolve_path(r.teacher.reverse_checkpoint))
+    files = (r.resolve_path(r.teacher.checkpoint), r.resolve_path(r.teacher.reverse_checkpoint))
+    return files + ((r.resolve_path(r.teacher.onnx),) if r.teacher.onnx else ())  # (none: earlier digests kept)
 
 
 def _report_files(r: Recipe, run: RunDir) -> tuple[Optional[Path], ...]:

@@ -25,6 +25,7 @@ from .checkpoint import load_checkpoint, strip_prefix
 from .discriminator import NLayerDiscriminator
 from .layers import align_free_norms
 from .norms import init_weights
+from .onnx_teacher import OnnxTeacher
 from .ranges import TOOLKIT_RANGE, RangeWrapper, describe_output, select_output, wrap_ranges
 from .resnet import ResnetGenerator
 from .unet import UnetGenerator
@@ -322,6 +323,11 @@ def teacher_spec(spec, base_dir: str | Path | None = None) -> dict:
     if spec.arch:
         check_teacher_spec(spec)
         return {**spec_of_model(build_generator(spec.arch, init=None, **spec.kwargs)), **_ranges_of(spec)}
+    if spec.onnx:
+        return {
+            "onnx": str(resolve_path(base_dir if base_dir is not None else Path.cwd(), spec.onnx)),
+            **_ranges_of(spec),
+        }
     path = spec.import_
     mod, _, attr = path.rpartition(":")
     if mod.endswith(".py"):
@@ -351,6 +357,10 @@ def build_from_spec(
         wrapped = with_ranges(model, spec)
         wrapped.compressor_spec = dict(spec)
         return wrapped
+    if isinstance(spec.get("onnx"), str):  # a file run in ONNX Runtime: data, no code
+        model = with_ranges(OnnxTeacher(spec["onnx"], key=f"{source} onnx"), spec)
+        model.compressor_spec = dict(spec)
+        return model
     target = spec.get("import")
     if not isinstance(target, str):
         raise CheckpointError(f"{source}: the spec names neither a zoo 'arch' nor an 'import'")
@@ -371,6 +381,8 @@ def build_teacher(spec, base_dir: str | Path | None = None, init: str | None = "
     check_teacher_spec(spec)
     if spec.arch:
         return build_generator(spec.arch, init=init, **spec.kwargs)
+    if spec.onnx:
+        return OnnxTeacher(resolve_path(Path(base_dir) if base_dir is not None else Path.cwd(), spec.onnx))
     factory = import_object(spec.import_, Path(base_dir) if base_dir is not None else Path.cwd())
     try:
         model = factory(**spec.kwargs)
