@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import io
 import json
 import os
@@ -233,6 +234,15 @@ def place(tmp: str | Path, path: str | Path) -> None:
             raise
     finally:
         remove_tree(aside)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's content, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def own_folder(path: str | Path, create: bool = True) -> Path:

@@ -287,6 +287,7 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "distill.losses.srp.grad_ratio": None,
     "distill.quantize": None,
     "teacher.onnx": None,
+    "distill.cache_dtype": "float16",
     "student.arch": None,
     "student.import": None,
     "student.kwargs": {},
@@ -419,7 +420,13 @@ class DistillSpec(Strict):
         description="mixed precision of the whole step: bf16/fp16 on CUDA, bf16 on CPUs with AVX512-BF16 or AMX",
     )
     channels_last: bool = Field(False, description="channels_last memory format on CUDA")
-    cache_teacher: bool = Field(False, description="keep teacher outputs per image (no flip, no crop; uses memory)")
+    cache_teacher: bool = Field(
+        False,
+        description="compute the teacher's outputs once per image and read them back (run folder's teacher_cache/, FP16, memory-mapped; no flip, no crop)",
+    )
+    cache_dtype: Literal["float16", "float32"] = Field(
+        "float16", description="distill.cache_teacher: how the outputs are stored (float32: exactly as computed)"
+    )
     quantize: Optional[QuantizeSpec] = Field(
         None,
         description="quantisation-aware distillation after distill: the student with fake INT8 quantisation, "
@@ -533,10 +540,11 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _check_teacher_cache(self):
         d = self.data
-        if self.distill.cache_teacher and (d.flip or (d.load_size not in (None, d.size)) or d.kind == "unpaired"):
+        random = d.flip or (d.load_size not in (None, d.size)) or d.kind in ("unpaired", "degraded")
+        if self.distill.cache_teacher and random:
             raise ValueError(
                 "distill.cache_teacher needs inputs that are the same every epoch: data.flip false, "
-                "no data.load_size crop, and not unpaired data"
+                "no data.load_size crop, and neither unpaired nor degraded data (fresh crops and noise each step)"
             )
         return self
 

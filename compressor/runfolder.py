@@ -62,6 +62,7 @@ class RunDir:
     eval_json = property(lambda s: s.root / "eval.json")
     eval_samples = property(lambda s: s.root / "samples" / "eval.png")
     quantize_dir = property(lambda s: s.root / "quantize")
+    teacher_cache = property(lambda s: s.root / "teacher_cache")
     quantize_json = property(lambda s: s.root / "quantize.json")
     student_qad = property(lambda s: s.root / "student.qad.safetensors")
     student_onnx = property(lambda s: s.root / "student.onnx")
@@ -88,6 +89,7 @@ class RunDir:
         "quantize",
         "quantize/checkpoints",
         "quantize/samples",
+        "teacher_cache",
     )
     OWN_FILES = (
         "recipe.resolved.yaml",

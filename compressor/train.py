@@ -61,6 +61,7 @@ from .procs import STOP_ENV
 from .recipe import LossesSpec
 from .schedule import Plateau, cosine_lambda, linear_lambda
 from .schemas import MetricsLine, check, read_text_bounded
+from .teacher_cache import MemoryTeacherCache
 from .terms import CROSS_TERMS, GENERATOR_TERMS, STATEFUL_TERMS, CrossInputs, TermInputs
 
 log = logging.getLogger(__name__)
@@ -230,6 +231,8 @@ class TrainSetup:
     amp: str = "none"
     channels_last: bool = False
     cache_teacher: bool = False  # keep the teacher's outputs per dataset index (data without random augmentation)
+    # where they are kept (compressor.teacher_cache: on disk, memory-mapped); None: in memory for the process
+    teacher_cache: Optional[Any] = None
     sample_batch: Optional[dict] = None
     resume_command: str = ""
     # called with the step about to run (1-based) before each step: what changes with the step alone and is saved in
@@ -297,7 +300,10 @@ class Trainer:
         self._build_objectives()
         self._build_optimisers()
         self._setup_precision()
-        self._teacher_cache: dict[tuple[str, int], TeacherOut] = {}
+        self._teacher_cache = setup.teacher_cache if setup.teacher_cache is not None else MemoryTeacherCache()
+        self.step_kind = "computed"  # whether this step ran the teacher or read its outputs (the cache's timing)
+        self.step_times: dict[str, list[float]] = {"computed": [0.0, 0], "cached": [0.0, 0]}
+        self.teacher_seconds: dict[str, float] = {"computed": 0.0, "cached": 0.0}
         self.shares: dict[str, float] = {}  # each generator term's share of the gradient norm, at the last log step
         self.grad_norms: dict[str, float] = {}
         self.balance: dict[str, float] = {}  # term -> multiplier of its weight that keeps its gradient ratio
@@ -475,23 +481,22 @@ class Trainer:
         """
         if d.teacher is None:
             return None
-        keys = None
+        t0 = time.perf_counter()
+        indices = None
         if self.s.cache_teacher and "index" in batch:
-            keys = [(d.name, int(i)) for i in batch["index"]]
-            if all(k in self._teacher_cache for k in keys):
-                outs = [self._teacher_cache[k] for k in keys]
-                return TeacherOut(
-                    self._to(torch.cat([o.image for o in outs])),
-                    {a: self._to(torch.cat([o.features[a] for o in outs])) for a in outs[0].features},
-                )
+            indices = [int(i) for i in batch["index"]]
+            hit = self._teacher_cache.get(d.name, indices)
+            if hit is not None:
+                out = TeacherOut(self._to(hit[0]), {a: self._to(f) for a, f in hit[1].items()})
+                self.teacher_seconds["cached"] += time.perf_counter() - t0
+                return out
+        self.step_kind = "computed"
         with torch.no_grad(), FeatureTaps(d.teacher, self.s.taps) as tap_t, self._autocast(self.teacher_amp_dtype):
             image = d.teacher(x)
         out = TeacherOut(image.float(), {a: f.float() for a, f in tap_t.features.items()})
-        if keys is not None:
-            for j, k in enumerate(keys):
-                self._teacher_cache[k] = TeacherOut(
-                    out.image[j : j + 1].cpu(), {a: f[j : j + 1].cpu() for a, f in out.features.items()}
-                )
+        if indices is not None:
+            self._teacher_cache.put(d.name, indices, out.image, out.features)
+        self.teacher_seconds["computed"] += time.perf_counter() - t0
         return out
 
     def generator_terms(
@@ -734,7 +739,26 @@ class Trainer:
         t0 = time.perf_counter()
         with self._sigint_stops():
             last = self._loop(t0)
-        return self.summary(last, time.perf_counter() - t0)
+        summary = self.summary(last, time.perf_counter() - t0)
+        if self.s.cache_teacher and self.s.directions[0].teacher is not None:
+            summary["teacher_cache"] = self.cache_timing()
+            if self.rank == 0:
+                log.info("%s", cache_timing_text(summary["teacher_cache"]))
+        return summary
+
+    def cache_timing(self) -> dict:
+        """``distill.cache_teacher``: the mean step time and the teacher's share of it, in steps that ran the
+        teacher and in steps that read its outputs back."""
+        out = {}
+        for kind in ("computed", "cached"):
+            seconds, n = self.step_times[kind]
+            if n:
+                out[kind] = {
+                    "steps": n,
+                    "step_s": round(seconds / n, 5),
+                    "teacher_share": round(self.teacher_seconds[kind] / seconds, 4) if seconds > 0 else None,
+                }
+        return out
 
     def _resume(self) -> None:
         """Load the newest readable checkpoint (none: start from step 0); one CheckpointError line when it does
@@ -778,7 +802,10 @@ class Trainer:
         for batch in self._loader():
             if s.before_step is not None:
                 s.before_step(self.step + 1)
+            self.step_kind, t_step = "cached", time.perf_counter()
             terms = self.train_step(batch)
+            self.step_times[self.step_kind][0] += time.perf_counter() - t_step
+            self.step_times[self.step_kind][1] += 1
             self.step += 1
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v)
@@ -935,6 +962,16 @@ class Trainer:
             "train_seconds": round(seconds, 2),
             "weight_checksums_per_rank": ranks,
         }
+
+
+def cache_timing_text(timing: dict) -> str:
+    """One log line: what the teacher cost a step before its outputs were cached and after."""
+    parts = []
+    for kind, what in (("computed", "running the teacher"), ("cached", "reading its outputs back")):
+        t = timing.get(kind)
+        if t and t.get("teacher_share") is not None:
+            parts.append(f"{t['teacher_share']:.0%} of a {t['step_s'] * 1000:.0f} ms step {what} ({t['steps']} steps)")
+    return "distill.cache_teacher: the teacher took " + ("; ".join(parts) or "no measured step")
 
 
 def init_distributed() -> tuple[int, int]:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..errors import UserError
-from ..io import atomic_write_json, atomic_write_text
+from ..io import atomic_write_json, atomic_write_text, file_sha256
 from ..lock import LOCK_NAME, run_lock
 from ..recipe import Recipe
 from ..resume import check_checkpoints
@@ -41,11 +41,7 @@ def _file_fingerprint(path: Optional[Path]) -> str:
     st = path.stat()
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _CONTENT:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        _CONTENT[key] = f"{st.st_size}:{h.hexdigest()}"
+        _CONTENT[key] = f"{st.st_size}:{file_sha256(path)}"
     return _CONTENT[key]
 
 

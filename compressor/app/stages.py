@@ -8,6 +8,8 @@ evaluate, profile and student stages call too) in :mod:`~compressor.app.commands
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -28,13 +30,14 @@ from ..exporters.records import RecordFile
 from ..exporters.report import report_run
 from ..exporters.table import find_artifacts, get_format
 from ..features import check_tap_pair, resolve_tap_pairs
-from ..io import atomic_write_bytes, atomic_write_json, own_folder
+from ..io import atomic_write_bytes, atomic_write_json, file_sha256, own_folder
 from ..metrics import evaluate_models
 from ..models import build_generator, load_teacher, teacher_spec
 from ..recipe import QUANTIZE_SHARE, LossesSpec, Recipe
 from ..runfolder import RunDir, load_run_qad, load_run_student, load_run_teacher, profile_refs
 from ..schemas import StudentPlan, read_json
 from ..slim import load_student, make_student, other_student, save_student
+from ..teacher_cache import DiskTeacherCache
 from ..terms import stage_losses
 from ..train import Direction, Trainer, TrainSetup, seed_everything
 from .commands import EVALUATE_DOING, evaluate_run, plan_student, recipe_calibration, recipe_samples, run_export_spec
@@ -64,6 +67,23 @@ def held_out_batch(ds, n: int, keys: tuple[str, ...]) -> dict:
     never draws (indices past :data:`VAL_OFFSET`), the same in every run with this seed."""
     items = [ds[VAL_OFFSET + j] for j in range(n)]
     return {k: stack_images([it[k] for it in items]) for k in keys if k in items[0]}
+
+
+def _teacher_cache(ctx: Context, ds, taps: Optional[dict]) -> DiskTeacherCache:
+    """``distill.cache_teacher``: the teacher's outputs for every training image, on disk in the run folder
+    (``teacher_cache/``, FP16 or ``cache_dtype``, memory-mapped), shared by distill and quantize; keyed by the teacher's weights and
+    spec, the data section, the taps and the teacher's precision."""
+    r, run = ctx.recipe, ctx.run
+    h = hashlib.sha256()
+    for f in (run.teacher_weights, run.teacher_json):
+        h.update(file_sha256(f).encode() if f.is_file() else b"none")
+    if r.teacher.onnx:
+        h.update(file_sha256(r.resolve_path(r.teacher.onnx)).encode())
+    h.update(r.section_hash("data").encode())
+    h.update(json.dumps({"taps": taps or {}, "amp": r.distill.amp}, sort_keys=True).encode())
+    return DiskTeacherCache(
+        run.teacher_cache, h.hexdigest()[:16], len(ds), r.distill.cache_dtype, rebuild=ctx.options.force
+    )
 
 
 def run_training(
@@ -117,6 +137,7 @@ def run_training(
         amp=d.amp,
         channels_last=d.channels_last,
         cache_teacher=d.cache_teacher,
+        teacher_cache=_teacher_cache(ctx, ds, taps) if d.cache_teacher and stage != "teacher" else None,
         sample_batch=_sample_batch(r, min(4, r.evaluate.samples or 4), batch_keys(r.data.kind)),
         resume_command=resume_command(ctx),
         before_step=before_step,

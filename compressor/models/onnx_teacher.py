@@ -24,14 +24,6 @@ MAX_ONNX_BYTES = 4 << 30  # a teacher file larger than 4 GiB is refused before i
 SKIP_OPS = {"Constant", "Shape", "Gather", "Unsqueeze", "Concat", "Cast", "Reshape", "Identity"}  # not tap targets
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 class _TapPoint(nn.Identity):
     """Where an intermediate tensor of the graph is handed to forward hooks."""
 
