@@ -559,6 +559,34 @@ def make_dataset(
     return FolderDataset(folder, **kw)
 
 
+class ViewBank(Dataset):
+    """A fixed bank of ``views`` augmented views per image (``distill.cache_views``), so that a teacher's outputs can
+    be cached although the data is augmented. The sampler's position ``i`` encodes the epoch (``i // n``); epoch
+    ``e`` draws view ``e % views`` of each image, the dataset's augmentation (crop, flip, noise) seeded by that
+    view's position ``v * n + j`` as it would be in epoch ``v``. ``index`` is that position: the cache's key."""
+
+    def __init__(self, dataset: Dataset, views: int):
+        if views < 1:
+            raise ValueError("views must be at least 1")
+        self.dataset, self.views = dataset, int(views)
+        self.n = len(dataset)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict:
+        i = int(i)
+        key = ((i // self.n) % self.views) * self.n + i % self.n
+        item = dict(self.dataset[key])
+        item["index"] = key
+        return item
+
+    @property
+    def keys(self) -> int:
+        """How many distinct (image, view) items there are: the cache's rows."""
+        return self.n * self.views
+
+
 class ResumableSampler(Sampler[int]):
     """An endless, seeded shuffle that can start mid-stream and shards across processes.
 

@@ -288,6 +288,7 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "distill.quantize": None,
     "teacher.onnx": None,
     "distill.cache_dtype": "float16",
+    "distill.cache_views": None,
     "student.arch": None,
     "student.import": None,
     "student.kwargs": {},
@@ -424,6 +425,13 @@ class DistillSpec(Strict):
         False,
         description="compute the teacher's outputs once per image and read them back (run folder's teacher_cache/, FP16, memory-mapped; no flip, no crop)",
     )
+    cache_views: Optional[int] = Field(
+        None,
+        ge=1,
+        le=64,
+        description="distill.cache_teacher with augmented data: a fixed bank of this many jittered views per image "
+        "(crops, flips, noise drawn once per view), each cached",
+    )
     cache_dtype: Literal["float16", "float32"] = Field(
         "float16", description="distill.cache_teacher: how the outputs are stored (float32: exactly as computed)"
     )
@@ -540,12 +548,17 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _check_teacher_cache(self):
         d = self.data
-        random = d.flip or (d.load_size not in (None, d.size)) or d.kind in ("unpaired", "degraded")
-        if self.distill.cache_teacher and random:
+        dd = self.distill
+        random = d.flip or (d.load_size not in (None, d.size)) or d.kind == "degraded"
+        if dd.cache_teacher and d.kind == "unpaired":
+            raise ValueError("distill.cache_teacher: unpaired data (two directions drawn apart) is not supported")
+        if dd.cache_teacher and random and dd.cache_views is None:
             raise ValueError(
-                "distill.cache_teacher needs inputs that are the same every epoch: data.flip false, "
-                "no data.load_size crop, and neither unpaired nor degraded data (fresh crops and noise each step)"
+                "distill.cache_teacher needs inputs that are the same every epoch (data.flip false, no data.load_size "
+                "crop, not degraded data), or distill.cache_views: K, a fixed bank of K augmented views per image"
             )
+        if dd.cache_views is not None and not dd.cache_teacher:
+            raise ValueError("distill.cache_views: only with distill.cache_teacher: true")
         return self
 
     # Where the recipe came from: relative paths resolve against it. Not part of the schema.

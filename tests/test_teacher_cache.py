@@ -98,3 +98,36 @@ def test_the_cache_needs_inputs_that_do_not_change(tmp_path):
     (tmp_path / "r.yaml").write_text(text.replace("distill:\n", "distill:\n  cache_teacher: true\n"))
     res = run_cli(["validate", tmp_path / "r.yaml"], cwd=tmp_path)
     one_error_line(res.stderr, res.returncode, "distill.cache_teacher", "data.flip false")
+
+
+def test_a_bank_of_views_repeats_each_images_augmentation_every_k_epochs():
+    from compressor.data import ViewBank
+
+    class Jitter(torch.utils.data.Dataset):  # augmentation seeded by the sampler's position, as the datasets do
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            return {"input": torch.tensor([float(i % 3), float(hash((7, i)) % 1000)]), "index": i % 3}
+
+    bank = ViewBank(Jitter(), 2)
+    seen = {}
+    for epoch in range(6):
+        for j in range(3):
+            item = bank[epoch * 3 + j]
+            assert item["index"] == (epoch % 2) * 3 + j
+            seen.setdefault(item["index"], item["input"])
+            assert torch.equal(seen[item["index"]], item["input"])  # the same view every other epoch
+    assert len(seen) == bank.keys == 6 and not torch.equal(seen[0], seen[3])  # two distinct views of image 0
+
+
+def test_augmented_data_is_cached_through_a_bank_of_views(tmp_path):
+    text = CACHED.replace("flip: false,", "flip: true,").replace("steps: 8\n", "steps: 12\n", 1)
+    text = text.replace("distill:\n", "distill:\n  cache_teacher: true\n  cache_views: 2\n")
+    (tmp_path / "r.yaml").write_text(text)
+    res = run_cli([tmp_path / "r.yaml", "--out", tmp_path / "runs", "--only", "teacher,student,distill"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    run = tmp_path / "runs" / "cached"
+    assert json.loads((run / "teacher_cache" / "meta.json").read_text())["n"] == 16  # 8 images x 2 views
+    timing = json.loads((run / "distill.json").read_text())["teacher_cache"]
+    assert timing["computed"]["steps"] == 8 and timing["cached"]["steps"] == 4  # epochs 1-2 computed, 3 read

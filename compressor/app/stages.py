@@ -21,7 +21,7 @@ from safetensors.torch import save as st_save
 
 from .. import qat
 from ..complexity import profile_model
-from ..data import batch_keys, make_dataset, stack_images
+from ..data import ViewBank, batch_keys, make_dataset, stack_images
 from ..errors import RecipeError, UserError
 from ..exporters.export import export_files, export_trained, needs_calibration
 from ..exporters.formats.onnx import check_not_failed
@@ -80,9 +80,12 @@ def _teacher_cache(ctx: Context, ds, taps: Optional[dict]) -> DiskTeacherCache:
     if r.teacher.onnx:
         h.update(file_sha256(r.resolve_path(r.teacher.onnx)).encode())
     h.update(r.section_hash("data").encode())
-    h.update(json.dumps({"taps": taps or {}, "amp": r.distill.amp}, sort_keys=True).encode())
+    h.update(
+        json.dumps({"taps": taps or {}, "amp": r.distill.amp, "views": r.distill.cache_views}, sort_keys=True).encode()
+    )
+    rows = getattr(ds, "keys", len(ds))  # a bank of views: one row per (image, view)
     return DiskTeacherCache(
-        run.teacher_cache, h.hexdigest()[:16], len(ds), r.distill.cache_dtype, rebuild=ctx.options.force
+        run.teacher_cache, h.hexdigest()[:16], rows, r.distill.cache_dtype, rebuild=ctx.options.force
     )
 
 
@@ -106,10 +109,12 @@ def run_training(
     r = ctx.recipe
     d = distill or r.distill
     ds = make_dataset(r.data, r.resolve_path(r.data.root), "train", r.seed)
+    cache = d.cache_teacher and stage != "teacher"
+    train_ds = ViewBank(ds, d.cache_views) if cache and d.cache_views else ds
     setup = TrainSetup(
         kind="paired" if r.data.kind in ("synthetic", "degraded") else r.data.kind,
         directions=directions,
-        dataset=ds,
+        dataset=train_ds,
         losses=losses,
         steps=steps,
         lr=lr,
@@ -137,7 +142,7 @@ def run_training(
         amp=d.amp,
         channels_last=d.channels_last,
         cache_teacher=d.cache_teacher,
-        teacher_cache=_teacher_cache(ctx, ds, taps) if d.cache_teacher and stage != "teacher" else None,
+        teacher_cache=_teacher_cache(ctx, train_ds, taps) if cache else None,
         sample_batch=_sample_batch(r, min(4, r.evaluate.samples or 4), batch_keys(r.data.kind)),
         resume_command=resume_command(ctx),
         before_step=before_step,
