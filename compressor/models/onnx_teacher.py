@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
+import onnx
 import torch
 import torch.nn as nn
 
@@ -35,8 +36,6 @@ class OnnxTeacher(nn.Module):
 
     def __init__(self, path: str | Path, key: str = "teacher.onnx"):
         super().__init__()
-        import onnx
-
         self.path, self.key = Path(path), key
         if not self.path.is_file():
             raise RecipeError(f"{key}: {self.path}: file not found")
@@ -88,8 +87,7 @@ class OnnxTeacher(nn.Module):
 
     def _session(self, extra: tuple[str, ...]):
         if extra not in self._sessions:
-            import onnx
-            import onnxruntime as ort
+            import onnxruntime as ort  # loaded when a session is first built
 
             model = self._model
             if extra:
@@ -127,9 +125,6 @@ class OnnxTeacher(nn.Module):
         """Params (initializers of convolutions and matrix products, and every other float initializer) and MACs
         of Conv, ConvTranspose (both conventions: by input size, ours; by output size, the papers'), Gemm and
         MatMul at ``input_shape``, from the graph's inferred shapes."""
-        import onnx
-        from onnx import shape_inference
-
         model = onnx.ModelProto()
         model.CopyFrom(self._model)
         inp = next(i for i in model.graph.input if i.name == self.input_name)
@@ -137,7 +132,7 @@ class OnnxTeacher(nn.Module):
             d.ClearField("dim_param")
             d.dim_value = int(v)
         try:
-            model = shape_inference.infer_shapes(model, data_prop=True)
+            model = onnx.shape_inference.infer_shapes(model, data_prop=True)
         except Exception:  # noqa: BLE001 - a graph shape inference cannot follow: params only
             pass
         shapes: dict[str, list[int]] = {}
