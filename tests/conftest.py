@@ -90,6 +90,15 @@ def tiny_recipe(tmp_path):
     return p
 
 
+def sigint_default() -> None:
+    """``preexec_fn`` for a child that a test interrupts with SIGINT: Ctrl-C at a terminal reaches a process whose
+    SIGINT is at its default, even when the test suite itself runs as a background job (which starts with SIGINT
+    ignored, and would pass that on: the child would never see the Ctrl-C)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_cli(args, cwd=None, timeout=600, env=None):
     """Run the CLI in a subprocess as a user would; returns CompletedProcess."""
     import subprocess

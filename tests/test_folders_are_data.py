@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, one_error_line, tiny_recipe_text
+from conftest import ROOT, one_error_line, sigint_default, tiny_recipe_text
 
 from compressor.app.cli import main
 
@@ -270,7 +270,9 @@ def test_7_ctrl_c_of_a_distributed_run_exits_130_with_the_resume_line(evaluated,
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "compressor", str(recipe), "--out", str(run.parent), "--only", "distill"]
     cmd += ["--force", "--nproc", "2", "-q", "--set", "distill.steps=5000", "--set", "distill.checkpoint_every=2"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=sigint_default
+    )
     try:
         deadline = time.monotonic() + 240
         ckpts = run / "checkpoints"

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 import torch.nn as nn
+from conftest import one_error_line, run_cli
 
 from compressor.features import FeatureTaps, check_tap_pair, resolve_tap_pairs
 from compressor.losses import common_size, srp_multi
@@ -16,7 +17,6 @@ from compressor.models import build_generator
 from compressor.recipe import load_recipe
 from compressor.slim import make_student, other_student, student_from_plan
 from compressor.srp import SRPLoss, distill
-from tests.conftest import one_error_line, run_cli
 
 
 def _relation_distance(teacher, student, pairs, x) -> float:

@@ -9,10 +9,10 @@ import os
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line, run_cli, tiny_recipe_text
 
 from compressor.errors import RecipeError, UserError
 from compressor.teacher_cache import DiskTeacherCache
-from tests.conftest import one_error_line, run_cli, tiny_recipe_text
 
 
 def _put(cache, indices):

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from conftest import ROOT, THREADS, run_cli, tiny_recipe_text
+from conftest import ROOT, THREADS, run_cli, sigint_default, tiny_recipe_text
 from PIL import Image
 
 from compressor.checkpoints import capture_rng, list_checkpoints, load_latest_checkpoint, restore_rng, save_checkpoint
@@ -51,6 +51,7 @@ def _start(args, cwd):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=sigint_default,
     )
 
 

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, THREADS, one_error_line, run_cli, tiny_recipe_text
+from conftest import ROOT, THREADS, one_error_line, run_cli, sigint_default, tiny_recipe_text
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -62,6 +62,7 @@ def interrupt(args: list, needle: str, timeout: float = 90, env: dict | None = N
         stderr=subprocess.PIPE,
         text=True,
         env=_env(env),
+        preexec_fn=sigint_default,
     )
     seen, err, out = threading.Event(), [], []
 
