@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 from conftest import one_error_line, run_cli
 
+from compressor.errors import RecipeError
 from compressor.features import FeatureTaps, check_tap_pair, resolve_tap_pairs
 from compressor.losses import common_size, srp_multi
 from compressor.models import build_generator
@@ -140,18 +141,27 @@ def test_pipeline_distils_exports_and_reports_a_student_of_another_family(tmp_pa
 @pytest.mark.parametrize(
     "extra, needles",
     [
-        ("student: {width: 0.5, arch: resnet_6blocks}", ("student.width", "give one")),
         ("student: {arch: resnet_6blocks, import: 'x.py:f'}", ("student", "not both")),
         ("student: {kwargs: {ngf: 8}}", ("student.kwargs", "only with")),
         ("student: {arch: resnet_7blocks}", ("student.arch", "unknown")),
         ("student: {arch: resnet_6blocks, kwargs: {nfg: 8}}", ("student.kwargs.nfg",)),
     ],
 )
-def test_bad_student_settings_give_one_line(tmp_path, extra, needles):
+def test_bad_student_settings_are_refused(tmp_path, extra, needles):
     text = OTHER.replace("student: {arch: resnet_6blocks, kwargs: {ngf: 8}}", extra)
     (tmp_path / "r.yaml").write_text(text)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(tmp_path / "r.yaml")
+    assert all(n in str(exc.value) for n in needles), str(exc.value)
+
+
+def test_a_width_beside_an_architecture_gives_one_line(tmp_path):
+    text = OTHER.replace(
+        "student: {arch: resnet_6blocks, kwargs: {ngf: 8}}", "student: {width: 0.5, arch: resnet_6blocks}"
+    )
+    (tmp_path / "r.yaml").write_text(text)
     res = run_cli(["validate", tmp_path / "r.yaml"], cwd=tmp_path)
-    one_error_line(res.stderr, res.returncode, *needles)
+    one_error_line(res.stderr, res.returncode, "student.width", "give one")
 
 
 def test_a_tap_pair_naming_a_missing_module_gives_one_line(tmp_path):
@@ -160,10 +170,10 @@ def test_a_tap_pair_naming_a_missing_module_gives_one_line(tmp_path):
     one_error_line(res.stderr, res.returncode, "distill.losses.srp.pairs", "res_middle")
 
 
-def test_layers_and_pairs_together_give_one_line(tmp_path):
+def test_layers_and_pairs_together_are_refused(tmp_path):
     (tmp_path / "r.yaml").write_text(OTHER.replace("srp: {weight: 5.0,", "srp: {weight: 5.0, layers: [encoder],"))
-    res = run_cli(["validate", tmp_path / "r.yaml"], cwd=tmp_path)
-    one_error_line(res.stderr, res.returncode, "pairs", "not both")
+    with pytest.raises(RecipeError, match="pairs.*not both"):
+        load_recipe(tmp_path / "r.yaml")
 
 
 def test_a_student_of_the_wrong_output_shape_stops_before_distilling(tmp_path):
@@ -281,5 +291,5 @@ def test_an_onnx_teacher_cannot_be_slimmed(tmp_path):
         "student: {arch: resnet_6blocks, kwargs: {ngf: 8}}", "student: {width: 0.5}"
     )
     (tmp_path / "r.yaml").write_text(text)
-    res = run_cli(["validate", tmp_path / "r.yaml"], cwd=tmp_path)
-    one_error_line(res.stderr, res.returncode, "teacher.onnx", "student.arch")
+    with pytest.raises(RecipeError, match="teacher.onnx.*student.arch"):
+        load_recipe(tmp_path / "r.yaml", check_paths=False)
