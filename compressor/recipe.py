@@ -119,6 +119,14 @@ class TeacherTrainSpec(Strict):
     gan_weight: float = Field(1.0, ge=0, description="adversarial weight")
 
 
+def check_plain_data(kwargs: dict, key: str) -> None:
+    """A factory's arguments must be data a run folder can record (JSON): one ValueError line otherwise."""
+    try:
+        json.dumps(kwargs, allow_nan=False)
+    except (TypeError, ValueError):
+        raise ValueError(f"{key}: values must be plain data (numbers, strings, booleans, lists, mappings)") from None
+
+
 class ExpectSpec(Strict):
     """A published figure the teacher must reproduce on the test split before anything is distilled from it."""
 
@@ -182,12 +190,7 @@ class TeacherSpec(Strict):
 
     @model_validator(mode="after")
     def _kwargs_are_data(self):
-        try:
-            json.dumps(self.kwargs, allow_nan=False)
-        except (TypeError, ValueError):
-            raise ValueError(
-                "teacher.kwargs: values must be plain data (numbers, strings, booleans, lists, mappings)"
-            ) from None
+        check_plain_data(self.kwargs, "teacher.kwargs")
         if self.arch in ZOO_ARCHS:
             check_zoo_kwargs(self.arch, self.kwargs, key="teacher.kwargs")
         return self
@@ -356,12 +359,7 @@ class StudentSpec(Strict):
                 raise ValueError(
                     f"student.{given[0]} slims the teacher; student.{which} names a network of its own: give one"
                 )
-            try:
-                json.dumps(self.kwargs, allow_nan=False)
-            except (TypeError, ValueError):
-                raise ValueError(
-                    "student.kwargs: values must be plain data (numbers, strings, booleans, lists, mappings)"
-                ) from None
+            check_plain_data(self.kwargs, "student.kwargs")
             if self.arch is not None:
                 if self.arch not in ZOO_ARCHS:
                     raise ValueError(f"student.arch: unknown zoo name {self.arch!r} (one of {', '.join(ZOO_ARCHS)})")

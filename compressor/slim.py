@@ -77,14 +77,14 @@ def _probe(model: nn.Module, x: torch.Tensor, handles: list) -> None:
             h.remove()
 
 
-def _tensor_leaves(out: Any) -> list[torch.Tensor]:
+def tensor_leaves(out: Any) -> list[torch.Tensor]:
     """Every tensor in a forward pass's result (tuples, lists and dicts, nested)."""
     if torch.is_tensor(out):
         return [out]
     if isinstance(out, dict):
         out = list(out.values())
     if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _tensor_leaves(o)]
+        return [t for o in out for t in tensor_leaves(o)]
     return []
 
 
@@ -141,7 +141,7 @@ def _output_layers(model: nn.Module, x: torch.Tensor, outputs: str = "named") ->
             model.train(was)
         w = wrappers[0]
         named = select_output(out, w.output)
-        found = _producing_layers(model, _tensor_leaves(out) if outputs == "all" else [named])
+        found = _producing_layers(model, tensor_leaves(out) if outputs == "all" else [named])
         if found:
             return found
     order: list[str] = []
@@ -550,7 +550,7 @@ def _prune_plain(
                 global_pruning=False,
                 customized_pruners=opaque or None,
                 round_to=round_to,
-                output_transform=_tensor_leaves,
+                output_transform=tensor_leaves,
             )
             pruner.step()
     except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many types; name the layer it cannot follow
@@ -598,7 +598,7 @@ def _replay(model: nn.Module, history: list, x: torch.Tensor, keep: Optional[lis
     opaque = _Opaque(model, x, list(keep or []), frozen_mods)
     with torch.enable_grad(), _NotInplace(model), _AllOutputs(model), opaque as pruners:
         dg = tp.DependencyGraph().build_dependency(
-            model, example_inputs=x, customized_pruners=pruners or None, output_transform=_tensor_leaves
+            model, example_inputs=x, customized_pruners=pruners or None, output_transform=tensor_leaves
         )
         try:
             dg.load_pruning_history([list(e) for e in history])
@@ -782,7 +782,7 @@ def replay_shape(shape: list[int]) -> list[int]:
 
 
 def _first_image(out: Any) -> Optional[torch.Tensor]:
-    leaves = _tensor_leaves(out)
+    leaves = tensor_leaves(out)
     return leaves[0] if leaves else None
 
 

@@ -24,6 +24,7 @@ from ..models import (
 )
 from ..models.layers import align_free_norms
 from ..recipe import Recipe
+from ..slim import tensor_leaves
 
 
 def preflight(recipe: Recipe, build_model: bool = True) -> None:
@@ -108,7 +109,7 @@ def check_taps(recipe: Recipe) -> None:
                 out = model.eval()(x)
             except Exception as exc:  # noqa: BLE001 - a size or a channel count the model cannot take
                 raise input_mismatch(recipe, model, exc) from None
-        leaves = [out] if isinstance(out, torch.Tensor) else [v for v in _leaves(out)]
+        leaves = tensor_leaves(out)
         channels = int(leaves[0].shape[1]) if leaves and leaves[0].dim() == 4 else recipe.data.channels
         student = build_from_spec(student_arch_spec(recipe, x, channels), init=None, source=which)
         try:
@@ -141,16 +142,6 @@ def check_taps(recipe: Recipe) -> None:
                 raise RecipeError(
                     f"{key}: the {side}'s tap {alias!r} ({taps[alias]}) is not executed by the forward pass"
                 )
-
-
-def _leaves(out) -> list:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [leaf for v in out for leaf in _leaves(v)]
-    return []
 
 
 def input_mismatch(recipe: Recipe, model: torch.nn.Module, exc: Exception) -> RecipeError:

@@ -71,8 +71,8 @@ def held_out_batch(ds, n: int, keys: tuple[str, ...]) -> dict:
 
 def _teacher_cache(ctx: Context, ds, taps: Optional[dict]) -> DiskTeacherCache:
     """``distill.cache_teacher``: the teacher's outputs for every training image, on disk in the run folder
-    (``teacher_cache/``, FP16 or ``cache_dtype``, memory-mapped), shared by distill and quantize; keyed by the teacher's weights and
-    spec, the data section, the taps and the teacher's precision."""
+    (``teacher_cache/``, FP16 or ``cache_dtype``, memory-mapped), shared by distill and quantize; keyed by the
+    teacher's weights and spec, the data section, the taps, the views and the teacher's precision."""
     r, run = ctx.recipe, ctx.run
     h = hashlib.sha256()
     for f in (run.teacher_weights, run.teacher_json):
