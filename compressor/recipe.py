@@ -279,6 +279,8 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "distill.losses.srp.normalize": "entries",
     "export.formats": ["onnx"],
     "data.channels": 3,
+    "student.search": "uniform",
+    "student.latency_table": None,
     "data.degrade": None,
     "teacher.residual": "none",
     "teacher.expect": None,
@@ -317,6 +319,14 @@ class StudentSpec(Strict):
     )
     budget: Optional[BudgetSpec] = Field(None, description="width auto: one of latency_ms, speedup, macs, params")
     margin: float = Field(0.05, ge=0, lt=1, description="width auto: keep this fraction below a latency budget")
+    search: Literal["uniform", "per-layer"] = Field(
+        "uniform",
+        description="width auto: one width for every layer, or one per channel group from a latency table measured "
+        "on the target (compressor/app/layerwise.py)",
+    )
+    latency_table: Optional[str] = Field(
+        None, description="search per-layer: reuse this latency_table.json (measured on this machine and target)"
+    )
     arch: Optional[str] = Field(
         None, description="a student of another architecture: a zoo name (instead of a width of the teacher)"
     )
@@ -353,7 +363,7 @@ class StudentSpec(Strict):
             raise ValueError("student: give one of 'arch' (a zoo name) or 'import' (module:factory), not both")
         if self.other_arch:
             which = "arch" if self.arch else "import"
-            slimming = [k for k in ("width", "method", "init", "keep", "round_channels", "budget", "outputs")]
+            slimming = ["width", "method", "init", "keep", "round_channels", "budget", "outputs", "search"]
             given = [k for k in slimming if k in self.model_fields_set]
             if given:
                 raise ValueError(
@@ -368,6 +378,15 @@ class StudentSpec(Strict):
             raise ValueError("student.kwargs: only with student.arch or student.import")
         if self.width == "auto" and self.budget is None:
             raise ValueError("student.width auto needs student.budget (one of latency_ms, speedup, macs or params)")
+        if self.search == "per-layer":
+            if self.width != "auto":
+                raise ValueError("student.search: per-layer chooses the widths; set student.width: auto (and a budget)")
+            if self.method == "rebuild":
+                raise ValueError(
+                    "student.search: per-layer widths prune the teacher; use student.method: prune or auto"
+                )
+        elif self.latency_table is not None:
+            raise ValueError("student.latency_table: only with student.search: per-layer")
         return self
 
 

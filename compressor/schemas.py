@@ -112,6 +112,7 @@ class StudentPlan(Open):
     history: Optional[list[HistoryEntry]] = Field(None, max_length=100_000)
     groups: Optional[list[dict[str, Any]]] = None
     keep: Optional[list[StrictStr]] = None
+    widths: Optional[dict[StrictStr, Annotated[StrictInt, Field(ge=1, le=1_000_000)]]] = None  # per-layer
 
     @field_validator("example_shape")
     @classmethod
@@ -185,6 +186,8 @@ class PlanJson(Open):
     key: Optional[StrictStr] = None
     width: Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
     candidates: Optional[list[PlanCandidate]] = None
+    search: Optional[Literal["uniform", "per-layer"]] = None
+    widths: Optional[dict[StrictStr, Annotated[StrictInt, Field(ge=1, le=1_000_000)]]] = None  # search per-layer
 
 
 class CheckpointConfig(Open):

@@ -13,9 +13,11 @@ plan). ``load_student(dir)`` rebuilds the architecture exactly, without the teac
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -496,14 +498,16 @@ def _prune(
     keep: Optional[list[str]] = None,
     round_to: Optional[int] = None,
     outputs: str = "named",
+    counts: Optional[dict[str, int]] = None,
 ) -> list:
-    """Prune ``model`` in place to ``width``; return Torch-Pruning's pruning history (JSON-serialisable).
+    """Prune ``model`` in place to ``width`` (or to ``counts``: channels kept per group, see
+    :func:`prunable_groups`); return Torch-Pruning's pruning history (JSON-serialisable).
     ``round_to``: every pruned layer keeps a multiple of this many channels (Torch-Pruning rounds down).
     Spectral/weight-norm layers are pruned as plain layers and re-parametrized again; frozen layers stay frozen
     and at full width."""
     frozen = frozen_params(model)
     reparam = strip_reparam(model)
-    history = _prune_plain(model, width, x, keep, round_to, outputs, _frozen_modules_of(model, frozen))
+    history = _prune_plain(model, width, x, keep, round_to, outputs, _frozen_modules_of(model, frozen), counts)
     restore_reparam(model, reparam)
     refreeze(model, frozen)
     return history
@@ -524,47 +528,178 @@ def _prune_plain(
     round_to: Optional[int],
     outputs: str,
     frozen: tuple,
+    counts: Optional[dict[str, int]] = None,
 ) -> list:
-    keep = list(keep or [])
-    _modules_named(model, keep, "student.keep")
-    was = model.training
-    unknown = [n for n in _unknown_layers(model) if not any(n == k or n.startswith(k + ".") for k in keep)]
-    if unknown:  # Torch-Pruning would guess a pruning dimension for their bare parameters, or never finish
-        raise _cannot_prune(
-            unknown[0],
-            model.get_submodule(unknown[0]),
-            "it uses its own parameters outside the standard layers Torch-Pruning knows",
+    with _traced_pruner(model, width, x, keep, None if counts else round_to, outputs, frozen) as pruner:
+        if counts is None:
+            pruner.step()
+        else:
+            _prune_counts(pruner, model, counts)
+    history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()]
+    return history
+
+
+class _traced_pruner:
+    """Torch-Pruning's pruner over ``model`` prepared as every pruning here needs it (norm sizes repaired,
+    PixelShuffle convs split, output/kept/frozen layers ignored); on a clean exit the model is put back together
+    and checked. Torch-Pruning's own failures become one line naming ``student.keep``."""
+
+    def __init__(self, model, width, x, keep, round_to, outputs, frozen):
+        self.model, self.width, self.x, self.round_to, self.outputs, self.frozen = (
+            model,
+            width,
+            x,
+            round_to,
+            outputs,
+            frozen,
         )
-    shuffles, ignored = _prepare(model, x, keep, outputs, frozen)
-    if round_to:
-        _check_round_to(model, width, round_to, ignored)
-    imp = tp.importance.MagnitudeImportance(p=2)
-    try:
-        with torch.enable_grad(), _NotInplace(model), _AllOutputs(model), _Opaque(model, x, keep, frozen) as opaque:
-            pruner = tp.pruner.BasePruner(
+        self.keep = list(keep or [])
+        self.stack = contextlib.ExitStack()
+
+    def __enter__(self) -> "tp.pruner.BasePruner":
+        model, x, keep = self.model, self.x, self.keep
+        _modules_named(model, keep, "student.keep")
+        self.was = model.training
+        unknown = [n for n in _unknown_layers(model) if not any(n == k or n.startswith(k + ".") for k in keep)]
+        if unknown:  # Torch-Pruning would guess a pruning dimension for their bare parameters, or never finish
+            raise _cannot_prune(
+                unknown[0],
+                model.get_submodule(unknown[0]),
+                "it uses its own parameters outside the standard layers Torch-Pruning knows",
+            )
+        self.shuffles, ignored = _prepare(model, x, keep, self.outputs, self.frozen)
+        if self.round_to:
+            _check_round_to(model, self.width, self.round_to, ignored)
+        self.stack = contextlib.ExitStack()
+        try:
+            for c in (torch.enable_grad(), _NotInplace(model), _AllOutputs(model)):
+                self.stack.enter_context(c)
+            opaque = self.stack.enter_context(_Opaque(model, x, keep, self.frozen))
+            return tp.pruner.BasePruner(
                 model,
                 x,
-                importance=imp,
-                pruning_ratio=1.0 - width,
+                importance=tp.importance.MagnitudeImportance(p=2),
+                pruning_ratio=1.0 - self.width,
                 ignored_layers=ignored,
                 global_pruning=False,
                 customized_pruners=opaque or None,
-                round_to=round_to,
+                round_to=self.round_to,
                 output_transform=tensor_leaves,
             )
-            pruner.step()
-    except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many types; name the layer it cannot follow
-        reason = f"Torch-Pruning failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
-        raise RecipeError(
-            f"student.method: prune: {reason}; leave the layers involved at full width with student.keep: [names]"
-        ) from None
-    history = [[str(n), bool(out), [int(i) for i in idxs]] for n, out, idxs in pruner.pruning_history()]
-    _merge_pixel_shuffles(model, shuffles)
-    model.train(was)
-    _check_forward(model, x)
-    repair_norms(model, x)
-    check_channels(model, x)
-    return history
+        except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many types
+            self.stack.close()
+            raise _tp_failed(exc) from None
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        self.stack.close()
+        if kind is not None:
+            if isinstance(exc, RecipeError):
+                return False
+            raise _tp_failed(exc) from None
+        _merge_pixel_shuffles(self.model, self.shuffles)
+        self.model.train(self.was)
+        _check_forward(self.model, self.x)
+        repair_norms(self.model, self.x)
+        check_channels(self.model, self.x)
+        return False
+
+
+def _tp_failed(exc: BaseException) -> RecipeError:
+    reason = f"Torch-Pruning failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
+    return RecipeError(
+        f"student.method: prune: {reason}; leave the layers involved at full width with student.keep: [names]"
+    )
+
+
+@dataclass
+class PruneGroup:
+    """Channels Torch-Pruning removes together: one layer's outputs and every layer reading them (residual adds
+    and U-Net skips couple several layers into one group)."""
+
+    name: str  # the group's root layer: the first layer whose outputs it sets
+    channels: int
+    outs: list[str]  # layers whose output channels the group sets
+    ins: list[str]  # layers whose input channels the group sets
+    importance: list[float]  # per channel: Torch-Pruning's group L2 magnitude, normalised to mean 1 in the group
+
+
+def _pruning_groups(pruner, model: nn.Module) -> list[tuple[str, Any]]:
+    """``(root layer name, group)`` for every group the pruner would shrink, grouped convolutions left out (they
+    stay at full width in a per-layer student)."""
+    names = {m: n for n, m in model.named_modules()}
+    out = []
+    for group in pruner.DG.get_all_groups(
+        ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types
+    ):
+        mods = [d.target.module for d, _ in group]
+        if any(isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and m.groups > 1 for m in mods):
+            continue
+        root = group[0].dep.target.module
+        if root in names:
+            out.append((names[root], group))
+    return out
+
+
+def _group_layers(pruner, model: nn.Module, group) -> tuple[list[str], list[str]]:
+    names = {m: n for n, m in model.named_modules()}
+    outs: list[str] = []
+    ins: list[str] = []
+    for dep, _ in group:
+        m = dep.target.module
+        if not isinstance(m, _LAYERS) or m not in names:
+            continue
+        side = outs if pruner.DG.is_out_channel_pruning_fn(dep.handler) else ins
+        if names[m] not in side:
+            side.append(names[m])
+    return outs, ins
+
+
+def _prune_counts(pruner, model: nn.Module, counts: dict[str, int]) -> None:
+    """Keep ``counts[name]`` channels of each named group (its strongest by the pruner's importance); the indices
+    are chosen on the unpruned model for every group first, as Torch-Pruning's own step does."""
+    groups = dict(_pruning_groups(pruner, model))
+    bad = [n for n in counts if n not in groups]
+    if bad:
+        raise RecipeError(f"student.widths: {bad[0]!r} is not a prunable group of the teacher")
+    todo = []
+    for name, group in groups.items():
+        if name not in counts:
+            continue
+        full, k = len(group[0].idxs), int(counts[name])
+        if not 1 <= k <= full:
+            raise RecipeError(f"student.widths: {name!r} keeps {k} channels; it has {full}")
+        if k < full:
+            order = torch.argsort(pruner.estimate_importance(group).cpu())
+            todo.append((group[0].dep.target.module, group[0].dep.handler, order[: full - k].tolist()))
+    for module, fn, idxs in todo:
+        pruner.DG.get_pruning_group(module, fn, idxs).prune()
+
+
+def prunable_groups(
+    teacher: nn.Module,
+    example_input: Optional[torch.Tensor] = None,
+    keep: Optional[list[str]] = None,
+    outputs: str = "named",
+) -> list[PruneGroup]:
+    """The channel groups a per-layer student may set one by one (on a copy of ``teacher``; the output layers,
+    ``keep`` and grouped convolutions stay at full width), with each channel's importance."""
+    model = copy.deepcopy(teacher)
+    remove_align_hooks(model)
+    detach_hook_weights(model)
+    frozen = _frozen_modules_of(model, frozen_params(model))
+    strip_reparam(model)
+    x = _example_for(model, example_input)
+    imp = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
+    found: list[PruneGroup] = []
+    with summarised_warnings("student: tracing", handled=(NORM_SIZE_WARNING,)):
+        with _traced_pruner(model, 0.5, x, keep, None, outputs, frozen) as pruner:
+            for name, group in _pruning_groups(pruner, model):
+                outs, ins = _group_layers(pruner, model, group)
+                v = imp(group)
+                found.append(
+                    PruneGroup(name, len(group[0].idxs), outs, ins, [] if v is None else [float(a) for a in v])
+                )
+    return found
 
 
 def _check_round_to(model: nn.Module, width: float, round_to: int, ignored: list) -> None:
@@ -641,8 +776,12 @@ def make_student(
     output_range: Optional[tuple[float, float]] = None,
     round_to: Optional[int] = None,
     outputs: str = "named",
+    widths: Optional[dict[str, int]] = None,
 ) -> tuple[nn.Module, dict]:
     """Return ``(student, plan)`` for a teacher at a channel ``width`` in (0, 1].
+
+    ``widths`` (a per-layer student, method prune): the channels each group of :func:`prunable_groups` keeps,
+    by its root layer's name; groups not named keep all theirs, and ``width`` is then only recorded.
 
     ``keep`` names modules left at full width (Torch-Pruning's ignored layers). ``input_range`` and
     ``output_range`` (the teacher's native value ranges) are recorded in the plan; the student keeps them.
@@ -654,12 +793,12 @@ def make_student(
     teacher's code, by Torch-Pruning) are logged once each, with their count."""
     with summarised_warnings("student: slimming", handled=(NORM_SIZE_WARNING,)):
         return _make_student(
-            teacher, width, method, init, example_input, keep, input_range, output_range, round_to, outputs
+            teacher, width, method, init, example_input, keep, input_range, output_range, round_to, outputs, widths
         )
 
 
 def _make_student(
-    teacher, width, method, init, example_input, keep, input_range, output_range, round_to, outputs
+    teacher, width, method, init, example_input, keep, input_range, output_range, round_to, outputs, widths=None
 ) -> tuple[nn.Module, dict]:
     if not 0 < width <= 1:
         raise RecipeError(f"student.width: must be in (0, 1], got {width}")
@@ -671,9 +810,11 @@ def _make_student(
         raise RecipeError(f"student.outputs: expected named or all, got {outputs!r}")
     zoo = getattr(teacher, "arch", None) in ZOO
     if method == "auto":
-        method = "rebuild" if zoo else "prune"
+        method = "rebuild" if zoo and widths is None else "prune"
     if method == "rebuild" and not zoo:
         raise RecipeError("student.method: rebuild works for zoo teachers only; use prune for imported models")
+    if method == "rebuild" and widths is not None:
+        raise RecipeError("student.method: per-layer widths prune the teacher; use student.method: prune (or auto)")
     spec = teacher_spec_of(teacher)
     x = _example_for(teacher, example_input)
     plan: dict[str, Any] = {"version": PLAN_VERSION, "method": method, "width": width, "init": init, "teacher": spec}
@@ -713,6 +854,14 @@ def _make_student(
                     f"use student.method: prune, or a width such as 0.25 or 0.5"
                 )
             student.load_state_dict(state)
+    elif widths is not None:
+        detach_hook_weights(teacher)
+        student = copy.deepcopy(teacher)
+        remove_align_hooks(student)
+        plan["widths"] = {str(k): int(v) for k, v in widths.items()}
+        plan["history"] = _prune(student, width, x, keep, None, outputs, counts=plan["widths"])
+        if init == "scratch":
+            _reinit(student)
     else:
         detach_hook_weights(teacher)
         student, plan["history"], found = _prune_keeping_grouped(teacher, width, x, keep, round_to, outputs)

@@ -605,6 +605,9 @@ def plan(
 
 
 def _print_plan(doc: dict) -> None:
+    if doc.get("search") == "per-layer":
+        _print_per_layer(doc)
+        return
     stat = doc["stat"]
     for c in doc["candidates"]:
         lat = f"{stat} {c[stat]:9.2f} ms" if c.get(stat) is not None else ""
@@ -612,6 +615,31 @@ def _print_plan(doc: dict) -> None:
         typer.echo(f"width {c['width']:<8.4g} params {c['params']:>12,}  MACs {c['macs']:>16,}  {lat}{mark}")
     cached = " (cached: same teacher, budget and machine)" if doc.get("cached") else ""
     typer.echo(f"chosen width {doc['width']:.6g}{cached}; set student.width: {doc['width']:.6g}")
+
+
+def _print_per_layer(doc: dict) -> None:
+    pl, stat = doc["per_layer"], doc["stat"]
+    for g in pl["groups"]:
+        typer.echo(f"group {g['name']:<28} {g['kept']:>5} of {g['channels']:<5} channels ({g['layers']} layer(s))")
+    ch = pl["chosen"]
+    cached = " (cached: same teacher, budget and machine)" if doc.get("cached") else ""
+    measured = ch.get("measured", {}).get(stat) if isinstance(ch.get("measured"), dict) else None
+    got = f"predicted {ch['predicted']:.4g}" + (f", measured {stat} {measured:.4g} ms" if measured is not None else "")
+    typer.echo(
+        f"per-layer: {got}; MACs {ch.get('macs', 0):,}; params {ch.get('params', 0):,}; "
+        f"retained importance {ch['retained']:.3f}{cached}"
+    )
+    for u in pl.get("uniform_measured") or []:
+        mark = "  (within the target)" if doc.get("target") and u[stat] <= doc["target"] else ""
+        typer.echo(f"uniform width {u['width']:<6g} measured {stat} {u[stat]:9.2f} ms{mark}")
+    t = pl.get("table")
+    if t:
+        errs = ", ".join(f"{c['width']:g}: {c['error']:+.1%}" for c in t["checks"])
+        typer.echo(
+            f"latency table: {t['measurements']} networks measured ({t['seconds']:.0f} s); predicts uniform widths "
+            f"{errs}; reference drift {t['noise']['reference_drift']:.1%}"
+        )
+    typer.echo(f"per-layer widths chosen ({doc['width']:.3g} of the groups' channels); the run uses them")
 
 
 @app.command()

@@ -45,6 +45,7 @@ from ..runfolder import (
 )
 from ..schemas import TeacherMeta, read_json
 from ..slim import load_student
+from .layerwise import plan_layers
 from .plan import plan_width
 from .preflight import check_backends, example_input
 
@@ -60,6 +61,19 @@ def plan_student(recipe: Recipe, run: RunDir, force: bool = False, teacher: Opti
         teacher = with_ranges(build_teacher(recipe.teacher, recipe.base_dir, init=None), recipe.teacher)
         teacher.compressor_spec = teacher_spec(recipe.teacher, recipe.base_dir)
         check_output(teacher, example_input(recipe, teacher))
+    st = recipe.student
+    if st.search == "per-layer":
+        return plan_layers(
+            teacher,
+            st.budget,
+            size=recipe.data.size,
+            margin=st.margin,
+            keep=list(st.keep),
+            round_to=st.round_channels,
+            run_dir=run.root,
+            table_path=recipe.resolve_path(st.latency_table) if st.latency_table else None,
+            force=force,
+        )
     return plan_width(
         teacher,
         recipe.student.budget,
@@ -114,6 +128,13 @@ def student_built(plan: Optional[dict]) -> Optional[str]:
         return None
     keep = plan.get("keep") or []
     kept = f"; at full width: {', '.join(keep)}" if keep else ""
+    widths = plan.get("widths")
+    if isinstance(widths, dict) and widths:
+        per = ", ".join(f"{k} {v}" for k, v in widths.items())
+        return (
+            f"the teacher with per-layer widths ({len(widths)} channel groups, {width:.3g} of their channels; "
+            f"{plan['method']}, init {plan.get('init', 'inherit')}{kept}): {per}"
+        )
     return f"the teacher at width {width:g} ({plan['method']}, init {plan.get('init', 'inherit')}{kept})"
 
 

@@ -18,6 +18,7 @@ returns ``{"p50": ms, "p90": ms}`` per candidate, so a test can pass a fake back
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -633,7 +634,6 @@ def plot_plan(doc: dict, path: str | Path) -> Path:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    import io
 
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

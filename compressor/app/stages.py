@@ -285,11 +285,14 @@ def stage_student(ctx: Context) -> None:
             s2, plan2 = other_student(load_run_teacher(run, reverse=True), spec, example)
             save_student(s2, plan2, own_folder(run.student_init / "reverse"))
         return
-    width = r.student.width
-    if width == "auto":  # measured on the target: the widest width within student.budget (plan.json)
-        width = plan_student(r, run, teacher=teacher)["width"]
+    width, widths = r.student.width, None
+    if width == "auto":  # measured on the target: the widest width (or per-layer widths) within student.budget
+        doc = plan_student(r, run, teacher=teacher)
+        width, widths = doc["width"], doc.get("widths")
         seed_everything(r.seed)
     shape = {"keep": r.student.keep or None, "round_to": r.student.round_channels, "outputs": r.student.outputs}
+    if widths:
+        shape["widths"] = widths
     student, plan = make_student(teacher, width, r.student.method, r.student.init, example, **shape)
     save_student(student, plan, own_folder(run.student_init))
     if r.data.kind == "unpaired":

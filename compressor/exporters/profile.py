@@ -323,6 +323,40 @@ def time_artifact(
     return _run_worker(cfg, timeout)
 
 
+def time_artifacts(
+    backend: str,
+    items: list[dict],
+    *,
+    precision: str = "fp32",
+    batch: int = 1,
+    warmup: int = 3,
+    iters: int = 10,
+    threads: Optional[int] = None,
+    device: str = "cpu",
+    timeout: float = 600,
+) -> list[dict]:
+    """Time several small files of one backend in one process of their own (``items``: ``{"artifact", "size",
+    "input_nc"}`` each); one row per item, ``{"status": "ok", "latency_ms": ...}`` or ``{"status": "failed",
+    "reason": ...}``."""
+    cfg = {
+        "backend": backend,
+        "row": BACKENDS[backend].to_data(),
+        "batch": batch,
+        "precision": precision,
+        "warmup": warmup,
+        "iters": iters,
+        "threads": threads,
+        "device": device,
+        "items": [
+            {"artifact": str(i["artifact"]), "size": int(i["size"]), "input_nc": int(i["input_nc"])} for i in items
+        ],
+    }
+    res = _run_worker(cfg, timeout)
+    if res.get("status") != "ok":
+        return [dict(res) for _ in items]
+    return [{"status": "failed", "reason": r["error"]} if "error" in r else {"status": "ok", **r} for r in res["items"]]
+
+
 # ------------------------------------------------------------------------------------------------ trtexec import
 
 

@@ -154,12 +154,37 @@ def worker(cfg: dict) -> dict:
     return res
 
 
+def worker_many(cfg: dict) -> dict:
+    """Time several files of one backend in this one process (a latency table's layers: each file is small, and a
+    process per file would cost more than its timing): ``{"items": [{"latency_ms": ...} or {"error": ...}]}``.
+    Each item names its ``artifact``, ``size`` and ``input_nc``; warm-up and iterations are the configuration's."""
+    row = Backend.from_data(cfg["row"])
+    device = row.pick_device(cfg.get("device"))
+    rng = np.random.default_rng(0)
+    out = []
+    for item in cfg["items"]:
+        try:
+            runner = row.make_runner(
+                item["artifact"], device=device, precision=cfg["precision"], threads=cfg.get("threads")
+            )
+            x = rng.uniform(-1, 1, (cfg["batch"], item["input_nc"], item["size"], item["size"])).astype(np.float32)
+            for _ in range(cfg["warmup"]):
+                runner(x)
+            runner.sync()
+            times = [runner.time_once(x) for _ in range(cfg["iters"])]
+            out.append({"latency_ms": latency_stats(times, cfg["batch"])})
+        except Exception as exc:  # noqa: BLE001 - one file's failure is reported in its row, the others still run
+            out.append({"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"})
+    return {"items": out, "device": device}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--worker", required=True)
     args = ap.parse_args(argv)
     die_with_parent()  # a killed profile run leaves no worker behind
-    print(json.dumps(worker(json.loads(args.worker))), flush=True)
+    cfg = json.loads(args.worker)
+    print(json.dumps(worker_many(cfg) if "items" in cfg else worker(cfg)), flush=True)
     return 0
 
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import onnx
+from onnx import numpy_helper
+
 from . import trt_rules
 from .trt_rules import parse_version, rule
 
@@ -56,7 +59,6 @@ class LintResult:
 
 
 def _attrs(node) -> dict:
-    import onnx
 
     out = {}
     for a in node.attribute:
@@ -67,7 +69,6 @@ def _attrs(node) -> dict:
 
 def _elem_types(model) -> dict:
     """Element type of every tensor name we can tell without running the model (shape inference where it works)."""
-    import onnx
 
     try:
         inferred = onnx.shape_inference.infer_shapes(model)
@@ -221,7 +222,6 @@ def _uint8_problem(node, ctx: _LintContext) -> None:
 
 
 def _check_zero_point(node, ctx: _LintContext) -> None:
-    from onnx import numpy_helper
 
     zp = _zero_point(node)
     if zp in ctx.inits:
@@ -286,7 +286,6 @@ def lint_onnx(path_or_model, version: int | str | tuple = 10) -> LintResult:
     ``version`` is a major (10, 11: that major's first release, the conservative choice) or ``"MAJOR.MINOR"``
     (``"10.15"``). The rules are the data in :mod:`exporters.trt_rules`; each problem names its rule and source.
     """
-    import onnx
 
     v = parse_version(version)
     model = path_or_model if isinstance(path_or_model, onnx.ModelProto) else onnx.load(str(path_or_model))

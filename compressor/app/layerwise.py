@@ -1,0 +1,920 @@
+"""Per-layer widths from the target (``student.width: auto`` with ``student.search: per-layer``).
+
+**The latency table**, measured on the budget's backend, in the target's runtime, on whole networks (a layer
+timed alone misleads on CPUs: ONNX Runtime reorders a lone convolution's tensors to its blocked layout and back,
+which a whole network does once, and fuses the norms and activations around it). Candidate widths are ``k/8`` of a
+group's channels (k = 1..8, rounded to ``student.round_channels``). The table holds the whole network at the eight
+uniform widths, then, around the reference (the uniform width nearest the target), every group at each of its
+widths with the others at the reference: what that group costs at that width, in context (NetAdapt, Yang et al.,
+ECCV 2018, measures such per-layer tables on the device; here they are measured in the network). A configuration is
+predicted as the reference's time plus each group's change. The table is checked out of sample: it predicts the
+three nearest other uniform widths (``checks``, with their errors; more than 10% is said). Each measurement keeps
+its p50 and p90, and the reference is measured twice (its repeat error is the run-to-run noise). The table is cached
+in the run folder (``latency_table.json``) by backend, precision, batch, size, threads and machine;
+``student.latency_table: FILE`` reuses another run's (one from another machine or target is refused).
+
+**The search** (a greedy solution of HALP's latency-importance knapsack, Shen et al., NeurIPS 2022, stepping as
+NetAdapt does): from two grid steps above the reference, the group whose next step down loses the least importance
+per millisecond saved steps down, down to the thinnest. A group's importance is
+Torch-Pruning's group L2 magnitude of each channel (normalised to mean 1 within the group), its kept channels the
+strongest; coupled layers (residual adds, U-Net skips) are one group, so they move together. The steps form a path
+ordered by predicted latency; the chosen student is the least-pruned step
+whose whole network, built, exported and measured on the target, meets the target (bisection along the path,
+starting where the table predicts it; the choice confirmed with a longer measurement).
+
+MACs and params budgets need no measurement: the same search (down to the budget, then back up while it holds)
+runs on the convolutions' counted MACs (FlopCounterMode's
+convention: a ConvTranspose by its input size) or parameters.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..complexity import count_params, profile_model
+from ..errors import UserError
+from ..exporters.formats.onnx import export_onnx
+from ..exporters.profile import time_artifacts
+from ..exporters.table import BACKENDS
+from ..io import atomic_write_bytes, atomic_write_json
+from ..models import input_channels, size_multiple
+from ..recipe import BudgetSpec
+from ..schemas import PlanJson, loads, read_json, read_text_bounded
+from ..slim import PruneGroup, make_student, prunable_groups
+from .plan import SCHEMA, ProfileMeasure, model_signature, plan_key
+
+log = logging.getLogger(__name__)
+
+TABLE_SCHEMA = "compressor.latency_table/1"
+GRID = 8  # a group's candidate widths: k / GRID of its channels
+FIT_LEVELS = (1, GRID - 1)  # the whole network at 1/4 and 1 fits the term outside the convolutions
+CHECK_LEVELS = (2, 3, 5)  # ... and is predicted at 3/8, 1/2 and 3/4 (out of sample)
+CHECK_TOLERANCE = 0.10
+MACHINE_KEYS = ("hostname", "cpu", "cores", "threads", "gpu", "driver", "onnxruntime_version", "tensorrt_version")
+CHUNK = 16  # networks per timing process
+REF_EVERY = 6  # the reference network is measured again after this many others
+
+
+@dataclass
+class ConvLayer:
+    """One convolution of the teacher as the table sees it: its shape, and the groups setting its channels."""
+
+    name: str
+    transposed: bool
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    output_padding: tuple[int, int]
+    groups: int
+    bias: bool
+    hw: tuple[int, int]  # input
+    out_hw: tuple[int, int]
+    cin: int
+    cout: int
+    gin: Optional[str]  # the group setting its input channels (None: fixed)
+    gout: Optional[str]
+
+    def key(self, cin: int, cout: int) -> str:
+        t = "convT" if self.transposed else "conv"
+        xy = lambda v: f"{v[0]}x{v[1]}"  # noqa: E731
+        return (
+            f"{t} k{xy(self.kernel)} s{xy(self.stride)} p{xy(self.padding)} d{xy(self.dilation)} "
+            f"op{xy(self.output_padding)} g{self.groups} b{int(self.bias)} {xy(self.hw)} {cin}->{cout}"
+        )
+
+    def macs(self, cin: int, cout: int) -> int:
+        per = cin // self.groups * cout * self.kernel[0] * self.kernel[1]
+        hw = self.hw if self.transposed else self.out_hw  # FlopCounterMode: a ConvTranspose by its input size
+        return per * hw[0] * hw[1]
+
+    def params(self, cin: int, cout: int) -> int:
+        return cin // self.groups * cout * self.kernel[0] * self.kernel[1] + (cout if self.bias else 0)
+
+    def elements(self, cout: int) -> int:
+        return cout * self.out_hw[0] * self.out_hw[1]
+
+
+def conv_layers(teacher: nn.Module, groups: list[PruneGroup], x: torch.Tensor) -> list[ConvLayer]:
+    """The teacher's 2-D convolutions as they run on ``x``, each with the groups setting its channels."""
+    gin = {n: g.name for g in groups for n in g.ins}
+    gout = {n: g.name for g in groups for n in g.outs}
+    seen: dict[str, tuple] = {}
+
+    def record(name: str):
+        def hook(mod, i, o) -> None:
+            seen.setdefault(name, (tuple(i[0].shape[2:]), tuple(o.shape[2:])))
+
+        return hook
+
+    hooks = [
+        m.register_forward_hook(record(name))
+        for name, m in teacher.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
+    ]
+    was = teacher.training
+    try:
+        with torch.no_grad():
+            teacher.eval()(x)
+    finally:
+        teacher.train(was)
+        for h in hooks:
+            h.remove()
+    out = []
+    for name, m in teacher.named_modules():
+        if name not in seen:
+            continue
+        hw, ohw = seen[name]
+        two = lambda v: tuple(int(a) for a in (v if isinstance(v, (tuple, list)) else (v, v)))  # noqa: E731
+        if isinstance(m.padding, str) or m.padding_mode != "zeros":
+            pad = _same_padding(m) if isinstance(m.padding, str) else two(m.padding)
+        else:
+            pad = two(m.padding)
+        out.append(
+            ConvLayer(
+                name=name,
+                transposed=isinstance(m, nn.ConvTranspose2d),
+                kernel=two(m.kernel_size),
+                stride=two(m.stride),
+                padding=pad,
+                dilation=two(m.dilation),
+                output_padding=two(getattr(m, "output_padding", 0)),
+                groups=int(m.groups),
+                bias=m.bias is not None,
+                hw=(int(hw[0]), int(hw[1])),
+                out_hw=(int(ohw[0]), int(ohw[1])),
+                cin=int(m.in_channels),
+                cout=int(m.out_channels),
+                gin=gin.get(name),
+                gout=gout.get(name),
+            )
+        )
+    return out
+
+
+def _same_padding(m: nn.Module) -> tuple[int, int]:
+    if m.padding == "valid":
+        return (0, 0)
+    k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
+    d = m.dilation if isinstance(m.dilation, tuple) else (m.dilation,) * 2
+    return tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
+
+
+def levels(channels: int, round_to: Optional[int] = None) -> list[int]:
+    """The channel counts a group may keep: ``k/GRID`` of its channels, rounded to ``round_to`` (never 0, always
+    including all of them)."""
+    r = round_to or 1
+    out = set()
+    for k in range(1, GRID + 1):
+        c = channels * k / GRID
+        c = max(r, int(round(c / r)) * r) if r > 1 else max(1, int(round(c)))
+        out.add(min(c, channels))
+    out.add(channels)
+    return sorted(out)
+
+
+# ---------------------------------------------------------------------------------------------- the predictor
+
+
+class Predictor:
+    """The convolutions' MACs or parameters for a per-group configuration (``{group: channels}``; a group not named
+    keeps all of its)."""
+
+    def __init__(self, layers: list[ConvLayer], kind: str):
+        self.layers, self.kind = layers, kind
+
+    def __call__(self, config: dict[str, int]) -> float:
+        total = 0
+        for layer in self.layers:
+            cin, cout = config.get(layer.gin, layer.cin), config.get(layer.gout, layer.cout)
+            total += layer.macs(cin, cout) if self.kind == "macs" else layer.params(cin, cout)
+        return float(total)
+
+
+# ---------------------------------------------------------------------------------------------- the table
+
+
+class TableMeasure:
+    """Times layer files and whole networks on the budget's backend (one process per chunk of files)."""
+
+    def __init__(self, budget: BudgetSpec, size: int, workdir: Path):
+        """``build`` and ``example`` are set by the caller: the student for a configuration, the input it takes."""
+        if budget.host:
+            raise UserError(
+                "student.search: per-layer times on this machine only for now; leave out student.budget.host"
+            )
+        if budget.precision != "fp32":
+            raise UserError("student.budget.precision: the per-layer search times fp32 files; plan at fp32")
+        if BACKENDS[budget.backend].artifact != "onnx" if budget.backend in BACKENDS else False:
+            raise UserError(
+                f"student.budget.backend: the per-layer search times ONNX files; {budget.backend} runs another kind "
+                f"(choose ort-cpu, openvino or another ONNX backend)"
+            )
+        self.profile = ProfileMeasure(budget, size, workdir)  # checks the backend; its fingerprint names the machine
+        self.budget, self.size, self.workdir = budget, size, workdir
+        self.example = torch.zeros(budget.batch, 3, size, size)
+        self.warmup = 3
+        self.build: Callable[[dict], nn.Module] = lambda config: None  # type: ignore[assignment]
+
+    def fingerprint(self) -> dict:
+        return self.profile.fingerprint()
+
+    def _time(self, items: list[dict], warmup: int, iters: int) -> list[dict]:
+        b = self.budget
+        rows: list[dict] = []
+        for i in range(0, len(items), CHUNK):
+            rows += time_artifacts(
+                b.backend,
+                items[i : i + CHUNK],
+                batch=b.batch,
+                warmup=warmup,
+                iters=iters,
+                threads=b.threads,
+                device=self.profile.device(),
+            )
+        for item, row in zip(items, rows):
+            if row.get("status") != "ok":
+                raise UserError(
+                    f"student.budget.backend: timing {item['what']} on {b.backend} failed: {row.get('reason')}"
+                )
+        return [{"p50": r["latency_ms"]["p50"], "p90": r["latency_ms"]["p90"]} for r in rows]
+
+    def networks(self, configs: list[tuple[str, dict]], iters: int) -> list[dict]:
+        """Build, export and time the per-layer students ``configs`` names (``(what, {group: channels})``)."""
+        items = []
+        for k, (what, config) in enumerate(configs):
+            path = self.workdir / f"net{k}.onnx"
+            _export_for_timing(self.build(config), path, self.example)
+            items.append({"artifact": path, "size": self.size, "input_nc": self.example.shape[1], "what": what})
+        try:
+            return self._time(items, self.warmup, iters)
+        finally:
+            for it in items:
+                Path(it["artifact"]).unlink(missing_ok=True)
+
+
+def _export_for_timing(model: nn.Module, path: Path, x: torch.Tensor) -> None:
+    """An ONNX file to time (TorchScript export: a few times faster than the checked export, and latency does not
+    depend on the metadata or parity checks the real export adds)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                model.eval(), (x,), str(path), dynamo=False, input_names=["input"], output_names=["output"]
+            )
+            return
+        except Exception:  # noqa: BLE001 - a model TorchScript cannot trace goes through the checked export
+            pass
+    export_onnx(model, path, x, dynamic=())
+
+
+def check_table_machine(doc: dict, fingerprint: dict, source: str) -> None:
+    """One line when a latency table was measured elsewhere or for another target."""
+    fp = doc.get("fingerprint") or {}
+    for key in ("backend", "precision", "batch", "size", "threads", *MACHINE_KEYS):
+        if fp.get(key) != fingerprint.get(key):
+            where = "on another machine" if key in MACHINE_KEYS else "for another target"
+            raise UserError(
+                f"student.latency_table: {source} was measured {where} ({key} {fp.get(key)!r}, here "
+                f"{fingerprint.get(key)!r}); leave student.latency_table out to measure here"
+            )
+
+
+def _timings_ok(node) -> bool:
+    """Every leaf of a table's network record is a ``{"p50": ms, "p90": ms}`` or a number, a string, a null."""
+    if isinstance(node, dict):
+        if "p50" in node:
+            return all(isinstance(node.get(s), (int, float)) and node[s] > 0 for s in ("p50", "p90"))
+        return all(_timings_ok(v) for v in node.values())
+    if isinstance(node, list):
+        return all(_timings_ok(v) for v in node)
+    return node is None or isinstance(node, (int, float, str))
+
+
+def load_table(path: Path, fingerprint: dict) -> dict:
+    try:
+        doc = loads(read_text_bounded(path), str(path))
+    except FileNotFoundError:
+        raise UserError(f"student.latency_table: {path}: file not found") from None
+    if not isinstance(doc, dict) or doc.get("schema") != TABLE_SCHEMA or not isinstance(doc.get("networks"), dict):
+        raise UserError(f"student.latency_table: {path} is not a latency table ({TABLE_SCHEMA})")
+    for key, net in doc["networks"].items():
+        if not isinstance(net, dict) or not _timings_ok(net):
+            raise UserError(f"student.latency_table: {path}: network {str(key)[:40]!r} holds a value that is no time")
+    check_table_machine(doc, fingerprint, str(path))
+    return doc
+
+
+# ---------------------------------------------------------------------------------------------- the search
+
+
+@dataclass
+class Step:
+    config: dict[str, int]
+    predicted: float
+    retained: float
+
+
+class Search:
+    """Greedy steps over the groups' levels (see the module docstring)."""
+
+    def __init__(self, groups: list[PruneGroup], predict: Callable[[dict], float], round_to: Optional[int]):
+        self.groups = groups
+        self.predict = predict
+        self.levels = {g.name: levels(g.channels, round_to) for g in groups}
+        total = sum(sum(g.importance) or g.channels for g in groups)
+        self.prefix = {}
+        for g in groups:
+            imp = sorted(g.importance or [1.0] * g.channels, reverse=True)
+            self.prefix[g.name] = np.concatenate([[0.0], np.cumsum(imp)]) / total
+
+    def retained(self, config: dict[str, int]) -> float:
+        return float(sum(self.prefix[g.name][config.get(g.name, g.channels)] for g in self.groups))
+
+    def uniform(self, k: int) -> dict[str, int]:
+        """Every group at its k-th level (0: the thinnest)."""
+        return {g.name: self.levels[g.name][min(k, len(self.levels[g.name]) - 1)] for g in self.groups}
+
+    def _step(self, config: dict, name: str, d: int) -> Optional[dict]:
+        lv = self.levels[name]
+        i = lv.index(config[name]) + d
+        if not 0 <= i < len(lv):
+            return None
+        return {**config, name: lv[i]}
+
+    def run(self, target: float, start: Optional[dict[str, int]] = None) -> tuple[dict[str, int], list[Step]]:
+        """Step down from ``start`` (default: every group at full width) until the prediction meets ``target``,
+        then back up while it still does; returns the configuration and every step (with ``target`` -inf: the
+        whole path down to the thinnest)."""
+        config = dict(start) if start else {g.name: g.channels for g in self.groups}
+        cur = self.predict(config)
+        path = [Step(dict(config), cur, self.retained(config))]
+        while cur > target:
+            best = None
+            for g in self.groups:
+                nxt = self._step(config, g.name, -1)
+                if nxt is None:
+                    continue
+                p = self.predict(nxt)
+                saved = max(cur - p, 1e-9)  # a step the table says saves nothing comes last, never never
+                cost = (self.retained(config) - self.retained(nxt)) / saved
+                if best is None or cost < best[0]:
+                    best = (cost, nxt, p)
+            if best is None:
+                break
+            _, config, cur = best
+            path.append(Step(dict(config), cur, self.retained(config)))
+        if cur > target:
+            return config, path
+        while True:  # step back up where the prediction leaves room
+            best = None
+            for g in self.groups:
+                nxt = self._step(config, g.name, +1)
+                if nxt is None:
+                    continue
+                p = self.predict(nxt)
+                if p > target:
+                    continue
+                gain = (self.retained(nxt) - self.retained(config)) / max(p - cur, 1e-9)
+                if best is None or gain > best[0]:
+                    best = (gain, nxt, p)
+            if best is None:
+                break
+            _, config, cur = best
+            path.append(Step(dict(config), cur, self.retained(config)))
+        return config, path
+
+
+# ---------------------------------------------------------------------------------------------- entry point
+
+
+def plan_per_layer(
+    teacher: nn.Module,
+    budget: BudgetSpec,
+    *,
+    size: int,
+    margin: float = 0.05,
+    keep: Optional[list[str]] = None,
+    round_to: Optional[int] = None,
+    run_dir: Optional[Path] = None,
+    table_path: Optional[Path] = None,
+    warmup: int = 3,
+    iters: int = 10,
+    confirm_iters: int = 30,
+    plot: bool = True,
+    measure: Optional[Callable[[list[tuple[str, dict]], int], list[dict]]] = None,
+) -> dict:
+    """Per-group widths within ``budget``; returns the plan document's ``per_layer`` section (``widths``: channels
+    kept per group, by root layer) and writes ``latency_table.json`` (and ``plan_layers.png``) into ``run_dir``."""
+    t0 = time.perf_counter()
+    size = budget.size or size
+    x = torch.zeros(1, input_channels(teacher), size, size)
+    groups = prunable_groups(teacher, x, keep)
+    if not groups:
+        raise UserError("student.search: per-layer found no channel group to set in the teacher")
+    count = "macs" if budget.macs is not None else "params" if budget.params is not None else None
+    if count:
+        doc = _search_counts(teacher, budget, count, groups, x, keep, round_to, t0)
+        return _write(doc, run_dir, plot)
+    workdir = Path(tempfile.mkdtemp(prefix="compressor-layers-"))
+    try:
+        meas = TableMeasure(budget, size, workdir)
+        small = torch.zeros(1, x.shape[1], *_build_size(teacher, size))
+        meas.build = lambda c: make_student(teacher, 1.0, "prune", "scratch", small, keep=keep, widths=c)[0]
+        meas.example = torch.zeros(budget.batch, x.shape[1], size, size)
+        meas.warmup = warmup
+        if measure is not None:  # tests: a stand-in for the target, given the configurations themselves
+            meas.networks = measure  # type: ignore[method-assign]
+        search = Search(groups, lambda c: 0.0, round_to)
+        table = _Table(
+            teacher,
+            search,
+            meas,
+            meas.fingerprint(),
+            round_to,
+            run_dir,
+            table_path,
+            budget.stat,
+            conv_layers(teacher, groups, x),
+        )
+        doc = _search_latency(table, search, budget, margin, iters, confirm_iters, t0)
+        student = meas.build(doc["widths"])
+        doc["chosen"].update(macs=_count(student, x, "macs"), params=count_params(student))
+        return _write(doc, run_dir, plot)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _search_counts(teacher, budget: BudgetSpec, count: str, groups, x, keep, round_to, t0: float) -> dict:
+    """A MACs or params budget: the search on the convolutions' counts (no measurement)."""
+    pred = Predictor(conv_layers(teacher, groups, x), count)
+    search = Search(groups, pred, round_to)
+    limit = float(budget.macs if count == "macs" else budget.params)
+    full = {g.name: g.channels for g in groups}
+    scale = _count(teacher, x, count) / max(pred(full), 1)  # what the convolutions leave out, as a factor
+    config, path = search.run(limit / scale)
+    if pred(config) * scale > limit:
+        raise UserError(
+            f"student.budget: even the thinnest per-layer student has about {pred(config) * scale:.4g} {count}; "
+            f"the budget is {limit:.4g}"
+        )
+    student, _ = make_student(teacher, 1.0, "prune", "scratch", x, keep=keep, widths=config)
+    doc = _doc(search, config, path, pred, t0, groups)
+    doc["chosen"][count] = _count(student, x, count)
+    doc["stat"] = count
+    return doc
+
+
+def _search_latency(
+    table: "_Table", search: Search, budget: BudgetSpec, margin: float, iters: int, confirm_iters: int, t0: float
+) -> dict:
+    """A latency or speedup budget: the table, the greedy path, the bisection on measurements along it."""
+    stat = budget.stat
+    uniform = table.uniform(iters)
+    if budget.speedup is not None:
+        teacher_ms = uniform[GRID - 1][stat]
+        target = teacher_ms / budget.speedup * (1 - margin)
+    else:
+        teacher_ms = None
+        target = budget.latency_ms * (1 - margin)
+    ref = min(range(GRID), key=lambda k: abs(math.log(uniform[k][stat] / target)))
+    pred = table.predictor(ref, iters)
+    search.predict = pred
+    table.save()  # measured once, kept whatever the search finds
+    checks = table.check(ref, pred)
+    path = search.run(-math.inf, search.uniform(min(ref + 2, GRID - 1)))[1]
+    measure = table.meas.networks
+    choice, probes = _bisect_path(
+        path, target, stat, lambda st, n: measure([("a per-layer student", st.config)], n)[0], iters, confirm_iters
+    )
+    if choice is None:
+        raise UserError(
+            f"student.budget: even the thinnest per-layer student runs in {probes[-1]['measured'][stat]:.3g} ms; "
+            f"the budget is {target / (1 - margin):.3g} ms (with the margin {target:.3g})"
+        )
+    config = path[choice].config
+    doc = _doc(search, config, path, pred, t0, groups=search.groups)
+    doc.update(
+        target=target,
+        teacher_ms=teacher_ms,
+        probes=probes,
+        stat=stat,
+        fingerprint=table.doc["fingerprint"],
+        table={
+            "reference": {"level": ref + 1, "width": (ref + 1) / GRID},
+            "kappa_ms_per_gmac": pred.kappa * 1e9,
+            "measurements": table.measured,
+            "checks": checks,
+            "worst_error": max(abs(c["error"]) for c in checks) if checks else None,
+            "noise": table.noise(ref),
+            "seconds": round(table.seconds, 1),
+        },
+        uniform_measured=[
+            {"level": k + 1, "width": (k + 1) / GRID, "retained": search.retained(search.uniform(k)), **uniform[k]}
+            for k in range(GRID)
+        ],
+    )
+    doc["chosen"].update(step=choice, measured=next(p["measured"] for p in reversed(probes) if p["step"] == choice))
+    table.save()
+    return doc
+
+
+def plan_layers(
+    teacher: nn.Module,
+    budget: BudgetSpec,
+    *,
+    size: int,
+    margin: float = 0.05,
+    keep: Optional[list[str]] = None,
+    round_to: Optional[int] = None,
+    run_dir: Optional[Path] = None,
+    table_path: Optional[Path] = None,
+    force: bool = False,
+    measure: Optional[Callable[[list[tuple[str, dict]], int], list[dict]]] = None,
+    fingerprint: Optional[dict] = None,
+) -> dict:
+    """``compress plan`` with ``student.search: per-layer``: the plan document (``plan.json`` in ``run_dir``, reused
+    when the teacher, budget and machine are the same): ``widths`` (channels kept per group), ``width`` (the
+    fraction of the groups' channels kept), ``per_layer`` (the search, its table and measurements)."""
+    size = budget.size or size
+    if fingerprint is None:
+        count = budget.macs is not None or budget.params is not None
+        if count:
+            fingerprint = {"counts": "no measurement"}
+        else:
+            workdir = Path(tempfile.mkdtemp(prefix="compressor-layers-"))
+            try:
+                fingerprint = TableMeasure(budget, size, workdir).fingerprint()
+            finally:
+                shutil.rmtree(workdir, ignore_errors=True)
+    extra = {"search": "per-layer", "grid": GRID, "round_to": round_to, "keep": list(keep or [])}
+    key = plan_key(teacher, budget, margin, "per-layer", size, [], {**fingerprint, **extra})
+    out = Path(run_dir) / "plan.json" if run_dir else None
+    if out is not None and out.is_file() and not out.is_symlink() and not force:
+        try:
+            prev = read_json(out, PlanJson)
+        except UserError as exc:
+            log.warning("%s; measuring again", exc)
+            prev = None
+        if prev is not None and prev.get("key") == key:
+            log.info("plan: up to date (same teacher, budget and machine), per-layer widths")
+            return {**prev, "cached": True}
+    doc = plan_per_layer(
+        teacher,
+        budget,
+        size=size,
+        margin=margin,
+        keep=keep,
+        round_to=round_to,
+        run_dir=run_dir,
+        table_path=table_path,
+        measure=measure,
+    )
+    groups = doc["groups"]
+    width = sum(g["kept"] for g in groups) / sum(g["channels"] for g in groups)
+    plan = {
+        "schema": SCHEMA,
+        "key": key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "search": "per-layer",
+        "budget": budget.model_dump(mode="json", exclude_none=True),
+        "margin": margin,
+        "size": size,
+        "method": "prune",
+        "stat": doc.get("stat", budget.stat),
+        "target": doc.get("target"),
+        "width": round(width, 6),
+        "widths": doc["widths"],
+        "per_layer": doc,
+        "fingerprint": fingerprint,
+        "cached": False,
+    }
+    if doc.get("plot"):
+        plan["plot"] = doc["plot"]
+    if out is not None:
+        atomic_write_json(out, plan)
+    return plan
+
+
+def _build_size(teacher: nn.Module, size: int) -> tuple[int, int]:
+    """The image side a student is pruned at (channel pruning does not depend on it): small, as the teacher allows."""
+    m = size_multiple(teacher)
+    side = min(size, max(64, m))
+    return side, side
+
+
+class MarginalPredictor:
+    """Latency of a configuration from the group table around a reference: the reference network's time plus, for
+    every group away from its reference width, what that group alone changes (measured with the others at the
+    reference), plus the cross term one-at-a-time measurements cannot see: a convolution between two groups that
+    both move costs ``kappa * (its MACs per channel pair) * d_in * d_out`` more (``kappa``: time per MAC in the
+    network, fitted on uniform widths the check does not use)."""
+
+    def __init__(
+        self, base: float, marginal: dict[str, dict[int, float]], ref: dict[str, int], layers: list[ConvLayer]
+    ):
+        self.base, self.marginal, self.ref = base, marginal, ref
+        self.pairs = [(la.gin, la.gout, la.macs(1, 1)) for la in layers if la.gin and la.gout and la.groups == 1]
+        self.kappa = 0.0
+
+    def split(self, config: dict[str, int]) -> tuple[float, float]:
+        """(the one-at-a-time prediction, the cross term per unit ``kappa``)."""
+        t = self.base
+        for g, by_count in self.marginal.items():
+            c = config.get(g, self.ref[g])
+            if c != self.ref[g]:
+                t += by_count[c] - self.base
+        cross = 0.0
+        for gin, gout, per in self.pairs:
+            cross += (
+                per
+                * (config.get(gin, self.ref[gin]) - self.ref[gin])
+                * (config.get(gout, self.ref[gout]) - self.ref[gout])
+            )
+        return t, cross
+
+    def __call__(self, config: dict[str, int]) -> float:
+        t, cross = self.split(config)
+        return t + self.kappa * cross
+
+    def fit_kappa(self, points: list[tuple[dict[str, int], float]]) -> None:
+        """``kappa`` by least squares on whole networks measured outside the table (never below 0)."""
+        ab = [(self.split(c), t) for c, t in points]
+        den = sum(b * b for (_, b), _ in ab)
+        self.kappa = max(0.0, sum((t - a) * b for (a, b), t in ab) / den) if den > 0 else 0.0
+
+
+class _Table:
+    """The run's latency table (``latency_table.json``): uniform widths and, around a reference width, each group
+    at each of its widths; measured where missing, reused where the machine and target are the same."""
+
+    def __init__(self, teacher, search: Search, meas: TableMeasure, fp, round_to, run_dir, table_path, stat, layers):
+        self.search, self.meas, self.stat, self.layers = search, meas, stat, layers
+        self.own = Path(run_dir) / "latency_table.json" if run_dir else None
+        self.doc = None
+        if table_path is not None:
+            self.doc = load_table(Path(table_path), fp)
+        elif self.own is not None and self.own.is_file() and not self.own.is_symlink():
+            try:
+                self.doc = load_table(self.own, fp)
+            except UserError as exc:
+                log.info("plan: %s; measuring a new table", exc)
+        if self.doc is None:
+            self.doc = {"schema": TABLE_SCHEMA, "fingerprint": fp, "networks": {}}
+        key = f"{model_signature(teacher)} round {round_to or 1} grid {GRID}"
+        self.net = self.doc["networks"].setdefault(key, {"uniform": {}, "references": {}})
+        self.measured = 0
+        self.seconds = 0.0
+
+    def _measure(self, configs: list[tuple[str, dict]], iters: int) -> list[dict]:
+        t0 = time.perf_counter()
+        out = self.meas.networks(configs, iters) if configs else []
+        self.measured += len(configs)
+        self.seconds += time.perf_counter() - t0
+        return out
+
+    def uniform(self, iters: int) -> list[dict]:
+        u = self.net["uniform"]
+        todo = [k for k in range(GRID) if str(k + 1) not in u]
+        if todo:
+            log.info("plan: latency table: the whole network at %d uniform widths", len(todo))
+        for k, m in zip(todo, self._measure([(f"width {k + 1}/{GRID}", self.search.uniform(k)) for k in todo], iters)):
+            u[str(k + 1)] = m
+        return [u[str(k + 1)] for k in range(GRID)]
+
+    def predictor(self, ref: int, iters: int) -> MarginalPredictor:
+        """Measure what is missing around reference level ``ref`` (every group at each of its widths, and the three
+        nearest other uniform widths for the check), in one pass with the reference itself measured every
+        :data:`REF_EVERY` networks: each network is compared with the reference measured beside it, so the
+        machine's drift during the pass (tens of percent on a shared VM) does not enter the table."""
+        r = self.net["references"].setdefault(str(ref + 1), {"groups": {}, "checks": {}, "reference": []})
+        base_cfg = self.search.uniform(ref)
+        todo: list[tuple[str, str, dict]] = []
+        for g in self.search.groups:
+            have = r["groups"].setdefault(g.name, {})
+            todo += [
+                ("g", g.name + "@" + str(c), {**base_cfg, g.name: c})
+                for c in self.search.levels[g.name]
+                if c != base_cfg[g.name] and str(c) not in have
+            ]
+        todo += [("u", str(k + 1), self.search.uniform(k)) for k in self._near(ref) if str(k + 1) not in r["checks"]]
+        if todo:
+            log.info("plan: latency table: %d networks around width %d/%d", len(todo), ref + 1, GRID)
+            seq: list[tuple[str, str, dict]] = []
+            for i, item in enumerate(todo):
+                if i % REF_EVERY == 0:
+                    seq.append(("r", "", base_cfg))
+                seq.append(item)
+            seq.append(("r", "", base_cfg))
+            got = self._measure([(f"{k} {n}", c) for k, n, c in seq], iters)
+            refs = [(i, m) for i, ((k, _, _), m) in enumerate(zip(seq, got)) if k == "r"]
+            for i, ((kind, name, _), m) in enumerate(zip(seq, got)):
+                if kind == "r":
+                    continue
+                near = _interpolate(refs, i)
+                row = {**m, "ref_p50": near["p50"], "ref_p90": near["p90"]}
+                if kind == "g":
+                    g, c = name.rsplit("@", 1)
+                    r["groups"][g][c] = row
+                else:
+                    r["checks"][name] = row
+            r["reference"] += [m for _, m in refs]
+        base = float(np.median([m[self.stat] for m in r["reference"]]))
+        marginal = {
+            g.name: {int(c): v[self.stat] * base / v["ref_" + self.stat] for c, v in r["groups"][g.name].items()}
+            for g in self.search.groups
+        }
+        pred = MarginalPredictor(base, marginal, base_cfg, self.layers)
+        u = self.net["uniform"]
+        scale = base / u[str(ref + 1)][self.stat]  # the uniform pass on the table's reference time
+        fit = [k for k in range(GRID) if k != ref and k not in self._near(ref)]
+        pred.fit_kappa([(self.search.uniform(k), u[str(k + 1)][self.stat] * scale) for k in fit])
+        return pred
+
+    @staticmethod
+    def _near(ref: int) -> list[int]:
+        return sorted(sorted((k for k in range(GRID) if k != ref), key=lambda k: abs(k - ref))[:3])
+
+    def check(self, ref: int, pred: MarginalPredictor) -> list[dict]:
+        """The table's prediction of the whole network at the three nearest other uniform widths (measured beside
+        the table, not into it)."""
+        r = self.net["references"][str(ref + 1)]
+        rows = []
+        for k in self._near(ref):
+            m = r["checks"][str(k + 1)]
+            measured = m[self.stat] * pred.base / m["ref_" + self.stat]  # on the table's reference time
+            p = pred(self.search.uniform(k))
+            rows.append(
+                {"width": (k + 1) / GRID, "predicted": p, "measured": measured, "raw": m, "error": p / measured - 1}
+            )
+        worst = max(abs(r["error"]) for r in rows)
+        if worst > CHECK_TOLERANCE:
+            log.warning(
+                "plan: the latency table predicts the whole network within %.0f%% only (more than %.0f%%); the "
+                "chosen student is measured anyway",
+                worst * 100,
+                CHECK_TOLERANCE * 100,
+            )
+        return rows
+
+    def noise(self, ref: int) -> dict:
+        r = self.net["references"][str(ref + 1)]
+        ms = [v for g in r["groups"].values() for v in g.values()] + list(self.net["uniform"].values())
+        spread = [(v["p90"] - v["p50"]) / v["p50"] for v in ms if v["p50"] > 0]
+        refs = [m[self.stat] for m in r["reference"]]
+        return {
+            "median_p90_over_p50": float(np.median(spread)) if spread else None,
+            "reference_drift": (max(refs) - min(refs)) / float(np.median(refs)) if refs else None,
+            "reference_measurements": len(refs),
+        }
+
+    def save(self) -> None:
+        if self.own is not None:
+            atomic_write_json(self.own, self.doc)
+
+
+def _interpolate(refs: list[tuple[int, dict]], i: int) -> dict:
+    """The reference's time at position ``i`` of a pass, between the reference measurements around it."""
+    before = [(j, m) for j, m in refs if j < i][-1]
+    after = next(((j, m) for j, m in refs if j > i), before)
+    if after[0] == before[0]:
+        return dict(before[1])
+    f = (i - before[0]) / (after[0] - before[0])
+    return {s: before[1][s] + f * (after[1][s] - before[1][s]) for s in ("p50", "p90")}
+
+
+def _bisect_path(
+    path: list[Step], target: float, stat: str, measure: Callable[[Step, int], dict], iters: int, confirm_iters: int
+) -> tuple[Optional[int], list[dict]]:
+    """The least-pruned step of the greedy ``path`` whose measured latency meets ``target`` (bisection on real
+    measurements, starting where the table predicts the target; the choice is confirmed with ``confirm_iters``).
+    Returns (its index or None when even the last step misses, the probes)."""
+    probes: list[dict] = []
+
+    def probe(i: int, n: int) -> bool:
+        m = measure(path[i], n)
+        probes.append(
+            {"step": i, "predicted": path[i].predicted, "retained": path[i].retained, "measured": m, "iters": n}
+        )
+        log.info("plan: per-layer step %d: predicted %.3g ms, measured %s %.3g ms", i, path[i].predicted, stat, m[stat])
+        return m[stat] <= target
+
+    bad, good = -1, None  # the largest index known to miss, the smallest known to meet
+    first = next((i for i, s in enumerate(path) if s.predicted <= target), len(path) - 1)
+    order = [first]
+    while True:
+        i = order.pop() if order else None
+        if i is None:
+            hi = good if good is not None else len(path)
+            if hi - bad <= 1:
+                if good is None:
+                    if bad == len(path) - 1:
+                        return None, probes
+                    i = len(path) - 1
+                else:
+                    if probe(good, confirm_iters):
+                        return good, probes
+                    bad, good = good, None
+                    continue
+            else:
+                i = (bad + hi) // 2
+        if probe(i, iters):
+            good = i
+        else:
+            bad = i
+
+
+def _count(model: nn.Module, x: torch.Tensor, kind: str) -> int:
+    return int(profile_model(model, tuple(x.shape))["macs"]) if kind == "macs" else count_params(model)
+
+
+def _doc(search: Search, config: dict, path: list[Step], pred: Callable[[dict], float], t0: float, groups) -> dict:
+    return {
+        "algorithm": "greedy latency-importance knapsack over Torch-Pruning groups (NetAdapt steps, HALP objective)",
+        "grid": GRID,
+        "groups": [
+            {"name": g.name, "channels": g.channels, "kept": config[g.name], "layers": len(g.outs)} for g in groups
+        ],
+        "widths": dict(config),
+        "chosen": {"predicted": pred(config), "retained": search.retained(config)},
+        "tried": [{"predicted": s.predicted, "retained": s.retained} for s in path],
+        "uniform_curve": [
+            {
+                "level": k + 1,
+                "width": (k + 1) / GRID,
+                "predicted": pred(search.uniform(k)),
+                "retained": search.retained(search.uniform(k)),
+            }
+            for k in range(GRID)
+        ],
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+
+
+def _write(doc: dict, run_dir: Optional[Path], plot: bool) -> dict:
+    if run_dir is not None and plot:
+        try:
+            doc["plot"] = plot_layers(doc, Path(run_dir) / "plan_layers.png").name
+        except ImportError:
+            log.warning("plan: matplotlib is not installed; no plan_layers.png")
+    return doc
+
+
+def plot_layers(doc: dict, path: Path) -> Path:
+    """Predicted cost against retained importance: the search's steps, the uniform widths, the choice."""
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    t = doc["tried"]
+    ax.plot(
+        [s["predicted"] for s in t], [s["retained"] for s in t], ".-", color="#1f77b4", lw=1, label="per-layer steps"
+    )
+    u = doc["uniform_curve"]
+    ax.plot([s["predicted"] for s in u], [s["retained"] for s in u], "s--", color="#7f7f7f", label="uniform widths")
+    stat = doc.get("stat")
+    um = doc.get("uniform_measured") or []
+    if um:
+        ax.plot([u[stat] for u in um], [u["retained"] for u in um], "s", color="#ff7f0e", label="uniform, measured")
+    pr = doc.get("probes") or []
+    if pr:
+        ax.plot(
+            [p["measured"][stat] for p in pr],
+            [p["retained"] for p in pr],
+            "x",
+            color="#9467bd",
+            label="steps, measured",
+        )
+    ch = doc["chosen"]
+    x = ch["measured"][stat] if isinstance(ch.get("measured"), dict) else ch["predicted"]
+    ax.plot([x], [ch["retained"]], "*", ms=14, color="#2ca02c", label="chosen")
+    unit = "ms" if doc.get("stat") in ("p50", "p90") else doc.get("stat", "")
+    if doc.get("target") is not None:
+        ax.axvline(doc["target"], color="#d62728", lw=1.2, label=f"target {doc['target']:.3g} {unit}")
+    ax.set_xlabel(f"{doc.get('stat', 'latency')} ({unit}): predicted (lines), measured (marks)")
+    ax.set_xscale("log")
+    ax.set_ylabel("retained importance (fraction)")
+    ax.set_title("per-layer search: cost against retained importance")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())

@@ -1,0 +1,226 @@
+"""Per-layer widths: students with a width per channel group, the latency table, the search under a budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from conftest import run_cli
+from onnx import TensorProto, helper
+
+from compressor.app.commands import student_built
+from compressor.app.layerwise import conv_layers, levels, load_table, plan_layers
+from compressor.errors import UserError
+from compressor.exporters.profile import time_artifacts
+from compressor.models import build_generator
+from compressor.recipe import BudgetSpec, StudentSpec
+from compressor.slim import load_student, make_student, prunable_groups, save_student
+
+SPEC = {"input_nc": 3, "output_nc": 3, "ngf": 8}
+
+
+def _teacher(arch: str = "resnet_6blocks"):
+    t = build_generator(arch, **SPEC)
+    t.compressor_spec = {"arch": arch, "kwargs": dict(SPEC)}
+    return t.eval()
+
+
+@pytest.mark.parametrize("arch,size", [("resnet_6blocks", 32), ("unet_128", 128)])
+def test_a_student_keeps_the_channels_asked_per_group_and_replays(arch, size, tmp_path):
+    torch.manual_seed(0)
+    t = _teacher(arch)
+    x = torch.randn(1, 3, size, size)
+    groups = prunable_groups(t, x)
+    assert groups and all(len(g.importance) == g.channels for g in groups)
+    assert all(abs(sum(g.importance) - g.channels) < 1e-3 * g.channels for g in groups)  # mean 1 per group
+    if arch == "resnet_6blocks":  # the residual chain is one group: every block's second conv and the down conv
+        assert max(len(g.outs) for g in groups) == 7
+    else:  # a U-Net skip: an encoder layer feeds its decoder twin too
+        assert any(len(g.ins) > 1 for g in groups)
+    rng = np.random.default_rng(0)
+    counts = {g.name: int(rng.choice(levels(g.channels))) for g in groups}
+    student, plan = make_student(t, 1.0, "auto", "inherit", x, widths=counts)
+    assert plan["method"] == "prune" and plan["widths"] == counts
+    for g in groups:
+        for name in g.outs:
+            m = student.get_submodule(name)
+            assert (m.out_channels if hasattr(m, "out_channels") else m.out_features) == counts[g.name], name
+    save_student(student, plan, tmp_path / "s")
+    again = load_student(tmp_path / "s")
+    with torch.no_grad():
+        assert torch.allclose(student.eval()(x), again(x), atol=1e-5)
+    assert "per-layer widths" in student_built(plan)
+    with pytest.raises(Exception, match="not a prunable group"):
+        make_student(t, 1.0, "prune", "inherit", x, widths={"nope": 2})
+
+
+def test_levels_are_eighths_rounded_and_never_empty():
+    assert levels(64) == [8, 16, 24, 32, 40, 48, 56, 64]
+    assert levels(64, 16) == [16, 32, 48, 64]
+    assert levels(3) == [1, 2, 3]
+
+
+def _fake_target(teacher, size, per_gmac=20.0, per_melem=0.05, base=0.01, noise=0.0):
+    """A target whose latency is the convolutions' MACs plus the activations they write: bilinear in the widths,
+    as a CPU's is to first order."""
+    x = torch.zeros(1, 3, size, size)
+    layers = conv_layers(teacher, prunable_groups(teacher, x), x)
+    rng = np.random.default_rng(1)
+    calls = []
+
+    def latency(config: dict) -> float:
+        macs = sum(la.macs(config.get(la.gin, la.cin), config.get(la.gout, la.cout)) for la in layers)
+        elem = sum(la.elements(config.get(la.gout, la.cout)) for la in layers)
+        return base + per_gmac * macs / 1e9 + per_melem * elem / 1e6
+
+    def measure(configs, iters):
+        calls.append(len(configs))
+        out = []
+        for _, c in configs:
+            t = latency(c) * (1 + noise * rng.standard_normal())
+            out.append({"p50": t, "p90": t * 1.05})
+        return out
+
+    return latency, measure, calls
+
+
+def test_the_search_meets_the_budget_and_keeps_more_than_uniform(tmp_path):
+    t = _teacher()
+    size = 64
+    latency, measure, calls = _fake_target(t, size)
+    full = latency({})
+    budget = BudgetSpec(latency_ms=full * 0.3)
+    doc = plan_layers(t, budget, size=size, margin=0.05, run_dir=tmp_path, measure=measure, fingerprint={"m": 1})
+    pl = doc["per_layer"]
+    target = budget.latency_ms * 0.95
+    assert latency(doc["widths"]) <= target
+    # the table is exact on a bilinear target (one-at-a-time changes plus the fitted cross term)
+    assert pl["table"]["worst_error"] < 0.01
+    within = [u for u in pl["uniform_measured"] if u["p50"] <= target]
+    assert within and pl["chosen"]["retained"] >= max(u["retained"] for u in within)
+    assert pl["chosen"]["measured"]["p50"] <= target
+    saved = json.loads((tmp_path / "plan.json").read_text())
+    assert saved["search"] == "per-layer" and saved["widths"] == doc["widths"]
+    assert (tmp_path / "latency_table.json").is_file() and (tmp_path / "plan_layers.png").is_file()
+    n = sum(calls)
+    again = plan_layers(t, budget, size=size, margin=0.05, run_dir=tmp_path, measure=measure, fingerprint={"m": 1})
+    assert again["cached"] and sum(calls) == n  # the same teacher, budget and machine: nothing measured again
+    # a new budget on the same machine reuses the table's uniform widths
+    plan_layers(
+        t, BudgetSpec(latency_ms=full * 0.5), size=size, run_dir=tmp_path, measure=measure, fingerprint={"m": 1}
+    )
+    assert sum(calls) > n
+
+
+def test_a_noisy_target_still_gets_a_student_within_the_budget(tmp_path):
+    t = _teacher()
+    latency, measure, _ = _fake_target(t, 64, noise=0.03)
+    budget = BudgetSpec(latency_ms=latency({}) * 0.4)
+    doc = plan_layers(t, budget, size=64, run_dir=tmp_path, measure=measure, fingerprint={"m": 1})
+    assert doc["per_layer"]["chosen"]["measured"]["p50"] <= budget.latency_ms * 0.95
+
+
+def test_a_budget_no_width_meets_is_one_line(tmp_path):
+    t = _teacher()
+    latency, measure, _ = _fake_target(t, 64)
+    thinnest = latency({g.name: levels(g.channels)[0] for g in prunable_groups(t, torch.zeros(1, 3, 64, 64))})
+    with pytest.raises(UserError, match=r"student.budget: even the thinnest per-layer student runs in"):
+        plan_layers(t, BudgetSpec(latency_ms=thinnest * 0.5), size=64, measure=measure, fingerprint={"m": 1})
+
+
+def test_count_budgets_search_without_measuring():
+    t = _teacher()
+    from compressor.complexity import profile_model
+
+    full = profile_model(t, (1, 3, 64, 64))["macs"]
+    doc = plan_layers(t, BudgetSpec(macs=full * 0.3), size=64)
+    assert doc["per_layer"]["chosen"]["macs"] <= full * 0.3
+    with pytest.raises(UserError, match="even the thinnest per-layer student has about"):
+        plan_layers(t, BudgetSpec(params=10), size=64)
+
+
+def test_a_table_from_another_machine_or_target_is_refused(tmp_path):
+    here = {"backend": "ort-cpu", "precision": "fp32", "batch": 1, "size": 64, "threads": 2, "cpu": "X", "cores": 2}
+    f = tmp_path / "latency_table.json"
+    f.write_text(
+        json.dumps({"schema": "compressor.latency_table/1", "fingerprint": {**here, "cpu": "Y"}, "networks": {}})
+    )
+    with pytest.raises(UserError, match=r"student.latency_table: .* measured on another machine \(cpu 'Y', here 'X'\)"):
+        load_table(f, here)
+    f.write_text(
+        json.dumps({"schema": "compressor.latency_table/1", "fingerprint": {**here, "size": 128}, "networks": {}})
+    )
+    with pytest.raises(UserError, match="for another target"):
+        load_table(f, here)
+    f.write_text(
+        json.dumps(
+            {"schema": "compressor.latency_table/1", "fingerprint": here, "networks": {"n": {"u": {"p50": "x"}}}}
+        )
+    )
+    with pytest.raises(UserError, match="no time"):
+        load_table(f, here)
+    with pytest.raises(UserError, match="file not found"):
+        load_table(tmp_path / "missing.json", here)
+
+
+def test_recipe_settings_for_the_search():
+    assert StudentSpec(width="auto", search="per-layer", budget={"latency_ms": 5}).search == "per-layer"
+    for bad, msg in [
+        ({"width": 0.5, "search": "per-layer"}, "set student.width: auto"),
+        ({"width": "auto", "search": "per-layer", "method": "rebuild", "budget": {"macs": 1e9}}, "prune the teacher"),
+        ({"width": "auto", "latency_table": "t.json", "budget": {"macs": 1e9}}, "only with student.search"),
+        ({"width": "auto", "search": "layers", "budget": {"macs": 1e9}}, "search"),
+    ]:
+        with pytest.raises(ValueError, match=msg):
+            StudentSpec(**bad)
+
+
+def test_a_backend_that_is_not_installed_is_one_line(tmp_path):
+    r = run_cli(
+        [
+            "plan",
+            "recipes/quickstart.yaml",
+            "--out",
+            str(tmp_path),
+            "--set",
+            "student.width=auto",
+            "--set",
+            "student.search=per-layer",
+            "--set",
+            "student.budget.latency_ms=1",
+            "--set",
+            "student.budget.backend=tensorrt",
+        ]
+    )
+    assert r.returncode == 2, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "student.budget.backend" in errors[0] and "Traceback" not in r.stderr
+
+
+def _one_conv(path, c):
+    w = helper.make_tensor("w", TensorProto.FLOAT, [c, c, 3, 3], np.zeros(c * c * 9, np.float32))
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    g = helper.make_graph(
+        [node],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, c, 16, 16])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, c, 16, 16])],
+        [w],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.save(m, str(path))
+    return path
+
+
+def test_several_files_timed_in_one_process(tmp_path):
+    items = [{"artifact": _one_conv(tmp_path / f"c{c}.onnx", c), "size": 16, "input_nc": c} for c in (4, 8)]
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not onnx")
+    items.append({"artifact": bad, "size": 16, "input_nc": 4})
+    rows = time_artifacts("ort-cpu", items, warmup=1, iters=3, threads=1)
+    assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
+    assert rows[0]["latency_ms"]["n"] == 3 and rows[2]["reason"]
