@@ -232,6 +232,16 @@ def test_the_pipeline_trains_exports_and_benchmarks_the_quantised_student(tmp_pa
         assert int8[key]["status"] == "passed", int8[key]
         assert "psnr_vs_fp32" in int8[key] and "p50_ms" in int8[key]
     assert "int8 qad" in res.stdout and "int8 ptq" in res.stdout
+    # compress export of the run, standalone: the trained INT8 file beside the calibrated one
+    out = tmp_path / "exported"
+    res = run_cli(["export", run, "--format", "onnx", "--precision", "int8", "--out", out], timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    files = json.loads((out / "export.json").read_text())["files"]
+    assert files["student.int8.onnx"]["status"] == "passed"
+    assert (
+        files["student.qad.int8.onnx"]["status"] == "passed" and files["student.qad.int8.onnx"]["quantization"] == "qad"
+    )
+    assert "student.qad.int8.onnx" in res.stdout
 
 
 def test_the_benchmark_table_says_which_int8_rows_are_trained_and_why_others_are_not():

@@ -15,7 +15,15 @@ import torch
 from ..data import FolderDataset, input_images
 from ..errors import UserError
 from ..exporters.benchmark import benchmark
-from ..exporters.export import MAX_EXPORT_SIZE, ExportSpec, export_files, needs_calibration, record_lines
+from ..exporters.export import (
+    MAX_EXPORT_SIZE,
+    ExportSpec,
+    export_files,
+    export_trained,
+    needs_calibration,
+    plan_files,
+    record_lines,
+)
 from ..exporters.profile import resolve_models
 from ..exporters.records import RecordFile
 from ..exporters.report import report_run
@@ -286,6 +294,19 @@ def export_target(
             calibration = recipe_calibration(data, spec.calib_images)
     spec = replace(spec, metadata=run_export_metadata(recipe, model), parity_tol=recipe.export.onnx.parity_tol)
     res = export_command(model, Path(spec.out or target), spec, samples, calibration, progress)
+    int8 = tuple(fmt.name for fmt, prec in plan_files(spec) if prec == "int8")
+    qad = load_run_qad(run) if int8 else None
+    if qad is not None:  # distill.quantize: the INT8 files from the trained scales too, as the export stage writes
+        out = Path(spec.out or target)
+        if samples is None:
+            samples = folder_images(spec.data, spec.size, 3)
+        fp32 = out / f"{spec.name}.onnx"
+        qspec = replace(spec, name=f"{spec.name}.qad", jobs=(), precision=None, formats=int8)
+        qdoc = export_trained(
+            qad, out, qspec, samples, fp32_onnx=fp32 if fp32.is_file() else None, journal=RecordFile(out).write
+        )
+        res["files"].update(qdoc["files"])
+        res["lines"][-1:-1] = record_lines(qdoc, out)
     if spec.out is None and (target / "student.onnx").name in res["files"]:
         # student.onnx was rewritten with this command's settings, which may not be the recipe's: the pipeline's
         # export stage runs again rather than call it up to date (records of other formats are added, kept)
