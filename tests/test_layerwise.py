@@ -8,7 +8,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_cli
 from onnx import TensorProto, helper
 
 from compressor.app.commands import student_built
@@ -179,25 +178,12 @@ def test_recipe_settings_for_the_search():
 
 
 def test_a_backend_that_is_not_installed_is_one_line(tmp_path):
-    r = run_cli(
-        [
-            "plan",
-            "recipes/quickstart.yaml",
-            "--out",
-            str(tmp_path),
-            "--set",
-            "student.width=auto",
-            "--set",
-            "student.search=per-layer",
-            "--set",
-            "student.budget.latency_ms=1",
-            "--set",
-            "student.budget.backend=tensorrt",
-        ]
-    )
-    assert r.returncode == 2, r.stderr
-    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "student.budget.backend" in errors[0] and "Traceback" not in r.stderr
+    with pytest.raises(UserError, match=r"^student.budget.backend: ort-cuda is not available here"):
+        plan_layers(_teacher(), BudgetSpec(latency_ms=1, backend="ort-cuda"), size=64, run_dir=tmp_path)
+    with pytest.raises(UserError, match=r"^student.budget.backend: the per-layer search times ONNX files; tensorrt"):
+        plan_layers(_teacher(), BudgetSpec(latency_ms=1, backend="tensorrt"), size=64, run_dir=tmp_path)
+    with pytest.raises(UserError, match="on this machine only"):
+        plan_layers(_teacher(), BudgetSpec(latency_ms=1, host="user@board"), size=64, run_dir=tmp_path)
 
 
 def _one_conv(path, c):

@@ -234,7 +234,9 @@ def test_the_pipeline_trains_exports_and_benchmarks_the_quantised_student(tmp_pa
     assert "int8 qad" in res.stdout and "int8 ptq" in res.stdout
     # compress export of the run, standalone: the trained INT8 file beside the calibrated one
     out = tmp_path / "exported"
-    res = run_cli(["export", run, "--format", "onnx", "--precision", "int8", "--out", out], timeout=900)
+    res = run_cli(
+        ["export", run, "--format", "onnx", "--precision", "int8", "--calib-images", "4", "--out", out], timeout=900
+    )
     assert res.returncode == 0, res.stderr[-3000:]
     files = json.loads((out / "export.json").read_text())["files"]
     assert files["student.int8.onnx"]["status"] == "passed"

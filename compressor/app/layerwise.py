@@ -218,10 +218,10 @@ class TableMeasure:
             )
         if budget.precision != "fp32":
             raise UserError("student.budget.precision: the per-layer search times fp32 files; plan at fp32")
-        if BACKENDS[budget.backend].artifact != "onnx" if budget.backend in BACKENDS else False:
+        if budget.backend in BACKENDS and BACKENDS[budget.backend].artifact not in ("onnx", "openvino"):
             raise UserError(
                 f"student.budget.backend: the per-layer search times ONNX files; {budget.backend} runs another kind "
-                f"(choose ort-cpu, openvino or another ONNX backend)"
+                f"(choose ort-cpu, openvino or another ONNX Runtime backend)"
             )
         self.profile = ProfileMeasure(budget, size, workdir)  # checks the backend; its fingerprint names the machine
         self.budget, self.size, self.workdir = budget, size, workdir
