@@ -7,20 +7,22 @@ group's channels (k = 1..8, rounded to ``student.round_channels``). The table ho
 uniform widths, then, around the reference (the uniform width nearest the target), every group at each of its
 widths with the others at the reference: what that group costs at that width, in context (NetAdapt, Yang et al.,
 ECCV 2018, measures such per-layer tables on the device; here they are measured in the network). A configuration is
-predicted as the reference's time plus each group's change. The table is checked out of sample: it predicts the
-three nearest other uniform widths (``checks``, with their errors; more than 10% is said). Each measurement keeps
-its p50 and p90, and the reference is measured twice (its repeat error is the run-to-run noise). The table is cached
-in the run folder (``latency_table.json``) by backend, precision, batch, size, threads and machine;
+predicted as the reference's time plus each group's change, plus a cross term for convolutions between two groups
+that both move. Each network is taken relative to the reference measured beside it (again every six networks), on
+the 10th percentile of its iterations, what interference on a shared machine moves least. The table is checked out
+of sample: it predicts the three nearest other uniform widths (``checks``, with their errors; more than 10% is
+said). Each measurement keeps its p10, p50 and p90; the reference's spread over the pass is the drift. The table is
+cached in the run folder (``latency_table.json``) by backend, precision, batch, size, threads and machine;
 ``student.latency_table: FILE`` reuses another run's (one from another machine or target is refused).
 
 **The search** (a greedy solution of HALP's latency-importance knapsack, Shen et al., NeurIPS 2022, stepping as
 NetAdapt does): from two grid steps above the reference, the group whose next step down loses the least importance
-per millisecond saved steps down, down to the thinnest. A group's importance is
-Torch-Pruning's group L2 magnitude of each channel (normalised to mean 1 within the group), its kept channels the
-strongest; coupled layers (residual adds, U-Net skips) are one group, so they move together. The steps form a path
-ordered by predicted latency; the chosen student is the least-pruned step
-whose whole network, built, exported and measured on the target, meets the target (bisection along the path,
-starting where the table predicts it; the choice confirmed with a longer measurement).
+per millisecond saved steps down, down to the thinnest. A group's importance is Torch-Pruning's group L2 magnitude
+of each channel (normalised to mean 1 within the group), its kept channels the strongest; coupled layers (residual
+adds, U-Net skips) are one group, so they move together. The steps form a path ordered by predicted latency; the
+chosen student is the least-pruned step whose whole network, built, exported and measured on the target, meets the
+target (bisection along the path, starting where the table predicts it; the choice confirmed with a longer
+measurement).
 
 MACs and params budgets need no measurement: the same search (down to the budget, then back up while it holds)
 runs on the convolutions' counted MACs (FlopCounterMode's
@@ -66,6 +68,7 @@ CHECK_TOLERANCE = 0.10
 MACHINE_KEYS = ("hostname", "cpu", "cores", "threads", "gpu", "driver", "onnxruntime_version", "tensorrt_version")
 CHUNK = 16  # networks per timing process
 REF_EVERY = 6  # the reference network is measured again after this many others
+ROBUST = "p10"  # the statistic the table's ratios are taken on (the budget's own sets the reference's level)
 
 
 @dataclass
@@ -250,7 +253,7 @@ class TableMeasure:
                 raise UserError(
                     f"student.budget.backend: timing {item['what']} on {b.backend} failed: {row.get('reason')}"
                 )
-        return [{"p50": r["latency_ms"]["p50"], "p90": r["latency_ms"]["p90"]} for r in rows]
+        return [{s: r["latency_ms"][s] for s in ("p10", "p50", "p90")} for r in rows]
 
     def networks(self, configs: list[tuple[str, dict]], iters: int) -> list[dict]:
         """Build, export and time the per-layer students ``configs`` names (``(what, {group: channels})``)."""
@@ -725,7 +728,7 @@ class _Table:
                 if kind == "r":
                     continue
                 near = _interpolate(refs, i)
-                row = {**m, "ref_p50": near["p50"], "ref_p90": near["p90"]}
+                row = {**m, **{f"ref_{k}": v for k, v in near.items()}}
                 if kind == "g":
                     g, c = name.rsplit("@", 1)
                     r["groups"][g][c] = row
@@ -734,19 +737,25 @@ class _Table:
             r["reference"] += [m for _, m in refs]
         base = float(np.median([m[self.stat] for m in r["reference"]]))
         marginal = {
-            g.name: {int(c): v[self.stat] * base / v["ref_" + self.stat] for c, v in r["groups"][g.name].items()}
-            for g in self.search.groups
+            g.name: {int(c): base * self._ratio(v) for c, v in r["groups"][g.name].items()} for g in self.search.groups
         }
         pred = MarginalPredictor(base, marginal, base_cfg, self.layers)
         u = self.net["uniform"]
-        scale = base / u[str(ref + 1)][self.stat]  # the uniform pass on the table's reference time
+        robust = ROBUST if all(ROBUST in v for v in u.values()) else self.stat
+        scale = base / u[str(ref + 1)][robust]  # the uniform pass on the table's reference time
         fit = [k for k in range(GRID) if k != ref and k not in self._near(ref)]
-        pred.fit_kappa([(self.search.uniform(k), u[str(k + 1)][self.stat] * scale) for k in fit])
+        pred.fit_kappa([(self.search.uniform(k), u[str(k + 1)][robust] * scale) for k in fit])
         return pred
 
     @staticmethod
     def _near(ref: int) -> list[int]:
         return sorted(sorted((k for k in range(GRID) if k != ref), key=lambda k: abs(k - ref))[:3])
+
+    def _ratio(self, v: dict) -> float:
+        """A network's time over the reference's measured beside it, on the robust statistic where both have it
+        (the 10th percentile: what interference on a shared machine moves least), else on the budget's."""
+        k = ROBUST if ROBUST in v and f"ref_{ROBUST}" in v else self.stat
+        return v[k] / v[f"ref_{k}"]
 
     def check(self, ref: int, pred: MarginalPredictor) -> list[dict]:
         """The table's prediction of the whole network at the three nearest other uniform widths (measured beside
@@ -755,7 +764,7 @@ class _Table:
         rows = []
         for k in self._near(ref):
             m = r["checks"][str(k + 1)]
-            measured = m[self.stat] * pred.base / m["ref_" + self.stat]  # on the table's reference time
+            measured = pred.base * self._ratio(m)  # on the table's reference time
             p = pred(self.search.uniform(k))
             rows.append(
                 {"width": (k + 1) / GRID, "predicted": p, "measured": measured, "raw": m, "error": p / measured - 1}
@@ -793,7 +802,7 @@ def _interpolate(refs: list[tuple[int, dict]], i: int) -> dict:
     if after[0] == before[0]:
         return dict(before[1])
     f = (i - before[0]) / (after[0] - before[0])
-    return {s: before[1][s] + f * (after[1][s] - before[1][s]) for s in ("p50", "p90")}
+    return {s: before[1][s] + f * (after[1][s] - before[1][s]) for s in before[1] if s in after[1]}
 
 
 def _bisect_path(
