@@ -67,7 +67,7 @@ def _example_for(model: nn.Module, example_input: Optional[torch.Tensor]) -> tor
     return torch.randn(1, input_channels(model), s, s)
 
 
-def _probe(model: nn.Module, x: torch.Tensor, handles: list) -> None:
+def probe(model: nn.Module, x: torch.Tensor, handles: list) -> None:
     """One no-grad forward in eval mode (no BatchNorm statistics change) with the given hooks, then remove them."""
     was = model.training
     try:
@@ -147,7 +147,7 @@ def _output_layers(model: nn.Module, x: torch.Tensor, outputs: str = "named") ->
         if found:
             return found
     order: list[str] = []
-    _probe(
+    probe(
         model,
         x,
         [
@@ -198,7 +198,7 @@ def seen_channels(model: nn.Module, x: torch.Tensor) -> dict[str, int]:
         if _declared_channels(m) is not None
     ]
     if hooks:
-        _probe(model, x, hooks)
+        probe(model, x, hooks)
     return seen
 
 
@@ -253,7 +253,7 @@ def _first_failing_module(model: nn.Module, x: torch.Tensor) -> Optional[tuple[s
             hooks.append(m.register_forward_pre_hook(lambda mod, i, n=n: stack.append(n)))
             hooks.append(m.register_forward_hook(lambda mod, i, o: stack.pop() and None))
     try:
-        _probe(model, x, hooks)
+        probe(model, x, hooks)
     except Exception as exc:  # noqa: BLE001 - reported with the module's name
         return (stack[-1] if stack else ""), exc
     return None
@@ -355,7 +355,7 @@ def _split_pixel_shuffles(model: nn.Module, x: torch.Tensor) -> list[tuple[str, 
                 lambda mod, i, n=n: pairs.append((produced.get(id(i[0])), n, mod.upscale_factor))
             )
         )
-    _probe(model, x, hooks)
+    probe(model, x, hooks)
     records = []
     for conv_name, shuffle_name, r in pairs:
         if conv_name is None:
@@ -442,7 +442,7 @@ class _Opaque:
         if not self.names and not self.swapped:
             return {}
         channels: dict[str, tuple[int, int]] = {}
-        _probe(
+        probe(
             self.model,
             self.x,
             [
@@ -530,7 +530,7 @@ def _prune_plain(
     frozen: tuple,
     counts: Optional[dict[str, int]] = None,
 ) -> list:
-    with _traced_pruner(model, width, x, keep, None if counts else round_to, outputs, frozen) as pruner:
+    with _TracedPruner(model, width, x, keep, None if counts else round_to, outputs, frozen) as pruner:
         if counts is None:
             pruner.step()
         else:
@@ -539,7 +539,7 @@ def _prune_plain(
     return history
 
 
-class _traced_pruner:
+class _TracedPruner:
     """Torch-Pruning's pruner over ``model`` prepared as every pruning here needs it (norm sizes repaired,
     PixelShuffle convs split, output/kept/frozen layers ignored); on a clean exit the model is put back together
     and checked. Torch-Pruning's own failures become one line naming ``student.keep``."""
@@ -692,7 +692,7 @@ def prunable_groups(
     imp = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
     found: list[PruneGroup] = []
     with summarised_warnings("student: tracing", handled=(NORM_SIZE_WARNING,)):
-        with _traced_pruner(model, 0.5, x, keep, None, outputs, frozen) as pruner:
+        with _TracedPruner(model, 0.5, x, keep, None, outputs, frozen) as pruner:
             for name, group in _pruning_groups(pruner, model):
                 outs, ins = _group_layers(pruner, model, group)
                 v = imp(group)

@@ -72,7 +72,7 @@ def _fake_target(teacher, size, per_gmac=20.0, per_melem=0.05, base=0.01, noise=
 
     def latency(config: dict) -> float:
         macs = sum(la.macs(config.get(la.gin, la.cin), config.get(la.gout, la.cout)) for la in layers)
-        elem = sum(la.elements(config.get(la.gout, la.cout)) for la in layers)
+        elem = sum(config.get(la.gout, la.cout) * la.out_hw[0] * la.out_hw[1] for la in layers)
         return base + per_gmac * macs / 1e9 + per_melem * elem / 1e6
 
     def measure(configs, iters):

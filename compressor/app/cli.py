@@ -587,7 +587,8 @@ def plan(
     force: Remeasure = False,
     quiet: Quiet = False,
 ):
-    """Choose student.width from student.budget by timing untrained students on the target; writes plan.json."""
+    """Choose student.width from student.budget by timing untrained students on the target; writes plan.json.
+    With student.search per-layer: a width per channel group, from a latency table measured on the target."""
     _setup_logging(quiet)
     r = load_recipe(recipe, set_, check_paths=False)
     if r.student.budget is None:

@@ -31,7 +31,6 @@ convention: a ConvTranspose by its input size) or parameters.
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import shutil
@@ -51,19 +50,17 @@ from ..errors import UserError
 from ..exporters.formats.onnx import export_onnx
 from ..exporters.profile import time_artifacts
 from ..exporters.table import BACKENDS
-from ..io import atomic_write_bytes, atomic_write_json
+from ..io import atomic_write_json
 from ..models import input_channels, size_multiple
 from ..recipe import BudgetSpec
 from ..schemas import PlanJson, loads, read_json, read_text_bounded
-from ..slim import PruneGroup, make_student, prunable_groups
-from .plan import SCHEMA, ProfileMeasure, model_signature, plan_key
+from ..slim import PruneGroup, make_student, probe, prunable_groups
+from .plan import SCHEMA, ProfileMeasure, model_signature, plan_key, save_figure
 
 log = logging.getLogger(__name__)
 
 TABLE_SCHEMA = "compressor.latency_table/1"
 GRID = 8  # a group's candidate widths: k / GRID of its channels
-FIT_LEVELS = (1, GRID - 1)  # the whole network at 1/4 and 1 fits the term outside the convolutions
-CHECK_LEVELS = (2, 3, 5)  # ... and is predicted at 3/8, 1/2 and 3/4 (out of sample)
 CHECK_TOLERANCE = 0.10
 MACHINE_KEYS = ("hostname", "cpu", "cores", "threads", "gpu", "driver", "onnxruntime_version", "tensorrt_version")
 CHUNK = 16  # networks per timing process
@@ -73,15 +70,11 @@ ROBUST = "p10"  # the statistic the table's ratios are taken on (the budget's ow
 
 @dataclass
 class ConvLayer:
-    """One convolution of the teacher as the table sees it: its shape, and the groups setting its channels."""
+    """One convolution of the teacher as the search counts it: its shape, and the groups setting its channels."""
 
     name: str
     transposed: bool
     kernel: tuple[int, int]
-    stride: tuple[int, int]
-    padding: tuple[int, int]
-    dilation: tuple[int, int]
-    output_padding: tuple[int, int]
     groups: int
     bias: bool
     hw: tuple[int, int]  # input
@@ -91,14 +84,6 @@ class ConvLayer:
     gin: Optional[str]  # the group setting its input channels (None: fixed)
     gout: Optional[str]
 
-    def key(self, cin: int, cout: int) -> str:
-        t = "convT" if self.transposed else "conv"
-        xy = lambda v: f"{v[0]}x{v[1]}"  # noqa: E731
-        return (
-            f"{t} k{xy(self.kernel)} s{xy(self.stride)} p{xy(self.padding)} d{xy(self.dilation)} "
-            f"op{xy(self.output_padding)} g{self.groups} b{int(self.bias)} {xy(self.hw)} {cin}->{cout}"
-        )
-
     def macs(self, cin: int, cout: int) -> int:
         per = cin // self.groups * cout * self.kernel[0] * self.kernel[1]
         hw = self.hw if self.transposed else self.out_hw  # FlopCounterMode: a ConvTranspose by its input size
@@ -107,14 +92,12 @@ class ConvLayer:
     def params(self, cin: int, cout: int) -> int:
         return cin // self.groups * cout * self.kernel[0] * self.kernel[1] + (cout if self.bias else 0)
 
-    def elements(self, cout: int) -> int:
-        return cout * self.out_hw[0] * self.out_hw[1]
-
 
 def conv_layers(teacher: nn.Module, groups: list[PruneGroup], x: torch.Tensor) -> list[ConvLayer]:
     """The teacher's 2-D convolutions as they run on ``x``, each with the groups setting its channels."""
     gin = {n: g.name for g in groups for n in g.ins}
     gout = {n: g.name for g in groups for n in g.outs}
+    convs = {n: m for n, m in teacher.named_modules() if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))}
     seen: dict[str, tuple] = {}
 
     def record(name: str):
@@ -123,42 +106,22 @@ def conv_layers(teacher: nn.Module, groups: list[PruneGroup], x: torch.Tensor) -
 
         return hook
 
-    hooks = [
-        m.register_forward_hook(record(name))
-        for name, m in teacher.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d))
-    ]
-    was = teacher.training
-    try:
-        with torch.no_grad():
-            teacher.eval()(x)
-    finally:
-        teacher.train(was)
-        for h in hooks:
-            h.remove()
+    probe(teacher, x, [m.register_forward_hook(record(n)) for n, m in convs.items()])
     out = []
-    for name, m in teacher.named_modules():
+    for name, m in convs.items():
         if name not in seen:
             continue
-        hw, ohw = seen[name]
-        two = lambda v: tuple(int(a) for a in (v if isinstance(v, (tuple, list)) else (v, v)))  # noqa: E731
-        if isinstance(m.padding, str) or m.padding_mode != "zeros":
-            pad = _same_padding(m) if isinstance(m.padding, str) else two(m.padding)
-        else:
-            pad = two(m.padding)
+        (h, w), (oh, ow) = seen[name]
+        k = m.kernel_size
         out.append(
             ConvLayer(
                 name=name,
                 transposed=isinstance(m, nn.ConvTranspose2d),
-                kernel=two(m.kernel_size),
-                stride=two(m.stride),
-                padding=pad,
-                dilation=two(m.dilation),
-                output_padding=two(getattr(m, "output_padding", 0)),
+                kernel=(int(k[0]), int(k[1])),
                 groups=int(m.groups),
                 bias=m.bias is not None,
-                hw=(int(hw[0]), int(hw[1])),
-                out_hw=(int(ohw[0]), int(ohw[1])),
+                hw=(int(h), int(w)),
+                out_hw=(int(oh), int(ow)),
                 cin=int(m.in_channels),
                 cout=int(m.out_channels),
                 gin=gin.get(name),
@@ -166,14 +129,6 @@ def conv_layers(teacher: nn.Module, groups: list[PruneGroup], x: torch.Tensor) -
             )
         )
     return out
-
-
-def _same_padding(m: nn.Module) -> tuple[int, int]:
-    if m.padding == "valid":
-        return (0, 0)
-    k = m.kernel_size if isinstance(m.kernel_size, tuple) else (m.kernel_size,) * 2
-    d = m.dilation if isinstance(m.dilation, tuple) else (m.dilation,) * 2
-    return tuple(d[i] * (k[i] - 1) // 2 for i in range(2))
 
 
 def levels(channels: int, round_to: Optional[int] = None) -> list[int]:
@@ -211,13 +166,21 @@ class Predictor:
 
 
 class TableMeasure:
-    """Times layer files and whole networks on the budget's backend (one process per chunk of files)."""
+    """Builds, exports and times whole per-layer students on the budget's backend (one process per chunk of files).
+    ``build`` makes the student of a configuration (``{group: channels}``); ``channels``: the input's."""
 
-    def __init__(self, budget: BudgetSpec, size: int, workdir: Path):
-        """``build`` and ``example`` are set by the caller: the student for a configuration, the input it takes."""
+    def __init__(
+        self,
+        budget: BudgetSpec,
+        size: int,
+        workdir: Path,
+        build: Optional[Callable[[dict], nn.Module]] = None,
+        channels: int = 3,
+        warmup: int = 3,
+    ):
         if budget.host:
             raise UserError(
-                "student.search: per-layer times on this machine only for now; leave out student.budget.host"
+                "student.budget.host: the per-layer search times on this machine only for now; leave host out"
             )
         if budget.precision != "fp32":
             raise UserError("student.budget.precision: the per-layer search times fp32 files; plan at fp32")
@@ -228,9 +191,8 @@ class TableMeasure:
             )
         self.profile = ProfileMeasure(budget, size, workdir)  # checks the backend; its fingerprint names the machine
         self.budget, self.size, self.workdir = budget, size, workdir
-        self.example = torch.zeros(budget.batch, 3, size, size)
-        self.warmup = 3
-        self.build: Callable[[dict], nn.Module] = lambda config: None  # type: ignore[assignment]
+        self.build, self.warmup = build, warmup
+        self.example = torch.zeros(budget.batch, channels, size, size)
 
     def fingerprint(self) -> dict:
         return self.profile.fingerprint()
@@ -419,9 +381,12 @@ def plan_per_layer(
     confirm_iters: int = 30,
     plot: bool = True,
     measure: Optional[Callable[[list[tuple[str, dict]], int], list[dict]]] = None,
+    fingerprint: Optional[dict] = None,
 ) -> dict:
     """Per-group widths within ``budget``; returns the plan document's ``per_layer`` section (``widths``: channels
-    kept per group, by root layer) and writes ``latency_table.json`` (and ``plan_layers.png``) into ``run_dir``."""
+    kept per group, by root layer) and writes ``latency_table.json`` (and ``plan_layers.png``) into ``run_dir``.
+    ``measure`` replaces the timing on the target (it takes ``[(what, config)]`` and an iteration count, and returns
+    ``{"p50", "p90"}`` per configuration); ``fingerprint`` names the machine when the caller has it already."""
     t0 = time.perf_counter()
     size = budget.size or size
     x = torch.zeros(1, input_channels(teacher), size, size)
@@ -434,11 +399,9 @@ def plan_per_layer(
         return _write(doc, run_dir, plot)
     workdir = Path(tempfile.mkdtemp(prefix="compressor-layers-"))
     try:
-        meas = TableMeasure(budget, size, workdir)
         small = torch.zeros(1, x.shape[1], *_build_size(teacher, size))
-        meas.build = lambda c: make_student(teacher, 1.0, "prune", "scratch", small, keep=keep, widths=c)[0]
-        meas.example = torch.zeros(budget.batch, x.shape[1], size, size)
-        meas.warmup = warmup
+        build = lambda c: make_student(teacher, 1.0, "prune", "scratch", small, keep=keep, widths=c)[0]  # noqa: E731
+        meas = TableMeasure(budget, size, workdir, build, x.shape[1], warmup)
         if measure is not None:  # tests: a stand-in for the target, given the configurations themselves
             meas.networks = measure  # type: ignore[method-assign]
         search = Search(groups, lambda c: 0.0, round_to)
@@ -446,7 +409,7 @@ def plan_per_layer(
             teacher,
             search,
             meas,
-            meas.fingerprint(),
+            fingerprint or meas.fingerprint(),
             round_to,
             run_dir,
             table_path,
@@ -476,7 +439,7 @@ def _search_counts(teacher, budget: BudgetSpec, count: str, groups, x, keep, rou
         )
     student, _ = make_student(teacher, 1.0, "prune", "scratch", x, keep=keep, widths=config)
     doc = _doc(search, config, path, pred, t0, groups)
-    doc["chosen"][count] = _count(student, x, count)
+    doc["chosen"].update(macs=_count(student, x, "macs"), params=count_params(student))
     doc["stat"] = count
     return doc
 
@@ -585,6 +548,7 @@ def plan_layers(
         run_dir=run_dir,
         table_path=table_path,
         measure=measure,
+        fingerprint=fingerprint,
     )
     groups = doc["groups"]
     width = sum(g["kept"] for g in groups) / sum(g["channels"] for g in groups)
@@ -813,7 +777,7 @@ def _bisect_path(
     Returns (its index or None when even the last step misses, the probes)."""
     probes: list[dict] = []
 
-    def probe(i: int, n: int) -> bool:
+    def meets(i: int, n: int) -> bool:
         m = measure(path[i], n)
         probes.append(
             {"step": i, "predicted": path[i].predicted, "retained": path[i].retained, "measured": m, "iters": n}
@@ -822,28 +786,20 @@ def _bisect_path(
         return m[stat] <= target
 
     bad, good = -1, None  # the largest index known to miss, the smallest known to meet
-    first = next((i for i, s in enumerate(path) if s.predicted <= target), len(path) - 1)
-    order = [first]
+    i = next((k for k, s in enumerate(path) if s.predicted <= target), len(path) - 1)
     while True:
-        i = order.pop() if order else None
-        if i is None:
-            hi = good if good is not None else len(path)
-            if hi - bad <= 1:
-                if good is None:
-                    if bad == len(path) - 1:
-                        return None, probes
-                    i = len(path) - 1
-                else:
-                    if probe(good, confirm_iters):
-                        return good, probes
-                    bad, good = good, None
-                    continue
-            else:
-                i = (bad + hi) // 2
-        if probe(i, iters):
+        if meets(i, iters):
             good = i
         else:
             bad = i
+        hi = len(path) if good is None else good
+        while hi - bad <= 1:  # bracketed: confirm the choice, or look further down the path if it misses
+            if good is None:
+                return None, probes
+            if meets(good, confirm_iters):
+                return good, probes
+            bad, good, hi = good, None, len(path)
+        i = (bad + hi) // 2
 
 
 def _count(model: nn.Module, x: torch.Tensor, kind: str) -> int:
@@ -923,7 +879,4 @@ def plot_layers(doc: dict, path: Path) -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return save_figure(fig, path)
