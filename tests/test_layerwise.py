@@ -210,3 +210,43 @@ def test_several_files_timed_in_one_process(tmp_path):
     rows = time_artifacts("ort-cpu", items, warmup=1, iters=3, threads=1)
     assert [r["status"] for r in rows] == ["ok", "ok", "failed"]
     assert rows[0]["latency_ms"]["n"] == 3 and rows[2]["reason"]
+
+
+@pytest.mark.parametrize("backend", ["ort-cpu", "openvino"])
+def test_an_int8_budget_times_the_int8_files_the_target_runs(backend, tmp_path):
+    from compressor.app.layerwise import TableMeasure
+    from compressor.exporters.table import backend_available
+
+    ok, why = backend_available(backend)
+    if not ok:
+        pytest.skip(f"{backend} is not installed here: {why}")
+    seen = []
+    budget = BudgetSpec(latency_ms=5, backend=backend, precision="int8", threads=1)
+    meas = TableMeasure(budget, 32, tmp_path, build=lambda cfg: _teacher(), warmup=1)
+    real = meas._time
+
+    def spy(items, warmup, iters):
+        seen.extend(str(i["artifact"]) for i in items)
+        if backend == "openvino":
+            from compressor.exporters.formats.openvino import ir_precision
+
+            assert all(ir_precision(i["artifact"]) == "int8" for i in items)
+        else:
+            ops = {n.op_type for i in items for n in onnx.load(str(i["artifact"])).graph.node}
+            assert ops & {"QLinearConv", "QuantizeLinear", "ConvInteger"}
+        return real(items, warmup, iters)
+
+    meas._time = spy
+    rows = meas.networks([("a", {}), ("b", {})], iters=2)
+    assert len(rows) == 2 and all(r["p50"] > 0 for r in rows)
+    assert seen[0].endswith(".int8.xml" if backend == "openvino" else ".int8.onnx")
+    assert not list(tmp_path.iterdir())  # the timed files are removed with their FP32 sources
+
+
+def test_an_int8_budget_it_cannot_quantise_for_is_one_line(tmp_path):
+    from compressor.app.plan import ProfileMeasure
+
+    with pytest.raises(UserError, match=r"^student.budget.precision: the plan quantises its candidates for ort-cpu"):
+        ProfileMeasure(BudgetSpec(latency_ms=5, backend="ort-cuda", precision="int8"), 32)
+    with pytest.raises(UserError, match=r"for ort-cpu over SSH plan at fp32"):
+        ProfileMeasure(BudgetSpec(latency_ms=5, backend="ort-cpu", precision="int8", host="u@b"), 32)

@@ -300,3 +300,19 @@ def test_remote_plan_over_loopback_ssh(tmp_path):
                 confirm_iters=3,
             )
         assert "student.budget.host" in str(e.value) and "toolkit" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_uniform_int8_budget_times_the_quantised_candidates(tmp_path, monkeypatch):
+    """``precision: int8`` on ort-cpu: each candidate is quantised as the export quantises, then timed."""
+    import compressor.app.plan as plan
+
+    made = []
+    real = plan.quantize_onnx
+    monkeypatch.setattr(plan, "quantize_onnx", lambda src, out, *a: made.append(out) or real(src, out, *a))
+    teacher = build_generator("resnet_6blocks", input_nc=3, output_nc=3, ngf=8).eval()
+    teacher.compressor_spec = {"arch": "resnet_6blocks", "kwargs": {"input_nc": 3, "output_nc": 3, "ngf": 8}}
+    budget = BudgetSpec(latency_ms=1000, backend="ort-cpu", precision="int8", threads=1)
+    doc = plan_width(teacher, budget, size=32, run_dir=tmp_path, warmup=1, iters=2)
+    assert doc["width"] == 1.0 and doc["fingerprint"]["precision"] == "int8"
+    assert len(made) == len(doc["candidates"]) and all(c["p50"] > 0 for c in doc["candidates"])
+    assert all(Path(m).name.endswith(".int8.onnx") for m in made)

@@ -12,7 +12,8 @@ that both move. Each network is taken relative to the reference measured beside 
 the 10th percentile of its iterations, what interference on a shared machine moves least. The table is checked out
 of sample: it predicts the three nearest other uniform widths (``checks``, with their errors; more than 10% is
 said). Each measurement keeps its p10, p50 and p90; the reference's spread over the pass is the drift. The table is
-cached in the run folder (``latency_table.json``) by backend, precision, batch, size, threads and machine;
+cached in the run folder (``latency_table.json``) by backend, precision (an INT8 budget times each network's INT8
+file, quantised as the export quantises: :func:`compressor.app.plan.int8_for_timing`), batch, size, threads and machine;
 ``student.latency_table: FILE`` reuses another run's (one from another machine or target is refused).
 
 **The search** (a greedy solution of HALP's latency-importance knapsack, Shen et al., NeurIPS 2022, stepping as
@@ -55,7 +56,7 @@ from ..models import input_channels, size_multiple
 from ..recipe import BudgetSpec
 from ..schemas import PlanJson, loads, read_json, read_text_bounded
 from ..slim import PruneGroup, make_student, probe, prunable_groups
-from .plan import SCHEMA, ProfileMeasure, model_signature, plan_key, save_figure
+from .plan import SCHEMA, ProfileMeasure, int8_for_timing, model_signature, plan_key, save_figure
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +183,6 @@ class TableMeasure:
             raise UserError(
                 "student.budget.host: the per-layer search times on this machine only for now; leave host out"
             )
-        if budget.precision != "fp32":
-            raise UserError("student.budget.precision: the per-layer search times fp32 files; plan at fp32")
         if budget.backend in BACKENDS and BACKENDS[budget.backend].artifact not in ("onnx", "openvino"):
             raise UserError(
                 f"student.budget.backend: the per-layer search times ONNX files; {budget.backend} runs another kind "
@@ -204,6 +203,7 @@ class TableMeasure:
             rows += time_artifacts(
                 b.backend,
                 items[i : i + CHUNK],
+                precision=b.precision,
                 batch=b.batch,
                 warmup=warmup,
                 iters=iters,
@@ -219,16 +219,21 @@ class TableMeasure:
 
     def networks(self, configs: list[tuple[str, dict]], iters: int) -> list[dict]:
         """Build, export and time the per-layer students ``configs`` names (``(what, {group: channels})``)."""
-        items = []
+        items, made = [], []
         for k, (what, config) in enumerate(configs):
             path = self.workdir / f"net{k}.onnx"
             _export_for_timing(self.build(config), path, self.example)
+            files = [path]
+            if self.budget.precision == "int8":  # the file the target runs: quantised as the export quantises
+                _, path = int8_for_timing(self.budget.backend, path, *self.example.shape[:2], self.size)
+                files += [path, path.with_suffix(".bin")]
             items.append({"artifact": path, "size": self.size, "input_nc": self.example.shape[1], "what": what})
+            made += files
         try:
             return self._time(items, self.warmup, iters)
         finally:
-            for it in items:
-                Path(it["artifact"]).unlink(missing_ok=True)
+            for f in made:
+                f.unlink(missing_ok=True)
 
 
 def _export_for_timing(model: nn.Module, path: Path, x: torch.Tensor) -> None:

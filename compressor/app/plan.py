@@ -30,14 +30,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..complexity import count_params, profile_model
 from ..errors import UserError
 from ..exporters.formats.onnx import export_onnx
+from ..exporters.formats.openvino import int8_ir
 from ..exporters.formats.tensorrt import build_engine
 from ..exporters.profile import environment, profile_models, remote_profile
+from ..exporters.quantize import quantize_onnx
 from ..exporters.table import BACKENDS, backend_available, get_backend
 from ..io import atomic_write_bytes, atomic_write_json
 from ..models import ZOO, input_channels, size_multiple
@@ -89,6 +92,29 @@ class Measure(Protocol):
     def __call__(self, candidates: list[Candidate], warmup: int, iters: int) -> list[dict]: ...
 
 
+# backends whose INT8 file a plan makes itself from each candidate's ONNX file, as the export would
+PLAN_INT8 = ("ort-cpu", "openvino")
+CALIBRATION_IMAGES = 4
+
+
+def int8_for_timing(backend: str, onnx: Path, batch: int, channels: int, size: int) -> tuple[str, Path]:
+    """(kind, path) of the INT8 file ``backend`` runs, quantised from the FP32 ``onnx`` beside it as the export
+    quantises (ONNX Runtime's static quantisation for the CPU; NNCF's mixed preset for OpenVINO). Calibrated on
+    :data:`CALIBRATION_IMAGES` random images of a fixed seed: a scale's value does not change what the file
+    costs, and an untrained candidate has no meaningful ranges to calibrate."""
+    rng = np.random.default_rng(0)
+    calib = [rng.uniform(-1, 1, (batch, channels, size, size)).astype(np.float32) for _ in range(CALIBRATION_IMAGES)]
+    if backend == "openvino":
+        xml = onnx.with_name(onnx.stem + ".int8.xml")
+        if not xml.exists():
+            int8_ir(onnx, xml, calib)
+        return "int8-openvino", xml
+    out = onnx.with_name(onnx.stem + ".int8.onnx")
+    if not out.exists():
+        quantize_onnx(onnx, out, calib, "cpu")
+    return "int8-onnx", out
+
+
 # ------------------------------------------------------------------------------------------- the real target
 
 
@@ -110,12 +136,13 @@ class ProfileMeasure:
             row = get_backend(b.backend, "student.budget.backend", plan=True)
         except ValueError as exc:
             raise UserError(str(exc)) from None
-        if b.precision == "int8":
+        if b.precision == "int8" and (b.backend not in PLAN_INT8 or b.host):
             raise UserError(
-                f"student.budget.precision: {b.backend} INT8 needs calibration; plan at fp32 (or fp16) and quantise "
-                f"the chosen student afterwards"
+                f"student.budget.precision: the plan quantises its candidates for {', '.join(PLAN_INT8)} on this "
+                f"machine; for {b.backend}{' over SSH' if b.host else ''} plan at fp32 and quantise the chosen "
+                f"student afterwards"
             )
-        if b.precision in row.variants:
+        if b.precision in row.variants and b.precision != "int8":
             raise UserError(
                 f"student.budget.precision: {b.backend} runs {b.precision} from its own file; plan at fp32 "
                 f"(quantise the chosen student afterwards)"
@@ -183,6 +210,9 @@ class ProfileMeasure:
                 cand.model, onnx, torch.zeros(b.batch, input_channels(cand.model), self.size, self.size), dynamic=()
             )
         ref["onnx"] = str(onnx)
+        if b.precision == "int8":
+            kind, path = int8_for_timing(b.backend, onnx, b.batch, input_channels(cand.model), self.size)
+            ref["artifacts"] = {kind: str(path)}
         if kind == "engine":
             engine = base.with_suffix(".plan")
             if not engine.exists():

@@ -337,6 +337,20 @@ def quantize(
     return {"model": q, "record": rec}
 
 
+def int8_ir(onnx_path: str | Path, xml: str | Path, calibration: list[np.ndarray]) -> dict:
+    """NNCF's post-training INT8 IR of an FP32 ONNX file, as the export makes it (:func:`quantize`, the mixed
+    preset) but without its parity check: for timing a file whose accuracy nobody reads (a latency plan's
+    candidates). Returns the quantisation record."""
+    import openvino as ov
+
+    xml = Path(xml)
+    q = quantize(convert(onnx_path), calibration, np.zeros(0, np.float32), [])
+    tmp = xml.with_name(f".{xml.stem}.tmp.xml")
+    ov.save_model(q["model"], str(tmp), compress_to_fp16=False)
+    _rename_ir(tmp, xml)
+    return q["record"]
+
+
 def export_ir(req: Request) -> dict:
     """The row's exporter: :func:`export_openvino` from the FP32 ONNX file this export wrote (``req.source``, unless
     the files are static), else from the PyTorch model. A quantisation-aware student's INT8 is read from its own
