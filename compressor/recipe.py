@@ -281,6 +281,7 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "data.channels": 3,
     "student.search": "uniform",
     "student.latency_table": None,
+    "student.widths": None,
     "data.degrade": None,
     "teacher.residual": "none",
     "teacher.expect": None,
@@ -327,6 +328,11 @@ class StudentSpec(Strict):
     latency_table: Optional[str] = Field(
         None, description="search per-layer: reuse this latency_table.json (measured on this machine and target)"
     )
+    widths: Optional[Union[dict[str, int], str]] = Field(
+        None,
+        description="channels kept per channel group, as compress plan's per-layer search names them, or a plan.json "
+        "(or student.json) whose widths to take: a per-layer student chosen once, trained many times",
+    )
     arch: Optional[str] = Field(
         None, description="a student of another architecture: a zoo name (instead of a width of the teacher)"
     )
@@ -363,7 +369,7 @@ class StudentSpec(Strict):
             raise ValueError("student: give one of 'arch' (a zoo name) or 'import' (module:factory), not both")
         if self.other_arch:
             which = "arch" if self.arch else "import"
-            slimming = ["width", "method", "init", "keep", "round_channels", "budget", "outputs", "search"]
+            slimming = ["width", "method", "init", "keep", "round_channels", "budget", "outputs", "search", "widths"]
             given = [k for k in slimming if k in self.model_fields_set]
             if given:
                 raise ValueError(
@@ -387,6 +393,19 @@ class StudentSpec(Strict):
                 )
         elif self.latency_table is not None:
             raise ValueError("student.latency_table: only with student.search: per-layer")
+        if self.widths is not None:
+            if self.width == "auto" or "width" in self.model_fields_set:
+                raise ValueError("student.widths: the widths are given; leave student.width (and its budget) out")
+            if self.method == "rebuild":
+                raise ValueError(
+                    "student.widths: per-layer widths prune the teacher; use student.method: prune or auto"
+                )
+            if isinstance(self.widths, dict):
+                if not self.widths:
+                    raise ValueError("student.widths: name at least one channel group")
+                bad = [k for k, v in self.widths.items() if isinstance(v, bool) or v < 1]
+                if bad:
+                    raise ValueError(f"student.widths: {bad[0]!r} must keep at least one channel")
         return self
 
 

@@ -623,6 +623,21 @@ class PruneGroup:
     importance: list[float]  # per channel: Torch-Pruning's group L2 magnitude, normalised to mean 1 in the group
 
 
+def kept_fraction(
+    teacher: nn.Module,
+    widths: dict[str, int],
+    example_input: Optional[torch.Tensor] = None,
+    keep: Optional[list[str]] = None,
+    outputs: str = "named",
+) -> float:
+    """The fraction of the prunable groups' channels a per-layer student with ``widths`` keeps (what its plan records
+    as its width; a group not named keeps all its channels)."""
+    groups = prunable_groups(teacher, example_input, keep, outputs)
+    total = sum(g.channels for g in groups)
+    kept = sum(min(int(widths.get(g.name, g.channels)), g.channels) for g in groups)
+    return kept / total if total else 1.0
+
+
 def _pruning_groups(pruner, model: nn.Module) -> list[tuple[str, Any]]:
     """``(root layer name, group)`` for every group the pruner would shrink, grouped convolutions left out (they
     stay at full width in a per-layer student)."""

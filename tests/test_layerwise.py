@@ -250,3 +250,34 @@ def test_an_int8_budget_it_cannot_quantise_for_is_one_line(tmp_path):
         ProfileMeasure(BudgetSpec(latency_ms=5, backend="ort-cuda", precision="int8"), 32)
     with pytest.raises(UserError, match=r"for ort-cpu over SSH plan at fp32"):
         ProfileMeasure(BudgetSpec(latency_ms=5, backend="ort-cpu", precision="int8", host="u@b"), 32)
+
+
+def test_student_widths_from_a_plan_build_that_student_and_bad_ones_are_one_line(tmp_path):
+    """``student.widths: plan.json``: a per-layer student chosen once (here on a MACs budget), trained again and
+    again with the same channels; a missing file, a file without widths and widths beside a width are one line."""
+    from conftest import run_cli, tiny_recipe_text
+
+    from compressor.complexity import profile_model
+
+    t = _teacher()
+    full = profile_model(t, (1, 3, 32, 32))["macs"]
+    plan = plan_layers(t, BudgetSpec(macs=full * 0.4), size=32, run_dir=tmp_path / "planned")
+    assert (tmp_path / "planned" / "plan.json").is_file()
+    text = tiny_recipe_text().replace("student: {width: 0.5}", "student: {widths: planned/plan.json, method: prune}")
+    (tmp_path / "r.yaml").write_text(text)
+    res = run_cli(["r.yaml", "--out", "runs", "--only", "teacher,student", "-q"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    built = json.loads((tmp_path / "runs" / "tiny" / "student_init" / "student.json").read_text())
+    assert built["widths"] == plan["widths"] and abs(built["width"] - plan["width"]) < 1e-6
+    (tmp_path / "nowidths.json").write_text("{}")
+    for widths, msg in [
+        ("missing.json", r"^error: student.widths: .*missing.json: file not found$"),
+        ("nowidths.json", r"^error: student.widths: .*nowidths.json holds no per-layer widths"),
+        ("{encoder.1: 0}", r"^error: .*student.widths: 'encoder.1' must keep at least one channel"),
+    ]:
+        (tmp_path / "bad.yaml").write_text(text.replace("widths: planned/plan.json", f"widths: {widths}"))
+        res = run_cli(["bad.yaml", "--out", "runs2", "-q"], cwd=tmp_path)
+        assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+        assert __import__("re").search(msg, res.stderr.strip()), res.stderr
+    with pytest.raises(ValueError, match="leave student.width"):
+        StudentSpec(width=0.5, widths={"a": 1})

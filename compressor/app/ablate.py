@@ -10,7 +10,10 @@ distill stages with one arm's ``distill.losses``:
 * ``kd_matched``: KD alone, its weight raised by the gradient mass SRP added in the same seed's ``kd_srp`` run
   (``1 + mean |grad SRP| / |grad KD|``): the control that tells SRP's effect from "more gradient".
 
-crossed with student inits (``inherit``, ``scratch``), widths and seeds. Seed k of every arm sees the same data
+crossed with student inits (``inherit``, ``scratch``), students and seeds. A student is a width (every layer's
+fraction of its channels) or a file holding per-layer widths (``compress plan``'s per-layer ``plan.json``, through
+``student.widths``); with several students, each is compared with the first, arm by arm, paired by seed and image
+(per-layer widths against the uniform width of the same measured latency). Seed k of every arm sees the same data
 order, crops and noise (all drawn from the recipe seed) and, for the same init and width, starts from the same
 student (the student stage is seeded); the adversarial term, when the recipe has one, gets a discriminator built
 from the seed alone. Each student is evaluated image by image on the test split: PSNR/SSIM against the ground
@@ -74,7 +77,7 @@ class AblateSpec:
 
     arms: tuple[str, ...] = ARMS
     inits: tuple[str, ...] = ("inherit",)
-    widths: tuple[float, ...] = ()  # empty: the recipe's student.width
+    widths: tuple[float | str, ...] = ()  # the students: widths, or files of per-layer widths (empty: the recipe's)
     seeds: tuple[int, ...] = (0, 1000, 2000)
     ratio: float = 1.0  # kd_srp: SRP's gradient as this multiple of KD's
     layers: tuple[str, ...] = ()  # SRP taps (empty: the recipe's srp.layers)
@@ -100,6 +103,11 @@ def check_spec(spec: AblateSpec, recipe: Recipe) -> None:
         raise RecipeError("--arms: kd_matched is matched to kd_srp's gradient; run kd_srp too")
     if not (spec.layers or recipe.distill.losses.srp.layers) and "kd_srp" in spec.arms:
         raise RecipeError("--layers: name the layers SRP taps (or set distill.losses.srp.layers)")
+    if not spec.widths and isinstance(recipe.student.widths, dict):
+        raise RecipeError("--widths: the recipe names its per-layer widths inline; pass them as a plan.json file")
+    labels = [student_label(w) for w in spec.widths]
+    if len(set(labels)) < len(labels):
+        raise RecipeError("--widths: two students share a name; give the files of per-layer widths distinct names")
 
 
 # ------------------------------------------------------------------------------------------------ runs
@@ -126,14 +134,29 @@ def paired_discriminator(seed: int, record: dict) -> Callable[..., torch.nn.Modu
     return build
 
 
-def arm_doc(base: dict, spec: AblateSpec, arm: str, init: str, width: float, seed: int, kd_scale: float) -> dict:
-    """The recipe document of one run: the base recipe with this arm's losses, init, width and seed."""
+def student_label(width: float | str) -> str:
+    """A student's name in run folders and tables: ``w0.5``, or ``w-NAME`` for a file of per-layer widths (its stem,
+    or its folder's name for a ``plan.json`` or ``student.json``)."""
+    if not isinstance(width, str):
+        return f"w{width:g}"
+    p = Path(width)
+    stem = p.parent.name if p.stem in ("plan", "student") else p.stem
+    return "w-" + "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)[:40]
+
+
+def arm_doc(base: dict, spec: AblateSpec, arm: str, init: str, width: float | str, seed: int, kd_scale: float) -> dict:
+    """The recipe document of one run: the base recipe with this arm's losses, init, student and seed."""
     doc = copy.deepcopy(base)
-    doc["name"] = f"{base['name']}-w{width:g}-{init}-{arm}-s{seed}"
+    doc["name"] = f"{base['name']}-{student_label(width)}-{init}-{arm}-s{seed}"
     doc["seed"] = seed
     doc["teacher"].pop("expect", None)  # checked once, in the teacher run
-    doc["student"] = {**doc.get("student", {}), "width": width, "init": init}
-    doc["student"].pop("budget", None)
+    student = {k: v for k, v in doc.get("student", {}).items() if k not in ("width", "widths", "search")}
+    student.update({"widths": width} if isinstance(width, str) else {"width": width})
+    doc["student"] = {**student, "init": init}
+    for key in ("budget", "latency_table"):
+        doc["student"].pop(key, None)
+    if isinstance(width, str) and doc["student"].get("method") == "rebuild":
+        doc["student"]["method"] = "prune"
     losses = doc.setdefault("distill", {}).setdefault("losses", {})
     kd = dict(losses.get("kd") or {"weight": 10.0})
     srp = dict(losses.get("srp") or {})
@@ -275,7 +298,7 @@ def student_metrics(rd: Path, recipe: Recipe, teacher_eval: dict, max_images: Op
 class Cell:
     """The runs of one width and init: per-image metrics, pairing records and training summaries by (arm, seed)."""
 
-    width: float
+    width: float | str
     init: str
     per: dict = field(default_factory=dict)
     infos: dict = field(default_factory=dict)
@@ -341,7 +364,7 @@ def run_ablation(
     say(f"teacher: {teacher_eval['psnr'].mean():.3f} dB on {len(teacher_eval['psnr'])} test images")
     ctx = {"spec": spec, "out": out, "base": base, "train": train, "device": device, "say": say}
     ctx["teacher_eval"] = teacher_eval
-    widths = spec.widths or (float(recipe.student.width),)
+    widths = spec.widths or (recipe.student.widths or float(recipe.student.width),)
     cells = {(w, i): Cell(w, i) for w in widths for i in spec.inits}
     for seed in spec.seeds:  # seed-major: an interrupted ablation leaves whole seeds behind it
         for cell in cells.values():
@@ -395,7 +418,50 @@ def analyse_cell(cell: Cell, teacher_eval: dict, spec: AblateSpec) -> Optional[d
                 claims.append(
                     {"claim": claim, "arm": a, "base": b, "metric": label, **_iv(d), "verdict": st.verdict3(d, better)}
                 )
-    return {"width": cell.width, "init": cell.init, "seeds": seeds, "n_images": n, "arms": rows, "claims": claims}
+    label = student_label(cell.width)
+    return {
+        "width": cell.width,
+        "student": label,
+        "init": cell.init,
+        "seeds": seeds,
+        "n_images": n,
+        "arms": rows,
+        "claims": claims,
+    }
+
+
+def student_claims(cells: dict, spec: AblateSpec) -> list[dict]:
+    """Each student against the first one (``--widths`` order), arm by arm and init by init: the difference in PSNR
+    against the ground truth and against the teacher, paired by seed and image."""
+    out = []
+    students = list(dict.fromkeys(c.width for c in cells.values()))
+    for init in spec.inits:
+        base = cells.get((students[0], init))
+        for other in students[1:]:
+            cell = cells.get((other, init))
+            for arm in (a for a in ARMS if a in spec.arms):
+                seeds = [s for s in spec.seeds if (arm, s) in cell.per and (arm, s) in base.per]
+                if len(seeds) < 2:
+                    continue
+                for key, label, better in METRICS[:2]:
+                    d = st.paired_mean_difference(
+                        np.stack([cell.per[(arm, s)][key] for s in seeds]),
+                        np.stack([base.per[(arm, s)][key] for s in seeds]),
+                        n_boot=spec.n_boot,
+                    )
+                    out.append(
+                        {
+                            "student": student_label(other),
+                            "base": student_label(students[0]),
+                            "init": init,
+                            "arm": arm,
+                            "metric": label,
+                            "seeds": seeds,
+                            **_iv(d),
+                            "verdict": st.verdict3(d, better),
+                        }
+                    )
+    return out
 
 
 def analyse(cells: dict, teacher_eval: dict, spec: AblateSpec, recipe: Recipe) -> dict:
@@ -408,6 +474,7 @@ def analyse(cells: dict, teacher_eval: dict, spec: AblateSpec, recipe: Recipe) -
         "n_boot": spec.n_boot,
         "cells": [],
         "init_claims": [],
+        "student_claims": student_claims(cells, spec),
     }
     for cell in cells.values():
         res = analyse_cell(cell, teacher_eval, spec)
@@ -438,7 +505,7 @@ def render(doc: dict) -> str:
     lines = [f"Teacher on the test split: {doc['teacher_psnr']:.3f} dB, SSIM {doc['teacher_ssim']:.4f}.", ""]
     for c in doc["cells"]:
         lines += [
-            f"**Width {c['width']:g}, student init {c['init']}** ({len(c['seeds'])} seeds: "
+            f"**{_student_title(c['width'])}, student init {c['init']}** ({len(c['seeds'])} seeds: "
             f"{', '.join(map(str, c['seeds']))}; {c['n_images']} test images; 95% two-level bootstrap intervals)",
             "",
             "| arm | PSNR vs ground truth | gap to the teacher | PSNR vs teacher | SSIM | steps (converged) |",
@@ -460,10 +527,22 @@ def render(doc: dict) -> str:
         lines.append("")
     for cl in doc["init_claims"]:
         lines.append(
-            f"Inheriting the teacher's channels, width {cl['width']:g}, {cl['arm']}: PSNR {_fmt(cl, 3)} dB over a "
+            f"Inheriting the teacher's channels, {_student_title(cl['width']).lower()}, {cl['arm']}: PSNR "
+            f"{_fmt(cl, 3)} dB over a "
             f"scratch init ({len(cl['seeds'])} seeds)."
         )
+    if doc.get("student_claims"):
+        lines += ["", "| student − base (arm, init) | metric | difference | verdict |", "|---|---|---|---|"]
+        for cl in doc["student_claims"]:
+            lines.append(
+                f"| {cl['student']} − {cl['base']} ({cl['arm']}, {cl['init']}; {len(cl['seeds'])} seeds) | "
+                f"{cl['metric']} | {_fmt(cl, 3)} | {cl['verdict']} |"
+            )
     return "\n".join(lines) + "\n"
+
+
+def _student_title(width: float | str) -> str:
+    return f"Width {width:g}" if not isinstance(width, str) else f"Per-layer widths {student_label(width)[2:]}"
 
 
 def recipe_document(recipe: Recipe) -> dict:
@@ -477,4 +556,6 @@ def recipe_document(recipe: Recipe) -> dict:
             doc["teacher"][key] = str(recipe.resolve_path(getattr(t, key)))
     if t.import_:
         doc["teacher"]["import"] = teacher_spec(t, recipe.base_dir)["import"]
+    if isinstance(recipe.student.widths, str):
+        doc["student"]["widths"] = str(recipe.resolve_path(recipe.student.widths))
     return doc

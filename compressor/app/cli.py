@@ -52,6 +52,7 @@ from .console import Progress as _Progress  # bars on a terminal, a heartbeat in
 from .context import resolve_device
 from .flags import (
     ProfileRequest,
+    ablate_students,
     check_evaluate_flags,
     check_export_flags,
     check_folder,
@@ -230,7 +231,12 @@ AblateOut = Annotated[Path, typer.Option("--out", help="parent folder of the abl
 Arms = Annotated[str, typer.Option("--arms", help="scratch, kd, kd_srp, kd_matched")]
 Inits = Annotated[str, typer.Option("--inits", help="student inits: inherit, scratch")]
 Widths = Annotated[
-    Optional[str], typer.Option("--widths", help="student widths, e.g. 0.5,0.25 (default: the recipe's)")
+    Optional[str],
+    typer.Option(
+        "--widths",
+        help="the students: widths, e.g. 0.5,0.25, or plan.json files of per-layer widths (compress plan); the "
+        "first is the base the others are compared with (default: the recipe's)",
+    ),
 ]
 Seeds = Annotated[
     str, typer.Option("--seeds", help="seeds, spaced apart (the sampler draws epoch e of seed s from s + e)")
@@ -565,7 +571,7 @@ def ablate(
     spec = AblateSpec(
         arms=tuple(csv_list(arms)),
         inits=tuple(csv_list(inits)),
-        widths=tuple(parse_numbers(widths, "--widths", float, 0.0, 1.0)) if widths else (),
+        widths=ablate_students(widths),
         seeds=tuple(parse_numbers(seeds, "--seeds", int, 0, 2**32 - 1)),
         ratio=ratio,
         layers=tuple(csv_list(layers)) if layers else (),

@@ -157,6 +157,26 @@ def parse_numbers(value: str, flag: str, cast: Callable, lo: float, hi: float) -
     return vals
 
 
+def ablate_students(value: Optional[str]) -> tuple:
+    """``compress ablate --widths``: each entry a width in (0, 1] or a file of per-layer widths (a ``plan.json``,
+    checked to exist; kept as an absolute path); one line naming the flag otherwise."""
+    out: list = []
+    for item in (v.strip() for v in (value or "").split(",")):
+        if not item:
+            continue
+        try:
+            out += parse_numbers(item, "--widths", float, 0.0, 1.0)
+            continue
+        except UserError:
+            if not item.endswith(".json") and not Path(item).exists():
+                raise
+        path = Path(item).expanduser()
+        if not path.is_file():
+            raise UserError(f"--widths: {item}: file not found (a plan.json of per-layer widths, or a width)")
+        out.append(str(path.resolve()))
+    return tuple(out)
+
+
 def check_run_device(device: Optional[str]) -> None:
     """``compress run --device``: auto, cpu or cuda; None keeps the recipe's."""
     if device not in (None, "auto", "cpu", "cuda"):

@@ -24,6 +24,7 @@ from ..models import (
 )
 from ..models.layers import align_free_norms
 from ..recipe import Recipe
+from ..schemas import loads, read_text_bounded
 from ..slim import tensor_leaves
 
 
@@ -38,8 +39,34 @@ def preflight(recipe: Recipe, build_model: bool = True) -> None:
     check_quantize(recipe)
     if recipe.data.kind != "synthetic":
         check_data_root(recipe.data, recipe.resolve_path(recipe.data.root))
+    if isinstance(recipe.student.widths, str):
+        given_widths(recipe)  # the file is there and holds widths, before anything runs
     if build_model:
         check_taps(recipe)
+
+
+def given_widths(recipe: Recipe) -> dict[str, int]:
+    """``student.widths``: the channels per group as the recipe gives them, or the ``widths`` of the plan.json (or a
+    per-layer student's student.json, or the run folder holding either) it names."""
+    given = recipe.student.widths
+    if isinstance(given, dict):
+        return {str(k): int(v) for k, v in given.items()}
+    path = recipe.resolve_path(given)
+    if path.is_dir():
+        path = path / "plan.json" if (path / "plan.json").is_file() else path / "student_init" / "student.json"
+    try:
+        doc = loads(read_text_bounded(path), str(path))
+    except FileNotFoundError:
+        raise UserError(f"student.widths: {path}: file not found") from None
+    except UserError as exc:  # unreadable, too large, not JSON: the reader's line, under the key
+        raise UserError(f"student.widths: {exc}") from None
+    got = doc.get("widths") if isinstance(doc, dict) else None
+    if not isinstance(got, dict) or not got or not all(type(v) is int and v >= 1 for v in got.values()):
+        raise UserError(
+            f"student.widths: {path} holds no per-layer widths (a plan.json from compress plan's per-layer search, "
+            f"or a per-layer student's student.json)"
+        )
+    return {str(k): int(v) for k, v in got.items()}
 
 
 def check_quantize(recipe: Recipe) -> None:

@@ -36,14 +36,21 @@ from ..models import build_generator, load_teacher, teacher_spec
 from ..recipe import QUANTIZE_SHARE, LossesSpec, Recipe
 from ..runfolder import RunDir, load_run_qad, load_run_student, load_run_teacher, profile_refs
 from ..schemas import StudentPlan, read_json
-from ..slim import load_student, make_student, other_student, save_student
+from ..slim import kept_fraction, load_student, make_student, other_student, save_student
 from ..teacher_cache import DiskTeacherCache
 from ..terms import stage_losses
 from ..train import Direction, Trainer, TrainSetup, seed_everything
-from .commands import EVALUATE_DOING, evaluate_run, plan_student, recipe_calibration, recipe_samples, run_export_spec
+from .commands import (
+    EVALUATE_DOING,
+    evaluate_run,
+    plan_student,
+    recipe_calibration,
+    recipe_samples,
+    run_export_spec,
+)
 from .context import Context, checkpoint_policy, resume_command
 from .distributed import launch_distributed
-from .preflight import check_runs, check_size, check_taps, example_input, student_arch_spec
+from .preflight import check_runs, check_size, check_taps, example_input, given_widths, student_arch_spec
 
 log = logging.getLogger(__name__)
 
@@ -286,11 +293,15 @@ def stage_student(ctx: Context) -> None:
             save_student(s2, plan2, own_folder(run.student_init / "reverse"))
         return
     width, widths = r.student.width, None
+    shape = {"keep": r.student.keep or None, "round_to": r.student.round_channels, "outputs": r.student.outputs}
     if width == "auto":  # measured on the target: the widest width (or per-layer widths) within student.budget
         doc = plan_student(r, run, teacher=teacher)
         width, widths = doc["width"], doc.get("widths")
         seed_everything(r.seed)
-    shape = {"keep": r.student.keep or None, "round_to": r.student.round_channels, "outputs": r.student.outputs}
+    elif r.student.widths is not None:  # per-layer widths chosen before (a plan.json, or named in the recipe)
+        widths = given_widths(r)
+        width = kept_fraction(teacher, widths, example, r.student.keep or None, r.student.outputs)
+        seed_everything(r.seed)
     if widths:
         shape["widths"] = widths
     student, plan = make_student(teacher, width, r.student.method, r.student.init, example, **shape)
