@@ -322,6 +322,34 @@ def test_compress_ablate_runs_the_paired_protocol(tmp_path):
     assert res.returncode == 0 and (out / "s" / "ablate.md").read_text() == md
     res = run_cli(["ablate", p, "--out", out, "--arms", "kd,bogus", "-q"])
     one_error_line(res.stderr, res.returncode, "--arms", "bogus")
+    _per_layer_against_uniform(tmp_path, p, out)
+
+
+def _per_layer_against_uniform(tmp_path, p, out):
+    """``--widths 0.5,plan.json``: the per-layer student of a plan trained beside the uniform one (whose kd runs the
+    ablation above finished) with the same seeds, and compared with it, paired by seed and image."""
+    from compressor.app.layerwise import plan_layers
+    from compressor.complexity import profile_model
+    from compressor.models import build_generator
+    from compressor.recipe import BudgetSpec
+
+    t = build_generator("resnet_6blocks", ngf=8, norm="instance").eval()
+    t.compressor_spec = {"arch": "resnet_6blocks", "kwargs": {"ngf": 8, "norm": "instance"}}
+    full = profile_model(t, (1, 3, 32, 32))["macs"]
+    plan = plan_layers(t, BudgetSpec(macs=full * 0.3), size=32, run_dir=tmp_path / "layers-30")
+    args = ["ablate", p, "--out", out, "--arms", "kd", "--seeds", "0,1000", "-q"]
+    res = run_cli(args + ["--widths", f"0.5,{tmp_path / 'layers-30' / 'plan.json'}"], timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    built = json.loads((out / "s" / "s-w-layers-30-inherit-kd-s0" / "student_init" / "student.json").read_text())
+    assert built["widths"] == plan["widths"]
+    doc = json.loads((out / "s" / "ablate.json").read_text())
+    assert [c["student"] for c in doc["cells"]] == ["w0.5", "w-layers-30"]
+    claims = doc["student_claims"]
+    assert {(c["student"], c["base"], c["arm"]) for c in claims} == {("w-layers-30", "w0.5", "kd")}
+    assert all(c["seeds"] == [0, 1000] and c["lo"] <= c["estimate"] <= c["hi"] for c in claims)
+    assert "| w-layers-30 − w0.5 (kd, inherit; 2 seeds) |" in (out / "s" / "ablate.md").read_text()
+    res = run_cli(args + ["--widths", "0.5,nothere.json"])
+    one_error_line(res.stderr, res.returncode, "--widths", "nothere.json")
 
 
 def test_ablation_caches_refuse_links_and_never_write_through_them(tmp_path):
@@ -347,32 +375,3 @@ def test_ablation_caches_refuse_links_and_never_write_through_them(tmp_path):
         _load_cached(path, "k")
     _save_cached(path, {"key": np.array("k")})
     assert foreign.read_bytes() == b"someone else's" and not path.is_symlink()
-
-
-def test_compress_ablate_compares_a_per_layer_student_with_a_uniform_one(tmp_path):
-    """``--widths 0.5,plan.json``: the per-layer student of a plan trained beside the uniform one with the same arms
-    and seeds, and compared with it, paired by seed and image."""
-    from compressor.app.layerwise import plan_layers
-    from compressor.complexity import profile_model
-    from compressor.models import build_generator
-    from compressor.recipe import BudgetSpec
-
-    p = _synthetic_recipe(tmp_path, "steps: 2, log_every: 1, losses: {gan: {weight: 0}, recon: {weight: 0}}")
-    t = build_generator("resnet_6blocks", ngf=8, norm="instance").eval()
-    t.compressor_spec = {"arch": "resnet_6blocks", "kwargs": {"ngf": 8, "norm": "instance"}}
-    full = profile_model(t, (1, 3, 32, 32))["macs"]
-    plan = plan_layers(t, BudgetSpec(macs=full * 0.3), size=32, run_dir=tmp_path / "layers-30")
-    out = tmp_path / "abl"
-    args = ["ablate", p, "--out", out, "--arms", "kd", "--seeds", "0,1000", "-q"]
-    res = run_cli(args + ["--widths", f"0.5,{tmp_path / 'layers-30' / 'plan.json'}"], timeout=900)
-    assert res.returncode == 0, res.stderr[-3000:]
-    built = json.loads((out / "s" / "s-w-layers-30-inherit-kd-s0" / "student_init" / "student.json").read_text())
-    assert built["widths"] == plan["widths"]
-    doc = json.loads((out / "s" / "ablate.json").read_text())
-    assert [c["student"] for c in doc["cells"]] == ["w0.5", "w-layers-30"]
-    claims = doc["student_claims"]
-    assert {(c["student"], c["base"], c["arm"]) for c in claims} == {("w-layers-30", "w0.5", "kd")}
-    assert all(c["seeds"] == [0, 1000] and c["lo"] <= c["estimate"] <= c["hi"] for c in claims)
-    assert "| w-layers-30 − w0.5 (kd, inherit; 2 seeds) |" in (out / "s" / "ablate.md").read_text()
-    res = run_cli(args + ["--widths", "0.5,nothere.json"])
-    one_error_line(res.stderr, res.returncode, "--widths", "nothere.json")
