@@ -13,6 +13,8 @@ device's default (the precision used is recorded as ``inference_precision``).
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import time
@@ -344,7 +346,8 @@ def int8_ir(onnx_path: str | Path, xml: str | Path, calibration: list[np.ndarray
     import openvino as ov
 
     xml = Path(xml)
-    q = quantize(convert(onnx_path), calibration, np.zeros(0, np.float32), [])
+    with contextlib.redirect_stdout(io.StringIO()):  # NNCF's progress bars: a plan quantises a hundred of these
+        q = quantize(convert(onnx_path), calibration, np.zeros(0, np.float32), [])
     tmp = xml.with_name(f".{xml.stem}.tmp.xml")
     ov.save_model(q["model"], str(tmp), compress_to_fp16=False)
     _rename_ir(tmp, xml)
