@@ -519,7 +519,8 @@ def render(doc: dict) -> str:
                 f"{t['estimate']:.2f} [{t['lo']:.2f}, {t['hi']:.2f}] | {s['estimate']:.4f} | "
                 f"{'/'.join(map(str, r['steps']))} ({r['converged']}/{len(c['seeds'])}) |"
             )
-        lines += ["", "| claim | metric | difference | verdict |", "|---|---|---|---|"]
+        if c["claims"]:
+            lines += ["", "| claim | metric | difference | verdict |", "|---|---|---|---|"]
         for cl in c["claims"]:
             lines.append(
                 f"| {cl['claim']} ({cl['arm']} − {cl['base']}) | {cl['metric']} | {_fmt(cl, 3)} | {cl['verdict']} |"
@@ -532,7 +533,12 @@ def render(doc: dict) -> str:
             f"scratch init ({len(cl['seeds'])} seeds)."
         )
     if doc.get("student_claims"):
-        lines += ["", "| student − base (arm, init) | metric | difference | verdict |", "|---|---|---|---|"]
+        lines += [
+            "The students against the first (claim: the student beats the base; paired by seed and image):",
+            "",
+            "| student − base (arm, init) | metric | difference | verdict |",
+            "|---|---|---|---|",
+        ]
         for cl in doc["student_claims"]:
             lines.append(
                 f"| {cl['student']} − {cl['base']} ({cl['arm']}, {cl['init']}; {len(cl['seeds'])} seeds) | "
