@@ -40,14 +40,7 @@ from ..slim import kept_fraction, load_student, make_student, other_student, sav
 from ..teacher_cache import DiskTeacherCache
 from ..terms import stage_losses
 from ..train import Direction, Trainer, TrainSetup, seed_everything
-from .commands import (
-    EVALUATE_DOING,
-    evaluate_run,
-    plan_student,
-    recipe_calibration,
-    recipe_samples,
-    run_export_spec,
-)
+from .commands import EVALUATE_DOING, evaluate_run, plan_student, recipe_calibration, recipe_samples, run_export_spec
 from .context import Context, checkpoint_policy, resume_command
 from .distributed import launch_distributed
 from .preflight import check_runs, check_size, check_taps, example_input, given_widths, student_arch_spec
