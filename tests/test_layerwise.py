@@ -122,6 +122,44 @@ def test_a_noisy_target_still_gets_a_student_within_the_budget(tmp_path):
     assert doc["per_layer"]["chosen"]["measured"]["p50"] <= budget.latency_ms * 0.95
 
 
+def test_a_uniform_width_that_keeps_more_within_the_target_wins():
+    """Measured latency is not monotone along the path (blocked kernels): the bisection can land on a mixed step
+    that keeps less of the teacher than a uniform width measured within the target. The uniform one is then chosen,
+    after its own confirmation; never when it keeps less, or when the confirmation misses."""
+    from compressor.app.layerwise import Search, _uniform_keeps_more
+
+    t = _teacher()
+    groups = prunable_groups(t, torch.zeros(1, 3, 64, 64))
+    search = Search(groups, lambda c: 0.0, None)
+    uniform = [{"p50": 1.0 + k, "p90": 1.1 + k} for k in range(8)]  # levels 1-4 within a 4.5 ms target
+    thin = {g.name: levels(g.channels)[1] if i % 2 else levels(g.channels)[4] for i, g in enumerate(groups)}
+    assert search.retained(thin) < search.retained(search.uniform(3))
+    seen = []
+
+    def measure(config, iters):
+        seen.append((config, iters))
+        return {"p50": 4.0, "p90": 4.2}
+
+    k, m = _uniform_keeps_more(search, uniform, 4.5, "p50", thin, measure, 30)
+    assert k == 3 and m["p50"] == 4.0 and seen == [(search.uniform(3), 30)]
+    wide = {g.name: g.channels for g in groups}  # keeps more than any uniform within the target: kept
+    assert _uniform_keeps_more(search, uniform, 4.5, "p50", wide, measure, 30) is None
+    slow = lambda config, iters: {"p50": 9.0, "p90": 9.5}  # noqa: E731 - the confirmation misses
+    assert _uniform_keeps_more(search, uniform, 4.5, "p50", thin, slow, 30) is None
+    assert _uniform_keeps_more(search, uniform, 0.5, "p50", thin, measure, 30) is None  # none within
+
+
+def test_the_plan_key_follows_the_teachers_weights(tmp_path):
+    """Importance ranks the teacher's weights: other weights, another plan (never a cached one)."""
+    t = _teacher()
+    budget = BudgetSpec(macs=2e7)
+    a = plan_layers(t, budget, size=32, run_dir=tmp_path)
+    with torch.no_grad():
+        next(t.parameters()).mul_(3.0)
+    b = plan_layers(t, budget, size=32, run_dir=tmp_path)
+    assert a["key"] != b["key"] and not b["cached"]
+
+
 def test_a_budget_no_width_meets_is_one_line(tmp_path):
     t = _teacher()
     latency, measure, _ = _fake_target(t, 64)

@@ -261,6 +261,19 @@ def test_plan_cli_on_ort_cpu(tmp_path):
     res = run_cli(args + ["--set", "student.budget={macs: 1}", "--quiet"], cwd=tmp_path)
     assert res.returncode == 2 and res.stderr.startswith("error: student.budget: even width 0.25 has ")
     assert res.stderr.count("\n") == 1 and "the budget is 1" in res.stderr
+    # per-layer widths rank the teacher's weights: a teacher this recipe trains must be trained first
+    per_layer = [
+        "--set",
+        "student.search=per-layer",
+        "--set",
+        "student.method=prune",
+        "--set",
+        "student.budget={macs: 1e6}",
+    ]
+    res = run_cli(args + per_layer, cwd=tmp_path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith("error: student.search: the per-layer search ranks the teacher's channels")
+    assert "--only teacher" in res.stderr
 
 
 # ------------------------------------------------------------------------------------------- remote (--host)

@@ -591,6 +591,7 @@ def plan(
     out: RunsOut = Path("runs"),
     set_: SetOverrides = None,
     force: Remeasure = False,
+    trust_checkpoint: TrustCheckpoint = False,
     quiet: Quiet = False,
 ):
     """Choose student.width from student.budget by timing untrained students on the target; writes plan.json.
@@ -606,7 +607,7 @@ def plan(
         run = RunDir(out / r.name)
         if not (run.teacher_json.exists() and run.teacher_weights.exists()):
             run = prepare_run_dir(r, out, False, recipe)
-        doc = plan_student(r, run, force=force)
+        doc = plan_student(r, run, force=force, trust_checkpoint=trust_checkpoint)
     _print_plan(doc)
     typer.echo(f"wrote {run.root / 'plan.json'}" + (f" and {run.root / doc['plot']}" if doc.get("plot") else ""))
 
@@ -646,7 +647,10 @@ def _print_per_layer(doc: dict) -> None:
             f"latency table: {t['measurements']} networks measured ({t['seconds']:.0f} s); predicts uniform widths "
             f"{errs}; reference drift {t['noise']['reference_drift']:.1%}"
         )
-    typer.echo(f"per-layer widths chosen ({doc['width']:.3g} of the groups' channels); the run uses them")
+    if ch.get("uniform"):
+        typer.echo(f"uniform width {ch['uniform']:g} chosen: it keeps more of the teacher within the target")
+    else:
+        typer.echo(f"per-layer widths chosen ({doc['width']:.3g} of the groups' channels); the run uses them")
 
 
 @app.command()

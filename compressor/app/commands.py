@@ -6,6 +6,7 @@ opened through the run folder) and ``plan`` (``student.width: auto`` too). The s
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Optional
@@ -37,6 +38,7 @@ from ..models import (
     check_output,
     input_channels,
     load_state_dict_file,
+    load_teacher,
     size_multiple,
     teacher_spec,
     with_ranges,
@@ -57,19 +59,34 @@ from .layerwise import plan_layers
 from .plan import plan_width
 from .preflight import check_backends, example_input
 
+log = logging.getLogger(__name__)
 
-def plan_student(recipe: Recipe, run: RunDir, force: bool = False, teacher: Optional[torch.nn.Module] = None) -> dict:
+
+def plan_student(
+    recipe: Recipe,
+    run: RunDir,
+    force: bool = False,
+    teacher: Optional[torch.nn.Module] = None,
+    trust_checkpoint: bool = False,
+) -> dict:
     """``compress plan`` and ``student.width: auto``: the widest width within ``student.budget``, timed on the
     target (plan.json in the run). Times ``teacher`` when given, else the run's teacher when the teacher stage has
-    run, else the recipe's architecture (latency does not depend on the weights)."""
+    run, else the recipe's architecture (latency does not depend on the weights). The per-layer search ranks
+    channels by the teacher's weights: there the recipe's checkpoint is loaded, and a teacher the recipe trains
+    must have been trained first."""
     check_backends(recipe)
+    st = recipe.student
     if teacher is None and run.teacher_json.exists() and run.teacher_weights.exists():
         teacher = load_run_teacher(run)
     elif teacher is None:
-        teacher = with_ranges(build_teacher(recipe.teacher, recipe.base_dir, init=None), recipe.teacher)
+        weights = st.search == "per-layer" and _weights_for_importance(recipe)
+        if weights:
+            teacher = load_teacher(recipe.teacher, recipe.base_dir, trust_checkpoint)
+        else:
+            teacher = build_teacher(recipe.teacher, recipe.base_dir, init=None)
+        teacher = with_ranges(teacher, recipe.teacher)
         teacher.compressor_spec = teacher_spec(recipe.teacher, recipe.base_dir)
         check_output(teacher, example_input(recipe, teacher))
-    st = recipe.student
     if st.search == "per-layer":
         return plan_layers(
             teacher,
@@ -91,6 +108,23 @@ def plan_student(recipe: Recipe, run: RunDir, force: bool = False, teacher: Opti
         run_dir=run.root,
         force=force,
     )
+
+
+def _weights_for_importance(recipe: Recipe) -> bool:
+    """Whether the per-layer plan loads the recipe's checkpoint (True), or may rank an untrained teacher (False:
+    a teacher with no weights at all, said in a warning); a teacher the recipe trains and has not trained yet stops
+    the plan with one line."""
+    t = recipe.teacher
+    if t.checkpoint or t.onnx:
+        return bool(t.checkpoint)
+    if t.train is not None:
+        raise UserError(
+            "student.search: the per-layer search ranks the teacher's channels by its weights, and this recipe "
+            "trains its teacher (teacher.train), not trained yet: run `compress RECIPE --only teacher` first "
+            "(compress plan then reads the run folder's teacher)"
+        )
+    log.warning("plan: the teacher has no checkpoint; the per-layer search ranks its initial weights")
+    return False
 
 
 EVALUATE_DOING = "loading the teacher, the student and the test images"

@@ -23,7 +23,9 @@ of each channel (normalised to mean 1 within the group), its kept channels the s
 adds, U-Net skips) are one group, so they move together. The steps form a path ordered by predicted latency; the
 chosen student is the least-pruned step whose whole network, built, exported and measured on the target, meets the
 target (bisection along the path, starting where the table predicts it; the choice confirmed with a longer
-measurement).
+measurement). Where a uniform width measured within the target keeps more importance than that step, the uniform
+width is chosen instead (confirmed the same way): the search never returns widths a uniform student beats on both
+counts. The importance is the teacher's: ``compress plan`` loads the recipe's checkpoint for it.
 
 MACs and params budgets need no measurement: the same search (down to the budget, then back up while it holds)
 runs on the convolutions' counted MACs (FlopCounterMode's
@@ -32,6 +34,7 @@ convention: a ConvTranspose by its input size) or parameters.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import shutil
@@ -477,6 +480,12 @@ def _search_latency(
             f"the budget is {target / (1 - margin):.3g} ms (with the margin {target:.3g})"
         )
     config = path[choice].config
+    measured = next(p["measured"] for p in reversed(probes) if p["step"] == choice)
+    wider = _uniform_keeps_more(
+        search, uniform, target, stat, config, lambda c, n: measure([("a uniform student", c)], n)[0], confirm_iters
+    )
+    if wider is not None:
+        config, measured = search.uniform(wider[0]), wider[1]
     doc = _doc(search, config, path, pred, t0, groups=search.groups)
     doc.update(
         target=target,
@@ -498,7 +507,9 @@ def _search_latency(
             for k in range(GRID)
         ],
     )
-    doc["chosen"].update(step=choice, measured=next(p["measured"] for p in reversed(probes) if p["step"] == choice))
+    doc["chosen"].update(step=None if wider else choice, measured=measured)
+    if wider is not None:
+        doc["chosen"]["uniform"] = (wider[0] + 1) / GRID
     table.save()
     return doc
 
@@ -532,6 +543,7 @@ def plan_layers(
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
     extra = {"search": "per-layer", "grid": GRID, "round_to": round_to, "keep": list(keep or [])}
+    extra["weights"] = weights_digest(teacher)  # the importance ranks these weights
     key = plan_key(teacher, budget, margin, "per-layer", size, [], {**fingerprint, **extra})
     out = Path(run_dir) / "plan.json" if run_dir else None
     if out is not None and out.is_file() and not out.is_symlink() and not force:
@@ -579,6 +591,15 @@ def plan_layers(
     if out is not None:
         atomic_write_json(out, plan)
     return plan
+
+
+def weights_digest(model: nn.Module) -> str:
+    """The model's weights (every tensor of its state dict), hashed: per-layer widths depend on them."""
+    h = hashlib.sha256()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _build_size(teacher: nn.Module, size: int) -> tuple[int, int]:
@@ -772,6 +793,28 @@ def _interpolate(refs: list[tuple[int, dict]], i: int) -> dict:
         return dict(before[1])
     f = (i - before[0]) / (after[0] - before[0])
     return {s: before[1][s] + f * (after[1][s] - before[1][s]) for s in before[1] if s in after[1]}
+
+
+def _uniform_keeps_more(
+    search: Search, uniform: list[dict], target: float, stat: str, config: dict, measure, confirm_iters: int
+) -> Optional[tuple[int, dict]]:
+    """A uniform width that met the target in the table's pass and keeps more importance than the per-layer
+    ``config``, confirmed again (``(its level, its measurement)``), or None: the plan never returns per-layer
+    widths a uniform width beats on both counts."""
+    fits = [k for k in range(GRID) if uniform[k][stat] <= target]
+    if not fits:
+        return None
+    k = max(fits, key=lambda i: search.retained(search.uniform(i)))
+    if search.retained(search.uniform(k)) <= search.retained(config):
+        return None
+    m = measure(search.uniform(k), confirm_iters)
+    log.info(
+        "plan: uniform width %g keeps more of the teacher within the target: measured %s %.3g ms",
+        (k + 1) / GRID,
+        stat,
+        m[stat],
+    )
+    return (k, m) if m[stat] <= target else None
 
 
 def _bisect_path(

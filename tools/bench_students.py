@@ -1,0 +1,96 @@
+"""Distilled students side by side on one target: are they at equal measured latency?
+
+    python tools/bench_students.py RUN [RUN ...] [--backend ort-cpu] [--size 128] [--threads 1]
+                                   [--rounds 5] [--iters 30] [--channels 1] [--trust-code]
+
+Each RUN is a run folder holding a distilled student (an ablation's runs, e.g. a uniform width and a per-layer
+plan's widths). Every student is exported once (ONNX, as the per-layer table exports), then timed in rounds: in each
+round every student runs in a process of its own, the order alternating between rounds, so that drift of the
+machine falls on all of them alike. Prints each student's median over the rounds of its per-round p50 (and the
+spread of those p50s), the ratio to the first RUN, the CPU's ISA flags and the load average before and after.
+A student of an imported architecture (a published teacher's code) loads only with --trust-code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from compressor.app.layerwise import _export_for_timing  # noqa: E402
+from compressor.complexity import count_params, profile_model  # noqa: E402
+from compressor.exporters.profile import time_artifacts  # noqa: E402
+from compressor.runfolder import RunDir, load_run_student  # noqa: E402
+from compressor.train import cpu_flags  # noqa: E402
+from compressor.trust import trust_all_code  # noqa: E402
+
+ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
+
+
+def _load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--backend", default="ort-cpu")
+    ap.add_argument("--size", type=int, default=128)
+    ap.add_argument("--channels", type=int, default=None, help="input channels (default: the student's)")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--trust-code", action="store_true", help="allow students whose student.json imports code")
+    args = ap.parse_args(argv)
+    if args.trust_code:
+        trust_all_code()
+
+    flags = cpu_flags()
+    print(f"ISA flags: {' '.join(f for f in ISA if f in flags) or 'none of ' + ', '.join(ISA)}; before: {_load()}")
+    work = Path(tempfile.mkdtemp(prefix="bench-students-"))
+    items, info = [], []
+    for k, run in enumerate(args.runs):
+        student = load_run_student(RunDir(run)).eval()
+        first = next(m for m in student.modules() if isinstance(m, torch.nn.Conv2d))
+        nc = args.channels or first.in_channels
+        x = torch.zeros(1, nc, args.size, args.size)
+        path = work / f"student{k}.onnx"
+        _export_for_timing(student, path, x)
+        items.append({"artifact": path, "size": args.size, "input_nc": nc})
+        info.append((run.name, int(profile_model(student, tuple(x.shape))["macs"]), count_params(student)))
+    p50s: list[list[float]] = [[] for _ in items]
+    for r in range(args.rounds):
+        order = list(range(len(items)))[:: 1 if r % 2 == 0 else -1]
+        for k in order:
+            row = time_artifacts(args.backend, [items[k]], iters=args.iters, threads=args.threads)[0]
+            if row.get("status") != "ok":
+                print(f"error: timing {args.runs[k]} failed: {row.get('reason')}", file=sys.stderr)
+                return 2
+            p50s[k].append(row["latency_ms"]["p50"])
+    base = statistics.median(p50s[0])
+    print(
+        f"{args.backend}, {args.threads} thread(s), {args.size}², batch 1; median over {args.rounds} rounds of the "
+        f"p50 of {args.iters} runs; after: {_load()}"
+    )
+    print("| student | MACs | params | p50 (ms) | spread of the rounds' p50 | ratio to the first |")
+    print("|---|---|---|---|---|---|")
+    for (name, macs, params), row in zip(info, p50s):
+        med = statistics.median(row)
+        print(
+            f"| {name} | {macs / 1e9:.3f} G | {params:,} | {med:.2f} | {min(row):.2f}-{max(row):.2f} | "
+            f"{med / base:.3f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
