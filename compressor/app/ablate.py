@@ -430,6 +430,13 @@ def analyse_cell(cell: Cell, teacher_eval: dict, spec: AblateSpec) -> Optional[d
     }
 
 
+def _paired(a: Cell, b: Cell, arm: str, key: str, seeds: list[int], n_boot: int) -> dict:
+    """``key`` of cell ``a`` minus cell ``b`` in one arm, paired by seed and image (two-level bootstrap)."""
+    return st.paired_mean_difference(
+        np.stack([a.per[(arm, s)][key] for s in seeds]), np.stack([b.per[(arm, s)][key] for s in seeds]), n_boot=n_boot
+    )
+
+
 def student_claims(cells: dict, spec: AblateSpec) -> list[dict]:
     """Each student against the first one (``--widths`` order), arm by arm and init by init: the difference in PSNR
     against the ground truth and against the teacher, paired by seed and image."""
@@ -444,11 +451,7 @@ def student_claims(cells: dict, spec: AblateSpec) -> list[dict]:
                 if len(seeds) < 2:
                     continue
                 for key, label, better in METRICS[:2]:
-                    d = st.paired_mean_difference(
-                        np.stack([cell.per[(arm, s)][key] for s in seeds]),
-                        np.stack([base.per[(arm, s)][key] for s in seeds]),
-                        n_boot=spec.n_boot,
-                    )
+                    d = _paired(cell, base, arm, key, seeds, spec.n_boot)
                     out.append(
                         {
                             "student": student_label(other),
@@ -487,11 +490,7 @@ def analyse(cells: dict, teacher_eval: dict, spec: AblateSpec, recipe: Recipe) -
         for arm in spec.arms:
             seeds = [s for s in spec.seeds if (arm, s) in a.per and (arm, s) in b.per]
             if len(seeds) >= 2:
-                d = st.paired_mean_difference(
-                    np.stack([a.per[(arm, s)]["psnr"] for s in seeds]),
-                    np.stack([b.per[(arm, s)]["psnr"] for s in seeds]),
-                    n_boot=spec.n_boot,
-                )
+                d = _paired(a, b, arm, "psnr", seeds, spec.n_boot)
                 out["init_claims"].append({"width": w, "arm": arm, "seeds": seeds, **_iv(d)})
     return out
 
