@@ -290,6 +290,34 @@ def test_an_int8_budget_it_cannot_quantise_for_is_one_line(tmp_path):
         ProfileMeasure(BudgetSpec(latency_ms=5, backend="ort-cpu", precision="int8", host="u@b"), 32)
 
 
+def test_compress_plan_ranks_a_checkpoint_teacher_and_its_widths_build_the_run_student(tmp_path):
+    """``compress plan`` on a teacher given by its checkpoint and its value ranges: the weights are loaded for the
+    importance, and the groups it names are the run's (the teacher wrapped once for its ranges, as the run loads
+    it)."""
+    from conftest import run_cli, tiny_recipe_text
+
+    from compressor.complexity import profile_model
+
+    t = build_generator("resnet_6blocks", ngf=8, norm="instance")
+    torch.save(t.state_dict(), tmp_path / "t.pth")
+    full = profile_model(t, (1, 3, 32, 32))["macs"]
+    ranges = "checkpoint: t.pth\n  input_range: [0, 1]\n  output_range: [0, 1]"  # a wrapped teacher
+    text = tiny_recipe_text().replace("train: {steps: 6}", ranges)
+    (tmp_path / "r.yaml").write_text(text.replace("student: {width: 0.5}", "student: {width: 0.5, method: prune}"))
+    per_layer = ["student.width=auto", "student.search=per-layer", f"student.budget={{macs: {int(full * 0.4)}}}"]
+    res = run_cli(["plan", "r.yaml", "--out", "runs"] + [a for k in per_layer for a in ("--set", k)], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert "loaded teacher weights" in res.stderr and "initial weights" not in res.stderr
+    plan = json.loads((tmp_path / "runs" / "tiny" / "plan.json").read_text())
+    (tmp_path / "again.yaml").write_text(
+        text.replace("student: {width: 0.5}", "student: {widths: runs/tiny/plan.json, method: prune}")
+    )
+    res = run_cli(["again.yaml", "--out", "runs2", "--only", "teacher,student", "-q"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    built = json.loads((tmp_path / "runs2" / "tiny" / "student_init" / "student.json").read_text())
+    assert built["widths"] == plan["widths"]
+
+
 def test_student_widths_from_a_plan_build_that_student_and_bad_ones_are_one_line(tmp_path):
     """``student.widths: plan.json``: a per-layer student chosen once (here on a MACs budget), trained again and
     again with the same channels; a missing file, a file without widths and widths beside a width are one line."""

@@ -79,12 +79,10 @@ def plan_student(
     if teacher is None and run.teacher_json.exists() and run.teacher_weights.exists():
         teacher = load_run_teacher(run)
     elif teacher is None:
-        weights = st.search == "per-layer" and _weights_for_importance(recipe)
-        if weights:
+        if st.search == "per-layer" and _weights_for_importance(recipe):  # with its ranges, as the run loads it
             teacher = load_teacher(recipe.teacher, recipe.base_dir, trust_checkpoint)
         else:
-            teacher = build_teacher(recipe.teacher, recipe.base_dir, init=None)
-        teacher = with_ranges(teacher, recipe.teacher)
+            teacher = with_ranges(build_teacher(recipe.teacher, recipe.base_dir, init=None), recipe.teacher)
         teacher.compressor_spec = teacher_spec(recipe.teacher, recipe.base_dir)
         check_output(teacher, example_input(recipe, teacher))
     if st.search == "per-layer":
