@@ -80,6 +80,14 @@ def test_only_needs_upstream(tmp_path, tiny_recipe):
         run_pipeline(load_recipe(tiny_recipe), tmp_path / "runs", RunOptions(recipe_path=tiny_recipe, only=["bogus"]))
 
 
+@pytest.mark.skipif(not (ROOT.parent / "shared").exists(), reason="../shared (datasets, teachers) is absent")
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "recipes").glob("*.yaml")))
+def test_every_shipped_recipe_validates(name, tmp_path):
+    """Each recipe in recipes/ parses and finds its data and weights beside the repository."""
+    res = run_cli(["validate", ROOT / "recipes" / name], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+
+
 @pytest.mark.skipif(not FACADES.exists(), reason="../shared/datasets/facades is absent")
 def test_pix2pix_facades_recipe_runs_as_written(tmp_path):
     """The recipe users copy: every stage on real facades, with the schedule shortened by --set only."""
