@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -27,7 +28,9 @@ sys.path.insert(0, str(ROOT))
 
 from compressor.app.layerwise import _export_for_timing  # noqa: E402
 from compressor.complexity import count_params, profile_model  # noqa: E402
+from compressor.errors import UserError  # noqa: E402
 from compressor.exporters.profile import time_artifacts  # noqa: E402
+from compressor.models import input_channels  # noqa: E402
 from compressor.runfolder import RunDir, load_run_student  # noqa: E402
 from compressor.train import cpu_flags  # noqa: E402
 from compressor.trust import trust_all_code  # noqa: E402
@@ -38,6 +41,32 @@ ISA = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile")
 def _load() -> str:
     one, five, _ = os.getloadavg()
     return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
+
+
+def _export(args: argparse.Namespace, work: Path) -> tuple[list[dict], list[tuple[str, int, int]]]:
+    """Each run's student as an ONNX file to time, with its name, MACs and parameters."""
+    items, info = [], []
+    for k, run in enumerate(args.runs):
+        student = load_run_student(RunDir(run)).eval()
+        nc = args.channels or input_channels(student)
+        x = torch.zeros(1, nc, args.size, args.size)
+        path = work / f"student{k}.onnx"
+        _export_for_timing(student, path, x)
+        items.append({"artifact": path, "size": args.size, "input_nc": nc})
+        info.append((run.name, int(profile_model(student, tuple(x.shape))["macs"]), count_params(student)))
+    return items, info
+
+
+def _time(args: argparse.Namespace, items: list[dict]) -> list[list[float]]:
+    """Every file once per round, each in a process of its own, the order alternating: their p50s per round."""
+    p50s: list[list[float]] = [[] for _ in items]
+    for r in range(args.rounds):
+        for k in list(range(len(items)))[:: 1 if r % 2 == 0 else -1]:
+            row = time_artifacts(args.backend, [items[k]], iters=args.iters, threads=args.threads)[0]
+            if row.get("status") != "ok":
+                raise UserError(f"timing {args.runs[k]} failed: {row.get('reason')}")
+            p50s[k].append(row["latency_ms"]["p50"])
+    return p50s
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,25 +86,14 @@ def main(argv: list[str] | None = None) -> int:
     flags = cpu_flags()
     print(f"ISA flags: {' '.join(f for f in ISA if f in flags) or 'none of ' + ', '.join(ISA)}; before: {_load()}")
     work = Path(tempfile.mkdtemp(prefix="bench-students-"))
-    items, info = [], []
-    for k, run in enumerate(args.runs):
-        student = load_run_student(RunDir(run)).eval()
-        first = next(m for m in student.modules() if isinstance(m, torch.nn.Conv2d))
-        nc = args.channels or first.in_channels
-        x = torch.zeros(1, nc, args.size, args.size)
-        path = work / f"student{k}.onnx"
-        _export_for_timing(student, path, x)
-        items.append({"artifact": path, "size": args.size, "input_nc": nc})
-        info.append((run.name, int(profile_model(student, tuple(x.shape))["macs"]), count_params(student)))
-    p50s: list[list[float]] = [[] for _ in items]
-    for r in range(args.rounds):
-        order = list(range(len(items)))[:: 1 if r % 2 == 0 else -1]
-        for k in order:
-            row = time_artifacts(args.backend, [items[k]], iters=args.iters, threads=args.threads)[0]
-            if row.get("status") != "ok":
-                print(f"error: timing {args.runs[k]} failed: {row.get('reason')}", file=sys.stderr)
-                return 2
-            p50s[k].append(row["latency_ms"]["p50"])
+    try:
+        items, info = _export(args, work)
+        p50s = _time(args, items)
+    except UserError as exc:  # a folder without a student, an import not trusted, a failed timing: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     base = statistics.median(p50s[0])
     print(
         f"{args.backend}, {args.threads} thread(s), {args.size}², batch 1; median over {args.rounds} rounds of the "

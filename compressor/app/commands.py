@@ -113,8 +113,10 @@ def _weights_for_importance(recipe: Recipe) -> bool:
     a teacher with no weights at all, said in a warning); a teacher the recipe trains and has not trained yet stops
     the plan with one line."""
     t = recipe.teacher
-    if t.checkpoint or t.onnx:
-        return bool(t.checkpoint)
+    if t.checkpoint:
+        return True
+    if t.onnx:  # its weights are the ONNX file's, ranked as they are
+        return False
     if t.train is not None:
         raise UserError(
             "student.search: the per-layer search ranks the teacher's channels by its weights, and this recipe "
