@@ -281,6 +281,7 @@ DIGEST_NEUTRAL_DEFAULTS: dict[str, Any] = {
     "data.channels": 3,
     "student.search": "uniform",
     "student.latency_table": None,
+    "student.importance": "magnitude",
     "student.widths": None,
     "data.degrade": None,
     "teacher.residual": "none",
@@ -324,6 +325,11 @@ class StudentSpec(Strict):
         "uniform",
         description="width auto: one width for every layer, or one per channel group from a latency table measured "
         "on the target (compressor/app/layerwise.py)",
+    )
+    importance: Literal["magnitude", "sensitivity"] = Field(
+        "magnitude",
+        description="search per-layer: rank channels by their weights' L2 magnitude within each group, or by the "
+        "teacher's output change removing each makes on 16 training images (compressor/importance.py)",
     )
     latency_table: Optional[str] = Field(
         None, description="search per-layer: reuse this latency_table.json (measured on this machine and target)"
@@ -369,7 +375,18 @@ class StudentSpec(Strict):
             raise ValueError("student: give one of 'arch' (a zoo name) or 'import' (module:factory), not both")
         if self.other_arch:
             which = "arch" if self.arch else "import"
-            slimming = ["width", "method", "init", "keep", "round_channels", "budget", "outputs", "search", "widths"]
+            slimming = [
+                "width",
+                "method",
+                "init",
+                "keep",
+                "round_channels",
+                "budget",
+                "outputs",
+                "search",
+                "importance",
+                "widths",
+            ]
             given = [k for k in slimming if k in self.model_fields_set]
             if given:
                 raise ValueError(
@@ -393,6 +410,8 @@ class StudentSpec(Strict):
                 )
         elif self.latency_table is not None:
             raise ValueError("student.latency_table: only with student.search: per-layer")
+        elif self.importance != "magnitude":
+            raise ValueError("student.importance: only with student.search: per-layer")
         if self.widths is not None:
             if self.width == "auto" or "width" in self.model_fields_set:
                 raise ValueError("student.widths: the widths are given; leave student.width (and its budget) out")

@@ -28,6 +28,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
 from .errors import CheckpointError, RecipeError
+from .importance import output_sensitivity
 from .io import atomic_write_bytes, atomic_write_text
 from .models import (
     ZOO,
@@ -621,6 +622,8 @@ class PruneGroup:
     outs: list[str]  # layers whose output channels the group sets
     ins: list[str]  # layers whose input channels the group sets
     importance: list[float]  # per channel: Torch-Pruning's group L2 magnitude, normalised to mean 1 in the group
+    rank: Optional[list[int]] = None  # the channels in the order a pruned student keeps them (None: by importance)
+    kind: str = "magnitude"  # or "sensitivity": the output change removing a channel alone makes
 
 
 def kept_fraction(
@@ -695,9 +698,13 @@ def prunable_groups(
     example_input: Optional[torch.Tensor] = None,
     keep: Optional[list[str]] = None,
     outputs: str = "named",
+    images: Optional[torch.Tensor] = None,
 ) -> list[PruneGroup]:
     """The channel groups a per-layer student may set one by one (on a copy of ``teacher``; the output layers,
-    ``keep`` and grouped convolutions stay at full width), with each channel's importance."""
+    ``keep`` and grouped convolutions stay at full width), with each channel's importance: Torch-Pruning's group L2
+    magnitude (normalised to mean 1 in the group), or, given training ``images``, the output change removing it
+    makes (:func:`compressor.importance.output_sensitivity`, comparable across groups; ``rank`` then keeps the
+    magnitude's order, the channels a pruned student keeps)."""
     model = copy.deepcopy(teacher)
     remove_align_hooks(model)
     detach_hook_weights(model)
@@ -706,6 +713,7 @@ def prunable_groups(
     x = _example_for(model, example_input)
     imp = tp.importance.GroupMagnitudeImportance(p=2, group_reduction="mean", normalizer="mean")
     found: list[PruneGroup] = []
+    readers: dict[str, list[tuple[str, list[int]]]] = {}
     with summarised_warnings("student: tracing", handled=(NORM_SIZE_WARNING,)):
         with _TracedPruner(model, 0.5, x, keep, None, outputs, frozen) as pruner:
             for name, group in _pruning_groups(pruner, model):
@@ -714,7 +722,39 @@ def prunable_groups(
                 found.append(
                     PruneGroup(name, len(group[0].idxs), outs, ins, [] if v is None else [float(a) for a in v])
                 )
+                readers[name] = _readers(pruner, model, group)
+            if images is not None and found:
+                _sensitivity(model, found, readers, images)
     return found
+
+
+def _readers(pruner, model: nn.Module, group) -> list[tuple[str, list[int]]]:
+    """Each layer reading the group's channels, with its input channel for each of the group's channels (in the
+    root's order); a reader that sees a channel several times (a Linear after a flatten) is left out."""
+    names = {m: n for n, m in model.named_modules()}
+    n = len(group[0].idxs)
+    out = []
+    for dep, idxs in group:
+        m = dep.target.module
+        if isinstance(m, _LAYERS) and m in names and not pruner.DG.is_out_channel_pruning_fn(dep.handler):
+            if len(idxs) == n:
+                out.append((names[m], [int(i) for i in idxs]))
+    return out
+
+
+def _sensitivity(model: nn.Module, found: list[PruneGroup], readers: dict, images: torch.Tensor) -> None:
+    """Replace the magnitudes by the output sensitivity (all groups, or none: the two do not compare)."""
+    sens = output_sensitivity(model, readers, images, leaves=tensor_leaves)
+    missing = [g.name for g in found if g.name not in sens]
+    if missing:
+        log.warning(
+            "student: no output sensitivity for group %r (no layer reading it ran); ranking by magnitude", missing[0]
+        )
+        return
+    for g in found:
+        g.rank = sorted(range(g.channels), key=lambda i: -g.importance[i])
+        g.importance = [float(v) for v in sens[g.name]]
+        g.kind = "sensitivity"
 
 
 def _check_round_to(model: nn.Module, width: float, round_to: int, ignored: list) -> None:

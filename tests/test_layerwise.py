@@ -160,6 +160,22 @@ def test_the_plan_key_follows_the_teachers_weights(tmp_path):
     assert a["key"] != b["key"] and not b["cached"]
 
 
+def test_sensitivity_ranks_across_groups_and_keys_its_plan(tmp_path):
+    """``student.importance: sensitivity``: the plan says which importance ranked, its key follows the images (no
+    cached magnitude plan answers it), and the widths differ from the magnitude's where the output says so."""
+    t = _teacher()
+    budget = BudgetSpec(macs=2e7)
+    images = torch.rand(2, 3, 32, 32) * 2 - 1
+    mag = plan_layers(t, budget, size=32, run_dir=tmp_path)
+    sens = plan_layers(t, budget, size=32, run_dir=tmp_path, images=images)
+    assert mag["per_layer"]["importance"] == "magnitude" and sens["per_layer"]["importance"] == "sensitivity"
+    assert sens["key"] != mag["key"] and not sens["cached"]
+    assert plan_layers(t, budget, size=32, run_dir=tmp_path, images=images)["cached"]
+    other = plan_layers(t, budget, size=32, run_dir=tmp_path, images=images.flip(0) * 0.5)
+    assert other["key"] != sens["key"]
+    assert sens["per_layer"]["chosen"]["macs"] <= budget.macs
+
+
 def test_a_budget_no_width_meets_is_one_line(tmp_path):
     t = _teacher()
     latency, measure, _ = _fake_target(t, 64)
@@ -205,11 +221,14 @@ def test_a_table_from_another_machine_or_target_is_refused(tmp_path):
 
 def test_recipe_settings_for_the_search():
     assert StudentSpec(width="auto", search="per-layer", budget={"latency_ms": 5}).search == "per-layer"
+    assert StudentSpec(width="auto", search="per-layer", importance="sensitivity", budget={"macs": 1}).importance
     for bad, msg in [
         ({"width": 0.5, "search": "per-layer"}, "set student.width: auto"),
         ({"width": "auto", "search": "per-layer", "method": "rebuild", "budget": {"macs": 1e9}}, "prune the teacher"),
         ({"width": "auto", "latency_table": "t.json", "budget": {"macs": 1e9}}, "only with student.search"),
         ({"width": "auto", "search": "layers", "budget": {"macs": 1e9}}, "search"),
+        ({"width": "auto", "importance": "sensitivity", "budget": {"macs": 1e9}}, "importance: only with"),
+        ({"width": "auto", "search": "per-layer", "importance": "fisher", "budget": {"macs": 1e9}}, "importance"),
     ]:
         with pytest.raises(ValueError, match=msg):
             StudentSpec(**bad)

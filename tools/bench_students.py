@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from compressor.app.layerwise import _export_for_timing  # noqa: E402
+from compressor.app.layerwise import export_for_timing  # noqa: E402
 from compressor.complexity import count_params, profile_model  # noqa: E402
 from compressor.errors import UserError  # noqa: E402
 from compressor.exporters.profile import time_artifacts  # noqa: E402
@@ -51,7 +51,7 @@ def _export(args: argparse.Namespace, work: Path) -> tuple[list[dict], list[tupl
         nc = args.channels or input_channels(student)
         x = torch.zeros(1, nc, args.size, args.size)
         path = work / f"student{k}.onnx"
-        _export_for_timing(student, path, x)
+        export_for_timing(student, path, x)
         items.append({"artifact": path, "size": args.size, "input_nc": nc})
         info.append((run.name, int(profile_model(student, tuple(x.shape))["macs"]), count_params(student)))
     return items, info

@@ -635,7 +635,7 @@ def _print_per_layer(doc: dict) -> None:
     got = f"predicted {ch['predicted']:.4g}" + (f", measured {stat} {measured:.4g} ms" if measured is not None else "")
     typer.echo(
         f"per-layer: {got}; MACs {ch.get('macs', 0):,}; params {ch.get('params', 0):,}; "
-        f"retained importance {ch['retained']:.3f}{cached}"
+        f"retained importance ({pl.get('importance', 'magnitude')}) {ch['retained']:.3f}{cached}"
     )
     for u in pl.get("uniform_measured") or []:
         mark = "  (within the target)" if doc.get("target") and u[stat] <= doc["target"] else ""

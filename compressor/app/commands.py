@@ -96,6 +96,7 @@ def plan_student(
             run_dir=run.root,
             table_path=recipe.resolve_path(st.latency_table) if st.latency_table else None,
             force=force,
+            images=importance_images(recipe) if st.importance == "sensitivity" else None,
         )
     return plan_width(
         teacher,
@@ -197,6 +198,14 @@ def run_export_metadata(recipe: Recipe, model: torch.nn.Module) -> dict:
 
 def recipe_samples(recipe: Recipe, n: int = 3) -> torch.Tensor:
     return input_images(recipe.data, recipe.resolve_path(recipe.data.root), "test", recipe.seed, n)
+
+
+IMPORTANCE_IMAGES = 16  # training inputs the output sensitivity is averaged over (4 sign vectors each)
+
+
+def importance_images(recipe: Recipe) -> torch.Tensor:
+    """The training inputs ``student.importance: sensitivity`` ranks the teacher's channels on (the recipe's seed)."""
+    return input_images(recipe.data, recipe.resolve_path(recipe.data.root), "train", recipe.seed, IMPORTANCE_IMAGES)
 
 
 def recipe_calibration(recipe: Recipe, n: int) -> list:

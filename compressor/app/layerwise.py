@@ -18,9 +18,12 @@ file, quantised as the export quantises: :func:`compressor.app.plan.int8_for_tim
 
 **The search** (a greedy solution of HALP's latency-importance knapsack, Shen et al., NeurIPS 2022, stepping as
 NetAdapt does): from two grid steps above the reference, the group whose next step down loses the least importance
-per millisecond saved steps down, down to the thinnest. A group's importance is Torch-Pruning's group L2 magnitude
-of each channel (normalised to mean 1 within the group), its kept channels the strongest; coupled layers (residual
-adds, U-Net skips) are one group, so they move together. The steps form a path ordered by predicted latency; the
+per millisecond saved steps down, down to the thinnest. A channel's importance is Torch-Pruning's group L2
+magnitude (normalised to mean 1 within its group; ``student.importance: magnitude``), or the mean squared change
+of the teacher's output that removing it alone makes on training images (``sensitivity``,
+:mod:`compressor.importance`: comparable across groups, which magnitude is not); either way a group keeps its
+strongest channels by magnitude, so the two differ in how many each group keeps. Coupled layers (residual adds,
+U-Net skips) are one group, so they move together. The steps form a path ordered by predicted latency; the
 chosen student is the least-pruned step whose whole network, built, exported and measured on the target, meets the
 target (bisection along the path, starting where the table predicts it; the choice confirmed with a longer
 measurement). Where a uniform width measured within the target keeps more importance than that step, the uniform
@@ -225,7 +228,7 @@ class TableMeasure:
         items, made = [], []
         for k, (what, config) in enumerate(configs):
             path = self.workdir / f"net{k}.onnx"
-            _export_for_timing(self.build(config), path, self.example)
+            export_for_timing(self.build(config), path, self.example)
             files = [path]
             if self.budget.precision == "int8":  # the file the target runs: quantised as the export quantises
                 _, path = int8_for_timing(self.budget.backend, path, *self.example.shape[:2], self.size)
@@ -239,7 +242,7 @@ class TableMeasure:
                 f.unlink(missing_ok=True)
 
 
-def _export_for_timing(model: nn.Module, path: Path, x: torch.Tensor) -> None:
+def export_for_timing(model: nn.Module, path: Path, x: torch.Tensor) -> None:
     """An ONNX file to time (TorchScript export: a few times faster than the checked export, and latency does not
     depend on the metadata or parity checks the real export adds)."""
     with warnings.catch_warnings():
@@ -311,7 +314,10 @@ class Search:
         total = sum(sum(g.importance) or g.channels for g in groups)
         self.prefix = {}
         for g in groups:
-            imp = sorted(g.importance or [1.0] * g.channels, reverse=True)
+            if g.rank is not None:  # the kept channels are the magnitude's strongest, whatever ranks them
+                imp = [g.importance[i] for i in g.rank]
+            else:
+                imp = sorted(g.importance or [1.0] * g.channels, reverse=True)
             self.prefix[g.name] = np.concatenate([[0.0], np.cumsum(imp)]) / total
 
     def retained(self, config: dict[str, int]) -> float:
@@ -390,15 +396,17 @@ def plan_per_layer(
     plot: bool = True,
     measure: Optional[Callable[[list[tuple[str, dict]], int], list[dict]]] = None,
     fingerprint: Optional[dict] = None,
+    images: Optional[torch.Tensor] = None,
 ) -> dict:
     """Per-group widths within ``budget``; returns the plan document's ``per_layer`` section (``widths``: channels
     kept per group, by root layer) and writes ``latency_table.json`` (and ``plan_layers.png``) into ``run_dir``.
     ``measure`` replaces the timing on the target (it takes ``[(what, config)]`` and an iteration count, and returns
-    ``{"p50", "p90"}`` per configuration); ``fingerprint`` names the machine when the caller has it already."""
+    ``{"p50", "p90"}`` per configuration); ``fingerprint`` names the machine when the caller has it already; ``images`` (training inputs) rank the channels
+    by the teacher's output sensitivity instead of their magnitude."""
     t0 = time.perf_counter()
     size = budget.size or size
     x = torch.zeros(1, input_channels(teacher), size, size)
-    groups = prunable_groups(teacher, x, keep)
+    groups = prunable_groups(teacher, x, keep, images=images)
     if not groups:
         raise UserError("student.search: per-layer found no channel group to set in the teacher")
     count = "macs" if budget.macs is not None else "params" if budget.params is not None else None
@@ -527,23 +535,17 @@ def plan_layers(
     force: bool = False,
     measure: Optional[Callable[[list[tuple[str, dict]], int], list[dict]]] = None,
     fingerprint: Optional[dict] = None,
+    images: Optional[torch.Tensor] = None,
 ) -> dict:
     """``compress plan`` with ``student.search: per-layer``: the plan document (``plan.json`` in ``run_dir``, reused
     when the teacher, budget and machine are the same): ``widths`` (channels kept per group), ``width`` (the
     fraction of the groups' channels kept), ``per_layer`` (the search, its table and measurements)."""
     size = budget.size or size
-    if fingerprint is None:
-        count = budget.macs is not None or budget.params is not None
-        if count:
-            fingerprint = {"counts": "no measurement"}
-        else:
-            workdir = Path(tempfile.mkdtemp(prefix="compressor-layers-"))
-            try:
-                fingerprint = TableMeasure(budget, size, workdir).fingerprint()
-            finally:
-                shutil.rmtree(workdir, ignore_errors=True)
+    fingerprint = fingerprint or _fingerprint(budget, size)
     extra = {"search": "per-layer", "grid": GRID, "round_to": round_to, "keep": list(keep or [])}
-    extra["weights"] = weights_digest(teacher)  # the importance ranks these weights
+    extra["weights"] = weights_digest(teacher)  # the importance ranks these weights (and these images)
+    if images is not None:
+        extra["importance"] = {"sensitivity": hashlib.sha256(images.detach().float().numpy().tobytes()).hexdigest()}
     key = plan_key(teacher, budget, margin, "per-layer", size, [], {**fingerprint, **extra})
     out = Path(run_dir) / "plan.json" if run_dir else None
     if out is not None and out.is_file() and not out.is_symlink() and not force:
@@ -566,6 +568,7 @@ def plan_layers(
         table_path=table_path,
         measure=measure,
         fingerprint=fingerprint,
+        images=images,
     )
     groups = doc["groups"]
     width = sum(g["kept"] for g in groups) / sum(g["channels"] for g in groups)
@@ -591,6 +594,17 @@ def plan_layers(
     if out is not None:
         atomic_write_json(out, plan)
     return plan
+
+
+def _fingerprint(budget: BudgetSpec, size: int) -> dict:
+    """The machine and target a latency budget is measured on (a count budget needs neither)."""
+    if budget.macs is not None or budget.params is not None:
+        return {"counts": "no measurement"}
+    workdir = Path(tempfile.mkdtemp(prefix="compressor-layers-"))
+    try:
+        return TableMeasure(budget, size, workdir).fingerprint()
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def weights_digest(model: nn.Module) -> str:
@@ -857,6 +871,7 @@ def _count(model: nn.Module, x: torch.Tensor, kind: str) -> int:
 def _doc(search: Search, config: dict, path: list[Step], pred: Callable[[dict], float], t0: float, groups) -> dict:
     return {
         "algorithm": "greedy latency-importance knapsack over Torch-Pruning groups (NetAdapt steps, HALP objective)",
+        "importance": groups[0].kind if groups else "magnitude",
         "grid": GRID,
         "groups": [
             {"name": g.name, "channels": g.channels, "kept": config[g.name], "layers": len(g.outs)} for g in groups
