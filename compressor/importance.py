@@ -1,20 +1,23 @@
 """How much each channel of a network matters to its output: the distillation signal of a per-layer search.
 
-Removing channel ``c`` of a group zeroes what every layer reading it sees of that channel. To first order, the
-network's output then moves by ``δ = -Σ_j J_j a_j`` (the activations ``a_j`` the readers ``j`` see of the channel,
-``J_j`` the output's Jacobian there), and the distillation loss a student starts from, its squared error against the
-teacher, grows by ``‖δ‖²``. With a random sign vector ``r`` on the output, ``E_r[(rᵀδ)²] = ‖δ‖²``, and ``rᵀδ`` is
-one backward pass: ``-Σ_j Σ_hw a_j · ∂(rᵀy)/∂a_j``. The importance of a channel is that, squared, averaged over
-training images and sign vectors, divided by the output's size: the mean squared error (on the network's output
-scale) that removing the channel alone adds. Unlike a weight magnitude normalised within its group, it compares
-across groups (a channel of a 512-wide bottleneck against one of a 64-wide full-resolution layer), which is what a
-latency-importance knapsack trades. It is Fisher pruning's first-order estimate (Theis et al., 2018; Molchanov et
-al., CVPR 2019) with the teacher's output, not a task loss, as the signal: the quantity the student is judged on.
+Removing channel ``c`` of a group changes what every layer reading it sees of that channel. A student pruned from
+the teacher and then distilled recovers a channel's mean (a constant its readers' biases absorb), not its
+variation, so the removal is taken as replacing the channel by its mean ``μ`` over the images and positions. To
+first order the network's output then moves by ``δ = -Σ_j J_j (a_j - μ_j)`` (the activations ``a_j`` the readers
+``j`` see of the channel, ``J_j`` the output's Jacobian there), and the distillation loss a student starts from, its
+squared error against the teacher, grows by ``‖δ‖²``. With a random sign vector ``r`` on the output,
+``E_r[(rᵀδ)²] = ‖δ‖²``, and ``rᵀδ`` is one backward pass: ``-Σ_j Σ_hw (a_j - μ_j) · ∂(rᵀy)/∂a_j``. The importance
+of a channel is that, squared, averaged over training images and sign vectors, divided by the output's size: the
+mean squared error (on the network's output scale) that losing the channel alone adds. Unlike a weight magnitude
+normalised within its group, it compares across groups (a channel of a 512-wide bottleneck against one of a 64-wide
+full-resolution layer), which is what a latency-importance knapsack trades. It is Fisher pruning's first-order
+estimate (Theis et al., 2018; Molchanov et al., CVPR 2019) with mean replacement, and the teacher's output, not a
+task loss, as the signal: the quantity the student is judged on.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -42,10 +45,10 @@ def output_sensitivity(
     seed: int = 0,
     leaves: Callable[[Any], list[torch.Tensor]] = _leaves,
 ) -> dict[str, list[float]]:
-    """Per group, per channel: the mean squared output change removing that channel alone makes (first order,
-    see the module docstring), over ``images`` (N, C, H, W) and ``signs`` random sign vectors each. ``readers``
-    names, per group, each layer reading its channels (a Conv or Linear by its name in ``model``) and which of that
-    layer's input channels each group channel is. Groups none of whose readers run get no entry."""
+    """Per group, per channel: the mean squared output change replacing that channel alone by its mean makes
+    (first order, see the module docstring), over ``images`` (N, C, H, W) and ``signs`` random sign vectors each.
+    ``readers`` names, per group, each layer reading its channels (a Conv or Linear by its name in ``model``) and
+    which of that layer's input channels each group channel is. Groups none of whose readers run get no entry."""
     modules = dict(model.named_modules())
     wanted = {name for rs in readers.values() for name, _ in rs if name in modules}
     linear = {n for n in wanted if isinstance(modules[n], nn.Linear)}
@@ -63,8 +66,7 @@ def output_sensitivity(
         return pre
 
     gen = torch.Generator().manual_seed(seed)
-    sums = {g: torch.zeros(len(rs[0][1]) if rs else 0, dtype=torch.float64) for g, rs in readers.items()}
-    count = 0
+    stats: dict[str, _ReaderStats] = {}
     size = 0
     was = model.training
     handles = [modules[n].register_forward_pre_hook(hook(n)) for n in sorted(wanted)]
@@ -80,43 +82,64 @@ def output_sensitivity(
                     size = sum(o[0].numel() for o in outs)
                     loss = sum((o * _signs(o, gen)).sum() for o in outs)
                     loss.backward()
-                    _accumulate(sums, readers, seen, linear)
-                    count += x.shape[0]
+                    for name, tensors in seen.items():
+                        done = [a for a in tensors if a.grad is not None]
+                        if done:
+                            stats.setdefault(name, _ReaderStats()).add(done, name in linear)
     finally:
         for h in handles:
             h.remove()
         model.train(was)
-    scale = 1.0 / max(count * size, 1)
-    return {g: (s * scale).tolist() for g, s in sums.items() if any(n in seen for n, _ in readers[g])}
+    return _combine(readers, stats, size)
 
 
 def _signs(t: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return (torch.randint(0, 2, t.shape, generator=gen) * 2 - 1).to(t.dtype)
 
 
-def _per_channel(a: torch.Tensor, linear: bool) -> torch.Tensor:
-    """``a · ∂L/∂a`` summed over everything but the sample and the channel (a Conv's dim 1, a Linear's last)."""
-    prod = (a.detach() * a.grad).double()
-    if linear:
-        prod = prod.movedim(-1, 1)
-    return prod.flatten(2).sum(2) if prod.dim() > 2 else prod
+class _ReaderStats:
+    """One reading layer over the passes: per sample and channel ``Σ a·g`` and ``Σ g`` (the sums over positions),
+    and the channel's mean activation, so that ``Σ (a - mean)·g`` is formed once the mean is known."""
 
+    def __init__(self) -> None:
+        self.ag: list[torch.Tensor] = []
+        self.g: list[torch.Tensor] = []
+        self.a_sum: Optional[torch.Tensor] = None
+        self.positions = 0
 
-def _accumulate(
-    sums: dict[str, torch.Tensor], readers: Readers, seen: dict[str, list[torch.Tensor]], linear: set[str]
-) -> None:
-    """Add one pass's squared first-order changes: per sample, the readers' ``a · ∂L/∂a`` summed per channel."""
-    per_layer: dict[str, torch.Tensor] = {}
-    for name, tensors in seen.items():
+    def add(self, tensors: list[torch.Tensor], linear: bool) -> None:
+        """One pass: what the layer read (several tensors where it runs more than once), summed per sample."""
+        ag = g = None
         for a in tensors:
-            if a.grad is not None:
-                per = _per_channel(a, name in linear)
-                per_layer[name] = per if name not in per_layer else per_layer[name] + per
+            act, grad = a.detach().double(), a.grad.double()
+            if linear:  # a Linear's channels are its last dim
+                act, grad = act.movedim(-1, 1), grad.movedim(-1, 1)
+            act = act.flatten(2) if act.dim() > 2 else act[..., None]
+            grad = grad.flatten(2) if grad.dim() > 2 else grad[..., None]
+            ag = (act * grad).sum(2) + (0 if ag is None else ag)
+            g = grad.sum(2) + (0 if g is None else g)
+            s = act.sum((0, 2))
+            self.a_sum = s if self.a_sum is None else self.a_sum + s
+            self.positions += act.shape[0] * act.shape[2]
+        self.ag.append(ag)
+        self.g.append(g)
+
+    def z(self) -> torch.Tensor:
+        """Per sample and channel: ``Σ (a - mean)·g``, the first-order output change (up to sign and ``r``)."""
+        mean = self.a_sum / max(self.positions, 1)
+        return torch.cat(self.ag) - mean * torch.cat(self.g)
+
+
+def _combine(readers: Readers, stats: dict[str, "_ReaderStats"], size: int) -> dict[str, list[float]]:
+    """Per group and channel: the readers' changes summed per sample, squared, averaged, per output element."""
+    zs = {name: st.z() for name, st in stats.items()}
+    out = {}
     for g, rs in readers.items():
         z = None
         for name, idx in rs:
-            if name in per_layer:
-                part = per_layer[name][:, idx]
+            if name in zs:
+                part = zs[name][:, idx]
                 z = part if z is None else z + part
         if z is not None:
-            sums[g] += (z**2).sum(0)
+            out[g] = ((z**2).mean(0) / max(size, 1)).tolist()
+    return out

@@ -10,10 +10,15 @@ from compressor.slim import make_student, prunable_groups
 
 
 def _removal_mse(model: nn.Module, layer: nn.Module, c: int, x: torch.Tensor) -> float:
-    """The output's mean squared change when ``layer``'s output channel ``c`` is zeroed (its readers see 0)."""
+    """The output's mean squared change when ``layer``'s output channel ``c`` is replaced by its mean over the
+    images and positions (its readers see that constant)."""
     with torch.no_grad():
         y = model(x)
-        h = layer.register_forward_hook(lambda m, i, o: o.index_fill(1, torch.tensor([c]), 0.0))
+        seen = []
+        h = layer.register_forward_hook(lambda m, i, o: seen.append(o[:, c].mean()))
+        model(x)
+        h.remove()
+        h = layer.register_forward_hook(lambda m, i, o: o.index_fill(1, torch.tensor([c]), float(seen[0])))
         try:
             z = model(x)
         finally:
@@ -26,9 +31,13 @@ def test_linear_network_matches_real_removal():
     importance of each channel is the mean squared change removing it makes, within the sampling error."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 1), nn.Conv2d(6, 3, 3, padding=1))
+    with torch.no_grad():  # a constant channel (a bias alone): its readers' biases absorb it, importance 0
+        net[0].weight[5].zero_()
+        net[0].bias[5] = 10.0
     x = torch.randn(4, 3, 12, 12)
     readers = {"0": [("1", list(range(6)))], "1": [("2", list(range(6)))]}
     sens = output_sensitivity(net, readers, x, signs=400, batch=4)
+    assert sens["0"][5] < 1e-12 < min(sens["0"][:5])
     for group, layer in (("0", net[0]), ("1", net[1])):
         real = [_removal_mse(net, layer, c, x) for c in range(6)]
         est = sens[group]

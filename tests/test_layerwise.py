@@ -366,3 +366,24 @@ def test_student_widths_from_a_plan_build_that_student_and_bad_ones_are_one_line
         assert __import__("re").search(msg, res.stderr.strip()), res.stderr
     with pytest.raises(ValueError, match="leave student.width"):
         StudentSpec(width=0.5, widths={"a": 1})
+
+
+def test_the_recipe_asks_for_the_sensitivity_and_the_plan_ranks_its_training_images(tmp_path):
+    """``student.importance: sensitivity`` in a recipe: ``compress plan`` (in process) ranks the teacher on the
+    recipe's training images and says so in plan.json."""
+    from compressor.app.commands import importance_images, plan_student
+    from compressor.recipe import load_recipe
+    from compressor.runfolder import RunDir
+
+    from conftest import tiny_recipe_text
+
+    p = tmp_path / "tiny.yaml"
+    p.write_text(tiny_recipe_text())
+    sets = ["teacher.train=null", "student.width=auto", "student.search=per-layer", "student.budget.macs=2e7"]
+    recipe = load_recipe(p, sets + ["student.importance=sensitivity"])
+    images = importance_images(recipe)
+    assert images.shape == (8, 3, 32, 32) and images.min() >= -1 and images.max() <= 1  # the 8 synthetic pairs
+    doc = plan_student(recipe, RunDir(tmp_path / "runs" / "tiny"))
+    assert doc["per_layer"]["importance"] == "sensitivity" and doc["widths"]
+    mag = plan_student(load_recipe(p, sets), RunDir(tmp_path / "runs" / "tiny"))
+    assert mag["per_layer"]["importance"] == "magnitude" and mag["key"] != doc["key"]

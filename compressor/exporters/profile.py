@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import onnx
 import torch
 
 from compressor import remote, schemas
@@ -34,6 +33,7 @@ from compressor.procs import run_group
 from compressor.remote import check_host, check_program
 from compressor.zoo_args import ZOO_ARCHS, check_zoo_kwargs
 
+from ..lazy import onnx
 from .formats.onnx import export_onnx
 from .rows import Backend, Runner
 from .table import BACKENDS, backend_available, file_kind, find_artifacts, format_of_backend

@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import onnx
-from onnx import numpy_helper
-
+from ..lazy import onnx
 from . import trt_rules
 from .trt_rules import parse_version, rule
 
@@ -225,7 +223,7 @@ def _check_zero_point(node, ctx: _LintContext) -> None:
 
     zp = _zero_point(node)
     if zp in ctx.inits:
-        arr = numpy_helper.to_array(ctx.inits[zp])
+        arr = onnx.numpy_helper.to_array(ctx.inits[zp])
         if arr.dtype.kind in "iu" and arr.size and abs(arr.astype("int64")).max() != 0:
             ctx.problem(node, "qdq-zero-point", "Q/DQ zero points must be 0 (symmetric quantisation)")
 

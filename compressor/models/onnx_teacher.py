@@ -15,11 +15,11 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import onnx
 import torch
 import torch.nn as nn
 
 from ..errors import RecipeError
+from ..lazy import onnx
 
 MAX_ONNX_BYTES = 4 << 30  # a teacher file larger than 4 GiB is refused before it is read
 SKIP_OPS = {"Constant", "Shape", "Gather", "Unsqueeze", "Concat", "Cast", "Reshape", "Identity"}  # not tap targets

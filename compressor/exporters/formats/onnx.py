@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Optional
 
 import numpy as np
-import onnx
 import torch
 import torch.nn as nn
 from torch.export import Dim
 
 from compressor.errors import ExportError, UserError
 from compressor.io import DiskWriteError, atomic_write_text, read_bounded, staged, temp_file
+from compressor.lazy import onnx
 from compressor.models import size_multiple
 from compressor.version import __version__
 
