@@ -96,3 +96,31 @@ def test_project_readme_has_the_markers():
     text = (ROOT / "README.md").read_text()
     assert text.count(bench_all.BEGIN) == 1 and text.count(bench_all.END) == 1
     assert text.index(bench_all.BEGIN) > text.index("## Benchmarks")
+
+
+def test_bench_students_times_untrained_widths_of_a_runs_teacher(tmp_path, capsys):
+    """tools/bench_students.py --teacher RUN: uniform widths and a plan's widths pruned from the run's teacher,
+    timed side by side (how the uniform width of a per-layer student's latency is found); a bad argument is one
+    line, exit 2."""
+    import json
+
+    from conftest import run_cli, tiny_recipe_text
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(tiny_recipe_text())
+    res = run_cli([recipe, "--out", tmp_path / "runs", "--only", "teacher", "--quiet"])
+    assert res.returncode == 0, res.stderr[-2000:]
+    run = tmp_path / "runs" / "tiny"
+    spec = importlib.util.spec_from_file_location("bench_students", ROOT / "tools" / "bench_students.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"widths": {}}))
+    args = ["--teacher", str(run), "--size", "32", "--rounds", "2", "--iters", "2"]
+    assert tool.main(args + ["0.5", "1.0"]) == 0
+    out = capsys.readouterr().out
+    assert "| 0.5 |" in out and "| 1.0 |" in out and "paired ratio" in out
+    assert tool.main(args + ["0.5", "half"]) == 2
+    assert capsys.readouterr().err.strip() == "error: half: neither a width nor a plan.json"
+    assert tool.main(args + ["0.5", str(plan)]) == 2
+    assert capsys.readouterr().err.strip().startswith("error: ")

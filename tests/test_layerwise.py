@@ -371,11 +371,11 @@ def test_student_widths_from_a_plan_build_that_student_and_bad_ones_are_one_line
 def test_the_recipe_asks_for_the_sensitivity_and_the_plan_ranks_its_training_images(tmp_path):
     """``student.importance: sensitivity`` in a recipe: ``compress plan`` (in process) ranks the teacher on the
     recipe's training images and says so in plan.json."""
+    from conftest import tiny_recipe_text
+
     from compressor.app.commands import importance_images, plan_student
     from compressor.recipe import load_recipe
     from compressor.runfolder import RunDir
-
-    from conftest import tiny_recipe_text
 
     p = tmp_path / "tiny.yaml"
     p.write_text(tiny_recipe_text())

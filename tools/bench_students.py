@@ -1,10 +1,13 @@
-"""Distilled students side by side on one target: are they at equal measured latency?
+"""Students side by side on one target: are they at equal measured latency?
 
     python tools/bench_students.py RUN [RUN ...] [--backend ort-cpu] [--size 128] [--threads 1]
-                                   [--rounds 5] [--iters 30] [--channels 1] [--trust-code]
+                                   [--rounds 5] [--iters 30] [--stat p50|p10] [--channels 1] [--trust-code]
+    python tools/bench_students.py --teacher RUN WIDTH|PLAN.json [...]   (untrained students of RUN's teacher)
 
 Each RUN is a run folder holding a distilled student (an ablation's runs, e.g. a uniform width and a per-layer
-plan's widths). Every student is exported once (ONNX, as the per-layer table exports), then timed in rounds: in each
+plan's widths); with ``--teacher RUN`` each argument is instead a uniform width (``0.265625``) or a plan.json of
+per-layer widths, pruned from that run's teacher untrained (latency does not depend on the weights): how the uniform
+width of a per-layer student's latency is found before anything is distilled. Every student is exported once (ONNX, as the per-layer table exports), then timed in rounds: in each
 round every student runs in a process of its own, the order alternating between rounds, so that drift of the
 machine falls on all of them alike. Prints each student's median over the rounds of its per-round p50 (and the
 spread of those p50s), the ratio to the first RUN, the CPU's ISA flags and the load average before and after.
@@ -31,7 +34,9 @@ from compressor.complexity import count_params, profile_model  # noqa: E402
 from compressor.errors import UserError  # noqa: E402
 from compressor.exporters.profile import time_artifacts  # noqa: E402
 from compressor.models import input_channels  # noqa: E402
-from compressor.runfolder import RunDir, load_run_student  # noqa: E402
+from compressor.runfolder import RunDir, load_run_student, load_run_teacher  # noqa: E402
+from compressor.schemas import PlanJson, read_json  # noqa: E402
+from compressor.slim import make_student  # noqa: E402
 from compressor.train import cpu_flags  # noqa: E402
 from compressor.trust import trust_all_code  # noqa: E402
 
@@ -43,17 +48,43 @@ def _load() -> str:
     return f"load average {one:.1f} (1 min), {five:.1f} (5 min) on {os.cpu_count()} cores"
 
 
+def _student(args: argparse.Namespace, what: str, teacher) -> torch.nn.Module:
+    """A run's distilled student, or (``--teacher``) a uniform width or a plan's widths pruned from the teacher."""
+    if teacher is None:
+        return load_run_student(RunDir(Path(what)))
+    x = torch.zeros(1, input_channels(teacher), args.size, args.size)
+    if what.endswith(".json"):
+        widths = read_json(Path(what), PlanJson).get("widths")
+        if not isinstance(widths, dict) or not widths:
+            raise UserError(f"{what}: no per-layer widths in it")
+        return make_student(teacher, 1.0, "prune", "scratch", x, widths=widths)[0]
+    try:
+        width = float(what)
+    except ValueError:
+        raise UserError(f"{what}: neither a width nor a plan.json") from None
+    if not 0 < width <= 1:
+        raise UserError(f"{what}: a width is in (0, 1]")
+    return make_student(teacher, width, "prune", "scratch", x)[0]
+
+
 def _export(args: argparse.Namespace, work: Path) -> tuple[list[dict], list[tuple[str, int, int]]]:
-    """Each run's student as an ONNX file to time, with its name, MACs and parameters."""
+    """Each student as an ONNX file to time, with its name, MACs and parameters."""
     items, info = [], []
+    teacher = load_run_teacher(RunDir(args.teacher)).eval() if args.teacher else None
     for k, run in enumerate(args.runs):
-        student = load_run_student(RunDir(run)).eval()
+        student = _student(args, str(run), teacher).eval()
         nc = args.channels or input_channels(student)
         x = torch.zeros(1, nc, args.size, args.size)
         path = work / f"student{k}.onnx"
         export_for_timing(student, path, x)
         items.append({"artifact": path, "size": args.size, "input_nc": nc})
-        info.append((run.name, int(profile_model(student, tuple(x.shape))["macs"]), count_params(student)))
+        info.append(
+            (
+                run.name if teacher is None else str(run),
+                int(profile_model(student, tuple(x.shape))["macs"]),
+                count_params(student),
+            )
+        )
     return items, info
 
 
@@ -73,6 +104,7 @@ def _time(args: argparse.Namespace, items: list[dict]) -> list[list[float]]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=Path)
+    ap.add_argument("--teacher", type=Path, default=None, help="RUN: time untrained students of its teacher")
     ap.add_argument("--backend", default="ort-cpu")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--channels", type=int, default=None, help="input channels (default: the student's)")

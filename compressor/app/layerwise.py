@@ -937,7 +937,7 @@ def plot_layers(doc: dict, path: Path) -> Path:
         ax.axvline(doc["target"], color="#d62728", lw=1.2, label=f"target {doc['target']:.3g} {unit}")
     ax.set_xlabel(f"{doc.get('stat', 'latency')} ({unit}): predicted (lines), measured (marks)")
     ax.set_xscale("log")
-    ax.set_ylabel("retained importance (fraction)")
+    ax.set_ylabel(f"retained importance ({doc.get('importance', 'magnitude')}, fraction)")
     ax.set_title("per-layer search: cost against retained importance")
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
