@@ -329,7 +329,7 @@ class StudentSpec(Strict):
     importance: Literal["magnitude", "sensitivity"] = Field(
         "magnitude",
         description="search per-layer: rank channels by their weights' L2 magnitude within each group, or by the "
-        "teacher's output change removing each makes on 16 training images (compressor/importance.py)",
+        "teacher's output change replacing each by its mean makes on 16 training images (compressor/importance.py)",
     )
     latency_table: Optional[str] = Field(
         None, description="search per-layer: reuse this latency_table.json (measured on this machine and target)"

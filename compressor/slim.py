@@ -623,7 +623,7 @@ class PruneGroup:
     ins: list[str]  # layers whose input channels the group sets
     importance: list[float]  # per channel: Torch-Pruning's group L2 magnitude, normalised to mean 1 in the group
     rank: Optional[list[int]] = None  # the channels in the order a pruned student keeps them (None: by importance)
-    kind: str = "magnitude"  # or "sensitivity": the output change removing a channel alone makes
+    kind: str = "magnitude"  # or "sensitivity": the output change replacing a channel alone by its mean makes
 
 
 def kept_fraction(
@@ -702,8 +702,8 @@ def prunable_groups(
 ) -> list[PruneGroup]:
     """The channel groups a per-layer student may set one by one (on a copy of ``teacher``; the output layers,
     ``keep`` and grouped convolutions stay at full width), with each channel's importance: Torch-Pruning's group L2
-    magnitude (normalised to mean 1 in the group), or, given training ``images``, the output change removing it
-    makes (:func:`compressor.importance.output_sensitivity`, comparable across groups; ``rank`` then keeps the
+    magnitude (normalised to mean 1 in the group), or, given training ``images``, the output change replacing it by
+    its mean makes (:func:`compressor.importance.output_sensitivity`, comparable across groups; ``rank`` then keeps the
     magnitude's order, the channels a pruned student keeps)."""
     model = copy.deepcopy(teacher)
     remove_align_hooks(model)
