@@ -17,22 +17,14 @@ task loss, as the signal: the quantity the student is judged on.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from typing import Optional
 
 import torch
 from torch import nn
 
+from .models.ranges import tensor_leaves
+
 Readers = dict[str, list[tuple[str, list[int]]]]  # group -> [(reading layer, its input channel per group channel)]
-
-
-def _leaves(out: Any) -> list[torch.Tensor]:
-    if torch.is_tensor(out):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _leaves(o)]
-    return []
 
 
 def output_sensitivity(
@@ -43,7 +35,6 @@ def output_sensitivity(
     signs: int = 4,
     batch: int = 4,
     seed: int = 0,
-    leaves: Callable[[Any], list[torch.Tensor]] = _leaves,
 ) -> dict[str, list[float]]:
     """Per group, per channel: the mean squared output change replacing that channel alone by its mean makes
     (first order, see the module docstring), over ``images`` (N, C, H, W) and ``signs`` random sign vectors each.
@@ -78,7 +69,7 @@ def output_sensitivity(
                 for _ in range(signs):
                     seen.clear()
                     ids.clear()
-                    outs = leaves(model(x))
+                    outs = tensor_leaves(model(x))
                     size = sum(o[0].numel() for o in outs)
                     loss = sum((o * _signs(o, gen)).sum() for o in outs)
                     loss.backward()

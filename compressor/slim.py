@@ -51,7 +51,7 @@ from .models.layers import (
     strip_reparam,
     summarised_warnings,
 )
-from .models.ranges import RangeWrapper, select_output
+from .models.ranges import RangeWrapper, select_output, tensor_leaves
 from .schemas import StudentPlan, check, read_json
 
 log = logging.getLogger(__name__)
@@ -78,17 +78,6 @@ def probe(model: nn.Module, x: torch.Tensor, handles: list) -> None:
         model.train(was)
         for h in handles:
             h.remove()
-
-
-def tensor_leaves(out: Any) -> list[torch.Tensor]:
-    """Every tensor in a forward pass's result (tuples, lists and dicts, nested)."""
-    if torch.is_tensor(out):
-        return [out]
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in tensor_leaves(o)]
-    return []
 
 
 class _AllOutputs:
@@ -744,7 +733,7 @@ def _readers(pruner, model: nn.Module, group) -> list[tuple[str, list[int]]]:
 
 def _sensitivity(model: nn.Module, found: list[PruneGroup], readers: dict, images: torch.Tensor) -> None:
     """Replace the magnitudes by the output sensitivity (all groups, or none: the two do not compare)."""
-    sens = output_sensitivity(model, readers, images, leaves=tensor_leaves)
+    sens = output_sensitivity(model, readers, images)
     missing = [g.name for g in found if g.name not in sens]
     if missing:
         log.warning(

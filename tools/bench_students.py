@@ -6,11 +6,13 @@
 
 Each RUN is a run folder holding a distilled student (an ablation's runs, e.g. a uniform width and a per-layer
 plan's widths); with ``--teacher RUN`` each argument is instead a uniform width (``0.265625``) or a plan.json of
-per-layer widths, pruned from that run's teacher untrained (latency does not depend on the weights): how the uniform
-width of a per-layer student's latency is found before anything is distilled. Every student is exported once (ONNX, as the per-layer table exports), then timed in rounds: in each
-round every student runs in a process of its own, the order alternating between rounds, so that drift of the
-machine falls on all of them alike. Prints each student's median over the rounds of its per-round p50 (and the
-spread of those p50s), the ratio to the first RUN, the CPU's ISA flags and the load average before and after.
+per-layer widths, pruned from that run's teacher untrained (latency does not depend on the weights): how the
+uniform width of a per-layer student's latency is found before anything is distilled. Every student is exported
+once (ONNX, as the per-layer table exports), then timed in rounds: in each round every student runs in a process of
+its own, the order alternating between rounds, so that drift of the machine falls on all of them alike. Prints each
+student's median over the rounds of its per-round ``--stat`` (p50, or p10) and the spread of those, the ratio to
+the first student, the same ratio paired round by round (the median of each round's ratio: drift cancels), the
+CPU's ISA flags and the load average before and after.
 A student of an imported architecture (a published teacher's code) loads only with --trust-code.
 """
 
@@ -30,12 +32,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from compressor.app.layerwise import export_for_timing  # noqa: E402
+from compressor.app.preflight import read_widths  # noqa: E402
 from compressor.complexity import count_params, profile_model  # noqa: E402
 from compressor.errors import UserError  # noqa: E402
 from compressor.exporters.profile import time_artifacts  # noqa: E402
 from compressor.models import input_channels  # noqa: E402
 from compressor.runfolder import RunDir, load_run_student, load_run_teacher  # noqa: E402
-from compressor.schemas import PlanJson, read_json  # noqa: E402
 from compressor.slim import make_student  # noqa: E402
 from compressor.train import cpu_flags  # noqa: E402
 from compressor.trust import trust_all_code  # noqa: E402
@@ -53,11 +55,8 @@ def _student(args: argparse.Namespace, what: str, teacher) -> torch.nn.Module:
     if teacher is None:
         return load_run_student(RunDir(Path(what)))
     x = torch.zeros(1, input_channels(teacher), args.size, args.size)
-    if what.endswith(".json"):
-        widths = read_json(Path(what), PlanJson).get("widths")
-        if not isinstance(widths, dict) or not widths:
-            raise UserError(f"{what}: no per-layer widths in it")
-        return make_student(teacher, 1.0, "prune", "scratch", x, widths=widths)[0]
+    if what.endswith(".json") or Path(what).is_dir():
+        return make_student(teacher, 1.0, "prune", "scratch", x, widths=read_widths(Path(what), what))[0]
     try:
         width = float(what)
     except ValueError:

@@ -20,7 +20,7 @@ file, quantised as the export quantises: :func:`compressor.app.plan.int8_for_tim
 NetAdapt does): from two grid steps above the reference, the group whose next step down loses the least importance
 per millisecond saved steps down, down to the thinnest. A channel's importance is Torch-Pruning's group L2
 magnitude (normalised to mean 1 within its group; ``student.importance: magnitude``), or the mean squared change
-of the teacher's output that removing it alone makes on training images (``sensitivity``,
+of the teacher's output that replacing it alone by its mean makes on training images (``sensitivity``,
 :mod:`compressor.importance`: comparable across groups, which magnitude is not); either way a group keeps its
 strongest channels by magnitude, so the two differ in how many each group keeps. Coupled layers (residual adds,
 U-Net skips) are one group, so they move together. The steps form a path ordered by predicted latency; the
@@ -401,8 +401,8 @@ def plan_per_layer(
     """Per-group widths within ``budget``; returns the plan document's ``per_layer`` section (``widths``: channels
     kept per group, by root layer) and writes ``latency_table.json`` (and ``plan_layers.png``) into ``run_dir``.
     ``measure`` replaces the timing on the target (it takes ``[(what, config)]`` and an iteration count, and returns
-    ``{"p50", "p90"}`` per configuration); ``fingerprint`` names the machine when the caller has it already; ``images`` (training inputs) rank the channels
-    by the teacher's output sensitivity instead of their magnitude."""
+    ``{"p50", "p90"}`` per configuration); ``fingerprint`` names the machine when the caller has it already;
+    ``images`` (training inputs) rank the channels by the teacher's output sensitivity instead of their magnitude."""
     t0 = time.perf_counter()
     size = budget.size or size
     x = torch.zeros(1, input_channels(teacher), size, size)

@@ -5,6 +5,8 @@ starts."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from .. import qat
@@ -23,9 +25,9 @@ from ..models import (
     teacher_spec,
 )
 from ..models.layers import align_free_norms
+from ..models.ranges import tensor_leaves
 from ..recipe import Recipe
 from ..schemas import loads, read_text_bounded
-from ..slim import tensor_leaves
 
 
 def preflight(recipe: Recipe, build_model: bool = True) -> None:
@@ -51,19 +53,24 @@ def given_widths(recipe: Recipe) -> dict[str, int]:
     given = recipe.student.widths
     if isinstance(given, dict):
         return {str(k): int(v) for k, v in given.items()}
-    path = recipe.resolve_path(given)
+    return read_widths(recipe.resolve_path(given))
+
+
+def read_widths(path: Path, key: str = "student.widths") -> dict[str, int]:
+    """The per-layer ``widths`` of a plan.json, a per-layer student's student.json, or the run folder holding
+    either; a file that is missing, unreadable or holds none is one line naming ``key``."""
     if path.is_dir():
         path = path / "plan.json" if (path / "plan.json").is_file() else path / "student_init" / "student.json"
     try:
         doc = loads(read_text_bounded(path), str(path))
     except FileNotFoundError:
-        raise UserError(f"student.widths: {path}: file not found") from None
+        raise UserError(f"{key}: {path}: file not found") from None
     except UserError as exc:  # unreadable, too large, not JSON: the reader's line, under the key
-        raise UserError(f"student.widths: {exc}") from None
+        raise UserError(f"{key}: {exc}") from None
     got = doc.get("widths") if isinstance(doc, dict) else None
     if not isinstance(got, dict) or not got or not all(type(v) is int and v >= 1 for v in got.values()):
         raise UserError(
-            f"student.widths: {path} holds no per-layer widths (a plan.json from compress plan's per-layer search, "
+            f"{key}: {path} holds no per-layer widths (a plan.json from compress plan's per-layer search, "
             f"or a per-layer student's student.json)"
         )
     return {str(k): int(v) for k, v in got.items()}

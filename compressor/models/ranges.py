@@ -26,6 +26,17 @@ TOOLKIT_RANGE = (-1.0, 1.0)
 RESIDUALS = ("none", "subtract", "add", "upsample_add")
 
 
+def tensor_leaves(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a forward pass's result (tuples, lists and dicts, nested)."""
+    if torch.is_tensor(out):
+        return [out]
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in tensor_leaves(o)]
+    return []
+
+
 def apply_residual(x: torch.Tensor, out: torch.Tensor, residual: str) -> torch.Tensor:
     """The image a network means when it returns ``out`` for input ``x`` (both in its native range)."""
     if residual == "none":
