@@ -495,10 +495,13 @@ def batch_keys(kind: str) -> tuple[str, ...]:
     return tuple(k for k in (input_key(kind), target_key(kind)) if k)
 
 
-def input_images(spec: DataSpec, root: Optional[Path], split: str, seed: int, n: int) -> torch.Tensor:
-    """Up to ``n`` model inputs (N, C, H, W) in [-1, 1] from a split of the data."""
+def input_images(
+    spec: DataSpec, root: Optional[Path], split: str, seed: int, n: int, key: Optional[str] = None
+) -> torch.Tensor:
+    """Up to ``n`` model inputs (N, C, H, W) in [-1, 1] from a split of the data (``key``: another item key, such
+    as an unpaired set's "B")."""
     ds = make_dataset(spec, root, split, seed, max_items=n)
-    key = input_key(spec.kind)
+    key = key or input_key(spec.kind)
     images = [ds[i][key] for i in range(min(n, len(ds)))]
     if getattr(ds, "variable_size", False):  # whole test images: their central data.size window
         s = min(spec.size, *(min(int(t.shape[-2]), int(t.shape[-1])) for t in images))

@@ -328,8 +328,9 @@ class StudentSpec(Strict):
     )
     importance: Literal["magnitude", "sensitivity"] = Field(
         "magnitude",
-        description="search per-layer: rank channels by their weights' L2 magnitude within each group, or by the "
-        "teacher's output change replacing each by its mean makes on 16 training images (compressor/importance.py)",
+        description="the channels a pruned student keeps (and the per-layer search ranks): largest weights' L2 "
+        "magnitude within each group, or the teacher's output change replacing each by its mean makes on 16 training "
+        "images (compressor/importance.py)",
     )
     latency_table: Optional[str] = Field(
         None, description="search per-layer: reuse this latency_table.json (measured on this machine and target)"
@@ -410,8 +411,11 @@ class StudentSpec(Strict):
                 )
         elif self.latency_table is not None:
             raise ValueError("student.latency_table: only with student.search: per-layer")
-        elif self.importance != "magnitude":
-            raise ValueError("student.importance: only with student.search: per-layer")
+        if self.importance != "magnitude" and self.init == "scratch" and self.search != "per-layer":
+            raise ValueError(
+                "student.importance: chooses the channels a student inherits; with student.init: scratch it "
+                "inherits none (the per-layer search still ranks by it)"
+            )
         if self.widths is not None:
             if self.width == "auto" or "width" in self.model_fields_set:
                 raise ValueError("student.widths: the widths are given; leave student.width (and its budget) out")

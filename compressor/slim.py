@@ -489,15 +489,19 @@ def _prune(
     round_to: Optional[int] = None,
     outputs: str = "named",
     counts: Optional[dict[str, int]] = None,
+    scores: Optional[dict[str, list[float]]] = None,
 ) -> list:
     """Prune ``model`` in place to ``width`` (or to ``counts``: channels kept per group, see
-    :func:`prunable_groups`); return Torch-Pruning's pruning history (JSON-serialisable).
+    :func:`prunable_groups`); return Torch-Pruning's pruning history (JSON-serialisable). Each group keeps its
+    strongest channels: by ``scores`` (per channel, by the group's root layer, see :func:`channel_scores`) where
+    given, else by their weights' L2 magnitude.
     ``round_to``: every pruned layer keeps a multiple of this many channels (Torch-Pruning rounds down).
     Spectral/weight-norm layers are pruned as plain layers and re-parametrized again; frozen layers stay frozen
     and at full width."""
     frozen = frozen_params(model)
     reparam = strip_reparam(model)
-    history = _prune_plain(model, width, x, keep, round_to, outputs, _frozen_modules_of(model, frozen), counts)
+    frozen_mods = _frozen_modules_of(model, frozen)
+    history = _prune_plain(model, width, x, keep, round_to, outputs, frozen_mods, counts, scores)
     restore_reparam(model, reparam)
     refreeze(model, frozen)
     return history
@@ -519,8 +523,9 @@ def _prune_plain(
     outputs: str,
     frozen: tuple,
     counts: Optional[dict[str, int]] = None,
+    scores: Optional[dict[str, list[float]]] = None,
 ) -> list:
-    with _TracedPruner(model, width, x, keep, None if counts else round_to, outputs, frozen) as pruner:
+    with _TracedPruner(model, width, x, keep, None if counts else round_to, outputs, frozen, scores) as pruner:
         if counts is None:
             pruner.step()
         else:
@@ -532,9 +537,10 @@ def _prune_plain(
 class _TracedPruner:
     """Torch-Pruning's pruner over ``model`` prepared as every pruning here needs it (norm sizes repaired,
     PixelShuffle convs split, output/kept/frozen layers ignored); on a clean exit the model is put back together
-    and checked. Torch-Pruning's own failures become one line naming ``student.keep``."""
+    and checked. Torch-Pruning's own failures become one line naming ``student.keep``. ``scores`` (per channel, by
+    group root layer) rank the channels where given, the weights' L2 magnitude elsewhere."""
 
-    def __init__(self, model, width, x, keep, round_to, outputs, frozen):
+    def __init__(self, model, width, x, keep, round_to, outputs, frozen, scores=None):
         self.model, self.width, self.x, self.round_to, self.outputs, self.frozen = (
             model,
             width,
@@ -544,6 +550,7 @@ class _TracedPruner:
             frozen,
         )
         self.keep = list(keep or [])
+        self.scores = scores or {}
         self.stack = contextlib.ExitStack()
 
     def __enter__(self) -> "tp.pruner.BasePruner":
@@ -568,7 +575,7 @@ class _TracedPruner:
             return tp.pruner.BasePruner(
                 model,
                 x,
-                importance=tp.importance.MagnitudeImportance(p=2),
+                importance=_ScoredImportance({model.get_submodule(n): v for n, v in self.scores.items()}),
                 pruning_ratio=1.0 - self.width,
                 ignored_layers=ignored,
                 global_pruning=False,
@@ -594,6 +601,23 @@ class _TracedPruner:
         return False
 
 
+class _ScoredImportance(tp.importance.Importance):
+    """Torch-Pruning's importance for a pruner: given scores for a group's root layer (one per channel), else the
+    L2 magnitude of the group's weights (Torch-Pruning's default)."""
+
+    def __init__(self, scores: dict[nn.Module, list[float]]):
+        self.scores = scores
+        self.magnitude = tp.importance.MagnitudeImportance(p=2)
+
+    def __call__(self, group) -> Optional[torch.Tensor]:
+        root = group[0].dep.target.module
+        given = self.scores.get(root)
+        idxs = list(group[0].idxs)
+        if given is None or len(given) <= max(idxs, default=-1):
+            return self.magnitude(group)
+        return torch.tensor(given, dtype=torch.float64)[idxs]
+
+
 def _tp_failed(exc: BaseException) -> RecipeError:
     reason = f"Torch-Pruning failed ({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''})"
     return RecipeError(
@@ -611,7 +635,6 @@ class PruneGroup:
     outs: list[str]  # layers whose output channels the group sets
     ins: list[str]  # layers whose input channels the group sets
     importance: list[float]  # per channel: Torch-Pruning's group L2 magnitude, normalised to mean 1 in the group
-    rank: Optional[list[int]] = None  # the channels in the order a pruned student keeps them (None: by importance)
     kind: str = "magnitude"  # or "sensitivity": the output change replacing a channel alone by its mean makes
 
 
@@ -647,8 +670,7 @@ def _pruning_groups(pruner, model: nn.Module) -> list[tuple[str, Any]]:
     return out
 
 
-def _group_layers(pruner, model: nn.Module, group) -> tuple[list[str], list[str]]:
-    names = {m: n for n, m in model.named_modules()}
+def _group_layers(pruner, names: dict[nn.Module, str], group) -> tuple[list[str], list[str]]:
     outs: list[str] = []
     ins: list[str] = []
     for dep, _ in group:
@@ -692,8 +714,8 @@ def prunable_groups(
     """The channel groups a per-layer student may set one by one (on a copy of ``teacher``; the output layers,
     ``keep`` and grouped convolutions stay at full width), with each channel's importance: Torch-Pruning's group L2
     magnitude (normalised to mean 1 in the group), or, given training ``images``, the output change replacing it by
-    its mean makes (:func:`compressor.importance.output_sensitivity`, comparable across groups; ``rank`` then keeps the
-    magnitude's order, the channels a pruned student keeps)."""
+    its mean makes (:func:`compressor.importance.output_sensitivity`, comparable across groups). A pruned student
+    keeps each group's channels of highest importance (:func:`channel_scores` passes the sensitivity on)."""
     model = copy.deepcopy(teacher)
     remove_align_hooks(model)
     detach_hook_weights(model)
@@ -705,22 +727,22 @@ def prunable_groups(
     readers: dict[str, list[tuple[str, list[int]]]] = {}
     with summarised_warnings("student: tracing", handled=(NORM_SIZE_WARNING,)):
         with _TracedPruner(model, 0.5, x, keep, None, outputs, frozen) as pruner:
+            names = {m: n for n, m in model.named_modules()}  # as prepared (PixelShuffle convolutions split)
             for name, group in _pruning_groups(pruner, model):
-                outs, ins = _group_layers(pruner, model, group)
+                outs, ins = _group_layers(pruner, names, group)
                 v = imp(group)
                 found.append(
                     PruneGroup(name, len(group[0].idxs), outs, ins, [] if v is None else [float(a) for a in v])
                 )
-                readers[name] = _readers(pruner, model, group)
+                readers[name] = _readers(pruner, names, group)
             if images is not None and found:
                 _sensitivity(model, found, readers, images)
     return found
 
 
-def _readers(pruner, model: nn.Module, group) -> list[tuple[str, list[int]]]:
+def _readers(pruner, names: dict[nn.Module, str], group) -> list[tuple[str, list[int]]]:
     """Each layer reading the group's channels, with its input channel for each of the group's channels (in the
     root's order); a reader that sees a channel several times (a Linear after a flatten) is left out."""
-    names = {m: n for n, m in model.named_modules()}
     n = len(group[0].idxs)
     out = []
     for dep, idxs in group:
@@ -741,9 +763,22 @@ def _sensitivity(model: nn.Module, found: list[PruneGroup], readers: dict, image
         )
         return
     for g in found:
-        g.rank = sorted(range(g.channels), key=lambda i: -g.importance[i])
         g.importance = [float(v) for v in sens[g.name]]
         g.kind = "sensitivity"
+
+
+def channel_scores(
+    teacher: nn.Module,
+    images: torch.Tensor,
+    example_input: Optional[torch.Tensor] = None,
+    keep: Optional[list[str]] = None,
+    outputs: str = "named",
+) -> dict[str, list[float]]:
+    """Per group (by root layer), per channel: the teacher's output sensitivity on ``images``, the scores a student
+    pruned with ``student.importance: sensitivity`` keeps its channels by (empty where it could not be measured:
+    the magnitude then chooses, as it says in a warning)."""
+    groups = prunable_groups(teacher, example_input, keep, outputs, images=images)
+    return {g.name: g.importance for g in groups if g.kind == "sensitivity"}
 
 
 def _check_round_to(model: nn.Module, width: float, round_to: int, ignored: list) -> None:
@@ -821,6 +856,7 @@ def make_student(
     round_to: Optional[int] = None,
     outputs: str = "named",
     widths: Optional[dict[str, int]] = None,
+    images: Optional[torch.Tensor] = None,
 ) -> tuple[nn.Module, dict]:
     """Return ``(student, plan)`` for a teacher at a channel ``width`` in (0, 1].
 
@@ -833,16 +869,40 @@ def make_student(
     ``ngf`` is rounded to the nearest multiple, pruned layers are rounded down (never below ``round_to``).
     ``outputs`` (``student.outputs``), for a teacher that returns several tensors (``teacher.output``): ``named``
     leaves only the named output's layers at full width, ``all`` every output's, so the network inside the student
-    (``student.model``) returns the teacher's whole structure with the same shapes. Warnings raised meanwhile (by the
+    (``student.model``) returns the teacher's whole structure with the same shapes. ``images`` (training inputs,
+    ``student.importance: sensitivity``): an inheriting student keeps each group's channels the teacher's output is
+    most sensitive to (:func:`channel_scores`), not those of largest weights. Warnings raised meanwhile (by the
     teacher's code, by Torch-Pruning) are logged once each, with their count."""
     with summarised_warnings("student: slimming", handled=(NORM_SIZE_WARNING,)):
         return _make_student(
-            teacher, width, method, init, example_input, keep, input_range, output_range, round_to, outputs, widths
+            teacher,
+            width,
+            method,
+            init,
+            example_input,
+            keep,
+            input_range,
+            output_range,
+            round_to,
+            outputs,
+            widths,
+            images,
         )
 
 
 def _make_student(
-    teacher, width, method, init, example_input, keep, input_range, output_range, round_to, outputs, widths=None
+    teacher,
+    width,
+    method,
+    init,
+    example_input,
+    keep,
+    input_range,
+    output_range,
+    round_to,
+    outputs,
+    widths=None,
+    images=None,
 ) -> tuple[nn.Module, dict]:
     if not 0 < width <= 1:
         raise RecipeError(f"student.width: must be in (0, 1], got {width}")
@@ -876,6 +936,10 @@ def _make_student(
         plan["outputs"] = outputs
     if frozen_params(teacher):  # frozen layers (EDSR's MeanShift): frozen again in a rebuilt student
         plan["frozen"] = frozen_params(teacher)
+    scores = None
+    if images is not None and init == "inherit":  # which channels the student inherits
+        scores = channel_scores(teacher, images, x, keep, outputs)
+        plan["importance"] = "sensitivity" if scores else "magnitude"
     if method == "rebuild":
         kwargs = dict(spec["kwargs"])
         full = kwargs["ngf"]
@@ -888,7 +952,7 @@ def _make_student(
             detach_hook_weights(teacher)
             pruned = copy.deepcopy(teacher)
             remove_align_hooks(pruned)
-            _prune(pruned, kwargs["ngf"] / full, x)
+            _prune(pruned, kwargs["ngf"] / full, x, scores=scores)
             state = pruned.state_dict()
             own = student.state_dict()
             bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
@@ -903,12 +967,12 @@ def _make_student(
         student = copy.deepcopy(teacher)
         remove_align_hooks(student)
         plan["widths"] = {str(k): int(v) for k, v in widths.items()}
-        plan["history"] = _prune(student, width, x, keep, None, outputs, counts=plan["widths"])
+        plan["history"] = _prune(student, width, x, keep, None, outputs, counts=plan["widths"], scores=scores)
         if init == "scratch":
             _reinit(student)
     else:
         detach_hook_weights(teacher)
-        student, plan["history"], found = _prune_keeping_grouped(teacher, width, x, keep, round_to, outputs)
+        student, plan["history"], found = _prune_keeping_grouped(teacher, width, x, keep, round_to, outputs, scores)
         if found:
             plan["keep"] = list(keep or []) + found
         if init == "scratch":
@@ -931,6 +995,7 @@ def _prune_keeping_grouped(
     keep: Optional[list[str]],
     round_to: Optional[int],
     outputs: str,
+    scores: Optional[dict[str, list[float]]] = None,
 ) -> tuple[nn.Module, list, list[str]]:
     """Prune a copy of ``teacher``; return ``(student, history, found)``.
 
@@ -944,7 +1009,7 @@ def _prune_keeping_grouped(
         student = copy.deepcopy(teacher)
         remove_align_hooks(student)
         try:
-            history = _prune(student, width, x, list(keep or []) + found, round_to, outputs)
+            history = _prune(student, width, x, list(keep or []) + found, round_to, outputs, scores=scores)
         except RecipeError as exc:
             name = getattr(exc, "module", None)
             if name not in grouped or name in found or name in (keep or []):

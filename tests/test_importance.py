@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from compressor.app.commands import student_built
 from compressor.importance import output_sensitivity
 from compressor.models import build_generator
 from compressor.slim import make_student, prunable_groups
@@ -73,19 +74,68 @@ def test_two_readers_of_one_tensor_count_once():
     assert sens["a"] == pytest.approx(real, rel=0.2)
 
 
-def test_unet_groups_rank_by_sensitivity_keep_the_magnitude_order():
-    """On a zoo U-Net (skips couple layers): every group measured, the kept order is the magnitude's, and the
-    student built from widths is unchanged by the ranking (the search sets how many, not which)."""
+def test_unet_groups_rank_by_sensitivity():
+    """On a zoo U-Net (skips couple layers): every group measured, the same groups as the magnitude's, and a
+    per-layer student built from widths runs."""
     torch.manual_seed(0)
     t = build_generator("unet_128", ngf=8).eval()
     x = torch.zeros(1, 3, 128, 128)
     mag = prunable_groups(t, x)
     sens = prunable_groups(t, x, images=torch.rand(2, 3, 128, 128) * 2 - 1)
     assert [g.name for g in mag] == [g.name for g in sens]
-    for m, s in zip(mag, sens):
+    for s in sens:
         assert s.kind == "sensitivity" and len(s.importance) == s.channels and all(v >= 0 for v in s.importance)
-        assert s.rank == sorted(range(m.channels), key=lambda i: -m.importance[i])
     assert any(sum(s.importance) > 0 for s in sens)
     widths = {g.name: max(1, g.channels // 2) for g in sens}
     student = make_student(t, 1.0, "prune", "scratch", x, widths=widths)[0]
     assert student(x).shape == t(x).shape
+
+
+def _pruned_by_root(plan: dict) -> dict[str, set[int]]:
+    """The output channels each layer lost, from a student's pruning history."""
+    return {name: set(idxs) for name, out, idxs in plan["history"] if out}
+
+
+@pytest.mark.parametrize("how", ["uniform", "per-layer"])
+def test_a_student_keeps_the_channels_the_output_is_most_sensitive_to(how):
+    """``student.importance: sensitivity``: each group loses its channels of least output sensitivity, not of least
+    weight magnitude, for a uniform width and for per-layer widths alike; the plan says so. Built on a chain
+    whose weights make the two orders disagree: the first layer's four largest channels read only an image channel
+    that never varies, so they are constant (a bias the readers absorb)."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+    net.append(nn.Conv2d(8, 3, 3, padding=1))
+    with torch.no_grad():
+        net[0].weight[:4] = 0.0
+        net[0].weight[:4, 0] = 10.0  # large weights on image channel 0 alone
+    images = torch.rand(8, 3, 16, 16) * 2 - 1
+    images[:, 0] = 0.3
+    x = images[:1]
+    widths = {"0": 4, "2": 6} if how == "per-layer" else None
+    groups = {g.name: g for g in prunable_groups(net, x, images=images)}
+    mag = {g.name: g for g in prunable_groups(net, x)}
+    _, plan = make_student(net, 0.5, "prune", "inherit", x, widths=widths, images=images)
+    _, by_mag = make_student(net, 0.5, "prune", "inherit", x, widths=widths)
+    assert plan["importance"] == "sensitivity" and "importance" not in by_mag
+    assert "most sensitive to" in student_built(plan) and "sensitive" not in student_built(by_mag)
+    lost, lost_mag = _pruned_by_root(plan), _pruned_by_root(by_mag)
+    for name in ("0", "2"):
+        n = len(lost[name])
+        least = sorted(range(8), key=lambda i: groups[name].importance[i])[:n]
+        assert lost[name] == set(least)
+        assert lost_mag[name] == set(sorted(range(8), key=lambda i: mag[name].importance[i])[:n])
+    assert lost["0"] != lost_mag["0"]  # the construction makes them disagree where it is built to
+
+
+def test_a_rebuilt_zoo_student_inherits_by_sensitivity():
+    """A zoo teacher rebuilt at a width (``student.method: rebuild``, inherit) takes the sensitivity's channels
+    too: the weights differ from the magnitude's student, the shapes do not."""
+    torch.manual_seed(0)
+    t = build_generator("unet_128", ngf=8).eval()
+    images = torch.rand(2, 3, 128, 128) * 2 - 1
+    s, plan = make_student(t, 0.5, "rebuild", "inherit", images[:1], images=images)
+    m, _ = make_student(t, 0.5, "rebuild", "inherit", images[:1])
+    assert plan["importance"] == "sensitivity" and plan["ngf"] == 4
+    a, b = s.state_dict(), m.state_dict()
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())

@@ -222,12 +222,13 @@ def test_a_table_from_another_machine_or_target_is_refused(tmp_path):
 def test_recipe_settings_for_the_search():
     assert StudentSpec(width="auto", search="per-layer", budget={"latency_ms": 5}).search == "per-layer"
     assert StudentSpec(width="auto", search="per-layer", importance="sensitivity", budget={"macs": 1}).importance
+    assert StudentSpec(width=0.5, importance="sensitivity").importance == "sensitivity"  # a uniform student's channels
     for bad, msg in [
         ({"width": 0.5, "search": "per-layer"}, "set student.width: auto"),
         ({"width": "auto", "search": "per-layer", "method": "rebuild", "budget": {"macs": 1e9}}, "prune the teacher"),
         ({"width": "auto", "latency_table": "t.json", "budget": {"macs": 1e9}}, "only with student.search"),
         ({"width": "auto", "search": "layers", "budget": {"macs": 1e9}}, "search"),
-        ({"width": "auto", "importance": "sensitivity", "budget": {"macs": 1e9}}, "importance: only with"),
+        ({"width": 0.5, "init": "scratch", "importance": "sensitivity"}, "it inherits none"),
         ({"width": "auto", "search": "per-layer", "importance": "fisher", "budget": {"macs": 1e9}}, "importance"),
     ]:
         with pytest.raises(ValueError, match=msg):

@@ -145,11 +145,15 @@ def test_unpaired_run_on_tiny_tree(tmp_path):
     p = tmp_path / "unp.yaml"
     p.write_text(text)
     res = run_cli(
-        [p, "--out", tmp_path / "runs", "--quiet", "--only", "teacher,student,distill,evaluate"], cwd=tmp_path
+        [p, "--out", tmp_path / "runs", "--quiet", "--only", "teacher,student,distill,evaluate"]
+        + ["--set", "student.importance=sensitivity"],  # each student's channels by its own teacher's output
+        cwd=tmp_path,
     )
     assert res.returncode == 0, res.stderr[-2000:]
     run = tmp_path / "runs" / "unp"
     assert (run / "student_reverse" / "student.safetensors").exists()
+    for sub in ("student_init", "student_init/reverse"):
+        assert json.loads((run / sub / "student.json").read_text())["importance"] == "sensitivity"
     m = _metrics(run)[-1]
     assert {"AB/srp", "BA/srp", "AB/kd", "BA/kd", "cycle", "AB/gan", "BA/disc"} <= set(m)
 

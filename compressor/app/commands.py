@@ -171,6 +171,8 @@ def student_built(plan: Optional[dict]) -> Optional[str]:
         return None
     keep = plan.get("keep") or []
     kept = f"; at full width: {', '.join(keep)}" if keep else ""
+    if plan.get("importance") == "sensitivity":
+        kept += "; channels the teacher's output is most sensitive to"
     widths = plan.get("widths")
     if isinstance(widths, dict) and widths:
         per = ", ".join(f"{k} {v}" for k, v in widths.items())
@@ -203,9 +205,11 @@ def recipe_samples(recipe: Recipe, n: int = 3) -> torch.Tensor:
 IMPORTANCE_IMAGES = 16  # training inputs the output sensitivity is averaged over (4 sign vectors each)
 
 
-def importance_images(recipe: Recipe) -> torch.Tensor:
-    """The training inputs ``student.importance: sensitivity`` ranks the teacher's channels on (the recipe's seed)."""
-    return input_images(recipe.data, recipe.resolve_path(recipe.data.root), "train", recipe.seed, IMPORTANCE_IMAGES)
+def importance_images(recipe: Recipe, reverse: bool = False) -> torch.Tensor:
+    """The training inputs ``student.importance: sensitivity`` ranks the teacher's channels on (the recipe's seed;
+    ``reverse``: an unpaired recipe's B images, what its reverse teacher takes)."""
+    root = recipe.resolve_path(recipe.data.root)
+    return input_images(recipe.data, root, "train", recipe.seed, IMPORTANCE_IMAGES, key="B" if reverse else None)
 
 
 def recipe_calibration(recipe: Recipe, n: int) -> list:

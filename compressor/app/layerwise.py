@@ -21,8 +21,8 @@ NetAdapt does): from two grid steps above the reference, the group whose next st
 per millisecond saved steps down, down to the thinnest. A channel's importance is Torch-Pruning's group L2
 magnitude (normalised to mean 1 within its group; ``student.importance: magnitude``), or the mean squared change
 of the teacher's output that replacing it alone by its mean makes on training images (``sensitivity``,
-:mod:`compressor.importance`: comparable across groups, which magnitude is not); either way a group keeps its
-strongest channels by magnitude, so the two differ in how many each group keeps. Coupled layers (residual adds,
+:mod:`compressor.importance`: comparable across groups, which magnitude is not); a group keeps its channels of
+highest importance, so the two differ in which channels and how many each group keeps. Coupled layers (residual adds,
 U-Net skips) are one group, so they move together. The steps form a path ordered by predicted latency; the
 chosen student is the least-pruned step whose whole network, built, exported and measured on the target, meets the
 target (bisection along the path, starting where the table predicts it; the choice confirmed with a longer
@@ -313,11 +313,8 @@ class Search:
         self.levels = {g.name: levels(g.channels, round_to) for g in groups}
         total = sum(sum(g.importance) or g.channels for g in groups)
         self.prefix = {}
-        for g in groups:
-            if g.rank is not None:  # the kept channels are the magnitude's strongest, whatever ranks them
-                imp = [g.importance[i] for i in g.rank]
-            else:
-                imp = sorted(g.importance or [1.0] * g.channels, reverse=True)
+        for g in groups:  # a pruned student keeps each group's channels of highest importance
+            imp = sorted(g.importance or [1.0] * g.channels, reverse=True)
             self.prefix[g.name] = np.concatenate([[0.0], np.cumsum(imp)]) / total
 
     def retained(self, config: dict[str, int]) -> float:
@@ -545,7 +542,8 @@ def plan_layers(
     extra = {"search": "per-layer", "grid": GRID, "round_to": round_to, "keep": list(keep or [])}
     extra["weights"] = weights_digest(teacher)  # the importance ranks these weights (and these images)
     if images is not None:
-        extra["importance"] = {"sensitivity": hashlib.sha256(images.detach().float().numpy().tobytes()).hexdigest()}
+        digest = hashlib.sha256(images.detach().float().numpy().tobytes()).hexdigest()
+        extra["importance"] = {"sensitivity": digest, "channels": "sensitivity"}  # kept by it too
     key = plan_key(teacher, budget, margin, "per-layer", size, [], {**fingerprint, **extra})
     out = Path(run_dir) / "plan.json" if run_dir else None
     if out is not None and out.is_file() and not out.is_symlink() and not force:

@@ -40,7 +40,15 @@ from ..slim import kept_fraction, load_student, make_student, other_student, sav
 from ..teacher_cache import DiskTeacherCache
 from ..terms import stage_losses
 from ..train import Direction, Trainer, TrainSetup, seed_everything
-from .commands import EVALUATE_DOING, evaluate_run, plan_student, recipe_calibration, recipe_samples, run_export_spec
+from .commands import (
+    EVALUATE_DOING,
+    evaluate_run,
+    importance_images,
+    plan_student,
+    recipe_calibration,
+    recipe_samples,
+    run_export_spec,
+)
 from .context import Context, checkpoint_policy, resume_command
 from .distributed import launch_distributed
 from .preflight import check_runs, check_size, check_taps, example_input, given_widths, student_arch_spec
@@ -297,11 +305,13 @@ def stage_student(ctx: Context) -> None:
         seed_everything(r.seed)
     if widths:
         shape["widths"] = widths
-    student, plan = make_student(teacher, width, r.student.method, r.student.init, example, **shape)
+    images = importance_images(r) if r.student.importance == "sensitivity" else None
+    student, plan = make_student(teacher, width, r.student.method, r.student.init, example, images=images, **shape)
     save_student(student, plan, own_folder(run.student_init))
     if r.data.kind == "unpaired":
         rev = load_run_teacher(run, reverse=True)
-        s2, plan2 = make_student(rev, width, r.student.method, r.student.init, example, **shape)
+        rev_images = importance_images(r, reverse=True) if images is not None else None
+        s2, plan2 = make_student(rev, width, r.student.method, r.student.init, example, images=rev_images, **shape)
         save_student(s2, plan2, own_folder(run.student_init / "reverse"))
 
 
