@@ -195,3 +195,43 @@ def test_pairing_check_flags_unpaired_runs():
     assert any("share a data order" in p for p in problems)
     del infos[("kd", 0)]["discriminator_init"]
     assert any("not verified" in p for p in ablation.check_pairing(infos, arms, seeds, orders))
+
+
+def _compare_tool():
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("compare_ablations", ROOT / "tools" / "compare_ablations.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _ablation_folder(out, shift: float, teacher_key: str = "T", seeds=(0, 1000, 2000)):
+    """Runs laid out as ``compress ablate`` writes them, each with its per-image record."""
+    rng = np.random.default_rng(0)
+    for s in seeds:
+        rd = out / "r" / f"r-w0.5-inherit-kd-s{s}"
+        rd.mkdir(parents=True)
+        base = 30.0 + rng.normal(0, 1, 12)
+        z = {"key": np.array(f"student{s}|{teacher_key}"), "psnr": base - 2, "psnr_t": base + shift}
+        z.update(ssim=np.full(12, 0.9), ssim_t=np.full(12, 0.95))
+        np.savez(rd / "per_image.npz", **z)
+
+
+def test_compare_ablations_pairs_two_folders_by_seed_and_image(tmp_path, capsys):
+    """tools/compare_ablations.py: B − A where B is A shifted by +0.5 dB against the teacher reads +0.5 with a
+    zero-width interval and 0 against the ground truth; folders evaluated on different teacher outputs, or with
+    no run of the named student, are one ``error:`` line and exit 2."""
+    tool = _compare_tool()
+    _ablation_folder(tmp_path / "a", 0.0)
+    _ablation_folder(tmp_path / "b", 0.5)
+    assert tool.main([str(tmp_path / "a"), str(tmp_path / "b"), "--student", "w0.5", "--n-boot", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "B − A +0.500 [+0.500, +0.500]" in out and "B − A +0.000" in out and "seeds 0, 1000, 2000" in out
+    _ablation_folder(tmp_path / "c", 0.5, teacher_key="other")
+    assert tool.main([str(tmp_path / "a"), str(tmp_path / "c"), "--student", "w0.5"]) == 2
+    assert capsys.readouterr().err.startswith("error: seed 0: the two runs were evaluated against different")
+    assert tool.main([str(tmp_path / "a"), str(tmp_path / "b"), "--student", "w0.25"]) == 2
+    assert "no evaluated run of student w0.25" in capsys.readouterr().err
