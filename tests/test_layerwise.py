@@ -369,6 +369,28 @@ def test_student_widths_from_a_plan_build_that_student_and_bad_ones_are_one_line
         StudentSpec(width=0.5, widths={"a": 1})
 
 
+def test_widths_ranked_by_sensitivity_say_so_when_the_student_keeps_the_magnitudes(tmp_path, caplog):
+    """A plan.json ranked by output sensitivity, given to a recipe that keeps channels by magnitude: the widths
+    are taken and a warning says the channels differ from the ones the plan ranked; asking for the sensitivity
+    silences it."""
+    from conftest import tiny_recipe_text
+
+    from compressor.app.preflight import given_widths
+    from compressor.recipe import load_recipe
+
+    plan = {"widths": {"encoder.1": 4}, "per_layer": {"importance": "sensitivity"}}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    text = tiny_recipe_text().replace("student: {width: 0.5}", "student: {widths: plan.json, method: prune}")
+    (tmp_path / "r.yaml").write_text(text)
+    with caplog.at_level("WARNING"):
+        assert given_widths(load_recipe(tmp_path / "r.yaml")) == {"encoder.1": 4}
+    assert "most output-sensitive channels" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        given_widths(load_recipe(tmp_path / "r.yaml", ["student.importance=sensitivity"]))
+    assert "most output-sensitive" not in caplog.text
+
+
 def test_the_recipe_asks_for_the_sensitivity_and_the_plan_ranks_its_training_images(tmp_path):
     """``student.importance: sensitivity`` in a recipe: ``compress plan`` (in process) ranks the teacher on the
     recipe's training images and says so in plan.json."""

@@ -5,6 +5,7 @@ starts."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import torch
@@ -28,6 +29,8 @@ from ..models.layers import align_free_norms
 from ..models.ranges import tensor_leaves
 from ..recipe import Recipe
 from ..schemas import loads, read_text_bounded
+
+log = logging.getLogger(__name__)
 
 
 def preflight(recipe: Recipe, build_model: bool = True) -> None:
@@ -53,12 +56,25 @@ def given_widths(recipe: Recipe) -> dict[str, int]:
     given = recipe.student.widths
     if isinstance(given, dict):
         return {str(k): int(v) for k, v in given.items()}
-    return read_widths(recipe.resolve_path(given))
+    widths, doc = _widths_doc(recipe.resolve_path(given), "student.widths")
+    ranked = (doc.get("per_layer") or {}).get("importance") if isinstance(doc.get("per_layer"), dict) else None
+    ranked = ranked or doc.get("importance")
+    if ranked == "sensitivity" and recipe.student.importance != ranked:
+        log.warning(
+            "student.widths: %s was chosen keeping each group's most output-sensitive channels; this student keeps "
+            "those of largest weights (student.importance: sensitivity keeps the ones it ranked)",
+            given,
+        )
+    return widths
 
 
 def read_widths(path: Path, key: str = "student.widths") -> dict[str, int]:
     """The per-layer ``widths`` of a plan.json, a per-layer student's student.json, or the run folder holding
     either; a file that is missing, unreadable or holds none is one line naming ``key``."""
+    return _widths_doc(path, key)[0]
+
+
+def _widths_doc(path: Path, key: str) -> tuple[dict[str, int], dict]:
     if path.is_dir():
         path = path / "plan.json" if (path / "plan.json").is_file() else path / "student_init" / "student.json"
     try:
@@ -73,7 +89,7 @@ def read_widths(path: Path, key: str = "student.widths") -> dict[str, int]:
             f"{key}: {path} holds no per-layer widths (a plan.json from compress plan's per-layer search, "
             f"or a per-layer student's student.json)"
         )
-    return {str(k): int(v) for k, v in got.items()}
+    return {str(k): int(v) for k, v in got.items()}, doc
 
 
 def check_quantize(recipe: Recipe) -> None:
