@@ -890,6 +890,36 @@ def make_student(
         )
 
 
+def _inherit_rebuilt(
+    student: nn.Module, teacher: nn.Module, fraction: float, width: float, x: torch.Tensor, scores: Optional[dict]
+) -> None:
+    """A rebuilt zoo student takes the channels a pruned copy of the teacher keeps at ``fraction``."""
+    detach_hook_weights(teacher)
+    pruned = copy.deepcopy(teacher)
+    remove_align_hooks(pruned)
+    _prune(pruned, fraction, x, scores=scores)
+    state = pruned.state_dict()
+    own = student.state_dict()
+    bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
+    if bad:
+        raise RecipeError(
+            f"student.width: {width} does not split every layer evenly ({bad[0]}); "
+            f"use student.method: prune, or a width such as 0.25 or 0.5"
+        )
+    student.load_state_dict(state)
+
+
+def _check_choices(width: float, method: str, init: str, outputs: str) -> None:
+    if not 0 < width <= 1:
+        raise RecipeError(f"student.width: must be in (0, 1], got {width}")
+    if method not in ("auto", "rebuild", "prune"):
+        raise RecipeError(f"student.method: unknown method {method!r}")
+    if init not in ("inherit", "scratch"):
+        raise RecipeError(f"student.init: unknown init {init!r}")
+    if outputs not in ("named", "all"):
+        raise RecipeError(f"student.outputs: expected named or all, got {outputs!r}")
+
+
 def _make_student(
     teacher,
     width,
@@ -904,14 +934,7 @@ def _make_student(
     widths=None,
     images=None,
 ) -> tuple[nn.Module, dict]:
-    if not 0 < width <= 1:
-        raise RecipeError(f"student.width: must be in (0, 1], got {width}")
-    if method not in ("auto", "rebuild", "prune"):
-        raise RecipeError(f"student.method: unknown method {method!r}")
-    if init not in ("inherit", "scratch"):
-        raise RecipeError(f"student.init: unknown init {init!r}")
-    if outputs not in ("named", "all"):
-        raise RecipeError(f"student.outputs: expected named or all, got {outputs!r}")
+    _check_choices(width, method, init, outputs)
     zoo = getattr(teacher, "arch", None) in ZOO
     if method == "auto":
         method = "rebuild" if zoo and widths is None else "prune"
@@ -949,19 +972,7 @@ def _make_student(
         student = build_generator(spec["arch"], init="normal", **kwargs)
         plan["ngf"] = kwargs["ngf"]
         if init == "inherit":
-            detach_hook_weights(teacher)
-            pruned = copy.deepcopy(teacher)
-            remove_align_hooks(pruned)
-            _prune(pruned, kwargs["ngf"] / full, x, scores=scores)
-            state = pruned.state_dict()
-            own = student.state_dict()
-            bad = [k for k in own if k not in state or state[k].shape != own[k].shape]
-            if bad:
-                raise RecipeError(
-                    f"student.width: {width} does not split every layer evenly ({bad[0]}); "
-                    f"use student.method: prune, or a width such as 0.25 or 0.5"
-                )
-            student.load_state_dict(state)
+            _inherit_rebuilt(student, teacher, kwargs["ngf"] / full, width, x, scores)
     elif widths is not None:
         detach_hook_weights(teacher)
         student = copy.deepcopy(teacher)
