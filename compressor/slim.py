@@ -874,19 +874,9 @@ def make_student(
     most sensitive to (:func:`channel_scores`), not those of largest weights. Warnings raised meanwhile (by the
     teacher's code, by Torch-Pruning) are logged once each, with their count."""
     with summarised_warnings("student: slimming", handled=(NORM_SIZE_WARNING,)):
+        x = _example_for(teacher, example_input)
         return _make_student(
-            teacher,
-            width,
-            method,
-            init,
-            example_input,
-            keep,
-            input_range,
-            output_range,
-            round_to,
-            outputs,
-            widths,
-            images,
+            teacher, width, method, init, x, keep, input_range, output_range, round_to, outputs, widths, images
         )
 
 
@@ -921,18 +911,7 @@ def _check_choices(width: float, method: str, init: str, outputs: str) -> None:
 
 
 def _make_student(
-    teacher,
-    width,
-    method,
-    init,
-    example_input,
-    keep,
-    input_range,
-    output_range,
-    round_to,
-    outputs,
-    widths=None,
-    images=None,
+    teacher, width, method, init, x, keep, input_range, output_range, round_to, outputs, widths, images
 ) -> tuple[nn.Module, dict]:
     _check_choices(width, method, init, outputs)
     zoo = getattr(teacher, "arch", None) in ZOO
@@ -943,7 +922,6 @@ def _make_student(
     if method == "rebuild" and widths is not None:
         raise RecipeError("student.method: per-layer widths prune the teacher; use student.method: prune (or auto)")
     spec = teacher_spec_of(teacher)
-    x = _example_for(teacher, example_input)
     plan: dict[str, Any] = {"version": PLAN_VERSION, "method": method, "width": width, "init": init, "teacher": spec}
     if keep:
         if method == "rebuild":

@@ -57,8 +57,8 @@ def given_widths(recipe: Recipe) -> dict[str, int]:
     if isinstance(given, dict):
         return {str(k): int(v) for k, v in given.items()}
     widths, doc = _widths_doc(recipe.resolve_path(given), "student.widths")
-    ranked = (doc.get("per_layer") or {}).get("importance") if isinstance(doc.get("per_layer"), dict) else None
-    ranked = ranked or doc.get("importance")
+    search = doc.get("per_layer")  # a plan.json says it there, a student.json at the top
+    ranked = (search.get("importance") if isinstance(search, dict) else None) or doc.get("importance")
     if ranked == "sensitivity" and recipe.student.importance != ranked:
         log.warning(
             "student.widths: %s was chosen keeping each group's most output-sensitive channels; this student keeps "
