@@ -62,6 +62,40 @@ def test_levels_are_eighths_rounded_and_never_empty():
     assert levels(3) == [1, 2, 3]
 
 
+def test_a_uniform_width_under_round_channels_is_the_student_that_width_builds(tmp_path):
+    """The search's uniform width k/8 is the network ``student.width: k/8`` builds, also where
+    ``student.round_channels`` makes several widths one network (measured once, and a check on another network)."""
+    from compressor.app.layerwise import Search
+
+    spec = {**SPEC, "ngf": 32}
+    t = build_generator("resnet_6blocks", **spec)
+    t.compressor_spec = {"arch": "resnet_6blocks", "kwargs": spec}
+    x = torch.zeros(1, 3, 32, 32)
+    groups = prunable_groups(t.eval(), x)
+    search = Search(groups, lambda c: 0.0, 16)
+    for k in range(3, 8):  # from width 1/2: 16 of the 32-channel group's channels
+        student, _ = make_student(t, (k + 1) / 8, "prune", "inherit", x, round_to=16)
+        built = {g.name: student.get_submodule(g.name).out_channels for g in groups}
+        assert search.uniform(k) == built, (k + 1) / 8
+    assert all(search.uniform(4)[g.name] == 16 for g in groups if g.channels == 32)  # 5/8 of 32 rounds down
+    spec = {**SPEC, "ngf": 16}  # groups of 16, 32 and 64 channels: 4 networks at the 8 widths
+    t = build_generator("resnet_6blocks", **spec)
+    t.compressor_spec = {"arch": "resnet_6blocks", "kwargs": spec}
+    search = Search(prunable_groups(t.eval(), x), lambda c: 0.0, 16)
+    latency, measure, calls = _fake_target(t, 32)
+    budget = BudgetSpec(latency_ms=latency({}) * 0.5)
+    doc = plan_layers(t, budget, size=32, round_to=16, run_dir=tmp_path, measure=measure, fingerprint={"m": 1})
+    table = json.loads((tmp_path / "latency_table.json").read_text())
+    (net,) = table["networks"].values()
+    distinct = {tuple(sorted(search.uniform(k).items())) for k in range(8)}
+    assert calls[0] == len(distinct) == 4  # one measurement per network
+    assert len(net["uniform"]) == 8  # every width has its row
+    widths = [c["width"] for c in doc["per_layer"]["table"]["checks"]]
+    configs = [tuple(sorted(search.uniform(round(w * 8) - 1).items())) for w in widths]
+    ref = doc["per_layer"]["table"]["reference"]["level"] - 1
+    assert len(set(configs)) == len(configs) and tuple(sorted(search.uniform(ref).items())) not in configs
+
+
 def _fake_target(teacher, size, per_gmac=20.0, per_melem=0.05, base=0.01, noise=0.0):
     """A target whose latency is the convolutions' MACs plus the activations they write: bilinear in the widths,
     as a CPU's is to first order."""
@@ -147,6 +181,57 @@ def test_a_uniform_width_that_keeps_more_within_the_target_wins():
     slow = lambda config, iters: {"p50": 9.0, "p90": 9.5}  # noqa: E731 - the confirmation misses
     assert _uniform_keeps_more(search, uniform, 4.5, "p50", thin, slow, 30) is None
     assert _uniform_keeps_more(search, uniform, 0.5, "p50", thin, measure, 30) is None  # none within
+
+
+def test_a_uniform_width_that_wins_is_widened_into_the_room_the_target_leaves():
+    """Where a uniform width wins with time to spare, the groups that gain most step back up while they measure
+    within the target (the widest such step, confirmed): more of the teacher, never over the target."""
+    from compressor.app.layerwise import Search, _grow
+
+    t = _teacher()
+    x = torch.zeros(1, 3, 64, 64)
+    latency, _, _ = _fake_target(t, 64)
+    search = Search(prunable_groups(t, x), latency, None)
+    start = search.uniform(3)
+    start_ms = {"p50": latency(start)}
+    seen = []
+
+    def measure(configs, iters):
+        seen.append(iters)
+        return [{"p50": latency(c) * 1.2} for _, c in configs]  # the table predicts 20% low
+
+    target = start_ms["p50"] * 1.3
+    (config, m), probes = _grow(search, start, start_ms, target, "p50", measure, 10, 30)
+    assert m["p50"] <= target and m["p50"] == pytest.approx(latency(config) * 1.2)
+    assert search.retained(config) > search.retained(start) and config != start
+    assert all(config[g] >= start[g] for g in start)  # only steps up
+    assert seen[-1] == 30 and probes and all(p["grown"] for p in probes)
+    assert _grow(search, start, start_ms, start_ms["p50"], "p50", measure, 10, 30)[0] is None  # no room: none
+    assert _grow(search, start, start_ms, target, "p50", lambda c, n: [{"p50": 1e9}], 10, 30)[0] is None
+
+
+def test_a_stepped_target_gets_the_room_it_leaves_spent(tmp_path):
+    """A runtime whose time jumps at channel counts off its blocking (as ONNX Runtime's and OpenVINO's do): the
+    widths chosen on the path leave room under the target, and the plan widens them into it, still within."""
+    spec = {**SPEC, "ngf": 16}
+    t = build_generator("resnet_6blocks", **spec).eval()
+    t.compressor_spec = {"arch": "resnet_6blocks", "kwargs": spec}
+    latency, _, _ = _fake_target(t, 32)
+
+    def stepped(c: dict) -> float:
+        return latency(c) + sum(0.2 for v in c.values() if v % 8)
+
+    def measure(configs, iters):
+        return [{"p50": stepped(c), "p90": stepped(c) * 1.05} for _, c in configs]
+
+    budget = BudgetSpec(latency_ms=latency({}) * 0.5)
+    pl = plan_layers(t, budget, size=32, run_dir=tmp_path, measure=measure, fingerprint={"m": 1})["per_layer"]
+    ch = pl["chosen"]
+    assert ch["grown"] and ch["measured"]["p50"] <= pl["target"] and stepped(pl["widths"]) <= pl["target"]
+    assert ch["retained"] > pl["tried"][ch["step"]]["retained"]  # more than the path's own choice
+    within = [u["retained"] for u in pl["uniform_measured"] if u["p50"] <= pl["target"]]
+    assert ch["retained"] >= max(within)
+    assert any(p.get("grown") for p in pl["probes"])
 
 
 def test_the_plan_key_follows_the_teachers_weights(tmp_path):

@@ -649,6 +649,12 @@ def _print_per_layer(doc: dict) -> None:
         )
     if ch.get("uniform"):
         typer.echo(f"uniform width {ch['uniform']:g} chosen: it keeps more of the teacher within the target")
+    elif ch.get("grown_from"):
+        typer.echo(
+            f"per-layer widths chosen ({doc['width']:.3g} of the groups' channels): uniform width "
+            f"{ch['grown_from']:g}, which kept more of the teacher than the per-layer steps, widened where the "
+            "target left room; the run uses them"
+        )
     else:
         typer.echo(f"per-layer widths chosen ({doc['width']:.3g} of the groups' channels); the run uses them")
 

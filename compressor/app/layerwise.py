@@ -3,8 +3,10 @@
 **The latency table**, measured on the budget's backend, in the target's runtime, on whole networks (a layer
 timed alone misleads on CPUs: ONNX Runtime reorders a lone convolution's tensors to its blocked layout and back,
 which a whole network does once, and fuses the norms and activations around it). Candidate widths are ``k/8`` of a
-group's channels (k = 1..8, rounded to ``student.round_channels``). The table holds the whole network at the eight
-uniform widths, then, around the reference (the uniform width nearest the target), every group at each of its
+group's channels (k = 1..8: what a uniform student at width k/8 keeps, rounded down to ``student.round_channels``
+as Torch-Pruning rounds, so that the table's uniform width k/8 is the network ``student.width: k/8`` builds). The
+table holds the whole network at the eight uniform widths (a network several widths round to is measured once),
+then, around the reference (the uniform width nearest the target), every group at each of its
 widths with the others at the reference: what that group costs at that width, in context (NetAdapt, Yang et al.,
 ECCV 2018, measures such per-layer tables on the device; here they are measured in the network). A configuration is
 predicted as the reference's time plus each group's change, plus a cross term for convolutions between two groups
@@ -28,7 +30,11 @@ chosen student is the least-pruned step whose whole network, built, exported and
 target (bisection along the path, starting where the table predicts it; the choice confirmed with a longer
 measurement). Where a uniform width measured within the target keeps more importance than that step, the uniform
 width is chosen instead (confirmed the same way): the search never returns widths a uniform student beats on both
-counts. The importance is the teacher's: ``compress plan`` loads the recipe's checkpoint for it.
+counts. Where the widths chosen leave room under the target (the path never starts above two grid steps over the
+reference; a uniform width sits where the runtime's time steps), they are widened into it: from them, the groups
+whose next width gains the most importance per predicted millisecond step up while the table (scaled to their
+measurement) says they fit, and the widest such step measured within the target is kept (the same bisection).
+The importance is the teacher's: ``compress plan`` loads the recipe's checkpoint for it.
 
 MACs and params budgets need no measurement: the same search (down to the budget, then back up while it holds)
 runs on the convolutions' counted MACs (FlopCounterMode's
@@ -138,17 +144,18 @@ def conv_layers(teacher: nn.Module, groups: list[PruneGroup], x: torch.Tensor) -
     return out
 
 
+def level(channels: int, k: int, round_to: Optional[int] = None) -> int:
+    """The channels a group keeps at width ``k/GRID``: what a uniform student at that width keeps
+    (``student.width``, Torch-Pruning's count rounded down to ``round_to``, never below it nor above the group)."""
+    kept = channels - int(channels * (1.0 - k / GRID))
+    if round_to and round_to > 1:
+        kept = max(round_to, kept - kept % round_to)
+    return min(max(1, kept), channels)
+
+
 def levels(channels: int, round_to: Optional[int] = None) -> list[int]:
-    """The channel counts a group may keep: ``k/GRID`` of its channels, rounded to ``round_to`` (never 0, always
-    including all of them)."""
-    r = round_to or 1
-    out = set()
-    for k in range(1, GRID + 1):
-        c = channels * k / GRID
-        c = max(r, int(round(c / r)) * r) if r > 1 else max(1, int(round(c)))
-        out.add(min(c, channels))
-    out.add(channels)
-    return sorted(out)
+    """The channel counts a group may keep: its :func:`level` at each ``k/GRID`` and all of its channels."""
+    return sorted({level(channels, k, round_to) for k in range(1, GRID + 1)} | {channels})
 
 
 # ---------------------------------------------------------------------------------------------- the predictor
@@ -310,6 +317,7 @@ class Search:
     def __init__(self, groups: list[PruneGroup], predict: Callable[[dict], float], round_to: Optional[int]):
         self.groups = groups
         self.predict = predict
+        self.round_to = round_to
         self.levels = {g.name: levels(g.channels, round_to) for g in groups}
         total = sum(sum(g.importance) or g.channels for g in groups)
         self.prefix = {}
@@ -321,8 +329,8 @@ class Search:
         return float(sum(self.prefix[g.name][config.get(g.name, g.channels)] for g in self.groups))
 
     def uniform(self, k: int) -> dict[str, int]:
-        """Every group at its k-th level (0: the thinnest)."""
-        return {g.name: self.levels[g.name][min(k, len(self.levels[g.name]) - 1)] for g in self.groups}
+        """Every group as a uniform student at width ``(k + 1) / GRID`` keeps it (``k`` 0: the thinnest)."""
+        return {g.name: level(g.channels, k + 1, self.round_to) for g in self.groups}
 
     def _step(self, config: dict, name: str, d: int) -> Optional[dict]:
         lv = self.levels[name]
@@ -491,6 +499,10 @@ def _search_latency(
     )
     if wider is not None:
         config, measured = search.uniform(wider[0]), wider[1]
+    grown, more = _grow(search, config, measured, target, stat, measure, iters, confirm_iters)
+    probes += more
+    if grown is not None:
+        config, measured = grown
     doc = _doc(search, config, path, pred, t0, groups=search.groups)
     doc.update(
         target=target,
@@ -512,9 +524,9 @@ def _search_latency(
             for k in range(GRID)
         ],
     )
-    doc["chosen"].update(step=None if wider else choice, measured=measured)
+    doc["chosen"].update(step=None if wider else choice, measured=measured, grown=grown is not None)
     if wider is not None:
-        doc["chosen"]["uniform"] = (wider[0] + 1) / GRID
+        doc["chosen"]["grown_from" if grown else "uniform"] = (wider[0] + 1) / GRID
     table.save()
     return doc
 
@@ -679,7 +691,7 @@ class _Table:
                 log.info("plan: %s; measuring a new table", exc)
         if self.doc is None:
             self.doc = {"schema": TABLE_SCHEMA, "fingerprint": fp, "networks": {}}
-        key = f"{model_signature(teacher)} round {round_to or 1} grid {GRID}"
+        key = f"{model_signature(teacher)} round {round_to or 1} grid {GRID} uniform-as-built"
         self.net = self.doc["networks"].setdefault(key, {"uniform": {}, "references": {}})
         self.measured = 0
         self.seconds = 0.0
@@ -693,11 +705,19 @@ class _Table:
 
     def uniform(self, iters: int) -> list[dict]:
         u = self.net["uniform"]
-        todo = [k for k in range(GRID) if str(k + 1) not in u]
+        same: dict[tuple, list[int]] = {}  # widths a rounding makes one network are measured once
+        for k in range(GRID):
+            same.setdefault(tuple(sorted(self.search.uniform(k).items())), []).append(k)
+        todo = [ks for ks in same.values() if not any(str(k + 1) in u for k in ks)]
         if todo:
             log.info("plan: latency table: the whole network at %d uniform widths", len(todo))
-        for k, m in zip(todo, self._measure([(f"width {k + 1}/{GRID}", self.search.uniform(k)) for k in todo], iters)):
-            u[str(k + 1)] = m
+        got = self._measure([(f"width {ks[0] + 1}/{GRID}", self.search.uniform(ks[0])) for ks in todo], iters)
+        for ks, m in zip(todo, got):
+            u[str(ks[0] + 1)] = m
+        for ks in same.values():
+            m = next(u[str(k + 1)] for k in ks if str(k + 1) in u)
+            for k in ks:
+                u.setdefault(str(k + 1), m)
         return [u[str(k + 1)] for k in range(GRID)]
 
     def predictor(self, ref: int, iters: int) -> MarginalPredictor:
@@ -745,13 +765,20 @@ class _Table:
         u = self.net["uniform"]
         robust = ROBUST if all(ROBUST in v for v in u.values()) else self.stat
         scale = base / u[str(ref + 1)][robust]  # the uniform pass on the table's reference time
-        fit = [k for k in range(GRID) if k != ref and k not in self._near(ref)]
+        held = {tuple(sorted(self.search.uniform(k).items())) for k in [ref, *self._near(ref)]}
+        fit = [k for k in range(GRID) if tuple(sorted(self.search.uniform(k).items())) not in held]
         pred.fit_kappa([(self.search.uniform(k), u[str(k + 1)][robust] * scale) for k in fit])
         return pred
 
-    @staticmethod
-    def _near(ref: int) -> list[int]:
-        return sorted(sorted((k for k in range(GRID) if k != ref), key=lambda k: abs(k - ref))[:3])
+    def _near(self, ref: int) -> list[int]:
+        """The three uniform widths nearest ``ref`` that are other networks than it and than each other."""
+        seen, out = {tuple(sorted(self.search.uniform(ref).items()))}, []
+        for k in sorted((k for k in range(GRID) if k != ref), key=lambda k: (abs(k - ref), k)):
+            cfg = tuple(sorted(self.search.uniform(k).items()))
+            if cfg not in seen:
+                seen.add(cfg)
+                out.append(k)
+        return sorted(out[:3])
 
     def _ratio(self, v: dict) -> float:
         """A network's time over the reference's measured beside it, on the robust statistic where both have it
@@ -771,7 +798,7 @@ class _Table:
             rows.append(
                 {"width": (k + 1) / GRID, "predicted": p, "measured": measured, "raw": m, "error": p / measured - 1}
             )
-        worst = max(abs(r["error"]) for r in rows)
+        worst = max((abs(r["error"]) for r in rows), default=0.0)
         if worst > CHECK_TOLERANCE:
             log.warning(
                 "plan: the latency table predicts the whole network within %.0f%% only (more than %.0f%%); the "
@@ -829,8 +856,43 @@ def _uniform_keeps_more(
     return (k, m) if m[stat] <= target else None
 
 
+def _grow(
+    search: Search, start: dict, start_ms: dict, target: float, stat: str, measure, iters: int, confirm_iters: int
+) -> tuple[Optional[tuple[dict, dict]], list[dict]]:
+    """From the widths chosen (measured within the target), steps back up into the room they leave: the groups
+    whose next width gains the most importance per predicted millisecond, while the table (scaled to the start's
+    measurement) says they fit; the widest step measured within the target is kept (bisection, confirmed). Returns
+    ((its widths, its measurement) or None where no step up meets the target, the probes)."""
+    p0 = search.predict(start)
+    scale = start_ms[stat] / p0 if p0 > 0 else 1.0
+    up = search.run(target / scale, start=start)[1][1:]  # the start is not stepped down: it measured within
+    if not up:
+        return None, []
+    down = list(reversed(up))
+    i, probes = _bisect_path(
+        down,
+        target,
+        stat,
+        lambda st, n: measure([("a grown uniform student", st.config)], n)[0],
+        iters,
+        confirm_iters,
+        what="step up into the room left",
+    )
+    for p in probes:
+        p["step"], p["grown"] = None, True
+    if i is None:
+        return None, probes
+    return (down[i].config, probes[-1]["measured"]), probes
+
+
 def _bisect_path(
-    path: list[Step], target: float, stat: str, measure: Callable[[Step, int], dict], iters: int, confirm_iters: int
+    path: list[Step],
+    target: float,
+    stat: str,
+    measure: Callable[[Step, int], dict],
+    iters: int,
+    confirm_iters: int,
+    what: str = "per-layer step",
 ) -> tuple[Optional[int], list[dict]]:
     """The least-pruned step of the greedy ``path`` whose measured latency meets ``target`` (bisection on real
     measurements, starting where the table predicts the target; the choice is confirmed with ``confirm_iters``).
@@ -842,7 +904,7 @@ def _bisect_path(
         probes.append(
             {"step": i, "predicted": path[i].predicted, "retained": path[i].retained, "measured": m, "iters": n}
         )
-        log.info("plan: per-layer step %d: predicted %.3g ms, measured %s %.3g ms", i, path[i].predicted, stat, m[stat])
+        log.info("plan: %s %d: predicted %.3g ms, measured %s %.3g ms", what, i, path[i].predicted, stat, m[stat])
         return m[stat] <= target
 
     bad, good = -1, None  # the largest index known to miss, the smallest known to meet
