@@ -864,8 +864,9 @@ def _grow(
     measurement) says they fit; the widest step measured within the target is kept (bisection, confirmed). Returns
     ((its widths, its measurement) or None where no step up meets the target, the probes)."""
     p0 = search.predict(start)
-    scale = start_ms[stat] / p0 if p0 > 0 else 1.0
-    up = search.run(target / scale, start=start)[1][1:]  # the start is not stepped down: it measured within
+    if not (p0 > 0 and start_ms[stat] > 0):
+        return None, []
+    up = search.run(target * p0 / start_ms[stat], start=start)[1][1:]  # not stepped down: it measured within
     if not up:
         return None, []
     down = list(reversed(up))
@@ -873,7 +874,7 @@ def _grow(
         down,
         target,
         stat,
-        lambda st, n: measure([("a grown uniform student", st.config)], n)[0],
+        lambda st, n: measure([("a widened student", st.config)], n)[0],
         iters,
         confirm_iters,
         what="step up into the room left",
