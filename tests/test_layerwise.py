@@ -159,7 +159,8 @@ def test_a_noisy_target_still_gets_a_student_within_the_budget(tmp_path):
 def test_a_uniform_width_that_keeps_more_within_the_target_wins():
     """Measured latency is not monotone along the path (blocked kernels): the bisection can land on a mixed step
     that keeps less of the teacher than a uniform width measured within the target. The uniform one is then chosen,
-    after its own confirmation; never when it keeps less, or when the confirmation misses."""
+    after its own confirmation; never when it keeps less, or when the confirmation misses. Between the widest eighth
+    within the target and the next, the widest uniform width measured within it is found (64ths, bisected)."""
     from compressor.app.layerwise import Search, _uniform_keeps_more
 
     t = _teacher()
@@ -168,19 +169,35 @@ def test_a_uniform_width_that_keeps_more_within_the_target_wins():
     uniform = [{"p50": 1.0 + k, "p90": 1.1 + k} for k in range(8)]  # levels 1-4 within a 4.5 ms target
     thin = {g.name: levels(g.channels)[1] if i % 2 else levels(g.channels)[4] for i, g in enumerate(groups)}
     assert search.retained(thin) < search.retained(search.uniform(3))
-    seen = []
+    seen, tried = [], []
+    total = sum(g.channels for g in groups)
 
-    def measure(config, iters):
+    def measure(config, iters):  # 1 ms per eighth of the channels kept, as the uniform rows say
         seen.append((config, iters))
-        return {"p50": 4.0, "p90": 4.2}
+        t = 8 * sum(config.values()) / total
+        return {"p50": t, "p90": t * 1.05}
 
-    k, m = _uniform_keeps_more(search, uniform, 4.5, "p50", thin, measure, 30)
-    assert k == 3 and m["p50"] == 4.0 and seen == [(search.uniform(3), 30)]
+    width, widths, m = _uniform_keeps_more(search, uniform, 4.5, "p50", thin, measure, 10, 30, tried)
+    assert (
+        0.5 < width < 0.625 and widths == search.uniform_at(width) and m["p50"] <= 4.5 < measure(widths, 1)["p50"] + 0.2
+    )
+    assert search.retained(widths) > search.retained(search.uniform(3))
+    assert tried and all(u["level"] is None for u in tried) and seen[-2] == (widths, 30)
     wide = {g.name: g.channels for g in groups}  # keeps more than any uniform within the target: kept
-    assert _uniform_keeps_more(search, uniform, 4.5, "p50", wide, measure, 30) is None
-    slow = lambda config, iters: {"p50": 9.0, "p90": 9.5}  # noqa: E731 - the confirmation misses
-    assert _uniform_keeps_more(search, uniform, 4.5, "p50", thin, slow, 30) is None
-    assert _uniform_keeps_more(search, uniform, 0.5, "p50", thin, measure, 30) is None  # none within
+    assert _uniform_keeps_more(search, uniform, 4.5, "p50", wide, measure, 10, 30, []) is None
+    slow = lambda config, iters: {"p50": 9.0, "p90": 9.5}  # noqa: E731 - every measurement misses
+    assert _uniform_keeps_more(search, uniform, 4.5, "p50", thin, slow, 10, 30, []) is None
+    assert _uniform_keeps_more(search, uniform, 0.5, "p50", thin, measure, 10, 30, []) is None  # none within
+
+
+def test_the_table_predicts_a_count_between_its_measured_ones():
+    from compressor.app.layerwise import _between
+
+    by_count = {8: 2.0, 24: 6.0, 32: 9.0}  # the reference (16 channels) at 4.0
+    assert _between(by_count, 24, 16, 4.0) == 6.0
+    assert _between(by_count, 20, 16, 4.0) == pytest.approx(5.0)
+    assert _between(by_count, 28, 16, 4.0) == pytest.approx(7.5)
+    assert _between(by_count, 40, 16, 4.0) == 9.0 and _between(by_count, 4, 16, 4.0) == 2.0
 
 
 def test_a_uniform_width_that_wins_is_widened_into_the_room_the_target_leaves():

@@ -74,6 +74,7 @@ log = logging.getLogger(__name__)
 
 TABLE_SCHEMA = "compressor.latency_table/1"
 GRID = 8  # a group's candidate widths: k / GRID of its channels
+FINE = 8  # a uniform width between two eighths: in steps of 1 / (GRID * FINE)
 CHECK_TOLERANCE = 0.10
 MACHINE_KEYS = ("hostname", "cpu", "cores", "threads", "gpu", "driver", "onnxruntime_version", "tensorrt_version")
 CHUNK = 16  # networks per timing process
@@ -144,13 +145,18 @@ def conv_layers(teacher: nn.Module, groups: list[PruneGroup], x: torch.Tensor) -
     return out
 
 
-def level(channels: int, k: int, round_to: Optional[int] = None) -> int:
-    """The channels a group keeps at width ``k/GRID``: what a uniform student at that width keeps
-    (``student.width``, Torch-Pruning's count rounded down to ``round_to``, never below it nor above the group)."""
-    kept = channels - int(channels * (1.0 - k / GRID))
+def kept_at(channels: int, width: float, round_to: Optional[int] = None) -> int:
+    """The channels a group keeps in a uniform student at ``width`` (``student.width``: Torch-Pruning's count,
+    rounded down to ``round_to``, never below it nor above the group)."""
+    kept = channels - int(channels * (1.0 - width))
     if round_to and round_to > 1:
         kept = max(round_to, kept - kept % round_to)
     return min(max(1, kept), channels)
+
+
+def level(channels: int, k: int, round_to: Optional[int] = None) -> int:
+    """The channels a group keeps at width ``k/GRID`` (:func:`kept_at`)."""
+    return kept_at(channels, k / GRID, round_to)
 
 
 def levels(channels: int, round_to: Optional[int] = None) -> list[int]:
@@ -330,14 +336,17 @@ class Search:
 
     def uniform(self, k: int) -> dict[str, int]:
         """Every group as a uniform student at width ``(k + 1) / GRID`` keeps it (``k`` 0: the thinnest)."""
-        return {g.name: level(g.channels, k + 1, self.round_to) for g in self.groups}
+        return self.uniform_at((k + 1) / GRID)
+
+    def uniform_at(self, width: float) -> dict[str, int]:
+        """Every group as a uniform student at ``width`` keeps it (a width between the eighths too)."""
+        return {g.name: kept_at(g.channels, width, self.round_to) for g in self.groups}
 
     def _step(self, config: dict, name: str, d: int) -> Optional[dict]:
-        lv = self.levels[name]
-        i = lv.index(config[name]) + d
-        if not 0 <= i < len(lv):
-            return None
-        return {**config, name: lv[i]}
+        """The group's next level up (``d`` +1) or down (-1) from its count, which may lie between levels."""
+        lv, c = self.levels[name], config[name]
+        nxt = [v for v in lv if v > c][:1] if d > 0 else [v for v in lv if v < c][-1:]
+        return {**config, name: nxt[0]} if nxt else None
 
     def run(self, target: float, start: Optional[dict[str, int]] = None) -> tuple[dict[str, int], list[Step]]:
         """Step down from ``start`` (default: every group at full width) until the prediction meets ``target``,
@@ -494,11 +503,20 @@ def _search_latency(
         )
     config = path[choice].config
     measured = next(p["measured"] for p in reversed(probes) if p["step"] == choice)
+    fine: list[dict] = []
     wider = _uniform_keeps_more(
-        search, uniform, target, stat, config, lambda c, n: measure([("a uniform student", c)], n)[0], confirm_iters
+        search,
+        uniform,
+        target,
+        stat,
+        config,
+        lambda c, n: measure([("a uniform student", c)], n)[0],
+        iters,
+        confirm_iters,
+        fine,
     )
     if wider is not None:
-        config, measured = search.uniform(wider[0]), wider[1]
+        config, measured = wider[1], wider[2]
     grown, more = _grow(search, config, measured, target, stat, measure, iters, confirm_iters)
     probes += more
     if grown is not None:
@@ -519,14 +537,18 @@ def _search_latency(
             "noise": table.noise(ref),
             "seconds": round(table.seconds, 1),
         },
-        uniform_measured=[
-            {"level": k + 1, "width": (k + 1) / GRID, "retained": search.retained(search.uniform(k)), **uniform[k]}
-            for k in range(GRID)
-        ],
+        uniform_measured=sorted(
+            [
+                {"level": k + 1, "width": (k + 1) / GRID, "retained": search.retained(search.uniform(k)), **uniform[k]}
+                for k in range(GRID)
+            ]
+            + fine,
+            key=lambda u: u["width"],
+        ),
     )
     doc["chosen"].update(step=None if wider else choice, measured=measured, grown=grown is not None)
     if wider is not None:
-        doc["chosen"]["grown_from" if grown else "uniform"] = (wider[0] + 1) / GRID
+        doc["chosen"]["grown_from" if grown else "uniform"] = wider[0]
     table.save()
     return doc
 
@@ -653,7 +675,7 @@ class MarginalPredictor:
         for g, by_count in self.marginal.items():
             c = config.get(g, self.ref[g])
             if c != self.ref[g]:
-                t += by_count[c] - self.base
+                t += _between(by_count, c, self.ref[g], self.base) - self.base
         cross = 0.0
         for gin, gout, per in self.pairs:
             cross += (
@@ -672,6 +694,20 @@ class MarginalPredictor:
         ab = [(self.split(c), t) for c, t in points]
         den = sum(b * b for (_, b), _ in ab)
         self.kappa = max(0.0, sum((t - a) * b for (a, b), t in ab) / den) if den > 0 else 0.0
+
+
+def _between(by_count: dict[int, float], c: int, ref: int, base: float) -> float:
+    """A group's time at ``c`` channels from the table's measured counts (and the reference's), linear between the
+    two around it where ``c`` was not measured (a uniform width between the eighths), the nearest beyond them."""
+    if c in by_count:
+        return by_count[c]
+    known = sorted({**by_count, ref: base}.items())
+    lo = [kv for kv in known if kv[0] < c][-1:]
+    hi = [kv for kv in known if kv[0] > c][:1]
+    if not lo or not hi:
+        return (lo or hi)[0][1]
+    (c0, t0), (c1, t1) = lo[0], hi[0]
+    return t0 + (t1 - t0) * (c - c0) / (c1 - c0)
 
 
 class _Table:
@@ -835,25 +871,55 @@ def _interpolate(refs: list[tuple[int, dict]], i: int) -> dict:
 
 
 def _uniform_keeps_more(
-    search: Search, uniform: list[dict], target: float, stat: str, config: dict, measure, confirm_iters: int
-) -> Optional[tuple[int, dict]]:
-    """A uniform width that met the target in the table's pass and keeps more importance than the per-layer
-    ``config``, confirmed again (``(its level, its measurement)``), or None: the plan never returns per-layer
-    widths a uniform width beats on both counts."""
+    search: Search,
+    uniform: list[dict],
+    target: float,
+    stat: str,
+    config: dict,
+    measure,
+    iters: int,
+    confirm_iters: int,
+    tried: list,
+) -> Optional[tuple[float, dict, dict]]:
+    """A uniform width within the target that keeps more importance than the per-layer ``config``, confirmed again
+    (``(its width, its widths per group, its measurement)``), or None: the plan never returns per-layer widths a
+    uniform width beats on both counts. The widest eighth that met the target in the table's pass, or a width
+    between it and the next eighth (in 64ths, bisected on measurements, appended to ``tried``) where that one keeps
+    more than ``config`` could."""
     fits = [k for k in range(GRID) if uniform[k][stat] <= target]
     if not fits:
         return None
     k = max(fits, key=lambda i: search.retained(search.uniform(i)))
-    if search.retained(search.uniform(k)) <= search.retained(config):
+    best = ((k + 1) / GRID, search.uniform(k))
+    if k + 1 < GRID and search.retained(search.uniform(k + 1)) > search.retained(config):
+        best = _finer_uniform(search, k, target, stat, lambda c: measure(c, iters), tried) or best
+    width, widths = best
+    if search.retained(widths) <= search.retained(config):
         return None
-    m = measure(search.uniform(k), confirm_iters)
+    m = measure(widths, confirm_iters)
     log.info(
-        "plan: uniform width %g keeps more of the teacher within the target: measured %s %.3g ms",
-        (k + 1) / GRID,
-        stat,
-        m[stat],
+        "plan: uniform width %g keeps more of the teacher within the target: measured %s %.3g ms", width, stat, m[stat]
     )
-    return (k, m) if m[stat] <= target else None
+    return (width, widths, m) if m[stat] <= target else None
+
+
+def _finer_uniform(search: Search, k: int, target: float, stat: str, measure, tried: list):
+    """The widest uniform width between eighth ``k`` (within the target) and the next (over it), in 64ths of the
+    channels, measured within the target: ``(width, widths)``, or None where none between them is."""
+    ends = (search.uniform(k), search.uniform(k + 1))
+    cands: list[tuple[float, dict]] = []
+    for j in range(1, FINE):
+        w = (k + 1) / GRID + j / (GRID * FINE)
+        c = search.uniform_at(w)
+        if c not in ends and all(c != have for _, have in cands):
+            cands.append((w, c))
+    lo, hi = -1, len(cands)  # the largest index known within, the smallest known over
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        m = measure(cands[mid][1])
+        tried.append({"level": None, "width": cands[mid][0], "retained": search.retained(cands[mid][1]), **m})
+        lo, hi = (mid, hi) if m[stat] <= target else (lo, mid)
+    return cands[lo] if lo >= 0 else None
 
 
 def _grow(
