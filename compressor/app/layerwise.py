@@ -28,7 +28,8 @@ highest importance, so the two differ in which channels and how many each group 
 U-Net skips) are one group, so they move together. The steps form a path ordered by predicted latency; the
 chosen student is the least-pruned step whose whole network, built, exported and measured on the target, meets the
 target (bisection along the path, starting where the table predicts it; the choice confirmed with a longer
-measurement). Where a uniform width measured within the target keeps more importance than that step, the uniform
+measurement). Where a uniform width measured within the target keeps more importance than that step (an eighth, or
+the widest width between the widest eighth within the target and the next, bisected in 64ths), the uniform
 width is chosen instead (confirmed the same way): the search never returns widths a uniform student beats on both
 counts. Where the widths chosen leave room under the target (the path never starts above two grid steps over the
 reference; a uniform width sits where the runtime's time steps), they are widened into it: from them, the groups
@@ -574,6 +575,7 @@ def plan_layers(
     size = budget.size or size
     fingerprint = fingerprint or _fingerprint(budget, size)
     extra = {"search": "per-layer", "grid": GRID, "round_to": round_to, "keep": list(keep or [])}
+    extra["rules"] = ["uniform widths in 64ths", "widened into the room left"]  # a plan chosen before is re-run
     extra["weights"] = weights_digest(teacher)  # the importance ranks these weights (and these images)
     if images is not None:
         digest = hashlib.sha256(images.detach().float().numpy().tobytes()).hexdigest()
