@@ -227,7 +227,7 @@ def test_a_uniform_width_that_wins_is_widened_into_the_room_the_target_leaves():
     assert _grow(search, start, start_ms, target, "p50", lambda c, n: [{"p50": 1e9}], 10, 30)[0] is None
 
 
-def test_a_stepped_target_gets_the_room_it_leaves_spent(tmp_path):
+def test_a_stepped_target_gets_the_room_it_leaves_spent(tmp_path, capsys):
     """A runtime whose time jumps at channel counts off its blocking (as ONNX Runtime's and OpenVINO's do): the
     widths chosen on the path leave room under the target, and the plan widens them into it, still within."""
     spec = {**SPEC, "ngf": 16}
@@ -242,13 +242,22 @@ def test_a_stepped_target_gets_the_room_it_leaves_spent(tmp_path):
         return [{"p50": stepped(c), "p90": stepped(c) * 1.05} for _, c in configs]
 
     budget = BudgetSpec(latency_ms=latency({}) * 0.5)
-    pl = plan_layers(t, budget, size=32, run_dir=tmp_path, measure=measure, fingerprint={"m": 1})["per_layer"]
+    doc = plan_layers(t, budget, size=32, run_dir=tmp_path, measure=measure, fingerprint={"m": 1})
+    pl = doc["per_layer"]
     ch = pl["chosen"]
     assert ch["grown"] and ch["measured"]["p50"] <= pl["target"] and stepped(pl["widths"]) <= pl["target"]
     assert ch["retained"] > pl["tried"][ch["step"]]["retained"]  # more than the path's own choice
     within = [u["retained"] for u in pl["uniform_measured"] if u["p50"] <= pl["target"]]
     assert ch["retained"] >= max(within)
     assert any(p.get("grown") for p in pl["probes"])
+    from compressor.app.cli import _print_per_layer
+
+    _print_per_layer(doc)
+    assert "per-layer widths chosen" in capsys.readouterr().out
+    ch.update(step=None, grown_from=0.375)  # a uniform width chosen, then widened: not called uniform
+    _print_per_layer(doc)
+    said = capsys.readouterr().out
+    assert "uniform width 0.375, which kept more" in said and "chosen: it keeps more" not in said
 
 
 def test_the_plan_key_follows_the_teachers_weights(tmp_path):
