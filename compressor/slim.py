@@ -781,6 +781,15 @@ def channel_scores(
     return {g.name: g.importance for g in groups if g.kind == "sensitivity"}
 
 
+def kept_at(channels: int, width: float, round_to: Optional[int] = None) -> int:
+    """The channels a layer of ``channels`` keeps in a uniform student at ``width`` (``student.width``: Torch-
+    Pruning's count, rounded down to ``round_to``, never below it nor above the layer's)."""
+    kept = channels - int(channels * (1.0 - width))
+    if round_to and round_to > 1:
+        kept = max(round_to, kept - kept % round_to)
+    return min(max(1, kept), channels)
+
+
 def _check_round_to(model: nn.Module, width: float, round_to: int, ignored: list) -> None:
     """One line instead of an emptied layer: a pruned layer whose kept channels would round down to zero."""
     skip = {id(sub) for m in ignored for sub in m.modules()}
@@ -788,7 +797,7 @@ def _check_round_to(model: nn.Module, width: float, round_to: int, ignored: list
         if id(m) in skip or not isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             continue
         ch = m.out_features if isinstance(m, nn.Linear) else m.out_channels
-        if ch - int(ch * (1.0 - width)) < round_to:
+        if kept_at(ch, width) < round_to:
             raise RecipeError(
                 f"student.round_channels: {round_to} would leave layer {name!r} ({ch} channels at width {width}) "
                 f"with none; use a smaller multiple, a larger width, or student.keep: [{name}]"

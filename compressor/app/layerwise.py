@@ -68,7 +68,7 @@ from ..io import atomic_write_json
 from ..models import input_channels, size_multiple
 from ..recipe import BudgetSpec
 from ..schemas import PlanJson, loads, read_json, read_text_bounded
-from ..slim import PruneGroup, make_student, probe, prunable_groups
+from ..slim import PruneGroup, kept_at, make_student, probe, prunable_groups
 from .plan import SCHEMA, ProfileMeasure, int8_for_timing, model_signature, plan_key, save_figure
 
 log = logging.getLogger(__name__)
@@ -146,18 +146,14 @@ def conv_layers(teacher: nn.Module, groups: list[PruneGroup], x: torch.Tensor) -
     return out
 
 
-def kept_at(channels: int, width: float, round_to: Optional[int] = None) -> int:
-    """The channels a group keeps in a uniform student at ``width`` (``student.width``: Torch-Pruning's count,
-    rounded down to ``round_to``, never below it nor above the group)."""
-    kept = channels - int(channels * (1.0 - width))
-    if round_to and round_to > 1:
-        kept = max(round_to, kept - kept % round_to)
-    return min(max(1, kept), channels)
-
-
 def level(channels: int, k: int, round_to: Optional[int] = None) -> int:
     """The channels a group keeps at width ``k/GRID`` (:func:`kept_at`)."""
     return kept_at(channels, k / GRID, round_to)
+
+
+def _net(config: dict[str, int]) -> tuple:
+    """A configuration as a key: two widths that build the same network are one."""
+    return tuple(sorted(config.items()))
 
 
 def levels(channels: int, round_to: Optional[int] = None) -> list[int]:
@@ -745,7 +741,7 @@ class _Table:
         u = self.net["uniform"]
         same: dict[tuple, list[int]] = {}  # widths a rounding makes one network are measured once
         for k in range(GRID):
-            same.setdefault(tuple(sorted(self.search.uniform(k).items())), []).append(k)
+            same.setdefault(_net(self.search.uniform(k)), []).append(k)
         todo = [ks for ks in same.values() if not any(str(k + 1) in u for k in ks)]
         if todo:
             log.info("plan: latency table: the whole network at %d uniform widths", len(todo))
@@ -803,16 +799,16 @@ class _Table:
         u = self.net["uniform"]
         robust = ROBUST if all(ROBUST in v for v in u.values()) else self.stat
         scale = base / u[str(ref + 1)][robust]  # the uniform pass on the table's reference time
-        held = {tuple(sorted(self.search.uniform(k).items())) for k in [ref, *self._near(ref)]}
-        fit = [k for k in range(GRID) if tuple(sorted(self.search.uniform(k).items())) not in held]
+        held = {_net(self.search.uniform(k)) for k in [ref, *self._near(ref)]}
+        fit = [k for k in range(GRID) if _net(self.search.uniform(k)) not in held]
         pred.fit_kappa([(self.search.uniform(k), u[str(k + 1)][robust] * scale) for k in fit])
         return pred
 
     def _near(self, ref: int) -> list[int]:
         """The three uniform widths nearest ``ref`` that are other networks than it and than each other."""
-        seen, out = {tuple(sorted(self.search.uniform(ref).items()))}, []
+        seen, out = {_net(self.search.uniform(ref))}, []
         for k in sorted((k for k in range(GRID) if k != ref), key=lambda k: (abs(k - ref), k)):
-            cfg = tuple(sorted(self.search.uniform(k).items()))
+            cfg = _net(self.search.uniform(k))
             if cfg not in seen:
                 seen.add(cfg)
                 out.append(k)
