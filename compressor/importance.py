@@ -134,3 +134,121 @@ def _combine(readers: Readers, stats: dict[str, "_ReaderStats"], size: int) -> d
         if z is not None:
             out[g] = ((z**2).mean(0) / max(size, 1)).tolist()
     return out
+
+
+def measured_loss(
+    model: nn.Module,
+    readers: Readers,
+    images: torch.Tensor,
+    drops: dict[str, dict[int, list[int]]],
+    *,
+    batch: int = 4,
+) -> dict[str, dict[int, float]]:
+    """Per group, per kept count: the mean squared output change (per output element, on ``images``) that replacing
+    the group's channels ``drops[group][count]`` by their means makes, the rest of the network as it is: the loss
+    :func:`output_sensitivity` estimates to first order, measured at the widths a search may choose. A channel's
+    mean is over all ``images`` and positions, as a reader sees it; groups none of whose readers run get no entry."""
+    modules = dict(model.named_modules())
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            means, ref = _reader_means(model, modules, readers, images, batch)
+            out: dict[str, dict[int, float]] = {}
+            for g, by_count in drops.items():
+                rs = [(name, idx) for name, idx in readers.get(g, []) if name in means]
+                if not rs:
+                    continue
+                out[g] = {}
+                for count, dropped in by_count.items():
+                    cut = {name: [idx[c] for c in dropped] for name, idx in rs}
+                    out[g][count] = _replaced_error(model, modules, means, cut, images, ref, batch)
+    finally:
+        model.train(was)
+    return out
+
+
+def _channels_of(mod: nn.Module, a: torch.Tensor) -> torch.Tensor:
+    """``a`` with the channels a layer reads on dim 1 (a Linear reads its last dim)."""
+    return a.movedim(-1, 1) if isinstance(mod, nn.Linear) else a
+
+
+def _reader_means(model, modules, readers: Readers, images: torch.Tensor, batch: int):
+    """Each reader's mean input per channel over ``images`` and positions, and the network's outputs."""
+    sums: dict[str, torch.Tensor] = {}
+    counts: dict[str, int] = {}
+
+    def hook(name: str):
+        def pre(mod, args):
+            a = _channels_of(mod, args[0]).double()
+            a = a.flatten(2) if a.dim() > 2 else a[..., None]
+            sums[name] = a.sum((0, 2)) + sums.get(name, 0)
+            counts[name] = counts.get(name, 0) + a.shape[0] * a.shape[2]
+
+        return pre
+
+    wanted = sorted({name for rs in readers.values() for name, _ in rs if name in modules})
+    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in wanted]
+    try:
+        ref = [tensor_leaves(model(images[s : s + batch])) for s in range(0, len(images), batch)]
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (sums[n] / counts[n]).float() for n in sums}, ref
+
+
+def _replaced_error(model, modules, means, cut: dict[str, list[int]], images, ref, batch: int) -> float:
+    """The mean squared output change with each reader's channels ``cut[reader]`` replaced by their means."""
+
+    def hook(name: str):
+        idx = torch.tensor(cut[name], dtype=torch.long)
+
+        def pre(mod, args):
+            a = _channels_of(mod, args[0]).clone()
+            shape = [1, len(idx)] + [1] * (a.dim() - 2)
+            a[:, idx] = means[name][idx].to(a.dtype).view(shape)
+            return (a.movedim(1, -1) if isinstance(mod, nn.Linear) else a,) + tuple(args[1:])
+
+        return pre
+
+    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in cut if cut[n]]
+    err = 0.0
+    size = 0
+    try:
+        for i, s in enumerate(range(0, len(images), batch)):
+            for o, r in zip(tensor_leaves(model(images[s : s + batch])), ref[i]):
+                err += float(((o - r).double() ** 2).sum())
+                size += r.numel()
+    finally:
+        for h in handles:
+            h.remove()
+    return err / max(size, 1)
+
+
+def curve_importance(order: list[int], losses: dict[int, float]) -> list[float]:
+    """Per channel, its share of a measured loss curve: ``losses`` maps kept counts to the loss keeping the
+    ``count`` first channels of ``order`` (most important first) makes (the full count loses nothing). The curve
+    is made non-increasing and convex in the count (its lower envelope: each further channel lost costs at least
+    as much as the one before), and the loss between two counts is shared equally by the channels between them, so
+    that keeping a group's ``count`` channels of highest importance keeps what the curve says, at every count it
+    measured."""
+    n = len(order)
+    pts = sorted({**losses, n: 0.0}.items())
+    fixed = []
+    for c, v in reversed(pts):  # non-increasing in the count: never below a wider count's loss
+        fixed.append((c, max(v, fixed[-1][1] if fixed else 0.0)))
+    fixed.reverse()
+    hull: list[tuple[int, float]] = []
+    for p in fixed:  # lower convex envelope
+        while len(hull) >= 2 and _cross(hull[-2], hull[-1], p) <= 0:
+            hull.pop()
+        hull.append(p)
+    share = [0.0] * n
+    for (c0, v0), (c1, v1) in zip(hull, hull[1:]):
+        for rank in range(c0, c1):
+            share[order[rank]] = (v0 - v1) / (c1 - c0)
+    return share
+
+
+def _cross(o: tuple[int, float], a: tuple[int, float], b: tuple[int, float]) -> float:
+    return (a[0] - o[0]) * (b[1] - o[1]) - (a[1] - o[1]) * (b[0] - o[0])

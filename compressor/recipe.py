@@ -326,11 +326,12 @@ class StudentSpec(Strict):
         description="width auto: one width for every layer, or one per channel group from a latency table measured "
         "on the target (compressor/app/layerwise.py)",
     )
-    importance: Literal["magnitude", "sensitivity"] = Field(
+    importance: Literal["magnitude", "sensitivity", "measured"] = Field(
         "magnitude",
         description="the channels a pruned student keeps (and the per-layer search ranks): largest weights' L2 "
         "magnitude within each group, or the teacher's output change replacing each by its mean makes on 16 training "
-        "images (compressor/importance.py)",
+        "images (compressor/importance.py); measured: those channels, and the per-layer search weighs each group's "
+        "widths by the output loss measured at each",
     )
     latency_table: Optional[str] = Field(
         None, description="search per-layer: reuse this latency_table.json (measured on this machine and target)"

@@ -19,7 +19,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 from safetensors.torch import save as st_save
 
 from .errors import CheckpointError, RecipeError
-from .importance import output_sensitivity
+from .importance import curve_importance, measured_loss, output_sensitivity
 from .io import atomic_write_bytes, atomic_write_text
 from .models import (
     ZOO,
@@ -710,12 +710,16 @@ def prunable_groups(
     keep: Optional[list[str]] = None,
     outputs: str = "named",
     images: Optional[torch.Tensor] = None,
+    counts: Optional[Callable[[int], list[int]]] = None,
 ) -> list[PruneGroup]:
     """The channel groups a per-layer student may set one by one (on a copy of ``teacher``; the output layers,
     ``keep`` and grouped convolutions stay at full width), with each channel's importance: Torch-Pruning's group L2
     magnitude (normalised to mean 1 in the group), or, given training ``images``, the output change replacing it by
     its mean makes (:func:`compressor.importance.output_sensitivity`, comparable across groups). A pruned student
-    keeps each group's channels of highest importance (:func:`channel_scores` passes the sensitivity on)."""
+    keeps each group's channels of highest importance (:func:`channel_scores` passes the sensitivity on). Given
+    ``counts`` too (the channel counts a group of so many channels may keep), each group's importance becomes its
+    share of the output loss measured keeping each of those counts of its most sensitive channels (kind
+    ``measured``: :func:`compressor.importance.measured_loss`); the channels ranked stay the sensitivity's."""
     model = copy.deepcopy(teacher)
     remove_align_hooks(model)
     detach_hook_weights(model)
@@ -737,6 +741,8 @@ def prunable_groups(
                 readers[name] = _readers(pruner, names, group)
             if images is not None and found:
                 _sensitivity(model, found, readers, images)
+                if counts is not None and all(g.kind == "sensitivity" for g in found):
+                    _measured(model, found, readers, images, counts)
     return found
 
 
@@ -765,6 +771,26 @@ def _sensitivity(model: nn.Module, found: list[PruneGroup], readers: dict, image
     for g in found:
         g.importance = [float(v) for v in sens[g.name]]
         g.kind = "sensitivity"
+
+
+def _measured(model: nn.Module, found: list[PruneGroup], readers: dict, images: torch.Tensor, counts) -> None:
+    """Replace each group's sensitivity by its share of the output loss measured keeping each of ``counts``
+    (and none) of its most sensitive channels, the rest of the network whole."""
+    orders = {g.name: sorted(range(g.channels), key=lambda i: (-g.importance[i], i)) for g in found}
+    drops = {}
+    for g in found:
+        kept = sorted({0, *(c for c in counts(g.channels) if 0 <= c < g.channels)})
+        drops[g.name] = {c: orders[g.name][c:] for c in kept}
+    losses = measured_loss(model, readers, images, drops)
+    missing = [g.name for g in found if g.name not in losses]
+    if missing:
+        log.warning(
+            "student: no measured loss for group %r (no layer reading it ran); ranking by sensitivity", missing[0]
+        )
+        return
+    for g in found:
+        g.importance = curve_importance(orders[g.name], losses[g.name])
+        g.kind = "measured"
 
 
 def channel_scores(

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from compressor.app.commands import student_built
-from compressor.importance import output_sensitivity
+from compressor.importance import curve_importance, measured_loss, output_sensitivity
 from compressor.models import build_generator
 from compressor.slim import make_student, prunable_groups
 
@@ -139,3 +139,91 @@ def test_a_rebuilt_zoo_student_inherits_by_sensitivity():
     a, b = s.state_dict(), m.state_dict()
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
     assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())
+
+
+def _replaced_mse(model: nn.Module, site: nn.Module, drop: list[int], x: torch.Tensor) -> float:
+    """The output's mean squared change when the channels ``drop`` of what ``site`` returns are replaced by their
+    means over the images and positions."""
+    with torch.no_grad():
+        y = model(x)
+        seen = []
+        h = site.register_forward_hook(lambda m, i, o: seen.append(o.mean((0, 2, 3))))
+        model(x)
+        h.remove()
+
+        def cut(m, i, o):
+            o = o.clone()
+            o[:, drop] = seen[0][drop].view(1, -1, 1, 1)
+            return o
+
+        h = site.register_forward_hook(cut)
+        try:
+            z = model(x)
+        finally:
+            h.remove()
+    return float(((z - y) ** 2).mean())
+
+
+def test_measured_loss_is_the_loss_of_replacing_the_channels_by_their_means():
+    """The measured loss of dropping several channels at once (not to first order) equals replacing them by their
+    means where the reader sees them (after the ReLU), written here independently; two readers of one group (a
+    skip) both see the means; keeping every channel loses nothing."""
+    torch.manual_seed(0)
+
+    class Skip(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.act = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+            self.b = nn.Conv2d(8, 8, 3, padding=1)
+            self.c = nn.Conv2d(16, 3, 3, padding=1)
+
+        def forward(self, x):
+            h = self.act(self.a(x))
+            return self.c(torch.cat([torch.relu(self.b(h)), h], 1))
+
+    net = Skip().eval()
+    x = torch.randn(5, 3, 10, 10)
+    readers = {"a": [("b", list(range(8))), ("c", list(range(8, 16)))]}
+    drops = {"a": {0: list(range(8)), 3: [7, 1, 4, 0, 2], 8: []}}
+    got = measured_loss(net, readers, x, drops, batch=2)
+    for count, dropped in drops["a"].items():
+        assert got["a"][count] == pytest.approx(_replaced_mse(net, net.act, dropped, x), rel=1e-5, abs=1e-12)
+    assert got["a"][8] == 0.0 and got["a"][0] > got["a"][3] > 0
+    assert measured_loss(net, {"z": [("missing", [0])]}, x, {"z": {0: [0]}}) == {}  # no reader ran: no entry
+
+
+def test_a_curve_is_shared_by_the_channels_between_its_counts():
+    """Keeping a group's ``count`` channels of highest share keeps what the measured curve says at each count; a
+    curve rising somewhere (noise) or concave is replaced by its convex, non-increasing envelope, so the shares
+    never grow with a channel's rank."""
+    order = [3, 0, 5, 1, 4, 2]  # most important first
+    losses = {0: 10.0, 2: 4.0, 4: 1.0}
+    share = curve_importance(order, losses)
+    for count, loss in losses.items():
+        assert sum(share[c] for c in order[count:]) == pytest.approx(loss)
+    ranked = [share[c] for c in order]
+    assert ranked == sorted(ranked, reverse=True) and ranked[0] == pytest.approx(3.0)
+    bumpy = curve_importance(order, {0: 10.0, 2: 1.0, 4: 2.0})  # rises at 4: taken as 2 at 2, under the envelope
+    ranked = [bumpy[c] for c in order]
+    assert ranked == sorted(ranked, reverse=True) and sum(ranked) == pytest.approx(10.0) and min(ranked) >= 0
+    assert sum(bumpy[c] for c in order[2:]) == pytest.approx(2.0)  # (0, 10), (2, 2), (6, 0): 4 at 2 to 6
+    assert sum(bumpy[c] for c in order[4:]) == pytest.approx(1.0)
+
+
+def test_groups_weighed_by_their_measured_loss():
+    """``counts`` given: every group's importance is the measured loss curve spread over its channels (kind
+    ``measured``), the channels ranked as the sensitivity ranks them, and the whole group's share is the loss of
+    replacing all its channels by their means."""
+    torch.manual_seed(0)
+    t = build_generator("unet_128", ngf=8).eval()
+    x = torch.zeros(1, 3, 128, 128)
+    images = torch.rand(2, 3, 128, 128) * 2 - 1
+    sens = prunable_groups(t, x, images=images)
+    meas = prunable_groups(t, x, images=images, counts=lambda n: [n // 4, n // 2, 3 * n // 4])
+    assert [g.name for g in meas] == [g.name for g in sens]
+    for s, m in zip(sens, meas):
+        assert m.kind == "measured" and len(m.importance) == m.channels and min(m.importance) >= 0
+        rank = sorted(range(s.channels), key=lambda i: -s.importance[i])
+        shares = [m.importance[i] for i in rank]
+        assert shares == sorted(shares, reverse=True)  # the most sensitive channel never weighs less
+    assert sum(sum(m.importance) for m in meas) > 0

@@ -285,6 +285,9 @@ def test_sensitivity_ranks_across_groups_and_keys_its_plan(tmp_path):
     other = plan_layers(t, budget, size=32, run_dir=tmp_path, images=images.flip(0) * 0.5)
     assert other["key"] != sens["key"]
     assert sens["per_layer"]["chosen"]["macs"] <= budget.macs
+    meas = plan_layers(t, budget, size=32, run_dir=tmp_path, images=images, measured=True)
+    assert meas["per_layer"]["importance"] == "measured" and meas["key"] != sens["key"] and not meas["cached"]
+    assert meas["per_layer"]["chosen"]["macs"] <= budget.macs
 
 
 def test_a_budget_no_width_meets_is_one_line(tmp_path):
@@ -500,6 +503,13 @@ def test_widths_ranked_by_sensitivity_say_so_when_the_student_keeps_the_magnitud
     with caplog.at_level("WARNING"):
         given_widths(load_recipe(tmp_path / "r.yaml", ["student.importance=sensitivity"]))
     assert "most output-sensitive" not in caplog.text
+    plan["per_layer"]["importance"] = "measured"  # chosen by the measured loss: the channels are the same
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    for given, warned in (("measured", False), ("sensitivity", False), ("magnitude", True)):
+        caplog.clear()
+        with caplog.at_level("WARNING"):
+            given_widths(load_recipe(tmp_path / "r.yaml", [f"student.importance={given}"]))
+        assert ("most output-sensitive" in caplog.text) == warned, given
 
 
 def test_the_recipe_asks_for_the_sensitivity_and_the_plan_ranks_its_training_images(tmp_path):
@@ -521,3 +531,5 @@ def test_the_recipe_asks_for_the_sensitivity_and_the_plan_ranks_its_training_ima
     assert doc["per_layer"]["importance"] == "sensitivity" and doc["widths"]
     mag = plan_student(load_recipe(p, sets), RunDir(tmp_path / "runs" / "tiny"))
     assert mag["per_layer"]["importance"] == "magnitude" and mag["key"] != doc["key"]
+    meas = plan_student(load_recipe(p, sets + ["student.importance=measured"]), RunDir(tmp_path / "runs" / "tiny"))
+    assert meas["per_layer"]["importance"] == "measured" and meas["key"] not in (doc["key"], mag["key"])

@@ -96,7 +96,8 @@ def plan_student(
             run_dir=run.root,
             table_path=recipe.resolve_path(st.latency_table) if st.latency_table else None,
             force=force,
-            images=importance_images(recipe) if st.importance == "sensitivity" else None,
+            images=importance_images(recipe) if st.importance in ("sensitivity", "measured") else None,
+            measured=st.importance == "measured",
         )
     return plan_width(
         teacher,

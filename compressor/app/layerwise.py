@@ -24,7 +24,11 @@ per millisecond saved steps down, down to the thinnest. A channel's importance i
 magnitude (normalised to mean 1 within its group; ``student.importance: magnitude``), or the mean squared change
 of the teacher's output that replacing it alone by its mean makes on training images (``sensitivity``,
 :mod:`compressor.importance`: comparable across groups, which magnitude is not); a group keeps its channels of
-highest importance, so the two differ in which channels and how many each group keeps. Coupled layers (residual adds,
+highest importance, so the two differ in which channels and how many each group keeps. The sensitivity adds up
+single channels to first order, which underrates cutting many of one group's at once; ``measured`` keeps the
+sensitivity's channels but weighs each group's widths by the teacher's output loss measured with the group cut to
+each of them, the rest whole (the per-layer sensitivity scan of Li et al., ICLR 2017, on the distillation's loss),
+its curve made convex and shared out over the channels so that the same knapsack trades it. Coupled layers (residual adds,
 U-Net skips) are one group, so they move together. The steps form a path ordered by predicted latency; the
 chosen student is the least-pruned step whose whole network, built, exported and measured on the target, meets the
 target (bisection along the path, starting where the table predicts it; the choice confirmed with a longer
@@ -408,16 +412,20 @@ def plan_per_layer(
     measure: Optional[Callable[[list[tuple[str, dict]], int], list[dict]]] = None,
     fingerprint: Optional[dict] = None,
     images: Optional[torch.Tensor] = None,
+    measured: bool = False,
 ) -> dict:
     """Per-group widths within ``budget``; returns the plan document's ``per_layer`` section (``widths``: channels
     kept per group, by root layer) and writes ``latency_table.json`` (and ``plan_layers.png``) into ``run_dir``.
     ``measure`` replaces the timing on the target (it takes ``[(what, config)]`` and an iteration count, and returns
     ``{"p50", "p90"}`` per configuration); ``fingerprint`` names the machine when the caller has it already;
-    ``images`` (training inputs) rank the channels by the teacher's output sensitivity instead of their magnitude."""
+    ``images`` (training inputs) rank the channels by the teacher's output sensitivity instead of their magnitude;
+    ``measured`` (with them) weighs each group's widths by the output loss measured at each (``importance:
+    measured``)."""
     t0 = time.perf_counter()
     size = budget.size or size
     x = torch.zeros(1, input_channels(teacher), size, size)
-    groups = prunable_groups(teacher, x, keep, images=images)
+    counts = (lambda n: levels(n, round_to)) if measured and images is not None else None
+    groups = prunable_groups(teacher, x, keep, images=images, counts=counts)
     if not groups:
         raise UserError("student.search: per-layer found no channel group to set in the teacher")
     count = "macs" if budget.macs is not None else "params" if budget.params is not None else None
@@ -564,6 +572,7 @@ def plan_layers(
     measure: Optional[Callable[[list[tuple[str, dict]], int], list[dict]]] = None,
     fingerprint: Optional[dict] = None,
     images: Optional[torch.Tensor] = None,
+    measured: bool = False,
 ) -> dict:
     """``compress plan`` with ``student.search: per-layer``: the plan document (``plan.json`` in ``run_dir``, reused
     when the teacher, budget and machine are the same): ``widths`` (channels kept per group), ``width`` (the
@@ -576,6 +585,8 @@ def plan_layers(
     if images is not None:
         digest = hashlib.sha256(images.detach().float().numpy().tobytes()).hexdigest()
         extra["importance"] = {"sensitivity": digest, "channels": "sensitivity"}  # kept by it too
+        if measured:
+            extra["importance"]["groups"] = "measured"  # each group's widths by the loss measured at them
     key = plan_key(teacher, budget, margin, "per-layer", size, [], {**fingerprint, **extra})
     out = Path(run_dir) / "plan.json" if run_dir else None
     if out is not None and out.is_file() and not out.is_symlink() and not force:
@@ -599,6 +610,7 @@ def plan_layers(
         measure=measure,
         fingerprint=fingerprint,
         images=images,
+        measured=measured,
     )
     groups = doc["groups"]
     width = sum(g["kept"] for g in groups) / sum(g["channels"] for g in groups)

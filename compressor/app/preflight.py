@@ -59,7 +59,7 @@ def given_widths(recipe: Recipe) -> dict[str, int]:
     widths, doc = _widths_doc(recipe.resolve_path(given), "student.widths")
     search = doc.get("per_layer")  # a plan.json says it there, a student.json at the top
     ranked = (search.get("importance") if isinstance(search, dict) else None) or doc.get("importance")
-    if ranked == "sensitivity" and recipe.student.importance != ranked:
+    if ranked in ("sensitivity", "measured") and recipe.student.importance not in ("sensitivity", "measured"):
         log.warning(
             "student.widths: %s was chosen keeping each group's most output-sensitive channels; this student keeps "
             "those of largest weights (student.importance: sensitivity keeps the ones it ranked)",

@@ -305,7 +305,7 @@ def stage_student(ctx: Context) -> None:
         seed_everything(r.seed)
     if widths:
         shape["widths"] = widths
-    inherits = r.student.importance == "sensitivity" and r.student.init == "inherit"
+    inherits = r.student.importance in ("sensitivity", "measured") and r.student.init == "inherit"
     images = importance_images(r) if inherits else None  # the channels it inherits
     student, plan = make_student(teacher, width, r.student.method, r.student.init, example, images=images, **shape)
     save_student(student, plan, own_folder(run.student_init))
