@@ -169,7 +169,7 @@ def test_a_uniform_width_that_keeps_more_within_the_target_wins():
     uniform = [{"p50": 1.0 + k, "p90": 1.1 + k} for k in range(8)]  # levels 1-4 within a 4.5 ms target
     thin = {g.name: levels(g.channels)[1] if i % 2 else levels(g.channels)[4] for i, g in enumerate(groups)}
     assert search.retained(thin) < search.retained(search.uniform(3))
-    seen, tried = [], []
+    seen = []
     total = sum(g.channels for g in groups)
 
     def measure(config, iters):  # 1 ms per eighth of the channels kept, as the uniform rows say
@@ -177,17 +177,17 @@ def test_a_uniform_width_that_keeps_more_within_the_target_wins():
         t = 8 * sum(config.values()) / total
         return {"p50": t, "p90": t * 1.05}
 
-    width, widths, m = _uniform_keeps_more(search, uniform, 4.5, "p50", thin, measure, 10, 30, tried)
+    (width, widths, m), tried = _uniform_keeps_more(search, uniform, 4.5, "p50", thin, measure, 10, 30)
     assert (
         0.5 < width < 0.625 and widths == search.uniform_at(width) and m["p50"] <= 4.5 < measure(widths, 1)["p50"] + 0.2
     )
     assert search.retained(widths) > search.retained(search.uniform(3))
     assert tried and all(u["level"] is None for u in tried) and seen[-2] == (widths, 30)
     wide = {g.name: g.channels for g in groups}  # keeps more than any uniform within the target: kept
-    assert _uniform_keeps_more(search, uniform, 4.5, "p50", wide, measure, 10, 30, []) is None
+    assert _uniform_keeps_more(search, uniform, 4.5, "p50", wide, measure, 10, 30) == (None, [])
     slow = lambda config, iters: {"p50": 9.0, "p90": 9.5}  # noqa: E731 - every measurement misses
-    assert _uniform_keeps_more(search, uniform, 4.5, "p50", thin, slow, 10, 30, []) is None
-    assert _uniform_keeps_more(search, uniform, 0.5, "p50", thin, measure, 10, 30, []) is None  # none within
+    assert _uniform_keeps_more(search, uniform, 4.5, "p50", thin, slow, 10, 30)[0] is None
+    assert _uniform_keeps_more(search, uniform, 0.5, "p50", thin, measure, 10, 30) == (None, [])  # none within
 
 
 def test_the_table_predicts_a_count_between_its_measured_ones():

@@ -508,8 +508,7 @@ def _search_latency(
         )
     config = path[choice].config
     measured = next(p["measured"] for p in reversed(probes) if p["step"] == choice)
-    fine: list[dict] = []
-    wider = _uniform_keeps_more(
+    wider, fine = _uniform_keeps_more(
         search,
         uniform,
         target,
@@ -518,7 +517,6 @@ def _search_latency(
         lambda c, n: measure([("a uniform student", c)], n)[0],
         iters,
         confirm_iters,
-        fine,
     )
     if wider is not None:
         config, measured = wider[1], wider[2]
@@ -889,33 +887,36 @@ def _uniform_keeps_more(
     measure,
     iters: int,
     confirm_iters: int,
-    tried: list,
-) -> Optional[tuple[float, dict, dict]]:
+) -> tuple[Optional[tuple[float, dict, dict]], list[dict]]:
     """A uniform width within the target that keeps more importance than the per-layer ``config``, confirmed again
     (``(its width, its widths per group, its measurement)``), or None: the plan never returns per-layer widths a
     uniform width beats on both counts. The widest eighth that met the target in the table's pass, or a width
-    between it and the next eighth (in 64ths, bisected on measurements, appended to ``tried``) where that one keeps
-    more than ``config`` could."""
+    between it and the next eighth (in 64ths, bisected on measurements) where that one keeps more than ``config``
+    could. Returns it with the widths between the eighths measured (as the uniform rows list them)."""
     fits = [k for k in range(GRID) if uniform[k][stat] <= target]
     if not fits:
-        return None
+        return None, []
     k = max(fits, key=lambda i: search.retained(search.uniform(i)))
-    best = ((k + 1) / GRID, search.uniform(k))
+    best, tried = ((k + 1) / GRID, search.uniform(k)), []
     if k + 1 < GRID and search.retained(search.uniform(k + 1)) > search.retained(config):
-        best = _finer_uniform(search, k, target, stat, lambda c: measure(c, iters), tried) or best
+        finer, tried = _finer_uniform(search, k, target, stat, lambda c: measure(c, iters))
+        best = finer or best
     width, widths = best
     if search.retained(widths) <= search.retained(config):
-        return None
+        return None, tried
     m = measure(widths, confirm_iters)
     log.info(
         "plan: uniform width %g keeps more of the teacher within the target: measured %s %.3g ms", width, stat, m[stat]
     )
-    return (width, widths, m) if m[stat] <= target else None
+    return ((width, widths, m) if m[stat] <= target else None), tried
 
 
-def _finer_uniform(search: Search, k: int, target: float, stat: str, measure, tried: list):
+def _finer_uniform(
+    search: Search, k: int, target: float, stat: str, measure
+) -> tuple[Optional[tuple[float, dict]], list[dict]]:
     """The widest uniform width between eighth ``k`` (within the target) and the next (over it), in 64ths of the
-    channels, measured within the target: ``(width, widths)``, or None where none between them is."""
+    channels, measured within the target: ``(width, widths)``, or None where none between them is; with the
+    widths measured (uniform rows)."""
     ends = (search.uniform(k), search.uniform(k + 1))
     cands: list[tuple[float, dict]] = []
     for j in range(1, FINE):
@@ -923,13 +924,14 @@ def _finer_uniform(search: Search, k: int, target: float, stat: str, measure, tr
         c = search.uniform_at(w)
         if c not in ends and all(c != have for _, have in cands):
             cands.append((w, c))
+    tried: list[dict] = []
     lo, hi = -1, len(cands)  # the largest index known within, the smallest known over
     while hi - lo > 1:
         mid = (lo + hi) // 2
         m = measure(cands[mid][1])
         tried.append({"level": None, "width": cands[mid][0], "retained": search.retained(cands[mid][1]), **m})
         lo, hi = (mid, hi) if m[stat] <= target else (lo, mid)
-    return cands[lo] if lo >= 0 else None
+    return (cands[lo] if lo >= 0 else None), tried
 
 
 def _grow(
