@@ -102,11 +102,8 @@ class _ReaderStats:
         """One pass: what the layer read (several tensors where it runs more than once), summed per sample."""
         ag = g = None
         for a in tensors:
-            act, grad = a.detach().double(), a.grad.double()
-            if linear:  # a Linear's channels are its last dim
-                act, grad = act.movedim(-1, 1), grad.movedim(-1, 1)
-            act = act.flatten(2) if act.dim() > 2 else act[..., None]
-            grad = grad.flatten(2) if grad.dim() > 2 else grad[..., None]
+            act = _positions(_channels_of(a.detach().double(), linear))
+            grad = _positions(_channels_of(a.grad.double(), linear))
             ag = (act * grad).sum(2) + (0 if ag is None else ag)
             g = grad.sum(2) + (0 if g is None else g)
             s = act.sum((0, 2))
@@ -168,9 +165,14 @@ def measured_loss(
     return out
 
 
-def _channels_of(mod: nn.Module, a: torch.Tensor) -> torch.Tensor:
+def _channels_of(a: torch.Tensor, linear: bool) -> torch.Tensor:
     """``a`` with the channels a layer reads on dim 1 (a Linear reads its last dim)."""
-    return a.movedim(-1, 1) if isinstance(mod, nn.Linear) else a
+    return a.movedim(-1, 1) if linear else a
+
+
+def _positions(a: torch.Tensor) -> torch.Tensor:
+    """``a`` (channels on dim 1) as (samples, channels, positions)."""
+    return a.flatten(2) if a.dim() > 2 else a[..., None]
 
 
 def _reader_means(model, modules, readers: Readers, images: torch.Tensor, batch: int):
@@ -180,8 +182,7 @@ def _reader_means(model, modules, readers: Readers, images: torch.Tensor, batch:
 
     def hook(name: str):
         def pre(mod, args):
-            a = _channels_of(mod, args[0]).double()
-            a = a.flatten(2) if a.dim() > 2 else a[..., None]
+            a = _positions(_channels_of(args[0].double(), isinstance(mod, nn.Linear)))
             sums[name] = a.sum((0, 2)) + sums.get(name, 0)
             counts[name] = counts.get(name, 0) + a.shape[0] * a.shape[2]
 
@@ -204,10 +205,11 @@ def _replaced_error(model, modules, means, cut: dict[str, list[int]], images, re
         idx = torch.tensor(cut[name], dtype=torch.long)
 
         def pre(mod, args):
-            a = _channels_of(mod, args[0]).clone()
+            linear = isinstance(mod, nn.Linear)
+            a = _channels_of(args[0], linear).clone()
             shape = [1, len(idx)] + [1] * (a.dim() - 2)
             a[:, idx] = means[name][idx].to(a.dtype).view(shape)
-            return (a.movedim(1, -1) if isinstance(mod, nn.Linear) else a,) + tuple(args[1:])
+            return (a.movedim(1, -1) if linear else a,) + tuple(args[1:])
 
         return pre
 

@@ -762,18 +762,28 @@ def _readers(pruner, names: dict[nn.Module, str], group) -> list[tuple[str, list
 def _sensitivity(model: nn.Module, found: list[PruneGroup], readers: dict, images: torch.Tensor) -> None:
     """Replace the magnitudes by the output sensitivity (all groups, or none: the two do not compare)."""
     sens = output_sensitivity(model, readers, images)
-    missing = [g.name for g in found if g.name not in sens]
+    _set_importance(found, sens, "sensitivity", "output sensitivity", "magnitude")
+
+
+def _set_importance(found: list[PruneGroup], scores: dict, kind: str, what: str, kept: str) -> None:
+    """Every group's importance from ``scores`` (by group), or none of them, with a warning naming the first group
+    without one and the ``kept`` importance that ranks instead."""
+    missing = [g.name for g in found if g.name not in scores]
     if missing:
-        log.warning(
-            "student: no output sensitivity for group %r (no layer reading it ran); ranking by magnitude", missing[0]
-        )
+        log.warning("student: no %s for group %r (no layer reading it ran); ranking by %s", what, missing[0], kept)
         return
     for g in found:
-        g.importance = [float(v) for v in sens[g.name]]
-        g.kind = "sensitivity"
+        g.importance = [float(v) for v in scores[g.name]]
+        g.kind = kind
 
 
-def _measured(model: nn.Module, found: list[PruneGroup], readers: dict, images: torch.Tensor, counts) -> None:
+def _measured(
+    model: nn.Module,
+    found: list[PruneGroup],
+    readers: dict,
+    images: torch.Tensor,
+    counts: Callable[[int], list[int]],
+) -> None:
     """Replace each group's sensitivity by its share of the output loss measured keeping each of ``counts``
     (and none) of its most sensitive channels, the rest of the network whole."""
     orders = {g.name: sorted(range(g.channels), key=lambda i: (-g.importance[i], i)) for g in found}
@@ -782,15 +792,8 @@ def _measured(model: nn.Module, found: list[PruneGroup], readers: dict, images: 
         kept = sorted({0, *(c for c in counts(g.channels) if 0 <= c < g.channels)})
         drops[g.name] = {c: orders[g.name][c:] for c in kept}
     losses = measured_loss(model, readers, images, drops)
-    missing = [g.name for g in found if g.name not in losses]
-    if missing:
-        log.warning(
-            "student: no measured loss for group %r (no layer reading it ran); ranking by sensitivity", missing[0]
-        )
-        return
-    for g in found:
-        g.importance = curve_importance(orders[g.name], losses[g.name])
-        g.kind = "measured"
+    shares = {g.name: curve_importance(orders[g.name], losses[g.name]) for g in found if g.name in losses}
+    _set_importance(found, shares, "measured", "measured loss", "sensitivity")
 
 
 def channel_scores(

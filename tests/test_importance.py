@@ -13,18 +13,7 @@ from compressor.slim import make_student, prunable_groups
 def _removal_mse(model: nn.Module, layer: nn.Module, c: int, x: torch.Tensor) -> float:
     """The output's mean squared change when ``layer``'s output channel ``c`` is replaced by its mean over the
     images and positions (its readers see that constant)."""
-    with torch.no_grad():
-        y = model(x)
-        seen = []
-        h = layer.register_forward_hook(lambda m, i, o: seen.append(o[:, c].mean()))
-        model(x)
-        h.remove()
-        h = layer.register_forward_hook(lambda m, i, o: o.index_fill(1, torch.tensor([c]), float(seen[0])))
-        try:
-            z = model(x)
-        finally:
-            h.remove()
-    return float(((z - y) ** 2).mean())
+    return _replaced_mse(model, layer, [c], x)
 
 
 def test_linear_network_matches_real_removal():
@@ -227,3 +216,27 @@ def test_groups_weighed_by_their_measured_loss():
         shares = [m.importance[i] for i in rank]
         assert shares == sorted(shares, reverse=True)  # the most sensitive channel never weighs less
     assert sum(sum(m.importance) for m in meas) > 0
+
+
+def test_a_linear_reader_sees_its_channels_on_the_last_dim():
+    """A Linear reading tokens (channels last): the sensitivity and the measured loss take its last dim as the
+    group's channels, and agree with replacing them for real (the conv's outputs, before the reshape)."""
+    torch.manual_seed(2)
+
+    class Tokens(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 5, 3, padding=1)
+            self.fc = nn.Linear(5, 3)
+
+        def forward(self, x):
+            return self.fc(self.conv(x).flatten(2).transpose(1, 2))
+
+    net = Tokens().eval()
+    x = torch.randn(3, 3, 6, 6)
+    readers = {"conv": [("fc", list(range(5)))]}
+    sens = output_sensitivity(net, readers, x, signs=400)
+    real = [_removal_mse(net, net.conv, c, x) for c in range(5)]
+    assert sens["conv"] == pytest.approx(real, rel=0.2)  # linear in the channels: first order is exact
+    got = measured_loss(net, readers, x, {"conv": {2: [4, 0, 3]}})
+    assert got["conv"][2] == pytest.approx(_replaced_mse(net, net.conv, [4, 0, 3], x), rel=1e-5)
